@@ -1,0 +1,40 @@
+# bifrost-batch-exporter container image.
+#
+#   docker build -t bifrost-batch-exporter:0.1.0 .
+#   docker run --rm -p 9877:9877 --read-only bifrost-batch-exporter:0.1.0 --demo
+#
+# BASE_IMAGE is used for both stages: the venv built in the first stage links to the base's own python, so builder
+# and runtime must share it. Any Debian-like image with python3 (>= 3.11) and the venv module works; deploy/image-test.sh
+# builds this same file on a locally bootstrapped Debian root because no registry is reachable in CI.
+ARG BASE_IMAGE=python:3.12.11-slim-bookworm
+
+FROM ${BASE_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+# A throw-away venv holds the build tools; /opt/venv gets only the exporter and its dependencies (no pip).
+RUN python3 -m venv /opt/build \
+    && python3 -m venv --without-pip /opt/venv
+COPY pyproject.toml README.md ./
+COPY exporter ./exporter
+RUN /opt/build/bin/pip wheel --no-cache-dir --wheel-dir /wheels . \
+    && /opt/build/bin/pip --python /opt/venv/bin/python install --no-cache-dir --no-index --find-links /wheels \
+        /wheels/bifrost_batch_exporter-*.whl \
+    && /opt/venv/bin/python -c "import exporter; print('exporter', exporter.__version__)"
+
+FROM ${BASE_IMAGE}
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="bifrost-batch-exporter" \
+      org.opencontainers.image.description="Prometheus exporter for the batch jobs behind a Bifrost LLM gateway" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=build /opt/venv /opt/venv
+# Nothing is written at run time: no bytecode caches, logs go to stdout, so a read-only root filesystem works.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+USER 65532:65532
+EXPOSE 9877
+ENTRYPOINT ["/opt/venv/bin/bifrost-batch-exporter"]
+CMD []

@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# deploy/image-test.sh — build the real Dockerfile and run the image, without a Docker engine or a registry.
+#
+#  1. debootstrap a minimal Debian bookworm root with python3 + python3-venv (cached as a tarball, so reruns are fast);
+#  2. import it as the local base image localhost/bifrost-base:bookworm;
+#  3. `buildah bud --build-arg BASE_IMAGE=localhost/bifrost-base:bookworm` the repository's Dockerfile, unchanged;
+#  4. check the image config (numeric non-root user, exec-form entrypoint, port 9877);
+#  5. run it with --demo (podman + runc, read-only root, uid/gid 65532, all capabilities dropped, ulimits) — or, if
+#     podman cannot run containers here, with `buildah run --isolation chroot` — and poll /metrics until it shows
+#     bifrost_batch_exporter_up; also /healthz and /readyz;
+#  6. print the image size.
+#
+# Needs root (debootstrap, rootful containers storage) and: debootstrap buildah podman runc python3 (Debian packages).
+# Environment knobs:
+#   BIFROST_IMAGE_TEST_CACHE  where the base rootfs tarball is cached (default: <repo>/.tools/image-test)
+#   DEBIAN_MIRROR             debootstrap mirror (default: http://deb.debian.org/debian)
+#   IMAGE_TEST_TIMEOUT        seconds to wait for /metrics (default: 90)
+#   IMAGE_TEST_REBUILD_BASE=1 force a fresh debootstrap
+#   IMAGE_TEST_KEEP=1         keep the built image afterwards (default: keep; set 0 to remove it)
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=${BIFROST_IMAGE_TEST_CACHE:-$repo/.tools/image-test}
+mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+suite=bookworm
+include=python3,python3-venv,ca-certificates
+base_image=localhost/bifrost-base:$suite
+image=localhost/bifrost-batch-exporter:image-test
+timeout=${IMAGE_TEST_TIMEOUT:-90}
+py=${PYTHON:-python3}
+started=$SECONDS
+
+log() { printf '[image-test %3ss] %s\n' "$((SECONDS - started))" "$*" >&2; }
+die() { log "FAIL: $*"; exit 1; }
+
+[[ $EUID -eq 0 ]] || die "must run as root (debootstrap and rootful buildah/podman storage)"
+for tool in debootstrap buildah runc "$py"; do
+  command -v "$tool" >/dev/null || die "missing tool: $tool (apt-get install debootstrap buildah podman runc python3)"
+done
+have_podman=0
+command -v podman >/dev/null && have_podman=1
+
+# --- 1. base root filesystem (cached) -------------------------------------------------------------------------------
+mkdir -p "$cache"
+rootfs_tar=$cache/$suite-minbase-${include//,/-}.tar
+if [[ ${IMAGE_TEST_REBUILD_BASE:-0} == 1 ]]; then
+  rm -f "$rootfs_tar"
+fi
+if [[ ! -s $rootfs_tar ]]; then
+  log "debootstrap $suite (minbase + $include) from $mirror"
+  work=$(mktemp -d "$cache/debootstrap.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  debootstrap --variant=minbase --include="$include" "$suite" "$work/root" "$mirror" >"$work/debootstrap.log" 2>&1 \
+    || { tail -n 30 "$work/debootstrap.log" >&2; die "debootstrap failed (log above)"; }
+  # Extra CAs of this machine (e.g. a TLS-intercepting egress proxy) must be trusted by pip inside the build stage.
+  # Only the test base gets them; the Dockerfile stays as it is for real registries.
+  if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+    cp /usr/local/share/ca-certificates/*.crt "$work/root/usr/local/share/ca-certificates/"
+    chroot "$work/root" update-ca-certificates >/dev/null 2>&1
+  fi
+  # Slim the base like the official slim images: no apt caches, docs, man pages.
+  rm -rf "$work/root"/var/cache/apt/archives/*.deb "$work/root"/var/lib/apt/lists/* \
+    "$work/root"/usr/share/doc/* "$work/root"/usr/share/man/* "$work/root"/usr/share/info/*
+  tar --numeric-owner -C "$work/root" -cf "$rootfs_tar.partial" .
+  mv "$rootfs_tar.partial" "$rootfs_tar"
+  rm -rf "$work"
+  trap - EXIT
+  buildah rmi -f "$base_image" >/dev/null 2>&1 || true
+else
+  log "cached base rootfs: $rootfs_tar"
+fi
+
+# --- 2. import it as the local base image ---------------------------------------------------------------------------
+# The tarball's mtime is recorded as a label, so a rebuilt tarball is re-imported.
+stamp=$(stat -c %Y "$rootfs_tar")
+if [[ $(buildah inspect --type image --format '{{index .ImageAnnotations "bifrost.test/rootfs-mtime"}}' \
+          "$base_image" 2>/dev/null || true) != "$stamp" ]]; then
+  log "importing $base_image"
+  buildah rmi -f "$base_image" >/dev/null 2>&1 || true
+  ctr=$(buildah from scratch)
+  buildah add --quiet "$ctr" "$rootfs_tar" / >/dev/null
+  buildah config --annotation "bifrost.test/rootfs-mtime=$stamp" --cmd /bin/sh "$ctr"
+  buildah commit --quiet --rm "$ctr" "$base_image" >/dev/null
+else
+  log "base image $base_image up to date"
+fi
+
+# --- 3. build the real Dockerfile ------------------------------------------------------------------------------------
+log "buildah bud $repo/Dockerfile (BASE_IMAGE=$base_image)"
+buildah bud --quiet --layers --pull=never --network=host \
+  --build-arg "BASE_IMAGE=$base_image" \
+  --build-arg "VERSION=$("$py" -c 'import re,sys;print(re.search(r"^version\s*=\s*\"([^\"]+)\"",open(sys.argv[1]).read(),re.M)[1])' "$repo/pyproject.toml")" \
+  -f "$repo/Dockerfile" -t "$image" "$repo" >/dev/null
+# --- 4. image config ---------------------------------------------------------------------------------------------------
+config=$(buildah inspect --type image "$image" | "$py" -c '
+import json, sys
+c = json.load(sys.stdin)["OCIv1"]["config"]
+print(c.get("User", ""), json.dumps(c.get("Entrypoint")), json.dumps(sorted(c.get("ExposedPorts") or {})), sep="\t")')
+IFS=$'\t' read -r user entrypoint ports <<<"$config"
+log "image config: user=$user entrypoint=$entrypoint ports=$ports"
+[[ $user == 65532:65532 ]] || die "image user is '$user', want 65532:65532"
+[[ $entrypoint == '["/opt/venv/bin/bifrost-batch-exporter"]' ]] || die "unexpected entrypoint $entrypoint"
+[[ $ports == *'"9877/tcp"'* ]] || die "port 9877 not exposed: $ports"
+
+# --- 5. run with --demo and scrape ---------------------------------------------------------------------------------
+port=$("$py" -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+name=bifrost-image-test-$$
+logfile=$(mktemp)
+bg_pid=
+cleanup() {
+  if [[ $have_podman == 1 ]]; then podman rm -f -t 2 "$name" >/dev/null 2>&1 || true; fi
+  if [[ -n $bg_pid ]]; then kill "$bg_pid" 2>/dev/null || true; wait "$bg_pid" 2>/dev/null || true; fi
+  buildah rm "$name" >/dev/null 2>&1 || true
+  rm -f "$logfile"
+}
+trap cleanup EXIT
+args=(--demo --listen-address "127.0.0.1:$port")
+# podman's default RLIMIT_NOFILE may exceed what this (possibly nested) host allows; fix the limits explicitly.
+run_opts=(--runtime runc run --pull=never --read-only --read-only-tmpfs=false --user 65532:65532 --cap-drop=ALL
+  --security-opt=no-new-privileges --ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
+mode=
+if [[ $have_podman == 1 ]] && podman "${run_opts[@]}" --rm --network=none "$image" --version >"$logfile" 2>&1; then
+  log "version: $(tr -d '\n' <"$logfile")"
+  mode=podman
+  podman "${run_opts[@]}" -d --name "$name" --network=host "$image" "${args[@]}" >/dev/null
+else
+  [[ $have_podman == 1 ]] && { log "podman cannot run containers here:"; cat "$logfile" >&2; }
+  log "falling back to buildah run --isolation chroot"
+  mode=buildah-chroot
+  buildah from --quiet --pull-never --name "$name" "$image" >/dev/null
+  buildah run --isolation chroot --user 65532:65532 "$name" -- /opt/venv/bin/bifrost-batch-exporter --version
+  buildah run --isolation chroot --user 65532:65532 "$name" -- /opt/venv/bin/bifrost-batch-exporter "${args[@]}" \
+    >"$logfile" 2>&1 &
+  bg_pid=$!
+fi
+log "running ($mode) on 127.0.0.1:$port; waiting up to ${timeout}s for /metrics"
+
+container_log() {
+  if [[ $mode == podman ]]; then podman logs "$name" 2>&1 | tail -n 40; else tail -n 40 "$logfile"; fi
+}
+"$py" - "$port" "$timeout" <<'PY' || { container_log >&2; die "the container did not serve the expected /metrics"; }
+import sys, time, urllib.request, urllib.error
+
+port, timeout = int(sys.argv[1]), float(sys.argv[2])
+base = f"http://127.0.0.1:{port}"
+deadline = time.monotonic() + timeout
+
+
+def get(path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(base + path, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+
+
+last = "no answer yet"
+while True:
+    try:
+        status, body = get("/metrics")
+        if status == 200 and "bifrost_batch_exporter_up" in body:
+            break
+        last = f"/metrics answered {status} without bifrost_batch_exporter_up"
+    except OSError as e:
+        last = repr(e)
+    if time.monotonic() > deadline:
+        sys.exit(f"timeout: {last}")
+    time.sleep(0.5)
+ups = [line for line in body.splitlines() if line.startswith("bifrost_batch_exporter_up")]
+print("\n".join(ups))
+health, _ = get("/healthz")
+if health != 200:
+    sys.exit(f"/healthz answered {health}")
+while (ready := get("/readyz")[0]) != 200:
+    if time.monotonic() > deadline:
+        sys.exit(f"/readyz still {ready}")
+    time.sleep(0.5)
+print("/healthz 200, /readyz 200")
+PY
+if [[ $mode == podman ]]; then
+  state=$(podman inspect --format '{{.State.Status}}' "$name")
+  [[ $state == running ]] || die "container is $state after the scrape"
+fi
+
+# --- 6. size -----------------------------------------------------------------------------------------------------------
+size=$(buildah images --format '{{.Size}}' "$image" | head -n 1)
+base_size=$(buildah images --format '{{.Size}}' "$base_image" | head -n 1)
+log "image $image: $size (local test base $base_image: $base_size)"
+if [[ ${IMAGE_TEST_KEEP:-1} == 0 ]]; then buildah rmi -f "$image" >/dev/null 2>&1 || true; fi
+log "OK in $((SECONDS - started))s"
