@@ -1,0 +1,234 @@
+"""Prometheus rule files: promtool-clean, every alert unit-tested and annotated, on the metrics contract."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import require_tool
+
+ROOT = Path(__file__).resolve().parent.parent
+ALERTS_FILE = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+RULES_FILE = ROOT / "deploy" / "prometheus" / "rules.yaml"
+RULE_TESTS_DIR = ROOT / "tests" / "rules"
+RUNBOOK = ROOT / "docs" / "runbook.md"
+RUNBOOK_URL_BASE = (
+    "https://github.com/bifrost-batch-exporter/bifrost-batch-exporter/blob/main/docs/runbook.md#"
+)
+
+# Metric families of the metrics contract (v1). Histograms are listed by their base name.
+CONTRACT_METRICS: frozenset[str] = frozenset(
+    {
+        "bifrost_batches",
+        "bifrost_batch_request_counts",
+        "bifrost_batch_oldest_created_timestamp_seconds",
+        "bifrost_batch_next_expiry_timestamp_seconds",
+        "bifrost_batch_finished_total",
+        "bifrost_batch_last_finished_timestamp_seconds",
+        "bifrost_batch_duration_seconds",
+        "bifrost_batch_upstream_latency_seconds",
+        "bifrost_batch_cache_lookups_total",
+        "bifrost_batch_cache_hits_total",
+        "bifrost_batch_cache_similarity",
+        "bifrost_batch_job_info",
+        "bifrost_batch_job_request_counts",
+        "bifrost_batch_job_created_timestamp_seconds",
+        "bifrost_batch_job_expires_timestamp_seconds",
+        "bifrost_batch_job_progress_ratio",
+        "bifrost_batch_exporter_up",
+        "bifrost_batch_exporter_last_success_timestamp_seconds",
+        "bifrost_batch_exporter_poll_duration_seconds",
+        "bifrost_batch_exporter_polls_total",
+        "bifrost_batch_exporter_poll_errors_total",
+        "bifrost_batch_exporter_pages_total",
+        "bifrost_batch_exporter_provider_supported",
+        "bifrost_batch_exporter_truncated",
+        "bifrost_batch_exporter_per_batch_dropped",
+        "bifrost_batch_exporter_build_info",
+    }
+)
+HISTOGRAMS = frozenset(
+    {
+        "bifrost_batch_duration_seconds",
+        "bifrost_batch_upstream_latency_seconds",
+        "bifrost_batch_cache_similarity",
+    }
+)
+CONTRACT_LABELS = frozenset({"provider", "status", "kind", "reason", "hit_type", "le", "batch_id"})
+
+EXPECTED_ALERTS = {
+    "BifrostBatchFailed",
+    "BifrostBatchExpired",
+    "BifrostBatchStuck",
+    "BifrostBatchExpiringSoon",
+    "BifrostBatchHighRequestFailureRatio",
+    "BifrostBatchExporterPollFailing",
+    "BifrostBatchExporterDataStale",
+    "BifrostBatchProviderTruncated",
+}
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
+_MATCHERS = re.compile(r"\{[^}]*\}")
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+def metric_names(expr: str) -> set[str]:
+    """Series names a PromQL expression reads: `bifrost…` and recording-rule names (`lvl:metric:ops`)."""
+    stripped = _MATCHERS.sub(" ", _STRING.sub(" ", expr))
+    return {name for name in _NAME.findall(stripped) if "bifrost" in name}
+
+
+def family(name: str) -> str:
+    """The contract family of a series name (histogram `_bucket`/`_sum`/`_count` map to their base)."""
+    for suffix in ("_bucket", "_sum", "_count"):
+        base = name.removesuffix(suffix)
+        if base != name and base in HISTOGRAMS:
+            return base
+    return name
+
+
+def load_rules(path: Path) -> list[dict[str, Any]]:
+    data = yaml.safe_load(path.read_text())
+    return [rule for group in data["groups"] for rule in group["rules"]]
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [r for r in load_rules(ALERTS_FILE) if "alert" in r]
+
+
+def recording_rule_names() -> set[str]:
+    return {r["record"] for r in load_rules(RULES_FILE)}
+
+
+def runbook_anchors() -> set[str]:
+    """GitHub's heading anchors of docs/runbook.md (lower case, spaces to dashes, punctuation dropped)."""
+    anchors = set()
+    for line in RUNBOOK.read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^a-z0-9 _-]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def rule_test_files() -> list[Path]:
+    return sorted(RULE_TESTS_DIR.glob("*.yaml"))
+
+
+def test_promtool_check_rules_is_clean() -> None:
+    promtool = require_tool("promtool")
+    result = subprocess.run(
+        [promtool, "check", "rules", str(ALERTS_FILE), str(RULES_FILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "WARNING" not in output.upper(), output
+    assert output.count("SUCCESS") == 2, output
+
+
+def test_promtool_unit_tests_pass() -> None:
+    promtool = require_tool("promtool")
+    files = rule_test_files()
+    assert files, "no promtool unit tests in tests/rules/"
+    result = subprocess.run(
+        [promtool, "test", "rules", *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert output.count("SUCCESS") == len(files), output
+
+
+def test_every_listed_alert_exists() -> None:
+    names = {rule["alert"] for rule in alert_rules()}
+    assert names >= EXPECTED_ALERTS, EXPECTED_ALERTS - names
+
+
+def test_rule_files_are_loaded_by_the_unit_tests() -> None:
+    loaded: set[Path] = set()
+    for path in rule_test_files():
+        for rule_file in yaml.safe_load(path.read_text())["rule_files"]:
+            loaded.add((path.parent / rule_file).resolve())
+    assert loaded == {ALERTS_FILE.resolve(), RULES_FILE.resolve()}
+
+
+def _unit_test_cases() -> list[tuple[str, str, list[Any]]]:
+    """(test name, alertname, exp_alerts) for every alert_rule_test of every unit-test file."""
+    cases = []
+    for path in rule_test_files():
+        for test in yaml.safe_load(path.read_text())["tests"]:
+            for case in test.get("alert_rule_test", []):
+                cases.append((test["name"], case["alertname"], case.get("exp_alerts") or []))
+    return cases
+
+
+@pytest.mark.parametrize("alert", sorted(r["alert"] for r in alert_rules()))
+def test_every_alert_is_unit_tested_firing_healthy_and_across_restart(alert: str) -> None:
+    cases = [(name, exp) for name, alertname, exp in _unit_test_cases() if alertname == alert]
+    firing = [exp for _, exp in cases if exp]
+    assert firing, f"{alert}: no unit test shows it firing"
+    for exp in firing:
+        for expected in exp:
+            # exact labels and all three annotations are asserted
+            assert expected["exp_labels"]["severity"], alert
+            assert set(expected["exp_annotations"]) == {"summary", "description", "runbook_url"}, alert
+    silent_names = [name for name, exp in cases if not exp]
+    assert any("healthy" in name for name in silent_names), f"{alert}: no unit test on healthy input"
+    assert any("restart" in name for name in silent_names), (
+        f"{alert}: no unit test across an exporter restart"
+    )
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
+def test_alert_labels_and_annotations(rule: dict[str, Any]) -> None:
+    assert rule["labels"]["severity"] in {"critical", "warning", "info"}
+    annotations = rule["annotations"]
+    assert set(annotations) == {"summary", "description", "runbook_url"}
+    assert "$labels.provider" in annotations["summary"]
+    assert "$labels.provider" in annotations["description"]
+    assert "$value" in annotations["description"]
+    url = annotations["runbook_url"]
+    assert url.startswith(RUNBOOK_URL_BASE)
+    anchor = url.removeprefix(RUNBOOK_URL_BASE)
+    assert anchor == rule["alert"].lower()
+    assert anchor in runbook_anchors(), f"docs/runbook.md has no section #{anchor}"
+
+
+@pytest.mark.parametrize("path", [ALERTS_FILE, RULES_FILE], ids=lambda p: p.name)
+def test_rules_read_only_contract_metrics(path: Path) -> None:
+    allowed = CONTRACT_METRICS | recording_rule_names()
+    for rule in load_rules(path):
+        names = metric_names(rule["expr"])
+        assert names, rule
+        unknown = {n for n in names if family(n) not in allowed}
+        assert not unknown, (
+            f"{rule.get('alert') or rule.get('record')}: not in the metrics contract: {unknown}"
+        )
+        for labels in re.findall(r"(?:by|on|without|ignoring)\s*\(([^)]*)\)", rule["expr"]):
+            for label in (x.strip() for x in labels.split(",")):
+                assert label in CONTRACT_LABELS | {"job", "instance"}, label
+
+
+def test_alerts_do_not_depend_on_recording_rules() -> None:
+    """alerts.yaml is embedded alone by the Helm chart, so it must work without rules.yaml."""
+    recorded = recording_rule_names()
+    for rule in alert_rules():
+        assert not metric_names(rule["expr"]) & recorded, rule["alert"]
+
+
+def test_recording_rule_names_follow_the_convention() -> None:
+    for name in recording_rule_names():
+        level, metric, operation = name.split(":")
+        assert level, name
+        assert metric.startswith("bifrost_batch"), name
+        assert operation, name
