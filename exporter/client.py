@@ -1,0 +1,313 @@
+"""One provider's batch list from the gateway, page by page.
+
+This is the only place that knows HTTP: auth headers, Bifrost's pagination quirks (three cursor spellings, empty
+pages that are not the end, providers that ignore `after`), bounded retries, and the mapping of every way a request
+can go wrong onto the metrics contract's closed list of reasons. Callers get a ListResult and never an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import math
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+import httpx
+
+from . import __version__
+from .models import Batch, CacheDebug, InvalidResponseError, Page, error_code, parse_page
+from .settings import Settings
+
+Reason = Literal[
+    "timeout",
+    "connection",
+    "auth",
+    "rate_limited",
+    "server_error",
+    "client_error",
+    "invalid_response",
+    "cursor_loop",
+    "max_pages",
+]
+REASONS: Final[tuple[Reason, ...]] = (
+    "timeout",
+    "connection",
+    "auth",
+    "rate_limited",
+    "server_error",
+    "client_error",
+    "invalid_response",
+    "cursor_loop",
+    "max_pages",
+)
+_RETRYABLE: Final = frozenset({"timeout", "connection", "rate_limited", "server_error"})
+_MAX_REDIRECTS = 5
+
+
+class RequestFailedError(Exception):
+    """A list request that failed for good (after retries, or at once when retrying cannot help)."""
+
+    def __init__(
+        self, reason: Reason, detail: str, status: int | None = None, retry_after: float | None = None
+    ):
+        super().__init__(f"{reason}: {detail}")
+        self.reason: Reason = reason
+        self.detail = detail
+        self.status = status
+        self.retry_after = retry_after
+
+
+class UnsupportedProviderError(Exception):
+    """The gateway said this provider has no batch listing: not a failure, and not worth retrying soon."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    reason: Reason
+    detail: str
+    status: int | None
+    attempts: int
+
+
+@dataclass(slots=True)
+class ListResult:
+    """What one poll of one provider saw. `failure` set means a request failed and `batches` is incomplete."""
+
+    batches: list[Batch] = field(default_factory=list)
+    pages: int = 0
+    latencies: list[float] = field(default_factory=list)
+    cache_debugs: list[CacheDebug] = field(default_factory=list)
+    skipped_items: int = 0
+    first_skip_error: str | None = None
+    truncated: Literal["cursor_loop", "max_pages"] | None = None
+    failure: Failure | None = None
+    unsupported: bool = False
+    retries: int = 0
+
+
+def _parse_retry_after(value: str | None, now: float) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - now
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def build_headers(settings: Settings) -> dict[str, str]:
+    """Request headers for every call; extra_headers go first so they cannot override the auth we were given."""
+    headers = dict(settings.extra_headers)
+    headers["User-Agent"] = f"bifrost-batch-exporter/{__version__}"
+    headers["Accept"] = "application/json"
+    if settings.virtual_key is not None:
+        headers["x-bf-vk"] = settings.virtual_key.get_secret_value()
+    if settings.basic_auth_username is not None and settings.basic_auth_password is not None:
+        pair = f"{settings.basic_auth_username.get_secret_value()}:{settings.basic_auth_password.get_secret_value()}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+    elif settings.bearer_token is not None:
+        headers["Authorization"] = "Bearer " + settings.bearer_token.get_secret_value()
+    return headers
+
+
+def _verify(settings: Settings) -> ssl.SSLContext | bool:
+    if not settings.tls_verify:
+        return False
+    if settings.ca_file is not None:
+        return ssl.create_default_context(cafile=str(settings.ca_file))
+    return True
+
+
+class BifrostClient:
+    """One pooled keep-alive HTTP client shared by every provider's poller."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._settings = settings
+        self._sleep = sleep
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._rng = rng
+        self._http = httpx.AsyncClient(
+            base_url=settings.bifrost_url,
+            headers=build_headers(settings),
+            timeout=httpx.Timeout(settings.request_timeout_seconds),
+            verify=_verify(settings),
+            follow_redirects=True,
+            max_redirects=_MAX_REDIRECTS,
+            trust_env=False,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def list_batches(self, provider: str) -> ListResult:
+        """Every batch of `provider`, deduplicated by id, following Bifrost's cursor rules to the end or a stop."""
+        result = ListResult()
+        seen_ids: set[str] = set()
+        used_cursors: set[str] = set()
+        after: str | None = None
+        settings = self._settings
+        while True:
+            try:
+                page = await self._fetch_page(provider, after, result)
+            except UnsupportedProviderError:
+                result.unsupported = True
+                return result
+            except RequestFailedError as exc:
+                result.failure = Failure(exc.reason, exc.detail, exc.status, result.retries + 1)
+                return result
+            result.pages += 1
+            if page.latency_seconds is not None:
+                result.latencies.append(page.latency_seconds)
+            if page.cache_debug is not None:
+                result.cache_debugs.append(page.cache_debug)
+            if page.skipped_items:
+                result.skipped_items += page.skipped_items
+                result.first_skip_error = result.first_skip_error or page.first_skip_error
+            fresh = 0
+            for batch in page.batches:
+                if batch.id not in seen_ids:
+                    seen_ids.add(batch.id)
+                    result.batches.append(batch)
+                    fresh += 1
+            if page.batches and fresh == 0:
+                # Providers that ignore `after` hand back page 1 again under a new cursor: only ids reveal it.
+                result.truncated = "cursor_loop"
+                return result
+            if not page.has_more:
+                return result
+            cursor = page.next_cursor or page.last_id or (page.batches[-1].id if page.batches else None)
+            if cursor is None or cursor in used_cursors:
+                result.truncated = "cursor_loop"
+                return result
+            if result.pages >= settings.max_pages:
+                result.truncated = "max_pages"
+                return result
+            used_cursors.add(cursor)
+            after = cursor
+
+    async def _fetch_page(self, provider: str, after: str | None, result: ListResult) -> Page:
+        params = {"provider": provider, "limit": str(self._settings.page_size)}
+        if after is not None:
+            params["after"] = after
+        attempt = 0
+        while True:
+            try:
+                return await self._request(params)
+            except RequestFailedError as exc:
+                if exc.reason not in _RETRYABLE or attempt >= self._settings.max_retries:
+                    raise
+                delay = min(self._backoff_max, self._backoff_base * (2**attempt))
+                delay = delay / 2 + self._rng() * delay / 2
+                if exc.retry_after is not None:
+                    if exc.retry_after > self._backoff_max:
+                        raise RequestFailedError(
+                            exc.reason,
+                            f"{exc.detail}; Retry-After {exc.retry_after:.0f}s is beyond the retry budget",
+                            exc.status,
+                        ) from None
+                    delay = max(delay, exc.retry_after)
+                attempt += 1
+                result.retries += 1
+                await self._sleep(delay)
+
+    async def _request(self, params: dict[str, str]) -> Page:
+        settings = self._settings
+        cap = settings.max_response_bytes
+        try:
+            async with asyncio.timeout(settings.request_timeout_seconds):
+                async with self._http.stream("GET", "/v1/batches", params=params) as response:
+                    declared = response.headers.get("content-length", "")
+                    if declared.isdigit() and int(declared) > cap:
+                        raise RequestFailedError(
+                            "invalid_response",
+                            f"body of {declared} bytes exceeds max_response_bytes={cap}",
+                            response.status_code,
+                        )
+                    chunks: list[bytes] = []
+                    size = 0
+                    async for chunk in response.aiter_bytes():
+                        size += len(chunk)
+                        if size > cap:
+                            raise RequestFailedError(
+                                "invalid_response",
+                                f"body exceeds max_response_bytes={cap}",
+                                response.status_code,
+                            )
+                        chunks.append(chunk)
+                    body = b"".join(chunks)
+        except TimeoutError:
+            raise RequestFailedError(
+                "timeout", f"no complete answer within {settings.request_timeout_seconds:g}s"
+            ) from None
+        except httpx.TimeoutException as exc:
+            raise RequestFailedError(
+                "timeout", f"{type(exc).__name__} after {settings.request_timeout_seconds:g}s"
+            ) from None
+        except httpx.TooManyRedirects:
+            raise RequestFailedError("invalid_response", f"more than {_MAX_REDIRECTS} redirects") from None
+        except httpx.TransportError as exc:
+            raise RequestFailedError("connection", f"{type(exc).__name__}: {_short(str(exc))}") from None
+        except httpx.HTTPError as exc:
+            raise RequestFailedError("connection", f"{type(exc).__name__}") from None
+        return self._interpret(response, body)
+
+    def _interpret(self, response: httpx.Response, body: bytes) -> Page:
+        status = response.status_code
+        if 200 <= status < 300:
+            ctype = response.headers.get("content-type", "")
+            if ctype and "json" not in ctype.lower():
+                raise RequestFailedError(
+                    "invalid_response", f"content-type {_short(ctype)!r}, expected JSON", status
+                )
+            try:
+                return parse_page(body)
+            except InvalidResponseError as exc:
+                raise RequestFailedError("invalid_response", str(exc), status) from None
+        code, etype = error_code(body)
+        hint = f" ({code or etype})" if (code or etype) else ""
+        if status == 400 and code == "unsupported_operation":
+            raise UnsupportedProviderError()
+        if status in (401, 403):
+            raise RequestFailedError("auth", f"HTTP {status}{hint}", status)
+        if status == 429:
+            retry_after = _parse_retry_after(response.headers.get("retry-after"), time.time())
+            raise RequestFailedError("rate_limited", f"HTTP 429{hint}", status, retry_after)
+        if status >= 500:
+            return self._raise_server(status, hint, response)
+        raise RequestFailedError("client_error", f"HTTP {status}{hint}", status)
+
+    @staticmethod
+    def _raise_server(status: int, hint: str, response: httpx.Response) -> Page:
+        retry_after = _parse_retry_after(response.headers.get("retry-after"), time.time())
+        raise RequestFailedError("server_error", f"HTTP {status}{hint}", status, retry_after)
+
+
+def _short(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,238 @@
+"""The gateway's list-page JSON as typed values.
+
+Lenient where Bifrost's versions disagree (field spellings, nulls, omitted zero values, unknown fields and
+statuses) and strict only where a wrong shape would make us report nonsense: a body that is not a list object is
+rejected as a whole. Parsing goes straight from the response bytes through pydantic-core, so the common case never
+builds intermediate Python dicts; only a page with a malformed item falls back to item-by-item validation, so one
+odd batch cannot hide the rest of a provider's list.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+
+ACTIVE_STATUSES: tuple[str, ...] = ("validating", "in_progress", "finalizing", "cancelling")
+TERMINAL_STATUSES: tuple[str, ...] = ("completed", "failed", "expired", "cancelled", "ended", "deleted")
+KNOWN_STATUSES: tuple[str, ...] = ACTIVE_STATUSES + TERMINAL_STATUSES
+REQUEST_COUNT_KINDS: tuple[str, ...] = (
+    "total",
+    "completed",
+    "failed",
+    "succeeded",
+    "expired",
+    "canceled",
+    "pending",
+)
+
+# Provider spellings that mean one of our statuses; everything else passes through unchanged.
+_STATUS_ALIASES = {"canceled": "cancelled", "canceling": "cancelling"}
+_MAX_STATUS_LENGTH = 64
+
+
+def valid_timestamp(ts: float | None) -> float | None:
+    """A Unix time we can expose, or None: Go's omitempty zero, negatives, NaN and infinities mean "not set"."""
+    if ts is None or not math.isfinite(ts) or ts <= 0:
+        return None
+    return ts
+
+
+def normalize_status(raw: str | None) -> str:
+    """Fold the docs' and providers' spellings into the contract's status names.
+
+    A missing status is reported as the literal "unknown" rather than dropped, so the batch still counts.
+    """
+    if not raw:
+        return "unknown"
+    status = raw.strip()[:_MAX_STATUS_LENGTH]
+    lowered = status.lower()
+    if lowered in KNOWN_STATUSES:
+        return lowered
+    return _STATUS_ALIASES.get(lowered, status)
+
+
+class _Lenient(BaseModel):
+    """Base for every gateway object: unknown fields are ignored, numbers may arrive as strings."""
+
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True, frozen=True)
+
+
+class RequestCounts(_Lenient):
+    total: int | None = None
+    completed: int | None = None
+    failed: int | None = None
+    succeeded: int | None = None
+    expired: int | None = None
+    canceled: int | None = Field(default=None, validation_alias=AliasChoices("canceled", "cancelled"))
+    pending: int | None = None
+
+    def get(self, kind: str) -> int:
+        value = getattr(self, kind)
+        return int(value) if value is not None else 0
+
+
+class CacheDebug(_Lenient):
+    cache_hit: bool | None = None
+    hit_type: str | None = None
+    similarity: float | None = None
+
+
+class ExtraFields(_Lenient):
+    latency: float | None = None
+    cache_debug: CacheDebug | None = None
+
+
+class Batch(_Lenient):
+    id: str
+    status: str | None = None
+    endpoint: str | None = None
+    completion_window: str | None = None
+    request_counts: RequestCounts | None = None
+    created_at: float | None = None
+    expires_at: float | None = None
+    completed_at: float | None = Field(
+        default=None, validation_alias=AliasChoices("completed_at", "ended_at")
+    )
+    failed_at: float | None = None
+    expired_at: float | None = None
+    cancelled_at: float | None = Field(
+        default=None, validation_alias=AliasChoices("cancelled_at", "canceled_at")
+    )
+    progress: float | None = None
+    extra_fields: ExtraFields | None = None
+
+    @property
+    def normalized_status(self) -> str:
+        return normalize_status(self.status)
+
+    def terminal_timestamp(self, status: str) -> float | None:
+        """The moment the batch reached `status`; Anthropic's `ended` reuses completed_at (Bifrost maps ended_at)."""
+        if status in ("completed", "ended"):
+            ts = self.completed_at
+        elif status == "failed":
+            ts = self.failed_at
+        elif status == "expired":
+            ts = self.expired_at
+        elif status == "cancelled":
+            ts = self.cancelled_at
+        else:
+            ts = None
+        return valid_timestamp(ts)
+
+    @property
+    def created(self) -> float | None:
+        return valid_timestamp(self.created_at)
+
+    @property
+    def expires(self) -> float | None:
+        return valid_timestamp(self.expires_at)
+
+
+class _ListPage(_Lenient):
+    object: str | None = None
+    data: list[Batch]
+    has_more: bool | None = None
+    next_cursor: str | None = None
+    first_id: str | None = None
+    last_id: str | None = None
+    extra_fields: ExtraFields | None = None
+
+
+class _LooseListPage(_Lenient):
+    """The same envelope with items left unvalidated, for the slow path that checks items one at a time."""
+
+    object: str | None = None
+    data: list[Any]
+    has_more: bool | None = None
+    next_cursor: str | None = None
+    first_id: str | None = None
+    last_id: str | None = None
+    extra_fields: ExtraFields | None = None
+
+
+class InvalidResponseError(ValueError):
+    """The gateway answered 2xx with something that is not a batch list page."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    batches: tuple[Batch, ...]
+    has_more: bool
+    next_cursor: str | None
+    last_id: str | None
+    latency_seconds: float | None
+    cache_debug: CacheDebug | None
+    skipped_items: int
+    first_skip_error: str | None
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(p) for p in err["loc"]) or "body"
+    return f"{where}: {err['msg']}"
+
+
+def parse_page(body: bytes) -> Page:
+    """Turn one list response body into a Page, or raise InvalidResponseError saying what was wrong.
+
+    Item values never appear in the error text: raw_request/raw_response may carry prompts or credentials.
+    """
+    skipped = 0
+    first_skip: str | None = None
+    try:
+        page: _ListPage | _LooseListPage = _ListPage.model_validate_json(body)
+        batches = tuple(page.data)
+    except ValidationError as exc:
+        try:
+            loose = _LooseListPage.model_validate_json(body)
+        except ValidationError as envelope_exc:
+            raise InvalidResponseError(f"not a batch list page ({_first_error(envelope_exc)})") from None
+        except RecursionError:
+            raise InvalidResponseError("not a batch list page (nested too deeply)") from None
+        page = loose
+        kept: list[Batch] = []
+        for item in loose.data:
+            try:
+                kept.append(Batch.model_validate(item))
+            except ValidationError:
+                skipped += 1
+        batches = tuple(kept)
+        first_skip = _first_error(exc)
+    except (RecursionError, ValueError) as exc:
+        raise InvalidResponseError(f"not a batch list page ({type(exc).__name__})") from None
+    if page.object is not None and page.object != "list":
+        raise InvalidResponseError(f"not a batch list page (object is {page.object[:40]!r}, expected 'list')")
+    extra = page.extra_fields
+    latency = extra.latency / 1000.0 if extra is not None and extra.latency is not None else None
+    if latency is not None and not latency >= 0:
+        latency = None
+    return Page(
+        batches=batches,
+        has_more=bool(page.has_more),
+        next_cursor=page.next_cursor or None,
+        last_id=page.last_id or None,
+        latency_seconds=latency,
+        cache_debug=extra.cache_debug if extra is not None else None,
+        skipped_items=skipped,
+        first_skip_error=first_skip,
+    )
+
+
+def error_code(body: bytes) -> tuple[str | None, str | None]:
+    """(error.code, error.type) of a Bifrost error body, or Nones when the body is not one."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    err = doc.get("error")
+    if not isinstance(err, dict):
+        return None, doc.get("type") if isinstance(doc.get("type"), str) else None
+    code = err.get("code")
+    etype = err.get("type") if isinstance(err.get("type"), str) else doc.get("type")
+    return (code if isinstance(code, str) else None), (etype if isinstance(etype, str) else None)

@@ -1,0 +1,328 @@
+"""The configuration contract: defaults → YAML file → BIFROST_EXPORTER_* env → command-line flags.
+
+Everything is validated once, at start, so a typo stops the exporter with exit 2 and a message naming the setting
+and where its value came from, instead of surfacing hours later as a silent gap in the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from contextvars import ContextVar
+from itertools import pairwise
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "BIFROST_EXPORTER_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+
+DEFAULT_PROVIDERS = ("openai", "anthropic", "azure", "bedrock", "gemini", "vertex")
+DEFAULT_DURATION_BUCKETS = (
+    60.0,
+    300.0,
+    900.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    14400.0,
+    28800.0,
+    43200.0,
+    86400.0,
+    172800.0,
+)
+DEFAULT_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SECRET_FIELDS = ("virtual_key", "basic_auth_username", "basic_auth_password", "bearer_token")
+MASK = "**********"
+
+_PROVIDER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_HEADER_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+_yaml_values: ContextVar[Mapping[str, Any]] = ContextVar("_yaml_values", default=MappingProxyType({}))
+
+
+class ConfigError(Exception):
+    """A setting is invalid; str() is the one line printed before exit 2."""
+
+
+def _split_list(value: Any) -> Any:
+    """Env gives lists as "a,b" or JSON; YAML and flags give real lists."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError as exc:
+                raise ValueError(f"not a JSON list: {exc}") from None
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+def _check_buckets(values: tuple[float, ...]) -> tuple[float, ...]:
+    if not values:
+        raise ValueError("needs at least one bucket")
+    if any(not (v > 0 and v != float("inf")) for v in values):
+        raise ValueError("buckets must be finite and > 0")
+    if any(b <= a for a, b in pairwise(values)):
+        raise ValueError("buckets must be strictly increasing")
+    return values
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Feeds the already-parsed YAML file into pydantic-settings at the lowest precedence above defaults."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        values = _yaml_values.get()
+        return values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_yaml_values.get())
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, validate_default=True, case_sensitive=False
+    )
+
+    bifrost_url: str = "http://localhost:8080"
+    providers: Annotated[tuple[str, ...], NoDecode] = DEFAULT_PROVIDERS
+    virtual_key: SecretStr | None = None
+    basic_auth_username: SecretStr | None = None
+    basic_auth_password: SecretStr | None = None
+    bearer_token: SecretStr | None = None
+    extra_headers: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    tls_verify: bool = True
+    ca_file: Path | None = None
+    poll_interval_seconds: float = Field(default=30.0, ge=1)
+    request_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    page_size: int = Field(default=100, ge=1, le=1000)
+    max_pages: int = Field(default=200, ge=1, le=100_000)
+    max_retries: int = Field(default=3, ge=0, le=20)
+    stale_after_seconds: float | None = Field(default=None, gt=0)
+    per_batch_metrics: bool = False
+    per_batch_limit: int = Field(default=500, ge=1, le=10_000)
+    duration_buckets: Annotated[tuple[float, ...], NoDecode] = DEFAULT_DURATION_BUCKETS
+    latency_buckets: Annotated[tuple[float, ...], NoDecode] = DEFAULT_LATENCY_BUCKETS
+    listen_address: str = "0.0.0.0:9877"
+    web_config_file: Path | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console", "auto"] = "auto"
+    max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+    @field_validator("providers", "duration_buckets", "latency_buckets", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("bifrost_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", value):
+            raise ValueError("must be an http:// or https:// URL without query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("providers")
+    @classmethod
+    def _providers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("needs at least one provider")
+        for name in value:
+            if not _PROVIDER_RE.match(name):
+                raise ValueError(f"{name[:70]!r} is not a provider id (letters, digits, '_', '.', '-')")
+        seen: set[str] = set()
+        for name in value:
+            if name in seen:
+                raise ValueError(f"{name!r} is listed twice")
+            seen.add(name)
+        return value
+
+    @field_validator("extra_headers", mode="before")
+    @classmethod
+    def _headers_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else {}
+            except ValueError:
+                raise ValueError("must be a JSON object of header names to values") from None
+        return value
+
+    @field_validator("extra_headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, header_value in value.items():
+            if not _HEADER_RE.match(name):
+                raise ValueError(f"{name[:70]!r} is not a valid header name")
+            if "\r" in header_value or "\n" in header_value:
+                raise ValueError(f"value of header {name!r} contains a line break")
+        return value
+
+    @field_validator("duration_buckets", "latency_buckets")
+    @classmethod
+    def _buckets(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        return _check_buckets(value)
+
+    @field_validator("listen_address")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen_address(value)
+        return value
+
+    @field_validator("ca_file", "web_config_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file {str(value)[:200]!r} does not exist or is not a file")
+        return value
+
+    @model_validator(mode="after")
+    def _combinations(self) -> Settings:
+        if (self.basic_auth_username is None) != (self.basic_auth_password is None):
+            raise ValueError("basic_auth_username and basic_auth_password must be set together")
+        if self.bearer_token is not None and self.basic_auth_username is not None:
+            raise ValueError("bearer_token and basic_auth_username/basic_auth_password both set: choose one")
+        if self.stale_after_seconds is not None and self.stale_after_seconds < self.poll_interval_seconds:
+            raise ValueError("stale_after_seconds must be >= poll_interval_seconds")
+        return self
+
+    @property
+    def stale_after(self) -> float:
+        return (
+            self.stale_after_seconds
+            if self.stale_after_seconds is not None
+            else 5 * self.poll_interval_seconds
+        )
+
+    @property
+    def listen(self) -> tuple[str, int]:
+        return parse_listen_address(self.listen_address)
+
+    def secret_values(self) -> list[str]:
+        """Every secret string, for the log redactor; header values count, as they often carry keys."""
+        values = [s.get_secret_value() for s in (getattr(self, f) for f in SECRET_FIELDS) if s is not None]
+        values.extend(self.extra_headers.values())
+        return [v for v in values if len(v) >= 4]
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as --check-config prints them: secrets and header values replaced."""
+        out = self.model_dump(mode="json")
+        for name in SECRET_FIELDS:
+            if out.get(name) is not None:
+                out[name] = MASK
+        out["extra_headers"] = {k: MASK for k in self.extra_headers}
+        out["stale_after_seconds"] = self.stale_after
+        return out
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    match = re.match(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$", value)
+    if not match:
+        raise ValueError("must be HOST:PORT (IPv6 as [ADDR]:PORT)")
+    port = int(match.group("port"))
+    if port > 65535:
+        raise ValueError("port must be 0-65535")
+    host = match.group("v6") or match.group("host") or "0.0.0.0"
+    return host, port
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"invalid setting config: cannot read {str(path)!r}: {exc.strerror}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"invalid setting config: {str(path)!r} is not valid YAML: {exc}".replace("\n", " ")
+        ) from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"invalid setting config: {str(path)!r} must be a YAML mapping of setting names")
+    return {str(k): v for k, v in doc.items()}
+
+
+def _source_of(
+    name: str,
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+    yaml_values: Mapping[str, Any],
+    config_path: Path | None,
+) -> str:
+    if name in flags:
+        return "from the command line"
+    env_name = ENV_PREFIX + name.upper()
+    if any(k.upper() == env_name for k in environ):
+        return f"from environment {env_name}"
+    if name in yaml_values:
+        return f"from config file {config_path}"
+    return "default"
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Build Settings from every source, or raise ConfigError with one line naming the bad setting."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    environ = os.environ
+    if config_file is None and environ.get(CONFIG_ENV):
+        config_file = Path(environ[CONFIG_ENV])
+    yaml_values = _read_yaml(config_file) if config_file is not None else {}
+    token = _yaml_values.set(yaml_values)
+    try:
+        return Settings(**flags)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            loc = [str(p) for p in err["loc"]]
+            name = loc[0] if loc else ""
+            msg = err["msg"].removeprefix("Value error, ")
+            if not name:
+                problems.append(msg)
+                continue
+            if err["type"] == "extra_forbidden":
+                origin = f"in config file {config_file}" if name in yaml_values else "given"
+                problems.append(f"unknown setting {name!r} {origin}")
+                continue
+            source = _source_of(name, flags, environ, yaml_values, config_file)
+            shown = "" if name in SECRET_FIELDS or name == "extra_headers" else _shown_input(err.get("input"))
+            problems.append(f"invalid setting {name}{shown} ({source}): {msg}")
+        raise ConfigError("; ".join(problems)) from None
+    finally:
+        _yaml_values.reset(token)
+
+
+def _shown_input(value: Any) -> str:
+    if value is None or isinstance(value, dict):
+        return ""
+    text = repr(value)
+    return "=" + (text if len(text) <= 80 else text[:77] + "...")
