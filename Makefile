@@ -1,0 +1,47 @@
+# Two commands matter: `make demo` and `make test`. Everything else is a building block.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint typecheck pytest bench test-image dashboards clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Runtime install only: enough to run the exporter and its simulator.
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# Everything the test suite, linters and benchmarks need.
+$(VENV)/.test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(VENV)/.runtime
+
+demo: $(VENV)/.runtime
+	$(BIN)/bifrost-batch-exporter --demo
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.test
+	$(BIN)/mypy --strict exporter
+
+pytest: $(VENV)/.test
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+bench: $(VENV)/.test
+	$(BIN)/python bench/run_all.py
+
+test-image:
+	bash deploy/image-test.sh
+
+dashboards: $(VENV)/.test
+	$(BIN)/python dashboards/build.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist *.egg-info
