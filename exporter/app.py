@@ -99,13 +99,13 @@ class Exporter:
                     self._dirty.wait(), None if timeout is None else max(0.05, timeout + 0.01)
                 )
 
-    async def start(self) -> None:
+    async def start(self, *, poll: bool = True) -> None:
+        """Serve and render; `poll=False` leaves polling to the caller (tests drive polls one at a time)."""
         self._dirty = asyncio.Event()
         await self.server.start()
-        self._tasks = [
-            asyncio.create_task(self.poller.run(), name="poller"),
-            asyncio.create_task(self._render_loop(), name="render"),
-        ]
+        self._tasks = [asyncio.create_task(self._render_loop(), name="render")]
+        if poll:
+            self._tasks.append(asyncio.create_task(self.poller.run(), name="poller"))
         for task in self._tasks:
             task.add_done_callback(self._task_done)
         self._log.info(

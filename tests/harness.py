@@ -1,0 +1,116 @@
+"""Run a whole exporter in-process (own event loop in a thread) and read its /metrics over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.app import Exporter
+from exporter.settings import Settings
+
+T = TypeVar("T")
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def make_settings(url: str, providers: list[str], **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "bifrost_url": url,
+        "providers": providers,
+        "listen_address": "127.0.0.1:0",
+        "log_format": "json",
+        "max_retries": 0,
+        "request_timeout_seconds": 5,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class ExporterThread:
+    """An Exporter on a loopback port; polls are driven by the test unless auto_poll is set."""
+
+    def __init__(
+        self, settings: Settings, *, clock: Callable[[], float] = time.time, auto_poll: bool = False, **kw: Any
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._auto_poll = auto_poll
+        self._kw = kw
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self.exporter: Exporter
+
+    def __enter__(self) -> ExporterThread:
+        self._thread.start()
+
+        async def build() -> Exporter:
+            exporter = Exporter(self.settings, clock=self._clock, **self._kw)
+            await exporter.start(poll=self._auto_poll)
+            return exporter
+
+        self.exporter = self.call(build())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.call(self.exporter.stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def poll(self, provider: str | None = None) -> None:
+        """One complete poll (of one provider or all), then the re-render it triggers."""
+        if provider is None:
+            self.call(self.exporter.poller.poll_all_once())
+        else:
+            self.call(self.exporter.poller.poll(provider))
+
+        async def rerender() -> None:
+            self.exporter.refresh()
+
+        self.call(rerender())
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.exporter.port}"
+
+    def get(self, path: str = "/metrics", **kw: Any) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=10, **kw)
+
+    def samples(self) -> Samples:
+        return parse_samples(self.get().text)
+
+
+def parse_samples(text: str) -> Samples:
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def series(samples: Samples, name: str, **labels: str) -> Iterator[tuple[dict[str, str], float]]:
+    want = set(labels.items())
+    for (n, lbls), v in samples.items():
+        if n == name and want <= set(lbls):
+            yield dict(lbls), v
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
