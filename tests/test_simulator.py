@@ -1,0 +1,716 @@
+"""The simulator is product code other suites trust as "the gateway": these tests pin it to the API facts over
+real HTTP on loopback, so a drift here cannot silently make every other suite test the wrong thing."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from exporter.simulator import (
+    DEFAULT_PROVIDERS,
+    FAULTS,
+    TERMINAL_STATUSES,
+    ProviderSpec,
+    Simulator,
+    decode_cursor,
+    encode_cursor,
+    generate_batches,
+    list_page_bytes,
+)
+from tests.conftest import free_port
+
+T0 = 1_700_000_000.0
+
+
+class FakeClock:
+    """Lifecycles move only when the test says so."""
+
+    def __init__(self, start: float = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def static(clock: FakeClock) -> Iterator[Simulator]:
+    """An empty, still gateway: tests build exact scenarios in it."""
+    with Simulator(lifecycle=False, clock=clock) as sim:
+        yield sim
+
+
+@pytest.fixture
+def client(static: Simulator) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=static.url, timeout=10) as c:
+        yield c
+
+
+def walk(c: httpx.Client, provider: str, limit: int | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+    """A client following the facts' cursor rules; returns the ids seen and every page body."""
+    ids: list[str] = []
+    pages: list[dict[str, Any]] = []
+    after: str | None = None
+    for _ in range(200):
+        params: dict[str, Any] = {"provider": provider}
+        if limit is not None:
+            params["limit"] = limit
+        if after is not None:
+            params["after"] = after
+        r = c.get("/v1/batches", params=params)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        pages.append(body)
+        ids.extend(item["id"] for item in body["data"])
+        if not body.get("has_more"):
+            return ids, pages
+        after = (
+            body.get("next_cursor")
+            or body.get("last_id")
+            or (body["data"][-1]["id"] if body["data"] else None)
+        )
+        assert after is not None
+    raise AssertionError("paging did not terminate")
+
+
+# ---- paging --------------------------------------------------------------------------------------------------
+
+
+def test_cursor_paging_visits_every_batch_once_across_keys_including_an_empty_key(clock: FakeClock) -> None:
+    spec = ProviderSpec("multi", keys=3, empty_keys=(1,))
+    with (
+        Simulator(providers=[spec], lifecycle=False, clock=clock) as sim,
+        httpx.Client(base_url=sim.url) as c,
+    ):
+        added = [sim.add_batch("multi", created_at=int(T0) - i)["id"] for i in range(7)]
+        ids, pages = walk(c, "multi", limit=3)
+    assert sorted(ids) == sorted(added)
+    assert len(ids) == len(set(ids))
+    # Key boundaries: a short page and an empty page (key 1) that still say has_more.
+    assert any(p["data"] == [] and p.get("has_more") is True for p in pages[:-1])
+    assert any(len(p["data"]) == 1 and p.get("has_more") is True for p in pages)
+    assert "has_more" not in pages[-1]
+    assert "next_cursor" not in pages[-1]
+    assert all("next_cursor" in p for p in pages[:-1])
+    for p in pages[:-1]:
+        decoded = decode_cursor(p["next_cursor"])
+        assert decoded is not None
+
+
+def test_default_openai_pages_over_its_empty_first_key(static: Simulator, client: httpx.Client) -> None:
+    openai = next(s for s in DEFAULT_PROVIDERS if s.name == "openai")
+    assert openai.keys == 2
+    ids = [static.add_batch("openai")["id"] for _ in range(3)]
+    first = client.get("/v1/batches", params={"provider": "openai"}).json()
+    assert first["data"] == []
+    assert first["has_more"] is True
+    assert "first_id" not in first
+    assert "last_id" not in first
+    seen, _ = walk(client, "openai")
+    assert sorted(seen) == sorted(ids)
+
+
+def test_cursor_is_standard_base64_json() -> None:
+    cursor = encode_cursor(1, "batch_abc")
+    assert json.loads(base64.b64decode(cursor)) == {"k": 1, "a": "batch_abc"}
+    assert decode_cursor(cursor) == (1, "batch_abc")
+    assert decode_cursor("batch_abc") is None
+    assert decode_cursor("batches/0123456789abcdef0123") is None
+
+
+def test_legacy_paging_uses_last_id_and_never_sends_next_cursor(
+    static: Simulator, client: httpx.Client
+) -> None:
+    added = [static.add_batch("azure", created_at=int(T0) - i)["id"] for i in range(5)]
+    ids, pages = walk(client, "azure", limit=2)
+    assert ids == added  # newest first
+    assert [len(p["data"]) for p in pages] == [2, 2, 1]
+    assert all("next_cursor" not in p for p in pages)
+    assert pages[0]["first_id"] == added[0]
+    assert pages[0]["last_id"] == added[1]
+    assert pages[0]["has_more"] is True
+    assert "has_more" not in pages[-1]
+
+
+def test_raw_batch_id_is_accepted_as_after_in_cursor_style(static: Simulator, client: httpx.Client) -> None:
+    ids = [static.add_batch("bedrock", created_at=int(T0) - i)["id"] for i in range(4)]
+    body = client.get("/v1/batches", params={"provider": "bedrock", "after": ids[1]}).json()
+    assert [b["id"] for b in body["data"]] == ids[2:]
+    bad = client.get("/v1/batches", params={"provider": "bedrock", "after": "nope"})
+    assert bad.status_code == 400
+
+
+def test_after_an_id_dropped_meanwhile_still_continues(static: Simulator, client: httpx.Client) -> None:
+    ids = [static.add_batch("azure", created_at=int(T0) - i)["id"] for i in range(4)]
+    page = client.get("/v1/batches", params={"provider": "azure", "limit": 2}).json()
+    static._providers["azure"].remove(ids[1])  # lifecycle trimming can do this between pages
+    rest = client.get("/v1/batches", params={"provider": "azure", "after": page["last_id"]}).json()
+    assert [b["id"] for b in rest["data"]] == ids[2:]
+
+
+def test_empty_store_answers_an_empty_list_without_has_more(client: httpx.Client) -> None:
+    body = client.get("/v1/batches", params={"provider": "anthropic"}).json()
+    assert body["object"] == "list"
+    assert body["data"] == []
+    assert set(body) == {"object", "data", "extra_fields"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(None, 4), ("3", 3), ("abc", 4), ("0", 4), ("-2", 4), ("2.5", 4), ("", 4), ("5000", 1000)],
+)
+@functools.cache
+def _many() -> list[dict[str, Any]]:
+    return generate_batches("p", 1100, now=T0)
+
+
+def test_limit_is_used_only_when_a_positive_int_and_capped(
+    clock: FakeClock, raw: str | None, expected: int
+) -> None:
+    spec = ProviderSpec("p", style="legacy", default_limit=4)
+    with (
+        Simulator(providers=[spec], lifecycle=False, clock=clock) as sim,
+        httpx.Client(base_url=sim.url) as c,
+    ):
+        sim.load_batches("p", _many())
+        params = {"provider": "p"} if raw is None else {"provider": "p", "limit": raw}
+        assert len(c.get("/v1/batches", params=params).json()["data"]) == expected
+
+
+def test_before_is_accepted_and_ignored(static: Simulator, client: httpx.Client) -> None:
+    static.add_batch("azure")
+    r = client.get("/v1/batches", params={"provider": "azure", "before": "whatever"})
+    assert r.status_code == 200
+    assert len(r.json()["data"]) == 1
+
+
+# ---- errors and auth -----------------------------------------------------------------------------------------
+
+
+def test_missing_provider_gives_the_exact_bifrost_body(client: httpx.Client) -> None:
+    r = client.get("/v1/batches")
+    assert r.status_code == 400
+    assert r.content == (
+        b'{"is_bifrost_error":false,"status_code":400,"error":{"message":"provider query parameter is required"}}'
+    )
+
+
+@pytest.mark.parametrize("provider", ["cohere", "mistral", "groq", "my-custom"])
+def test_unsupported_and_unknown_providers_answer_unsupported_operation(
+    client: httpx.Client, provider: str
+) -> None:
+    r = client.get("/v1/batches", params={"provider": provider})
+    assert r.status_code == 400
+    body = r.json()
+    assert body["error"]["code"] == "unsupported_operation"
+    assert body["error"]["message"] == f"batch_list is not supported by {provider} provider"
+    assert body["is_bifrost_error"] is False
+
+
+VK = "sk-bf-test-key"
+BASIC = "Basic " + base64.b64encode(b"admin:pw").decode()
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "err_type"),
+    [
+        ({"x-bf-vk": VK}, 200, None),
+        ({"Authorization": f"Bearer {VK}"}, 200, None),
+        ({"x-api-key": VK}, 200, None),
+        ({"api-key": VK}, 200, None),
+        ({}, 401, "virtual_key_required"),
+        ({"x-bf-vk": "sk-bf-wrong"}, 401, "virtual_key_not_found"),
+        ({"Authorization": "Bearer sk-bf-wrong"}, 401, "virtual_key_not_found"),
+    ],
+)
+def test_virtual_key_variants(
+    clock: FakeClock, headers: dict[str, str], status: int, err_type: str | None
+) -> None:
+    with Simulator(lifecycle=False, clock=clock, virtual_key=VK) as sim, httpx.Client(base_url=sim.url) as c:
+        r = c.get("/v1/batches", params={"provider": "openai"}, headers=headers)
+        assert r.status_code == status
+        if err_type is not None:
+            assert r.json() == {
+                "is_bifrost_error": False,
+                "status_code": 401,
+                "error": {"message": "Unauthorized", "type": err_type},
+            }
+        assert c.get("/health").status_code == 200  # health never needs auth
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Authorization": BASIC, "x-bf-vk": VK}, 200),
+        ({"Authorization": BASIC}, 401),
+        ({"x-bf-vk": VK}, 401),
+        ({"Authorization": "Basic " + base64.b64encode(b"admin:nope").decode(), "x-bf-vk": VK}, 401),
+        ({"Authorization": BASIC, "x-api-key": VK}, 401),  # with Basic on, the key must come in x-bf-vk
+    ],
+)
+def test_basic_auth_needs_the_key_in_x_bf_vk(clock: FakeClock, headers: dict[str, str], status: int) -> None:
+    with (
+        Simulator(lifecycle=False, clock=clock, virtual_key=VK, basic_auth=("admin", "pw")) as sim,
+        httpx.Client(base_url=sim.url) as c,
+    ):
+        r = c.get("/v1/batches", params={"provider": "openai"}, headers=headers)
+        assert r.status_code == status
+        if status == 401:
+            assert r.json()["error"]["message"] == "Unauthorized"
+
+
+def test_request_log_records_header_names_never_values(clock: FakeClock) -> None:
+    with Simulator(lifecycle=False, clock=clock, virtual_key=VK) as sim, httpx.Client(base_url=sim.url) as c:
+        c.get("/v1/batches", params={"provider": "openai", "limit": 5}, headers={"x-bf-vk": VK})
+        log = sim.request_log()
+    assert log[-1]["path"] == "/v1/batches"
+    assert log[-1]["query"] == {"provider": "openai", "limit": "5"}
+    assert log[-1]["auth_headers"] == ["x-bf-vk"]
+    assert VK not in json.dumps(log)
+
+
+# ---- faults --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "content_type", "check"),
+    [
+        ("server_error", 500, "application/json", lambda r: r.json()["status_code"] == 500),
+        ("bad_gateway", 502, "text/html", lambda r: "502 Bad Gateway" in r.text),
+        ("rate_limit", 429, "application/json", lambda r: r.json()["error"]["type"] == "rate_limited"),
+        ("html", 200, "text/html", lambda r: r.text.lstrip().lower().startswith("<!doctype html")),
+        ("auth", 401, "application/json", lambda r: r.json()["error"]["message"] == "Unauthorized"),
+        ("forbidden", 403, "application/json", lambda r: r.json()["error"]["type"] == "virtual_key_blocked"),
+        (
+            "unsupported",
+            400,
+            "application/json",
+            lambda r: r.json()["error"]["code"] == "unsupported_operation",
+        ),
+        ("malformed_json", 200, "application/json", lambda r: _invalid_json(r.content)),
+        ("not_list", 200, "application/json", lambda r: r.json().get("object") == "batch"),
+    ],
+)
+def test_http_faults(
+    static: Simulator, client: httpx.Client, fault: str, status: int, content_type: str, check: Any
+) -> None:
+    static.add_batch("openai", api_key=0)
+    static.set_fault(fault)
+    r = client.get("/v1/batches", params={"provider": "openai"})
+    assert r.status_code == status
+    assert r.headers["content-type"].startswith(content_type)
+    assert r.headers["content-length"] == str(len(r.content))
+    assert check(r)
+
+
+def _invalid_json(raw: bytes) -> bool:
+    try:
+        json.loads(raw)
+    except ValueError:
+        return True
+    return False
+
+
+def test_rate_limit_carries_retry_after(static: Simulator, client: httpx.Client) -> None:
+    static.set_fault("rate_limit", retry_after=7)
+    assert client.get("/v1/batches", params={"provider": "openai"}).headers["retry-after"] == "7"
+    static.set_fault("rate_limit")
+    assert client.get("/v1/batches", params={"provider": "openai"}).headers["retry-after"] == "1"
+
+
+def test_not_list_can_be_a_json_array(static: Simulator, client: httpx.Client) -> None:
+    static.add_batch("azure")
+    static.set_fault("not_list", shape="array")
+    assert isinstance(client.get("/v1/batches", params={"provider": "azure"}).json(), list)
+
+
+def test_fault_times_clears_itself_and_provider_scope(static: Simulator, client: httpx.Client) -> None:
+    static.set_fault("server_error", provider="azure", times=2)
+    codes = [client.get("/v1/batches", params={"provider": "azure"}).status_code for _ in range(3)]
+    assert codes == [500, 500, 200]
+    static.set_fault("server_error", provider="azure")
+    assert client.get("/v1/batches", params={"provider": "bedrock"}).status_code == 200
+    assert client.get("/v1/batches", params={"provider": "azure"}).status_code == 500
+    static.set_fault(None)
+    assert client.get("/v1/batches", params={"provider": "azure"}).status_code == 200
+    with pytest.raises(ValueError):
+        static.set_fault("no_such_fault")
+    assert "cursor_loop" in FAULTS
+
+
+def test_faults_do_not_touch_health_or_retrieve(static: Simulator, client: httpx.Client) -> None:
+    b = static.add_batch("azure")
+    static.set_fault("server_error")
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get(f"/v1/batches/{b['id']}", params={"provider": "azure"}).status_code == 200
+
+
+def test_slow_fault_delays_the_answer(static: Simulator, client: httpx.Client) -> None:
+    static.set_fault("slow", delay=0.3, times=1)
+    started = time.monotonic()
+    assert client.get("/v1/batches", params={"provider": "openai"}).status_code == 200
+    assert time.monotonic() - started >= 0.3
+    started = time.monotonic()
+    assert client.get("/v1/batches", params={"provider": "openai"}).status_code == 200
+    assert time.monotonic() - started < 0.3  # times=1: gone after one request
+
+
+def test_page_delay_is_applied_per_page(clock: FakeClock) -> None:
+    spec = ProviderSpec("p", page_delay=0.1)
+    with (
+        Simulator(providers=[spec], lifecycle=False, clock=clock) as sim,
+        httpx.Client(base_url=sim.url) as c,
+    ):
+        started = time.monotonic()
+        c.get("/v1/batches", params={"provider": "p"})
+        assert time.monotonic() - started >= 0.1
+
+
+def test_cursor_loop_returns_the_cursor_it_was_given(static: Simulator, client: httpx.Client) -> None:
+    for i in range(5):
+        static.add_batch("bedrock", created_at=int(T0) - i)
+    static.set_fault("cursor_loop")
+    first = client.get("/v1/batches", params={"provider": "bedrock", "limit": 2}).json()
+    assert first["has_more"] is True
+    cursor = first["next_cursor"]
+    for _ in range(3):
+        page = client.get("/v1/batches", params={"provider": "bedrock", "limit": 2, "after": cursor}).json()
+        assert page["has_more"] is True
+        assert page["next_cursor"] == cursor
+
+
+def test_repeat_page_ignores_after_with_fresh_cursors(static: Simulator, client: httpx.Client) -> None:
+    for i in range(5):
+        static.add_batch("anthropic", created_at=int(T0) - i)
+    static.set_fault("repeat_page", provider="anthropic")
+    pages = []
+    after = None
+    for _ in range(3):
+        params: dict[str, Any] = {"provider": "anthropic", "limit": 2}
+        if after:
+            params["after"] = after
+        page = client.get("/v1/batches", params=params).json()
+        pages.append(page)
+        after = page["next_cursor"]
+    assert all(p["has_more"] is True for p in pages)
+    assert len({p["next_cursor"] for p in pages}) == 3  # the cursor never repeats...
+    assert len({tuple(b["id"] for b in p["data"]) for p in pages}) == 1  # ...only the ids reveal the loop
+
+
+def test_no_cursor_claims_more_without_any_way_to_get_it(static: Simulator, client: httpx.Client) -> None:
+    static.add_batch("bedrock")
+    static.set_fault("no_cursor", provider="bedrock")
+    body = client.get("/v1/batches", params={"provider": "bedrock"}).json()
+    assert body["has_more"] is True
+    assert body["data"] == []
+    assert not {"next_cursor", "last_id", "first_id"} & set(body)
+
+
+# ---- control endpoints ---------------------------------------------------------------------------------------
+
+
+def test_control_endpoints(static: Simulator, client: httpx.Client) -> None:
+    r = client.post("/_sim/batches", json={"provider": "azure", "status": "completed", "batch_id": "batch_x"})
+    assert r.status_code == 200
+    assert r.json()["id"] == "batch_x"
+    assert r.json()["completed_at"] == int(T0)
+    r = client.post(
+        "/_sim/batches/batch_x/status", json={"provider": "azure", "status": "failed", "at": int(T0) + 5}
+    )
+    assert r.status_code == 200
+    assert r.json()["failed_at"] == int(T0) + 5
+    assert static.batches("azure")[0]["status"] == "failed"
+    r = client.post(
+        "/_sim/fault", json={"fault": "rate_limit", "provider": "azure", "times": 1, "retry_after": 3}
+    )
+    assert r.status_code == 200
+    limited = client.get("/v1/batches", params={"provider": "azure"})
+    assert limited.status_code == 429
+    assert limited.headers["retry-after"] == "3"
+    assert client.get("/v1/batches", params={"provider": "azure"}).status_code == 200
+    state = client.get("/_sim/state").json()
+    assert state["providers"]["azure"]["statuses"] == {"failed": 1}
+    assert state["providers"]["azure"]["list_requests"] == 2
+    assert client.post("/_sim/fault", json={"fault": "bogus"}).status_code == 400
+    assert client.post("/_sim/batches", json={"provider": "nope"}).status_code == 400
+    assert static.list_requests("azure") == 2
+    assert static.list_requests() == 2
+
+
+# ---- store semantics -----------------------------------------------------------------------------------------
+
+
+def test_add_batch_sets_terminal_timestamps_and_fields_override(static: Simulator, clock: FakeClock) -> None:
+    done = static.add_batch("openai", status="completed", created_at=int(T0) - 600)
+    assert done["completed_at"] == int(T0)
+    assert done["created_at"] == int(T0) - 600
+    assert done["expires_at"] == int(T0) - 600 + 86_400
+    nots = static.add_batch("openai", status="completed", completed_at=None, progress=40, extra_fields={})
+    assert nots["completed_at"] is None
+    assert nots["progress"] == 40
+    assert nots["extra_fields"] == {}
+    rc = static.add_batch("openai", status="failed", request_counts={"total": 3, "completed": 1, "failed": 2})
+    assert rc["request_counts"] == {"total": 3, "completed": 1, "failed": 2}
+    assert rc["failed_at"] == int(T0)
+    clock.advance(10)
+    static.set_status("openai", done["id"], "expired")
+    after = next(b for b in static.batches("openai") if b["id"] == done["id"])
+    assert after["status"] == "expired"
+    assert after["expired_at"] == int(T0) + 10
+    assert static.batches("openai")[0]["id"] == rc["id"]  # newest first (same created_at: latest added)
+    static.clear("openai")
+    assert static.batches("openai") == []
+    with pytest.raises(ValueError):
+        static.add_batch("nowhere")
+
+
+def test_retrieve_and_cancel(clock: FakeClock) -> None:
+    with Simulator(clock=clock, initial_batches=0) as sim, httpx.Client(base_url=sim.url) as c:
+        b = sim.add_batch("gemini", status="in_progress")
+        assert b["id"].startswith("batches/")
+        got = c.get(f"/v1/batches/{b['id']}", params={"provider": "gemini"})
+        assert got.status_code == 200
+        assert got.json()["id"] == b["id"]
+        assert c.get("/v1/batches/batches%2Fnope", params={"provider": "gemini"}).status_code == 404
+        assert c.get(f"/v1/batches/{b['id']}").status_code == 400
+        assert c.get(f"/v1/batches/{b['id']}", params={"provider": "cohere"}).json()["error"]["code"] == (
+            "unsupported_operation"
+        )
+        cancelled = c.post(f"/v1/batches/{b['id']}/cancel", params={"provider": "gemini"})
+        assert cancelled.status_code == 200
+        assert cancelled.json()["status"] == "cancelling"
+        assert cancelled.json()["cancelling_at"] == int(T0)
+        clock.advance(30)
+        final = c.get(f"/v1/batches/{b['id']}", params={"provider": "gemini"}).json()
+        assert final["status"] == "cancelled"
+        assert final["cancelled_at"] > int(T0)
+        assert final["done"] is True
+        assert c.post(f"/v1/batches/{b['id']}/cancel", params={"provider": "gemini"}).status_code == 400
+
+
+def test_anthropic_cancel_ends_with_canceled_counts(clock: FakeClock) -> None:
+    with Simulator(clock=clock, initial_batches=0) as sim, httpx.Client(base_url=sim.url) as c:
+        b = sim.add_batch("anthropic", status="in_progress")
+        r = c.post(f"/v1/batches/{b['id']}/cancel", params={"provider": "anthropic"}).json()
+        assert r["status"] == "cancelling"
+        assert r["processing_status"] == "canceling"
+        clock.advance(30)
+        final = c.get(f"/v1/batches/{b['id']}", params={"provider": "anthropic"}).json()
+    assert final["status"] == "ended"
+    assert final["completed_at"] is not None
+    assert final["request_counts"]["canceled"] == 60
+    assert "pending" not in final["request_counts"]
+
+
+# ---- lifecycle -----------------------------------------------------------------------------------------------
+
+
+def test_lifecycle_starts_with_a_mix_and_moves_with_the_clock(clock: FakeClock) -> None:
+    sim = Simulator(clock=clock, seed=3, max_batches=40)
+    openai = sim.batches("openai")
+    assert len(openai) == 12
+    assert {"cohere", "mistral"}.isdisjoint(p for p, s in sim.state()["providers"].items() if s["batches"])
+    for name in ("openai", "anthropic", "azure", "bedrock", "gemini", "vertex"):
+        batches = sim.batches(name)
+        statuses = {b["status"] for b in batches}
+        assert statuses & TERMINAL_STATUSES, name
+        for b in batches:
+            if b["status"] in TERMINAL_STATUSES - {"deleted"}:
+                ts = (
+                    b.get("completed_at")
+                    or b.get("failed_at")
+                    or b.get("expired_at")
+                    or b.get("cancelled_at")
+                )
+                assert ts is not None, (name, b)
+                assert ts <= T0, (name, b)
+    before = {b["id"]: b["status"] for b in sim.batches("bedrock")}
+    clock.advance(300)
+    sim.tick()
+    after = {b["id"]: b for b in sim.batches("bedrock")}
+    assert 10 <= len(after) - len(before) <= 30  # roughly one new batch per 20 s
+    moved = [bid for bid, status in before.items() if after[bid]["status"] != status]
+    assert moved
+    finished = [b for b in after.values() if b["status"] == "completed" and b["completed_at"] > T0]
+    assert finished
+    assert all(b["request_counts"]["completed"] > 0 for b in finished)
+    assert all(b["completed_at"] >= b["finalizing_at"] >= b["in_progress_at"] for b in finished)
+    clock.advance(4 * 3600)
+    sim.tick()
+    for name in ("openai", "azure", "gemini"):
+        assert len(sim.batches(name)) <= 40
+
+
+def test_lifecycle_is_deterministic_per_seed() -> None:
+    a_clock, b_clock = FakeClock(), FakeClock()
+    a = Simulator(clock=a_clock, seed=7)
+    b = Simulator(clock=b_clock, seed=7)
+    for _ in range(5):
+        a_clock.advance(37)
+        b_clock.advance(37)
+        a.tick()
+    b.tick()  # fewer ticks, same clock: the same world
+    assert a.batches("vertex") == b.batches("vertex")
+    assert Simulator(clock=FakeClock(), seed=8).batches("vertex") != a.batches("vertex")
+
+
+def test_lifecycle_ticks_lazily_on_list_requests(clock: FakeClock) -> None:
+    with Simulator(clock=clock, initial_batches=0) as sim, httpx.Client(base_url=sim.url) as c:
+        assert walk(c, "azure")[0] == []
+        clock.advance(120)
+        assert len(walk(c, "azure")[0]) >= 3
+
+
+def test_lifecycle_false_changes_only_through_the_api(static: Simulator, clock: FakeClock) -> None:
+    static.add_batch("openai", status="in_progress")
+    snapshot = static.batches("openai")
+    clock.advance(3600)
+    static.tick()
+    assert static.batches("openai") == snapshot
+
+
+def test_flavors_have_their_fields(clock: FakeClock) -> None:
+    sim = Simulator(clock=clock, seed=1, initial_batches=30, max_batches=1000)
+    clock.advance(1800)
+    sim.tick()
+    anthropic = sim.batches("anthropic")
+    assert all(b["id"].startswith("msgbatch_") for b in anthropic)
+    assert "completed" not in {b["status"] for b in anthropic}
+    ended = [b for b in anthropic if b["status"] == "ended"]
+    assert ended
+    assert all(b["completed_at"] and b["processing_status"] == "ended" and b["results_url"] for b in ended)
+    assert any({"succeeded", "canceled", "expired"} & set(b["request_counts"]) for b in ended)
+    assert all("pending" not in b["request_counts"] for b in ended)
+
+    gemini = sim.batches("gemini")
+    assert all(b["id"].startswith("batches/") and b["operation_name"] and "done" in b for b in gemini)
+    assert all(isinstance(b["progress"], int) for b in gemini)
+    deleted = [b for b in gemini if b["status"] == "deleted"]
+    assert deleted
+    assert all(not b.get("completed_at") and not b.get("cancelled_at") for b in deleted)
+
+    assert all(
+        b["id"].startswith("arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/")
+        for b in sim.batches("bedrock")
+    )
+    azure = {b["status"] for b in sim.batches("azure")}
+    assert "canceled" in azure
+    assert "cancelled" not in azure
+    vertex = sim.batches("vertex")
+    assert all("display_name" in b and "input_blob" in b and "output_blob" in b for b in vertex)
+    failed = [b for b in sim.batches("openai") if b["status"] == "failed"]
+    assert failed
+    assert all(b["failed_at"] and b["request_counts"]["failed"] > 0 and b["errors"] for b in failed)
+
+
+def test_vertex_sometimes_reports_an_unknown_provider_status() -> None:
+    sim = Simulator(clock=FakeClock(), seed=2, initial_batches=0, max_batches=1000)
+    clock = sim._clock
+    assert isinstance(clock, FakeClock)
+    seen: set[str] = set()
+    for _ in range(60):
+        clock.advance(10)
+        sim.tick()
+        seen |= {b["status"] for b in sim.batches("vertex")}
+    assert "JOB_STATE_QUEUED" in seen
+
+
+def test_response_extra_fields_by_style(clock: FakeClock) -> None:
+    with Simulator(clock=clock, seed=4, initial_batches=40) as sim, httpx.Client(base_url=sim.url) as c:
+        cursor_pages = [
+            c.get("/v1/batches", params={"provider": "bedrock", "limit": 5}).json() for _ in range(15)
+        ]
+        legacy = c.get("/v1/batches", params={"provider": "azure", "limit": 40}).json()
+    for page in cursor_pages:
+        top = page["extra_fields"]
+        assert top["request_type"] == "batch_list"
+        assert top["provider"] == "bedrock"
+        assert isinstance(top["latency"], int)
+        assert top["latency"] > 0
+        assert all(set(b["extra_fields"]) == {"latency"} for b in page["data"])
+    assert any("cache_debug" in p["extra_fields"] for p in cursor_pages)
+    assert len({p["extra_fields"]["latency"] for p in cursor_pages}) > 1  # jittered
+    items = legacy["data"]
+    assert all(
+        {"request_type", "provider", "model_requested", "model_deployment", "latency"}
+        <= set(b["extra_fields"])
+        for b in items
+    )
+    debug = [b["extra_fields"]["cache_debug"] for b in items if "cache_debug" in b["extra_fields"]]
+    assert debug
+    for d in debug:
+        assert d["hit_type"] in ("direct", "semantic", None)
+        assert ("similarity" in d) == (d["hit_type"] == "semantic")
+
+
+# ---- helpers for other suites --------------------------------------------------------------------------------
+
+
+def test_generate_batches_is_realistic_newest_first_and_deterministic() -> None:
+    batches = generate_batches("openai", 200, seed=5, now=T0)
+    assert batches == generate_batches("openai", 200, seed=5, now=T0)
+    created = [b["created_at"] for b in batches]
+    assert created == sorted(created, reverse=True)
+    assert len({b["id"] for b in batches}) == 200
+    statuses = {b["status"] for b in batches}
+    assert {"completed", "failed"} <= statuses
+    assert statuses & {"validating", "in_progress", "finalizing"}
+    assert all("latency" in b["extra_fields"] for b in batches)
+    assert any("cache_debug" in b["extra_fields"] for b in batches)
+    assert generate_batches("x", 3, flavor="anthropic", now=T0)[0]["id"].startswith("msgbatch_")
+
+
+def test_list_page_bytes_matches_the_server(static: Simulator, client: httpx.Client) -> None:
+    sim = Simulator(lifecycle=False, latency_ms=100, cache_debug=False, clock=FakeClock())
+    batches = generate_batches("azure", 3, now=T0, flavor="azure")
+    sim.load_batches("azure", batches)
+    with sim, httpx.Client(base_url=sim.url) as c:
+        served = c.get("/v1/batches", params={"provider": "azure"}).json()
+    built = json.loads(
+        list_page_bytes(batches, provider="azure", latency_ms=served["extra_fields"]["latency"])
+    )
+    assert built == served
+    raw = list_page_bytes([], has_more=True, next_cursor="abc")
+    assert raw.startswith(b'{"object":"list","data":[],"has_more":true,"next_cursor":"abc"')
+
+
+# ---- CLI -----------------------------------------------------------------------------------------------------
+
+
+def test_cli_serves_health_until_terminated() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter.simulator", "--port", str(port), "--seed", "1", "--virtual-key", VK],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line == f"bifrost simulator listening on http://127.0.0.1:{port}"
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
+            assert c.get("/health").json() == {"status": "ok"}
+            assert c.get("/v1/batches", params={"provider": "azure"}).status_code == 401
+            listed = c.get("/v1/batches", params={"provider": "azure"}, headers={"x-bf-vk": VK})
+            assert listed.status_code == 200
+            assert listed.json()["data"]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
