@@ -1,0 +1,247 @@
+"""End to end with real parts: simulator → exporter (subprocess) → Prometheus (rules) → Alertmanager.
+
+1. every PromQL expression of every dashboard panel returns at least one series;
+2. a batch made to fail in the simulator makes BifrostBatchFailed reach Alertmanager with its provider label;
+3. the simulator answering 500 makes BifrostBatchExporterPollFailing fire and reach Alertmanager.
+
+Test override (and the only one): Prometheus loads a copy of deploy/prometheus/alerts.yaml in which every `for:`
+duration is rewritten to 1s by `alerts_with_short_for()` below, so that PollFailing fires within seconds instead of
+after 5 minutes. The expressions, labels and annotations are the shipped ones; `test_override_changes_only_for`
+proves it. rules.yaml is loaded unchanged. Waits poll the APIs with deadlines; nothing sleeps for a fixed time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter.simulator import Simulator
+from tests.conftest import free_port, require_tool
+from tests.promstack import (
+    Alertmanager,
+    ManagedProcess,
+    Prometheus,
+    alertmanager_binary,
+    http_get,
+    static_scrape,
+    wait_until,
+)
+from tests.test_dashboard import load_dashboard, panel_queries, substitute
+from tests.test_rules import ALERTS_FILE, RULES_FILE
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+SUPPORTED = ["openai", "anthropic", "azure", "bedrock", "gemini", "vertex"]
+UNSUPPORTED = ["cohere", "mistral"]
+JOB = "bifrost-batch-exporter"
+SHORT_FOR = "1s"
+ALERT_DEADLINE = 60.0
+
+
+def alerts_with_short_for(source: Path, target: Path, duration: str = SHORT_FOR) -> Path:
+    """A copy of an alert rule file with every `for:` set to `duration`; nothing else changes."""
+    data = yaml.safe_load(source.read_text())
+    for group in data["groups"]:
+        for rule in group["rules"]:
+            if "for" in rule:
+                rule["for"] = duration
+    target.write_text(yaml.safe_dump(data, sort_keys=False))
+    return target
+
+
+@dataclass
+class Stack:
+    sim: Simulator
+    exporter: ManagedProcess
+    exporter_url: str
+    prom: Prometheus
+    am: Alertmanager
+    alerts_file: Path
+
+    def diagnostics(self) -> str:
+        return "\n".join([self.exporter.log_tail(), self.prom.diagnostics(), self.am.diagnostics()])
+
+    def am_alerts(self, alertname: str, provider: str) -> list[dict[str, Any]]:
+        self.exporter.ensure_alive()
+        return [
+            a
+            for a in self.am.alerts(alertname=alertname, provider=provider)
+            if a.get("status", {}).get("state") == "active"
+        ]
+
+
+def _complete_one_batch(sim: Simulator, provider: str) -> None:
+    """A batch that finishes after the exporter started, so the duration histogram gets an observation."""
+    now = int(time.time())
+    batch = sim.add_batch(provider, status="in_progress", created_at=now - 900, expires_at=now + 20 * 3600)
+    sim.set_status(provider, batch["id"], "completed")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    prom_bin = require_tool("prometheus")
+    am_bin = alertmanager_binary() or require_tool("prometheus-alertmanager")
+    tmp = tmp_path_factory.mktemp("e2e-alerts")
+    alerts_file = alerts_with_short_for(ALERTS_FILE, tmp / "alerts-short-for.yaml")
+
+    with contextlib.ExitStack() as cleanup:
+        # No automatic lifecycle: the start-up mix (active, finished, with request counts and cache_debug) is
+        # populated once and stays, so the only failures are the ones the tests cause.
+        sim = Simulator(seed=7, lifecycle=False, latency_ms=80)
+        sim.populate()
+        sim.start()
+        cleanup.callback(sim.stop)
+
+        port = free_port()
+        config = tmp / "exporter.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "bifrost_url": sim.url,
+                    "providers": SUPPORTED + UNSUPPORTED,
+                    "poll_interval_seconds": 1,
+                    "request_timeout_seconds": 2,
+                    "max_retries": 0,
+                    "log_level": "warning",
+                    "log_format": "json",
+                }
+            )
+        )
+        exporter = ManagedProcess(
+            "exporter",
+            [
+                sys.executable,
+                "-m",
+                "exporter",
+                "--config",
+                str(config),
+                "--listen-address",
+                f"127.0.0.1:{port}",
+            ],
+            tmp / "exporter.log",
+            cwd=ROOT,
+        ).start()
+        cleanup.callback(exporter.stop)
+        exporter_url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            exporter.ensure_alive()
+            return http_get(f"{exporter_url}/readyz", timeout=2)[0] == 200
+
+        wait_until(ready, timeout=30, what="exporter /readyz", diagnostics=exporter.log_tail)
+
+        am = Alertmanager(am_bin, tmp / "alertmanager").start()
+        cleanup.callback(am.stop)
+        prom = Prometheus(
+            prom_bin,
+            tmp / "prometheus",
+            scrape_configs=[static_scrape(JOB, f"127.0.0.1:{port}")],
+            rule_files=[alerts_file, RULES_FILE],
+            alertmanagers=[am.address],
+            scrape_interval="1s",
+            evaluation_interval="1s",
+        ).start()
+        cleanup.callback(prom.stop)
+        prom.wait_for_targets_up(timeout=30, job=JOB)
+
+        _complete_one_batch(sim, "openai")
+        yield Stack(sim, exporter, exporter_url, prom, am, alerts_file)
+
+
+def test_override_changes_only_for(stack: Stack) -> None:
+    shipped = yaml.safe_load(ALERTS_FILE.read_text())
+    loaded = yaml.safe_load(stack.alerts_file.read_text())
+    for group in (*shipped["groups"], *loaded["groups"]):
+        for rule in group["rules"]:
+            rule.pop("for", None)
+    assert loaded == shipped
+    names = {g["name"] for g in stack.prom.rule_groups()}
+    assert names == {"bifrost-batch-exporter.alerts", "bifrost-batch-exporter.rules"}
+
+
+def test_every_dashboard_query_returns_series(stack: Stack) -> None:
+    queries = panel_queries(load_dashboard())
+    assert len(queries) >= 16
+    pending = {substitute(expr) for _, expr in queries}
+    titles = {substitute(expr): title for title, expr in queries}
+
+    def all_return_series() -> bool:
+        for expr in sorted(pending):
+            if stack.prom.query(expr):
+                pending.discard(expr)
+        return not pending
+
+    wait_until(
+        all_return_series,
+        timeout=45,
+        what="every dashboard query returning a series",
+        diagnostics=lambda: "empty: " + "; ".join(f"[{titles[e]}] {e}" for e in sorted(pending)),
+    )
+    # A multi-value selection, the way Grafana expands it: still valid PromQL.
+    for _, expr in queries:
+        stack.prom.query(substitute(expr, "(openai|anthropic)"))
+
+
+def test_failed_batch_reaches_alertmanager(stack: Stack) -> None:
+    provider = "bedrock"
+    assert not stack.am_alerts("BifrostBatchFailed", provider), "fired before any batch failed"
+    now = int(time.time())
+    batch = stack.sim.add_batch(provider, status="in_progress", created_at=now - 300, expires_at=now + 86_000)
+    stack.sim.set_status(provider, batch["id"], "failed")
+    started = time.monotonic()
+
+    alerts = wait_until(
+        lambda: stack.am_alerts("BifrostBatchFailed", provider),
+        timeout=ALERT_DEADLINE,
+        what=f"BifrostBatchFailed for {provider} in Alertmanager",
+        diagnostics=lambda: f"prometheus alerts: {stack.prom.alerts()}\n{stack.diagnostics()}",
+    )
+    elapsed = time.monotonic() - started
+    assert elapsed < ALERT_DEADLINE
+    assert len(alerts) == 1
+    alert = alerts[0]
+    assert alert["labels"] == {"alertname": "BifrostBatchFailed", "provider": provider, "severity": "warning"}
+    assert alert["annotations"]["summary"] == f"Bifrost batch failed on provider {provider}"
+    assert alert["annotations"]["description"].startswith(f"1 batch(es) of provider {provider} ")
+    assert alert["annotations"]["runbook_url"].endswith("docs/runbook.md#bifrostbatchfailed")
+    # Only the provider whose batch failed.
+    others = [
+        a for a in stack.am.alerts(alertname="BifrostBatchFailed") if a["labels"]["provider"] != provider
+    ]
+    assert not others
+
+
+def test_server_errors_fire_poll_failing(stack: Stack) -> None:
+    provider = "azure"
+    assert not stack.am_alerts("BifrostBatchExporterPollFailing", provider)
+    stack.sim.set_fault("server_error", provider=provider)
+    try:
+        alerts = wait_until(
+            lambda: stack.am_alerts("BifrostBatchExporterPollFailing", provider),
+            timeout=ALERT_DEADLINE,
+            what=f"BifrostBatchExporterPollFailing for {provider} in Alertmanager",
+            diagnostics=lambda: f"prometheus alerts: {stack.prom.alerts()}\n{stack.diagnostics()}",
+        )
+    finally:
+        stack.sim.set_fault(None, provider=provider)
+    labels = alerts[0]["labels"]
+    assert labels["provider"] == provider
+    assert labels["severity"] == "warning"
+    assert labels["job"] == JOB
+    assert labels["instance"] == stack.exporter_url.removeprefix("http://")
+    errors = stack.prom.query(
+        f'bifrost_batch_exporter_poll_errors_total{{provider="{provider}", reason="server_error"}} > 0'
+    )
+    assert errors, "the exporter did not classify the 500s as server_error"
+    # Unsupported providers never count as failing polls (they have their own info alert).
+    for unsupported in UNSUPPORTED:
+        assert not stack.am_alerts("BifrostBatchExporterPollFailing", unsupported)
