@@ -17,6 +17,7 @@ from . import __version__
 from .app import Exporter
 from .logs import configure, secret_spellings
 from .settings import ConfigError, Settings, load_settings
+from .webconfig import WebSecurity
 
 PROG = "bifrost-batch-exporter"
 DEMO_POLL_INTERVAL = 5.0
@@ -49,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags: dict[str, Any] = {"listen_address": args.listen_address, "log_level": args.log_level}
     try:
         settings = load_settings(flags, args.config)
+        web = WebSecurity(settings.web_config_file) if settings.web_config_file is not None else None
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
@@ -56,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(yaml.safe_dump(settings.masked(), sort_keys=False), end="")
         return 0
     configure(settings.log_level, settings.log_format, _secrets(settings))
+    if web is not None:
+        web.log_warnings()
     simulator = None
     if args.demo:
         from .simulator import Simulator
@@ -69,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.once:
             return asyncio.run(_once(settings))
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings, web))
         return 0
     except OSError as exc:
         structlog.get_logger("exporter").error(
@@ -103,9 +107,24 @@ async def _once(settings: Settings) -> int:
     return 0 if all(s.health.up for s in states.values()) else 1
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, web: WebSecurity | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await Exporter(settings).serve_until(stop)
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup, web)
+    exporter = Exporter(settings, guard=web, ssl_context=web.ssl_context if web is not None else None)
+    watcher = asyncio.create_task(web.watch(), name="web-config") if web is not None else None
+    try:
+        await exporter.serve_until(stop)
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+
+
+def _on_sighup(web: WebSecurity | None) -> None:
+    """SIGHUP re-reads the web config (TLS certificates, basic-auth users); settings need a restart."""
+    if web is None:
+        structlog.get_logger("exporter").info("sighup_ignored", detail="no web_config_file to reload")
+    else:
+        web.reload("sighup")
