@@ -171,15 +171,15 @@ def test_empty_store_answers_an_empty_list_without_has_more(client: httpx.Client
     assert set(body) == {"object", "data", "extra_fields"}
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [(None, 4), ("3", 3), ("abc", 4), ("0", 4), ("-2", 4), ("2.5", 4), ("", 4), ("5000", 1000)],
-)
 @functools.cache
 def _many() -> list[dict[str, Any]]:
     return generate_batches("p", 1100, now=T0)
 
 
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(None, 4), ("3", 3), ("abc", 4), ("0", 4), ("-2", 4), ("2.5", 4), ("", 4), ("5000", 1000)],
+)
 def test_limit_is_used_only_when_a_positive_int_and_capped(
     clock: FakeClock, raw: str | None, expected: int
 ) -> None:
