@@ -1,0 +1,506 @@
+"""The Helm chart: lint, render with every ci/ value set, validate against Kubernetes schemas, check what it embeds.
+
+Needs a real `helm` (fetched into .tools/bin by ../shared/tools/get-helm when missing) and `kubernetes-validate`.
+Locally a missing tool skips; under CI=true it fails (see tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import exporter
+from tests.conftest import require_tool
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "deploy" / "helm" / "bifrost-batch-exporter"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+DASHBOARDS = ROOT / "dashboards"
+GET_HELM = ROOT.parent / "shared" / "tools" / "get-helm"
+LOCAL_HELM = ROOT / ".tools" / "bin" / "helm"
+# Oldest and a current Kubernetes minor release known to kubernetes-validate.
+K8S_VERSIONS = ("1.31.0", "1.34.0")
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+VALUE_SETS = sorted(p.name for p in (CHART / "ci").glob("*.yaml"))
+SHARD_LABEL = "bifrost-batch-exporter/shard"
+
+Doc = dict[str, Any]
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """The helm binary: .tools/bin/helm, installed there by get-helm when absent; else helm on PATH."""
+    if not LOCAL_HELM.exists() and GET_HELM.exists():
+        try:
+            subprocess.run(
+                [str(GET_HELM), str(LOCAL_HELM.parent)], check=True, capture_output=True, timeout=600
+            )
+        except (subprocess.SubprocessError, OSError) as e:
+            print(f"get-helm failed: {e}", file=sys.stderr)
+    if LOCAL_HELM.exists():
+        return str(LOCAL_HELM)
+    return require_tool("helm")
+
+
+@pytest.fixture(scope="session")
+def kubernetes_validate() -> str:
+    beside_python = Path(sys.executable).parent / "kubernetes-validate"
+    if beside_python.exists():
+        return str(beside_python)
+    return require_tool("kubernetes-validate")
+
+
+def run_helm(helm: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([helm, *args], capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        pytest.fail(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def template_text(helm: str, *args: str) -> str:
+    return run_helm(helm, "template", "rel", str(CHART), "--namespace", "monitoring", *args).stdout
+
+
+def docs_of(text: str) -> list[Doc]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def values_args(value_set: str) -> list[str]:
+    return ["-f", str(CHART / "ci" / value_set)]
+
+
+@pytest.fixture(scope="session")
+def rendered(helm: str) -> dict[str, str]:
+    """Rendered manifests per ci/ value set."""
+    return {name: template_text(helm, *values_args(name)) for name in VALUE_SETS}
+
+
+def of_kind(docs: list[Doc], kind: str) -> list[Doc]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[Doc], kind: str) -> Doc:
+    found = of_kind(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def container(deployment: Doc) -> Doc:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return dict(containers[0])
+
+
+def env_of(deployment: Doc) -> dict[str, Doc]:
+    return {e["name"]: e for e in container(deployment).get("env", [])}
+
+
+def load_values(value_set: str) -> Doc:
+    return dict(yaml.safe_load((CHART / "ci" / value_set).read_text()) or {})
+
+
+def dashboard_files() -> list[Path]:
+    files = sorted(DASHBOARDS.glob("*.json"))
+    if not files:
+        message = "no dashboards/*.json yet"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return files
+
+
+# --- chart metadata ----------------------------------------------------------------------------------------------------
+
+
+def test_chart_versions_follow_the_package() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    match = re.search(r'^version\s*=\s*"([^"]+)"', pyproject, re.MULTILINE)
+    assert match is not None
+    assert chart["appVersion"] == match[1] == exporter.__version__
+    assert chart["apiVersion"] == "v2"
+
+
+def test_value_sets_present() -> None:
+    assert set(VALUE_SETS) >= {
+        "default-values.yaml",
+        "sharded-values.yaml",
+        "all-optional-on-values.yaml",
+        "existing-secret-values.yaml",
+    }
+
+
+def test_embedded_files_are_symlinks_not_copies() -> None:
+    alerts = CHART / "files" / "alerts.yaml"
+    dashboards = CHART / "files" / "dashboards"
+    assert alerts.is_symlink()
+    assert alerts.resolve() == ALERTS.resolve()
+    assert dashboards.is_symlink()
+    assert dashboards.resolve() == DASHBOARDS.resolve()
+
+
+def test_every_value_is_documented() -> None:
+    """Each key of values.yaml has a comment right above it, or sits inside a block whose key has one."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    undocumented = []
+    ancestors: list[tuple[int, bool]] = []  # (indent, documented) of the enclosing keys
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        match = re.match(r"([A-Za-z_][A-Za-z0-9_]*):(.*)$", stripped)
+        if not match or stripped.startswith("#"):
+            continue
+        indent = len(line) - len(line.lstrip())
+        while ancestors and ancestors[-1][0] >= indent:
+            ancestors.pop()
+        commented = i > 0 and lines[i - 1].strip().startswith("#")
+        inherited = any(documented for _, documented in ancestors)
+        is_container = match[2].strip() == ""
+        if not (commented or inherited or is_container):
+            undocumented.append(f"{i + 1}: {stripped}")
+        ancestors.append((indent, commented))
+    assert not undocumented, "values without a comment:\n" + "\n".join(undocumented)
+
+
+# --- lint and Kubernetes schema validation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_helm_lint_strict(helm: str, value_set: str) -> None:
+    proc = run_helm(helm, "lint", "--strict", str(CHART), *values_args(value_set), check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+
+
+@pytest.mark.parametrize("k8s_version", K8S_VERSIONS)
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_kubernetes_validate_strict(
+    rendered: dict[str, str], kubernetes_validate: str, value_set: str, k8s_version: str
+) -> None:
+    text = rendered[value_set]
+    docs = docs_of(text)
+    proc = subprocess.run(
+        [kubernetes_validate, "--strict", "-k", k8s_version, "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "ERROR" not in output, output
+    assert "FATAL" not in output, output
+    # Only the Prometheus Operator CRDs may go unvalidated (their shape is checked below); every core object passed.
+    core = [d for d in docs if d["kind"] not in CRD_KINDS]
+    assert output.count(" passed for resource ") == len(core), output
+    unknown = set(re.findall(r"find schema for kind (\w+)", output))
+    assert unknown <= CRD_KINDS, output
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_crd_objects_have_the_operator_shape(rendered: dict[str, str], value_set: str) -> None:
+    docs = docs_of(rendered[value_set])
+    services = of_kind(docs, "Service")
+    for sm in of_kind(docs, "ServiceMonitor"):
+        assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+        assert set(sm) == {"apiVersion", "kind", "metadata", "spec"}
+        spec = sm["spec"]
+        assert set(spec) <= {"selector", "namespaceSelector", "endpoints", "targetLabels"}
+        assert spec["namespaceSelector"] == {"matchNames": ["monitoring"]}
+        selector = spec["selector"]["matchLabels"]
+        matched = [s for s in services if selector.items() <= s["metadata"]["labels"].items()]
+        assert len(matched) == 1, f"ServiceMonitor {sm['metadata']['name']} selects {len(matched)} Services"
+        port_names = {p["name"] for p in matched[0]["spec"]["ports"]}
+        for endpoint in spec["endpoints"]:
+            assert endpoint["port"] in port_names
+            assert endpoint["path"] == "/metrics"
+            assert endpoint["scheme"] in {"http", "https"}
+            for key in ("interval", "scrapeTimeout"):
+                assert re.fullmatch(r"([0-9]+(ms|s|m|h))+", endpoint[key])
+            assert isinstance(endpoint["honorLabels"], bool)
+            for relabeling in endpoint.get("relabelings", []) + endpoint.get("metricRelabelings", []):
+                assert isinstance(relabeling, dict)
+    for rule in of_kind(docs, "PrometheusRule"):
+        assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+        assert set(rule["spec"]) == {"groups"}
+        for group in rule["spec"]["groups"]:
+            assert isinstance(group["name"], str)
+            assert group["rules"]
+            for r in group["rules"]:
+                assert ("alert" in r) != ("record" in r)
+                assert isinstance(r["expr"], str)
+
+
+# --- what the chart renders --------------------------------------------------------------------------------------------
+
+
+def test_default_render(rendered: dict[str, str]) -> None:
+    docs = docs_of(rendered["default-values.yaml"])
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == ["ConfigMap", "Deployment", "Service", "ServiceAccount"]
+    deployment = one(docs, "Deployment")
+    c = container(deployment)
+    assert c["image"].endswith(f":{exporter.__version__}")
+    assert c["ports"] == [{"name": "http-metrics", "containerPort": 9877, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["resources"]["requests"]
+    assert c["resources"]["limits"]
+    assert "env" not in c  # all providers from the ConfigMap, no credentials
+    config = yaml.safe_load(one(docs, "ConfigMap")["data"]["config.yaml"])
+    assert config["listen_address"] == "0.0.0.0:9877"
+    assert config["providers"] == ["openai", "anthropic", "azure", "bedrock", "gemini", "vertex"]
+    assert "web_config_file" not in config
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_pods_are_locked_down(rendered: dict[str, str], value_set: str) -> None:
+    for deployment in of_kind(docs_of(rendered[value_set]), "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == 65532
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        sc = container(deployment)["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["runAsNonRoot"] is True
+        assert sc["runAsUser"] == 65532
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert {"checksum/config", "checksum/secret", "checksum/web-config"} <= set(annotations)
+
+
+def test_sharded_render(rendered: dict[str, str]) -> None:
+    docs = docs_of(rendered["sharded-values.yaml"])
+    shards = load_values("sharded-values.yaml")["shards"]
+    deployments = {d["metadata"]["labels"][SHARD_LABEL]: d for d in of_kind(docs, "Deployment")}
+    assert sorted(deployments) == sorted(s["name"] for s in shards)
+    for shard in shards:
+        deployment = deployments[shard["name"]]
+        assert deployment["metadata"]["name"] == f"rel-bifrost-batch-exporter-{shard['name']}"
+        assert env_of(deployment)["BIFROST_EXPORTER_PROVIDERS"]["value"] == ",".join(shard["providers"])
+        assert deployment["spec"]["replicas"] == shard.get("replicas", 1)
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+        # Its Service selects its pods and nobody else's.
+        services = [
+            s for s in of_kind(docs, "Service") if s["spec"]["selector"].items() <= pod_labels.items()
+        ]
+        assert [s["metadata"]["name"] for s in services] == [deployment["metadata"]["name"]]
+        other_pods = [
+            d["spec"]["template"]["metadata"]["labels"] for n, d in deployments.items() if n != shard["name"]
+        ]
+        assert not any(services[0]["spec"]["selector"].items() <= labels.items() for labels in other_pods)
+    assert len(of_kind(docs, "Service")) == len(shards)
+    assert len(of_kind(docs, "ServiceMonitor")) == len(shards)
+    assert len(of_kind(docs, "PodDisruptionBudget")) == len(shards)
+    assert len(of_kind(docs, "ConfigMap")) == 1  # one config, each shard overrides providers by env
+    polled = [p for s in shards for p in s["providers"]]
+    assert len(polled) == len(set(polled))
+
+
+def test_a_provider_in_two_shards_is_refused(helm: str) -> None:
+    proc = run_helm(
+        helm,
+        "template",
+        "rel",
+        str(CHART),
+        "--set",
+        "shards[0].name=a,shards[0].providers={openai},shards[1].name=b,shards[1].providers={openai}",
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert 'provider "openai" is in shard "a" and in shard "b"' in proc.stderr
+
+
+def test_prometheus_rule_equals_the_alerts_file(rendered: dict[str, str]) -> None:
+    rule = one(docs_of(rendered["all-optional-on-values.yaml"]), "PrometheusRule")
+    alerts = yaml.safe_load(ALERTS.read_text())
+    assert rule["spec"]["groups"] == alerts["groups"]
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_dashboard_configmap_equals_the_dashboards(rendered: dict[str, str]) -> None:
+    files = dashboard_files()
+    cm = one(
+        [
+            d
+            for d in docs_of(rendered["all-optional-on-values.yaml"])
+            if "grafana_dashboard" in d["metadata"]["labels"]
+        ],
+        "ConfigMap",
+    )
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Bifrost"}
+    assert cm["data"] == {f.name: f.read_text() for f in files}
+    for body in cm["data"].values():
+        json.loads(body)
+
+
+def test_package_carries_the_embedded_files(helm: str, tmp_path: Path) -> None:
+    files = dashboard_files()
+    run_helm(helm, "package", str(CHART), "--destination", str(tmp_path))
+    (package,) = tmp_path.glob("bifrost-batch-exporter-*.tgz")
+    with tarfile.open(package) as tar:
+        names = set(tar.getnames())
+
+        def read(name: str) -> str:
+            member = tar.extractfile(name)
+            assert member is not None, f"{name} is not a regular file in the package"
+            return member.read().decode()
+
+        assert read("bifrost-batch-exporter/files/alerts.yaml") == ALERTS.read_text()
+        for f in files:
+            assert read(f"bifrost-batch-exporter/files/dashboards/{f.name}") == f.read_text()
+    assert not [n for n in names if n.endswith((".py", ".pyc"))]
+
+
+def test_credentials_stay_in_secrets(rendered: dict[str, str]) -> None:
+    for value_set in VALUE_SETS:
+        auth = load_values(value_set).get("auth", {})
+        secrets = [v for k, v in auth.items() if k not in {"existingSecret", "existingSecretKeys"} and v]
+        docs = docs_of(rendered[value_set])
+        not_secret = yaml.safe_dump([d for d in docs if d["kind"] != "Secret"])
+        for secret in secrets:
+            assert secret not in not_secret, f"{value_set}: a credential leaked out of the Secret"
+        if secrets and not auth.get("existingSecret"):
+            auth_secret = one(
+                [d for d in of_kind(docs, "Secret") if d["metadata"]["name"].endswith("-auth")], "Secret"
+            )
+            decoded = {base64.b64decode(v).decode() for v in auth_secret["data"].values()}
+            assert decoded == set(secrets)
+
+
+def test_credentials_reach_the_exporter_as_env(rendered: dict[str, str]) -> None:
+    docs = docs_of(rendered["all-optional-on-values.yaml"])
+    env = env_of(one(docs, "Deployment"))
+    for name, key in [
+        ("BIFROST_EXPORTER_BASIC_AUTH_USERNAME", "basic-auth-username"),
+        ("BIFROST_EXPORTER_BASIC_AUTH_PASSWORD", "basic-auth-password"),
+    ]:
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "rel-bifrost-batch-exporter-auth", "key": key}
+    assert "BIFROST_EXPORTER_VIRTUAL_KEY" not in env  # not configured, not referenced
+
+
+def test_existing_secret(rendered: dict[str, str]) -> None:
+    docs = docs_of(rendered["existing-secret-values.yaml"])
+    assert not of_kind(docs, "Secret")
+    env = env_of(one(docs, "Deployment"))
+    expected = {
+        "BIFROST_EXPORTER_VIRTUAL_KEY": "vk",
+        "BIFROST_EXPORTER_BASIC_AUTH_USERNAME": "username",
+        "BIFROST_EXPORTER_BASIC_AUTH_PASSWORD": "password",
+        "BIFROST_EXPORTER_BEARER_TOKEN": "token",
+    }
+    for name, key in expected.items():
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "bifrost-gateway-credentials", "key": key, "optional": True}
+
+
+def test_web_config_tls_and_basic_auth(rendered: dict[str, str]) -> None:
+    docs = docs_of(rendered["all-optional-on-values.yaml"])
+    web_secret = one(
+        [d for d in of_kind(docs, "Secret") if d["metadata"]["name"].endswith("-web-config")], "Secret"
+    )
+    web = yaml.safe_load(web_secret["stringData"]["web-config.yml"])
+    assert web["tls_server_config"]["cert_file"] == "/etc/bifrost-batch-exporter/tls/tls.crt"
+    assert web["tls_server_config"]["min_version"] == "TLS13"
+    assert set(web["basic_auth_users"]) == {"prometheus"}
+    config = yaml.safe_load(
+        one([d for d in of_kind(docs, "ConfigMap") if "config.yaml" in d["data"]], "ConfigMap")["data"][
+            "config.yaml"
+        ]
+    )
+    assert config["web_config_file"] == "/etc/bifrost-batch-exporter/web/web-config.yml"
+    deployment = one(docs, "Deployment")
+    mounts = {m["mountPath"] for m in container(deployment)["volumeMounts"]}
+    assert {"/etc/bifrost-batch-exporter/web", "/etc/bifrost-batch-exporter/tls"} <= mounts
+    assert container(deployment)["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert one(docs, "ServiceMonitor")["spec"]["endpoints"][0]["scheme"] == "https"
+
+
+def test_network_policy_and_pdb(rendered: dict[str, str]) -> None:
+    docs = docs_of(rendered["all-optional-on-values.yaml"])
+    policy = one(docs, "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["ingress"][0]["ports"] == [{"port": "http-metrics", "protocol": "TCP"}]
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_config_changes_roll_the_pods(helm: str) -> None:
+    def annotations(*args: str) -> dict[str, str]:
+        docs = docs_of(template_text(helm, *args))
+        return dict(one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"])
+
+    base = annotations()
+    changed_config = annotations("--set", "config.poll_interval_seconds=60")
+    changed_secret = annotations("--set", "auth.virtualKey=sk-new")
+    assert changed_config["checksum/config"] != base["checksum/config"]
+    assert changed_config["checksum/secret"] == base["checksum/secret"]
+    assert changed_secret["checksum/secret"] != base["checksum/secret"]
+
+
+# --- the schema rejects wrong values --------------------------------------------------------------------------------
+
+BAD_VALUES: list[tuple[str, Doc, str]] = [
+    ("replicas-not-int", {"replicaCount": "two"}, "replicaCount"),
+    ("interval-not-number", {"config": {"poll_interval_seconds": "30s"}}, "poll_interval_seconds"),
+    ("providers-not-list", {"config": {"providers": "openai,anthropic"}}, "providers"),
+    ("bool-as-string", {"serviceMonitor": {"enabled": "yes"}}, "enabled"),
+    ("shard-providers-string", {"shards": [{"name": "a", "providers": "openai"}]}, "providers"),
+    ("shard-without-name", {"shards": [{"providers": ["openai"]}]}, "name"),
+    ("secret-in-configmap", {"config": {"virtual_key": "sk-oops"}}, "virtual_key"),
+    ("unknown-key", {"replicas": 2}, "replicas"),
+    ("bad-log-level", {"config": {"log_level": "verbose"}}, "log_level"),
+    ("port-out-of-range", {"containerPort": 70000}, "containerPort"),
+]
+
+
+@pytest.mark.parametrize(("values", "mentions"), [pytest.param(v, m, id=i) for i, v, m in BAD_VALUES])
+def test_schema_rejects_bad_values(helm: str, tmp_path: Path, values: Doc, mentions: str) -> None:
+    bad = tmp_path / "bad-values.yaml"
+    bad.write_text(yaml.safe_dump(values))
+    proc = run_helm(helm, "template", "rel", str(CHART), "-f", str(bad), check=False)
+    assert proc.returncode != 0, f"accepted {values}"
+    assert "don't meet the specifications of the schema" in proc.stderr, proc.stderr
+    assert mentions in proc.stderr
+    lint = run_helm(helm, "lint", "--strict", str(CHART), "-f", str(bad), check=False)
+    assert lint.returncode != 0
+
+
+@pytest.fixture
+def scratch_chart(tmp_path: Path) -> Path:
+    """A copy of the chart with the embedded files dereferenced (as in the packaged chart)."""
+    copy = tmp_path / "chart"
+    shutil.copytree(CHART, copy, symlinks=False)
+    return copy
+
+
+def test_missing_alerts_file_fails_loudly(helm: str, scratch_chart: Path) -> None:
+    (scratch_chart / "files" / "alerts.yaml").unlink()
+    proc = run_helm(
+        helm, "template", "rel", str(scratch_chart), "--set", "prometheusRule.enabled=true", check=False
+    )
+    assert proc.returncode != 0
+    assert "files/alerts.yaml" in proc.stderr
