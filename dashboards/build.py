@@ -375,9 +375,13 @@ def build() -> dashboard.Dashboard:
                 ids,
                 "Cache hit ratio",
                 "Hits / lookups of Bifrost's cache on batch responses (extra_fields.cache_debug); 0 when there were "
-                "lookups but no hits.",
+                "lookups but no hits, no value while there were no lookups.",
                 "percent",
-                [Target(f"100 * ({cache_hits} or 0 * {cache_lookups}) / {cache_lookups}", "{{provider}}")],
+                [
+                    Target(
+                        f"100 * ({cache_hits} or 0 * {cache_lookups}) / ({cache_lookups} > 0)", "{{provider}}"
+                    )
+                ],
                 min_value=0,
                 max_value=100,
             )
