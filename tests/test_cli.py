@@ -1,0 +1,202 @@
+"""The program as operators run it: real processes, real ports, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from exporter.simulator import ProviderSpec, Simulator
+from tests.conftest import free_port
+from tests.harness import parse_samples, value, wait_until
+
+SECRET = "sk-bf-very-secret-key-123"
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BIFROST_EXPORTER_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args], capture_output=True, text=True, env=full_env, timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    with Simulator(providers=[ProviderSpec("openai"), ProviderSpec("azure", style="legacy")], seed=3) as s:
+        yield s
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "needle"),
+    [
+        ({"BIFROST_EXPORTER_PAGE_SIZE": "5000"}, [], "invalid setting page_size='5000' (from environment BIFROST_EXPORTER_PAGE_SIZE)"),
+        ({"BIFROST_EXPORTER_PROVIDERS": "openai,openai"}, [], "invalid setting providers"),
+        ({"BIFROST_EXPORTER_POLL_INTERVAL_SECONDS": "0.5"}, [], "poll_interval_seconds"),
+        ({"BIFROST_EXPORTER_BIFROST_URL": "ftp://x"}, [], "bifrost_url"),
+        ({}, ["--listen-address", "nonsense"], "invalid setting listen_address='nonsense' (from the command line)"),
+        ({}, ["--log-level", "loud"], "log_level"),
+        ({"BIFROST_EXPORTER_CA_FILE": "/nonexistent/ca.pem"}, [], "ca_file"),
+        ({"BIFROST_EXPORTER_DURATION_BUCKETS": "10,5"}, [], "duration_buckets"),
+    ],
+)
+def test_invalid_setting_exits_2_naming_it(env: dict[str, str], args: list[str], needle: str) -> None:
+    result = run("--check-config", *args, env=env)
+    assert result.returncode == 2
+    assert needle in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_config_file_names_file_and_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("providers: [openai]\npage_sise: 10\n")
+    result = run("--config", str(cfg))
+    assert result.returncode == 2
+    assert "unknown setting 'page_sise'" in result.stderr and str(cfg) in result.stderr
+    cfg.write_text("page_size: lots\n")
+    result = run("--config", str(cfg))
+    assert result.returncode == 2 and f"(from config file {cfg})" in result.stderr
+
+
+def test_secret_in_invalid_combination_is_not_echoed() -> None:
+    result = run(
+        "--check-config",
+        env={"BIFROST_EXPORTER_BEARER_TOKEN": SECRET, "BIFROST_EXPORTER_BASIC_AUTH_USERNAME": "u",
+             "BIFROST_EXPORTER_BASIC_AUTH_PASSWORD": SECRET},
+    )
+    assert result.returncode == 2 and "bearer_token" in result.stderr
+    assert SECRET not in result.stderr + result.stdout
+
+
+def test_precedence_and_masked_check_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"page_size: 10\nmax_pages: 7\nvirtual_key: {SECRET}\nextra_headers: {{X-Team: {SECRET}}}\n")
+    result = run(
+        "--config", str(cfg), "--check-config", "--listen-address", "127.0.0.1:1234",
+        env={"BIFROST_EXPORTER_PAGE_SIZE": "20", "BIFROST_EXPORTER_LISTEN_ADDRESS": "0.0.0.0:1",
+             "BIFROST_EXPORTER_PROVIDERS": '["openai", "azure"]'},
+    )
+    assert result.returncode == 0, result.stderr
+    assert SECRET not in result.stdout
+    import yaml
+
+    shown = yaml.safe_load(result.stdout)
+    assert shown["page_size"] == 20  # env beats file
+    assert shown["max_pages"] == 7  # file beats default
+    assert shown["listen_address"] == "127.0.0.1:1234"  # flag beats env
+    assert shown["providers"] == ["openai", "azure"]
+    assert shown["virtual_key"] == "**********"
+    assert shown["extra_headers"] == {"X-Team": "**********"}
+    assert shown["stale_after_seconds"] == 150.0  # 5 × the default interval
+    # the config file may also come from the environment
+    env_cfg = run("--check-config", env={"BIFROST_EXPORTER_CONFIG": str(cfg)})
+    assert yaml.safe_load(env_cfg.stdout)["max_pages"] == 7
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0 and result.stdout.startswith("bifrost-batch-exporter 0.1.0")
+
+
+def test_once_prints_exposition_and_exit_code(sim: Simulator) -> None:
+    env = {"BIFROST_EXPORTER_BIFROST_URL": sim.url, "BIFROST_EXPORTER_PROVIDERS": "openai,azure",
+           "BIFROST_EXPORTER_LOG_FORMAT": "json"}
+    ok = run("--once", env=env)
+    assert ok.returncode == 0, ok.stderr
+    s = parse_samples(ok.stdout)
+    assert value(s, "bifrost_batch_exporter_up", provider="openai") == 1
+    assert value(s, "bifrost_batch_exporter_up", provider="azure") == 1
+    logs = [json.loads(line) for line in ok.stderr.splitlines() if line.startswith("{")]
+    finished = [entry for entry in logs if entry["event"] == "poll_finished"]
+    assert {e["provider"] for e in finished} == {"openai", "azure"}
+    for entry in finished:
+        assert {"pages", "batches", "duration_seconds", "outcome"} <= set(entry)
+    sim.set_fault("server_error", provider="azure")
+    bad = run("--once", env={**env, "BIFROST_EXPORTER_MAX_RETRIES": "0"})
+    assert bad.returncode == 1
+    assert value(parse_samples(bad.stdout), "bifrost_batch_exporter_up", provider="azure") == 0
+    failures = [json.loads(line) for line in bad.stderr.splitlines() if '"poll_failed"' in line]
+    assert len(failures) == 1 and failures[0]["reason"] == "server_error" and failures[0]["provider"] == "azure"
+
+
+def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BIFROST_EXPORTER_")}
+    full_env.update(env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "exporter", *args], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _get(url: str) -> httpx.Response | None:
+    try:
+        return httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly_within_5s(sim: Simulator, sig: signal.Signals) -> None:
+    port = free_port()
+    proc = _start({"BIFROST_EXPORTER_BIFROST_URL": sim.url, "BIFROST_EXPORTER_PROVIDERS": "openai,azure",
+                   "BIFROST_EXPORTER_LISTEN_ADDRESS": f"127.0.0.1:{port}"})
+    try:
+        wait_until(lambda: (r := _get(f"http://127.0.0.1:{port}/readyz")) is not None and r.status_code == 200)
+        # a poll in flight when the signal arrives is cancelled, not waited for
+        sim.set_fault("slow", delay=30)
+        time.sleep(0.2)
+        started = time.monotonic()
+        proc.send_signal(sig)
+        proc.wait(timeout=5)
+        assert time.monotonic() - started < 5
+        assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sim.set_fault(None)
+
+
+def test_demo_serves_live_metrics_within_10s() -> None:
+    port = free_port()
+    proc = _start({}, "--demo", "--listen-address", f"127.0.0.1:{port}")
+    try:
+        started = time.monotonic()
+
+        def ready() -> bool:
+            r = _get(f"http://127.0.0.1:{port}/metrics")
+            return r is not None and 'bifrost_batch_exporter_up{provider="openai"} 1.0' in r.text
+
+        wait_until(ready, timeout=10)
+        assert time.monotonic() - started < 10
+        s = parse_samples(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
+        total = sum(v for (n, _), v in s.items() if n == "bifrost_batches")
+        assert total > 0
+        landing = httpx.get(f"http://127.0.0.1:{port}/")
+        assert "openai" in landing.text and "/metrics" in landing.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
+    assert proc.returncode == 0
+
+
+def test_port_in_use_fails_with_a_clear_line() -> None:
+    import socket
+
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        result = run("--listen-address", f"127.0.0.1:{port}", env={"BIFROST_EXPORTER_LOG_FORMAT": "json"},
+                     timeout=20)
+    assert result.returncode == 1
+    assert "startup_failed" in result.stderr
