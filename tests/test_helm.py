@@ -504,3 +504,49 @@ def test_missing_alerts_file_fails_loudly(helm: str, scratch_chart: Path) -> Non
     )
     assert proc.returncode != 0
     assert "files/alerts.yaml" in proc.stderr
+
+
+# --- the chart's config against the exporter itself ---------------------------------------------------------------
+
+CHART_OWNED = {"listen_address", "web_config_file"}
+SECRETS = {"virtual_key", "basic_auth_username", "basic_auth_password", "bearer_token"}
+
+
+def test_schema_knows_every_exporter_setting() -> None:
+    """config.* in values.schema.json = the exporter's settings minus secrets (env from a Secret) and chart-owned ones."""
+    from exporter.settings import Settings
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    allowed = set(schema["properties"]["config"]["properties"])
+    assert allowed == set(Settings.model_fields) - SECRETS - CHART_OWNED
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_rendered_config_passes_check_config(
+    rendered: dict[str, str], value_set: str, tmp_path: Path
+) -> None:
+    """The exporter accepts each Deployment's ConfigMap + plain env, as it would in the pod."""
+    docs = docs_of(rendered[value_set])
+    config_map = one([d for d in of_kind(docs, "ConfigMap") if "config.yaml" in d["data"]], "ConfigMap")
+    config = yaml.safe_load(config_map["data"]["config.yaml"])
+    # Files that only exist inside the pod (mounted Secrets/ConfigMaps) are checked elsewhere.
+    for key in ("web_config_file", "ca_file"):
+        config.pop(key, None)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    for deployment in of_kind(docs, "Deployment"):
+        plain_env = {name: e["value"] for name, e in env_of(deployment).items() if "value" in e}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BIFROST_EXPORTER_")} | plain_env
+        proc = subprocess.run(
+            [sys.executable, "-m", "exporter", "--check-config", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert proc.returncode == 0, proc.stderr
+        effective = yaml.safe_load(proc.stdout)
+        if "BIFROST_EXPORTER_PROVIDERS" in plain_env:
+            assert effective["providers"] == plain_env["BIFROST_EXPORTER_PROVIDERS"].split(",")
+        assert effective["listen_address"] == "0.0.0.0:9877"
