@@ -35,7 +35,12 @@ class ExporterThread:
     """An Exporter on a loopback port; polls are driven by the test unless auto_poll is set."""
 
     def __init__(
-        self, settings: Settings, *, clock: Callable[[], float] = time.time, auto_poll: bool = False, **kw: Any
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        auto_poll: bool = False,
+        **kw: Any,
     ) -> None:
         self.settings = settings
         self._clock = clock

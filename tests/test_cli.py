@@ -21,11 +21,17 @@ from tests.harness import parse_samples, value, wait_until
 SECRET = "sk-bf-very-secret-key-123"
 
 
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BIFROST_EXPORTER_")}
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "exporter", *args], capture_output=True, text=True, env=full_env, timeout=timeout,
+        [sys.executable, "-m", "exporter", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
         check=False,
     )
 
@@ -39,11 +45,19 @@ def sim() -> Iterator[Simulator]:
 @pytest.mark.parametrize(
     ("env", "args", "needle"),
     [
-        ({"BIFROST_EXPORTER_PAGE_SIZE": "5000"}, [], "invalid setting page_size='5000' (from environment BIFROST_EXPORTER_PAGE_SIZE)"),
+        (
+            {"BIFROST_EXPORTER_PAGE_SIZE": "5000"},
+            [],
+            "invalid setting page_size='5000' (from environment BIFROST_EXPORTER_PAGE_SIZE)",
+        ),
         ({"BIFROST_EXPORTER_PROVIDERS": "openai,openai"}, [], "invalid setting providers"),
         ({"BIFROST_EXPORTER_POLL_INTERVAL_SECONDS": "0.5"}, [], "poll_interval_seconds"),
         ({"BIFROST_EXPORTER_BIFROST_URL": "ftp://x"}, [], "bifrost_url"),
-        ({}, ["--listen-address", "nonsense"], "invalid setting listen_address='nonsense' (from the command line)"),
+        (
+            {},
+            ["--listen-address", "nonsense"],
+            "invalid setting listen_address='nonsense' (from the command line)",
+        ),
         ({}, ["--log-level", "loud"], "log_level"),
         ({"BIFROST_EXPORTER_CA_FILE": "/nonexistent/ca.pem"}, [], "ca_file"),
         ({"BIFROST_EXPORTER_DURATION_BUCKETS": "10,5"}, [], "duration_buckets"),
@@ -70,8 +84,11 @@ def test_bad_config_file_names_file_and_key(tmp_path: Path) -> None:
 def test_secret_in_invalid_combination_is_not_echoed() -> None:
     result = run(
         "--check-config",
-        env={"BIFROST_EXPORTER_BEARER_TOKEN": SECRET, "BIFROST_EXPORTER_BASIC_AUTH_USERNAME": "u",
-             "BIFROST_EXPORTER_BASIC_AUTH_PASSWORD": SECRET},
+        env={
+            "BIFROST_EXPORTER_BEARER_TOKEN": SECRET,
+            "BIFROST_EXPORTER_BASIC_AUTH_USERNAME": "u",
+            "BIFROST_EXPORTER_BASIC_AUTH_PASSWORD": SECRET,
+        },
     )
     assert result.returncode == 2 and "bearer_token" in result.stderr
     assert SECRET not in result.stderr + result.stdout
@@ -79,11 +96,20 @@ def test_secret_in_invalid_combination_is_not_echoed() -> None:
 
 def test_precedence_and_masked_check_config(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"page_size: 10\nmax_pages: 7\nvirtual_key: {SECRET}\nextra_headers: {{X-Team: {SECRET}}}\n")
+    cfg.write_text(
+        f"page_size: 10\nmax_pages: 7\nvirtual_key: {SECRET}\nextra_headers: {{X-Team: {SECRET}}}\n"
+    )
     result = run(
-        "--config", str(cfg), "--check-config", "--listen-address", "127.0.0.1:1234",
-        env={"BIFROST_EXPORTER_PAGE_SIZE": "20", "BIFROST_EXPORTER_LISTEN_ADDRESS": "0.0.0.0:1",
-             "BIFROST_EXPORTER_PROVIDERS": '["openai", "azure"]'},
+        "--config",
+        str(cfg),
+        "--check-config",
+        "--listen-address",
+        "127.0.0.1:1234",
+        env={
+            "BIFROST_EXPORTER_PAGE_SIZE": "20",
+            "BIFROST_EXPORTER_LISTEN_ADDRESS": "0.0.0.0:1",
+            "BIFROST_EXPORTER_PROVIDERS": '["openai", "azure"]',
+        },
     )
     assert result.returncode == 0, result.stderr
     assert SECRET not in result.stdout
@@ -108,8 +134,11 @@ def test_version() -> None:
 
 
 def test_once_prints_exposition_and_exit_code(sim: Simulator) -> None:
-    env = {"BIFROST_EXPORTER_BIFROST_URL": sim.url, "BIFROST_EXPORTER_PROVIDERS": "openai,azure",
-           "BIFROST_EXPORTER_LOG_FORMAT": "json"}
+    env = {
+        "BIFROST_EXPORTER_BIFROST_URL": sim.url,
+        "BIFROST_EXPORTER_PROVIDERS": "openai,azure",
+        "BIFROST_EXPORTER_LOG_FORMAT": "json",
+    }
     ok = run("--once", env=env)
     assert ok.returncode == 0, ok.stderr
     s = parse_samples(ok.stdout)
@@ -125,14 +154,19 @@ def test_once_prints_exposition_and_exit_code(sim: Simulator) -> None:
     assert bad.returncode == 1
     assert value(parse_samples(bad.stdout), "bifrost_batch_exporter_up", provider="azure") == 0
     failures = [json.loads(line) for line in bad.stderr.splitlines() if '"poll_failed"' in line]
-    assert len(failures) == 1 and failures[0]["reason"] == "server_error" and failures[0]["provider"] == "azure"
+    assert (
+        len(failures) == 1 and failures[0]["reason"] == "server_error" and failures[0]["provider"] == "azure"
+    )
 
 
 def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BIFROST_EXPORTER_")}
     full_env.update(env)
     return subprocess.Popen(
-        [sys.executable, "-m", "exporter", *args], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "exporter", *args],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
 
@@ -147,10 +181,17 @@ def _get(url: str) -> httpx.Response | None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_cleanly_within_5s(sim: Simulator, sig: signal.Signals) -> None:
     port = free_port()
-    proc = _start({"BIFROST_EXPORTER_BIFROST_URL": sim.url, "BIFROST_EXPORTER_PROVIDERS": "openai,azure",
-                   "BIFROST_EXPORTER_LISTEN_ADDRESS": f"127.0.0.1:{port}"})
+    proc = _start(
+        {
+            "BIFROST_EXPORTER_BIFROST_URL": sim.url,
+            "BIFROST_EXPORTER_PROVIDERS": "openai,azure",
+            "BIFROST_EXPORTER_LISTEN_ADDRESS": f"127.0.0.1:{port}",
+        }
+    )
     try:
-        wait_until(lambda: (r := _get(f"http://127.0.0.1:{port}/readyz")) is not None and r.status_code == 200)
+        wait_until(
+            lambda: (r := _get(f"http://127.0.0.1:{port}/readyz")) is not None and r.status_code == 200
+        )
         # a poll in flight when the signal arrives is cancelled, not waited for
         sim.set_fault("slow", delay=30)
         time.sleep(0.2)
@@ -196,7 +237,8 @@ def test_port_in_use_fails_with_a_clear_line() -> None:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
-        result = run("--listen-address", f"127.0.0.1:{port}", env={"BIFROST_EXPORTER_LOG_FORMAT": "json"},
-                     timeout=20)
+        result = run(
+            "--listen-address", f"127.0.0.1:{port}", env={"BIFROST_EXPORTER_LOG_FORMAT": "json"}, timeout=20
+        )
     assert result.returncode == 1
     assert "startup_failed" in result.stderr

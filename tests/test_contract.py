@@ -16,7 +16,9 @@ from exporter.simulator import ProviderSpec, Simulator
 from tests.harness import ExporterThread, make_settings, series, value
 
 STYLES = [
-    pytest.param(ProviderSpec("openai", style="cursor", keys=3, empty_keys=(1,)), id="next_cursor-across-keys"),
+    pytest.param(
+        ProviderSpec("openai", style="cursor", keys=3, empty_keys=(1,)), id="next_cursor-across-keys"
+    ),
     pytest.param(ProviderSpec("openai", style="legacy", flavor="azure"), id="first_id-last_id"),
 ]
 
@@ -29,32 +31,74 @@ def now() -> int:
 def _scenario(sim: Simulator, p: str, now: int) -> None:
     """Eight batches: two in_progress, one validating, one finished before the exporter, odd spellings."""
     sim.add_batch(
-        p, batch_id="b1", status="in_progress", created_at=now - 3600, expires_at=now + 82800,
+        p,
+        batch_id="b1",
+        status="in_progress",
+        created_at=now - 3600,
+        expires_at=now + 82800,
         request_counts={"total": 100, "completed": 40, "failed": 2},
         extra_fields={"latency": 5, "cache_debug": {"cache_hit": True, "hit_type": "direct"}},
     )
     sim.add_batch(
-        p, batch_id="b2", status="in_progress", created_at=now - 600, expires_at=now + 85800,
+        p,
+        batch_id="b2",
+        status="in_progress",
+        created_at=now - 600,
+        expires_at=now + 85800,
         request_counts={"total": 10, "completed": 1, "failed": 0},
-        extra_fields={"latency": 5, "cache_debug": {"cache_hit": True, "hit_type": "semantic", "similarity": 0.93}},
+        extra_fields={
+            "latency": 5,
+            "cache_debug": {"cache_hit": True, "hit_type": "semantic", "similarity": 0.93},
+        },
     )
     sim.add_batch(
-        p, batch_id="b3", status="validating", created_at=now - 120, expires_at=now + 86280,
+        p,
+        batch_id="b3",
+        status="validating",
+        created_at=now - 120,
+        expires_at=now + 86280,
         request_counts={"total": 5, "completed": 0, "failed": 0},
         extra_fields={"latency": 5, "cache_debug": {"cache_hit": False}},
     )
     sim.add_batch(
-        p, batch_id="b4", status="failed", created_at=now - 7200, failed_at=now - 50,
+        p,
+        batch_id="b4",
+        status="failed",
+        created_at=now - 7200,
+        failed_at=now - 50,
         request_counts={"total": 20, "completed": 0, "failed": 20},
     )
-    sim.add_batch(p, batch_id="b5", status="canceled", created_at=now - 5000, cancelled_at=now - 4000,
-                  request_counts={"total": 7, "completed": 3, "failed": 0})
-    sim.add_batch(p, batch_id="b6", status="JOB_STATE_QUEUED", created_at=now - 30,
-                  request_counts={"total": 1, "completed": 0, "failed": 0})
-    sim.add_batch(p, batch_id="b7", status="completed", created_at=now - 9000, completed_at=now - 8000,
-                  request_counts={"total": 50, "completed": 50, "failed": 0})
-    sim.add_batch(p, batch_id="b8", status="finalizing", created_at=now - 4000, expires_at=now + 1000,
-                  request_counts={"total": 30, "completed": 30, "failed": 0})
+    sim.add_batch(
+        p,
+        batch_id="b5",
+        status="canceled",
+        created_at=now - 5000,
+        cancelled_at=now - 4000,
+        request_counts={"total": 7, "completed": 3, "failed": 0},
+    )
+    sim.add_batch(
+        p,
+        batch_id="b6",
+        status="JOB_STATE_QUEUED",
+        created_at=now - 30,
+        request_counts={"total": 1, "completed": 0, "failed": 0},
+    )
+    sim.add_batch(
+        p,
+        batch_id="b7",
+        status="completed",
+        created_at=now - 9000,
+        completed_at=now - 8000,
+        request_counts={"total": 50, "completed": 50, "failed": 0},
+    )
+    sim.add_batch(
+        p,
+        batch_id="b8",
+        status="finalizing",
+        created_at=now - 4000,
+        expires_at=now + 1000,
+        request_counts={"total": 30, "completed": 30, "failed": 0},
+    )
 
 
 @pytest.fixture(params=STYLES)
@@ -68,7 +112,7 @@ def world(request: pytest.FixtureRequest, now: int) -> Iterator[tuple[Simulator,
 
 
 def test_first_poll_exposes_exact_aggregates(world: tuple[Simulator, ExporterThread], now: int) -> None:
-    sim, exp = world
+    _, exp = world
     exp.poll()
     s = exp.samples()
     p = "openai"
@@ -87,9 +131,18 @@ def test_first_poll_exposes_exact_aggregates(world: tuple[Simulator, ExporterThr
         for kind in REQUEST_COUNT_KINDS:
             assert value(s, "bifrost_batch_request_counts", provider=p, status=status, kind=kind) is not None
     # oldest created per active status, next expiry among active batches
-    assert value(s, "bifrost_batch_oldest_created_timestamp_seconds", provider=p, status="in_progress") == now - 3600
-    assert value(s, "bifrost_batch_oldest_created_timestamp_seconds", provider=p, status="validating") == now - 120
-    assert value(s, "bifrost_batch_oldest_created_timestamp_seconds", provider=p, status="finalizing") == now - 4000
+    assert (
+        value(s, "bifrost_batch_oldest_created_timestamp_seconds", provider=p, status="in_progress")
+        == now - 3600
+    )
+    assert (
+        value(s, "bifrost_batch_oldest_created_timestamp_seconds", provider=p, status="validating")
+        == now - 120
+    )
+    assert (
+        value(s, "bifrost_batch_oldest_created_timestamp_seconds", provider=p, status="finalizing")
+        == now - 4000
+    )
     assert value(s, "bifrost_batch_oldest_created_timestamp_seconds", provider=p, status="cancelling") is None
     assert value(s, "bifrost_batch_next_expiry_timestamp_seconds", provider=p) == now + 1000
     # batches that finished before the exporter started are not counted, but their timestamps are shown
@@ -97,8 +150,14 @@ def test_first_poll_exposes_exact_aggregates(world: tuple[Simulator, ExporterThr
         assert value(s, "bifrost_batch_finished_total", provider=p, status=status) == 0
         assert value(s, "bifrost_batch_duration_seconds_count", provider=p, status=status) == 0
     assert value(s, "bifrost_batch_last_finished_timestamp_seconds", provider=p, status="failed") == now - 50
-    assert value(s, "bifrost_batch_last_finished_timestamp_seconds", provider=p, status="cancelled") == now - 4000
-    assert value(s, "bifrost_batch_last_finished_timestamp_seconds", provider=p, status="completed") == now - 8000
+    assert (
+        value(s, "bifrost_batch_last_finished_timestamp_seconds", provider=p, status="cancelled")
+        == now - 4000
+    )
+    assert (
+        value(s, "bifrost_batch_last_finished_timestamp_seconds", provider=p, status="completed")
+        == now - 8000
+    )
     # paging: 8 batches at limit 2
     pages = value(s, "bifrost_batch_exporter_pages_total", provider=p)
     assert pages is not None and pages >= 4
@@ -132,7 +191,9 @@ def test_first_poll_exposes_exact_aggregates(world: tuple[Simulator, ExporterThr
     assert value(s, "bifrost_batch_exporter_per_batch_dropped", provider=p) == 0
 
 
-def test_transitions_are_counted_once_with_duration(world: tuple[Simulator, ExporterThread], now: int) -> None:
+def test_transitions_are_counted_once_with_duration(
+    world: tuple[Simulator, ExporterThread], now: int
+) -> None:
     sim, exp = world
     exp.poll()
     sim.set_status("openai", "b1", "completed")
@@ -150,7 +211,9 @@ def test_transitions_are_counted_once_with_duration(world: tuple[Simulator, Expo
     assert value(s, "bifrost_batch_duration_seconds_bucket", provider=p, status="completed", le="7200.0") == 1
     duration_sum = value(s, "bifrost_batch_duration_seconds_sum", provider=p, status="completed")
     assert duration_sum is not None and 3600 <= duration_sum < 3700
-    assert value(s, "bifrost_batch_duration_seconds_bucket", provider=p, status="expired", le="60.0") == 0  # ran ~120 s
+    assert (
+        value(s, "bifrost_batch_duration_seconds_bucket", provider=p, status="expired", le="60.0") == 0
+    )  # ran ~120 s
     assert value(s, "bifrost_batch_duration_seconds_bucket", provider=p, status="expired", le="300.0") == 1
     assert value(s, "bifrost_batches", provider=p, status="in_progress") == 1
     assert value(s, "bifrost_batch_exporter_polls_total", provider=p) == 3
@@ -187,10 +250,21 @@ def test_restart_adds_nothing_for_batches_finished_before_start(now: int) -> Non
 def test_anthropic_and_gemini_shapes(now: int) -> None:
     specs = [ProviderSpec("anthropic", flavor="anthropic"), ProviderSpec("gemini", flavor="gemini")]
     with Simulator(providers=specs, lifecycle=False) as sim:
-        sim.add_batch("anthropic", batch_id="msgbatch_1", status="in_progress", created_at=now - 100,
-                      request_counts={"total": 0, "completed": 0, "failed": 0, "pending": 9, "succeeded": 1})
-        sim.add_batch("gemini", batch_id="batches/1", status="in_progress", created_at=now - 100, progress=40,
-                      request_counts={"total": 10, "completed": 1, "failed": 0})
+        sim.add_batch(
+            "anthropic",
+            batch_id="msgbatch_1",
+            status="in_progress",
+            created_at=now - 100,
+            request_counts={"total": 0, "completed": 0, "failed": 0, "pending": 9, "succeeded": 1},
+        )
+        sim.add_batch(
+            "gemini",
+            batch_id="batches/1",
+            status="in_progress",
+            created_at=now - 100,
+            progress=40,
+            request_counts={"total": 10, "completed": 1, "failed": 0},
+        )
         sim.add_batch("gemini", batch_id="batches/2", status="in_progress", created_at=now - 50)
         settings = make_settings(sim.url, ["anthropic", "gemini"], per_batch_metrics=True)
         with ExporterThread(settings) as exp:
@@ -204,11 +278,15 @@ def test_anthropic_and_gemini_shapes(now: int) -> None:
     assert value(s, "bifrost_batch_finished_total", provider="anthropic", status="ended") == 1
     assert value(s, "bifrost_batch_duration_seconds_count", provider="anthropic", status="ended") == 1
     assert value(s, "bifrost_batch_request_counts", provider="anthropic", status="ended", kind="pending") == 9
-    assert value(s, "bifrost_batch_request_counts", provider="anthropic", status="ended", kind="succeeded") == 1
+    assert (
+        value(s, "bifrost_batch_request_counts", provider="anthropic", status="ended", kind="succeeded") == 1
+    )
     assert value(s, "bifrost_batch_finished_total", provider="gemini", status="deleted") == 1
     assert value(s, "bifrost_batch_duration_seconds_count", provider="gemini", status="deleted") == 0
     assert value(s, "bifrost_batches", provider="gemini", status="deleted") == 2
-    assert value(s, "bifrost_batch_job_progress_ratio", provider="gemini", batch_id="batches/1") == pytest.approx(0.4)
+    assert value(
+        s, "bifrost_batch_job_progress_ratio", provider="gemini", batch_id="batches/1"
+    ) == pytest.approx(0.4)
 
 
 def test_per_batch_cap_and_unknown_status_cap(now: int) -> None:
@@ -217,25 +295,34 @@ def test_per_batch_cap_and_unknown_status_cap(now: int) -> None:
             sim.add_batch("openai", batch_id=f"a{i:02d}", status="in_progress", created_at=now - 1000 + i)
         for i in range(25):
             sim.add_batch("openai", batch_id=f"u{i:02d}", status=f"WEIRD_{i:02d}", created_at=now - 10)
-        settings = make_settings(sim.url, ["openai"], per_batch_metrics=True, per_batch_limit=10, page_size=100)
+        settings = make_settings(
+            sim.url, ["openai"], per_batch_metrics=True, per_batch_limit=10, page_size=100
+        )
         with ExporterThread(settings) as exp:
             exp.poll()
             s = exp.samples()
     jobs = sorted(lbl["batch_id"] for lbl, _ in series(s, "bifrost_batch_job_info", provider="openai"))
     assert jobs == [f"a{i:02d}" for i in range(20, 30)]  # the ten newest
     assert value(s, "bifrost_batch_exporter_per_batch_dropped", provider="openai") == 20
-    unknown = {lbl["status"] for lbl, _ in series(s, "bifrost_batches", provider="openai")} - set(KNOWN_STATUSES)
+    unknown = {lbl["status"] for lbl, _ in series(s, "bifrost_batches", provider="openai")} - set(
+        KNOWN_STATUSES
+    )
     assert len(unknown) == 21 and "other" in unknown  # 20 passed through, the rest folded into "other"
     assert value(s, "bifrost_batches", provider="openai", status="other") == 5
 
 
 def test_active_statuses_absent_timestamps_when_no_active_batches(now: int) -> None:
     with Simulator(providers=[ProviderSpec("openai")], lifecycle=False) as sim:
-        sim.add_batch("openai", batch_id="done", status="completed", created_at=now - 100, completed_at=now - 90)
+        sim.add_batch(
+            "openai", batch_id="done", status="completed", created_at=now - 100, completed_at=now - 90
+        )
         with ExporterThread(make_settings(sim.url, ["openai"])) as exp:
             exp.poll()
             s = exp.samples()
     for status in ACTIVE_STATUSES:
-        assert value(s, "bifrost_batch_oldest_created_timestamp_seconds", provider="openai", status=status) is None
+        assert (
+            value(s, "bifrost_batch_oldest_created_timestamp_seconds", provider="openai", status=status)
+            is None
+        )
     assert value(s, "bifrost_batch_next_expiry_timestamp_seconds", provider="openai") is None
     assert value(s, "bifrost_batches", provider="openai", status="completed") == 1

@@ -55,8 +55,13 @@ def test_failure_keeps_last_good_data_and_recovers(
     s = exp.samples()
     assert value(s, "bifrost_batch_exporter_up", provider=P) == 0
     assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason=reason) == 1
-    others = [v for (n, lbl), v in s.items() if n == "bifrost_batch_exporter_poll_errors_total"
-              and ("provider", P) in lbl and ("reason", reason) not in lbl]
+    others = [
+        v
+        for (n, lbl), v in s.items()
+        if n == "bifrost_batch_exporter_poll_errors_total"
+        and ("provider", P) in lbl
+        and ("reason", reason) not in lbl
+    ]
     assert others and all(v == 0 for v in others)
     # last good data still served; the other provider is unaffected
     assert value(s, "bifrost_batches", provider=P, status="in_progress") == 6
@@ -107,7 +112,7 @@ def test_max_pages_truncates(world: tuple[Simulator, ExporterThread]) -> None:
 
 
 def test_unsupported_provider_is_not_a_failure(world: tuple[Simulator, ExporterThread]) -> None:
-    sim, exp = world
+    sim, _ = world
     settings = make_settings(sim.url, [P, "cohere"])
     with ExporterThread(settings) as other:
         other.poll()
@@ -116,8 +121,11 @@ def test_unsupported_provider_is_not_a_failure(world: tuple[Simulator, ExporterT
     assert value(s, "bifrost_batch_exporter_provider_supported", provider="cohere") == 0
     assert value(s, "bifrost_batch_exporter_up", provider="cohere") == 1
     assert value(s, "bifrost_batches", provider="cohere", status="completed") is None
-    assert all(v == 0 for (n, lbl), v in s.items()
-               if n == "bifrost_batch_exporter_poll_errors_total" and ("provider", "cohere") in lbl)
+    assert all(
+        v == 0
+        for (n, lbl), v in s.items()
+        if n == "bifrost_batch_exporter_poll_errors_total" and ("provider", "cohere") in lbl
+    )
     assert value(s, "bifrost_batch_exporter_provider_supported", provider=P) == 1
 
 

@@ -42,8 +42,14 @@ def test_negotiate(accept: str | None, encoding: str | None, expected: tuple[boo
 
 @pytest.fixture
 def running() -> Iterator[tuple[Simulator, ExporterThread]]:
-    with Simulator(providers=[ProviderSpec("openai", keys=2), ProviderSpec("azure", style="legacy"),
-                              ProviderSpec("cohere", supported=False)], seed=7) as sim:
+    with Simulator(
+        providers=[
+            ProviderSpec("openai", keys=2),
+            ProviderSpec("azure", style="legacy"),
+            ProviderSpec("cohere", supported=False),
+        ],
+        seed=7,
+    ) as sim:
         settings = make_settings(sim.url, ["openai", "azure", "cohere"], per_batch_metrics=True)
         with ExporterThread(settings) as exp:
             yield sim, exp
@@ -75,8 +81,10 @@ def test_content_negotiation_and_encodings(running: tuple[Simulator, ExporterThr
     assert {"bifrost_batches", "bifrost_batch_finished", "bifrost_batch_exporter_up"} <= families
     # raw gzip bytes really are gzip of the OpenMetrics body
     with socket.create_connection(("127.0.0.1", exp.exporter.port)) as conn:
-        conn.sendall(f"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: {OM_ACCEPT}\r\nAccept-Encoding: gzip\r\n"
-                     "Connection: close\r\n\r\n".encode())
+        conn.sendall(
+            f"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: {OM_ACCEPT}\r\nAccept-Encoding: gzip\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
         raw = b""
         while chunk := conn.recv(65536):
             raw += chunk
@@ -130,8 +138,10 @@ def test_concurrent_scrapes_while_polling(running: tuple[Simulator, ExporterThre
         with httpx.Client(timeout=10) as client:
             for _ in range(15):
                 r = client.get(exp.url + "/metrics")
-                if r.status_code != 200 or value(parse_samples(r.text), "bifrost_batch_exporter_up",
-                                                 provider="openai") is None:
+                if (
+                    r.status_code != 200
+                    or value(parse_samples(r.text), "bifrost_batch_exporter_up", provider="openai") is None
+                ):
                     errors.append(f"bad scrape {r.status_code}")
 
     threads = [threading.Thread(target=scrape) for _ in range(16)]
@@ -173,11 +183,18 @@ def test_staleness_applies_without_a_poll_finishing() -> None:
     """The render loop wakes at the staleness deadline on its own, even while polls hang."""
     with Simulator(providers=[ProviderSpec("openai")], lifecycle=False) as sim:
         sim.add_batch("openai", batch_id="a", status="in_progress")
-        settings = make_settings(sim.url, ["openai"], poll_interval_seconds=1, stale_after_seconds=2,
-                                 request_timeout_seconds=30)
+        settings = make_settings(
+            sim.url, ["openai"], poll_interval_seconds=1, stale_after_seconds=2, request_timeout_seconds=30
+        )
         with ExporterThread(settings, auto_poll=True) as exp:
-            wait_until(lambda: value(exp.samples(), "bifrost_batches", provider="openai", status="in_progress") == 1)
+            wait_until(
+                lambda: value(exp.samples(), "bifrost_batches", provider="openai", status="in_progress") == 1
+            )
             sim.set_fault("slow", delay=20)
-            wait_until(lambda: value(exp.samples(), "bifrost_batches", provider="openai", status="in_progress")
-                       is None, timeout=10)
+            wait_until(
+                lambda: (
+                    value(exp.samples(), "bifrost_batches", provider="openai", status="in_progress") is None
+                ),
+                timeout=10,
+            )
             sim.set_fault(None)
