@@ -87,7 +87,9 @@ fi
 
 # --- 3. build the real Dockerfile ------------------------------------------------------------------------------------
 log "buildah bud $repo/Dockerfile (BASE_IMAGE=$base_image)"
-buildah bud --quiet --layers --pull=never --network=host \
+# No --layers: a cache of intermediate images would pile up on CI machines; the old test image is replaced.
+buildah rmi -f "$image" >/dev/null 2>&1 || true
+buildah bud --quiet --layers=false --pull=never --network=host \
   --build-arg "BASE_IMAGE=$base_image" \
   --build-arg "VERSION=$("$py" -c 'import re,sys;print(re.search(r"^version\s*=\s*\"([^\"]+)\"",open(sys.argv[1]).read(),re.M)[1])' "$repo/pyproject.toml")" \
   -f "$repo/Dockerfile" -t "$image" "$repo" >/dev/null
