@@ -293,7 +293,8 @@ def _skeleton(
     latency_ms: int,
     cache_debug: bool,
 ) -> dict[str, Any]:
-    """A batch as first listed; field order follows Bifrost's Go struct so the JSON looks real."""
+    """A batch as first listed, keys in Bifrost's Go struct order so the JSON reads like the real thing
+    (timestamps omitted by newer flavours are appended when they are first set, as key order is not semantic)."""
     suffix = _hex(rng, 24)
     batch: dict[str, Any] = {
         "id": batch_id,
@@ -460,12 +461,12 @@ def _plan(rng: random.Random, flavor: str, total: int, scale: float) -> tuple[st
 _TOTALS = (10, 50, 100, 100, 250, 500, 1000, 2000, 5000, 10000)
 
 
-def _initial_timing(rng: random.Random, now: float, steps: list[_Step]) -> tuple[float, bool]:
+def _initial_timing(rng: random.Random, now: float, steps: list[_Step]) -> float:
     """Recent batches are still moving; older ones ended a while ago (terminal timestamps in the past)."""
     recent = rng.random() < 0.4
     length = steps[-1].t if steps else 0.0
     created = now - rng.uniform(0, 100) if recent else now - length - rng.uniform(60, 6 * 3600)
-    return created, recent
+    return created
 
 
 def generate_batches(
@@ -490,7 +491,7 @@ def generate_batches(
         total = rng.choice(_TOTALS)
         scale = 1.0 if rng.random() < 0.4 else rng.uniform(5, 300)
         initial, steps = _plan(rng, flavor, total, scale)
-        created, _ = _initial_timing(rng, at, steps)
+        created = _initial_timing(rng, at, steps)
         bid = _new_id(rng, flavor)
         while bid in seen:
             bid = _new_id(rng, flavor)
