@@ -550,3 +550,22 @@ def test_rendered_config_passes_check_config(
         if "BIFROST_EXPORTER_PROVIDERS" in plain_env:
             assert effective["providers"] == plain_env["BIFROST_EXPORTER_PROVIDERS"].split(",")
         assert effective["listen_address"] == "0.0.0.0:9877"
+
+
+def test_rendered_web_config_is_accepted_by_the_exporter(rendered: dict[str, str], tmp_path: Path) -> None:
+    from exporter.webconfig import parse_web_config
+
+    docs = docs_of(rendered["all-optional-on-values.yaml"])
+    web_secret = one(
+        [d for d in of_kind(docs, "Secret") if d["metadata"]["name"].endswith("-web-config")], "Secret"
+    )
+    web = yaml.safe_load(web_secret["stringData"]["web-config.yml"])
+    # The certificate files are mounted from the TLS Secret in the pod; stand-ins here.
+    tls = web["tls_server_config"]
+    for key in ("cert_file", "key_file"):
+        stand_in = tmp_path / Path(tls[key]).name
+        stand_in.write_text("stand-in\n")
+        tls[key] = str(stand_in)
+    parsed = parse_web_config(web, tmp_path / "web-config.yml")
+    assert parsed.tls is not None
+    assert set(parsed.users) == {"prometheus"}
