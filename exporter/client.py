@@ -160,7 +160,20 @@ class BifrostClient:
             max_redirects=_MAX_REDIRECTS,
             trust_env=False,
             transport=transport,
+            event_hooks={"request": [self._same_origin_only]},
         )
+        base = self._http.base_url
+        self._origin = (base.scheme, base.host, base.port)
+
+    async def _same_origin_only(self, request: httpx.Request) -> None:
+        """Refuse a redirect to another origin: httpx strips only Authorization there, not x-bf-vk or extra_headers."""
+        url = request.url
+        if (url.scheme, url.host, url.port) != self._origin:
+            raise RequestFailedError(
+                "invalid_response",
+                f"redirect to another origin ({url.scheme}://{_short(url.host, 80)}) refused; "
+                "credentials are only sent to bifrost_url",
+            )
 
     async def aclose(self) -> None:
         await self._http.aclose()
