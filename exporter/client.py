@@ -14,6 +14,7 @@ import math
 import random
 import ssl
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -254,7 +255,9 @@ class BifrostClient:
         cap = settings.max_response_bytes
         try:
             async with asyncio.timeout(settings.request_timeout_seconds):
-                async with self._http.stream("GET", "/v1/batches", params=params) as response:
+                async with self._http.stream(
+                    "GET", "/v1/batches", params=params, headers={"Accept-Encoding": "gzip, deflate"}
+                ) as response:
                     declared = response.headers.get("content-length", "")
                     if declared.isdigit() and int(declared) > cap:
                         raise RequestFailedError(
@@ -262,18 +265,12 @@ class BifrostClient:
                             f"body of {declared} bytes exceeds max_response_bytes={cap}",
                             response.status_code,
                         )
-                    chunks: list[bytes] = []
-                    size = 0
-                    async for chunk in response.aiter_bytes():
-                        size += len(chunk)
-                        if size > cap:
-                            raise RequestFailedError(
-                                "invalid_response",
-                                f"body exceeds max_response_bytes={cap}",
-                                response.status_code,
-                            )
-                        chunks.append(chunk)
-                    body = b"".join(chunks)
+                    # Decoded here, not by httpx, so the cap bounds the inflated size: httpx inflates a whole
+                    # network chunk at once, and 64 KB of gzip can become 64 MB.
+                    decoder = _BoundedDecoder(response.headers.get("content-encoding", ""), cap, response)
+                    async for raw in response.aiter_raw():
+                        decoder.feed(raw)
+                    body = decoder.finish()
         except TimeoutError:
             raise RequestFailedError(
                 "timeout", f"no complete answer within {settings.request_timeout_seconds:g}s"
@@ -319,6 +316,70 @@ class BifrostClient:
     def _raise_server(status: int, hint: str, response: httpx.Response) -> Page:
         retry_after = _parse_retry_after(response.headers.get("retry-after"), time.time())
         raise RequestFailedError("server_error", f"HTTP {status}{hint}", status, retry_after)
+
+
+class _BoundedDecoder:
+    """Content-Encoding gzip/deflate/identity, refusing to produce more than `cap` bytes."""
+
+    def __init__(self, encoding: str, cap: int, response: httpx.Response) -> None:
+        self._cap = cap
+        self._status = response.status_code
+        self._chunks: list[bytes] = []
+        self._size = 0
+        coding = encoding.strip().lower()
+        self._zlib: zlib._Decompress | None = None
+        self._deflate_guess = False
+        self._unsupported: str | None = None
+        if coding in ("gzip", "x-gzip"):
+            self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif coding == "deflate":
+            self._zlib = zlib.decompressobj(zlib.MAX_WBITS)
+            self._deflate_guess = True
+        elif coding not in ("", "identity"):
+            self._unsupported = coding  # kept raw: an error status still classifies by its code
+
+    def _keep(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > self._cap:
+            raise RequestFailedError(
+                "invalid_response", f"body exceeds max_response_bytes={self._cap}", self._status
+            )
+        if data:
+            self._chunks.append(data)
+
+    def feed(self, raw: bytes) -> None:
+        if self._zlib is None:
+            self._keep(raw)
+            return
+        try:
+            if self._deflate_guess:
+                # Servers send raw deflate as often as the zlib-wrapped kind the RFC asks for; the header tells.
+                self._deflate_guess = False
+                if len(raw) >= 2 and not (raw[0] & 0x0F == 8 and (raw[0] << 8 | raw[1]) % 31 == 0):
+                    self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+            self._keep(self._zlib.decompress(raw, self._cap - self._size + 1))
+            while self._zlib.unconsumed_tail:
+                self._keep(self._zlib.decompress(self._zlib.unconsumed_tail, self._cap - self._size + 1))
+        except zlib.error as exc:
+            raise RequestFailedError(
+                "invalid_response", f"body does not decode: {exc}", self._status
+            ) from None
+
+    def finish(self) -> bytes:
+        if self._unsupported is not None and 200 <= self._status < 300:
+            raise RequestFailedError(
+                "invalid_response",
+                f"unsupported content-encoding {_short(self._unsupported, 40)!r}",
+                self._status,
+            )
+        if self._zlib is not None:
+            try:
+                self._keep(self._zlib.flush())
+            except zlib.error as exc:
+                raise RequestFailedError(
+                    "invalid_response", f"body does not decode: {exc}", self._status
+                ) from None
+        return b"".join(self._chunks)
 
 
 def _short(text: str, limit: int = 120) -> str:
