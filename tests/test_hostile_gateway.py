@@ -1,0 +1,429 @@
+"""Gateways that misbehave in ways the simulator's switchable faults do not: raw asyncio servers written here.
+
+Each case checks the four things an unattended exporter owes its operator: the poll ends in bounded time (the
+request timeout), in bounded memory (max_response_bytes), with one warning line (not a traceback or a flood), and
+with the right reason in `bifrost_batch_exporter_poll_errors_total`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import io
+import json
+import time
+import tracemalloc
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from exporter.client import BifrostClient
+from exporter.logs import configure
+from exporter.poller import Poller
+from exporter.settings import Settings
+
+VIRTUAL_KEY = "sk-bf-hostile-test-virtual-key-0001"
+CAP = 256 * 1024
+TIMEOUT = 0.5
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def read_head(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+def head(status: str = "200 OK", *headers: str) -> bytes:
+    return ("\r\n".join([f"HTTP/1.1 {status}", *headers]) + "\r\n\r\n").encode()
+
+
+VALID_PAGE = json.dumps({"object": "list", "data": [], "has_more": False}).encode()
+
+
+@contextlib.asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[str]:
+    """A loopback TCP server running `handler` per connection; yields its base URL."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            tasks.discard(task)
+
+    server = await asyncio.start_server(run, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        await server.wait_closed()
+
+
+# --- the hostile gateways -----------------------------------------------------------------------------------------
+
+
+async def huge_declared(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_head(reader)
+    writer.write(head("200 OK", "Content-Type: application/json", f"Content-Length: {50 * 1024 * 1024}"))
+    chunk = b" " * 65536
+    for _ in range(800):  # 50 MB, if anyone were still reading
+        writer.write(chunk)
+        await writer.drain()
+
+
+async def huge_undeclared(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """50 MB with no Content-Length (read until close): only counting bytes as they arrive catches it."""
+    await read_head(reader)
+    writer.write(head("200 OK", "Content-Type: application/json", "Connection: close"))
+    writer.write(b'{"object":"list","data":[')
+    item = b'{"id":"batch_x","status":"completed"},' * 1000
+    for _ in range(50 * 1024 * 1024 // len(item)):
+        writer.write(item)
+        await writer.drain()
+
+
+async def huge_chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_head(reader)
+    writer.write(head("200 OK", "Content-Type: application/json", "Transfer-Encoding: chunked"))
+    chunk = b"x" * 65536
+    for _ in range(800):
+        writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        await writer.drain()
+
+
+GZIP_BOMB = gzip.compress(b" " * (64 * 1024 * 1024), compresslevel=9)  # ~64 KB on the wire, 64 MB inflated
+
+
+async def gzip_bomb(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_head(reader)
+    writer.write(
+        head(
+            "200 OK",
+            "Content-Type: application/json",
+            "Content-Encoding: gzip",
+            f"Content-Length: {len(GZIP_BOMB)}",
+        )
+    )
+    writer.write(GZIP_BOMB)
+    await writer.drain()
+    await asyncio.sleep(30)
+
+
+async def slow_drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A byte every 50 ms: no single read ever times out, so only a deadline on the whole request ends it."""
+    await read_head(reader)
+    writer.write(head("200 OK", "Content-Type: application/json", "Content-Length: 100000"))
+    for _ in range(100000):
+        writer.write(b" ")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+
+
+async def slow_headers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_head(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\n")
+    for i in range(100000):
+        writer.write(f"X-Drip-{i}: y\r\n".encode())
+        await writer.drain()
+        await asyncio.sleep(0.05)
+
+
+async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_head(reader)
+    await asyncio.sleep(60)
+
+
+async def close_mid_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_head(reader)
+    writer.write(head("200 OK", "Content-Type: application/json", "Content-Length: 5000"))
+    writer.write(VALID_PAGE[:20])
+    await writer.drain()
+    writer.transport.abort()
+
+
+async def close_before_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_head(reader)
+    writer.transport.abort()
+
+
+async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_head(reader)
+    writer.write(b"\x16\x03\x01 this is not HTTP at all\r\n\r\n")
+    await writer.drain()
+
+
+async def redirect_loop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while True:
+        await read_head(reader)
+        writer.write(head("302 Found", "Location: /v1/batches?provider=openai&again=1", "Content-Length: 0"))
+        await writer.drain()
+
+
+async def html_200(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_head(reader)
+    body = b"<html><body>Login to the corporate proxy</body></html>"
+    writer.write(head("200 OK", "Content-Type: text/html", f"Content-Length: {len(body)}") + body)
+    await writer.drain()
+
+
+async def html_labelled_json(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_head(reader)
+    body = b"<html>" * 1000
+    writer.write(head("200 OK", "Content-Type: application/json", f"Content-Length: {len(body)}") + body)
+    await writer.drain()
+
+
+async def deep_nesting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_head(reader)
+    body = b'{"object":"list","data":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    writer.write(head("200 OK", "Content-Type: application/json", f"Content-Length: {len(body)}") + body)
+    await writer.drain()
+
+
+async def many_headers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_head(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(20000)))
+    writer.write(f"Content-Length: {len(VALID_PAGE)}\r\n\r\n".encode() + VALID_PAGE)
+    await writer.drain()
+
+
+@dataclass(frozen=True)
+class Case:
+    handler: Handler
+    reason: str
+    seconds: float = 3 * TIMEOUT
+
+
+CASES = {
+    "50MB_declared": Case(huge_declared, "invalid_response"),
+    "50MB_until_close": Case(huge_undeclared, "invalid_response"),
+    "50MB_chunked": Case(huge_chunked, "invalid_response"),
+    "gzip_bomb": Case(gzip_bomb, "invalid_response"),
+    "slow_drip_body": Case(slow_drip, "timeout"),
+    "slow_drip_headers": Case(slow_headers, "timeout"),
+    "never_answers": Case(silent, "timeout"),
+    "close_mid_body": Case(close_mid_body, "connection"),
+    "close_before_answer": Case(close_before_answer, "connection"),
+    "not_http": Case(garbage, "connection"),
+    "redirect_loop": Case(redirect_loop, "invalid_response"),
+    "200_text_html": Case(html_200, "invalid_response"),
+    "200_html_labelled_json": Case(html_labelled_json, "invalid_response"),
+    "deeply_nested_json": Case(deep_nesting, "invalid_response"),
+    "20000_response_headers": Case(many_headers, "connection"),
+}
+
+
+def make_settings(url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "bifrost_url": url,
+        "providers": ["openai"],
+        "virtual_key": VIRTUAL_KEY,
+        "request_timeout_seconds": TIMEOUT,
+        "max_response_bytes": CAP,
+        "max_retries": 2,
+        "log_level": "debug",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def no_sleep(_: float) -> None:
+    return None
+
+
+async def poll_once(url: str, **overrides: Any) -> tuple[Any, float, int]:
+    """(provider state, seconds, peak traced bytes) of one poll against `url`."""
+    settings = make_settings(url, **overrides)
+    client = BifrostClient(settings, sleep=no_sleep)
+    poller = Poller(settings, client)
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        state = await poller.poll("openai")
+    finally:
+        elapsed = time.monotonic() - started
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        await client.aclose()
+    return state, elapsed, peak
+
+
+@pytest.fixture
+def log_lines() -> list[dict[str, Any]] | Any:
+    stream = io.StringIO()
+    configure("debug", "json", [VIRTUAL_KEY], stream=stream)
+
+    class Lines:
+        def __call__(self) -> list[dict[str, Any]]:
+            return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+        def text(self) -> str:
+            return stream.getvalue()
+
+    return Lines()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hostile_gateway(name: str, log_lines: Any) -> None:
+    case = CASES[name]
+
+    async def scenario() -> tuple[Any, float, int]:
+        async with raw_server(case.handler) as url:
+            return await poll_once(url)
+
+    state, elapsed, peak = asyncio.run(scenario())
+    health, ledger = state.health, state.ledger
+    assert health.up is False
+    assert ledger.errors[case.reason] == 1, dict(ledger.errors)
+    assert sum(ledger.errors.values()) == 1
+    # Bounded time: retries of a timeout each get the request timeout, no more.
+    assert elapsed < case.seconds * (3 if case.reason == "timeout" else 1), elapsed
+    # Bounded memory: a few times the cap, never the 50 MB (or, gzip-inflated, 64 MB) the gateway offered. The
+    # figure is the whole process's traced peak, so it includes the hostile server's own buffers.
+    assert peak < 4 * CAP + 8 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
+    lines = log_lines()
+    warnings = [line for line in lines if line["level"] in ("warning", "error", "critical")]
+    assert [w["event"] for w in warnings] == ["poll_failed"], lines
+    assert warnings[0]["reason"] == case.reason
+    assert "Traceback" not in log_lines.text()
+    assert VIRTUAL_KEY not in log_lines.text()
+    assert len(warnings[0]["detail"]) < 300
+
+
+def test_cross_origin_redirect_never_carries_the_virtual_key(log_lines: Any) -> None:
+    """httpx strips Authorization on a cross-origin redirect but not x-bf-vk: the client must refuse to follow."""
+    seen: list[bytes] = []
+
+    async def collector(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_head(reader))
+        writer.write(head("200 OK", "Content-Type: application/json", f"Content-Length: {len(VALID_PAGE)}"))
+        writer.write(VALID_PAGE)
+        await writer.drain()
+
+    async def scenario() -> Any:
+        async with raw_server(collector) as elsewhere:
+
+            async def redirector(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                await read_head(reader)
+                writer.write(
+                    head("307 Temporary Redirect", f"Location: {elsewhere}/v1/batches", "Content-Length: 0")
+                )
+                await writer.drain()
+
+            async with raw_server(redirector) as url:
+                state, _, _ = await poll_once(url, extra_headers={"X-Team-Token": "team-secret-123"})
+                return state
+
+    state = asyncio.run(scenario())
+    assert seen == []  # the other origin never received a request, let alone the key
+    assert state.ledger.errors["invalid_response"] == 1
+    text = log_lines.text()
+    assert "redirect to another origin" in text
+    assert VIRTUAL_KEY not in text
+
+
+def test_same_origin_redirect_is_followed(log_lines: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            request = await read_head(reader)
+            if b"/moved/" in request.split(b"\r\n", 1)[0]:
+                writer.write(
+                    head("200 OK", "Content-Type: application/json", f"Content-Length: {len(VALID_PAGE)}")
+                )
+                writer.write(VALID_PAGE)
+            else:
+                writer.write(
+                    head(
+                        "308 Permanent Redirect",
+                        "Location: /moved/v1/batches?provider=openai",
+                        "Content-Length: 0",
+                    )
+                )
+            await writer.drain()
+
+    async def scenario() -> Any:
+        async with raw_server(handler) as url:
+            state, _, _ = await poll_once(url)
+            return state
+
+    state = asyncio.run(scenario())
+    assert state.health.up is True
+    assert sum(state.ledger.errors.values()) == 0
+
+
+def _deflate(data: bytes, wbits: int) -> bytes:
+    compressor = zlib.compressobj(wbits=wbits)
+    return compressor.compress(data) + compressor.flush()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "encode"),
+    [
+        ("gzip", gzip.compress),
+        ("deflate", lambda b: _deflate(b, zlib.MAX_WBITS)),
+        ("deflate", lambda b: _deflate(b, -zlib.MAX_WBITS)),  # raw deflate, as many servers send it
+        ("identity", lambda b: b),
+    ],
+)
+def test_compressed_pages_still_decode(
+    encoding: str, encode: Callable[[bytes], bytes], log_lines: Any
+) -> None:
+    page = json.dumps(
+        {"object": "list", "data": [{"id": f"b{i}", "status": "in_progress"} for i in range(500)]}
+    ).encode()
+    body = encode(page)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await read_head(reader)
+        assert b"accept-encoding: gzip, deflate" in request.lower()
+        writer.write(
+            head(
+                "200 OK",
+                "Content-Type: application/json",
+                f"Content-Encoding: {encoding}",
+                f"Content-Length: {len(body)}",
+            )
+        )
+        writer.write(body)
+        await writer.drain()
+
+    async def scenario() -> Any:
+        async with raw_server(handler) as url:
+            state, _, _ = await poll_once(url)
+            return state
+
+    state = asyncio.run(scenario())
+    assert state.health.up is True
+    assert state.snapshot.batches == 500
+
+
+@pytest.mark.parametrize("status", [200, 503])
+def test_unknown_content_encoding(status: int, log_lines: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(
+            head(f"{status} X", "Content-Type: application/json", "Content-Encoding: br", "Content-Length: 4")
+        )
+        writer.write(b"\x0b\x02\x80\x00")
+        await writer.drain()
+
+    async def scenario() -> Any:
+        async with raw_server(handler) as url:
+            state, _, _ = await poll_once(url, max_retries=0)
+            return state
+
+    errors = asyncio.run(scenario()).ledger.errors
+    assert errors["invalid_response" if status == 200 else "server_error"] == 1
