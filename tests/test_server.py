@@ -77,7 +77,7 @@ def test_content_negotiation_and_encodings(running: tuple[Simulator, ExporterThr
     om = exp.get("/metrics", headers={"Accept": OM_ACCEPT, "Accept-Encoding": "identity"})
     assert om.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
     assert om.text.endswith("# EOF\n")
-    families = {f.name for f in parse_openmetrics(om.text)}
+    families = {f.name for f in parse_openmetrics(om.text)}  # type: ignore[no-untyped-call]
     assert {"bifrost_batches", "bifrost_batch_finished", "bifrost_batch_exporter_up"} <= families
     # raw gzip bytes really are gzip of the OpenMetrics body
     with socket.create_connection(("127.0.0.1", exp.exporter.port)) as conn:
