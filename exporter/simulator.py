@@ -19,6 +19,7 @@ import json
 import random
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -879,15 +880,24 @@ class Simulator:
 
     # ---- server lifecycle --------------------
 
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> Simulator:
+    def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+    ) -> Simulator:
+        """Serve in a daemon thread; with `ssl_context` the gateway speaks HTTPS (handshakes happen lazily in the
+        per-connection threads, so one stalled client cannot block accepting others)."""
         if self._server is not None:
             return self
         server = _Server((host, port), _Handler)
         server.simulator = self
+        if ssl_context is not None:
+            server.socket = ssl_context.wrap_socket(
+                server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._server = server
         bound_port = int(server.server_address[1])
         shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
-        self._url = f"http://{shown}:{bound_port}"
+        scheme = "https" if ssl_context is not None else "http"
+        self._url = f"{scheme}://{shown}:{bound_port}"
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="bifrost-sim", daemon=True
         )

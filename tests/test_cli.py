@@ -242,3 +242,25 @@ def test_port_in_use_fails_with_a_clear_line() -> None:
         )
     assert result.returncode == 1
     assert "startup_failed" in result.stderr
+
+
+def test_log_level_and_format_and_custom_buckets(sim: Simulator) -> None:
+    env = {
+        "BIFROST_EXPORTER_BIFROST_URL": sim.url,
+        "BIFROST_EXPORTER_PROVIDERS": "openai",
+        "BIFROST_EXPORTER_LATENCY_BUCKETS": "0.1,1",
+        "BIFROST_EXPORTER_DURATION_BUCKETS": "[30, 600]",
+    }
+    quiet = run(
+        "--once", env={**env, "BIFROST_EXPORTER_LOG_LEVEL": "warning", "BIFROST_EXPORTER_LOG_FORMAT": "json"}
+    )
+    assert quiet.returncode == 0 and "poll_finished" not in quiet.stderr
+    s = parse_samples(quiet.stdout)
+    assert value(s, "bifrost_batch_upstream_latency_seconds_bucket", provider="openai", le="1.0") is not None
+    assert value(s, "bifrost_batch_upstream_latency_seconds_bucket", provider="openai", le="0.05") is None
+    assert (
+        value(s, "bifrost_batch_duration_seconds_bucket", provider="openai", status="failed", le="600.0") == 0
+    )
+    console = run("--once", env={**env, "BIFROST_EXPORTER_LOG_FORMAT": "console"})
+    lines = [line for line in console.stderr.splitlines() if "poll_finished" in line]
+    assert lines and not lines[0].startswith("{") and "provider=openai" in lines[0]
