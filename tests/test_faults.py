@@ -10,7 +10,7 @@ import pytest
 
 from exporter.simulator import ProviderSpec, Simulator
 from tests.conftest import free_port
-from tests.harness import ExporterThread, make_settings, value
+from tests.harness import ExporterThread, make_settings, value, wait_until
 
 P = "openai"
 
@@ -156,3 +156,15 @@ def test_gateway_down_is_connection_error() -> None:
     assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="connection") == 1
     assert value(s, "bifrost_batch_exporter_last_success_timestamp_seconds", provider=P) == 0
     assert value(s, "bifrost_batches", provider=P, status="in_progress") is None
+
+
+def test_unsupported_provider_is_asked_again_only_every_10_intervals(
+    world: tuple[Simulator, ExporterThread],
+) -> None:
+    sim, _ = world
+    settings = make_settings(sim.url, [P, "cohere"], poll_interval_seconds=1)
+    with ExporterThread(settings, auto_poll=True) as exp:
+        wait_until(lambda: (value(exp.samples(), "bifrost_batch_exporter_polls_total", provider=P) or 0) >= 4)
+        s = exp.samples()
+    assert value(s, "bifrost_batch_exporter_polls_total", provider="cohere") == 1
+    assert value(s, "bifrost_batch_exporter_provider_supported", provider="cohere") == 0
