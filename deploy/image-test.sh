@@ -16,7 +16,8 @@
 #   DEBIAN_MIRROR             debootstrap mirror (default: http://deb.debian.org/debian)
 #   IMAGE_TEST_TIMEOUT        seconds to wait for /metrics (default: 90)
 #   IMAGE_TEST_REBUILD_BASE=1 force a fresh debootstrap
-#   IMAGE_TEST_KEEP=1         keep the built image afterwards (default: keep; set 0 to remove it)
+#   IMAGE_TEST_KEEP=0         remove the built image afterwards (default 1: keep it)
+#   IMAGE_TEST_RUNNER=buildah skip podman and run the container with `buildah run --isolation chroot`
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -37,8 +38,16 @@ die() { log "FAIL: $*"; exit 1; }
 for tool in debootstrap buildah runc "$py"; do
   command -v "$tool" >/dev/null || die "missing tool: $tool (apt-get install debootstrap buildah podman runc python3)"
 done
+# One run at a time per machine: runs share the containers storage and the image names (a second run re-importing
+# the base image would remove the first run's build container).
+lockfile=${IMAGE_TEST_LOCK:-/run/lock/bifrost-image-test.lock}
+exec 9>"$lockfile"
+if ! flock -n 9; then
+  log "another image test holds $lockfile; waiting"
+  flock 9
+fi
 have_podman=0
-command -v podman >/dev/null && have_podman=1
+if [[ ${IMAGE_TEST_RUNNER:-podman} == podman ]] && command -v podman >/dev/null; then have_podman=1; fi
 
 # --- 1. base root filesystem (cached) -------------------------------------------------------------------------------
 mkdir -p "$cache"
