@@ -177,8 +177,6 @@ while True:
     if time.monotonic() > deadline:
         sys.exit(f"timeout: {last}")
     time.sleep(0.5)
-ups = [line for line in body.splitlines() if line.startswith("bifrost_batch_exporter_up")]
-print("\n".join(ups))
 health, _ = get("/healthz")
 if health != 200:
     sys.exit(f"/healthz answered {health}")
@@ -187,6 +185,12 @@ while (ready := get("/readyz")[0]) != 200:
         sys.exit(f"/readyz still {ready}")
     time.sleep(0.5)
 print("/healthz 200, /readyz 200")
+# After the first polls: one up series per provider (the demo simulator may inject failures, so 0 is possible).
+status, body = get("/metrics")
+ups = [line for line in body.splitlines() if line.startswith("bifrost_batch_exporter_up{")]
+if status != 200 or not ups:
+    sys.exit(f"/metrics answered {status} without bifrost_batch_exporter_up after /readyz")
+print("\n".join(ups))
 PY
 if [[ $mode == podman ]]; then
   state=$(podman inspect --format '{{.State.Status}}' "$name")
