@@ -26,6 +26,7 @@ from tests.conftest import require_tool
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "deploy" / "helm" / "bifrost-batch-exporter"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+RECORDING = ROOT / "deploy" / "prometheus" / "rules.yaml"
 DASHBOARDS = ROOT / "dashboards"
 GET_HELM = ROOT.parent / "shared" / "tools" / "get-helm"
 LOCAL_HELM = ROOT / ".tools" / "bin" / "helm"
@@ -150,6 +151,7 @@ def test_embedded_files_are_symlinks_not_copies() -> None:
     dashboards = CHART / "files" / "dashboards"
     assert alerts.is_symlink()
     assert alerts.resolve() == ALERTS.resolve()
+    assert (CHART / "files" / "rules.yaml").resolve() == RECORDING.resolve()
     assert dashboards.is_symlink()
     assert dashboards.resolve() == DASHBOARDS.resolve()
 
@@ -329,10 +331,11 @@ def test_a_provider_in_two_shards_is_refused(helm: str) -> None:
     assert 'provider "openai" is in shard "a" and in shard "b"' in proc.stderr
 
 
-def test_prometheus_rule_equals_the_alerts_file(rendered: dict[str, str]) -> None:
+def test_prometheus_rule_equals_the_alerts_and_recording_rules(rendered: dict[str, str]) -> None:
     rule = one(docs_of(rendered["all-optional-on-values.yaml"]), "PrometheusRule")
     alerts = yaml.safe_load(ALERTS.read_text())
-    assert rule["spec"]["groups"] == alerts["groups"]
+    recording = yaml.safe_load(RECORDING.read_text())
+    assert rule["spec"]["groups"] == alerts["groups"] + recording["groups"]
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
@@ -366,6 +369,7 @@ def test_package_carries_the_embedded_files(helm: str, tmp_path: Path) -> None:
             return member.read().decode()
 
         assert read("bifrost-batch-exporter/files/alerts.yaml") == ALERTS.read_text()
+        assert read("bifrost-batch-exporter/files/rules.yaml") == RECORDING.read_text()
         for f in files:
             assert read(f"bifrost-batch-exporter/files/dashboards/{f.name}") == f.read_text()
     assert not [n for n in names if n.endswith((".py", ".pyc"))]
