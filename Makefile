@@ -25,6 +25,7 @@ demo: $(VENV)/.runtime
 lint: $(VENV)/.test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile
 
 typecheck: $(VENV)/.test
 	$(BIN)/mypy --strict exporter
