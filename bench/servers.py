@@ -1,0 +1,218 @@
+"""The servers the benchmarks start as child processes (``python -m bench.servers <kind> ...``).
+
+- ``feeder``: a gateway for big stores. Each provider's list is built from one page of realistic batches made by the
+  simulator's generator; page k is that page with every id suffixed by k, so a million unique batches cost neither
+  a million dicts nor a million json.dumps calls in the feeder (the exporter sees ordinary, realistic pages).
+- ``static``: the exposition bytes served by our own HttpServer through a Routes that returns fixed bytes — the
+  upper limit of the HTTP stack.
+- ``naive``: the same series the common way — prometheus_client Gauges with labels in their own registry, set
+  from a poll, served by ``prometheus_client.start_http_server``.
+
+Each prints ``READY <port>`` on stdout when it listens and runs until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import parse_qs, urlsplit
+
+from exporter.render import TEXT_CONTENT_TYPE
+from exporter.server import HttpServer, Response, Routes
+from exporter.simulator import generate_batches, list_page_bytes
+
+PAGE_MARK = b"~PAGE~"  # six bytes, replaced by the six-digit page number
+NEXT_MARK = b"~NEXT~"
+TEMPLATE_SIZE = 1000
+_LEGACY_FLAVORS = ("openai", "azure", "vertex")
+
+
+def _wait_for_term() -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+
+
+# --------------------------------------------------------------------------------------------------------------
+# feeder
+
+
+class _Provider:
+    def __init__(self, name: str, index: int, total: int, seed: int, now: float) -> None:
+        from bench.common import flavor_of
+
+        flavor = flavor_of(index)
+        self.total = total
+        size = min(TEMPLATE_SIZE, max(1, total))
+        batches = generate_batches(
+            name,
+            size,
+            seed=seed,
+            now=now,
+            flavor=flavor,
+            style="legacy" if flavor in _LEGACY_FLAVORS else "cursor",
+        )
+        mark = PAGE_MARK.decode()
+        for batch in batches:
+            old = batch["id"]
+            batch["id"] = f"{old}-{mark}"
+            if batch.get("operation_name") == old:
+                batch["operation_name"] = batch["id"]
+        self.batches = batches
+        self.size = size
+        self._bodies: dict[tuple[int, bool], bytes] = {}
+        self._lock = threading.Lock()
+
+    def page(self, index: int) -> bytes:
+        start = index * self.size
+        count = max(0, min(self.size, self.total - start))
+        more = start + count < self.total
+        key = (count, more)
+        with self._lock:
+            body = self._bodies.get(key)
+            if body is None:
+                body = list_page_bytes(
+                    self.batches[:count],
+                    has_more=more,
+                    next_cursor="c" + NEXT_MARK.decode() if more else None,
+                    provider="feeder",
+                )
+                self._bodies[key] = body
+        return body.replace(PAGE_MARK, b"%06d" % index).replace(NEXT_MARK, b"%06d" % (index + 1))
+
+
+class _FeederServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+    providers: Mapping[str, _Provider]
+
+
+class _FeederHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        server = cast(_FeederServer, self.server)
+        url = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        provider = server.providers.get(query.get("provider", ""))
+        if url.path != "/v1/batches" or provider is None:
+            self._send(404, b'{"is_bifrost_error":false,"error":{"message":"not found"}}')
+            return
+        after = query.get("after", "")
+        index = int(after[1:]) if after.startswith("c") and after[1:].isdigit() else 0
+        self._send(200, provider.page(index))
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def feeder(providers: Sequence[str], per_provider: int, seed: int) -> None:
+    now = time.time()
+    server = _FeederServer(("127.0.0.1", 0), _FeederHandler)
+    server.providers = {name: _Provider(name, i, per_provider, seed, now) for i, name in enumerate(providers)}
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    print(f"READY {server.server_address[1]}", flush=True)
+    _wait_for_term()
+    server.shutdown()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# static
+
+
+class FixedRoutes(Routes):
+    """Every request gets the same pre-encoded bytes: what our HTTP stack can do at best."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__(lambda: cast(Any, None), lambda: True)
+        self._response = Response(200, body, TEXT_CONTENT_TYPE)
+
+    def handle(self, method: str, target: str, headers: Mapping[str, str]) -> Response:
+        return self._response
+
+
+async def _static(body: bytes) -> None:
+    server = HttpServer(FixedRoutes(body), "127.0.0.1", 0)
+    await server.start()
+    print(f"READY {server.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.close()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# naive
+
+
+def naive(exposition: str) -> None:
+    """The common way: one labelled Gauge per metric in a registry, set on every poll, rendered per scrape."""
+    from prometheus_client import CollectorRegistry, Gauge, start_http_server
+    from prometheus_client.parser import text_string_to_metric_families
+
+    registry = CollectorRegistry(auto_describe=False)
+    gauges: dict[str, Gauge] = {}
+
+    def poll(text: str) -> None:  # what a naive exporter's poll loop does with each result
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                gauge = gauges.get(sample.name)
+                labels = sorted(sample.labels)
+                if gauge is None:
+                    gauge = Gauge(sample.name, family.documentation or sample.name, labels, registry=registry)
+                    gauges[sample.name] = gauge
+                if labels:
+                    gauge.labels(**sample.labels).set(sample.value)
+                else:
+                    gauge.set(sample.value)
+
+    poll(exposition)
+    server, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
+    print(f"READY {server.server_address[1]}", flush=True)
+    _wait_for_term()
+    server.shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.servers")
+    sub = p.add_subparsers(dest="kind", required=True)
+    f = sub.add_parser("feeder")
+    f.add_argument("--providers", required=True)
+    f.add_argument("--per-provider", type=int, required=True)
+    f.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("static")
+    s.add_argument("--file", type=Path, required=True)
+    n = sub.add_parser("naive")
+    n.add_argument("--file", type=Path, required=True)
+    args = p.parse_args(argv)
+    if args.kind == "feeder":
+        feeder(args.providers.split(","), args.per_provider, args.seed)
+    elif args.kind == "static":
+        asyncio.run(_static(args.file.read_bytes()))
+    else:
+        naive(args.file.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
