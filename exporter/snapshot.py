@@ -6,12 +6,20 @@ numbers, and the renderer never touches a batch object.
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from .ledger import LedgerView
-from .models import ACTIVE_STATUSES, KNOWN_STATUSES, REQUEST_COUNT_KINDS, Batch
+from .models import ACTIVE_STATUSES, KNOWN_STATUSES, REQUEST_COUNT_KINDS, Batch, normalize_status
+
+_ACTIVE = frozenset(ACTIVE_STATUSES)
+_INF = math.inf
+_ZERO_COUNTS = (0,) * len(REQUEST_COUNT_KINDS)
+# One C call returns a batch's seven request_counts fields, in REQUEST_COUNT_KINDS order.
+_counts_of = operator.attrgetter(*REQUEST_COUNT_KINDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,35 +88,48 @@ def build_snapshot(
 ) -> BatchSnapshot:
     """Aggregate one poll's batches. `label_for` maps a normalised status to its (cardinality-capped) label."""
     counts = dict.fromkeys(KNOWN_STATUSES, 0)
-    sums: dict[tuple[str, str], int] = {}
+    per_status: dict[str, list[int]] = {}
     oldest: dict[str, float] = {}
     next_expiry: float | None = None
     active: list[tuple[Batch, str]] = []
     total = 0
-    active_set = frozenset(ACTIVE_STATUSES)
+    # Raw status string → label. label_for is called once per distinct status, in first-seen order, which
+    # admits unknown statuses exactly as calling it for every batch would; the hot loop only does lookups.
+    labels: dict[str | None, str] = {}
     for batch in batches:
         total += 1
-        status = label_for(batch.normalized_status)
+        raw = batch.status
+        status = labels.get(raw)
+        if status is None:
+            status = labels[raw] = label_for(normalize_status(raw))
         counts[status] = counts.get(status, 0) + 1
         rc = batch.request_counts
         if rc is not None:
-            for kind in REQUEST_COUNT_KINDS:
-                value = getattr(rc, kind)
+            acc = per_status.get(status)
+            if acc is None:
+                acc = per_status[status] = [0] * len(REQUEST_COUNT_KINDS)
+            for i, value in enumerate(_counts_of(rc)):
                 if value:
-                    key = (status, kind)
-                    sums[key] = sums.get(key, 0) + int(value)
-        if status in active_set:
-            created = batch.created
-            if created is not None and (status not in oldest or created < oldest[status]):
+                    acc[i] += value
+        if status in _ACTIVE:
+            # Inlined Batch.created / Batch.expires (valid_timestamp): NaN fails both comparisons.
+            created = batch.created_at
+            if (
+                created is not None
+                and 0 < created < _INF
+                and (status not in oldest or created < oldest[status])
+            ):
                 oldest[status] = created
-            expires = batch.expires
-            if expires is not None and (next_expiry is None or expires < next_expiry):
+            expires = batch.expires_at
+            if expires is not None and 0 < expires < _INF and (next_expiry is None or expires < next_expiry):
                 next_expiry = expires
             if per_batch:
                 active.append((batch, status))
-    for status in counts:
-        for kind in REQUEST_COUNT_KINDS:
-            sums.setdefault((status, kind), 0)
+    sums = {
+        (status, kind): value
+        for status in counts
+        for kind, value in zip(REQUEST_COUNT_KINDS, per_status.get(status, _ZERO_COUNTS), strict=True)
+    }
     jobs: tuple[JobRow, ...] = ()
     dropped = 0
     if per_batch:
