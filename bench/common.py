@@ -388,7 +388,7 @@ def _duration_ms(text: str) -> float:
 
 
 def parse_wrk(output: str) -> WrkResult:
-    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.M))
+    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", output, re.M))
     rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.M)
     total = re.search(r"^\s+(\d+) requests in", output, re.M)
     transfer = re.search(r"^Transfer/sec:\s+([\d.]+)(\w+)", output, re.M)
@@ -416,7 +416,15 @@ def have_wrk() -> bool:
     return shutil.which("wrk") is not None
 
 
-def run_wrk(url: str, *, seconds: float, connections: int = 16, threads: int = 1) -> WrkResult:
+def run_wrk(
+    url: str,
+    *,
+    seconds: float,
+    connections: int = 16,
+    threads: int = 1,
+    timeout: float = 10.0,
+    headers: Mapping[str, str] | None = None,
+) -> WrkResult:
     """One wrk run with its latency distribution; 1 thread leaves the second core to the server."""
     out = subprocess.run(
         [
@@ -425,13 +433,14 @@ def run_wrk(url: str, *, seconds: float, connections: int = 16, threads: int = 1
             f"-c{connections}",
             f"-d{max(1, round(seconds))}s",
             "--timeout",
-            "10s",
+            f"{timeout:g}s",
             "--latency",
+            *(arg for k, v in (headers or {}).items() for arg in ("-H", f"{k}: {v}")),
             url,
         ],
         capture_output=True,
         text=True,
-        timeout=seconds + 60,
+        timeout=seconds + timeout + 60,
         check=True,
     )
     return parse_wrk(out.stdout)
@@ -440,3 +449,77 @@ def run_wrk(url: str, *, seconds: float, connections: int = 16, threads: int = 1
 def load_json(path: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(Path(path).read_text())
     return data
+
+
+async def _load_worker(
+    host: str, port: int, path: str, deadline: float, latencies: list[float], extra: str
+) -> int:
+    import asyncio
+
+    reader, writer = await asyncio.open_connection(host, port)
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: */*\r\n{extra}\r\n".encode()
+    errors = 0
+    try:
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - t0)
+            if not head.startswith(b"HTTP/1.1 200"):
+                errors += 1
+    finally:
+        writer.close()
+    return errors
+
+
+def run_async_load(
+    url: str, *, seconds: float, connections: int = 16, headers: Mapping[str, str] | None = None
+) -> WrkResult:
+    """Fallback when wrk is not installed: keep-alive asyncio clients (slower than wrk; same figures reported)."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    latencies: list[float] = []
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+
+    async def run() -> int:
+        deadline = time.perf_counter() + seconds
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        results = await asyncio.gather(
+            *(
+                _load_worker(host, port, parts.path or "/", deadline, latencies, extra)
+                for _ in range(connections)
+            )
+        )
+        return sum(results)
+
+    t0 = time.perf_counter()
+    errors = asyncio.run(run())
+    elapsed = time.perf_counter() - t0
+    latencies.sort()
+    n = len(latencies)
+    if n == 0:
+        return WrkResult(0.0, 0.0, 0.0, 0, errors, 0.0)
+    return WrkResult(
+        n / elapsed, latencies[n // 2] * 1e3, latencies[min(n - 1, int(n * 0.99))] * 1e3, n, errors, 0.0
+    )
+
+
+def load(
+    url: str,
+    *,
+    seconds: float,
+    connections: int = 16,
+    timeout: float = 10.0,
+    headers: Mapping[str, str] | None = None,
+) -> WrkResult:
+    if have_wrk():
+        return run_wrk(url, seconds=seconds, connections=connections, timeout=timeout, headers=headers)
+    return run_async_load(url, seconds=seconds, connections=connections, headers=headers)

@@ -141,16 +141,17 @@ def feeder(providers: Sequence[str], per_provider: int, seed: int) -> None:
 class FixedRoutes(Routes):
     """Every request gets the same pre-encoded bytes: what our HTTP stack can do at best."""
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, gzip: bool = False) -> None:
         super().__init__(lambda: cast(Any, None), lambda: True)
-        self._response = Response(200, body, TEXT_CONTENT_TYPE)
+        extra = (("Content-Encoding", "gzip"),) if gzip else ()
+        self._response = Response(200, body, TEXT_CONTENT_TYPE, extra)
 
     def handle(self, method: str, target: str, headers: Mapping[str, str]) -> Response:
         return self._response
 
 
-async def _static(body: bytes) -> None:
-    server = HttpServer(FixedRoutes(body), "127.0.0.1", 0)
+async def _static(body: bytes, gzip: bool) -> None:
+    server = HttpServer(FixedRoutes(body, gzip), "127.0.0.1", 0)
     await server.start()
     print(f"READY {server.port}", flush=True)
     stop = asyncio.Event()
@@ -202,13 +203,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     f.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("static")
     s.add_argument("--file", type=Path, required=True)
+    s.add_argument("--gzip", action="store_true", help="the file is gzip-encoded: say so in Content-Encoding")
     n = sub.add_parser("naive")
     n.add_argument("--file", type=Path, required=True)
     args = p.parse_args(argv)
     if args.kind == "feeder":
         feeder(args.providers.split(","), args.per_provider, args.seed)
     elif args.kind == "static":
-        asyncio.run(_static(args.file.read_bytes()))
+        asyncio.run(_static(args.file.read_bytes(), args.gzip))
     else:
         naive(args.file.read_text())
     return 0
