@@ -130,7 +130,16 @@ _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_buffer", "_closing", "_paused", "_server", "_timer", "_transport", "_write_timer")
+    __slots__ = (
+        "_buffer",
+        "_closing",
+        "_in_head",
+        "_paused",
+        "_server",
+        "_timer",
+        "_transport",
+        "_write_timer",
+    )
 
     def __init__(self, server: HttpServer) -> None:
         self._server = server
@@ -139,6 +148,8 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         self._closing = False
+        self._paused = False
+        self._in_head = True  # the header deadline runs from the connect until the first head is complete
 
     # --- asyncio callbacks ---------------------------------------------------------------------------------------
 
@@ -161,31 +172,50 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        if not self._in_head:
+            # A head's first byte starts its deadline; later bytes never extend it (a slowloris trickle would).
+            self._in_head = True
+            self._arm(self._server.header_timeout)
         self._buffer += data
-        while self._buffer and not self._closing:
+        self._process()
+
+    def _process(self) -> None:
+        # While the client is not reading our responses, answer nothing more: pipelined requests would
+        # otherwise buffer one exposition each, unbounded.
+        while self._buffer and not self._closing and not self._paused:
             end = self._buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(self._buffer) > self._server.max_head:
                     self._fail(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
-                else:
-                    self._arm(self._server.header_timeout)
                 return
             if end > self._server.max_head:
                 self._fail(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
                 return
             head = bytes(self._buffer[:end])
             del self._buffer[: end + 4]
+            self._in_head = False
             self._handle_head(head)
+            if self._buffer and not self._closing:
+                self._in_head = True  # a pipelined request: its deadline starts now
+                self._arm(self._server.header_timeout)
 
     def pause_writing(self) -> None:
-        # A client that does not read its responses gets WRITE_TIMEOUT seconds, then the connection is dropped.
+        # A client that does not read its responses gets WRITE_TIMEOUT seconds, then the connection is dropped;
+        # meanwhile we stop reading from it, so TCP pushes back on a client that keeps sending.
+        self._paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
         if self._write_timer is None:
             self._write_timer = asyncio.get_running_loop().call_later(self._server.write_timeout, self._abort)
 
     def resume_writing(self) -> None:
+        self._paused = False
         if self._write_timer is not None:
             self._write_timer.cancel()
             self._write_timer = None
+        if self._transport is not None and not self._closing:
+            self._transport.resume_reading()
+            self._process()
 
     # --- request handling ----------------------------------------------------------------------------------------
 
@@ -201,7 +231,7 @@ class _Connection(asyncio.Protocol):
             self._fail(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED)
             return
         headers: dict[str, str] = {}
-        for line in header_block.split("\r\n"):
+        for line in header_block.split("\r\n") if header_block else ():  # HTTP/1.0 may send no headers
             name, sep, value = line.partition(":")
             if not sep or not name or name != name.strip():
                 self._fail(HTTPStatus.BAD_REQUEST)
