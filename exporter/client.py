@@ -12,6 +12,7 @@ import base64
 import email.utils
 import math
 import random
+import re
 import ssl
 import time
 import zlib
@@ -49,6 +50,10 @@ REASONS: Final[tuple[Reason, ...]] = (
 )
 _RETRYABLE: Final = frozenset({"timeout", "connection", "rate_limited", "server_error"})
 _MAX_REDIRECTS = 5
+# What we repeat from a gateway's answer in a failure detail: identifiers only. A gateway (or a proxy in front of
+# it) may echo the request, credentials included, into error codes or headers.
+_TOKEN_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_MEDIA_TYPE_RE: Final = re.compile(r"^[A-Za-z0-9_.+-]{1,40}/[A-Za-z0-9_.+-]{1,80}$")
 
 
 class RequestFailedError(Exception):
@@ -165,6 +170,17 @@ class BifrostClient:
         )
         base = self._http.base_url
         self._origin = (base.scheme, base.host, base.port)
+        secrets = set(settings.secret_values())
+        if settings.basic_auth_username is not None and settings.basic_auth_password is not None:
+            pair = f"{settings.basic_auth_username.get_secret_value()}:{settings.basic_auth_password.get_secret_value()}"
+            secrets.add(base64.b64encode(pair.encode()).decode("ascii"))
+        self._secrets = sorted(secrets, key=len, reverse=True)
+
+    def _scrub(self, detail: str) -> str:
+        """Failure details end up in logs and exceptions: never with one of our credentials in them."""
+        for secret in self._secrets:
+            detail = detail.replace(secret, "[REDACTED]")
+        return detail
 
     async def _same_origin_only(self, request: httpx.Request) -> None:
         """Refuse a redirect to another origin: httpx strips only Authorization there, not x-bf-vk or extra_headers."""
@@ -193,7 +209,7 @@ class BifrostClient:
                 result.unsupported = True
                 return result
             except RequestFailedError as exc:
-                result.failure = Failure(exc.reason, exc.detail, exc.status, result.retries + 1)
+                result.failure = Failure(exc.reason, self._scrub(exc.detail), exc.status, result.retries + 1)
                 return result
             result.pages += 1
             if page.latency_seconds is not None:
@@ -297,14 +313,14 @@ class BifrostClient:
         if 200 <= status < 300:
             ctype = response.headers.get("content-type", "")
             if ctype and "json" not in ctype.lower():
-                raise RequestFailedError(
-                    "invalid_response", f"content-type {_short(ctype)!r}, expected JSON", status
-                )
+                media = ctype.split(";", 1)[0].strip()
+                shown = media if _MEDIA_TYPE_RE.match(media) else "unparseable"
+                raise RequestFailedError("invalid_response", f"content-type {shown!r}, expected JSON", status)
             try:
                 return parse_page(body)
             except InvalidResponseError as exc:
                 raise RequestFailedError("invalid_response", str(exc), status) from None
-        code, etype = error_code(body)
+        code, etype = (c if c is not None and _TOKEN_RE.match(c) else None for c in error_code(body))
         hint = f" ({code or etype})" if (code or etype) else ""
         if status == 400 and code == "unsupported_operation":
             raise UnsupportedProviderError()
