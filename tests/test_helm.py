@@ -1,6 +1,6 @@
 """The Helm chart: lint, render with every ci/ value set, validate against Kubernetes schemas, check what it embeds.
 
-Needs a real `helm` (fetched into .tools/bin by ../shared/tools/get-helm when missing) and `kubernetes-validate`.
+Needs a real `helm` (fetched into .tools/bin by tools/get-helm when missing) and `kubernetes-validate`.
 Locally a missing tool skips; under CI=true it fails (see tests/conftest.py).
 """
 
@@ -28,7 +28,7 @@ CHART = ROOT / "deploy" / "helm" / "bifrost-batch-exporter"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 RECORDING = ROOT / "deploy" / "prometheus" / "rules.yaml"
 DASHBOARDS = ROOT / "dashboards"
-GET_HELM = ROOT.parent / "shared" / "tools" / "get-helm"
+GET_HELM = ROOT / "tools" / "get-helm"
 LOCAL_HELM = ROOT / ".tools" / "bin" / "helm"
 # Oldest and a current Kubernetes minor release known to kubernetes-validate.
 K8S_VERSIONS = ("1.31.0", "1.34.0")
