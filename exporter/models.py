@@ -132,18 +132,8 @@ class Batch(_Lenient):
         return valid_timestamp(self.expires_at)
 
 
-class _ListPage(_Lenient):
-    object: str | None = None
-    data: list[Batch]
-    has_more: bool | None = None
-    next_cursor: str | None = None
-    first_id: str | None = None
-    last_id: str | None = None
-    extra_fields: ExtraFields | None = None
-
-
 class _LooseListPage(_Lenient):
-    """The same envelope with items left unvalidated, for the slow path that checks items one at a time."""
+    """The list envelope with items left unvalidated, for the slow path that checks items one at a time."""
 
     object: str | None = None
     data: list[Any]
@@ -152,6 +142,10 @@ class _LooseListPage(_Lenient):
     first_id: str | None = None
     last_id: str | None = None
     extra_fields: ExtraFields | None = None
+
+
+class _ListPage(_LooseListPage):
+    data: list[Batch]
 
 
 class InvalidResponseError(ValueError):
