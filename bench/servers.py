@@ -194,6 +194,29 @@ def naive(exposition: str) -> None:
     server.shutdown()
 
 
+# --------------------------------------------------------------------------------------------------------------
+# simulator
+
+
+def simulator(providers: Sequence[str], per_provider: int, page_delay: float, seed: int) -> None:
+    """The project's own simulator (static store, no lifecycle) with a fixed delay on every list page."""
+    from bench.common import flavor_of
+    from exporter.simulator import ProviderSpec, Simulator
+
+    specs = []
+    for i, name in enumerate(providers):
+        flavor = flavor_of(i)
+        style = "legacy" if flavor in _LEGACY_FLAVORS else "cursor"
+        specs.append(ProviderSpec(name, style=style, flavor=flavor, page_delay=page_delay))  # type: ignore[arg-type]
+    sim = Simulator(providers=specs, lifecycle=False, seed=seed)
+    for i, name in enumerate(providers):
+        sim.load_batches(name, generate_batches(name, per_provider, seed=seed, flavor=flavor_of(i)))
+    sim.start()
+    print(f"READY {sim.port}", flush=True)
+    _wait_for_term()
+    sim.stop()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.servers")
     sub = p.add_subparsers(dest="kind", required=True)
@@ -206,8 +229,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--gzip", action="store_true", help="the file is gzip-encoded: say so in Content-Encoding")
     n = sub.add_parser("naive")
     n.add_argument("--file", type=Path, required=True)
+    m = sub.add_parser("simulator")
+    m.add_argument("--providers", required=True)
+    m.add_argument("--per-provider", type=int, required=True)
+    m.add_argument("--page-delay", type=float, default=0.05)
+    m.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.kind == "feeder":
+    if args.kind == "simulator":
+        simulator(args.providers.split(","), args.per_provider, args.page_delay, args.seed)
+    elif args.kind == "feeder":
         feeder(args.providers.split(","), args.per_provider, args.seed)
     elif args.kind == "static":
         asyncio.run(_static(args.file.read_bytes(), args.gzip))
