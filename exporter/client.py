@@ -73,9 +73,14 @@ class Failure:
 
 @dataclass(slots=True)
 class ListResult:
-    """What one poll of one provider saw. `failure` set means a request failed and `batches` is incomplete."""
+    """What one poll of one provider saw. `failure` set means a request failed and the batches are incomplete.
+
+    `batches` is filled only when list_batches was called without `on_page`; the poller streams pages instead, so
+    a large gateway's list never has to sit in memory whole.
+    """
 
     batches: list[Batch] = field(default_factory=list)
+    batch_count: int = 0
     pages: int = 0
     latencies: list[float] = field(default_factory=list)
     cache_debugs: list[CacheDebug] = field(default_factory=list)
@@ -210,10 +215,17 @@ class BifrostClient:
         for http in (self._http, *pools):
             await http.aclose()
 
-    async def list_batches(self, provider: str) -> ListResult:
-        """Every batch of `provider`, deduplicated by id, following Bifrost's cursor rules to the end or a stop."""
+    async def list_batches(
+        self, provider: str, on_page: Callable[[list[Batch]], None] | None = None
+    ) -> ListResult:
+        """Every batch of `provider`, deduplicated by id, following Bifrost's cursor rules to the end or a stop.
+
+        With `on_page`, each page's new batches are handed over as they arrive and not kept.
+        """
         result = ListResult()
-        seen_ids: set[str] = set()
+        # Hashes, not the id strings: this set lives for a whole poll and a large list has 10^5-10^6 ids; a 64-bit
+        # collision would at worst drop one batch from one poll.
+        seen_ids: set[int] = set()
         used_cursors: set[str] = set()
         after: str | None = None
         settings = self._settings
@@ -234,13 +246,19 @@ class BifrostClient:
             if page.skipped_items:
                 result.skipped_items += page.skipped_items
                 result.first_skip_error = result.first_skip_error or page.first_skip_error
-            fresh = 0
+            fresh: list[Batch] = []
             for batch in page.batches:
-                if batch.id not in seen_ids:
-                    seen_ids.add(batch.id)
-                    result.batches.append(batch)
-                    fresh += 1
-            if page.batches and fresh == 0:
+                key = hash(batch.id)
+                if key not in seen_ids:
+                    seen_ids.add(key)
+                    fresh.append(batch)
+            if fresh:
+                result.batch_count += len(fresh)
+                if on_page is None:
+                    result.batches.extend(fresh)
+                else:
+                    on_page(fresh)
+            if page.batches and not fresh:
                 # Providers that ignore `after` hand back page 1 again under a new cursor: only ids reveal it.
                 result.truncated = "cursor_loop"
                 return result

@@ -18,8 +18,9 @@ import structlog
 
 from .client import REASONS, BifrostClient, ListResult
 from .ledger import Ledger
+from .models import Batch
 from .settings import Settings
-from .snapshot import Health, ProviderState, build_snapshot
+from .snapshot import Health, ProviderState, SnapshotBuilder
 
 UNSUPPORTED_BACKOFF_INTERVALS = 10
 
@@ -81,8 +82,24 @@ class Poller:
         ledger = self._ledgers[provider]
         ledger.poll_started()
         t0 = self._monotonic()
+        started = self._clock()
+        builder = SnapshotBuilder(
+            provider,
+            label_for=ledger.admit_status,
+            per_batch=self._settings.per_batch_metrics,
+            per_batch_limit=self._settings.per_batch_limit,
+        )
+        finished = 0
+
+        def fold_page(batches: list[Batch]) -> None:
+            # Pages are folded as they arrive: the ledger counts transitions (real even if a later page fails),
+            # the builder aggregates (discarded if a later page fails, so the last good snapshot stays).
+            nonlocal finished
+            finished += ledger.observe_page(batches, started)
+            builder.add(batches)
+
         try:
-            result = await self._client.list_batches(provider)
+            result = await self._client.list_batches(provider, fold_page)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -97,7 +114,7 @@ class Poller:
             )
             self._publish(provider, replace(state, ledger=ledger.view()))
             return self._states[provider]
-        state = self._fold(provider, ledger, previous, result, now, duration)
+        state = self._fold(provider, ledger, previous, result, now, duration, started, builder, finished)
         self._publish(provider, state)
         return state
 
@@ -109,6 +126,9 @@ class Poller:
         result: ListResult,
         now: float,
         duration: float,
+        started: float,
+        builder: SnapshotBuilder,
+        finished: int,
     ) -> ProviderState:
         ledger.pages_fetched(result.pages, result.latencies, result.cache_debugs)
         fields: dict[str, Any] = {
@@ -144,7 +164,7 @@ class Poller:
             health = replace(
                 previous.health, attempted=True, up=False, supported=True, poll_duration=duration
             )
-            self._log.info("poll_finished", outcome="failed", batches=len(result.batches), **fields)
+            self._log.info("poll_finished", outcome="failed", batches=result.batch_count, **fields)
             return ProviderState(provider, health, previous.snapshot, ledger.view())
         if result.truncated is not None:
             ledger.error(result.truncated)
@@ -161,15 +181,8 @@ class Poller:
                 count=result.skipped_items,
                 first_error=result.first_skip_error,
             )
-        finished = ledger.observe(result.batches, now, complete=result.truncated is None)
-        snapshot = build_snapshot(
-            provider,
-            result.batches,
-            now=now,
-            label_for=ledger.admit_status,
-            per_batch=self._settings.per_batch_metrics,
-            per_batch_limit=self._settings.per_batch_limit,
-        )
+        ledger.finish_poll(started, complete=result.truncated is None)
+        snapshot = builder.build(now)
         if ledger.status_overflow_pending:
             ledger.status_overflow_pending = False
             self._log.warning(
@@ -188,7 +201,7 @@ class Poller:
         self._log.info(
             "poll_finished",
             outcome="truncated" if result.truncated else "ok",
-            batches=len(result.batches),
+            batches=result.batch_count,
             finished=finished,
             **fields,
         )

@@ -6,6 +6,7 @@ numbers, and the renderer never touches a batch object.
 
 from __future__ import annotations
 
+import heapq
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping
@@ -77,6 +78,105 @@ def _job_row(batch: Batch, status: str) -> JobRow:
     )
 
 
+class SnapshotBuilder:
+    """Folds a poll's pages into the aggregate as they arrive, so no poll ever holds its whole list.
+
+    Only the aggregates survive a page: counts and sums per status, the oldest/next timestamps and, when per-batch
+    series are on, at most `per_batch_limit` rows of the newest active batches (a bounded heap).
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        *,
+        label_for: Callable[[str], str],
+        per_batch: bool = False,
+        per_batch_limit: int = 500,
+    ) -> None:
+        self._provider = provider
+        self._label_for = label_for
+        self._per_batch = per_batch
+        self._limit = per_batch_limit
+        self._counts = dict.fromkeys(KNOWN_STATUSES, 0)
+        self._per_status: dict[str, list[int]] = {}
+        self._oldest: dict[str, float] = {}
+        self._next_expiry: float | None = None
+        self._jobs: list[tuple[float, int, JobRow]] = []  # min-heap on created: the oldest kept row on top
+        self._active = 0
+        self._total = 0
+        # Raw status string → label. label_for is called once per distinct status, in first-seen order, which
+        # admits unknown statuses exactly as calling it for every batch would; the hot loop only does lookups.
+        self._labels: dict[str | None, str] = {}
+
+    def add(self, batches: Iterable[Batch]) -> None:
+        counts, per_status, oldest, labels = self._counts, self._per_status, self._oldest, self._labels
+        next_expiry = self._next_expiry
+        for batch in batches:
+            self._total += 1
+            raw = batch.status
+            status = labels.get(raw)
+            if status is None:
+                status = labels[raw] = self._label_for(normalize_status(raw))
+            counts[status] = counts.get(status, 0) + 1
+            rc = batch.request_counts
+            if rc is not None:
+                acc = per_status.get(status)
+                if acc is None:
+                    acc = per_status[status] = [0] * len(REQUEST_COUNT_KINDS)
+                for i, value in enumerate(_counts_of(rc)):
+                    if value:
+                        acc[i] += value
+            if status in _ACTIVE:
+                # Inlined Batch.created / Batch.expires (valid_timestamp): NaN fails both comparisons.
+                created = batch.created_at
+                if (
+                    created is not None
+                    and 0 < created < _INF
+                    and (status not in oldest or created < oldest[status])
+                ):
+                    oldest[status] = created
+                expires = batch.expires_at
+                if (
+                    expires is not None
+                    and 0 < expires < _INF
+                    and (next_expiry is None or expires < next_expiry)
+                ):
+                    next_expiry = expires
+                if self._per_batch:
+                    self._keep_job(batch, status)
+        self._next_expiry = next_expiry
+
+    def _keep_job(self, batch: Batch, status: str) -> None:
+        self._active += 1
+        item = (batch.created or 0.0, self._active, _job_row(batch, status))
+        if len(self._jobs) < self._limit:
+            heapq.heappush(self._jobs, item)
+        elif item[:2] > self._jobs[0][:2]:
+            heapq.heapreplace(self._jobs, item)
+
+    def build(self, now: float) -> BatchSnapshot:
+        counts = self._counts
+        sums = {
+            (status, kind): value
+            for status in counts
+            for kind, value in zip(
+                REQUEST_COUNT_KINDS, self._per_status.get(status, _ZERO_COUNTS), strict=True
+            )
+        }
+        newest_first = sorted(self._jobs, key=lambda item: item[:2], reverse=True)
+        return BatchSnapshot(
+            provider=self._provider,
+            taken_at=now,
+            counts=MappingProxyType(dict(counts)),
+            request_counts=MappingProxyType(sums),
+            oldest_created=MappingProxyType(dict(self._oldest)),
+            next_expiry=self._next_expiry,
+            jobs=tuple(row for _, _, row in newest_first),
+            jobs_dropped=max(0, self._active - self._limit) if self._per_batch else 0,
+            batches=self._total,
+        )
+
+
 def build_snapshot(
     provider: str,
     batches: Iterable[Batch],
@@ -86,67 +186,12 @@ def build_snapshot(
     per_batch: bool = False,
     per_batch_limit: int = 500,
 ) -> BatchSnapshot:
-    """Aggregate one poll's batches. `label_for` maps a normalised status to its (cardinality-capped) label."""
-    counts = dict.fromkeys(KNOWN_STATUSES, 0)
-    per_status: dict[str, list[int]] = {}
-    oldest: dict[str, float] = {}
-    next_expiry: float | None = None
-    active: list[tuple[Batch, str]] = []
-    total = 0
-    # Raw status string → label. label_for is called once per distinct status, in first-seen order, which
-    # admits unknown statuses exactly as calling it for every batch would; the hot loop only does lookups.
-    labels: dict[str | None, str] = {}
-    for batch in batches:
-        total += 1
-        raw = batch.status
-        status = labels.get(raw)
-        if status is None:
-            status = labels[raw] = label_for(normalize_status(raw))
-        counts[status] = counts.get(status, 0) + 1
-        rc = batch.request_counts
-        if rc is not None:
-            acc = per_status.get(status)
-            if acc is None:
-                acc = per_status[status] = [0] * len(REQUEST_COUNT_KINDS)
-            for i, value in enumerate(_counts_of(rc)):
-                if value:
-                    acc[i] += value
-        if status in _ACTIVE:
-            # Inlined Batch.created / Batch.expires (valid_timestamp): NaN fails both comparisons.
-            created = batch.created_at
-            if (
-                created is not None
-                and 0 < created < _INF
-                and (status not in oldest or created < oldest[status])
-            ):
-                oldest[status] = created
-            expires = batch.expires_at
-            if expires is not None and 0 < expires < _INF and (next_expiry is None or expires < next_expiry):
-                next_expiry = expires
-            if per_batch:
-                active.append((batch, status))
-    sums = {
-        (status, kind): value
-        for status in counts
-        for kind, value in zip(REQUEST_COUNT_KINDS, per_status.get(status, _ZERO_COUNTS), strict=True)
-    }
-    jobs: tuple[JobRow, ...] = ()
-    dropped = 0
-    if per_batch:
-        active.sort(key=lambda item: item[0].created or 0.0, reverse=True)
-        jobs = tuple(_job_row(b, s) for b, s in active[:per_batch_limit])
-        dropped = max(0, len(active) - per_batch_limit)
-    return BatchSnapshot(
-        provider=provider,
-        taken_at=now,
-        counts=MappingProxyType(counts),
-        request_counts=MappingProxyType(sums),
-        oldest_created=MappingProxyType(oldest),
-        next_expiry=next_expiry,
-        jobs=jobs,
-        jobs_dropped=dropped,
-        batches=total,
+    """Aggregate one list of batches at once. `label_for` maps a normalised status to its (capped) label."""
+    builder = SnapshotBuilder(
+        provider, label_for=label_for, per_batch=per_batch, per_batch_limit=per_batch_limit
     )
+    builder.add(batches)
+    return builder.build(now)
 
 
 @dataclass(frozen=True, slots=True)
