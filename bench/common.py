@@ -317,12 +317,19 @@ _UP = re.compile(rb"^bifrost_batch_exporter_up\{provider=\"[^\"]*\"\} (\S+)$", r
 
 
 def start_exporter(
-    bifrost_url: str, providers: Sequence[str], *, per_batch: bool = False, timeout: float = 300.0
+    bifrost_url: str,
+    providers: Sequence[str],
+    *,
+    per_batch: bool = False,
+    timeout: float = 300.0,
+    page_size: int = 1000,
 ) -> tuple[Child, int, float]:
     """Start the real exporter and wait until every provider's first poll succeeded: (child, port, seconds)."""
     port = free_port()
     child = Child(
-        python_module("exporter"), exporter_env(bifrost_url, providers, port, per_batch=per_batch), "exporter"
+        python_module("exporter"),
+        exporter_env(bifrost_url, providers, port, per_batch=per_batch, page_size=page_size),
+        "exporter",
     )
 
     def polled() -> bool:

@@ -73,9 +73,11 @@ class _Provider:
         self._bodies: dict[tuple[int, bool], bytes] = {}
         self._lock = threading.Lock()
 
-    def page(self, index: int) -> bytes:
-        start = index * self.size
-        count = max(0, min(self.size, self.total - start))
+    def page(self, index: int, limit: int) -> bytes:
+        """Page `index` of `limit` batches, as a gateway that honours `limit` (Bifrost passes it on) answers."""
+        size = min(self.size, limit)
+        start = index * size
+        count = max(0, min(size, self.total - start))
         more = start + count < self.total
         key = (count, more)
         with self._lock:
@@ -111,7 +113,8 @@ class _FeederHandler(BaseHTTPRequestHandler):
             return
         after = query.get("after", "")
         index = int(after[1:]) if after.startswith("c") and after[1:].isdigit() else 0
-        self._send(200, provider.page(index))
+        limit = query.get("limit", "")
+        self._send(200, provider.page(index, int(limit) if limit.isdigit() and int(limit) > 0 else TEMPLATE_SIZE))
 
     def _send(self, status: int, body: bytes) -> None:
         self.send_response(status)
