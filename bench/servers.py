@@ -114,7 +114,9 @@ class _FeederHandler(BaseHTTPRequestHandler):
         after = query.get("after", "")
         index = int(after[1:]) if after.startswith("c") and after[1:].isdigit() else 0
         limit = query.get("limit", "")
-        self._send(200, provider.page(index, int(limit) if limit.isdigit() and int(limit) > 0 else TEMPLATE_SIZE))
+        self._send(
+            200, provider.page(index, int(limit) if limit.isdigit() and int(limit) > 0 else TEMPLATE_SIZE)
+        )
 
     def _send(self, status: int, body: bytes) -> None:
         self.send_response(status)

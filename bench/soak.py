@@ -46,7 +46,7 @@ class SimulatorProcess:
     (the simulator keeps a request log and its own batches) and the two do not contend for one GIL."""
 
     def __init__(self, max_batches: int) -> None:
-        ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        ctx: Any = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         self.clock = ctx.Value("d", START, lock=False)
         self._stop = ctx.Event()
         urls: Any = ctx.Queue()
