@@ -199,7 +199,7 @@ def parse_page(body: bytes) -> Page:
     except (RecursionError, ValueError) as exc:
         raise InvalidResponseError(f"not a batch list page ({type(exc).__name__})") from None
     if page.object is not None and page.object != "list":
-        raise InvalidResponseError(f"not a batch list page (object is {page.object[:40]!r}, expected 'list')")
+        raise InvalidResponseError("not a batch list page (object is not 'list')")
     extra = page.extra_fields
     latency = extra.latency / 1000.0 if extra is not None and extra.latency is not None else None
     if latency is not None and not latency >= 0:

@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     def _url(cls, value: str) -> str:
         if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", value):
             raise ValueError("must be an http:// or https:// URL without query or fragment")
+        if "@" in value.split("://", 1)[1].split("/", 1)[0]:
+            # Credentials in the URL would be printed by --check-config and logged at start.
+            raise ValueError("must not contain credentials; use basic_auth_username/basic_auth_password")
         return value.rstrip("/")
 
     @field_validator("providers")
@@ -314,7 +317,8 @@ def load_settings(
                 problems.append(f"unknown setting {name!r} {origin}")
                 continue
             source = _source_of(name, flags, environ, yaml_values, config_file)
-            shown = "" if name in SECRET_FIELDS or name == "extra_headers" else _shown_input(err.get("input"))
+            hidden = name in SECRET_FIELDS or name == "extra_headers" or "@" in str(err.get("input", ""))
+            shown = "" if hidden else _shown_input(err.get("input"))
             problems.append(f"invalid setting {name}{shown} ({source}): {msg}")
         raise ConfigError("; ".join(problems)) from None
     finally:

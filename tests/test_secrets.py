@@ -287,12 +287,6 @@ def test_web_password_and_hash_stay_out_of_reload_errors(tmp_path: Path, logs: i
     assert hashed[7:] not in text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="settings.py accepts credentials inside bifrost_url (http://user:pass@host); they are printed by "
-    "--check-config and logged in exporter_started. Fix in settings.py (reject userinfo, point to "
-    "basic_auth_username/password), then drop this marker.",
-)
 def test_credentials_in_the_url_are_refused_or_masked(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
