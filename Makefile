@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest bench test-image dashboards clean
+.PHONY: demo test lint typecheck pytest bench soak test-image dashboards clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ test: lint typecheck pytest
 
 bench: $(VENV)/.test
 	$(BIN)/python bench/run_all.py
+
+# 10,000 poll cycles against the simulator, RSS and ledger bounds (~9 min; a 1,000-cycle version runs in make test).
+soak: $(VENV)/.test
+	$(BIN)/python bench/soak.py --cycles 10000
 
 test-image:
 	bash deploy/image-test.sh
