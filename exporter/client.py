@@ -316,14 +316,9 @@ class BifrostClient:
                         )
                     # Decoded here, not by httpx, so the cap bounds the inflated size: httpx inflates a whole
                     # network chunk at once, and 64 KB of gzip can become 64 MB.
-                    if response.is_stream_consumed:
-                        # An in-memory response (a MockTransport's) arrives already read and decoded.
-                        decoder = _BoundedDecoder("", cap, response)
-                        decoder.feed(response.content)
-                    else:
-                        decoder = _BoundedDecoder(response.headers.get("content-encoding", ""), cap, response)
-                        async for raw in response.aiter_raw():
-                            decoder.feed(raw)
+                    decoder = _BoundedDecoder(response.headers.get("content-encoding", ""), cap, response)
+                    async for raw in response.aiter_raw():
+                        decoder.feed(raw)
                     body = decoder.finish()
         except TimeoutError:
             raise RequestFailedError(

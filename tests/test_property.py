@@ -1,7 +1,7 @@
 """Property tests: whatever the gateway (or a client of ours) sends, nothing escapes unclassified.
 
 Each property runs PROPERTY_EXAMPLES examples (1,000 by default, the CI figure; set HYPOTHESIS_EXAMPLES to change it
-locally). The gateway properties go through the real client and poller with an httpx MockTransport, so "never an
+locally). The gateway properties go through the real client and poller against a real loopback HTTP server, so "never an
 exception escaping the poller" is checked where it matters: a poll ends either with a snapshot (up) or with exactly
 one classified `invalid_response`, and the rendered exposition still parses.
 """
@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -221,15 +220,28 @@ def list_pages(draw: st.DrawFn) -> bytes:
 # --- the poll harness ------------------------------------------------------------------------------------------------
 
 
-class Gateway:
-    """A MockTransport answering every list request with the body under test (has_more pages loop to max_pages)."""
+class Gateway(asyncio.Protocol):
+    """A real HTTP/1.1 gateway on loopback, on the test's own event loop, answering every request with the body
+    under test (has_more pages loop to max_pages). Real sockets keep the client's whole read path under test."""
 
-    def __init__(self) -> None:
-        self.body = b""
-        self.content_type = "application/json"
+    body = b""
+    content_type = "application/json"
 
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=self.body, headers={"content-type": self.content_type})
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while b"\r\n\r\n" in self._buffer:
+            _, self._buffer = self._buffer.split(b"\r\n\r\n", 1)
+            body = Gateway.body
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n" % (
+                Gateway.content_type.encode(),
+                len(body),
+            )
+            self._transport.write(head + body)
 
 
 @pytest.fixture(scope="module")
@@ -241,22 +253,25 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 @pytest.fixture(scope="module")
-def harness(loop: asyncio.AbstractEventLoop) -> Iterator[tuple[Settings, BifrostClient, Gateway]]:
-    gateway = Gateway()
+def harness(loop: asyncio.AbstractEventLoop) -> Iterator[tuple[Settings, BifrostClient, type[Gateway]]]:
+    server = loop.run_until_complete(loop.create_server(Gateway, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
     config = Settings(
-        bifrost_url="http://gateway.test",
+        bifrost_url=f"http://127.0.0.1:{port}",
         providers=["openai"],
         max_retries=0,
         max_pages=3,
         per_batch_metrics=True,
     )
-    client = BifrostClient(config, transport=httpx.MockTransport(gateway.handler))
-    yield config, client, gateway
+    client = BifrostClient(config)
+    yield config, client, Gateway
     loop.run_until_complete(client.aclose())
+    server.close()
+    loop.run_until_complete(server.wait_closed())
 
 
 def poll_and_render(
-    loop: asyncio.AbstractEventLoop, harness: tuple[Settings, BifrostClient, Gateway], body: bytes
+    loop: asyncio.AbstractEventLoop, harness: tuple[Settings, BifrostClient, type[Gateway]], body: bytes
 ) -> None:
     config, client, gateway = harness
     gateway.body = body
