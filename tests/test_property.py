@@ -356,7 +356,7 @@ class _Transport(asyncio.Transport):
         self.out = bytearray()
         self.closed = False
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         self.out += data
 
     def writelines(self, lines: Any) -> None:
@@ -417,7 +417,7 @@ def test_server_answers_any_request_bytes(loop: asyncio.AbstractEventLoop, chunk
     async def drive() -> _Transport:
         transport = _Transport()
         conn = _Connection(server)
-        conn.connection_made(transport)  # type: ignore[arg-type]
+        conn.connection_made(transport)
         for chunk in chunks:
             conn.data_received(chunk)
         conn.connection_lost(None)

@@ -144,9 +144,11 @@ async def echo_gateway(mode: str) -> AsyncIterator[str]:
 
 
 def _echo_response(mode: str, request: str) -> tuple[str, str, str, bytes]:
-    error = lambda status, **err: json.dumps(  # noqa: E731
-        {"is_bifrost_error": False, "status_code": status, "type": request, "error": err}
-    ).encode()
+    def error(status: int, **err: str) -> bytes:
+        return json.dumps(
+            {"is_bifrost_error": False, "status_code": status, "type": request, "error": err}
+        ).encode()
+
     if mode == "error_code":
         return (
             "401 Unauthorized",

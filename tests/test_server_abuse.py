@@ -140,7 +140,7 @@ def test_200_concurrent_scrapes_while_snapshots_swap(exporter: ExporterThread, s
             assert body in published, "a response that is not exactly one published snapshot"
         distinct[body] = om
     for body, om in distinct.items():  # each distinct snapshot parses (parsing 600 copies would be slow)
-        families = list(parse_openmetrics(body.decode()) if om else parse_text(body.decode()))
+        families = list(parse_openmetrics(body.decode()) if om else parse_text(body.decode()))  # type: ignore[no-untyped-call]
         assert any(f.name == "bifrost_batch_exporter_up" for f in families)
     assert len(distinct) >= 4, "the scrapes should have seen more than one snapshot"
 
