@@ -176,6 +176,8 @@ class _Server:
         self.workdir = workdir
         self.port = port or free_port()
         self.process: ManagedProcess | None = None
+        self.config_path = workdir / f"{self.name}.yml"
+        self.config: dict[str, Any] = {}
 
     @property
     def address(self) -> str:
@@ -189,7 +191,8 @@ class _Server:
         raise NotImplementedError
 
     def _prepare(self) -> None:
-        """Write config files into self.workdir."""
+        """Write the YAML config the binary is started with into self.workdir."""
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
     def diagnostics(self) -> str:
         return self.process.log_tail() if self.process is not None else f"[{self.name} not started]"
@@ -273,9 +276,6 @@ class Prometheus(_Server):
                 "alertmanagers": [{"api_version": "v2", "static_configs": [{"targets": list(alertmanagers)}]}]
             }
         self.extra_args = list(extra_args)
-
-    def _prepare(self) -> None:
-        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
     def _argv(self) -> list[str]:
         return [
@@ -370,9 +370,6 @@ class Alertmanager(_Server):
         self.config_path = workdir / "alertmanager.yml"
         self.config = dict(config if config is not None else DEFAULT_ALERTMANAGER_CONFIG)
         self.extra_args = list(extra_args)
-
-    def _prepare(self) -> None:
-        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
     def _argv(self) -> list[str]:
         return [
