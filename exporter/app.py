@@ -18,6 +18,9 @@ from .poller import Poller
 from .render import Rendered, is_fresh, render
 from .server import Guard, HttpServer, Routes
 from .settings import Settings
+from .snapshot import ProviderState
+
+RENDER_DEBOUNCE_SECONDS = 0.2
 
 
 class Exporter:
@@ -36,6 +39,8 @@ class Exporter:
         self.client = client or BifrostClient(settings)
         self.poller = Poller(settings, self.client, clock=clock, on_change=self._changed)
         self._dirty: asyncio.Event | None = None
+        self._changes = 0  # state changes so far; a render is tagged with the count it saw
+        self._published_changes = 0
         self._rendered = self._render()
         self._tasks: list[asyncio.Task[None]] = []
         host, port = settings.listen
@@ -52,9 +57,9 @@ class Exporter:
     def port(self) -> int:
         return self.server.port
 
-    def _render(self) -> Rendered:
+    def _render(self, states: list[ProviderState] | None = None) -> Rendered:
         return render(
-            list(self.poller.states.values()),
+            list(self.poller.states.values()) if states is None else states,
             now=self._clock(),
             stale_after=self.settings.stale_after,
             reasons=REASONS,
@@ -63,10 +68,17 @@ class Exporter:
 
     def refresh(self) -> Rendered:
         """Render now and publish the result with one reference swap."""
-        self._rendered = self._render()
+        self._publish(self._changes, self._render())
         return self._rendered
 
+    def _publish(self, seen_changes: int, rendered: Rendered) -> None:
+        """Swap in a render unless a newer one (of later state changes) is already out: renders can overlap."""
+        if seen_changes >= self._published_changes:
+            self._published_changes = seen_changes
+            self._rendered = rendered
+
     def _changed(self) -> None:
+        self._changes += 1
         if self._dirty is not None:
             self._dirty.set()
         else:
@@ -88,16 +100,24 @@ class Exporter:
         return min(deadlines) - now if deadlines else None
 
     async def _render_loop(self) -> None:
-        """Re-render after every state change, and when a provider's data crosses its staleness deadline."""
+        """Re-render after state changes, and when a provider's data crosses its staleness deadline.
+
+        Rendering runs in a worker thread on an immutable copy of the states, so the event loop keeps answering
+        scrapes and driving polls meanwhile; polls that finish close together (they start together) are folded
+        into one render by a short debounce.
+        """
         assert self._dirty is not None
         while True:
             self._dirty.clear()
-            self.refresh()
+            seen_changes, states = self._changes, list(self.poller.states.values())
+            self._publish(seen_changes, await asyncio.to_thread(self._render, states))
             timeout = self._next_stale_deadline()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._dirty.wait(), None if timeout is None else max(0.05, timeout + 0.01)
                 )
+            if self._dirty.is_set():
+                await asyncio.sleep(RENDER_DEBOUNCE_SECONDS)
 
     async def start(self, *, poll: bool = True) -> None:
         """Serve and render; `poll=False` leaves polling to the caller (tests drive polls one at a time)."""

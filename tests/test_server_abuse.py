@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from exporter.app import Exporter
 from exporter.render import Rendered
 from exporter.simulator import ProviderSpec, Simulator
+from exporter.snapshot import ProviderState
 from tests.harness import ExporterThread, make_settings, wait_until
 
 OM = "application/openmetrics-text;version=1.0.0"
@@ -34,8 +35,8 @@ class RecordingExporter(Exporter):
         self._record_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
-    def _render(self) -> Rendered:
-        rendered = super()._render()
+    def _render(self, states: list[ProviderState] | None = None) -> Rendered:
+        rendered = super()._render(states)
         with self._record_lock:
             self.published_text.add(rendered.text)
             self.published_om.add(rendered.openmetrics)
