@@ -2,8 +2,8 @@
 
 Rendering happens once per state change, not per scrape: the result holds every variant a client may ask for
 (Prometheus text 0.0.4 and OpenMetrics 1.0.0, each plain and gzip-compressed), so a scrape is a dictionary lookup
-and a socket write. Metric families are built fresh from immutable states each time, in the style of
-prometheus_client's own custom collectors; nothing global and mutable holds batch data.
+and a socket write. Metric families (prometheus_client's types) are built fresh from immutable states each time,
+in the style of its custom collectors, then encoded by exposition.py; nothing global and mutable holds batch data.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import html
 import platform
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,12 +21,10 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import generate_latest as generate_text
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
-from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from . import __version__
+from .exposition import encode
 from .ledger import HIT_TYPES, HistogramView
 from .models import ACTIVE_STATUSES, KNOWN_STATUSES, TERMINAL_STATUSES
 from .snapshot import ProviderState
@@ -278,16 +276,6 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
     yield from (up, last_success, duration, polls, errors, pages, supported, truncated, dropped, build)
 
 
-class _Families(Collector):
-    """A throwaway collector over already-built families, so prometheus_client's encoders can be reused."""
-
-    def __init__(self, families: Iterable[Metric]) -> None:
-        self._families = [f for f in families if f.samples]
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families
-
-
 def _landing(states: Sequence[ProviderState], now: float, stale_after: float) -> bytes:
     rows = []
     for state in states:
@@ -332,9 +320,8 @@ def render(
     if per_batch:
         families.extend(_job_families(fresh))
     families.extend(_health_families(states, reasons))
-    collector = _Families(families)
-    text = generate_text(collector)
-    openmetrics: bytes = generate_openmetrics(collector)  # type: ignore[no-untyped-call]
+    families = [f for f in families if f.samples]
+    text, openmetrics = encode(families)
     return Rendered(
         text=text,
         text_gzip=gzip.compress(text, _GZIP_LEVEL, mtime=0),
