@@ -255,17 +255,23 @@ def parse_listen_address(value: str) -> tuple[str, int]:
     return host, port
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_document(path: Path, setting: str) -> Any:
+    """The YAML document in a file a setting names, or ConfigError naming that setting and the file."""
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"invalid setting config: cannot read {str(path)!r}: {exc.strerror}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"invalid setting {setting}: cannot read {str(path)!r}: {reason}") from None
     try:
-        doc = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(
-            f"invalid setting config: {str(path)!r} is not valid YAML: {exc}".replace("\n", " ")
+            f"invalid setting {setting}: {str(path)!r} is not valid YAML: {exc}".replace("\n", " ")
         ) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    doc = read_yaml_document(path, "config")
     if doc is None:
         return {}
     if not isinstance(doc, dict):

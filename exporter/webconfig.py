@@ -34,9 +34,8 @@ from typing import Any, Final
 
 import bcrypt
 import structlog
-import yaml
 
-from .settings import ConfigError
+from .settings import ConfigError, read_yaml_document
 
 REALM: Final = "bifrost-batch-exporter"
 OPEN_PATHS: Final = frozenset({"/healthz"})
@@ -379,15 +378,9 @@ def parse_web_config(doc: Any, path: Path) -> WebConfig:
 
 def load_web_config(path: Path) -> WebConfig:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WebConfigError(f"invalid setting web_config_file: cannot read {str(path)!r}: {exc}") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise WebConfigError(
-            f"invalid setting web_config_file: {str(path)!r} is not valid YAML: {exc}".replace("\n", " ")
-        ) from None
+        doc = read_yaml_document(path, "web_config_file")
+    except ConfigError as exc:
+        raise WebConfigError(str(exc)) from None
     return parse_web_config(doc, path)
 
 
