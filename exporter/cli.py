@@ -15,7 +15,7 @@ import yaml
 
 from . import __version__
 from .app import Exporter
-from .logs import configure, secret_spellings
+from .logs import configure
 from .settings import ConfigError, Settings, load_settings
 from .webconfig import WebSecurity
 
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_config:
         print(yaml.safe_dump(settings.masked(), sort_keys=False), end="")
         return 0
-    configure(settings.log_level, settings.log_format, _secrets(settings))
+    configure(settings.log_level, settings.log_format, settings.secret_values())
     if web is not None:
         web.log_warnings()
     simulator = None
@@ -83,16 +83,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if simulator is not None:
             simulator.stop()
-
-
-def _secrets(settings: Settings) -> list[str]:
-    pair = None
-    if settings.basic_auth_username is not None and settings.basic_auth_password is not None:
-        pair = (
-            settings.basic_auth_username.get_secret_value(),
-            settings.basic_auth_password.get_secret_value(),
-        )
-    return secret_spellings(settings.secret_values(), pair)
 
 
 async def _once(settings: Settings) -> int:

@@ -8,7 +8,6 @@ can go wrong onto the metrics contract's closed list of reasons. Callers get a L
 from __future__ import annotations
 
 import asyncio
-import base64
 import email.utils
 import math
 import random
@@ -23,6 +22,7 @@ from typing import Final, Literal, get_args
 import httpx
 
 from . import __version__
+from .logs import Redactor
 from .models import Batch, CacheDebug, InvalidResponseError, Page, error_code, parse_page
 from .settings import Settings
 
@@ -118,9 +118,9 @@ def build_headers(settings: Settings) -> dict[str, str]:
     headers["Accept"] = "application/json"
     if settings.virtual_key is not None:
         headers["x-bf-vk"] = settings.virtual_key.get_secret_value()
-    if settings.basic_auth_username is not None and settings.basic_auth_password is not None:
-        pair = f"{settings.basic_auth_username.get_secret_value()}:{settings.basic_auth_password.get_secret_value()}"
-        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+    token = settings.basic_auth_token()
+    if token is not None:
+        headers["Authorization"] = "Basic " + token
     elif settings.bearer_token is not None:
         headers["Authorization"] = "Bearer " + settings.bearer_token.get_secret_value()
     return headers
@@ -164,15 +164,11 @@ class BifrostClient:
         self._tls: ssl.SSLContext | bool = (
             httpx.create_ssl_context(verify=True, trust_env=False) if verify is True else verify
         )
-        self._http = self._new_http()
         self._pools: dict[str, httpx.AsyncClient] = {}
-        base = self._http.base_url
+        base = httpx.URL(settings.bifrost_url)
         self._origin = (base.scheme, base.host, base.port)
-        secrets = set(settings.secret_values())
-        if settings.basic_auth_username is not None and settings.basic_auth_password is not None:
-            pair = f"{settings.basic_auth_username.get_secret_value()}:{settings.basic_auth_password.get_secret_value()}"
-            secrets.add(base64.b64encode(pair.encode()).decode("ascii"))
-        self._secrets = sorted(secrets, key=len, reverse=True)
+        # Failure details end up in logs and exceptions: never with one of our credentials in them.
+        self._scrub = Redactor(settings.secret_values()).scrub
 
     def _new_http(self) -> httpx.AsyncClient:
         settings = self._settings
@@ -194,12 +190,6 @@ class BifrostClient:
             http = self._pools[provider] = self._new_http()
         return http
 
-    def _scrub(self, detail: str) -> str:
-        """Failure details end up in logs and exceptions: never with one of our credentials in them."""
-        for secret in self._secrets:
-            detail = detail.replace(secret, "[REDACTED]")
-        return detail
-
     async def _same_origin_only(self, request: httpx.Request) -> None:
         """Refuse a redirect to another origin: httpx strips only Authorization there, not x-bf-vk or extra_headers."""
         url = request.url
@@ -212,7 +202,7 @@ class BifrostClient:
 
     async def aclose(self) -> None:
         pools, self._pools = list(self._pools.values()), {}
-        for http in (self._http, *pools):
+        for http in pools:
             await http.aclose()
 
     async def list_batches(
@@ -358,13 +348,9 @@ class BifrostClient:
             retry_after = _parse_retry_after(response.headers.get("retry-after"), time.time())
             raise RequestFailedError("rate_limited", f"HTTP 429{hint}", status, retry_after)
         if status >= 500:
-            return self._raise_server(status, hint, response)
+            retry_after = _parse_retry_after(response.headers.get("retry-after"), time.time())
+            raise RequestFailedError("server_error", f"HTTP {status}{hint}", status, retry_after)
         raise RequestFailedError("client_error", f"HTTP {status}{hint}", status)
-
-    @staticmethod
-    def _raise_server(status: int, hint: str, response: httpx.Response) -> Page:
-        retry_after = _parse_retry_after(response.headers.get("retry-after"), time.time())
-        raise RequestFailedError("server_error", f"HTTP {status}{hint}", status, retry_after)
 
 
 class _BoundedDecoder:

@@ -6,7 +6,6 @@ traceback is scrubbed too; it replaces every configured secret value wherever it
 
 from __future__ import annotations
 
-import base64
 import logging
 import sys
 from collections.abc import Iterable, MutableMapping
@@ -19,9 +18,8 @@ REDACTED = "[REDACTED]"
 
 class Redactor:
     def __init__(self, secrets: Iterable[str]) -> None:
-        values = {s for s in secrets if s}
-        # Basic auth travels base64-encoded; scrub that spelling of every user:password pair too.
-        self._secrets = sorted(values, key=len, reverse=True)
+        # Longest first, so a secret containing another is replaced whole.
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
     def scrub(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -43,13 +41,6 @@ class Redactor:
         for key, value in event_dict.items():
             event_dict[key] = self.scrub(value)
         return event_dict
-
-
-def secret_spellings(secrets: Iterable[str], basic_pair: tuple[str, str] | None = None) -> list[str]:
-    out = list(secrets)
-    if basic_pair is not None:
-        out.append(base64.b64encode(f"{basic_pair[0]}:{basic_pair[1]}".encode()).decode("ascii"))
-    return out
 
 
 def configure(level: str, fmt: str, secrets: Iterable[str], stream: TextIO | None = None) -> None:

@@ -6,6 +6,7 @@ and where its value came from, instead of surfacing hours later as a silent gap 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -227,10 +228,23 @@ class Settings(BaseSettings):
     def listen(self) -> tuple[str, int]:
         return parse_listen_address(self.listen_address)
 
+    def basic_auth_token(self) -> str | None:
+        """base64(user:password) as the Authorization header carries it, or None without basic auth."""
+        if self.basic_auth_username is None or self.basic_auth_password is None:
+            return None
+        pair = f"{self.basic_auth_username.get_secret_value()}:{self.basic_auth_password.get_secret_value()}"
+        return base64.b64encode(pair.encode()).decode("ascii")
+
     def secret_values(self) -> list[str]:
-        """Every secret string, for the log redactor; header values count, as they often carry keys."""
+        """Every secret string in every spelling we send, for the redactors of logs and failure details.
+
+        Header values count, as they often carry keys; basic auth also travels base64-encoded.
+        """
         values = [s.get_secret_value() for s in (getattr(self, f) for f in SECRET_FIELDS) if s is not None]
         values.extend(self.extra_headers.values())
+        token = self.basic_auth_token()
+        if token is not None:
+            values.append(token)
         return [v for v in values if len(v) >= 4]
 
     def masked(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import yaml
 
 from exporter import cli
 from exporter.client import BifrostClient
-from exporter.logs import configure, secret_spellings
+from exporter.logs import configure
 from exporter.settings import ConfigError, Settings, load_settings
 from exporter.simulator import FAULTS, ProviderSpec, Simulator
 from exporter.webconfig import WebSecurity
@@ -58,8 +58,8 @@ def _around(text: str, secret: str) -> str:
 @pytest.fixture
 def logs() -> io.StringIO:
     stream = io.StringIO()
-    pair = (GW_USER, GW_PASSWORD)
-    secrets = secret_spellings([VIRTUAL_KEY, GW_USER, GW_PASSWORD, BEARER, HEADER_SECRET], pair)
+    basic_token = base64.b64encode(f"{GW_USER}:{GW_PASSWORD}".encode()).decode()
+    secrets = [VIRTUAL_KEY, GW_USER, GW_PASSWORD, BEARER, HEADER_SECRET, basic_token]
     configure("debug", "json", secrets, stream=stream)
     return stream
 
