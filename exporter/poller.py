@@ -109,12 +109,10 @@ class Poller:
         now = self._clock()
         previous = self._states[provider]
         if result is None:
-            state = replace(
-                previous, health=replace(previous.health, attempted=True, up=False, poll_duration=duration)
-            )
-            self._publish(provider, replace(state, ledger=ledger.view()))
-            return self._states[provider]
-        state = self._fold(provider, ledger, previous, result, now, duration, started, builder, finished)
+            health = replace(previous.health, attempted=True, up=False, poll_duration=duration)
+            state = replace(previous, health=health, ledger=ledger.view())
+        else:
+            state = self._fold(provider, ledger, previous, result, now, duration, started, builder, finished)
         self._publish(provider, state)
         return state
 

@@ -240,7 +240,7 @@ class _Connection(asyncio.Protocol):
             headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
         if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
             # We take no request bodies; rather than parse one, answer and close.
-            self._respond(_plain(HTTPStatus.BAD_REQUEST), head_only=False, keep_alive=False)
+            self._fail(HTTPStatus.BAD_REQUEST)
             return
         connection = headers.get("connection", "").lower()
         keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
