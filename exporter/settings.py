@@ -49,6 +49,8 @@ SECRET_FIELDS = ("virtual_key", "basic_auth_username", "basic_auth_password", "b
 MASK = "**********"
 
 _PROVIDER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_LABEL_CHAR_RE = re.compile(r"[^a-zA-Z0-9_]")
+MAX_METADATA_LABELS = 3
 _HEADER_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 _yaml_values: ContextVar[Mapping[str, Any]] = ContextVar("_yaml_values", default=MappingProxyType({}))
@@ -121,6 +123,12 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console", "auto"] = "auto"
     max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    metadata_labels: Annotated[tuple[str, ...], NoDecode] = ()
+    state_dir: Path | None = None
+    poll_mode: Literal["incremental", "full"] = "incremental"
+    resync_interval_seconds: float = Field(default=600.0, gt=0)
+    max_requests_per_second: float = Field(default=10.0, gt=0, le=10_000)
+    risk_no_progress_fraction: float = Field(default=0.5, gt=0, le=1)
 
     @classmethod
     def settings_customise_sources(
@@ -133,7 +141,7 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _YamlSource(settings_cls))
 
-    @field_validator("providers", "duration_buckets", "latency_buckets", mode="before")
+    @field_validator("providers", "duration_buckets", "latency_buckets", "metadata_labels", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
@@ -166,6 +174,23 @@ class Settings(BaseSettings):
             if name in seen:
                 raise ValueError(f"{name!r} is listed twice")
             seen.add(name)
+        return value
+
+    @field_validator("metadata_labels")
+    @classmethod
+    def _metadata_labels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) > MAX_METADATA_LABELS:
+            raise ValueError(f"at most {MAX_METADATA_LABELS} metadata keys")
+        labels = [metadata_label_name(key) for key in value]
+        if len(set(labels)) != len(labels):
+            raise ValueError("two keys map to the same label name after sanitising")
+        return value
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and value.exists() and not value.is_dir():
+            raise ValueError(f"{str(value)[:200]!r} exists and is not a directory")
         return value
 
     @field_validator("extra_headers", mode="before")
@@ -212,6 +237,8 @@ class Settings(BaseSettings):
             raise ValueError("basic_auth_username and basic_auth_password must be set together")
         if self.bearer_token is not None and self.basic_auth_username is not None:
             raise ValueError("bearer_token and basic_auth_username/basic_auth_password both set: choose one")
+        if self.resync_interval_seconds < self.poll_interval_seconds:
+            raise ValueError("resync_interval_seconds must be >= poll_interval_seconds")
         if self.stale_after_seconds is not None and self.stale_after_seconds < self.poll_interval_seconds:
             raise ValueError("stale_after_seconds must be >= poll_interval_seconds")
         return self
@@ -256,6 +283,13 @@ class Settings(BaseSettings):
         out["extra_headers"] = {k: MASK for k in self.extra_headers}
         out["stale_after_seconds"] = self.stale_after
         return out
+
+
+def metadata_label_name(key: str) -> str:
+    """The label a metadata key becomes: `metadata_` + the key with every character outside [a-zA-Z0-9_] as `_`."""
+    if not key:
+        raise ValueError("metadata keys must not be empty")
+    return "metadata_" + _LABEL_CHAR_RE.sub("_", key)
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
