@@ -1,0 +1,79 @@
+"""The API's overlapping request_counts → the contract's five disjoint request outcomes.
+
+Bifrost's `request_counts` mixes an OpenAI shape (`total`, `completed`, `failed`) with Anthropic's finer one
+(`succeeded`, `expired`, `canceled`, `pending`), and `completed` there means "finished", not "succeeded". Summing
+those fields double-counts; the disjoint outcomes below always add up to what the batch says it holds, so a
+`sum without (outcome)` in PromQL is meaningful (Prometheus' naming guide).
+"""
+
+from __future__ import annotations
+
+from typing import Final, NamedTuple
+
+from .models import TERMINAL_STATUSES, RequestCounts
+
+OUTCOMES: Final = ("succeeded", "failed", "expired", "canceled", "pending")
+
+
+class Outcomes(NamedTuple):
+    succeeded: int
+    failed: int
+    expired: int
+    canceled: int
+    pending: int
+    overflow: bool  # the parts exceeded `total`: counted by the parts (the caller logs it once)
+
+    @property
+    def total(self) -> int:
+        return self.succeeded + self.failed + self.expired + self.canceled + self.pending
+
+    @property
+    def done(self) -> int:
+        """Requests that will not run any more: everything but pending."""
+        return self.succeeded + self.failed + self.expired + self.canceled
+
+
+ZERO: Final = Outcomes(0, 0, 0, 0, 0, False)
+
+
+def outcomes(counts: RequestCounts | None, status: str) -> Outcomes:
+    """Disjoint outcomes of one batch in (normalised) `status`, per the metrics contract's mapping.
+
+    A terminal batch has nothing pending: what remains of `total` is what the terminal status lost (expired for
+    `expired`, canceled for `cancelled`, failed for every other terminal status).
+    """
+    if counts is None:
+        return ZERO
+    succeeded = counts.succeeded if counts.succeeded is not None else (counts.completed or 0)
+    failed = counts.failed or 0
+    expired = counts.expired or 0
+    canceled = counts.canceled or 0
+    total = counts.total or 0
+    parts = succeeded + failed + expired + canceled
+    if counts.pending is not None:
+        pending = counts.pending
+        overflow = parts + pending > total
+    else:
+        pending = total - parts
+        overflow = pending < 0
+        if overflow:
+            pending = 0
+        elif pending and status in TERMINAL_STATUSES:
+            if status == "expired":
+                expired += pending
+            elif status == "cancelled":
+                canceled += pending
+            else:
+                failed += pending
+            pending = 0
+    if pending and status in TERMINAL_STATUSES:
+        # An explicit `pending` on a finished batch (Anthropic reports what it never processed as expired or
+        # canceled, but be safe): nothing is pending once a batch is terminal.
+        if status == "expired":
+            expired += pending
+        elif status == "cancelled":
+            canceled += pending
+        else:
+            failed += pending
+        pending = 0
+    return Outcomes(succeeded, failed, expired, canceled, pending, overflow)
