@@ -86,6 +86,14 @@ class ExtraFields(_Lenient):
     cache_debug: CacheDebug | None = None
 
 
+class BatchError(_Lenient):
+    code: str | None = None
+
+
+class BatchErrors(_Lenient):
+    data: list[BatchError] | None = None
+
+
 class Batch(_Lenient):
     id: str
     status: str | None = None
@@ -102,7 +110,11 @@ class Batch(_Lenient):
     cancelled_at: float | None = Field(
         default=None, validation_alias=AliasChoices("cancelled_at", "canceled_at")
     )
+    in_progress_at: float | None = None
+    finalizing_at: float | None = None
     progress: float | None = None
+    metadata: dict[str, str] | None = None
+    errors: BatchErrors | None = None
     extra_fields: ExtraFields | None = None
 
     @property
@@ -130,6 +142,14 @@ class Batch(_Lenient):
     @property
     def expires(self) -> float | None:
         return valid_timestamp(self.expires_at)
+
+    @property
+    def started(self) -> float | None:
+        return valid_timestamp(self.in_progress_at)
+
+    @property
+    def finalizing(self) -> float | None:
+        return valid_timestamp(self.finalizing_at)
 
 
 class _LooseListPage(_Lenient):
