@@ -1,0 +1,40 @@
+"""A faithful fake Bifrost gateway for the batch API.
+
+The exporter's ``--demo`` mode, the test suites and the benchmarks all need a gateway that behaves like the
+real one, including its quirks (key-by-key cursor paging, omitempty fields, flavour-specific batch shapes,
+upstream defects), without network access or a Go toolchain. Everything is stdlib so the simulator runs
+wherever the package runs, and time comes from an injected clock so lifecycles are deterministic under test.
+
+Modules, one job each: ``flavors`` (each provider's batch shape), ``store`` (batches and paging indexes),
+``lifecycle`` (planned lives played against the clock), ``faults`` (injected failures), ``wire`` (cursors and
+bodies as Bifrost encodes them), ``gateway`` (the HTTP API), ``control`` (the ``/_sim/`` API), ``server``
+(socket plumbing), ``world`` (shared state), ``core`` (the ``Simulator`` facade), ``cli``.
+"""
+
+from .core import Simulator
+from .faults import FAULTS
+from .flavors import ACTIVE_STATUSES, DEFAULT_PROVIDERS, TERMINAL_STATUSES, ProviderSpec
+from .lifecycle import Clock, generate_batches
+from .wire import decode_cursor, encode_cursor, list_page_bytes
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "DEFAULT_PROVIDERS",
+    "FAULTS",
+    "TERMINAL_STATUSES",
+    "Clock",
+    "ProviderSpec",
+    "Simulator",
+    "decode_cursor",
+    "encode_cursor",
+    "generate_batches",
+    "list_page_bytes",
+    "main",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Kept importable from the package as before: `from exporter.simulator import main`."""
+    from .cli import main as cli_main
+
+    return cli_main(argv)

@@ -1,0 +1,60 @@
+"""The `/_sim/` control API: drive the simulator over HTTP (from another process, a shell, or a bench)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+from .wire import Response, dumps, error_body, json_response
+
+if TYPE_CHECKING:
+    from .core import Simulator
+
+__all__ = ["Control"]
+
+
+class Control:
+    """Maps control routes onto the simulator's Python API, so both stay one behaviour."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self._sim = sim
+
+    def __call__(self, method: str, path: str, body: bytes) -> Response:
+        if method == "GET" and path == "/_sim/state":
+            return json_response(200, dumps(self._sim.state()))
+        if method != "POST":
+            return json_response(405, error_body(405, "method not allowed"))
+        try:
+            payload = json.loads(body or b"{}")
+        except ValueError:
+            return json_response(400, error_body(400, "body is not JSON"))
+        if not isinstance(payload, dict):
+            return json_response(400, error_body(400, "body must be a JSON object"))
+        try:
+            if path == "/_sim/fault":
+                fault = payload.pop("fault", None)
+                provider = payload.pop("provider", None)
+                times = payload.pop("times", None)
+                self._sim.set_fault(fault, provider=provider, times=times, **payload)
+                return json_response(200, dumps({"fault": fault, "provider": provider, "times": times}))
+            if path == "/_sim/batches":
+                provider = payload.pop("provider")
+                return json_response(200, dumps(self._sim.add_batch(provider, **payload)))
+            if path == "/_sim/clear":
+                self._sim.clear(payload.get("provider"))
+                return json_response(200, b'{"cleared":true}')
+            if path == "/_sim/tick":
+                self._sim.tick()
+                return json_response(200, dumps(self._sim.state()))
+            if path.startswith("/_sim/batches/") and path.endswith("/status"):
+                bid = unquote(path[len("/_sim/batches/") : -len("/status")])
+                self._sim.set_status(payload["provider"], bid, payload["status"], payload.get("at"))
+                return json_response(200, dumps(self._sim.batch(payload["provider"], bid)))
+        except KeyError as exc:
+            return json_response(
+                404 if path.endswith("/status") else 400, error_body(400, f"missing or unknown: {exc}")
+            )
+        except (TypeError, ValueError) as exc:
+            return json_response(400, error_body(400, str(exc)))
+        return json_response(404, error_body(404, f"no control route {path}"))

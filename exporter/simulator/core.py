@@ -1,0 +1,333 @@
+"""The fake gateway's Python API: start it, fill it, fault it, watch it.
+
+`Simulator` composes the parts (world state, lifecycle, HTTP surface, control API) and is what tests, the
+benchmarks and `--demo` hold on to.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import time
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+from .control import Control
+from .flavors import (
+    DEFAULT_PROVIDERS,
+    TIMESTAMP_FIELD,
+    ProviderSpec,
+    apply_flavor_state,
+    default_counts,
+    new_id,
+    skeleton,
+)
+from .gateway import Gateway
+from .lifecycle import Clock
+from .server import HttpServer
+from .store import ProviderState
+from .wire import copy_json
+from .world import Settings, World
+
+__all__ = ["Simulator"]
+
+
+class Simulator:
+    """The fake gateway. State lives behind one lock; sleeps (faults, page delays) happen outside it so one
+    slow page never stalls other clients."""
+
+    def __init__(
+        self,
+        *,
+        providers: Sequence[ProviderSpec] | None = None,
+        seed: int = 0,
+        clock: Clock = time.time,
+        lifecycle: bool = True,
+        initial_batches: int = 12,
+        virtual_key: str | None = None,
+        basic_auth: tuple[str, str] | None = None,
+        latency_ms: int = 120,
+        cache_debug: bool = True,
+        max_batches: int = 300,
+    ) -> None:
+        basic = (
+            None
+            if basic_auth is None
+            else "Basic " + base64.b64encode(f"{basic_auth[0]}:{basic_auth[1]}".encode()).decode("ascii")
+        )
+        settings = Settings(
+            virtual_key=virtual_key, basic_header=basic, latency_ms=latency_ms, cache_debug=cache_debug
+        )
+        self._world = World.build(
+            specs=DEFAULT_PROVIDERS if providers is None else providers,
+            seed=seed,
+            clock=clock,
+            settings=settings,
+            lifecycle=lifecycle,
+            max_batches=max_batches,
+        )
+        self._clock = clock
+        self._initial_batches = initial_batches
+        self._gateway = Gateway(self._world, Control(self))
+        self._server: HttpServer | None = None
+        if lifecycle:
+            now = self._clock()
+            with self._world.lock:
+                for state in self._world.providers.values():
+                    if state.spec.supported:
+                        self._world.lifecycle.seed(state, initial_batches, now)
+                        state.next_create = now + state.rng.uniform(10, 30)
+                    self._world.lifecycle.advance(state, now)
+
+    # ---- server lifecycle --------------------
+
+    def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+    ) -> Simulator:
+        """Serve in a daemon thread; with `ssl_context` the gateway speaks HTTPS."""
+        if self._server is None:
+            self._server = HttpServer(self._gateway.dispatch, host, port, ssl_context=ssl_context)
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("simulator is not started")
+        return self._server.url
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    @property
+    def providers(self) -> tuple[ProviderSpec, ...]:
+        return tuple(state.spec for state in self._world.providers.values())
+
+    # ---- store API --------------------
+
+    def _state(self, provider: str) -> ProviderState:
+        try:
+            return self._world.providers[provider]
+        except KeyError:
+            raise ValueError(f"provider {provider!r} is not configured in this simulator") from None
+
+    def add_batch(
+        self,
+        provider: str,
+        *,
+        status: str = "in_progress",
+        created_at: int | None = None,
+        expires_at: int | None = None,
+        request_counts: dict[str, int] | None = None,
+        batch_id: str | None = None,
+        api_key: int | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Exact scenarios for tests: the status is stored as spelled, timestamps follow it, `fields` win."""
+        with self._world.lock:
+            state = self._world.provider(provider)
+            batch = self._build_manual(
+                state, status, created_at, expires_at, request_counts, batch_id, dict(fields)
+            )
+            key = state.next_key() if api_key is None else api_key
+            if not 0 <= key < max(1, state.spec.keys):
+                raise ValueError(f"api_key {key} out of range for {provider} ({state.spec.keys} keys)")
+            seq = next(self._world.seq)
+            state.insert(batch, key, seq, None, seq)
+            return copy_json(batch)
+
+    def load_batches(self, provider: str, batches: Iterable[dict[str, Any]]) -> int:
+        """Bulk insert of ready-made batch dicts (e.g. from generate_batches) for big benchmark stores."""
+        copies = copy_json(list(batches))
+        if any("id" not in batch for batch in copies):
+            raise ValueError("every batch needs an id")
+        with self._world.lock:
+            state = self._world.provider(provider)
+            for batch in copies:
+                seq = next(self._world.seq)
+                state.insert(batch, state.next_key(), seq, None, seq)
+        return len(copies)
+
+    def _build_manual(
+        self,
+        state: ProviderState,
+        status: str,
+        created_at: int | None,
+        expires_at: int | None,
+        request_counts: dict[str, int] | None,
+        batch_id: str | None,
+        fields: dict[str, Any],
+    ) -> dict[str, Any]:
+        spec = state.spec
+        now = int(self._clock())
+        created = now if created_at is None else int(created_at)
+        bid = batch_id if batch_id is not None else fields.get("id")
+        if bid is None:
+            bid = new_id(state.manual_rng, spec.flavor)
+            while bid in state.batches:
+                bid = new_id(state.manual_rng, spec.flavor)
+        batch = skeleton(
+            state.manual_rng,
+            batch_id=str(bid),
+            provider=spec.name,
+            flavor=spec.flavor,
+            style=spec.style,
+            created=created,
+            total=100,
+            status=status,
+            latency_ms=self._world.settings.latency_ms,
+            cache_debug=False,
+        )
+        batch["status"] = status
+        if expires_at is not None:
+            batch["expires_at"] = int(expires_at)
+        if status not in ("validating", "JOB_STATE_QUEUED"):
+            batch["in_progress_at"] = created
+        ts_field = TIMESTAMP_FIELD.get(status)
+        if ts_field is not None and ts_field != "in_progress_at":
+            batch[ts_field] = now
+        if status in ("cancelled", "canceled"):
+            batch["cancelling_at"] = now
+        canonical = "cancelled" if status == "canceled" else status
+        apply_flavor_state(batch, spec.flavor, canonical)
+        if request_counts is not None:
+            batch["request_counts"] = dict(request_counts)
+        else:
+            batch["request_counts"] = default_counts(spec.flavor, status)
+        if spec.flavor == "gemini":
+            rc = batch["request_counts"]
+            total = int(rc.get("total", 0)) or 1
+            batch["progress"] = (
+                100
+                if status == "completed"
+                else (rc.get("completed", 0) + rc.get("failed", 0)) * 100 // total
+            )
+        batch.update(copy_json(fields))
+        batch["id"] = str(bid)
+        return batch
+
+    def set_status(self, provider: str, batch_id: str, status: str, at: int | None = None) -> None:
+        """Takes the batch out of its lifecycle plan: a test that sets a status means it to stay."""
+        with self._world.lock:
+            state = self._world.provider(provider)
+            batch = state.batches.get(batch_id)
+            if batch is None:
+                raise KeyError(batch_id)
+            self._set_status_locked(state, batch, status, int(self._clock()) if at is None else int(at))
+
+    def _set_status_locked(self, state: ProviderState, batch: dict[str, Any], status: str, at: int) -> None:
+        meta = state.meta[str(batch["id"])]
+        meta.gen += 1
+        meta.plan = None
+        batch["status"] = status
+        ts_field = TIMESTAMP_FIELD.get(status)
+        if ts_field is not None:
+            batch[ts_field] = at
+        apply_flavor_state(batch, state.spec.flavor, "cancelled" if status == "canceled" else status)
+        if state.spec.flavor == "gemini" and status == "completed":
+            batch["progress"] = 100
+
+    def batches(self, provider: str) -> list[dict[str, Any]]:
+        """Newest first across all keys (a paging walk visits keys one at a time, so its order may differ)."""
+        with self._world.lock:
+            state = self._world.provider(provider)
+            ordered = sorted(state.meta.items(), key=lambda item: item[1].sort_key)
+            return [copy_json(state.batches[bid]) for bid, _ in ordered]
+
+    def batch(self, provider: str, batch_id: str) -> dict[str, Any]:
+        """One batch as the gateway holds it now (KeyError when absent)."""
+        with self._world.lock:
+            return copy_json(self._world.provider(provider).batches[batch_id])
+
+    def delete(self, provider: str, batch_id: str) -> None:
+        """The batch disappears from lists (a provider's retention, or a user deleting it); a cursor that
+        pointed at it keeps working, as the real upstreams page by creation time rather than by id."""
+        with self._world.lock:
+            state = self._world.provider(provider)
+            if batch_id not in state.batches:
+                raise KeyError(batch_id)
+            state.remove(batch_id)
+
+    def clear(self, provider: str | None = None) -> None:
+        with self._world.lock:
+            targets = self._world.providers.values() if provider is None else [self._world.provider(provider)]
+            for state in targets:
+                state.clear()
+
+    def populate(self, n: int | None = None, *, provider: str | None = None) -> None:
+        """The start-up mix again (e.g. for a static `--no-lifecycle` demo); moves if the lifecycle is on."""
+        now = self._clock()
+        with self._world.lock:
+            targets = self._world.providers.values() if provider is None else [self._world.provider(provider)]
+            for state in targets:
+                if state.spec.supported:
+                    self._world.lifecycle.seed(state, self._initial_batches if n is None else n, now)
+                    self._world.lifecycle.advance(state, now)
+
+    # ---- faults --------------------
+
+    # ---- faults --------------------
+
+    def set_fault(
+        self, fault: str | None, *, provider: str | None = None, times: int | None = None, **params: Any
+    ) -> None:
+        """A provider's own fault wins over the global one; `set_fault(None)` clears every fault."""
+        with self._world.lock:
+            self._world.faults.arm(fault, provider=provider, times=times, params=params)
+
+    def fault(self, provider: str | None = None) -> str | None:
+        with self._world.lock:
+            return self._world.faults.armed(provider)
+
+    # ---- lifecycle --------------------
+
+    def tick(self) -> None:
+        now = self._clock()
+        with self._world.lock:
+            for state in self._world.providers.values():
+                self._world.lifecycle.advance(state, now)
+
+    def list_requests(self, provider: str | None = None) -> int:
+        with self._world.lock:
+            if provider is None:
+                return self._world.list_requests_total
+            state = self._world.providers.get(provider)
+            return 0 if state is None else state.list_requests
+
+    def request_log(self) -> list[dict[str, Any]]:
+        with self._world.lock:
+            return [copy_json(entry) for entry in self._world.log]
+
+    def state(self) -> dict[str, Any]:
+        with self._world.lock:
+            providers: dict[str, Any] = {}
+            for name, st in self._world.providers.items():
+                statuses: dict[str, int] = {}
+                for batch in st.batches.values():
+                    status = str(batch.get("status"))
+                    statuses[status] = statuses.get(status, 0) + 1
+                providers[name] = {
+                    "supported": st.spec.supported,
+                    "style": st.spec.style,
+                    "flavor": st.spec.flavor,
+                    "batches": len(st.batches),
+                    "statuses": dict(sorted(statuses.items())),
+                    "list_requests": st.list_requests,
+                }
+            return {"providers": providers, "list_requests": self._world.list_requests_total}
+
+    # ---- HTTP dispatch --------------------

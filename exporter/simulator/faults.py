@@ -1,0 +1,129 @@
+"""Injected failures: what a real gateway or the network in front of it does on a bad day.
+
+Faults are armed per provider (or for all) and consumed per list request, so a test can say "the next two pages
+fail" and watch the exporter recover.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .wire import (
+    BAD_GATEWAY_HTML,
+    ERROR_PAGE_HTML,
+    HTML,
+    Response,
+    dumps,
+    error_body,
+    json_response,
+    unauthorized_body,
+    unsupported_body,
+)
+
+__all__ = ["FAULTS", "Fault", "FaultBook", "early_response", "shape_response"]
+
+FAULTS = frozenset(
+    {
+        "server_error",
+        "bad_gateway",
+        "rate_limit",
+        "slow",
+        "malformed_json",
+        "html",
+        "not_list",
+        "cursor_loop",
+        "repeat_page",
+        "no_cursor",
+        "auth",
+        "forbidden",
+        "unsupported",
+    }
+)
+
+
+@dataclass
+class Fault:
+    name: str
+    remaining: int | None
+    params: dict[str, Any]
+
+
+class FaultBook:
+    """Armed faults by scope (a provider, or None for all). Not thread-safe: the caller holds the world lock."""
+
+    def __init__(self) -> None:
+        self._faults: dict[str | None, Fault] = {}
+
+    def arm(
+        self, fault: str | None, *, provider: str | None, times: int | None, params: dict[str, Any]
+    ) -> None:
+        """A provider's own fault wins over the global one; `arm(None)` for all providers clears every fault."""
+        if fault is not None and fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; known: {sorted(FAULTS)}")
+        if times is not None and times < 0:
+            raise ValueError("times must be >= 0")
+        if fault is None or times == 0:
+            if provider is None and fault is None:
+                self._faults.clear()
+            else:
+                self._faults.pop(provider, None)
+            return
+        self._faults[provider] = Fault(fault, times, dict(params))
+
+    def armed(self, provider: str | None) -> str | None:
+        found = self._faults.get(provider)
+        return None if found is None else found.name
+
+    def take(self, provider: str) -> Fault | None:
+        """The fault that applies to this request, counting it down."""
+        found = self._faults.get(provider)
+        scope: str | None = provider
+        if found is None:
+            found, scope = self._faults.get(None), None
+        if found is None:
+            return None
+        if found.remaining is not None:
+            found.remaining -= 1
+            if found.remaining <= 0:
+                self._faults.pop(scope, None)
+        return found
+
+
+def early_response(fault: Fault, provider: str) -> Response | None:
+    """Faults answered before the store is read: the gateway (or a proxy in front of it) refuses outright."""
+    name = fault.name
+    if name == "server_error":
+        return json_response(
+            500, error_body(500, "internal server error", err_type="server_error", is_bifrost_error=True)
+        )
+    if name == "bad_gateway":
+        return 502, BAD_GATEWAY_HTML, HTML, {}
+    if name == "rate_limit":
+        body = error_body(
+            429, "rate limit exceeded for virtual key", err_type="rate_limited", top_type="rate_limited"
+        )
+        return json_response(429, body, {"Retry-After": str(fault.params.get("retry_after", 1))})
+    if name == "html":
+        return 200, ERROR_PAGE_HTML, HTML, {}
+    if name == "auth":
+        return json_response(401, unauthorized_body(None))
+    if name == "forbidden":
+        body = error_body(
+            403, "virtual key is blocked", err_type="virtual_key_blocked", top_type="virtual_key_blocked"
+        )
+        return json_response(403, body)
+    if name == "unsupported":
+        return json_response(400, unsupported_body(provider, "batch_list"))
+    return None
+
+
+def shape_response(fault: Fault, data: list[dict[str, Any]], page_body: bytes) -> Response:
+    """Faults that answer 200 with a body the client must refuse: cut JSON, or JSON that is not a list page."""
+    if fault.name == "malformed_json":
+        return json_response(200, page_body[: max(1, len(page_body) // 2)])
+    if fault.params.get("shape") == "array":
+        return json_response(200, dumps(data))
+    if data:
+        return json_response(200, dumps(data[0]))
+    return json_response(200, dumps({"object": "batch", "id": "batch_unexpected", "status": "in_progress"}))

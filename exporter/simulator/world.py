@@ -1,0 +1,76 @@
+"""The simulator's shared state: every provider's store, the armed faults, the lifecycle, the counters.
+
+One object behind one lock, handed to the HTTP surface and the Python API alike, so both see and change the same
+gateway; sleeps (faults, page delays) happen outside the lock so one slow page never stalls other clients.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .faults import FaultBook
+from .flavors import ProviderSpec
+from .lifecycle import Clock, Lifecycle
+from .store import ProviderState
+
+__all__ = ["Settings", "World"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the gateway is configured with, fixed for the simulator's life."""
+
+    virtual_key: str | None = None
+    basic_header: str | None = None  # the whole expected Authorization value
+    latency_ms: int = 120
+    cache_debug: bool = True
+
+
+@dataclass
+class World:
+    clock: Clock
+    settings: Settings
+    lifecycle: Lifecycle
+    seq: itertools.count[int]
+    providers: dict[str, ProviderState]
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    faults: FaultBook = field(default_factory=FaultBook)
+    log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10_000))
+    list_requests_total: int = 0
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        specs: Sequence[ProviderSpec],
+        seed: int,
+        clock: Clock,
+        settings: Settings,
+        lifecycle: bool,
+        max_batches: int,
+    ) -> World:
+        seq = itertools.count()
+        engine = Lifecycle(
+            enabled=lifecycle,
+            clock=clock,
+            seq=seq,
+            latency_ms=settings.latency_ms,
+            cache_debug=settings.cache_debug,
+            max_batches=max_batches,
+        )
+        providers = {spec.name: ProviderState(spec, seed) for spec in specs}
+        return cls(clock=clock, settings=settings, lifecycle=engine, seq=seq, providers=providers)
+
+    def provider(self, name: str) -> ProviderState:
+        try:
+            return self.providers[name]
+        except KeyError:
+            raise ValueError(f"provider {name!r} is not configured in this simulator") from None
+
+    def advance(self, state: ProviderState) -> None:
+        self.lifecycle.advance(state, self.clock())
