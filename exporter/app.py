@@ -17,10 +17,12 @@ from .client import REASONS, BifrostClient
 from .poller import Poller
 from .render import Rendered, is_fresh, render
 from .server import Guard, HttpServer, Routes
-from .settings import Settings
+from .settings import Settings, metadata_label_name
 from .snapshot import ProviderState
 
 RENDER_DEBOUNCE_SECONDS = 0.2
+RENDER_BACKOFF_MAX_SECONDS = 30.0
+UNHEALTHY_AFTER_FAILURES = 3
 
 
 class Exporter:
@@ -41,6 +43,7 @@ class Exporter:
         self._dirty: asyncio.Event | None = None
         self._changes = 0  # state changes so far; a render is tagged with the count it saw
         self._published_changes = 0
+        self._render_failures = 0
         self._rendered = self._render()
         self._tasks: list[asyncio.Task[None]] = []
         host, port = settings.listen
@@ -64,6 +67,7 @@ class Exporter:
             stale_after=self.settings.stale_after,
             reasons=REASONS,
             per_batch=self.settings.per_batch_metrics,
+            group_labels=[metadata_label_name(k) for k in self.settings.metadata_labels],
         )
 
     def refresh(self) -> Rendered:
@@ -85,7 +89,13 @@ class Exporter:
             self.refresh()
 
     def _healthy(self) -> bool:
-        return bool(self._tasks) and not any(t.done() for t in self._tasks)
+        """Serving, rendering and polling: a task that died, or keeps failing, makes /healthz answer 503."""
+        return (
+            bool(self._tasks)
+            and not any(t.done() for t in self._tasks)
+            and self._render_failures < UNHEALTHY_AFTER_FAILURES
+            and not self.poller.failing_tasks()
+        )
 
     def _server_error(self) -> None:
         self._log.exception("request_handler_failed")
@@ -110,7 +120,26 @@ class Exporter:
         while True:
             self._dirty.clear()
             seen_changes, states = self._changes, list(self.poller.states.values())
-            self._publish(seen_changes, await asyncio.to_thread(self._render, states))
+            try:
+                rendered = await asyncio.to_thread(self._render, states)
+            except Exception as exc:
+                # Supervised: the last good bytes keep being served; the render is retried with backoff.
+                self._render_failures += 1
+                delay = min(RENDER_BACKOFF_MAX_SECONDS, 0.5 * 2 ** min(self._render_failures, 8))
+                self._log.error(
+                    "render_failed",
+                    error=f"{type(exc).__name__}: {exc}"[:300],
+                    consecutive=self._render_failures,
+                    retry_in_seconds=delay,
+                    exc_info=True,
+                )
+                self._dirty.set()
+                await asyncio.sleep(delay)
+                continue
+            if self._render_failures:
+                self._log.info("render_recovered", after_failures=self._render_failures)
+            self._render_failures = 0
+            self._publish(seen_changes, rendered)
             timeout = self._next_stale_deadline()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(

@@ -2,25 +2,47 @@
 
 A list poll only shows the present; "a batch reached `failed`" is an event, so we remember which ids we have seen
 and count each terminal transition once. The memory is bounded: an id is forgotten once its terminal timestamp is
-older than the retention (48 h), and a batch whose terminal timestamp is older than the retention or than our own
-start is never counted — so neither a restart nor forgetting can count a batch twice.
+older than the retention (48 h), an active id not seen for `ACTIVE_FORGET_POLLS` polls is forgotten, and past
+`MAX_TRACKED_IDS` the oldest ids go first. A batch whose terminal timestamp is older than the retention, than our
+start (or, restored from a state file, than the last complete poll before the stop), or than the newest settled id
+we had to forget early, is never counted — so neither a restart nor forgetting can count a batch twice.
+
+The ledger is the only per-provider state that must survive a restart; `to_state`/`from_state` give the state
+file (exporter/statefile.py) a plain, versioned JSON shape of it.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 from .models import KNOWN_STATUSES, TERMINAL_STATUSES, Batch, CacheDebug
+from .outcomes import OUTCOMES, outcomes
 
 RETENTION_SECONDS: Final = 48 * 3600.0
 MAX_UNKNOWN_STATUSES: Final = 20
+MAX_CODES: Final = 20
+MAX_GROUP_VALUES: Final = 50
+MAX_TRACKED_IDS: Final = 1_000_000
+ACTIVE_FORGET_POLLS: Final = 20
 OVERFLOW_STATUS: Final = "other"
+OVERFLOW_CODE: Final = "other"
+INVALID_CODE: Final = "invalid"
+NO_CODE: Final = "none"
+FAILURE_STATUSES: Final = ("failed", "expired")
 HIT_TYPES: Final = ("direct", "semantic", "unknown")
+STAGES: Final = ("queued", "processing", "finalizing")
+ENDPOINTS: Final = ("list", "retrieve")
 SIMILARITY_BUCKETS: Final = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0)
+_CODE_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_MAX_LABEL_VALUE: Final = 128
+
+Group = tuple[str, ...]  # the batch's metadata label values, in settings.metadata_labels order; () when unset
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +57,11 @@ class HistogramView:
 
 
 class Histogram:
-    """A plain accumulator; the exposition gets a frozen copy, never this object."""
+    """A plain accumulator; the exposition gets a frozen copy, never this object.
+
+    Only finite, non-negative values are observed: one infinite value would make `_sum` +Inf for the life of the
+    process (and of its state file).
+    """
 
     __slots__ = ("_buckets", "_counts", "_sum")
 
@@ -45,6 +71,8 @@ class Histogram:
         self._sum = 0.0
 
     def observe(self, value: float) -> None:
+        if not (0.0 <= value < math.inf):
+            return
         self._counts[bisect.bisect_left(self._buckets, value)] += 1
         self._sum += value
 
@@ -56,22 +84,74 @@ class Histogram:
             cumulative.append(running)
         return HistogramView(self._buckets, tuple(cumulative), self._sum)
 
+    def to_state(self) -> dict[str, Any]:
+        return {"buckets": list(self._buckets), "counts": list(self._counts), "sum": self._sum}
+
+    def load(self, state: Mapping[str, Any]) -> bool:
+        """Take counts from a state file when its buckets are ours; False (kept empty) when they differ."""
+        if tuple(float(b) for b in state["buckets"]) != self._buckets:
+            return False
+        counts = [int(c) for c in state["counts"]]
+        total = float(state["sum"])
+        if len(counts) != len(self._counts) or any(c < 0 for c in counts) or not (0.0 <= total < math.inf):
+            raise ValueError("histogram counts do not fit its buckets")
+        self._counts = counts
+        self._sum = total
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class LastFailure:
+    batch_id: str
+    code: str
+    at: float
+
 
 @dataclass(frozen=True, slots=True)
 class LedgerView:
     """An immutable copy of a provider's cumulative figures, taken after a poll."""
 
-    finished: Mapping[str, int]
+    finished: Mapping[tuple[str, Group], int]
+    finished_requests: Mapping[tuple[str, Group], tuple[int, ...]]  # OUTCOMES order
+    failures: Mapping[tuple[str, str, Group], int]
+    last_failure: Mapping[str, LastFailure]
     last_finished: Mapping[str, float]
     durations: Mapping[str, HistogramView]
+    stages: Mapping[str, HistogramView]
     latency: HistogramView
     cache_lookups: int
     cache_hits: Mapping[str, int]
     similarity: HistogramView
     polls: int
-    pages: int
+    requests: Mapping[str, int]
     errors: Mapping[str, int]
     tracked_ids: int
+    last_resync: float | None = None
+    groups_seen: tuple[Group, ...] = field(default=())
+
+    def finished_total(self, status: str) -> int:
+        """All groups of one status together (what v1 exposed, and what most tests want)."""
+        return sum(n for (s, _), n in self.finished.items() if s == status)
+
+
+def failure_codes(batch: Batch) -> list[str]:
+    """Distinct error codes of a failed batch, in the order given; invalid ones as `invalid`."""
+    errors = batch.errors
+    data = errors.data if errors is not None else None
+    codes: list[str] = []
+    for item in data or ():
+        code = item.code
+        if not code:
+            continue
+        code = code if _CODE_RE.match(code) else INVALID_CODE
+        if code not in codes:
+            codes.append(code)
+    return codes
+
+
+def _label_value(value: Any) -> str:
+    text = value if isinstance(value, str) else str(value)
+    return text[:_MAX_LABEL_VALUE]
 
 
 class Ledger:
@@ -84,28 +164,54 @@ class Ledger:
         latency_buckets: Iterable[float],
         reasons: Iterable[str],
         retention_seconds: float = RETENTION_SECONDS,
+        *,
+        metadata_keys: Sequence[str] = (),
+        max_tracked_ids: int = MAX_TRACKED_IDS,
+        poll_interval: float = 30.0,
     ) -> None:
+        # Terminal timestamps at or after this are transitions we may count on first sight: our start, or the last
+        # complete poll before the stop of the process whose state we restored.
         self.started_at = started_at
         self.retention = retention_seconds
+        self.metadata_keys = tuple(metadata_keys)
+        self.max_tracked_ids = max_tracked_ids
+        self.poll_interval = poll_interval
         # id → one float: -t when last seen active by the poll that started at t; +t once settled (terminal), t being
         # its terminal timestamp (or when we saw it), after which it is forgotten at t + retention. One float per id
         # rather than a tuple keeps a 100k-batch gateway's ledger near 150 bytes per batch.
         self._ids: dict[str, float] = {}
+        # Settled ids forgotten before their retention ran out (the cap): nothing at or before this is counted again.
+        self._floor = 0.0
         self._cache_counted: set[str] = set()
-        self._finished = dict.fromkeys(TERMINAL_STATUSES, 0)
+        self._finished: dict[tuple[str, Group], int] = {}
+        self._finished_requests: dict[tuple[str, Group], list[int]] = {}
+        self._failures: dict[tuple[str, str, Group], int] = {}
+        self._codes: set[str] = set()
+        self._last_failure: dict[str, LastFailure] = {}
         self._last_finished: dict[str, float] = {}
         duration_buckets = tuple(duration_buckets)
         self._durations = {s: Histogram(duration_buckets) for s in TERMINAL_STATUSES}
+        self._stages = {s: Histogram(duration_buckets) for s in STAGES}
         self._latency = Histogram(latency_buckets)
         self._cache_lookups = 0
         self._cache_hits = dict.fromkeys(HIT_TYPES, 0)
         self._similarity = Histogram(SIMILARITY_BUCKETS)
         self._polls = 0
-        self._pages = 0
+        self._requests = dict.fromkeys(ENDPOINTS, 0)
         self._errors = dict.fromkeys(reasons, 0)
         self._unknown_statuses: set[str] = set()
-        self._overflowed = False
+        self._group_values: list[set[str]] = [set() for _ in self.metadata_keys]
+        self._groups_seen: set[Group] = set()
+        self.last_complete_poll: float | None = None
+        self.last_resync: float | None = None
+        # One-shot warnings the poller logs (and clears) after the poll that raised them.
         self.status_overflow_pending = False
+        self.code_overflow_pending = False
+        self.group_overflow_pending = False
+        self.forgotten_pending = 0
+        self._status_overflowed = False
+        self._code_overflowed = False
+        self._group_overflowed = False
 
     # --- events -------------------------------------------------------------------------------------------------
 
@@ -115,10 +221,17 @@ class Ledger:
     def error(self, reason: str) -> None:
         self._errors[reason] = self._errors.get(reason, 0) + 1
 
+    def requests_sent(self, endpoint: str, n: int) -> None:
+        self._requests[endpoint] = self._requests.get(endpoint, 0) + n
+
+    def resynced(self, at: float) -> None:
+        self.last_resync = at
+
     def pages_fetched(
         self, pages: int, latencies: Iterable[float], cache_debugs: Iterable[CacheDebug]
     ) -> None:
-        self._pages += pages
+        """Latencies and cache debug of list responses; `pages` is kept for callers, requests count the cost."""
+        del pages
         for latency in latencies:
             self._latency.observe(latency)
         for debug in cache_debugs:
@@ -131,10 +244,31 @@ class Ledger:
         if len(self._unknown_statuses) < MAX_UNKNOWN_STATUSES:
             self._unknown_statuses.add(status)
             return status
-        if not self._overflowed:
-            self._overflowed = True
+        if not self._status_overflowed:
+            self._status_overflowed = True
             self.status_overflow_pending = True
         return OVERFLOW_STATUS
+
+    def group_of(self, batch: Batch) -> Group:
+        """The batch's metadata label values: "" for a missing key, up to 50 values per key, then `other`."""
+        if not self.metadata_keys:
+            return ()
+        metadata = batch.metadata or {}
+        values = []
+        for i, key in enumerate(self.metadata_keys):
+            raw = metadata.get(key)
+            value = "" if raw is None else _label_value(raw)
+            seen = self._group_values[i]
+            if value and value not in seen:
+                if len(seen) >= MAX_GROUP_VALUES:
+                    if not self._group_overflowed:
+                        self._group_overflowed = True
+                        self.group_overflow_pending = True
+                    value = OVERFLOW_STATUS
+                else:
+                    seen.add(value)
+            values.append(value)
+        return tuple(values)
 
     def observe(self, batches: Iterable[Batch], now: float, complete: bool) -> int:
         """observe_page then finish_poll, for a list seen in one piece."""
@@ -149,13 +283,15 @@ class Ledger:
         active ids this poll saw.
         """
         ids = self._ids
-        horizon = now - self.retention
+        horizon = max(now - self.retention, self._floor)
         newly_finished = 0
         for batch in batches:
             status = batch.normalized_status
             entry = ids.get(batch.id)
             if status not in TERMINAL_STATUSES:
-                ids[batch.id] = -now
+                if entry is None or entry < 0:
+                    # A settled id stays settled: a batch that flips terminal → active → terminal counts once.
+                    ids[batch.id] = -now
                 self._count_item_cache(batch)
                 continue
             ts = batch.terminal_timestamp(status)
@@ -171,8 +307,8 @@ class Ledger:
                     self._count_item_cache(batch)
                 ids[batch.id] = now
                 continue
-            if ts < horizon:
-                continue  # older than we remember: never counted, never stored
+            if ts <= horizon and entry is None:
+                continue  # older than we remember (or than an id we had to forget): never counted, never stored
             if ts >= self.started_at or entry is not None:
                 self._finish(status, ts, batch)
                 newly_finished += 1
@@ -181,25 +317,100 @@ class Ledger:
         return newly_finished
 
     def finish_poll(self, now: float, complete: bool) -> None:
-        """Forget what may be forgotten; vanished active ids only after a poll that saw the whole list."""
+        """Forget what may be forgotten, then remember `now` as the last complete poll when it was one.
+
+        Vanished active ids go after a poll that saw the whole list, or once unseen for ACTIVE_FORGET_POLLS polls
+        of any outcome (a provider whose polls always stop early would otherwise grow the ledger for ever).
+        """
         horizon = now - self.retention
         seen_marker = -now
+        stale_active = -(now - ACTIVE_FORGET_POLLS * self.poll_interval)
         stale = [
             batch_id
             for batch_id, value in self._ids.items()
-            if (0 < value < horizon) or (complete and value < 0 and value != seen_marker)
+            if (0 < value < horizon)
+            or (value < 0 and value != seen_marker and (complete or value > stale_active))
         ]
-        for batch_id in stale:
-            del self._ids[batch_id]
+        self.forget(stale)
+        self._enforce_cap()
+        if complete:
+            self.last_complete_poll = now
+
+    def forget(self, batch_ids: Iterable[str]) -> None:
+        """Drop ids the caller knows are gone (404, absent from a full list) or stale."""
+        for batch_id in batch_ids:
+            self._ids.pop(batch_id, None)
             self._cache_counted.discard(batch_id)
+
+    def is_settled(self, batch_id: str) -> bool:
+        entry = self._ids.get(batch_id)
+        return entry is not None and entry > 0
 
     # --- internals ----------------------------------------------------------------------------------------------
 
+    def _enforce_cap(self) -> None:
+        excess = len(self._ids) - self.max_tracked_ids
+        if excess <= 0:
+            return
+        # Oldest first by the time each value records; settled ones raise the floor so they are never recounted.
+        oldest = sorted(self._ids.items(), key=lambda kv: abs(kv[1]))[:excess]
+        for _, value in oldest:
+            if value > 0:
+                self._floor = max(self._floor, value)
+        self.forget(batch_id for batch_id, _ in oldest)
+        self.forgotten_pending += excess
+
     def _finish(self, status: str, ts: float | None, batch: Batch) -> None:
-        self._finished[status] += 1
+        group = self.group_of(batch)
+        self._groups_seen.add(group)
+        key = (status, group)
+        self._finished[key] = self._finished.get(key, 0) + 1
+        result = outcomes(batch.request_counts, status)
+        acc = self._finished_requests.get(key)
+        if acc is None:
+            acc = self._finished_requests[key] = [0] * len(OUTCOMES)
+        for i, value in enumerate(result[: len(OUTCOMES)]):
+            acc[i] += value
+        if status in FAILURE_STATUSES:
+            codes = [self._admit_code(c) for c in failure_codes(batch)] or [NO_CODE]
+            for code in dict.fromkeys(codes):
+                fkey = (status, code, group)
+                self._failures[fkey] = self._failures.get(fkey, 0) + 1
+            at = ts if ts is not None else 0.0
+            previous = self._last_failure.get(status)
+            if previous is None or at >= previous.at:
+                self._last_failure[status] = LastFailure(batch.id[:256], codes[0], at)
         created = batch.created
         if ts is not None and created is not None and ts >= created:
             self._durations[status].observe(ts - created)
+        self._observe_stages(batch, status, ts)
+
+    def _observe_stages(self, batch: Batch, status: str, ts: float | None) -> None:
+        created, started, finalizing = batch.created, batch.started, batch.finalizing
+        if created is not None and started is not None and started >= created:
+            self._stages["queued"].observe(started - created)
+        if started is not None:
+            end = finalizing if finalizing is not None else ts
+            if end is not None and end >= started:
+                self._stages["processing"].observe(end - started)
+        if (
+            finalizing is not None
+            and status in ("completed", "ended")
+            and ts is not None
+            and ts >= finalizing
+        ):
+            self._stages["finalizing"].observe(ts - finalizing)
+
+    def _admit_code(self, code: str) -> str:
+        if code in self._codes or code in (INVALID_CODE, NO_CODE):
+            return code
+        if len(self._codes) < MAX_CODES:
+            self._codes.add(code)
+            return code
+        if not self._code_overflowed:
+            self._code_overflowed = True
+            self.code_overflow_pending = True
+        return OVERFLOW_CODE
 
     def _count_item_cache(self, batch: Batch) -> None:
         extra = batch.extra_fields
@@ -219,14 +430,119 @@ class Ledger:
     def view(self) -> LedgerView:
         return LedgerView(
             finished=MappingProxyType(dict(self._finished)),
+            finished_requests=MappingProxyType({k: tuple(v) for k, v in self._finished_requests.items()}),
+            failures=MappingProxyType(dict(self._failures)),
+            last_failure=MappingProxyType(dict(self._last_failure)),
             last_finished=MappingProxyType(dict(self._last_finished)),
             durations=MappingProxyType({s: h.view() for s, h in self._durations.items()}),
+            stages=MappingProxyType({s: h.view() for s, h in self._stages.items()}),
             latency=self._latency.view(),
             cache_lookups=self._cache_lookups,
             cache_hits=MappingProxyType(dict(self._cache_hits)),
             similarity=self._similarity.view(),
             polls=self._polls,
-            pages=self._pages,
+            requests=MappingProxyType(dict(self._requests)),
             errors=MappingProxyType(dict(self._errors)),
             tracked_ids=len(self._ids),
+            last_resync=self.last_resync,
+            groups_seen=tuple(sorted(self._groups_seen)),
         )
+
+    # --- durable state ------------------------------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything a restarted process needs to resume: plain JSON types only."""
+        return {
+            "watermark": self.last_complete_poll if self.last_complete_poll is not None else self.started_at,
+            "floor": self._floor,
+            "ids": self._ids,
+            "metadata_keys": list(self.metadata_keys),
+            "finished": [[s, list(g), n] for (s, g), n in self._finished.items()],
+            "finished_requests": [[s, list(g), v] for (s, g), v in self._finished_requests.items()],
+            "failures": [[s, c, list(g), n] for (s, c, g), n in self._failures.items()],
+            "codes": sorted(self._codes),
+            "last_failure": {s: [f.batch_id, f.code, f.at] for s, f in self._last_failure.items()},
+            "last_finished": self._last_finished,
+            "durations": {s: h.to_state() for s, h in self._durations.items()},
+            "stages": {s: h.to_state() for s, h in self._stages.items()},
+            "latency": self._latency.to_state(),
+            "similarity": self._similarity.to_state(),
+            "cache_lookups": self._cache_lookups,
+            "cache_hits": self._cache_hits,
+            "polls": self._polls,
+            "requests": self._requests,
+            "errors": self._errors,
+            "last_resync": self.last_resync,
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> list[str]:
+        """Resume from `to_state` output; raises (KeyError, TypeError, ValueError) on a malformed state, leaving
+        this ledger untouched, and returns notes on parts deliberately not restored (changed buckets or keys)."""
+        notes: list[str] = []
+        fresh = Ledger(
+            self.started_at,
+            self._durations["completed"]._buckets,
+            self._latency._buckets,
+            self._errors,
+            self.retention,
+            metadata_keys=self.metadata_keys,
+            max_tracked_ids=self.max_tracked_ids,
+            poll_interval=self.poll_interval,
+        )
+        watermark = _finite(state["watermark"])
+        fresh.started_at = min(self.started_at, watermark)
+        fresh.last_complete_poll = None
+        fresh._floor = _finite(state["floor"])
+        ids = state["ids"]
+        if not isinstance(ids, dict):
+            raise TypeError("ids is not a mapping")
+        fresh._ids = {str(k): _finite(v) for k, v in ids.items()}
+        same_keys = list(state["metadata_keys"]) == list(self.metadata_keys)
+        if not same_keys:
+            notes.append("metadata_labels changed: per-owner counters start again from 0")
+        for s, g, n in state["finished"]:
+            if same_keys:
+                fresh._finished[(str(s), tuple(g))] = _count(n)
+        for s, g, v in state["finished_requests"]:
+            if same_keys:
+                values = [_count(x) for x in v]
+                if len(values) != len(OUTCOMES):
+                    raise ValueError("finished_requests has the wrong width")
+                fresh._finished_requests[(str(s), tuple(g))] = values
+        for s, c, g, n in state["failures"]:
+            if same_keys:
+                fresh._failures[(str(s), str(c), tuple(g))] = _count(n)
+        fresh._codes = {str(c) for c in state["codes"]}
+        fresh._last_failure = {
+            str(s): LastFailure(str(v[0]), str(v[1]), _finite(v[2])) for s, v in state["last_failure"].items()
+        }
+        fresh._last_finished = {str(s): _finite(v) for s, v in state["last_finished"].items()}
+        for name, hists in (("durations", fresh._durations), ("stages", fresh._stages)):
+            for key, hist in hists.items():
+                if key in state[name] and not hist.load(state[name][key]):
+                    notes.append(f"{name} buckets changed: that histogram starts again from 0")
+        if not fresh._latency.load(state["latency"]):
+            notes.append("latency buckets changed: that histogram starts again from 0")
+        fresh._similarity.load(state["similarity"])
+        fresh._cache_lookups = _count(state["cache_lookups"])
+        fresh._cache_hits.update({str(k): _count(v) for k, v in state["cache_hits"].items()})
+        fresh._polls = _count(state["polls"])
+        fresh._requests.update({str(k): _count(v) for k, v in state["requests"].items()})
+        fresh._errors.update({str(k): _count(v) for k, v in state["errors"].items() if k in self._errors})
+        last_resync = state.get("last_resync")
+        fresh.last_resync = _finite(last_resync) if last_resync is not None else None
+        self.__dict__.update(fresh.__dict__)
+        return sorted(set(notes))
+
+
+def _finite(value: Any) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("not a finite number")
+    return number
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("not a counter value")
+    return value

@@ -10,7 +10,6 @@ odd batch cannot hide the rest of a provider's list.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +33,15 @@ _STATUS_ALIASES = {"canceled": "cancelled", "canceling": "cancelling"}
 _MAX_STATUS_LENGTH = 64
 
 
+# Year 5138: a timestamp beyond this is garbage (or milliseconds sent as seconds) and would skew every age and
+# projection computed from it.
+MAX_TIMESTAMP = 1e11
+
+
 def valid_timestamp(ts: float | None) -> float | None:
-    """A Unix time we can expose, or None: Go's omitempty zero, negatives, NaN and infinities mean "not set"."""
-    if ts is None or not math.isfinite(ts) or ts <= 0:
+    """A Unix time we can expose, or None: Go's omitempty zero, negatives, NaN, infinities and absurdly distant
+    times mean "not set"."""
+    if ts is None or not (0 < ts <= MAX_TIMESTAMP):
         return None
     return ts
 
@@ -113,7 +118,7 @@ class Batch(_Lenient):
     in_progress_at: float | None = None
     finalizing_at: float | None = None
     progress: float | None = None
-    metadata: dict[str, str] | None = None
+    metadata: dict[str, Any] | None = None
     errors: BatchErrors | None = None
     extra_fields: ExtraFields | None = None
 
@@ -221,9 +226,7 @@ def parse_page(body: bytes) -> Page:
     if page.object is not None and page.object != "list":
         raise InvalidResponseError("not a batch list page (object is not 'list')")
     extra = page.extra_fields
-    latency = extra.latency / 1000.0 if extra is not None and extra.latency is not None else None
-    if latency is not None and not latency >= 0:
-        latency = None
+    latency = latency_seconds(extra)
     return Page(
         batches=batches,
         has_more=bool(page.has_more),
@@ -234,6 +237,18 @@ def parse_page(body: bytes) -> Page:
         skipped_items=skipped,
         first_skip_error=first_skip,
     )
+
+
+# A day: no list call takes longer, and anything beyond (or inf, NaN, negative) would poison the histogram's sum.
+MAX_LATENCY_SECONDS = 86_400.0
+
+
+def latency_seconds(extra: ExtraFields | None) -> float | None:
+    """extra_fields.latency (ms) in seconds, or None when absent or not a plausible duration."""
+    if extra is None or extra.latency is None:
+        return None
+    latency = extra.latency / 1000.0
+    return latency if 0.0 <= latency <= MAX_LATENCY_SECONDS else None
 
 
 def error_code(body: bytes) -> tuple[str | None, str | None]:
@@ -250,3 +265,25 @@ def error_code(body: bytes) -> tuple[str | None, str | None]:
     code = err.get("code")
     etype = err.get("type") if isinstance(err.get("type"), str) else doc.get("type")
     return (code if isinstance(code, str) else None), (etype if isinstance(etype, str) else None)
+
+
+class _ObjectKind(_Lenient):
+    object: str | None = None
+
+
+def parse_batch(body: bytes) -> Batch:
+    """One retrieve response body (`GET /v1/batches/{id}`) as a Batch, or InvalidResponseError saying why not.
+
+    The retrieve object is the list item's type, so the same lenient rules hold; a list envelope is refused
+    (a gateway answering the retrieve path with a list would otherwise look like a batch without an id).
+    """
+    try:
+        kind = _ObjectKind.model_validate_json(body)
+        batch = Batch.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidResponseError(f"not a batch object ({_first_error(exc)})") from None
+    except (RecursionError, ValueError) as exc:
+        raise InvalidResponseError(f"not a batch object ({type(exc).__name__})") from None
+    if kind.object == "list":
+        raise InvalidResponseError("not a batch object (object is 'list')")
+    return batch

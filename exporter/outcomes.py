@@ -13,6 +13,9 @@ from typing import Final, NamedTuple
 from .models import TERMINAL_STATUSES, RequestCounts
 
 OUTCOMES: Final = ("succeeded", "failed", "expired", "canceled", "pending")
+# No provider runs a billion requests in one batch (OpenAI's cap is 50,000, Anthropic's 100,000): a count beyond
+# this is garbage from the gateway, clamped so that sums stay exact in a float and every exposed value finite.
+MAX_COUNT: Final = 10**9
 
 
 class Outcomes(NamedTuple):
@@ -22,6 +25,7 @@ class Outcomes(NamedTuple):
     canceled: int
     pending: int
     overflow: bool  # the parts exceeded `total`: counted by the parts (the caller logs it once)
+    clamped: bool = False  # a count was negative or beyond MAX_COUNT and was clamped (the caller logs it once)
 
     @property
     def total(self) -> int:
@@ -44,14 +48,26 @@ def outcomes(counts: RequestCounts | None, status: str) -> Outcomes:
     """
     if counts is None:
         return ZERO
-    succeeded = counts.succeeded if counts.succeeded is not None else (counts.completed or 0)
-    failed = counts.failed or 0
-    expired = counts.expired or 0
-    canceled = counts.canceled or 0
-    total = counts.total or 0
+    raw = (
+        counts.succeeded if counts.succeeded is not None else counts.completed,
+        counts.failed,
+        counts.expired,
+        counts.canceled,
+        counts.total,
+        counts.pending,
+    )
+    clamped = False
+    values = []
+    for value in raw:
+        if value is None or 0 <= value <= MAX_COUNT:
+            values.append(value or 0)
+        else:
+            clamped = True
+            values.append(0 if value < 0 else MAX_COUNT)
+    succeeded, failed, expired, canceled, total, explicit_pending = values
     parts = succeeded + failed + expired + canceled
     if counts.pending is not None:
-        pending = counts.pending
+        pending = explicit_pending
         overflow = parts + pending > total
     else:
         pending = total - parts
@@ -76,4 +92,4 @@ def outcomes(counts: RequestCounts | None, status: str) -> Outcomes:
         else:
             failed += pending
         pending = 0
-    return Outcomes(succeeded, failed, expired, canceled, pending, overflow)
+    return Outcomes(succeeded, failed, expired, canceled, pending, overflow, clamped)

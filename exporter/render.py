@@ -11,9 +11,10 @@ from __future__ import annotations
 import gzip
 import html
 import platform
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -25,14 +26,16 @@ from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .exposition import encode
-from .ledger import HIT_TYPES, HistogramView
-from .models import ACTIVE_STATUSES, KNOWN_STATUSES, TERMINAL_STATUSES
+from .ledger import ENDPOINTS, FAILURE_STATUSES, HIT_TYPES, NO_CODE, STAGES, Group, HistogramView
+from .models import KNOWN_STATUSES, TERMINAL_STATUSES
+from .outcomes import OUTCOMES
 from .snapshot import ProviderState
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 _CACHED = " (from the last successful poll)"
 _GZIP_LEVEL = 6
+_V = TypeVar("_V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,31 +69,77 @@ def _histogram(family: HistogramMetricFamily, labels: list[str], view: Histogram
     family.add_metric(labels, buckets, view.sum)
 
 
-def _batch_families(fresh: Sequence[ProviderState]) -> Iterator[Metric]:
+def _group_sort(item: tuple[tuple[str, Group], object]) -> tuple[int, str, Group]:
+    (status, group), _ = item
+    return (_STATUS_ORDER.get(status, len(_STATUS_ORDER)), status, group)
+
+
+def _with_zeros(
+    values: Mapping[tuple[str, Group], _V], statuses: Sequence[str], empty: Group, zero: _V
+) -> list[tuple[tuple[str, Group], _V]]:
+    """Every (status, group) present, plus a zero for each of `statuses` in the "" group (contract: zeros for the
+    known statuses are emitted for the "" group only, so a new owner never multiplies the zero series)."""
+    merged = dict(values)
+    for status in statuses:
+        merged.setdefault((status, empty), zero)
+    return sorted(merged.items(), key=_group_sort)
+
+
+def _batch_families(fresh: Sequence[ProviderState], group_labels: Sequence[str]) -> Iterator[Metric]:
+    g = list(group_labels)
+    empty: Group = ("",) * len(g)
     batches = GaugeMetricFamily(
-        "bifrost_batches", "Batches listed by the gateway, by status" + _CACHED, labels=["provider", "status"]
+        "bifrost_batches",
+        "Batches listed by the gateway, by status" + _CACHED,
+        labels=["provider", "status", *g],
     )
-    request_counts = GaugeMetricFamily(
-        "bifrost_batch_request_counts",
-        "Sum of request_counts.<kind> over the batches in that status; kinds overlap, do not sum over kind"
+    requests = GaugeMetricFamily(
+        "bifrost_batch_requests",
+        "Requests of the batches in that status by outcome; outcomes are disjoint and sum to request_counts.total"
         + _CACHED,
-        labels=["provider", "status", "kind"],
+        labels=["provider", "status", "outcome", *g],
     )
     oldest = GaugeMetricFamily(
         "bifrost_batch_oldest_created_timestamp_seconds",
         "Smallest created_at among batches in that active status" + _CACHED,
-        labels=["provider", "status"],
+        labels=["provider", "status", *g],
     )
     expiry = GaugeMetricFamily(
         "bifrost_batch_next_expiry_timestamp_seconds",
         "Smallest expires_at among active batches" + _CACHED,
         labels=["provider"],
     )
+    at_risk = GaugeMetricFamily(
+        "bifrost_batch_at_risk",
+        "Active batches projected to miss their expires_at (linear projection of finished requests)"
+        + _CACHED,
+        labels=["provider", *g],
+    )
+    at_risk_requests = GaugeMetricFamily(
+        "bifrost_batch_at_risk_requests",
+        "Pending requests of the batches projected to miss their expires_at" + _CACHED,
+        labels=["provider", *g],
+    )
     finished = CounterMetricFamily(
         "bifrost_batch_finished",
         "Batches seen reaching a terminal status, once per batch id; batches that finished before the exporter "
-        "started are not counted",
-        labels=["provider", "status"],
+        "started (or before the last complete poll of a restored state) are not counted",
+        labels=["provider", "status", *g],
+    )
+    finished_requests = CounterMetricFamily(
+        "bifrost_batch_finished_requests",
+        "Requests of the batches counted in bifrost_batch_finished_total, by outcome, added at the transition",
+        labels=["provider", "status", "outcome", *g],
+    )
+    failures = CounterMetricFamily(
+        "bifrost_batch_failures",
+        "Batches reaching failed or expired, once per distinct error code they carry (code none when none)",
+        labels=["provider", "status", "code", *g],
+    )
+    last_failure = GaugeMetricFamily(
+        "bifrost_batch_last_failure_info",
+        "The most recent batch that reached failed or expired, with its first error code",
+        labels=["provider", "status", "batch_id", "code"],
     )
     last_finished = GaugeMetricFamily(
         "bifrost_batch_last_finished_timestamp_seconds",
@@ -102,14 +151,20 @@ def _batch_families(fresh: Sequence[ProviderState]) -> Iterator[Metric]:
         "Time from created_at to the terminal timestamp, observed once per batch id with bifrost_batch_finished_total",
         labels=["provider", "status"],
     )
+    stages = HistogramMetricFamily(
+        "bifrost_batch_stage_duration_seconds",
+        "Time a finished batch spent queued, processing and finalizing, observed once per batch id at its transition",
+        labels=["provider", "stage"],
+    )
     latency = HistogramMetricFamily(
         "bifrost_batch_upstream_latency_seconds",
-        "Gateway-reported upstream latency (extra_fields.latency) of each list page response",
+        "Gateway-reported upstream latency (extra_fields.latency) of each list or retrieve response",
         labels=["provider"],
     )
     lookups = CounterMetricFamily(
         "bifrost_batch_cache_lookups",
-        "List responses and batch items (once per id) carrying extra_fields.cache_debug",
+        "List responses and batch items (once per id) carrying extra_fields.cache_debug (never set on batch "
+        "responses by current Bifrost)",
         labels=["provider"],
     )
     hits = CounterMetricFamily(
@@ -122,28 +177,47 @@ def _batch_families(fresh: Sequence[ProviderState]) -> Iterator[Metric]:
         "cache_debug.similarity of semantic cache hits",
         labels=["provider"],
     )
+    zero_outcomes = (0,) * len(OUTCOMES)
     for state in fresh:
         p = state.provider
         snap = state.snapshot
         assert snap is not None
         led = state.ledger
-        statuses = list(KNOWN_STATUSES) + sorted(s for s in snap.counts if s not in KNOWN_STATUSES)
-        for status in statuses:
-            batches.add_metric([p, status], snap.counts.get(status, 0))
-        for (status, kind), value in sorted(snap.request_counts.items(), key=_status_kind_order):
-            request_counts.add_metric([p, status, kind], value)
-        for status in ACTIVE_STATUSES:
-            if status in snap.oldest_created:
-                oldest.add_metric([p, status], snap.oldest_created[status])
-        for status in sorted(s for s in snap.oldest_created if s not in ACTIVE_STATUSES):
-            oldest.add_metric([p, status], snap.oldest_created[status])
+        for (status, group), n in _with_zeros(snap.counts, KNOWN_STATUSES, empty, 0):
+            batches.add_metric([p, status, *group], n)
+        for (status, group), values in _with_zeros(snap.requests, KNOWN_STATUSES, empty, zero_outcomes):
+            for outcome, value in zip(OUTCOMES, values, strict=True):
+                requests.add_metric([p, status, outcome, *group], value)
+        for (status, group), ts in sorted(snap.oldest_created.items(), key=_group_sort):
+            oldest.add_metric([p, status, *group], ts)
         if snap.next_expiry is not None:
             expiry.add_metric([p], snap.next_expiry)
+        risk_groups = sorted({empty, *snap.at_risk})
+        for group in risk_groups:
+            at_risk.add_metric([p, *group], snap.at_risk.get(group, 0))
+            at_risk_requests.add_metric([p, *group], snap.at_risk_requests.get(group, 0))
+        for (status, group), n in _with_zeros(led.finished, TERMINAL_STATUSES, empty, 0):
+            finished.add_metric([p, status, *group], n)
+        for (status, group), values in _with_zeros(
+            led.finished_requests, TERMINAL_STATUSES, empty, zero_outcomes
+        ):
+            for outcome, value in zip(OUTCOMES, values, strict=True):
+                finished_requests.add_metric([p, status, outcome, *group], value)
+        fail_items = dict(led.failures)
+        for status in FAILURE_STATUSES:
+            fail_items.setdefault((status, NO_CODE, empty), 0)
+        for (status, code, group), n in sorted(fail_items.items()):
+            failures.add_metric([p, status, code, *group], n)
+        for status in FAILURE_STATUSES:
+            last = led.last_failure.get(status)
+            if last is not None:
+                last_failure.add_metric([p, status, last.batch_id, last.code], 1)
         for status in TERMINAL_STATUSES:
-            finished.add_metric([p, status], led.finished.get(status, 0))
             if status in led.last_finished:
                 last_finished.add_metric([p, status], led.last_finished[status])
             _histogram(duration, [p, status], led.durations[status])
+        for stage in STAGES:
+            _histogram(stages, [p, stage], led.stages[stage])
         _histogram(latency, [p], led.latency)
         lookups.add_metric([p], led.cache_lookups)
         for hit_type in HIT_TYPES:
@@ -151,29 +225,26 @@ def _batch_families(fresh: Sequence[ProviderState]) -> Iterator[Metric]:
         _histogram(similarity, [p], led.similarity)
     yield from (
         batches,
-        request_counts,
+        requests,
         oldest,
         expiry,
+        at_risk,
+        at_risk_requests,
         finished,
+        finished_requests,
+        failures,
+        last_failure,
         last_finished,
         duration,
+        stages,
         latency,
         lookups,
         hits,
+        similarity,
     )
-    yield similarity
 
 
 _STATUS_ORDER = {s: i for i, s in enumerate(KNOWN_STATUSES)}
-_KIND_ORDER = {
-    k: i
-    for i, k in enumerate(("total", "completed", "failed", "succeeded", "expired", "canceled", "pending"))
-}
-
-
-def _status_kind_order(item: tuple[tuple[str, str], int]) -> tuple[int, str, int]:
-    (status, kind), _ = item
-    return (_STATUS_ORDER.get(status, len(_STATUS_ORDER)), status, _KIND_ORDER.get(kind, 99))
 
 
 def _job_families(fresh: Sequence[ProviderState]) -> Iterator[Metric]:
@@ -182,10 +253,10 @@ def _job_families(fresh: Sequence[ProviderState]) -> Iterator[Metric]:
         "One active batch (per-batch series, capped by per_batch_limit)" + _CACHED,
         labels=["provider", "batch_id", "status", "endpoint", "completion_window"],
     )
-    counts = GaugeMetricFamily(
-        "bifrost_batch_job_request_counts",
-        "request_counts.<kind> of one active batch" + _CACHED,
-        labels=["provider", "batch_id", "kind"],
+    requests = GaugeMetricFamily(
+        "bifrost_batch_job_requests",
+        "Requests of one active batch by outcome (disjoint; they sum to request_counts.total)" + _CACHED,
+        labels=["provider", "batch_id", "outcome"],
     )
     created = GaugeMetricFamily(
         "bifrost_batch_job_created_timestamp_seconds",
@@ -199,7 +270,12 @@ def _job_families(fresh: Sequence[ProviderState]) -> Iterator[Metric]:
     )
     progress = GaugeMetricFamily(
         "bifrost_batch_job_progress_ratio",
-        "(completed+failed)/total, or Gemini progress/100, of one active batch" + _CACHED,
+        "Finished requests / total, or Gemini progress/100, of one active batch" + _CACHED,
+        labels=["provider", "batch_id"],
+    )
+    projected = GaugeMetricFamily(
+        "bifrost_batch_job_projected_completion_timestamp_seconds",
+        "When one active batch will finish at its rate so far (absent while nothing has finished)" + _CACHED,
         labels=["provider", "batch_id"],
     )
     for state in fresh:
@@ -207,15 +283,17 @@ def _job_families(fresh: Sequence[ProviderState]) -> Iterator[Metric]:
         p = state.provider
         for job in state.snapshot.jobs:
             info.add_metric([p, job.batch_id, job.status, job.endpoint, job.completion_window], 1)
-            for kind, value in job.request_counts:
-                counts.add_metric([p, job.batch_id, kind], value)
+            for outcome, value in zip(OUTCOMES, job.requests, strict=False):
+                requests.add_metric([p, job.batch_id, outcome], value)
             if job.created is not None:
                 created.add_metric([p, job.batch_id], job.created)
             if job.expires is not None:
                 expires.add_metric([p, job.batch_id], job.expires)
             if job.progress is not None:
                 progress.add_metric([p, job.batch_id], job.progress)
-    yield from (info, counts, created, expires, progress)
+            if job.projected_completion is not None:
+                projected.add_metric([p, job.batch_id], job.projected_completion)
+    yield from (info, requests, created, expires, progress, projected)
 
 
 def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) -> Iterator[Metric]:
@@ -238,7 +316,16 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
         "Polls that failed or stopped early, by reason",
         labels=["provider", "reason"],
     )
-    pages = CounterMetricFamily("bifrost_batch_exporter_pages", "List pages fetched", labels=["provider"])
+    requests = CounterMetricFamily(
+        "bifrost_batch_exporter_requests",
+        "Requests sent to the gateway (retries included), by endpoint: the exporter's cost on the gateway",
+        labels=["provider", "endpoint"],
+    )
+    last_resync = GaugeMetricFamily(
+        "bifrost_batch_exporter_last_resync_timestamp_seconds",
+        "When the last complete full list of the provider finished",
+        labels=["provider"],
+    )
     supported = GaugeMetricFamily(
         "bifrost_batch_exporter_provider_supported",
         "0 after the gateway answered unsupported_operation for the provider's batch list",
@@ -263,7 +350,10 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
         polls.add_metric([p], state.ledger.polls)
         for reason in reasons:
             errors.add_metric([p, reason], state.ledger.errors.get(reason, 0))
-        pages.add_metric([p], state.ledger.pages)
+        for endpoint in ENDPOINTS:
+            requests.add_metric([p, endpoint], state.ledger.requests.get(endpoint, 0))
+        if state.ledger.last_resync is not None:
+            last_resync.add_metric([p], state.ledger.last_resync)
         supported.add_metric([p], 1 if h.supported else 0)
         truncated.add_metric([p], 1 if h.truncated else 0)
         dropped.add_metric([p], state.snapshot.jobs_dropped if state.snapshot is not None else 0)
@@ -273,7 +363,19 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
         labels=["version", "python_version"],
     )
     build.add_metric([__version__, platform.python_version()], 1)
-    yield from (up, last_success, duration, polls, errors, pages, supported, truncated, dropped, build)
+    yield from (
+        up,
+        last_success,
+        duration,
+        polls,
+        errors,
+        requests,
+        last_resync,
+        supported,
+        truncated,
+        dropped,
+        build,
+    )
 
 
 def _landing(states: Sequence[ProviderState], now: float, stale_after: float) -> bytes:
@@ -289,7 +391,9 @@ def _landing(states: Sequence[ProviderState], now: float, stale_after: float) ->
         if not h.supported:
             counts = "batch listing not supported by the gateway"
         elif fresh and state.snapshot is not None:
-            counts = ", ".join(f"{s}: {n}" for s, n in state.snapshot.counts.items() if n) or "no batches"
+            counts = (
+                ", ".join(f"{s}: {n}" for s, n in state.snapshot.status_counts().items() if n) or "no batches"
+            )
         else:
             counts = "no fresh data"
         rows.append(
@@ -313,13 +417,16 @@ def render(
     stale_after: float,
     reasons: Sequence[str],
     per_batch: bool,
+    group_labels: Sequence[str] = (),
+    extra: Sequence[Metric] = (),
 ) -> Rendered:
     """Every encoding of the exposition plus the landing page, from one consistent set of states."""
     fresh = [s for s in states if is_fresh(s, now, stale_after)]
-    families: list[Metric] = list(_batch_families(fresh))
+    families: list[Metric] = list(_batch_families(fresh, group_labels))
     if per_batch:
         families.extend(_job_families(fresh))
     families.extend(_health_families(states, reasons))
+    families.extend(extra)
     families = [f for f in families if f.samples]
     text, openmetrics = encode(families)
     return Rendered(

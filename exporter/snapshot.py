@@ -1,26 +1,35 @@
-"""The frozen per-provider aggregate of one poll, and the pure function that builds it.
+"""The frozen per-provider aggregate of one poll, and the builder that folds batches into it.
 
 Aggregating here, once per poll, is what keeps a scrape cheap: a hundred thousand batches become a few hundred
-numbers, and the renderer never touches a batch object.
+numbers, and the renderer never touches a batch object. The builder takes whole batches (active ones, and every
+batch of a full list) and the store's compact rows of terminal batches alike, through one fold, so a provider
+polled incrementally aggregates exactly as one listed in full.
 """
 
 from __future__ import annotations
 
 import heapq
-import math
-import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import NamedTuple
 
-from .ledger import LedgerView
-from .models import ACTIVE_STATUSES, KNOWN_STATUSES, REQUEST_COUNT_KINDS, Batch, normalize_status
+from .ledger import Group, LedgerView
+from .models import ACTIVE_STATUSES, TERMINAL_STATUSES, Batch, normalize_status
+from .outcomes import OUTCOMES, outcomes
+from .risk import assess
 
 _ACTIVE = frozenset(ACTIVE_STATUSES)
-_INF = math.inf
-_ZERO_COUNTS = (0,) * len(REQUEST_COUNT_KINDS)
-# One C call returns a batch's seven request_counts fields, in REQUEST_COUNT_KINDS order.
-_counts_of = operator.attrgetter(*REQUEST_COUNT_KINDS)
+_TERMINAL = frozenset(TERMINAL_STATUSES)
+
+
+class TerminalRow(NamedTuple):
+    """What a finished batch contributes to the gauges; all a store keeps of it (a batch never leaves a terminal
+    status, so nothing else of it can change what we expose)."""
+
+    status: str
+    group: Group
+    requests: tuple[int, int, int, int, int]  # OUTCOMES order
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,58 +40,57 @@ class JobRow:
     status: str
     endpoint: str
     completion_window: str
-    request_counts: tuple[tuple[str, int], ...]
+    requests: tuple[int, ...]  # OUTCOMES order; () when the batch has no request_counts
     created: float | None
     expires: float | None
     progress: float | None
+    projected_completion: float | None
 
 
 @dataclass(frozen=True, slots=True)
 class BatchSnapshot:
     provider: str
     taken_at: float
-    counts: Mapping[str, int]
-    request_counts: Mapping[tuple[str, str], int]
-    oldest_created: Mapping[str, float]
+    counts: Mapping[tuple[str, Group], int]
+    requests: Mapping[tuple[str, Group], tuple[int, ...]]
+    oldest_created: Mapping[tuple[str, Group], float]
     next_expiry: float | None
+    at_risk: Mapping[Group, int]
+    at_risk_requests: Mapping[Group, int]
     jobs: tuple[JobRow, ...]
     jobs_dropped: int
     batches: int
+    clamped: int = 0  # batches with a count clamped (negative or absurd): logged by the poller
+    overflowed: int = 0  # batches whose outcome parts exceed their total: counted by the parts
+
+    def status_counts(self) -> dict[str, int]:
+        """Batches per status over every group (the landing page, tests)."""
+        out: dict[str, int] = {}
+        for (status, _), n in self.counts.items():
+            out[status] = out.get(status, 0) + n
+        return out
 
 
-def _progress(batch: Batch) -> float | None:
-    """Gemini reports percent; everyone else lets us derive it from request_counts."""
+def _progress(batch: Batch, done: int, total: int) -> float | None:
+    """Gemini reports percent; everyone else lets us derive it from the outcomes."""
     if batch.progress is not None and 0 <= batch.progress <= 100:
         return batch.progress / 100.0
-    rc = batch.request_counts
-    if rc is None:
-        return None
-    total = rc.get("total")
     if total <= 0:
         return None
-    return min(1.0, (rc.get("completed") + rc.get("failed")) / total)
+    return min(1.0, done / total)
 
 
-def _job_row(batch: Batch, status: str) -> JobRow:
-    rc = batch.request_counts
-    counts = tuple((k, rc.get(k)) for k in REQUEST_COUNT_KINDS) if rc is not None else ()
-    return JobRow(
-        batch_id=batch.id[:256],
-        status=status,
-        endpoint=(batch.endpoint or "")[:128],
-        completion_window=(batch.completion_window or "")[:32],
-        request_counts=counts,
-        created=batch.created,
-        expires=batch.expires,
-        progress=_progress(batch),
-    )
+def terminal_row(status: str, group: Group, batch: Batch) -> TerminalRow:
+    o = outcomes(batch.request_counts, status)
+    return TerminalRow(status, group, (o.succeeded, o.failed, o.expired, o.canceled, o.pending))
 
 
 class SnapshotBuilder:
-    """Folds a poll's pages into the aggregate as they arrive, so no poll ever holds its whole list.
+    """Folds batches into the aggregate as they arrive, so no poll ever holds its whole list.
 
-    Only the aggregates survive a page: counts and sums per status, the oldest/next timestamps and, when per-batch
-    series are on, at most `per_batch_limit` rows of the newest active batches (a bounded heap).
+    Only the aggregates survive: counts and request outcomes per status and group, the oldest/next timestamps, the
+    at-risk projection and, when per-batch series are on, at most `per_batch_limit` rows of the newest active
+    batches (a bounded heap).
     """
 
     def __init__(
@@ -90,90 +98,121 @@ class SnapshotBuilder:
         provider: str,
         *,
         label_for: Callable[[str], str],
+        group_for: Callable[[Batch], Group] = lambda _: (),
         per_batch: bool = False,
         per_batch_limit: int = 500,
+        now: float = 0.0,
+        no_progress_fraction: float = 0.5,
     ) -> None:
         self._provider = provider
         self._label_for = label_for
+        self._group_for = group_for
         self._per_batch = per_batch
         self._limit = per_batch_limit
-        self._counts = dict.fromkeys(KNOWN_STATUSES, 0)
-        self._per_status: dict[str, list[int]] = {}
-        self._oldest: dict[str, float] = {}
+        self._now = now
+        self._fraction = no_progress_fraction
+        self._counts: dict[tuple[str, Group], int] = {}
+        self._requests: dict[tuple[str, Group], list[int]] = {}
+        self._oldest: dict[tuple[str, Group], float] = {}
         self._next_expiry: float | None = None
+        self._at_risk: dict[Group, int] = {}
+        self._at_risk_requests: dict[Group, int] = {}
         self._jobs: list[tuple[float, int, JobRow]] = []  # min-heap on created: the oldest kept row on top
         self._active = 0
         self._total = 0
+        self._clamped = 0
+        self._overflowed = 0
+        self._groups: set[Group] = set()
         # Raw status string → label. label_for is called once per distinct status, in first-seen order, which
         # admits unknown statuses exactly as calling it for every batch would; the hot loop only does lookups.
         self._labels: dict[str | None, str] = {}
 
-    def add(self, batches: Iterable[Batch]) -> None:
-        counts, per_status, oldest, labels = self._counts, self._per_status, self._oldest, self._labels
-        next_expiry = self._next_expiry
-        for batch in batches:
-            self._total += 1
-            raw = batch.status
-            status = labels.get(raw)
-            if status is None:
-                status = labels[raw] = self._label_for(normalize_status(raw))
-            counts[status] = counts.get(status, 0) + 1
-            rc = batch.request_counts
-            if rc is not None:
-                acc = per_status.get(status)
-                if acc is None:
-                    acc = per_status[status] = [0] * len(REQUEST_COUNT_KINDS)
-                for i, value in enumerate(_counts_of(rc)):
-                    if value:
-                        acc[i] += value
-            if status in _ACTIVE:
-                # Inlined Batch.created / Batch.expires (valid_timestamp): NaN fails both comparisons.
-                created = batch.created_at
-                if (
-                    created is not None
-                    and 0 < created < _INF
-                    and (status not in oldest or created < oldest[status])
-                ):
-                    oldest[status] = created
-                expires = batch.expires_at
-                if (
-                    expires is not None
-                    and 0 < expires < _INF
-                    and (next_expiry is None or expires < next_expiry)
-                ):
-                    next_expiry = expires
-                if self._per_batch:
-                    self._keep_job(batch, status)
-        self._next_expiry = next_expiry
+    def label(self, batch: Batch) -> str:
+        raw = batch.status
+        status = self._labels.get(raw)
+        if status is None:
+            status = self._labels[raw] = self._label_for(normalize_status(raw))
+        return status
 
-    def _keep_job(self, batch: Batch, status: str) -> None:
-        self._active += 1
-        item = (batch.created or 0.0, self._active, _job_row(batch, status))
-        if len(self._jobs) < self._limit:
-            heapq.heappush(self._jobs, item)
-        elif item[:2] > self._jobs[0][:2]:
-            heapq.heapreplace(self._jobs, item)
+    def add(self, batches: Iterable[Batch]) -> None:
+        for batch in batches:
+            status = self.label(batch)
+            group = self._group_for(batch)
+            o = outcomes(batch.request_counts, status)
+            if o.clamped:
+                self._clamped += 1
+            if o.overflow:
+                self._overflowed += 1
+            self._fold(status, group, (o.succeeded, o.failed, o.expired, o.canceled, o.pending))
+            if status in _ACTIVE:
+                self._fold_active(batch, status, group, o.done, o.total)
+
+    def add_rows(self, rows: Iterable[TerminalRow]) -> None:
+        for status, group, requests in rows:
+            self._fold(status, group, requests)
+
+    def _fold(self, status: str, group: Group, requests: tuple[int, ...]) -> None:
+        self._total += 1
+        key = (status, group)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        acc = self._requests.get(key)
+        if acc is None:
+            acc = self._requests[key] = [0] * len(OUTCOMES)
+        for i, value in enumerate(requests):
+            if value:
+                acc[i] += value
+        self._groups.add(group)
+
+    def _fold_active(self, batch: Batch, status: str, group: Group, done: int, total: int) -> None:
+        created = batch.created
+        if created is not None:
+            key = (status, group)
+            current = self._oldest.get(key)
+            if current is None or created < current:
+                self._oldest[key] = created
+        expires = batch.expires
+        if expires is not None and (self._next_expiry is None or expires < self._next_expiry):
+            self._next_expiry = expires
+        risk = assess(batch, status, self._now, self._fraction)
+        if risk.at_risk:
+            self._at_risk[group] = self._at_risk.get(group, 0) + 1
+            self._at_risk_requests[group] = self._at_risk_requests.get(group, 0) + risk.pending
+        if self._per_batch:
+            self._active += 1
+            o = outcomes(batch.request_counts, status) if batch.request_counts is not None else None
+            row = JobRow(
+                batch_id=batch.id[:256],
+                status=status,
+                endpoint=(batch.endpoint or "")[:128],
+                completion_window=(batch.completion_window or "")[:32],
+                requests=(o.succeeded, o.failed, o.expired, o.canceled, o.pending) if o is not None else (),
+                created=created,
+                expires=expires,
+                progress=_progress(batch, done, total),
+                projected_completion=risk.projected_completion,
+            )
+            item = (created or 0.0, self._active, row)
+            if len(self._jobs) < self._limit:
+                heapq.heappush(self._jobs, item)
+            elif item[:2] > self._jobs[0][:2]:
+                heapq.heapreplace(self._jobs, item)
 
     def build(self, now: float) -> BatchSnapshot:
-        counts = self._counts
-        sums = {
-            (status, kind): value
-            for status in counts
-            for kind, value in zip(
-                REQUEST_COUNT_KINDS, self._per_status.get(status, _ZERO_COUNTS), strict=True
-            )
-        }
         newest_first = sorted(self._jobs, key=lambda item: item[:2], reverse=True)
         return BatchSnapshot(
             provider=self._provider,
             taken_at=now,
-            counts=MappingProxyType(dict(counts)),
-            request_counts=MappingProxyType(sums),
+            counts=MappingProxyType(dict(self._counts)),
+            requests=MappingProxyType({k: tuple(v) for k, v in self._requests.items()}),
             oldest_created=MappingProxyType(dict(self._oldest)),
             next_expiry=self._next_expiry,
+            at_risk=MappingProxyType(dict(self._at_risk)),
+            at_risk_requests=MappingProxyType(dict(self._at_risk_requests)),
             jobs=tuple(row for _, _, row in newest_first),
             jobs_dropped=max(0, self._active - self._limit) if self._per_batch else 0,
             batches=self._total,
+            clamped=self._clamped,
+            overflowed=self._overflowed,
         )
 
 
@@ -183,15 +222,27 @@ def build_snapshot(
     *,
     now: float,
     label_for: Callable[[str], str],
+    group_for: Callable[[Batch], Group] = lambda _: (),
     per_batch: bool = False,
     per_batch_limit: int = 500,
+    no_progress_fraction: float = 0.5,
 ) -> BatchSnapshot:
     """Aggregate one list of batches at once. `label_for` maps a normalised status to its (capped) label."""
     builder = SnapshotBuilder(
-        provider, label_for=label_for, per_batch=per_batch, per_batch_limit=per_batch_limit
+        provider,
+        label_for=label_for,
+        group_for=group_for,
+        per_batch=per_batch,
+        per_batch_limit=per_batch_limit,
+        now=now,
+        no_progress_fraction=no_progress_fraction,
     )
     builder.add(batches)
     return builder.build(now)
+
+
+def is_terminal(status: str) -> bool:
+    return status in _TERMINAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,3 +265,4 @@ class ProviderState:
     health: Health
     snapshot: BatchSnapshot | None
     ledger: LedgerView
+

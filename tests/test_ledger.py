@@ -25,7 +25,7 @@ def test_counts_once_and_observes_duration() -> None:
     assert led.observe([done], T0 + 20, complete=True) == 1
     assert led.observe([done], T0 + 30, complete=True) == 0
     v = led.view()
-    assert v.finished["completed"] == 1
+    assert v.finished_total("completed") == 1
     assert v.durations["completed"].count == 1 and v.durations["completed"].sum == 110
     assert v.last_finished["completed"] == T0 + 10
 
@@ -38,7 +38,7 @@ def test_finished_before_start_or_beyond_retention_not_counted() -> None:
     ]
     assert led.observe(batches, T0 + 1, complete=True) == 0
     v = led.view()
-    assert v.finished["failed"] == 0 and v.finished["expired"] == 0
+    assert v.finished_total("failed") == 0 and v.finished_total("expired") == 0
     assert v.last_finished["failed"] == T0 - 5
     assert v.tracked_ids == 1  # "ancient" is never stored
 
@@ -53,7 +53,7 @@ def test_memory_is_bounded_and_forgetting_never_double_counts() -> None:
     later = finished_at + RETENTION_SECONDS + 1
     led.observe([batch], later, complete=True)  # still listed, but older than the retention
     v = led.view()
-    assert v.tracked_ids == 0 and v.finished["completed"] == 1
+    assert v.tracked_ids == 0 and v.finished_total("completed") == 1
 
 
 def test_vanished_active_ids_forgotten_only_after_a_complete_poll() -> None:
@@ -70,7 +70,7 @@ def test_terminal_without_timestamp_needs_an_observed_transition() -> None:
     led.observe([b("g1", "in_progress"), b("g2", "deleted")], T0 + 1, complete=True)
     assert led.observe([b("g1", "deleted"), b("g2", "deleted")], T0 + 2, complete=True) == 1
     v = led.view()
-    assert v.finished["deleted"] == 1 and v.durations["deleted"].count == 0
+    assert v.finished_total("deleted") == 1 and v.durations["deleted"].count == 0
 
 
 def test_unknown_status_cap() -> None:

@@ -1,0 +1,106 @@
+"""The batches a provider is known to have (kube-state-metrics' store), kept compact between polls.
+
+Incremental polling needs to know what exists without listing it again: active batches are kept whole (they can
+still change, and the at-risk projection and per-batch series read them), finished ones only as the row they add
+to the gauges (a terminal batch never changes again). A full list (resync) is folded in page by page and, when it
+ends, tells which known batches the gateway no longer has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .ledger import Group
+from .models import Batch, normalize_status
+from .snapshot import SnapshotBuilder, TerminalRow, is_terminal, terminal_row
+
+
+@dataclass(slots=True)
+class Resync:
+    """A full list in progress, possibly spanning several polls (continuing from `cursor`)."""
+
+    started_at: float
+    cursor: str | None = None
+    pages: int = 0
+    seen: set[str] = field(default_factory=set)
+
+
+class Store:
+    """Known batches of one provider. Only the provider's poller task touches it."""
+
+    def __init__(self, label_for: Callable[[str], str], group_for: Callable[[Batch], Group]) -> None:
+        self._label_for = label_for
+        self._group_for = group_for
+        self.active: dict[str, Batch] = {}
+        self.terminal: dict[str, TerminalRow] = {}
+        # Ids first seen after the running resync started: absent from its pages only because they are new.
+        self._added_since_resync: set[str] = set()
+        self.resync: Resync | None = None
+
+    def __len__(self) -> int:
+        return len(self.active) + len(self.terminal)
+
+    def __contains__(self, batch_id: object) -> bool:
+        return batch_id in self.active or batch_id in self.terminal
+
+    def upsert(self, batches: Iterable[Batch]) -> int:
+        """Fold batches in; returns how many were not known before."""
+        new = 0
+        resync = self.resync
+        for batch in batches:
+            batch_id = batch.id
+            known = batch_id in self.active or batch_id in self.terminal
+            if not known:
+                new += 1
+                if resync is not None:
+                    self._added_since_resync.add(batch_id)
+            if resync is not None:
+                resync.seen.add(batch_id)
+            status = self._label_for(normalize_status(batch.status))
+            if is_terminal(status):
+                self.active.pop(batch_id, None)
+                self.terminal[batch_id] = terminal_row(status, self._group_for(batch), batch)
+            else:
+                self.terminal.pop(batch_id, None)
+                self.active[batch_id] = batch
+        return new
+
+    def refresh(self, batch: Batch) -> None:
+        """One batch from a retrieve: fold it without counting it as seen by the running resync's list."""
+        resync, self.resync = self.resync, None
+        try:
+            self.upsert([batch])
+        finally:
+            self.resync = resync
+
+    def remove(self, batch_id: str) -> None:
+        self.active.pop(batch_id, None)
+        self.terminal.pop(batch_id, None)
+
+    def start_resync(self, now: float) -> Resync:
+        self.resync = Resync(started_at=now)
+        self._added_since_resync = set()
+        return self.resync
+
+    def finish_resync(self, keep: Iterable[str] = ()) -> list[str]:
+        """End the running resync: forget known batches its pages did not show (unless first seen meanwhile, or
+        in `keep`); returns the ids removed."""
+        resync = self.resync
+        self.resync = None
+        if resync is None:
+            return []
+        survivors = resync.seen | self._added_since_resync | set(keep)
+        self._added_since_resync = set()
+        gone = [i for i in (*self.active, *self.terminal) if i not in survivors]
+        for batch_id in gone:
+            self.remove(batch_id)
+        return gone
+
+    def abandon_resync(self) -> None:
+        self.resync = None
+        self._added_since_resync = set()
+
+    def fold_into(self, builder: SnapshotBuilder) -> None:
+        builder.add(self.active.values())
+        builder.add_rows(self.terminal.values())
