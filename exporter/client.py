@@ -1,53 +1,93 @@
-"""One provider's batch list from the gateway, page by page.
+"""One provider's batches from the gateway: list pages and single retrieves.
 
 This is the only place that knows HTTP: auth headers, Bifrost's pagination quirks (three cursor spellings, empty
-pages that are not the end, providers that ignore `after`), bounded retries, and the mapping of every way a request
-can go wrong onto the metrics contract's closed list of reasons. Callers get a ListResult and never an exception.
+pages that are not the end, providers whose cursor the gateway never forwards), bounded retries, pacing, and the
+mapping of every way a request can go wrong onto the metrics contract's closed list of reasons. Callers get a
+ListResult or RetrieveResult and never an exception.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import math
 import random
 import re
 import ssl
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal, get_args
+from types import MappingProxyType
+from typing import Final, Literal, TypeVar, get_args
+from urllib.parse import quote
 
 import httpx
 
 from . import __version__
-from .logs import Redactor
-from .models import Batch, CacheDebug, InvalidResponseError, Page, error_code, parse_page
+from .logs import REDACTED, Redactor
+from .models import Batch, CacheDebug, InvalidResponseError, Page, parse_batch, parse_page
 from .settings import Settings
 
 Reason = Literal[
     "timeout",
     "connection",
     "auth",
+    "upstream_auth",
     "rate_limited",
     "server_error",
     "client_error",
     "invalid_response",
     "cursor_loop",
+    "cursor_ignored",
     "max_pages",
 ]
 REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
+Truncation = Literal["cursor_loop", "cursor_ignored", "max_pages"]
+Stop = Literal["end", "budget", "caller"]
 _RETRYABLE: Final = frozenset({"timeout", "connection", "rate_limited", "server_error"})
 _MAX_REDIRECTS = 5
 # What we repeat from a gateway's answer in a failure detail: identifiers only. A gateway (or a proxy in front of
 # it) may echo the request, credentials included, into error codes or headers.
 _TOKEN_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _MEDIA_TYPE_RE: Final = re.compile(r"^[A-Za-z0-9_.+-]{1,40}/[A-Za-z0-9_.+-]{1,80}$")
+# Credentials that are not ours but may still be echoed in an upstream message (a provider quoting the key it was
+# given, a proxy quoting a header): OpenAI/Anthropic-style keys, bearer tokens, AWS access key ids.
+_FOREIGN_SECRET_RE: Final = re.compile(
+    r"(sk-[A-Za-z0-9_*-]{6,}|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{6,}|AKIA[0-9A-Z]{16})"
+)
+_MESSAGE_LIMIT: Final = 160
+_DETAIL_LIMIT: Final = 290
+# Error `type`s that the gateway itself answers with (its auth, governance and rate-limit layers), never a provider.
+_GATEWAY_ERROR_TYPES: Final = frozenset(
+    {
+        "provider_blocked",
+        "model_blocked",
+        "budget_exceeded",
+        "rate_limited",
+        "token_limited",
+        "request_limited",
+    }
+)
+# Each provider's own maximum page size for its list-batches API (sources in docs/providers.md). Bifrost passes
+# `limit` upstream unchanged, and a value above the maximum fails the whole list with a 400.
+PROVIDER_PAGE_SIZE_MAX: Final[Mapping[str, int]] = MappingProxyType(
+    {
+        "openai": 100,
+        "azure": 100,
+        "anthropic": 1000,
+        "bedrock": 1000,
+        "gemini": 1000,
+        "vertex": 1000,
+    }
+)
+
+T = TypeVar("T")
 
 
 class RequestFailedError(Exception):
-    """A list request that failed for good (after retries, or at once when retrying cannot help)."""
+    """A request that failed for good (after retries, or at once when retrying cannot help)."""
 
     def __init__(
         self, reason: Reason, detail: str, status: int | None = None, retry_after: float | None = None
@@ -60,7 +100,7 @@ class RequestFailedError(Exception):
 
 
 class UnsupportedProviderError(Exception):
-    """The gateway said this provider has no batch listing: not a failure, and not worth retrying soon."""
+    """The gateway said this provider has no batch API: not a failure, and not worth retrying soon."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +113,12 @@ class Failure:
 
 @dataclass(slots=True)
 class ListResult:
-    """What one poll of one provider saw. `failure` set means a request failed and the batches are incomplete.
+    """What one list call of one provider saw. `failure` set means a request failed and the batches are incomplete.
 
     `batches` is filled only when list_batches was called without `on_page`; the poller streams pages instead, so
-    a large gateway's list never has to sit in memory whole.
+    a large gateway's list never has to sit in memory whole. `truncated` says the list is known to be partial for
+    a reason the operator must see (with `truncated_detail` naming the gateway behaviour and the workaround);
+    `stopped` says why paging ended when it did not fail, and `next_cursor` where a later call can continue.
     """
 
     batches: list[Batch] = field(default_factory=list)
@@ -86,9 +128,30 @@ class ListResult:
     cache_debugs: list[CacheDebug] = field(default_factory=list)
     skipped_items: int = 0
     first_skip_error: str | None = None
-    truncated: Literal["cursor_loop", "max_pages"] | None = None
+    truncated: Truncation | None = None
+    truncated_detail: str | None = None
     failure: Failure | None = None
     unsupported: bool = False
+    retries: int = 0
+    requests: int = 0
+    stopped: Stop = "end"
+    next_cursor: str | None = None
+
+
+@dataclass(slots=True)
+class RetrieveResult:
+    """One batch fetched by id. Exactly one of: `batch`, `gone` (the gateway answered 404), `failure`."""
+
+    batch: Batch | None = None
+    gone: bool = False
+    failure: Failure | None = None
+    requests: int = 0
+    latency_seconds: float | None = None
+
+
+@dataclass(slots=True)
+class _Tally:
+    requests: int = 0
     retries: int = 0
 
 
@@ -112,10 +175,15 @@ def _parse_retry_after(value: str | None, now: float) -> float | None:
 
 
 def build_headers(settings: Settings) -> dict[str, str]:
-    """Request headers for every call; extra_headers go first so they cannot override the auth we were given."""
+    """Request headers for every call; extra_headers go first so they cannot override what we must send.
+
+    `x-bf-send-back-raw-response: false`: with raw responses on, Bifrost copies the provider's whole raw page
+    into every OpenAI/Azure list item, which multiplies a page's size by its length.
+    """
     headers = dict(settings.extra_headers)
     headers["User-Agent"] = f"bifrost-batch-exporter/{__version__}"
     headers["Accept"] = "application/json"
+    headers["x-bf-send-back-raw-response"] = "false"
     if settings.virtual_key is not None:
         headers["x-bf-vk"] = settings.virtual_key.get_secret_value()
     token = settings.basic_auth_token()
@@ -126,6 +194,12 @@ def build_headers(settings: Settings) -> dict[str, str]:
     return headers
 
 
+def page_size_for(provider: str, requested: int) -> int:
+    """`requested`, lowered to the provider's own maximum when we know it (unknown providers are passed as is)."""
+    cap = PROVIDER_PAGE_SIZE_MAX.get(provider)
+    return requested if cap is None else min(requested, cap)
+
+
 def _verify(settings: Settings) -> ssl.SSLContext | bool:
     if not settings.tls_verify:
         return False
@@ -134,12 +208,68 @@ def _verify(settings: Settings) -> ssl.SSLContext | bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class _ErrorBody:
+    """What an error response says about itself, reduced to what classification and the log line need."""
+
+    code: str | None = None
+    etype: str | None = None
+    message: str | None = None
+    is_bifrost_error: bool | None = None
+    from_provider: bool = False
+
+
+def _read_error_body(body: bytes) -> _ErrorBody:
+    """Bifrost's error shape `{type?, is_bifrost_error, error:{type?, code?, message}, extra_fields?}`, leniently."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return _ErrorBody()
+    if not isinstance(doc, dict):
+        return _ErrorBody()
+    err = doc.get("error")
+    err = err if isinstance(err, dict) else {}
+    top_type = doc.get("type")
+    etype = err.get("type") if isinstance(err.get("type"), str) else top_type
+    code = err.get("code")
+    message = err.get("message")
+    extra = doc.get("extra_fields")
+    is_bifrost = doc.get("is_bifrost_error")
+    return _ErrorBody(
+        code=code if isinstance(code, str) and _TOKEN_RE.match(code) else None,
+        etype=etype if isinstance(etype, str) and _TOKEN_RE.match(etype) else None,
+        message=message if isinstance(message, str) else None,
+        is_bifrost_error=is_bifrost if isinstance(is_bifrost, bool) else None,
+        from_provider=isinstance(extra, dict) and isinstance(extra.get("provider"), str),
+    )
+
+
+def _is_gateway_type(value: str | None) -> bool:
+    return value is not None and (value.startswith("virtual_key") or value in _GATEWAY_ERROR_TYPES)
+
+
+def _upstream_refusal(err: _ErrorBody) -> bool:
+    """A 401/403 that the provider gave the gateway (kept by Bifrost), not the gateway refusing us.
+
+    The gateway's own refusals are Bifrost errors or carry a governance `type` (virtual_key_*, provider_blocked);
+    its auth middleware answers a bare `{"error":{"message":"Unauthorized"}}`. A provider's refusal is not a
+    Bifrost error and says something of its own: an error type or code, or the provider in `extra_fields`.
+    """
+    if err.is_bifrost_error is not False:
+        return False
+    if _is_gateway_type(err.etype) or _is_gateway_type(err.code):
+        return False
+    return err.from_provider or err.etype is not None or err.code is not None
+
+
 class BifrostClient:
     """Keep-alive HTTP to the gateway for every provider's poller: one small pool per provider.
 
-    A provider's pages are fetched one after the other, so its pool holds one connection. Pools are per provider
-    because httpcore's pool does work proportional to (queued requests × connections) on every request event:
-    with one shared pool and 23 providers polling at once, that bookkeeping cost more CPU than parsing the pages.
+    A provider's requests go one after the other (or a few at once for retrieves), so its pool stays small. Pools
+    are per provider because httpcore's pool does work proportional to (queued requests × connections) on every
+    request event: with one shared pool and 23 providers polling at once, that bookkeeping cost more CPU than
+    parsing the pages. Request starts are paced per provider (list and retrieve together), because every request
+    the gateway receives it forwards to the provider and spends the customer's rate limit there.
     """
 
     def __init__(
@@ -148,12 +278,14 @@ class BifrostClient:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._settings = settings
         self._sleep = sleep
+        self._monotonic = monotonic
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._rng = rng
@@ -165,6 +297,7 @@ class BifrostClient:
             httpx.create_ssl_context(verify=True, trust_env=False) if verify is True else verify
         )
         self._pools: dict[str, httpx.AsyncClient] = {}
+        self._next_start: dict[str, float] = {}
         base = httpx.URL(settings.bifrost_url)
         self._origin = (base.scheme, base.host, base.port)
         # Failure details end up in logs and exceptions: never with one of our credentials in them.
@@ -200,34 +333,76 @@ class BifrostClient:
                 "credentials are only sent to bifrost_url",
             )
 
+    def update_credentials(self, settings: Settings) -> None:
+        """Send these settings' credentials from the next request on (secret files re-read on SIGHUP).
+
+        Every pool's headers are replaced in place (open connections are kept); the old secrets stay redacted,
+        since a gateway may still echo them.
+        """
+        self._scrub = Redactor([*self._settings.secret_values(), *settings.secret_values()]).scrub
+        self._settings = settings
+        self._headers = build_headers(settings)
+        for http in self._pools.values():
+            http.headers = self._headers
+
     async def aclose(self) -> None:
         pools, self._pools = list(self._pools.values()), {}
         for http in pools:
             await http.aclose()
 
-    async def list_batches(
-        self, provider: str, on_page: Callable[[list[Batch]], None] | None = None
-    ) -> ListResult:
-        """Every batch of `provider`, deduplicated by id, following Bifrost's cursor rules to the end or a stop.
+    # ---- listing ------------------------------------------------------------------------------------------------
 
-        With `on_page`, each page's new batches are handed over as they arrive and not kept.
+    async def list_batches(
+        self,
+        provider: str,
+        on_page: Callable[[list[Batch]], bool | None] | None = None,
+        *,
+        after: str | None = None,
+        max_pages: int | None = None,
+        budget_truncates: bool = True,
+    ) -> ListResult:
+        """`provider`'s batches, deduplicated by id, following Bifrost's cursor rules to the end or a stop.
+
+        With `on_page`, every page's batches not yet seen in this call are handed over as they arrive (possibly
+        none) and not kept; returning False stops paging cleanly (`stopped="caller"`). `after` continues an earlier
+        call from its `next_cursor`. `max_pages` (default settings.max_pages) bounds this call: reaching it marks the
+        result truncated, or with `budget_truncates=False` sets `stopped="budget"` and `next_cursor` instead.
         """
         result = ListResult()
-        # Hashes, not the id strings: this set lives for a whole poll and a large list has 10^5-10^6 ids; a 64-bit
+        tally = _Tally()
+        try:
+            await self._list(provider, on_page, after, max_pages, budget_truncates, result, tally)
+        except UnsupportedProviderError:
+            result.unsupported = True
+        except RequestFailedError as exc:
+            result.failure = Failure(exc.reason, self._scrub(exc.detail), exc.status, tally.retries + 1)
+        result.requests = tally.requests
+        result.retries = tally.retries
+        return result
+
+    async def _list(
+        self,
+        provider: str,
+        on_page: Callable[[list[Batch]], bool | None] | None,
+        after: str | None,
+        max_pages: int | None,
+        budget_truncates: bool,
+        result: ListResult,
+        tally: _Tally,
+    ) -> None:
+        budget = self._settings.max_pages if max_pages is None else max_pages
+        # Hashes, not the id strings: this set lives for a whole list and a large list has 10^5-10^6 ids; a 64-bit
         # collision would at worst drop one batch from one poll.
         seen_ids: set[int] = set()
         used_cursors: set[str] = set()
-        after: str | None = None
-        settings = self._settings
+        first: tuple[str, tuple[str, ...]] | None = None  # (cursor, ids) of this call's first page
+        # The page that handed out the cursor we are about to send: if the answer is that page again under the
+        # same cursor, the gateway ignored the cursor.
+        giver: tuple[str, ...] | None = None
+        if after is not None:
+            used_cursors.add(after)
         while True:
-            try:
-                page = await self._fetch_page(provider, after, result)
-            except UnsupportedProviderError:
-                result.unsupported = True
-                return result
-            except RequestFailedError as exc:
-                result.failure = Failure(exc.reason, self._scrub(exc.detail), exc.status, result.retries + 1)
-                return result
+            page = await self._fetch_page(provider, after, tally)
             result.pages += 1
             if page.latency_seconds is not None:
                 result.latencies.append(page.latency_seconds)
@@ -242,36 +417,108 @@ class BifrostClient:
                 if key not in seen_ids:
                     seen_ids.add(key)
                     fresh.append(batch)
-            if fresh:
-                result.batch_count += len(fresh)
-                if on_page is None:
-                    result.batches.extend(fresh)
-                else:
-                    on_page(fresh)
-            if page.batches and not fresh:
-                # Providers that ignore `after` hand back page 1 again under a new cursor: only ids reveal it.
-                result.truncated = "cursor_loop"
-                return result
+            # A page of ids already seen is not a loop: several keys of one account (one OpenAI org) list the
+            # same batches under different cursors. Only a repeated cursor is.
+            result.batch_count += len(fresh)
+            wanted_more = True
+            if on_page is None:
+                result.batches.extend(fresh)
+            else:
+                wanted_more = on_page(fresh) is not False
             if not page.has_more:
-                return result
+                return
             cursor = page.next_cursor or page.last_id or (page.batches[-1].id if page.batches else None)
-            if cursor is None or cursor in used_cursors:
+            ids = tuple(b.id for b in page.batches)
+            if cursor is None:
                 result.truncated = "cursor_loop"
-                return result
-            if result.pages >= settings.max_pages:
-                result.truncated = "max_pages"
-                return result
+                result.truncated_detail = (
+                    "the gateway said has_more without any cursor (no next_cursor, last_id or item); "
+                    f"kept the {result.batch_count} batches seen"
+                )
+                return
+            if after is not None and ((cursor, ids) == first or (cursor == after and ids == giver)):
+                result.truncated = "cursor_ignored"
+                result.truncated_detail = _cursor_ignored_detail(provider, result.batch_count)
+                return
+            if cursor in used_cursors:
+                result.truncated = "cursor_loop"
+                result.truncated_detail = (
+                    f"the gateway handed out a cursor it had handed out before; kept the {result.batch_count} "
+                    "batches seen"
+                )
+                return
+            if not wanted_more:
+                result.stopped = "caller"
+                result.next_cursor = cursor
+                return
+            if result.pages >= budget:
+                if budget_truncates:
+                    result.truncated = "max_pages"
+                    size = page_size_for(provider, self._settings.page_size)
+                    result.truncated_detail = f"stopped after max_pages={budget} pages of {size}; kept the {result.batch_count} batches seen"
+                else:
+                    result.stopped = "budget"
+                    result.next_cursor = cursor
+                return
+            if first is None:
+                first = (cursor, ids)
             used_cursors.add(cursor)
+            giver = ids
             after = cursor
 
-    async def _fetch_page(self, provider: str, after: str | None, result: ListResult) -> Page:
-        params = {"provider": provider, "limit": str(self._settings.page_size)}
+    async def _fetch_page(self, provider: str, after: str | None, tally: _Tally) -> Page:
+        params = {"provider": provider, "limit": str(page_size_for(provider, self._settings.page_size))}
         if after is not None:
             params["after"] = after
+        return await self._with_retries(provider, "/v1/batches", params, _parse_list_body, tally)
+
+    # ---- retrieve -----------------------------------------------------------------------------------------------
+
+    async def retrieve(self, provider: str, batch_id: str) -> RetrieveResult:
+        """One batch by id (`GET /v1/batches/{id}?provider=P`), with the list's retries, caps and reasons.
+
+        Ids can be ARNs or `projects/…/batchPredictionJobs/N`, so the id is one percent-encoded path segment.
+        A 404 means the gateway no longer has the batch (`gone`), not a failure.
+        """
+        result = RetrieveResult()
+        tally = _Tally()
+        path = "/v1/batches/" + quote(batch_id, safe="")
+        try:
+            batch = await self._with_retries(
+                provider, path, {"provider": provider}, _parse_retrieve_body, tally
+            )
+        except UnsupportedProviderError:
+            result.failure = Failure(
+                "client_error", "the gateway does not support batch_retrieve for this provider", 400, 1
+            )
+        except RequestFailedError as exc:
+            if exc.status == 404:
+                result.gone = True
+            else:
+                result.failure = Failure(exc.reason, self._scrub(exc.detail), exc.status, tally.retries + 1)
+        else:
+            result.batch = batch
+            extra = batch.extra_fields
+            if extra is not None and extra.latency is not None and extra.latency >= 0:
+                result.latency_seconds = extra.latency / 1000.0
+        result.requests = tally.requests
+        return result
+
+    # ---- one request, retried and paced -------------------------------------------------------------------------
+
+    async def _with_retries(
+        self,
+        provider: str,
+        path: str,
+        params: dict[str, str],
+        parse: Callable[[bytes], T],
+        tally: _Tally,
+    ) -> T:
         attempt = 0
         while True:
             try:
-                return await self._request(params)
+                tally.requests += 1
+                return await self._request(provider, path, params, parse)
             except RequestFailedError as exc:
                 if exc.reason not in _RETRYABLE or attempt >= self._settings.max_retries:
                     raise
@@ -286,16 +533,31 @@ class BifrostClient:
                         ) from None
                     delay = max(delay, exc.retry_after)
                 attempt += 1
-                result.retries += 1
+                tally.retries += 1
                 await self._sleep(delay)
 
-    async def _request(self, params: dict[str, str]) -> Page:
+    async def _pace(self, provider: str) -> None:
+        """Wait for this provider's next request slot: starts at least 1/max_requests_per_second apart.
+
+        The slot is reserved before waiting, so concurrent retrieves of one provider queue up instead of bursting.
+        """
+        rate = float(getattr(self._settings, "max_requests_per_second", 10.0))
+        now = self._monotonic()
+        slot = max(now, self._next_start.get(provider, now))
+        self._next_start[provider] = slot + 1.0 / rate
+        if slot > now:
+            await self._sleep(slot - now)
+
+    async def _request(
+        self, provider: str, path: str, params: dict[str, str], parse: Callable[[bytes], T]
+    ) -> T:
         settings = self._settings
         cap = settings.max_response_bytes
+        await self._pace(provider)
         try:
             async with asyncio.timeout(settings.request_timeout_seconds):
-                async with self._http_for(params["provider"]).stream(
-                    "GET", "/v1/batches", params=params, headers={"Accept-Encoding": "gzip, deflate"}
+                async with self._http_for(provider).stream(
+                    "GET", path, params=params, headers={"Accept-Encoding": "gzip, deflate"}
                 ) as response:
                     declared = response.headers.get("content-length", "")
                     if declared.isdigit() and int(declared) > cap:
@@ -324,9 +586,9 @@ class BifrostClient:
             raise RequestFailedError("connection", f"{type(exc).__name__}: {_short(str(exc))}") from None
         except httpx.HTTPError as exc:
             raise RequestFailedError("connection", f"{type(exc).__name__}") from None
-        return self._interpret(response, body)
+        return self._interpret(response, body, parse)
 
-    def _interpret(self, response: httpx.Response, body: bytes) -> Page:
+    def _interpret(self, response: httpx.Response, body: bytes, parse: Callable[[bytes], T]) -> T:
         status = response.status_code
         if 200 <= status < 300:
             ctype = response.headers.get("content-type", "")
@@ -335,22 +597,61 @@ class BifrostClient:
                 shown = media if _MEDIA_TYPE_RE.match(media) else "unparseable"
                 raise RequestFailedError("invalid_response", f"content-type {shown!r}, expected JSON", status)
             try:
-                return parse_page(body)
+                return parse(body)
             except InvalidResponseError as exc:
                 raise RequestFailedError("invalid_response", str(exc), status) from None
-        code, etype = (c if c is not None and _TOKEN_RE.match(c) else None for c in error_code(body))
-        hint = f" ({code or etype})" if (code or etype) else ""
-        if status == 400 and code == "unsupported_operation":
+        err = _read_error_body(body)
+        if status == 400 and err.code == "unsupported_operation":
             raise UnsupportedProviderError()
+        hint = f" ({err.code or err.etype})" if (err.code or err.etype) else ""
+        message = self._clean_message(err.message)
+        said = f"HTTP {status}{hint}" + (f": {message}" if message else "")
         if status in (401, 403):
-            raise RequestFailedError("auth", f"HTTP {status}{hint}", status)
+            if _upstream_refusal(err):
+                raise RequestFailedError(
+                    "upstream_auth",
+                    _short(
+                        f"{said}; the provider refused the gateway's own provider key, not the exporter",
+                        _DETAIL_LIMIT,
+                    ),
+                    status,
+                )
+            raise RequestFailedError("auth", said, status)
         if status == 429:
             retry_after = _parse_retry_after(response.headers.get("retry-after"), time.time())
-            raise RequestFailedError("rate_limited", f"HTTP 429{hint}", status, retry_after)
+            raise RequestFailedError("rate_limited", said, status, retry_after)
         if status >= 500:
             retry_after = _parse_retry_after(response.headers.get("retry-after"), time.time())
-            raise RequestFailedError("server_error", f"HTTP {status}{hint}", status, retry_after)
-        raise RequestFailedError("client_error", f"HTTP {status}{hint}", status)
+            raise RequestFailedError("server_error", said, status, retry_after)
+        raise RequestFailedError("client_error", said, status)
+
+    def _clean_message(self, message: str | None) -> str | None:
+        """The gateway's error message made safe for a log line: secrets redacted (ours and key-shaped ones)
+        before anything is cut, printable characters only, one line, bounded."""
+        if not message:
+            return None
+        text = _FOREIGN_SECRET_RE.sub(REDACTED, self._scrub(message))
+        text = "".join(ch if ch.isprintable() else " " for ch in text)
+        text = " ".join(text.split())
+        return _short(text, _MESSAGE_LIMIT) or None
+
+
+def _parse_list_body(body: bytes) -> Page:
+    return parse_page(body)
+
+
+def _parse_retrieve_body(body: bytes) -> Batch:
+    return parse_batch(body)
+
+
+def _cursor_ignored_detail(provider: str, kept: int) -> str:
+    cap = PROVIDER_PAGE_SIZE_MAX.get(provider)
+    size = f"page_size up to {cap}" if cap is not None else "page_size"
+    return (
+        f"the gateway answered after=<cursor> with the first page again (its /v1/batches does not pass the "
+        f"cursor to {provider}); kept the {kept} batches seen. Workaround: raise {size} so one page holds all, "
+        "and use poll_mode incremental (retrieve of known batches); see docs/providers.md"
+    )
 
 
 class _BoundedDecoder:
