@@ -109,6 +109,11 @@ def mask_url(value: str) -> str:
     return scheme + authority + slash + path + ("?***" if query else "") + ("#***" if hash_ else "")
 
 
+def quoted(text: str, limit: int = 200) -> str:
+    """A value quoted for an error message: shortened, and masked like a URL when it may carry credentials."""
+    return repr((mask_url(text) if _may_hold_credentials(text) else text)[:limit])
+
+
 def read_secret_file(path: Path) -> str:
     """The secret in a mounted file, one trailing newline stripped (`echo key > file` and Kubernetes both work).
 
@@ -118,18 +123,18 @@ def read_secret_file(path: Path) -> str:
         with path.open("rb") as handle:
             data = handle.read(MAX_SECRET_FILE_BYTES + 1)
     except OSError as exc:
-        raise ValueError(f"cannot read {str(path)[:200]!r}: {exc.strerror or type(exc).__name__}") from None
+        raise ValueError(f"cannot read {quoted(str(path))}: {exc.strerror or type(exc).__name__}") from None
     if len(data) > MAX_SECRET_FILE_BYTES:
-        raise ValueError(f"{str(path)[:200]!r} is larger than {MAX_SECRET_FILE_BYTES} bytes")
+        raise ValueError(f"{quoted(str(path))} is larger than {MAX_SECRET_FILE_BYTES} bytes")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ValueError(f"{str(path)[:200]!r} is not UTF-8 text") from None
+        raise ValueError(f"{quoted(str(path))} is not UTF-8 text") from None
     text = text.removesuffix("\n").removesuffix("\r")
     if not text:
-        raise ValueError(f"{str(path)[:200]!r} is empty")
+        raise ValueError(f"{quoted(str(path))} is empty")
     if any(c in text for c in "\r\n\0"):
-        raise ValueError(f"{str(path)[:200]!r} holds more than one line")
+        raise ValueError(f"{quoted(str(path))} holds more than one line")
     return text
 
 
@@ -283,7 +288,7 @@ class Settings(BaseSettings):
             raise ValueError("needs at least one provider")
         for name in value:
             if not _PROVIDER_RE.match(name):
-                raise ValueError(f"{name[:70]!r} is not a provider id (letters, digits, '_', '.', '-')")
+                raise ValueError(f"{quoted(name, 70)} is not a provider id (letters, digits, '_', '.', '-')")
         seen: set[str] = set()
         for name in value:
             if name in seen:
@@ -305,7 +310,7 @@ class Settings(BaseSettings):
     @classmethod
     def _state_dir(cls, value: Path | None) -> Path | None:
         if value is not None and value.exists() and not value.is_dir():
-            raise ValueError(f"{str(value)[:200]!r} exists and is not a directory")
+            raise ValueError(f"{quoted(str(value))} exists and is not a directory")
         return value
 
     @field_validator("extra_headers", mode="before")
@@ -323,7 +328,7 @@ class Settings(BaseSettings):
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
         for name, header_value in value.items():
             if not _HEADER_RE.match(name):
-                raise ValueError(f"{name[:70]!r} is not a valid header name")
+                raise ValueError(f"{quoted(name, 70)} is not a valid header name")
             if "\r" in header_value or "\n" in header_value:
                 raise ValueError(f"value of header {name!r} contains a line break")
         return value
@@ -352,7 +357,7 @@ class Settings(BaseSettings):
     @classmethod
     def _readable(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
-            raise ValueError(f"file {str(value)[:200]!r} does not exist or is not a file")
+            raise ValueError(f"file {quoted(str(value))} does not exist or is not a file")
         return value
 
     @model_validator(mode="before")

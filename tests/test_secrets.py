@@ -12,6 +12,10 @@ import base64
 import contextlib
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,8 @@ from exporter.logs import configure
 from exporter.settings import ConfigError, Settings, load_settings
 from exporter.simulator import FAULTS, ProviderSpec, Simulator
 from exporter.webconfig import WebSecurity
-from tests.harness import ExporterThread, make_settings
+from tests.conftest import free_port
+from tests.harness import ExporterThread, make_settings, parse_samples, value, wait_until
 
 VIRTUAL_KEY = "sk-bf-VKSECRET-4f1e9a7c2b"
 GW_USER = "gwadmin-USERSECRET-81"
@@ -319,3 +324,227 @@ def test_secrets_are_not_sent_to_another_origin() -> None:
     result = asyncio.run(scenario())
     assert [r.url.host for r in sent] == ["gateway.test"]
     assert result.failure is not None and result.failure.reason == "invalid_response"
+
+
+# --- no secret in any configuration message (issue 15, reproduction 9 and its class) ---------------------------------
+
+URL_SECRET = "sk-bf-URLSECRET-93b1c7"
+
+
+def _exporter(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BIFROST_EXPORTER_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+# (case id, where the value comes from, settings, the setting the error must name)
+# Every value carries a secret; the one-line error must name the setting and never repeat the secret.
+CONFIG_ERRORS: list[tuple[str, str, dict[str, Any], str]] = [
+    ("url-query", "env", {"bifrost_url": f"https://gw:8080/?api_key={URL_SECRET}"}, "bifrost_url"),
+    ("url-query-flag", "flag", {"bifrost_url": f"https://gw:8080/v1?key={URL_SECRET}&x=1"}, "bifrost_url"),
+    ("url-userinfo", "flag", {"bifrost_url": f"https://admin:{URL_SECRET}@gw:8080"}, "bifrost_url"),
+    ("url-user-only", "env", {"bifrost_url": f"http://{URL_SECRET}@gw"}, "bifrost_url"),
+    ("url-fragment", "yaml", {"bifrost_url": f"https://gw/#{URL_SECRET}"}, "bifrost_url"),
+    ("url-bad-scheme", "yaml", {"bifrost_url": f"ftp://u:{URL_SECRET}@gw/"}, "bifrost_url"),
+    ("url-in-a-list", "yaml", {"bifrost_url": [f"https://gw/?k={URL_SECRET}"]}, "bifrost_url"),
+    ("provider-url", "env", {"providers": f"openai,https://gw/?k={URL_SECRET}"}, "providers"),
+    ("vk-wrong-type", "yaml", {"virtual_key": {"nested": VIRTUAL_KEY}}, "virtual_key"),
+    ("vk-list", "yaml", {"virtual_key": [VIRTUAL_KEY]}, "virtual_key"),
+    (
+        "bearer-and-basic",
+        "env",
+        {"bearer_token": BEARER, "basic_auth_username": GW_USER, "basic_auth_password": GW_PASSWORD},
+        "bearer_token",
+    ),
+    ("password-without-user", "flag", {"basic_auth_password": GW_PASSWORD}, "basic_auth_username"),
+    ("user-without-password", "yaml", {"basic_auth_username": GW_USER}, "basic_auth_password"),
+    (
+        "header-line-break",
+        "yaml",
+        {"extra_headers": {"X-Org-Token": HEADER_SECRET + "\nX: y"}},
+        "extra_headers",
+    ),
+    ("header-not-json", "env", {"extra_headers": "{" + HEADER_SECRET}, "extra_headers"),
+    ("header-wrong-type", "yaml", {"extra_headers": [HEADER_SECRET]}, "extra_headers"),
+    (
+        "vk-and-vk-file",
+        "env",
+        {"virtual_key": VIRTUAL_KEY, "virtual_key_file": "@secret"},
+        "virtual_key_file",
+    ),
+    (
+        "bearer-and-file",
+        "flag",
+        {"bearer_token": BEARER, "bearer_token_file": "@secret"},
+        "bearer_token_file",
+    ),
+    ("file-two-lines", "yaml", {"virtual_key_file": "@two-lines"}, "virtual_key_file"),
+    (
+        "file-empty",
+        "env",
+        {"basic_auth_password_file": "@empty", "basic_auth_username": "u"},
+        "basic_auth_password_file",
+    ),
+    ("file-missing", "flag", {"bearer_token_file": "@missing"}, "bearer_token_file"),
+    ("file-binary", "yaml", {"bearer_token_file": "@binary"}, "bearer_token_file"),
+]
+
+
+def _materialise(value: Any, tmp_path: Path) -> Any:
+    """`@name` stands for a file under tmp_path with a secret-bearing content of that kind."""
+    if not (isinstance(value, str) and value.startswith("@")):
+        return value
+    path = tmp_path / value[1:]
+    contents = {
+        "@secret": f"{BEARER}\n".encode(),
+        "@two-lines": f"{VIRTUAL_KEY}\n{VIRTUAL_KEY}\n".encode(),
+        "@empty": b"\n",
+        "@binary": b"\xff\xfe" + BEARER.encode(),
+    }
+    if value in contents:
+        path.write_bytes(contents[value])
+    return str(path)
+
+
+def _flag_value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, dict | list) else str(value)
+
+
+@pytest.mark.parametrize(
+    ("where", "settings", "named"), [pytest.param(w, s, n, id=i) for i, w, s, n in CONFIG_ERRORS]
+)
+def test_config_errors_name_the_setting_never_the_secret(
+    tmp_path: Path, where: str, settings: dict[str, Any], named: str
+) -> None:
+    values = {k: _materialise(v, tmp_path) for k, v in settings.items()}
+    args: list[str] = ["--check-config"]
+    env: dict[str, str] = {}
+    if where == "flag":
+        for name, value in values.items():
+            args += [f"--{name.replace('_', '-')}", _flag_value(value)]
+    elif where == "env":
+        env = {f"BIFROST_EXPORTER_{k.upper()}": _flag_value(v) for k, v in values.items()}
+    else:
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump(values))
+        args += ["--config", str(config)]
+    result = _exporter(*args, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert named in result.stderr
+    assert_clean("configuration error", result.stdout + result.stderr)
+    assert URL_SECRET not in result.stderr and URL_SECRET[6:18] not in result.stderr
+
+
+def test_reproduction_9_url_query_is_masked_not_printed() -> None:
+    result = _exporter("--check-config", "--bifrost-url", f"https://gw:8080/?api_key={URL_SECRET}")
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "bifrost-batch-exporter: invalid setting bifrost_url='https://gw:8080/?***' (from the command line): "
+    )
+
+
+@pytest.mark.parametrize("where", ["flag", "env", "yaml", "file"])
+def test_check_config_masks_every_secret_from_every_source(tmp_path: Path, where: str) -> None:
+    secrets = {"virtual_key": VIRTUAL_KEY, "basic_auth_username": GW_USER, "basic_auth_password": GW_PASSWORD}
+    args = ["--check-config", "--extra-headers", json.dumps({"X-Org-Token": HEADER_SECRET})]
+    env: dict[str, str] = {}
+    if where == "flag":
+        for name, value in secrets.items():
+            args += [f"--{name.replace('_', '-')}", value]
+    elif where == "env":
+        env = {f"BIFROST_EXPORTER_{k.upper()}": v for k, v in secrets.items()}
+    elif where == "yaml":
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump(secrets))
+        args += ["--config", str(config)]
+    else:
+        (tmp_path / "vk").write_text(VIRTUAL_KEY + "\n")
+        (tmp_path / "pw").write_text(GW_PASSWORD)
+        args += [
+            "--virtual-key-file",
+            str(tmp_path / "vk"),
+            "--basic-auth-password-file",
+            str(tmp_path / "pw"),
+        ]
+        args += ["--basic-auth-username", GW_USER]
+    result = _exporter(*args, env=env)
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    for name in secrets:
+        assert shown[name] == "**********"
+    assert shown["extra_headers"] == {"X-Org-Token": "**********"}
+    assert_clean("--check-config", result.stdout + result.stderr)
+
+
+# --- secrets from files, rotated with SIGHUP (issue 11.3) -------------------------------------------------------------
+
+
+def _metric(url: str, name: str, **labels: str) -> float | None:
+    try:
+        response = httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return None
+    return value(parse_samples(response.text), name, **labels)
+
+
+def test_rotated_secret_file_is_used_after_sighup(tmp_path: Path) -> None:
+    """The gateway only knows the new key: polls fail with `auth` until SIGHUP makes the exporter re-read it."""
+    old_key, new_key = "sk-bf-OLDKEY-1f2e3d4c", "sk-bf-NEWKEY-9a8b7c6d"
+    key_file = tmp_path / "virtual-key"
+    key_file.write_text(old_key + "\n")
+    port = free_port()
+    metrics = f"http://127.0.0.1:{port}/metrics"
+    with Simulator(providers=[ProviderSpec("openai")], virtual_key=new_key, latency_ms=1) as sim:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BIFROST_EXPORTER_")}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "--bifrost-url", sim.url, "--providers", "openai",
+             "--virtual-key-file", str(key_file), "--poll-interval-seconds", "1", "--max-retries", "0",
+             "--web.listen-address", f"127.0.0.1:{port}", "--log-format", "json"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+
+            def auth_errors() -> float:
+                found = _metric(
+                    metrics, "bifrost_batch_exporter_poll_errors_total", provider="openai", reason="auth"
+                )
+                return -1 if found is None else found
+
+            wait_until(lambda: auth_errors() >= 1)
+            assert _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 0
+            key_file.write_text(new_key + "\n")
+            # The file alone changes nothing: the next poll still sends the old key.
+            rotated_at = auth_errors()
+            wait_until(lambda: auth_errors() > rotated_at)
+            assert _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 0
+            proc.send_signal(signal.SIGHUP)
+            wait_until(lambda: _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 1)
+            # A broken file on the next SIGHUP keeps the working key and says which setting failed.
+            key_file.write_text("")
+            proc.send_signal(signal.SIGHUP)
+            polls = _metric(metrics, "bifrost_batch_exporter_polls_total", provider="openai") or 0
+            wait_until(
+                lambda: (
+                    (_metric(metrics, "bifrost_batch_exporter_polls_total", provider="openai") or 0)
+                    > polls + 1
+                )
+            )
+            assert _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 1
+        finally:
+            proc.terminate()
+            _, stderr = proc.communicate(timeout=10)
+    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert [e["settings"] for e in events if e["event"] == "secret_files_reloaded"] == [["virtual_key_file"]]
+    (failed,) = [e for e in events if e["event"] == "secret_files_reload_failed"]
+    assert "virtual_key_file" in failed["error"] and "is empty" in failed["error"]
+    assert old_key not in stderr and new_key not in stderr
