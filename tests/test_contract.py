@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from exporter.client import REASONS
-from exporter.models import ACTIVE_STATUSES, KNOWN_STATUSES, REQUEST_COUNT_KINDS, TERMINAL_STATUSES
+from exporter.models import ACTIVE_STATUSES, KNOWN_STATUSES, TERMINAL_STATUSES
+from exporter.outcomes import OUTCOMES
 from exporter.simulator import ProviderSpec, Simulator
 from tests.harness import ExporterThread, make_settings, series, value
 
@@ -121,15 +122,21 @@ def test_first_poll_exposes_exact_aggregates(world: tuple[Simulator, ExporterThr
     for status, n in expected_counts.items():
         assert value(s, "bifrost_batches", provider=p, status=status) == n, status
     assert value(s, "bifrost_batches", provider=p, status="JOB_STATE_QUEUED") == 1
-    # request_counts: summed per status, every kind present, absent fields count 0
-    assert value(s, "bifrost_batch_request_counts", provider=p, status="in_progress", kind="total") == 110
-    assert value(s, "bifrost_batch_request_counts", provider=p, status="in_progress", kind="completed") == 41
-    assert value(s, "bifrost_batch_request_counts", provider=p, status="in_progress", kind="failed") == 2
-    assert value(s, "bifrost_batch_request_counts", provider=p, status="failed", kind="failed") == 20
-    assert value(s, "bifrost_batch_request_counts", provider=p, status="cancelled", kind="total") == 7
+    # requests by disjoint outcome, summed per status; every outcome present; they add up to request_counts.total
+    def requests(status: str, outcome: str) -> float | None:
+        return value(s, "bifrost_batch_requests", provider=p, status=status, outcome=outcome)
+
+    assert requests("in_progress", "succeeded") == 41
+    assert requests("in_progress", "failed") == 2
+    assert requests("in_progress", "pending") == 67
+    assert sum(requests("in_progress", o) or 0 for o in OUTCOMES) == 110
+    assert requests("failed", "failed") == 20
+    # a terminal batch has nothing pending: a cancelled batch's remainder was canceled
+    assert requests("cancelled", "succeeded") == 3 and requests("cancelled", "canceled") == 4
+    assert requests("cancelled", "pending") == 0
     for status in KNOWN_STATUSES:
-        for kind in REQUEST_COUNT_KINDS:
-            assert value(s, "bifrost_batch_request_counts", provider=p, status=status, kind=kind) is not None
+        for outcome in OUTCOMES:
+            assert requests(status, outcome) is not None
     # oldest created per active status, next expiry among active batches
     assert (
         value(s, "bifrost_batch_oldest_created_timestamp_seconds", provider=p, status="in_progress")
@@ -159,8 +166,9 @@ def test_first_poll_exposes_exact_aggregates(world: tuple[Simulator, ExporterThr
         == now - 8000
     )
     # paging: 8 batches at limit 2
-    pages = value(s, "bifrost_batch_exporter_pages_total", provider=p)
+    pages = value(s, "bifrost_batch_exporter_requests_total", provider=p, endpoint="list")
     assert pages is not None and pages >= 4
+    assert value(s, "bifrost_batch_exporter_requests_total", provider=p, endpoint="retrieve") == 0
     assert value(s, "bifrost_batch_upstream_latency_seconds_count", provider=p) == pages
     # cache: item lookups counted once per id (3 items) plus any list responses carrying cache_debug
     lookups = value(s, "bifrost_batch_cache_lookups_total", provider=p)
@@ -185,7 +193,8 @@ def test_first_poll_exposes_exact_aggregates(world: tuple[Simulator, ExporterThr
     assert set(jobs) == {"b1", "b2", "b3", "b8"}
     assert jobs["b1"]["status"] == "in_progress"
     assert value(s, "bifrost_batch_job_progress_ratio", provider=p, batch_id="b1") == pytest.approx(0.42)
-    assert value(s, "bifrost_batch_job_request_counts", provider=p, batch_id="b1", kind="total") == 100
+    assert value(s, "bifrost_batch_job_requests", provider=p, batch_id="b1", outcome="succeeded") == 40
+    assert value(s, "bifrost_batch_job_requests", provider=p, batch_id="b1", outcome="pending") == 58
     assert value(s, "bifrost_batch_job_created_timestamp_seconds", provider=p, batch_id="b3") == now - 120
     assert value(s, "bifrost_batch_job_expires_timestamp_seconds", provider=p, batch_id="b8") == now + 1000
     assert value(s, "bifrost_batch_exporter_per_batch_dropped", provider=p) == 0
@@ -277,10 +286,11 @@ def test_anthropic_and_gemini_shapes(now: int) -> None:
             s = exp.samples()
     assert value(s, "bifrost_batch_finished_total", provider="anthropic", status="ended") == 1
     assert value(s, "bifrost_batch_duration_seconds_count", provider="anthropic", status="ended") == 1
-    assert value(s, "bifrost_batch_request_counts", provider="anthropic", status="ended", kind="pending") == 9
-    assert (
-        value(s, "bifrost_batch_request_counts", provider="anthropic", status="ended", kind="succeeded") == 1
-    )
+    # Anthropic's explicit pending is nothing pending once the batch ended: it counts as failed (the remainder)
+    ended = {
+        o: value(s, "bifrost_batch_requests", provider="anthropic", status="ended", outcome=o) for o in OUTCOMES
+    }
+    assert ended == {"succeeded": 1, "failed": 9, "expired": 0, "canceled": 0, "pending": 0}
     assert value(s, "bifrost_batch_finished_total", provider="gemini", status="deleted") == 1
     assert value(s, "bifrost_batch_duration_seconds_count", provider="gemini", status="deleted") == 0
     assert value(s, "bifrost_batches", provider="gemini", status="deleted") == 2
