@@ -427,3 +427,81 @@ def test_unknown_content_encoding(status: int, log_lines: Any) -> None:
 
     errors = asyncio.run(scenario()).ledger.errors
     assert errors["invalid_response" if status == 200 else "server_error"] == 1
+
+
+# --- retrieve meets the same gateways ------------------------------------------------------------------------------
+
+RETRIEVE_CASES = [
+    "50MB_declared",
+    "50MB_until_close",
+    "gzip_bomb",
+    "slow_drip_body",
+    "never_answers",
+    "close_mid_body",
+    "redirect_loop",
+    "200_text_html",
+    "deeply_nested_json",
+]
+
+
+@pytest.mark.parametrize("name", RETRIEVE_CASES)
+def test_hostile_gateway_on_retrieve(name: str) -> None:
+    """A retrieve is bounded like a list page: same deadline, same byte cap, same reasons, never an exception."""
+    case = CASES[name]
+
+    async def scenario() -> tuple[Any, float, int]:
+        async with raw_server(case.handler) as url:
+            client = BifrostClient(make_settings(url), sleep=no_sleep)
+            tracemalloc.start()
+            started = time.monotonic()
+            try:
+                result = await client.retrieve("openai", "batch_1")
+            finally:
+                elapsed = time.monotonic() - started
+                _, peak = tracemalloc.get_traced_memory()
+                tracemalloc.stop()
+                await client.aclose()
+            return result, elapsed, peak
+
+    result, elapsed, peak = asyncio.run(scenario())
+    assert result.batch is None and not result.gone
+    assert result.failure is not None and result.failure.reason == case.reason
+    assert elapsed < case.seconds * (3 if case.reason == "timeout" else 1), elapsed
+    assert peak < 4 * CAP + 8 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
+    assert VIRTUAL_KEY not in result.failure.detail
+    assert len(result.failure.detail) < 300
+
+
+# --- raw-response echo -------------------------------------------------------------------------------------------
+
+
+def echoing_gateway(honours_header: bool) -> Handler:
+    """Bifrost with send-back-raw-response on: each OpenAI/Azure item carries the whole raw page, unless the
+    request says `x-bf-send-back-raw-response: false` (and the gateway honours it)."""
+    items = [{"id": f"batch_{i:04d}", "object": "batch", "status": "in_progress"} for i in range(100)]
+    raw_page = {"object": "list", "data": items, "padding": "p" * 4000}
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = (await read_head(reader)).lower()
+        echo = not (honours_header and b"x-bf-send-back-raw-response: false" in request)
+        data = [dict(item, extra_fields={"raw_response": raw_page}) if echo else item for item in items]
+        body = json.dumps({"object": "list", "data": data, "has_more": False}).encode()
+        writer.write(head("200 OK", "Content-Type: application/json", f"Content-Length: {len(body)}") + body)
+        await writer.drain()
+
+    return handler
+
+
+def test_raw_response_echo_is_asked_off_and_the_cap_still_holds(log_lines: Any) -> None:
+    async def scenario(honours: bool) -> Any:
+        async with raw_server(echoing_gateway(honours)) as url:
+            state, _, _ = await poll_once(url)
+            return state
+
+    polite = asyncio.run(scenario(True))
+    assert polite.health.up is True
+    assert polite.snapshot.batches == 100
+    # 100 items × a 100-item raw page is ~50 MB: a gateway that ignores the header hits the cap, not our memory
+    rude = asyncio.run(scenario(False))
+    assert rude.health.up is False
+    assert rude.ledger.errors["invalid_response"] == 1
