@@ -1,7 +1,12 @@
 # bifrost-batch-exporter container image.
 #
-#   docker build -t bifrost-batch-exporter:0.1.0 .
-#   docker run --rm -p 9877:9877 --read-only bifrost-batch-exporter:0.1.0 --demo
+#   docker build -t bifrost-batch-exporter:dev \
+#     --build-arg VERSION="$(python3 -c 'import tomllib;print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])')" \
+#     --build-arg REVISION="$(git rev-parse HEAD)" --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" .
+#   docker run --rm -p 9877:9877 --read-only bifrost-batch-exporter:dev --demo
+#
+# The version is written once, in pyproject.toml; VERSION only labels the image (the program reads its own version
+# from the installed package metadata). REVISION and CREATED are the OCI labels a registry and a scanner show.
 #
 # BASE_IMAGE is used for both stages: the venv built in the first stage links to the base's own python, so builder
 # and runtime must share it. Any Debian-like image with python3 (>= 3.11) and the venv module works; deploy/image-test.sh
@@ -16,7 +21,7 @@ WORKDIR /src
 # A throw-away venv holds the build tools; /opt/venv gets only the exporter and its dependencies (no pip).
 RUN python3 -m venv /opt/build \
     && python3 -m venv --without-pip /opt/venv
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY exporter ./exporter
 RUN /opt/build/bin/pip wheel --no-cache-dir --wheel-dir /wheels . \
     && /opt/build/bin/pip --python /opt/venv/bin/python install --no-cache-dir --no-index --find-links /wheels \
@@ -24,10 +29,18 @@ RUN /opt/build/bin/pip wheel --no-cache-dir --wheel-dir /wheels . \
     && /opt/venv/bin/python -c "import exporter; print('exporter', exporter.__version__)"
 
 FROM ${BASE_IMAGE}
-ARG VERSION=0.1.0
+ARG VERSION=unknown
+ARG REVISION=unknown
+ARG CREATED=unknown
+ARG SOURCE=https://github.com/bifrost-batch-exporter/bifrost-batch-exporter
+ARG DOCUMENTATION=https://github.com/bifrost-batch-exporter/bifrost-batch-exporter#readme
 LABEL org.opencontainers.image.title="bifrost-batch-exporter" \
       org.opencontainers.image.description="Prometheus exporter for the batch jobs behind a Bifrost LLM gateway" \
       org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.documentation="${DOCUMENTATION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/venv /opt/venv
 # Nothing is written at run time: no bytecode caches, logs go to stdout, so a read-only root filesystem works.
