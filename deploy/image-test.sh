@@ -97,18 +97,27 @@ fi
 # --- 3. build the real Dockerfile ------------------------------------------------------------------------------------
 log "buildah bud $repo/Dockerfile (BASE_IMAGE=$base_image)"
 # No --layers: a cache of intermediate images would pile up on CI machines; the old test image is replaced.
+version=$("$py" -c 'import sys,tomllib;print(tomllib.load(open(sys.argv[1],"rb"))["project"]["version"])' "$repo/pyproject.toml")
+revision=$(git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)
+created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 buildah rmi -f "$image" >/dev/null 2>&1 || true
 buildah bud --quiet --layers=false --pull=never --network=host \
   --build-arg "BASE_IMAGE=$base_image" \
-  --build-arg "VERSION=$("$py" -c 'import re,sys;print(re.search(r"^version\s*=\s*\"([^\"]+)\"",open(sys.argv[1]).read(),re.M)[1])' "$repo/pyproject.toml")" \
+  --build-arg "VERSION=$version" --build-arg "REVISION=$revision" --build-arg "CREATED=$created" \
   -f "$repo/Dockerfile" -t "$image" "$repo" >/dev/null
 # --- 4. image config ---------------------------------------------------------------------------------------------------
 config=$(buildah inspect --type image "$image" | "$py" -c '
 import json, sys
 c = json.load(sys.stdin)["OCIv1"]["config"]
-print(c.get("User", ""), json.dumps(c.get("Entrypoint")), json.dumps(sorted(c.get("ExposedPorts") or {})), sep="\t")')
-IFS=$'\t' read -r user entrypoint ports <<<"$config"
+labels = c.get("Labels") or {}
+oci = [labels.get("org.opencontainers.image." + k, "") for k in ("version", "revision", "created", "source", "documentation")]
+print(c.get("User", ""), json.dumps(c.get("Entrypoint")), json.dumps(sorted(c.get("ExposedPorts") or {})), *oci, sep="\t")')
+IFS=$'\t' read -r user entrypoint ports l_version l_revision l_created l_source l_docs <<<"$config"
 log "image config: user=$user entrypoint=$entrypoint ports=$ports"
+log "image labels: version=$l_version revision=$l_revision created=$l_created source=$l_source documentation=$l_docs"
+[[ $l_version == "$version" && $l_revision == "$revision" && $l_created == "$created" ]] \
+  || die "OCI labels do not carry the build args (version/revision/created)"
+[[ $l_source == https://* && $l_docs == https://* ]] || die "OCI source/documentation labels missing"
 [[ $user == 65532:65532 ]] || die "image user is '$user', want 65532:65532"
 [[ $entrypoint == '["/opt/venv/bin/bifrost-batch-exporter"]' ]] || die "unexpected entrypoint $entrypoint"
 [[ $ports == *'"9877/tcp"'* ]] || die "port 9877 not exposed: $ports"

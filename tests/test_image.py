@@ -45,4 +45,9 @@ def test_image_builds_and_serves_metrics() -> None:
     assert "/healthz 200, /readyz 200" in proc.stdout
     assert f"bifrost-batch-exporter {exporter.__version__}" in output
     assert "user=65532:65532" in output
+    # OCI labels from the build args: the version of pyproject.toml and the commit the image was built from.
+    assert re.search(
+        rf"image labels: version={re.escape(exporter.__version__)} revision=([0-9a-f]{{40}}|unknown) created=\S+Z ",
+        output,
+    ), output
     assert "OK in" in output
