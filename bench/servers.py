@@ -151,7 +151,9 @@ class FixedRoutes(Routes):
         extra = (("Content-Encoding", "gzip"),) if gzip else ()
         self._response = Response(200, body, TEXT_CONTENT_TYPE, extra)
 
-    def handle(self, method: str, target: str, headers: Mapping[str, str]) -> Response:
+    def handle(
+        self, method: str, target: str, headers: Mapping[str, str], peer: str = ""
+    ) -> Response | asyncio.Future[Response]:
         return self._response
 
 

@@ -1,14 +1,27 @@
 """A small HTTP/1.1 server on asyncio for /metrics, /healthz, /readyz and the landing page.
 
 It only ever serves bytes that were rendered before the request arrived, so a scrape costs a header parse, a
-lookup and one socket write. It is deliberately strict — GET and HEAD only, bounded request heads, timeouts for
-clients that stall while sending or never read — because an exporter is reachable by anything on the network.
+lookup and a few socket writes. It is deliberately strict, because an exporter is reachable by anything on the
+network:
+
+- request heads are parsed per RFC 9112 and anything ambiguous (a bare CR or LF, obs-fold, any Content-Length but
+  one "0", any Transfer-Encoding, a missing or repeated Host) is answered 400 and the connection closed, so no
+  proxy in front can read a request boundary differently from us (request smuggling);
+- a response is handed to the socket in chunks as the client reads it, never copied whole into a buffer: a client
+  that does not read holds at most one chunk of our memory, and is dropped when its response is not delivered
+  within the write timeout, whatever its Connection header says; the bytes waiting in all send buffers together are
+  capped;
+- TLS runs on memory BIOs inside the connection, so each connection takes the TLS context that is current when its
+  ClientHello arrives (a reload applies whole to the next handshake), a refused handshake still sends its alert,
+  and plain HTTP to the TLS port gets a 400 answer rather than silence.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -21,16 +34,52 @@ HEADER_TIMEOUT = 10.0
 IDLE_TIMEOUT = 75.0
 WRITE_TIMEOUT = 30.0
 MAX_CONNECTIONS = 1024
+# Bytes handed to the transport at a time; a client that stops reading holds at most this much of our memory.
+WRITE_CHUNK = 128 * 1024
+# The cap on bytes waiting in all connections' send buffers together (above it, writers wait their turn).
+MAX_BUFFERED_BYTES = 64 * 1024 * 1024
+TLS_RECORD_TYPE_HANDSHAKE = 0x16
+
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+# Field values: visible ASCII, obs-text, SP and HTAB; every other control byte (NUL, CR, LF, DEL, ...) is refused.
+_FIELD_VALUE = frozenset(range(0x20, 0x7F)) | frozenset(range(0x80, 0x100)) | {0x09}
+_TARGET = frozenset(range(0x21, 0x7F))  # request-target: visible ASCII, no spaces, no controls, no raw UTF-8
+_HTTP_TO_HTTPS = b"Client sent an HTTP request to an HTTPS server.\n"
 
 
 class Guard(Protocol):
-    """Access control for our own endpoints (basic auth from a web config, say); None means open."""
+    """Access control for our own endpoints (rate limit, basic auth from a web config); None means open.
 
-    def allows(self, path: str, headers: Mapping[str, str]) -> bool: ...
+    `admit` answers 0 to let a request through, or the status to refuse it with (401, 429); when it needs slow work
+    (a bcrypt check) it answers a future of that number, and the connection waits for it without blocking others.
+    """
+
+    def admit(self, path: str, headers: Mapping[str, str], peer: str) -> int | asyncio.Future[int]: ...
 
     def challenge(self) -> Sequence[tuple[str, str]]: ...
 
     def response_headers(self) -> Sequence[tuple[str, str]]: ...
+
+
+class TlsSource(Protocol):
+    """Where a new TLS connection gets its context (the current one, whole) and whether its peer may stay."""
+
+    def tls_context(self) -> ssl.SSLContext: ...
+
+    def peer_allowed(self, tls: ssl.SSLObject) -> bool: ...
+
+
+class FixedTls:
+    """A TlsSource for a context that never changes."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+
+    def tls_context(self) -> ssl.SSLContext:
+        return self._context
+
+    def peer_allowed(self, tls: ssl.SSLObject) -> bool:
+        return True
 
 
 def _q_values(header: str) -> dict[str, float]:
@@ -80,6 +129,92 @@ def _plain(status: HTTPStatus, extra: tuple[tuple[str, str], ...] = ()) -> Respo
     return Response(status.value, f"{status.value} {status.phrase}\n".encode(), headers=extra)
 
 
+# --- request heads (RFC 9112) --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    target: str
+    version: str
+    headers: Mapping[str, str]  # lower-cased names; repeated fields joined with ", "
+
+    @property
+    def keep_alive(self) -> bool:
+        connection = self.headers.get("connection", "").lower()
+        if self.version == "HTTP/1.1":
+            return "close" not in connection
+        return "keep-alive" in connection
+
+
+def framing_error(data: bytes | bytearray) -> HTTPStatus | None:
+    """A refusal for bytes of a head that no valid request could start with, before the head is complete.
+
+    Looks only at what can be judged early: line endings (a bare CR or LF ends the connection at once, however
+    long the rest takes to arrive) and the method token (a TLS ClientHello or binary junk on the plain port is
+    answered 400 now instead of after the header timeout).
+    """
+    if data.count(b"\n") != data.count(b"\r\n"):
+        return HTTPStatus.BAD_REQUEST
+    crs = data.count(b"\r") - data.count(b"\r\n")
+    if crs > 1 or (crs == 1 and not data.endswith(b"\r")):
+        return HTTPStatus.BAD_REQUEST
+    for byte in data[:32]:
+        if byte == 0x20:
+            break
+        if byte not in _TCHAR:
+            return HTTPStatus.BAD_REQUEST
+    return None
+
+
+def parse_head(head: bytes) -> Request | HTTPStatus:
+    """A request from its head (without the final CRLF CRLF), or the status to refuse it with.
+
+    Everything RFC 9112 lets a server reject is rejected, since we serve no request that needs any of it: we take no
+    request bodies, so any Content-Length other than a single "0" and any Transfer-Encoding is refused rather than
+    parsed, and the connection is closed after the answer (the caller closes on every refusal).
+    """
+    if framing_error(head) is not None:
+        return HTTPStatus.BAD_REQUEST
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        return HTTPStatus.BAD_REQUEST
+    method, target, version = parts
+    if not all(b in _TCHAR for b in method) or not all(b in _TARGET for b in target):
+        return HTTPStatus.BAD_REQUEST
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        if len(version) == 8 and version.startswith(b"HTTP/") and version[5:6].isdigit():
+            return HTTPStatus.HTTP_VERSION_NOT_SUPPORTED
+        return HTTPStatus.BAD_REQUEST
+    headers: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        # obs-fold (a line starting with SP/HTAB), whitespace before the colon, an empty or non-token name: 400.
+        if not sep or not name or not all(b in _TCHAR for b in name):
+            return HTTPStatus.BAD_REQUEST
+        value = value.strip(b" \t")
+        if not all(b in _FIELD_VALUE for b in value):
+            return HTTPStatus.BAD_REQUEST
+        key = name.decode("ascii").lower()
+        text = value.decode("latin-1")
+        counts[key] = counts.get(key, 0) + 1
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    if "transfer-encoding" in headers:
+        return HTTPStatus.BAD_REQUEST
+    if counts.get("content-length", 0) > 1 or headers.get("content-length", "0") != "0":
+        return HTTPStatus.BAD_REQUEST
+    if version == b"HTTP/1.1" and counts.get("host", 0) != 1:
+        return HTTPStatus.BAD_REQUEST  # RFC 9112 §3.2: exactly one Host, or 400
+    if counts.get("host", 0) > 1:
+        return HTTPStatus.BAD_REQUEST
+    return Request(method.decode("ascii"), target.decode("ascii"), version.decode("ascii"), headers)
+
+
+# --- routes --------------------------------------------------------------------------------------------------------
+
+
 class Routes:
     """Maps a request onto pre-rendered bytes. Pure apart from reading the current Rendered reference."""
 
@@ -93,15 +228,41 @@ class Routes:
         self._healthy = healthy
         self.guard = guard
 
-    def handle(self, method: str, target: str, headers: Mapping[str, str]) -> Response:
+    def handle(
+        self, method: str, target: str, headers: Mapping[str, str], peer: str = ""
+    ) -> Response | asyncio.Future[Response]:
         if method not in ("GET", "HEAD"):
             return _plain(HTTPStatus.METHOD_NOT_ALLOWED, (("Allow", "GET, HEAD"),))
         path = target.split("?", 1)[0]
+        guard = self.guard
+        if guard is None:
+            return self.serve(path, headers)
+        verdict = guard.admit(path, headers, peer)
+        if isinstance(verdict, int):
+            return self._after(verdict, path, headers)
+        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+
+        def decided(done: asyncio.Future[int]) -> None:
+            if answer.cancelled():
+                return
+            try:
+                answer.set_result(self._after(done.result(), path, headers))
+            except Exception as exc:  # handed on to the connection, which answers 500
+                answer.set_exception(exc)
+
+        verdict.add_done_callback(decided)
+        return answer
+
+    def _after(self, verdict: int, path: str, headers: Mapping[str, str]) -> Response:
+        if verdict == 0:
+            return self.serve(path, headers)
+        status = HTTPStatus(verdict)
+        extra = tuple(self.guard.challenge()) if status == HTTPStatus.UNAUTHORIZED and self.guard else ()
+        return _plain(status, extra)
+
+    def serve(self, path: str, headers: Mapping[str, str]) -> Response:
         if path == "/healthz":
             return Response(200, b"ok\n") if self._healthy() else _plain(HTTPStatus.SERVICE_UNAVAILABLE)
-        guard = self.guard
-        if guard is not None and not guard.allows(path, headers):
-            return _plain(HTTPStatus.UNAUTHORIZED, tuple(guard.challenge()))
         rendered = self._current()
         if path == "/metrics":
             openmetrics, use_gzip = negotiate(headers.get("accept"), headers.get("accept-encoding"))
@@ -129,14 +290,45 @@ class Routes:
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
+# --- one connection ------------------------------------------------------------------------------------------------
+
+
+def _is_closing(transport: asyncio.Transport) -> bool:
+    try:
+        return transport.is_closing()
+    except NotImplementedError:  # a minimal transport (tests drive the protocol without a socket)
+        return False
+
+
+class _Tls:
+    """TLS on memory BIOs: we feed it the socket's bytes and send what it produces."""
+
+    __slots__ = ("incoming", "obj", "outgoing", "ready")
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.ready = False
+
+
 class _Connection(asyncio.Protocol):
     __slots__ = (
         "_buffer",
+        "_busy",
+        "_close_after",
         "_closing",
+        "_held",
         "_in_head",
+        "_out",
         "_paused",
+        "_peer",
+        "_processing",
+        "_reading_paused",
         "_server",
+        "_sniffed",
         "_timer",
+        "_tls",
         "_transport",
         "_write_timer",
     )
@@ -147,9 +339,18 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
-        self._closing = False
-        self._paused = False
+        self._closing = False  # no more requests are read; the connection ends once the last response is out
+        self._close_after = False
+        self._paused = False  # the transport has unsent bytes (the client is not keeping up)
+        self._held = 0  # bytes this connection holds in its transport's buffer (counted in server.buffered)
+        self._busy = False  # a response is being produced or sent; pipelined requests wait
+        self._reading_paused = False
         self._in_head = True  # the header deadline runs from the connect until the first head is complete
+        self._out: deque[memoryview] = deque()
+        self._peer = ""
+        self._tls: _Tls | None = None
+        self._sniffed = False
+        self._processing = False
 
     # --- asyncio callbacks ---------------------------------------------------------------------------------------
 
@@ -161,18 +362,51 @@ class _Connection(asyncio.Protocol):
             transport.abort()
             return
         server.connections.add(self)
-        transport.set_write_buffer_limits(high=256 * 1024)
+        # High water 0: any byte the socket did not take pauses us, and we resume when the buffer is empty, so the
+        # transport never holds more than one chunk of ours.
+        transport.set_write_buffer_limits(high=0)
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self._arm(server.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
+        self._server.release(self, self._held)
+        self._held = 0
+        self._out.clear()
         self._cancel_timers()
         self._transport = None
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or self._transport is None:
             return
-        if not self._in_head:
+        if not self._sniffed:
+            self._sniffed = True
+            if self._server.tls is not None:
+                if data[:1] != bytes((TLS_RECORD_TYPE_HANDSHAKE,)):
+                    # Go answers plain HTTP on a TLS port with a 400 its clients can read; so do we.
+                    self._respond(Response(400, _HTTP_TO_HTTPS), head_only=False, keep_alive=False)
+                    return
+                try:
+                    self._tls = _Tls(self._server.tls.tls_context())
+                except Exception:  # a broken context must cost this connection, not the server
+                    self._server.on_error()
+                    self._abort()
+                    return
+        if self._tls is not None:
+            self._tls_received(self._tls, data)
+        else:
+            self._plain_received(data)
+
+    def eof_received(self) -> bool | None:
+        # A half-closed client may still read what we send; close once its responses are out.
+        self._closing = True
+        if not self._busy:
+            self._finish()
+        return True
+
+    def _plain_received(self, data: bytes) -> None:
+        if not self._in_head and not self._buffer:
             # A head's first byte starts its deadline; later bytes never extend it (a slowloris trickle would).
             self._in_head = True
             self._arm(self._server.header_timeout)
@@ -180,81 +414,139 @@ class _Connection(asyncio.Protocol):
         self._process()
 
     def _process(self) -> None:
-        # While the client is not reading our responses, answer nothing more: pipelined requests would
-        # otherwise buffer one exposition each, unbounded.
-        while self._buffer and not self._closing and not self._paused:
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buffer) > self._server.max_head:
-                    self._fail(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+        self._processing = True
+        try:
+            self._process_heads()
+        finally:
+            self._processing = False
+
+    def _process_heads(self) -> None:
+        server = self._server
+        while self._buffer and not self._closing and not self._busy:
+            end = self._buffer.find(b"\r\n\r\n", 0, server.max_head + 4)
+            problem = framing_error(self._buffer if end < 0 else self._buffer[: end + 4])
+            if problem is not None:
+                self._fail(problem)
                 return
-            if end > self._server.max_head:
-                self._fail(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+            if end < 0:
+                if len(self._buffer) > server.max_head:
+                    line_done = self._buffer.find(b"\r\n", 0, server.max_head) >= 0
+                    self._fail(
+                        HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE if line_done else HTTPStatus.REQUEST_URI_TOO_LONG
+                    )
                 return
             head = bytes(self._buffer[:end])
             del self._buffer[: end + 4]
             self._in_head = False
             self._handle_head(head)
-            if self._buffer and not self._closing:
+            if self._buffer and not self._closing and not self._busy:
                 self._in_head = True  # a pipelined request: its deadline starts now
-                self._arm(self._server.header_timeout)
+                self._arm(server.header_timeout)
 
     def pause_writing(self) -> None:
-        # A client that does not read its responses gets WRITE_TIMEOUT seconds, then the connection is dropped;
-        # meanwhile we stop reading from it, so TCP pushes back on a client that keeps sending.
         self._paused = True
-        if self._transport is not None:
-            self._transport.pause_reading()
-        if self._write_timer is None:
-            self._write_timer = asyncio.get_running_loop().call_later(self._server.write_timeout, self._abort)
+        transport = self._transport
+        if transport is not None:
+            held = transport.get_write_buffer_size()
+            self._server.hold(held - self._held)
+            self._held = held
 
     def resume_writing(self) -> None:
         self._paused = False
-        if self._write_timer is not None:
-            self._write_timer.cancel()
-            self._write_timer = None
-        if self._transport is not None and not self._closing:
-            self._transport.resume_reading()
-            self._process()
+        self._server.release(self, self._held)
+        self._held = 0
+        self._pump()
+
+    # --- TLS -----------------------------------------------------------------------------------------------------
+
+    def _tls_received(self, tls: _Tls, data: bytes) -> None:
+        tls.incoming.write(data)
+        if not tls.ready:
+            try:
+                tls.obj.do_handshake()
+            except ssl.SSLWantReadError:
+                self._flush_tls(tls)
+                return
+            except (ssl.SSLError, OSError, ValueError):
+                # The alert OpenSSL wrote (protocol_version, handshake_failure, certificate_required...) goes out
+                # before the close, so the client learns why.
+                self._server.handshake_failures += 1
+                self._flush_tls(tls)
+                self._closing = True
+                self._close_transport()
+                return
+            tls.ready = True
+            self._flush_tls(tls)
+            source = self._server.tls
+            if source is not None and not source.peer_allowed(tls.obj):
+                self._server.handshake_failures += 1
+                self._closing = True
+                self._close_transport()
+                return
+        plain = bytearray()
+        while True:
+            try:
+                chunk = tls.obj.read(65536)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:  # close_notify: the client is done sending
+                self._closing = True
+                break
+            except (ssl.SSLError, OSError):
+                self._abort()
+                return
+            if not chunk:
+                break
+            plain += chunk
+        self._flush_tls(tls)  # tickets, key updates
+        if plain:
+            self._plain_received(bytes(plain))
+        if self._closing and not self._busy:
+            self._finish()
+
+    def _flush_tls(self, tls: _Tls) -> None:
+        if tls.outgoing.pending and self._transport is not None:
+            self._transport.write(tls.outgoing.read())
 
     # --- request handling ----------------------------------------------------------------------------------------
 
     def _handle_head(self, head: bytes) -> None:
+        parsed = parse_head(head)
+        if isinstance(parsed, HTTPStatus):
+            self._fail(parsed)
+            return
+        request = parsed
+        keep_alive = request.keep_alive
+        head_only = request.method == "HEAD"
         try:
-            text = head.decode("latin-1")
-            request_line, _, header_block = text.partition("\r\n")
-            method, target, version = request_line.split(" ")
-        except ValueError:
-            self._fail(HTTPStatus.BAD_REQUEST)
-            return
-        if not version.startswith("HTTP/1."):
-            self._fail(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED)
-            return
-        headers: dict[str, str] = {}
-        for line in header_block.split("\r\n") if header_block else ():  # HTTP/1.0 may send no headers
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
-                self._fail(HTTPStatus.BAD_REQUEST)
-                return
-            key = name.lower()
-            headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
-        if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
-            # We take no request bodies; rather than parse one, answer and close.
-            self._fail(HTTPStatus.BAD_REQUEST)
-            return
-        connection = headers.get("connection", "").lower()
-        keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
-        try:
-            response = self._server.routes.handle(method, target, headers)
+            result = self._server.routes.handle(request.method, request.target, request.headers, self._peer)
         except Exception:  # a bug must cost one request, not the server
             self._server.on_error()
-            response = _plain(HTTPStatus.INTERNAL_SERVER_ERROR)
-            keep_alive = False
-        self._respond(response, head_only=method == "HEAD", keep_alive=keep_alive)
+            self._respond(_plain(HTTPStatus.INTERNAL_SERVER_ERROR), head_only=head_only, keep_alive=False)
+            return
+        if isinstance(result, Response):
+            self._respond(result, head_only=head_only, keep_alive=keep_alive)
+            return
+        # Slow work (a bcrypt check) runs elsewhere: this connection waits for it, reading nothing more.
+        self._busy = True
+        self._pause_reading()
+
+        def answered(done: asyncio.Future[Response]) -> None:
+            self._busy = False
+            if self._transport is None or done.cancelled():
+                return
+            try:
+                response = done.result()
+            except Exception:
+                self._server.on_error()
+                self._respond(_plain(HTTPStatus.INTERNAL_SERVER_ERROR), head_only=head_only, keep_alive=False)
+                return
+            self._respond(response, head_only=head_only, keep_alive=keep_alive)
+
+        result.add_done_callback(answered)
 
     def _respond(self, response: Response, *, head_only: bool, keep_alive: bool) -> None:
-        transport = self._transport
-        if transport is None:
+        if self._transport is None:
             return
         lines = [
             f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Unknown')}",
@@ -267,20 +559,87 @@ class _Connection(asyncio.Protocol):
         if guard is not None:
             lines.extend(f"{k}: {v}" for k, v in guard.response_headers())
         lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        if head_only:
-            transport.write(head)
-        else:
-            transport.writelines((head, response.body))
-        if keep_alive:
-            self._arm(self._server.idle_timeout)
-        else:
+        self._out.append(memoryview(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")))
+        if response.body and not head_only:
+            self._out.append(memoryview(response.body))
+        if not keep_alive:
             self._closing = True
-            self._cancel_timers()
-            transport.close()
+        self._busy = True
+        self._pump()
+        if self._busy and self._write_timer is None:
+            # Not all of it went out at once: the client gets write_timeout to take the rest, then it is dropped.
+            self._write_timer = asyncio.get_running_loop().call_later(self._server.write_timeout, self._abort)
+            self._pause_reading()
+
+    def _pump(self) -> None:
+        """Hand the queued response to the transport a chunk at a time, as fast as the client takes it."""
+        server = self._server
+        while self._out and not self._paused and self._transport is not None:
+            if _is_closing(self._transport):
+                self._out.clear()  # the socket failed under us; connection_lost follows
+                return
+            if not server.may_buffer(self):
+                return  # over the cap on buffered bytes: resumed by server.release
+            view = self._out[0]
+            chunk = view[: server.write_chunk]
+            if len(view) > server.write_chunk:
+                self._out[0] = view[server.write_chunk :]
+            else:
+                self._out.popleft()
+            if self._tls is not None:
+                try:
+                    self._tls.obj.write(chunk)
+                except (ssl.SSLError, OSError):
+                    self._abort()
+                    return
+                self._flush_tls(self._tls)
+            else:
+                self._transport.write(chunk)
+        if not self._out and not self._paused and self._busy:
+            self._sent()
+
+    def _sent(self) -> None:
+        """The whole response is in the kernel's hands: close, or wait for the next request."""
+        self._busy = False
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        if self._closing:
+            self._finish()
+            return
+        self._arm(self._server.idle_timeout)
+        self._in_head = False
+        self._resume_reading()
+        if self._buffer and not self._processing:  # inside _process, its loop takes the next request
+            self._in_head = True
+            self._arm(self._server.header_timeout)
+            self._process()
+
+    def _finish(self) -> None:
+        self._closing = True
+        if self._tls is not None and self._tls.ready:
+            with contextlib.suppress(ssl.SSLError, OSError, ValueError):
+                self._tls.obj.unwrap()
+            self._flush_tls(self._tls)
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        self._cancel_timers()
+        if self._transport is not None:
+            self._transport.close()
 
     def _fail(self, status: HTTPStatus) -> None:
         self._respond(_plain(status), head_only=False, keep_alive=False)
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self._transport is not None:
+            self._reading_paused = False
+            self._transport.resume_reading()
 
     def _arm(self, seconds: float) -> None:
         if self._timer is not None:
@@ -299,7 +658,8 @@ class _Connection(asyncio.Protocol):
 
 
 class HttpServer:
-    """Owns the listening socket and the set of live connections (bounded, so a flood cannot exhaust fds)."""
+    """Owns the listening socket, the live connections (bounded, so a flood cannot exhaust fds) and the cap on the
+    bytes their send buffers hold together."""
 
     def __init__(
         self,
@@ -307,26 +667,56 @@ class HttpServer:
         host: str,
         port: int,
         *,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: ssl.SSLContext | TlsSource | None = None,
         header_timeout: float = HEADER_TIMEOUT,
         idle_timeout: float = IDLE_TIMEOUT,
         write_timeout: float = WRITE_TIMEOUT,
         max_head: int = MAX_HEAD_BYTES,
         max_connections: int = MAX_CONNECTIONS,
+        max_buffered: int = MAX_BUFFERED_BYTES,
+        write_chunk: int = WRITE_CHUNK,
         on_error: Callable[[], None] = lambda: None,
     ) -> None:
         self.routes = routes
         self.host = host
         self.port = port
-        self.ssl_context = ssl_context
+        self.tls: TlsSource | None = (
+            FixedTls(ssl_context) if isinstance(ssl_context, ssl.SSLContext) else ssl_context
+        )
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         self.write_timeout = write_timeout
         self.max_head = max_head
         self.max_connections = max_connections
+        self.max_buffered = max_buffered
+        self.write_chunk = write_chunk
         self.on_error = on_error
         self.connections: set[_Connection] = set()
+        self.buffered = 0  # bytes held in send buffers by clients that are not keeping up
+        self.handshake_failures = 0
+        self._waiting: deque[_Connection] = deque()
         self._server: asyncio.Server | None = None
+
+    # The cap on buffered bytes ------------------------------------------------------------------------------------
+
+    def may_buffer(self, conn: _Connection) -> bool:
+        if self.buffered + self.write_chunk <= self.max_buffered:
+            return True
+        if conn not in self._waiting:
+            self._waiting.append(conn)
+        return False
+
+    def hold(self, delta: int) -> None:
+        self.buffered += delta
+
+    def release(self, conn: _Connection, held: int) -> None:
+        self.buffered -= held
+        with contextlib.suppress(ValueError):
+            self._waiting.remove(conn)
+        while self._waiting and self.buffered + self.write_chunk <= self.max_buffered:
+            asyncio.get_running_loop().call_soon(self._waiting.popleft()._pump)
+
+    # Lifecycle ----------------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -334,10 +724,8 @@ class HttpServer:
             lambda: _Connection(self),
             host=self.host or None,
             port=self.port,
-            ssl=self.ssl_context,
             reuse_address=True,
             backlog=512,
-            ssl_handshake_timeout=self.header_timeout if self.ssl_context else None,
         )
         sock = self._server.sockets[0]
         self.port = int(sock.getsockname()[1])
