@@ -1,43 +1,40 @@
-"""TLS and basic auth for our own HTTP server, from a Prometheus exporter-toolkit web-config file.
+"""TLS, basic auth and a rate limit for our own HTTP server, from a Prometheus exporter-toolkit web-config file.
 
 Operators already have these files for node_exporter and friends, so we read the same schema
-(https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuration.md) and refuse anything we do
-not understand rather than silently serving less securely than the file asks for. The file — and every certificate,
-key and CA file it names — is watched: a change (or SIGHUP) is picked up for the next connection, so certificates
-rotate without a restart. A reload that fails keeps the previous, working configuration and logs why.
-
-What the Python TLS stack cannot express is mapped to the safe side and said so at start:
-`RequestClientCert` asks for nothing (the toolkit does not verify such certificates either), `RequireAnyClientCert`
-becomes `RequireAndVerifyClientCert` (a `client_ca_file` is then required), `client_allowed_sans` is refused.
+(https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuration.md) with the toolkit's outcomes:
+what it accepts we accept and serve the same way, what it refuses we refuse, and anything we do not understand is
+refused rather than silently served less securely than the file asks. docs/security.md has the key-by-key table,
+with the few places Python's `ssl` forces a difference. The file, and every certificate, key and CA file it names,
+is watched: a change (or SIGHUP) is picked up for the next connection, so certificates rotate without a restart.
+A reload that fails keeps the previous, working configuration and logs why.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import hashlib
-import hmac
 import os
 import re
-import secrets
 import ssl
 import tempfile
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-import bcrypt
 import structlog
 
+from .basicauth import ALLOWED, TOO_MANY, BasicAuth, TokenBucket, parse_basic
 from .settings import ConfigError, read_yaml_document
+from .tlsext import TlsExtensionError, request_any_client_certificate, set_groups
+
+__all__ = ["BasicAuth", "WebConfigError", "WebSecurity", "load_web_config", "parse_basic", "parse_web_config"]
 
 REALM: Final = "bifrost-batch-exporter"
+# Liveness probes are never refused (not by auth, not by the rate limit): a kubelet must not restart a pod because
+# someone floods it or because it has no password.
 OPEN_PATHS: Final = frozenset({"/healthz"})
 
 _TOP_KEYS: Final = frozenset({"tls_server_config", "http_server_config", "basic_auth_users", "rate_limit"})
@@ -58,6 +55,16 @@ _TLS_KEYS: Final = frozenset(
         "curve_preferences",
     }
 )
+# The toolkit's IsEnabled(): TLS is on when any of these is set; min_version and friends alone leave plain HTTP.
+_TLS_ENABLING: Final = (
+    "cert",
+    "key",
+    "client_ca",
+    "cert_file",
+    "key_file",
+    "client_ca_file",
+    "client_auth_type",
+)
 _HTTP_KEYS: Final = frozenset({"http2", "headers"})
 _RATE_KEYS: Final = frozenset({"interval", "burst"})
 
@@ -76,13 +83,17 @@ _VERSIONS: Final = {
     "TLS12": ssl.TLSVersion.TLSv1_2,
     "TLS13": ssl.TLSVersion.TLSv1_3,
 }
-_CLIENT_AUTH_TYPES: Final = (
-    "NoClientCert",
-    "RequestClientCert",
-    "RequireAnyClientCert",
-    "VerifyClientCertIfGiven",
-    "RequireAndVerifyClientCert",
-)
+# client_auth_type → (verify mode for Python's ssl, ask for a certificate without verifying it, require one)
+_CLIENT_AUTH: Final[Mapping[str, tuple[ssl.VerifyMode, bool, bool]]] = {
+    "NoClientCert": (ssl.CERT_NONE, False, False),
+    "RequestClientCert": (ssl.CERT_NONE, True, False),
+    "RequireAnyClientCert": (ssl.CERT_NONE, True, True),
+    "RequireClientCert": (ssl.CERT_NONE, True, True),  # the toolkit's old spelling, still accepted there
+    "VerifyClientCertIfGiven": (ssl.CERT_OPTIONAL, False, False),
+    "RequireAndVerifyClientCert": (ssl.CERT_REQUIRED, False, False),
+}
+# Go's curve names (the toolkit's list) → OpenSSL group names.
+_CURVES: Final = {"CurveP256": "P-256", "CurveP384": "P-384", "CurveP521": "P-521", "X25519": "X25519"}
 # Go's crypto/tls names (tls.CipherSuites(), the set the toolkit accepts) → OpenSSL names. TLS 1.3 suites are not
 # configurable in Go either; naming them is accepted and changes nothing.
 _CIPHERS: Final = {
@@ -102,17 +113,11 @@ _CIPHERS: Final = {
 _TLS13_SUITES: Final = frozenset(
     {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}
 )
+_DURATION_RE: Final = re.compile(r"^(?:(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+$")
+_DURATION_PART_RE: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS: Final = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 _BCRYPT_RE: Final = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
-# Compared against when the user name is unknown, so a wrong name costs as much as a wrong password.
-_DUMMY_HASH: Final = b"$2b$10$dSMC.rUtVomYu1EoneD9EeBp8ENq39EBhZhdPADmIjUQRx3YO3aQO"
-
-POSITIVE_CACHE_SIZE: Final = 256
-NEGATIVE_CACHE_SIZE: Final = 1024
-# bcrypt runs on the event loop (~70 ms at cost 10); uncached checks beyond this budget are refused outright, so a
-# flood of guessed passwords cannot starve scrapes. Credentials that already passed are cached and never wait.
-BCRYPT_PER_SECOND: Final = 4.0
-BCRYPT_BURST: Final = 8.0
 RELOAD_CHECK_SECONDS: Final = 1.0
 
 
@@ -133,13 +138,23 @@ class TlsConfig:
     client_ca: str | None = field(default=None, repr=False)
     client_auth_type: str = "NoClientCert"
     verify_mode: ssl.VerifyMode = ssl.CERT_NONE
+    request_unverified: bool = False  # RequestClientCert / RequireAnyClientCert: ask, keep, never verify
+    require_unverified: bool = False
+    client_allowed_sans: tuple[str, ...] = ()
     min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
     max_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
     ciphers: str | None = None
+    curves: tuple[str, ...] = ()  # OpenSSL group names
     prefer_server_ciphers: bool = True
 
     def files(self) -> tuple[Path, ...]:
         return tuple(p for p in (self.cert_file, self.key_file, self.client_ca_file) if p is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    interval: float  # seconds per request once the burst is spent
+    burst: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +164,7 @@ class WebConfig:
     users: Mapping[str, bytes] = field(repr=False)
     headers: tuple[tuple[str, str], ...]
     warnings: tuple[str, ...]
+    rate_limit: RateLimit | None = None
 
     def files(self) -> tuple[Path, ...]:
         return (self.path, *(self.tls.files() if self.tls is not None else ()))
@@ -218,58 +234,50 @@ def _file(value: Any, where: str, base: Path, problems: _Problems) -> Path | Non
 def _parse_tls(raw: Any, base: Path, problems: _Problems) -> TlsConfig | None:
     values = _mapping(raw, "tls_server_config", problems)
     _unknown(values, _TLS_KEYS, "tls_server_config.", problems)
-    if not any(v not in (None, "", []) for v in values.values()):
-        return None
     p = "tls_server_config."
-    cert_file = _file(values.get("cert_file"), p + "cert_file", base, problems)
-    key_file = _file(values.get("key_file"), p + "key_file", base, problems)
+    # Every field is validated, but only the toolkit's IsEnabled() fields turn TLS on.
+    enabled = any(values.get(k) not in (None, "") for k in _TLS_ENABLING)
+    cert_file = _file(values.get("cert_file"), p + "cert_file", base, problems) if enabled else None
+    key_file = _file(values.get("key_file"), p + "key_file", base, problems) if enabled else None
     cert = _string(values.get("cert"), p + "cert", problems)
     key = _string(values.get("key"), p + "key", problems)
-    ca_file = _file(values.get("client_ca_file"), p + "client_ca_file", base, problems)
+    ca_file = _file(values.get("client_ca_file"), p + "client_ca_file", base, problems) if enabled else None
     ca = _string(values.get("client_ca"), p + "client_ca", problems)
-    if cert_file is not None and cert is not None:
-        problems.error(p + "cert", "set either cert or cert_file, not both")
-    if key_file is not None and key is not None:
-        problems.error(p + "key", "set either key or key_file, not both")
-    if ca_file is not None and ca is not None:
-        problems.error(p + "client_ca", "set either client_ca or client_ca_file, not both")
-    if cert_file is None and cert is None:
-        problems.error(p + "cert_file", "missing: TLS needs a certificate (cert_file or cert)")
-    if key_file is None and key is None:
-        problems.error(p + "key_file", "missing: TLS needs a private key (key_file or key)")
+    if enabled:
+        if cert_file is not None and cert is not None:
+            problems.error(p + "cert", "set either cert or cert_file, not both")
+        if key_file is not None and key is not None:
+            problems.error(p + "key", "set either key or key_file, not both")
+        if ca_file is not None and ca is not None:
+            problems.error(p + "client_ca", "set either client_ca or client_ca_file, not both")
+        if cert_file is None and cert is None:
+            problems.error(p + "cert_file", "missing one of cert or cert_file")
+        if key_file is None and key is None:
+            problems.error(p + "key_file", "missing one of key or key_file")
 
     auth = _string(values.get("client_auth_type"), p + "client_auth_type", problems) or "NoClientCert"
-    has_ca = ca_file is not None or ca is not None
-    verify_mode = ssl.CERT_NONE
-    if auth not in _CLIENT_AUTH_TYPES:
-        problems.error(p + "client_auth_type", f"{auth[:60]!r} is not one of {', '.join(_CLIENT_AUTH_TYPES)}")
-    elif auth == "RequestClientCert":
-        problems.warnings.append(
-            "client_auth_type RequestClientCert neither requires nor verifies client certificates; "
-            "served as NoClientCert"
-        )
-    elif auth in ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert", "RequireAnyClientCert"):
-        if not has_ca:
-            problems.error(
-                p + "client_ca_file", f"client_auth_type {auth} needs client_ca_file (or client_ca)"
-            )
-        verify_mode = ssl.CERT_OPTIONAL if auth == "VerifyClientCertIfGiven" else ssl.CERT_REQUIRED
-        if auth == "RequireAnyClientCert":
-            problems.warnings.append(
-                "client_auth_type RequireAnyClientCert is enforced as RequireAndVerifyClientCert "
-                "(client certificates must chain to client_ca_file)"
-            )
-    if _string_list(values.get("client_allowed_sans"), p + "client_allowed_sans", problems):
+    verify_mode, request_unverified, require_unverified = ssl.CERT_NONE, False, False
+    if auth not in _CLIENT_AUTH:
         problems.error(
-            p + "client_allowed_sans",
-            "is not supported by this exporter (remove it, or terminate TLS elsewhere)",
+            p + "client_auth_type", f"invalid ClientAuth: {auth[:60]!r} (one of {', '.join(_CLIENT_AUTH)})"
+        )
+    else:
+        verify_mode, request_unverified, require_unverified = _CLIENT_AUTH[auth]
+        if auth == "NoClientCert" and (ca_file is not None or ca is not None):
+            problems.error(
+                p + "client_ca_file", "client CA's have been configured without a Client Auth Policy"
+            )
+    sans = tuple(_string_list(values.get("client_allowed_sans"), p + "client_allowed_sans", problems))
+    if sans and auth == "NoClientCert":
+        problems.error(
+            p + "client_allowed_sans", "needs a client_auth_type that asks for client certificates"
         )
 
     versions: list[ssl.TLSVersion] = []
     for name, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
         text = _string(values.get(name), p + name, problems) or default
         if text not in _VERSIONS:
-            problems.error(p + name, f"{text[:40]!r} is not one of {', '.join(_VERSIONS)}")
+            problems.error(p + name, f"unknown TLS version: {text[:40]!r} (one of {', '.join(_VERSIONS)})")
             versions.append(_VERSIONS[default])
         else:
             versions.append(_VERSIONS[text])
@@ -281,13 +289,23 @@ def _parse_tls(raw: Any, base: Path, problems: _Problems) -> TlsConfig | None:
         if name in _CIPHERS:
             ciphers.append(_CIPHERS[name])
         elif name not in _TLS13_SUITES:
-            problems.error(p + "cipher_suites", f"unknown or insecure cipher suite {name[:80]!r}")
-    if _string_list(values.get("curve_preferences"), p + "curve_preferences", problems):
-        problems.warnings.append("tls_server_config.curve_preferences is ignored (OpenSSL's defaults apply)")
+            problems.error(p + "cipher_suites", f"unknown cipher: {name[:80]!r}")
+    curves: list[str] = []
+    for name in _string_list(values.get("curve_preferences"), p + "curve_preferences", problems):
+        if name in _CURVES:
+            curves.append(_CURVES[name])
+        else:
+            problems.error(
+                p + "curve_preferences", f"unknown curve: {name[:80]!r} (one of {', '.join(_CURVES)})"
+            )
     prefer = values.get("prefer_server_cipher_suites", True)
+    if prefer is None:
+        prefer = True
     if not isinstance(prefer, bool):
         problems.error(p + "prefer_server_cipher_suites", "must be true or false")
         prefer = True
+    if not enabled:
+        return None
     return TlsConfig(
         cert_file=cert_file,
         key_file=key_file,
@@ -297,9 +315,13 @@ def _parse_tls(raw: Any, base: Path, problems: _Problems) -> TlsConfig | None:
         client_ca=ca,
         client_auth_type=auth,
         verify_mode=verify_mode,
+        request_unverified=request_unverified,
+        require_unverified=require_unverified,
+        client_allowed_sans=sans,
         min_version=versions[0],
         max_version=versions[1],
         ciphers=":".join(dict.fromkeys(ciphers)) or None,
+        curves=tuple(dict.fromkeys(curves)),
         prefer_server_ciphers=prefer,
     )
 
@@ -330,6 +352,39 @@ def _parse_users(raw: Any, problems: _Problems) -> dict[str, bytes]:
     return users
 
 
+def _scalar_text(value: Any, where: str, problems: _Problems) -> str | None:
+    """A header value as the toolkit reads it: any YAML scalar as its text (`X-XSS-Protection: 1` is "1")."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return _string(value, where, problems)
+
+
+def _duration(value: Any, where: str, problems: _Problems) -> float | None:
+    """Seconds from a Go duration ("1s", "1m30s", "250ms"); 0 (the number) means unset, as in the toolkit."""
+    if value is None or value == 0 or value == "":
+        return None
+    if isinstance(value, str) and _DURATION_RE.match(value.strip()):
+        return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART_RE.findall(value.strip())) or None
+    problems.error(where, "must be a duration such as 1s, 250ms or 1m30s")
+    return None
+
+
+def _parse_rate_limit(raw: Any, problems: _Problems) -> RateLimit | None:
+    values = _mapping(raw, "rate_limit", problems)
+    _unknown(values, _RATE_KEYS, "rate_limit.", problems)
+    interval = _duration(values.get("interval"), "rate_limit.interval", problems)
+    burst = values.get("burst", 0)
+    if burst is None:
+        burst = 0
+    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 0:
+        problems.error("rate_limit.burst", "must be a whole number, 0 or more")
+        return None
+    # As golang.org/x/time/rate: no interval, no limit; a burst of 0 admits nothing.
+    return RateLimit(interval, burst) if interval is not None else None
+
+
 def _parse_http(raw: Any, problems: _Problems) -> tuple[tuple[str, str], ...]:
     values = _mapping(raw, "http_server_config", problems)
     _unknown(values, _HTTP_KEYS, "http_server_config.", problems)
@@ -346,7 +401,7 @@ def _parse_http(raw: Any, problems: _Problems) -> tuple[tuple[str, str], ...]:
         if proper is None:
             problems.error(where, f"header cannot be configured (allowed: {', '.join(_HEADERS)})")
             continue
-        text = _string(value, where, problems)
+        text = _scalar_text(value, where, problems)
         if text is None:
             continue
         if "\r" in text or "\n" in text or not text.isprintable():
@@ -368,12 +423,9 @@ def parse_web_config(doc: Any, path: Path) -> WebConfig:
     tls = _parse_tls(values.get("tls_server_config"), path.parent, problems)
     headers = _parse_http(values.get("http_server_config"), problems)
     users = _parse_users(values.get("basic_auth_users"), problems)
-    rate = _mapping(values.get("rate_limit"), "rate_limit", problems)
-    _unknown(rate, _RATE_KEYS, "rate_limit.", problems)
-    if rate:
-        problems.warnings.append("rate_limit is ignored by this exporter")
+    rate_limit = _parse_rate_limit(values.get("rate_limit"), problems)
     problems.raise_if_any()
-    return WebConfig(path, tls, MappingProxyType(users), headers, tuple(problems.warnings))
+    return WebConfig(path, tls, MappingProxyType(users), headers, tuple(problems.warnings), rate_limit)
 
 
 def load_web_config(path: Path) -> WebConfig:
@@ -411,14 +463,22 @@ def _no_password() -> bytes:
     return b""  # an encrypted key must fail to load, never prompt on a terminal
 
 
-def build_ssl_context(tls: TlsConfig, path: Path) -> ssl.SSLContext:
+class ServerContext(ssl.SSLContext):
+    """A server SSLContext that carries the rest of its TLS section, so a connection is judged by the config it
+    started its handshake with, even when a reload lands before the handshake ends."""
+
+    client_allowed_sans: tuple[str, ...] = ()
+
+
+def build_ssl_context(tls: TlsConfig, path: Path) -> ServerContext:
     """A server SSLContext for `tls`; WebConfigError when a certificate, key or CA does not load."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = ServerContext(ssl.PROTOCOL_TLS_SERVER)
+    prefix = f"invalid setting web_config_file ({path}): "
     try:
         ctx.minimum_version = tls.min_version
         ctx.maximum_version = tls.max_version
     except (ValueError, ssl.SSLError) as exc:
-        raise WebConfigError(f"invalid setting web_config_file ({path}): TLS version: {exc}") from None
+        raise WebConfigError(f"{prefix}TLS version: {exc}") from None
     where = "tls_server_config.cert_file/key_file"
     try:
         with _pem_path(tls.cert, tls.cert_file) as cert, _pem_path(tls.key, tls.key_file) as key:
@@ -429,100 +489,52 @@ def build_ssl_context(tls: TlsConfig, path: Path) -> ssl.SSLContext:
             ctx.load_verify_locations(cadata=tls.client_ca)
         elif tls.client_ca_file is not None:
             ctx.load_verify_locations(cafile=str(tls.client_ca_file))
+        elif tls.verify_mode != ssl.CERT_NONE:
+            ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)  # as Go: no client CA means the system roots
         where = "tls_server_config.cipher_suites"
         if tls.ciphers is not None:
             ctx.set_ciphers(tls.ciphers)
     except (OSError, ssl.SSLError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
-        raise WebConfigError(
-            f"invalid setting web_config_file ({path}): {where}: cannot load ({reason})"
-        ) from None
+        raise WebConfigError(f"{prefix}{where}: cannot load ({reason})") from None
     ctx.verify_mode = tls.verify_mode
     if tls.prefer_server_ciphers:
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    else:
+        ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
     ctx.set_alpn_protocols(["http/1.1"])
+    ctx.client_allowed_sans = tls.client_allowed_sans
+    try:
+        if tls.curves:
+            where = "tls_server_config.curve_preferences"
+            set_groups(ctx, tls.curves)
+        if tls.request_unverified:
+            where = "tls_server_config.client_auth_type"
+            request_any_client_certificate(ctx, required=tls.require_unverified)  # last: see its docstring
+    except TlsExtensionError as exc:
+        raise WebConfigError(f"{prefix}{where}: cannot be applied ({exc})") from None
     return ctx
 
 
-# --- basic auth ----------------------------------------------------------------------------------------------------
+def peer_sans(tls: ssl.SSLObject) -> list[str]:
+    """The client certificate's SANs as Go prints them (DNS names, e-mail addresses, IPs, URIs)."""
+    der = tls.getpeercert(binary_form=True)
+    if der is None:
+        return []
+    from cryptography import x509  # a dependency of the client_allowed_sans feature only
 
-
-class BasicAuth:
-    """Checks `Authorization: Basic` against bcrypt hashes, with bounded caches and a bcrypt budget."""
-
-    def __init__(self, users: Mapping[str, bytes], clock: Callable[[], float] = time.monotonic) -> None:
-        self._users = users
-        self._clock = clock
-        # Cache keys are keyed hashes of user:password; the key lives only in this process.
-        self._key = secrets.token_bytes(32)
-        self._ok: OrderedDict[bytes, None] = OrderedDict()
-        self._bad: OrderedDict[bytes, None] = OrderedDict()
-        self._tokens = BCRYPT_BURST
-        self._refilled = clock()
-        self.bcrypt_checks = 0
-        self.refused_over_budget = 0
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self._users)
-
-    def _take_token(self) -> bool:
-        now = self._clock()
-        self._tokens = min(BCRYPT_BURST, self._tokens + (now - self._refilled) * BCRYPT_PER_SECOND)
-        self._refilled = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
-
-    def check(self, authorization: str | None) -> bool:
-        if not self._users:
-            return True
-        credentials = parse_basic(authorization)
-        if credentials is None:
-            return False
-        user, password = credentials
-        digest = hmac.new(self._key, user + b"\x00" + password, hashlib.sha256).digest()
-        if digest in self._ok:
-            self._ok.move_to_end(digest)
-            return True
-        if digest in self._bad:
-            return False
-        if not self._take_token():
-            self.refused_over_budget += 1
-            return False
-        try:
-            name = user.decode("utf-8")
-        except UnicodeDecodeError:
-            name = ""
-        hashed = self._users.get(name)
-        self.bcrypt_checks += 1
-        try:
-            ok = bcrypt.checkpw(password, hashed or _DUMMY_HASH) and hashed is not None
-        except ValueError:  # e.g. a password over bcrypt's 72 bytes, or a hash bcrypt refuses
-            ok = False
-        cache = self._ok if ok else self._bad
-        cache[digest] = None
-        if len(cache) > (POSITIVE_CACHE_SIZE if ok else NEGATIVE_CACHE_SIZE):
-            cache.popitem(last=False)
-        return ok
-
-
-def parse_basic(header: str | None) -> tuple[bytes, bytes] | None:
-    """(user, password) from an Authorization header value, or None when it is not well-formed Basic auth."""
-    if not header or len(header) > 4096:
-        return None
-    scheme, _, token = header.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
     try:
-        raw = base64.b64decode(token.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    user, sep, password = raw.partition(b":")
-    if not sep:
-        return None
-    return user, password
+        cert = x509.load_der_x509_certificate(der)
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return []
+    values: list[str] = []
+    values += ext.get_values_for_type(x509.DNSName)
+    values += ext.get_values_for_type(x509.RFC822Name)
+    values += [str(ip) for ip in ext.get_values_for_type(x509.IPAddress)]  # Go's ip.String() form
+    values += ext.get_values_for_type(x509.UniformResourceIdentifier)
+    return values
 
 
 # --- the live object the server uses --------------------------------------------------------------------------------
@@ -540,11 +552,10 @@ def _fingerprint(paths: Sequence[Path]) -> tuple[tuple[str, int, int, int], ...]
 
 
 class WebSecurity:
-    """The current web config as the server's Guard and TLS context, re-read when any of its files change.
+    """The current web config as the server's Guard and TLS source, re-read when any of its files change.
 
-    New connections get the newest certificate through the listening context's SNI callback, which swaps in the
-    freshly built SSLContext; the verify mode and protocol versions are copied onto the listening context too,
-    since OpenSSL takes those from it when a connection starts.
+    A reload builds a complete new SSLContext and swaps one reference; each new connection takes the context current
+    when its ClientHello arrives and keeps it to the end, so no handshake ever mixes two configurations.
     """
 
     def __init__(
@@ -560,23 +571,29 @@ class WebSecurity:
         self.path = path
         config = load_web_config(path)
         self._fingerprint = _fingerprint(config.files())
-        self._current_ctx = build_ssl_context(config.tls, path) if config.tls is not None else None
-        self._listening = self._current_ctx
-        if self._listening is not None:
-            self._listening.sni_callback = self._on_client_hello
+        self._context = build_ssl_context(config.tls, path) if config.tls is not None else None
+        self._tls_on = self._context is not None
         self.config = config
         self._auth = BasicAuth(config.users, clock)
+        self._limiter = self._make_limiter(config.rate_limit)
         self._checked = clock()
         self.reloads = 0
         self.failed_reloads = 0
+        self.rate_limited = 0
+
+    def _make_limiter(self, rate: RateLimit | None) -> TokenBucket | None:
+        return None if rate is None else TokenBucket(1.0 / rate.interval, float(rate.burst), self._clock)
 
     # The Guard protocol ------------------------------------------------------------------------------------------
 
-    def allows(self, path: str, headers: Mapping[str, str]) -> bool:
+    def admit(self, path: str, headers: Mapping[str, str], peer: str) -> int | asyncio.Future[int]:
         self.maybe_reload()
-        if path in OPEN_PATHS or not self._auth.enabled:
-            return True
-        return self._auth.check(headers.get("authorization"))
+        if path in OPEN_PATHS:
+            return ALLOWED
+        if self._limiter is not None and not self._limiter.allow():
+            self.rate_limited += 1
+            return TOO_MANY
+        return self._auth.check(headers.get("authorization"), peer)
 
     def challenge(self) -> Sequence[tuple[str, str]]:
         return (("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"'),)
@@ -584,22 +601,32 @@ class WebSecurity:
     def response_headers(self) -> Sequence[tuple[str, str]]:
         return self.config.headers
 
-    # TLS ------------------------------------------------------------------------------------------------------------
+    # The TlsSource protocol ---------------------------------------------------------------------------------------
 
     @property
-    def ssl_context(self) -> ssl.SSLContext | None:
-        return self._listening
+    def ssl_context(self) -> WebSecurity | None:
+        """What the HTTP server takes as its TLS source: this object when the file turns TLS on, else None."""
+        return self if self._tls_on else None
+
+    def tls_context(self) -> ssl.SSLContext:
+        self.maybe_reload()
+        assert self._context is not None
+        return self._context
+
+    def peer_allowed(self, tls: ssl.SSLObject) -> bool:
+        ctx = tls.context
+        allowed = ctx.client_allowed_sans if isinstance(ctx, ServerContext) else ()
+        if not allowed:
+            return True
+        sans = peer_sans(tls)
+        if any(san in allowed for san in sans):
+            return True
+        self._log.warning("client_certificate_refused", reason="no allowed SAN", found=sans[:10])
+        return False
 
     @property
     def auth(self) -> BasicAuth:
         return self._auth
-
-    def _on_client_hello(self, ssl_obj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
-        self.maybe_reload()
-        current = self._current_ctx
-        if current is not None and current is not ctx:
-            ssl_obj.context = current
-        return None
 
     # Reloading ------------------------------------------------------------------------------------------------------
 
@@ -629,20 +656,19 @@ class WebSecurity:
             return self._reload_failed(trigger, exc)
         self._fingerprint = _fingerprint(config.files())
         try:
-            if (config.tls is None) != (self._listening is None):
+            if (config.tls is not None) != self._tls_on:
                 raise WebConfigError(
                     f"invalid setting web_config_file ({self.path}): turning TLS on or off needs a restart"
                 )
             ctx = build_ssl_context(config.tls, self.path) if config.tls is not None else None
         except WebConfigError as exc:
             return self._reload_failed(trigger, exc)
-        if ctx is not None and self._listening is not None and config.tls is not None:
-            self._listening.verify_mode = config.tls.verify_mode
-            self._listening.minimum_version = config.tls.min_version
-            self._listening.maximum_version = config.tls.max_version
-        self._current_ctx = ctx
+        self._context = ctx  # one reference swap: the next handshake gets all of the new section
         if config.users != self.config.users:
+            self._auth.close()
             self._auth = BasicAuth(config.users, self._clock)
+        if config.rate_limit != self.config.rate_limit:
+            self._limiter = self._make_limiter(config.rate_limit)
         self.config = config
         self.reloads += 1
         self._log.info(
