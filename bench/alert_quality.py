@@ -15,7 +15,7 @@ such a mix, not how often real batches expire.
 
 Printed per rule: the lead time before expiry of every batch that expired (median and worst, also as a fraction of
 its window), the batches that expired unflagged, and the false alarms (batches flagged that finished in time), the
-latter as a ratio against ExpiringSoon measured in the same run. Also: the cost of one ``assess`` call against
+latter as a ratio against ExpiringSoon measured in the same run, with how long a false alarm keeps firing. Also: the cost of one ``assess`` call against
 ``outcomes()``, which the snapshot already runs for every batch.
 """
 
@@ -191,6 +191,7 @@ class Rule:
     hold: float
     condition: Condition
     first_fired: dict[str, float] = field(default_factory=dict)
+    firing_seconds: dict[str, float] = field(default_factory=dict)  # per batch, how long the alert was firing
 
 
 def expiring_soon(lc: Lifecycle, batch: Batch, status: str, now: float) -> bool:
@@ -227,8 +228,9 @@ def simulate(lifecycles: Sequence[Lifecycle], rules: Sequence[Rule], step: float
                 start = since[i]
                 if start is None:
                     since[i] = start = t
-                if t - start >= rule.hold and lc.id not in rule.first_fired:
-                    rule.first_fired[lc.id] = t
+                if t - start >= rule.hold:
+                    rule.first_fired.setdefault(lc.id, t)
+                    rule.firing_seconds[lc.id] = rule.firing_seconds.get(lc.id, 0.0) + step
             t += step
     return evaluations
 
@@ -242,6 +244,7 @@ class Quality:
     median_lead_of_window: float | None
     false_alarms: int
     finished_in_time: int
+    false_alarm_median_hours: float | None  # how long a false alarm fires, per falsely flagged batch
 
     @property
     def missed(self) -> int:
@@ -253,15 +256,18 @@ def quality(rule: Rule, lifecycles: Sequence[Lifecycle]) -> Quality:
         lc.expires - rule.first_fired[lc.id] for lc in lifecycles if lc.expired and lc.id in rule.first_fired
     ]
     expired = sum(1 for lc in lifecycles if lc.expired)
-    false_alarms = sum(1 for lc in lifecycles if not lc.expired and lc.id in rule.first_fired)
+    false_alarms = [
+        rule.firing_seconds[lc.id] / HOUR for lc in lifecycles if not lc.expired and lc.id in rule.first_fired
+    ]
     return Quality(
         expired=expired,
         flagged_expired=len(leads),
         median_lead_hours=statistics.median(leads) / HOUR if leads else None,
         worst_lead_hours=min(leads) / HOUR if leads else None,
         median_lead_of_window=statistics.median(leads) / WINDOW if leads else None,
-        false_alarms=false_alarms,
+        false_alarms=len(false_alarms),
         finished_in_time=len(lifecycles) - expired,
+        false_alarm_median_hours=statistics.median(false_alarms) if false_alarms else None,
     )
 
 
@@ -324,6 +330,7 @@ def quality_row(name: str, q: Quality, baseline: int) -> list[object]:
         _hours(q.worst_lead_hours),
         f"{q.false_alarms}/{q.finished_in_time}",
         f"{q.false_alarms / baseline:.1f}×" if baseline else "n/a",
+        _hours(q.false_alarm_median_hours),
     ]
 
 
@@ -336,6 +343,7 @@ QUALITY_HEADER = [
     "worst lead",
     "false alarms (finished in time)",
     "false alarms vs ExpiringSoon",
+    "false alarm fires for (median)",
 ]
 
 
