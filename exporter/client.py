@@ -70,16 +70,15 @@ _GATEWAY_ERROR_TYPES: Final = frozenset(
         "request_limited",
     }
 )
-# Each provider's own maximum page size for its list-batches API (sources in docs/providers.md). Bifrost passes
-# `limit` upstream unchanged, and a value above the maximum fails the whole list with a 400.
+# Each provider's own documented maximum page size for its list-batches API (sources in docs/providers.md).
+# Bifrost passes `limit` upstream unchanged, and a value above the maximum fails the whole list with a 400.
+# Gemini documents no maximum (Google APIs coerce an oversized page size), so it is passed as is.
 PROVIDER_PAGE_SIZE_MAX: Final[Mapping[str, int]] = MappingProxyType(
     {
         "openai": 100,
         "azure": 100,
         "anthropic": 1000,
         "bedrock": 1000,
-        "gemini": 1000,
-        "vertex": 1000,
     }
 )
 

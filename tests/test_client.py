@@ -523,7 +523,14 @@ def test_requests_count_retries(gateway: Callable[..., tuple[Gateway, str]]) -> 
 
 @pytest.mark.parametrize(
     ("provider", "sent"),
-    [("openai", 100), ("azure", 100), ("anthropic", 500), ("bedrock", 500), ("my-custom", 500)],
+    [
+        ("openai", 100),
+        ("azure", 100),
+        ("anthropic", 500),
+        ("bedrock", 500),
+        ("gemini", 500),
+        ("my-custom", 500),
+    ],
 )
 def test_page_size_is_clamped_to_the_provider_maximum(
     gateway: Callable[..., tuple[Gateway, str]], provider: str, sent: int
