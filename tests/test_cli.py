@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import signal
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
+from exporter.settings import Settings
 from exporter.simulator import ProviderSpec, Simulator
 from tests.conftest import free_port
 from tests.harness import parse_samples, value, wait_until
@@ -113,8 +116,6 @@ def test_precedence_and_masked_check_config(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert SECRET not in result.stdout
-    import yaml
-
     shown = yaml.safe_load(result.stdout)
     assert shown["page_size"] == 20  # env beats file
     assert shown["max_pages"] == 7  # file beats default
@@ -128,9 +129,111 @@ def test_precedence_and_masked_check_config(tmp_path: Path) -> None:
     assert yaml.safe_load(env_cfg.stdout)["max_pages"] == 7
 
 
-def test_version() -> None:
+def test_version_comes_from_the_package_metadata() -> None:
     result = run("--version")
-    assert result.returncode == 0 and result.stdout.startswith("bifrost-batch-exporter 0.1.0")
+    assert result.returncode == 0
+    assert (
+        result.stdout.strip()
+        == f"bifrost-batch-exporter {importlib.metadata.version('bifrost-batch-exporter')}"
+    )
+
+
+def test_help_lists_every_setting_as_a_flag() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for name, field in Settings.model_fields.items():
+        assert f"--{name.replace('_', '-')}" in result.stdout, name
+        assert field.description and field.description.split()[0] in result.stdout, name
+    for flag in ("--web.listen-address", "--web.config.file", "--web.telemetry-path", "--config", "--demo",
+                 "--once", "--check-config", "--version"):  # fmt: skip
+        assert flag in result.stdout
+
+
+def test_every_setting_has_a_flag_that_beats_env_and_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("poll_interval_seconds: 60\nper_batch_metrics: true\n")
+    env = {"BIFROST_EXPORTER_POLL_INTERVAL_SECONDS": "45", "BIFROST_EXPORTER_PROVIDERS": "gemini"}
+    result = run(
+        "--config", str(cfg), "--check-config", "--poll-interval-seconds", "15",
+        "--providers", "openai,anthropic", "--no-per-batch-metrics", "--no-tls-verify",
+        "--extra-headers", '{"X-Team": "a"}', "--duration-buckets", "30,600", "--metadata-labels", "team",
+        "--web.listen-address", "127.0.0.1:9999", "--web.telemetry-path", "/custom", env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert shown["poll_interval_seconds"] == 15
+    assert shown["providers"] == ["openai", "anthropic"]
+    assert shown["per_batch_metrics"] is False and shown["tls_verify"] is False
+    assert shown["extra_headers"] == {"X-Team": "**********"}
+    assert shown["duration_buckets"] == [30.0, 600.0] and shown["metadata_labels"] == ["team"]
+    assert shown["listen_address"] == "127.0.0.1:9999" and shown["telemetry_path"] == "/custom"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (
+            ["--poll-interval-seconds", "soon"],
+            "invalid setting poll_interval_seconds='soon' (from the command line)",
+        ),
+        (
+            ["--web.listen-address", "nowhere"],
+            "invalid setting listen_address='nowhere' (from the command line)",
+        ),
+        (
+            ["--web.telemetry-path", "metrics"],
+            "invalid setting telemetry_path='metrics' (from the command line)",
+        ),
+        (["--web.config.file", "/nonexistent/web.yml"], "invalid setting web_config_file"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_bad_flag_is_one_line_exit_2(args: list[str], needle: str) -> None:
+    result = run("--check-config", *args)
+    assert result.returncode == 2
+    assert needle in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_toolkit_flags_serve_with_web_config_on_a_real_process(sim: Simulator, tmp_path: Path) -> None:
+    import bcrypt
+
+    web = tmp_path / "web.yml"
+    hashed = bcrypt.hashpw(b"scrape-pw", bcrypt.gensalt(4)).decode()
+    web.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": hashed}}))
+    port = free_port()
+    proc = _start(
+        {}, "--bifrost-url", sim.url, "--providers", "openai,azure",
+        "--web.listen-address", f"127.0.0.1:{port}", "--web.config.file", str(web),
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: (r := _get(url + "/healthz")) is not None and r.status_code == 200)
+        assert httpx.get(url + "/metrics", timeout=5).status_code == 401
+        ok = httpx.get(url + "/metrics", auth=("prometheus", "scrape-pw"), timeout=5)
+        assert ok.status_code == 200 and "bifrost_batch_exporter_up" in ok.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert proc.returncode == 0
+
+
+def test_custom_telemetry_path_on_a_real_process(sim: Simulator) -> None:
+    port = free_port()
+    proc = _start(
+        {}, "--bifrost-url", sim.url, "--providers", "openai",
+        "--web.listen-address", f"127.0.0.1:{port}", "--web.telemetry-path", "/exporter/metrics",
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: (r := _get(url + "/exporter/metrics")) is not None and r.status_code == 200)
+        body = httpx.get(url + "/exporter/metrics", timeout=5).text
+        assert "bifrost_batch_exporter_up" in body and "process_resident_memory_bytes" in body
+        assert httpx.get(url + "/metrics", timeout=5).status_code == 404
+        assert "/exporter/metrics" in httpx.get(url + "/", timeout=5).text  # the landing page links it
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def test_once_prints_exposition_and_exit_code(sim: Simulator) -> None:
