@@ -406,7 +406,8 @@ def main() -> int:
     ours = results[1]
     report.note(
         "false alarm = flagged at least once and finished in time; lead = expires_at minus the first time the rule "
-        "fired. Per batch: the shipped alerts aggregate by provider, which can only fire earlier than per batch."
+        "fired. Per batch: the shipped alerts aggregate by provider, so they fire whenever the per-batch rule does, "
+        "and one firing alert may stand for several batches."
     )
     if not args.smoke:
         report.check(
