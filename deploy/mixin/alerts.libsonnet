@@ -188,7 +188,9 @@ local build(c) =
       ' }}{{ . | first | value | printf "%.0f" }}{{ else }}an unknown number of{{ end }} pending requests are lost ' +
       'if the projection holds. The provider\'s soonest batch expiry is ' +
       '{{ with ' + query('min(bifrost_batch_next_expiry_timestamp_seconds{%(m)s})', p) +
-      ' }}{{ . | first | value | humanizeTimestamp }}{{ else }}unknown{{ end }}.',
+      ' }}{{ . | first | value | humanizeTimestamp }}{{ else }}unknown{{ end }}' +
+      '{{ with ' + query('min(bifrost_batch_next_expiry_timestamp_seconds{%(m)s}) - time()', p) +
+      ' }} (in {{ . | first | value | humanizeDuration }}){{ end }}.',
     ),
   ];
 
