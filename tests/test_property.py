@@ -288,7 +288,7 @@ def poll_and_render(
     OUTCOMES[outcome] = OUTCOMES.get(outcome, 0) + 1
     if state.health.up:
         assert state.snapshot is not None
-        assert set(errors) <= {"cursor_loop", "max_pages"}
+        assert set(errors) <= {"cursor_loop", "cursor_ignored", "max_pages"}
     else:
         # Not up means a request failed and was classified — a crash inside the poller would count nothing.
         assert errors == {"invalid_response": 1}, errors
