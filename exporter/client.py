@@ -57,6 +57,12 @@ _MEDIA_TYPE_RE: Final = re.compile(r"^[A-Za-z0-9_.+-]{1,40}/[A-Za-z0-9_.+-]{1,80
 _FOREIGN_SECRET_RE: Final = re.compile(
     r"(sk-[A-Za-z0-9_*-]{6,}|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{6,}|AKIA[0-9A-Z]{16})"
 )
+# Characters a path segment may carry unescaped (RFC 3986 pchar): ":" stays readable in ARNs; "/", "?", "#", "%"
+# and everything else are percent-encoded, so an id is always exactly one segment.
+_PATH_SAFE: Final = ":@!$&'()*+,;="
+_BEDROCK_JOB_ARN_RE: Final = re.compile(
+    r"^arn:aws[a-z-]*:bedrock:[a-z0-9-]*:\d{12}:model-invocation-job/([a-z0-9]{1,64})$"
+)
 _MESSAGE_LIMIT: Final = 160
 _DETAIL_LIMIT: Final = 290
 # Error `type`s that the gateway itself answers with (its auth, governance and rate-limit layers), never a provider.
@@ -89,13 +95,21 @@ class RequestFailedError(Exception):
     """A request that failed for good (after retries, or at once when retrying cannot help)."""
 
     def __init__(
-        self, reason: Reason, detail: str, status: int | None = None, retry_after: float | None = None
+        self,
+        reason: Reason,
+        detail: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+        *,
+        gateway_body: bool = False,
     ):
         super().__init__(f"{reason}: {detail}")
         self.reason: Reason = reason
         self.detail = detail
         self.status = status
         self.retry_after = retry_after
+        # The answer was a Bifrost-shaped error body, not a proxy's page or a router's bare "Not Found".
+        self.gateway_body = gateway_body
 
 
 class UnsupportedProviderError(Exception):
@@ -216,6 +230,7 @@ class _ErrorBody:
     message: str | None = None
     is_bifrost_error: bool | None = None
     from_provider: bool = False
+    shaped: bool = False  # a JSON object with an `error` object: Bifrost's error shape
 
 
 def _read_error_body(body: bytes) -> _ErrorBody:
@@ -226,8 +241,8 @@ def _read_error_body(body: bytes) -> _ErrorBody:
         return _ErrorBody()
     if not isinstance(doc, dict):
         return _ErrorBody()
-    err = doc.get("error")
-    err = err if isinstance(err, dict) else {}
+    raw_err = doc.get("error")
+    err = raw_err if isinstance(raw_err, dict) else {}
     top_type = doc.get("type")
     etype = err.get("type") if isinstance(err.get("type"), str) else top_type
     code = err.get("code")
@@ -240,6 +255,7 @@ def _read_error_body(body: bytes) -> _ErrorBody:
         message=message if isinstance(message, str) else None,
         is_bifrost_error=is_bifrost if isinstance(is_bifrost, bool) else None,
         from_provider=isinstance(extra, dict) and isinstance(extra.get("provider"), str),
+        shaped=isinstance(raw_err, dict),
     )
 
 
@@ -476,25 +492,28 @@ class BifrostClient:
     async def retrieve(self, provider: str, batch_id: str) -> RetrieveResult:
         """One batch by id (`GET /v1/batches/{id}?provider=P`), with the list's retries, caps and reasons.
 
-        Ids can be ARNs or `projects/…/batchPredictionJobs/N`, so the id is one percent-encoded path segment.
-        A 404 means the gateway no longer has the batch (`gone`), not a failure.
+        The id is sent as one percent-encoded path segment, in the spelling `retrieve_ids` picks for the provider.
+        A 404 with a gateway error body means the gateway no longer has the batch (`gone`), not a failure; a bare
+        404 (a proxy, or a gateway without the route) is a failure, so batches never vanish because of a route.
         """
         result = RetrieveResult()
         tally = _Tally()
-        path = "/v1/batches/" + quote(batch_id, safe="")
         try:
-            batch = await self._with_retries(
-                provider, path, {"provider": provider}, _parse_retrieve_body, tally
-            )
+            batch = await self._retrieve_any(provider, retrieve_ids(provider, batch_id), tally)
         except UnsupportedProviderError:
             result.failure = Failure(
                 "client_error", "the gateway does not support batch_retrieve for this provider", 400, 1
             )
         except RequestFailedError as exc:
-            if exc.status == 404:
+            if exc.status == 404 and exc.gateway_body:
                 result.gone = True
             else:
-                result.failure = Failure(exc.reason, self._scrub(exc.detail), exc.status, tally.retries + 1)
+                detail = exc.detail
+                if exc.status == 404:
+                    detail += (
+                        "; not a gateway error body: is the retrieve route missing (old gateway or proxy)?"
+                    )
+                result.failure = Failure(exc.reason, self._scrub(detail), exc.status, tally.retries + 1)
         else:
             result.batch = batch
             extra = batch.extra_fields
@@ -502,6 +521,20 @@ class BifrostClient:
                 result.latency_seconds = extra.latency / 1000.0
         result.requests = tally.requests
         return result
+
+    async def _retrieve_any(self, provider: str, ids: tuple[str, ...], tally: _Tally) -> Batch:
+        """The first of `ids` the gateway knows; a gateway 404 on one spelling moves on to the next."""
+        for candidate in ids[:-1]:
+            try:
+                return await self._retrieve_one(provider, candidate, tally)
+            except RequestFailedError as exc:
+                if exc.status != 404 or not exc.gateway_body:
+                    raise
+        return await self._retrieve_one(provider, ids[-1], tally)
+
+    async def _retrieve_one(self, provider: str, batch_id: str, tally: _Tally) -> Batch:
+        path = "/v1/batches/" + quote(batch_id, safe=_PATH_SAFE)
+        return await self._with_retries(provider, path, {"provider": provider}, _parse_retrieve_body, tally)
 
     # ---- one request, retried and paced -------------------------------------------------------------------------
 
@@ -622,7 +655,7 @@ class BifrostClient:
         if status >= 500:
             retry_after = _parse_retry_after(response.headers.get("retry-after"), time.time())
             raise RequestFailedError("server_error", said, status, retry_after)
-        raise RequestFailedError("client_error", said, status)
+        raise RequestFailedError("client_error", said, status, gateway_body=err.shaped)
 
     def _clean_message(self, message: str | None) -> str | None:
         """The gateway's error message made safe for a log line: secrets redacted (ours and key-shaped ones)
@@ -633,6 +666,24 @@ class BifrostClient:
         text = "".join(ch if ch.isprintable() else " " for ch in text)
         text = " ".join(text.split())
         return _short(text, _MESSAGE_LIMIT) or None
+
+
+def retrieve_ids(provider: str, batch_id: str) -> tuple[str, ...]:
+    """The spellings of `batch_id` to ask `/v1/batches/{id}` for, best first.
+
+    Bifrost routes `/v1/batches/{batch_id}` as one path segment and hands the parameter to the provider without
+    unescaping it, so an id containing "/" cannot travel intact. The two providers whose ids contain one accept a
+    shorter form that does not: Bedrock's GetModelInvocationJob takes the job id for the ARN, and Gemini's retrieve
+    adds the "batches/" prefix itself. Both answer with the full id, so the batch keeps the id the list gave it.
+    The full id is tried second, for gateways (and simulators) that only know it.
+    """
+    short: str | None = None
+    if provider == "bedrock":
+        match = _BEDROCK_JOB_ARN_RE.match(batch_id)
+        short = match.group(1) if match else None
+    elif provider == "gemini" and batch_id.startswith("batches/") and "/" not in batch_id[8:]:
+        short = batch_id[8:] or None
+    return (short, batch_id) if short else (batch_id,)
 
 
 def _parse_list_body(body: bytes) -> Page:

@@ -681,12 +681,19 @@ def test_retrieve_a_batch_with_its_timestamps(gateway: Callable[..., tuple[Gatew
             "projects/p1/locations/us-central1/batchPredictionJobs/123",
             "/v1/batches/projects%2Fp1%2Flocations%2Fus-central1%2FbatchPredictionJobs%2F123",
         ),
+        # Bedrock takes the job id for its ARN, Gemini adds "batches/" itself: no "/" has to cross the route.
         (
             "bedrock",
-            "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/abc",
-            "/v1/batches/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Amodel-invocation-job%2Fabc",
+            "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/abc123def456",
+            "/v1/batches/abc123def456",
         ),
-        ("openai", "../../health?x=1#y", "/v1/batches/..%2F..%2Fhealth%3Fx%3D1%23y"),
+        ("gemini", "batches/a1b2c3", "/v1/batches/a1b2c3"),
+        (
+            "my-bedrock",
+            "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/abc123def456",
+            "/v1/batches/arn:aws:bedrock:us-east-1:123456789012:model-invocation-job%2Fabc123def456",
+        ),
+        ("openai", "../../health?x=1#y", "/v1/batches/..%2F..%2Fhealth%3Fx=1%23y"),
     ],
 )
 def test_retrieve_sends_the_id_as_one_path_segment(
@@ -695,12 +702,40 @@ def test_retrieve_sends_the_id_as_one_path_segment(
     gw, url = gateway(lambda seen: (200, {"id": batch_id, "status": "completed"}))
     result = retrieve_once(settings_for(url, [provider]), provider, batch_id)
     assert result.batch is not None and result.batch.id == batch_id
-    assert gw.seen[0].path == path
+    assert [s.path for s in gw.seen] == [path]
+
+
+def test_retrieve_falls_back_to_the_full_id(gateway: Callable[..., tuple[Gateway, str]]) -> None:
+    arn = "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/abc123def456"
+    not_found = {"is_bifrost_error": False, "status_code": 404, "error": {"message": "job not found"}}
+
+    def route(seen: Seen) -> Reply:
+        if seen.path.endswith("model-invocation-job%2Fabc123def456"):
+            return 200, {"id": arn, "status": "InProgress"}
+        return 404, not_found
+
+    gw, url = gateway(route)
+    found = retrieve_once(settings_for(url, ["bedrock"]), "bedrock", arn)
+    assert found.batch is not None and found.batch.id == arn
+    assert (found.requests, len(gw.seen)) == (2, 2)
+    gone = retrieve_once(
+        settings_for(url, ["bedrock"]), "bedrock", arn.replace("abc123def456", "0000deadbeef")
+    )
+    assert (gone.gone, gone.failure, gone.requests) == (True, None, 2)
+
+
+def test_a_bare_404_is_not_a_gone_batch(gateway: Callable[..., tuple[Gateway, str]]) -> None:
+    """A router's or proxy's 404 says nothing about the batch: reporting it gone would drop live batches."""
+    _, url = gateway(lambda seen: (404, b"Not Found", {"Content-Type": "text/plain"}))
+    result = retrieve_once(settings_for(url), "openai", "batch_1")
+    assert not result.gone and result.batch is None
+    assert result.failure is not None and result.failure.reason == "client_error"
+    assert "retrieve route" in result.failure.detail
 
 
 def test_retrieve_odd_ids_from_the_simulator() -> None:
     vertex_id = "projects/p1/locations/us-central1/batchPredictionJobs/42"
-    arn = "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/xyz"
+    arn = "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/xyz0123456ab"
     specs = [ProviderSpec("vertex", flavor="vertex"), ProviderSpec("bedrock", flavor="bedrock")]
     with Simulator(providers=specs, lifecycle=False) as sim:
         sim.add_batch("vertex", batch_id=vertex_id, status="in_progress")
