@@ -451,7 +451,10 @@ class BifrostClient:
                     f"kept the {result.batch_count} batches seen"
                 )
                 return
-            if after is not None and ((cursor, ids) == first or (cursor == after and ids == giver)):
+            # The same cursor back for the page it was handed out with (or, continuing a list from a cursor,
+            # for the first page we see), or the first page's cursor and ids again: `after` was not used.
+            same_page = giver is None or ids == giver
+            if after is not None and ((cursor, ids) == first or (cursor == after and same_page)):
                 result.truncated = "cursor_ignored"
                 result.truncated_detail = _cursor_ignored_detail(provider, result.batch_count)
                 return

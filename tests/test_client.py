@@ -402,6 +402,18 @@ def test_cursor_ignored_is_found_when_continuing_from_a_cursor(
     assert ids(result) == ["b0", "b1"]
 
 
+def test_cursor_ignored_is_found_on_a_one_page_continuation(
+    gateway: Callable[..., tuple[Gateway, str]],
+) -> None:
+    """Incremental polls may read one page per poll: the repeat shows on the first page of the next call."""
+    _, url = gateway(serial_keys([[f"b{i}" for i in range(6)]], reads_after=False))
+    settings = settings_for(url, ["bedrock"], page_size=2)
+    first = list_once(settings, "bedrock", max_pages=1, budget_truncates=False)
+    assert (first.stopped, first.truncated) == ("budget", None) and first.next_cursor is not None
+    again = list_once(settings, "bedrock", after=first.next_cursor, max_pages=1, budget_truncates=False)
+    assert (again.truncated, again.pages) == ("cursor_ignored", 1)
+
+
 def test_a_cursor_that_comes_back_later_is_a_loop(gateway: Callable[..., tuple[Gateway, str]]) -> None:
     """A → B → A with different pages each time: a repeat, but not the first page answered again."""
     pages = {None: ("p1", "A"), "A": ("p2", "B"), "B": ("p3", "A")}
