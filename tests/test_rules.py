@@ -21,14 +21,17 @@ RUNBOOK_URL_BASE = (
     "https://github.com/bifrost-batch-exporter/bifrost-batch-exporter/blob/main/docs/runbook.md#"
 )
 
-# Metric families of the metrics contract (v1). Histograms are listed by their base name.
+# Metric families of the metrics contract (v2). Histograms are listed by their base name.
 CONTRACT_METRICS: frozenset[str] = frozenset(
     {
         "bifrost_batches",
-        "bifrost_batch_request_counts",
+        "bifrost_batch_requests",
         "bifrost_batch_oldest_created_timestamp_seconds",
         "bifrost_batch_next_expiry_timestamp_seconds",
         "bifrost_batch_finished_total",
+        "bifrost_batch_finished_requests_total",
+        "bifrost_batch_failures_total",
+        "bifrost_batch_last_failure_info",
         "bifrost_batch_last_finished_timestamp_seconds",
         "bifrost_batch_duration_seconds",
         "bifrost_batch_upstream_latency_seconds",
@@ -36,41 +39,60 @@ CONTRACT_METRICS: frozenset[str] = frozenset(
         "bifrost_batch_cache_hits_total",
         "bifrost_batch_cache_similarity",
         "bifrost_batch_job_info",
-        "bifrost_batch_job_request_counts",
+        "bifrost_batch_job_requests",
         "bifrost_batch_job_created_timestamp_seconds",
         "bifrost_batch_job_expires_timestamp_seconds",
         "bifrost_batch_job_progress_ratio",
+        "bifrost_batch_job_projected_completion_timestamp_seconds",
+        "bifrost_batch_at_risk",
+        "bifrost_batch_at_risk_requests",
+        "bifrost_batch_stage_duration_seconds",
         "bifrost_batch_exporter_up",
         "bifrost_batch_exporter_last_success_timestamp_seconds",
         "bifrost_batch_exporter_poll_duration_seconds",
         "bifrost_batch_exporter_polls_total",
         "bifrost_batch_exporter_poll_errors_total",
-        "bifrost_batch_exporter_pages_total",
+        "bifrost_batch_exporter_requests_total",
+        "bifrost_batch_exporter_last_resync_timestamp_seconds",
         "bifrost_batch_exporter_provider_supported",
         "bifrost_batch_exporter_truncated",
         "bifrost_batch_exporter_per_batch_dropped",
         "bifrost_batch_exporter_build_info",
     }
 )
+# v1 names that v2 removed: nothing may read them any more.
+REMOVED_V1_METRICS = frozenset(
+    {"bifrost_batch_request_counts", "bifrost_batch_job_request_counts", "bifrost_batch_exporter_pages_total"}
+)
 HISTOGRAMS = frozenset(
     {
         "bifrost_batch_duration_seconds",
         "bifrost_batch_upstream_latency_seconds",
         "bifrost_batch_cache_similarity",
+        "bifrost_batch_stage_duration_seconds",
     }
 )
-CONTRACT_LABELS = frozenset({"provider", "status", "kind", "reason", "hit_type", "le", "batch_id"})
+CONTRACT_LABELS = frozenset(
+    {"provider", "status", "outcome", "reason", "code", "hit_type", "stage", "endpoint", "le", "batch_id"}
+)
+# Labels the rules add from the scrape (the mixin's default group and replica labels); never from the exporter.
+TARGET_LABELS = frozenset({"cluster", "namespace", "job", "instance", "pod"})
 
 EXPECTED_ALERTS = {
-    "BifrostBatchFailed",
-    "BifrostBatchExpired",
-    "BifrostBatchStuck",
-    "BifrostBatchExpiringSoon",
-    "BifrostBatchHighRequestFailureRatio",
+    "BifrostBatchExporterDown",
     "BifrostBatchExporterPollFailing",
+    "BifrostBatchCredentialsRejected",
     "BifrostBatchExporterDataStale",
     "BifrostBatchProviderTruncated",
+    "BifrostBatchProviderUnsupported",
+    "BifrostBatchFailed",
+    "BifrostBatchExpired",
+    "BifrostBatchHighRequestFailureRatio",
+    "BifrostBatchStuck",
+    "BifrostBatchAtRisk",
 }
+# Retired in favour of BifrostBatchAtRisk (issue 14): it fired for every batch in its last hour, done or not.
+RETIRED_ALERTS = {"BifrostBatchExpiringSoon"}
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
 _MATCHERS = re.compile(r"\{[^}]*\}")
@@ -149,9 +171,10 @@ def test_promtool_unit_tests_pass() -> None:
     assert output.count("SUCCESS") == len(files), output
 
 
-def test_every_listed_alert_exists() -> None:
+def test_the_alerts_are_the_listed_ones_and_expiring_soon_is_retired() -> None:
     names = {rule["alert"] for rule in alert_rules()}
-    assert names >= EXPECTED_ALERTS, EXPECTED_ALERTS - names
+    assert names == EXPECTED_ALERTS
+    assert not names & RETIRED_ALERTS
 
 
 def test_rule_files_are_loaded_by_the_unit_tests() -> None:
@@ -194,8 +217,9 @@ def test_alert_labels_and_annotations(rule: dict[str, Any]) -> None:
     assert rule["labels"]["severity"] in {"critical", "warning", "info"}
     annotations = rule["annotations"]
     assert set(annotations) == {"summary", "description", "runbook_url"}
-    assert "$labels.provider" in annotations["summary"]
-    assert "$labels.provider" in annotations["description"]
+    if rule["alert"] != "BifrostBatchExporterDown":  # about the scrape target, not a provider
+        assert "$labels.provider" in annotations["summary"]
+        assert "$labels.provider" in annotations["description"]
     assert "$value" in annotations["description"]
     url = annotations["runbook_url"]
     assert url.startswith(RUNBOOK_URL_BASE)
@@ -204,11 +228,77 @@ def test_alert_labels_and_annotations(rule: dict[str, Any]) -> None:
     assert anchor in runbook_anchors(), f"docs/runbook.md has no section #{anchor}"
 
 
+def _outer_by(expr: str) -> list[str]:
+    """Labels of the first `by (...)` of an expression: the aggregation that sets the alert's labels."""
+    match = re.search(r"\bby\s*\(([^)]*)\)", expr)
+    assert match, expr
+    return [label.strip() for label in match.group(1).split(",")]
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
+def test_alerts_aggregate_by_the_group_labels_and_provider(rule: dict[str, Any]) -> None:
+    """Two clusters or namespaces never collapse into one alert; HA replicas (instance, pod) do."""
+    by = _outer_by(rule["expr"])
+    assert by[:3] == ["cluster", "namespace", "job"], by
+    if rule["alert"] != "BifrostBatchExporterDown":
+        assert "provider" in by, by
+    assert not {"instance", "pod"} & set(by), by
+
+
+def test_failure_ratio_reads_only_recent_transitions() -> None:
+    (rule,) = [r for r in alert_rules() if r["alert"] == "BifrostBatchHighRequestFailureRatio"]
+    assert "increase(bifrost_batch_finished_requests_total" in rule["expr"]
+    assert 'outcome="failed"' in rule["expr"]
+    assert "bifrost_batch_requests{" not in rule["expr"]  # the gauge of every listed batch: all history
+
+
+def test_exporter_down_covers_down_and_absent_targets() -> None:
+    (rule,) = [r for r in alert_rules() if r["alert"] == "BifrostBatchExporterDown"]
+    assert "up{" in rule["expr"]
+    assert "absent(up{" in rule["expr"]
+
+
+@pytest.mark.parametrize("alert", ["BifrostBatchFailed", "BifrostBatchExpired"])
+def test_failure_descriptions_name_the_code_and_the_last_batch(alert: str) -> None:
+    """The unit tests' expected descriptions carry the batch id and code of the input's last_failure_info."""
+    (rule,) = [r for r in alert_rules() if r["alert"] == alert]
+    assert "bifrost_batch_last_failure_info" in rule["annotations"]["description"]
+    assert "bifrost_batch_failures_total" in rule["annotations"]["description"]
+    checked = 0
+    for path in rule_test_files():
+        for test in yaml.safe_load(path.read_text())["tests"]:
+            infos = [
+                dict(re.findall(r'(\w+)="([^"]*)"', s["series"]))
+                for s in test.get("input_series", [])
+                if s["series"].startswith("bifrost_batch_last_failure_info{")
+            ]
+            for case in test.get("alert_rule_test", []):
+                if case["alertname"] != alert:
+                    continue
+                for expected in case.get("exp_alerts") or []:
+                    description = expected["exp_annotations"]["description"]
+                    mine = [
+                        i for i in infos if i.get("cluster", "") == expected["exp_labels"].get("cluster", "")
+                    ]
+                    assert mine, f"{test['name']}: no bifrost_batch_last_failure_info input"
+                    assert any(i["batch_id"] in description and i["code"] in description for i in mine), (
+                        description
+                    )
+                    checked += 1
+    assert checked, f"{alert}: no firing unit test"
+
+
+def _read_series(expr: str) -> set[str]:
+    """metric_names() plus `up`, the one series the rules read that the exporter does not expose."""
+    stripped = _STRING.sub(" ", expr)
+    return metric_names(expr) | ({"up"} if re.search(r"\bup\{", stripped) else set())
+
+
 @pytest.mark.parametrize("path", [ALERTS_FILE, RULES_FILE], ids=lambda p: p.name)
 def test_rules_read_only_contract_metrics(path: Path) -> None:
-    allowed = CONTRACT_METRICS | recording_rule_names()
+    allowed = CONTRACT_METRICS | recording_rule_names() | {"up"}
     for rule in load_rules(path):
-        names = metric_names(rule["expr"])
+        names = _read_series(rule["expr"]) | metric_names(str(rule.get("annotations", {})))
         assert names, rule
         unknown = {n for n in names if family(n) not in allowed}
         assert not unknown, (
@@ -216,19 +306,28 @@ def test_rules_read_only_contract_metrics(path: Path) -> None:
         )
         for labels in re.findall(r"(?:by|on|without|ignoring)\s*\(([^)]*)\)", rule["expr"]):
             for label in (x.strip() for x in labels.split(",")):
-                assert label in CONTRACT_LABELS | {"job", "instance"}, label
+                assert label in CONTRACT_LABELS | TARGET_LABELS, label
+
+
+def test_no_v1_name_is_left_in_rules_tests_or_runbook() -> None:
+    texts = [ALERTS_FILE, RULES_FILE, RUNBOOK, *rule_test_files()]
+    for path in texts:
+        text = path.read_text()
+        for name in REMOVED_V1_METRICS:
+            assert name not in text, f"{path.name} still names {name}"
 
 
 def test_alerts_do_not_depend_on_recording_rules() -> None:
-    """alerts.yaml is embedded alone by the Helm chart, so it must work without rules.yaml."""
+    """alerts.yaml can be loaded alone, so no alert may read a recorded series."""
     recorded = recording_rule_names()
     for rule in alert_rules():
         assert not metric_names(rule["expr"]) & recorded, rule["alert"]
 
 
 def test_recording_rule_names_follow_the_convention() -> None:
+    """level:metric:operations, the level naming the labels kept (the mixin's group labels and provider)."""
     for name in recording_rule_names():
         level, metric, operation = name.split(":")
-        assert level, name
+        assert level.startswith("cluster_namespace_job_provider"), name
         assert metric.startswith("bifrost_batch"), name
         assert operation, name
