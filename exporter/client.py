@@ -473,7 +473,10 @@ class BifrostClient:
                 if budget_truncates:
                     result.truncated = "max_pages"
                     size = page_size_for(provider, self._settings.page_size)
-                    result.truncated_detail = f"stopped after max_pages={budget} pages of {size}; kept the {result.batch_count} batches seen"
+                    result.truncated_detail = (
+                        f"stopped after max_pages={budget} pages of {size}; "
+                        f"kept the {result.batch_count} batches seen"
+                    )
                 else:
                     result.stopped = "budget"
                     result.next_cursor = cursor
