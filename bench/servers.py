@@ -157,8 +157,8 @@ class FixedRoutes(Routes):
         return self._response
 
 
-async def _static(body: bytes, gzip: bool) -> None:
-    server = HttpServer(FixedRoutes(body, gzip), "127.0.0.1", 0)
+async def _static(body: bytes, gzip: bool, write_timeout: float) -> None:
+    server = HttpServer(FixedRoutes(body, gzip), "127.0.0.1", 0, write_timeout=write_timeout)
     await server.start()
     print(f"READY {server.port}", flush=True)
     stop = asyncio.Event()
@@ -234,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = sub.add_parser("static")
     s.add_argument("--file", type=Path, required=True)
     s.add_argument("--gzip", action="store_true", help="the file is gzip-encoded: say so in Content-Encoding")
+    s.add_argument(
+        "--write-timeout", type=float, default=30.0, help="seconds a client gets to read a response"
+    )
     n = sub.add_parser("naive")
     n.add_argument("--file", type=Path, required=True)
     m = sub.add_parser("simulator")
@@ -247,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.kind == "feeder":
         feeder(args.providers.split(","), args.per_provider, args.seed)
     elif args.kind == "static":
-        asyncio.run(_static(args.file.read_bytes(), args.gzip))
+        asyncio.run(_static(args.file.read_bytes(), args.gzip, args.write_timeout))
     else:
         naive(args.file.read_text())
     return 0

@@ -1,0 +1,183 @@
+"""Clients that never read their response (issue 15, reproduction 2), against the server in its own process.
+
+Each client asks for an 11 MB exposition with a tiny receive window and then reads nothing. The server must drop
+every one of them within its write timeout, whatever their Connection header, and must not copy the exposition per
+client meanwhile: the resident memory of the server process is sampled all along.
+
+Run as a script for the figures in docs/security.md (also against another checkout, for a before/after):
+    .venv/bin/python -m tests.test_http_slow_readers [--root DIR] [--write-timeout 30] [--watch 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.harness import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+MIB = 1024 * 1024
+BODY_BYTES = 11 * MIB
+CLIENTS = 60
+
+
+def exposition(size: int) -> bytes:
+    """Prometheus text of about `size` bytes (per-batch series, as in the reproduction)."""
+    line = b'bifrost_batch_request_counts{provider="openai",batch_id="batch_%08d",kind="completed"} 12345\n'
+    return b"".join(line % i for i in range(size // len(line) + 1))
+
+
+@dataclass
+class Figures:
+    connection: str
+    rss_before_mib: float
+    rss_peak_mib: float
+    held_after_write_timeout: int
+    seconds_until_all_dropped: float | None
+
+
+class StaticServer:
+    """`python -m bench.servers static` from a checkout: our HTTP server alone, serving one file."""
+
+    def __init__(self, root: Path, body_file: Path, write_timeout: float | None) -> None:
+        args = [sys.executable, "-m", "bench.servers", "static", "--file", str(body_file)]
+        if write_timeout is not None:
+            args += ["--write-timeout", str(write_timeout)]
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        self.proc = subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        ready = self.proc.stdout.readline().split()
+        assert ready and ready[0] == "READY", ready
+        self.port = int(ready[1])
+        self._own_sockets = 0
+        self._own_sockets = self.client_sockets()  # the listener and asyncio's self-pipe
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
+
+    def client_sockets(self) -> int:
+        """Sockets the server holds for clients (less its own: the listener and asyncio's self-pipe)."""
+        count = 0
+        for fd in os.listdir(f"/proc/{self.proc.pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{self.proc.pid}/fd/{fd}").startswith("socket:"):
+                    count += 1
+            except OSError:
+                continue
+        return count - self._own_sockets
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def non_reader(port: int, connection: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that reads nothing hides little
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: {connection}\r\n\r\n".encode())
+    return sock
+
+
+def measure(
+    server: StaticServer, connection: str, *, clients: int, write_timeout: float, watch: float
+) -> Figures:
+    """Open `clients` non-readers, then sample RSS and held connections until all are gone or `watch` passes."""
+    before = server.rss_mib()
+    socks = [non_reader(server.port, connection) for _ in range(clients)]
+    started = time.monotonic()
+    peak = before
+    held_after_timeout = -1
+    dropped_at = None
+    try:
+        while time.monotonic() - started < watch:
+            peak = max(peak, server.rss_mib())
+            held = server.client_sockets()
+            elapsed = time.monotonic() - started
+            if held_after_timeout < 0 and elapsed > write_timeout + 1:
+                held_after_timeout = held
+            if held == 0 and dropped_at is None:
+                dropped_at = elapsed
+                if held_after_timeout >= 0:
+                    break
+            time.sleep(0.1)  # a sampling period, not a wait for a condition
+    finally:
+        for sock in socks:
+            sock.close()
+    return Figures(connection, before, peak, max(held_after_timeout, 0), dropped_at)
+
+
+@pytest.fixture(scope="module")
+def body_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("slow") / "metrics.txt"
+    path.write_bytes(exposition(BODY_BYTES))
+    return path
+
+
+@pytest.mark.parametrize("connection", ["close", "keep-alive"])
+def test_non_readers_are_dropped_within_the_write_timeout(body_file: Path, connection: str) -> None:
+    write_timeout = 3.0
+    server = StaticServer(ROOT, body_file, write_timeout)
+    try:
+        before = server.rss_mib()
+        socks = [non_reader(server.port, connection) for _ in range(CLIENTS)]
+        try:
+            wait_until(lambda: server.client_sockets() == CLIENTS, timeout=write_timeout)
+            peak = server.rss_mib()
+            wait_until(lambda: server.client_sockets() == 0, timeout=write_timeout + 5)
+        finally:
+            for sock in socks:
+                sock.close()
+        # No per-client copy of the 11 MB body: 60 copies would be 660 MiB; one send chunk each is under 8 MiB.
+        assert peak - before < 32, f"RSS grew {peak - before:.0f} MiB for {CLIENTS} clients that never read"
+        # And the server is fine for a reader afterwards.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            received = 0
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+        assert received > BODY_BYTES
+    finally:
+        server.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=ROOT, help="checkout whose bench.servers static to run")
+    parser.add_argument("--write-timeout", type=float, default=30.0)
+    parser.add_argument("--watch", type=float, default=40.0)
+    parser.add_argument("--clients", type=int, default=CLIENTS)
+    args = parser.parse_args()
+    body = Path("/tmp/slow-readers-metrics.txt")
+    body.write_bytes(exposition(BODY_BYTES))
+    for connection in ("close", "keep-alive"):
+        # The old static server has no --write-timeout flag; its default is the 30 s under test.
+        flag = None if args.write_timeout == 30.0 else args.write_timeout
+        server = StaticServer(args.root, body, flag)
+        try:
+            figures = measure(
+                server, connection, clients=args.clients, write_timeout=args.write_timeout, watch=args.watch
+            )
+        finally:
+            server.stop()
+        print(figures, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
