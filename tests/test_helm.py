@@ -143,15 +143,13 @@ def test_value_sets_present() -> None:
         "sharded-values.yaml",
         "all-optional-on-values.yaml",
         "existing-secret-values.yaml",
+        "persistence-values.yaml",
     }
 
 
-def test_embedded_files_are_symlinks_not_copies() -> None:
-    alerts = CHART / "files" / "alerts.yaml"
+def test_embedded_dashboards_are_a_symlink_not_a_copy() -> None:
+    # The rules come from files/mixin-rules.yaml, generated from the mixin like deploy/prometheus/*.yaml.
     dashboards = CHART / "files" / "dashboards"
-    assert alerts.is_symlink()
-    assert alerts.resolve() == ALERTS.resolve()
-    assert (CHART / "files" / "rules.yaml").resolve() == RECORDING.resolve()
     assert dashboards.is_symlink()
     assert dashboards.resolve() == DASHBOARDS.resolve()
 
@@ -176,6 +174,65 @@ def test_every_value_is_documented() -> None:
             undocumented.append(f"{i + 1}: {stripped}")
         ancestors.append((indent, commented))
     assert not undocumented, "values without a comment:\n" + "\n".join(undocumented)
+
+
+# --- the chart's README, generated from values.yaml -------------------------------------------------------------------
+
+GEN_README = ROOT / "tools" / "gen-chart-readme.py"
+REPO_BLOB = "https://github.com/bifrost-batch-exporter/bifrost-batch-exporter/blob/main/"
+
+
+def gen_readme(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(GEN_README), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_chart_readme_is_generated_from_the_current_values() -> None:
+    proc = gen_readme("--check")
+    assert proc.returncode == 0, proc.stderr + "\nrun: python3 tools/gen-chart-readme.py"
+
+
+def test_chart_readme_check_fails_when_a_value_changes(scratch_chart: Path) -> None:
+    values = scratch_chart / "values.yaml"
+    values.write_text(values.read_text().replace("# -- Service port.", "# -- The Service's port."))
+    proc = gen_readme("--check", "--chart", str(scratch_chart))
+    assert proc.returncode == 1 and "out of date" in proc.stderr
+    assert gen_readme("--chart", str(scratch_chart)).returncode == 0
+    assert "The Service's port." in (scratch_chart / "README.md").read_text()
+    assert gen_readme("--check", "--chart", str(scratch_chart)).returncode == 0
+
+
+def test_chart_readme_documents_every_value() -> None:
+    readme = (CHART / "README.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for key in values:
+        assert f"`{key}" in readme, key
+    for key in values["persistence"]:
+        assert f"`persistence.{key}`" in readme
+
+
+def test_documents_named_by_the_chart_exist() -> None:
+    """Links (and docs/... mentions) in values.yaml and the chart README point at files of this repository."""
+    for source in (CHART / "values.yaml", CHART / "README.md"):
+        text = source.read_text()
+        targets = [m.split("#")[0] for m in re.findall(re.escape(REPO_BLOB) + r"([\w./-]+)", text)]
+        targets += re.findall(r"(?<![\w/])(docs/[\w.-]+\.md)", text)
+        assert targets, source
+        missing = sorted({t for t in targets if not (ROOT / t).is_file()})
+        assert not missing, f"{source.name} names documents that do not exist: {missing}"
+
+
+def test_memory_limit_is_above_the_measured_peak_rss() -> None:
+    """The limit follows docs/performance.md's RSS at 1M batches, with at least 20% headroom over its peak."""
+    table = (ROOT / "docs" / "performance.md").read_text()
+    row = re.search(r"^\|\s*1,000,000\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|", table, re.MULTILINE)
+    assert row is not None, "docs/performance.md has no RSS row for 1,000,000 batches"
+    peak_bytes = float(row[2]) * 1e6
+    limit = yaml.safe_load((CHART / "values.yaml").read_text())["resources"]["limits"]["memory"]
+    match = re.fullmatch(r"(\d+)Mi", limit)
+    assert match is not None, limit
+    assert int(match[1]) * 2**20 >= 1.2 * peak_bytes, (limit, peak_bytes)
 
 
 # --- lint and Kubernetes schema validation ---------------------------------------------------------------------------
@@ -331,12 +388,24 @@ def test_a_provider_in_two_shards_is_refused(helm: str) -> None:
     assert 'provider "openai" is in shard "a" and in shard "b"' in proc.stderr
 
 
-def test_prometheus_rule_equals_the_alerts_and_recording_rules(rendered: dict[str, str]) -> None:
-    rule = one(docs_of(rendered["all-optional-on-values.yaml"]), "PrometheusRule")
+def test_prometheus_rule_equals_the_alerts_and_recording_rules(helm: str, rendered: dict[str, str]) -> None:
+    """With the generic files' selector, the chart renders exactly deploy/prometheus/*.yaml (one mixin source)."""
     alerts = yaml.safe_load(ALERTS.read_text())
     recording = yaml.safe_load(RECORDING.read_text())
-    assert rule["spec"]["groups"] == alerts["groups"] + recording["groups"]
+    generic = docs_of(
+        template_text(
+            helm,
+            "--set",
+            "prometheusRule.enabled=true",
+            "--set-string",
+            'prometheusRule.selector=job=~"bifrost-batch-exporter.*"',
+        )
+    )
+    assert one(generic, "PrometheusRule")["spec"]["groups"] == alerts["groups"] + recording["groups"]
+    rule = one(docs_of(rendered["all-optional-on-values.yaml"]), "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert any('job=~"rel-bifrost-batch-exporter.*"' in e for e in exprs)  # default: this release's targets
 
 
 def test_dashboard_configmap_equals_the_dashboards(rendered: dict[str, str]) -> None:
@@ -368,11 +437,12 @@ def test_package_carries_the_embedded_files(helm: str, tmp_path: Path) -> None:
             assert member is not None, f"{name} is not a regular file in the package"
             return member.read().decode()
 
-        assert read("bifrost-batch-exporter/files/alerts.yaml") == ALERTS.read_text()
-        assert read("bifrost-batch-exporter/files/rules.yaml") == RECORDING.read_text()
+        rules = CHART / "files" / "mixin-rules.yaml"
+        assert read("bifrost-batch-exporter/files/mixin-rules.yaml") == rules.read_text()
         for f in files:
             assert read(f"bifrost-batch-exporter/files/dashboards/{f.name}") == f.read_text()
     assert not [n for n in names if n.endswith((".py", ".pyc"))]
+    assert "bifrost-batch-exporter/README.md" in names  # .helmignore must not drop the chart's documentation
 
 
 def test_credentials_stay_in_secrets(rendered: dict[str, str]) -> None:
@@ -391,31 +461,143 @@ def test_credentials_stay_in_secrets(rendered: dict[str, str]) -> None:
             assert decoded == set(secrets)
 
 
-def test_credentials_reach_the_exporter_as_env(rendered: dict[str, str]) -> None:
+AUTH_DIR = "/etc/bifrost-batch-exporter/auth"
+
+
+def auth_volume(deployment: Doc) -> Doc | None:
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = [v for v in pod["volumes"] if v["name"] == "auth"]
+    mounts = [m for m in container(deployment)["volumeMounts"] if m["name"] == "auth"]
+    if not volumes:
+        assert not mounts
+        return None
+    (mount,) = mounts
+    assert mount == {
+        "name": "auth",
+        "mountPath": AUTH_DIR,
+        "readOnly": True,
+    }  # whole volume: rotations reach it
+    return dict(volumes[0]["secret"])
+
+
+def config_of(docs: list[Doc]) -> Doc:
+    config_map = one([d for d in of_kind(docs, "ConfigMap") if "config.yaml" in d["data"]], "ConfigMap")
+    return dict(yaml.safe_load(config_map["data"]["config.yaml"]))
+
+
+def test_credentials_reach_the_exporter_as_files(rendered: dict[str, str]) -> None:
     docs = docs_of(rendered["all-optional-on-values.yaml"])
-    env = env_of(one(docs, "Deployment"))
-    for name, key in [
-        ("BIFROST_EXPORTER_BASIC_AUTH_USERNAME", "basic-auth-username"),
-        ("BIFROST_EXPORTER_BASIC_AUTH_PASSWORD", "basic-auth-password"),
-    ]:
-        ref = env[name]["valueFrom"]["secretKeyRef"]
-        assert ref == {"name": "rel-bifrost-batch-exporter-auth", "key": key}
-    assert "BIFROST_EXPORTER_VIRTUAL_KEY" not in env  # not configured, not referenced
+    deployment = one(docs, "Deployment")
+    volume = auth_volume(deployment)
+    assert volume == {
+        "secretName": "rel-bifrost-batch-exporter-auth",
+        "defaultMode": 0o440,
+        "items": [{"key": "basic-auth-password", "path": "basic-auth-password"}],
+    }
+    config = config_of(docs)
+    assert config["basic_auth_password_file"] == f"{AUTH_DIR}/basic-auth-password"
+    assert "virtual_key_file" not in config and "bearer_token_file" not in config  # not configured
+    env = env_of(deployment)
+    # The user name is not a *_file setting: it stays an env var from the same Secret. No secret value is in env.
+    assert env["BIFROST_EXPORTER_BASIC_AUTH_USERNAME"]["valueFrom"]["secretKeyRef"] == {
+        "name": "rel-bifrost-batch-exporter-auth",
+        "key": "basic-auth-username",
+    }
+    for name in ("VIRTUAL_KEY", "BASIC_AUTH_PASSWORD", "BEARER_TOKEN"):
+        assert f"BIFROST_EXPORTER_{name}" not in env
+    sharded = docs_of(rendered["sharded-values.yaml"])
+    for shard in of_kind(sharded, "Deployment"):
+        assert auth_volume(shard) == {
+            "secretName": "rel-bifrost-batch-exporter-auth",
+            "defaultMode": 0o440,
+            "items": [{"key": "virtual-key", "path": "virtual-key"}],
+        }
+    assert config_of(sharded)["virtual_key_file"] == f"{AUTH_DIR}/virtual-key"
+    assert auth_volume(one(docs_of(rendered["default-values.yaml"]), "Deployment")) is None
 
 
 def test_existing_secret(rendered: dict[str, str]) -> None:
     docs = docs_of(rendered["existing-secret-values.yaml"])
     assert not of_kind(docs, "Secret")
-    env = env_of(one(docs, "Deployment"))
-    expected = {
-        "BIFROST_EXPORTER_VIRTUAL_KEY": "vk",
-        "BIFROST_EXPORTER_BASIC_AUTH_USERNAME": "username",
-        "BIFROST_EXPORTER_BASIC_AUTH_PASSWORD": "password",
-        "BIFROST_EXPORTER_BEARER_TOKEN": "token",
+    deployment = one(docs, "Deployment")
+    # Only the credentials whose key is named in existingSecretKeys are mounted (a named key must exist).
+    assert auth_volume(deployment) == {
+        "secretName": "bifrost-gateway-credentials",
+        "defaultMode": 0o440,
+        "items": [
+            {"key": "vk", "path": "virtual-key"},
+            {"key": "password", "path": "basic-auth-password"},
+        ],
     }
-    for name, key in expected.items():
-        ref = env[name]["valueFrom"]["secretKeyRef"]
-        assert ref == {"name": "bifrost-gateway-credentials", "key": key, "optional": True}
+    config = config_of(docs)
+    assert config["virtual_key_file"] == f"{AUTH_DIR}/virtual-key"
+    assert config["basic_auth_password_file"] == f"{AUTH_DIR}/basic-auth-password"
+    assert "bearer_token_file" not in config
+    ref = env_of(deployment)["BIFROST_EXPORTER_BASIC_AUTH_USERNAME"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "bifrost-gateway-credentials", "key": "username"}
+
+
+# --- persistence: the ledger in state_dir ---------------------------------------------------------------------------
+
+
+def test_persistence_pvc_one_claim_and_one_writer_per_deployment(rendered: dict[str, str]) -> None:
+    docs = docs_of(rendered["persistence-values.yaml"])
+    deployments = of_kind(docs, "Deployment")
+    claims = {c["metadata"]["name"]: c for c in of_kind(docs, "PersistentVolumeClaim")}
+    assert len(deployments) == len(claims) == 2
+    state_dir = config_of(docs)["state_dir"]
+    assert state_dir == "/var/lib/bifrost-batch-exporter"
+    for deployment in deployments:
+        name = deployment["metadata"]["name"]
+        assert deployment["spec"]["replicas"] == 1
+        assert deployment["spec"]["strategy"] == {
+            "type": "Recreate"
+        }  # the old pod stops before the new one writes
+        (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "state"]
+        assert volume == {"name": "state", "persistentVolumeClaim": {"claimName": f"{name}-state"}}
+        (mount,) = [m for m in container(deployment)["volumeMounts"] if m["name"] == "state"]
+        assert mount["mountPath"] == state_dir and not mount.get("readOnly")
+        claim = claims[f"{name}-state"]
+        assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+        assert claim["spec"]["storageClassName"] == "fast-ssd"
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+        assert claim["metadata"]["labels"][SHARD_LABEL] == deployment["metadata"]["labels"][SHARD_LABEL]
+
+
+def test_persistence_empty_dir_allows_an_ha_pair(rendered: dict[str, str]) -> None:
+    docs = docs_of(rendered["all-optional-on-values.yaml"])
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert "strategy" not in deployment["spec"]
+    assert not of_kind(docs, "PersistentVolumeClaim")
+    (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "state"]
+    assert volume == {"name": "state", "emptyDir": {"sizeLimit": "256Mi"}}
+    assert config_of(docs)["state_dir"] == "/var/lib/bifrost-batch-exporter"
+    assert "state_dir" not in config_of(docs_of(rendered["default-values.yaml"]))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "persistence.enabled=true,replicaCount=2"], "persistence.type=pvc needs 1 replica per Deployment"),
+        (
+            ["--set", "persistence.enabled=true,persistence.existingClaim=mine",
+             "--set", "shards[0].name=a,shards[0].providers={openai},shards[1].name=b,shards[1].providers={azure}"],
+            "persistence.existingClaim is one volume",
+        ),
+    ],
+)  # fmt: skip
+def test_persistence_refuses_two_writers_on_one_volume(helm: str, args: list[str], message: str) -> None:
+    proc = run_helm(helm, "template", "rel", str(CHART), *args, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+
+
+def test_existing_claim_is_used_as_is(helm: str) -> None:
+    docs = docs_of(template_text(helm, "--set", "persistence.enabled=true,persistence.existingClaim=ledger"))
+    assert not of_kind(docs, "PersistentVolumeClaim")
+    volumes = one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "state", "persistentVolumeClaim": {"claimName": "ledger"}} in volumes
 
 
 def test_web_config_tls_and_basic_auth(rendered: dict[str, str]) -> None:
@@ -501,18 +683,25 @@ def scratch_chart(tmp_path: Path) -> Path:
     return copy
 
 
-def test_missing_alerts_file_fails_loudly(helm: str, scratch_chart: Path) -> None:
-    (scratch_chart / "files" / "alerts.yaml").unlink()
+def test_missing_rules_file_fails_loudly(helm: str, scratch_chart: Path) -> None:
+    (scratch_chart / "files" / "mixin-rules.yaml").unlink()
     proc = run_helm(
         helm, "template", "rel", str(scratch_chart), "--set", "prometheusRule.enabled=true", check=False
     )
     assert proc.returncode != 0
-    assert "files/alerts.yaml" in proc.stderr
+    assert "files/mixin-rules.yaml" in proc.stderr
 
 
 # --- the chart's config against the exporter itself ---------------------------------------------------------------
 
-CHART_OWNED = {"listen_address", "web_config_file"}
+CHART_OWNED = {
+    "listen_address",
+    "web_config_file",
+    "state_dir",
+    "virtual_key_file",
+    "basic_auth_password_file",
+    "bearer_token_file",
+}
 SECRETS = {"virtual_key", "basic_auth_username", "basic_auth_password", "bearer_token"}
 
 
@@ -529,18 +718,30 @@ def test_schema_knows_every_exporter_setting() -> None:
 def test_rendered_config_passes_check_config(
     rendered: dict[str, str], value_set: str, tmp_path: Path
 ) -> None:
-    """The exporter accepts each Deployment's ConfigMap + plain env, as it would in the pod."""
+    """The exporter accepts each Deployment's ConfigMap + env, as it would in the pod.
+
+    Mounted files only exist in the pod: the secret files get stand-ins with a value (so the combination of
+    credentials is checked too), state_dir a scratch directory, env from a Secret a stand-in value.
+    """
     docs = docs_of(rendered[value_set])
-    config_map = one([d for d in of_kind(docs, "ConfigMap") if "config.yaml" in d["data"]], "ConfigMap")
-    config = yaml.safe_load(config_map["data"]["config.yaml"])
-    # Files that only exist inside the pod (mounted Secrets/ConfigMaps) are checked elsewhere.
-    for key in ("web_config_file", "ca_file"):
+    config = config_of(docs)
+    for key in ("web_config_file", "ca_file"):  # checked elsewhere
         config.pop(key, None)
+    for key in ("virtual_key_file", "basic_auth_password_file", "bearer_token_file"):
+        if key in config:
+            assert config[key].startswith(AUTH_DIR + "/")
+            stand_in = tmp_path / Path(config[key]).name
+            stand_in.write_text("sk-bf-stand-in-value\n")
+            config[key] = str(stand_in)
+    if "state_dir" in config:
+        config["state_dir"] = str(tmp_path / "state")
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     for deployment in of_kind(docs, "Deployment"):
+        from_secrets = {name: "stand-in-user" for name, e in env_of(deployment).items() if "valueFrom" in e}
         plain_env = {name: e["value"] for name, e in env_of(deployment).items() if "value" in e}
         env = {k: v for k, v in os.environ.items() if not k.startswith("BIFROST_EXPORTER_")} | plain_env
+        env |= from_secrets
         proc = subprocess.run(
             [sys.executable, "-m", "exporter", "--check-config", "--config", str(path)],
             capture_output=True,

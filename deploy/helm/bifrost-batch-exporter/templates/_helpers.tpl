@@ -109,12 +109,53 @@ provider in at most one shard.
 {{- end }}
 {{- end }}
 
-{{/* The exporter's config.yaml (no secrets: those come from env). */}}
+{{/*
+The gateway credentials the pods get from the auth Secret, as {"items": [{cred, key, file, setting}]}: `key` in the
+Secret, mounted as `file` under /etc/bifrost-batch-exporter/auth and named by the exporter's `setting` (a *_file
+setting, re-read on SIGHUP). The user name is not a *_file setting; it travels as an env var (bbe.env).
+A chart-rendered Secret uses fixed key names; an existingSecret uses auth.existingSecretKeys, and only the
+credentials whose key is not empty there.
+*/}}
+{{- define "bbe.authFiles" -}}
+{{- $auth := .Values.auth }}
+{{- $items := list }}
+{{- range $cred := list "virtualKey" "basicAuthPassword" "bearerToken" }}
+{{- $file := get (dict "virtualKey" "virtual-key" "basicAuthPassword" "basic-auth-password" "bearerToken" "bearer-token") $cred }}
+{{- $setting := get (dict "virtualKey" "virtual_key_file" "basicAuthPassword" "basic_auth_password_file" "bearerToken" "bearer_token_file") $cred }}
+{{- $key := "" }}
+{{- if $auth.existingSecret }}
+{{- $key = get $auth.existingSecretKeys $cred }}
+{{- else if get $auth $cred }}
+{{- $key = $file }}
+{{- end }}
+{{- if $key }}
+{{- $items = append $items (dict "cred" $cred "key" $key "file" $file "setting" $setting) }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "items" $items) }}
+{{- end }}
+
+{{/* Where the auth Secret's files are mounted. */}}
+{{- define "bbe.authDir" -}}/etc/bifrost-batch-exporter/auth{{- end }}
+
+{{/* persistence.enabled: "pvc" or "emptyDir" (the kind of volume mounted at state_dir), else "". */}}
+{{- define "bbe.stateVolume" -}}
+{{- if .Values.persistence.enabled }}{{ .Values.persistence.type }}{{ end }}
+{{- end }}
+
+{{/* The exporter's config.yaml. No secrets: those are files from the auth Secret, named here by *_file settings. */}}
 {{- define "bbe.configYaml" -}}
 {{- $config := deepCopy .Values.config }}
 {{- $_ := set $config "listen_address" (printf "0.0.0.0:%d" (int .Values.containerPort)) }}
 {{- if include "bbe.webConfigEnabled" . }}
 {{- $_ := set $config "web_config_file" "/etc/bifrost-batch-exporter/web/web-config.yml" }}
+{{- end }}
+{{- $authDir := include "bbe.authDir" . }}
+{{- range (include "bbe.authFiles" . | fromYaml).items }}
+{{- $_ := set $config .setting (printf "%s/%s" $authDir .file) }}
+{{- end }}
+{{- if include "bbe.stateVolume" . }}
+{{- $_ := set $config "state_dir" .Values.persistence.mountPath }}
 {{- end }}
 {{- toYaml $config }}
 {{- end }}
@@ -143,23 +184,23 @@ provider in at most one shard.
 {{- toYaml $probe }}
 {{- end }}
 
-{{/* Environment of the exporter container: the shard's providers, the gateway credentials, extraEnv. */}}
+{{/* Environment of the exporter container: the shard's providers, the gateway user name, extraEnv. */}}
 {{- define "bbe.env" -}}
 {{- $root := .root }}
-{{- $authSecret := include "bbe.authSecretName" $root }}
-{{- $envKeys := dict "virtualKey" "BIFROST_EXPORTER_VIRTUAL_KEY" "basicAuthUsername" "BIFROST_EXPORTER_BASIC_AUTH_USERNAME" "basicAuthPassword" "BIFROST_EXPORTER_BASIC_AUTH_PASSWORD" "bearerToken" "BIFROST_EXPORTER_BEARER_TOKEN" }}
+{{- $auth := $root.Values.auth }}
 {{- $env := list }}
 {{- if .instance.providers }}
 {{- $env = append $env (dict "name" "BIFROST_EXPORTER_PROVIDERS" "value" (join "," .instance.providers)) }}
 {{- end }}
-{{- if $authSecret }}
-{{- range $key := list "virtualKey" "basicAuthUsername" "basicAuthPassword" "bearerToken" }}
-{{- if or $root.Values.auth.existingSecret (get $root.Values.auth $key) }}
-{{- $ref := dict "name" $authSecret "key" (get $root.Values.auth.existingSecretKeys $key) }}
-{{- if $root.Values.auth.existingSecret }}{{ $_ := set $ref "optional" true }}{{ end }}
-{{- $env = append $env (dict "name" (get $envKeys $key) "valueFrom" (dict "secretKeyRef" $ref)) }}
+{{- $userKey := "" }}
+{{- if $auth.existingSecret }}
+{{- $userKey = $auth.existingSecretKeys.basicAuthUsername }}
+{{- else if $auth.basicAuthUsername }}
+{{- $userKey = "basic-auth-username" }}
 {{- end }}
-{{- end }}
+{{- if $userKey }}
+{{- $ref := dict "name" (include "bbe.authSecretName" $root) "key" $userKey }}
+{{- $env = append $env (dict "name" "BIFROST_EXPORTER_BASIC_AUTH_USERNAME" "valueFrom" (dict "secretKeyRef" $ref)) }}
 {{- end }}
 {{- $env = concat $env $root.Values.extraEnv }}
 {{- if $env }}{{ toYaml $env }}{{ end }}
