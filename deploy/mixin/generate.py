@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import _jsonnet
+import _jsonnet  # type: ignore[import-untyped]  # the jsonnet package ships no type information
 import yaml
 
 MIXIN_DIR = Path(__file__).resolve().parent
@@ -30,8 +30,8 @@ ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 RULES = ROOT / "deploy" / "prometheus" / "rules.yaml"
 CHART_RULES = ROOT / "deploy" / "helm" / "bifrost-batch-exporter" / "files" / "mixin-rules.yaml"
 
-SELECTOR_TOKEN = "__SELECTOR__"
-RUNBOOK_TOKEN = "__RUNBOOK__"
+SELECTOR_PLACEHOLDER = "__SELECTOR__"
+RUNBOOK_PLACEHOLDER = "__RUNBOOK__"
 # Key order of a rule as Prometheus' own docs write it (jsonnet sorts keys alphabetically).
 RULE_KEYS = ("alert", "record", "expr", "for", "labels", "annotations")
 ANNOTATION_KEYS = ("summary", "description", "runbook_url")
@@ -82,8 +82,8 @@ def placeholder_config(config: Mapping[str, Any]) -> dict[str, Any]:
         raise SystemExit("runbookUrlPattern must end with %s (the chart replaces the prefix before it)")
     alerts = {name: {key: f"__{key}__" for key in params} for name, params in config["alerts"].items()}
     return {
-        "selector": SELECTOR_TOKEN,
-        "runbookUrlPattern": RUNBOOK_TOKEN + "%s",
+        "selector": SELECTOR_PLACEHOLDER,
+        "runbookUrlPattern": RUNBOOK_PLACEHOLDER + "%s",
         "alerts": alerts,
         "disabledAlerts": [],
     }
@@ -154,7 +154,9 @@ def render() -> dict[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="fail when a committed file is out of date")
     args = parser.parse_args(argv)
     stale = []

@@ -1,0 +1,146 @@
+"""The monitoring mixin (deploy/mixin/): the generated rule files are current, and its _config really drives them."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import require_tool
+
+ROOT = Path(__file__).resolve().parent.parent
+GENERATE = ROOT / "deploy" / "mixin" / "generate.py"
+CHART_RULES = ROOT / "deploy" / "helm" / "bifrost-batch-exporter" / "files" / "mixin-rules.yaml"
+
+
+def load_generate() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mixin_generate", GENERATE)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def generate() -> ModuleType:
+    return load_generate()
+
+
+def test_generated_files_are_up_to_date(generate: ModuleType) -> None:
+    for path, text in generate.render().items():
+        assert path.read_text() == text, (
+            f"{path.relative_to(ROOT)} is stale: run `python deploy/mixin/generate.py`"
+        )
+
+
+def test_check_mode_passes_on_the_committed_files() -> None:
+    result = subprocess.run(
+        [sys.executable, str(GENERATE), "--check"], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "up to date" in result.stdout
+
+
+def _groups(groups: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {rule.get("alert") or rule["record"]: rule for group in groups for rule in group["rules"]}
+
+
+def test_config_changes_selector_labels_thresholds_and_disabled_alerts(generate: ModuleType) -> None:
+    config = {
+        "selector": 'namespace="llm"',
+        "groupLabels": ["cluster"],
+        "metadataLabels": ["team"],
+        "disabledAlerts": ["BifrostBatchProviderUnsupported"],
+        "runbookUrlPattern": "https://wiki.example.com/bifrost#%s",
+        "alerts": {
+            **generate.default_config()["alerts"],
+            "BifrostBatchStuck": {
+                "severity": "critical",
+                "for": "1h",
+                "thresholdSeconds": 180000,
+            },
+        },
+    }
+    alerts, rules = generate.rule_groups(config)
+    by_name = _groups(alerts)
+    assert "BifrostBatchProviderUnsupported" not in by_name
+    stuck = by_name["BifrostBatchStuck"]
+    assert "> 180000" in stuck["expr"]
+    assert stuck["for"] == "1h"
+    assert stuck["labels"] == {"severity": "critical"}
+    assert stuck["annotations"]["runbook_url"] == "https://wiki.example.com/bifrost#bifrostbatchstuck"
+    failed = by_name["BifrostBatchFailed"]
+    assert "max by (cluster, provider, metadata_team) (" in failed["expr"]
+    for rule in [*by_name.values(), *_groups(rules).values()]:
+        selectors = re.findall(r"\{([^}]*)\}", rule["expr"])
+        assert selectors, rule
+        assert all(s.startswith('namespace="llm"') for s in selectors), rule["expr"]
+        assert "job=~" not in rule["expr"]
+    assert set(_groups(rules)) == {
+        name.replace("cluster_namespace_job_provider", "cluster_provider")
+        for name in _groups(generate.rule_groups()[1])
+    }
+
+
+METADATA_TEST = """
+rule_files: [alerts.yaml]
+evaluation_interval: 1m
+tests:
+  - name: a failed batch is routed by its owner's metadata label
+    interval: 1m
+    input_series:
+      - series: 'bifrost_batch_finished_total{job="bifrost-batch-exporter", instance="a", provider="openai", status="failed", metadata_team="ml"}'
+        values: '0 0 1x10'
+      - series: 'bifrost_batch_finished_total{job="bifrost-batch-exporter", instance="a", provider="openai", status="failed", metadata_team="search"}'
+        values: '0x12'
+      - series: 'bifrost_batch_last_failure_info{job="bifrost-batch-exporter", instance="a", provider="openai", status="failed", batch_id="batch_ml_1", code="invalid_json_line"}'
+        values: '_ _ 1x10'
+      - series: 'bifrost_batch_failures_total{job="bifrost-batch-exporter", instance="a", provider="openai", status="failed", code="invalid_json_line", metadata_team="ml"}'
+        values: '0 0 1x10'
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: BifrostBatchFailed
+        exp_alerts:
+          - exp_labels: {severity: warning, job: bifrost-batch-exporter, provider: openai, metadata_team: ml}
+            exp_annotations:
+              summary: "Bifrost batch failed on provider openai (metadata_team ml)"
+              description: '1 batch(es) of provider openai, metadata_team ml, job bifrost-batch-exporter reached status "failed" in the last 15m. Failure codes: invalid_json_line (1). Last failed batch: batch_ml_1 (code invalid_json_line).'
+              runbook_url: "https://github.com/bifrost-batch-exporter/bifrost-batch-exporter/blob/main/docs/runbook.md#bifrostbatchfailed"
+"""
+
+
+def test_metadata_labels_route_a_failed_batch_to_its_owner(generate: ModuleType, tmp_path: Path) -> None:
+    """With metadataLabels: [team], promtool proves the alert carries metadata_team (one alert per owning team)."""
+    promtool = require_tool("promtool")
+    alerts, _ = generate.rule_groups({"metadataLabels": ["team"]})
+    (tmp_path / "alerts.yaml").write_text(yaml.safe_dump({"groups": alerts}, sort_keys=False))
+    (tmp_path / "test.yaml").write_text(METADATA_TEST)
+    result = subprocess.run(
+        [promtool, "test", "rules", "test.yaml"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_chart_rule_file_has_a_placeholder_for_every_parameter() -> None:
+    """Each alert parameter reaches the rule (so a chart override has an effect) and no default is baked in."""
+    source = yaml.safe_load(CHART_RULES.read_text())
+    alerts = [rule for group in source["groups"] for rule in group["rules"] if "alert" in rule]
+    assert alerts
+    for rule in alerts:
+        text = yaml.safe_dump({k: v for k, v in rule.items() if k != "params"})
+        tokens = set(re.findall(r"__([A-Za-z]+)__", text)) - {"SELECTOR", "RUNBOOK"}
+        assert tokens == set(rule["params"]), rule["alert"]
+        assert "__SELECTOR__" in rule["expr"], rule["alert"]
+        assert rule["annotations"]["runbook_url"] == "__RUNBOOK__" + rule["alert"].lower()
+    for group in source["groups"]:
+        for rule in group["rules"]:
+            assert "bifrost-batch-exporter.*" not in yaml.safe_dump(rule), rule
