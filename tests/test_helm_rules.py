@@ -1,0 +1,224 @@
+"""The chart's PrometheusRule, rendered by the real helm: the mixin's rules, tuned by values, never copied."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import require_tool
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "deploy" / "helm" / "bifrost-batch-exporter"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+RECORDING = ROOT / "deploy" / "prometheus" / "rules.yaml"
+MIXIN_SELECTOR = 'job=~"bifrost-batch-exporter.*"'
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    bundled = ROOT / ".tools" / "bin" / "helm"
+    if bundled.exists() and os.access(bundled, os.X_OK):
+        return str(bundled)
+    return require_tool("helm")
+
+
+def render(helm: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            helm,
+            "template",
+            "rel",
+            str(CHART),
+            "--show-only",
+            "templates/prometheusrule.yaml",
+            "--set",
+            "prometheusRule.enabled=true",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=check,
+    )
+
+
+def spec_groups(helm: str, *args: str) -> list[dict[str, Any]]:
+    document = yaml.safe_load(render(helm, *args).stdout)
+    assert document["kind"] == "PrometheusRule"
+    groups: list[dict[str, Any]] = document["spec"]["groups"]
+    return groups
+
+
+def rules_by_name(groups: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {rule.get("alert") or rule["record"]: rule for group in groups for rule in group["rules"]}
+
+
+def values_file(tmp_path: Path, values: dict[str, Any]) -> str:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump({"prometheusRule": {"enabled": True, **values}}))
+    return str(path)
+
+
+def test_chart_renders_exactly_the_generated_rule_files(helm: str) -> None:
+    """With the mixin's selector and no overrides, the chart's rules are deploy/prometheus/*.yaml, rule for rule."""
+    groups = spec_groups(helm, "--set-string", f"prometheusRule.selector={MIXIN_SELECTOR}")
+    expected = yaml.safe_load(ALERTS.read_text())["groups"] + yaml.safe_load(RECORDING.read_text())["groups"]
+    assert groups == expected
+
+
+def test_default_selector_is_this_releases_job(helm: str) -> None:
+    """The Prometheus Operator names a ServiceMonitor target's job after its Service: <fullname>[-<shard>]."""
+    rules = rules_by_name(spec_groups(helm))
+    for name, rule in rules.items():
+        assert 'job=~"rel-bifrost-batch-exporter.*"' in rule["expr"], name
+        assert "__" not in yaml.safe_dump(rule).replace("__name__", ""), f"{name}: a placeholder is left"
+
+
+def test_disabled_alerts_are_left_out(helm: str, tmp_path: Path) -> None:
+    values = values_file(
+        tmp_path, {"disabled": {"BifrostBatchProviderUnsupported": True, "BifrostBatchStuck": False}}
+    )
+    rules = rules_by_name(spec_groups(helm, "-f", values))
+    assert "BifrostBatchProviderUnsupported" not in rules
+    assert "BifrostBatchStuck" in rules
+    assert "BifrostBatchFailed" in rules
+
+
+def test_per_alert_parameters_go_through_the_mixin_expression(helm: str, tmp_path: Path) -> None:
+    values = values_file(
+        tmp_path,
+        {
+            "alerts": {
+                "BifrostBatchStuck": {"thresholdSeconds": 180000, "for": "30m"},
+                "BifrostBatchHighRequestFailureRatio": {
+                    "threshold": 0.25,
+                    "window": "3h",
+                    "minRequests": 1000,
+                },
+                "BifrostBatchFailed": {"severity": "critical", "for": "2m"},
+                "BifrostBatchExporterDown": {"for": "0m"},
+            }
+        },
+    )
+    rules = rules_by_name(spec_groups(helm, "-f", values))
+    stuck = rules["BifrostBatchStuck"]
+    assert stuck["expr"].rstrip().endswith("> 180000")
+    assert stuck["for"] == "30m"
+    assert "180000 s" in stuck["annotations"]["description"]
+    ratio = rules["BifrostBatchHighRequestFailureRatio"]
+    assert "> 0.25" in ratio["expr"]
+    assert ratio["expr"].count("[3h]") == 3
+    assert ">= 1000" in ratio["expr"]
+    assert "last 3h" in ratio["annotations"]["description"]
+    failed = rules["BifrostBatchFailed"]
+    assert failed["labels"]["severity"] == "critical"
+    assert failed["for"] == "2m"
+    assert "for" not in rules["BifrostBatchExporterDown"]
+    # untouched alerts keep the mixin's defaults
+    defaults = rules_by_name(yaml.safe_load(ALERTS.read_text())["groups"])
+    assert rules["BifrostBatchAtRisk"]["for"] == defaults["BifrostBatchAtRisk"]["for"]
+
+
+def test_additional_labels_and_runbook_prefix(helm: str, tmp_path: Path) -> None:
+    values = values_file(
+        tmp_path,
+        {
+            "additionalRuleLabels": {"team": "llm-platform", "severity": "page"},
+            "runbookUrlPrefix": "https://wiki.example.com/runbooks/bifrost#",
+        },
+    )
+    rules = rules_by_name(spec_groups(helm, "-f", values))
+    for name, rule in rules.items():
+        if "alert" not in rule:
+            assert "labels" not in rule, name
+            continue
+        assert rule["labels"]["team"] == "llm-platform", name
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, "a rule's own severity wins"
+        assert (
+            rule["annotations"]["runbook_url"] == f"https://wiki.example.com/runbooks/bifrost#{name.lower()}"
+        )
+
+
+def test_extra_rules_get_their_own_group(helm: str, tmp_path: Path) -> None:
+    extra = {
+        "alert": "MyBatchBacklog",
+        "expr": 'sum(bifrost_batches{status="validating"}) > 100',
+        "for": "1h",
+    }
+    values = values_file(tmp_path, {"extraRules": [extra]})
+    groups = spec_groups(helm, "-f", values)
+    assert groups[-1] == {"name": "rel-bifrost-batch-exporter.extra", "rules": [extra]}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"disabled": {"BifrostBatchExpiringSoon": True}},
+            "prometheusRule.disabled.BifrostBatchExpiringSoon: no such alert",
+        ),
+        (
+            {"alerts": {"BifrostBatchStuck": {"threshold": 1}}},
+            "prometheusRule.alerts.BifrostBatchStuck.threshold: no such parameter",
+        ),
+    ],
+)
+def test_unknown_alerts_and_parameters_fail_the_render(
+    helm: str, tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
+    proc = render(helm, "-f", values_file(tmp_path, values), check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+
+
+def test_schema_rejects_a_malformed_override(helm: str, tmp_path: Path) -> None:
+    proc = render(
+        helm, "-f", values_file(tmp_path, {"alerts": {"BifrostBatchFailed": {"for": "soon"}}}), check=False
+    )
+    assert proc.returncode != 0
+    assert "for" in proc.stderr
+
+
+def test_rendered_rules_with_overrides_pass_promtool(helm: str, tmp_path: Path) -> None:
+    promtool = require_tool("promtool")
+    values = values_file(
+        tmp_path,
+        {
+            "selector": 'namespace="llm", job="batch-exporter"',
+            "disabled": {"BifrostBatchProviderUnsupported": True},
+            "alerts": {
+                "BifrostBatchStuck": {"thresholdSeconds": 180000},
+                "BifrostBatchAtRisk": {"for": "1h"},
+            },
+            "additionalRuleLabels": {"team": "llm-platform"},
+            "extraRules": [{"record": "job:bifrost_batches:sum", "expr": "sum by (job) (bifrost_batches)"}],
+        },
+    )
+    rules_file = tmp_path / "rendered.yaml"
+    rules_file.write_text(yaml.safe_dump({"groups": spec_groups(helm, "-f", values)}, sort_keys=False))
+    result = subprocess.run(
+        [promtool, "check", "rules", str(rules_file)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_missing_rule_source_fails_loudly(helm: str, tmp_path: Path) -> None:
+    copy = tmp_path / "chart"
+    shutil.copytree(CHART, copy, symlinks=False)
+    (copy / "files" / "mixin-rules.yaml").unlink()
+    proc = subprocess.run(
+        [helm, "template", "rel", str(copy), "--set", "prometheusRule.enabled=true"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "files/mixin-rules.yaml" in proc.stderr
