@@ -173,7 +173,7 @@ local build(c) =
       ||| % (v + a.BifrostBatchStuck),
       'Bifrost batch stuck in {{ $labels.status }} on provider {{ $labels.provider }}' + owner,
       'The oldest batch of ' + provider + ' in status {{ $labels.status }} was created {{ $value | humanizeDuration }} ' +
-      'ago (threshold ' + a.BifrostBatchStuck.thresholdSeconds + ' s, the usual 24 h window plus one hour).',
+      'ago (threshold ' + a.BifrostBatchStuck.thresholdSeconds + ' s).',
     ),
     rule(
       'BifrostBatchAtRisk',
