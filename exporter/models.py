@@ -138,6 +138,9 @@ class Batch(_Lenient):
             ts = self.cancelled_at
         else:
             ts = None
+        if ts is None and status in ("failed", "expired", "cancelled"):
+            # Bedrock reports every end time as completed_at (its EndTime), whatever the outcome.
+            ts = self.completed_at
         return valid_timestamp(ts)
 
     @property

@@ -48,8 +48,19 @@ def outcomes(counts: RequestCounts | None, status: str) -> Outcomes:
     """
     if counts is None:
         return ZERO
+    succeeded_raw = counts.succeeded
+    if succeeded_raw is None:
+        # Anthropic and Gemini fill `succeeded` and mean "finished" by `completed`; Go's omitempty drops a zero
+        # `succeeded`. Their shape shows by an explicit `pending`, or by finished parts beyond the total: then
+        # succeeded is what the other parts leave of the total. OpenAI's shape has `completed` = succeeded.
+        completed, failed_raw, total_raw = counts.completed or 0, counts.failed or 0, counts.total or 0
+        if counts.pending is not None or completed + failed_raw > total_raw:
+            others = (counts.pending or 0) + failed_raw + (counts.expired or 0) + (counts.canceled or 0)
+            succeeded_raw = max(0, total_raw - others)
+        else:
+            succeeded_raw = counts.completed
     raw = (
-        counts.succeeded if counts.succeeded is not None else counts.completed,
+        succeeded_raw,
         counts.failed,
         counts.expired,
         counts.canceled,
