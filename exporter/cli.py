@@ -22,6 +22,7 @@ from pydantic_settings import CliSettingsSource
 from . import __version__
 from .app import Exporter
 from .logs import add_secrets, configure
+from .runtime import RuntimeMetrics
 from .settings import CONFIG_ENV, ENV_PREFIX, SECRET_FILES, ConfigError, Settings, load_settings
 from .webconfig import WebSecurity
 
@@ -132,7 +133,8 @@ async def _once(settings: Settings) -> int:
         rendered = exporter.refresh()
     finally:
         await exporter.client.aclose()
-    sys.stdout.buffer.write(rendered.text)
+    # The same exposition a scrape gets: the batch series, then the process's own.
+    sys.stdout.buffer.write(rendered.text + RuntimeMetrics().text())
     sys.stdout.flush()
     return 0 if all(s.health.up for s in states.values()) else 1
 
