@@ -111,13 +111,14 @@ def test_scrape_sums_to_the_listed_totals(provider: str) -> None:
     bifrost_batch_requests add up to the request_counts.total of the batches the gateway lists."""
     specs = [s for s in DEFAULT_PROVIDERS if s.name == provider]
     assert specs, provider
-    with Simulator(providers=specs, seed=7, initial_batches=60, max_batches=80) as sim:
-        with ExporterThread(
-            make_settings(sim.url, [provider], poll_mode="full", page_size=1000, max_pages=1000)
-        ) as exp:
-            exp.poll()
-            samples = exp.samples()
-            expected = _listed_totals(sim, provider)
+    settings = dict(poll_mode="full", page_size=1000, max_pages=1000)
+    with (
+        Simulator(providers=specs, seed=7, initial_batches=60, max_batches=80) as sim,
+        ExporterThread(make_settings(sim.url, [provider], **settings)) as exp,
+    ):
+        exp.poll()
+        samples = exp.samples()
+        expected = _listed_totals(sim, provider)
     got: dict[str, float] = {}
     for labels, v in series(samples, "bifrost_batch_requests", provider=provider):
         got[labels["status"]] = got.get(labels["status"], 0) + v
