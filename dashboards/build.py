@@ -3,12 +3,15 @@
 Usage:
     python dashboards/build.py            # (re)writes dashboards/bifrost-batches.json
     python dashboards/build.py --check    # exits 1 when the committed JSON differs from what this file produces
+    python dashboards/build.py --mixin my-mixin.libsonnet --output my.json   # from your own mixin _config
 
 Built with grafana-foundation-sdk pinned to its Grafana 11.6 build (`1769699379!11.6.0`, schemaVersion 41). The
 output is deterministic (sorted keys, fixed panel ids), so the committed JSON can be compared byte for byte.
 
-Panels read the metrics of the metrics contract and the recording rules of deploy/prometheus/rules.yaml; load that
-rule file into Prometheus together with alerts.yaml.
+The settings come from the monitoring mixin (deploy/mixin/, docs/mixin.md): the selector, the group labels (one
+variable each), the metadata labels (one variable each, and the "owner" of the at-risk panels), the dashboard's uid
+and tags, and the names of the recording rules some panels read (deploy/prometheus/rules.yaml: load it with
+alerts.yaml).
 """
 
 from __future__ import annotations
@@ -19,22 +22,75 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import _jsonnet  # type: ignore[import-untyped]  # the jsonnet package ships no type information
 from grafana_foundation_sdk.builders import common as common_builder
 from grafana_foundation_sdk.builders import dashboard as dashboard_builder
-from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.builders import prometheus, stat, table, timeseries
 from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog import variants as cogvariants
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common, dashboard
+from grafana_foundation_sdk.models import prometheus as prometheus_model
 
+ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = Path(__file__).resolve().parent / "bifrost-batches.json"
-UID = "bifrost-batches"
-TITLE = "Bifrost batches"
+MIXIN = ROOT / "deploy" / "mixin" / "mixin.libsonnet"
 
 DATASOURCE = dashboard.DataSourceRef(type_val="prometheus", uid="${datasource}")
-P = '{provider=~"$provider"}'  # the provider filter every panel applies
 ACTIVE = "validating|in_progress|finalizing|cancelling"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the dashboard takes from the mixin's _config."""
+
+    selector: str
+    group_labels: list[str]
+    replica_labels: list[str]
+    metadata_labels: list[str]  # label names, metadata_<key>
+    uid: str
+    title: str
+    tags: list[str]
+    refresh: str
+    time_from: str
+    records: dict[str, str]  # recording-rule names by role
+
+    @classmethod
+    def from_mixin(cls, path: Path = MIXIN) -> Settings:
+        snippet = f"local m = import {json.dumps(str(path))}; {{config: m._config, records: m.recordNames}}"
+        out: dict[str, Any] = json.loads(_jsonnet.evaluate_snippet("dashboard", snippet))
+        config = out["config"]
+        return cls(
+            selector=config["selector"],
+            group_labels=list(config["groupLabels"]),
+            replica_labels=list(config["replicaLabels"]),
+            metadata_labels=[f"metadata_{key}" for key in config["metadataLabels"]],
+            uid=config["dashboard"]["uid"],
+            title=config["dashboard"]["title"],
+            tags=list(config["dashboard"]["tags"]),
+            refresh=config["dashboard"]["refresh"],
+            time_from=config["dashboard"]["from"],
+            records=dict(out["records"]),
+        )
+
+    def filters(self, *, metadata: bool = False, selector: bool = True) -> str:
+        """The label matchers of a panel: the selector, one per variable (metadata ones only for series that carry
+        them), and the provider."""
+        labels = [*self.group_labels, "provider", *(self.metadata_labels if metadata else [])]
+        matchers = [f'{label}=~"${label}"' for label in labels]
+        return ", ".join(([self.selector] if selector else []) + matchers)
+
+    def dedup(self, expr: str) -> str:
+        """One replica's value of an HA pair (replicas see the same gateway)."""
+        return f"max without ({', '.join(self.replica_labels)}) ({expr})"
+
+    def owner_by(self) -> str:
+        return ", ".join(["provider", *self.metadata_labels])
+
+    def owner_legend(self) -> str:
+        return " ".join(["{{provider}}", *("{{" + label + "}}" for label in self.metadata_labels)])
 
 
 @dataclass(frozen=True)
@@ -187,18 +243,72 @@ def _value_map(options: dict[str, tuple[str, str]]) -> list[dashboard.ValueMappi
     ]
 
 
-def build() -> dashboard.Dashboard:
+def _table(ids: Ids, title: str, description: str, targets: list[Target], *, width: int) -> table.Panel:
+    """An instant query shown as rows of labels (the value column, always 1 for info metrics, is hidden)."""
+    queries: list[cogbuilder.Builder[cogvariants.Dataquery]] = [
+        prometheus.Dataquery()
+        .datasource(DATASOURCE)
+        .expr(target.expr)
+        .legend_format(target.legend)
+        .ref_id(chr(ord("A") + index))
+        .instant()
+        .format(prometheus_model.PromQueryFormat.TABLE)
+        for index, target in enumerate(targets)
+    ]
+    return (
+        table.Panel()
+        .id(ids())
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit("short")
+        .height(8)
+        .span(width)
+        .targets(queries)
+        .thresholds(NO_THRESHOLDS)
+        .with_transformation(
+            dashboard.DataTransformerConfig(
+                id_val="organize", options={"excludeByName": {"Time": True, "Value": True}}
+            )
+        )
+    )
+
+
+def _variable(name: str, label: str, description: str, query: str) -> dashboard_builder.QueryVariable:
+    return (
+        dashboard_builder.QueryVariable(name)
+        .label(label)
+        .description(description)
+        .datasource(DATASOURCE)
+        .query(query)
+        .refresh(dashboard.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dashboard.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+        .current(dashboard.VariableOption(selected=True, text=["All"], value=["$__all"]))
+    )
+
+
+def build(settings: Settings | None = None) -> dashboard.Dashboard:
     """The whole dashboard model."""
+    s = settings or Settings.from_mixin()
     ids = Ids()
+    # The label matchers of the panels, kept short so the queries stay readable: F for every series, FM for the
+    # series that carry the metadata labels, FR for recorded series (they keep only the group labels).
+    F = s.filters()
+    FM = s.filters(metadata=True)
+    FR = s.filters(selector=False)
+    rec = s.records
     builder = (
-        dashboard_builder.Dashboard(TITLE)
-        .uid(UID)
+        dashboard_builder.Dashboard(s.title)
+        .uid(s.uid)
         .description("Batch jobs behind a Bifrost LLM gateway, from bifrost-batch-exporter.")
-        .tags(["bifrost", "batch", "llm"])
+        .tags(s.tags)
         .editable()
         .timezone("browser")
-        .time("now-24h", "now")
-        .refresh("1m")
+        .time(s.time_from, "now")
+        .refresh(s.refresh)
         .tooltip(dashboard.DashboardCursorSync.CROSSHAIR)
         .annotation(
             dashboard_builder.AnnotationQuery()
@@ -213,20 +323,33 @@ def build() -> dashboard.Dashboard:
         .with_variable(
             dashboard_builder.DatasourceVariable("datasource").label("Data source").type("prometheus")
         )
-        .with_variable(
-            dashboard_builder.QueryVariable("provider")
-            .label("Provider")
-            .description("Bifrost provider ids polled by the exporter")
-            .datasource(DATASOURCE)
-            .query("label_values(bifrost_batch_exporter_up, provider)")
-            .refresh(dashboard.VariableRefresh.ON_TIME_RANGE_CHANGED)
-            .sort(dashboard.VariableSort.ALPHABETICAL_ASC)
-            .multi(True)
-            .include_all(True)
-            .all_value(".*")
-            .current(dashboard.VariableOption(selected=True, text=["All"], value=["$__all"]))
+    )
+    for label in s.group_labels:
+        builder = builder.with_variable(
+            _variable(
+                label,
+                label.capitalize(),
+                f"The {label} label of the exporter's targets (empty matches all)",
+                f"label_values(bifrost_batch_exporter_up{{{s.selector}}}, {label})",
+            )
+        )
+    builder = builder.with_variable(
+        _variable(
+            "provider",
+            "Provider",
+            "Bifrost provider ids polled by the exporter",
+            f"label_values(bifrost_batch_exporter_up{{{s.selector}}}, provider)",
         )
     )
+    for label in s.metadata_labels:
+        builder = builder.with_variable(
+            _variable(
+                label,
+                label.removeprefix("metadata_").capitalize(),
+                f"The batches' metadata key {label.removeprefix('metadata_')!r} (the exporter's metadata_labels)",
+                f"label_values(bifrost_batches{{{s.selector}}}, {label})",
+            )
+        )
 
     # ------------------------------------------------------------------ Overview
     builder = (
@@ -237,7 +360,7 @@ def build() -> dashboard.Dashboard:
                 "Batches by status",
                 "Batches the gateway lists now, by status (last successful poll).",
                 "short",
-                [Target(f"sum by (status) (bifrost_batches{P})", "{{status}}")],
+                [Target(f"sum by (status) ({s.dedup(f'bifrost_batches{{{FM}}}')})", "{{status}}")],
                 stacked=True,
             )
         )
@@ -247,7 +370,7 @@ def build() -> dashboard.Dashboard:
                 "Active batches now",
                 "Batches in validating, in_progress, finalizing or cancelling.",
                 "short",
-                [Target(f"sum(provider:bifrost_batches_active:sum{P})", "active")],
+                [Target(f"sum({rec['active']}{{{FR}}})", "active")],
                 width=4,
                 thresholds=_steps((None, "blue")),
             )
@@ -260,8 +383,11 @@ def build() -> dashboard.Dashboard:
                 "short",
                 [
                     Target(
-                        "sum by (status) (increase(bifrost_batch_finished_total"
-                        '{provider=~"$provider", status=~"failed|expired"}[$__range]))',
+                        "sum by (status) ("
+                        + s.dedup(
+                            f'increase(bifrost_batch_finished_total{{{FM}, status=~"failed|expired"}}[$__range])'
+                        )
+                        + ")",
                         "{{status}}",
                     )
                 ],
@@ -275,42 +401,146 @@ def build() -> dashboard.Dashboard:
                 "Finished per hour by status",
                 "Batches that reached a terminal status during the preceding hour.",
                 "short",
-                [
-                    Target(
-                        f"sum by (status) (provider_status:bifrost_batch_finished:increase1h{P})",
-                        "{{status}}",
-                    )
-                ],
+                [Target(f"sum by (status) ({rec['finished']}{{{FR}}})", "{{status}}")],
                 width=24,
                 bars=True,
             )
         )
     )
 
-    # ------------------------------------------------------------------ Requests
+    # ------------------------------------------------------------------ Why batches fail
     builder = (
-        builder.with_row(dashboard_builder.Row("Requests").id(ids()))
+        builder.with_row(dashboard_builder.Row("Why batches fail").id(ids()))
         .with_panel(
             _timeseries(
                 ids,
-                "Request counts by kind",
-                "Sum of request_counts.<kind> over the listed batches. The kinds overlap (total = completed + failed "
-                "+ …), so compare them, do not add them.",
+                "Failures by code",
+                "Batches that reached failed or expired, by the error code they carried (errors.data[].code; none "
+                "when they carried none), per provider. BifrostBatchFailed and BifrostBatchExpired name these codes.",
                 "short",
-                [Target(f"sum by (kind) (bifrost_batch_request_counts{P})", "{{kind}}")],
+                [
+                    Target(
+                        "sum by (provider, status, code) ("
+                        + s.dedup(f"increase(bifrost_batch_failures_total{{{FM}}}[$__rate_interval])")
+                        + ")",
+                        "{{provider}} {{status}} {{code}}",
+                    )
+                ],
+                bars=True,
+            )
+        )
+        .with_panel(
+            _table(
+                ids,
+                "Last failed batch",
+                "The most recent batch per provider that reached failed or expired, with its code: look it up with "
+                "GET /v1/batches/{batch_id}?provider=<provider>.",
+                [
+                    Target(
+                        f"max by (provider, status, batch_id, code) (bifrost_batch_last_failure_info{{{F}}})",
+                        "{{batch_id}}",
+                    )
+                ],
+                width=12,
             )
         )
         .with_panel(
             _timeseries(
                 ids,
-                "Request failure ratio (finished batches)",
-                "Failed / total requests of the finished batches listed now. The alert "
-                "BifrostBatchHighRequestFailureRatio fires above 10 %.",
+                "Recent request failure ratio",
+                "Failed / all requests of the batches that finished during the preceding hour (each batch counted once "
+                "at its transition, so old batches age out). BifrostBatchHighRequestFailureRatio fires above 10 %.",
                 "percent",
-                [Target(f"100 * provider:bifrost_batch_request_failure_ratio:ratio{P}", "{{provider}}")],
+                [Target(f"100 * {rec['failureRatio']}{{{FR}}}", "{{provider}}")],
                 thresholds=_steps((None, "green"), (5, "orange"), (10, "red")),
                 min_value=0,
                 max_value=100,
+            )
+        )
+        .with_panel(
+            _timeseries(
+                ids,
+                "Requests of finished batches per hour by outcome",
+                "Requests of the batches that reached a terminal status during the preceding hour, by outcome.",
+                "short",
+                [
+                    Target(
+                        "sum by (outcome) ("
+                        + s.dedup(f"increase(bifrost_batch_finished_requests_total{{{FM}}}[1h])")
+                        + ")",
+                        "{{outcome}}",
+                    )
+                ],
+                stacked=True,
+            )
+        )
+    )
+
+    # ------------------------------------------------------------------ Requests
+    builder = builder.with_row(dashboard_builder.Row("Requests").id(ids())).with_panel(
+        _timeseries(
+            ids,
+            "Requests by outcome",
+            "Requests of the listed batches by outcome (succeeded, failed, expired, canceled, pending). The outcomes "
+            "are disjoint: stacked, they add up to the batches' request_counts.total.",
+            "short",
+            [Target(f"sum by (outcome) ({s.dedup(f'bifrost_batch_requests{{{FM}}}')})", "{{outcome}}")],
+            width=24,
+            stacked=True,
+        )
+    )
+
+    # ------------------------------------------------------------------ Early warning
+    at_risk = s.dedup(f"bifrost_batch_at_risk{{{FM}}}")
+    at_risk_requests = s.dedup(f"bifrost_batch_at_risk_requests{{{FM}}}")
+    owner = "provider and owner" if s.metadata_labels else "provider"
+    builder = (
+        builder.with_row(dashboard_builder.Row("Early warning").id(ids()))
+        .with_panel(
+            _stat(
+                ids,
+                "Batches at risk now",
+                "Active batches projected to finish after their expires_at (the exporter's linear projection; "
+                "BifrostBatchAtRisk fires above 0).",
+                "short",
+                [Target(f"sum({at_risk})", "at risk")],
+                width=6,
+                thresholds=_steps((None, "green"), (1, "red")),
+            )
+        )
+        .with_panel(
+            _stat(
+                ids,
+                "Requests at risk now",
+                "Pending requests of the batches at risk: what is lost if the projections hold.",
+                "short",
+                [Target(f"sum({at_risk_requests})", "requests")],
+                width=6,
+                thresholds=_steps((None, "green"), (1, "red")),
+            )
+        )
+        .with_panel(
+            _timeseries(
+                ids,
+                f"Batches at risk by {owner}",
+                "Active batches projected to miss their expiry, by provider"
+                + (f" and {', '.join(s.metadata_labels)}" if s.metadata_labels else "")
+                + ".",
+                "short",
+                [Target(f"sum by ({s.owner_by()}) ({at_risk})", s.owner_legend())],
+                width=6,
+            )
+        )
+        .with_panel(
+            _timeseries(
+                ids,
+                f"Requests at risk by {owner}",
+                "Pending requests of the batches at risk, by provider"
+                + (f" and {', '.join(s.metadata_labels)}" if s.metadata_labels else "")
+                + ".",
+                "short",
+                [Target(f"sum by ({s.owner_by()}) ({at_risk_requests})", s.owner_legend())],
+                width=6,
             )
         )
     )
@@ -324,7 +554,7 @@ def build() -> dashboard.Dashboard:
                 "Oldest active batch age",
                 "Age of the oldest batch still active. BifrostBatchStuck fires above 25 h.",
                 "s",
-                [Target(f"provider:bifrost_batch_oldest_active_age_seconds:max{P}", "{{provider}}")],
+                [Target(f"{rec['oldestAge']}{{{FR}}}", "{{provider}}")],
                 width=8,
                 thresholds=_steps((None, "green"), (86400, "orange"), (90000, "red")),
             )
@@ -333,9 +563,10 @@ def build() -> dashboard.Dashboard:
             _timeseries(
                 ids,
                 "Time to next expiry",
-                "Time until the next active batch reaches expires_at. BifrostBatchExpiringSoon fires below 1 h.",
+                "Time until the soonest active batch reaches expires_at (whether or not it will finish in time: "
+                "see the Early warning row for the batches that will not).",
                 "s",
-                [Target(f"provider:bifrost_batch_time_to_expiry_seconds:min{P}", "{{provider}}")],
+                [Target(f"{rec['timeToExpiry']}{{{FR}}}", "{{provider}}")],
                 width=8,
                 thresholds=_steps((None, "red"), (3600, "orange"), (7200, "green")),
             )
@@ -347,41 +578,77 @@ def build() -> dashboard.Dashboard:
                 "created_at → terminal time of batches that completed (completed, or ended for Anthropic) in the "
                 "preceding hour, from the bifrost_batch_duration_seconds histogram.",
                 "s",
-                _quantiles(
-                    'bifrost_batch_duration_seconds_bucket{provider=~"$provider", status=~"completed|ended"}',
-                    "1h",
-                ),
+                _quantiles(f'bifrost_batch_duration_seconds_bucket{{{F}, status=~"completed|ended"}}', "1h"),
                 width=8,
+            )
+        )
+        .with_panel(
+            _timeseries(
+                ids,
+                "Stage durations by provider (p50, p90)",
+                "Where batch time goes, for the batches that finished in the preceding hour: queued (created → "
+                "in_progress), processing (in_progress → finalizing or end), finalizing (finalizing → completed). "
+                "A provider shows only the stages whose timestamps it fills (README, stage table).",
+                "s",
+                [
+                    Target(
+                        f"histogram_quantile({q}, sum by (provider, stage, le) "
+                        f"(rate(bifrost_batch_stage_duration_seconds_bucket{{{F}}}[1h])))",
+                        "{{provider}} {{stage}} " + f"p{round(q * 100)}",
+                    )
+                    for q in (0.5, 0.9)
+                ],
+                width=24,
             )
         )
     )
 
     # ------------------------------------------------------------------ Gateway
-    cache_hits = f"sum by (provider) (rate(bifrost_batch_cache_hits_total{P}[$__rate_interval]))"
-    cache_lookups = f"sum by (provider) (rate(bifrost_batch_cache_lookups_total{P}[$__rate_interval]))"
+    cache_hits = f"sum by (provider) (rate(bifrost_batch_cache_hits_total{{{F}}}[$__rate_interval]))"
+    cache_lookups = f"sum by (provider) (rate(bifrost_batch_cache_lookups_total{{{F}}}[$__rate_interval]))"
     builder = (
         builder.with_row(dashboard_builder.Row("Gateway").id(ids()))
+        .with_panel(
+            _timeseries(
+                ids,
+                "Gateway requests per second by provider",
+                "Requests the exporter sends to the gateway (list and retrieve, retries included), summed over "
+                "replicas: the exporter's cost on Bifrost and on the provider's rate limit behind it.",
+                "reqps",
+                [
+                    Target(
+                        "sum by (provider, endpoint) "
+                        f"(rate(bifrost_batch_exporter_requests_total{{{F}}}[$__rate_interval]))",
+                        "{{provider}} {{endpoint}}",
+                    )
+                ],
+                width=8,
+            )
+        )
         .with_panel(
             _timeseries(
                 ids,
                 "Upstream latency percentiles",
                 "Latency of the provider calls behind the gateway's batch list responses (extra_fields.latency).",
                 "s",
-                _quantiles(f"bifrost_batch_upstream_latency_seconds_bucket{P}", "$__rate_interval"),
+                _quantiles(f"bifrost_batch_upstream_latency_seconds_bucket{{{F}}}", "$__rate_interval"),
+                width=8,
             )
         )
         .with_panel(
             _timeseries(
                 ids,
                 "Cache hit ratio",
-                "Hits / lookups of Bifrost's cache on batch responses (extra_fields.cache_debug); 0 when there were "
-                "lookups but no hits, no value while there were no lookups.",
+                "Hits / lookups of Bifrost's cache on batch responses (extra_fields.cache_debug). Current Bifrost "
+                "never sets cache_debug on batch responses (its semantic cache skips batch requests), so this panel "
+                "stays empty there; it fills only with a gateway that reports it.",
                 "percent",
                 [
                     Target(
                         f"100 * ({cache_hits} or 0 * {cache_lookups}) / ({cache_lookups} > 0)", "{{provider}}"
                     )
                 ],
+                width=8,
                 min_value=0,
                 max_value=100,
             )
@@ -396,9 +663,9 @@ def build() -> dashboard.Dashboard:
                 ids,
                 "Exporter up per provider",
                 "1 when every request of the last poll succeeded. BifrostBatchExporterPollFailing fires after 5 "
-                "minutes at 0.",
+                "minutes at 0 on every replica.",
                 "short",
-                [Target(f"min by (provider) (bifrost_batch_exporter_up{P})", "{{provider}}")],
+                [Target(f"min by (provider) (bifrost_batch_exporter_up{{{F}}})", "{{provider}}")],
                 width=8,
                 thresholds=_steps((None, "red"), (1, "green")),
                 mappings=_value_map({"0": ("down", "red"), "1": ("up", "green")}),
@@ -412,7 +679,8 @@ def build() -> dashboard.Dashboard:
                 "s",
                 [
                     Target(
-                        f"max by (provider) (bifrost_batch_exporter_poll_duration_seconds{P})", "{{provider}}"
+                        f"max by (provider) (bifrost_batch_exporter_poll_duration_seconds{{{F}}})",
+                        "{{provider}}",
                     )
                 ],
                 width=8,
@@ -427,7 +695,7 @@ def build() -> dashboard.Dashboard:
                 "s",
                 [
                     Target(
-                        f"time() - max by (provider) (bifrost_batch_exporter_last_success_timestamp_seconds{P})",
+                        f"time() - max by (provider) (bifrost_batch_exporter_last_success_timestamp_seconds{{{F}}})",
                         "{{provider}}",
                     )
                 ],
@@ -439,12 +707,17 @@ def build() -> dashboard.Dashboard:
             _timeseries(
                 ids,
                 "Poll errors by reason",
-                "Failed requests (after retries) and early stops, per reason.",
+                "Failed requests (after retries) and early stops, per reason (auth: the gateway refused the exporter; "
+                "upstream_auth: the provider refused Bifrost's key; cursor_ignored, cursor_loop, max_pages: early "
+                "stops).",
                 "short",
                 [
                     Target(
-                        "sum by (reason) (increase(bifrost_batch_exporter_poll_errors_total"
-                        f"{P}[$__rate_interval]))",
+                        "sum by (reason) ("
+                        + s.dedup(
+                            f"increase(bifrost_batch_exporter_poll_errors_total{{{F}}}[$__rate_interval])"
+                        )
+                        + ")",
                         "{{reason}}",
                     )
                 ],
@@ -457,9 +730,10 @@ def build() -> dashboard.Dashboard:
             _stat(
                 ids,
                 "Truncated polls",
-                "1 when the last poll stopped early (cursor loop, max_pages) and saw only part of the list.",
+                "1 when the last poll stopped early (cursor loop, ignored cursor, max_pages) and saw only part of "
+                "the list.",
                 "short",
-                [Target(f"max by (provider) (bifrost_batch_exporter_truncated{P})", "{{provider}}")],
+                [Target(f"max by (provider) (bifrost_batch_exporter_truncated{{{F}}})", "{{provider}}")],
                 width=8,
                 thresholds=_steps((None, "green"), (1, "red")),
                 mappings=_value_map({"0": ("complete", "green"), "1": ("truncated", "red")}),
@@ -469,9 +743,9 @@ def build() -> dashboard.Dashboard:
     return builder.build()
 
 
-def render() -> str:
+def render(settings: Settings | None = None) -> str:
     """The dashboard as the JSON text that is committed (sorted keys, 2-space indent, final newline)."""
-    return json.dumps(build(), cls=JSONEncoder, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(build(settings), cls=JSONEncoder, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -480,8 +754,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--check", action="store_true", help="fail when the committed JSON is out of date")
     parser.add_argument("--output", type=Path, default=OUTPUT, help=f"where to write (default {OUTPUT.name})")
+    parser.add_argument(
+        "--mixin", type=Path, default=MIXIN, help="jsonnet file evaluating to the mixin whose _config to use"
+    )
     args = parser.parse_args(argv)
-    text = render()
+    text = render(Settings.from_mixin(args.mixin.resolve()))
     if args.check:
         current = args.output.read_text() if args.output.exists() else ""
         if current != text:

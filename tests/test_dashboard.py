@@ -26,9 +26,26 @@ ROWS: dict[str, list[str]] = {
         "Failed / expired in the time range",
         "Finished per hour by status",
     ],
-    "Requests": ["Request counts by kind", "Request failure ratio (finished batches)"],
-    "Timing": ["Oldest active batch age", "Time to next expiry", "Batch duration percentiles (completed)"],
-    "Gateway": ["Upstream latency percentiles", "Cache hit ratio"],
+    "Why batches fail": [
+        "Failures by code",
+        "Last failed batch",
+        "Recent request failure ratio",
+        "Requests of finished batches per hour by outcome",
+    ],
+    "Requests": ["Requests by outcome"],
+    "Early warning": [
+        "Batches at risk now",
+        "Requests at risk now",
+        "Batches at risk by provider",
+        "Requests at risk by provider",
+    ],
+    "Timing": [
+        "Oldest active batch age",
+        "Time to next expiry",
+        "Batch duration percentiles (completed)",
+        "Stage durations by provider (p50, p90)",
+    ],
+    "Gateway": ["Gateway requests per second by provider", "Upstream latency percentiles", "Cache hit ratio"],
     "Exporter health": [
         "Exporter up per provider",
         "Poll duration",
@@ -42,11 +59,20 @@ UNITS = {
     "Active batches now": "short",
     "Failed / expired in the time range": "short",
     "Finished per hour by status": "short",
-    "Request counts by kind": "short",
-    "Request failure ratio (finished batches)": "percent",
+    "Failures by code": "short",
+    "Last failed batch": "short",
+    "Recent request failure ratio": "percent",
+    "Requests of finished batches per hour by outcome": "short",
+    "Requests by outcome": "short",
+    "Batches at risk now": "short",
+    "Requests at risk now": "short",
+    "Batches at risk by provider": "short",
+    "Requests at risk by provider": "short",
     "Oldest active batch age": "s",
     "Time to next expiry": "s",
     "Batch duration percentiles (completed)": "s",
+    "Stage durations by provider (p50, p90)": "s",
+    "Gateway requests per second by provider": "reqps",
     "Upstream latency percentiles": "s",
     "Cache hit ratio": "percent",
     "Exporter up per provider": "short",
@@ -55,6 +81,8 @@ UNITS = {
     "Poll errors by reason": "short",
     "Truncated polls": "short",
 }
+GROUP_VARIABLES = ["cluster", "namespace", "job"]
+SELECTOR = 'job=~"bifrost-batch-exporter.*"'
 
 # Values for Grafana's variables when a panel's query is sent to Prometheus directly (tests and the e2e suite).
 SUBSTITUTIONS = {
@@ -94,10 +122,11 @@ def panel_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def substitute(expr: str, provider: str = ".*") -> str:
-    """A panel expression with Grafana's variables replaced, ready for Prometheus' query API."""
+    """A panel expression with Grafana's variables replaced, ready for Prometheus' query API: `provider` for
+    $provider, and "All" (.*) for the group and metadata variables."""
     for variable, value in SUBSTITUTIONS.items():
         expr = expr.replace(variable, value)
-    expr = expr.replace("$provider", provider)
+    expr = re.sub(r"\$(\w+)", lambda m: provider if m.group(1) == "provider" else ".*", expr)
     assert "$" not in expr, f"unsubstituted variable in {expr}"
     return expr
 
@@ -142,6 +171,7 @@ def test_build_is_deterministic() -> None:
 
 def test_dashboard_identity_and_grafana_11_schema() -> None:
     dashboard = load_dashboard()
+    assert dashboard["tags"] == ["bifrost", "batch", "llm"]
     assert dashboard["uid"] == "bifrost-batches"
     assert dashboard["title"] == "Bifrost batches"
     assert dashboard["schemaVersion"] == 41  # Grafana 11.6
@@ -150,19 +180,67 @@ def test_dashboard_identity_and_grafana_11_schema() -> None:
     assert len(ids) == len(set(ids))
 
 
-def test_variables_datasource_and_provider() -> None:
+def test_variables_datasource_group_labels_and_provider() -> None:
     variables = {v["name"]: v for v in load_dashboard()["templating"]["list"]}
-    assert set(variables) == {"datasource", "provider"}
+    assert list(variables) == ["datasource", *GROUP_VARIABLES, "provider"]
     datasource = variables["datasource"]
     assert datasource["type"] == "datasource"
     assert datasource["query"] == "prometheus"
-    provider = variables["provider"]
-    assert provider["type"] == "query"
-    assert provider["multi"] is True
-    assert provider["includeAll"] is True
-    assert provider["allValue"] == ".*"
-    assert provider["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
-    assert provider["query"] == "label_values(bifrost_batch_exporter_up, provider)"
+    for name in [*GROUP_VARIABLES, "provider"]:
+        variable = variables[name]
+        assert variable["type"] == "query"
+        assert variable["multi"] is True
+        assert variable["includeAll"] is True
+        assert variable["allValue"] == ".*"
+        assert variable["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert variable["query"] == f"label_values(bifrost_batch_exporter_up{{{SELECTOR}}}, {name})"
+
+
+def test_settings_come_from_the_mixin() -> None:
+    dashboard = load_dashboard()
+    module = load_build_module()
+    settings = module.Settings.from_mixin()
+    assert dashboard["uid"] == settings.uid
+    assert dashboard["tags"] == settings.tags
+    assert settings.group_labels == GROUP_VARIABLES
+
+
+def test_a_variable_per_metadata_key_and_owner_panels(tmp_path: Path) -> None:
+    """With the mixin's metadataLabels, the dashboard filters by each key and shows at-risk work by owner."""
+    module = load_build_module()
+    mixin = tmp_path / "my-mixin.libsonnet"
+    mixin.write_text(
+        f"(import {json.dumps(str(ROOT / 'deploy' / 'mixin' / 'mixin.libsonnet'))})"
+        " + { _config+:: { metadataLabels: ['team', 'project'], groupLabels: ['cluster'] } }"
+    )
+    built = json.loads(module.render(module.Settings.from_mixin(mixin)))
+    names = [v["name"] for v in built["templating"]["list"]]
+    assert names == ["datasource", "cluster", "provider", "metadata_team", "metadata_project"]
+    found = {p["title"]: p for p in panels(built)}
+    at_risk = found["Batches at risk by provider and owner"]["targets"][0]
+    assert "sum by (provider, metadata_team, metadata_project)" in at_risk["expr"]
+    assert at_risk["legendFormat"] == "{{provider}} {{metadata_team}} {{metadata_project}}"
+    assert 'metadata_team=~"$metadata_team"' in at_risk["expr"]
+    # series without metadata labels are not filtered by them (the filter would drop them)
+    assert "metadata_team" not in found["Exporter up per provider"]["targets"][0]["expr"]
+    assert "namespace" not in json.dumps(built["templating"])
+
+
+def test_panels_deduplicate_ha_replicas_and_apply_the_selector() -> None:
+    for title, expr in panel_queries(load_dashboard()):
+        if ":" in " ".join(metric_names(expr)):
+            continue  # recording rules: deduplicated when recorded, and they keep only the group labels
+        assert SELECTOR in expr, title
+        if "bifrost_batch_exporter_requests_total" in expr:
+            continue  # the cost on the gateway: every replica's requests count
+        if any(name in expr for name in ("_bucket", "max by", "min by", "last_failure_info", "cache_hits")):
+            continue  # quantiles and ratios of sums are unchanged by a replica; max/min by pick one value
+        assert "max without (instance, pod)" in expr, title
+
+
+def test_cache_panel_says_it_stays_empty_on_current_bifrost() -> None:
+    (panel,) = [p for p in panels(load_dashboard()) if p["title"] == "Cache hit ratio"]
+    assert "never sets cache_debug on batch responses" in panel["description"]
 
 
 def test_rows_and_panels() -> None:
