@@ -432,12 +432,15 @@ class _Connection(asyncio.Protocol):
                 if len(self._buffer) > server.max_head:
                     line_done = self._buffer.find(b"\r\n", 0, server.max_head) >= 0
                     self._fail(
-                        HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE if line_done else HTTPStatus.REQUEST_URI_TOO_LONG
+                        HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+                        if line_done
+                        else HTTPStatus.REQUEST_URI_TOO_LONG
                     )
                 return
             head = bytes(self._buffer[:end])
             del self._buffer[: end + 4]
             self._in_head = False
+            self._disarm()  # the head is in: from here the write deadline governs, then the idle one
             self._handle_head(head)
             if self._buffer and not self._closing and not self._busy:
                 self._in_head = True  # a pipelined request: its deadline starts now
@@ -645,6 +648,11 @@ class _Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self._timer = asyncio.get_running_loop().call_later(seconds, self._abort)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _abort(self) -> None:
         if self._transport is not None:

@@ -181,3 +181,25 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def test_a_slow_but_reading_client_gets_all_of_a_large_body() -> None:
+    """Only the write deadline governs a response in flight: not the header deadline, nor the idle one."""
+    from tests.test_http_framing import ServerThread
+
+    body = exposition(12 * MIB)  # well beyond what loopback socket buffers hold
+    with ServerThread(body, header_timeout=0.3, idle_timeout=0.3, write_timeout=60) as srv:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            sock.connect(("127.0.0.1", srv.port))
+            sock.settimeout(10)
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: identity\r\n\r\n")
+            received = b""
+            started = time.monotonic()
+            while len(received) < len(body):
+                chunk = sock.recv(16384)
+                assert chunk, f"dropped after {len(received)} bytes and {time.monotonic() - started:.1f}s"
+                received += chunk
+                time.sleep(0.002)  # a slow reader: well over a second for the whole body
+        assert received.endswith(body)
+        assert time.monotonic() - started > 0.3  # the transfer really outlasted the header and idle deadlines
