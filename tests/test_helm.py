@@ -216,7 +216,7 @@ def test_documents_named_by_the_chart_exist() -> None:
     """Links (and docs/... mentions) in values.yaml and the chart README point at files of this repository."""
     for source in (CHART / "values.yaml", CHART / "README.md"):
         text = source.read_text()
-        targets = [m.split("#")[0] for m in re.findall(re.escape(REPO_BLOB) + r"([\w./-]+)", text)]
+        targets = [m.split("#")[0] for m in re.findall(re.escape(REPO_BLOB) + r"([\w./-]*[\w/-])", text)]
         targets += re.findall(r"(?<![\w/])(docs/[\w.-]+\.md)", text)
         assert targets, source
         missing = sorted({t for t in targets if not (ROOT / t).is_file()})
