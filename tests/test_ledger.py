@@ -95,3 +95,102 @@ def test_item_cache_debug_counted_once_per_id() -> None:
         led.observe([item], T0 + t, complete=True)
     v = led.view()
     assert v.cache_lookups == 1 and v.cache_hits["semantic"] == 1 and v.similarity.count == 1
+
+
+def test_terminal_active_terminal_flip_counts_once() -> None:
+    led = ledger()
+    led.observe([b("f", "in_progress", created_at=T0)], T0 + 1, complete=True)
+    led.observe([b("f", "failed", failed_at=T0 + 5)], T0 + 10, complete=True)
+    led.observe([b("f", "in_progress", created_at=T0)], T0 + 20, complete=True)  # a gateway that flip-flops
+    led.observe([b("f", "failed", failed_at=T0 + 25)], T0 + 30, complete=True)
+    assert led.view().finished_total("failed") == 1
+
+
+def test_truncated_polls_cannot_grow_the_ledger_without_bound() -> None:
+    """Reproduction 3: every poll stops early, 10 new active batches each time, 500 polls, the list holds 10."""
+    led = Ledger(T0, DEFAULT_DURATION_BUCKETS, DEFAULT_LATENCY_BUCKETS, REASONS, poll_interval=30.0)
+    for poll in range(500):
+        now = T0 + 30.0 * poll
+        led.observe(
+            [b(f"p{poll}-{i}", "in_progress", created_at=now) for i in range(10)], now, complete=False
+        )
+    from exporter.ledger import ACTIVE_FORGET_POLLS
+
+    assert led.view().tracked_ids <= 10 * (ACTIVE_FORGET_POLLS + 1)
+
+
+def test_cap_forgets_oldest_and_never_recounts_them() -> None:
+    led = Ledger(T0, DEFAULT_DURATION_BUCKETS, DEFAULT_LATENCY_BUCKETS, REASONS, max_tracked_ids=100)
+    done = [b(f"d{i}", "completed", created_at=T0, completed_at=T0 + i) for i in range(150)]
+    assert led.observe(done, T0 + 200, complete=False) == 150
+    assert led.view().tracked_ids <= 100 and led.forgotten_pending == 50
+    assert led.observe(done, T0 + 300, complete=False) == 0  # the forgotten ones are below the floor
+    assert led.view().finished_total("completed") == 150
+
+
+def test_failure_codes_are_bounded_and_last_failure_named() -> None:
+    led = ledger()
+    batches = [
+        Batch.model_validate(
+            {
+                "id": f"x{i}",
+                "status": "failed",
+                "failed_at": T0 + i,
+                "errors": {"data": [{"code": f"code_{i}"}]},
+            }
+        )
+        for i in range(25)
+    ]
+    odd = Batch.model_validate(
+        {
+            "id": "odd",
+            "status": "expired",
+            "expired_at": T0 + 99,
+            "errors": {"data": [{"code": "not a code!"}]},
+        }
+    )
+    none = Batch.model_validate({"id": "plain", "status": "failed", "failed_at": T0 + 98})
+    led.observe([*batches, odd, none], T0 + 100, complete=True)
+    v = led.view()
+    codes = {c for (_, c, _) in v.failures}
+    assert len(codes - {"other", "none", "invalid"}) == 20 and "other" in codes
+    assert v.failures[("expired", "invalid", ())] == 1 and v.failures[("failed", "none", ())] == 1
+    assert v.last_failure["failed"].batch_id == "plain" and v.last_failure["failed"].code == "none"
+    assert v.last_failure["expired"].batch_id == "odd"
+
+
+def test_stage_durations_observed_once_when_timestamps_are_in_order() -> None:
+    led = ledger()
+    done = Batch.model_validate(
+        {
+            "id": "s",
+            "status": "completed",
+            "created_at": T0,
+            "in_progress_at": T0 + 60,
+            "finalizing_at": T0 + 660,
+            "completed_at": T0 + 720,
+        }
+    )
+    backwards = Batch.model_validate(
+        {"id": "t", "status": "failed", "created_at": T0, "in_progress_at": T0 - 5, "failed_at": T0 + 100}
+    )
+    led.observe([done, backwards], T0 + 800, complete=True)
+    led.observe([done, backwards], T0 + 900, complete=True)
+    st = led.view().stages
+    assert (st["queued"].count, st["queued"].sum) == (1, 60)
+    assert (st["processing"].count, st["processing"].sum) == (2, 600 + 105)
+    assert (st["finalizing"].count, st["finalizing"].sum) == (1, 60)
+
+
+def test_metadata_groups_are_bounded_per_key() -> None:
+    led = Ledger(T0, DEFAULT_DURATION_BUCKETS, DEFAULT_LATENCY_BUCKETS, REASONS, metadata_keys=("team",))
+    batches = [
+        Batch.model_validate(
+            {"id": f"m{i}", "status": "completed", "completed_at": T0 + 1, "metadata": {"team": f"t{i}"}}
+        )
+        for i in range(60)
+    ]
+    led.observe([*batches, b("nometa", "completed", completed_at=T0 + 1)], T0 + 10, complete=True)
+    groups = {g for (_, g) in led.view().finished}
+    assert ("other",) in groups and ("",) in groups and len(groups) == 52
+    assert led.group_overflow_pending
