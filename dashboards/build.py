@@ -604,8 +604,6 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
     )
 
     # ------------------------------------------------------------------ Gateway
-    cache_hits = f"sum by (provider) (rate(bifrost_batch_cache_hits_total{{{F}}}[$__rate_interval]))"
-    cache_lookups = f"sum by (provider) (rate(bifrost_batch_cache_lookups_total{{{F}}}[$__rate_interval]))"
     builder = (
         builder.with_row(dashboard_builder.Row("Gateway").id(ids()))
         .with_panel(
@@ -638,19 +636,26 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
         .with_panel(
             _timeseries(
                 ids,
-                "Cache hit ratio",
-                "Hits / lookups of Bifrost's cache on batch responses (extra_fields.cache_debug). Current Bifrost "
-                "never sets cache_debug on batch responses (its semantic cache skips batch requests), so this panel "
-                "stays empty there; it fills only with a gateway that reports it.",
-                "percent",
+                "Cache lookups and hits",
+                "Batch responses and items carrying Bifrost's extra_fields.cache_debug, and those that were cache "
+                "hits, by hit type. Current Bifrost never sets cache_debug on batch responses (its semantic cache "
+                "skips batch requests), so these stay at zero there; they count only with a gateway that reports it.",
+                "short",
                 [
                     Target(
-                        f"100 * ({cache_hits} or 0 * {cache_lookups}) / ({cache_lookups} > 0)", "{{provider}}"
-                    )
+                        "sum by (provider) ("
+                        + s.dedup(f"increase(bifrost_batch_cache_lookups_total{{{F}}}[$__rate_interval])")
+                        + ")",
+                        "{{provider}} lookups",
+                    ),
+                    Target(
+                        "sum by (provider, hit_type) ("
+                        + s.dedup(f"increase(bifrost_batch_cache_hits_total{{{F}}}[$__rate_interval])")
+                        + ")",
+                        "{{provider}} {{hit_type}} hits",
+                    ),
                 ],
                 width=8,
-                min_value=0,
-                max_value=100,
             )
         )
     )

@@ -45,7 +45,11 @@ ROWS: dict[str, list[str]] = {
         "Batch duration percentiles (completed)",
         "Stage durations by provider (p50, p90)",
     ],
-    "Gateway": ["Gateway requests per second by provider", "Upstream latency percentiles", "Cache hit ratio"],
+    "Gateway": [
+        "Gateway requests per second by provider",
+        "Upstream latency percentiles",
+        "Cache lookups and hits",
+    ],
     "Exporter health": [
         "Exporter up per provider",
         "Poll duration",
@@ -74,7 +78,7 @@ UNITS = {
     "Stage durations by provider (p50, p90)": "s",
     "Gateway requests per second by provider": "reqps",
     "Upstream latency percentiles": "s",
-    "Cache hit ratio": "percent",
+    "Cache lookups and hits": "short",
     "Exporter up per provider": "short",
     "Poll duration": "s",
     "Time since last successful poll": "s",
@@ -233,13 +237,13 @@ def test_panels_deduplicate_ha_replicas_and_apply_the_selector() -> None:
         assert SELECTOR in expr, title
         if "bifrost_batch_exporter_requests_total" in expr:
             continue  # the cost on the gateway: every replica's requests count
-        if any(name in expr for name in ("_bucket", "max by", "min by", "last_failure_info", "cache_hits")):
-            continue  # quantiles and ratios of sums are unchanged by a replica; max/min by pick one value
+        if any(name in expr for name in ("_bucket", "max by", "min by", "last_failure_info")):
+            continue  # quantiles are unchanged by a replica; max/min by pick one value
         assert "max without (instance, pod)" in expr, title
 
 
 def test_cache_panel_says_it_stays_empty_on_current_bifrost() -> None:
-    (panel,) = [p for p in panels(load_dashboard()) if p["title"] == "Cache hit ratio"]
+    (panel,) = [p for p in panels(load_dashboard()) if p["title"] == "Cache lookups and hits"]
     assert "never sets cache_debug on batch responses" in panel["description"]
 
 
