@@ -1,0 +1,96 @@
+"""Background tasks are supervised: a bug in a poll or a render is logged, retried with backoff, the last good
+bytes keep being served, and /healthz turns 503 only while a task keeps failing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+
+from exporter import app as app_module
+from exporter.simulator import ProviderSpec, Simulator
+from tests.harness import ExporterThread, make_settings, value, wait_until
+
+P = "openai"
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    with Simulator(providers=[ProviderSpec(P)], lifecycle=False) as s:
+        s.add_batch(P, batch_id="a", status="in_progress", created_at=int(time.time()) - 60)
+        yield s
+
+
+def test_a_poll_that_raises_is_retried_and_health_reflects_it(
+    sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exporter import poller as poller_module
+
+    monkeypatch.setattr(poller_module, "CRASH_BACKOFF_MAX_SECONDS", 0.05)
+    settings = make_settings(sim.url, [P], poll_interval_seconds=1)
+    failures = {"left": 4}
+    real_fold = poller_module.Poller._fold
+
+    def flaky_fold(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # A bug in the fold (e.g. a logging call raising), outside any try: the task must survive it.
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise RuntimeError("boom in fold")
+        return real_fold(self, *args, **kwargs)
+
+    monkeypatch.setattr(poller_module.Poller, "_fold", flaky_fold)
+    with structlog.testing.capture_logs() as logs, ExporterThread(settings, auto_poll=True) as exp:
+        wait_until(lambda: exp.get("/healthz").status_code == 503, timeout=20)
+        wait_until(lambda: value(exp.samples(), "bifrost_batch_exporter_up", provider=P) == 1, timeout=30)
+        wait_until(lambda: exp.get("/healthz").status_code == 200, timeout=10)
+    crashes = [e for e in logs if e["event"] == "poll_task_failed"]
+    assert len(crashes) == 4 and crashes[-1]["consecutive"] == 4
+
+
+def test_a_render_that_raises_keeps_the_last_bytes_and_recovers(
+    sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app_module, "RENDER_BACKOFF_MAX_SECONDS", 0.05)
+    settings = make_settings(sim.url, [P])
+    real_render = app_module.render
+    state = {"fail": False, "failed": 0}
+
+    def flaky_render(*args: Any, **kwargs: Any) -> Any:
+        if state["fail"]:
+            state["failed"] += 1
+            raise OverflowError("one extreme number")
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, "render", flaky_render)
+    with structlog.testing.capture_logs() as logs, ExporterThread(settings) as exp:
+        exp.call(exp.exporter.poller.poll(P))
+        wait_until(lambda: value(exp.samples(), "bifrost_batches", provider=P, status="in_progress") == 1)
+        good = exp.get().text
+        state["fail"] = True
+        sim.add_batch(P, batch_id="b", status="in_progress", created_at=int(time.time()) - 30)
+        exp.call(exp.exporter.poller.poll(P))
+        wait_until(lambda: exp.get("/healthz").status_code == 503, timeout=20)
+        assert exp.get().text == good  # the last good exposition is still served
+        state["fail"] = False
+        wait_until(lambda: value(exp.samples(), "bifrost_batches", provider=P, status="in_progress") == 2)
+        wait_until(lambda: exp.get("/healthz").status_code == 200, timeout=10)
+    assert [e["event"] for e in logs if e["event"].startswith("render_")][-1] == "render_recovered"
+    assert state["failed"] >= 3
+
+
+def test_truncated_describes_the_data_served_after_a_failed_poll(sim: Simulator) -> None:
+    """A failed poll keeps serving the last good snapshot, so `truncated` keeps describing that snapshot."""
+    settings = make_settings(sim.url, [P], poll_mode="full", page_size=1, max_pages=1)
+    sim.add_batch(P, batch_id="c", status="in_progress", created_at=int(time.time()) - 10)
+    with ExporterThread(settings) as exp:
+        exp.poll()
+        assert value(exp.samples(), "bifrost_batch_exporter_truncated", provider=P) == 1
+        sim.set_fault("server_error", provider=P, times=10)
+        exp.poll()
+        s = exp.samples()
+    assert value(s, "bifrost_batch_exporter_up", provider=P) == 0
+    assert value(s, "bifrost_batch_exporter_truncated", provider=P) == 1
+    assert value(s, "bifrost_batches", provider=P, status="in_progress") == 1
