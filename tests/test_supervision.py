@@ -55,7 +55,7 @@ def test_a_render_that_raises_keeps_the_last_bytes_and_recovers(
 ) -> None:
     monkeypatch.setattr(app_module, "RENDER_BACKOFF_MAX_SECONDS", 0.05)
     settings = make_settings(sim.url, [P])
-    real_render = app_module.render
+    real_render = app_module.render  # type: ignore[attr-defined]
     state = {"fail": False, "failed": 0}
 
     def flaky_render(*args: Any, **kwargs: Any) -> Any:
