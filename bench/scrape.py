@@ -11,6 +11,10 @@ keep-alive connections, on the other core) loads them:
 
 Done twice: per-batch series off (the default), and on (at most 500 active batches per provider). Each server is
 loaded in rounds that alternate between the servers; the round with the most requests/s counts.
+
+``--server-decision`` runs only the comparison of issue 11 item 8 instead: the same pre-rendered bytes served by our
+HttpServer, by aiohttp's low-level server and by h11 driving an asyncio protocol (``pip install aiohttp`` first),
+under the same wrk load, plus how each answers the framing table of tests/test_http_framing.py.
 """
 
 from __future__ import annotations
@@ -153,9 +157,122 @@ def scenario(
     return best, naive_alone
 
 
+DECISION_SERVERS = (
+    ("static", "ours: exporter.server.HttpServer"),
+    ("aiohttp", "aiohttp low-level server (aiohttp.web.Server)"),
+    ("h11", "h11 driving an asyncio protocol"),
+)
+
+
+def _framing_agreement(port: int) -> tuple[int, int]:
+    """(rows of the framing table handled safely, rows) by a server on `port`: a valid request answered 200, and
+    every other one refused (any 4xx/5xx) with a single response and the connection closed. Exact codes (414 vs
+    400, say) do not count against a server."""
+    import socket
+
+    from tests.test_http_framing import FRAMING, statuses
+
+    agree = 0
+    for _, request, status in FRAMING:
+        out, closed = b"", False
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            try:
+                sock.sendall(request)
+                sock.settimeout(0.5 if status < 400 else 3.0)
+                while chunk := sock.recv(1 << 16):
+                    out += chunk
+                closed = True
+            except (TimeoutError, ConnectionResetError, BrokenPipeError):
+                closed = not out or closed
+        got = statuses(out)
+        if status < 400:
+            agree += got[:1] == [200]
+        else:
+            agree += len(got) == 1 and got[0] >= 400 and closed
+    return agree, len(FRAMING)
+
+
+def server_decision(report: Report, seconds: float, rounds: int, tmp: Path) -> None:
+    import gzip
+
+    from tests.test_http_slow_readers import exposition
+
+    text = exposition(11 * 1024 * 1024)
+    bodies = (
+        ("OpenMetrics + gzip, as Prometheus asks", gzip.compress(text[: 2 * 1024 * 1024], 6), True),
+        ("plain text, 2 MB", text[: 2 * 1024 * 1024], False),
+        ("plain text, 11 MB", text, False),
+    )
+    rows: list[list[object]] = []
+    framing: dict[str, tuple[int, int]] = {}
+    for label, body, gzipped in bodies:
+        best: dict[str, WrkResult] = {}
+        with children() as procs:
+            path = tmp / "body"
+            path.write_bytes(body)
+            urls = {}
+            for kind, _ in DECISION_SERVERS:
+                args = ["--file", str(path)] + (["--gzip"] if gzipped else [])
+                child = Child(python_module("bench.servers", kind, *args), name=kind)
+                procs.append(child)
+                port = child.ready_port()
+                urls[kind] = f"http://127.0.0.1:{port}/metrics"
+                if kind not in framing:
+                    framing[kind] = _framing_agreement(port)
+            for _ in range(rounds):
+                for kind, url in urls.items():
+                    result = load(url, seconds=seconds, timeout=30.0)
+                    old = best.get(kind)
+                    if old is not None:
+                        result = WrkResult(
+                            max(old.requests_per_second, result.requests_per_second),
+                            min(old.p50_ms, result.p50_ms),
+                            min(old.p99_ms, result.p99_ms),
+                            old.requests + result.requests,
+                            old.errors + result.errors,
+                            max(old.mb_per_second, result.mb_per_second),
+                        )
+                    best[kind] = result
+        ours = best["static"]
+        for kind, what in DECISION_SERVERS:
+            r = best[kind]
+            rows.append(
+                [
+                    f"{label} ({len(body) / 1e3:,.0f} kB)" if kind == "static" else "",
+                    what,
+                    r.requests_per_second,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.errors,
+                    ratio(ours.requests_per_second, r.requests_per_second) if kind != "static" else "",
+                ]
+            )
+    report.table(
+        "Serving the same pre-rendered bytes: our HttpServer against library servers; wrk, 1 thread, 16 connections",
+        ["body", "server", "requests/s", "p50 ms", "p99 ms", "errors", "ours ÷ this"],
+        rows,
+    )
+    for kind, what in DECISION_SERVERS:
+        agree, total = framing[kind]
+        report.note(
+            f"framing table (tests/test_http_framing.py): {what} answers {agree} of {total} rows as expected"
+        )
+
+
 def main() -> int:
-    args = parser(__doc__ or "").parse_args()
+    p = parser(__doc__ or "")
+    p.add_argument(
+        "--server-decision", action="store_true", help="only the HTTP-server comparison (issue 11)"
+    )
+    args = p.parse_args()
     started = time.perf_counter()
+    if args.server_decision:
+        report = Report("server-decision", args.smoke)
+        seconds, rounds = (1.0, 1) if args.smoke else (4.0, 3)
+        with tempfile.TemporaryDirectory() as tmp:
+            server_decision(report, seconds, rounds, Path(tmp))
+        report.finish(args.json, started)
+        return 0
     report = Report("scrape", args.smoke)
     total = 2_300 if args.smoke else 100_000
     seconds, rounds = (1.0, 1) if args.smoke else (4.0, 3)

@@ -5,6 +5,9 @@
   a million dicts nor a million json.dumps calls in the feeder (the exporter sees ordinary, realistic pages).
 - ``static``: the exposition bytes served by our own HttpServer through a Routes that returns fixed bytes — the
   upper limit of the HTTP stack.
+- ``aiohttp``: the same bytes from aiohttp's low-level server (``aiohttp.web.Server``), for the decision whether
+  our own HTTP server earns its place (issue 11 item 8);
+- ``h11``: the same bytes from an asyncio protocol that lets h11 do all HTTP/1.1 parsing and framing;
 - ``naive``: the same series the common way — prometheus_client Gauges with labels in their own registry, set
   from a poll, served by ``prometheus_client.start_http_server``.
 
@@ -170,6 +173,97 @@ async def _static(body: bytes, gzip: bool, write_timeout: float) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# library servers: the same bytes, someone else's HTTP/1.1
+
+
+def _headers(gzip: bool) -> list[tuple[str, str]]:
+    headers = [("Content-Type", TEXT_CONTENT_TYPE), ("Cache-Control", "no-store")]
+    return headers + ([("Content-Encoding", "gzip")] if gzip else [])
+
+
+async def _serve_until_term(server: asyncio.Server) -> None:
+    port = server.sockets[0].getsockname()[1]
+    print(f"READY {port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()
+
+
+async def _aiohttp(body: bytes, gzip: bool) -> None:
+    from aiohttp import web
+
+    headers = dict(_headers(gzip))
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(body=body, headers=headers)
+
+    server = await asyncio.get_running_loop().create_server(web.Server(handler), "127.0.0.1", 0, backlog=512)
+    await _serve_until_term(server)
+
+
+class _H11Connection(asyncio.Protocol):
+    """h11 parses and frames; this only moves bytes and answers every request with the fixed body."""
+
+    def __init__(self, body: bytes, gzip: bool) -> None:
+        import h11
+
+        self._h11 = h11
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        self._body = body
+        self._headers = [*_headers(gzip), ("Content-Length", str(len(body)))]
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        h11 = self._h11
+        transport = self._transport
+        assert transport is not None
+        self._conn.receive_data(data)
+        while True:
+            try:
+                event = self._conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                transport.write(
+                    b"HTTP/1.1 %d Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    % exc.error_status_hint
+                )
+                transport.close()
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                if self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE:
+                    self._conn.start_next_cycle()
+                    continue
+                return
+            if isinstance(event, h11.Request):
+                transport.write(self._conn.send(h11.Response(status_code=200, headers=self._headers)))
+                transport.write(self._conn.send(h11.Data(data=self._body)))
+                transport.write(self._conn.send(h11.EndOfMessage()))
+            elif isinstance(event, h11.ConnectionClosed):
+                transport.close()
+                return
+            if self._conn.our_state is h11.MUST_CLOSE:
+                transport.close()
+                return
+
+    def eof_received(self) -> bool | None:
+        self._conn.receive_data(b"")
+        return None
+
+
+async def _h11(body: bytes, gzip: bool) -> None:
+    server = await asyncio.get_running_loop().create_server(
+        lambda: _H11Connection(body, gzip), "127.0.0.1", 0, backlog=512
+    )
+    await _serve_until_term(server)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # naive
 
 
@@ -237,6 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument(
         "--write-timeout", type=float, default=30.0, help="seconds a client gets to read a response"
     )
+    for kind in ("aiohttp", "h11"):
+        lib = sub.add_parser(kind)
+        lib.add_argument("--file", type=Path, required=True)
+        lib.add_argument("--gzip", action="store_true")
     n = sub.add_parser("naive")
     n.add_argument("--file", type=Path, required=True)
     m = sub.add_parser("simulator")
@@ -251,6 +349,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         feeder(args.providers.split(","), args.per_provider, args.seed)
     elif args.kind == "static":
         asyncio.run(_static(args.file.read_bytes(), args.gzip, args.write_timeout))
+    elif args.kind == "aiohttp":
+        asyncio.run(_aiohttp(args.file.read_bytes(), args.gzip))
+    elif args.kind == "h11":
+        asyncio.run(_h11(args.file.read_bytes(), args.gzip))
     else:
         naive(args.file.read_text())
     return 0

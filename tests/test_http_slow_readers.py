@@ -40,6 +40,7 @@ class Figures:
     connection: str
     rss_before_mib: float
     rss_peak_mib: float
+    held_at_most: int
     held_after_write_timeout: int
     seconds_until_all_dropped: float | None
 
@@ -47,8 +48,10 @@ class Figures:
 class StaticServer:
     """`python -m bench.servers static` from a checkout: our HTTP server alone, serving one file."""
 
-    def __init__(self, root: Path, body_file: Path, write_timeout: float | None) -> None:
-        args = [sys.executable, "-m", "bench.servers", "static", "--file", str(body_file)]
+    def __init__(
+        self, root: Path, body_file: Path, write_timeout: float | None, kind: str = "static"
+    ) -> None:
+        args = [sys.executable, "-m", "bench.servers", kind, "--file", str(body_file)]
         if write_timeout is not None:
             args += ["--write-timeout", str(write_timeout)]
         env = {**os.environ, "PYTHONPATH": str(root)}
@@ -104,14 +107,16 @@ def measure(
     peak = before
     held_after_timeout = -1
     dropped_at = None
+    seen = 0
     try:
         while time.monotonic() - started < watch:
             peak = max(peak, server.rss_mib())
             held = server.client_sockets()
+            seen = max(seen, held)
             elapsed = time.monotonic() - started
             if held_after_timeout < 0 and elapsed > write_timeout + 1:
                 held_after_timeout = held
-            if held == 0 and dropped_at is None:
+            if held == 0 and seen > 0 and dropped_at is None:
                 dropped_at = elapsed
                 if held_after_timeout >= 0:
                     break
@@ -119,7 +124,7 @@ def measure(
     finally:
         for sock in socks:
             sock.close()
-    return Figures(connection, before, peak, max(held_after_timeout, 0), dropped_at)
+    return Figures(connection, before, peak, seen, max(held_after_timeout, 0), dropped_at)
 
 
 @pytest.fixture(scope="module")
@@ -162,13 +167,14 @@ def main() -> int:
     parser.add_argument("--write-timeout", type=float, default=30.0)
     parser.add_argument("--watch", type=float, default=40.0)
     parser.add_argument("--clients", type=int, default=CLIENTS)
+    parser.add_argument("--kind", default="static", help="bench.servers kind: static (ours), aiohttp, h11")
     args = parser.parse_args()
     body = Path("/tmp/slow-readers-metrics.txt")
     body.write_bytes(exposition(BODY_BYTES))
     for connection in ("close", "keep-alive"):
         # The old static server has no --write-timeout flag; its default is the 30 s under test.
-        flag = None if args.write_timeout == 30.0 else args.write_timeout
-        server = StaticServer(args.root, body, flag)
+        flag = None if args.write_timeout == 30.0 or args.kind != "static" else args.write_timeout
+        server = StaticServer(args.root, body, flag, args.kind)
         try:
             figures = measure(
                 server, connection, clients=args.clients, write_timeout=args.write_timeout, watch=args.watch
