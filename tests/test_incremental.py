@@ -1,0 +1,567 @@
+"""Incremental polling against the simulator over real loopback HTTP, one poll at a time, on an injected clock.
+
+The guarantees under test (exporter/poller.py): a status change of a known batch and a new batch on the newest pages
+show after one poll; a batch on a later key of a serial multi-key list shows after the next completed full list
+(resync); after every completed resync the batch gauges equal what a `full`-mode exporter shows for the same gateway
+state; deleted batches disappear; one failing retrieve does not fail the provider; a full list longer than one
+poll's request budget continues from its cursor and is never truncated by `max_pages`; requests stay under
+`max_requests_per_second`; faults behave as in `full` mode; finished batches are counted once per id.
+
+Time: the gateway, the exporter and the poller read one injected wall clock that only the test moves (between
+polls, as the scheduler would); the client's pacing waits move a separate injected pacing clock. No test sleeps
+on the wall clock, and request rates are checked at the simulator against the pacing clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from itertools import pairwise
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from exporter.client import BifrostClient
+from exporter.simulator import ProviderSpec, Simulator
+from tests.harness import ExporterThread, Samples, make_settings, value
+
+P = "openai"
+START = 1_800_000_000
+INTERVAL = 10
+RESYNC = 60
+# The batch gauges a full list determines (the contract's "batch data" section, not the cumulative counters).
+BATCH_GAUGES = frozenset(
+    {
+        "bifrost_batches",
+        "bifrost_batch_requests",
+        "bifrost_batch_oldest_created_timestamp_seconds",
+        "bifrost_batch_next_expiry_timestamp_seconds",
+        "bifrost_batch_at_risk",
+        "bifrost_batch_at_risk_requests",
+    }
+)
+
+
+class SimTime:
+    """The injected clocks. `now` is the wall clock of gateway, exporter and poller; `pace` is what the client's
+    pacing and retry waits advance. `marks` records, at each pacing instant, how many requests the gateway had
+    received before it, so every request gets the pacing time it was sent at."""
+
+    def __init__(self, start: float = START) -> None:
+        self.now = float(start)
+        self.pace = 0.0
+        self.sim: Simulator | None = None
+        self.marks: list[tuple[float, int]] = []
+        self.waits: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.pace
+
+    def received(self) -> int:
+        if self.sim is None:
+            return 0
+        return self.sim.requests(None, "list") + self.sim.requests(None, "retrieve")
+
+    def _mark(self) -> None:
+        self.marks.append((self.pace, self.received()))
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.pace += max(0.0, seconds)
+        self._mark()
+        await asyncio.sleep(0)
+
+    def advance(self, seconds: float) -> None:
+        """What the scheduler does between two polls: both clocks move."""
+        self.now += seconds
+        self.pace += seconds
+        self._mark()
+
+    def request_times(self) -> list[float]:
+        """The pacing time of every request the gateway received, from the marks (no time passes between marks:
+        a request between two marks was sent at the earlier one)."""
+        times: list[float] = []
+        marks = [*self.marks, (self.pace, self.received())]
+        for (t, count), (_, next_count) in pairwise(marks):
+            times.extend([t] * (next_count - count))
+        return times
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    """Most requests sent within any `window` seconds."""
+    best = 0
+    j = 0
+    for i, t in enumerate(times):
+        while times[j] <= t - window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+@contextmanager
+def exporter(sim: Simulator, clock: SimTime, **overrides: Any) -> Iterator[ExporterThread]:
+    values: dict[str, Any] = {
+        "poll_interval_seconds": INTERVAL,
+        "resync_interval_seconds": RESYNC,
+        "page_size": 2,
+        "stale_after_seconds": 10_000,
+    }
+    values.update(overrides)
+    config = make_settings(sim.url, [P], **values)
+    client = BifrostClient(config, sleep=clock.sleep, monotonic=clock.monotonic)
+    with ExporterThread(config, clock=clock.time, client=client) as exp:
+        yield exp
+
+
+def multi_key(keys: int = 3) -> ProviderSpec:
+    """Bifrost's newer gateway: several keys listed one after the other under an opaque cursor."""
+    return ProviderSpec(P, style="cursor", flavor="openai", keys=keys)
+
+
+@contextmanager
+def gateway(clock: SimTime, spec: ProviderSpec | None = None) -> Iterator[Simulator]:
+    with Simulator(providers=[spec or multi_key()], lifecycle=False, clock=clock.time) as sim:
+        clock.sim = sim
+        clock.marks.append((clock.pace, clock.received()))
+        yield sim
+
+
+def batch_gauges(samples: Samples) -> Samples:
+    return {k: v for k, v in samples.items() if k[0] in BATCH_GAUGES}
+
+
+def count(samples: Samples, status: str) -> float | None:
+    return value(samples, "bifrost_batches", provider=P, status=status)
+
+
+def poll_until_resynced(exp: ExporterThread, clock: SimTime, limit: int = 50) -> int:
+    """Polls (one interval apart) until a full list completes; returns how many it took."""
+    before = exp.exporter.poller.states[P].ledger.last_resync
+    for n in range(1, limit + 1):
+        exp.poll(P)
+        if exp.exporter.poller.states[P].ledger.last_resync != before:
+            return n
+        clock.advance(INTERVAL)
+    raise AssertionError(f"no full list completed within {limit} polls")
+
+
+def requests(sim: Simulator) -> tuple[int, int]:
+    return sim.requests(P, "list"), sim.requests(P, "retrieve")
+
+
+def fill(sim: Simulator, per_key: int, keys: int, *, active_every: int = 3) -> list[str]:
+    """`per_key` batches on each key, older first; every `active_every`-th in progress, the rest completed before
+    the exporter started (history, not counted as finished)."""
+    ids = []
+    for key in range(keys):
+        for i in range(per_key):
+            bid = f"b{key}-{i:03d}"
+            created = START - 10_000 + i
+            if i % active_every == 0:
+                sim.add_batch(P, batch_id=bid, status="in_progress", created_at=created, api_key=key)
+            else:
+                sim.add_batch(
+                    P,
+                    batch_id=bid,
+                    status="completed",
+                    created_at=created,
+                    completed_at=created + 60,
+                    api_key=key,
+                )
+            ids.append(bid)
+    return ids
+
+
+# ---- one poll sees what changed --------------------------------------------------------------------------------
+
+
+def test_status_change_of_a_known_batch_shows_after_one_poll() -> None:
+    clock = SimTime()
+    with gateway(clock) as sim, exporter(sim, clock) as exp:
+        fill(sim, per_key=8, keys=3)
+        poll_until_resynced(exp, clock)
+        assert count(exp.samples(), "in_progress") == 9
+        clock.advance(INTERVAL)
+        # The oldest batch of the last key: on the very last page of the full list.
+        sim.set_status(P, "b2-000", "completed")
+        lists, retrieves = requests(sim)
+        exp.poll(P)
+        s = exp.samples()
+        assert count(s, "in_progress") == 8
+        assert count(s, "completed") == 16
+        assert value(s, "bifrost_batch_finished_total", provider=P, status="completed") == 1
+        # Seen by one head page (nothing new on it: the scan stops) and a retrieve of each known active batch
+        # the head page did not show, not by listing the 12 pages again.
+        new_lists, new_retrieves = requests(sim)
+        assert new_lists - lists == 1
+        assert new_retrieves - retrieves == 9 - 1  # b0-006 is on the head page (b0-007, b0-006)
+
+
+def test_new_batch_on_the_newest_page_shows_after_one_poll() -> None:
+    clock = SimTime()
+    with gateway(clock) as sim, exporter(sim, clock) as exp:
+        fill(sim, per_key=6, keys=3)
+        poll_until_resynced(exp, clock)
+        before = count(exp.samples(), "validating")
+        clock.advance(INTERVAL)
+        for i in range(3):  # more than one page of new batches on the first key
+            sim.add_batch(P, batch_id=f"new{i}", status="validating", created_at=int(clock.now), api_key=0)
+        exp.poll(P)
+        assert count(exp.samples(), "validating") == (before or 0) + 3
+
+
+def test_new_batch_on_a_later_key_shows_after_the_next_full_list() -> None:
+    """Serial multi-key paging: key 2's newest batch is listed after every page of keys 0 and 1, so the head scan
+    (which stops at a page with nothing new) cannot see it; the next resync does, within resync_interval."""
+    clock = SimTime()
+    with gateway(clock) as sim, exporter(sim, clock) as exp:
+        fill(sim, per_key=6, keys=3)
+        poll_until_resynced(exp, clock)
+        resynced_at = clock.now
+        clock.advance(INTERVAL)
+        sim.add_batch(P, batch_id="late", status="validating", created_at=int(clock.now), api_key=2)
+        created = clock.now
+        exp.poll(P)
+        assert count(exp.samples(), "validating") == 0, "found without a full list: this test lost its point"
+        clock.advance(resynced_at + RESYNC - clock.now)
+        poll_until_resynced(exp, clock)
+        assert count(exp.samples(), "validating") == 1
+        assert clock.now - created <= RESYNC
+
+
+# ---- gone batches, failing retrieves -----------------------------------------------------------------------------
+
+
+def test_deleted_batches_disappear() -> None:
+    clock = SimTime()
+    with gateway(clock) as sim, exporter(sim, clock) as exp:
+        fill(sim, per_key=6, keys=3)
+        poll_until_resynced(exp, clock)
+        s = exp.samples()
+        assert (count(s, "in_progress"), count(s, "completed")) == (6, 12)
+        clock.advance(INTERVAL)
+        sim.delete(P, "b1-000")  # active: its retrieve answers 404
+        sim.delete(P, "b1-001")  # finished: only a full list can tell
+        exp.poll(P)
+        s = exp.samples()
+        assert count(s, "in_progress") == 5
+        assert count(s, "completed") == 12
+        clock.advance(RESYNC)
+        poll_until_resynced(exp, clock)
+        s = exp.samples()
+        assert (count(s, "in_progress"), count(s, "completed")) == (5, 11)
+        assert value(s, "bifrost_batch_exporter_up", provider=P) == 1
+
+
+def test_one_failing_retrieve_does_not_fail_or_stall_the_provider() -> None:
+    clock = SimTime()
+    with gateway(clock) as sim, exporter(sim, clock) as exp:
+        fill(sim, per_key=6, keys=3)
+        poll_until_resynced(exp, clock)
+        sim.set_fault("server_error", provider=P, endpoint="retrieve", batch_id="b0-000")
+        for step in range(3):
+            clock.advance(INTERVAL)
+            sim.set_status(P, f"b{step}-003", "completed")  # another known active batch moves each poll
+            sim.set_status(P, "b0-000", "finalizing")
+            exp.poll(P)
+            s = exp.samples()
+            assert value(s, "bifrost_batch_exporter_up", provider=P) == 1
+            assert count(s, "completed") == 12 + step + 1
+            # the failing one keeps its last known state
+            assert count(s, "finalizing") == 0
+            assert count(s, "in_progress") == 6 - step - 1
+        sim.set_fault(None)
+        clock.advance(INTERVAL)
+        exp.poll(P)
+        assert count(exp.samples(), "finalizing") == 1
+
+
+# ---- paced resync --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [2.0, 5.0])
+def test_a_long_full_list_is_paced_over_polls_and_completes(rate: float) -> None:
+    """30 pages, max_pages 4, a budget of floor(10 s × rate × 0.5) requests per poll: the full list continues
+    from its cursor poll after poll, is never truncated, and the gateway never sees more than `rate` requests per
+    second (pacing clock)."""
+    clock = SimTime()
+    with gateway(clock) as sim:
+        fill(sim, per_key=20, keys=3, active_every=10)
+        with exporter(sim, clock, max_pages=4, max_requests_per_second=rate) as exp:
+            budget = int(INTERVAL * rate * 0.5)
+            polls = poll_until_resynced(exp, clock)
+            assert polls >= 30 // budget
+            s = exp.samples()
+            assert value(s, "bifrost_batch_exporter_truncated", provider=P) == 0
+            assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="max_pages") == 0
+            assert (count(s, "in_progress"), count(s, "completed")) == (6, 54)
+            # later full lists too, with head scans and retrieves in between
+            clock.advance(INTERVAL)
+            for _ in range(2):
+                clock.advance(RESYNC)
+                poll_until_resynced(exp, clock)
+            assert value(exp.samples(), "bifrost_batch_exporter_truncated", provider=P) == 0
+        times = clock.request_times()
+        assert len(times) == sum(requests(sim))
+        assert max_in_window(times, 10.0) <= rate * 10 + 1
+        assert max_in_window(times, 1.0) <= rate + 1
+
+
+def test_full_mode_with_the_same_max_pages_truncates() -> None:
+    """The contrast: `full` mode still stops at max_pages (v1 behaviour)."""
+    clock = SimTime()
+    with gateway(clock) as sim:
+        fill(sim, per_key=20, keys=3, active_every=10)
+        with exporter(sim, clock, max_pages=4, poll_mode="full") as exp:
+            exp.poll(P)
+            s = exp.samples()
+    assert value(s, "bifrost_batch_exporter_truncated", provider=P) == 1
+    assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="max_pages") == 1
+
+
+# ---- faults, both modes --------------------------------------------------------------------------------------------
+
+MODES = ["incremental", "full"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rate_limit_retry_after_is_honoured(mode: str) -> None:
+    clock = SimTime()
+    with gateway(clock) as sim, exporter(sim, clock, poll_mode=mode, max_retries=2) as exp:
+        fill(sim, per_key=4, keys=2)
+        poll_until_resynced(exp, clock)
+        clock.advance(INTERVAL)
+        sim.set_status(P, "b0-000", "completed")
+        sim.set_fault("rate_limit", provider=P, times=1, retry_after=7)
+        exp.poll(P)
+        s = exp.samples()
+        assert value(s, "bifrost_batch_exporter_up", provider=P) == 1
+        assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="rate_limited") == 0
+        assert count(s, "completed") == 5
+        assert max(clock.waits) >= 7
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("fault", "reason"), [("rate_limit", "rate_limited"), ("server_error", "server_error")]
+)
+def test_failed_poll_keeps_last_good_data_and_recovers(mode: str, fault: str, reason: str) -> None:
+    clock = SimTime()
+    with gateway(clock) as sim, exporter(sim, clock, poll_mode=mode) as exp:
+        fill(sim, per_key=4, keys=2)
+        poll_until_resynced(exp, clock)
+        good = batch_gauges(exp.samples())
+        clock.advance(INTERVAL)
+        sim.set_fault(fault, provider=P, retry_after=1)
+        exp.poll(P)
+        s = exp.samples()
+        assert value(s, "bifrost_batch_exporter_up", provider=P) == 0
+        assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason=reason) == 1
+        assert batch_gauges(s) == good
+        sim.set_fault(None)
+        sim.set_status(P, "b1-000", "failed")
+        clock.advance(INTERVAL)
+        exp.poll(P)
+        s = exp.samples()
+        assert value(s, "bifrost_batch_exporter_up", provider=P) == 1
+        assert count(s, "failed") == 1
+        assert value(s, "bifrost_batch_finished_total", provider=P, status="failed") == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cursor_loop_truncates_and_recovers(mode: str) -> None:
+    """A loop is reported by the list that meets it: in incremental mode that is the full list (the head scan
+    only looks for new batches), so the fault stays armed until a resync has run into it."""
+    clock = SimTime()
+    with gateway(clock) as sim, exporter(sim, clock, poll_mode=mode) as exp:
+        fill(sim, per_key=4, keys=2)
+        poll_until_resynced(exp, clock)
+        sim.set_fault("cursor_loop", provider=P)
+        clock.advance(RESYNC)
+        exp.poll(P)
+        s = exp.samples()
+        assert value(s, "bifrost_batch_exporter_up", provider=P) == 1
+        assert value(s, "bifrost_batch_exporter_truncated", provider=P) == 1
+        assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="cursor_loop") == 1
+        sim.set_fault(None)
+        clock.advance(RESYNC)
+        poll_until_resynced(exp, clock)
+        s = exp.samples()
+        assert value(s, "bifrost_batch_exporter_truncated", provider=P) == 0
+        assert (count(s, "in_progress"), count(s, "completed")) == (4, 4)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_truncated_list_does_not_count_a_finished_batch_twice(mode: str) -> None:
+    """b1-001 finishes and is counted; a full list cut short by a cursor loop does not show it; the next full
+    list shows it again. It finished once: finished_total stays 1."""
+    clock = SimTime()
+    with gateway(clock) as sim, exporter(sim, clock, poll_mode=mode) as exp:
+        fill(sim, per_key=4, keys=2, active_every=1)
+        poll_until_resynced(exp, clock)
+        clock.advance(INTERVAL)
+        sim.set_status(P, "b1-001", "completed")
+        exp.poll(P)
+        assert value(exp.samples(), "bifrost_batch_finished_total", provider=P, status="completed") == 1
+        sim.set_fault("cursor_loop", provider=P)
+        clock.advance(RESYNC)
+        exp.poll(P)
+        assert value(exp.samples(), "bifrost_batch_exporter_truncated", provider=P) == 1
+        sim.set_fault(None)
+        clock.advance(RESYNC)
+        poll_until_resynced(exp, clock)
+        s = exp.samples()
+        assert count(s, "completed") == 1
+        assert value(s, "bifrost_batch_finished_total", provider=P, status="completed") == 1
+
+
+# ---- equivalence with full mode under churn ------------------------------------------------------------------------
+
+KEYS = 3
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
+TEAMS = ("search", "ads")
+
+# One churn operation: ("create", key, status, team, age, total, done) | ("move", pick, status) |
+# ("delete", pick)
+_create = st.tuples(
+    st.just("create"),
+    st.integers(0, KEYS - 1),
+    st.sampled_from(ACTIVE + TERMINAL),
+    st.sampled_from(TEAMS),
+    st.integers(0, 40_000),
+    st.integers(0, 50),
+    st.integers(0, 50),
+)
+_move = st.tuples(st.just("move"), st.integers(0, 10_000), st.sampled_from(ACTIVE + TERMINAL))
+_delete = st.tuples(st.just("delete"), st.integers(0, 10_000))
+_op = st.one_of(_create, _create, _move, _move, _delete)
+# A round: churn, then head-scan polls, then (churn restricted to what incremental polls promise to see inside a
+# resync) while a full list runs, then the comparison.
+_round = st.tuples(st.lists(_op, max_size=8), st.integers(0, 2), st.lists(_move, max_size=3))
+
+
+class Model:
+    """What the test did to the gateway: which ids finished after the exporters started (each once)."""
+
+    def __init__(self, sim: Simulator, clock: SimTime) -> None:
+        self.sim = sim
+        self.clock = clock
+        self.seq = 0
+        self.finished: dict[str, str] = {}
+        self.unseen_finished: set[str] = set()  # finished since the last comparison: not yet seen by both
+
+    def ids(self) -> list[str]:
+        return [str(b["id"]) for b in self.sim.batches(P)]
+
+    def apply(self, op: tuple[Any, ...], *, deletions: bool = True) -> None:
+        kind = op[0]
+        now = int(self.clock.now)
+        if kind == "create":
+            _, key, status, team, age, total, done = op
+            self.seq += 1
+            bid = f"c{self.seq:04d}"
+            done = min(done, total)
+            self.sim.add_batch(
+                P,
+                batch_id=bid,
+                status=status,
+                created_at=now - age,
+                expires_at=now - age + 86_400,
+                api_key=key,
+                request_counts={"total": total, "completed": done, "failed": 0},
+                metadata={"team": team},
+            )
+            if status in TERMINAL:
+                self._finished(bid, status)
+            return
+        ids = self.ids()
+        if not ids:
+            return
+        bid = ids[op[1] % len(ids)]
+        current = str(self.sim.batch(P, bid)["status"])
+        if kind == "delete":
+            if deletions and bid not in self.unseen_finished:
+                self.sim.delete(P, bid)
+            return
+        status = op[2]
+        if current in TERMINAL:
+            return  # a finished batch stays finished
+        self.sim.set_status(P, bid, status)
+        if status in TERMINAL:
+            self._finished(bid, status)
+
+    def _finished(self, bid: str, status: str) -> None:
+        self.finished[bid] = status
+        self.unseen_finished.add(bid)
+
+
+def finished_counts(samples: Samples) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for (name, labels), v in samples.items():
+        if name == "bifrost_batch_finished_total" and v:
+            out[dict(labels)["status"]] += int(v)
+    return out
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    seed=st.lists(_create, min_size=1, max_size=12),
+    rounds=st.lists(_round, min_size=1, max_size=4),
+    page_size=st.integers(1, 4),
+    rate=st.sampled_from([0.4, 1.0, 10.0]),
+)
+def test_incremental_equals_full_after_every_full_list(
+    seed: list[tuple[Any, ...]], rounds: list[tuple[Any, ...]], page_size: int, rate: float
+) -> None:
+    """Random churn (creations on any key, transitions, deletions) through both modes: after every completed full
+    list the incremental exporter's batch gauges equal those of a full-mode exporter polling the same state, and
+    both count each finished id exactly once. A small rate makes full lists span several polls."""
+    clock = SimTime()
+    common = {"page_size": page_size, "metadata_labels": ["team"], "max_requests_per_second": rate}
+    with (
+        gateway(clock, multi_key(KEYS)) as sim,
+        exporter(sim, clock, **common) as inc,
+        exporter(sim, clock, poll_mode="full", max_pages=10_000, **common) as full,
+    ):
+        model = Model(sim, clock)
+        for op in seed:
+            model.apply(op)
+        for churn, head_polls, during in [*rounds, ([], 0, [])]:
+            for op in churn:
+                model.apply(op)
+            for _ in range(head_polls):
+                inc.poll(P)
+                clock.advance(INTERVAL)
+            clock.advance(RESYNC)
+            before = inc.exporter.poller.states[P].ledger.last_resync
+            for polls in range(1, 101):
+                inc.poll(P)
+                if inc.exporter.poller.states[P].ledger.last_resync != before:
+                    event("full list over one poll" if polls == 1 else "full list over several polls")
+                    break
+                clock.advance(INTERVAL)
+                for op in during:  # status changes of known batches: retrieves see them every poll
+                    model.apply(op, deletions=False)
+                during = []
+            else:
+                raise AssertionError("the full list never completed")
+            full.poll(P)
+            a, b = inc.samples(), full.samples()
+            assert value(a, "bifrost_batch_exporter_truncated", provider=P) == 0
+            assert batch_gauges(a) == batch_gauges(b)
+            model.unseen_finished.clear()
+            want = Counter(model.finished.values())
+            assert finished_counts(a) == want
+            assert finished_counts(b) == want
