@@ -310,6 +310,7 @@ class Poller:
         if run.synced and not starting_from_head:
 
             def head_page(batches: list[Batch]) -> bool:
+                batches = store.defer_sparse(batches)
                 observe(batches)
                 refreshed.update(b.id for b in batches)
                 return store.upsert(batches) > 0
@@ -348,6 +349,7 @@ class Poller:
             pages = max(1, budget - spent)
 
             def resync_page(batches: list[Batch]) -> None:
+                batches = store.defer_sparse(batches)
                 observe(batches)
                 store.upsert(batches)
                 refreshed.update(b.id for b in batches)

@@ -26,6 +26,13 @@ class Resync:
     seen: set[str] = field(default_factory=set)
 
 
+def is_sparse(batch: Batch) -> bool:
+    """A list item that says little: Bedrock's and Gemini's lists carry only `created_at` and zero counts, while
+    their retrieve object has the counts and times. Such an active batch is worth a retrieve even when listed."""
+    counts = batch.request_counts
+    return batch.expires_at is None and (counts is None or not counts.total)
+
+
 class Store:
     """Known batches of one provider. Only the provider's poller task touches it."""
 
@@ -65,6 +72,22 @@ class Store:
                 self.terminal.pop(batch_id, None)
                 self.active[batch_id] = batch
         return new
+
+    def defer_sparse(self, batches: list[Batch]) -> list[Batch]:
+        """The list items worth folding now. A sparse item (Bedrock, Gemini lists) of a batch we know is left to
+        the retrieve of known active batches, whose object has the counts and times: folding the list item
+        would show "no data" as zero requests, and could count a transition with none. It still counts as seen
+        by a running full list, so it is not taken for deleted."""
+        if not any(is_sparse(b) for b in batches):
+            return batches
+        kept = []
+        for batch in batches:
+            if is_sparse(batch) and (batch.id in self.active or batch.id in self.terminal):
+                if self.resync is not None:
+                    self.resync.seen.add(batch.id)
+            else:
+                kept.append(batch)
+        return kept
 
     def refresh(self, batch: Batch) -> None:
         """One batch from a retrieve: fold it without counting it as seen by the running resync's list."""
