@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from . import statefile
-from .client import REASONS, BifrostClient, Failure, ListResult
+from .client import REASONS, BifrostClient, Failure, ListResult, page_size_for
 from .ledger import Ledger
 from .models import Batch
 from .settings import Settings
@@ -306,6 +306,8 @@ class Poller:
         resync_due = store.resync is not None or not run.synced or started >= run.next_resync
         starting_from_head = resync_due and (store.resync is None or store.resync.cursor is None)
 
+        head_cursor: str | None = None
+        head_pages = 0
         # 1. The newest pages, until one holds nothing new (skipped when this poll's full list starts at the head).
         if run.synced and not starting_from_head:
 
@@ -321,8 +323,32 @@ class Poller:
             self._take_list(outcome, result, ledger, head=True)
             if outcome.failure is not None or outcome.unsupported:
                 return outcome
+            head_cursor, head_pages = result.next_cursor, result.pages
 
-        # 2. Known active batches the list did not show: one retrieve each.
+        # 2. Known active batches the list did not show: list on down to them when that costs fewer requests
+        #    than one retrieve each (by their places in the last full list), then retrieve what is left.
+        remaining = [i for i in store.active if i not in refreshed]
+        depth = store.list_depth(remaining) if remaining and head_cursor is not None else None
+        if depth is not None:
+            size = page_size_for(provider, self._settings.page_size)
+            more_pages = -(-depth // size) - head_pages
+            if 0 < more_pages < len(remaining):
+                wanted = set(remaining)
+
+                def deeper_page(batches: list[Batch]) -> bool:
+                    batches = store.defer_sparse(batches)
+                    observe(batches)
+                    refreshed.update(b.id for b in batches)
+                    store.upsert(batches)
+                    wanted.difference_update(refreshed)
+                    return bool(wanted)
+
+                result = await self._client.list_batches(
+                    provider, deeper_page, after=head_cursor, max_pages=more_pages + 1, budget_truncates=False
+                )
+                self._take_list(outcome, result, ledger, head=True)
+                if outcome.failure is not None or outcome.unsupported:
+                    return outcome
         for batch_id in [i for i in store.active if i not in refreshed]:
             got = await self._client.retrieve(provider, batch_id)
             outcome.retrieve_requests += got.requests

@@ -24,6 +24,7 @@ class Resync:
     cursor: str | None = None
     pages: int = 0
     seen: set[str] = field(default_factory=set)
+    listed: int = 0  # items folded so far: the list position of the next one
 
 
 def is_sparse(batch: Batch) -> bool:
@@ -44,6 +45,9 @@ class Store:
         # Ids first seen after the running resync started: absent from its pages only because they are new.
         self._added_since_resync: set[str] = set()
         self.resync: Resync | None = None
+        # Active id → its position in the last full list: tells whether listing down to the known active batches
+        # costs fewer requests than retrieving them one by one.
+        self.positions: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.active) + len(self.terminal)
@@ -62,11 +66,15 @@ class Store:
                 new += 1
                 if resync is not None:
                     self._added_since_resync.add(batch_id)
+            status = self._label_for(normalize_status(batch.status))
             if resync is not None:
                 resync.seen.add(batch_id)
-            status = self._label_for(normalize_status(batch.status))
+                if not is_terminal(status):
+                    self.positions[batch_id] = resync.listed
+                resync.listed += 1
             if is_terminal(status):
                 self.active.pop(batch_id, None)
+                self.positions.pop(batch_id, None)
                 self.terminal[batch_id] = terminal_row(status, self._group_for(batch), batch)
             else:
                 self.terminal.pop(batch_id, None)
@@ -100,6 +108,18 @@ class Store:
     def remove(self, batch_id: str) -> None:
         self.active.pop(batch_id, None)
         self.terminal.pop(batch_id, None)
+        self.positions.pop(batch_id, None)
+
+    def list_depth(self, batch_ids: Iterable[str]) -> int | None:
+        """How many items from the top of the list reach all of `batch_ids` (by the last full list), or None
+        when one of them was not placed by it."""
+        deepest = -1
+        for batch_id in batch_ids:
+            position = self.positions.get(batch_id)
+            if position is None:
+                return None
+            deepest = max(deepest, position)
+        return deepest + 1
 
     def start_resync(self, now: float) -> Resync:
         self.resync = Resync(started_at=now)
