@@ -311,16 +311,20 @@ class Poller:
         # 1. The newest pages, until one holds nothing new (skipped when this poll's full list starts at the head).
         if run.synced and not starting_from_head:
 
+            wanted_more = [True]
+
             def head_page(batches: list[Batch]) -> bool:
                 batches = store.defer_sparse(batches)
                 observe(batches)
                 refreshed.update(b.id for b in batches)
-                return store.upsert(batches) > 0
+                wanted_more[0] = store.upsert(batches) > 0
+                return wanted_more[0]
 
             result = await self._client.list_batches(
                 provider, head_page, max_pages=min(budget, self._settings.max_pages), budget_truncates=False
             )
-            self._take_list(outcome, result, ledger, head=True)
+            # A cursor defect matters here only while the newest pages were still showing new batches.
+            self._take_list(outcome, result, ledger, head=not wanted_more[0])
             if outcome.failure is not None or outcome.unsupported:
                 return outcome
             head_cursor, head_pages = result.next_cursor, result.pages
