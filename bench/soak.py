@@ -163,7 +163,8 @@ async def _soak(
             await exporter.poller.poll_all_once()
             if cycle % render_every == 0:
                 exporter.refresh()
-                response = exporter.routes.handle("GET", "/metrics", {"accept-encoding": "gzip"})
+                answer = exporter.routes.handle("GET", "/metrics", {"accept-encoding": "gzip"})
+                response = await answer if isinstance(answer, asyncio.Future) else answer
                 assert response.status == 200
             tracked = sum(s.ledger.tracked_ids for s in exporter.poller.states.values())
             if cycle == retention_cycle:
@@ -196,7 +197,7 @@ async def _soak(
             tracked_ids_end=tracked,
             retention_cycle=retention_cycle,
             polls=sum(s.ledger.polls for s in states),
-            pages=sum(s.ledger.pages for s in states),
+            pages=sum(s.ledger.requests.get("list", 0) for s in states),
             finished_total=sum(sum(s.ledger.finished.values()) for s in states),
             errors={k: v for k, v in errors.items() if v},
             rss_samples=samples,

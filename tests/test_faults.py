@@ -24,6 +24,11 @@ FAILURES = [
     ("not_list", {}, "invalid_response"),
     ("auth", {}, "auth"),
     ("forbidden", {}, "auth"),
+    # the provider refused the gateway's own key: its 401/403 is kept, not a Bifrost error
+    ("upstream_auth", {}, "upstream_auth"),
+    ("upstream_forbidden", {}, "upstream_auth"),
+    # no key of the provider is enabled for batch APIs: a status-less core error, sent as 400
+    ("no_batch_keys", {}, "client_error"),
 ]
 # fault → the reason it is reported as. A page of ids already seen under a fresh cursor is not a loop (keys of one
 # account repeat each other's batches): paging goes on while the cursor moves, up to max_pages.

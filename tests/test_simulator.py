@@ -33,6 +33,7 @@ T0 = 1_700_000_000.0
 
 
 _SSL = ssl.create_default_context()
+NO_RAW = {"x-bf-send-back-raw-response": "false"}  # what the exporter sends: no raw-response echo
 
 
 def http(base_url: str) -> httpx.Client:
@@ -122,25 +123,34 @@ def test_cursor_paging_visits_every_batch_once_across_keys_including_an_empty_ke
         assert decoded is not None
 
 
-def test_default_openai_pages_over_its_empty_first_key(static: Simulator, client: httpx.Client) -> None:
+def test_default_openai_pages_over_an_empty_key_then_one_org_twice(
+    static: Simulator, client: httpx.Client
+) -> None:
+    """Key 0 belongs to an empty project; keys 1 and 2 to one org, which lists the same batches under each key."""
     openai = next(s for s in DEFAULT_PROVIDERS if s.name == "openai")
-    assert openai.keys == 2
+    assert (openai.keys, openai.empty_keys, openai.shared_account) == (3, (0,), True)
     ids = [static.add_batch("openai")["id"] for _ in range(3)]
     first = client.get("/v1/batches", params={"provider": "openai"}).json()
     assert first["data"] == []
     assert first["has_more"] is True
     assert "first_id" not in first
     assert "last_id" not in first
-    seen, _ = walk(client, "openai")
-    assert sorted(seen) == sorted(ids)
+    seen, pages = walk(client, "openai")
+    assert sorted(seen) == sorted(ids * 2)  # every batch once per key of the org
+    cursors = [p["next_cursor"] for p in pages[:-1]]
+    assert len(cursors) == len(set(cursors))  # ...each time under a new cursor: not a loop
 
 
-def test_cursor_is_standard_base64_json() -> None:
+def test_cursor_is_bifrost_serial_cursor() -> None:
+    """core/schemas/pagination.go: URL-safe base64 of {"v":1,"i":key index,"c":native cursor}."""
     cursor = encode_cursor(1, "batch_abc")
-    assert json.loads(base64.b64decode(cursor)) == {"k": 1, "a": "batch_abc"}
+    assert json.loads(base64.urlsafe_b64decode(cursor)) == {"v": 1, "i": 1, "c": "batch_abc"}
     assert decode_cursor(cursor) == (1, "batch_abc")
+    assert decode_cursor(encode_cursor(2, None)) == (2, None)
     assert decode_cursor("batch_abc") is None
     assert decode_cursor("batches/0123456789abcdef0123") is None
+    wrong_version = base64.urlsafe_b64encode(b'{"v":2,"i":0,"c":""}').decode()
+    assert decode_cursor(wrong_version) is None
 
 
 def test_legacy_paging_uses_last_id_and_never_sends_next_cursor(
@@ -157,12 +167,24 @@ def test_legacy_paging_uses_last_id_and_never_sends_next_cursor(
     assert "has_more" not in pages[-1]
 
 
-def test_raw_batch_id_is_accepted_as_after_in_cursor_style(static: Simulator, client: httpx.Client) -> None:
-    ids = [static.add_batch("bedrock", created_at=int(T0) - i)["id"] for i in range(4)]
-    body = client.get("/v1/batches", params={"provider": "bedrock", "after": ids[1]}).json()
-    assert [b["id"] for b in body["data"]] == ids[2:]
-    bad = client.get("/v1/batches", params={"provider": "bedrock", "after": "nope"})
-    assert bad.status_code == 400
+def test_anything_but_a_serial_cursor_is_http_500_in_cursor_style(
+    static: Simulator, client: httpx.Client
+) -> None:
+    """A raw batch id or garbage as `after` fails DecodeSerialCursor: NewBifrostOperationError("invalid pagination
+    cursor") is a Bifrost error without a status, which the transport sends as 500."""
+    ids = [static.add_batch("openai", created_at=int(T0) - i)["id"] for i in range(4)]
+    for after in (ids[1], "nope", "eyJ2IjoyfQ=="):
+        r = client.get("/v1/batches", params={"provider": "openai", "after": after})
+        assert r.status_code == 500, after
+        assert r.json() == {
+            "is_bifrost_error": True,
+            "error": {"message": "invalid pagination cursor"},
+            "extra_fields": {"provider": "openai", "request_type": "batch_list"},
+        }
+    past_last_key = client.get("/v1/batches", params={"provider": "openai", "after": encode_cursor(9, None)})
+    assert past_last_key.status_code == 200  # every key exhausted: an empty final page
+    assert past_last_key.json()["data"] == []
+    assert "has_more" not in past_last_key.json()
 
 
 def test_after_an_id_dropped_meanwhile_still_continues(static: Simulator, client: httpx.Client) -> None:
@@ -199,7 +221,7 @@ def test_limit_is_used_only_when_a_positive_int_and_capped(
     ):
         sim.load_batches("p", _many())
         params = {"provider": "p"} if raw is None else {"provider": "p", "limit": raw}
-        assert len(c.get("/v1/batches", params=params).json()["data"]) == expected
+        assert len(c.get("/v1/batches", params=params, headers=NO_RAW).json()["data"]) == expected
 
 
 def test_before_is_accepted_and_ignored(static: Simulator, client: httpx.Client) -> None:
@@ -255,33 +277,48 @@ def test_virtual_key_variants(
         r = c.get("/v1/batches", params={"provider": "openai"}, headers=headers)
         assert r.status_code == status
         if err_type is not None:
-            assert r.json() == {
-                "is_bifrost_error": False,
-                "status_code": 401,
-                "error": {"message": "Unauthorized", "type": err_type},
-            }
+            # plugins/governance/main.go: the governance `type` is top-level, with governance's own wording
+            body = r.json()
+            assert body["type"] == err_type
+            assert (body["is_bifrost_error"], body["status_code"]) == (False, 401)
+            assert body["error"]["message"].startswith("virtual key")
+            assert "type" not in body["error"]
         assert c.get("/health").status_code == 200  # health never needs auth
 
 
 @pytest.mark.parametrize(
-    ("headers", "status"),
+    ("headers", "status", "refusal"),
     [
-        ({"Authorization": BASIC, "x-bf-vk": VK}, 200),
-        ({"Authorization": BASIC}, 401),
-        ({"x-bf-vk": VK}, 401),
-        ({"Authorization": "Basic " + base64.b64encode(b"admin:nope").decode(), "x-bf-vk": VK}, 401),
-        ({"Authorization": BASIC, "x-api-key": VK}, 401),  # with Basic on, the key must come in x-bf-vk
+        ({"Authorization": BASIC, "x-bf-vk": VK}, 200, None),
+        ({"Authorization": BASIC}, 401, "virtual_key_required"),
+        ({"x-bf-vk": VK}, 401, "Unauthorized"),
+        (
+            {"Authorization": "Basic " + base64.b64encode(b"admin:nope").decode(), "x-bf-vk": VK},
+            401,
+            "Unauthorized",
+        ),
+        # with Basic on, the key must come in x-bf-vk
+        ({"Authorization": BASIC, "x-api-key": VK}, 401, "virtual_key_required"),
     ],
 )
-def test_basic_auth_needs_the_key_in_x_bf_vk(clock: FakeClock, headers: dict[str, str], status: int) -> None:
+def test_basic_auth_needs_the_key_in_x_bf_vk(
+    clock: FakeClock, headers: dict[str, str], status: int, refusal: str | None
+) -> None:
+    """The admin-auth middleware answers a bare "Unauthorized"; past it, governance refuses with its own type."""
     with (
         Simulator(lifecycle=False, clock=clock, virtual_key=VK, basic_auth=("admin", "pw")) as sim,
         http(sim.url) as c,
     ):
         r = c.get("/v1/batches", params={"provider": "openai"}, headers=headers)
         assert r.status_code == status
-        if status == 401:
-            assert r.json()["error"]["message"] == "Unauthorized"
+        if refusal == "Unauthorized":
+            assert r.json() == {
+                "is_bifrost_error": False,
+                "status_code": 401,
+                "error": {"message": "Unauthorized"},
+            }
+        elif refusal is not None:
+            assert r.json()["type"] == refusal
 
 
 def test_request_log_records_header_names_never_values(clock: FakeClock) -> None:
@@ -305,7 +342,32 @@ def test_request_log_records_header_names_never_values(clock: FakeClock) -> None
         ("rate_limit", 429, "application/json", lambda r: r.json()["error"]["type"] == "rate_limited"),
         ("html", 200, "text/html", lambda r: r.text.lstrip().lower().startswith("<!doctype html")),
         ("auth", 401, "application/json", lambda r: r.json()["error"]["message"] == "Unauthorized"),
-        ("forbidden", 403, "application/json", lambda r: r.json()["error"]["type"] == "virtual_key_blocked"),
+        ("forbidden", 403, "application/json", lambda r: r.json()["type"] == "virtual_key_blocked"),
+        (
+            "upstream_auth",
+            401,
+            "application/json",
+            lambda r: (
+                r.json()["is_bifrost_error"] is False
+                and r.json()["error"]["code"] == "invalid_api_key"
+                and r.json()["extra_fields"]["provider"] == "openai"
+                and "type" not in r.json()
+            ),
+        ),
+        (
+            "upstream_forbidden",
+            403,
+            "application/json",
+            lambda r: r.json()["error"]["type"] == "invalid_request_error" and "type" not in r.json(),
+        ),
+        (
+            "no_batch_keys",
+            400,
+            "application/json",
+            lambda r: (
+                r.json() == {"is_bifrost_error": False, "error": {"message": "no batch-enabled keys found"}}
+            ),
+        ),
         (
             "unsupported",
             400,
@@ -393,13 +455,13 @@ def test_page_delay_is_applied_per_page(clock: FakeClock) -> None:
 
 def test_cursor_loop_returns_the_cursor_it_was_given(static: Simulator, client: httpx.Client) -> None:
     for i in range(5):
-        static.add_batch("bedrock", created_at=int(T0) - i)
+        static.add_batch("openai", created_at=int(T0) - i)
     static.set_fault("cursor_loop")
-    first = client.get("/v1/batches", params={"provider": "bedrock", "limit": 2}).json()
+    first = client.get("/v1/batches", params={"provider": "openai", "limit": 2}).json()
     assert first["has_more"] is True
     cursor = first["next_cursor"]
     for _ in range(3):
-        page = client.get("/v1/batches", params={"provider": "bedrock", "limit": 2, "after": cursor}).json()
+        page = client.get("/v1/batches", params={"provider": "openai", "limit": 2, "after": cursor}).json()
         assert page["has_more"] is True
         assert page["next_cursor"] == cursor
 
@@ -460,6 +522,14 @@ def test_control_endpoints(static: Simulator, client: httpx.Client) -> None:
     assert client.post("/_sim/batches", json={"provider": "nope"}).status_code == 400
     assert static.list_requests("azure") == 2
     assert static.list_requests() == 2
+    assert client.get("/v1/batches/batch_x", params={"provider": "azure"}).status_code == 200
+    assert client.get("/_sim/state").json()["providers"]["azure"]["requests"]["retrieve"] == 1
+    assert static.requests("azure", "retrieve") == 1
+    assert client.post("/_sim/batches/batch_x/delete", json={"provider": "azure"}).json() == {
+        "deleted": "batch_x"
+    }
+    assert client.post("/_sim/batches/batch_x/delete", json={"provider": "azure"}).status_code == 404
+    assert static.batches("azure") == []
 
 
 # ---- store semantics -----------------------------------------------------------------------------------------
@@ -490,31 +560,31 @@ def test_add_batch_sets_terminal_timestamps_and_fields_override(static: Simulato
 
 
 def test_retrieve_and_cancel(clock: FakeClock) -> None:
-    with Simulator(clock=clock, initial_batches=0) as sim, http(sim.url) as c:
-        b = sim.add_batch("gemini", status="in_progress")
-        assert b["id"].startswith("batches/")
-        got = c.get(f"/v1/batches/{b['id']}", params={"provider": "gemini"})
+    with Simulator(clock=clock, initial_batches=0, troubled=False) as sim, http(sim.url) as c:
+        b = sim.add_batch("openai", status="in_progress")
+        got = c.get(f"/v1/batches/{b['id']}", params={"provider": "openai"})
         assert got.status_code == 200
         assert got.json()["id"] == b["id"]
-        assert c.get("/v1/batches/batches%2Fnope", params={"provider": "gemini"}).status_code == 404
         assert c.get(f"/v1/batches/{b['id']}").status_code == 400
         assert c.get(f"/v1/batches/{b['id']}", params={"provider": "cohere"}).json()["error"]["code"] == (
             "unsupported_operation"
         )
-        cancelled = c.post(f"/v1/batches/{b['id']}/cancel", params={"provider": "gemini"})
+        cancelled = c.post(f"/v1/batches/{b['id']}/cancel", params={"provider": "openai"})
         assert cancelled.status_code == 200
         assert cancelled.json()["status"] == "cancelling"
         assert cancelled.json()["cancelling_at"] == int(T0)
         clock.advance(30)
-        final = c.get(f"/v1/batches/{b['id']}", params={"provider": "gemini"}).json()
+        final = c.get(f"/v1/batches/{b['id']}", params={"provider": "openai"}).json()
         assert final["status"] == "cancelled"
         assert final["cancelled_at"] > int(T0)
-        assert final["done"] is True
-        assert c.post(f"/v1/batches/{b['id']}/cancel", params={"provider": "gemini"}).status_code == 400
+        assert c.post(f"/v1/batches/{b['id']}/cancel", params={"provider": "openai"}).status_code == 400
+        assert sim.requests("openai", "retrieve") == 2
+        assert sim.requests("openai", "cancel") == 2
+        assert sim.requests(None, "retrieve") == 3  # the refused cohere retrieve was received too
 
 
 def test_anthropic_cancel_ends_with_canceled_counts(clock: FakeClock) -> None:
-    with Simulator(clock=clock, initial_batches=0) as sim, http(sim.url) as c:
+    with Simulator(clock=clock, initial_batches=0, troubled=False) as sim, http(sim.url) as c:
         b = sim.add_batch("anthropic", status="in_progress")
         r = c.post(f"/v1/batches/{b['id']}/cancel", params={"provider": "anthropic"}).json()
         assert r["status"] == "cancelling"
@@ -531,7 +601,7 @@ def test_anthropic_cancel_ends_with_canceled_counts(clock: FakeClock) -> None:
 
 
 def test_lifecycle_starts_with_a_mix_and_moves_with_the_clock(clock: FakeClock) -> None:
-    sim = Simulator(clock=clock, seed=3, max_batches=40)
+    sim = Simulator(clock=clock, seed=3, max_batches=40, troubled=False)
     openai = sim.batches("openai")
     assert len(openai) == 12
     assert {"cohere", "mistral"}.isdisjoint(p for p, s in sim.state()["providers"].items() if s["batches"])
@@ -540,7 +610,7 @@ def test_lifecycle_starts_with_a_mix_and_moves_with_the_clock(clock: FakeClock) 
         statuses = {b["status"] for b in batches}
         assert statuses & TERMINAL_STATUSES, name
         for b in batches:
-            if b["status"] in TERMINAL_STATUSES - {"deleted"}:
+            if b["status"] in TERMINAL_STATUSES:
                 ts = (
                     b.get("completed_at")
                     or b.get("failed_at")
@@ -549,10 +619,10 @@ def test_lifecycle_starts_with_a_mix_and_moves_with_the_clock(clock: FakeClock) 
                 )
                 assert ts is not None, (name, b)
                 assert ts <= T0, (name, b)
-    before = {b["id"]: b["status"] for b in sim.batches("bedrock")}
+    before = {b["id"]: b["status"] for b in sim.batches("openai")}
     clock.advance(300)
     sim.tick()
-    after = {b["id"]: b for b in sim.batches("bedrock")}
+    after = {b["id"]: b for b in sim.batches("openai")}
     assert 10 <= len(after) - len(before) <= 30  # roughly one new batch per 20 s
     moved = [bid for bid, status in before.items() if after[bid]["status"] != status]
     assert moved
@@ -580,7 +650,7 @@ def test_lifecycle_is_deterministic_per_seed() -> None:
 
 
 def test_lifecycle_ticks_lazily_on_list_requests(clock: FakeClock) -> None:
-    with Simulator(clock=clock, initial_batches=0) as sim, http(sim.url) as c:
+    with Simulator(clock=clock, initial_batches=0, troubled=False) as sim, http(sim.url) as c:
         assert walk(c, "azure")[0] == []
         clock.advance(120)
         assert len(walk(c, "azure")[0]) >= 3
@@ -607,12 +677,11 @@ def test_flavors_have_their_fields(clock: FakeClock) -> None:
     assert any({"succeeded", "canceled", "expired"} & set(b["request_counts"]) for b in ended)
     assert all("pending" not in b["request_counts"] for b in ended)
 
+    assert all("in_progress_at" not in b and "metadata" not in b for b in anthropic)  # Anthropic has neither
+
     gemini = sim.batches("gemini")
     assert all(b["id"].startswith("batches/") and b["operation_name"] and "done" in b for b in gemini)
-    assert all(isinstance(b["progress"], int) for b in gemini)
-    deleted = [b for b in gemini if b["status"] == "deleted"]
-    assert deleted
-    assert all(not b.get("completed_at") and not b.get("cancelled_at") for b in deleted)
+    assert not {"validating", "finalizing", "deleted"} & {b["status"] for b in gemini}
 
     assert all(
         b["id"].startswith("arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/")
@@ -623,37 +692,57 @@ def test_flavors_have_their_fields(clock: FakeClock) -> None:
     assert "cancelled" not in azure
     vertex = sim.batches("vertex")
     assert all("display_name" in b and "input_blob" in b and "output_blob" in b for b in vertex)
+    assert all(
+        b["id"].startswith("projects/123456789012/locations/us-central1/batchPredictionJobs/") for b in vertex
+    )
     failed = [b for b in sim.batches("openai") if b["status"] == "failed"]
     assert failed
     assert all(b["failed_at"] and b["request_counts"]["failed"] > 0 and b["errors"] for b in failed)
+    codes = {e["code"] for b in failed for e in b["errors"]["data"]}
+    assert codes <= {"invalid_json_line", "token_limit_exceeded", "model_not_found"}
+    expired = [b for b in sim.batches("openai") + sim.batches("azure") if b["status"] == "expired"]
+    assert all(b["errors"]["data"][0]["code"] == "batch_expired" for b in expired)
+    finished = [b for b in sim.batches("openai") if b["status"] == "completed"]
+    assert all(
+        b["created_at"] <= b["in_progress_at"] <= b["finalizing_at"] <= b["completed_at"] for b in finished
+    )
+    teams = {(b.get("metadata") or {}).get("team") for b in sim.batches("openai")}
+    assert teams - {None}  # OpenAI batches carry the owner's metadata
 
 
-def test_vertex_sometimes_reports_an_unknown_provider_status() -> None:
-    sim = Simulator(clock=FakeClock(), seed=2, initial_batches=0, max_batches=1000)
-    clock = sim._clock
-    assert isinstance(clock, FakeClock)
+def test_vertex_queued_arrives_as_validating_never_raw() -> None:
+    """Bifrost maps JOB_STATE_QUEUED to `validating`; a raw provider state never reaches the list."""
+    clock = FakeClock()
+    sim = Simulator(clock=clock, seed=2, initial_batches=0, max_batches=1000, troubled=False)
     seen: set[str] = set()
     for _ in range(60):
         clock.advance(10)
         sim.tick()
         seen |= {b["status"] for b in sim.batches("vertex")}
-    assert "JOB_STATE_QUEUED" in seen
+    assert "validating" in seen
+    assert not any(status.startswith("JOB_STATE_") for status in seen)
 
 
-def test_response_extra_fields_by_style(clock: FakeClock) -> None:
-    with Simulator(clock=clock, seed=4, initial_batches=40) as sim, http(sim.url) as c:
+@pytest.mark.parametrize("cache_debug", [False, True])
+def test_response_extra_fields_by_style(clock: FakeClock, cache_debug: bool) -> None:
+    """Newer gateways put only latency on items, older ones fill them fully. cache_debug never appears unless
+    asked for: the semantic cache plugin skips batch request types (plugins/semanticcache)."""
+    with (
+        Simulator(clock=clock, seed=4, initial_batches=40, cache_debug=cache_debug) as sim,
+        http(sim.url) as c,
+    ):
         cursor_pages = [
-            c.get("/v1/batches", params={"provider": "bedrock", "limit": 5}).json() for _ in range(15)
+            c.get("/v1/batches", params={"provider": "openai", "limit": 5}, headers=NO_RAW).json()
+            for _ in range(15)
         ]
         legacy = c.get("/v1/batches", params={"provider": "azure", "limit": 40}).json()
     for page in cursor_pages:
         top = page["extra_fields"]
         assert top["request_type"] == "batch_list"
-        assert top["provider"] == "bedrock"
+        assert top["provider"] == "openai"
         assert isinstance(top["latency"], int)
         assert top["latency"] > 0
         assert all(set(b["extra_fields"]) == {"latency"} for b in page["data"])
-    assert any("cache_debug" in p["extra_fields"] for p in cursor_pages)
     assert len({p["extra_fields"]["latency"] for p in cursor_pages}) > 1  # jittered
     items = legacy["data"]
     assert all(
@@ -662,7 +751,8 @@ def test_response_extra_fields_by_style(clock: FakeClock) -> None:
         for b in items
     )
     debug = [b["extra_fields"]["cache_debug"] for b in items if "cache_debug" in b["extra_fields"]]
-    assert debug
+    debug += [p["extra_fields"]["cache_debug"] for p in cursor_pages if "cache_debug" in p["extra_fields"]]
+    assert bool(debug) == cache_debug
     for d in debug:
         assert d["hit_type"] in ("direct", "semantic", None)
         assert ("similarity" in d) == (d["hit_type"] == "semantic")
@@ -686,7 +776,7 @@ def test_generate_batches_is_realistic_newest_first_and_deterministic() -> None:
 
 
 def test_list_page_bytes_matches_the_server(static: Simulator, client: httpx.Client) -> None:
-    sim = Simulator(lifecycle=False, latency_ms=100, cache_debug=False, clock=FakeClock())
+    sim = Simulator(lifecycle=False, latency_ms=100, send_back_raw_response=False, clock=FakeClock())
     batches = generate_batches("azure", 3, now=T0, flavor="azure")
     sim.load_batches("azure", batches)
     with sim, http(sim.url) as c:

@@ -1,4 +1,8 @@
-"""The `/_sim/` control API: drive the simulator over HTTP (from another process, a shell, or a bench)."""
+"""The `/_sim/` control API: drive the simulator over HTTP (from another process, a shell, or a bench).
+
+GET /_sim/state (batches by status and requests by endpoint, per provider); POST /_sim/fault, /_sim/batches,
+/_sim/batches/{id}/status, /_sim/batches/{id}/delete, /_sim/clear, /_sim/tick.
+"""
 
 from __future__ import annotations
 
@@ -49,12 +53,21 @@ class Control:
                 return json_response(200, dumps(self._sim.state()))
             if path.startswith("/_sim/batches/") and path.endswith("/status"):
                 bid = unquote(path[len("/_sim/batches/") : -len("/status")])
-                self._sim.set_status(payload["provider"], bid, payload["status"], payload.get("at"))
+                self._sim.set_status(
+                    payload["provider"],
+                    bid,
+                    payload["status"],
+                    payload.get("at"),
+                    error_code=payload.get("error_code"),
+                )
                 return json_response(200, dumps(self._sim.batch(payload["provider"], bid)))
+            if path.startswith("/_sim/batches/") and path.endswith("/delete"):
+                bid = unquote(path[len("/_sim/batches/") : -len("/delete")])
+                self._sim.delete(payload["provider"], bid)
+                return json_response(200, dumps({"deleted": bid}))
         except KeyError as exc:
-            return json_response(
-                404 if path.endswith("/status") else 400, error_body(400, f"missing or unknown: {exc}")
-            )
+            status = 404 if path.endswith(("/status", "/delete")) else 400
+            return json_response(status, error_body(status, f"missing or unknown: {exc}"))
         except (TypeError, ValueError) as exc:
             return json_response(400, error_body(400, str(exc)))
         return json_response(404, error_body(404, f"no control route {path}"))

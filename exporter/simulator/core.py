@@ -11,7 +11,7 @@ import ssl
 import time
 from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from .control import Control
 from .flavors import (
@@ -20,7 +20,9 @@ from .flavors import (
     ProviderSpec,
     apply_flavor_state,
     default_counts,
+    list_item,
     new_id,
+    retrieve_object,
     skeleton,
 )
 from .gateway import Gateway
@@ -28,9 +30,12 @@ from .lifecycle import Clock
 from .server import HttpServer
 from .store import ProviderState
 from .wire import copy_json
-from .world import Settings, World
+from .world import RawHeader, Settings, World
 
-__all__ = ["Simulator"]
+__all__ = ["Endpoint", "Simulator", "View"]
+
+View = Literal["stored", "list", "retrieve"]
+Endpoint = Literal["list", "retrieve", "cancel"]
 
 
 class Simulator:
@@ -48,16 +53,31 @@ class Simulator:
         virtual_key: str | None = None,
         basic_auth: tuple[str, str] | None = None,
         latency_ms: int = 120,
-        cache_debug: bool = True,
+        cache_debug: bool = False,
         max_batches: int = 300,
+        send_back_raw_response: bool = True,
+        raw_header: RawHeader = "honoured",
+        retention_seconds: float | None = None,
+        troubled: bool = True,
     ) -> None:
+        """`lifecycle` moves batches in (injected) time; without it the store is static and tests build exact
+        scenarios with add_batch. With the lifecycle on, `troubled` adds to each provider with request counts a
+        batch that falls behind and one that never starts (the early-warning demo); `retention_seconds` makes
+        finished batches disappear that long after their end. `send_back_raw_response` is the providers' echo
+        config; `raw_header` how the per-request header overrides it (see gateway). `cache_debug` invents semantic-cache debug data,
+        which real Bifrost never puts on batch responses: for demos of the cache panels only."""
         basic = (
             None
             if basic_auth is None
             else "Basic " + base64.b64encode(f"{basic_auth[0]}:{basic_auth[1]}".encode()).decode("ascii")
         )
         settings = Settings(
-            virtual_key=virtual_key, basic_header=basic, latency_ms=latency_ms, cache_debug=cache_debug
+            virtual_key=virtual_key,
+            basic_header=basic,
+            latency_ms=latency_ms,
+            cache_debug=cache_debug,
+            send_back_raw_response=send_back_raw_response,
+            raw_header=raw_header,
         )
         self._world = World.build(
             specs=DEFAULT_PROVIDERS if providers is None else providers,
@@ -66,6 +86,7 @@ class Simulator:
             settings=settings,
             lifecycle=lifecycle,
             max_batches=max_batches,
+            retention_seconds=retention_seconds,
         )
         self._clock = clock
         self._initial_batches = initial_batches
@@ -77,6 +98,8 @@ class Simulator:
                 for state in self._world.providers.values():
                     if state.spec.supported:
                         self._world.lifecycle.seed(state, initial_batches, now)
+                        if troubled:
+                            self._world.lifecycle.seed_troubled(state, now)
                         state.next_create = now + state.rng.uniform(10, 30)
                     self._world.lifecycle.advance(state, now)
 
@@ -135,13 +158,15 @@ class Simulator:
         request_counts: dict[str, int] | None = None,
         batch_id: str | None = None,
         api_key: int | None = None,
+        error_code: str | None = None,
         **fields: Any,
     ) -> dict[str, Any]:
-        """Exact scenarios for tests: the status is stored as spelled, timestamps follow it, `fields` win."""
+        """Exact scenarios for tests: the status is stored as spelled, timestamps follow it, `fields` win.
+        `error_code` is the errors.data[].code a failed or expired OpenAI-shaped batch carries."""
         with self._world.lock:
             state = self._world.provider(provider)
             batch = self._build_manual(
-                state, status, created_at, expires_at, request_counts, batch_id, dict(fields)
+                state, status, created_at, expires_at, request_counts, batch_id, error_code, dict(fields)
             )
             key = state.next_key() if api_key is None else api_key
             if not 0 <= key < max(1, state.spec.keys):
@@ -170,6 +195,7 @@ class Simulator:
         expires_at: int | None,
         request_counts: dict[str, int] | None,
         batch_id: str | None,
+        error_code: str | None,
         fields: dict[str, Any],
     ) -> dict[str, Any]:
         spec = state.spec
@@ -195,7 +221,7 @@ class Simulator:
         batch["status"] = status
         if expires_at is not None:
             batch["expires_at"] = int(expires_at)
-        if status not in ("validating", "JOB_STATE_QUEUED"):
+        if status not in ("validating", "JOB_STATE_QUEUED") and spec.flavor != "anthropic":
             batch["in_progress_at"] = created
         ts_field = TIMESTAMP_FIELD.get(status)
         if ts_field is not None and ts_field != "in_progress_at":
@@ -203,55 +229,55 @@ class Simulator:
         if status in ("cancelled", "canceled"):
             batch["cancelling_at"] = now
         canonical = "cancelled" if status == "canceled" else status
-        apply_flavor_state(batch, spec.flavor, canonical)
+        apply_flavor_state(batch, spec.flavor, canonical, error_code)
         if request_counts is not None:
             batch["request_counts"] = dict(request_counts)
         else:
             batch["request_counts"] = default_counts(spec.flavor, status)
-        if spec.flavor == "gemini":
-            rc = batch["request_counts"]
-            total = int(rc.get("total", 0)) or 1
-            batch["progress"] = (
-                100
-                if status == "completed"
-                else (rc.get("completed", 0) + rc.get("failed", 0)) * 100 // total
-            )
         batch.update(copy_json(fields))
         batch["id"] = str(bid)
         return batch
 
-    def set_status(self, provider: str, batch_id: str, status: str, at: int | None = None) -> None:
+    def set_status(
+        self,
+        provider: str,
+        batch_id: str,
+        status: str,
+        at: int | None = None,
+        *,
+        error_code: str | None = None,
+    ) -> None:
         """Takes the batch out of its lifecycle plan: a test that sets a status means it to stay."""
         with self._world.lock:
             state = self._world.provider(provider)
             batch = state.batches.get(batch_id)
             if batch is None:
                 raise KeyError(batch_id)
-            self._set_status_locked(state, batch, status, int(self._clock()) if at is None else int(at))
+            when = int(self._clock()) if at is None else int(at)
+            meta = state.meta[batch_id]
+            meta.gen += 1
+            meta.plan = None
+            batch["status"] = status
+            ts_field = TIMESTAMP_FIELD.get(status)
+            if ts_field is not None and not (state.spec.flavor == "anthropic" and status == "in_progress"):
+                batch[ts_field] = when
+            canonical = "cancelled" if status == "canceled" else status
+            apply_flavor_state(batch, state.spec.flavor, canonical, error_code)
 
-    def _set_status_locked(self, state: ProviderState, batch: dict[str, Any], status: str, at: int) -> None:
-        meta = state.meta[str(batch["id"])]
-        meta.gen += 1
-        meta.plan = None
-        batch["status"] = status
-        ts_field = TIMESTAMP_FIELD.get(status)
-        if ts_field is not None:
-            batch[ts_field] = at
-        apply_flavor_state(batch, state.spec.flavor, "cancelled" if status == "canceled" else status)
-        if state.spec.flavor == "gemini" and status == "completed":
-            batch["progress"] = 100
-
-    def batches(self, provider: str) -> list[dict[str, Any]]:
-        """Newest first across all keys (a paging walk visits keys one at a time, so its order may differ)."""
+    def batches(self, provider: str, *, view: View = "stored") -> list[dict[str, Any]]:
+        """Newest first across all keys (a paging walk visits keys one at a time, so its order may differ).
+        `view`: "stored" is the full record the simulator keeps; "list" and "retrieve" are what the gateway
+        sends (Bedrock and Gemini list only summaries)."""
         with self._world.lock:
             state = self._world.provider(provider)
             ordered = sorted(state.meta.items(), key=lambda item: item[1].sort_key)
-            return [copy_json(state.batches[bid]) for bid, _ in ordered]
+            return [copy_json(_view(state, state.batches[bid], view)) for bid, _ in ordered]
 
-    def batch(self, provider: str, batch_id: str) -> dict[str, Any]:
+    def batch(self, provider: str, batch_id: str, *, view: View = "stored") -> dict[str, Any]:
         """One batch as the gateway holds it now (KeyError when absent)."""
         with self._world.lock:
-            return copy_json(self._world.provider(provider).batches[batch_id])
+            state = self._world.provider(provider)
+            return copy_json(_view(state, state.batches[batch_id], view))
 
     def delete(self, provider: str, batch_id: str) -> None:
         """The batch disappears from lists (a provider's retention, or a user deleting it); a cursor that
@@ -280,8 +306,6 @@ class Simulator:
 
     # ---- faults --------------------
 
-    # ---- faults --------------------
-
     def set_fault(
         self, fault: str | None, *, provider: str | None = None, times: int | None = None, **params: Any
     ) -> None:
@@ -302,11 +326,18 @@ class Simulator:
                 self._world.lifecycle.advance(state, now)
 
     def list_requests(self, provider: str | None = None) -> int:
+        return self.requests(provider, "list")
+
+    def requests(self, provider: str | None = None, endpoint: Endpoint = "list") -> int:
+        """Requests the gateway received on one endpoint ("list", "retrieve", "cancel"), for one provider or
+        all: every one of them is a call to the provider's API on the customer's rate limit."""
         with self._world.lock:
             if provider is None:
-                return self._world.list_requests_total
+                if endpoint == "list":
+                    return self._world.list_requests_total
+                return sum(state.requests[endpoint] for state in self._world.providers.values())
             state = self._world.providers.get(provider)
-            return 0 if state is None else state.list_requests
+            return 0 if state is None else state.requests[endpoint]
 
     def request_log(self) -> list[dict[str, Any]]:
         with self._world.lock:
@@ -327,7 +358,18 @@ class Simulator:
                     "batches": len(st.batches),
                     "statuses": dict(sorted(statuses.items())),
                     "list_requests": st.list_requests,
+                    "requests": dict(st.requests),
                 }
-            return {"providers": providers, "list_requests": self._world.list_requests_total}
+            return {
+                "providers": providers,
+                "list_requests": self._world.list_requests_total,
+                "retrieve_requests": sum(st.requests["retrieve"] for st in self._world.providers.values()),
+            }
 
-    # ---- HTTP dispatch --------------------
+
+def _view(state: ProviderState, batch: dict[str, Any], view: View) -> dict[str, Any]:
+    if view == "list":
+        return list_item(batch, state.spec)
+    if view == "retrieve":
+        return retrieve_object(batch, state.spec, 0)
+    return batch

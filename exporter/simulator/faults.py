@@ -1,7 +1,8 @@
 """Injected failures: what a real gateway or the network in front of it does on a bad day.
 
-Faults are armed per provider (or for all) and consumed per list request, so a test can say "the next two pages
-fail" and watch the exporter recover.
+Faults are armed per provider (or for all) and consumed per request, so a test can say "the next two pages fail"
+and watch the exporter recover. A fault applies to list requests unless armed with `endpoint="retrieve"` (or
+"any"), and with `batch_id=` to the retrieve of that one batch only.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .wire import (
     unsupported_body,
 )
 
-__all__ = ["FAULTS", "Fault", "FaultBook", "early_response", "shape_response"]
+__all__ = ["FAULTS", "Fault", "FaultBook", "early_response", "no_batch_keys_response", "shape_response"]
 
 FAULTS = frozenset(
     {
@@ -38,8 +39,12 @@ FAULTS = frozenset(
         "auth",
         "forbidden",
         "unsupported",
+        "upstream_auth",
+        "upstream_forbidden",
+        "no_batch_keys",
     }
 )
+_ENDPOINTS = ("list", "retrieve", "any")
 
 
 @dataclass
@@ -63,6 +68,8 @@ class FaultBook:
             raise ValueError(f"unknown fault {fault!r}; known: {sorted(FAULTS)}")
         if times is not None and times < 0:
             raise ValueError("times must be >= 0")
+        if params.get("endpoint", "list") not in _ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {_ENDPOINTS}")
         if fault is None or times == 0:
             if provider is None and fault is None:
                 self._faults.clear()
@@ -75,13 +82,20 @@ class FaultBook:
         found = self._faults.get(provider)
         return None if found is None else found.name
 
-    def take(self, provider: str) -> Fault | None:
-        """The fault that applies to this request, counting it down."""
+    def take(self, provider: str, endpoint: str = "list", batch_id: str | None = None) -> Fault | None:
+        """The fault that applies to this request, counting it down; one armed for another endpoint or another
+        batch is left as it is."""
         found = self._faults.get(provider)
         scope: str | None = provider
         if found is None:
             found, scope = self._faults.get(None), None
         if found is None:
+            return None
+        wanted = found.params.get("endpoint", "list")
+        if wanted != "any" and wanted != endpoint:
+            return None
+        target = found.params.get("batch_id")
+        if target is not None and target != batch_id:
             return None
         if found.remaining is not None:
             found.remaining -= 1
@@ -90,9 +104,11 @@ class FaultBook:
         return found
 
 
-def early_response(fault: Fault, provider: str) -> Response | None:
-    """Faults answered before the store is read: the gateway (or a proxy in front of it) refuses outright."""
+def early_response(fault: Fault, provider: str, *, legacy: bool, request_type: str) -> Response | None:
+    """Faults answered before the store is read: the gateway (or a proxy in front of it) refuses outright, or the
+    provider refuses the gateway's own key (kept as the provider's status, not a Bifrost error)."""
     name = fault.name
+    upstream = {"provider": provider, "request_type": request_type}
     if name == "server_error":
         return json_response(
             500, error_body(500, "internal server error", err_type="server_error", is_bifrost_error=True)
@@ -109,13 +125,37 @@ def early_response(fault: Fault, provider: str) -> Response | None:
     if name == "auth":
         return json_response(401, unauthorized_body(None))
     if name == "forbidden":
+        return json_response(403, error_body(403, "virtual key is blocked", top_type="virtual_key_blocked"))
+    if name == "unsupported":
+        return json_response(400, unsupported_body(provider, request_type))
+    if name == "upstream_auth":
         body = error_body(
-            403, "virtual key is blocked", err_type="virtual_key_blocked", top_type="virtual_key_blocked"
+            401,
+            "Incorrect API key provided: sk-proj-****wxyz. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            err_type="invalid_request_error",
+            code="invalid_api_key",
+            extra_fields=upstream,
+        )
+        return json_response(401, body)
+    if name == "upstream_forbidden":
+        body = error_body(
+            403,
+            "You have insufficient permissions for this operation. Missing scopes: api.batch.read.",
+            err_type="invalid_request_error",
+            extra_fields=upstream,
         )
         return json_response(403, body)
-    if name == "unsupported":
-        return json_response(400, unsupported_body(provider, "batch_list"))
+    if name == "no_batch_keys":
+        return no_batch_keys_response(legacy=legacy)
     return None
+
+
+def no_batch_keys_response(*, legacy: bool) -> Response:
+    """No key of the provider has "use for batch APIs" on. Core's newBifrostErrorFromMsg is not a Bifrost error
+    and has no status: newer transports send that as 400, older ones sent every status-less error as 500."""
+    status = 500 if legacy else 400
+    return json_response(status, error_body(None, "no batch-enabled keys found"))
 
 
 def shape_response(fault: Fault, data: list[dict[str, Any]], page_body: bytes) -> Response:

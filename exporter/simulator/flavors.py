@@ -1,7 +1,20 @@
 """What each provider's batches look like through Bifrost: ids, status spellings, counts, side fields.
 
 One place per provider quirk, so the lifecycle and the HTTP surface stay provider-agnostic and a reader can check
-each shape against Bifrost's converters (`core/providers/<provider>/batch*.go`) in one file.
+each shape against the Bifrost source it was read from (maximhq/bifrost):
+- `core/schemas/batch.go`: one object type for list items and retrieve; Go `omitempty` on every pointer, so newer
+  gateways never send `null` (older ones did, kept for the `legacy` style); `request_counts` is a struct and always
+  present, even when all zero.
+- `core/providers/openai/batch.go`: OpenAI/Azure statuses pass through; `metadata`, `errors` and every timestamp.
+- `core/providers/anthropic/batch.go`: `processing_status` in_progress/canceling/ended → in_progress/cancelling/
+  ended (never failed/cancelled/expired); `ended_at` → `completed_at`, `cancel_initiated_at` → `cancelling_at`;
+  counts from succeeded/errored/canceled/expired/processing; no metadata, endpoint or input file.
+- `core/providers/bedrock/batch.go`: Submitted/Validating/Scheduled → validating, PartiallyCompleted → failed,
+  Stopping/Stopped → cancelling/cancelled; list summaries carry only id, status and created_at; retrieve adds the
+  S3 input/output, `completed_at` (the job's EndTime, for every terminal status) and `expires_at`; no counts.
+- `core/providers/gemini/*.go`: PENDING and RUNNING → in_progress (no validating, no finalizing); list items carry
+  id (`batches/…`), status, created_at and operation_name; retrieve adds `done` and counts from batchStats, where
+  `completed` is every processed request (successes and failures) and `failed` = completed − succeeded.
 """
 
 from __future__ import annotations
@@ -14,6 +27,7 @@ __all__ = [
     "ACTIVE_STATUSES",
     "DAY",
     "DEFAULT_PROVIDERS",
+    "FAILURE_CODES",
     "TERMINAL_STATUSES",
     "Flavor",
     "ProviderSpec",
@@ -51,6 +65,29 @@ TIMESTAMP_FIELDS = (
 )
 CANONICAL_TERMINAL = frozenset({"completed", "failed", "expired", "cancelled", "deleted"})
 
+# Through /v1/batches these never get past page 1: the handler fills only `After`, while Anthropic reads its
+# cursor from `AfterID` and Gemini and Bedrock from `PageToken` (transports/bifrost-http/handlers/inference.go
+# batchList; core/providers/anthropic/anthropic.go, gemini/gemini.go, bedrock/batch.go BatchList).
+AFTER_IGNORED_FLAVORS = frozenset({"anthropic", "gemini", "bedrock"})
+# Flavours whose list items are summaries: the retrieve object is richer.
+SPARSE_FLAVORS = frozenset({"bedrock", "gemini"})
+# Flavours with OpenAI's object: metadata, errors, input/output files.
+OPENAI_SHAPED = frozenset({"openai", "azure"})
+# Flavours with no finalizing stage of their own.
+NO_FINALIZING = frozenset({"anthropic", "bedrock", "gemini"})
+
+# errors.data[].code of failed batches, OpenAI's wording (a small realistic set, so per-code counters stay bounded).
+FAILURE_CODES: dict[str, str] = {
+    "invalid_json_line": "This line is not parseable as valid JSON.",
+    "token_limit_exceeded": (
+        "Enqueued token limit reached for gpt-4o-mini in organization org-sim. Limit: 2,000,000 enqueued tokens. "
+        "Please try again once some in_progress batches have been completed."
+    ),
+    "model_not_found": "The model 'gpt-4o-mini-2024-07-18' does not exist or you do not have access to it.",
+}
+EXPIRED_CODE = "batch_expired"
+EXPIRED_MESSAGE = "This batch could not be completed within its 24h completion window."
+
 _MODELS: dict[str, tuple[str, str]] = {
     "openai": ("gpt-4o-mini", "gpt-4o-mini-2024-07-18"),
     "azure": ("gpt-4o", "gpt-4o-prod-eastus"),
@@ -60,11 +97,21 @@ _MODELS: dict[str, tuple[str, str]] = {
     "vertex": ("gemini-1.5-pro", "gemini-1.5-pro-002"),
 }
 _BEDROCK_ARN = "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/"
+_VERTEX_JOBS = "projects/123456789012/locations/us-central1/batchPredictionJobs/"
+_TEAMS = ("search", "ads", "support", "research")
+_PROJECTS = ("nightly-eval", "backfill", "embeddings", "labeling")
 
 
 @dataclass(frozen=True)
 class ProviderSpec:
-    """How one provider behaves behind the gateway; the two styles mirror the two generations of Bifrost."""
+    """How one provider behaves behind the gateway; the two styles mirror the two generations of Bifrost.
+
+    `cursor` is the newer gateway (serial multi-key paging with an opaque `next_cursor`, items carrying only
+    latency, no nulls, `x-bf-send-back-raw-response: false` honoured, a bad cursor is HTTP 500); `legacy` the
+    older one (OpenAI's first_id/last_id passed through, one key, full items, the raw-response header can only
+    turn echo on, "no batch-enabled keys" is HTTP 500). Realistic is the default; the fields below that make the
+    gateway kinder exist only for tests that name why they need it.
+    """
 
     name: str
     style: Style = "cursor"
@@ -75,14 +122,47 @@ class ProviderSpec:
     default_limit: int = 20
     # Keys the lifecycle (and add_batch without api_key) never fill, so an empty key is always paged over.
     empty_keys: tuple[int, ...] = ()
+    # Keys of one account (OpenAI keys of one org/project) list the same batches, each under its own cursor.
+    shared_account: bool = False
+    # None: the flavour decides (Anthropic, Gemini, Bedrock ignore `after`). False: the kind gateway of old tests.
+    after_ignored: bool | None = None
+    # The upstream's own page-size maximum: a larger `limit` is refused as the provider refuses it (HTTP 400).
+    # None: silently capped at 1000, as the kind simulator always did.
+    max_limit: int | None = None
+    # None: the flavour decides (Bedrock and Gemini list summaries). False: full list items, for old tests.
+    sparse_items: bool | None = None
+    # False: no key of this provider has "use for batch APIs" on, so every batch call is refused.
+    batch_keys: bool = True
+
+    @property
+    def ignores_after(self) -> bool:
+        if self.after_ignored is not None:
+            return self.after_ignored
+        return self.flavor in AFTER_IGNORED_FLAVORS
+
+    @property
+    def sparse(self) -> bool:
+        if self.sparse_items is not None:
+            return self.sparse_items
+        return self.flavor in SPARSE_FLAVORS
+
+    def account(self, key: int) -> int:
+        """Which account a key belongs to: keys of one account list the same batches. Empty keys are accounts
+        of their own (a key of another project, with nothing in it)."""
+        if self.shared_account and key not in self.empty_keys:
+            return -1
+        return key
 
 
 DEFAULT_PROVIDERS: tuple[ProviderSpec, ...] = (
-    ProviderSpec("openai", style="cursor", flavor="openai", keys=2, empty_keys=(0,)),
-    ProviderSpec("anthropic", style="cursor", flavor="anthropic"),
-    ProviderSpec("azure", style="legacy", flavor="azure"),
-    ProviderSpec("bedrock", style="cursor", flavor="bedrock"),
-    ProviderSpec("gemini", style="cursor", flavor="gemini"),
+    # Three OpenAI keys: key 0 of a fresh project (empty), keys 1 and 2 of one org (the same batches twice).
+    ProviderSpec(
+        "openai", style="cursor", flavor="openai", keys=3, empty_keys=(0,), shared_account=True, max_limit=100
+    ),
+    ProviderSpec("anthropic", style="cursor", flavor="anthropic", max_limit=1000),
+    ProviderSpec("azure", style="legacy", flavor="azure", max_limit=100),
+    ProviderSpec("bedrock", style="cursor", flavor="bedrock", max_limit=1000),
+    ProviderSpec("gemini", style="cursor", flavor="gemini", max_limit=1000),
     ProviderSpec("vertex", style="legacy", flavor="vertex"),
     ProviderSpec("cohere", supported=False),
     ProviderSpec("mistral", supported=False),
@@ -104,7 +184,7 @@ def new_id(rng: random.Random, flavor: str) -> str:
         h = hex_digits(rng, 32)
         return f"batch_{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
     if flavor == "vertex":
-        return str(rng.randrange(10**17, 10**18))
+        return _VERTEX_JOBS + str(rng.randrange(10**17, 10**18))
     return "batch_" + hex_digits(rng, 24)
 
 
@@ -120,6 +200,8 @@ def spell(flavor: str, canonical: str) -> str:
 def make_counts(
     flavor: str, total: int, completed: int, failed: int, canceled: int = 0, expired: int = 0, *, done: bool
 ) -> dict[str, int]:
+    """The stored (OpenAI-like) counts: `completed` succeeded, `failed` failed. Anthropic adds its own parts,
+    omitted when zero as Go's omitempty does."""
     counts = {"total": total, "completed": completed, "failed": failed}
     if flavor == "anthropic":
         pending = 0 if done else max(0, total - completed - failed - canceled - expired)
@@ -129,6 +211,12 @@ def make_counts(
         if pending:
             counts["pending"] = pending
     return counts
+
+
+def failure_errors(code: str) -> dict[str, Any]:
+    """OpenAI's `errors` object; Bifrost's BatchError has omitempty on param, so it is absent."""
+    message = EXPIRED_MESSAGE if code == EXPIRED_CODE else FAILURE_CODES.get(code, "The batch failed.")
+    return {"object": "list", "data": [{"code": code, "message": message, "line": 1}]}
 
 
 def cache_debug_entry(rng: random.Random, provider: str, flavor: str) -> dict[str, Any]:
@@ -188,55 +276,51 @@ def skeleton(
     latency_ms: int,
     cache_debug: bool,
 ) -> dict[str, Any]:
-    """A batch as first listed, keys in Bifrost's Go struct order so the JSON reads like the real thing
-    (timestamps omitted by newer flavours are appended when they are first set, as key order is not semantic)."""
+    """A batch as first stored, keys in Bifrost's Go struct order so the JSON reads like the real thing
+    (timestamps are appended when they are first set, as key order is not semantic)."""
     suffix = hex_digits(rng, 24)
-    batch: dict[str, Any] = {
-        "id": batch_id,
-        "object": "batch",
-        "endpoint": "/v1/chat/completions",
-        "input_file_id": "file-" + suffix,
-        "completion_window": "24h",
-        "status": status,
-        "request_counts": make_counts(flavor, total, 0, 0, done=False),
-    }
+    batch: dict[str, Any] = {"id": batch_id, "object": "batch"}
+    if flavor != "anthropic":
+        batch["endpoint"] = "/v1/chat/completions"
+        batch["input_file_id"] = "file-" + suffix
+        batch["completion_window"] = "24h"
+    batch["status"] = status
+    batch["request_counts"] = make_counts(flavor, total, 0, 0, done=False)
     roll = rng.random()
-    if roll < 0.5:
-        batch["metadata"] = {
-            "team": rng.choice(["search", "ads", "support", "research"]),
-            "job": "nightly-eval",
-        }
-    elif roll < 0.75:
-        batch["metadata"] = None
+    if flavor in OPENAI_SHAPED:
+        if roll < 0.6:
+            batch["metadata"] = {"team": rng.choice(_TEAMS), "project": rng.choice(_PROJECTS)}
+        elif roll < 0.75 and style == "legacy":
+            batch["metadata"] = None
     batch["created_at"] = created
     batch["expires_at"] = created + DAY
-    # Older (legacy, OpenAI-shaped) flavours serialise unset pointers as null; newer ones omit them.
-    nulls = flavor in ("openai", "azure")
-    if nulls:
+    # Older (legacy) OpenAI-shaped gateways serialised unset pointers as null; newer ones omit them.
+    if style == "legacy" and flavor in OPENAI_SHAPED:
         for name in TIMESTAMP_FIELDS:
             batch[name] = None
         batch["output_file_id"] = None
         batch["error_file_id"] = None
         batch["errors"] = None
-    if status == "in_progress":
+    if status == "in_progress" and flavor != "anthropic":
         batch["in_progress_at"] = created
     if flavor == "anthropic":
         batch["processing_status"] = "in_progress"
-        batch["results_url"] = None
     elif flavor == "gemini":
         batch["operation_name"] = batch_id
         batch["done"] = False
-        batch["progress"] = 0
     elif flavor == "vertex":
         batch["display_name"] = f"{provider}-batch-{suffix[:6]}"
         batch["input_blob"] = f"gs://bifrost-sim/{provider}/input-{suffix[:12]}.jsonl"
-        batch["output_blob"] = None
+        if style == "legacy":
+            batch["output_blob"] = None
+    elif flavor == "bedrock":
+        batch["input_file_id"] = f"s3://bifrost-sim/{provider}/input-{suffix[:12]}.jsonl"
     batch["extra_fields"] = item_extra_fields(rng, provider, flavor, style, latency_ms, cache_debug)
     return batch
 
 
-def apply_flavor_state(batch: dict[str, Any], flavor: str, canonical: str) -> None:
-    """Side fields that move with the status (done/progress, processing_status, output locations, errors)."""
+def apply_flavor_state(batch: dict[str, Any], flavor: str, canonical: str, code: str | None = None) -> None:
+    """Side fields that move with the status (done, processing_status, output locations, errors)."""
     terminal = canonical in CANONICAL_TERMINAL or canonical in ("ended", "canceled")
     bid = str(batch.get("id", ""))
     tail = bid.rsplit("/", 1)[-1][-24:]
@@ -252,21 +336,16 @@ def apply_flavor_state(batch: dict[str, Any], flavor: str, canonical: str) -> No
     if canonical == "completed":
         if flavor == "vertex":
             batch["output_blob"] = f"gs://bifrost-sim/output/{tail}/"
+        elif flavor == "bedrock":
+            batch["output_file_id"] = f"s3://bifrost-sim/output/{tail}/"
         else:
             batch["output_file_id"] = "file-out-" + tail
-    elif canonical == "failed":
+    elif canonical in ("failed", "expired") and flavor in OPENAI_SHAPED:
+        chosen = code or ("invalid_json_line" if canonical == "failed" else EXPIRED_CODE)
         batch["error_file_id"] = "file-err-" + tail
-        batch["errors"] = {
-            "object": "list",
-            "data": [
-                {
-                    "code": "invalid_request",
-                    "message": "The batch failed: too many requests in the input file were invalid.",
-                    "param": None,
-                    "line": 1,
-                }
-            ],
-        }
+        batch["errors"] = failure_errors(chosen)
+    elif canonical in ("failed", "expired") and flavor == "bedrock":
+        batch["output_file_id"] = f"s3://bifrost-sim/output/{tail}/"
 
 
 def default_counts(flavor: str, status: str) -> dict[str, int]:
@@ -298,6 +377,7 @@ class Step(NamedTuple):
     failed: int
     canceled: int = 0
     expired: int = 0
+    code: str | None = None  # errors.data[].code of a failed/expired batch (OpenAI-shaped flavours)
 
 
 def apply_step(batch: dict[str, Any], flavor: str, step: Step, offset: float = 0.0) -> None:
@@ -306,17 +386,91 @@ def apply_step(batch: dict[str, Any], flavor: str, step: Step, offset: float = 0
         ts_field = TIMESTAMP_FIELD.get(step.status)
         if flavor == "anthropic" and step.status in CANONICAL_TERMINAL:
             ts_field = "completed_at"
+        if flavor == "anthropic" and step.status == "in_progress":
+            ts_field = None  # Anthropic has no start time of its own: a batch is in progress from creation
         if ts_field is not None:
             batch[ts_field] = int(step.t + offset)
-        apply_flavor_state(batch, flavor, step.status)
+        apply_flavor_state(batch, flavor, step.status, step.code)
     counts = batch.get("request_counts") or {}
     total = int(counts.get("total", 0))
     done = step.status in CANONICAL_TERMINAL or batch.get("status") in TERMINAL_STATUSES
     batch["request_counts"] = make_counts(
         flavor, total, step.completed, step.failed, step.canceled, step.expired, done=done
     )
+
+
+# ------------------------------------------------------------
+# Views: what the gateway sends for a stored batch
+
+
+def _terminal_time(batch: dict[str, Any]) -> Any:
+    for name in ("completed_at", "failed_at", "expired_at", "cancelled_at"):
+        if batch.get(name) is not None:
+            return batch[name]
+    return None
+
+
+def list_item(batch: dict[str, Any], spec: ProviderSpec) -> dict[str, Any]:
+    """A list item. Rich flavours list the stored object itself (no copy: this runs for every item served);
+    Bedrock and Gemini list summaries."""
+    flavor = spec.flavor if spec.sparse else ""
+    if flavor == "bedrock":
+        item: dict[str, Any] = {"id": batch["id"], "object": "batch", "status": batch.get("status")}
+        item["request_counts"] = {"total": 0, "completed": 0, "failed": 0}
+        if batch.get("created_at"):
+            item["created_at"] = batch["created_at"]
+        return item
     if flavor == "gemini":
-        if batch.get("status") == "completed":
-            batch["progress"] = 100
-        elif total:
-            batch["progress"] = min(100, (step.completed + step.failed) * 100 // total)
+        item = {"id": batch["id"], "object": "batch", "status": batch.get("status")}
+        item["request_counts"] = {"total": 0, "completed": 0, "failed": 0}
+        if batch.get("created_at"):
+            item["created_at"] = batch["created_at"]
+        item["operation_name"] = batch.get("operation_name", batch["id"])
+        item["extra_fields"] = {"request_type": "batch_list", "provider": spec.name}
+        return item
+    return batch
+
+
+def retrieve_object(batch: dict[str, Any], spec: ProviderSpec, latency: int) -> dict[str, Any]:
+    """`GET /v1/batches/{id}`: the same object as a list item for rich flavours (its own extra_fields), and
+    what the provider's get call gives for Bedrock and Gemini."""
+    extra = {"request_type": "batch_retrieve", "provider": spec.name, "latency": latency}
+    flavor = spec.flavor if spec.sparse else ""
+    if flavor == "bedrock":
+        obj: dict[str, Any] = {"id": batch["id"], "object": "batch", "status": batch.get("status")}
+        if batch.get("input_file_id"):
+            obj["input_file_id"] = batch["input_file_id"]
+        obj["request_counts"] = {"total": 0, "completed": 0, "failed": 0}
+        if batch.get("created_at"):
+            obj["created_at"] = batch["created_at"]
+        if batch.get("expires_at") is not None:
+            obj["expires_at"] = batch["expires_at"]
+        ended = _terminal_time(batch)
+        if ended is not None:
+            obj["completed_at"] = ended  # the job's EndTime, whatever way it ended
+        if batch.get("output_file_id"):
+            obj["output_file_id"] = batch["output_file_id"]
+        obj["extra_fields"] = extra
+        return obj
+    if flavor == "gemini":
+        counts = batch.get("request_counts") or {}
+        total = int(counts.get("total", 0))
+        ok, bad = int(counts.get("completed", 0)), int(counts.get("failed", 0))
+        gcounts: dict[str, int] = {"total": total, "completed": ok + bad, "failed": bad}
+        if ok:
+            gcounts["succeeded"] = ok
+        pending = 0 if batch.get("status") in TERMINAL_STATUSES else max(0, total - ok - bad)
+        if pending:
+            gcounts["pending"] = pending
+        obj = {"id": batch["id"], "object": "batch", "status": batch.get("status"), "request_counts": gcounts}
+        if batch.get("created_at"):
+            obj["created_at"] = batch["created_at"]
+        obj["operation_name"] = batch.get("operation_name", batch["id"])
+        obj["done"] = bool(batch.get("done"))
+        if "progress" in batch:
+            obj["progress"] = batch["progress"]
+        obj["extra_fields"] = extra
+        return obj
+    obj = dict(batch)
+    obj["extra_fields"] = extra
+    return obj

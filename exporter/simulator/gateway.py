@@ -1,16 +1,19 @@
 """The gateway's HTTP API as Bifrost serves it: auth, `GET /v1/batches`, retrieve and cancel, `/health`.
 
 Routing and response bodies only; the socket plumbing lives in `server`, the `/_sim/` control API in `control`.
+The behaviour follows transports/bifrost-http/handlers/inference.go (batchList, batchRetrieve, batchCancel) and
+the providers' BatchList implementations behind it; see each method for the quirk it reproduces.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .faults import early_response, shape_response
-from .flavors import cache_debug_entry, jitter
+from .faults import Fault, early_response, no_batch_keys_response, shape_response
+from .flavors import OPENAI_SHAPED, cache_debug_entry, jitter, list_item, retrieve_object
 from .store import Page, ProviderState
 from .wire import (
     MISSING_PROVIDER_BODY,
@@ -19,6 +22,7 @@ from .wire import (
     dumps,
     encode_cursor,
     error_body,
+    invalid_cursor_body,
     json_response,
     list_body,
     parse_limit,
@@ -31,8 +35,30 @@ from .world import World
 __all__ = ["Gateway"]
 
 _AUTH_HEADERS = ("authorization", "x-bf-vk", "x-api-key", "api-key")
+_RAW_HEADER = "x-bf-send-back-raw-response"
 
 ControlHandler = Callable[[str, str, bytes], Response]
+
+
+class _Listing:
+    """One list answer before encoding: the stored batches of the page and how paging goes on."""
+
+    __slots__ = ("data", "first_id", "has_more", "last_id", "next_cursor")
+
+    def __init__(
+        self,
+        data: list[dict[str, Any]],
+        *,
+        has_more: bool,
+        next_cursor: str | None = None,
+        first_id: str | None = None,
+        last_id: str | None = None,
+    ) -> None:
+        self.data = data
+        self.has_more = has_more
+        self.next_cursor = next_cursor
+        self.first_id = first_id
+        self.last_id = last_id
 
 
 class Gateway:
@@ -54,6 +80,7 @@ class Gateway:
                         "path": path,
                         "query": query,
                         "auth_headers": [name for name in _AUTH_HEADERS if name in headers],
+                        "raw_response_header": headers.get(_RAW_HEADER),
                     }
                 )
         try:
@@ -68,8 +95,8 @@ class Gateway:
                 if path == "/v1/batches":
                     if method != "GET":
                         return json_response(405, error_body(405, "method not allowed"))
-                    return self._list(query)
-                return self._batch_endpoint(method, unquote(path[len("/v1/batches/") :]), query)
+                    return self._list(query, headers)
+                return self._batch_endpoint(method, unquote(path[len("/v1/batches/") :]), query, headers)
         except (
             Exception
         ) as exc:  # a bug in the simulator must surface as a response, not a dropped connection
@@ -77,6 +104,7 @@ class Gateway:
         return json_response(404, error_body(404, f"no route for {method} {path}"))
 
     def _check_auth(self, headers: dict[str, str]) -> bytes | None:
+        """Admin basic auth first (a bare "Unauthorized"), then governance's virtual key checks."""
         settings = self._world.settings
         if settings.basic_header is not None and headers.get("authorization") != settings.basic_header:
             return unauthorized_body(None)
@@ -99,104 +127,208 @@ class Gateway:
             return unauthorized_body("virtual_key_not_found")
         return None
 
-    def _list(self, query: dict[str, str]) -> Response:
+    def _echo_raw(self, headers: dict[str, str]) -> bool:
+        """Whether the provider's raw response is copied into the answer. Newer transports take the header as a
+        per-request override either way (transports/bifrost-http/lib/ctx.go); older ones only let it turn echo
+        on (core/providers/utils ShouldSendBackRawResponse): `raw_header="promote_only"`, where `false` cannot
+        silence a provider configured to echo."""
+        settings = self._world.settings
+        header = headers.get(_RAW_HEADER)
+        if settings.raw_header == "promote_only":
+            return settings.send_back_raw_response or header == "true"
+        if header in ("true", "false"):
+            return header == "true"
+        return settings.send_back_raw_response
+
+    # ---- list --------------------
+
+    def _list(self, query: dict[str, str], headers: dict[str, str]) -> Response:
         provider = query.get("provider", "")
         with self._world.lock:
             self._world.list_requests_total += 1
             state = self._world.providers.get(provider) if provider else None
             if state is not None:
-                state.list_requests += 1
+                state.requests["list"] += 1
             if not provider:
                 return json_response(400, MISSING_PROVIDER_BODY)
-            fault = self._world.faults.take(provider)
+            fault = self._world.faults.take(provider, "list")
         if state is not None and state.spec.page_delay > 0:
             time.sleep(state.spec.page_delay)
         if fault is not None:
             if fault.name == "slow":
                 time.sleep(float(fault.params.get("delay", 5)))
             else:
-                early = early_response(fault, provider)
+                legacy = state is not None and state.spec.style == "legacy"
+                early = early_response(fault, provider, legacy=legacy, request_type="batch_list")
                 if early is not None:
                     return early
         if state is None or not state.spec.supported:
             return json_response(400, unsupported_body(provider, "batch_list"))
-        limit = parse_limit(query.get("limit"), state.spec.default_limit)
-        after = query.get("after") or None
+        spec = state.spec
+        if not spec.batch_keys:
+            return no_batch_keys_response(legacy=spec.style == "legacy")
+        refused = self._check_limit(state, query.get("limit"))
+        if refused is not None:
+            return refused
+        limit = parse_limit(query.get("limit"), spec.default_limit)
+        echo = self._echo_raw(headers)
         with self._world.lock:
             self._world.advance(state)
             state.ensure_order()
-            name = fault.name if fault is not None else None
-            if name == "repeat_page":
-                page = state.slice(0, 0, limit)
-                state.nonce += 1
-                cursor = encode_cursor(0, page.last_id, state.nonce) if state.spec.style == "cursor" else None
-                page = page._replace(has_more=True, next_cursor=cursor)
-            elif name == "no_cursor":
-                page = Page([], True, None, None)
-            else:
-                found = self._page(state, after, limit)
-                if isinstance(found, bytes):
-                    if name != "cursor_loop":
-                        return json_response(400, found)
-                    found = Page([], False, None, None)
-                page = found
-                if name == "cursor_loop":
-                    if after is None:
-                        cursor = page.next_cursor or encode_cursor(0, page.last_id)
-                        page = page._replace(has_more=True, next_cursor=cursor)
-                    elif state.spec.style == "cursor":
-                        page = page._replace(has_more=True, next_cursor=after)
-                    else:
-                        page = page._replace(has_more=True, last_id=after)
-            if fault is not None and name in ("not_list", "malformed_json"):
-                return shape_response(fault, page.data, self._page_body(state, page))
-            return json_response(200, self._page_body(state, page))
-
-    def _page(self, state: ProviderState, after: str | None, limit: int) -> Page | bytes:
-        if after is None:
-            return state.slice(0, 0, limit)
-        if state.spec.style == "legacy":
-            start = state.position_after(0, after)
-            if start is None:
-                return error_body(
-                    400, f"invalid 'after': no batch with id {after}", err_type="invalid_request_error"
+            if spec.style == "legacy":
+                listing: _Listing | Response = self._legacy_page(
+                    state, query.get("after") or None, limit, fault
                 )
-            return state.slice(0, start, limit)
-        decoded = decode_cursor(after)
-        if decoded is None:
-            key = state.key_of(after)  # a raw batch id still works, as upstream falls back to it
-            if key is None:
-                return error_body(400, "invalid cursor", err_type="invalid_request_error")
-            decoded = (key, after)
-        key, after_id = decoded
-        if key >= state.lists:
-            return error_body(400, "invalid cursor: key index out of range", err_type="invalid_request_error")
-        if after_id is None:
-            return state.slice(key, 0, limit)
-        start = state.position_after(key, after_id)
-        if start is None:
-            return error_body(400, "invalid cursor", err_type="invalid_request_error")
-        return state.slice(key, start, limit)
+            else:
+                listing = self._serial_page(state, query.get("after") or None, limit, fault)
+            if not isinstance(listing, _Listing):
+                return listing
+            body = self._page_body(state, listing, echo)
+            if fault is not None and fault.name in ("not_list", "malformed_json"):
+                return shape_response(fault, listing.data, body)
+            return json_response(200, body)
 
-    def _page_body(self, state: ProviderState, page: Page) -> bytes:
+    def _check_limit(self, state: ProviderState, raw: str | None) -> Response | None:
+        """A `limit` above the upstream's own maximum is passed on unchanged and refused by the provider
+        (OpenAI: 100, Anthropic and Bedrock: 1000); the gateway keeps the provider's 400."""
+        maximum = state.spec.max_limit
+        if maximum is None or raw is None:
+            return None
+        try:
+            value = int(raw)
+        except ValueError:
+            return None
+        if value <= maximum:
+            return None
+        message = (
+            f"Invalid 'limit': integer above maximum value. Expected a value <= {maximum}, "
+            f"but got {value} instead."
+        )
+        body = error_body(
+            400,
+            message,
+            err_type="invalid_request_error",
+            code="integer_above_max_value",
+            extra_fields={"provider": state.spec.name, "request_type": "batch_list"},
+        )
+        return json_response(400, body)
+
+    def _serial_page(
+        self, state: ProviderState, after: str | None, limit: int, fault: Fault | None
+    ) -> _Listing | Response:
+        """The newer gateway: keys one after the other (core/providers/utils SerialListHelper), each page from one
+        key, `next_cursor` = Bifrost's serial cursor. Providers that read their cursor from a field the
+        /v1/batches handler never fills (Anthropic AfterID, Gemini and Bedrock PageToken) start from key 0's
+        first page on every request and so hand back the same `next_cursor` every time."""
+        spec = state.spec
+        name = fault.name if fault is not None else None
+        if name == "repeat_page":
+            page = state.slice(0, 0, limit)
+            state.nonce += 1
+            return _Listing(page.data, has_more=True, next_cursor=encode_cursor(0, page.last_id, state.nonce))
+        if name == "no_cursor":
+            return _Listing([], has_more=True)
+        cursor_in = None if spec.ignores_after else after
+        if cursor_in is None:
+            key, native = 0, None
+        else:
+            decoded = decode_cursor(cursor_in)
+            if decoded is None:
+                if name == "cursor_loop":
+                    return _Listing([], has_more=True, next_cursor=after)
+                return json_response(500, invalid_cursor_body(spec.name))
+            key, native = decoded
+        if key >= state.lists:  # every key exhausted: an empty, final page
+            return _Listing([], has_more=False)
+        start = 0
+        if native is not None:
+            found = state.position_after(key, native)
+            if found is None:
+                return self._unknown_after(state, native)
+            start = found
+        page = state.slice(key, start, limit)
+        listing = _Listing(page.data, has_more=False, last_id=page.last_id)
+        if page.has_more:
+            listing.has_more, listing.next_cursor = True, encode_cursor(key, page.last_id)
+        elif key + 1 < state.lists:
+            listing.has_more, listing.next_cursor = True, encode_cursor(key + 1, None)
+        if name == "cursor_loop":
+            listing.has_more = True
+            listing.next_cursor = after or listing.next_cursor or encode_cursor(0, page.last_id)
+        return listing
+
+    def _legacy_page(
+        self, state: ProviderState, after: str | None, limit: int, fault: Fault | None
+    ) -> _Listing | Response:
+        """The older gateway: one key, the provider's first_id/last_id and has_more passed through; a client
+        passes `last_id` back as `after`."""
+        name = fault.name if fault is not None else None
+        if name == "repeat_page":
+            page = state.slice(0, 0, limit)
+            return self._legacy_listing(page, has_more=True)
+        if name == "no_cursor":
+            return _Listing([], has_more=True)
+        if state.spec.ignores_after:
+            after = None
+        start = 0
+        if after is not None:
+            found = state.position_after(0, after)
+            if found is None:
+                if name == "cursor_loop":
+                    return _Listing([], has_more=True, last_id=after)
+                return self._unknown_after(state, after)
+            start = found
+        page = state.slice(0, start, limit)
+        listing = self._legacy_listing(page, has_more=page.has_more)
+        if name == "cursor_loop":
+            listing.has_more = True
+            listing.last_id = after or listing.last_id
+        return listing
+
+    @staticmethod
+    def _legacy_listing(page: Page, *, has_more: bool) -> _Listing:
+        first = str(page.data[0]["id"]) if page.data else None
+        return _Listing(page.data, has_more=has_more, first_id=first, last_id=page.last_id)
+
+    @staticmethod
+    def _unknown_after(state: ProviderState, after: str) -> Response:
+        body = error_body(
+            400,
+            f"invalid 'after': no batch with id {after}",
+            err_type="invalid_request_error",
+            extra_fields={"provider": state.spec.name, "request_type": "batch_list"},
+        )
+        return json_response(400, body)
+
+    def _page_body(self, state: ProviderState, listing: _Listing, echo: bool) -> bytes:
+        spec = state.spec
         latency = jitter(state.latency_rng, self._world.settings.latency_ms)
         debug = None
-        if (
-            self._world.settings.cache_debug
-            and state.spec.style == "cursor"
-            and state.latency_rng.random() < 0.3
-        ):
-            debug = cache_debug_entry(state.latency_rng, state.spec.name, state.spec.flavor)
+        if self._world.settings.cache_debug and spec.style == "cursor" and state.latency_rng.random() < 0.3:
+            debug = cache_debug_entry(state.latency_rng, spec.name, spec.flavor)
+        items = [list_item(batch, spec) for batch in listing.data]
+        if echo and spec.flavor in OPENAI_SHAPED and items:
+            # Each item carries the provider's whole raw page (the provider converts every item with the page's
+            # raw response): a page of n items grows with n².
+            raw = _native_page(listing)
+            items = [
+                {**item, "extra_fields": {**item.get("extra_fields", {}), "raw_response": raw}}
+                for item in items
+            ]
         return list_body(
-            page.data,
-            has_more=page.has_more,
-            next_cursor=page.next_cursor,
-            first_id=str(page.data[0]["id"]) if page.data else None,
-            last_id=page.last_id,
-            extra_fields=top_extra_fields(state.spec.name, latency, debug),
+            items,
+            has_more=listing.has_more,
+            next_cursor=listing.next_cursor,
+            first_id=listing.first_id,
+            last_id=listing.last_id,
+            extra_fields=top_extra_fields(spec.name, latency, debug),
         )
 
-    def _batch_endpoint(self, method: str, rest: str, query: dict[str, str]) -> Response:
+    # ---- retrieve and cancel --------------------
+
+    def _batch_endpoint(
+        self, method: str, rest: str, query: dict[str, str], headers: dict[str, str]
+    ) -> Response:
         provider = query.get("provider", "")
         if not provider:
             return json_response(400, MISSING_PROVIDER_BODY)
@@ -206,18 +338,70 @@ class Gateway:
         elif method not in ("GET", "HEAD"):
             return json_response(405, error_body(405, "method not allowed"))
         request_type = "batch_cancel" if cancel else "batch_retrieve"
+        endpoint = "cancel" if cancel else "retrieve"
         with self._world.lock:
             state = self._world.providers.get(provider)
-            if state is None or not state.spec.supported:
-                return json_response(400, unsupported_body(provider, request_type))
+            if state is not None:
+                state.requests[endpoint] += 1
+            fault = self._world.faults.take(provider, endpoint, rest)
+        if state is not None and state.spec.page_delay > 0:
+            time.sleep(state.spec.page_delay)
+        if fault is not None:
+            if fault.name == "slow":
+                time.sleep(float(fault.params.get("delay", 5)))
+            else:
+                legacy = state is not None and state.spec.style == "legacy"
+                early = early_response(fault, provider, legacy=legacy, request_type=request_type)
+                if early is not None:
+                    return early
+        if state is None or not state.spec.supported:
+            return json_response(400, unsupported_body(provider, request_type))
+        if not state.spec.batch_keys:
+            return no_batch_keys_response(legacy=state.spec.style == "legacy")
+        echo = self._echo_raw(headers)
+        with self._world.lock:
             self._world.advance(state)
             batch = state.batches.get(rest)
             if batch is None:
-                return json_response(
-                    404, error_body(404, f"batch not found: {rest}", err_type="not_found_error")
-                )
+                return json_response(404, _not_found_body(state, rest, request_type))
             if cancel:
                 problem = self._world.lifecycle.cancel(state, batch)
                 if problem is not None:
                     return json_response(400, problem)
-            return json_response(200, dumps(batch))
+            latency = jitter(state.latency_rng, self._world.settings.latency_ms)
+            obj = retrieve_object(batch, state.spec, latency)
+            if echo and state.spec.flavor in OPENAI_SHAPED | {"anthropic"}:
+                obj["extra_fields"] = {**obj["extra_fields"], "raw_response": _native(batch)}
+            if fault is not None and fault.name in ("not_list", "malformed_json"):
+                return shape_response(fault, [obj], dumps(obj))
+            return json_response(200, dumps(obj))
+
+
+def _native(batch: dict[str, Any]) -> dict[str, Any]:
+    """What the provider itself answered for one batch (the stored object without Bifrost's extra_fields)."""
+    return {k: v for k, v in batch.items() if k != "extra_fields"}
+
+
+def _native_page(listing: _Listing) -> dict[str, Any]:
+    data = [_native(batch) for batch in listing.data]
+    page: dict[str, Any] = {"object": "list", "data": data}
+    if data:
+        page["first_id"] = data[0]["id"]
+        page["last_id"] = data[-1]["id"]
+    page["has_more"] = listing.has_more
+    return page
+
+
+def _not_found_body(state: ProviderState, batch_id: str, request_type: str) -> bytes:
+    """A batch the provider does not know: its own 404, which the gateway keeps (is_bifrost_error false)."""
+    flavor = state.spec.flavor
+    extra = {"provider": state.spec.name, "request_type": request_type}
+    if flavor == "anthropic":
+        return error_body(404, "Not found", err_type="not_found_error", extra_fields=extra)
+    if flavor in ("gemini", "vertex"):
+        return error_body(404, "Requested entity was not found.", extra_fields=extra)
+    if flavor == "bedrock":
+        return error_body(404, f"Could not find job {batch_id}", extra_fields=extra)
+    return error_body(
+        404, f"No batch found with id '{batch_id}'.", err_type="invalid_request_error", extra_fields=extra
+    )

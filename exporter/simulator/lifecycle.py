@@ -14,6 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .flavors import (
+    DAY,
+    EXPIRED_CODE,
+    NO_FINALIZING,
+    SPARSE_FLAVORS,
     TERMINAL_STATUSES,
     Step,
     Style,
@@ -31,25 +35,21 @@ Clock = Callable[[], float]
 
 def plan_life(rng: random.Random, flavor: str, total: int, scale: float) -> tuple[str, list[Step]]:
     """A whole life drawn up front (offsets from creation), so state depends only on the clock, not on how
-    often anyone looks. Step times are tens of seconds at scale 1 so a demo shows movement within a minute."""
-    outcomes = ["completed", "failed", "expired", "cancelled"]
-    weights = [62.0, 12.0, 9.0, 12.0]
-    if flavor == "gemini":
-        outcomes.append("deleted")
-        weights.append(6.0)
-    outcome = rng.choices(outcomes, weights)[0]
+    often anyone looks. Step times are tens of seconds at scale 1 so a demo shows movement within a minute.
+
+    Stages follow the provider: Anthropic and Gemini start in progress (Gemini's PENDING is in_progress through
+    Bifrost), only OpenAI-shaped and Vertex batches pass through `finalizing`, and Vertex's JOB_STATE_QUEUED
+    arrives as `validating`. Failed and expired batches carry an OpenAI error code where the flavour has errors."""
+    outcome = rng.choices(_OUTCOMES, _WEIGHTS)[0]
     steps: list[Step] = []
     t = 0.0
-    initial = "in_progress" if flavor == "anthropic" else "validating"
-    if flavor == "vertex" and rng.random() < 0.3:
-        # Vertex passes unknown provider states through unchanged; clients must not choke on them.
-        initial = "JOB_STATE_QUEUED"
-        t += rng.uniform(10, 40) * scale
-        steps.append(Step(t, "validating", 0, 0))
-    if flavor != "anthropic":
+    starts_running = flavor in ("anthropic", "gemini")
+    initial = "in_progress" if starts_running else "validating"
+    if not starts_running:
         if outcome == "failed" and rng.random() < 0.3:
+            # Refused while validating the input file: nothing ran.
             t += rng.uniform(5, 20) * scale
-            steps.append(Step(t, "failed", 0, total))
+            steps.append(Step(t, "failed", 0, total, code="invalid_json_line"))
             return initial, steps
         t += rng.uniform(5, 20) * scale
         steps.append(Step(t, "in_progress", 0, 0))
@@ -69,26 +69,29 @@ def plan_life(rng: random.Random, flavor: str, total: int, scale: float) -> tupl
     rest = total - completed - failed
     anthropic = flavor == "anthropic"
     if outcome == "completed":
-        if not anthropic:
+        if flavor not in NO_FINALIZING:
             t += rng.uniform(1, 3) * scale
             steps.append(Step(t, "finalizing", completed, failed))
         t += rng.uniform(5, 15) * scale
         steps.append(Step(t, "completed", completed, failed))
     elif outcome == "failed":
         t += rng.uniform(1, 5) * scale
-        steps.append(Step(t, "failed", completed, max(1, failed + rest)))
+        code = rng.choice(_RUN_FAILURES)
+        steps.append(Step(t, "failed", completed, max(1, failed + rest), code=code))
     elif outcome == "expired":
         t += rng.uniform(5, 30) * scale
-        steps.append(Step(t, "expired", completed, failed, 0, rest if anthropic else 0))
-    elif outcome == "cancelled":
+        steps.append(Step(t, "expired", completed, failed, 0, rest if anthropic else 0, code=EXPIRED_CODE))
+    else:
         t += rng.uniform(1, 5) * scale
         steps.append(Step(t, "cancelling", completed, failed))
         t += rng.uniform(5, 20) * scale
         steps.append(Step(t, "cancelled", completed, failed, rest if anthropic else 0, 0))
-    else:  # deleted (Gemini): terminal, but no terminal timestamp at all
-        t += rng.uniform(1, 10) * scale
-        steps.append(Step(t, "deleted", completed, failed))
     return initial, steps
+
+
+_OUTCOMES = ("completed", "failed", "expired", "cancelled")
+_WEIGHTS = (62.0, 12.0, 9.0, 12.0)
+_RUN_FAILURES = ("token_limit_exceeded", "model_not_found")
 
 
 TOTALS = (10, 50, 100, 100, 250, 500, 1000, 2000, 5000, 10000)
@@ -155,7 +158,8 @@ class Lifecycle:
     """Creates batches at a steady pace and applies their planned steps when the clock reaches them.
 
     Not thread-safe: every call happens under the world lock. With `enabled` False the store is static: batches
-    are created at their state "now" and never move again.
+    are created at their state "now" and never move again. With `retention_seconds`, a finished batch disappears
+    from lists and retrieves that long after its terminal step, as providers drop old batches.
     """
 
     def __init__(
@@ -167,6 +171,7 @@ class Lifecycle:
         latency_ms: int,
         cache_debug: bool,
         max_batches: int,
+        retention_seconds: float | None = None,
     ) -> None:
         self.enabled = enabled
         self._clock = clock
@@ -174,6 +179,7 @@ class Lifecycle:
         self._latency_ms = latency_ms
         self._cache_debug = cache_debug
         self._max_batches = max_batches
+        self._retention = retention_seconds
 
     def seed(self, state: ProviderState, n: int, now: float) -> None:
         for _ in range(n):
@@ -188,12 +194,47 @@ class Lifecycle:
             )
             self.create(state, created, total, initial, steps)
 
+    def seed_troubled(self, state: ProviderState, now: float, no_progress_fraction: float = 0.5) -> None:
+        """Two batches an operator should hear about early: one that runs but too slowly to finish inside its
+        24 h window (a linear projection of its done requests lands past `expires_at` from the start), and one
+        that never starts and crosses `no_progress_fraction` of its window two minutes from now. Both expire
+        at the end of their window. Only for flavours whose lists carry request counts."""
+        if state.spec.flavor in SPARSE_FLAVORS or not state.spec.supported:
+            return
+        initial = "in_progress" if state.spec.flavor == "anthropic" else "validating"
+        # Falling behind: 20 h into its window with 15 % done, creeping on by ~0.05 % a minute.
+        total, age = 20_000, 20 * 3600.0
+        created = now - age
+        steps = [Step(600.0, "in_progress", 0, 0)]
+        done_then = 3000
+        for minute in range(0, 4 * 60 + 1, 1):
+            t = age + 60.0 * minute
+            done = done_then + 10 * minute
+            steps.append(Step(t, None, done - done // 50, done // 50))
+        steps.insert(1, Step(age - 1.0, None, done_then - done_then // 50, done_then // 50))
+        last = steps[-1]
+        steps.append(Step(DAY + 1.0, "expired", last.completed, last.failed, code=EXPIRED_CODE))
+        self.create(state, created, total, initial, steps)
+        # Never starts: still validating, at risk once 50 % of its window has passed (two minutes from now).
+        created = now - (no_progress_fraction * DAY - 120.0)
+        self.create(state, created, 500, initial, [Step(DAY + 1.0, "expired", 0, 0, code=EXPIRED_CODE)])
+
     def create(
-        self, state: ProviderState, created: float, total: int, initial: str, steps: list[Step]
-    ) -> None:
+        self,
+        state: ProviderState,
+        created: float,
+        total: int,
+        initial: str,
+        steps: list[Step],
+        *,
+        batch_id: str | None = None,
+        key: int | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        """A new batch with a planned life (offsets from `created`); returns its id."""
         spec = state.spec
-        bid = new_id(state.rng, spec.flavor)
-        while bid in state.batches:
+        bid = batch_id or new_id(state.rng, spec.flavor)
+        while batch_id is None and bid in state.batches:
             bid = new_id(state.rng, spec.flavor)
         batch = skeleton(
             state.rng,
@@ -207,9 +248,12 @@ class Lifecycle:
             latency_ms=self._latency_ms,
             cache_debug=self._cache_debug,
         )
+        if metadata is not None:
+            batch["metadata"] = dict(metadata)
         plan = [step._replace(t=created + step.t) for step in steps]
         seq = next(self._seq)
-        key = state.fill_keys()[state.rng.randrange(len(state.fill_keys()))]
+        if key is None:
+            key = state.fill_keys()[state.rng.randrange(len(state.fill_keys()))]
         state.insert(batch, key, seq, plan if self.enabled else None, seq)
         if not self.enabled:
             now = self._clock()
@@ -217,6 +261,7 @@ class Lifecycle:
                 if step.t > now:
                     break
                 apply_step(batch, spec.flavor, step)
+        return bid
 
     def advance(self, state: ProviderState, now: float) -> None:
         if not self.enabled:
@@ -238,11 +283,17 @@ class Lifecycle:
         while heap and heap[0][0] <= now:
             _, _, bid, gen, idx = heapq.heappop(heap)
             meta = state.meta.get(bid)
-            if meta is None or meta.gen != gen or meta.plan is None or idx >= len(meta.plan):
+            if meta is None or meta.gen != gen or meta.plan is None or idx > len(meta.plan):
                 continue
-            apply_step(state.batches[bid], spec.flavor, meta.plan[idx])
+            if idx == len(meta.plan):  # the retention event after the last step
+                state.remove(bid)
+                continue
+            step = meta.plan[idx]
+            apply_step(state.batches[bid], spec.flavor, step)
             if idx + 1 < len(meta.plan):
                 heapq.heappush(heap, (meta.plan[idx + 1].t, next(self._seq), bid, gen, idx + 1))
+            elif self._retention is not None and step.status is not None:
+                heapq.heappush(heap, (step.t + self._retention, next(self._seq), bid, gen, idx + 1))
         if created_any and len(state.batches) > self._max_batches:
             self.trim(state)
 

@@ -1,6 +1,8 @@
 """One provider's batches in memory, indexed so that paging stays O(page) even with 100k batches.
 
-The store knows nothing about HTTP or time: the lifecycle moves batches, the gateway reads pages.
+The store knows nothing about HTTP or time: the lifecycle moves batches, the gateway reads pages. Batches belong
+to an account (the key that created them, or the one account that several keys share); each key lists its
+account's batches newest first, which is how OpenAI keys of one organisation list the same batches twice.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .flavors import ProviderSpec, Step
-from .wire import encode_cursor
+
+__all__ = ["Meta", "Page", "ProviderState"]
+
+_TOMBSTONES = 10_000
 
 
 @dataclass
@@ -26,12 +31,11 @@ class Meta:
 class Page(NamedTuple):
     data: list[dict[str, Any]]
     has_more: bool
-    next_cursor: str | None
     last_id: str | None
 
 
 class ProviderState:
-    """One provider's batches plus the indexes that keep paging O(page) even with 100k batches."""
+    """One provider's batches plus the per-account orderings that paging reads."""
 
     def __init__(self, spec: ProviderSpec, seed: int) -> None:
         self.spec = spec
@@ -41,19 +45,27 @@ class ProviderState:
         self.batches: dict[str, dict[str, Any]] = {}
         self.meta: dict[str, Meta] = {}
         self.dirty = True
-        self.order: list[list[str]] = []
-        self.sort_keys: list[list[tuple[int, int]]] = []
-        self.pos: dict[str, tuple[int, int]] = {}
+        self.order: dict[int, list[str]] = {}
+        self.sort_keys: dict[int, list[tuple[int, int]]] = {}
+        self.pos: dict[str, int] = {}
         self.tombstones: dict[str, tuple[int, tuple[int, int]]] = {}
         self.heap: list[tuple[float, int, str, int, int]] = []
         self.next_create: float | None = None
-        self.list_requests = 0
+        self.requests: dict[str, int] = {"list": 0, "retrieve": 0, "cancel": 0}
         self.nonce = 0
         self.round_robin = 0
 
     @property
+    def list_requests(self) -> int:
+        return self.requests["list"]
+
+    @property
     def lists(self) -> int:
+        """How many keys the gateway pages over: the older gateway listed with one key only."""
         return 1 if self.spec.style == "legacy" else max(1, self.spec.keys)
+
+    def account_of_key(self, key: int) -> int:
+        return 0 if self.spec.style == "legacy" else self.spec.account(key)
 
     def fill_keys(self) -> list[int]:
         keys = [k for k in range(max(1, self.spec.keys)) if k not in self.spec.empty_keys]
@@ -68,20 +80,19 @@ class ProviderState:
     def ensure_order(self) -> None:
         if not self.dirty:
             return
-        groups: list[list[tuple[tuple[int, int], str]]] = [[] for _ in range(self.lists)]
-        legacy = self.lists == 1
+        groups: dict[int, list[tuple[tuple[int, int], str]]] = {}
         for bid, meta in self.meta.items():
-            groups[0 if legacy else min(meta.key, self.lists - 1)].append((meta.sort_key, bid))
-        self.order = []
-        self.sort_keys = []
+            groups.setdefault(self.account_of_key(meta.key), []).append((meta.sort_key, bid))
+        self.order = {}
+        self.sort_keys = {}
         self.pos = {}
-        for k, group in enumerate(groups):
+        for account, group in groups.items():
             group.sort()
-            self.sort_keys.append([sk for sk, _ in group])
+            self.sort_keys[account] = [sk for sk, _ in group]
             ids = [bid for _, bid in group]
-            self.order.append(ids)
+            self.order[account] = ids
             for i, bid in enumerate(ids):
-                self.pos[bid] = (k, i)
+                self.pos[bid] = i
         self.dirty = False
 
     def insert(
@@ -103,8 +114,8 @@ class ProviderState:
     def remove(self, bid: str) -> None:
         meta = self.meta.pop(bid)
         del self.batches[bid]
-        self.tombstones[bid] = (meta.key, meta.sort_key)
-        if len(self.tombstones) > 10_000:
+        self.tombstones[bid] = (self.account_of_key(meta.key), meta.sort_key)
+        if len(self.tombstones) > _TOMBSTONES:
             del self.tombstones[next(iter(self.tombstones))]
         self.dirty = True
 
@@ -113,38 +124,28 @@ class ProviderState:
             self.remove(bid)
         self.heap.clear()
 
-    def position_after(self, key: int, after: str) -> int | None:
-        """Index just past `after` in a key's list; ids dropped since they were handed out still resolve."""
+    def account_ids(self, key: int) -> list[str]:
         self.ensure_order()
-        legacy = self.lists == 1
-        found = self.pos.get(after)
-        if found is not None:
-            if legacy or found[0] == key:
-                return found[1] + 1
+        return self.order.get(self.account_of_key(key), [])
+
+    def position_after(self, key: int, after: str) -> int | None:
+        """Index just past `after` in a key's list; ids dropped since they were handed out still resolve, as the
+        upstreams page by creation time."""
+        self.ensure_order()
+        account = self.account_of_key(key)
+        meta = self.meta.get(after)
+        if meta is not None:
+            if self.account_of_key(meta.key) == account:
+                return self.pos[after] + 1
             return None
         tomb = self.tombstones.get(after)
-        if tomb is not None and (legacy or tomb[0] == key):
-            return bisect.bisect_right(self.sort_keys[0 if legacy else key], tomb[1])
+        if tomb is not None and tomb[0] == account:
+            return bisect.bisect_right(self.sort_keys.get(account, []), tomb[1])
         return None
 
-    def key_of(self, after: str) -> int | None:
-        found = self.pos.get(after)
-        if found is not None:
-            return found[0]
-        tomb = self.tombstones.get(after)
-        return None if tomb is None else tomb[0]
-
     def slice(self, key: int, start: int, limit: int) -> Page:
-        """One key's page the way the real gateway builds it: never spanning keys, so boundaries give short or
-        empty pages that still say has_more."""
-        ids = self.order[key]
+        """One key's page the way the upstream builds it: never spanning keys."""
+        ids = self.account_ids(key)
         chunk = ids[start : start + limit]
         data = [self.batches[bid] for bid in chunk]
-        last = chunk[-1] if chunk else None
-        if self.spec.style == "legacy":
-            return Page(data, start + limit < len(ids), None, last)
-        if start + limit < len(ids):
-            return Page(data, True, encode_cursor(key, last), last)
-        if key + 1 < self.lists:
-            return Page(data, True, encode_cursor(key + 1, None), last)
-        return Page(data, False, None, last)
+        return Page(data, start + limit < len(ids), chunk[-1] if chunk else None)

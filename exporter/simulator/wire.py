@@ -21,6 +21,7 @@ __all__ = [
     "dumps",
     "encode_cursor",
     "error_body",
+    "invalid_cursor_body",
     "json_response",
     "list_body",
     "list_page_bytes",
@@ -62,32 +63,31 @@ def json_response(status: int, body: bytes, headers: dict[str, str] | None = Non
 
 
 def encode_cursor(key: int, after: str | None, nonce: int | None = None) -> str:
-    """Opaque to clients on purpose: standard base64 (with '+', '/', '=') so a client that forgets to
-    URL-encode it breaks here the way it would against the real gateway."""
-    obj: dict[str, Any] = {"k": key}
-    if after is not None:
-        obj["a"] = after
+    """Bifrost's serial cursor (core/schemas/pagination.go): URL-safe base64 of {"v":1,"i":key,"c":native},
+    opaque to clients. `nonce` adds a field Go ignores, so a fault can hand out new cursors for one page."""
+    obj: dict[str, Any] = {"v": 1, "i": key, "c": after or ""}
     if nonce is not None:
         obj["n"] = nonce
-    return base64.b64encode(json.dumps(obj, separators=(",", ":")).encode()).decode("ascii")
+    return base64.urlsafe_b64encode(json.dumps(obj, separators=(",", ":")).encode()).decode("ascii")
 
 
 def decode_cursor(value: str) -> tuple[int, str | None] | None:
-    """None for anything that is not one of our cursors, so the caller can fall back to a raw batch id."""
+    """(key index, native cursor or None), or None for anything DecodeSerialCursor refuses (bad base64, not
+    JSON, version other than 1): the gateway answers those with HTTP 500 "invalid pagination cursor"."""
     try:
-        raw = base64.b64decode(value, validate=True)
+        raw = base64.b64decode(value, altchars=b"-_", validate=True)
         obj = json.loads(raw)
     except (binascii.Error, ValueError):
         return None
-    if not isinstance(obj, dict):
+    if not isinstance(obj, dict) or obj.get("v") != 1:
         return None
-    key = obj.get("k")
-    after = obj.get("a")
+    key = obj.get("i", 0)
+    after = obj.get("c", "")
     if not isinstance(key, int) or isinstance(key, bool) or key < 0:
         return None
-    if after is not None and not isinstance(after, str):
+    if not isinstance(after, str):
         return None
-    return key, after
+    return key, after or None
 
 
 def parse_limit(raw: str | None, default: int) -> int:
@@ -201,7 +201,28 @@ def error_body(
 
 
 def unauthorized_body(err_type: str | None) -> bytes:
-    return error_body(401, "Unauthorized", err_type=err_type)
+    """The gateway's own 401s. With admin auth on, its middleware answers a bare "Unauthorized"; governance
+    refusals carry a top-level `type` and their own wording (plugins/governance/main.go)."""
+    if err_type is None:
+        return error_body(401, "Unauthorized")
+    return error_body(401, _GOVERNANCE_MESSAGES.get(err_type, "Unauthorized"), top_type=err_type)
+
+
+_GOVERNANCE_MESSAGES = {
+    "virtual_key_required": "virtual key is required. Provide a virtual key via the x-bf-vk header.",
+    "virtual_key_not_found": "virtual key not found. The provided virtual key does not exist or has been revoked.",
+    "virtual_key_blocked": "virtual key is blocked",
+}
+
+
+def invalid_cursor_body(provider: str) -> bytes:
+    """NewBifrostOperationError("invalid pagination cursor"): a Bifrost error without a status, sent as 500."""
+    return error_body(
+        None,
+        "invalid pagination cursor",
+        is_bifrost_error=True,
+        extra_fields={"provider": provider, "request_type": "batch_list"},
+    )
 
 
 def unsupported_body(provider: str, request_type: str) -> bytes:

@@ -11,14 +11,16 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .faults import FaultBook
 from .flavors import ProviderSpec
 from .lifecycle import Clock, Lifecycle
 from .store import ProviderState
 
-__all__ = ["Settings", "World"]
+__all__ = ["RawHeader", "Settings", "World"]
+
+RawHeader = Literal["honoured", "promote_only"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,13 @@ class Settings:
     virtual_key: str | None = None
     basic_header: str | None = None  # the whole expected Authorization value
     latency_ms: int = 120
-    cache_debug: bool = True
+    # Bifrost never sets cache_debug on batch responses (plugins/semanticcache skips batch request types): on
+    # only for demos of the cache panels.
+    cache_debug: bool = False
+    # The providers' "send back raw response" config: on, as on the gateways where the echo bit us.
+    send_back_raw_response: bool = True
+    # How `x-bf-send-back-raw-response` is read: "honoured" both ways (newer), or "promote_only" (older).
+    raw_header: RawHeader = "honoured"
 
 
 @dataclass
@@ -53,6 +61,7 @@ class World:
         settings: Settings,
         lifecycle: bool,
         max_batches: int,
+        retention_seconds: float | None = None,
     ) -> World:
         seq = itertools.count()
         engine = Lifecycle(
@@ -62,6 +71,7 @@ class World:
             latency_ms=settings.latency_ms,
             cache_debug=settings.cache_debug,
             max_batches=max_batches,
+            retention_seconds=retention_seconds,
         )
         providers = {spec.name: ProviderState(spec, seed) for spec in specs}
         return cls(clock=clock, settings=settings, lifecycle=engine, seq=seq, providers=providers)
