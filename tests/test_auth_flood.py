@@ -147,6 +147,7 @@ def flood_scenario(tmp: Path, *, cost: int = 10, scrapes: int = 4) -> dict[str, 
     """`scrapes` scrapers, each with its own user (so never cached), scrape once each during a flood."""
     users = {f"scraper{i}": (f"pw-{i}", cost) for i in range(scrapes)}
     web = WebSecurity(write_web_config(tmp / "web.yml", users))
+    rss_before = rss_mib()
     with serving(web) as port, Flood(port, "scraper0") as flood:
         deadline = time.monotonic() + 10
         while flood.sent < 50 and time.monotonic() < deadline:  # the flood is on before the first scrape
@@ -159,7 +160,15 @@ def flood_scenario(tmp: Path, *, cost: int = 10, scrapes: int = 4) -> dict[str, 
         "flood_requests": flood.sent,
         "flood_per_second": round(flood.sent / max(flood.elapsed, 1e-9)),
         "flood_statuses": dict(flood.statuses),
+        "rss_mib_before_after": (rss_before, rss_mib()),  # this whole process: server, flood and scrapers
     }
+
+
+def rss_mib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+    return -1
 
 
 def test_a_flood_of_wrong_passwords_does_not_lock_out_the_scraper(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ the same kind of file, the same kind of client, the same outcome (refused at sta
 refused, "HTTP response to HTTPS client"...). The configs and certificates are our own, made here (RSA, like the
 toolkit's, so its ECDHE-RSA cipher cases apply); bcrypt costs are kept small but distinct where the toolkit's
 differ. A row the toolkit has and we cannot share is marked not applicable with the reason; the summary line
-`conformance: N agree, M disagree, K not applicable` is printed at the end of the module. Two rows of our own
+`conformance: N agree, M disagree, K not applicable` is printed at the end of the module. Four rows of our own
 (`ours=True`) cover client-auth types the toolkit's tests do not reach and are not in that count.
 """
 
@@ -563,6 +563,19 @@ CASES: list[Case] = [
         ),
         Client(tls=True, cert="client2"),
         expect="tls_refused",
+    ),
+    Case(
+        "server: allowed SAN on an unverified certificate (RequireAnyClientCert)",
+        lambda c: tls(c, client_auth_type="RequireAnyClientCert", client_allowed_sans=["test3"]),
+        Client(tls=True, cert="client2"),
+        ours=True,
+    ),
+    Case(
+        "server: no allowed SAN on an unverified certificate (RequireAnyClientCert)",
+        lambda c: tls(c, client_auth_type="RequireAnyClientCert", client_allowed_sans=["test4"]),
+        Client(tls=True, cert="client2"),
+        expect="tls_refused",
+        ours=True,
     ),
     Case(
         "server: rate limit off (interval 0)",
