@@ -299,8 +299,12 @@ def naive(exposition: str) -> None:
 # simulator
 
 
-def simulator(providers: Sequence[str], per_provider: int, page_delay: float, seed: int) -> None:
-    """The project's own simulator (static store, no lifecycle) with a fixed delay on every list page."""
+def simulator(
+    providers: Sequence[str], per_provider: int, page_delay: float, seed: int, honour_cursor: bool = False
+) -> None:
+    """The project's own simulator (static store, no lifecycle) with a fixed delay on every list page.
+    `honour_cursor`: every provider pages past page 1 (by default Anthropic, Bedrock and Gemini shapes answer as
+    the real gateway does, ignoring `after`)."""
     from bench.common import flavor_of
     from exporter.simulator import ProviderSpec, Simulator
 
@@ -308,7 +312,16 @@ def simulator(providers: Sequence[str], per_provider: int, page_delay: float, se
     for i, name in enumerate(providers):
         flavor = flavor_of(i)
         style = "legacy" if flavor in _LEGACY_FLAVORS else "cursor"
-        specs.append(ProviderSpec(name, style=style, flavor=flavor, page_delay=page_delay))  # type: ignore[arg-type]
+        after_ignored = False if honour_cursor else None
+        specs.append(
+            ProviderSpec(
+                name,
+                style=cast(Any, style),
+                flavor=cast(Any, flavor),
+                page_delay=page_delay,
+                after_ignored=after_ignored,
+            )
+        )
     sim = Simulator(providers=specs, lifecycle=False, seed=seed)
     for i, name in enumerate(providers):
         sim.load_batches(name, generate_batches(name, per_provider, seed=seed, flavor=flavor_of(i)))
@@ -342,9 +355,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--per-provider", type=int, required=True)
     m.add_argument("--page-delay", type=float, default=0.05)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--honour-cursor", action="store_true", help="every provider pages past page 1")
     args = p.parse_args(argv)
     if args.kind == "simulator":
-        simulator(args.providers.split(","), args.per_provider, args.page_delay, args.seed)
+        simulator(
+            args.providers.split(","), args.per_provider, args.page_delay, args.seed, args.honour_cursor
+        )
     elif args.kind == "feeder":
         feeder(args.providers.split(","), args.per_provider, args.seed)
     elif args.kind == "static":
