@@ -378,17 +378,12 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
         .with_panel(
             _stat(
                 ids,
-                "Failed / expired in the time range",
-                "Batches that reached failed or expired during the dashboard's time range.",
+                "Failed / expired in the last hour",
+                "Batches that reached failed or expired during the last hour.",
                 "short",
                 [
                     Target(
-                        "sum by (status) ("
-                        + s.dedup(
-                            f'increase(bifrost_batch_finished_total{{{FM}, status=~"failed|expired"}}[$__range])'
-                        )
-                        + ")",
-                        "{{status}}",
+                        f'sum by (status) ({rec["finished"]}{{{FR}, status=~"failed|expired"}})', "{{status}}"
                     )
                 ],
                 width=8,
@@ -414,15 +409,14 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
         .with_panel(
             _timeseries(
                 ids,
-                "Failures by code",
-                "Batches that reached failed or expired, by the error code they carried (errors.data[].code; none "
-                "when they carried none), per provider. BifrostBatchFailed and BifrostBatchExpired name these codes.",
+                "Failures by code (per hour)",
+                "Batches that reached failed or expired during the preceding hour, by the error code they carried "
+                "(errors.data[].code; none when they carried none), per provider. BifrostBatchFailed and "
+                "BifrostBatchExpired name these codes.",
                 "short",
                 [
                     Target(
-                        "sum by (provider, status, code) ("
-                        + s.dedup(f"increase(bifrost_batch_failures_total{{{FM}}}[$__rate_interval])")
-                        + ")",
+                        f"sum by (provider, status, code) ({rec['failures']}{{{FR}}})",
                         "{{provider}} {{status}} {{code}}",
                     )
                 ],
@@ -463,14 +457,7 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
                 "Requests of finished batches per hour by outcome",
                 "Requests of the batches that reached a terminal status during the preceding hour, by outcome.",
                 "short",
-                [
-                    Target(
-                        "sum by (outcome) ("
-                        + s.dedup(f"increase(bifrost_batch_finished_requests_total{{{FM}}}[1h])")
-                        + ")",
-                        "{{outcome}}",
-                    )
-                ],
+                [Target(f"sum by (outcome) ({rec['finishedRequests']}{{{FR}}})", "{{outcome}}")],
                 stacked=True,
             )
         )

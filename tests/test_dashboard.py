@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import re
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.test_rules import CONTRACT_METRICS, family, metric_names, recording_rule_names
+from exporter.simulator import Simulator
+from tests.conftest import free_port, require_tool
+from tests.promstack import ManagedProcess, Prometheus, http_get, wait_until
+from tests.test_rules import (
+    ALERTS_FILE,
+    CONTRACT_METRICS,
+    RULES_FILE,
+    family,
+    metric_names,
+    recording_rule_names,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "dashboards" / "build.py"
@@ -23,11 +38,11 @@ ROWS: dict[str, list[str]] = {
     "Overview": [
         "Batches by status",
         "Active batches now",
-        "Failed / expired in the time range",
+        "Failed / expired in the last hour",
         "Finished per hour by status",
     ],
     "Why batches fail": [
-        "Failures by code",
+        "Failures by code (per hour)",
         "Last failed batch",
         "Recent request failure ratio",
         "Requests of finished batches per hour by outcome",
@@ -61,9 +76,9 @@ ROWS: dict[str, list[str]] = {
 UNITS = {
     "Batches by status": "short",
     "Active batches now": "short",
-    "Failed / expired in the time range": "short",
+    "Failed / expired in the last hour": "short",
     "Finished per hour by status": "short",
-    "Failures by code": "short",
+    "Failures by code (per hour)": "short",
     "Last failed batch": "short",
     "Recent request failure ratio": "percent",
     "Requests of finished batches per hour by outcome": "short",
@@ -293,3 +308,187 @@ def test_panels_read_only_contract_metrics_and_recording_rules() -> None:
 def test_substitution_leaves_no_variables(provider: str) -> None:
     for _, expr in panel_queries(load_dashboard()):
         substitute(expr, provider)
+
+
+# --- every panel against a real Prometheus ------------------------------------------------------------------------
+
+HOUR = 3600
+
+
+@dataclass
+class Scene:
+    prom: Prometheus
+    at_risk_id: str
+    failed_id: str
+
+
+def _scene_batches(sim: Simulator, now: int) -> tuple[str, str, str]:
+    """A slow batch (10 % done after 5 h of 24: at risk), one that will complete with every stage, one that will fail."""
+    at_risk = sim.add_batch(
+        "openai",
+        status="in_progress",
+        created_at=now - 5 * HOUR,
+        expires_at=now + 19 * HOUR,
+        request_counts={"total": 10_000, "completed": 1_000, "failed": 0},
+        metadata={"team": "ml"},
+    )
+    done = sim.add_batch(
+        "openai",
+        status="in_progress",
+        created_at=now - 2 * HOUR,
+        expires_at=now + 22 * HOUR,
+        request_counts={"total": 100, "completed": 60, "failed": 10},
+        in_progress_at=now - 2 * HOUR + 600,
+        metadata={"team": "search"},
+    )
+    failing = sim.add_batch(
+        "openai",
+        status="in_progress",
+        created_at=now - HOUR,
+        expires_at=now + 23 * HOUR,
+        request_counts={"total": 200, "completed": 100, "failed": 0},
+    )
+    return str(at_risk["id"]), str(done["id"]), str(failing["id"])
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
+    """Simulator -> exporter (subprocess) -> Prometheus with the generated rules, scraped with cluster labels; then
+    one batch completes (through finalizing) and one fails with a code, after the exporter has seen them active."""
+    prom_bin = require_tool("prometheus")
+    tmp = tmp_path_factory.mktemp("dashboard")
+    with contextlib.ExitStack() as cleanup:
+        sim = Simulator(seed=11, lifecycle=False, latency_ms=40)
+        sim.start()
+        cleanup.callback(sim.stop)
+        now = int(time.time())
+        at_risk_id, done_id, failed_id = _scene_batches(sim, now)
+        port = free_port()
+        config = tmp / "exporter.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "bifrost_url": sim.url,
+                    "providers": ["openai", "anthropic"],
+                    "poll_interval_seconds": 1,
+                    "max_retries": 0,
+                    "log_level": "warning",
+                }
+            )
+        )
+        exporter = ManagedProcess(
+            "exporter",
+            [
+                sys.executable,
+                "-m",
+                "exporter",
+                "--config",
+                str(config),
+                "--listen-address",
+                f"127.0.0.1:{port}",
+            ],
+            tmp / "exporter.log",
+            cwd=ROOT,
+        ).start()
+        cleanup.callback(exporter.stop)
+
+        def ready() -> bool:
+            exporter.ensure_alive()
+            return http_get(f"http://127.0.0.1:{port}/readyz", timeout=2)[0] == 200
+
+        wait_until(ready, timeout=30, what="exporter /readyz", diagnostics=exporter.log_tail)
+        target = {"targets": [f"127.0.0.1:{port}"], "labels": {"cluster": "eu1", "namespace": "batch"}}
+        prom = Prometheus(
+            prom_bin,
+            tmp / "prometheus",
+            scrape_configs=[{"job_name": "bifrost-batch-exporter", "static_configs": [target]}],
+            rule_files=[ALERTS_FILE, RULES_FILE],
+        ).start()
+        cleanup.callback(prom.stop)
+        prom.wait_for_targets_up(timeout=30, job="bifrost-batch-exporter")
+        prom.wait_for_series('sum(bifrost_batches{provider="openai", status="in_progress"}) == 3')
+
+        later = int(time.time())
+        sim.set_status("openai", done_id, "finalizing", at=later - 120)
+        sim.set_status("openai", done_id, "completed", at=later)
+        sim.set_status("openai", failed_id, "failed", at=later, error_code="token_limit_exceeded")
+        yield Scene(prom, at_risk_id, failed_id)
+
+
+@pytest.mark.e2e
+def test_every_panel_returns_data_from_a_real_prometheus(scene: Scene) -> None:
+    queries = panel_queries(load_dashboard())
+    pending = {substitute(expr): title for title, expr in queries}
+
+    def all_return_series() -> bool:
+        for expr in sorted(pending):
+            if scene.prom.query(expr):
+                del pending[expr]
+        return not pending
+
+    wait_until(
+        all_return_series,
+        timeout=60,
+        what="every dashboard query returning a series",
+        diagnostics=lambda: "empty: " + "; ".join(f"[{t}] {e}" for e, t in sorted(pending.items())),
+    )
+    # Grafana's multi-value expansion is valid PromQL too.
+    for _, expr in queries:
+        scene.prom.query(substitute(expr, "(openai|anthropic)"))
+
+
+def _panel_expr(title: str) -> str:
+    (expr,) = [e for t, e in panel_queries(load_dashboard()) if t == title][:1]
+    return substitute(expr)
+
+
+@pytest.mark.e2e
+def test_panels_show_the_scene(scene: Scene) -> None:
+    """The values behind the new panels: one batch at risk, its pending requests, the last failed batch and its
+    code, every stage of the completed batch."""
+
+    def value(title: str) -> float:
+        result = scene.prom.query(_panel_expr(title))
+        return float(result[0]["value"][1]) if result else -1.0
+
+    wait_until(lambda: value("Batches at risk now") == 1, timeout=30, what="one batch at risk")
+    assert value("Requests at risk now") == 9_000
+    (last,) = wait_until(
+        lambda: scene.prom.query(_panel_expr("Last failed batch")), timeout=30, what="the last failed batch"
+    )
+    assert last["metric"]["batch_id"] == scene.failed_id
+    assert last["metric"]["code"] == "token_limit_exceeded"
+    assert last["metric"]["provider"] == "openai"
+
+    def stages() -> set[str]:
+        expr = next(
+            substitute(e) for t, e in panel_queries(load_dashboard()) if t.startswith("Stage durations")
+        )
+        return {
+            r["metric"]["stage"]
+            for r in scene.prom.query(expr)
+            if r["metric"].get("provider") == "openai" and r["value"][1] != "NaN"
+        }
+
+    wait_until(
+        lambda: stages() == {"queued", "processing", "finalizing"}, timeout=30, what="all three stages"
+    )
+
+
+@pytest.mark.e2e
+def test_failed_alert_names_the_code_and_batch_in_a_real_prometheus(scene: Scene) -> None:
+    """The annotation's queries run against real series: the description names the failure code and batch id."""
+
+    def failed_alert() -> dict[str, Any] | None:
+        for alert in scene.prom.alerts():
+            if alert["labels"]["alertname"] == "BifrostBatchFailed" and alert["state"] == "firing":
+                return alert
+        return None
+
+    alert = wait_until(failed_alert, timeout=30, what="BifrostBatchFailed firing")
+    assert alert["labels"]["cluster"] == "eu1"
+    assert alert["labels"]["namespace"] == "batch"
+    assert alert["labels"]["provider"] == "openai"
+    description = alert["annotations"]["description"]
+    assert description.startswith("1 batch(es) of provider openai, cluster eu1, namespace batch")
+    assert f"Last failed batch: {scene.failed_id} (code token_limit_exceeded)" in description

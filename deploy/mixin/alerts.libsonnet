@@ -1,5 +1,6 @@
 // Alerting rules. Built by a function of the config, so that deploy/mixin/generate.py can also build them with
 // placeholders for the Helm chart (one source: a chart user changes values, never copies a rule).
+local lib = import 'lib.libsonnet';
 local join(xs) = std.join(', ', xs);
 
 local build(c) =
@@ -23,11 +24,14 @@ local build(c) =
   local query(fmt, labels) =
     local matchers = join([esc(c.selector)] + ['%s=%%q' % l for l in labels]);
     local args = std.join(' ', ['(index $labels "%s")' % l for l in labels]);
-    'printf `' + (fmt % { m: matchers }) + '` ' + args + ' | query';
+    local uses = std.length(std.findSubstr('%(m)s', fmt));  // printf wants the arguments once per use
+    'printf `' + (fmt % { m: matchers }) + '` ' + std.join(' ', std.repeat([args], uses)) + ' | query';
   // "token_limit_exceeded (2), invalid_json_line (1)" or "none recorded".
   local codes(status, window) =
+    local series = 'bifrost_batch_failures_total{%(m)s, status="' + status + '"}';
     '{{ range $i, $s := ' + query(
-      'sort_desc(max by (code) (increase(bifrost_batch_failures_total{%(m)s, status="' + status + '"}[' + window + '])) > 0)',
+      'sort_desc(max by (code) (sum by (code, ' + join(r) + ') (' +
+      std.strReplace(lib.recentIncrease(c { selector: esc(c.selector) }, series, window), '\n', ' ') + ')) > 0)',
       p + m
     ) + ' }}{{ if $i }}, {{ end }}{{ label "code" $s }} ({{ value $s | printf "%.0f" }}){{ else }}none recorded{{ end }}';
   local lastBatch(status) =
@@ -125,9 +129,13 @@ local build(c) =
       // Each replica's own increase, then the max across replicas (an HA pair counts a failure once).
       |||
         max by (%(byM)s) (
-          sum by (%(byMR)s) (increase(bifrost_batch_finished_total{%(sel)s, status="failed"}[%(window)s]))
+          sum by (%(byMR)s) (
+            %(recent)s
+          )
         ) > 0
-      ||| % (v + a.BifrostBatchFailed),
+      ||| % (v + a.BifrostBatchFailed + {
+        recent: lib.indent(lib.recentIncrease(c, 'bifrost_batch_finished_total{%s, status="failed"}' % c.selector, a.BifrostBatchFailed.window), 4),
+      }),
       'Bifrost batch failed on provider {{ $labels.provider }}' + owner,
       '{{ $value | printf "%.0f" }} batch(es) of ' + provider + ' reached status "failed" in the last ' +
       a.BifrostBatchFailed.window + '. Failure codes: ' + codes('failed', a.BifrostBatchFailed.window) +
@@ -137,9 +145,13 @@ local build(c) =
       'BifrostBatchExpired',
       |||
         max by (%(byM)s) (
-          sum by (%(byMR)s) (increase(bifrost_batch_finished_total{%(sel)s, status="expired"}[%(window)s]))
+          sum by (%(byMR)s) (
+            %(recent)s
+          )
         ) > 0
-      ||| % (v + a.BifrostBatchExpired),
+      ||| % (v + a.BifrostBatchExpired + {
+        recent: lib.indent(lib.recentIncrease(c, 'bifrost_batch_finished_total{%s, status="expired"}' % c.selector, a.BifrostBatchExpired.window), 4),
+      }),
       'Bifrost batch expired on provider {{ $labels.provider }}' + owner,
       '{{ $value | printf "%.0f" }} batch(es) of ' + provider + ' reached status "expired" (not finished within ' +
       'their completion window) in the last ' + a.BifrostBatchExpired.window + '; their pending requests are lost. ' +
@@ -151,15 +163,25 @@ local build(c) =
       // bad day ages out of the ratio; at least minRequests requests so that one small batch does not page.
       |||
         max by (%(byM)s) (
-            sum by (%(byMR)s) (increase(bifrost_batch_finished_requests_total{%(sel)s, outcome="failed"}[%(window)s]))
+            sum by (%(byMR)s) (
+              %(failed)s
+            )
           /
-            sum by (%(byMR)s) (increase(bifrost_batch_finished_requests_total{%(sel)s}[%(window)s]))
+            sum by (%(byMR)s) (
+              %(all)s
+            )
         ) > %(threshold)s
         and on (%(byM)s)
         max by (%(byM)s) (
-          sum by (%(byMR)s) (increase(bifrost_batch_finished_requests_total{%(sel)s}[%(window)s]))
+          sum by (%(byMR)s) (
+            %(all)s
+          )
         ) >= %(minRequests)s
-      ||| % (v + a.BifrostBatchHighRequestFailureRatio),
+      ||| % (v + a.BifrostBatchHighRequestFailureRatio + {
+        local w = a.BifrostBatchHighRequestFailureRatio.window,
+        failed: lib.indent(lib.recentIncrease(c, 'bifrost_batch_finished_requests_total{%s, outcome="failed"}' % c.selector, w), 6),
+        all: lib.indent(lib.recentIncrease(c, 'bifrost_batch_finished_requests_total{%s}' % c.selector, w), 6),
+      }),
       'High request failure ratio in batches of provider {{ $labels.provider }}' + owner,
       '{{ $value | humanizePercentage }} of the requests of the batches of ' + provider + ' that finished in the last ' +
       a.BifrostBatchHighRequestFailureRatio.window + ' failed (threshold ' +

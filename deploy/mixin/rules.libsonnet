@@ -1,5 +1,6 @@
 // Recording rules: what the dashboard reads for long time ranges, per group labels and provider (HA replicas
 // deduplicated the same way as the alerts). Names follow level:metric:operations, the level being the labels kept.
+local lib = import 'lib.libsonnet';
 local join(xs) = std.join(', ', xs);
 local active = 'validating|in_progress|finalizing|cancelling';
 
@@ -8,12 +9,16 @@ local build(c) =
   local r = c.replicaLabels;
   local level = std.join('_', p);
   local v = { sel: c.selector, by: join(p), byR: join(p + r), active: active };
+  // The last hour's increase of a counter, seeing series born in it too (lib.recentIncrease).
+  local hour(series) = lib.indent(lib.recentIncrease(c, series % v, '1h'), 4);
   {
     names:: {
       active: level + ':bifrost_batches_active:sum',
       oldestAge: level + ':bifrost_batch_oldest_active_age_seconds:max',
       timeToExpiry: level + ':bifrost_batch_time_to_expiry_seconds:min',
       finished: level + '_status:bifrost_batch_finished:increase1h',
+      failures: level + '_status_code:bifrost_batch_failures:increase1h',
+      finishedRequests: level + '_outcome:bifrost_batch_finished_requests:increase1h',
       failureRatio: level + ':bifrost_batch_finished_requests_failed:ratio_increase1h',
       atRisk: level + ':bifrost_batch_at_risk:sum',
       atRiskRequests: level + ':bifrost_batch_at_risk_requests:sum',
@@ -44,19 +49,55 @@ local build(c) =
         // Batches that reached each terminal status during the last hour.
         record: $.names.finished,
         expr: |||
-          max by (%(by)s, status) (sum by (%(byR)s, status) (increase(bifrost_batch_finished_total{%(sel)s}[1h])))
-        ||| % v,
+          max by (%(by)s, status) (
+            sum by (%(byR)s, status) (
+              %(increase)s
+            )
+          )
+        ||| % (v + { increase: hour('bifrost_batch_finished_total{%(sel)s}') }),
+      },
+      {
+        // Batches that reached failed or expired during the last hour, by failure code.
+        record: $.names.failures,
+        expr: |||
+          max by (%(by)s, status, code) (
+            sum by (%(byR)s, status, code) (
+              %(increase)s
+            )
+          )
+        ||| % (v + { increase: hour('bifrost_batch_failures_total{%(sel)s}') }),
+      },
+      {
+        // Requests of the batches that finished during the last hour, by outcome.
+        record: $.names.finishedRequests,
+        expr: |||
+          max by (%(by)s, outcome) (
+            sum by (%(byR)s, outcome) (
+              %(increase)s
+            )
+          )
+        ||| % (v + { increase: hour('bifrost_batch_finished_requests_total{%(sel)s}') }),
       },
       {
         // Failed / all requests of the batches that finished during the last hour, 0..1 (absent without any).
         record: $.names.failureRatio,
         expr: |||
           max by (%(by)s) (
-              sum by (%(byR)s) (increase(bifrost_batch_finished_requests_total{%(sel)s, outcome="failed"}[1h]))
+              sum by (%(byR)s) (
+                %(failed)s
+              )
             /
-              (sum by (%(byR)s) (increase(bifrost_batch_finished_requests_total{%(sel)s}[1h])) > 0)
+              (
+                sum by (%(byR)s) (
+                  %(all)s
+                )
+                > 0
+              )
           )
-        ||| % v,
+        ||| % (v + {
+          failed: lib.indent(hour('bifrost_batch_finished_requests_total{%(sel)s, outcome="failed"}'), 2),
+          all: lib.indent(hour('bifrost_batch_finished_requests_total{%(sel)s}'), 4),
+        }),
       },
       {
         // Active batches projected to miss their expiry, and their pending requests.
