@@ -223,10 +223,13 @@ class Routes:
         current: Callable[[], Rendered],
         healthy: Callable[[], bool],
         guard: Guard | None = None,
+        *,
+        metrics_path: str = "/metrics",
     ) -> None:
         self._current = current
         self._healthy = healthy
         self.guard = guard
+        self.metrics_path = metrics_path  # --web.telemetry-path
 
     def handle(
         self, method: str, target: str, headers: Mapping[str, str], peer: str = ""
@@ -264,7 +267,7 @@ class Routes:
         if path == "/healthz":
             return Response(200, b"ok\n") if self._healthy() else _plain(HTTPStatus.SERVICE_UNAVAILABLE)
         rendered = self._current()
-        if path == "/metrics":
+        if path == self.metrics_path:
             openmetrics, use_gzip = negotiate(headers.get("accept"), headers.get("accept-encoding"))
             if openmetrics:
                 body = rendered.openmetrics_gzip if use_gzip else rendered.openmetrics

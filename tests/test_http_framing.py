@@ -271,3 +271,11 @@ def test_keep_alive_idle_and_header_deadlines() -> None:
         with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as sock:
             sock.sendall(b"GET /metrics HTTP/1.1\r\nHo")  # never finishes its head
             assert sock.recv(1) == b""
+
+
+def test_metrics_path_is_configurable() -> None:
+    """--web.telemetry-path: the exposition moves, /metrics is then just another unknown path."""
+    routes = Routes(lambda: rendered(b"up 1\n"), lambda: True, metrics_path="/exporter/metrics")
+    moved = routes.serve("/exporter/metrics", {})
+    assert moved.status == 200 and moved.body == b"up 1\n"
+    assert routes.serve("/metrics", {}).status == 404
