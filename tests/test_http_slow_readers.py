@@ -209,3 +209,40 @@ def test_a_slow_but_reading_client_gets_all_of_a_large_body() -> None:
                 time.sleep(0.002)  # a slow reader: well over a second for the whole body
         assert received.endswith(body)
         assert time.monotonic() - started > 0.3  # the transfer really outlasted the header and idle deadlines
+
+
+def test_buffered_bytes_across_connections_are_capped() -> None:
+    """Non-readers together never hold more than max_buffered in send buffers; a writer over the cap waits its turn
+    (here: until the non-readers are dropped at the write timeout), then gets its response whole."""
+    from tests.test_http_framing import ServerThread
+
+    body = exposition(8 * MIB)
+    chunk = 128 * 1024
+    with ServerThread(body, write_chunk=chunk, max_buffered=3 * chunk, write_timeout=2.0) as srv:
+        peak = waited = 0
+
+        def buffered() -> int:
+            nonlocal peak, waited
+
+            async def read() -> tuple[int, int]:
+                return srv.server.buffered, len(srv.server._waiting)
+
+            value, waiting = srv.call(read())
+            peak, waited = max(peak, value), max(waited, waiting)
+            return value
+
+        socks = [non_reader(srv.port, "keep-alive") for _ in range(8)]
+        try:
+            wait_until(lambda: buffered() >= 2 * chunk, timeout=5)  # the non-readers fill what the cap allows
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=15) as sock:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                received = b""
+                while chunk_in := sock.recv(1 << 20):
+                    received += chunk_in
+                    buffered()
+            assert received.endswith(body)
+        finally:
+            for sock in socks:
+                sock.close()
+        assert peak <= 3 * chunk + 64 * 1024, f"{peak} bytes buffered, cap {3 * chunk}"
+        assert waited > 0, "some writer should have waited for the cap"
