@@ -4,7 +4,7 @@ It only ever serves bytes that were rendered before the request arrived, so a sc
 lookup and a few socket writes. It is deliberately strict, because an exporter is reachable by anything on the
 network:
 
-- request heads are parsed per RFC 9112 and anything ambiguous (a bare CR or LF, obs-fold, any Content-Length but
+- request heads are parsed per RFC 9112 (`http1.py`) and anything ambiguous (a bare CR or LF, obs-fold, any Content-Length but
   one "0", any Transfer-Encoding, a missing or repeated Host) is answered 400 and the connection closed, so no
   proxy in front can read a request boundary differently from us (request smuggling);
 - a response is handed to the socket in chunks as the client reads it, never copied whole into a buffer: a client
@@ -27,7 +27,21 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Protocol
 
+from .http1 import Request, framing_error, parse_head
 from .render import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Rendered
+
+__all__ = [
+    "FixedTls",
+    "Guard",
+    "HttpServer",
+    "Request",
+    "Response",
+    "Routes",
+    "TlsSource",
+    "framing_error",
+    "negotiate",
+    "parse_head",
+]
 
 MAX_HEAD_BYTES = 16 * 1024
 HEADER_TIMEOUT = 10.0
@@ -40,10 +54,6 @@ WRITE_CHUNK = 128 * 1024
 MAX_BUFFERED_BYTES = 64 * 1024 * 1024
 TLS_RECORD_TYPE_HANDSHAKE = 0x16
 
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-# Field values: visible ASCII, obs-text, SP and HTAB; every other control byte (NUL, CR, LF, DEL, ...) is refused.
-_FIELD_VALUE = frozenset(range(0x20, 0x7F)) | frozenset(range(0x80, 0x100)) | {0x09}
-_TARGET = frozenset(range(0x21, 0x7F))  # request-target: visible ASCII, no spaces, no controls, no raw UTF-8
 _HTTP_TO_HTTPS = b"Client sent an HTTP request to an HTTPS server.\n"
 
 
@@ -127,89 +137,6 @@ class Response:
 
 def _plain(status: HTTPStatus, extra: tuple[tuple[str, str], ...] = ()) -> Response:
     return Response(status.value, f"{status.value} {status.phrase}\n".encode(), headers=extra)
-
-
-# --- request heads (RFC 9112) --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    method: str
-    target: str
-    version: str
-    headers: Mapping[str, str]  # lower-cased names; repeated fields joined with ", "
-
-    @property
-    def keep_alive(self) -> bool:
-        connection = self.headers.get("connection", "").lower()
-        if self.version == "HTTP/1.1":
-            return "close" not in connection
-        return "keep-alive" in connection
-
-
-def framing_error(data: bytes | bytearray) -> HTTPStatus | None:
-    """A refusal for bytes of a head that no valid request could start with, before the head is complete.
-
-    Looks only at what can be judged early: line endings (a bare CR or LF ends the connection at once, however
-    long the rest takes to arrive) and the method token (a TLS ClientHello or binary junk on the plain port is
-    answered 400 now instead of after the header timeout).
-    """
-    if data.count(b"\n") != data.count(b"\r\n"):
-        return HTTPStatus.BAD_REQUEST
-    crs = data.count(b"\r") - data.count(b"\r\n")
-    if crs > 1 or (crs == 1 and not data.endswith(b"\r")):
-        return HTTPStatus.BAD_REQUEST
-    for byte in data[:32]:
-        if byte == 0x20:
-            break
-        if byte not in _TCHAR:
-            return HTTPStatus.BAD_REQUEST
-    return None
-
-
-def parse_head(head: bytes) -> Request | HTTPStatus:
-    """A request from its head (without the final CRLF CRLF), or the status to refuse it with.
-
-    Everything RFC 9112 lets a server reject is rejected, since we serve no request that needs any of it: we take no
-    request bodies, so any Content-Length other than a single "0" and any Transfer-Encoding is refused rather than
-    parsed, and the connection is closed after the answer (the caller closes on every refusal).
-    """
-    if framing_error(head) is not None:
-        return HTTPStatus.BAD_REQUEST
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or not parts[0] or not parts[1]:
-        return HTTPStatus.BAD_REQUEST
-    method, target, version = parts
-    if not all(b in _TCHAR for b in method) or not all(b in _TARGET for b in target):
-        return HTTPStatus.BAD_REQUEST
-    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
-        if len(version) == 8 and version.startswith(b"HTTP/") and version[5:6].isdigit():
-            return HTTPStatus.HTTP_VERSION_NOT_SUPPORTED
-        return HTTPStatus.BAD_REQUEST
-    headers: dict[str, str] = {}
-    counts: dict[str, int] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        # obs-fold (a line starting with SP/HTAB), whitespace before the colon, an empty or non-token name: 400.
-        if not sep or not name or not all(b in _TCHAR for b in name):
-            return HTTPStatus.BAD_REQUEST
-        value = value.strip(b" \t")
-        if not all(b in _FIELD_VALUE for b in value):
-            return HTTPStatus.BAD_REQUEST
-        key = name.decode("ascii").lower()
-        text = value.decode("latin-1")
-        counts[key] = counts.get(key, 0) + 1
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    if "transfer-encoding" in headers:
-        return HTTPStatus.BAD_REQUEST
-    if counts.get("content-length", 0) > 1 or headers.get("content-length", "0") != "0":
-        return HTTPStatus.BAD_REQUEST
-    if version == b"HTTP/1.1" and counts.get("host", 0) != 1:
-        return HTTPStatus.BAD_REQUEST  # RFC 9112 §3.2: exactly one Host, or 400
-    if counts.get("host", 0) > 1:
-        return HTTPStatus.BAD_REQUEST
-    return Request(method.decode("ascii"), target.decode("ascii"), version.decode("ascii"), headers)
 
 
 # --- routes --------------------------------------------------------------------------------------------------------

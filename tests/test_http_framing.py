@@ -18,8 +18,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from exporter.http1 import framing_error, parse_head
 from exporter.render import Rendered
-from exporter.server import Guard, HttpServer, Routes, TlsSource, framing_error, parse_head
+from exporter.server import Guard, HttpServer, Routes, TlsSource
 
 T = TypeVar("T")
 HEADER_TIMEOUT = 30.0  # far above the test's own socket timeout: any answer we get came at once
