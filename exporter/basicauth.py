@@ -117,6 +117,7 @@ class BasicAuth:
         self._queues: OrderedDict[str, deque[tuple[bytes, bytes, bytes]]] = OrderedDict()
         self._inflight: dict[bytes, asyncio.Future[int]] = {}
         self._running = False
+        self._closed = False
         self._executor: ThreadPoolExecutor | None = None
         self.bcrypt_checks = 0
         self.refused_over_budget = 0
@@ -166,7 +167,7 @@ class BasicAuth:
 
     def _next(self) -> None:
         """Start the next check: the oldest of the source that has waited longest (round-robin by source)."""
-        if self._running or not self._queues:
+        if self._running or self._closed or not self._queues:
             return
         source, queue = next(iter(self._queues.items()))
         digest, user, password = queue.popleft()
@@ -213,6 +214,13 @@ class BasicAuth:
         return ok
 
     def close(self) -> None:
+        """Retire this user set (a reload replaced it): checks still waiting are answered 401, none start."""
+        self._closed = True
+        self._queues.clear()
+        for future in self._inflight.values():
+            if not future.done():
+                future.set_result(UNAUTHORIZED)
+        self._inflight.clear()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
