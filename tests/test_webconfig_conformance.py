@@ -5,7 +5,7 @@ the same kind of file, the same kind of client, the same outcome (refused at sta
 refused, "HTTP response to HTTPS client"...). The configs and certificates are our own, made here (RSA, like the
 toolkit's, so its ECDHE-RSA cipher cases apply); bcrypt costs are kept small but distinct where the toolkit's
 differ. A row the toolkit has and we cannot share is marked not applicable with the reason; the summary line
-`conformance: N agree, M disagree, K not applicable` is printed at the end of the module. Four rows of our own
+`conformance: N agree, M disagree, K not applicable` is printed at the end of the module. Five rows of our own
 (`ours=True`) cover client-auth types the toolkit's tests do not reach and are not in that count.
 """
 
@@ -530,6 +530,15 @@ CASES: list[Case] = [
         lambda c: tls(c, client_auth_type="RequireAnyClientCert"),
         TLS_CLIENT,
         expect="tls_refused",
+        detail="CERTIFICATE_REQUIRED",  # the TLS 1.3 alert reaches the client
+        ours=True,
+    ),
+    Case(
+        "server: RequireAndVerifyClientCert, certificate from another CA",
+        lambda c: tls(c, client_auth_type="RequireAndVerifyClientCert", client_ca_file=str(c.client[0])),
+        Client(tls=True, cert="client2"),
+        expect="tls_refused",
+        detail="UNKNOWN_CA",
         ours=True,
     ),
     Case(
