@@ -193,7 +193,7 @@ async def _serve_until_term(server: asyncio.Server) -> None:
 
 
 async def _aiohttp(body: bytes, gzip: bool) -> None:
-    from aiohttp import web
+    from aiohttp import web  # type: ignore[import-not-found, unused-ignore]  # bench only: pip install aiohttp
 
     headers = dict(_headers(gzip))
 
