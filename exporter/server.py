@@ -246,7 +246,6 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "_buffer",
         "_busy",
-        "_close_after",
         "_closing",
         "_held",
         "_in_head",
@@ -270,7 +269,6 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         self._closing = False  # no more requests are read; the connection ends once the last response is out
-        self._close_after = False
         self._paused = False  # the transport has unsent bytes (the client is not keeping up)
         self._held = 0  # bytes this connection holds in its transport's buffer (counted in server.buffered)
         self._busy = False  # a response is being produced or sent; pipelined requests wait
