@@ -60,7 +60,9 @@ class Settings:
     @classmethod
     def from_mixin(cls, path: Path = MIXIN) -> Settings:
         snippet = f"local m = import {json.dumps(str(path))}; {{config: m._config, records: m.recordNames}}"
-        out: dict[str, Any] = json.loads(_jsonnet.evaluate_snippet("dashboard", snippet))
+        # A user's mixin file may import this one as jsonnet-bundler vendors it (vendor/ next to the file).
+        search = [str(path.parent / "vendor"), str(path.parent)]
+        out: dict[str, Any] = json.loads(_jsonnet.evaluate_snippet("dashboard", snippet, jpathdir=search))
         config = out["config"]
         return cls(
             selector=config["selector"],
@@ -324,23 +326,21 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
             dashboard_builder.DatasourceVariable("datasource").label("Data source").type("prometheus")
         )
     )
-    for label in s.group_labels:
+    # Each variable's values are narrowed by the ones before it (a namespace list for the chosen cluster, …).
+    chosen: list[str] = []
+    for label in [*s.group_labels, "provider"]:
+        matchers = ", ".join([s.selector, *(f'{c}=~"${c}"' for c in chosen)])
         builder = builder.with_variable(
             _variable(
                 label,
                 label.capitalize(),
-                f"The {label} label of the exporter's targets (empty matches all)",
-                f"label_values(bifrost_batch_exporter_up{{{s.selector}}}, {label})",
+                "Bifrost provider ids polled by the exporter"
+                if label == "provider"
+                else f"The {label} label of the exporter's targets (empty matches all)",
+                f"label_values(bifrost_batch_exporter_up{{{matchers}}}, {label})",
             )
         )
-    builder = builder.with_variable(
-        _variable(
-            "provider",
-            "Provider",
-            "Bifrost provider ids polled by the exporter",
-            f"label_values(bifrost_batch_exporter_up{{{s.selector}}}, provider)",
-        )
-    )
+        chosen.append(label)
     for label in s.metadata_labels:
         builder = builder.with_variable(
             _variable(

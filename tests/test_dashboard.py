@@ -205,6 +205,7 @@ def test_variables_datasource_group_labels_and_provider() -> None:
     datasource = variables["datasource"]
     assert datasource["type"] == "datasource"
     assert datasource["query"] == "prometheus"
+    chosen: list[str] = []
     for name in [*GROUP_VARIABLES, "provider"]:
         variable = variables[name]
         assert variable["type"] == "query"
@@ -212,7 +213,9 @@ def test_variables_datasource_group_labels_and_provider() -> None:
         assert variable["includeAll"] is True
         assert variable["allValue"] == ".*"
         assert variable["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
-        assert variable["query"] == f"label_values(bifrost_batch_exporter_up{{{SELECTOR}}}, {name})"
+        narrowed = "".join(f', {c}=~"${c}"' for c in chosen)  # each list narrowed by the choices before it
+        assert variable["query"] == f"label_values(bifrost_batch_exporter_up{{{SELECTOR}{narrowed}}}, {name})"
+        chosen.append(name)
 
 
 def test_settings_come_from_the_mixin() -> None:
