@@ -575,7 +575,7 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
                 "Stage durations by provider (p50, p90)",
                 "Where batch time goes, for the batches that finished in the preceding hour: queued (created → "
                 "in_progress), processing (in_progress → finalizing or end), finalizing (finalizing → completed). "
-                "A provider shows only the stages whose timestamps it fills (README, stage table).",
+                "A provider shows only the stages whose timestamps it fills (docs/providers.md, stage timestamps).",
                 "s",
                 [
                     Target(
