@@ -87,6 +87,7 @@ class Result:
     freshness: list[float] = field(default_factory=list)
     misses: int = 0
     polls: int = 0
+    longest_poll: float = 0.0  # simulated seconds
 
 
 def build_gateway(providers: tuple[str, ...], total: int, seed: int, clock: SimClock) -> Gateway:
@@ -202,6 +203,7 @@ async def run(mode: Mode, providers: tuple[str, ...], total: int, cycles: int, s
                     resynced[p] = state.ledger.last_resync
                     continue
                 result.polls += 1
+                result.longest_poll = max(result.longest_poll, ends[p] - start)
                 lists, retrieves = lists + dl, retrieves + dr
                 if mode == "incremental" and state.ledger.last_resync != resynced[p]:
                     result.resync_cycle_requests += dl + dr
@@ -321,13 +323,14 @@ def main() -> int:
         )
         fresh = sorted(incremental.freshness)
         worst = fresh[-1] if fresh else float("inf")
+        bound = interval + incremental.longest_poll
         report.check(
             "incremental freshness, worst vs poll interval",
             worst / interval,
-            "≤ 1 interval + the poll's own duration",
-            incremental.misses == 0,
-            f"median {statistics.median(fresh):.1f} s, worst {worst:.1f} s at a {interval:g} s interval; "
-            f"{incremental.misses} polls not showing the gateway",
+            "≤ 1 interval + the longest poll",
+            incremental.misses == 0 and worst <= bound,
+            f"median {statistics.median(fresh):.1f} s, worst {worst:.1f} s at a {interval:g} s interval "
+            f"(longest poll {incremental.longest_poll:.1f} s); {incremental.misses} polls not showing the gateway",
         )
     report.finish(args.json, started)
     return 0
