@@ -350,6 +350,34 @@ def test_full_mode_with_the_same_max_pages_truncates() -> None:
     assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="max_pages") == 1
 
 
+def test_a_provider_whose_cursor_the_gateway_ignores_keeps_its_known_batches_by_retrieve() -> None:
+    """Anthropic through /v1/batches: every `after=` answers page 1 again, so only page 1 can be listed. A batch
+    seen there while new stays known when newer ones push it down, and its end is still seen (by retrieve) and
+    counted; `full` mode loses it with page 1."""
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="anthropic")
+    with (
+        gateway(clock, spec) as sim,
+        exporter(sim, clock) as inc,
+        exporter(sim, clock, poll_mode="full") as full,
+    ):
+        sim.add_batch(P, batch_id="old", status="in_progress", created_at=START - 100)
+        for exp in (inc, full):
+            exp.poll(P)
+            assert count(exp.samples(), "in_progress") == 1
+        clock.advance(INTERVAL)
+        for i in range(2):  # a full page of newer batches: "old" is on page 2 now
+            sim.add_batch(P, batch_id=f"new{i}", status="in_progress", created_at=START + i)
+        sim.set_status(P, "old", "ended")
+        for exp in (inc, full):
+            exp.poll(P)
+        s, f = inc.samples(), full.samples()
+        assert count(s, "ended") == 1
+        assert value(s, "bifrost_batch_finished_total", provider=P, status="ended") == 1
+        assert count(f, "ended") == 0
+        assert value(f, "bifrost_batch_exporter_truncated", provider=P) == 1
+
+
 # ---- faults, both modes --------------------------------------------------------------------------------------------
 
 MODES = ["incremental", "full"]
