@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +23,7 @@ from exporter.simulator import (
     TERMINAL_STATUSES,
     ProviderSpec,
     Simulator,
+    build_script,
     decode_cursor,
     encode_cursor,
     generate_batches,
@@ -756,6 +758,67 @@ def test_response_extra_fields_by_style(clock: FakeClock, cache_debug: bool) -> 
     for d in debug:
         assert d["hit_type"] in ("direct", "semantic", None)
         assert ("similarity" in d) == (d["hit_type"] == "semantic")
+
+
+# ---- scripted scenarios -------------------------------------------------------------------------------------
+
+
+SCRIPT_PROVIDERS = (
+    ProviderSpec("openai", flavor="openai", keys=3, empty_keys=(0,), shared_account=True),
+    ProviderSpec("azure", style="legacy", flavor="azure"),
+    ProviderSpec("anthropic", flavor="anthropic"),
+)
+
+
+def test_script_ground_truth_is_what_the_gateway_ends_with(clock: FakeClock) -> None:
+    """The ground truth a chaos test holds an exporter to is what the gateway really shows at the end, and
+    nothing of it has happened when the script starts."""
+    sim = Simulator(
+        providers=SCRIPT_PROVIDERS, clock=clock, initial_batches=0, troubled=False, arrivals=False
+    )
+    script = build_script(SCRIPT_PROVIDERS, seed=9, batches=45, duration=60.0, first_finish=5.0)
+    start = sim.play(script)
+    assert start == T0
+    everything = [b for p in SCRIPT_PROVIDERS for b in sim.batches(p.name)]
+    assert len(everything) == 45
+    assert not {b["status"] for b in everything} & TERMINAL_STATUSES
+    clock.advance(30)
+    sim.tick()
+    midway = sum(b["status"] in TERMINAL_STATUSES for p in SCRIPT_PROVIDERS for b in sim.batches(p.name))
+    assert midway == sum(1 for offset, _, _ in script.finish_times() if offset <= 30)
+    clock.advance(31)
+    sim.tick()
+    shown = Counter(
+        (p.name, "cancelled" if b["status"] == "canceled" else b["status"])
+        for p in SCRIPT_PROVIDERS
+        for b in sim.batches(p.name)
+    )
+    assert shown == script.finished()
+    codes: Counter[tuple[str, str, str]] = Counter()
+    for p in SCRIPT_PROVIDERS:
+        for b in sim.batches(p.name):
+            if b["status"] in ("failed", "expired"):
+                for e in (b.get("errors") or {}).get("data") or [{"code": "none"}]:
+                    codes[(p.name, b["status"], e["code"])] += 1
+    assert codes == script.failures()
+    assert set(script.finished()) >= {("anthropic", "ended"), ("openai", "completed"), ("azure", "failed")}
+    assert script == build_script(SCRIPT_PROVIDERS, seed=9, batches=45, duration=60.0, first_finish=5.0)
+    assert all(5.0 <= b.finish <= 60.0 for b in script.batches)
+    expired = [b for b in script.batches if b.outcome == "expired"]
+    assert all(b.created == b.finish - 86_400 for b in expired)  # they expire at the end of their window
+
+
+def test_play_needs_a_lifecycle_and_arrivals_off_keeps_the_script_alone(clock: FakeClock) -> None:
+    script = build_script(SCRIPT_PROVIDERS, seed=1, batches=3, duration=10.0)
+    with pytest.raises(ValueError):
+        Simulator(providers=SCRIPT_PROVIDERS, lifecycle=False, clock=clock).play(script)
+    sim = Simulator(
+        providers=SCRIPT_PROVIDERS, clock=clock, initial_batches=0, troubled=False, arrivals=False
+    )
+    sim.play(script)
+    clock.advance(3600)
+    sim.tick()
+    assert sum(len(sim.batches(p.name)) for p in SCRIPT_PROVIDERS) == 3
 
 
 # ---- helpers for other suites --------------------------------------------------------------------------------

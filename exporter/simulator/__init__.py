@@ -6,7 +6,8 @@ upstream defects), without network access or a Go toolchain. Everything is stdli
 wherever the package runs, and time comes from an injected clock so lifecycles are deterministic under test.
 
 Modules, one job each: ``flavors`` (each provider's batch shape), ``store`` (batches and paging indexes),
-``lifecycle`` (planned lives played against the clock), ``faults`` (injected failures), ``wire`` (cursors and
+``lifecycle`` (planned lives played against the clock), ``scenario`` (scripted scenarios with a known ground
+truth), ``faults`` (injected failures), ``wire`` (cursors and
 bodies as Bifrost encodes them), ``gateway`` (the HTTP API), ``control`` (the ``/_sim/`` API), ``server``
 (socket plumbing), ``world`` (shared state), ``core`` (the ``Simulator`` facade), ``cli``.
 """
@@ -15,6 +16,7 @@ from .core import Simulator
 from .faults import FAULTS
 from .flavors import ACTIVE_STATUSES, DEFAULT_PROVIDERS, TERMINAL_STATUSES, ProviderSpec
 from .lifecycle import Clock, generate_batches
+from .scenario import Script, ScriptedBatch, build_script
 from .wire import decode_cursor, encode_cursor, list_page_bytes
 
 __all__ = [
@@ -24,7 +26,10 @@ __all__ = [
     "TERMINAL_STATUSES",
     "Clock",
     "ProviderSpec",
+    "Script",
+    "ScriptedBatch",
     "Simulator",
+    "build_script",
     "decode_cursor",
     "encode_cursor",
     "generate_batches",

@@ -27,6 +27,7 @@ from .flavors import (
 )
 from .gateway import Gateway
 from .lifecycle import Clock
+from .scenario import Script
 from .server import HttpServer
 from .store import ProviderState
 from .wire import copy_json
@@ -59,9 +60,11 @@ class Simulator:
         raw_header: RawHeader = "honoured",
         retention_seconds: float | None = None,
         troubled: bool = True,
+        arrivals: bool = True,
     ) -> None:
         """`lifecycle` moves batches in (injected) time; without it the store is static and tests build exact
-        scenarios with add_batch. With the lifecycle on, `troubled` adds to each provider with request counts a
+        scenarios with add_batch. With the lifecycle on, new batches arrive every 10-30 s unless `arrivals` is
+        False (a scripted scenario plays alone), and `troubled` adds to each provider with request counts a
         batch that falls behind and one that never starts (the early-warning demo); `retention_seconds` makes
         finished batches disappear that long after their end. `send_back_raw_response` is the providers' echo
         config; `raw_header` how the per-request header overrides it (see gateway). `cache_debug` invents semantic-cache debug data,
@@ -100,7 +103,8 @@ class Simulator:
                         self._world.lifecycle.seed(state, initial_batches, now)
                         if troubled:
                             self._world.lifecycle.seed_troubled(state, now)
-                        state.next_create = now + state.rng.uniform(10, 30)
+                        if arrivals:
+                            state.next_create = now + state.rng.uniform(10, 30)
                     self._world.lifecycle.advance(state, now)
 
     # ---- server lifecycle --------------------
@@ -303,6 +307,23 @@ class Simulator:
                 if state.spec.supported:
                     self._world.lifecycle.seed(state, self._initial_batches if n is None else n, now)
                     self._world.lifecycle.advance(state, now)
+
+    def play(self, script: Script, start: float | None = None) -> float:
+        """Install a scripted scenario whose offsets count from `start` (default: now); its steps then happen
+        as the clock reaches them. Needs the lifecycle on. Returns the start used."""
+        if not self._world.lifecycle.enabled:
+            raise ValueError("play() needs a simulator with lifecycle=True")
+        at = self._clock() if start is None else start
+        with self._world.lock:
+            for b in script.batches:
+                state = self._world.provider(b.provider)
+                steps = [step._replace(t=step.t - b.created) for step in b.steps]
+                self._world.lifecycle.create(
+                    state, at + b.created, b.total, b.initial, steps, batch_id=b.batch_id, key=b.key
+                )
+            for state in self._world.providers.values():
+                self._world.lifecycle.advance(state, self._clock())
+        return at
 
     # ---- faults --------------------
 
