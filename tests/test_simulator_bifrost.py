@@ -1,0 +1,365 @@
+"""The simulator reproduces the real gateway's quirks, each as read in Bifrost's Go source (maximhq/bifrost), so
+that suites fail where a real deployment would misreport. One test per quirk; the file each comes from is named.
+The kind behaviour stays reachable only through explicit ProviderSpec/Simulator switches, tested here too."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from exporter.simulator import DEFAULT_PROVIDERS, ProviderSpec, Simulator
+
+T0 = 1_700_000_000.0
+NO_RAW = {"x-bf-send-back-raw-response": "false"}
+_SSL = ssl.create_default_context()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def sim(clock: FakeClock) -> Iterator[Simulator]:
+    with Simulator(lifecycle=False, clock=clock) as s:
+        yield s
+
+
+@pytest.fixture
+def client(sim: Simulator) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=sim.url, timeout=10, verify=_SSL) as c:
+        yield c
+
+
+def page(c: httpx.Client, provider: str, **params: Any) -> dict[str, Any]:
+    r = c.get("/v1/batches", params={"provider": provider, **params}, headers=NO_RAW)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+# ---- pagination: transports/bifrost-http/handlers/inference.go batchList fills only After (and BeforeID) ------
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "gemini", "bedrock"])
+def test_after_never_reaches_providers_that_read_another_field(
+    sim: Simulator, client: httpx.Client, provider: str
+) -> None:
+    """Anthropic reads AfterID, Gemini and Bedrock PageToken (core/providers/*/BatchList): every `after=` gets page
+    1 again with the same next_cursor."""
+    ids = [sim.add_batch(provider, created_at=int(T0) - i)["id"] for i in range(5)]
+    first = page(client, provider, limit=2)
+    assert [b["id"] for b in first["data"]] == ids[:2]
+    assert first["has_more"] is True
+    again = page(client, provider, limit=2, after=first["next_cursor"])
+    assert again["data"] == first["data"]
+    assert again["next_cursor"] == first["next_cursor"]
+    assert page(client, provider, limit=2, after="garbage")["data"] == first["data"]  # not even read
+
+
+def test_openai_reads_after_and_walks_every_key(sim: Simulator, client: httpx.Client) -> None:
+    ids = [sim.add_batch("openai", created_at=int(T0) - i)["id"] for i in range(5)]
+    seen: list[str] = []
+    body = page(client, "openai", limit=2)
+    cursors = []
+    while True:
+        seen += [b["id"] for b in body["data"]]
+        if not body.get("has_more"):
+            break
+        cursors.append(body["next_cursor"])
+        body = page(client, "openai", limit=2, after=body["next_cursor"])
+    assert sorted(seen) == sorted(ids * 2)  # keys 1 and 2 of one org list the same batches
+    assert len(cursors) == len(set(cursors))
+
+
+def test_after_ignored_false_is_the_kind_gateway_for_tests_that_need_paging(clock: FakeClock) -> None:
+    spec = ProviderSpec("anthropic", flavor="anthropic", after_ignored=False)
+    with Simulator(providers=[spec], lifecycle=False, clock=clock) as s, httpx.Client(base_url=s.url) as c:
+        ids = [s.add_batch("anthropic", created_at=int(T0) - i)["id"] for i in range(3)]
+        first = page(c, "anthropic", limit=2)
+        second = page(c, "anthropic", limit=2, after=first["next_cursor"])
+    assert [b["id"] for b in first["data"] + second["data"]] == ids
+
+
+def test_limit_above_the_providers_maximum_is_the_providers_400(sim: Simulator, client: httpx.Client) -> None:
+    """The gateway passes `limit` through; OpenAI refuses more than 100 (and the kind simulator capped at 1000)."""
+    sim.add_batch("openai")
+    assert (
+        client.get("/v1/batches", params={"provider": "openai", "limit": 100}, headers=NO_RAW).status_code
+        == 200
+    )
+    r = client.get("/v1/batches", params={"provider": "openai", "limit": 101})
+    assert r.status_code == 400
+    body = r.json()
+    assert body["is_bifrost_error"] is False
+    assert body["error"]["code"] == "integer_above_max_value"
+    assert body["extra_fields"]["provider"] == "openai"
+    maxima = {s.name: s.max_limit for s in DEFAULT_PROVIDERS if s.supported}
+    assert maxima == {
+        "openai": 100,
+        "azure": 100,
+        "anthropic": 1000,
+        "bedrock": 1000,
+        "gemini": 1000,
+        "vertex": None,
+    }
+
+
+# ---- shapes: core/schemas/batch.go and each provider's converter -----------------------------------------------
+
+
+def test_bedrock_lists_summaries_and_retrieve_is_richer(sim: Simulator, client: httpx.Client) -> None:
+    """core/providers/bedrock/batch.go: list summaries carry id, status, created_at; retrieve adds the S3 input and
+    output, expires_at and the job's EndTime as completed_at, whatever way it ended. No counts either way."""
+    b = sim.add_batch("bedrock", status="failed", created_at=int(T0) - 600)
+    item = page(client, "bedrock")["data"][0]
+    assert item == {
+        "id": b["id"],
+        "object": "batch",
+        "status": "failed",
+        "request_counts": {"total": 0, "completed": 0, "failed": 0},
+        "created_at": int(T0) - 600,
+    }
+    got = client.get(f"/v1/batches/{b['id']}", params={"provider": "bedrock"}, headers=NO_RAW).json()
+    assert got["completed_at"] == int(T0)  # EndTime, although the job failed
+    assert "failed_at" not in got
+    assert got["expires_at"] == int(T0) - 600 + 86_400
+    assert got["input_file_id"].startswith("s3://")
+    assert got["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
+    assert got["extra_fields"]["request_type"] == "batch_retrieve"
+
+
+def test_gemini_lists_summaries_and_retrieve_counts_processed_as_completed(
+    sim: Simulator, client: httpx.Client
+) -> None:
+    """core/providers/gemini: list items id, status, created_at, operation_name; retrieve adds done and counts from
+    batchStats where `completed` = total − pending (successes and failures) and `failed` = completed − succeeded."""
+    counts = {"total": 10, "completed": 6, "failed": 2}
+    b = sim.add_batch("gemini", status="in_progress", created_at=int(T0) - 60, request_counts=counts)
+    item = page(client, "gemini")["data"][0]
+    assert set(item) == {
+        "id",
+        "object",
+        "status",
+        "request_counts",
+        "created_at",
+        "operation_name",
+        "extra_fields",
+    }
+    assert item["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
+    got = client.get(f"/v1/batches/{b['id']}", params={"provider": "gemini"}).json()
+    assert got["request_counts"] == {"total": 10, "completed": 8, "failed": 2, "succeeded": 6, "pending": 2}
+    assert got["done"] is False
+    assert got["operation_name"] == b["id"]
+    assert "expires_at" not in got and "in_progress_at" not in got
+
+
+def test_sparse_items_false_keeps_full_list_items_for_old_tests(clock: FakeClock) -> None:
+    spec = ProviderSpec("gemini", flavor="gemini", sparse_items=False)
+    with Simulator(providers=[spec], lifecycle=False, clock=clock) as s, httpx.Client(base_url=s.url) as c:
+        s.add_batch("gemini", request_counts={"total": 10, "completed": 1, "failed": 0}, progress=40)
+        item = page(c, "gemini")["data"][0]
+    assert item["request_counts"]["total"] == 10
+    assert item["progress"] == 40
+
+
+def test_retrieve_is_the_list_item_for_openai_shaped_and_anthropic(
+    sim: Simulator, client: httpx.Client
+) -> None:
+    for provider in ("openai", "azure", "anthropic"):
+        b = sim.add_batch(provider, status="in_progress")
+        params: dict[str, Any] = {"limit": 100}
+        if provider == "openai":
+            params["after"] = _key1()
+        listed = next(i for i in page(client, provider, **params)["data"] if i["id"] == b["id"])
+        got = client.get(f"/v1/batches/{b['id']}", params={"provider": provider}, headers=NO_RAW).json()
+        assert {k: v for k, v in got.items() if k != "extra_fields"} == {
+            k: v for k, v in listed.items() if k != "extra_fields"
+        }, provider
+        assert got["extra_fields"]["request_type"] == "batch_retrieve"
+
+
+@pytest.mark.parametrize(
+    ("provider", "expected"),
+    [
+        ("openai", {"type": "invalid_request_error", "message": "No batch found with id 'gone'."}),
+        ("anthropic", {"type": "not_found_error", "message": "Not found"}),
+        ("gemini", {"message": "Requested entity was not found."}),
+        ("bedrock", {"message": "Could not find job gone"}),
+    ],
+)
+def test_unknown_or_deleted_batch_is_the_providers_404(
+    sim: Simulator, client: httpx.Client, provider: str, expected: dict[str, str]
+) -> None:
+    """Retrieve tries each key and returns the provider's own error (is_bifrost_error false, status kept)."""
+    r = client.get("/v1/batches/gone", params={"provider": provider})
+    assert r.status_code == 404
+    assert r.json() == {
+        "is_bifrost_error": False,
+        "status_code": 404,
+        "error": expected,
+        "extra_fields": {"provider": provider, "request_type": "batch_retrieve"},
+    }
+    b = sim.add_batch(provider)
+    sim.delete(provider, b["id"])
+    assert client.get(f"/v1/batches/{b['id']}", params={"provider": provider}).status_code == 404
+
+
+def test_lifecycle_statuses_follow_each_provider(clock: FakeClock) -> None:
+    """Anthropic: in_progress/cancelling/ended only; Bedrock and Gemini never finalize (no such state); Gemini
+    never validates (PENDING is in_progress); Vertex's queued arrives as validating."""
+    s = Simulator(clock=clock, seed=5, initial_batches=200, max_batches=1000, troubled=False)
+    statuses = {p: {b["status"] for b in s.batches(p)} for p in ("anthropic", "bedrock", "gemini", "vertex")}
+    assert statuses["anthropic"] <= {"in_progress", "cancelling", "ended"}
+    assert "ended" in statuses["anthropic"]
+    assert "finalizing" not in statuses["bedrock"] | statuses["gemini"]
+    assert "validating" not in statuses["gemini"]
+    assert {"failed", "expired", "cancelled", "completed"} <= statuses["bedrock"]
+    assert not any(x.startswith("JOB_STATE") for x in statuses["vertex"])
+
+
+# ---- raw-response echo: transports/bifrost-http/lib/ctx.go, core/providers/utils ShouldSendBackRawResponse ------
+
+
+def test_raw_response_is_echoed_on_every_item_unless_the_client_says_false(
+    sim: Simulator, client: httpx.Client
+) -> None:
+    ids = [sim.add_batch("openai", created_at=int(T0) - i)["id"] for i in range(3)]
+    echoed = client.get("/v1/batches", params={"provider": "openai", "limit": 5, "after": _key1()}).json()
+    assert [i["id"] for i in echoed["data"]] == ids
+    raws = [i["extra_fields"]["raw_response"] for i in echoed["data"]]
+    assert all(raw == raws[0] for raw in raws)  # the whole raw page, once per item
+    assert [b["id"] for b in raws[0]["data"]] == ids
+    quiet = page(client, "openai", limit=5, after=_key1())
+    assert all("raw_response" not in i["extra_fields"] for i in quiet["data"])
+    got = client.get(f"/v1/batches/{ids[0]}", params={"provider": "openai"}).json()
+    assert got["extra_fields"]["raw_response"]["id"] == ids[0]
+    log = sim.request_log()
+    assert [e["raw_response_header"] for e in log[-3:]] == [None, "false", None]
+
+
+def test_older_transports_let_the_header_only_turn_echo_on(clock: FakeClock) -> None:
+    with (
+        Simulator(lifecycle=False, clock=clock, raw_header="promote_only") as s,
+        httpx.Client(base_url=s.url) as c,
+    ):
+        s.add_batch("azure")
+        body = c.get("/v1/batches", params={"provider": "azure"}, headers=NO_RAW).json()
+    assert "raw_response" in body["data"][0]["extra_fields"]  # `false` cannot silence a configured provider
+    with (
+        Simulator(lifecycle=False, clock=clock, send_back_raw_response=False) as s,
+        httpx.Client(base_url=s.url) as c,
+    ):
+        s.add_batch("azure")
+        plain = c.get("/v1/batches", params={"provider": "azure"}).json()
+        asked = c.get(
+            "/v1/batches", params={"provider": "azure"}, headers={"x-bf-send-back-raw-response": "true"}
+        )
+    assert "raw_response" not in plain["data"][0]["extra_fields"]
+    assert "raw_response" in asked.json()["data"][0]["extra_fields"]
+
+
+def _key1() -> str:
+    from exporter.simulator import encode_cursor
+
+    return encode_cursor(1, None)  # key 0 of the default openai is an empty project
+
+
+# ---- errors: the gateway's refusals vs the provider's ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("style", "status"), [("cursor", 400), ("legacy", 500)])
+def test_no_batch_enabled_keys(clock: FakeClock, style: str, status: int) -> None:
+    """core's newBifrostErrorFromMsg is not a Bifrost error and has no status: newer transports send it as 400,
+    older ones sent every status-less error as 500 (handlers/utils.go SendBifrostError)."""
+    spec = ProviderSpec("openai", style=style, batch_keys=False)  # type: ignore[arg-type]
+    with Simulator(providers=[spec], lifecycle=False, clock=clock) as s, httpx.Client(base_url=s.url) as c:
+        listed = c.get("/v1/batches", params={"provider": "openai"})
+        got = c.get("/v1/batches/batch_x", params={"provider": "openai"})
+    for r in (listed, got):
+        assert r.status_code == status
+        assert r.json() == {"is_bifrost_error": False, "error": {"message": "no batch-enabled keys found"}}
+
+
+def test_faults_can_target_retrieve_and_one_batch(sim: Simulator, client: httpx.Client) -> None:
+    a, b = sim.add_batch("openai")["id"], sim.add_batch("openai")["id"]
+    sim.set_fault("server_error", provider="openai", endpoint="retrieve", batch_id=a)
+    assert client.get(f"/v1/batches/{a}", params={"provider": "openai"}).status_code == 500
+    assert client.get(f"/v1/batches/{b}", params={"provider": "openai"}).status_code == 200
+    assert client.get("/v1/batches", params={"provider": "openai"}, headers=NO_RAW).status_code == 200
+    sim.set_fault("upstream_auth", provider="openai", endpoint="any", times=2)
+    assert client.get(f"/v1/batches/{b}", params={"provider": "openai"}).json()["extra_fields"] == {
+        "provider": "openai",
+        "request_type": "batch_retrieve",
+    }
+    assert client.get("/v1/batches", params={"provider": "openai"}).status_code == 401
+    with pytest.raises(ValueError):
+        sim.set_fault("server_error", endpoint="nowhere")
+
+
+# ---- lifecycle options ----------------------------------------------------------------------------------------
+
+
+def test_retention_deletes_finished_batches(clock: FakeClock) -> None:
+    s = Simulator(
+        clock=clock, seed=3, initial_batches=0, troubled=False, arrivals=False, retention_seconds=60
+    )
+    from exporter.simulator import build_script
+
+    spec = next(p for p in s.providers if p.name == "openai")
+    script = build_script([spec], seed=2, batches=5, duration=30.0)
+    s.play(script)
+    clock.now += 31
+    s.tick()
+    assert len(s.batches("openai")) == 5
+    clock.now += 60
+    s.tick()
+    assert s.batches("openai") == []
+
+
+def test_troubled_batches_put_the_at_risk_rule_to_work(clock: FakeClock) -> None:
+    """The demo's default scenario: per provider with counts, one batch that cannot finish in its window by a linear
+    projection, and one that never starts and crosses half its window two minutes in (the contract's rule)."""
+    s = Simulator(clock=clock, seed=1, initial_batches=0, arrivals=False)
+    for provider in ("openai", "azure", "anthropic", "vertex"):
+        behind = next(b for b in s.batches(provider) if b["request_counts"]["total"] == 20_000)
+        assert _at_risk(behind, T0)
+        idle = next(b for b in s.batches(provider) if b["request_counts"]["total"] == 500)
+        assert not _at_risk(idle, T0)
+        assert _at_risk(idle, T0 + 121)
+    assert not [b for b in s.batches("bedrock") + s.batches("gemini")]  # no counts there: nothing to project
+    clock.now += 3600
+    s.tick()
+    behind = next(b for b in s.batches("openai") if b["request_counts"]["total"] == 20_000)
+    assert behind["status"] == "in_progress"
+    assert _done(behind) > 3000  # still creeping on
+    assert _at_risk(behind, clock.now)
+
+
+def _done(batch: dict[str, Any]) -> int:
+    counts = batch["request_counts"]
+    return int(counts.get("completed", 0)) + int(counts.get("failed", 0))
+
+
+def _at_risk(batch: dict[str, Any], now: float) -> bool:
+    """metrics-contract.md "Early warning": a linear projection of done requests, or no progress past half the
+    window (risk_no_progress_fraction 0.5)."""
+    total = batch["request_counts"]["total"]
+    done = _done(batch)
+    start = batch.get("in_progress_at") or batch["created_at"]
+    if done == 0:
+        return bool(now - batch["created_at"] >= 0.5 * (batch["expires_at"] - batch["created_at"]))
+    projected = now + (total - done) * (now - start) / done
+    return bool(projected > batch["expires_at"])
