@@ -293,6 +293,17 @@ def test_no_batch_enabled_keys(clock: FakeClock, style: str, status: int) -> Non
         assert r.json() == {"is_bifrost_error": False, "error": {"message": "no batch-enabled keys found"}}
 
 
+def test_gemini_hides_a_missing_list_endpoint_as_an_empty_list(sim: Simulator, client: httpx.Client) -> None:
+    """core/providers/gemini batchListByKey: an upstream 404/405 becomes an empty list; others keep the 404."""
+    sim.add_batch("gemini")
+    sim.add_batch("bedrock")
+    sim.set_fault("list_unavailable")
+    hidden = page(client, "gemini")
+    assert hidden["data"] == []
+    assert "has_more" not in hidden
+    assert client.get("/v1/batches", params={"provider": "bedrock"}).status_code == 404
+
+
 def test_faults_can_target_retrieve_and_one_batch(sim: Simulator, client: httpx.Client) -> None:
     a, b = sim.add_batch("openai")["id"], sim.add_batch("openai")["id"]
     sim.set_fault("server_error", provider="openai", endpoint="retrieve", batch_id=a)

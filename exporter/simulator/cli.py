@@ -24,6 +24,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--virtual-key", default=None)
     parser.add_argument("--basic-auth", default=None, metavar="USER:PASS")
     parser.add_argument("--page-delay", type=float, default=0.0, metavar="S")
+    parser.add_argument(
+        "--cache-debug",
+        action="store_true",
+        help="invent semantic-cache debug data (real Bifrost never sets it on batch responses)",
+    )
+    parser.add_argument(
+        "--no-raw-response", action="store_true", help="providers not configured to echo raw responses"
+    )
+    parser.add_argument(
+        "--retention-seconds", type=float, default=None, metavar="S", help="drop finished batches after S"
+    )
+    parser.add_argument(
+        "--no-troubled", action="store_true", help="without the demo's late and never-starting batches"
+    )
     args = parser.parse_args(argv)
     basic: tuple[str, str] | None = None
     if args.basic_auth is not None:
@@ -38,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         lifecycle=not args.no_lifecycle,
         virtual_key=args.virtual_key,
         basic_auth=basic,
+        cache_debug=args.cache_debug,
+        send_back_raw_response=not args.no_raw_response,
+        retention_seconds=args.retention_seconds,
+        troubled=not args.no_troubled,
     )
     if args.no_lifecycle:
         sim.populate()

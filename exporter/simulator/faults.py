@@ -42,6 +42,7 @@ FAULTS = frozenset(
         "upstream_auth",
         "upstream_forbidden",
         "no_batch_keys",
+        "list_unavailable",
     }
 )
 _ENDPOINTS = ("list", "retrieve", "any")

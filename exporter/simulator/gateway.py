@@ -165,6 +165,8 @@ class Gateway:
         if state is None or not state.spec.supported:
             return json_response(400, unsupported_body(provider, "batch_list"))
         spec = state.spec
+        if fault is not None and fault.name == "list_unavailable":
+            return self._list_unavailable(state)
         if not spec.batch_keys:
             return no_batch_keys_response(legacy=spec.style == "legacy")
         refused = self._check_limit(state, query.get("limit"))
@@ -187,6 +189,20 @@ class Gateway:
             if fault is not None and fault.name in ("not_list", "malformed_json"):
                 return shape_response(fault, listing.data, body)
             return json_response(200, body)
+
+    def _list_unavailable(self, state: ProviderState) -> Response:
+        """The upstream's list endpoint answers 404 (not available for this account or API version). Gemini's
+        batchListByKey turns that into an empty list, so "no data" looks like "no batches"; the others keep the
+        provider's 404."""
+        spec = state.spec
+        if spec.flavor == "gemini":
+            latency = jitter(state.latency_rng, self._world.settings.latency_ms)
+            extra = top_extra_fields(spec.name, latency, None)
+            body = list_body(
+                [], has_more=False, next_cursor=None, first_id=None, last_id=None, extra_fields=extra
+            )
+            return json_response(200, body)
+        return json_response(404, _not_found_body(state, "", "batch_list"))
 
     def _check_limit(self, state: ProviderState, raw: str | None) -> Response | None:
         """A `limit` above the upstream's own maximum is passed on unchanged and refused by the provider
