@@ -307,6 +307,8 @@ def exporter_env(
         "BIFROST_EXPORTER_PAGE_SIZE": str(page_size),
         "BIFROST_EXPORTER_MAX_PAGES": "100000",
         "BIFROST_EXPORTER_POLL_INTERVAL_SECONDS": str(poll_interval),
+        # v2: a full list at most once per poll interval (the setting must not be below it)
+        "BIFROST_EXPORTER_RESYNC_INTERVAL_SECONDS": str(max(600.0, poll_interval)),
         "BIFROST_EXPORTER_REQUEST_TIMEOUT_SECONDS": "120",
         "BIFROST_EXPORTER_LOG_LEVEL": "warning",
         "BIFROST_EXPORTER_LOG_FORMAT": "json",
