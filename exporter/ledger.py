@@ -300,8 +300,10 @@ class Ledger:
             if entry is not None and entry > 0:
                 continue  # already settled
             if ts is None:
-                # No timestamp (Gemini `deleted`): only a transition we watched happen is an event.
-                if entry is not None:
+                # No timestamp (Gemini, Bedrock's list items): a transition we watched happen is an event, and so is
+                # one of a batch created after our watermark (it cannot have finished before it).
+                created = batch.created
+                if entry is not None or (created is not None and created >= self.started_at):
                     self._finish(status, None, batch)
                     newly_finished += 1
                     self._count_item_cache(batch)

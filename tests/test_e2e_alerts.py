@@ -34,7 +34,6 @@ from tests.promstack import (
     static_scrape,
     wait_until,
 )
-from tests.test_dashboard import load_dashboard, panel_queries, substitute
 from tests.test_rules import ALERTS_FILE, RULES_FILE
 
 pytestmark = pytest.mark.e2e
@@ -82,7 +81,8 @@ class Stack:
 def _complete_one_batch(sim: Simulator, provider: str) -> None:
     """A batch that finishes after the exporter started, so the duration histogram gets an observation."""
     now = int(time.time())
-    batch = sim.add_batch(provider, status="in_progress", created_at=now - 900, expires_at=now + 20 * 3600)
+    # Created now, as a real batch would be: on the newest page, where an incremental poll looks for new batches.
+    batch = sim.add_batch(provider, status="in_progress", created_at=now, expires_at=now + 20 * 3600)
     sim.set_status(provider, batch["id"], "completed")
 
 
@@ -168,34 +168,13 @@ def test_override_changes_only_for(stack: Stack) -> None:
     assert names == {"bifrost-batch-exporter.alerts", "bifrost-batch-exporter.rules"}
 
 
-def test_every_dashboard_query_returns_series(stack: Stack) -> None:
-    queries = panel_queries(load_dashboard())
-    assert len(queries) >= 16
-    pending = {substitute(expr) for _, expr in queries}
-    titles = {substitute(expr): title for title, expr in queries}
-
-    def all_return_series() -> bool:
-        for expr in sorted(pending):
-            if stack.prom.query(expr):
-                pending.discard(expr)
-        return not pending
-
-    wait_until(
-        all_return_series,
-        timeout=45,
-        what="every dashboard query returning a series",
-        diagnostics=lambda: "empty: " + "; ".join(f"[{titles[e]}] {e}" for e in sorted(pending)),
-    )
-    # A multi-value selection, the way Grafana expands it: still valid PromQL.
-    for _, expr in queries:
-        stack.prom.query(substitute(expr, "(openai|anthropic)"))
-
-
 def test_failed_batch_reaches_alertmanager(stack: Stack) -> None:
     provider = "bedrock"
     assert not stack.am_alerts("BifrostBatchFailed", provider), "fired before any batch failed"
     now = int(time.time())
-    batch = stack.sim.add_batch(provider, status="in_progress", created_at=now - 300, expires_at=now + 86_000)
+    # Created and failed between two polls, on a provider whose list items carry no end time (Bedrock): counted
+    # because it was created after the exporter started.
+    batch = stack.sim.add_batch(provider, status="in_progress", created_at=now, expires_at=now + 86_000)
     stack.sim.set_status(provider, batch["id"], "failed")
     started = time.monotonic()
 
@@ -209,9 +188,17 @@ def test_failed_batch_reaches_alertmanager(stack: Stack) -> None:
     assert elapsed < ALERT_DEADLINE
     assert len(alerts) == 1
     alert = alerts[0]
-    assert alert["labels"] == {"alertname": "BifrostBatchFailed", "provider": provider, "severity": "warning"}
+    # the group labels the mixin aggregates by (here only `job`: no cluster or namespace in this scrape)
+    assert alert["labels"] == {
+        "alertname": "BifrostBatchFailed",
+        "job": JOB,
+        "provider": provider,
+        "severity": "warning",
+    }
     assert alert["annotations"]["summary"] == f"Bifrost batch failed on provider {provider}"
-    assert alert["annotations"]["description"].startswith(f"1 batch(es) of provider {provider} ")
+    description = alert["annotations"]["description"]
+    assert description.startswith(f"1 batch(es) of provider {provider},")
+    assert f"Last failed batch: {batch['id']} (code none)" in description  # the batch, named, and why
     assert alert["annotations"]["runbook_url"].endswith("docs/runbook.md#bifrostbatchfailed")
     # Only the provider whose batch failed.
     others = [
@@ -237,7 +224,7 @@ def test_server_errors_fire_poll_failing(stack: Stack) -> None:
     assert labels["provider"] == provider
     assert labels["severity"] == "warning"
     assert labels["job"] == JOB
-    assert labels["instance"] == stack.exporter_url.removeprefix("http://")
+    assert "instance" not in labels  # HA replicas are one alert: the rules aggregate the replica labels away
     errors = stack.prom.query(
         f'bifrost_batch_exporter_poll_errors_total{{provider="{provider}", reason="server_error"}} > 0'
     )
