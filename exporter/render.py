@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import html
 import platform
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -75,13 +75,13 @@ def _group_sort(item: tuple[tuple[str, Group], object]) -> tuple[int, str, Group
 
 
 def _with_zeros(
-    values: Mapping[tuple[str, Group], _V], statuses: Sequence[str], empty: Group, zero: _V
+    values: Mapping[tuple[str, Group], _V], statuses: Sequence[str], groups: Iterable[Group], zero: _V
 ) -> list[tuple[tuple[str, Group], _V]]:
-    """Every (status, group) present, plus a zero for each of `statuses` in the "" group (contract: zeros for the
-    known statuses are emitted for the "" group only, so a new owner never multiplies the zero series)."""
+    """Every (status, group) present, plus a zero for each of `statuses` in each of `groups`."""
     merged = dict(values)
-    for status in statuses:
-        merged.setdefault((status, empty), zero)
+    for group in groups:
+        for status in statuses:
+            merged.setdefault((status, group), zero)
     return sorted(merged.items(), key=_group_sort)
 
 
@@ -183,9 +183,12 @@ def _batch_families(fresh: Sequence[ProviderState], group_labels: Sequence[str])
         snap = state.snapshot
         assert snap is not None
         led = state.ledger
-        for (status, group), n in _with_zeros(snap.counts, KNOWN_STATUSES, empty, 0):
+        # Gauges get zeros for the "" group only (contract); counters for every group listed now, so that a team's
+        # first failure is an increase from 0 that increase() can see, not a series born at 1.
+        listed_groups = sorted({empty, *(g for _, g in snap.counts)})
+        for (status, group), n in _with_zeros(snap.counts, KNOWN_STATUSES, (empty,), 0):
             batches.add_metric([p, status, *group], n)
-        for (status, group), values in _with_zeros(snap.requests, KNOWN_STATUSES, empty, zero_outcomes):
+        for (status, group), values in _with_zeros(snap.requests, KNOWN_STATUSES, (empty,), zero_outcomes):
             for outcome, value in zip(OUTCOMES, values, strict=True):
                 requests.add_metric([p, status, outcome, *group], value)
         for (status, group), ts in sorted(snap.oldest_created.items(), key=_group_sort):
@@ -196,16 +199,17 @@ def _batch_families(fresh: Sequence[ProviderState], group_labels: Sequence[str])
         for group in risk_groups:
             at_risk.add_metric([p, *group], snap.at_risk.get(group, 0))
             at_risk_requests.add_metric([p, *group], snap.at_risk_requests.get(group, 0))
-        for (status, group), n in _with_zeros(led.finished, TERMINAL_STATUSES, empty, 0):
+        for (status, group), n in _with_zeros(led.finished, TERMINAL_STATUSES, listed_groups, 0):
             finished.add_metric([p, status, *group], n)
         for (status, group), values in _with_zeros(
-            led.finished_requests, TERMINAL_STATUSES, empty, zero_outcomes
+            led.finished_requests, TERMINAL_STATUSES, listed_groups, zero_outcomes
         ):
             for outcome, value in zip(OUTCOMES, values, strict=True):
                 finished_requests.add_metric([p, status, outcome, *group], value)
         fail_items = dict(led.failures)
-        for status in FAILURE_STATUSES:
-            fail_items.setdefault((status, NO_CODE, empty), 0)
+        for group in listed_groups:
+            for status in FAILURE_STATUSES:
+                fail_items.setdefault((status, NO_CODE, group), 0)
         for (status, code, group), n in sorted(fail_items.items()):
             failures.add_metric([p, status, code, *group], n)
         for status in FAILURE_STATUSES:

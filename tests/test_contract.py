@@ -5,6 +5,7 @@ Each scenario is built exactly in a non-lifecycle simulator, so every expected v
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -14,6 +15,7 @@ from exporter.client import REASONS
 from exporter.models import ACTIVE_STATUSES, KNOWN_STATUSES, TERMINAL_STATUSES
 from exporter.outcomes import OUTCOMES
 from exporter.simulator import ProviderSpec, Simulator
+from tests.conftest import require_tool
 from tests.harness import ExporterThread, make_settings, series, value
 
 STYLES = [
@@ -122,6 +124,7 @@ def test_first_poll_exposes_exact_aggregates(world: tuple[Simulator, ExporterThr
     for status, n in expected_counts.items():
         assert value(s, "bifrost_batches", provider=p, status=status) == n, status
     assert value(s, "bifrost_batches", provider=p, status="JOB_STATE_QUEUED") == 1
+
     # requests by disjoint outcome, summed per status; every outcome present; they add up to request_counts.total
     def requests(status: str, outcome: str) -> float | None:
         return value(s, "bifrost_batch_requests", provider=p, status=status, outcome=outcome)
@@ -288,7 +291,8 @@ def test_anthropic_and_gemini_shapes(now: int) -> None:
     assert value(s, "bifrost_batch_duration_seconds_count", provider="anthropic", status="ended") == 1
     # Anthropic's explicit pending is nothing pending once the batch ended: it counts as failed (the remainder)
     ended = {
-        o: value(s, "bifrost_batch_requests", provider="anthropic", status="ended", outcome=o) for o in OUTCOMES
+        o: value(s, "bifrost_batch_requests", provider="anthropic", status="ended", outcome=o)
+        for o in OUTCOMES
     }
     assert ended == {"succeeded": 1, "failed": 9, "expired": 0, "canceled": 0, "pending": 0}
     assert value(s, "bifrost_batch_finished_total", provider="gemini", status="deleted") == 1
@@ -336,3 +340,62 @@ def test_active_statuses_absent_timestamps_when_no_active_batches(now: int) -> N
         )
     assert value(s, "bifrost_batch_next_expiry_timestamp_seconds", provider="openai") is None
     assert value(s, "bifrost_batches", provider="openai", status="completed") == 1
+
+
+def test_metadata_labels_route_by_owner(now: int) -> None:
+    """`metadata_labels: [team]`: the owner's label on the batch-data series; zeros for known statuses in the ""
+    group only; counters present from 0 for every team listed, so a team's first failure is an increase."""
+    with Simulator(providers=[ProviderSpec("openai", keys=1)], lifecycle=False) as sim:
+        for i, team in enumerate(("ml", "ml", "search")):
+            sim.add_batch(
+                "openai",
+                batch_id=f"t{i}",
+                status="in_progress",
+                created_at=now - 72_000,
+                expires_at=now + 14_400,
+                request_counts={"total": 100, "completed": 1, "failed": 0},
+                metadata={"team": team},
+            )
+        sim.add_batch(
+            "openai", batch_id="anon", status="completed", created_at=now - 50, completed_at=now - 10
+        )
+        settings = make_settings(sim.url, ["openai"], metadata_labels=["team"], per_batch_metrics=True)
+        with ExporterThread(settings) as exp:
+            exp.poll()
+            before = exp.samples()
+            sim.set_status("openai", "t2", "failed")
+            exp.poll()
+            after = exp.samples()
+            lint = subprocess.run(
+                [require_tool("promtool"), "check", "metrics"], input=exp.get().content, capture_output=True
+            )
+    assert lint.returncode == 0 and lint.stdout + lint.stderr == b"", lint.stdout + lint.stderr
+    p = "openai"
+    assert value(before, "bifrost_batches", provider=p, status="in_progress", metadata_team="ml") == 2
+    assert value(before, "bifrost_batches", provider=p, status="in_progress", metadata_team="search") == 1
+    assert value(before, "bifrost_batches", provider=p, status="validating", metadata_team="") == 0
+    assert value(before, "bifrost_batches", provider=p, status="validating", metadata_team="ml") is None
+    # 1 of 100 done in 20 h of a 24 h window: both teams' batches are at risk, and say whose they are
+    assert value(before, "bifrost_batch_at_risk", provider=p, metadata_team="ml") == 2
+    assert value(before, "bifrost_batch_at_risk_requests", provider=p, metadata_team="search") == 99
+    assert value(before, "bifrost_batch_at_risk", provider=p, metadata_team="") == 0
+    assert (
+        value(before, "bifrost_batch_finished_total", provider=p, status="failed", metadata_team="search")
+        == 0
+    )
+    assert (
+        value(after, "bifrost_batch_finished_total", provider=p, status="failed", metadata_team="search") == 1
+    )
+    assert (
+        value(
+            after,
+            "bifrost_batch_failures_total",
+            provider=p,
+            status="failed",
+            code="none",
+            metadata_team="search",
+        )
+        is not None
+    )
+    assert value(after, "bifrost_batch_oldest_created_timestamp_seconds", provider=p, status="in_progress",
+                 metadata_team="ml") == now - 72_000  # fmt: skip
