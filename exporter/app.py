@@ -47,7 +47,9 @@ class Exporter:
         self._rendered = self._render()
         self._tasks: list[asyncio.Task[None]] = []
         host, port = settings.listen
-        self.routes = Routes(lambda: self._rendered, self._healthy, guard)
+        self.routes = Routes(
+            lambda: self._rendered, self._healthy, guard, metrics_path=settings.telemetry_path
+        )
         self.server = HttpServer(
             self.routes, host, port, ssl_context=ssl_context, on_error=self._server_error
         )
