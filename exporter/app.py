@@ -16,6 +16,7 @@ import structlog
 from .client import REASONS, BifrostClient
 from .poller import Poller
 from .render import Rendered, is_fresh, render
+from .runtime import RuntimeMetrics
 from .server import Guard, HttpServer, Routes
 from .settings import Settings, metadata_label_name
 from .snapshot import ProviderState
@@ -47,8 +48,13 @@ class Exporter:
         self._rendered = self._render()
         self._tasks: list[asyncio.Task[None]] = []
         host, port = settings.listen
+        self.runtime = RuntimeMetrics()
         self.routes = Routes(
-            lambda: self._rendered, self._healthy, guard, metrics_path=settings.telemetry_path
+            lambda: self._rendered,
+            self._healthy,
+            guard,
+            metrics_path=settings.telemetry_path,
+            runtime=self.runtime,
         )
         self.server = HttpServer(
             self.routes, host, port, ssl_context=ssl_context, on_error=self._server_error
@@ -70,6 +76,7 @@ class Exporter:
             reasons=REASONS,
             per_batch=self.settings.per_batch_metrics,
             group_labels=[metadata_label_name(k) for k in self.settings.metadata_labels],
+            metrics_path=self.settings.telemetry_path,
         )
 
     def refresh(self) -> Rendered:

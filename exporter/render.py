@@ -8,7 +8,6 @@ in the style of its custom collectors, then encoded by exposition.py; nothing gl
 
 from __future__ import annotations
 
-import gzip
 import html
 import platform
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -29,12 +28,12 @@ from .exposition import encode
 from .ledger import ENDPOINTS, FAILURE_STATUSES, HIT_TYPES, NO_CODE, STAGES, Group, HistogramView
 from .models import KNOWN_STATUSES, TERMINAL_STATUSES
 from .outcomes import OUTCOMES
+from .runtime import Prerendered
 from .snapshot import ProviderState
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 _CACHED = " (from the last successful poll)"
-_GZIP_LEVEL = 6
 _V = TypeVar("_V")
 
 
@@ -49,6 +48,10 @@ class Rendered:
     landing: bytes
     ready: bool
     rendered_at: float
+    # The same expositions ready to have the runtime series appended per scrape (runtime.py); None in a Rendered
+    # built by hand, which then serves the bytes above as they are.
+    text_pre: Prerendered | None = None
+    openmetrics_pre: Prerendered | None = None
 
 
 def is_fresh(state: ProviderState, now: float, stale_after: float) -> bool:
@@ -382,7 +385,9 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
     )
 
 
-def _landing(states: Sequence[ProviderState], now: float, stale_after: float) -> bytes:
+def _landing(
+    states: Sequence[ProviderState], now: float, stale_after: float, metrics_path: str = "/metrics"
+) -> bytes:
     rows = []
     for state in states:
         h = state.health
@@ -407,7 +412,7 @@ def _landing(states: Sequence[ProviderState], now: float, stale_after: float) ->
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Bifrost batch exporter</title></head><body>"
         f"<h1>Bifrost batch exporter</h1><p>Version {html.escape(__version__)}. "
-        "<a href='/metrics'>Metrics</a> · <a href='/healthz'>healthz</a> · <a href='/readyz'>readyz</a></p>"
+        f"<a href='{html.escape(metrics_path, quote=True)}'>Metrics</a> · <a href='/healthz'>healthz</a> · <a href='/readyz'>readyz</a></p>"
         "<table border='1' cellpadding='4'><tr><th>provider</th><th>poll</th><th>last success</th>"
         "<th>batches by status</th></tr>" + "".join(rows) + "</table></body></html>\n"
     )
@@ -423,6 +428,7 @@ def render(
     per_batch: bool,
     group_labels: Sequence[str] = (),
     extra: Sequence[Metric] = (),
+    metrics_path: str = "/metrics",
 ) -> Rendered:
     """Every encoding of the exposition plus the landing page, from one consistent set of states."""
     fresh = [s for s in states if is_fresh(s, now, stale_after)]
@@ -433,12 +439,17 @@ def render(
     families.extend(extra)
     families = [f for f in families if f.samples]
     text, openmetrics = encode(families)
+    text_pre = Prerendered(text, openmetrics=False)
+    openmetrics_pre = Prerendered(openmetrics, openmetrics=True)
     return Rendered(
         text=text,
-        text_gzip=gzip.compress(text, _GZIP_LEVEL, mtime=0),
+        # The batch exposition alone, gzipped: finishing the streams started above costs no second compression.
+        text_gzip=b"".join(text_pre.chunks(b"", gzip=True)),
         openmetrics=openmetrics,
-        openmetrics_gzip=gzip.compress(openmetrics, _GZIP_LEVEL, mtime=0),
-        landing=_landing(states, now, stale_after),
+        openmetrics_gzip=b"".join(openmetrics_pre.chunks(b"", gzip=True)),
+        landing=_landing(states, now, stale_after, metrics_path),
         ready=all(s.health.attempted for s in states),
         rendered_at=now,
+        text_pre=text_pre,
+        openmetrics_pre=openmetrics_pre,
     )

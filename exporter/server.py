@@ -29,6 +29,7 @@ from typing import Protocol
 
 from .http1 import Request, framing_error, parse_head
 from .render import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Rendered
+from .runtime import RuntimeMetrics
 
 __all__ = [
     "FixedTls",
@@ -133,6 +134,8 @@ class Response:
     body: bytes
     content_type: str = "text/plain; charset=utf-8"
     headers: tuple[tuple[str, str], ...] = field(default=())
+    # More body after `body`, written as is (the pre-rendered exposition and the runtime series appended to it).
+    chunks: tuple[bytes, ...] = field(default=())
 
 
 def _plain(status: HTTPStatus, extra: tuple[tuple[str, str], ...] = ()) -> Response:
@@ -152,11 +155,13 @@ class Routes:
         guard: Guard | None = None,
         *,
         metrics_path: str = "/metrics",
+        runtime: RuntimeMetrics | None = None,
     ) -> None:
         self._current = current
         self._healthy = healthy
         self.guard = guard
         self.metrics_path = metrics_path  # --web.telemetry-path
+        self._runtime = runtime  # process_* and python_* series, appended to every exposition
 
     def handle(
         self, method: str, target: str, headers: Mapping[str, str], peer: str = ""
@@ -196,15 +201,18 @@ class Routes:
         rendered = self._current()
         if path == self.metrics_path:
             openmetrics, use_gzip = negotiate(headers.get("accept"), headers.get("accept-encoding"))
-            if openmetrics:
-                body = rendered.openmetrics_gzip if use_gzip else rendered.openmetrics
-                ctype = OPENMETRICS_CONTENT_TYPE
-            else:
-                body = rendered.text_gzip if use_gzip else rendered.text
-                ctype = TEXT_CONTENT_TYPE
             extra: tuple[tuple[str, str], ...] = (("Vary", "Accept, Accept-Encoding"),)
             if use_gzip:
                 extra += (("Content-Encoding", "gzip"),)
+            ctype = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
+            pre = rendered.openmetrics_pre if openmetrics else rendered.text_pre
+            if pre is not None and self._runtime is not None:
+                runtime = self._runtime.openmetrics() if openmetrics else self._runtime.text()
+                return Response(200, b"", ctype, extra, pre.chunks(runtime, gzip=use_gzip))
+            if openmetrics:
+                body = rendered.openmetrics_gzip if use_gzip else rendered.openmetrics
+            else:
+                body = rendered.text_gzip if use_gzip else rendered.text
             return Response(200, body, ctype, extra)
         if path == "/readyz":
             return (
@@ -482,7 +490,7 @@ class _Connection(asyncio.Protocol):
         lines = [
             f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Unknown')}",
             f"Content-Type: {response.content_type}",
-            f"Content-Length: {len(response.body)}",
+            f"Content-Length: {len(response.body) + sum(len(c) for c in response.chunks)}",
             "Cache-Control: no-store",
         ]
         lines.extend(f"{k}: {v}" for k, v in response.headers)
@@ -491,8 +499,10 @@ class _Connection(asyncio.Protocol):
             lines.extend(f"{k}: {v}" for k, v in guard.response_headers())
         lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
         self._out.append(memoryview(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")))
-        if response.body and not head_only:
-            self._out.append(memoryview(response.body))
+        if not head_only:
+            for part in (response.body, *response.chunks):
+                if part:
+                    self._out.append(memoryview(part))
         if not keep_alive:
             self._closing = True
         self._busy = True
