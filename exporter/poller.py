@@ -310,14 +310,13 @@ class Poller:
         head_pages = 0
         # 1. The newest pages, until one holds nothing new (skipped when this poll's full list starts at the head).
         if run.synced and not starting_from_head:
-
             wanted_more = [True]
 
             def head_page(batches: list[Batch]) -> bool:
                 batches = store.defer_sparse(batches)
                 observe(batches)
                 refreshed.update(b.id for b in batches)
-                wanted_more[0] = store.upsert(batches) > 0
+                wanted_more[0] = store.upsert(batches, listing=False) > 0
                 return wanted_more[0]
 
             result = await self._client.list_batches(
@@ -343,7 +342,7 @@ class Poller:
                     batches = store.defer_sparse(batches)
                     observe(batches)
                     refreshed.update(b.id for b in batches)
-                    store.upsert(batches)
+                    store.upsert(batches, listing=False)
                     wanted.difference_update(refreshed)
                     return bool(wanted)
 
@@ -401,7 +400,8 @@ class Poller:
                 truncated = outcome.truncated
                 # A list cut short cannot prove a batch gone: keep those a retrieve just confirmed.
                 gone = store.finish_resync(keep=refreshed if truncated else ())
-                ledger.forget(gone)
+                # Counted ids stay until their retention ends: a batch back in a later list is not counted again.
+                ledger.forget(i for i in gone if not ledger.is_settled(i))
                 outcome.gone += len(gone)
                 outcome.resync_done = True
                 run.synced = True

@@ -55,8 +55,9 @@ class Store:
     def __contains__(self, batch_id: object) -> bool:
         return batch_id in self.active or batch_id in self.terminal
 
-    def upsert(self, batches: Iterable[Batch]) -> int:
-        """Fold batches in; returns how many were not known before."""
+    def upsert(self, batches: Iterable[Batch], *, listing: bool = True) -> int:
+        """Fold batches in; returns how many were not known before. `listing` says the batches are pages of the
+        running full list (which places them); the newest pages seen meanwhile only count as seen."""
         new = 0
         resync = self.resync
         for batch in batches:
@@ -69,9 +70,10 @@ class Store:
             status = self._label_for(normalize_status(batch.status))
             if resync is not None:
                 resync.seen.add(batch_id)
-                if not is_terminal(status):
-                    self.positions[batch_id] = resync.listed
-                resync.listed += 1
+                if listing:
+                    if not is_terminal(status):
+                        self.positions[batch_id] = resync.listed
+                    resync.listed += 1
             if is_terminal(status):
                 self.active.pop(batch_id, None)
                 self.positions.pop(batch_id, None)
