@@ -25,7 +25,8 @@ class Outcomes(NamedTuple):
     canceled: int
     pending: int
     overflow: bool  # the parts exceeded `total`: counted by the parts (the caller logs it once)
-    clamped: bool = False  # a count was negative or beyond MAX_COUNT and was clamped (the caller logs it once)
+    # a count was negative or beyond MAX_COUNT and was clamped (the caller logs it once)
+    clamped: bool = False
 
     @property
     def total(self) -> int:

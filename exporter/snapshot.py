@@ -265,4 +265,3 @@ class ProviderState:
     health: Health
     snapshot: BatchSnapshot | None
     ledger: LedgerView
-
