@@ -44,6 +44,26 @@ CRASH_BACKOFF_MAX_SECONDS = 60.0
 UNHEALTHY_AFTER_CRASHES = 3
 
 
+# Label-value caps reached for the first time (the ledger raises the flag; the poller logs once and lowers it).
+_CAP_WARNINGS = (
+    (
+        "status_overflow_pending",
+        "status_values_capped",
+        'more than 20 unknown status values; further ones are reported as status="other"',
+    ),
+    (
+        "code_overflow_pending",
+        "failure_codes_capped",
+        'more than 20 distinct failure codes; further ones are reported as code="other"',
+    ),
+    (
+        "group_overflow_pending",
+        "metadata_values_capped",
+        'more than 50 distinct values of a metadata label; further ones are reported as "other"',
+    ),
+)
+
+
 @dataclass(slots=True)
 class _Run:
     """What one provider's poll loop carries from poll to poll besides the ledger."""
@@ -54,6 +74,8 @@ class _Run:
     next_resync: float = 0.0
     crashes: int = 0
     state_write_failing: bool = False
+    clamped: int = 0  # batches with clamped numbers in the last snapshot (logged when it changes)
+    overflowed: int = 0
     refreshed: set[str] = field(default_factory=set)
 
 
@@ -518,7 +540,7 @@ class Poller:
         )
         store.fold_into(builder)
         snapshot = builder.build(now)
-        self._warn_once(provider, ledger, snapshot.clamped, snapshot.overflowed)
+        self._warn_once(provider, ledger, run, snapshot.clamped, snapshot.overflowed)
         partial = run.resync_truncated is not None or not run.synced
         health = Health(
             attempted=True,
@@ -539,29 +561,13 @@ class Poller:
         )
         return ProviderState(provider, health, snapshot, ledger.view())
 
-    def _warn_once(self, provider: str, ledger: Ledger, clamped: int, overflowed: int) -> None:
-        """The one-line warnings of a poll: bounded label values, clamped numbers, forgotten ids."""
-        if ledger.status_overflow_pending:
-            ledger.status_overflow_pending = False
-            self._log.warning(
-                "status_values_capped",
-                provider=provider,
-                detail='more than 20 unknown status values; further ones are reported as status="other"',
-            )
-        if ledger.code_overflow_pending:
-            ledger.code_overflow_pending = False
-            self._log.warning(
-                "failure_codes_capped",
-                provider=provider,
-                detail='more than 20 distinct failure codes; further ones are reported as code="other"',
-            )
-        if ledger.group_overflow_pending:
-            ledger.group_overflow_pending = False
-            self._log.warning(
-                "metadata_values_capped",
-                provider=provider,
-                detail='more than 50 distinct values of a metadata label; further ones are reported as "other"',
-            )
+    def _warn_once(self, provider: str, ledger: Ledger, run: _Run, clamped: int, overflowed: int) -> None:
+        """The one-line warnings of a poll: bounded label values, clamped numbers, forgotten ids. A batch with odd
+        numbers stays listed for hours: it is logged when the number of such batches changes, not every poll."""
+        for flag, event, detail in _CAP_WARNINGS:
+            if getattr(ledger, flag):
+                setattr(ledger, flag, False)
+                self._log.warning(event, provider=provider, detail=detail)
         if ledger.forgotten_pending:
             self._log.warning(
                 "ledger_ids_forgotten",
@@ -571,20 +577,21 @@ class Poller:
                 "(never counted twice: older terminal timestamps are no longer counted)",
             )
             ledger.forgotten_pending = 0
-        if clamped:
+        if clamped and clamped != run.clamped:
             self._log.warning(
                 "batch_values_clamped",
                 provider=provider,
                 count=clamped,
                 detail="request_counts outside 0..1e9 from the gateway were clamped",
             )
-        if overflowed:
+        if overflowed and overflowed != run.overflowed:
             self._log.info(
                 "batch_counts_exceed_total",
                 provider=provider,
                 count=overflowed,
                 detail="request_counts parts exceed total; counted by the parts",
             )
+        run.clamped, run.overflowed = clamped, overflowed
 
     def _publish(self, provider: str, state: ProviderState) -> None:
         self._states = MappingProxyType({**self._states, provider: state})
