@@ -20,7 +20,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -76,7 +76,6 @@ class _Run:
     state_write_failing: bool = False
     clamped: int = 0  # batches with clamped numbers in the last snapshot (logged when it changes)
     overflowed: int = 0
-    refreshed: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -391,7 +390,6 @@ class Poller:
             elif got.failure is not None:
                 outcome.retrieve_failures += 1
                 outcome.first_retrieve_failure = outcome.first_retrieve_failure or got.failure
-        run.refreshed = refreshed
 
         # 3. The full list, continued within what is left of the budget.
         if resync_due:
