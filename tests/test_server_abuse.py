@@ -133,17 +133,37 @@ def test_200_concurrent_scrapes_while_snapshots_swap(exporter: ExporterThread, s
     for om, gz, status, fields, raw in results:
         assert status == 200
         assert (fields.get("content-encoding") == "gzip") == gz
-        body = gzip.decompress(raw) if gz else raw
+        whole = gzip.decompress(raw) if gz else raw
+        body = batch_part(whole, om)
         assert len(body) > 1000
         with exp._record_lock:
             published = exp.published_om if om else exp.published_text
             # Byte-for-byte one published exposition: nothing torn, nothing mixed from two snapshots.
             assert body in published, "a response that is not exactly one published snapshot"
-        distinct[body] = om
+        distinct[whole] = om
     for body, om in distinct.items():  # each distinct snapshot parses (parsing 600 copies would be slow)
         families = list(parse_openmetrics(body.decode()) if om else parse_text(body.decode()))  # type: ignore[no-untyped-call]
         assert any(f.name == "bifrost_batch_exporter_up" for f in families)
     assert len(distinct) >= 4, "the scrapes should have seen more than one snapshot"
+
+
+RUNTIME_LINES = tuple(
+    prefix + family
+    for prefix in (b"", b"# HELP ", b"# TYPE ", b"# UNIT ")
+    for family in (b"process_", b"python_")
+)
+
+
+def batch_part(body: bytes, openmetrics: bool) -> bytes:
+    """The published batch exposition inside a scrape body: the runtime series (process_*, python_*) are appended
+    at scrape time as one contiguous block at the end (before `# EOF` in OpenMetrics), and must be nowhere else."""
+    lines = body.splitlines(keepends=True)
+    eof = [lines.pop()] if openmetrics and lines and lines[-1] == b"# EOF\n" else []
+    first = next((i for i, line in enumerate(lines) if line.startswith(RUNTIME_LINES)), len(lines))
+    assert all(line.startswith(RUNTIME_LINES) for line in lines[first:]), (
+        "runtime series not one block at the end"
+    )
+    return b"".join(lines[:first] + eof)
 
 
 def _raw_connect(port: int, *, small_window: bool = False) -> socket.socket:
