@@ -39,6 +39,12 @@ class Outcomes(NamedTuple):
 
 
 ZERO: Final = Outcomes(0, 0, 0, 0, 0, False)
+_TERMINAL: Final = frozenset(TERMINAL_STATUSES)
+_new: Final = tuple.__new__
+
+
+def _clamp(value: int) -> int:
+    return 0 if value < 0 else MAX_COUNT if value > MAX_COUNT else value
 
 
 def outcomes(counts: RequestCounts | None, status: str) -> Outcomes:
@@ -46,57 +52,59 @@ def outcomes(counts: RequestCounts | None, status: str) -> Outcomes:
 
     A terminal batch has nothing pending: what remains of `total` is what the terminal status lost (expired for
     `expired`, canceled for `cancelled`, failed for every other terminal status).
+
+    Runs for every batch of every poll, so it is written straight through: one range test of all six counts, and
+    the clamping only for the batch that needs it.
     """
     if counts is None:
         return ZERO
-    succeeded_raw = counts.succeeded
-    if succeeded_raw is None:
+    total = counts.total or 0
+    failed = counts.failed or 0
+    expired = counts.expired or 0
+    canceled = counts.canceled or 0
+    explicit = counts.pending
+    pending = explicit or 0
+    succeeded = counts.succeeded
+    if succeeded is None:
         # Anthropic and Gemini fill `succeeded` and mean "finished" by `completed`; Go's omitempty drops a zero
         # `succeeded`. Their shape shows by an explicit `pending`, or by finished parts beyond the total: then
         # succeeded is what the other parts leave of the total. OpenAI's shape has `completed` = succeeded.
-        completed, failed_raw, total_raw = counts.completed or 0, counts.failed or 0, counts.total or 0
-        if counts.pending is not None or completed + failed_raw > total_raw:
-            others = (counts.pending or 0) + failed_raw + (counts.expired or 0) + (counts.canceled or 0)
-            succeeded_raw = max(0, total_raw - others)
-        else:
-            succeeded_raw = counts.completed
-    raw = (
-        succeeded_raw,
-        counts.failed,
-        counts.expired,
-        counts.canceled,
-        counts.total,
-        counts.pending,
+        succeeded = counts.completed or 0
+        if explicit is not None or succeeded + failed > total:
+            succeeded = total - (pending + failed + expired + canceled)
+            if succeeded < 0:
+                succeeded = 0
+    # One test of all six: OR-ing non-negative ints never gives less than the largest of them, so in range is the
+    # common answer; only a batch past it is checked count by count.
+    bits = succeeded | failed | expired | canceled | total | pending
+    clamped = (bits < 0 or bits > MAX_COUNT) and not (
+        0 <= succeeded <= MAX_COUNT
+        and 0 <= failed <= MAX_COUNT
+        and 0 <= expired <= MAX_COUNT
+        and 0 <= canceled <= MAX_COUNT
+        and 0 <= total <= MAX_COUNT
+        and 0 <= pending <= MAX_COUNT
     )
-    clamped = False
-    values = []
-    for value in raw:
-        if value is None or 0 <= value <= MAX_COUNT:
-            values.append(value or 0)
-        else:
-            clamped = True
-            values.append(0 if value < 0 else MAX_COUNT)
-    succeeded, failed, expired, canceled, total, explicit_pending = values
+    if clamped:
+        succeeded, failed, expired, canceled = (
+            _clamp(succeeded),
+            _clamp(failed),
+            _clamp(expired),
+            _clamp(canceled),
+        )
+        total, pending = _clamp(total), _clamp(pending)
     parts = succeeded + failed + expired + canceled
-    if counts.pending is not None:
-        pending = explicit_pending
+    if explicit is not None:
         overflow = parts + pending > total
     else:
         pending = total - parts
         overflow = pending < 0
         if overflow:
             pending = 0
-        elif pending and status in TERMINAL_STATUSES:
-            if status == "expired":
-                expired += pending
-            elif status == "cancelled":
-                canceled += pending
-            else:
-                failed += pending
-            pending = 0
-    if pending and status in TERMINAL_STATUSES:
-        # An explicit `pending` on a finished batch (Anthropic reports what it never processed as expired or
-        # canceled, but be safe): nothing is pending once a batch is terminal.
+    if pending and status in _TERMINAL:
+        # What remains of a finished batch is what its terminal status lost; an explicit `pending` on a finished
+        # batch too (Anthropic reports what it never processed as expired or canceled, but be safe): nothing is
+        # pending once a batch is terminal.
         if status == "expired":
             expired += pending
         elif status == "cancelled":
@@ -104,4 +112,5 @@ def outcomes(counts: RequestCounts | None, status: str) -> Outcomes:
         else:
             failed += pending
         pending = 0
-    return Outcomes(succeeded, failed, expired, canceled, pending, overflow, clamped)
+    # tuple.__new__ is what Outcomes(...) runs, without the generated __new__'s Python frame.
+    return _new(Outcomes, (succeeded, failed, expired, canceled, pending, overflow, clamped))

@@ -37,9 +37,13 @@ class Risk(NamedTuple):
 
 
 NOT_ASSESSED: Final = Risk(False, 0, None)
+# tuple.__new__ is what Risk(...) runs, without the generated __new__'s Python frame (this runs per active batch).
+_new: Final = tuple.__new__
 
 
-def assess(batch: Batch, status: str, now: float, no_progress_fraction: float) -> Risk:
+def assess(
+    batch: Batch, status: str, now: float, no_progress_fraction: float, finished: int | None = None
+) -> Risk:
     """The contract's projection for `batch` in (normalised) `status` at Unix time `now`.
 
     - only `validating`/`in_progress`/`finalizing` with `expires_at` and `request_counts.total` > 0 are assessed;
@@ -48,6 +52,9 @@ def assess(batch: Batch, status: str, now: float, no_progress_fraction: float) -
     - done > 0: projected completion = now + pending × (now − start) / done, start = `in_progress_at` else
       `created_at`; at risk when it is later than `expires_at`;
     - done = 0: no projection; at risk once now − `created_at` ≥ fraction × (`expires_at` − `created_at`).
+
+    `finished` is `outcomes(batch.request_counts, status).done` when the caller has already computed it (the
+    snapshot fold does, for every batch), so that it is not computed twice.
     """
     if status not in _PROJECTED_STATUSES:
         return NOT_ASSESSED  # finalizing: every request has run; the rest are not ours to judge
@@ -64,20 +71,21 @@ def assess(batch: Batch, status: str, now: float, no_progress_fraction: float) -
         done = total * progress / 100.0
         pending = total - int(done)  # a request part-way done is still pending
     else:
-        finished = outcomes(counts, status).done
+        if finished is None:
+            finished = outcomes(counts, status).done
         done = 0 if finished <= 0 else min(finished, total)  # negatives and overflowing parts are clamped
         pending = total - int(done)
     if done > 0:
         start = batch.started or batch.created
         if start is None:
-            return Risk(False, pending, None)
+            return _new(Risk, (False, pending, None))
         elapsed = now - start if now > start else 0.0
         projected = now + pending * elapsed / done
         if not math.isfinite(projected):  # a sliver of progress over a long time: later than any expiry
-            return Risk(True, pending, None)
-        return Risk(projected > expires, pending, projected)
+            return _new(Risk, (True, pending, None))
+        return _new(Risk, (projected > expires, pending, projected))
     created = batch.created
     if created is None:
-        return Risk(False, pending, None)
+        return _new(Risk, (False, pending, None))
     # NaN or out-of-range fractions make the comparison False (never at risk) rather than raise; Settings refuses them.
-    return Risk(now - created >= no_progress_fraction * (expires - created), pending, None)
+    return _new(Risk, (now - created >= no_progress_fraction * (expires - created), pending, None))

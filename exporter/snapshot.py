@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from .ledger import Group, LedgerView
 from .models import ACTIVE_STATUSES, TERMINAL_STATUSES, Batch, normalize_status
-from .outcomes import OUTCOMES, outcomes
+from .outcomes import Outcomes, outcomes
 from .risk import assess
 
 _ACTIVE = frozenset(ACTIVE_STATUSES)
@@ -111,8 +111,9 @@ class SnapshotBuilder:
         self._limit = per_batch_limit
         self._now = now
         self._fraction = no_progress_fraction
-        self._counts: dict[tuple[str, Group], int] = {}
-        self._requests: dict[tuple[str, Group], list[int]] = {}
+        # Per (status, group): the five outcomes' requests in OUTCOMES order, then the number of batches (one
+        # lookup per batch instead of two).
+        self._acc: dict[tuple[str, Group], list[int]] = {}
         self._oldest: dict[tuple[str, Group], float] = {}
         self._next_expiry: float | None = None
         self._at_risk: dict[Group, int] = {}
@@ -135,35 +136,62 @@ class SnapshotBuilder:
         return status
 
     def add(self, batches: Iterable[Batch]) -> None:
+        # The poll's hot loop (every batch of every list), so _fold is written out here: each batch's outcomes
+        # are computed once and handed to the fold, the risk projection and the per-batch row.
+        labels = self._labels
+        group_for = self._group_for
+        accs = self._acc
+        added = 0
         for batch in batches:
-            status = self.label(batch)
-            group = self._group_for(batch)
+            status = labels.get(batch.status)
+            if status is None:
+                status = self.label(batch)
+            group = group_for(batch)
             o = outcomes(batch.request_counts, status)
-            if o.clamped:
+            succeeded, failed, expired, canceled, pending, overflow, clamped = o
+            if clamped:
                 self._clamped += 1
-            if o.overflow:
+            if overflow:
                 self._overflowed += 1
-            self._fold(status, group, (o.succeeded, o.failed, o.expired, o.canceled, o.pending))
+            added += 1
+            key = (status, group)
+            acc = accs.get(key)
+            if acc is None:
+                accs[key] = [succeeded, failed, expired, canceled, pending, 1]
+                self._groups.add(group)
+            else:
+                acc[0] += succeeded
+                acc[1] += failed
+                acc[2] += expired
+                acc[3] += canceled
+                acc[4] += pending
+                acc[5] += 1
             if status in _ACTIVE:
-                self._fold_active(batch, status, group, o.done, o.total)
+                self._fold_active(batch, status, group, o)
+        self._total += added
 
     def add_rows(self, rows: Iterable[TerminalRow]) -> None:
+        fold = self._fold
         for status, group, requests in rows:
-            self._fold(status, group, requests)
+            fold(status, group, requests)
 
     def _fold(self, status: str, group: Group, requests: tuple[int, ...]) -> None:
+        """Count one batch and add its requests (the five outcomes in OUTCOMES order)."""
         self._total += 1
         key = (status, group)
-        self._counts[key] = self._counts.get(key, 0) + 1
-        acc = self._requests.get(key)
+        acc = self._acc.get(key)
         if acc is None:
-            acc = self._requests[key] = [0] * len(OUTCOMES)
-        for i, value in enumerate(requests):
-            if value:
-                acc[i] += value
-        self._groups.add(group)
+            self._acc[key] = [requests[0], requests[1], requests[2], requests[3], requests[4], 1]
+            self._groups.add(group)
+        else:
+            acc[0] += requests[0]
+            acc[1] += requests[1]
+            acc[2] += requests[2]
+            acc[3] += requests[3]
+            acc[4] += requests[4]
+            acc[5] += 1
 
-    def _fold_active(self, batch: Batch, status: str, group: Group, done: int, total: int) -> None:
+    def _fold_active(self, batch: Batch, status: str, group: Group, o: Outcomes) -> None:
         created = batch.created
         if created is not None:
             key = (status, group)
@@ -173,22 +201,23 @@ class SnapshotBuilder:
         expires = batch.expires
         if expires is not None and (self._next_expiry is None or expires < self._next_expiry):
             self._next_expiry = expires
-        risk = assess(batch, status, self._now, self._fraction)
+        risk = assess(batch, status, self._now, self._fraction, o.done)
         if risk.at_risk:
             self._at_risk[group] = self._at_risk.get(group, 0) + 1
             self._at_risk_requests[group] = self._at_risk_requests.get(group, 0) + risk.pending
         if self._per_batch:
             self._active += 1
-            o = outcomes(batch.request_counts, status) if batch.request_counts is not None else None
             row = JobRow(
                 batch_id=batch.id[:256],
                 status=status,
                 endpoint=(batch.endpoint or "")[:128],
                 completion_window=(batch.completion_window or "")[:32],
-                requests=(o.succeeded, o.failed, o.expired, o.canceled, o.pending) if o is not None else (),
+                requests=(o.succeeded, o.failed, o.expired, o.canceled, o.pending)
+                if batch.request_counts is not None
+                else (),
                 created=created,
                 expires=expires,
-                progress=_progress(batch, done, total),
+                progress=_progress(batch, o.done, o.total),
                 projected_completion=risk.projected_completion,
             )
             item = (created or 0.0, self._active, row)
@@ -202,8 +231,8 @@ class SnapshotBuilder:
         return BatchSnapshot(
             provider=self._provider,
             taken_at=now,
-            counts=MappingProxyType(dict(self._counts)),
-            requests=MappingProxyType({k: tuple(v) for k, v in self._requests.items()}),
+            counts=MappingProxyType({k: v[5] for k, v in self._acc.items()}),
+            requests=MappingProxyType({k: tuple(v[:5]) for k, v in self._acc.items()}),
             oldest_created=MappingProxyType(dict(self._oldest)),
             next_expiry=self._next_expiry,
             at_risk=MappingProxyType(dict(self._at_risk)),
