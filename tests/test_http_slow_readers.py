@@ -216,11 +216,11 @@ def test_buffered_bytes_across_connections_are_capped() -> None:
     (here: until the non-readers are dropped at the write timeout), then gets its response whole."""
     from tests.test_http_framing import ServerThread
 
-    # The reader's own response must finish within the write timeout too: a body small enough to read well within
-    # it on a loaded machine, still several times the cap.
-    body = exposition(2 * MIB)
+    # Large enough to outgrow the kernel's socket buffers of the non-readers; the reader's own response must finish
+    # within the write timeout too, so the timeout leaves room for a loaded machine.
+    body = exposition(8 * MIB)
     chunk = 128 * 1024
-    with ServerThread(body, write_chunk=chunk, max_buffered=3 * chunk, write_timeout=3.0) as srv:
+    with ServerThread(body, write_chunk=chunk, max_buffered=3 * chunk, write_timeout=5.0) as srv:
         peak = waited = 0
 
         def buffered() -> int:
