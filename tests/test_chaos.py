@@ -274,6 +274,7 @@ def test_kill_9_loses_nothing_with_state_dir_and_loses_without(
         prom, f'sum(increase(bifrost_batch_finished_total{{job="without_state"}}[{WINDOW}]))', ()
     )
     volatile_total = lost_volatile.get((), 0.0)
+    resets = prom_vector(prom, f"sum by (job) (resets(bifrost_batch_finished_total[{WINDOW}]))", ("job",))
 
     statuses = sorted(set(truth) | {k for k, v in finished.items() if v})
     rows = [f"{'provider':10} {'status':10} {'truth':>5} {'prometheus':>10}"]
@@ -288,13 +289,16 @@ def test_kill_9_loses_nothing_with_state_dir_and_loses_without(
     rows.append(
         f"without state_dir: {volatile_total:.3f} of {sum(truth.values())} counted; "
         f"{len(lost)} transitions fell while it was down; aimed kills hit: {dict(hits)}; "
-        f"{durable.kills} kills; {time.monotonic() - started:.0f}s"
+        f"{durable.kills} kills; counter resets seen by Prometheus: {resets}; {time.monotonic() - started:.0f}s"
     )
     print("\n" + "\n".join(rows))
 
     assert {k: round(v) for k, v in finished.items() if round(v)} == dict(truth)
     assert all(math.isclose(v, round(v), abs_tol=0.25) for v in finished.values())
     assert {k: round(v) for k, v in failures.items() if round(v)} == dict(failures_truth)
+    # A restarted stateful exporter never exposed a value lower than one already scraped; the stateless one did.
+    assert resets.get(("with_state",), 0.0) == 0
+    assert resets.get(("without_state",), 0.0) > 0
     # Without state the loss is real and visible: transitions fell while it was down, and it counted fewer.
     assert lost, "no transition fell while the stateless exporter was down: the run proves nothing about loss"
     assert round(volatile_total) < sum(truth.values())
