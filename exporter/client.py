@@ -26,6 +26,7 @@ from urllib.parse import quote
 import httpx
 
 from . import __version__
+from .aiotransport import AiohttpTransport
 from .logs import REDACTED, Redactor
 from .models import Batch, CacheDebug, InvalidResponseError, Page, parse_batch, parse_page
 from .settings import Settings
@@ -328,9 +329,14 @@ class BifrostClient:
             follow_redirects=True,
             max_redirects=_MAX_REDIRECTS,
             trust_env=False,
-            transport=self._transport,
+            transport=self._transport if self._transport is not None else self._aiohttp_transport(),
             event_hooks={"request": [self._same_origin_only]},
         )
+
+    def _aiohttp_transport(self) -> httpx.AsyncBaseTransport:
+        """aiohttp under httpx's API (see aiotransport): less CPU per request than httpcore; redirects are still
+        httpx's (checked by _same_origin_only) and bodies arrive compressed, for _BoundedDecoder alone to inflate."""
+        return AiohttpTransport(self._tls)
 
     def _http_for(self, provider: str) -> httpx.AsyncClient:
         http = self._pools.get(provider)
