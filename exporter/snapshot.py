@@ -21,6 +21,7 @@ from .risk import assess
 
 _ACTIVE = frozenset(ACTIVE_STATUSES)
 _TERMINAL = frozenset(TERMINAL_STATUSES)
+_new = tuple.__new__
 
 
 class TerminalRow(NamedTuple):
@@ -81,8 +82,10 @@ def _progress(batch: Batch, done: int, total: int) -> float | None:
 
 
 def terminal_row(status: str, group: Group, batch: Batch) -> TerminalRow:
-    o = outcomes(batch.request_counts, status)
-    return TerminalRow(status, group, (o.succeeded, o.failed, o.expired, o.canceled, o.pending))
+    succeeded, failed, expired, canceled, pending, _, _ = outcomes(batch.request_counts, status)
+    # tuple.__new__ is what TerminalRow(...) runs, without its generated __new__'s Python frame (a full list
+    # makes one row per finished batch).
+    return _new(TerminalRow, (status, group, (succeeded, failed, expired, canceled, pending)))
 
 
 class SnapshotBuilder:
