@@ -23,7 +23,10 @@ from httpx_aiohttp import AiohttpTransport as _Inner
 def _translated(exc: BaseException) -> httpx.TransportError:
     """The httpx error for an aiohttp failure (or for httpx-aiohttp's own mapping of one)."""
     cause = exc.__cause__ if isinstance(exc, httpx.TransportError) and exc.__cause__ is not None else exc
-    message = f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}".rstrip(": ")
+    # ClientResponseError's text ends with the request URL: its message alone says what was wrong.
+    text = cause.message if isinstance(cause, aiohttp.ClientResponseError) else str(cause)
+    first_line = text.splitlines()[0] if text else ""
+    message = f"{type(cause).__name__}: {first_line}" if first_line else type(cause).__name__
     if isinstance(cause, aiohttp.ConnectionTimeoutError):
         return httpx.ConnectTimeout(message)
     if isinstance(cause, TimeoutError):
