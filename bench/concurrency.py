@@ -10,7 +10,8 @@ the CPU and scheduling question alone) and at the default 10 requests/s per prov
 
 CPU per batch polled: process CPU time of this process (the exporter: HTTP client, parse, ledger, store, snapshot;
 the simulator is another process) per concurrent cycle, divided by the batches it polled; baseline: `json.loads`
-of the very bytes the gateway sent for those pages (fetched once, best of several rounds).
+of the very bytes the gateway sent for those pages (fetched once, best of 15 rounds: a round disturbed by the
+shared machine would flatter the ratio).
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ async def measure(
     finally:
         await client.aclose()
     bodies = [body for p in providers for body in page_bodies(url, settings, p)]
-    loads = loads_seconds(bodies, 5) / max(1, batches)
+    loads = loads_seconds(bodies, 15) / max(1, batches)
     return Measured(alone, cycle, cpu, batches, loads, gateway_cpu)
 
 
