@@ -137,7 +137,7 @@ class Poller:
 
     @staticmethod
     def _new_store(ledger: Ledger) -> Store:
-        return Store(ledger.admit_status, ledger.group_of)
+        return Store(ledger.admit_status, ledger.group_of, keep_metadata=bool(ledger.metadata_keys))
 
     @property
     def states(self) -> Mapping[str, ProviderState]:

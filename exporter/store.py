@@ -8,8 +8,11 @@ ends, tells which known batches the gateway no longer has.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+import msgspec
 
 from .ledger import Group
 from .models import Batch, normalize_status
@@ -34,12 +37,29 @@ def is_sparse(batch: Batch) -> bool:
     return batch.expires_at is None and (counts is None or not counts.total)
 
 
+_MAX_SHARED_ROWS = 65_536
+
+
+def _intern(value: str | None) -> str | None:
+    return sys.intern(value) if value is not None and len(value) <= 128 else value
+
+
 class Store:
     """Known batches of one provider. Only the provider's poller task touches it."""
 
-    def __init__(self, label_for: Callable[[str], str], group_for: Callable[[Batch], Group]) -> None:
+    def __init__(
+        self,
+        label_for: Callable[[str], str],
+        group_for: Callable[[Batch], Group],
+        *,
+        keep_metadata: bool = False,
+    ) -> None:
         self._label_for = label_for
         self._group_for = group_for
+        self._keep_metadata = keep_metadata
+        # Finished batches of one status, owner and outcomes share one row object: a long history is mostly rows
+        # alike, and a row per batch was most of the store's memory (bounded, so odd counts cannot grow it).
+        self._rows: dict[TerminalRow, TerminalRow] = {}
         self.active: dict[str, Batch] = {}
         self.terminal: dict[str, TerminalRow] = {}
         # Ids first seen after the running resync started: absent from its pages only because they are new.
@@ -77,11 +97,28 @@ class Store:
             if is_terminal(status):
                 self.active.pop(batch_id, None)
                 self.positions.pop(batch_id, None)
-                self.terminal[batch_id] = terminal_row(status, self._group_for(batch), batch)
+                row = terminal_row(status, self._group_for(batch), batch)
+                rows = self._rows
+                if len(rows) < _MAX_SHARED_ROWS:
+                    row = rows.setdefault(row, row)
+                self.terminal[batch_id] = row
             else:
                 self.terminal.pop(batch_id, None)
-                self.active[batch_id] = batch
+                self.active[batch_id] = self._slim(batch)
         return new
+
+    def _slim(self, batch: Batch) -> Batch:
+        """What an active batch is kept as between polls: only what the gauges, the projection and the per-batch
+        series read (the ledger saw the whole object when it arrived); its few distinct strings shared."""
+        return msgspec.structs.replace(
+            batch,
+            status=_intern(batch.status),
+            endpoint=_intern(batch.endpoint),
+            completion_window=_intern(batch.completion_window),
+            metadata=batch.metadata if self._keep_metadata else None,
+            errors=None,
+            extra_fields=None,
+        )
 
     def defer_sparse(self, batches: list[Batch]) -> list[Batch]:
         """The list items worth folding now. A sparse item (Bedrock, Gemini lists) of a batch we know is left to
