@@ -17,6 +17,7 @@ import os
 import shutil
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -387,3 +388,34 @@ class Alertmanager(_Server):
         matchers = [("filter", f'{name}="{value}"') for name, value in sorted(label_filters.items())]
         query = f"?{urllib.parse.urlencode(matchers)}" if matchers else ""
         return list(http_json(f"{self.url}/api/v2/alerts{query}"))
+
+
+def start_exporter(workdir: Path, settings: Mapping[str, Any], *, root: Path) -> tuple[ManagedProcess, str]:
+    """`python -m exporter` with `settings` as its YAML config on a free loopback port, once /readyz answers 200.
+
+    Returns the process (stop it) and its base URL."""
+    port = free_port()
+    config = workdir / "exporter.yaml"
+    config.write_text(yaml.safe_dump(dict(settings)))
+    argv = [
+        sys.executable,
+        "-m",
+        "exporter",
+        "--config",
+        str(config),
+        "--listen-address",
+        f"127.0.0.1:{port}",
+    ]
+    exporter = ManagedProcess("exporter", argv, workdir / "exporter.log", cwd=root).start()
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        exporter.ensure_alive()
+        return http_get(f"{url}/readyz", timeout=2)[0] == 200
+
+    try:
+        wait_until(ready, timeout=30, what="exporter /readyz", diagnostics=exporter.log_tail)
+    except BaseException:
+        exporter.stop()
+        raise
+    return exporter, url

@@ -16,11 +16,10 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-import yaml
 
 from exporter.simulator import Simulator
-from tests.conftest import free_port, require_tool
-from tests.promstack import ManagedProcess, Prometheus, http_get, wait_until
+from tests.conftest import require_tool
+from tests.promstack import Prometheus, start_exporter, wait_until
 from tests.test_rules import (
     ALERTS_FILE,
     CONTRACT_METRICS,
@@ -366,40 +365,16 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
         cleanup.callback(sim.stop)
         now = int(time.time())
         at_risk_id, done_id, failed_id = _scene_batches(sim, now)
-        port = free_port()
-        config = tmp / "exporter.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "bifrost_url": sim.url,
-                    "providers": ["openai", "anthropic"],
-                    "poll_interval_seconds": 1,
-                    "max_retries": 0,
-                    "log_level": "warning",
-                }
-            )
-        )
-        exporter = ManagedProcess(
-            "exporter",
-            [
-                sys.executable,
-                "-m",
-                "exporter",
-                "--config",
-                str(config),
-                "--listen-address",
-                f"127.0.0.1:{port}",
-            ],
-            tmp / "exporter.log",
-            cwd=ROOT,
-        ).start()
+        settings = {
+            "bifrost_url": sim.url,
+            "providers": ["openai", "anthropic"],
+            "poll_interval_seconds": 1,
+            "max_retries": 0,
+            "log_level": "warning",
+        }
+        exporter, exporter_url = start_exporter(tmp, settings, root=ROOT)
         cleanup.callback(exporter.stop)
-
-        def ready() -> bool:
-            exporter.ensure_alive()
-            return http_get(f"http://127.0.0.1:{port}/readyz", timeout=2)[0] == 200
-
-        wait_until(ready, timeout=30, what="exporter /readyz", diagnostics=exporter.log_tail)
+        port = int(exporter_url.rsplit(":", 1)[1])
         target = {"targets": [f"127.0.0.1:{port}"], "labels": {"cluster": "eu1", "namespace": "batch"}}
         prom = Prometheus(
             prom_bin,

@@ -13,7 +13,6 @@ proves it. rules.yaml is loaded unchanged. Waits poll the APIs with deadlines; n
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,13 +23,13 @@ import pytest
 import yaml
 
 from exporter.simulator import Simulator
-from tests.conftest import free_port, require_tool
+from tests.conftest import require_tool
 from tests.promstack import (
     Alertmanager,
     ManagedProcess,
     Prometheus,
     alertmanager_binary,
-    http_get,
+    start_exporter,
     static_scrape,
     wait_until,
 )
@@ -101,43 +100,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         sim.start()
         cleanup.callback(sim.stop)
 
-        port = free_port()
-        config = tmp / "exporter.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "bifrost_url": sim.url,
-                    "providers": SUPPORTED + UNSUPPORTED,
-                    "poll_interval_seconds": 1,
-                    "request_timeout_seconds": 2,
-                    "max_retries": 0,
-                    "log_level": "warning",
-                    "log_format": "json",
-                }
-            )
-        )
-        exporter = ManagedProcess(
-            "exporter",
-            [
-                sys.executable,
-                "-m",
-                "exporter",
-                "--config",
-                str(config),
-                "--listen-address",
-                f"127.0.0.1:{port}",
-            ],
-            tmp / "exporter.log",
-            cwd=ROOT,
-        ).start()
+        settings = {
+            "bifrost_url": sim.url,
+            "providers": SUPPORTED + UNSUPPORTED,
+            "poll_interval_seconds": 1,
+            "request_timeout_seconds": 2,
+            "max_retries": 0,
+            "log_level": "warning",
+            "log_format": "json",
+        }
+        exporter, exporter_url = start_exporter(tmp, settings, root=ROOT)
         cleanup.callback(exporter.stop)
-        exporter_url = f"http://127.0.0.1:{port}"
-
-        def ready() -> bool:
-            exporter.ensure_alive()
-            return http_get(f"{exporter_url}/readyz", timeout=2)[0] == 200
-
-        wait_until(ready, timeout=30, what="exporter /readyz", diagnostics=exporter.log_tail)
+        port = int(exporter_url.rsplit(":", 1)[1])
 
         am = Alertmanager(am_bin, tmp / "alertmanager").start()
         cleanup.callback(am.stop)
