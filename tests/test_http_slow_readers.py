@@ -216,11 +216,15 @@ def test_buffered_bytes_across_connections_are_capped() -> None:
     (here: until the non-readers are dropped at the write timeout), then gets its response whole."""
     from tests.test_http_framing import ServerThread
 
-    # Large enough to outgrow the kernel's socket buffers of the non-readers; the reader's own response must finish
-    # within the write timeout too, so the timeout leaves room for a loaded machine.
+    # Large enough to outgrow the kernel's socket buffers of the non-readers (how much those absorb depends on the
+    # machine's TCP autotuning, so the cap is one chunk: the second non-reader to stall is sure to meet it). A
+    # queued response's write deadline runs while it waits (so queued non-readers are dropped too): the reader
+    # arrives half a write timeout after the non-readers, as a scrape would, and has the other half to read.
     body = exposition(8 * MIB)
     chunk = 128 * 1024
-    with ServerThread(body, write_chunk=chunk, max_buffered=3 * chunk, write_timeout=5.0) as srv:
+    cap = chunk
+    write_timeout = 4.0
+    with ServerThread(body, write_chunk=chunk, max_buffered=cap, write_timeout=write_timeout) as srv:
         peak = waited = 0
 
         def buffered() -> int:
@@ -234,8 +238,11 @@ def test_buffered_bytes_across_connections_are_capped() -> None:
             return value
 
         socks = [non_reader(srv.port, "keep-alive") for _ in range(8)]
+        arrived = time.monotonic()
         try:
-            wait_until(lambda: buffered() >= 2 * chunk, timeout=5)  # the non-readers fill what the cap allows
+            # the non-readers meet the cap; the reader comes half a write timeout later
+            wait_until(lambda: buffered() >= 0 and waited > 0, timeout=10)
+            wait_until(lambda: time.monotonic() - arrived >= write_timeout / 2, timeout=write_timeout)
             with socket.create_connection(("127.0.0.1", srv.port), timeout=15) as sock:
                 sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 received = b""
@@ -246,5 +253,5 @@ def test_buffered_bytes_across_connections_are_capped() -> None:
         finally:
             for sock in socks:
                 sock.close()
-        assert peak <= 3 * chunk + 64 * 1024, f"{peak} bytes buffered, cap {3 * chunk}"
+        assert peak <= cap + 64 * 1024, f"{peak} bytes buffered, cap {cap}"
         assert waited > 0, "some writer should have waited for the cap"
