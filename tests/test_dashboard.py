@@ -468,5 +468,8 @@ def test_failed_alert_names_the_code_and_batch_in_a_real_prometheus(scene: Scene
     assert alert["labels"]["namespace"] == "batch"
     assert alert["labels"]["provider"] == "openai"
     description = alert["annotations"]["description"]
-    assert description.startswith("1 batch(es) of provider openai, cluster eu1, namespace batch")
+    # The count is the alert's value, increase() over the window: Prometheus extrapolates it at the window's end,
+    # so one failure shortly after the counter's first samples can read as up to 2. The batch and code are exact.
+    count = re.match(r"(\d+) batch\(es\) of provider openai, cluster eu1, namespace batch", description)
+    assert count is not None and int(count[1]) in (1, 2), description
     assert f"Last failed batch: {scene.failed_id} (code token_limit_exceeded)" in description

@@ -13,6 +13,7 @@ proves it. rules.yaml is loaded unchanged. Waits poll the APIs with deadlines; n
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -171,7 +172,9 @@ def test_failed_batch_reaches_alertmanager(stack: Stack) -> None:
     }
     assert alert["annotations"]["summary"] == f"Bifrost batch failed on provider {provider}"
     description = alert["annotations"]["description"]
-    assert description.startswith(f"1 batch(es) of provider {provider},")
+    # increase() over the window, extrapolated at its end: one failure can read as up to 2 (the batch id is exact)
+    count = re.match(rf"(\d+) batch\(es\) of provider {provider},", description)
+    assert count is not None and int(count[1]) in (1, 2), description
     assert f"Last failed batch: {batch['id']} (code none)" in description  # the batch, named, and why
     assert alert["annotations"]["runbook_url"].endswith("docs/runbook.md#bifrostbatchfailed")
     # Only the provider whose batch failed.
