@@ -33,6 +33,7 @@ from exporter.simulator import FAULTS, ProviderSpec, Simulator
 from exporter.webconfig import WebSecurity
 from tests.conftest import free_port
 from tests.harness import ExporterThread, make_settings, parse_samples, value, wait_until
+from tests.test_cli import run as run_exporter
 
 VIRTUAL_KEY = "sk-bf-VKSECRET-4f1e9a7c2b"
 GW_USER = "gwadmin-USERSECRET-81"
@@ -331,21 +332,6 @@ def test_secrets_are_not_sent_to_another_origin() -> None:
 URL_SECRET = "sk-bf-URLSECRET-93b1c7"
 
 
-def _exporter(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BIFROST_EXPORTER_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "exporter", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-        check=False,
-    )
-
-
 # (case id, where the value comes from, settings, the setting the error must name)
 # Every value carries a secret; the one-line error must name the setting and never repeat the secret.
 CONFIG_ERRORS: list[tuple[str, str, dict[str, Any], str]] = [
@@ -437,7 +423,7 @@ def test_config_errors_name_the_setting_never_the_secret(
         config = tmp_path / "config.yaml"
         config.write_text(yaml.safe_dump(values))
         args += ["--config", str(config)]
-    result = _exporter(*args, env=env)
+    result = run_exporter(*args, env=env)
     assert result.returncode == 2, result.stdout + result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert named in result.stderr
@@ -446,7 +432,7 @@ def test_config_errors_name_the_setting_never_the_secret(
 
 
 def test_reproduction_9_url_query_is_masked_not_printed() -> None:
-    result = _exporter("--check-config", "--bifrost-url", f"https://gw:8080/?api_key={URL_SECRET}")
+    result = run_exporter("--check-config", "--bifrost-url", f"https://gw:8080/?api_key={URL_SECRET}")
     assert result.returncode == 2
     assert result.stderr.startswith(
         "bifrost-batch-exporter: invalid setting bifrost_url='https://gw:8080/?***' (from the command line): "
@@ -477,7 +463,7 @@ def test_check_config_masks_every_secret_from_every_source(tmp_path: Path, where
             str(tmp_path / "pw"),
         ]
         args += ["--basic-auth-username", GW_USER]
-    result = _exporter(*args, env=env)
+    result = run_exporter(*args, env=env)
     assert result.returncode == 0, result.stderr
     shown = yaml.safe_load(result.stdout)
     for name in secrets:
