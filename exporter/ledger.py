@@ -379,7 +379,16 @@ class Ledger:
         self._enforce_cap()
         self._seq += 1
         if complete:
-            self.last_complete_poll = now
+            self.list_completed(now)
+
+    def list_completed(self, started: float) -> None:
+        """A list that saw every batch started at `started`: the restart watermark moves there.
+
+        Bounded by the gateway's newest timestamp, so a host clock stepped ahead cannot put the watermark past
+        what the gateway had shown. A watermark lower than the list's real start is still exact: that list saw
+        every batch that finished before it (they are among the ids kept), so only batches never seen can count.
+        """
+        self.last_complete_poll = min(started, self.gateway_now) if self.gateway_now > 0 else started
 
     def forget(self, batch_ids: Iterable[str]) -> None:
         """Drop ids the caller knows are gone (404, absent from a full list) or stale."""
@@ -545,12 +554,7 @@ class Ledger:
         )
         watermark = _finite(state["watermark"])
         fresh.gateway_now = _finite(state.get("gateway_now", 0.0))
-        # The watermark is our clock at the start of the last complete list; the gateway's newest timestamp
-        # bounds it when our clock had been stepped ahead then. A lower watermark is always safe: every batch
-        # listed before it is among the restored ids, so only batches never seen can count.
         fresh.started_at = min(self.started_at, watermark)
-        if fresh.gateway_now > 0:
-            fresh.started_at = min(fresh.started_at, fresh.gateway_now)
         fresh.last_complete_poll = None
         fresh.restored_watermark = watermark
         fresh._floor = _finite(state["floor"])

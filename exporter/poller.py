@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -195,6 +196,7 @@ class Poller:
                 self._log.info(
                     "state_not_found", provider=provider, path=path, detail="starting without history"
                 )
+                self._write_initial(provider, ledger, state_dir)
                 return
             notes = ledger.load_state(state)
         except statefile.StateError as exc:
@@ -224,6 +226,22 @@ class Poller:
             tracked_ids=ledger.view().tracked_ids,
             notes=notes or None,
         )
+
+    def _write_initial(self, provider: str, ledger: Ledger, state_dir: Path) -> None:
+        """A first start records its start at once: a process killed before its first poll completes must not
+        leave the next one to call every transition since then history."""
+        if self._state_lock is None:
+            return
+        try:
+            statefile.write(state_dir, provider, statefile.encode(provider, ledger.to_state(), self._clock()))
+        except (OSError, ValueError) as exc:
+            self._log.warning(
+                "state_write_failed",
+                provider=provider,
+                setting="state_dir",
+                detail=f"{type(exc).__name__}: {exc}"[:300],
+                consequence="serving on; a restart will not resume from this start",
+            )
 
     async def _save(self, provider: str, ledger: Ledger, run: _Run, now: float) -> None:
         state_dir = self._settings.state_dir
@@ -482,7 +500,7 @@ class Poller:
                     ledger.resynced(self._clock())
                     # The restart watermark: as of the start of this full list every batch has been seen (a
                     # head-only poll sees only the newest pages, so it never moves the watermark).
-                    ledger.last_complete_poll = resync.started_at
+                    ledger.list_completed(resync.started_at)
                     run.cursor_refusals = 0
         ledger.finish_poll(started, complete=False)
         return outcome
