@@ -125,6 +125,7 @@ class Poller:
         # The state directory is this process's alone for its whole life (statefile.lock): taken before anything
         # is read from it, so two exporters can never interleave their writes.
         self._state_lock = self._take_state_dir()
+        self.state_file_ops = statefile.REAL_FILE_OPS  # tests swap in failing system calls
         self._ledgers = {
             p: Ledger(
                 self.started_at,
@@ -233,7 +234,8 @@ class Poller:
         if self._state_lock is None:
             return
         try:
-            statefile.write(state_dir, provider, statefile.encode(provider, ledger.to_state(), self._clock()))
+            data = statefile.encode(provider, ledger.to_state(), self._clock())
+            statefile.write(state_dir, provider, data, self.state_file_ops)
         except (OSError, ValueError) as exc:
             self._log.warning(
                 "state_write_failed",
@@ -249,7 +251,7 @@ class Poller:
             return
         try:
             data = statefile.encode(provider, ledger.to_state(), now)
-            await asyncio.to_thread(statefile.write, state_dir, provider, data)
+            await asyncio.to_thread(statefile.write, state_dir, provider, data, self.state_file_ops)
         except (OSError, ValueError) as exc:
             if not run.state_write_failing:
                 self._log.warning(

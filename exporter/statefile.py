@@ -149,34 +149,69 @@ def encode(provider: str, ledger_state: dict[str, Any], written_at: float) -> by
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
-def write(state_dir: Path, provider: str, data: bytes) -> None:
+class FileOps:
+    """The system calls a state write makes, one method each, so a test can fail any one of them (ENOSPC, EACCES,
+    EMFILE at every step) without touching the process-wide `os` module the server's threads also use."""
+
+    def makedirs(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+
+    def mkstemp(self, directory: Path, prefix: str) -> tuple[int, str]:
+        # O_CREAT | O_EXCL (| O_NOFOLLOW) under a random name: an existing path, a planted symlink included, is
+        # never opened.
+        return tempfile.mkstemp(prefix=prefix, suffix=_TMP_SUFFIX, dir=directory)
+
+    def write(self, fd: int, data: memoryview) -> int:
+        return os.write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def replace(self, src: Path, dst: Path) -> None:
+        os.replace(src, dst)
+
+    def unlink(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+
+    def open_dir(self, path: Path) -> int:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+REAL_FILE_OPS: Final = FileOps()
+
+
+def write(state_dir: Path, provider: str, data: bytes, ops: FileOps = REAL_FILE_OPS) -> None:
     """Replace the provider's state file atomically; raises OSError for the caller to log.
 
-    Whatever step fails, the temporary is gone afterwards and the previous state file is untouched.
+    Whatever step fails, the temporary is gone afterwards and the previous state file is untouched (or, when only
+    the directory's fsync failed, the new one is complete in its place).
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
+    ops.makedirs(state_dir)
     final = state_path(state_dir, provider)
-    fd, tmp_name = tempfile.mkstemp(prefix=_tmp_prefix(final), suffix=_TMP_SUFFIX, dir=state_dir)
+    fd, tmp_name = ops.mkstemp(state_dir, _tmp_prefix(final))
     tmp = Path(tmp_name)
     try:
         try:
             view = memoryview(data)
             while view:
-                written = os.write(fd, view)
+                written = ops.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            ops.fsync(fd)
         finally:
-            os.close(fd)
-        os.replace(tmp, final)
+            ops.close(fd)
+        ops.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):  # the write's own error is the one to report
-            tmp.unlink(missing_ok=True)
+            ops.unlink(tmp)
         raise
-    dir_fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
+    dir_fd = ops.open_dir(state_dir)
     try:
-        os.fsync(dir_fd)
+        ops.fsync(dir_fd)
     finally:
-        os.close(dir_fd)
+        ops.close(dir_fd)
 
 
 def read(state_dir: Path, provider: str) -> dict[str, Any] | None:
