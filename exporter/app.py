@@ -186,6 +186,7 @@ class Exporter:
                 await task
         await self.server.close()
         await self.client.aclose()
+        self.poller.close()
         self._log.info("exporter_stopped")
 
     async def serve_until(self, stop: asyncio.Event) -> None:

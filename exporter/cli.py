@@ -24,6 +24,7 @@ from .app import Exporter
 from .logs import add_secrets, configure
 from .runtime import RuntimeMetrics
 from .settings import CONFIG_ENV, ENV_PREFIX, SECRET_FILES, ConfigError, Settings, load_settings
+from .statefile import StateDirError
 from .webconfig import WebSecurity
 
 PROG = "bifrost-batch-exporter"
@@ -116,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_once(settings))
         asyncio.run(_serve(settings, web))
         return 0
+    except StateDirError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         structlog.get_logger("exporter").error(
             "startup_failed", error=str(exc), listen=settings.listen_address
@@ -133,6 +137,7 @@ async def _once(settings: Settings) -> int:
         rendered = exporter.refresh()
     finally:
         await exporter.client.aclose()
+        exporter.poller.close()
     # The same exposition a scrape gets: the batch series, then the process's own.
     sys.stdout.buffer.write(rendered.text + RuntimeMetrics().text())
     sys.stdout.flush()

@@ -43,6 +43,7 @@ Reason = Literal[
     "cursor_loop",
     "cursor_ignored",
     "max_pages",
+    "cursor_refused",
 ]
 REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
 Truncation = Literal["cursor_loop", "cursor_ignored", "max_pages"]
@@ -150,6 +151,10 @@ class ListResult:
     requests: int = 0
     stopped: Stop = "end"
     next_cursor: str | None = None
+    # The request that failed carried a cursor, and the gateway refused it (a 4xx, or a 5xx in the gateway's own
+    # error shape: Bifrost answers an invalid cursor with 500): the walk must restart from the head, since sending
+    # the same cursor again would fail the same way for ever.
+    cursor_refused: bool = False
 
 
 @dataclass(slots=True)
@@ -167,6 +172,7 @@ class RetrieveResult:
 class _Tally:
     requests: int = 0
     retries: int = 0
+    cursor: str | None = None  # the `after` of the request under way
 
 
 def _parse_retry_after(value: str | None, now: float) -> float | None:
@@ -397,6 +403,9 @@ class BifrostClient:
             result.unsupported = True
         except RequestFailedError as exc:
             result.failure = Failure(exc.reason, self._scrub(exc.detail), exc.status, tally.retries + 1)
+            result.cursor_refused = tally.cursor is not None and (
+                exc.reason == "client_error" or (exc.reason == "server_error" and exc.gateway_body)
+            )
         result.requests = tally.requests
         result.retries = tally.retries
         return result
@@ -494,6 +503,7 @@ class BifrostClient:
             after = cursor
 
     async def _fetch_page(self, provider: str, after: str | None, tally: _Tally) -> Page:
+        tally.cursor = after
         params = {"provider": provider, "limit": str(page_size_for(provider, self._settings.page_size))}
         if after is not None:
             params["after"] = after
@@ -527,6 +537,20 @@ class BifrostClient:
                     )
                 result.failure = Failure(exc.reason, self._scrub(detail), exc.status, tally.retries + 1)
         else:
+            if batch.id != batch_id:
+                # A gateway, proxy or cache that answers with another batch: folding it under the id we asked for
+                # would count that other batch twice. Not the batch asked for is a fault, never data.
+                result.failure = Failure(
+                    "invalid_response",
+                    self._scrub(
+                        f"asked for batch {_short(batch_id, 80)!r}, the gateway answered with "
+                        f"{_short(batch.id, 80)!r}; not folded"
+                    ),
+                    200,
+                    tally.retries + 1,
+                )
+                result.requests = tally.requests
+                return result
             result.batch = batch
             extra = batch.extra_fields
             if extra is not None and extra.latency is not None and extra.latency >= 0:
@@ -666,7 +690,7 @@ class BifrostClient:
             raise RequestFailedError("rate_limited", said, status, retry_after)
         if status >= 500:
             retry_after = _parse_retry_after(response.headers.get("retry-after"), time.time())
-            raise RequestFailedError("server_error", said, status, retry_after)
+            raise RequestFailedError("server_error", said, status, retry_after, gateway_body=err.shaped)
         raise RequestFailedError("client_error", said, status, gateway_body=err.shaped)
 
     def _clean_message(self, message: str | None) -> str | None:

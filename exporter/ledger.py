@@ -4,11 +4,16 @@ A list poll only shows the present; "a batch reached `failed`" is an event, so w
 and count each terminal transition once. The memory is bounded: an id is forgotten once its terminal timestamp is
 older than the retention (48 h), an active id not seen for `ACTIVE_FORGET_POLLS` polls is forgotten, and past
 `MAX_TRACKED_IDS` the oldest ids go first. A batch whose terminal timestamp is older than the retention, than our
-start (or, restored from a state file, than the last complete poll before the stop), or than the newest settled id
-we had to forget early, is never counted — so neither a restart nor forgetting can count a batch twice.
+start (or, restored from a state file, than the watermark of the process before), or than the newest settled id
+we had to forget, is never counted — so neither a restart nor forgetting can count a batch twice.
 
-The ledger is the only per-provider state that must survive a restart; `to_state`/`from_state` give the state
-file (exporter/statefile.py) a plain, versioned JSON shape of it.
+Nothing here trusts the host's wall clock to move forward: retention is measured against the gateway's own
+timestamps (the newest one seen, which never goes back), and "seen by this poll" is a poll sequence number. A host
+clock stepped two days ahead and back again would otherwise forget every counted id and then count them again.
+
+The ledger is the only per-provider state that must survive a restart; `to_state`/`load_state` give the state
+file (exporter/statefile.py) a plain, versioned JSON shape of it, every label-value bound included (a bound that
+restarts from zero admits new values on every rolling deploy).
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ MAX_CODES: Final = 20
 MAX_GROUP_VALUES: Final = 50
 MAX_TRACKED_IDS: Final = 1_000_000
 ACTIVE_FORGET_POLLS: Final = 20
+# How far ahead of the host's clock a gateway timestamp may move the retention clock: a lying gateway (a year-3000
+# `completed_at`) must not make the ledger forget every id at once.
+MAX_FUTURE_SECONDS: Final = 86_400.0
 OVERFLOW_STATUS: Final = "other"
 OVERFLOW_CODE: Final = "other"
 INVALID_CODE: Final = "invalid"
@@ -176,12 +184,18 @@ class Ledger:
         self.metadata_keys = tuple(metadata_keys)
         self.max_tracked_ids = max_tracked_ids
         self.poll_interval = poll_interval
-        # id → one float: -t when last seen active by the poll that started at t; +t once settled (terminal), t being
-        # its terminal timestamp (or when we saw it), after which it is forgotten at t + retention. One float per id
-        # rather than a tuple keeps a 100k-batch gateway's ledger near 150 bytes per batch.
+        # id → one float: -(n + 1) when last seen active by poll number n; +t once settled (terminal), t being its
+        # terminal timestamp (or the gateway time when we saw it), after which it is forgotten once the gateway's
+        # clock passes t + retention. One float per id rather than a tuple keeps a 100k-batch gateway's ledger near
+        # 150 bytes per batch.
         self._ids: dict[str, float] = {}
-        # Settled ids forgotten before their retention ran out (the cap): nothing at or before this is counted again.
+        # Settled ids forgotten (by retention or the cap): nothing at or before this is counted again.
         self._floor = 0.0
+        # The gateway's clock as its timestamps show it: the newest created/terminal timestamp seen (never more
+        # than MAX_FUTURE_SECONDS ahead of ours). It only moves forward, so retention cannot run backwards.
+        self.gateway_now = 0.0
+        # Polls finished so far: "seen by poll n" marks active ids without reading any clock.
+        self._seq = 0
         self._cache_counted: set[str] = set()
         self._finished: dict[tuple[str, Group], int] = {}
         self._finished_requests: dict[tuple[str, Group], list[int]] = {}
@@ -203,6 +217,8 @@ class Ledger:
         self._group_values: list[set[str]] = [set() for _ in self.metadata_keys]
         self._groups_seen: set[Group] = set()
         self.last_complete_poll: float | None = None
+        # The watermark read from a state file, kept as it was (started_at may be lower, see load_state).
+        self.restored_watermark: float | None = None
         self.last_resync: float | None = None
         # One-shot warnings the poller logs (and clears) after the poll that raised them.
         self.status_overflow_pending = False
@@ -283,7 +299,10 @@ class Ledger:
         active ids this poll saw.
         """
         ids = self._ids
-        horizon = max(now - self.retention, self._floor)
+        batches = list(batches)
+        self._advance_gateway_clock(batches, now)
+        horizon = self.horizon()
+        marker = self._seen_marker()
         newly_finished = 0
         for batch in batches:
             status = batch.normalized_status
@@ -291,7 +310,7 @@ class Ledger:
             if status not in TERMINAL_STATUSES:
                 if entry is None or entry < 0:
                     # A settled id stays settled: a batch that flips terminal → active → terminal counts once.
-                    ids[batch.id] = -now
+                    ids[batch.id] = marker
                 self._count_item_cache(batch)
                 continue
             ts = batch.terminal_timestamp(status)
@@ -307,7 +326,8 @@ class Ledger:
                     self._finish(status, None, batch)
                     newly_finished += 1
                     self._count_item_cache(batch)
-                ids[batch.id] = now
+                # Retained from the gateway time we saw it (our own clock could be anywhere).
+                ids[batch.id] = max(self.gateway_now, horizon + 1.0, 1.0)
                 continue
             if ts <= horizon and entry is None:
                 continue  # older than we remember (or than an id we had to forget): never counted, never stored
@@ -318,25 +338,57 @@ class Ledger:
             ids[batch.id] = ts
         return newly_finished
 
+    def horizon(self) -> float:
+        """Terminal timestamps at or before this are never counted (nor remembered) on first sight."""
+        return max(self.gateway_now - self.retention, self._floor)
+
+    def _seen_marker(self) -> float:
+        return -float(self._seq + 1)
+
+    def _advance_gateway_clock(self, batches: Sequence[Batch], wall_now: float) -> None:
+        newest = self.gateway_now
+        for batch in batches:
+            created = batch.created
+            if created is not None and created > newest:
+                newest = created
+            ts = batch.terminal_timestamp(batch.normalized_status)
+            if ts is not None and ts > newest:
+                newest = ts
+        self.gateway_now = max(self.gateway_now, min(newest, wall_now + MAX_FUTURE_SECONDS))
+
     def finish_poll(self, now: float, complete: bool) -> None:
         """Forget what may be forgotten, then remember `now` as the last complete poll when it was one.
 
         Vanished active ids go after a poll that saw the whole list, or once unseen for ACTIVE_FORGET_POLLS polls
         of any outcome (a provider whose polls always stop early would otherwise grow the ledger for ever).
+        Settled ids go once the gateway's clock is past their retention; the newest of them raises the floor.
         """
-        horizon = now - self.retention
-        seen_marker = -now
-        stale_active = -(now - ACTIVE_FORGET_POLLS * self.poll_interval)
-        stale = [
-            batch_id
-            for batch_id, value in self._ids.items()
-            if (0 < value < horizon)
-            or (value < 0 and value != seen_marker and (complete or value > stale_active))
-        ]
+        horizon = max(self.gateway_now - self.retention, self._floor)
+        seen_marker = self._seen_marker()
+        stale_active = -float(self._seq + 1 - ACTIVE_FORGET_POLLS)
+        expired = 0.0
+        stale = []
+        for batch_id, value in self._ids.items():
+            if 0 < value < horizon:
+                stale.append(batch_id)
+                expired = max(expired, value)
+            elif value < 0 and value != seen_marker and (complete or value > stale_active):
+                stale.append(batch_id)
+        self._floor = max(self._floor, expired)
         self.forget(stale)
         self._enforce_cap()
+        self._seq += 1
         if complete:
-            self.last_complete_poll = now
+            self.list_completed(now)
+
+    def list_completed(self, started: float) -> None:
+        """A list that saw every batch started at `started`: the restart watermark moves there.
+
+        Bounded by the gateway's newest timestamp, so a host clock stepped ahead cannot put the watermark past
+        what the gateway had shown. A watermark lower than the list's real start is still exact: that list saw
+        every batch that finished before it (they are among the ids kept), so only batches never seen can count.
+        """
+        self.last_complete_poll = min(started, self.gateway_now) if self.gateway_now > 0 else started
 
     def forget(self, batch_ids: Iterable[str]) -> None:
         """Drop ids the caller knows are gone (404, absent from a full list) or stale."""
@@ -354,8 +406,9 @@ class Ledger:
         excess = len(self._ids) - self.max_tracked_ids
         if excess <= 0:
             return
-        # Oldest first by the time each value records; settled ones raise the floor so they are never recounted.
-        oldest = sorted(self._ids.items(), key=lambda kv: abs(kv[1]))[:excess]
+        # Settled ids first, oldest terminal time first (they raise the floor, so they are never recounted), then
+        # the active ids seen longest ago.
+        oldest = sorted(self._ids.items(), key=lambda kv: (0, kv[1]) if kv[1] > 0 else (1, -kv[1]))[:excess]
         for _, value in oldest:
             if value > 0:
                 self._floor = max(self._floor, value)
@@ -455,10 +508,18 @@ class Ledger:
     def to_state(self) -> dict[str, Any]:
         """Everything a restarted process needs to resume: plain JSON types only."""
         return {
-            "watermark": self.last_complete_poll if self.last_complete_poll is not None else self.started_at,
+            "watermark": self.last_complete_poll
+            if self.last_complete_poll is not None
+            else self.restored_watermark
+            if self.restored_watermark is not None
+            else self.started_at,
+            "gateway_now": self.gateway_now,
+            "seq": self._seq,
             "floor": self._floor,
             "ids": self._ids,
             "metadata_keys": list(self.metadata_keys),
+            "group_values": [sorted(values) for values in self._group_values],
+            "unknown_statuses": sorted(self._unknown_statuses),
             "finished": [[s, list(g), n] for (s, g), n in self._finished.items()],
             "finished_requests": [[s, list(g), v] for (s, g), v in self._finished_requests.items()],
             "failures": [[s, c, list(g), n] for (s, c, g), n in self._failures.items()],
@@ -492,16 +553,36 @@ class Ledger:
             poll_interval=self.poll_interval,
         )
         watermark = _finite(state["watermark"])
+        fresh.gateway_now = _finite(state.get("gateway_now", 0.0))
         fresh.started_at = min(self.started_at, watermark)
         fresh.last_complete_poll = None
+        fresh.restored_watermark = watermark
         fresh._floor = _finite(state["floor"])
+        fresh._seq = _count(state.get("seq", 0))
         ids = state["ids"]
         if not isinstance(ids, dict):
             raise TypeError("ids is not a mapping")
-        fresh._ids = {str(k): _finite(v) for k, v in ids.items()}
+        restored_marker = fresh._seen_marker()
+        fresh._ids = {}
+        for key, raw in ids.items():
+            entry = _finite(raw)
+            if entry == 0:
+                raise ValueError("an id entry of 0")
+            # Files of earlier releases marked active ids with -time: they become "seen by the last poll".
+            fresh._ids[str(key)] = restored_marker if entry < -1e7 else entry
         same_keys = list(state["metadata_keys"]) == list(self.metadata_keys)
         if not same_keys:
             notes.append("metadata_labels changed: per-owner counters start again from 0")
+        else:
+            for i, values in enumerate(state.get("group_values", [])[: len(self.metadata_keys)]):
+                admitted = {_label_value(v) for v in values}
+                if len(admitted) > MAX_GROUP_VALUES:
+                    raise ValueError("more metadata values than the cap admits")
+                fresh._group_values[i] = admitted
+        unknown = {str(v) for v in state.get("unknown_statuses", [])}
+        if len(unknown) > MAX_UNKNOWN_STATUSES:
+            raise ValueError("more unknown statuses than the cap admits")
+        fresh._unknown_statuses = unknown
         for s, g, n in state["finished"]:
             if same_keys:
                 fresh._finished[(str(s), tuple(g))] = _count(n)
@@ -514,7 +595,16 @@ class Ledger:
         for s, c, g, n in state["failures"]:
             if same_keys:
                 fresh._failures[(str(s), str(c), tuple(g))] = _count(n)
+        fresh._groups_seen = {g for _, g in fresh._finished} | {g for _, _, g in fresh._failures}
+        if same_keys and "group_values" not in state:
+            # Files of earlier releases did not keep the cap's values: the counters' groups are what was admitted.
+            for group in fresh._groups_seen:
+                for i, v in enumerate(group[: len(self.metadata_keys)]):
+                    if v and v != OVERFLOW_STATUS and len(fresh._group_values[i]) < MAX_GROUP_VALUES:
+                        fresh._group_values[i].add(v)
         fresh._codes = {str(c) for c in state["codes"]}
+        if len(fresh._codes) > MAX_CODES:
+            raise ValueError("more failure codes than the cap admits")
         fresh._last_failure = {
             str(s): LastFailure(str(v[0]), str(v[1]), _finite(v[2])) for s, v in state["last_failure"].items()
         }
@@ -526,9 +616,9 @@ class Ledger:
         if not fresh._latency.load(state["latency"]):
             notes.append("latency buckets changed: that histogram starts again from 0")
         fresh._similarity.load(state["similarity"])
+        fresh._polls = _count(state["polls"])
         fresh._cache_lookups = _count(state["cache_lookups"])
         fresh._cache_hits.update({str(k): _count(v) for k, v in state["cache_hits"].items()})
-        fresh._polls = _count(state["polls"])
         fresh._requests.update({str(k): _count(v) for k, v in state["requests"].items()})
         fresh._errors.update({str(k): _count(v) for k, v in state["errors"].items() if k in self._errors})
         last_resync = state.get("last_resync")

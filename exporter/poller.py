@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -72,10 +73,14 @@ class _Run:
     synced: bool = False  # a full list has completed at least once
     resync_truncated: str | None = None  # reason the last full list stopped early
     next_resync: float = 0.0
+    last_start: float = (
+        0.0  # wall-clock start of the previous poll: a clock that went back makes a resync due
+    )
     crashes: int = 0
     state_write_failing: bool = False
     clamped: int = 0  # batches with clamped numbers in the last snapshot (logged when it changes)
     overflowed: int = 0
+    cursor_refusals: int = 0  # refused cursors since the last complete full list (logged on the first)
 
 
 @dataclass(slots=True)
@@ -117,6 +122,10 @@ class Poller:
         self._on_change = on_change
         self.started_at = clock() if started_at is None else started_at
         self._log = structlog.get_logger("exporter.poller")
+        # The state directory is this process's alone for its whole life (statefile.lock): taken before anything
+        # is read from it, so two exporters can never interleave their writes.
+        self._state_lock = self._take_state_dir()
+        self.state_file_ops = statefile.REAL_FILE_OPS  # tests swap in failing system calls
         self._ledgers = {
             p: Ledger(
                 self.started_at,
@@ -150,6 +159,33 @@ class Poller:
 
     # --- durable state ------------------------------------------------------------------------------------------
 
+    def _take_state_dir(self) -> statefile.StateLock | None:
+        state_dir = self._settings.state_dir
+        if state_dir is None:
+            return None
+        try:
+            taken = statefile.lock(state_dir)
+        except OSError as exc:
+            # Not even a lock file could be made: writes will fail the same way and say so per poll.
+            self._log.warning(
+                "state_dir_unusable",
+                setting="state_dir",
+                path=str(state_dir),
+                detail=f"{type(exc).__name__}: {exc.strerror or exc}"[:300],
+                consequence="serving on without durable state",
+            )
+            return None
+        removed = statefile.remove_temporaries(state_dir)
+        if removed:
+            self._log.info("state_temporaries_removed", path=str(state_dir), count=removed)
+        return taken
+
+    def close(self) -> None:
+        """Release the state directory (a restarted exporter in the same process can take it again)."""
+        if self._state_lock is not None:
+            self._state_lock.release()
+            self._state_lock = None
+
     def _restore(self, provider: str, ledger: Ledger) -> None:
         state_dir = self._settings.state_dir
         if state_dir is None:
@@ -161,6 +197,7 @@ class Poller:
                 self._log.info(
                     "state_not_found", provider=provider, path=path, detail="starting without history"
                 )
+                self._write_initial(provider, ledger, state_dir)
                 return
             notes = ledger.load_state(state)
         except statefile.StateError as exc:
@@ -191,13 +228,30 @@ class Poller:
             notes=notes or None,
         )
 
+    def _write_initial(self, provider: str, ledger: Ledger, state_dir: Path) -> None:
+        """A first start records its start at once: a process killed before its first poll completes must not
+        leave the next one to call every transition since then history."""
+        if self._state_lock is None:
+            return
+        try:
+            data = statefile.encode(provider, ledger.to_state(), self._clock())
+            statefile.write(state_dir, provider, data, self.state_file_ops)
+        except (OSError, ValueError) as exc:
+            self._log.warning(
+                "state_write_failed",
+                provider=provider,
+                setting="state_dir",
+                detail=f"{type(exc).__name__}: {exc}"[:300],
+                consequence="serving on; a restart will not resume from this start",
+            )
+
     async def _save(self, provider: str, ledger: Ledger, run: _Run, now: float) -> None:
         state_dir = self._settings.state_dir
         if state_dir is None:
             return
         try:
             data = statefile.encode(provider, ledger.to_state(), now)
-            await asyncio.to_thread(statefile.write, state_dir, provider, data)
+            await asyncio.to_thread(statefile.write, state_dir, provider, data, self.state_file_ops)
         except (OSError, ValueError) as exc:
             if not run.state_write_failing:
                 self._log.warning(
@@ -324,7 +378,11 @@ class Poller:
         budget = self._budget()
         observe = self._observe(ledger, started)
         refreshed: set[str] = set()
-        resync_due = store.resync is not None or not run.synced or started >= run.next_resync
+        # A host clock stepped back would otherwise postpone the next full list by the size of the step, and a
+        # batch only a full list can find (a later key) could then age past the ledger's retention unseen.
+        stepped_back = started < run.last_start
+        run.last_start = started
+        resync_due = store.resync is not None or not run.synced or started >= run.next_resync or stepped_back
         starting_from_head = resync_due and (store.resync is None or store.resync.cursor is None)
 
         head_cursor: str | None = None
@@ -343,11 +401,13 @@ class Poller:
             result = await self._client.list_batches(
                 provider, head_page, max_pages=min(budget, self._settings.max_pages), budget_truncates=False
             )
+            refused = self._refused(provider, run, ledger, result, "head")
             # A cursor defect matters here only while the newest pages were still showing new batches.
             self._take_list(outcome, result, ledger, head=not wanted_more[0])
             if outcome.failure is not None or outcome.unsupported:
                 return outcome
-            head_cursor, head_pages = result.next_cursor, result.pages
+            if not refused:
+                head_cursor, head_pages = result.next_cursor, result.pages
 
         # 2. Known active batches the list did not show: list on down to them when that costs fewer requests
         #    than one retrieve each (by their places in the last full list), then retrieve what is left.
@@ -370,6 +430,8 @@ class Poller:
                 result = await self._client.list_batches(
                     provider, deeper_page, after=head_cursor, max_pages=more_pages + 1, budget_truncates=False
                 )
+                # A refused cursor here leaves the rest to the retrieves below.
+                self._refused(provider, run, ledger, result, "deeper")
                 self._take_list(outcome, result, ledger, head=True)
                 if outcome.failure is not None or outcome.unsupported:
                     return outcome
@@ -406,6 +468,15 @@ class Poller:
             result = await self._client.list_batches(
                 provider, resync_page, after=resync.cursor, max_pages=pages, budget_truncates=False
             )
+            if self._refused(provider, run, ledger, result, "resync"):
+                # Sending that cursor again would fail the same way for ever: the full list starts again from the
+                # head, now, with what is left of the budget (what it had seen is not trusted to be whole).
+                self._take_list(outcome, result, ledger)
+                resync = store.start_resync(started)
+                spent = outcome.list_requests + outcome.retrieve_requests
+                result = await self._client.list_batches(
+                    provider, resync_page, max_pages=max(1, budget - spent), budget_truncates=False
+                )
             self._take_list(outcome, result, ledger)
             resync.pages += result.pages
             if outcome.failure is not None or outcome.unsupported:
@@ -429,10 +500,32 @@ class Poller:
                 run.next_resync = started + self._settings.resync_interval_seconds
                 if truncated is None:
                     ledger.resynced(self._clock())
+                    # The restart watermark: as of the start of this full list every batch has been seen (a
+                    # head-only poll sees only the newest pages, so it never moves the watermark).
+                    ledger.list_completed(resync.started_at)
+                    run.cursor_refusals = 0
         ledger.finish_poll(started, complete=False)
-        if outcome.failure is None and not outcome.unsupported:
-            ledger.last_complete_poll = started
         return outcome
+
+    def _refused(self, provider: str, run: _Run, ledger: Ledger, result: ListResult, walk: str) -> bool:
+        """A cursor we sent was refused: counted, logged on the first refusal since the last complete full list,
+        and taken out of the result's failure (the caller restarts the walk or falls back to retrieves)."""
+        if result.failure is None or not result.cursor_refused:
+            return False
+        failure, result.failure = result.failure, None
+        ledger.error("cursor_refused")
+        run.cursor_refusals += 1
+        if run.cursor_refusals == 1:
+            self._log.warning(
+                "cursor_refused",
+                provider=provider,
+                walk=walk,
+                http_status=failure.status,
+                detail=failure.detail,
+                consequence="the walk restarts from the newest page; further refusals are counted in "
+                'bifrost_batch_exporter_poll_errors_total{reason="cursor_refused"}',
+            )
+        return True
 
     @staticmethod
     def _take_list(outcome: _PollOutcome, result: ListResult, ledger: Ledger, *, head: bool = False) -> None:

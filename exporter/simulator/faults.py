@@ -34,6 +34,7 @@ FAULTS = frozenset(
         "html",
         "not_list",
         "cursor_loop",
+        "cursor_refused",
         "repeat_page",
         "no_cursor",
         "auth",
@@ -83,9 +84,11 @@ class FaultBook:
         found = self._faults.get(provider)
         return None if found is None else found.name
 
-    def take(self, provider: str, endpoint: str = "list", batch_id: str | None = None) -> Fault | None:
+    def take(
+        self, provider: str, endpoint: str = "list", batch_id: str | None = None, *, cursor: str | None = None
+    ) -> Fault | None:
         """The fault that applies to this request, counting it down; one armed for another endpoint or another
-        batch is left as it is."""
+        batch, or (`cursor_refused`) for a request that carries no cursor, is left as it is."""
         found = self._faults.get(provider)
         scope: str | None = provider
         if found is None:
@@ -97,6 +100,8 @@ class FaultBook:
             return None
         target = found.params.get("batch_id")
         if target is not None and target != batch_id:
+            return None
+        if found.name == "cursor_refused" and cursor is None:
             return None
         if found.remaining is not None:
             found.remaining -= 1

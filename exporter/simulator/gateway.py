@@ -151,7 +151,7 @@ class Gateway:
                 state.requests["list"] += 1
             if not provider:
                 return json_response(400, MISSING_PROVIDER_BODY)
-            fault = self._world.faults.take(provider, "list")
+            fault = self._world.faults.take(provider, "list", cursor=query.get("after") or None)
         if state is not None and state.spec.page_delay > 0:
             time.sleep(state.spec.page_delay)
         if fault is not None:
@@ -167,6 +167,9 @@ class Gateway:
         spec = state.spec
         if fault is not None and fault.name == "list_unavailable":
             return self._list_unavailable(state)
+        if fault is not None and fault.name == "cursor_refused":
+            # A cursor the upstream no longer knows (its batch purged, the key rotated): OpenAI's 400.
+            return self._unknown_after(state, query.get("after", ""))
         if not spec.batch_keys:
             return no_batch_keys_response(legacy=spec.style == "legacy")
         refused = self._check_limit(state, query.get("limit"))
