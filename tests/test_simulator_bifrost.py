@@ -533,3 +533,29 @@ def test_volcengine_is_still_unsupported(newest: tuple[Simulator, httpx.Client])
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "unsupported_operation"
     assert r.json()["error"]["message"] == "batch_list is not supported by volcengine provider"
+
+
+def test_gigachat_has_no_cancel_and_results_need_an_output_file(
+    newest: tuple[Simulator, httpx.Client],
+) -> None:
+    """gigachat.go @d187fb6f: BatchCancel is unsupported; BatchResults refuses with an operation error until the
+    batch has an output (or result) file."""
+    sim, c = newest
+    running = sim.add_batch("gigachat", status="in_progress")["id"]
+    cancel = c.post(f"/v1/batches/{running}/cancel", params={"provider": "gigachat"})
+    assert cancel.status_code == 400
+    assert cancel.json()["error"]["message"] == "batch_cancel is not supported by gigachat provider"
+    early = c.get(f"/v1/batches/{running}/results", params={"provider": "gigachat"})
+    assert early.status_code == 500
+    assert early.json()["is_bifrost_error"] is True
+    assert early.json()["error"]["message"].startswith("batch results not available: GigaChat did not return")
+    done = sim.add_batch("gigachat", status="completed")["id"]
+    assert c.get(f"/v1/batches/{done}/results", params={"provider": "gigachat"}).status_code == 200
+
+
+def test_openrouter_results_only_once_completed(newest: tuple[Simulator, httpx.Client]) -> None:
+    sim, c = newest
+    expired = sim.add_batch("openrouter", status="expired")["id"]
+    r = c.get(f"/v1/batches/{expired}/results", params={"provider": "openrouter"})
+    assert r.status_code == 500
+    assert r.json()["error"]["message"] == "batch results not available: batch status is expired"

@@ -852,10 +852,15 @@ def results_body(spec: ProviderSpec, batch_id: str, results: _Results, latency: 
     }
 
 
-def results_available(batch: dict[str, Any], view: dict[str, Any]) -> bool:
+def results_available(batch: dict[str, Any], view: dict[str, Any], flavor: str = "") -> bool:
     """Whether the provider hands out results for the batch now: finished and holding finished requests (a failed
-    batch only with an output file). Anything else is the provider's refusal."""
+    batch only with an output file; OpenRouter only once completed, GigaChat only with an output file). Anything
+    else is the provider's refusal."""
     status = str(batch.get("status"))
+    if flavor == "openrouter":
+        return status == "completed"
+    if flavor == "gigachat":
+        return bool(view.get("output_file_id"))
     counts = batch.get("request_counts") or {}
     finished = sum(int(counts.get(k, 0)) for k in ("completed", "failed", "expired", "canceled"))
     if status in ("completed", "ended"):

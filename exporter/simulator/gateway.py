@@ -430,7 +430,8 @@ class Gateway:
                 early = early_response(fault, provider, legacy=legacy, request_type=request_type)
                 if early is not None:
                     return early
-        if state is None or not state.spec.supported:
+        if state is None or not state.spec.supported or (cancel and state.spec.flavor == "gigachat"):
+            # GigaChat has no batch cancel (core/providers/gigachat/gigachat.go BatchCancel @d187fb6f).
             return json_response(400, unsupported_body(provider, request_type))
         if not state.spec.batch_keys:
             return no_batch_keys_response(legacy=state.spec.style == "legacy")
@@ -461,16 +462,10 @@ class Gateway:
         ledger = self._world.ledger
         now = self._world.clock()
         view = retrieve_object(batch, spec, 0)
-        if not results_available(batch, view):
+        if not results_available(batch, view, spec.flavor):
             if ledger is not None:
                 ledger.error_echo(spec.name, now, vk)
-            body = error_body(
-                400,
-                f"Batch {batch['id']} has no results yet (status {batch.get('status')}).",
-                err_type="invalid_request_error",
-                extra_fields={"provider": spec.name, "request_type": "batch_results"},
-            )
-            return json_response(400, body)
+            return _no_results(spec.name, spec.flavor, batch)
         latency = jitter(state.latency_rng, self._world.settings.latency_ms)
         if ledger is not None:
             payload, _ = ledger.results_call(state, batch, now, vk=vk, latency=float(latency))
@@ -493,6 +488,28 @@ def _native_page(listing: _Listing) -> dict[str, Any]:
         page["last_id"] = data[-1]["id"]
     page["has_more"] = listing.has_more
     return page
+
+
+def _no_results(provider: str, flavor: str, batch: dict[str, Any]) -> Response:
+    """A results call before there are results: GigaChat and OpenRouter refuse with operation errors (HTTP 500,
+    gigachat.go BatchResults @d187fb6f, openrouter/batch.go BatchResults); the others with the provider's own error
+    (its wording here is not taken from a provider)."""
+    if flavor == "gigachat":
+        message = (
+            "batch results not available: GigaChat did not return output_file_id or result_file_id "
+            "(batch may not be completed yet)"
+        )
+        return json_response(500, operation_error_body(message, provider, "batch_results"))
+    if flavor == "openrouter":
+        message = f"batch results not available: batch status is {batch.get('status')}"
+        return json_response(500, operation_error_body(message, provider, "batch_results"))
+    body = error_body(
+        400,
+        f"Batch {batch['id']} has no results yet (status {batch.get('status')}).",
+        err_type="invalid_request_error",
+        extra_fields={"provider": provider, "request_type": "batch_results"},
+    )
+    return json_response(400, body)
 
 
 def _gigachat_refusal(query: dict[str, str], provider: str) -> Response | None:
