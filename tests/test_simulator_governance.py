@@ -388,6 +388,7 @@ def test_cli_governance_demo_with_a_key_directory(tmp_path: Path) -> None:
         "exporter.simulator",
         "--port",
         "0",
+        "--no-lifecycle",
         "--governance",
         "--key-dir",
         str(key_dir),
