@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import selectors
 import subprocess
 import sys
 import time
@@ -399,12 +400,16 @@ def test_cli_governance_demo_with_a_key_directory(tmp_path: Path) -> None:
         assert proc.stdout is not None
         url = None
         deadline = time.monotonic() + 30
-        while url is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if "listening on" in line:
-                url = line.rsplit(" ", 1)[1].strip()
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            while url is None and time.monotonic() < deadline:
+                if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                    break
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                if "listening on" in line:
+                    url = line.rsplit(" ", 1)[1].strip()
         assert url is not None, proc.stderr.read() if proc.stderr else ""
         keys = {p.name: p.read_text().strip() for p in sorted(key_dir.iterdir())}
         assert set(keys) == {"tenant-a", "tenant-b"}
