@@ -11,7 +11,14 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.simulator import DEFAULT_PROVIDERS, ProviderSpec, Simulator
+from exporter.simulator import (
+    DEFAULT_PROVIDERS,
+    NEWEST_EXTRA_PROVIDERS,
+    NEWEST_PROVIDERS,
+    ProviderSpec,
+    Simulator,
+    decode_cursor,
+)
 
 T0 = 1_700_000_000.0
 NO_RAW = {"x-bf-send-back-raw-response": "false"}
@@ -374,3 +381,181 @@ def _at_risk(batch: dict[str, Any], now: float) -> bool:
         return bool(now - batch["created_at"] >= 0.5 * (batch["expires_at"] - batch["created_at"]))
     projected = now + (total - done) * (now - start) / done
     return bool(projected > batch["expires_at"])
+
+
+# ---- newest source: gigachat, openrouter, volcengine -----------------------------------------------------------
+
+GIGACHAT = ProviderSpec("gigachat", flavor="gigachat", keys=2)
+
+
+@pytest.fixture
+def newest(clock: FakeClock) -> Iterator[tuple[Simulator, httpx.Client]]:
+    with (
+        Simulator(providers=NEWEST_PROVIDERS, lifecycle=False, clock=clock) as s,
+        httpx.Client(base_url=s.url, timeout=10) as c,
+    ):
+        yield s, c
+
+
+def test_newest_providers_are_kept_out_of_the_defaults() -> None:
+    """The demo and the existing suites keep DEFAULT_PROVIDERS until the exporter stops sending `limit` to gigachat."""
+    assert {s.name for s in NEWEST_EXTRA_PROVIDERS} == {"gigachat", "openrouter", "volcengine"}
+    assert not {s.name for s in DEFAULT_PROVIDERS} & {"gigachat", "openrouter", "volcengine"}
+    assert NEWEST_PROVIDERS[: len(DEFAULT_PROVIDERS)] == DEFAULT_PROVIDERS
+
+
+@pytest.mark.parametrize("limit", ["1", "20", "1000"])
+def test_gigachat_refuses_limit_with_a_500_operation_error(
+    newest: tuple[Simulator, httpx.Client], limit: str
+) -> None:
+    """validateGigaChatBatchListRequest (core/providers/gigachat/batch.go @f44330cd): any limit > 0 is an operation
+    error, which the transport sends as HTTP 500 with is_bifrost_error true."""
+    sim, c = newest
+    sim.add_batch("gigachat")
+    r = c.get("/v1/batches", params={"provider": "gigachat", "limit": limit})
+    assert r.status_code == 500
+    assert r.json() == {
+        "is_bifrost_error": True,
+        "error": {"message": "GigaChat batch list does not support limit pagination"},
+        "extra_fields": {"provider": "gigachat", "request_type": "batch_list"},
+    }
+
+
+@pytest.mark.parametrize("limit", ["0", "-5", "abc", ""])
+def test_gigachat_accepts_a_limit_the_handler_drops(
+    newest: tuple[Simulator, httpx.Client], limit: str
+) -> None:
+    """The /v1/batches handler keeps `limit` only when it parses as an int > 0: anything else never reaches
+    GigaChat's validation."""
+    sim, c = newest
+    sim.add_batch("gigachat")
+    assert c.get("/v1/batches", params={"provider": "gigachat", "limit": limit}).status_code == 200
+
+
+def test_gigachat_refuses_before_and_reads_after_as_the_serial_cursor(
+    newest: tuple[Simulator, httpx.Client],
+) -> None:
+    sim, c = newest
+    sim.add_batch("gigachat")
+    before = c.get("/v1/batches", params={"provider": "gigachat", "before": "x"})
+    assert before.status_code == 500
+    assert before.json()["error"]["message"] == "GigaChat batch list does not support before_id pagination"
+    garbage = c.get("/v1/batches", params={"provider": "gigachat", "after": "not-a-cursor"})
+    assert garbage.status_code == 500
+    assert garbage.json()["error"]["message"] == "invalid pagination cursor"
+
+
+def test_gigachat_lists_one_whole_page_per_key(clock: FakeClock) -> None:
+    """BatchList: the serial helper over the keys, each key's whole list on one page (GigaChat has no paging), so
+    `has_more` and `next_cursor` only lead to the next key; first_id and last_id are set."""
+    with (
+        Simulator(providers=[GIGACHAT], lifecycle=False, clock=clock) as s,
+        httpx.Client(base_url=s.url) as c,
+    ):
+        key0 = [s.add_batch("gigachat", api_key=0, created_at=int(T0) - i)["id"] for i in range(30)]
+        key1 = [s.add_batch("gigachat", api_key=1, created_at=int(T0) - i)["id"] for i in range(3)]
+        first = c.get("/v1/batches", params={"provider": "gigachat"}).json()
+        assert [i["id"] for i in first["data"]] == key0
+        assert first["first_id"] == key0[0] and first["last_id"] == key0[-1]
+        assert first["has_more"] is True
+        assert decode_cursor(first["next_cursor"]) == (1, None)
+        second = c.get("/v1/batches", params={"provider": "gigachat", "after": first["next_cursor"]}).json()
+        assert [i["id"] for i in second["data"]] == key1
+        assert "has_more" not in second and "next_cursor" not in second
+
+
+def test_gigachat_items_carry_two_timestamps_three_counts_and_provider_extra_fields(
+    newest: tuple[Simulator, httpx.Client],
+) -> None:
+    sim, c = newest
+    done = sim.add_batch(
+        "gigachat",
+        api_key=0,
+        status="completed",
+        created_at=int(T0) - 600,
+        request_counts={"total": 10, "completed": 9, "failed": 1},
+    )
+    created = sim.add_batch("gigachat", api_key=0, status="validating", created_at=int(T0) - 60)
+    failed = sim.add_batch("gigachat", api_key=0, status="failed", created_at=int(T0) - 30)
+    items = {i["id"]: i for i in c.get("/v1/batches", params={"provider": "gigachat"}).json()["data"]}
+    item = items[done["id"]]
+    assert item == {
+        "id": done["id"],
+        "object": "batch",
+        "endpoint": "/v1/chat/completions",
+        "input_file_id": done["input_file_id"],
+        "completion_window": "24h",
+        "status": "completed",
+        "request_counts": {"total": 10, "completed": 9, "failed": 1},
+        "created_at": int(T0) - 600,
+        "completed_at": int(T0),
+        "output_file_id": done["output_file_id"],
+        "provider_extra_fields": {
+            "gigachat_batch_method": "chat_completions",
+            "gigachat_output_file_id": done["output_file_id"],
+            "gigachat_input_file_id": done["input_file_id"],
+        },
+        "extra_fields": {"provider": "gigachat", "latency": item["extra_fields"]["latency"]},
+    }
+    assert items[created["id"]]["status"] == "validating"  # GigaChat's "created"
+    assert "gigachat_batch_status" not in items[created["id"]]["provider_extra_fields"]
+    # A status Bifrost does not map passes through raw and is named in provider_extra_fields.
+    assert items[failed["id"]]["provider_extra_fields"]["gigachat_batch_status"] == "failed"
+    got = c.get(f"/v1/batches/{done['id']}", params={"provider": "gigachat"}, headers=NO_RAW).json()
+    assert {k: v for k, v in got.items() if k != "extra_fields"} == {
+        k: v for k, v in item.items() if k != "extra_fields"
+    }
+    assert got["extra_fields"]["request_type"] == "batch_retrieve"
+
+
+def test_openrouter_lists_through_the_openai_helper_and_honours_after(
+    newest: tuple[Simulator, httpx.Client],
+) -> None:
+    sim, c = newest
+    ids = [sim.add_batch("openrouter", created_at=int(T0) - i)["id"] for i in range(5)]
+    seen: list[str] = []
+    params: dict[str, Any] = {"limit": 2}
+    while True:
+        body = page(c, "openrouter", **params)
+        seen += [i["id"] for i in body["data"]]
+        if not body.get("has_more"):
+            break
+        params["after"] = body["next_cursor"]
+    assert seen == ids
+    item = page(c, "openrouter")["data"][0]
+    assert "input_file_id" not in item  # requests are inline
+    assert item["endpoint"] == "/v1/chat/completions"
+
+
+def test_volcengine_is_still_unsupported(newest: tuple[Simulator, httpx.Client]) -> None:
+    _, c = newest
+    r = c.get("/v1/batches", params={"provider": "volcengine"})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "unsupported_operation"
+    assert r.json()["error"]["message"] == "batch_list is not supported by volcengine provider"
+
+
+def test_gigachat_has_no_cancel_and_results_need_an_output_file(
+    newest: tuple[Simulator, httpx.Client],
+) -> None:
+    """gigachat.go @d187fb6f: BatchCancel is unsupported; BatchResults refuses with an operation error until the
+    batch has an output (or result) file."""
+    sim, c = newest
+    running = sim.add_batch("gigachat", status="in_progress")["id"]
+    cancel = c.post(f"/v1/batches/{running}/cancel", params={"provider": "gigachat"})
+    assert cancel.status_code == 400
+    assert cancel.json()["error"]["message"] == "batch_cancel is not supported by gigachat provider"
+    early = c.get(f"/v1/batches/{running}/results", params={"provider": "gigachat"})
+    assert early.status_code == 500
+    assert early.json()["is_bifrost_error"] is True
+    assert early.json()["error"]["message"].startswith("batch results not available: GigaChat did not return")
+    done = sim.add_batch("gigachat", status="completed")["id"]
+    assert c.get(f"/v1/batches/{done}/results", params={"provider": "gigachat"}).status_code == 200
+
+
+def test_openrouter_results_only_once_completed(newest: tuple[Simulator, httpx.Client]) -> None:
+    sim, c = newest
+    expired = sim.add_batch("openrouter", status="expired")["id"]
+    r = c.get(f"/v1/batches/{expired}/results", params={"provider": "openrouter"})
+    assert r.status_code == 500
+    assert r.json()["error"]["message"] == "batch results not available: batch status is expired"

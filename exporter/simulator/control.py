@@ -1,7 +1,11 @@
 """The `/_sim/` control API: drive the simulator over HTTP (from another process, a shell, or a bench).
 
-GET /_sim/state (batches by status and requests by endpoint, per provider); POST /_sim/fault, /_sim/batches,
-/_sim/batches/{id}/status, /_sim/batches/{id}/delete, /_sim/clear, /_sim/tick.
+GET /_sim/state (batches by status and requests by endpoint, per provider; owners and settlements when on);
+POST /_sim/fault, /_sim/batches (also `owner`, `external`, `models`), /_sim/batches/{id}/status,
+/_sim/batches/{id}/delete, /_sim/clear, /_sim/tick.
+Governance: GET /_sim/governance (the keys, values included: a simulator's keys are fixtures), POST /_sim/owner
+{provider, batch_id, owner}. Accounting: GET /_sim/accounting (the ground truth), POST /_sim/accounting/price
+{model, input, output}, POST /_sim/accounting/recalculate {models?, missing_only?}.
 """
 
 from __future__ import annotations
@@ -27,6 +31,22 @@ class Control:
     def __call__(self, method: str, path: str, body: bytes) -> Response:
         if method == "GET" and path == "/_sim/state":
             return json_response(200, dumps(self._sim.state()))
+        if method == "GET" and path == "/_sim/governance":
+            gov = self._sim.governance
+            if gov is None:
+                return json_response(404, error_body(404, "this simulator has no governance"))
+            keys = [
+                {"id": k.id, "name": k.name, "value": k.value, "team_id": k.team_id, "active": k.active}
+                for k in gov.keys
+            ]
+            return json_response(
+                200, dumps({"mandatory": gov.mandatory, "config_store": gov.config_store, "keys": keys})
+            )
+        if method == "GET" and path == "/_sim/accounting":
+            try:
+                return json_response(200, dumps(self._sim.accounting_truth().as_json()))
+            except ValueError as exc:
+                return json_response(404, error_body(404, str(exc)))
         if method != "POST":
             return json_response(405, error_body(405, "method not allowed"))
         try:
@@ -44,7 +64,22 @@ class Control:
                 return json_response(200, dumps({"fault": fault, "provider": provider, "times": times}))
             if path == "/_sim/batches":
                 provider = payload.pop("provider")
+                if "models" in payload:
+                    payload["models"] = tuple(payload["models"])
                 return json_response(200, dumps(self._sim.add_batch(provider, **payload)))
+            if path == "/_sim/owner":
+                self._sim.set_owner(payload["provider"], payload["batch_id"], payload.get("owner"))
+                return json_response(200, dumps({"owner": payload.get("owner")}))
+            if path == "/_sim/accounting/price":
+                self._sim.set_price(str(payload["model"]), float(payload["input"]), float(payload["output"]))
+                return json_response(200, dumps({"model": payload["model"]}))
+            if path == "/_sim/accounting/recalculate":
+                models = payload.get("models")
+                changed = self._sim.recalculate(
+                    models=None if models is None else [str(m) for m in models],
+                    missing_only=bool(payload.get("missing_only", True)),
+                )
+                return json_response(200, dumps({"updated": changed}))
             if path == "/_sim/clear":
                 self._sim.clear(payload.get("provider"))
                 return json_response(200, b'{"cleared":true}')

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
+from .accounting import Accounting, AccountingTruth, Ledger, accounting_log_id
 from .control import Control
 from .flavors import (
     DEFAULT_PROVIDERS,
@@ -26,6 +27,7 @@ from .flavors import (
     skeleton,
 )
 from .gateway import Gateway
+from .governance import Governance, VirtualKey
 from .lifecycle import Clock
 from .scenario import Script
 from .server import HttpServer
@@ -36,7 +38,14 @@ from .world import RawHeader, Settings, World
 __all__ = ["Endpoint", "Simulator", "View"]
 
 View = Literal["stored", "list", "retrieve"]
-Endpoint = Literal["list", "retrieve", "cancel"]
+Endpoint = Literal["list", "retrieve", "cancel", "results"]
+
+
+class _Unset:
+    """Marks an argument left out, where None is a meaningful value (a batch with no owner)."""
+
+
+_UNSET = _Unset()
 
 
 class Simulator:
@@ -61,6 +70,9 @@ class Simulator:
         retention_seconds: float | None = None,
         troubled: bool = True,
         arrivals: bool = True,
+        governance: Governance | None = None,
+        accounting: Accounting | None = None,
+        admin_token: str | None = None,
     ) -> None:
         """`lifecycle` moves batches in (injected) time; without it the store is static and tests build exact
         scenarios with add_batch. With the lifecycle on, new batches arrive every 10-30 s unless `arrivals` is
@@ -68,7 +80,14 @@ class Simulator:
         batch that falls behind and one that never starts (the early-warning demo); `retention_seconds` makes
         finished batches disappear that long after their end. `send_back_raw_response` is the providers' echo
         config; `raw_header` how the per-request header overrides it (see gateway). `cache_debug` invents semantic-cache debug data,
-        which real Bifrost never puts on batch responses: for demos of the cache panels only."""
+        which real Bifrost never puts on batch responses: for demos of the cache panels only.
+
+        `governance` turns on the governance plugin (virtual keys, an owner per batch, narrowed lists, 404 for another
+        key's batch; see `governance`); exclusive with the simple `virtual_key`. `accounting` turns on batch
+        accounting and the logs API (settlement rows, see `accounting`); `basic_auth` (or `admin_token`, an admin
+        session token sent as Bearer) is then the logs API's login. Both are off by default."""
+        if governance is not None and virtual_key is not None:
+            raise ValueError("virtual_key and governance are exclusive: list the key in governance.keys")
         basic = (
             None
             if basic_auth is None
@@ -81,6 +100,9 @@ class Simulator:
             cache_debug=cache_debug,
             send_back_raw_response=send_back_raw_response,
             raw_header=raw_header,
+            governance=governance,
+            accounting=accounting,
+            admin_token=admin_token,
         )
         self._world = World.build(
             specs=DEFAULT_PROVIDERS if providers is None else providers,
@@ -106,6 +128,9 @@ class Simulator:
                         if arrivals:
                             state.next_create = now + state.rng.uniform(10, 30)
                     self._world.lifecycle.advance(state, now)
+        if self._world.ledger is not None:
+            with self._world.lock:
+                self._world.advance_all()
 
     # ---- server lifecycle --------------------
 
@@ -144,6 +169,16 @@ class Simulator:
     def providers(self) -> tuple[ProviderSpec, ...]:
         return tuple(state.spec for state in self._world.providers.values())
 
+    @property
+    def governance(self) -> Governance | None:
+        return self._world.settings.governance
+
+    @property
+    def virtual_keys(self) -> dict[str, str]:
+        """Key name (or id) → value, for clients and key directories; empty without governance."""
+        gov = self._world.settings.governance
+        return {} if gov is None else {vk.name or vk.id: vk.value for vk in gov.keys}
+
     # ---- store API --------------------
 
     def _state(self, provider: str) -> ProviderState:
@@ -163,12 +198,20 @@ class Simulator:
         batch_id: str | None = None,
         api_key: int | None = None,
         error_code: str | None = None,
+        owner: str | _Unset | None = _UNSET,
+        external: bool = False,
+        models: tuple[str, ...] | None = None,
         **fields: Any,
     ) -> dict[str, Any]:
         """Exact scenarios for tests: the status is stored as spelled, timestamps follow it, `fields` win.
-        `error_code` is the errors.data[].code a failed or expired OpenAI-shaped batch carries."""
+        `error_code` is the errors.data[].code a failed or expired OpenAI-shaped batch carries. With governance,
+        `owner` is the virtual key id recorded as the batch's creator (None: created with no key; left out: drawn
+        like the simulator's own batches) and `external` a batch created outside the gateway (no job row: nobody
+        owns it and the accounting sweeper never settles it). With accounting, `models` are the models its
+        requests ran on (two or more: a `mixed` settlement)."""
         with self._world.lock:
             state = self._world.provider(provider)
+            self._check_owner(owner, external)
             batch = self._build_manual(
                 state, status, created_at, expires_at, request_counts, batch_id, error_code, dict(fields)
             )
@@ -176,8 +219,106 @@ class Simulator:
             if not 0 <= key < max(1, state.spec.keys):
                 raise ValueError(f"api_key {key} out of range for {provider} ({state.spec.keys} keys)")
             seq = next(self._world.seq)
+            if models is not None and self._world.ledger is not None:
+                self._world.ledger.set_models(provider, str(batch["id"]), models)
             state.insert(batch, key, seq, None, seq)
+            bid = str(batch["id"])
+            if external:
+                state.owners.pop(bid, None)
+                state.external.add(bid)
+                if self._world.ledger is not None:
+                    self._world.ledger.drop_job(provider, bid)
+            elif not isinstance(owner, _Unset):
+                state.owners[bid] = owner
             return copy_json(batch)
+
+    def _check_owner(self, owner: str | _Unset | None, external: bool) -> None:
+        gov = self._world.settings.governance
+        if isinstance(owner, str):
+            if gov is None:
+                raise ValueError("owner needs a simulator with governance")
+            gov.key(owner)  # KeyError for an id the gateway does not know
+        if external and isinstance(owner, str):
+            raise ValueError("a batch created outside the gateway has no owner")
+
+    def set_owner(self, provider: str, batch_id: str, owner: str | None) -> None:
+        """Record another creator on the batch's job row (None: no key), e.g. to move a batch between tenants."""
+        with self._world.lock:
+            self._check_owner(owner, False)
+            state = self._world.provider(provider)
+            if batch_id not in state.batches:
+                raise KeyError(batch_id)
+            state.external.discard(batch_id)
+            state.owners[batch_id] = owner
+
+    def owner(self, provider: str, batch_id: str) -> str | None:
+        """The virtual key id on the batch's job row (None: no key, or no row)."""
+        with self._world.lock:
+            return self._world.provider(provider).owners.get(batch_id)
+
+    def visible_batches(self, provider: str, key_id: str | None) -> list[str]:
+        """Ground truth for governance: the ids a request with this key (None: no key) can list, newest first."""
+        with self._world.lock:
+            state = self._world.provider(provider)
+            gov = self._world.settings.governance
+            vk: VirtualKey | None = None if key_id is None or gov is None else gov.key(key_id)
+            ordered = sorted(state.meta.items(), key=lambda item: item[1].sort_key)
+            return [
+                bid
+                for bid, _ in ordered
+                if vk is None or self._world.governor is None or self._world.governor.visible(vk, state, bid)
+            ]
+
+    # ---- accounting --------------------
+
+    @staticmethod
+    def settlement_id(provider: str, batch_id: str) -> str:
+        """The settlement row's id (UUIDv5 of "<provider>:<batch_id>"), as the exporter computes it."""
+        return accounting_log_id(provider, batch_id)
+
+    def accounting_truth(self) -> AccountingTruth:
+        """Every settlement row as it reads now (after the sweeps due by the clock), the echo rows' ids, and the
+        finished batches that have no settlement."""
+        with self._world.lock:
+            ledger = self._require_ledger()
+            self._world.advance_all()
+            return ledger.truth()
+
+    def log_row(self, log_id: str) -> dict[str, Any] | None:
+        """One row as `GET /api/logs/{id}` renders it (None: no such row yet)."""
+        with self._world.lock:
+            ledger = self._require_ledger()
+            self._world.advance_all()
+            row = ledger.rows.get(log_id)
+            return None if row is None else row.render(ledger.config.null_cost)
+
+    def job(self, provider: str, batch_id: str) -> dict[str, Any] | None:
+        """The batch's accounting job row (status, poll attempts, next check), None when it has none."""
+        with self._world.lock:
+            ledger = self._require_ledger()
+            self._world.advance_all()
+            return ledger.job_state(provider, batch_id)
+
+    def set_price(self, model: str, input_per_token: float, output_per_token: float) -> None:
+        """The model catalog learns (or changes) a batch rate. Rows are not touched until `recalculate`."""
+        with self._world.lock:
+            self._require_ledger().prices[model] = (input_per_token, output_per_token)
+
+    def recalculate(self, *, models: Iterable[str] | None = None, missing_only: bool = True) -> int:
+        """The logs' cost recalculation (`POST /api/logs/recalculate-cost`): fill in costs that are missing, or with
+        `missing_only` False re-price every row of `models`; returns how many rows changed."""
+        with self._world.lock:
+            ledger = self._require_ledger()
+            self._world.advance_all()
+            return ledger.recalculate(
+                models=None if models is None else set(models), missing_only=missing_only
+            )
+
+    def _require_ledger(self) -> Ledger:
+        ledger = self._world.ledger
+        if ledger is None:
+            raise ValueError("this simulator has no accounting (Simulator(accounting=Accounting()))")
+        return ledger
 
     def load_batches(self, provider: str, batches: Iterable[dict[str, Any]]) -> int:
         """Bulk insert of ready-made batch dicts (e.g. from generate_batches) for big benchmark stores."""
@@ -341,17 +482,16 @@ class Simulator:
     # ---- lifecycle --------------------
 
     def tick(self) -> None:
-        now = self._clock()
+        """Everything due by the clock: lifecycles, and with accounting the sweeps and price events."""
         with self._world.lock:
-            for state in self._world.providers.values():
-                self._world.lifecycle.advance(state, now)
+            self._world.advance_all()
 
     def list_requests(self, provider: str | None = None) -> int:
         return self.requests(provider, "list")
 
     def requests(self, provider: str | None = None, endpoint: Endpoint = "list") -> int:
-        """Requests the gateway received on one endpoint ("list", "retrieve", "cancel"), for one provider or
-        all: every one of them is a call to the provider's API on the customer's rate limit."""
+        """Requests the gateway received on one endpoint ("list", "retrieve", "cancel", "results"), for one
+        provider or all: every one of them is a call to the provider's API on the customer's rate limit."""
         with self._world.lock:
             if provider is None:
                 if endpoint == "list":
@@ -381,11 +521,33 @@ class Simulator:
                     "list_requests": st.list_requests,
                     "requests": dict(st.requests),
                 }
-            return {
+            out: dict[str, Any] = {
                 "providers": providers,
                 "list_requests": self._world.list_requests_total,
                 "retrieve_requests": sum(st.requests["retrieve"] for st in self._world.providers.values()),
             }
+            gov = self._world.settings.governance
+            if gov is not None:
+                for name, st in self._world.providers.items():
+                    owners: dict[str, int] = {}
+                    for bid in st.batches:
+                        label = "external" if bid in st.external else (st.owners.get(bid) or "none")
+                        owners[label] = owners.get(label, 0) + 1
+                    providers[name]["owners"] = dict(sorted(owners.items()))
+                out["governance"] = {
+                    "mandatory": gov.mandatory,
+                    "config_store": gov.config_store,
+                    "keys": [{"id": k.id, "name": k.name, "active": k.active} for k in gov.keys],
+                }
+            ledger = self._world.ledger
+            if ledger is not None:
+                rows = list(ledger.rows.values())
+                out["accounting"] = {
+                    "settlements": sum(not r.echo for r in rows),
+                    "unpriced": sum(not r.echo and r.cost is None for r in rows),
+                    "echo_rows": sum(r.echo for r in rows),
+                }
+            return out
 
 
 def _view(state: ProviderState, batch: dict[str, Any], view: View) -> dict[str, Any]:

@@ -15,6 +15,11 @@ each shape against the Bifrost source it was read from (maximhq/bifrost):
 - `core/providers/gemini/*.go`: PENDING and RUNNING → in_progress (no validating, no finalizing); list items carry
   id (`batches/…`), status, created_at and operation_name; retrieve adds `done` and counts from batchStats, where
   `completed` is every processed request (successes and failures) and `failed` = completed − succeeded.
+- `core/providers/gigachat/batch.go` (@f44330cd): created/in_progress/completed → validating/in_progress/completed,
+  anything else passes through raw; items carry created_at and completed_at only, counts total/completed/failed, the
+  endpoint from the batch method, and `provider_extra_fields` (method, raw status, file ids).
+- `core/providers/openrouter/batch.go`: the OpenAI-compatible helper on `/beta/batches`; OpenAI's object without an
+  input file (requests are inline) and without OpenRouter's own model, usage and cost.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ __all__ = [
     "DAY",
     "DEFAULT_PROVIDERS",
     "FAILURE_CODES",
+    "NEWEST_EXTRA_PROVIDERS",
+    "NEWEST_PROVIDERS",
     "TERMINAL_STATUSES",
     "Flavor",
     "ProviderSpec",
@@ -35,7 +42,7 @@ __all__ = [
 ]
 
 Style = Literal["cursor", "legacy"]
-Flavor = Literal["openai", "azure", "anthropic", "bedrock", "gemini", "vertex"]
+Flavor = Literal["openai", "azure", "anthropic", "bedrock", "gemini", "vertex", "gigachat", "openrouter"]
 
 DAY = 86_400
 
@@ -74,7 +81,11 @@ SPARSE_FLAVORS = frozenset({"bedrock", "gemini"})
 # Flavours with OpenAI's object: metadata, errors, input/output files.
 OPENAI_SHAPED = frozenset({"openai", "azure"})
 # Flavours with no finalizing stage of their own.
-NO_FINALIZING = frozenset({"anthropic", "bedrock", "gemini"})
+NO_FINALIZING = frozenset({"anthropic", "bedrock", "gemini", "gigachat"})
+# Flavours listed through Bifrost's OpenAI-compatible batch helper: every item carries the raw page when echo is on.
+OPENAI_HELPER = OPENAI_SHAPED | {"openrouter"}
+# GigaChat's own statuses that Bifrost maps; anything else passes through raw and is named in provider_extra_fields.
+GIGACHAT_MAPPED = frozenset({"validating", "in_progress", "completed"})
 
 # errors.data[].code of failed batches, OpenAI's wording (a small realistic set, so per-code counters stay bounded).
 FAILURE_CODES: dict[str, str] = {
@@ -95,6 +106,8 @@ _MODELS: dict[str, tuple[str, str]] = {
     "bedrock": ("claude-3-haiku", "anthropic.claude-3-haiku-20240307-v1:0"),
     "gemini": ("gemini-1.5-flash", "gemini-1.5-flash-002"),
     "vertex": ("gemini-1.5-pro", "gemini-1.5-pro-002"),
+    "gigachat": ("GigaChat-2-Max", "GigaChat-2-Max"),
+    "openrouter": ("openai/gpt-4o-mini", "openai/gpt-4o-mini"),
 }
 _BEDROCK_ARN = "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/"
 _VERTEX_JOBS = "projects/123456789012/locations/us-central1/batchPredictionJobs/"
@@ -168,6 +181,18 @@ DEFAULT_PROVIDERS: tuple[ProviderSpec, ...] = (
     ProviderSpec("mistral", supported=False),
 )
 
+# The providers the newest source adds or changes (bifrost-batch-api.md, "Newest source"): GigaChat lists one page per
+# key and refuses every paging parameter, OpenRouter lists through the OpenAI-compatible helper (its own page-size
+# maximum is not documented, so it is not enforced), Volcengine still answers unsupported_operation. Kept out of
+# DEFAULT_PROVIDERS until the exporter stops sending `limit` to gigachat: the demo and the existing suites would
+# otherwise fail every gigachat poll.
+NEWEST_EXTRA_PROVIDERS: tuple[ProviderSpec, ...] = (
+    ProviderSpec("gigachat", style="cursor", flavor="gigachat", keys=2),
+    ProviderSpec("openrouter", style="cursor", flavor="openrouter"),
+    ProviderSpec("volcengine", supported=False),
+)
+NEWEST_PROVIDERS: tuple[ProviderSpec, ...] = DEFAULT_PROVIDERS + NEWEST_EXTRA_PROVIDERS
+
 
 def hex_digits(rng: random.Random, n: int) -> str:
     return f"{rng.getrandbits(4 * n):0{n}x}"
@@ -185,6 +210,9 @@ def new_id(rng: random.Random, flavor: str) -> str:
         return f"batch_{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
     if flavor == "vertex":
         return _VERTEX_JOBS + str(rng.randrange(10**17, 10**18))
+    if flavor == "gigachat":
+        h = hex_digits(rng, 32)
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
     return "batch_" + hex_digits(rng, 24)
 
 
@@ -315,6 +343,12 @@ def skeleton(
             batch["output_blob"] = None
     elif flavor == "bedrock":
         batch["input_file_id"] = f"s3://bifrost-sim/{provider}/input-{suffix[:12]}.jsonl"
+    elif flavor == "openrouter":
+        del batch["input_file_id"]  # requests are sent inline: OpenRouter's batches have no input file
+    elif flavor == "gigachat":
+        batch["gigachat_method"] = (
+            "chat_completions"  # stored only; the views show it in provider_extra_fields
+        )
     batch["extra_fields"] = item_extra_fields(rng, provider, flavor, style, latency_ms, cache_debug)
     return batch
 
@@ -333,6 +367,8 @@ def apply_flavor_state(batch: dict[str, Any], flavor: str, canonical: str, code:
         return
     if flavor == "gemini":
         batch["done"] = terminal
+    if flavor == "openrouter":
+        return  # results are inline on the batch object: no output or error file
     if canonical == "completed":
         if flavor == "vertex":
             batch["output_blob"] = f"gs://bifrost-sim/output/{tail}/"
@@ -410,9 +446,50 @@ def _terminal_time(batch: dict[str, Any]) -> Any:
     return None
 
 
+def gigachat_item(batch: dict[str, Any], spec: ProviderSpec, latency: int | None) -> dict[str, Any]:
+    """toBifrostGigaChatBatchRetrieveResponse (core/providers/gigachat/batch.go @f44330cd), the same for list items
+    and retrieve: created_at and completed_at are the only timestamps, counts are total/completed/failed, the endpoint
+    comes from the batch method, and `provider_extra_fields` carries the method, a raw status Bifrost does not map,
+    and the file ids. Each item's extra_fields hold the provider and the upstream latency."""
+    item: dict[str, Any] = {"id": batch["id"], "object": "batch"}
+    for name in ("endpoint", "input_file_id", "completion_window"):
+        if batch.get(name):
+            item[name] = batch[name]
+    status = str(batch.get("status"))
+    item["status"] = status
+    counts = batch.get("request_counts") or {}
+    item["request_counts"] = {k: int(counts.get(k, 0)) for k in ("total", "completed", "failed")}
+    if batch.get("created_at"):
+        item["created_at"] = batch["created_at"]
+    if batch.get("completed_at") is not None and status == "completed":
+        item["completed_at"] = batch["completed_at"]
+    for name in ("output_file_id", "error_file_id"):
+        if batch.get(name):
+            item[name] = batch[name]
+    extra: dict[str, Any] = {"gigachat_batch_method": batch.get("gigachat_method", "chat_completions")}
+    if status not in GIGACHAT_MAPPED:
+        extra["gigachat_batch_status"] = status
+    for name, key in (
+        ("output_file_id", "gigachat_output_file_id"),
+        ("input_file_id", "gigachat_input_file_id"),
+        ("error_file_id", "gigachat_error_file_id"),
+    ):
+        if batch.get(name):
+            extra[key] = batch[name]
+    item["provider_extra_fields"] = extra
+    fields: dict[str, Any] = {"provider": spec.name}
+    if latency is not None:
+        fields["latency"] = latency
+    item["extra_fields"] = fields
+    return item
+
+
 def list_item(batch: dict[str, Any], spec: ProviderSpec) -> dict[str, Any]:
     """A list item. Rich flavours list the stored object itself (no copy: this runs for every item served);
-    Bedrock and Gemini list summaries."""
+    Bedrock and Gemini list summaries, GigaChat its own conversion."""
+    if spec.flavor == "gigachat":
+        latency = batch.get("extra_fields", {}).get("latency")
+        return gigachat_item(batch, spec, latency if isinstance(latency, int) else None)
     flavor = spec.flavor if spec.sparse else ""
     if flavor == "bedrock":
         item: dict[str, Any] = {"id": batch["id"], "object": "batch", "status": batch.get("status")}
@@ -435,6 +512,10 @@ def retrieve_object(batch: dict[str, Any], spec: ProviderSpec, latency: int) -> 
     """`GET /v1/batches/{id}`: the same object as a list item for rich flavours (its own extra_fields), and
     what the provider's get call gives for Bedrock and Gemini."""
     extra = {"request_type": "batch_retrieve", "provider": spec.name, "latency": latency}
+    if spec.flavor == "gigachat":
+        item = gigachat_item(batch, spec, latency)
+        item["extra_fields"] = extra
+        return item
     flavor = spec.flavor if spec.sparse else ""
     if flavor == "bedrock":
         obj: dict[str, Any] = {"id": batch["id"], "object": "batch", "status": batch.get("status")}

@@ -1,8 +1,10 @@
-"""The gateway's HTTP API as Bifrost serves it: auth, `GET /v1/batches`, retrieve and cancel, `/health`.
+"""The gateway's HTTP API as Bifrost serves it: auth, `GET /v1/batches`, retrieve, cancel and results, `/health`,
+and (with accounting on) the logs API.
 
-Routing and response bodies only; the socket plumbing lives in `server`, the `/_sim/` control API in `control`.
-The behaviour follows transports/bifrost-http/handlers/inference.go (batchList, batchRetrieve, batchCancel) and
-the providers' BatchList implementations behind it; see each method for the quirk it reproduces.
+Routing and response bodies only; the socket plumbing lives in `server`, the `/_sim/` control API in `control`,
+governance's decisions in `governance`, settlements in `accounting`, the logs API in `logsapi`. The behaviour follows
+transports/bifrost-http/handlers/inference.go (batchList, batchRetrieve, batchCancel, batchResults) and the
+providers' BatchList implementations behind it; see each method for the quirk it reproduces.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .accounting import DEFAULT_MODELS, batch_results, results_available, results_body
 from .faults import Fault, early_response, no_batch_keys_response, shape_response
-from .flavors import OPENAI_SHAPED, cache_debug_entry, jitter, list_item, retrieve_object
+from .flavors import OPENAI_HELPER, cache_debug_entry, jitter, list_item, retrieve_object
+from .governance import VirtualKey
+from .logsapi import LogsApi
 from .store import Page, ProviderState
 from .wire import (
     MISSING_PROVIDER_BODY,
@@ -25,6 +30,7 @@ from .wire import (
     invalid_cursor_body,
     json_response,
     list_body,
+    operation_error_body,
     parse_limit,
     top_extra_fields,
     unauthorized_body,
@@ -34,7 +40,9 @@ from .world import World
 
 __all__ = ["Gateway"]
 
-_AUTH_HEADERS = ("authorization", "x-bf-vk", "x-api-key", "api-key")
+_AUTH_HEADERS = ("authorization", "x-bf-vk", "x-api-key", "api-key", "x-goog-api-key")
+# GigaChat lists everything a key has on one page: no page size reaches the upstream.
+_WHOLE_KEY = 1 << 30
 _RAW_HEADER = "x-bf-send-back-raw-response"
 
 ControlHandler = Callable[[str, str, bytes], Response]
@@ -43,7 +51,7 @@ ControlHandler = Callable[[str, str, bytes], Response]
 class _Listing:
     """One list answer before encoding: the stored batches of the page and how paging goes on."""
 
-    __slots__ = ("data", "first_id", "has_more", "last_id", "next_cursor")
+    __slots__ = ("data", "first_id", "has_more", "last_id", "narrowed", "next_cursor")
 
     def __init__(
         self,
@@ -59,6 +67,7 @@ class _Listing:
         self.next_cursor = next_cursor
         self.first_id = first_id
         self.last_id = last_id
+        self.narrowed = False
 
 
 class Gateway:
@@ -67,6 +76,7 @@ class Gateway:
     def __init__(self, world: World, control: ControlHandler) -> None:
         self._world = world
         self._control = control
+        self._logs = None if world.ledger is None else LogsApi(world.ledger, self._admin_login)
 
     def dispatch(self, method: str, raw_path: str, headers: dict[str, str], body: bytes) -> Response:
         parts = urlsplit(raw_path)
@@ -89,25 +99,50 @@ class Gateway:
             if path.startswith("/_sim/"):
                 return self._control(method, path, body)
             if path == "/v1/batches" or path.startswith("/v1/batches/"):
-                denied = self._check_auth(headers)
+                vk, denied = self._authenticate(headers)
                 if denied is not None:
-                    return json_response(401, denied)
+                    return denied
                 if path == "/v1/batches":
                     if method != "GET":
                         return json_response(405, error_body(405, "method not allowed"))
-                    return self._list(query, headers)
-                return self._batch_endpoint(method, unquote(path[len("/v1/batches/") :]), query, headers)
+                    return self._list(query, headers, vk)
+                return self._batch_endpoint(method, unquote(path[len("/v1/batches/") :]), query, headers, vk)
+            if self._logs is not None and (path == "/api/logs" or path.startswith("/api/logs/")):
+                with self._world.lock:
+                    self._world.advance_all()
+                    return self._logs.handle(method, path, query, headers)
         except (
             Exception
         ) as exc:  # a bug in the simulator must surface as a response, not a dropped connection
             return json_response(500, error_body(500, f"simulator error: {exc!r}", is_bifrost_error=True))
         return json_response(404, error_body(404, f"no route for {method} {path}"))
 
-    def _check_auth(self, headers: dict[str, str]) -> bytes | None:
-        """Admin basic auth first (a bare "Unauthorized"), then governance's virtual key checks."""
+    def _admin_login(self, headers: dict[str, str]) -> bool:
+        """The logs API's login: the Basic credentials, or an admin session token as Bearer; open when the gateway's
+        auth is off. A virtual key is never enough."""
+        settings = self._world.settings
+        if settings.basic_header is None and settings.admin_token is None:
+            return True
+        auth = headers.get("authorization", "")
+        if settings.basic_header is not None and auth == settings.basic_header:
+            return True
+        return settings.admin_token is not None and auth == f"Bearer {settings.admin_token}"
+
+    def _authenticate(self, headers: dict[str, str]) -> tuple[VirtualKey | None, Response | None]:
+        """Admin basic auth first (a bare "Unauthorized"), then governance's virtual key checks: the key the request
+        presents (None without governance, or without a key where keys are optional) or the refusal."""
         settings = self._world.settings
         if settings.basic_header is not None and headers.get("authorization") != settings.basic_header:
-            return unauthorized_body(None)
+            return None, json_response(401, unauthorized_body(None))
+        governor = self._world.governor
+        if governor is not None:
+            return governor.authenticate(headers)
+        denied = self._check_single_key(headers)
+        return None, None if denied is None else json_response(401, denied)
+
+    def _check_single_key(self, headers: dict[str, str]) -> bytes | None:
+        """The simple mandatory virtual key of `Simulator(virtual_key=...)`, kept as the older suites know it."""
+        settings = self._world.settings
         if settings.virtual_key is None:
             return None
         if settings.basic_header is not None:
@@ -142,7 +177,7 @@ class Gateway:
 
     # ---- list --------------------
 
-    def _list(self, query: dict[str, str], headers: dict[str, str]) -> Response:
+    def _list(self, query: dict[str, str], headers: dict[str, str], vk: VirtualKey | None) -> Response:
         provider = query.get("provider", "")
         with self._world.lock:
             self._world.list_requests_total += 1
@@ -151,6 +186,10 @@ class Gateway:
                 state.requests["list"] += 1
             if not provider:
                 return json_response(400, MISSING_PROVIDER_BODY)
+            if self._world.governor is not None:
+                refused = self._world.governor.check_batch_request(vk, state, None)
+                if refused is not None:
+                    return refused
             fault = self._world.faults.take(provider, "list", cursor=query.get("after") or None)
         if state is not None and state.spec.page_delay > 0:
             time.sleep(state.spec.page_delay)
@@ -172,10 +211,14 @@ class Gateway:
             return self._unknown_after(state, query.get("after", ""))
         if not spec.batch_keys:
             return no_batch_keys_response(legacy=spec.style == "legacy")
-        refused = self._check_limit(state, query.get("limit"))
+        if spec.flavor == "gigachat":
+            refused = _gigachat_refusal(query, spec.name)
+            limit = _WHOLE_KEY
+        else:
+            refused = self._check_limit(state, query.get("limit"))
+            limit = parse_limit(query.get("limit"), spec.default_limit)
         if refused is not None:
             return refused
-        limit = parse_limit(query.get("limit"), spec.default_limit)
         echo = self._echo_raw(headers)
         with self._world.lock:
             self._world.advance(state)
@@ -188,7 +231,14 @@ class Gateway:
                 listing = self._serial_page(state, query.get("after") or None, limit, fault)
             if not isinstance(listing, _Listing):
                 return listing
-            body = self._page_body(state, listing, echo)
+            if spec.flavor == "gigachat" and listing.data:
+                listing.first_id = str(listing.data[0]["id"])
+                listing.last_id = str(listing.data[-1]["id"])
+            if vk is not None and self._world.governor is not None:
+                kept = [b for b in listing.data if self._world.governor.visible(vk, state, str(b["id"]))]
+                listing.narrowed = len(kept) != len(listing.data)
+                listing.data = kept
+            body = self._page_body(state, listing, echo and not listing.narrowed)
             if fault is not None and fault.name in ("not_list", "malformed_json"):
                 return shape_response(fault, listing.data, body)
             return json_response(200, body)
@@ -326,7 +376,10 @@ class Gateway:
         if self._world.settings.cache_debug and spec.style == "cursor" and state.latency_rng.random() < 0.3:
             debug = cache_debug_entry(state.latency_rng, spec.name, spec.flavor)
         items = [list_item(batch, spec) for batch in listing.data]
-        if echo and spec.flavor in OPENAI_SHAPED and items:
+        top = top_extra_fields(spec.name, latency, debug)
+        if echo and spec.flavor == "gigachat":
+            top["raw_response"] = {"data": [_native(batch) for batch in listing.data]}
+        if echo and spec.flavor in OPENAI_HELPER and items:
             # Each item carries the provider's whole raw page (the provider converts every item with the page's
             # raw response): a page of n items grows with n².
             raw = _native_page(listing)
@@ -340,28 +393,35 @@ class Gateway:
             next_cursor=listing.next_cursor,
             first_id=listing.first_id,
             last_id=listing.last_id,
-            extra_fields=top_extra_fields(spec.name, latency, debug),
+            extra_fields=top,
         )
 
     # ---- retrieve and cancel --------------------
 
     def _batch_endpoint(
-        self, method: str, rest: str, query: dict[str, str], headers: dict[str, str]
+        self, method: str, rest: str, query: dict[str, str], headers: dict[str, str], vk: VirtualKey | None
     ) -> Response:
         provider = query.get("provider", "")
         if not provider:
             return json_response(400, MISSING_PROVIDER_BODY)
         cancel = method == "POST" and rest.endswith("/cancel")
+        results = method in ("GET", "HEAD") and rest.endswith("/results")
         if cancel:
             rest = rest[: -len("/cancel")]
+        elif results:
+            rest = rest[: -len("/results")]
         elif method not in ("GET", "HEAD"):
             return json_response(405, error_body(405, "method not allowed"))
-        request_type = "batch_cancel" if cancel else "batch_retrieve"
-        endpoint = "cancel" if cancel else "retrieve"
+        endpoint = "cancel" if cancel else "results" if results else "retrieve"
+        request_type = f"batch_{endpoint}"
         with self._world.lock:
             state = self._world.providers.get(provider)
             if state is not None:
                 state.requests[endpoint] += 1
+            if self._world.governor is not None:
+                refused = self._world.governor.check_batch_request(vk, state, rest)
+                if refused is not None:
+                    return refused
             fault = self._world.faults.take(provider, endpoint, rest)
         if state is not None and state.spec.page_delay > 0:
             time.sleep(state.spec.page_delay)
@@ -373,7 +433,8 @@ class Gateway:
                 early = early_response(fault, provider, legacy=legacy, request_type=request_type)
                 if early is not None:
                     return early
-        if state is None or not state.spec.supported:
+        if state is None or not state.spec.supported or (cancel and state.spec.flavor == "gigachat"):
+            # GigaChat has no batch cancel (core/providers/gigachat/gigachat.go BatchCancel @d187fb6f).
             return json_response(400, unsupported_body(provider, request_type))
         if not state.spec.batch_keys:
             return no_batch_keys_response(legacy=state.spec.style == "legacy")
@@ -383,17 +444,38 @@ class Gateway:
             batch = state.batches.get(rest)
             if batch is None:
                 return json_response(404, _not_found_body(state, rest, request_type))
+            if results:
+                return self._results(state, batch, vk)
             if cancel:
                 problem = self._world.lifecycle.cancel(state, batch)
                 if problem is not None:
                     return json_response(400, problem)
             latency = jitter(state.latency_rng, self._world.settings.latency_ms)
             obj = retrieve_object(batch, state.spec, latency)
-            if echo and state.spec.flavor in OPENAI_SHAPED | {"anthropic"}:
+            if echo and state.spec.flavor in OPENAI_HELPER | {"anthropic", "gigachat"}:
                 obj["extra_fields"] = {**obj["extra_fields"], "raw_response": _native(batch)}
             if fault is not None and fault.name in ("not_list", "malformed_json"):
                 return shape_response(fault, [obj], dumps(obj))
             return json_response(200, dumps(obj))
+
+    def _results(self, state: ProviderState, batch: dict[str, Any], vk: VirtualKey | None) -> Response:
+        """`GET /v1/batches/{id}/results`: the provider's result rows once the batch has any; with accounting on,
+        the call settles the batch inline and leaves its own batch_results log row (see accounting)."""
+        spec = state.spec
+        ledger = self._world.ledger
+        now = self._world.clock()
+        view = retrieve_object(batch, spec, 0)
+        if not results_available(batch, view, spec.flavor):
+            if ledger is not None:
+                ledger.error_echo(spec.name, now, vk)
+            return _no_results(spec.name, spec.flavor, batch)
+        latency = jitter(state.latency_rng, self._world.settings.latency_ms)
+        if ledger is not None:
+            payload, _ = ledger.results_call(state, batch, now, vk=vk, latency=float(latency))
+            return json_response(200, dumps(payload))
+        models = DEFAULT_MODELS.get(spec.flavor, ("unknown",))[:1]
+        found = batch_results(batch, models, spec.name)
+        return json_response(200, dumps(results_body(spec, str(batch["id"]), found, float(latency))))
 
 
 def _native(batch: dict[str, Any]) -> dict[str, Any]:
@@ -409,6 +491,47 @@ def _native_page(listing: _Listing) -> dict[str, Any]:
         page["last_id"] = data[-1]["id"]
     page["has_more"] = listing.has_more
     return page
+
+
+def _no_results(provider: str, flavor: str, batch: dict[str, Any]) -> Response:
+    """A results call before there are results: GigaChat and OpenRouter refuse with operation errors (HTTP 500,
+    gigachat.go BatchResults @d187fb6f, openrouter/batch.go BatchResults); the others with the provider's own error
+    (its wording here is not taken from a provider)."""
+    if flavor == "gigachat":
+        message = (
+            "batch results not available: GigaChat did not return output_file_id or result_file_id "
+            "(batch may not be completed yet)"
+        )
+        return json_response(500, operation_error_body(message, provider, "batch_results"))
+    if flavor == "openrouter":
+        message = f"batch results not available: batch status is {batch.get('status')}"
+        return json_response(500, operation_error_body(message, provider, "batch_results"))
+    body = error_body(
+        400,
+        f"Batch {batch['id']} has no results yet (status {batch.get('status')}).",
+        err_type="invalid_request_error",
+        extra_fields={"provider": provider, "request_type": "batch_results"},
+    )
+    return json_response(400, body)
+
+
+def _gigachat_refusal(query: dict[str, str], provider: str) -> Response | None:
+    """validateGigaChatBatchListRequest (core/providers/gigachat/batch.go @f44330cd), for what /v1/batches passes:
+    `limit` when it parses as an int > 0, `before` as BeforeID. `after` travels as the serial cursor across keys and
+    is not refused (a value that is not one is "invalid pagination cursor")."""
+    message = None
+    raw_limit = query.get("limit")
+    if raw_limit is not None:
+        try:
+            if int(raw_limit) > 0:
+                message = "GigaChat batch list does not support limit pagination"
+        except ValueError:
+            pass
+    if message is None and query.get("before", "").strip():
+        message = "GigaChat batch list does not support before_id pagination"
+    if message is None:
+        return None
+    return json_response(500, operation_error_body(message, provider))
 
 
 def _not_found_body(state: ProviderState, batch_id: str, request_type: str) -> bytes:

@@ -10,12 +10,18 @@ from __future__ import annotations
 import bisect
 import heapq
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .flavors import ProviderSpec, Step
 
-__all__ = ["Meta", "Page", "ProviderState"]
+__all__ = ["InsertHook", "Meta", "Page", "ProviderState"]
+
+InsertHook = Callable[["ProviderState", str, bool], None]
+"""Called under the world lock after a batch is stored: (state, batch id, new) — `new` is False when an id is
+stored again. Governance assigns the batch's owner and accounting opens its job here, whoever created the batch
+(the lifecycle, a scripted scenario, a test)."""
 
 _TOMBSTONES = 10_000
 
@@ -51,9 +57,15 @@ class ProviderState:
         self.tombstones: dict[str, tuple[int, tuple[int, int]]] = {}
         self.heap: list[tuple[float, int, str, int, int]] = []
         self.next_create: float | None = None
-        self.requests: dict[str, int] = {"list": 0, "retrieve": 0, "cancel": 0}
+        self.requests: dict[str, int] = {"list": 0, "retrieve": 0, "cancel": 0, "results": 0}
         self.nonce = 0
         self.round_robin = 0
+        # Governance: the virtual key id recorded on the batch's job row (None: created with no key). A batch whose id
+        # is in `external` has no job row at all (created outside the gateway): nobody owns it and the accounting
+        # sweeper never polls it.
+        self.owners: dict[str, str | None] = {}
+        self.external: set[str] = set()
+        self.on_insert: InsertHook | None = None
 
     @property
     def list_requests(self) -> int:
@@ -102,7 +114,8 @@ class ProviderState:
         created = batch.get("created_at")
         created_i = int(created) if isinstance(created, int | float) else 0
         meta = Meta(key=key, sort_key=(-created_i, -seq), plan=plan)
-        if bid in self.meta:
+        new = bid not in self.meta
+        if not new:
             meta.gen = self.meta[bid].gen + 1
         self.batches[bid] = batch
         self.meta[bid] = meta
@@ -110,10 +123,14 @@ class ProviderState:
         self.dirty = True
         if plan:
             heapq.heappush(self.heap, (plan[0].t, heap_seq, bid, meta.gen, 0))
+        if self.on_insert is not None:
+            self.on_insert(self, bid, new)
 
     def remove(self, bid: str) -> None:
         meta = self.meta.pop(bid)
         del self.batches[bid]
+        self.owners.pop(bid, None)
+        self.external.discard(bid)
         self.tombstones[bid] = (self.account_of_key(meta.key), meta.sort_key)
         if len(self.tombstones) > _TOMBSTONES:
             del self.tombstones[next(iter(self.tombstones))]

@@ -25,6 +25,7 @@ __all__ = [
     "json_response",
     "list_body",
     "list_page_bytes",
+    "operation_error_body",
     "parse_limit",
     "top_extra_fields",
     "unauthorized_body",
@@ -215,14 +216,19 @@ _GOVERNANCE_MESSAGES = {
 }
 
 
-def invalid_cursor_body(provider: str) -> bytes:
-    """NewBifrostOperationError("invalid pagination cursor"): a Bifrost error without a status, sent as 500."""
+def operation_error_body(message: str, provider: str, request_type: str = "batch_list") -> bytes:
+    """NewBifrostOperationError: a Bifrost error without a status, which the transport sends as HTTP 500."""
     return error_body(
         None,
-        "invalid pagination cursor",
+        message,
         is_bifrost_error=True,
-        extra_fields={"provider": provider, "request_type": "batch_list"},
+        extra_fields={"provider": provider, "request_type": request_type},
     )
+
+
+def invalid_cursor_body(provider: str) -> bytes:
+    """NewBifrostOperationError("invalid pagination cursor"): a Bifrost error without a status, sent as 500."""
+    return operation_error_body("invalid pagination cursor", provider)
 
 
 def unsupported_body(provider: str, request_type: str) -> bytes:
