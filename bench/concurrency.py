@@ -27,7 +27,8 @@ from pathlib import Path
 import httpx
 
 from bench.common import PROVIDERS_23, Child, Report, children, parser, python_module
-from exporter.client import BifrostClient, build_headers, page_size_for
+from exporter.client import BifrostClient, build_headers
+from exporter.providers import page_size_for
 from exporter.logs import configure
 from exporter.poller import Poller
 from exporter.settings import Settings
@@ -59,7 +60,7 @@ def page_bodies(url: str, settings: Settings, provider: str) -> list[bytes]:
     after: str | None = None
     with httpx.Client(base_url=url, headers=build_headers(settings), timeout=30) as http:
         while True:
-            params = {"provider": provider, "limit": str(page_size_for(provider, settings.page_size))}
+            params = {"provider": provider, "limit": str(page_size_for(provider, settings.page_size) or "")}
             if after is not None:
                 params["after"] = after
             body = http.get("/v1/batches", params=params).content

@@ -19,7 +19,6 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Final, Literal, TypeVar, get_args
 from urllib.parse import quote
 
@@ -29,6 +28,7 @@ from . import __version__
 from .aiotransport import AiohttpTransport
 from .logs import REDACTED, Redactor
 from .models import Batch, CacheDebug, InvalidResponseError, Page, parse_batch, parse_page
+from .providers import list_rules, page_size_for
 from .settings import Settings
 
 Reason = Literal[
@@ -78,18 +78,6 @@ _GATEWAY_ERROR_TYPES: Final = frozenset(
         "request_limited",
     }
 )
-# Each provider's own documented maximum page size for its list-batches API (sources in docs/providers.md).
-# Bifrost passes `limit` upstream unchanged, and a value above the maximum fails the whole list with a 400.
-# Gemini documents no maximum (Google APIs coerce an oversized page size), so it is passed as is.
-PROVIDER_PAGE_SIZE_MAX: Final[Mapping[str, int]] = MappingProxyType(
-    {
-        "openai": 100,
-        "azure": 100,
-        "anthropic": 1000,
-        "bedrock": 1000,
-    }
-)
-
 T = TypeVar("T")
 
 
@@ -212,12 +200,6 @@ def build_headers(settings: Settings) -> dict[str, str]:
     elif settings.bearer_token is not None:
         headers["Authorization"] = "Bearer " + settings.bearer_token.get_secret_value()
     return headers
-
-
-def page_size_for(provider: str, requested: int) -> int:
-    """`requested`, lowered to the provider's own maximum when we know it (unknown providers are passed as is)."""
-    cap = PROVIDER_PAGE_SIZE_MAX.get(provider)
-    return requested if cap is None else min(requested, cap)
 
 
 def _verify(settings: Settings) -> ssl.SSLContext | bool:
@@ -487,7 +469,7 @@ class BifrostClient:
             if result.pages >= budget:
                 if budget_truncates:
                     result.truncated = "max_pages"
-                    size = page_size_for(provider, self._settings.page_size)
+                    size = page_size_for(provider, self._settings.page_size) or "the provider's size"
                     result.truncated_detail = (
                         f"stopped after max_pages={budget} pages of {size}; "
                         f"kept the {result.batch_count} batches seen"
@@ -504,7 +486,10 @@ class BifrostClient:
 
     async def _fetch_page(self, provider: str, after: str | None, tally: _Tally) -> Page:
         tally.cursor = after
-        params = {"provider": provider, "limit": str(page_size_for(provider, self._settings.page_size))}
+        params = {"provider": provider}
+        size = page_size_for(provider, self._settings.page_size)
+        if size is not None:
+            params["limit"] = str(size)
         if after is not None:
             params["after"] = after
         return await self._with_retries(provider, "/v1/batches", params, _parse_list_body, tally)
@@ -731,7 +716,7 @@ def _parse_retrieve_body(body: bytes) -> Batch:
 
 
 def _cursor_ignored_detail(provider: str, kept: int) -> str:
-    cap = PROVIDER_PAGE_SIZE_MAX.get(provider)
+    cap = list_rules(provider).max_page_size
     size = f"page_size up to {cap}" if cap is not None else "page_size"
     return (
         f"the gateway answered after=<cursor> with the first page again (its /v1/batches does not pass the "

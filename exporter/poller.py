@@ -28,7 +28,8 @@ from typing import Any
 import structlog
 
 from . import statefile
-from .client import REASONS, BifrostClient, Failure, ListResult, page_size_for
+from .client import REASONS, BifrostClient, Failure, ListResult
+from .providers import page_size_for
 from .ledger import Ledger
 from .models import Batch
 from .settings import Settings

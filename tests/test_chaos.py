@@ -41,6 +41,17 @@ PROVIDERS = (
     ProviderSpec("azure", style="legacy", flavor="azure", max_limit=100),
     ProviderSpec("anthropic", flavor="anthropic", max_limit=1000),
 )
+# Incremental polling over deep lists: a provider with three keys of its own (a batch on key 2 is listed only
+# after every page of keys 0 and 1) and a legacy one, three batches a page, so a full list spans several polls
+# of the request budget and transitions fall on deep pages and later keys, also while the exporter is down.
+DEEP_PROVIDERS = (
+    ProviderSpec("openai", flavor="openai", keys=3, max_limit=100),
+    ProviderSpec("azure", style="legacy", flavor="azure", max_limit=100),
+)
+SCENARIOS = {
+    "wide": (PROVIDERS, {}),
+    "deep": (DEEP_PROVIDERS, {"BIFROST_EXPORTER_PAGE_SIZE": "3", "BIFROST_EXPORTER_POLL_MODE": "incremental"}),
+}
 SCRIPT_SECONDS = 70.0
 BATCHES = 60
 KILLS = 11
@@ -96,10 +107,12 @@ class ExporterProcess:
         return self.proc.log_tail() if self.proc is not None else f"[{self.name} not started]"
 
 
-def exporter_env(url: str, port: int, state_dir: Path | None) -> dict[str, str]:
+def exporter_env(
+    url: str, port: int, state_dir: Path | None, providers: tuple[ProviderSpec, ...] = PROVIDERS
+) -> dict[str, str]:
     env = {
         "BIFROST_EXPORTER_BIFROST_URL": url,
-        "BIFROST_EXPORTER_PROVIDERS": ",".join(spec.name for spec in PROVIDERS),
+        "BIFROST_EXPORTER_PROVIDERS": ",".join(spec.name for spec in providers),
         "BIFROST_EXPORTER_LISTEN_ADDRESS": f"127.0.0.1:{port}",
         "BIFROST_EXPORTER_POLL_INTERVAL_SECONDS": "1",
         "BIFROST_EXPORTER_RESYNC_INTERVAL_SECONDS": "4",
@@ -164,14 +177,18 @@ def lost_while_down(script: Script, start: float, down: list[tuple[float, float]
     return [bid for offset, _, bid in script.finish_times() if any(a < start + offset < b for a, b in down)]
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[Simulator, ExporterProcess, ExporterProcess, Prometheus]]:
+Stack = tuple[Simulator, ExporterProcess, ExporterProcess, Prometheus, tuple[ProviderSpec, ...]]
+
+
+@pytest.fixture(params=sorted(SCENARIOS))
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     prom_bin = require_tool("prometheus")
-    sim = Simulator(providers=PROVIDERS, initial_batches=0, troubled=False, arrivals=False).start()
+    providers, extra_env = SCENARIOS[request.param]
+    sim = Simulator(providers=providers, initial_batches=0, troubled=False, arrivals=False).start()
     durable = ExporterProcess("with-state", free_port(), tmp_path / "with-state.log", {}, tmp_path / "state")
-    durable.env = exporter_env(sim.url, durable.port, durable.state_dir)
+    durable.env = exporter_env(sim.url, durable.port, durable.state_dir, providers) | extra_env
     volatile = ExporterProcess("without-state", free_port(), tmp_path / "without-state.log", {})
-    volatile.env = exporter_env(sim.url, volatile.port, None)
+    volatile.env = exporter_env(sim.url, volatile.port, None, providers) | extra_env
     prom = Prometheus(
         prom_bin,
         tmp_path / "prometheus",
@@ -186,7 +203,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[Simulator, ExporterProcess, Exporter
         volatile.start()
         durable.wait_serving()
         volatile.wait_serving()
-        yield sim, durable, volatile, prom
+        yield sim, durable, volatile, prom, providers
     finally:
         for exporter in (durable, volatile):
             exporter.stop()
@@ -194,10 +211,8 @@ def stack(tmp_path: Path) -> Iterator[tuple[Simulator, ExporterProcess, Exporter
         sim.stop()
 
 
-def test_kill_9_loses_nothing_with_state_dir_and_loses_without(
-    stack: tuple[Simulator, ExporterProcess, ExporterProcess, Prometheus],
-) -> None:
-    sim, durable, volatile, prom = stack
+def test_kill_9_loses_nothing_with_state_dir_and_loses_without(stack: Stack) -> None:
+    sim, durable, volatile, prom, providers = stack
     started = time.monotonic()
     # Both exporters scraped with their zeros before anything finishes: the counters' series start at 0.
     zeros = 'count by (job) (bifrost_batch_finished_total{provider="openai",status="completed"} == 0)'
@@ -207,7 +222,7 @@ def test_kill_9_loses_nothing_with_state_dir_and_loses_without(
         what="both exporters scraped",
         diagnostics=prom.diagnostics,
     )
-    script = build_script(PROVIDERS, seed=SEED, batches=BATCHES, duration=SCRIPT_SECONDS, first_finish=6.0)
+    script = build_script(providers, seed=SEED, batches=BATCHES, duration=SCRIPT_SECONDS, first_finish=6.0)
     start = sim.play(script)
     end = start + SCRIPT_SECONDS
 

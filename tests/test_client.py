@@ -24,7 +24,6 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from exporter.client import (
-    PROVIDER_PAGE_SIZE_MAX,
     REASONS,
     BifrostClient,
     ListResult,
@@ -33,6 +32,7 @@ from exporter.client import (
     build_headers,
 )
 from exporter.models import Batch
+from exporter.providers import list_rules
 from exporter.settings import Settings
 from exporter.simulator import ProviderSpec, Simulator
 from tests.harness import make_settings
@@ -550,7 +550,14 @@ def test_page_size_is_clamped_to_the_provider_maximum(
     gw, url = gateway(lambda seen: (200, {"object": "list", "data": []}))
     list_once(settings_for(url, [provider], page_size=500), provider)
     assert gw.seen[0].query["limit"] == str(sent)
-    assert PROVIDER_PAGE_SIZE_MAX.get(provider, 500) >= sent
+    assert (list_rules(provider).max_page_size or 500) >= sent
+
+
+def test_gigachat_is_sent_no_paging_parameter(gateway: Callable[..., tuple[Gateway, str]]) -> None:
+    """GigaChat refuses any `limit` with an HTTP 500 operation error (docs/providers.md S18)."""
+    gw, url = gateway(lambda seen: (200, {"object": "list", "data": []}))
+    list_once(settings_for(url, ["gigachat"], page_size=500), "gigachat")
+    assert gw.seen[0].query == {"provider": "gigachat"}
 
 
 # --- errors: whose refusal, and what the gateway said -------------------------------------------------------------
