@@ -216,6 +216,11 @@ def _logfmt_value(value: Any) -> str:
         text = "true" if value else "false"
     elif isinstance(value, int | float | str):
         text = str(value)
+    elif isinstance(value, list | tuple) and all(
+        isinstance(v, str | int | float) and not isinstance(v, bool) and "," not in str(v) and str(v)
+        for v in value
+    ):
+        text = ",".join(str(v) for v in value)  # providers=openai,anthropic: as the flag takes it
     elif isinstance(value, dict | list | tuple):
         text = json.dumps(value, default=str, separators=(",", ":"), ensure_ascii=False)
     else:

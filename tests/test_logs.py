@@ -179,6 +179,8 @@ def test_logfmt_is_the_default_shape_for_people_and_machines() -> None:
         duration_seconds=0.25,
         truncated=False,
         detail=f"a {SECRET}",
+        providers=["openai", "azure"],
+        nested={"a": [1, "b c"]},
     )
     logging.getLogger("some.library").warning("key %s", SECRET)
     first, second = out.getvalue().splitlines()
@@ -186,6 +188,7 @@ def test_logfmt_is_the_default_shape_for_people_and_machines() -> None:
     parsed = parse_logfmt(first)
     assert parsed["pages"] == "2" and parsed["duration_seconds"] == "0.25" and parsed["truncated"] == "false"
     assert parsed["detail"] == f"a {REDACTED}" and parsed["logger"] == "exporter"
+    assert parsed["providers"] == "openai,azure" and json.loads(parsed["nested"]) == {"a": [1, "b c"]}
     assert parse_logfmt(second)["msg"] == f"key {REDACTED}" and parse_logfmt(second)["level"] == "warn"
     assert SECRET not in out.getvalue()
 
