@@ -92,6 +92,11 @@ DEFAULT_KEY_NAME = "default"
 _PROVIDER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _LABEL_CHAR_RE = re.compile(r"[^a-zA-Z0-9_]")
 MAX_METADATA_LABELS = 3
+# What Kubernetes (service links, on by default) and Docker links inject for a Service or container named
+# `bifrost-exporter`: not ours, and refusing them would stop the exporter for the name of a neighbour.
+_SERVICE_LINK_RE = re.compile(
+    r"^BIFROST_EXPORTER_(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?|PORT(?:_\d+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)?)$"
+)
 # An unknown YAML key is repeated in the error only when it is shaped like a setting name (or close to one).
 _SETTING_LIKE_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _HEADER_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -791,14 +796,17 @@ def _suggest(word: str, choices: Collection[str]) -> str | None:
 
 
 def _unknown_env(environ: Mapping[str, str]) -> list[str]:
-    """Each BIFROST_EXPORTER_* variable that is no setting: a typo there would otherwise be ignored in silence."""
+    """Each BIFROST_EXPORTER_* variable that is no setting: a typo there would otherwise be ignored in silence.
+
+    Except the service-link variables Kubernetes and Docker define for a neighbour named `bifrost-exporter`.
+    """
     problems = []
     for key in sorted(environ):
         upper = key.upper()
         if not upper.startswith(ENV_PREFIX) or upper == CONFIG_ENV:
             continue
         name = upper.removeprefix(ENV_PREFIX).lower()
-        if name in Settings.model_fields:
+        if name in Settings.model_fields or _SERVICE_LINK_RE.match(upper):
             continue
         hint = _suggest(name, Settings.model_fields)
         problems.append(

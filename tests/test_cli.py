@@ -434,7 +434,7 @@ def test_signal_stops_cleanly_within_5s(sim: Simulator, sig: signal.Signals) -> 
 
 def test_demo_serves_live_metrics_within_10s() -> None:
     port = free_port()
-    proc = _start({}, "--demo", "--listen-address", f"127.0.0.1:{port}")
+    proc = _start({}, "--demo", "--web.listen-address", f"127.0.0.1:{port}")
     try:
         started = time.monotonic()
 

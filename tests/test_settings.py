@@ -569,6 +569,25 @@ def test_unknown_environment_variables_are_refused_with_a_suggestion(monkeypatch
     )
 
 
+def test_service_link_variables_of_a_neighbour_are_not_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Service named bifrost-exporter in the namespace makes the kubelet inject these into every pod."""
+    for name, value in {
+        "BIFROST_EXPORTER_SERVICE_HOST": "10.0.0.7",
+        "BIFROST_EXPORTER_SERVICE_PORT": "9877",
+        "BIFROST_EXPORTER_SERVICE_PORT_METRICS": "9877",
+        "BIFROST_EXPORTER_PORT": "tcp://10.0.0.7:9877",
+        "BIFROST_EXPORTER_PORT_9877_TCP": "tcp://10.0.0.7:9877",
+        "BIFROST_EXPORTER_PORT_9877_TCP_PROTO": "tcp",
+        "BIFROST_EXPORTER_PORT_9877_TCP_PORT": "9877",
+        "BIFROST_EXPORTER_PORT_9877_TCP_ADDR": "10.0.0.7",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().listen_address == "0.0.0.0:9877"
+    monkeypatch.setenv("BIFROST_EXPORTER_PORTS", "1")
+    with pytest.raises(ConfigError, match="unknown environment variable BIFROST_EXPORTER_PORTS"):
+        load_settings()
+
+
 def test_unknown_yaml_keys_are_refused_with_position_and_suggestion(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(f"providers: [openai]\npoll-interval-seconds: 5\npage_sise: 10\n{SECRET}: x\n")
