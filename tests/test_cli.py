@@ -490,3 +490,17 @@ def test_log_level_and_format_and_custom_buckets(sim: Simulator) -> None:
     lines = [line for line in logfmt.stderr.splitlines() if "msg=poll_finished" in line]
     assert lines and lines[0].startswith("ts=") and " level=info caller=" in lines[0]
     assert " provider=openai" in lines[0]
+
+
+def test_check_config_names_the_keys_of_a_key_directory_never_their_values(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "team-b").write_text(SECRET + "-b\n")
+    (keys / "team-a").write_text(SECRET + "-a\n")
+    (keys / ".hidden").write_text("not a key\n")
+    result = run("--check-config", "--virtual-key-dir", str(keys))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("# virtual_key_dir holds 2 keys: team-a, team-b\n")
+    shown = yaml.safe_load(result.stdout)
+    assert shown["virtual_key_dir"] == str(keys) and shown["virtual_key"] is None
+    assert SECRET not in result.stdout + result.stderr
