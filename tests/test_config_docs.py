@@ -94,5 +94,9 @@ def test_every_environment_variable_mentioned_exists(doc: Path) -> None:
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | {CONFIG_ENV}
     mentioned = set(re.findall(rf"{ENV_PREFIX}[A-Z0-9_]*[A-Z0-9]", doc.read_text()))
     # the docs show the refusal of a misspelt one, and the service-link variables that are left alone
-    examples = {"BIFROST_EXPORTER_WEB_LISTEN_ADDRESS", "BIFROST_EXPORTER_SERVICE_HOST", "BIFROST_EXPORTER_PORT"}
+    examples = {
+        "BIFROST_EXPORTER_WEB_LISTEN_ADDRESS",
+        "BIFROST_EXPORTER_SERVICE_HOST",
+        "BIFROST_EXPORTER_PORT",
+    }
     assert mentioned - known - examples == set()
