@@ -28,9 +28,9 @@ import httpx
 
 from bench.common import PROVIDERS_23, Child, Report, children, parser, python_module
 from exporter.client import BifrostClient, build_headers
-from exporter.providers import page_size_for
 from exporter.logs import configure
 from exporter.poller import Poller
+from exporter.providers import page_size_for
 from exporter.settings import Settings
 
 TARGET = 1.2

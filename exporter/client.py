@@ -17,7 +17,7 @@ import re
 import ssl
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeVar, get_args
 from urllib.parse import quote

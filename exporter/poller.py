@@ -29,9 +29,9 @@ import structlog
 
 from . import statefile
 from .client import REASONS, BifrostClient, Failure, ListResult
-from .providers import page_size_for
 from .ledger import Ledger
 from .models import Batch
+from .providers import page_size_for
 from .settings import Settings
 from .snapshot import Health, ProviderState, SnapshotBuilder
 from .store import Store
@@ -414,8 +414,8 @@ class Poller:
         #    than one retrieve each (by their places in the last full list), then retrieve what is left.
         remaining = [i for i in store.active if i not in refreshed]
         depth = store.list_depth(remaining) if remaining and head_cursor is not None else None
-        if depth is not None:
-            size = page_size_for(provider, self._settings.page_size)
+        size = page_size_for(provider, self._settings.page_size)
+        if depth is not None and size is not None:  # None: a key is one page, nothing deeper to list
             more_pages = -(-depth // size) - head_pages
             if 0 < more_pages < len(remaining):
                 wanted = set(remaining)

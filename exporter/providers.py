@@ -17,7 +17,9 @@ from typing import Final
 class ListRules:
     """How a list request to one provider must look."""
 
-    max_page_size: int | None  # the provider's documented maximum `limit`; None: no maximum known (passed as is)
+    max_page_size: (
+        int | None
+    )  # the provider's documented maximum `limit`; None: no maximum known (passed as is)
     sends_limit: bool  # False: no `limit` may be sent at all (the whole key comes as one page)
     source: str  # where this was read (docs/providers.md)
 
@@ -33,7 +35,9 @@ LIST_RULES: Final = MappingProxyType(
         "gemini": ListRules(None, True, "S10 (`limit` → pageSize; Google coerces an oversized page size)"),
         "openrouter": ListRules(None, True, "S20 (OpenAI helper on /beta/batches; no documented maximum)"),
         "gigachat": ListRules(
-            None, False, "S18 `validateGigaChatBatchListRequest`: any limit > 0 is an HTTP 500 operation error"
+            None,
+            False,
+            "S18 `validateGigaChatBatchListRequest`: any limit > 0 is an HTTP 500 operation error",
         ),
     }
 )

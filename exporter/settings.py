@@ -1,12 +1,14 @@
 """The configuration contract: defaults → YAML file → BIFROST_EXPORTER_* env → command-line flags.
 
 Everything is validated once, at start, so a typo stops the exporter with exit 2 and a message naming the setting
-and where its value came from, instead of surfacing hours later as a silent gap in the metrics.
+and where its value came from, instead of surfacing hours later as a silent gap in the metrics, a crash-looping
+poll task or a traceback. What is validated is what the client will need: a value that passes here can be sent.
 """
 
 from __future__ import annotations
 
 import base64
+import difflib
 import json
 import os
 import re
@@ -17,17 +19,45 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
-    CliSettingsSource,
     InitSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 from pydantic_settings.exceptions import SettingsError
+
+from .logs import DEPRECATED_LOG_FORMATS, DEPRECATED_LOG_LEVELS
+from .secretfiles import MAX_SECRET_FILE_BYTES, read_secret_file, read_virtual_key_dir
+from .sendable import (
+    CLIENT_MANAGED_HEADERS,
+    GatewayUrl,
+    basic_auth_problem,
+    header_value_problem,
+    parse_gateway_url,
+)
+from .yamldoc import YamlDocument, YamlFileError, read_yaml
+
+__all__ = [
+    "CONFIG_ENV",
+    "ENV_PREFIX",
+    "MAX_SECRET_FILE_BYTES",
+    "ConfigError",
+    "Settings",
+    "load_settings",
+    "read_secret_file",
+    "read_yaml_document",
+]
 
 ENV_PREFIX = "BIFROST_EXPORTER_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -54,15 +84,26 @@ SECRET_FILES = {
     "basic_auth_password": "basic_auth_password_file",
     "bearer_token": "bearer_token_file",
 }
-MAX_SECRET_FILE_BYTES = 64 * 1024
+# Every setting that names something SIGHUP reads again.
+RELOADABLE_SECRET_SETTINGS = (*SECRET_FILES.values(), "virtual_key_dir")
 MASK = "**********"
+DEFAULT_KEY_NAME = "default"
 
 _PROVIDER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _LABEL_CHAR_RE = re.compile(r"[^a-zA-Z0-9_]")
 MAX_METADATA_LABELS = 3
+# What Kubernetes (service links, on by default) and Docker links inject for a Service or container named
+# `bifrost-exporter`: not ours, and refusing them would stop the exporter for the name of a neighbour.
+_SERVICE_LINK_RE = re.compile(
+    r"^BIFROST_EXPORTER_(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?|PORT(?:_\d+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)?)$"
+)
+# An unknown YAML key is repeated in the error only when it is shaped like a setting name (or close to one).
+_SETTING_LIKE_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _HEADER_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 _yaml_values: ContextVar[Mapping[str, Any]] = ContextVar("_yaml_values", default=MappingProxyType({}))
+# Deprecated spellings met while validating (load_settings collects them; Settings() alone ignores them).
+_deprecations: ContextVar[list[str] | None] = ContextVar("_deprecations", default=None)
 _URL_PARTS_RE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?(?P<rest>.*)$", re.DOTALL)
 
 
@@ -70,7 +111,7 @@ class ConfigError(Exception):
     """A setting is invalid; str() is the one line printed before exit 2."""
 
 
-def _split_list(value: Any) -> Any:
+def split_list(value: Any) -> Any:
     """Env gives lists as "a,b" or JSON; YAML and flags give real lists."""
     if isinstance(value, str):
         text = value.strip()
@@ -94,10 +135,11 @@ def _check_buckets(values: tuple[float, ...]) -> tuple[float, ...]:
 
 
 def mask_url(value: str) -> str:
-    """A URL as it may be printed: userinfo, query and fragment replaced, since any of them may carry a key.
+    """A URL as it may be printed: userinfo, a port that is not a number, query and fragment replaced.
 
-    `https://user:pw@gw:8080/p?api_key=sk-…#x` → `https://***@gw:8080/p?***#***`. Used for error text, where the
-    URL is shown because it did not validate and so cannot be trusted to be free of secrets.
+    `https://user:pw@gw:8080/p?api_key=sk-…#x` → `https://***@gw:8080/p?***#***`; `http://admin:s3cret` (a
+    password without its '@') → `http://admin:***`. Used for error text, where the URL is shown because it did not
+    validate and so cannot be trusted to be free of secrets.
     """
     match = _URL_PARTS_RE.match(value)
     scheme, rest = (match["scheme"] or "", match["rest"]) if match else ("", value)
@@ -106,6 +148,9 @@ def mask_url(value: str) -> str:
     authority, slash, path = rest.partition("/")
     if "@" in authority:
         authority = "***@" + authority.rpartition("@")[2]
+    host, colon, port = authority.rpartition(":")
+    if colon and port and not port.isdigit() and not port.endswith("]"):
+        authority = f"{host}:***"
     return scheme + authority + slash + path + ("?***" if query else "") + ("#***" if hash_ else "")
 
 
@@ -114,134 +159,283 @@ def quoted(text: str, limit: int = 200) -> str:
     return repr((mask_url(text) if _may_hold_credentials(text) else text)[:limit])
 
 
-def read_secret_file(path: Path) -> str:
-    """The secret in a mounted file, one trailing newline stripped (`echo key > file` and Kubernetes both work).
+def _check_secret(name: str, value: str) -> str | None:
+    """Why the secret `name` cannot be sent as `value`, or None; never repeats the value."""
+    if not value:
+        return "is empty"
+    if name in ("basic_auth_username", "basic_auth_password"):
+        return basic_auth_problem(value, username=name == "basic_auth_username")
+    return header_value_problem(value)
 
-    Raises ValueError with the reason, never the content: a file that is not text may still be a secret.
-    """
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_SECRET_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ValueError(f"cannot read {quoted(str(path))}: {exc.strerror or type(exc).__name__}") from None
-    if len(data) > MAX_SECRET_FILE_BYTES:
-        raise ValueError(f"{quoted(str(path))} is larger than {MAX_SECRET_FILE_BYTES} bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{quoted(str(path))} is not UTF-8 text") from None
-    text = text.removesuffix("\n").removesuffix("\r")
-    if not text:
-        raise ValueError(f"{quoted(str(path))} is empty")
-    if any(c in text for c in "\r\n\0"):
-        raise ValueError(f"{quoted(str(path))} holds more than one line")
-    return text
+
+def read_secret_setting(secret: str, path: Path) -> str:
+    """The secret `secret` read from its file, checked to be sendable; ValueError naming the file, not the value."""
+    value = read_secret_file(path)
+    problem = _check_secret(secret, value)
+    if problem is not None:
+        raise ValueError(f"{quoted(str(path))} {problem}")
+    return value
+
+
+def read_virtual_keys(directory: Path) -> tuple[tuple[str, SecretStr], ...]:
+    """The keys of a `virtual_key_dir`, each checked to be sendable as `x-bf-vk`."""
+    keys: list[tuple[str, SecretStr]] = []
+    for name, value in read_virtual_key_dir(directory):
+        problem = header_value_problem(value)
+        if problem is not None:
+            raise ValueError(f"{quoted(str(directory / name))} {problem}")
+        keys.append((name, SecretStr(value)))
+    return tuple(keys)
+
+
+def _note_deprecated(text: str) -> None:
+    notes = _deprecations.get()
+    if notes is not None and text not in notes:
+        notes.append(text)
+
+
+def _alias(value: Any, aliases: Mapping[str, str], setting: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    lowered = value.strip().lower()
+    if lowered in aliases:
+        _note_deprecated(f"{setting} {lowered!r} is deprecated and will be removed; use {aliases[lowered]!r}")
+        return aliases[lowered]
+    return lowered
+
+
+def _meta(metavar: str) -> dict[str, Any]:
+    """The flag's metavar (what --help shows after it), kept beside the setting so a new one cannot lack it."""
+    return {"metavar": metavar}
+
+
+_SECONDS = _meta("SECONDS")
 
 
 class Settings(BaseSettings):
+    """Every setting; each description is the flag's --help sentence and the docs table's meaning, word for word."""
+
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, extra="forbid", frozen=True, validate_default=True, case_sensitive=False
     )
 
     bifrost_url: str = Field(
-        default="http://localhost:8080", description="base URL of the gateway (http or https)"
+        default="http://localhost:8080",
+        description="Base URL of the Bifrost gateway: http or https, a host, an optional port and path prefix; "
+        "no credentials, query or fragment.",
+        json_schema_extra=_meta("URL"),
     )
     providers: Annotated[tuple[str, ...], NoDecode] = Field(
-        default=DEFAULT_PROVIDERS, description="provider ids to poll, comma-separated; no duplicates"
+        default=DEFAULT_PROVIDERS,
+        description="Provider ids to poll, comma-separated; at least one, no duplicates.",
+        json_schema_extra=_meta("PROVIDER,..."),
     )
     virtual_key: SecretStr | None = Field(
-        default=None, description="sent as x-bf-vk (secret: prefer virtual_key_file; flags show in ps)"
+        default=None,
+        description="Virtual key sent as x-bf-vk. Prefer virtual_key_file: flags show in ps.",
+        json_schema_extra=_meta("KEY"),
     )
     virtual_key_file: Path | None = Field(
-        default=None, description="file holding virtual_key; re-read on SIGHUP"
+        default=None,
+        description="File holding the virtual key; re-read on SIGHUP.",
+        json_schema_extra=_meta("FILE"),
     )
-    basic_auth_username: SecretStr | None = Field(default=None, description="gateway admin basic-auth user")
+    virtual_key_dir: Path | None = Field(
+        default=None,
+        description="Directory holding one virtual key per file, named after the file; every provider is "
+        "listed once per key. Re-read on SIGHUP.",
+        json_schema_extra=_meta("DIR"),
+    )
+    basic_auth_username: SecretStr | None = Field(
+        default=None,
+        description="User of the gateway's admin login, sent as Authorization: Basic with the password.",
+        json_schema_extra=_meta("NAME"),
+    )
     basic_auth_password: SecretStr | None = Field(
-        default=None, description="gateway admin basic-auth password (secret: prefer the _file setting)"
+        default=None,
+        description="Password of the gateway's admin login. Prefer basic_auth_password_file.",
+        json_schema_extra=_meta("PASSWORD"),
     )
     basic_auth_password_file: Path | None = Field(
-        default=None, description="file holding basic_auth_password; re-read on SIGHUP"
+        default=None,
+        description="File holding basic_auth_password; re-read on SIGHUP.",
+        json_schema_extra=_meta("FILE"),
     )
     bearer_token: SecretStr | None = Field(
-        default=None, description="sent as Authorization: Bearer (secret: prefer bearer_token_file)"
+        default=None,
+        description="Token sent as Authorization: Bearer (not with basic auth). Prefer bearer_token_file.",
+        json_schema_extra=_meta("TOKEN"),
     )
     bearer_token_file: Path | None = Field(
-        default=None, description="file holding bearer_token; re-read on SIGHUP"
+        default=None,
+        description="File holding bearer_token; re-read on SIGHUP.",
+        json_schema_extra=_meta("FILE"),
     )
     extra_headers: Annotated[dict[str, str], NoDecode] = Field(
-        default_factory=dict, description="more request headers, as JSON or name=value"
+        default_factory=dict,
+        description="More request headers, as NAME=VALUE (repeat the flag for more) or a JSON object; "
+        "their values are treated as secrets.",
+        json_schema_extra=_meta("NAME=VALUE"),
     )
-    tls_verify: bool = Field(default=True, description="verify the gateway's TLS certificate")
-    ca_file: Path | None = Field(default=None, description="CA bundle for the gateway's certificate")
+    tls_verify: bool = Field(default=True, description="Verify the gateway's TLS certificate.")
+    ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle to verify the gateway's certificate with.",
+        json_schema_extra=_meta("FILE"),
+    )
     poll_interval_seconds: float = Field(
-        default=30.0, ge=1, description="seconds between the starts of two polls of one provider"
+        default=30.0,
+        ge=1,
+        allow_inf_nan=False,
+        description="Time between the starts of two polls of one provider; at least 1.",
+        json_schema_extra=_SECONDS,
     )
     request_timeout_seconds: float = Field(
-        default=10.0, gt=0, le=600, description="timeout of each HTTP request, seconds"
+        default=10.0,
+        gt=0,
+        le=600,
+        allow_inf_nan=False,
+        description="Timeout of each request to the gateway, whole body included.",
+        json_schema_extra=_SECONDS,
     )
-    page_size: int = Field(default=100, ge=1, le=1000, description="limit sent on each list request")
+    page_size: int = Field(
+        default=100,
+        ge=1,
+        le=1000,
+        description="Batches asked for per list page (the limit parameter), 1 to 1000.",
+        json_schema_extra=_meta("N"),
+    )
     max_pages: int = Field(
-        default=200, ge=1, le=100_000, description="pages per provider per poll before it stops as truncated"
+        default=200,
+        ge=1,
+        le=100_000,
+        description="Pages per provider per poll before the poll stops as truncated.",
+        json_schema_extra=_meta("N"),
     )
     max_retries: int = Field(
-        default=3, ge=0, le=20, description="retries of one request on timeout, connection error, 429, 5xx"
+        default=3,
+        ge=0,
+        le=20,
+        description="Retries of one request on timeout, connection error, 429 or 5xx, with exponential backoff "
+        "and jitter, honouring Retry-After.",
+        json_schema_extra=_meta("N"),
     )
     stale_after_seconds: float | None = Field(
         default=None,
         gt=0,
-        description="drop a provider's batch series after this long without a complete poll "
-        "(default 5 x poll_interval_seconds)",
+        allow_inf_nan=False,
+        description="Drop a provider's batch series after this long without a complete poll.",
+        json_schema_extra=_SECONDS,
     )
-    per_batch_metrics: bool = Field(default=False, description="expose the bifrost_batch_job_* series")
+    per_batch_metrics: bool = Field(
+        default=False, description="Expose the per-batch bifrost_batch_job_* series."
+    )
     per_batch_limit: int = Field(
-        default=500, ge=1, le=10_000, description="cap of per-batch series per provider"
+        default=500,
+        ge=1,
+        le=10_000,
+        description="Most per-batch series per provider.",
+        json_schema_extra=_meta("N"),
     )
     duration_buckets: Annotated[tuple[float, ...], NoDecode] = Field(
-        default=DEFAULT_DURATION_BUCKETS, description="buckets of bifrost_batch_duration_seconds"
+        default=DEFAULT_DURATION_BUCKETS,
+        description="Buckets of bifrost_batch_duration_seconds and bifrost_batch_stage_duration_seconds.",
+        json_schema_extra=_meta("SECONDS,..."),
     )
     latency_buckets: Annotated[tuple[float, ...], NoDecode] = Field(
-        default=DEFAULT_LATENCY_BUCKETS, description="buckets of bifrost_batch_upstream_latency_seconds"
+        default=DEFAULT_LATENCY_BUCKETS,
+        description="Buckets of bifrost_batch_upstream_latency_seconds.",
+        json_schema_extra=_meta("SECONDS,..."),
     )
     listen_address: str = Field(
-        default="0.0.0.0:9877", description="HOST:PORT to serve on (also --web.listen-address)"
+        default="0.0.0.0:9877",
+        description="Address to serve the metrics, /healthz, /readyz and / on; IPv6 as [ADDR]:PORT.",
+        json_schema_extra=_meta("HOST:PORT"),
     )
     web_config_file: Path | None = Field(
-        default=None, description="exporter-toolkit web config: TLS, basic auth (also --web.config.file)"
+        default=None,
+        description="exporter-toolkit web configuration file (TLS, basic auth) for the exporter's own server; "
+        "re-read on SIGHUP and when it changes.",
+        json_schema_extra=_meta("FILE"),
     )
     telemetry_path: str = Field(
-        default="/metrics", description="path of the metrics (also --web.telemetry-path)"
+        default="/metrics",
+        description="Path under which to expose the metrics.",
+        json_schema_extra=_meta("PATH"),
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        default="info", description="debug, info, warning or error"
+    log_level: Literal["debug", "info", "warn", "error"] = Field(
+        default="info",
+        description="Only log messages with the given severity or above: debug, info, warn or error.",
+        json_schema_extra=_meta("LEVEL"),
     )
-    log_format: Literal["json", "console", "auto"] = Field(
-        default="auto", description="json, console, or auto (console on a terminal)"
+    log_format: Literal["logfmt", "json"] = Field(
+        default="logfmt",
+        description="Output format of log messages: logfmt or json.",
+        json_schema_extra=_meta("FORMAT"),
     )
     max_response_bytes: int = Field(
-        default=32 * 1024 * 1024, ge=1024, description="largest list-page body accepted, bytes"
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="Largest list-page body accepted; a bigger one fails the poll as invalid_response.",
+        json_schema_extra=_meta("BYTES"),
     )
     metadata_labels: Annotated[tuple[str, ...], NoDecode] = Field(
-        default=(), description="batch metadata keys exposed as metadata_<key> labels (at most 3)"
+        default=(),
+        description="Batch metadata keys to add as metadata_<key> labels, comma-separated; at most 3.",
+        json_schema_extra=_meta("KEY,..."),
     )
     state_dir: Path | None = Field(
-        default=None, description="directory of the durable ledger; unset = nothing survives a restart"
+        default=None,
+        description="Directory of the durable ledger, so counters survive restarts; unset, nothing does.",
+        json_schema_extra=_meta("DIR"),
     )
     poll_mode: Literal["incremental", "full"] = Field(
-        default="incremental", description="incremental (full list every resync_interval_seconds) or full"
+        default="incremental",
+        description="incremental: known active batches and the newest list pages each poll, a full list every "
+        "resync_interval_seconds; full: the whole list every poll.",
+        json_schema_extra=_meta("MODE"),
     )
     resync_interval_seconds: float = Field(
-        default=600.0, gt=0, description="seconds between full lists of one provider in incremental mode"
+        default=600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Time between full lists of one provider in incremental mode; at least "
+        "poll_interval_seconds.",
+        json_schema_extra=_SECONDS,
     )
     max_requests_per_second: float = Field(
-        default=10.0, gt=0, le=10_000, description="per provider, list and retrieve together"
+        default=10.0,
+        gt=0,
+        le=10_000,
+        allow_inf_nan=False,
+        description="Requests per second to the gateway per provider, list and retrieve together; a full list "
+        "is paced to stay under it.",
+        json_schema_extra=_meta("RATE"),
     )
     risk_no_progress_fraction: float = Field(
         default=0.5,
         gt=0,
         le=1,
-        description="fraction of the completion window after which an active batch with no finished "
-        "request is at risk",
+        allow_inf_nan=False,
+        description="Fraction of its completion window after which an active batch with no finished request "
+        "counts as at risk; 0 < value <= 1.",
+        json_schema_extra=_meta("FRACTION"),
     )
+    cost_metrics: bool = Field(
+        default=False,
+        description="Read each finished batch's settlement from the gateway's logs API and expose the cost "
+        "metrics; needs the admin login (basic_auth_* or bearer_token).",
+    )
+    cost_horizon_seconds: float = Field(
+        default=86400.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="How long after a batch finished its settlement is awaited before it counts as missing.",
+        json_schema_extra=_SECONDS,
+    )
+
+    _dir_keys: tuple[tuple[str, SecretStr], ...] = PrivateAttr(default=())
+    _deprecated: tuple[str, ...] = PrivateAttr(default=())
 
     @classmethod
     def settings_customise_sources(
@@ -252,21 +446,32 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Flags (pydantic-settings' CliSettingsSource, passed by the CLI) → env → YAML → defaults.
+        """Flags (init values, from the CLI) → env → YAML → defaults.
 
         The YAML mapping travels in pydantic-settings' own InitSettingsSource; load_settings parses the file
-        itself because YamlConfigSettingsSource reports a broken or non-mapping file as a bare traceback.
-        Its SecretsSettingsSource is not used: it reads one directory named after the fields, where the
-        contract's *_file settings name a file each and are re-read on SIGHUP.
+        itself because YamlConfigSettingsSource reports a broken or non-mapping file as a bare traceback (and
+        PyYAML's message quotes the line, secret included). Its SecretsSettingsSource is not used: it reads one
+        directory named after the fields, where the contract's *_file settings name a file each and are re-read
+        on SIGHUP.
         """
         return (init_settings, env_settings, InitSettingsSource(settings_cls, dict(_yaml_values.get())))
 
     @field_validator("providers", "duration_buckets", "latency_buckets", "metadata_labels", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
-        return _split_list(value)
+        return split_list(value)
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level_alias(cls, value: Any) -> Any:
+        return _alias(value, DEPRECATED_LOG_LEVELS, "log_level")
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _log_format_alias(cls, value: Any) -> Any:
+        return _alias(value, DEPRECATED_LOG_FORMATS, "log_format")
+
+    @field_validator("poll_mode", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
@@ -274,12 +479,7 @@ class Settings(BaseSettings):
     @field_validator("bifrost_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", value):
-            raise ValueError("must be an http:// or https:// URL without query or fragment")
-        if "@" in value.split("://", 1)[1].split("/", 1)[0]:
-            # Credentials in the URL would be printed by --check-config and logged at start.
-            raise ValueError("must not contain credentials; use basic_auth_username/basic_auth_password")
-        return value.rstrip("/")
+        return parse_gateway_url(value).text
 
     @field_validator("providers")
     @classmethod
@@ -294,6 +494,15 @@ class Settings(BaseSettings):
             if name in seen:
                 raise ValueError(f"{name!r} is listed twice")
             seen.add(name)
+        return value
+
+    @field_validator("virtual_key", "bearer_token", "basic_auth_username", "basic_auth_password")
+    @classmethod
+    def _sendable_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is not None:
+            problem = _check_secret(info.field_name or "", value.get_secret_value())
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
     @field_validator("metadata_labels")
@@ -313,24 +522,33 @@ class Settings(BaseSettings):
             raise ValueError(f"{quoted(str(value))} exists and is not a directory")
         return value
 
+    @field_validator("virtual_key_dir")
+    @classmethod
+    def _key_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{quoted(str(value))} does not exist or is not a directory")
+        return value
+
     @field_validator("extra_headers", mode="before")
     @classmethod
-    def _headers_json(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                return json.loads(value) if value.strip() else {}
-            except ValueError:
-                raise ValueError("must be a JSON object of header names to values") from None
-        return value
+    def _headers_in(cls, value: Any) -> Any:
+        return parse_header_items(value)
 
     @field_validator("extra_headers")
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        seen: set[str] = set()
         for name, header_value in value.items():
             if not _HEADER_RE.match(name):
                 raise ValueError(f"{quoted(name, 70)} is not a valid header name")
-            if "\r" in header_value or "\n" in header_value:
-                raise ValueError(f"value of header {name!r} contains a line break")
+            if name.lower() in CLIENT_MANAGED_HEADERS:
+                raise ValueError(f"header {name!r} is written by the HTTP client itself and cannot be set")
+            if name.lower() in seen:
+                raise ValueError(f"header {name!r} is given twice (header names ignore case)")
+            seen.add(name.lower())
+            problem = header_value_problem(header_value)
+            if problem is not None:
+                raise ValueError(f"value of header {name!r} {problem}")
         return value
 
     @field_validator("duration_buckets", "latency_buckets")
@@ -363,9 +581,16 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _secret_files(cls, data: Any) -> Any:
-        """Fill each secret from its *_file twin before validation, so every later check sees the value."""
+        """Fill each secret from its *_file twin before validation, so every later check sees the value.
+
+        An error names the *_file setting (and the file), which is what the operator has to fix.
+        """
         if not isinstance(data, dict):
             return data
+        if data.get("virtual_key_dir") is not None:
+            for other in ("virtual_key", "virtual_key_file"):
+                if data.get(other) is not None:
+                    raise ValueError(f"virtual_key_dir: {other} is set too; set only one of them")
         for secret, file_setting in SECRET_FILES.items():
             path = data.get(file_setting)
             if path is None or not isinstance(path, str | Path):
@@ -373,7 +598,7 @@ class Settings(BaseSettings):
             if data.get(secret) is not None:
                 raise ValueError(f"{file_setting}: {secret} is set too; set only one of them")
             try:
-                data[secret] = read_secret_file(Path(path))
+                data[secret] = read_secret_setting(secret, Path(path))
             except ValueError as exc:
                 raise ValueError(f"{file_setting}: {exc}") from None
         return data
@@ -388,6 +613,16 @@ class Settings(BaseSettings):
             raise ValueError("resync_interval_seconds must be >= poll_interval_seconds")
         if self.stale_after_seconds is not None and self.stale_after_seconds < self.poll_interval_seconds:
             raise ValueError("stale_after_seconds must be >= poll_interval_seconds")
+        if self.cost_metrics and self.basic_auth_username is None and self.bearer_token is None:
+            raise ValueError(
+                "cost_metrics: needs the gateway's admin login (basic_auth_username with basic_auth_password, "
+                "or bearer_token): the logs API does not take a virtual key"
+            )
+        if self.virtual_key_dir is not None:
+            try:
+                self._dir_keys = read_virtual_keys(self.virtual_key_dir)
+            except ValueError as exc:
+                raise ValueError(f"virtual_key_dir: {exc}") from None
         return self
 
     @property
@@ -402,6 +637,28 @@ class Settings(BaseSettings):
     def listen(self) -> tuple[str, int]:
         return parse_listen_address(self.listen_address)
 
+    @property
+    def gateway(self) -> GatewayUrl:
+        """bifrost_url taken apart (scheme, host, port, path prefix), as validated."""
+        return parse_gateway_url(self.bifrost_url)
+
+    def virtual_keys(self) -> tuple[tuple[str, SecretStr], ...]:
+        """The virtual keys to list with, in order: (name, key) pairs; empty when none is configured.
+
+        `virtual_key_dir`: one per file, by file name. `virtual_key_file`: one, named after the file.
+        `virtual_key`: one, named "default". A name is what logs may show; the key never is.
+        """
+        if self.virtual_key_dir is not None:
+            return self._dir_keys
+        if self.virtual_key is None:
+            return ()
+        name = self.virtual_key_file.name if self.virtual_key_file is not None else DEFAULT_KEY_NAME
+        return ((name, self.virtual_key),)
+
+    def deprecations(self) -> tuple[str, ...]:
+        """Deprecated spellings these settings were given in (one line each), for a warning at start."""
+        return self._deprecated
+
     def basic_auth_token(self) -> str | None:
         """base64(user:password) as the Authorization header carries it, or None without basic auth."""
         if self.basic_auth_username is None or self.basic_auth_password is None:
@@ -412,9 +669,11 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Every secret string in every spelling we send, for the redactors of logs and failure details.
 
-        Header values count, as they often carry keys; basic auth also travels base64-encoded.
+        Header values count, as they often carry keys; basic auth also travels base64-encoded; every key of a
+        virtual_key_dir is one.
         """
         values = [s.get_secret_value() for s in (getattr(self, f) for f in SECRET_FIELDS) if s is not None]
+        values.extend(key.get_secret_value() for _, key in self._dir_keys)
         values.extend(self.extra_headers.values())
         token = self.basic_auth_token()
         if token is not None:
@@ -422,9 +681,11 @@ class Settings(BaseSettings):
         return [v for v in values if len(v) >= 4]
 
     def reread_secret_files(self) -> Settings:
-        """These settings with every *_file secret read again (SIGHUP): a rotated Secret is used on the next poll.
+        """These settings with every secret file and key directory read again (SIGHUP): a rotated Secret is used
+        from the next request on.
 
-        Raises ConfigError naming the setting when a file cannot be used; the caller keeps the old credentials.
+        Raises ConfigError naming the setting and the file when one cannot be used (unreadable, or a value that
+        cannot be sent); the caller keeps the credentials it has. Nothing is half-applied.
         """
         update: dict[str, Any] = {}
         for secret, file_setting in SECRET_FILES.items():
@@ -432,10 +693,20 @@ class Settings(BaseSettings):
             if path is None:
                 continue
             try:
-                update[secret] = SecretStr(read_secret_file(path))
+                update[secret] = SecretStr(read_secret_setting(secret, path))
             except ValueError as exc:
                 raise ConfigError(f"invalid setting {file_setting}: {exc}") from None
-        return self.model_copy(update=update) if update else self
+        dir_keys = self._dir_keys
+        if self.virtual_key_dir is not None:
+            try:
+                dir_keys = read_virtual_keys(self.virtual_key_dir)
+            except ValueError as exc:
+                raise ConfigError(f"invalid setting virtual_key_dir: {exc}") from None
+        if not update and self.virtual_key_dir is None:
+            return self
+        fresh = self.model_copy(update=update)
+        fresh._dir_keys = dir_keys
+        return fresh
 
     def masked(self) -> dict[str, Any]:
         """The effective settings as --check-config prints them: secrets and header values replaced."""
@@ -446,6 +717,41 @@ class Settings(BaseSettings):
         out["extra_headers"] = {k: MASK for k in self.extra_headers}
         out["stale_after_seconds"] = self.stale_after
         return out
+
+
+def parse_header_items(value: Any) -> Any:
+    """extra_headers from any source: a mapping (YAML), a JSON object, `NAME=VALUE`, or a list of either (the
+    repeatable flag). Errors say which form was expected, never the text (a value may be a secret)."""
+    if value is None or isinstance(value, dict):
+        return value
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        return value
+    merged: dict[str, Any] = {}
+    for item in items:
+        if not isinstance(item, str):
+            return value  # let the type check say what is wrong
+        text = item.strip()
+        if not text:
+            continue
+        if text.startswith("{"):
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                raise ValueError("must be NAME=VALUE or a JSON object of header names to values") from None
+            if not isinstance(parsed, dict):
+                raise ValueError("must be NAME=VALUE or a JSON object of header names to values")
+            pairs = list(parsed.items())
+        else:
+            name, equals, header_value = item.partition("=")
+            if not equals or not name.strip():
+                raise ValueError("must be NAME=VALUE or a JSON object of header names to values")
+            pairs = [(name.strip(), header_value)]
+        for name, header_value in pairs:
+            if any(str(name).lower() == str(k).lower() for k in merged):
+                raise ValueError(f"header {quoted(str(name), 70)} is given twice (header names ignore case)")
+            merged[name] = header_value
+    return merged
 
 
 def metadata_label_name(key: str) -> str:
@@ -467,34 +773,74 @@ def parse_listen_address(value: str) -> tuple[str, int]:
 
 
 def read_yaml_document(path: Path, setting: str) -> Any:
-    """The YAML document in a file a setting names, or ConfigError naming that setting and the file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(f"invalid setting {setting}: cannot read {str(path)!r}: {reason}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(
-            f"invalid setting {setting}: {str(path)!r} is not valid YAML: {exc}".replace("\n", " ")
-        ) from None
+    """The YAML document in a file a setting names, or ConfigError naming the setting, the file, the line and
+    column, and the problem: never a piece of the file, which may hold a secret (a key, a hash, an inline TLS key).
+    """
+    return _read_yaml_file(path, setting).value
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    doc = read_yaml_document(path, "config")
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
-        raise ConfigError(f"invalid setting config: {str(path)!r} must be a YAML mapping of setting names")
-    return {str(k): v for k, v in doc.items()}
+def _read_yaml_file(path: Path, setting: str) -> YamlDocument:
+    try:
+        return read_yaml(path)
+    except YamlFileError as exc:
+        raise ConfigError(f"invalid setting {setting}: {exc}") from None
+
+
+def _suggest(word: str, choices: Collection[str]) -> str | None:
+    """The closest choice to a misspelt name (also when spelt as a flag, `poll-interval-seconds`), or None."""
+    normal = word.strip().lower().replace("-", "_").replace(".", "_")
+    if normal in choices and normal != word:
+        return normal
+    close = difflib.get_close_matches(normal, list(choices), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _unknown_env(environ: Mapping[str, str]) -> list[str]:
+    """Each BIFROST_EXPORTER_* variable that is no setting: a typo there would otherwise be ignored in silence.
+
+    Except the service-link variables Kubernetes and Docker define for a neighbour named `bifrost-exporter`.
+    """
+    problems = []
+    for key in sorted(environ):
+        upper = key.upper()
+        if not upper.startswith(ENV_PREFIX) or upper == CONFIG_ENV:
+            continue
+        name = upper.removeprefix(ENV_PREFIX).lower()
+        if name in Settings.model_fields or _SERVICE_LINK_RE.match(upper):
+            continue
+        hint = _suggest(name, Settings.model_fields)
+        problems.append(
+            f"unknown environment variable {key[:100]}"
+            + (f" (did you mean {ENV_PREFIX}{hint.upper()}?)" if hint else "")
+        )
+    return problems
+
+
+def _unknown_keys(doc: YamlDocument, path: Path) -> list[str]:
+    problems = []
+    for key in doc.value:
+        name = str(key)
+        if name in Settings.model_fields:
+            continue
+        line, column = doc.key_positions.get(name, (0, 0))
+        where = f"{path}:{line}:{column}" if line else str(path)
+        hint = _suggest(name, Settings.model_fields)
+        if hint is None and not _SETTING_LIKE_RE.match(name):
+            # Not close to any setting and not shaped like one: maybe a secret whose line lost its key.
+            problems.append(f"unknown key in config file {where} (not a setting name)")
+            continue
+        problems.append(
+            f"unknown setting {quoted(name, 70)} in config file {where}"
+            + (f" (did you mean {hint!r}?)" if hint else "")
+        )
+    return problems
 
 
 def _source_of(
     name: str,
     flags: Collection[str],
     environ: Mapping[str, str],
-    yaml_values: Mapping[str, Any],
+    doc: YamlDocument,
     config_path: Path | None,
 ) -> str:
     if name in flags:
@@ -502,59 +848,81 @@ def _source_of(
     env_name = ENV_PREFIX + name.upper()
     if any(k.upper() == env_name for k in environ):
         return f"from environment {env_name}"
-    if name in yaml_values:
-        return f"from config file {config_path}"
+    if isinstance(doc.value, dict) and name in doc.value:
+        line, column = doc.key_positions.get(name, (0, 0))
+        return f"from config file {config_path}" + (f":{line}:{column}" if line else "")
     return "default"
 
 
-def load_settings(
-    flags: Mapping[str, Any] | None = None,
-    config_file: Path | None = None,
-    *,
-    cli: tuple[CliSettingsSource[Any], Collection[str]] | None = None,
-) -> Settings:
-    """Build Settings from every source, or raise ConfigError with one line naming the bad setting.
+def load_settings(flags: Mapping[str, Any] | None = None, config_file: Path | None = None) -> Settings:
+    """Build Settings from every source, or raise ConfigError with one line naming each bad setting.
 
-    `flags` are values given in code (tests, --demo); `cli` is pydantic-settings' CliSettingsSource with the
-    parsed command line and the names of the settings it holds, so an error can say they came from there.
+    `flags` are the command line's values (setting name → value as given), which win over everything else.
     """
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    from_command_line = set(flags) | set(cli[1] if cli is not None else ())
     environ = os.environ
+    problems = _unknown_env(environ)
     if config_file is None and environ.get(CONFIG_ENV):
         config_file = Path(environ[CONFIG_ENV])
-    yaml_values = _read_yaml(config_file) if config_file is not None else {}
+    doc = YamlDocument({})
+    if config_file is not None:
+        doc = _read_yaml_file(config_file, "config")
+        if doc.value is None:
+            doc = YamlDocument({})
+        elif not isinstance(doc.value, dict):
+            raise ConfigError(
+                f"invalid setting config: {config_file} must be a YAML mapping of setting names"
+            )
+        problems.extend(_unknown_keys(doc, config_file))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    yaml_values = {str(k): v for k, v in doc.value.items()}
     token = _yaml_values.set(yaml_values)
+    notes: list[str] = []
+    notes_token = _deprecations.set(notes)
     try:
-        if cli is not None:
-            return Settings(_cli_settings_source=cli[0], **flags)
-        return Settings(**flags)
+        settings = Settings(**flags)
     except SettingsError as exc:
         raise ConfigError(f"invalid settings: {_first_line(str(exc))}") from None
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            loc = [str(p) for p in err["loc"]]
-            name = loc[0] if loc else ""
-            msg = err["msg"].removeprefix("Value error, ")
-            if not name:
-                # A model-level check names its setting first ("virtual_key_file: ..."), or several in the text.
-                named = re.match(r"^([a-z_]+): (.*)$", msg, re.DOTALL)
-                if named and named[1] in Settings.model_fields:
-                    source = _source_of(named[1], from_command_line, environ, yaml_values, config_file)
-                    problems.append(f"invalid setting {named[1]} ({source}): {named[2]}")
-                else:
-                    problems.append(msg)
-                continue
-            if err["type"] == "extra_forbidden":
-                origin = f"in config file {config_file}" if name in yaml_values else "given"
-                problems.append(f"unknown setting {name!r} {origin}")
-                continue
-            source = _source_of(name, from_command_line, environ, yaml_values, config_file)
-            problems.append(f"invalid setting {name}{shown_value(name, err.get('input'))} ({source}): {msg}")
-        raise ConfigError("; ".join(problems)) from None
+        raise ConfigError(_describe_errors(exc, set(flags), environ, doc, config_file)) from None
     finally:
         _yaml_values.reset(token)
+        _deprecations.reset(notes_token)
+    settings._deprecated = tuple(notes)
+    return settings
+
+
+def _describe_errors(
+    exc: ValidationError,
+    flags: Collection[str],
+    environ: Mapping[str, str],
+    doc: YamlDocument,
+    config_file: Path | None,
+) -> str:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err["loc"]]
+        name = loc[0] if loc else ""
+        msg = err["msg"].removeprefix("Value error, ")
+        if not name:
+            # A model-level check names its setting first ("virtual_key_file: ..."), or several in the text.
+            named = re.match(r"^([a-z_]+): (.*)$", msg, re.DOTALL)
+            if named and named[1] in Settings.model_fields:
+                source = _source_of(named[1], flags, environ, doc, config_file)
+                problems.append(f"invalid setting {named[1]} ({source}): {named[2]}")
+            else:
+                problems.append(msg)
+            continue
+        if err["type"] == "extra_forbidden":
+            hint = _suggest(name, Settings.model_fields)
+            problems.append(
+                f"unknown setting {quoted(name, 70)} given" + (f" (did you mean {hint!r}?)" if hint else "")
+            )
+            continue
+        source = _source_of(name, flags, environ, doc, config_file)
+        problems.append(f"invalid setting {name}{shown_value(name, err.get('input'))} ({source}): {msg}")
+    return "; ".join(problems)
 
 
 def _first_line(text: str) -> str:
@@ -565,7 +933,7 @@ def shown_value(name: str, value: Any) -> str:
     """`=<value>` for an error message, or "" when the value may hold a secret.
 
     Secrets, header values and anything that is not a plain scalar are never shown; strings that look like a URL
-    are shown with userinfo, query and fragment masked (a key often rides in `?api_key=`).
+    are shown with userinfo, a non-numeric port, query and fragment masked (a key often rides in `?api_key=`).
     """
     if name in SECRET_FIELDS or name == "extra_headers" or value is None:
         return ""

@@ -50,7 +50,10 @@ DEEP_PROVIDERS = (
 )
 SCENARIOS = {
     "wide": (PROVIDERS, {}),
-    "deep": (DEEP_PROVIDERS, {"BIFROST_EXPORTER_PAGE_SIZE": "3", "BIFROST_EXPORTER_POLL_MODE": "incremental"}),
+    "deep": (
+        DEEP_PROVIDERS,
+        {"BIFROST_EXPORTER_PAGE_SIZE": "3", "BIFROST_EXPORTER_POLL_MODE": "incremental"},
+    ),
 }
 SCRIPT_SECONDS = 70.0
 BATCHES = 60

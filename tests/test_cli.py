@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import httpx
 import pytest
 import yaml
 
+from exporter.cli import GROUPS, flag_names, help_text
 from exporter.settings import Settings
 from exporter.simulator import ProviderSpec, Simulator
 from tests.conftest import free_port
@@ -61,7 +63,7 @@ def sim() -> Iterator[Simulator]:
             ["--listen-address", "nonsense"],
             "invalid setting listen_address='nonsense' (from the command line)",
         ),
-        ({}, ["--log-level", "loud"], "log_level"),
+        ({}, ["--log.level", "loud"], "invalid setting log_level='loud' (from the command line)"),
         ({"BIFROST_EXPORTER_CA_FILE": "/nonexistent/ca.pem"}, [], "ca_file"),
         ({"BIFROST_EXPORTER_DURATION_BUCKETS": "10,5"}, [], "duration_buckets"),
     ],
@@ -78,10 +80,32 @@ def test_bad_config_file_names_file_and_key(tmp_path: Path) -> None:
     cfg.write_text("providers: [openai]\npage_sise: 10\n")
     result = run("--config", str(cfg))
     assert result.returncode == 2
-    assert "unknown setting 'page_sise'" in result.stderr and str(cfg) in result.stderr
+    assert result.stderr == (
+        f"bifrost-batch-exporter: unknown setting 'page_sise' in config file {cfg}:2:1 (did you mean 'page_size'?)\n"
+    )
     cfg.write_text("page_size: lots\n")
     result = run("--config", str(cfg))
-    assert result.returncode == 2 and f"(from config file {cfg})" in result.stderr
+    assert result.returncode == 2 and f"(from config file {cfg}:1:1)" in result.stderr
+
+
+def test_yaml_syntax_error_is_one_line_with_file_line_column(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"providers: [openai\nvirtual_key: {SECRET}\n")
+    result = run("--check-config", "--config", str(cfg))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"bifrost-batch-exporter: invalid setting config: {cfg}:2:12: expected ',' or ']', but got ':' "
+        "(while parsing a flow sequence at 1:12)\n"
+    )
+
+
+def test_unknown_environment_variable_is_refused_with_a_suggestion() -> None:
+    result = run("--check-config", env={"BIFROST_EXPORTER_WEB_LISTEN_ADDRESS": "127.0.0.1:1"})
+    assert result.returncode == 2
+    assert result.stderr == (
+        "bifrost-batch-exporter: unknown environment variable BIFROST_EXPORTER_WEB_LISTEN_ADDRESS "
+        "(did you mean BIFROST_EXPORTER_LISTEN_ADDRESS?)\n"
+    )
 
 
 def test_secret_in_invalid_combination_is_not_echoed() -> None:
@@ -138,15 +162,113 @@ def test_version_comes_from_the_package_metadata() -> None:
     )
 
 
-def test_help_lists_every_setting_as_a_flag() -> None:
+def test_help_lists_every_setting_as_a_flag_with_its_sentence_and_default() -> None:
     result = run("--help")
     assert result.returncode == 0
+    text = " ".join(result.stdout.split())  # help lines are wrapped
     for name, field in Settings.model_fields.items():
-        assert f"--{name.replace('_', '-')}" in result.stdout, name
-        assert field.description and field.description.split()[0] in result.stdout, name
-    for flag in ("--web.listen-address", "--web.config.file", "--web.telemetry-path", "--config", "--demo",
-                 "--once", "--check-config", "--version"):  # fmt: skip
-        assert flag in result.stdout
+        flags = flag_names(name)
+        if field.annotation is bool:
+            flags = [f"--[no-]{flag.removeprefix('--')}" for flag in flags]
+        assert any(f"{flag}," in text or f"{flag} " in text for flag in flags), name
+        assert help_text(name, field).replace("%%", "%") in text, name
+    for flag in ("--web.listen-address", "--web.config.file", "--web.telemetry-path", "--log.level", "--log.format",
+                 "--config", "--demo", "--once", "--check-config", "--version", "--[no-]tls-verify"):  # fmt: skip
+        assert flag in text, flag
+    # node_exporter's style: metavars that say what to write, no Python types, sentences
+    for metavar in ("PROVIDER,...", "FILE", "NAME=VALUE", "SECONDS", "HOST:PORT", "DIR", "LEVEL", "FORMAT"):
+        assert f" {metavar}" in text, metavar
+    python_metavar = re.search(r"--[\w.-]+ (?:Path|str|float|int|bool|SecretStr|tuple|dict)\b", text)
+    assert python_metavar is None, python_metavar
+    for python in ("tuple[", "SecretStr", "dict[", "None", "= setting"):
+        assert python not in text, python
+    assert "--log-level" not in text and "--log-format" not in text  # deprecated: accepted, not advertised
+
+
+def test_every_setting_is_in_one_help_section() -> None:
+    listed = [name for _, names in GROUPS for name in names]
+    assert sorted(listed) == sorted(Settings.model_fields)
+    for name, field in Settings.model_fields.items():
+        extra = field.json_schema_extra
+        assert field.annotation is bool or (isinstance(extra, dict) and extra.get("metavar")), name
+        assert field.description and field.description.endswith("."), name
+
+
+def test_extra_headers_flag_takes_name_value_repeated_and_json() -> None:
+    result = run(
+        "--check-config", "--extra-headers", "X-Team=llm", "--extra-headers", "X-Env=prod=eu",
+        "--extra-headers", '{"X-Org": "a"}', "--providers", "openai", "--providers", "azure,gemini",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert shown["extra_headers"] == {"X-Team": "**********", "X-Env": "**********", "X-Org": "**********"}
+    assert shown["providers"] == ["openai", "azure", "gemini"]
+    bad = run("--check-config", "--extra-headers", "X-Team")
+    assert (
+        bad.returncode == 2
+        and "invalid setting extra_headers (from the command line): must be NAME=VALUE" in bad.stderr
+    )
+
+
+def test_log_flags_promslog_spelling_and_the_deprecated_ones() -> None:
+    new = run("--check-config", "--log.level", "warn", "--log.format", "json")
+    assert new.returncode == 0 and new.stderr == ""
+    shown = yaml.safe_load(new.stdout)
+    assert (shown["log_level"], shown["log_format"]) == ("warn", "json")
+    old = run("--check-config", "--log-level", "warning", "--log-format", "console")
+    assert old.returncode == 0
+    assert (yaml.safe_load(old.stdout)["log_level"], yaml.safe_load(old.stdout)["log_format"]) == (
+        "warn",
+        "logfmt",
+    )
+    assert old.stderr.splitlines() == [
+        "bifrost-batch-exporter: warning: --log-level is deprecated and will be removed; use --log.level",
+        "bifrost-batch-exporter: warning: --log-format is deprecated and will be removed; use --log.format",
+        "bifrost-batch-exporter: warning: log_level 'warning' is deprecated and will be removed; use 'warn'",
+        "bifrost-batch-exporter: warning: log_format 'console' is deprecated and will be removed; use 'logfmt'",
+    ]
+
+
+def test_an_unknown_flag_gets_a_suggestion() -> None:
+    result = run("--check-config", "--web.listen-adress", "127.0.0.1:1")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "bifrost-batch-exporter: unrecognized arguments: --web.listen-adress 127.0.0.1:1 "
+        "(did you mean --web.listen-address?) (see --help)\n"
+    )
+    abbreviated = run("--check-config", "--poll-interval", "5")  # no prefix matching: a typo stays a typo
+    assert abbreviated.returncode == 2 and "did you mean --poll-interval-seconds?" in abbreviated.stderr
+
+
+def test_demo_listens_on_loopback_unless_told_otherwise() -> None:
+    assert yaml.safe_load(run("--demo", "--check-config").stdout)["listen_address"] == "127.0.0.1:9877"
+    for args, env in (
+        (["--web.listen-address", "0.0.0.0:9100"], {}),
+        ([], {"BIFROST_EXPORTER_LISTEN_ADDRESS": "0.0.0.0:9100"}),
+    ):
+        shown = yaml.safe_load(run("--demo", "--check-config", *args, env=env).stdout)
+        assert shown["listen_address"] == "0.0.0.0:9100"
+    assert yaml.safe_load(run("--check-config").stdout)["listen_address"] == "0.0.0.0:9877"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://h:abc", "http://h:99999", "http://h:0", "http://[::1", "http://a..b", "http://h:8080 x"]
+)
+def test_once_refuses_an_unusable_url_in_one_line_not_a_traceback(url: str) -> None:
+    for mode in ("--check-config", "--once"):
+        result = run(mode, "--bifrost-url", url, "--providers", "openai")
+        assert result.returncode == 2, (mode, result.stderr)
+        assert result.stderr.startswith("bifrost-batch-exporter: invalid setting bifrost_url")
+        assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_once_against_a_usable_url_with_nothing_there_fails_cleanly() -> None:
+    port = free_port()
+    for url in (f"http://127.0.0.1:{port}/prefix", f"http://[::1]:{port}"):
+        result = run("--once", "--bifrost-url", url, "--providers", "openai", "--max-retries", "0")
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        assert value(parse_samples(result.stdout), "bifrost_batch_exporter_up", provider="openai") == 0
 
 
 def test_every_setting_has_a_flag_that_beats_env_and_file(tmp_path: Path) -> None:
@@ -248,7 +370,7 @@ def test_once_prints_exposition_and_exit_code(sim: Simulator) -> None:
     assert value(s, "bifrost_batch_exporter_up", provider="openai") == 1
     assert value(s, "bifrost_batch_exporter_up", provider="azure") == 1
     logs = [json.loads(line) for line in ok.stderr.splitlines() if line.startswith("{")]
-    finished = [entry for entry in logs if entry["event"] == "poll_finished"]
+    finished = [entry for entry in logs if entry["msg"] == "poll_finished"]
     assert {e["provider"] for e in finished} == {"openai", "azure"}
     for entry in finished:
         assert {"pages", "batches", "duration_seconds", "outcome"} <= set(entry)
@@ -312,7 +434,7 @@ def test_signal_stops_cleanly_within_5s(sim: Simulator, sig: signal.Signals) -> 
 
 def test_demo_serves_live_metrics_within_10s() -> None:
     port = free_port()
-    proc = _start({}, "--demo", "--listen-address", f"127.0.0.1:{port}")
+    proc = _start({}, "--demo", "--web.listen-address", f"127.0.0.1:{port}")
     try:
         started = time.monotonic()
 
@@ -355,7 +477,7 @@ def test_log_level_and_format_and_custom_buckets(sim: Simulator) -> None:
         "BIFROST_EXPORTER_DURATION_BUCKETS": "[30, 600]",
     }
     quiet = run(
-        "--once", env={**env, "BIFROST_EXPORTER_LOG_LEVEL": "warning", "BIFROST_EXPORTER_LOG_FORMAT": "json"}
+        "--once", env={**env, "BIFROST_EXPORTER_LOG_LEVEL": "warn", "BIFROST_EXPORTER_LOG_FORMAT": "json"}
     )
     assert quiet.returncode == 0 and "poll_finished" not in quiet.stderr
     s = parse_samples(quiet.stdout)
@@ -364,6 +486,21 @@ def test_log_level_and_format_and_custom_buckets(sim: Simulator) -> None:
     assert (
         value(s, "bifrost_batch_duration_seconds_bucket", provider="openai", status="failed", le="600.0") == 0
     )
-    console = run("--once", env={**env, "BIFROST_EXPORTER_LOG_FORMAT": "console"})
-    lines = [line for line in console.stderr.splitlines() if "poll_finished" in line]
-    assert lines and not lines[0].startswith("{") and "provider=openai" in lines[0]
+    logfmt = run("--once", env=env)  # logfmt is the default
+    lines = [line for line in logfmt.stderr.splitlines() if "msg=poll_finished" in line]
+    assert lines and lines[0].startswith("ts=") and " level=info caller=" in lines[0]
+    assert " provider=openai" in lines[0]
+
+
+def test_check_config_names_the_keys_of_a_key_directory_never_their_values(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "team-b").write_text(SECRET + "-b\n")
+    (keys / "team-a").write_text(SECRET + "-a\n")
+    (keys / ".hidden").write_text("not a key\n")
+    result = run("--check-config", "--virtual-key-dir", str(keys))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("# virtual_key_dir holds 2 keys: team-a, team-b\n")
+    shown = yaml.safe_load(result.stdout)
+    assert shown["virtual_key_dir"] == str(keys) and shown["virtual_key"] is None
+    assert SECRET not in result.stdout + result.stderr

@@ -699,6 +699,7 @@ CHART_OWNED = {
     "web_config_file",
     "state_dir",
     "virtual_key_file",
+    "virtual_key_dir",
     "basic_auth_password_file",
     "bearer_token_file",
 }

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,15 @@ import bcrypt
 import httpx
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from exporter import cli
 from exporter.client import BifrostClient
 from exporter.logs import configure
 from exporter.settings import ConfigError, Settings, load_settings
 from exporter.simulator import FAULTS, ProviderSpec, Simulator
-from exporter.webconfig import WebSecurity
+from exporter.webconfig import WebSecurity, load_web_config
 from tests.conftest import free_port
 from tests.harness import ExporterThread, make_settings, parse_samples, value, wait_until
 from tests.test_cli import run as run_exporter
@@ -117,7 +120,7 @@ def test_every_simulator_fault_with_debug_logs(tmp_path: Path, logs: io.StringIO
         assert_clean(where, body)
     text = logs.getvalue()
     assert '"level": "debug"' in text or '"poll_finished"' in text
-    events = {json.loads(line)["event"] for line in text.splitlines() if line.startswith("{")}
+    events = {json.loads(line)["msg"] for line in text.splitlines() if line.startswith("{")}
     assert {"poll_failed", "poll_finished"} <= events
     assert_clean("logs", text)
 
@@ -495,7 +498,7 @@ def test_rotated_secret_file_is_used_after_sighup(tmp_path: Path) -> None:
         proc = subprocess.Popen(
             [sys.executable, "-m", "exporter", "--bifrost-url", sim.url, "--providers", "openai",
              "--virtual-key-file", str(key_file), "--poll-interval-seconds", "1", "--max-retries", "0",
-             "--web.listen-address", f"127.0.0.1:{port}", "--log-format", "json"],
+             "--web.listen-address", f"127.0.0.1:{port}", "--log.format", "json"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
@@ -515,8 +518,9 @@ def test_rotated_secret_file_is_used_after_sighup(tmp_path: Path) -> None:
             assert _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 0
             proc.send_signal(signal.SIGHUP)
             wait_until(lambda: _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 1)
-            # A broken file on the next SIGHUP keeps the working key and says which setting failed.
-            key_file.write_text("")
+            # A key that cannot be sent (saved again by an editor that adds a byte-order mark) on the next SIGHUP
+            # keeps the working key and says which setting and file failed, never the value.
+            key_file.write_bytes(b"\xef\xbb\xbf" + new_key.encode() + b"\n")
             proc.send_signal(signal.SIGHUP)
             polls = _metric(metrics, "bifrost_batch_exporter_polls_total", provider="openai") or 0
             wait_until(
@@ -530,7 +534,227 @@ def test_rotated_secret_file_is_used_after_sighup(tmp_path: Path) -> None:
             proc.terminate()
             _, stderr = proc.communicate(timeout=10)
     events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
-    assert [e["settings"] for e in events if e["event"] == "secret_files_reloaded"] == [["virtual_key_file"]]
-    (failed,) = [e for e in events if e["event"] == "secret_files_reload_failed"]
-    assert "virtual_key_file" in failed["error"] and "is empty" in failed["error"]
+    assert [e["settings"] for e in events if e["msg"] == "secret_files_reloaded"] == [["virtual_key_file"]]
+    (failed,) = [e for e in events if e["msg"] == "secret_files_reload_failed"]
+    assert (
+        failed["error"]
+        == f"invalid setting virtual_key_file: '{key_file}' starts with a byte-order mark (U+FEFF); save the file without it"
+    )
+    assert failed["level"] == "error" and failed["kept"] == "previous"
     assert old_key not in stderr and new_key not in stderr
+
+
+def test_virtual_key_dir_is_reread_on_sighup_and_a_bad_key_keeps_the_old_ones(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "team-a").write_text(VIRTUAL_KEY + "\n")
+    port = free_port()
+    metrics = f"http://127.0.0.1:{port}/metrics"
+    with Simulator(providers=[ProviderSpec("openai")], latency_ms=1) as sim:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BIFROST_EXPORTER_")}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "--bifrost-url", sim.url, "--providers", "openai",
+             "--virtual-key-dir", str(keys), "--poll-interval-seconds", "1", "--log.level", "debug",
+             "--web.listen-address", f"127.0.0.1:{port}", "--log.format", "json"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            wait_until(lambda: _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 1)
+            (keys / "team-b").write_text(BEARER + "\n")
+            proc.send_signal(signal.SIGHUP)
+            (keys / "team-c").write_bytes(b"sk-bf-caf\xc3\xa9-" + GW_PASSWORD.encode())
+            polls = _metric(metrics, "bifrost_batch_exporter_polls_total", provider="openai") or 0
+            wait_until(
+                lambda: (
+                    (_metric(metrics, "bifrost_batch_exporter_polls_total", provider="openai") or 0) > polls
+                )
+            )
+            proc.send_signal(signal.SIGHUP)
+            polls = _metric(metrics, "bifrost_batch_exporter_polls_total", provider="openai") or 0
+            wait_until(
+                lambda: (
+                    (_metric(metrics, "bifrost_batch_exporter_polls_total", provider="openai") or 0)
+                    > polls + 1
+                )
+            )
+            assert _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 1
+        finally:
+            proc.terminate()
+            _, stderr = proc.communicate(timeout=10)
+    assert proc.returncode == 0, stderr
+    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    (reloaded,) = [e for e in events if e["msg"] == "secret_files_reloaded"]
+    assert reloaded["settings"] == ["virtual_key_dir"] and reloaded["virtual_keys"] == 2
+    (failed,) = [e for e in events if e["msg"] == "secret_files_reload_failed"]
+    assert failed["error"] == (
+        f"invalid setting virtual_key_dir: '{keys / 'team-c'}' has a non-ASCII character at position 10, "
+        "which an HTTP header cannot carry"
+    )
+    assert_clean("logs", stderr)
+
+
+# --- a secret next to a YAML syntax error (issue 19, item 10) ----------------------------------------------------
+
+# Characters and tokens that break YAML, or change what a line means, when typed next to a secret.
+YAML_BREAKERS = [":", ": ", "\t", "'", '"', "[", "]", "{", "}", "*", "&", "!", "%", "@", "`", "|", ">", "- ", "? ",
+                 "\\", "#", ",", "\x07", "\ufeff", "\n", "\n  ", "  ", "<<: ", "!!binary ", "&a ", "*a "]  # fmt: skip
+INLINE_KEY = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC-INLINEKEYSECRET-7fa1c93e"
+
+
+def _config_text() -> str:
+    return (
+        "bifrost_url: http://gw:8080\n"
+        "providers: [openai]\n"
+        f"virtual_key: {VIRTUAL_KEY}\n"
+        "basic_auth_username: admin\n"
+        f'basic_auth_password: "{GW_PASSWORD}"\n'
+        f"extra_headers: {{X-Org-Token: '{HEADER_SECRET}'}}\n"
+        "page_size: 10\n"
+    )
+
+
+def _web_config_text(hashed: str) -> str:
+    return (
+        "basic_auth_users:\n"
+        f"  scraper: {hashed}\n"
+        f"  other: '{hashed}'\n"
+        "tls_server_config:\n"
+        "  cert_file: cert.pem\n"
+        "  key: |\n"
+        "    -----BEGIN PRIVATE KEY-----\n"
+        f"    {INLINE_KEY}\n"
+        "    -----END PRIVATE KEY-----\n"
+    )
+
+
+@st.composite
+def _broken(draw: st.DrawFn, text: str, secret_lines: list[int]) -> str:
+    """`text` with one to three edits (insert a YAML breaker, delete or double a character) on or next to a line
+    holding a secret."""
+    lines = text.split("\n")
+    for _ in range(draw(st.integers(1, 3))):
+        index = max(
+            0,
+            min(
+                len(lines) - 1, draw(st.sampled_from(secret_lines)) + draw(st.sampled_from([-1, 0, 0, 0, 1]))
+            ),
+        )
+        line = lines[index]
+        at = draw(st.integers(0, len(line)))
+        edit = draw(st.sampled_from(["insert", "insert", "delete", "double"]))
+        if edit == "insert":
+            line = line[:at] + draw(st.sampled_from(YAML_BREAKERS)) + line[at:]
+        elif edit == "delete" and at < len(line):
+            line = line[:at] + line[at + 1 :]
+        elif at < len(line):
+            line = line[:at] + line[at] + line[at:]
+        lines[index] = line
+    return "\n".join(lines)
+
+
+def _assert_no_secret_piece(where: str, text: str, secrets: tuple[str, ...]) -> None:
+    """No 8 consecutive characters of any secret: a quoted line, an alias or a tag would show more than that."""
+    for secret in secrets:
+        for i in range(len(secret) - 7):
+            assert secret[i : i + 8] not in text, f"{secret[i : i + 8]!r} of a secret in {where}: {text}"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_broken_config_file_never_prints_a_secret(
+    data: st.DataObject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in [k for k in os.environ if k.upper().startswith("BIFROST_EXPORTER_")]:
+        monkeypatch.delenv(key)
+    text = data.draw(_broken(_config_text(), [2, 4, 5]))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(text)
+        try:
+            load_settings(config_file=path)
+        except ConfigError as exc:
+            message = str(exc)
+            assert "\n" not in message
+            _assert_no_secret_piece("the config error", message, (VIRTUAL_KEY, GW_PASSWORD, HEADER_SECRET))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_broken_web_config_never_prints_a_hash_or_key(data: st.DataObject) -> None:
+    hashed = "$2b$04$" + "Zl1cW9yQ3xV7bN2mK5pR8uT4eH6jA0sD3fG9hJ2kL5zX8cV1bN4m"[:53]
+    text = data.draw(_broken(_web_config_text(hashed), [1, 2, 7]))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "web.yml"
+        path.write_text(text)
+        (Path(tmp) / "cert.pem").write_text("not used: the file only has to exist")
+        try:
+            load_web_config(path)
+        except ConfigError as exc:
+            _assert_no_secret_piece("the web-config error", str(exc), (hashed[7:], INLINE_KEY))
+
+
+def test_a_web_config_reload_with_a_syntax_error_logs_where_not_what(
+    tmp_path: Path, logs: io.StringIO
+) -> None:
+    web = web_security(tmp_path)
+    hashed = web.config.users["scraper"].decode()
+    web.path.write_text(f"basic_auth_users:\n  scraper: *{hashed}\n")  # an alias where the hash was
+    assert web.reload("sighup") is False
+    (line,) = [json.loads(x) for x in logs.getvalue().splitlines() if "web_config_reload_failed" in x]
+    assert line["error"] == (
+        f"invalid setting web_config_file: {web.path}:2:13: expected alphabetic or numeric character, but found "
+        "'$' (while scanning an alias at 2:12)"
+    )
+    _assert_no_secret_piece("the reload log", logs.getvalue(), (hashed[7:],))
+
+
+def test_a_config_syntax_error_next_to_a_secret_on_a_real_process(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"providers: [openai]\nvirtual_key: {VIRTUAL_KEY}: oops\n")
+    result = run_exporter("--check-config", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"bifrost-batch-exporter: invalid setting config: {config}:2:39: mapping values are not allowed here\n"
+    )
+
+
+# --- a secret that cannot be sent (issue 19, item 11) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "content"),
+    [
+        ("--virtual-key-file", b"\xef\xbb\xbf" + VIRTUAL_KEY.encode() + b"\n"),
+        ("--bearer-token-file", BEARER.encode() + "\u00e9".encode() + b"\n"),
+        ("--basic-auth-password-file", b"\xef\xbb\xbf" + GW_PASSWORD.encode()),
+    ],
+)
+@pytest.mark.parametrize("mode", ["--check-config", "--once"])
+def test_a_secret_file_that_cannot_be_sent_stops_the_start(
+    tmp_path: Path, setting: str, content: bytes, mode: str
+) -> None:
+    """It used to pass --check-config and then crash-loop the poll task: now both refuse, naming the file."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(content)
+    args = [mode, "--bifrost-url", "http://127.0.0.1:9", "--providers", "openai", setting, str(secret)]
+    if setting == "--basic-auth-password-file":
+        args += ["--basic-auth-username", "admin"]
+    result = run_exporter(*args)
+    assert result.returncode == 2, result.stderr
+    name = setting.removeprefix("--").replace("-", "_")
+    assert result.stderr.startswith(
+        f"bifrost-batch-exporter: invalid setting {name} (from the command line): '{secret}' "
+    )
+    assert len(result.stderr.splitlines()) == 1
+    assert_clean("the start error", result.stdout + result.stderr)
+
+
+def test_an_extra_header_that_cannot_be_sent_stops_the_start() -> None:
+    result = run_exporter(
+        "--once", "--providers", "openai", "--extra-headers", f"X-Org-Token={HEADER_SECRET}\u00e9"
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "bifrost-batch-exporter: invalid setting extra_headers (from the command line): value of header "
+        "'X-Org-Token' has a non-ASCII character at position 21, which an HTTP header cannot carry\n"
+    )
