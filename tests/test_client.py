@@ -218,6 +218,7 @@ def test_reasons_keep_the_contract_order() -> None:
         "cursor_loop",
         "cursor_ignored",
         "max_pages",
+        "cursor_refused",  # v3: a cursor we sent was refused; the walk restarted from the head
     )
 
 
