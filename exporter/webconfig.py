@@ -5,7 +5,8 @@ Operators already have these files for node_exporter and friends, so we read the
 what it accepts we accept and serve the same way, what it refuses we refuse, and anything we do not understand is
 refused rather than silently served less securely than the file asks. docs/security.md has the key-by-key table,
 with the few places Python's `ssl` forces a difference. The file, and every certificate, key and CA file it names,
-is watched: a change (or SIGHUP) is picked up for the next connection, so certificates rotate without a restart.
+is watched: a change (or SIGHUP) applies from the next TLS handshake or request on, as in Go, so certificates
+rotate without a restart.
 A reload that fails keeps the previous, working configuration and logs why.
 """
 
@@ -119,7 +120,11 @@ _DURATION_PART_RE: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h
 _DURATION_UNITS: Final = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 _BCRYPT_RE: Final = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
-RELOAD_CHECK_SECONDS: Final = 1.0
+# How often a handshake or request looks for a changed file: every time (Go re-reads the file for every handshake
+# and request; a look here is a stat() of each file, a few microseconds).
+RELOAD_CHECK_SECONDS: Final = 0.0
+# How often the watcher looks when no connection does, so a broken new file is reported without traffic.
+WATCH_SECONDS: Final = 1.0
 
 
 class WebConfigError(ConfigError):
@@ -543,14 +548,15 @@ def peer_sans(tls: ssl.SSLObject) -> list[str]:
 # --- the live object the server uses --------------------------------------------------------------------------------
 
 
-def _fingerprint(paths: Sequence[Path]) -> tuple[tuple[str, int, int, int], ...]:
+def _fingerprint(paths: Sequence[Path]) -> tuple[tuple[str, int, int, int, int], ...]:
+    """What a change to any of `paths` changes: a new file (inode), new content (size, mtime, ctime)."""
     out = []
     for path in paths:
         try:
             st = path.stat()
-            out.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
+            out.append((str(path), st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino))
         except OSError:
-            out.append((str(path), -1, -1, -1))
+            out.append((str(path), -1, -1, -1, -1))
     return tuple(out)
 
 
@@ -691,5 +697,5 @@ class WebSecurity:
     async def watch(self, interval: float | None = None) -> None:
         """Poll the files for changes even when no request arrives (so a bad new file is reported promptly)."""
         while True:
-            await asyncio.sleep(interval or self._check_interval)
+            await asyncio.sleep(interval or WATCH_SECONDS)
             self.maybe_reload()

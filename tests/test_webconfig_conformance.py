@@ -3,8 +3,9 @@
 Every row mirrors one case of the toolkit's web/tls_config_test.go and web/handler_test.go (at commit 19a7c2d):
 the same kind of file, the same kind of client, the same outcome (refused at start, served, 401, 429, handshake
 refused, "HTTP response to HTTPS client"...). The configs and certificates are our own, made here (RSA, like the
-toolkit's, so its ECDHE-RSA cipher cases apply); bcrypt costs are kept small but distinct where the toolkit's
-differ. A row the toolkit has and we cannot share is marked not applicable with the reason; the summary line
+toolkit's, so its ECDHE-RSA cipher cases apply); the basic-auth users have the toolkit's bcrypt costs (12, 18, 10,
+10), and every request has the 15 s client timeout a scrape could have (Prometheus' default is 10 s): one slow
+hash must not make every login slow. A row the toolkit has and we cannot share is marked not applicable with the reason; the summary line
 `conformance: N agree, M disagree, K not applicable` is printed at the end of the module. Five rows of our own
 (`ours=True`) cover client-auth types the toolkit's tests do not reach and are not in that count.
 """
@@ -32,10 +33,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from exporter.basicauth import dummy_hash
 from exporter.webconfig import WebConfigError, WebSecurity
 from tests.test_http_framing import ServerThread, statuses
 
 HELLO = b"Hello World!"
+CLIENT_TIMEOUT = 15.0
 
 
 # --- certificates ----------------------------------------------------------------------------------------------
@@ -133,13 +136,18 @@ def _hash(password: str, cost: int) -> str:
     return _HASHES[(password, cost)]
 
 
+# bob's hash: a well-formed cost-18 bcrypt hash that no password matches (made without hashing: computing a real
+# one takes ~16 s). No case logs in as bob; what matters is that a cost-18 user exists, as in the toolkit's file.
+_BOB = dummy_hash(18).decode()
+
+
 def users() -> dict[str, str]:
-    """alice, bob, carol, dave with distinct costs, as in the toolkit's users file (its 12 and 18 made cheap)."""
+    """The toolkit's users file: alice at cost 12, bob at 18, carol and dave at 10 (the same costs, our hashes)."""
     return {
-        "alice": _hash("alice123", 5),
-        "bob": _hash("bob123", 6),
-        "carol": _hash("carol123", 4),
-        "dave": _hash("dave123", 4),
+        "alice": _hash("alice123", 12),
+        "bob": _BOB,
+        "carol": _hash("carol123", 10),
+        "dave": _hash("dave123", 10),
     }
 
 
@@ -172,7 +180,7 @@ def request(port: int, certs: Certs, client: Client) -> Outcome:
     if client.user is not None:
         token = base64.b64encode(f"{client.user}:{client.password}".encode()).decode()
         head += f"Authorization: Basic {token}\r\n"
-    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT)
     try:
         if not client.tls:
             raw.sendall((head + "\r\n").encode())
