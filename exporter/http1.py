@@ -108,13 +108,14 @@ def origin_form(target: bytes, method: bytes = b"GET") -> bytes | None:
 
     RFC 9112 §3.2: origin-form ("/metrics?x") as is; absolute-form ("http://host:9100/metrics"), which a server
     MUST accept (§3.2.2; proxies and some clients send it), as its path and query — an empty path is "/", and the
-    Host header stays required and checked as for any request; the asterisk-form only for OPTIONS (answered 405
-    later). Anything else — authority-form, another scheme, no authority, user information in it — is malformed.
+    Host header stays required and checked as for any request; the asterisk-form only for OPTIONS and the
+    authority-form only for CONNECT (both answered 405 later). Anything else — another scheme, no authority, user
+    information in it, authority-form on another method — is malformed.
     """
     if target.startswith(b"/"):
         return target
-    if target == b"*" and method == b"OPTIONS":
-        return target
+    if (target == b"*" and method == b"OPTIONS") or (method == b"CONNECT" and _valid_authority(target)):
+        return target  # asterisk-form, authority-form: valid, for methods we answer 405
     scheme, sep, rest = target.partition(b"://")
     if not sep or scheme.lower() not in (b"http", b"https"):
         return None

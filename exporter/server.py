@@ -83,6 +83,8 @@ MAX_BUFFERED_BYTES = 64 * 1024 * 1024
 TLS_RECORD_TYPE_HANDSHAKE = 0x16
 
 _HTTP_TO_HTTPS = b"Client sent an HTTP request to an HTTPS server.\n"
+# The record-layer version of an alert sent in the clear, per negotiated protocol (TLS 1.3 is never in the clear).
+_RECORD_VERSIONS = {"TLSv1.2": b"\x03\x03", "TLSv1.1": b"\x03\x02", "TLSv1": b"\x03\x01"}
 
 
 # --- file descriptors ------------------------------------------------------------------------------------------
@@ -307,6 +309,9 @@ class Routes:
 
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+_FORBIDDEN_CERTIFICATE = Response(
+    403, b"403 Forbidden: client certificate not allowed (client_allowed_sans)\n"
+)
 
 
 # --- one connection ------------------------------------------------------------------------------------------------
@@ -336,6 +341,7 @@ class _Connection(asyncio.Protocol):
         "_buffer",
         "_busy",
         "_closing",
+        "_forbidden",
         "_held",
         "_in_head",
         "_out",
@@ -368,6 +374,7 @@ class _Connection(asyncio.Protocol):
         self._tls: _Tls | None = None
         self._sniffed = False
         self._processing = False
+        self._forbidden = False  # TLS 1.3 peer refused after the handshake: every request gets 403
 
     # --- asyncio callbacks ---------------------------------------------------------------------------------------
 
@@ -496,13 +503,12 @@ class _Connection(asyncio.Protocol):
                 self._close_transport()
                 return
             tls.ready = True
-            self._flush_tls(tls)
             source = self._server.tls
             if source is not None and not source.peer_allowed(tls.obj):
                 self._server.handshake_failures += 1
-                self._closing = True
-                self._close_transport()
-                return
+                if self._refuse_peer(tls):
+                    return
+            self._flush_tls(tls)
         plain = bytearray()
         while True:
             try:
@@ -524,6 +530,29 @@ class _Connection(asyncio.Protocol):
         if self._closing and not self._busy:
             self._finish()
 
+    def _refuse_peer(self, tls: _Tls) -> bool:
+        """Refuse a client certificate the TLS source does not allow (client_allowed_sans) after the handshake.
+
+        Go refuses it inside the handshake with a bad_certificate alert; Python's ssl has no hook there. Up to
+        TLS 1.2 the server's Finished is still in our outgoing buffer, unsent, so its write side is still plaintext:
+        we drop that flight and send the very alert OpenSSL would have sent (fatal, bad_certificate) instead.
+        In TLS 1.3 the server's keys changed before the client's certificate arrived, and Python gives no way to
+        send an encrypted alert, so the connection answers its request with 403 and closes. True when the
+        connection is done with.
+        """
+        version = _RECORD_VERSIONS.get(tls.obj.version() or "")
+        if version is not None and not tls.obj.session_reused:
+            tls.outgoing.read()  # the server's ChangeCipherSpec and Finished: never sent
+            if self._transport is not None:
+                self._transport.write(
+                    b"\x15" + version + b"\x00\x02\x02\x2a"
+                )  # alert: fatal, bad_certificate
+            self._closing = True
+            self._close_transport()
+            return True
+        self._forbidden = True
+        return False
+
     def _flush_tls(self, tls: _Tls) -> None:
         if tls.outgoing.pending and self._transport is not None:
             self._transport.write(tls.outgoing.read())
@@ -534,6 +563,9 @@ class _Connection(asyncio.Protocol):
         parsed = parse_head(head)
         if isinstance(parsed, HTTPStatus):
             self._fail(parsed)
+            return
+        if self._forbidden:
+            self._respond(_FORBIDDEN_CERTIFICATE, head_only=parsed.method == "HEAD", keep_alive=False)
             return
         request = parsed
         keep_alive = request.keep_alive

@@ -224,6 +224,7 @@ FRAMING: list[tuple[str, bytes, int]] = [
     ("relative target", b"GET metrics HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     ("asterisk-form on GET", b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     ("asterisk-form on OPTIONS", b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+    ("authority-form on CONNECT", b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n", 405),
 ]
 
 
