@@ -76,6 +76,7 @@ ACCEPT_BACKOFF_MAX = 1.0
 EMFILE_RELEASE = 32
 # Connections accepted per wake-up of the listening socket before other work gets a turn.
 ACCEPT_BATCH = 64
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # Bytes handed to the transport at a time; a client that stops reading holds at most this much of our memory.
 WRITE_CHUNK = 128 * 1024
 # The cap on bytes waiting in all connections' send buffers together (above it, writers wait their turn).
@@ -767,7 +768,7 @@ class HttpServer:
         self.handshake_failures = 0
         self.evicted = 0  # idle connections closed to make room at the cap
         self.refused = 0  # new connections closed at once: at the cap with nothing idle to evict
-        self.accept_failures = 0  # accept() calls that found no descriptor (EMFILE, ENFILE, ENOBUFS, ENOMEM)
+        self.accept_failures = 0  # accept() calls that failed (mostly: no descriptor, EMFILE or ENFILE)
         self._waiting: deque[_Connection] = deque()
         self._sockets: list[socket.socket] = []
         self._admitting = 0  # accepted sockets whose transport is being set up
@@ -808,10 +809,9 @@ class HttpServer:
             except ConnectionAbortedError:
                 continue  # the client gave up while queued
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self._out_of_descriptors(exc)
-                    return
-                self._log.warning("accept_failed", error=f"{type(exc).__name__}: {exc}"[:200])
+                # Out of descriptors or memory, or anything else the kernel says: back off, as Go does for any
+                # accept error, rather than retry at once in a loop.
+                self._accept_failed(exc)
                 return
             if self._backoff:
                 self._resumed()
@@ -852,8 +852,9 @@ class HttpServer:
         self.evicted += len(victims)
         return len(victims) == count
 
-    def _out_of_descriptors(self, exc: OSError) -> None:
-        """Stop accepting for a while, free descriptors for the rest of the process, log the episode once."""
+    def _accept_failed(self, exc: OSError) -> None:
+        """Stop accepting for a while (and on EMFILE free descriptors for the rest of the process); the episode is
+        logged once when it starts and once when it ends."""
         self.accept_failures += 1
         self._episode_failures += 1
         first = not self._backoff
@@ -870,7 +871,7 @@ class HttpServer:
         if first:
             self._episode_started = time.monotonic()
             self._log.warning(
-                "accept_out_of_descriptors",
+                "accept_out_of_descriptors" if exc.errno in _OUT_OF_RESOURCES else "accept_failing",
                 error=errno.errorcode.get(exc.errno or 0, str(exc.errno)),
                 connections=open_now,
                 max_connections=self.max_connections,
@@ -879,6 +880,8 @@ class HttpServer:
                 "logged once per episode",
             )
         self._pause_accepting()
+        if self._retry is not None:
+            self._retry.cancel()
         self._retry = asyncio.get_running_loop().call_later(self._backoff, self._resume_accepting)
 
     def _resumed(self) -> None:

@@ -10,6 +10,7 @@ state file keeps being written, and the log stays a few lines long.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import structlog.testing
 
 from exporter.server import FD_RESERVE_BASE, FD_RESERVE_PER_PROVIDER, MAX_CONNECTIONS, fd_budget, fd_reserve
 from exporter.simulator import ProviderSpec, Simulator
@@ -218,3 +220,25 @@ def test_budget_leaves_the_reserve() -> None:
     budget = fd_budget(reserve)
     assert budget.soft >= budget.soft_before  # raised to the hard limit where allowed, never lowered
     assert budget.connections == max(8, min(MAX_CONNECTIONS, budget.soft - reserve))
+
+
+def test_accept_backoff_doubles_to_one_second_and_logs_once() -> None:
+    """Go net/http's schedule: 5 ms, doubling, capped at 1 s; one line when the episode starts, one when it ends."""
+    with ServerThread(max_connections=100) as srv:
+        server = srv.server
+
+        async def fail(times: int) -> list[float]:
+            delays = []
+            for _ in range(times):
+                server._accept_failed(OSError(errno.EMFILE, "Too many open files"))
+                delays.append(server._backoff)
+            return delays
+
+        with structlog.testing.capture_logs() as logs:
+            delays = srv.call(fail(10))
+            # Accepting resumes by itself: a scrape is answered once the backoff has run out.
+            wait_until(lambda: statuses(exchange(srv.port, GET_METRICS)[0]) == [200], timeout=5)
+        assert delays == [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.0, 1.0]
+        assert [entry["event"] for entry in logs] == ["accept_out_of_descriptors", "accept_resumed"]
+        assert logs[1]["failed_accepts"] == 10
+        assert server.max_connections == 8  # lowered on EMFILE (nothing open: the floor)
