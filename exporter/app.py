@@ -17,7 +17,7 @@ from .client import REASONS, BifrostClient
 from .poller import Poller
 from .render import Rendered, is_fresh, render
 from .runtime import RuntimeMetrics
-from .server import Guard, HttpServer, Routes
+from .server import Guard, HttpServer, Routes, fd_reserve
 from .settings import Settings, metadata_label_name
 from .snapshot import ProviderState
 
@@ -57,7 +57,12 @@ class Exporter:
             runtime=self.runtime,
         )
         self.server = HttpServer(
-            self.routes, host, port, ssl_context=ssl_context, on_error=self._server_error
+            self.routes,
+            host,
+            port,
+            ssl_context=ssl_context,
+            on_error=self._server_error,
+            fd_reserve=fd_reserve(len(settings.providers)),
         )
 
     @property
@@ -173,6 +178,16 @@ class Exporter:
             providers=list(self.settings.providers),
             poll_interval_seconds=self.settings.poll_interval_seconds,
         )
+        budget = self.server.fd_budget
+        if budget is not None:
+            # RLIMIT_NOFILE's soft limit is raised to the hard one; connections get what the reserve leaves.
+            self._log.info(
+                "file_descriptors",
+                nofile_limit=budget.soft,
+                raised_from=budget.soft_before,
+                reserve=budget.reserve,
+                max_connections=budget.connections,
+            )
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

@@ -8,9 +8,12 @@ locking out the scraper whose password is right:
 - checks run on one worker thread (bcrypt releases the GIL: the event loop keeps serving), taken round-robin across
   source addresses, with a per-source token bucket and a bound on what each source may have waiting: a flood from
   one address delays another address's check by at most one bcrypt, and is itself answered 429 past its budget;
-- every uncached check runs bcrypt once for each distinct cost among the users (against the user's own hash for its
-  cost and a dummy for the others; all dummies for an unknown name), so the time taken says nothing about whether a
-  name exists or what its cost is.
+- every uncached check runs bcrypt exactly once: against the user's own hash, or, for a name that does not exist,
+  against a dummy hash at the users' most common cost (exporter-toolkit uses a fixed cost-10 dummy). So a wrong
+  name takes as long as a wrong password for most users, and no user pays for another's cost: one cost-18 user
+  no longer makes every cold login of the cost-10 users take the cost-18 time (15 s, past Prometheus' scrape
+  timeout). What timing still tells: that a name whose cost differs from the most common one exists — the
+  toolkit's trade-off too, and the price of not making everyone pay the slowest cost.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
@@ -60,6 +63,12 @@ def parse_basic(header: str | None) -> tuple[bytes, bytes] | None:
 
 def bcrypt_cost(hashed: bytes) -> int:
     return int(hashed[4:6])
+
+
+def typical_cost(hashes: Iterable[bytes]) -> int:
+    """The most common bcrypt cost among `hashes` (the lowest of equally common ones): what an unknown name pays."""
+    counts = Counter(bcrypt_cost(h) for h in hashes)
+    return min(counts, key=lambda cost: (-counts[cost], cost))
 
 
 def dummy_hash(cost: int) -> bytes:
@@ -107,8 +116,7 @@ class BasicAuth:
         self._source_rate = source_rate
         self._source_burst = source_burst
         self._source_pending = source_pending
-        self._costs = sorted({bcrypt_cost(h) for h in users.values()})
-        self._dummies = {cost: dummy_hash(cost) for cost in self._costs}
+        self._dummy = dummy_hash(typical_cost(users.values())) if users else b""
         # Cache keys are keyed hashes of user:password; the key lives only in this process.
         self._key = secrets.token_bytes(32)
         self._ok: OrderedDict[bytes, None] = OrderedDict()
@@ -201,17 +209,11 @@ class BasicAuth:
         except UnicodeDecodeError:
             name = ""
         hashed = self._users.get(name)
-        own_cost = bcrypt_cost(hashed) if hashed is not None else None
-        ok = False
-        for cost in self._costs:
-            target = hashed if cost == own_cost and hashed is not None else self._dummies[cost]
-            try:
-                matched = bcrypt.checkpw(password, target)
-            except ValueError:  # e.g. a password over bcrypt's 72 bytes
-                matched = False
-            if target is hashed:
-                ok = matched
-        return ok
+        try:
+            matched = bcrypt.checkpw(password, hashed if hashed is not None else self._dummy)
+        except ValueError:  # e.g. a password over bcrypt's 72 bytes
+            matched = False
+        return matched and hashed is not None
 
     def close(self) -> None:
         """Retire this user set (a reload replaced it): checks still waiting are answered 401, none start."""

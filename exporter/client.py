@@ -554,7 +554,14 @@ class BifrostClient:
         return await self._retrieve_one(provider, ids[-1], tally)
 
     async def _retrieve_one(self, provider: str, batch_id: str, tally: _Tally) -> Batch:
-        path = "/v1/batches/" + quote(batch_id, safe=_PATH_SAFE)
+        segment = id_segment(batch_id)
+        if segment is None:
+            raise RequestFailedError(
+                "invalid_response",
+                f"batch id {_short(batch_id, 80)!r} is not retrieved: URL normalisation would send it to another "
+                "route",
+            )
+        path = "/v1/batches/" + segment
         return await self._with_retries(provider, path, {"provider": provider}, _parse_retrieve_body, tally)
 
     # ---- one request, retried and paced -------------------------------------------------------------------------
@@ -687,6 +694,19 @@ class BifrostClient:
         text = "".join(ch if ch.isprintable() else " " for ch in text)
         text = " ".join(text.split())
         return _short(text, _MESSAGE_LIMIT) or None
+
+
+def id_segment(batch_id: str) -> str | None:
+    """`batch_id` as exactly one path segment of the retrieve route, or None when no URL layer would keep it one.
+
+    "/", "?", "#" and "%" are percent-encoded, so an id containing them stays one segment. But "." and ".." are
+    dot-segments, which httpx removes (`/v1/batches/.` is the list route, `/v1/batches/..` is `/v1`), and
+    percent-encoding does not save them: yarl (under aiohttp) decodes `%2E` and removes them before sending. An
+    empty id names the list route too. Such an id is never sent.
+    """
+    if batch_id in ("", ".", ".."):
+        return None
+    return quote(batch_id, safe=_PATH_SAFE)
 
 
 def retrieve_ids(provider: str, batch_id: str) -> tuple[str, ...]:

@@ -15,6 +15,9 @@ _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefgh
 # Field values: visible ASCII, obs-text, SP and HTAB; every other control byte (NUL, CR, LF, DEL, ...) is refused.
 _FIELD_VALUE = frozenset(range(0x20, 0x7F)) | frozenset(range(0x80, 0x100)) | {0x09}
 _TARGET = frozenset(range(0x21, 0x7F))  # request-target: visible ASCII, no spaces, no controls, no raw UTF-8
+# A host in absolute-form: reg-name / IPv4 (unreserved, pct-encoded, sub-delims; no "@": userinfo is refused).
+_REG_NAME = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=")
+_IP_LITERAL = frozenset(b"0123456789abcdefABCDEF:.vV-._~!$&'()*+,;=")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,9 @@ def parse_head(head: bytes) -> Request | HTTPStatus:
         if len(version) == 8 and version.startswith(b"HTTP/") and version[5:6].isdigit():
             return HTTPStatus.HTTP_VERSION_NOT_SUPPORTED
         return HTTPStatus.BAD_REQUEST
+    origin = origin_form(target, method)
+    if origin is None:
+        return HTTPStatus.BAD_REQUEST
     headers: dict[str, str] = {}
     counts: dict[str, int] = {}
     for line in lines[1:]:
@@ -94,4 +100,46 @@ def parse_head(head: bytes) -> Request | HTTPStatus:
         return HTTPStatus.BAD_REQUEST  # RFC 9112 §3.2: exactly one Host, or 400
     if counts.get("host", 0) > 1:
         return HTTPStatus.BAD_REQUEST
-    return Request(method.decode("ascii"), target.decode("ascii"), version.decode("ascii"), headers)
+    return Request(method.decode("ascii"), origin.decode("ascii"), version.decode("ascii"), headers)
+
+
+def origin_form(target: bytes, method: bytes = b"GET") -> bytes | None:
+    """The request-target as origin-form (path and query), or None when it is not a request-target we can serve.
+
+    RFC 9112 §3.2: origin-form ("/metrics?x") as is; absolute-form ("http://host:9100/metrics"), which a server
+    MUST accept (§3.2.2; proxies and some clients send it), as its path and query — an empty path is "/", and the
+    Host header stays required and checked as for any request; the asterisk-form only for OPTIONS and the
+    authority-form only for CONNECT (both answered 405 later). Anything else — another scheme, no authority, user
+    information in it, authority-form on another method — is malformed.
+    """
+    if target.startswith(b"/"):
+        return target
+    if (target == b"*" and method == b"OPTIONS") or (method == b"CONNECT" and _valid_authority(target)):
+        return target  # asterisk-form, authority-form: valid, for methods we answer 405
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return None
+    cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+    authority, path = rest[:cut], rest[cut:]
+    if not authority or not _valid_authority(authority):
+        return None
+    if b"#" in path:
+        return None  # a fragment is never part of a request-target
+    return path if path.startswith(b"/") else b"/" + path
+
+
+def _valid_authority(authority: bytes) -> bool:
+    """host[:port] (RFC 3986 §3.2, no userinfo): a reg-name or IPv4 address, or an IP literal in brackets."""
+    if authority.startswith(b"["):
+        end = authority.find(b"]")
+        if end < 0 or not all(b in _IP_LITERAL for b in authority[1:end]):
+            return False
+        host, port = authority[1:end], authority[end + 1 :]
+        if port and not port.startswith(b":"):
+            return False
+        port = port[1:]
+    else:
+        host, _, port = authority.partition(b":")
+        if not host or not all(b in _REG_NAME for b in host):
+            return False
+    return all(0x30 <= b <= 0x39 for b in port)

@@ -13,19 +13,30 @@ network:
   capped;
 - TLS runs on memory BIOs inside the connection, so each connection takes the TLS context that is current when its
   ClientHello arrives (a reload applies whole to the next handshake), a refused handshake still sends its alert,
-  and plain HTTP to the TLS port gets a 400 answer rather than silence.
+  and plain HTTP to the TLS port gets a 400 answer rather than silence;
+- file descriptors are budgeted: the connection cap is derived from RLIMIT_NOFILE less a reserve for the gateway
+  pools, state writes and logs; at the cap the longest-idle connection makes room for a new one (a crowd of idle
+  sockets cannot lock a scraper out); and when accept() still finds no descriptor (EMFILE) the server backs off
+  accepting as Go's net/http does (5 ms doubling to 1 s), lowers its cap, and logs the episode once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
+import resource
+import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Protocol
+
+import structlog
 
 from .http1 import Request, framing_error, parse_head
 from .render import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Rendered
@@ -48,7 +59,24 @@ MAX_HEAD_BYTES = 16 * 1024
 HEADER_TIMEOUT = 10.0
 IDLE_TIMEOUT = 75.0
 WRITE_TIMEOUT = 30.0
+# The most connections served at once; the cap actually used is lower when RLIMIT_NOFILE leaves less room.
 MAX_CONNECTIONS = 1024
+# Descriptors kept out of the connection budget: stdio, the event loop (epoll, self-pipe), listening sockets, the
+# bcrypt and render worker threads, log files, a state write (temporary file, directory fsync, lock), DNS lookups.
+FD_RESERVE_BASE = 64
+# ...and per provider: its gateway pool (requests of one provider run one after the other; a redirect or a
+# connection being replaced can hold a second socket for a while).
+FD_RESERVE_PER_PROVIDER = 4
+# Never derive a cap below this: a process with so few descriptors is misconfigured, and says so at start.
+MIN_CONNECTIONS = 8
+# Backoff after accept() fails for want of a descriptor, as Go's net/http Server.Serve: 5 ms doubling to 1 s.
+ACCEPT_BACKOFF_MIN = 0.005
+ACCEPT_BACKOFF_MAX = 1.0
+# On EMFILE the cap drops to the connections open less this many, so the rest of the process gets descriptors back.
+EMFILE_RELEASE = 32
+# Connections accepted per wake-up of the listening socket before other work gets a turn.
+ACCEPT_BATCH = 64
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # Bytes handed to the transport at a time; a client that stops reading holds at most this much of our memory.
 WRITE_CHUNK = 128 * 1024
 # The cap on bytes waiting in all connections' send buffers together (above it, writers wait their turn).
@@ -56,6 +84,62 @@ MAX_BUFFERED_BYTES = 64 * 1024 * 1024
 TLS_RECORD_TYPE_HANDSHAKE = 0x16
 
 _HTTP_TO_HTTPS = b"Client sent an HTTP request to an HTTPS server.\n"
+# The record-layer version of an alert sent in the clear, per negotiated protocol (TLS 1.3 is never in the clear).
+_RECORD_VERSIONS = {"TLSv1.2": b"\x03\x03", "TLSv1.1": b"\x03\x02", "TLSv1": b"\x03\x01"}
+
+
+# --- file descriptors ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FdBudget:
+    """How the process's descriptors are shared out: RLIMIT_NOFILE (before and after raising it), the reserve kept
+    for everything but client connections, and the connection cap that leaves."""
+
+    soft_before: int
+    soft: int
+    hard: int
+    reserve: int
+    connections: int
+
+
+def fd_reserve(providers: int) -> int:
+    """Descriptors kept for everything but client connections, for an exporter polling `providers` providers."""
+    return FD_RESERVE_BASE + FD_RESERVE_PER_PROVIDER * max(0, providers)
+
+
+def _nr_open() -> int | None:
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def raise_nofile_limit() -> tuple[int, int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard one, as Go does for every program it starts: (before, now, hard).
+
+    The soft limit of 1024 is a relic of select(); an asyncio process has no use for it. An unlimited hard limit
+    is read as the kernel's own ceiling (fs.nr_open). Where the limit cannot be raised, it is left as it is.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        target = _nr_open() or soft
+    if soft != resource.RLIM_INFINITY and target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError):
+            target = soft
+        return soft, target, hard
+    return soft, soft, hard
+
+
+def fd_budget(reserve: int, ceiling: int = MAX_CONNECTIONS) -> FdBudget:
+    """Raise the soft limit, then cap connections at what the limit leaves after `reserve` (at most `ceiling`)."""
+    before, soft, hard = raise_nofile_limit()
+    usable = ceiling if soft == resource.RLIM_INFINITY else soft - reserve
+    return FdBudget(before, soft, hard, reserve, max(MIN_CONNECTIONS, min(ceiling, usable)))
 
 
 class Guard(Protocol):
@@ -226,6 +310,9 @@ class Routes:
 
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+_FORBIDDEN_CERTIFICATE = Response(
+    403, b"403 Forbidden: client certificate not allowed (client_allowed_sans)\n"
+)
 
 
 # --- one connection ------------------------------------------------------------------------------------------------
@@ -255,6 +342,7 @@ class _Connection(asyncio.Protocol):
         "_buffer",
         "_busy",
         "_closing",
+        "_forbidden",
         "_held",
         "_in_head",
         "_out",
@@ -287,6 +375,7 @@ class _Connection(asyncio.Protocol):
         self._tls: _Tls | None = None
         self._sniffed = False
         self._processing = False
+        self._forbidden = False  # TLS 1.3 peer refused after the handshake: every request gets 403
 
     # --- asyncio callbacks ---------------------------------------------------------------------------------------
 
@@ -294,10 +383,7 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         server = self._server
-        if len(server.connections) >= server.max_connections:
-            transport.abort()
-            return
-        server.connections.add(self)
+        server.connections[self] = None  # admitted by the accept loop, which keeps the count under the cap
         # High water 0: any byte the socket did not take pauses us, and we resume when the buffer is empty, so the
         # transport never holds more than one chunk of ours.
         transport.set_write_buffer_limits(high=0)
@@ -306,7 +392,7 @@ class _Connection(asyncio.Protocol):
         self._arm(server.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._server.connections.discard(self)
+        self._server.connections.pop(self, None)
         self._server.release(self, self._held)
         self._held = 0
         self._out.clear()
@@ -316,6 +402,9 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing or self._transport is None:
             return
+        connections = self._server.connections
+        if connections.pop(self, 0) is None:  # to the back of the eviction order: this one is active
+            connections[self] = None
         if not self._sniffed:
             self._sniffed = True
             if self._server.tls is not None:
@@ -415,13 +504,12 @@ class _Connection(asyncio.Protocol):
                 self._close_transport()
                 return
             tls.ready = True
-            self._flush_tls(tls)
             source = self._server.tls
             if source is not None and not source.peer_allowed(tls.obj):
                 self._server.handshake_failures += 1
-                self._closing = True
-                self._close_transport()
-                return
+                if self._refuse_peer(tls):
+                    return
+            self._flush_tls(tls)
         plain = bytearray()
         while True:
             try:
@@ -443,6 +531,29 @@ class _Connection(asyncio.Protocol):
         if self._closing and not self._busy:
             self._finish()
 
+    def _refuse_peer(self, tls: _Tls) -> bool:
+        """Refuse a client certificate the TLS source does not allow (client_allowed_sans) after the handshake.
+
+        Go refuses it inside the handshake with a bad_certificate alert; Python's ssl has no hook there. Up to
+        TLS 1.2 the server's Finished is still in our outgoing buffer, unsent, so its write side is still plaintext:
+        we drop that flight and send the very alert OpenSSL would have sent (fatal, bad_certificate) instead.
+        In TLS 1.3 the server's keys changed before the client's certificate arrived, and Python gives no way to
+        send an encrypted alert, so the connection answers its request with 403 and closes. True when the
+        connection is done with.
+        """
+        version = _RECORD_VERSIONS.get(tls.obj.version() or "")
+        if version is not None and not tls.obj.session_reused:
+            tls.outgoing.read()  # the server's ChangeCipherSpec and Finished: never sent
+            if self._transport is not None:
+                self._transport.write(
+                    b"\x15" + version + b"\x00\x02\x02\x2a"
+                )  # alert: fatal, bad_certificate
+            self._closing = True
+            self._close_transport()
+            return True
+        self._forbidden = True
+        return False
+
     def _flush_tls(self, tls: _Tls) -> None:
         if tls.outgoing.pending and self._transport is not None:
             self._transport.write(tls.outgoing.read())
@@ -453,6 +564,9 @@ class _Connection(asyncio.Protocol):
         parsed = parse_head(head)
         if isinstance(parsed, HTTPStatus):
             self._fail(parsed)
+            return
+        if self._forbidden:
+            self._respond(_FORBIDDEN_CERTIFICATE, head_only=parsed.method == "HEAD", keep_alive=False)
             return
         request = parsed
         keep_alive = request.keep_alive
@@ -596,6 +710,12 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
+    @property
+    def evictable(self) -> bool:
+        """Idle: no response being produced or sent, so closing it loses no answer (a client retries a closed
+        keep-alive connection; one that never sent a request has nothing to lose)."""
+        return not self._busy and not self._out and not self._closing
+
     def _cancel_timers(self) -> None:
         for timer in (self._timer, self._write_timer):
             if timer is not None:
@@ -604,8 +724,8 @@ class _Connection(asyncio.Protocol):
 
 
 class HttpServer:
-    """Owns the listening socket, the live connections (bounded, so a flood cannot exhaust fds) and the cap on the
-    bytes their send buffers hold together."""
+    """Owns the listening sockets and their accept loop, the live connections (bounded by the descriptors the
+    process has, so a flood cannot exhaust them) and the cap on the bytes their send buffers hold together."""
 
     def __init__(
         self,
@@ -618,7 +738,8 @@ class HttpServer:
         idle_timeout: float = IDLE_TIMEOUT,
         write_timeout: float = WRITE_TIMEOUT,
         max_head: int = MAX_HEAD_BYTES,
-        max_connections: int = MAX_CONNECTIONS,
+        max_connections: int | None = None,
+        fd_reserve: int = FD_RESERVE_BASE,
         max_buffered: int = MAX_BUFFERED_BYTES,
         write_chunk: int = WRITE_CHUNK,
         on_error: Callable[[], None] = lambda: None,
@@ -633,15 +754,30 @@ class HttpServer:
         self.idle_timeout = idle_timeout
         self.write_timeout = write_timeout
         self.max_head = max_head
-        self.max_connections = max_connections
+        # None: derived from RLIMIT_NOFILE at start (see fd_budget); a number is used as given.
+        self.max_connections = max_connections if max_connections is not None else MAX_CONNECTIONS
+        self._derive_cap = max_connections is None
+        self.fd_reserve = fd_reserve
+        self.fd_budget: FdBudget | None = None
         self.max_buffered = max_buffered
         self.write_chunk = write_chunk
         self.on_error = on_error
-        self.connections: set[_Connection] = set()
+        # Live connections, least recently active first (the order idle ones are evicted in at the cap).
+        self.connections: dict[_Connection, None] = {}
         self.buffered = 0  # bytes held in send buffers by clients that are not keeping up
         self.handshake_failures = 0
+        self.evicted = 0  # idle connections closed to make room at the cap
+        self.refused = 0  # new connections closed at once: at the cap with nothing idle to evict
+        self.accept_failures = 0  # accept() calls that failed (mostly: no descriptor, EMFILE or ENFILE)
         self._waiting: deque[_Connection] = deque()
-        self._server: asyncio.Server | None = None
+        self._sockets: list[socket.socket] = []
+        self._admitting = 0  # accepted sockets whose transport is being set up
+        self._setups: set[asyncio.Task[None]] = set()
+        self._backoff = 0.0  # the current accept backoff; 0 while accepting normally
+        self._retry: asyncio.TimerHandle | None = None
+        self._episode_started = 0.0
+        self._episode_failures = 0
+        self._log = structlog.get_logger("exporter.server")
 
     # The cap on buffered bytes ------------------------------------------------------------------------------------
 
@@ -662,25 +798,176 @@ class HttpServer:
         while self._waiting and self.buffered + self.write_chunk <= self.max_buffered:
             asyncio.get_running_loop().call_soon(self._waiting.popleft()._pump)
 
+    # Accepting ----------------------------------------------------------------------------------------------------
+
+    def _on_readable(self, sock: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue  # the client gave up while queued
+            except OSError as exc:
+                # Out of descriptors or memory, or anything else the kernel says: back off, as Go does for any
+                # accept error, rather than retry at once in a loop.
+                self._accept_failed(exc)
+                return
+            if self._backoff:
+                self._resumed()
+            self._admit(conn)
+
+    def _admit(self, conn: socket.socket) -> None:
+        """Serve `conn`, making room by closing the longest-idle connection when at the cap."""
+        if len(self.connections) + self._admitting >= self.max_connections and not self._evict(1):
+            self.refused += 1
+            conn.close()  # every connection is mid-response: the newcomer waits for a retry
+            return
+        conn.setblocking(False)
+        self._admitting += 1
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._connect(conn))
+        self._setups.add(task)
+        task.add_done_callback(self._setups.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: _Connection(self), conn)
+        except OSError:
+            conn.close()  # reset before its transport was made: nothing to serve
+        finally:
+            self._admitting -= 1
+
+    def _evict(self, count: int) -> bool:
+        """Close up to `count` idle connections, least recently active first; True if that many were closed."""
+        victims: list[_Connection] = []
+        for conn in self.connections:
+            if len(victims) == count:
+                break
+            if conn.evictable:
+                victims.append(conn)
+        for conn in victims:
+            del self.connections[conn]
+            conn._abort()
+        self.evicted += len(victims)
+        return len(victims) == count
+
+    def _accept_failed(self, exc: OSError) -> None:
+        """Stop accepting for a while (and on EMFILE free descriptors for the rest of the process); the episode is
+        logged once when it starts and once when it ends."""
+        self.accept_failures += 1
+        self._episode_failures += 1
+        first = not self._backoff
+        self._backoff = ACCEPT_BACKOFF_MIN if first else min(ACCEPT_BACKOFF_MAX, self._backoff * 2)
+        open_now = len(self.connections) + self._admitting
+        if exc.errno == errno.EMFILE:
+            # Our own limit: the budget was too generous for this process (something else holds descriptors).
+            # Lower the cap below what is open and close idle connections, so state writes and the gateway pools
+            # get descriptors back.
+            self.max_connections = max(MIN_CONNECTIONS, min(self.max_connections, open_now - EMFILE_RELEASE))
+            excess = len(self.connections) + self._admitting - self.max_connections
+            if excess > 0:
+                self._evict(excess)
+        if first:
+            self._episode_started = time.monotonic()
+            self._log.warning(
+                "accept_out_of_descriptors" if exc.errno in _OUT_OF_RESOURCES else "accept_failing",
+                error=errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+                connections=open_now,
+                max_connections=self.max_connections,
+                nofile_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                detail="accepting paused with backoff (5 ms doubling to 1 s) until a descriptor is free; "
+                "logged once per episode",
+            )
+        self._pause_accepting()
+        if self._retry is not None:
+            self._retry.cancel()
+        self._retry = asyncio.get_running_loop().call_later(self._backoff, self._resume_accepting)
+
+    def _resumed(self) -> None:
+        self._log.info(
+            "accept_resumed",
+            failed_accepts=self._episode_failures,
+            seconds=round(time.monotonic() - self._episode_started, 3),
+            max_connections=self.max_connections,
+        )
+        self._backoff = 0.0
+        self._episode_failures = 0
+
+    def _pause_accepting(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self._sockets:
+            loop.remove_reader(sock.fileno())
+
+    def _resume_accepting(self) -> None:
+        self._retry = None
+        loop = asyncio.get_running_loop()
+        for sock in self._sockets:
+            loop.add_reader(sock.fileno(), self._on_readable, sock)
+
     # Lifecycle ----------------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self),
-            host=self.host or None,
-            port=self.port,
-            reuse_address=True,
-            backlog=512,
-        )
-        sock = self._server.sockets[0]
-        self.port = int(sock.getsockname()[1])
+        if self._derive_cap:
+            self.fd_budget = fd_budget(self.fd_reserve, MAX_CONNECTIONS)
+            self.max_connections = self.fd_budget.connections
+        self._sockets = await _listen(self.host, self.port, backlog=512)
+        self.port = int(self._sockets[0].getsockname()[1])
+        self._resume_accepting()
 
     async def close(self) -> None:
-        if self._server is None:
+        if not self._sockets:
             return
-        self._server.close()
+        self._pause_accepting()
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        for sock in self._sockets:
+            sock.close()
+        self._sockets = []
+        for task in list(self._setups):
+            task.cancel()
         for conn in list(self.connections):
             conn._abort()
-        await self._server.wait_closed()
-        self._server = None
+        await asyncio.sleep(0)  # let the aborted transports report connection_lost
+
+
+async def _listen(host: str, port: int, *, backlog: int) -> list[socket.socket]:
+    """Listening sockets for `host` (every address it resolves to; all interfaces when empty), all on one port.
+
+    As asyncio's create_server, except that with port 0 every address gets the same port.
+    """
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(
+        host or None, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, str]] = set()
+    try:
+        for family, kind, proto, _name, address in infos:
+            if (family, str(address[0])) in seen:
+                continue
+            seen.add((family, str(address[0])))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if sockets[0] is not sock:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            try:
+                sock.bind(address)
+            except OSError as err:
+                raise OSError(
+                    err.errno,
+                    f"error while attempting to bind on address {address!r}: {os.strerror(err.errno or 0)}",
+                ) from None
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    if not sockets:
+        raise OSError(errno.EADDRNOTAVAIL, f"no address to listen on for {host!r}")
+    return sockets

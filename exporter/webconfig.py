@@ -5,7 +5,8 @@ Operators already have these files for node_exporter and friends, so we read the
 what it accepts we accept and serve the same way, what it refuses we refuse, and anything we do not understand is
 refused rather than silently served less securely than the file asks. docs/security.md has the key-by-key table,
 with the few places Python's `ssl` forces a difference. The file, and every certificate, key and CA file it names,
-is watched: a change (or SIGHUP) is picked up for the next connection, so certificates rotate without a restart.
+is watched: a change (or SIGHUP) applies from the next TLS handshake or request on, as in Go, so certificates
+rotate without a restart.
 A reload that fails keeps the previous, working configuration and logs why.
 """
 
@@ -17,6 +18,7 @@ import ipaddress
 import os
 import re
 import ssl
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,7 +31,6 @@ import structlog
 
 from .basicauth import ALLOWED, TOO_MANY, BasicAuth, TokenBucket, parse_basic
 from .settings import ConfigError, read_yaml_document
-from .tlsext import TlsExtensionError, request_any_client_certificate, set_groups
 
 __all__ = ["BasicAuth", "WebConfigError", "WebSecurity", "load_web_config", "parse_basic", "parse_web_config"]
 
@@ -84,17 +85,25 @@ _VERSIONS: Final = {
     "TLS12": ssl.TLSVersion.TLSv1_2,
     "TLS13": ssl.TLSVersion.TLSv1_3,
 }
-# client_auth_type → (verify mode for Python's ssl, ask for a certificate without verifying it, require one)
-_CLIENT_AUTH: Final[Mapping[str, tuple[ssl.VerifyMode, bool, bool]]] = {
-    "NoClientCert": (ssl.CERT_NONE, False, False),
-    "RequestClientCert": (ssl.CERT_NONE, True, False),
-    "RequireAnyClientCert": (ssl.CERT_NONE, True, True),
-    "RequireClientCert": (ssl.CERT_NONE, True, True),  # the toolkit's old spelling, still accepted there
-    "VerifyClientCertIfGiven": (ssl.CERT_OPTIONAL, False, False),
-    "RequireAndVerifyClientCert": (ssl.CERT_REQUIRED, False, False),
+# client_auth_type → the verify mode of Python's ssl.
+_CLIENT_AUTH: Final[Mapping[str, ssl.VerifyMode]] = {
+    "NoClientCert": ssl.CERT_NONE,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
-# Go's curve names (the toolkit's list) → OpenSSL group names.
-_CURVES: Final = {"CurveP256": "P-256", "CurveP384": "P-384", "CurveP521": "P-521", "X25519": "X25519"}
+# The toolkit's types that ask for a certificate and accept it unverified (RequireClientCert is the old spelling of
+# RequireAnyClientCert). Python's ssl can only ask for a certificate together with chain verification; doing it
+# anyway meant writing into OpenSSL through CPython's object layout, so they are refused (docs/security.md).
+_UNVERIFIED_CLIENT_AUTH: Final = frozenset({"RequestClientCert", "RequireAnyClientCert", "RequireClientCert"})
+# Go's curve names (the toolkit's list) → OpenSSL's names for them.
+_CURVES: Final = {
+    "CurveP256": "prime256v1",
+    "CurveP384": "secp384r1",
+    "CurveP521": "secp521r1",
+    "X25519": "X25519",
+}
+# A list of key-exchange groups needs SSLContext.set_groups (Python 3.14); before it, set_ecdh_curve takes one.
+_SET_GROUPS: Final = hasattr(ssl.SSLContext, "set_groups")
 # Go's crypto/tls names (tls.CipherSuites(), the set the toolkit accepts) → OpenSSL names. TLS 1.3 suites are not
 # configurable in Go either; naming them is accepted and changes nothing.
 _CIPHERS: Final = {
@@ -119,7 +128,11 @@ _DURATION_PART_RE: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h
 _DURATION_UNITS: Final = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 _BCRYPT_RE: Final = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
-RELOAD_CHECK_SECONDS: Final = 1.0
+# How often a handshake or request looks for a changed file: every time (Go re-reads the file for every handshake
+# and request; a look here is a stat() of each file, a few microseconds).
+RELOAD_CHECK_SECONDS: Final = 0.0
+# How often the watcher looks when no connection does, so a broken new file is reported without traffic.
+WATCH_SECONDS: Final = 1.0
 
 
 class WebConfigError(ConfigError):
@@ -139,13 +152,11 @@ class TlsConfig:
     client_ca: str | None = field(default=None, repr=False)
     client_auth_type: str = "NoClientCert"
     verify_mode: ssl.VerifyMode = ssl.CERT_NONE
-    request_unverified: bool = False  # RequestClientCert / RequireAnyClientCert: ask, keep, never verify
-    require_unverified: bool = False
     client_allowed_sans: tuple[str, ...] = ()
     min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
     max_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
     ciphers: str | None = None
-    curves: tuple[str, ...] = ()  # OpenSSL group names
+    curves: tuple[str, ...] = ()  # OpenSSL curve names, most preferred first
     prefer_server_ciphers: bool = True
 
     def files(self) -> tuple[Path, ...]:
@@ -257,13 +268,21 @@ def _parse_tls(raw: Any, base: Path, problems: _Problems) -> TlsConfig | None:
             problems.error(p + "key_file", "missing one of key or key_file")
 
     auth = _string(values.get("client_auth_type"), p + "client_auth_type", problems) or "NoClientCert"
-    verify_mode, request_unverified, require_unverified = ssl.CERT_NONE, False, False
-    if auth not in _CLIENT_AUTH:
+    verify_mode = ssl.CERT_NONE
+    if auth in _UNVERIFIED_CLIENT_AUTH:
         problems.error(
-            p + "client_auth_type", f"invalid ClientAuth: {auth[:60]!r} (one of {', '.join(_CLIENT_AUTH)})"
+            p + "client_auth_type",
+            f"{auth} is not supported: Python's ssl cannot ask for a client certificate without verifying it "
+            "(and an unverified certificate authenticates nothing: anyone can make one with any name); use "
+            "RequireAndVerifyClientCert or VerifyClientCertIfGiven with client_ca_file",
+        )
+    elif auth not in _CLIENT_AUTH:
+        problems.error(
+            p + "client_auth_type",
+            f"invalid ClientAuth: {auth[:60]!r} (one of {', '.join(_CLIENT_AUTH)})",
         )
     else:
-        verify_mode, request_unverified, require_unverified = _CLIENT_AUTH[auth]
+        verify_mode = _CLIENT_AUTH[auth]
         if auth == "NoClientCert" and (ca_file is not None or ca is not None):
             problems.error(
                 p + "client_ca_file", "client CA's have been configured without a Client Auth Policy"
@@ -299,6 +318,14 @@ def _parse_tls(raw: Any, base: Path, problems: _Problems) -> TlsConfig | None:
             problems.error(
                 p + "curve_preferences", f"unknown curve: {name[:80]!r} (one of {', '.join(_CURVES)})"
             )
+    curves = list(dict.fromkeys(curves))
+    if len(curves) > 1 and not _SET_GROUPS:
+        problems.error(
+            p + "curve_preferences",
+            f"lists {len(curves)} curves; this Python ({sys.version_info.major}.{sys.version_info.minor}) can "
+            "restrict key exchange to one curve only (a list needs Python 3.14's ssl.SSLContext.set_groups): "
+            "list one curve, or none for OpenSSL's defaults",
+        )
     prefer = values.get("prefer_server_cipher_suites", True)
     if prefer is None:
         prefer = True
@@ -316,13 +343,11 @@ def _parse_tls(raw: Any, base: Path, problems: _Problems) -> TlsConfig | None:
         client_ca=ca,
         client_auth_type=auth,
         verify_mode=verify_mode,
-        request_unverified=request_unverified,
-        require_unverified=require_unverified,
         client_allowed_sans=sans,
         min_version=versions[0],
         max_version=versions[1],
         ciphers=":".join(dict.fromkeys(ciphers)) or None,
-        curves=tuple(dict.fromkeys(curves)),
+        curves=tuple(curves),
         prefer_server_ciphers=prefer,
     )
 
@@ -507,14 +532,14 @@ def build_ssl_context(tls: TlsConfig, path: Path) -> ServerContext:
     ctx.set_alpn_protocols(["http/1.1"])
     ctx.client_allowed_sans = tls.client_allowed_sans
     try:
-        if tls.curves:
-            where = "tls_server_config.curve_preferences"
-            set_groups(ctx, tls.curves)
-        if tls.request_unverified:
-            where = "tls_server_config.client_auth_type"
-            request_any_client_certificate(ctx, required=tls.require_unverified)  # last: see its docstring
-    except TlsExtensionError as exc:
-        raise WebConfigError(f"{prefix}{where}: cannot be applied ({exc})") from None
+        if len(tls.curves) == 1:
+            ctx.set_ecdh_curve(tls.curves[0])  # with OpenSSL 3, the only group offered for key exchange
+        elif tls.curves:
+            ctx.set_groups(":".join(tls.curves))  # type: ignore[attr-defined]  # Python >= 3.14 (checked at parse)
+    except (ValueError, ssl.SSLError) as exc:
+        raise WebConfigError(
+            f"{prefix}tls_server_config.curve_preferences: cannot be applied ({exc})"
+        ) from None
     return ctx
 
 
@@ -543,14 +568,15 @@ def peer_sans(tls: ssl.SSLObject) -> list[str]:
 # --- the live object the server uses --------------------------------------------------------------------------------
 
 
-def _fingerprint(paths: Sequence[Path]) -> tuple[tuple[str, int, int, int], ...]:
+def _fingerprint(paths: Sequence[Path]) -> tuple[tuple[str, int, int, int, int], ...]:
+    """What a change to any of `paths` changes: a new file (inode), new content (size, mtime, ctime)."""
     out = []
     for path in paths:
         try:
             st = path.stat()
-            out.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
+            out.append((str(path), st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino))
         except OSError:
-            out.append((str(path), -1, -1, -1))
+            out.append((str(path), -1, -1, -1, -1))
     return tuple(out)
 
 
@@ -691,5 +717,5 @@ class WebSecurity:
     async def watch(self, interval: float | None = None) -> None:
         """Poll the files for changes even when no request arrives (so a bad new file is reported promptly)."""
         while True:
-            await asyncio.sleep(interval or self._check_interval)
+            await asyncio.sleep(interval or WATCH_SECONDS)
             self.maybe_reload()

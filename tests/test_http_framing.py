@@ -17,8 +17,10 @@ from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from exporter.http1 import framing_error, parse_head
+from exporter.http1 import Request, framing_error, parse_head
 from exporter.render import Rendered
 from exporter.server import Guard, HttpServer, Routes, TlsSource
 
@@ -204,6 +206,25 @@ FRAMING: list[tuple[str, bytes, int]] = [
         431,
     ),
     ("one header over the limit", b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"v" * 20_000 + b"\r\n\r\n", 431),
+    # RFC 9112 §3.2.2: a server MUST accept the absolute-form, and serves it as its path; a malformed one is 400.
+    ("absolute-form", b"GET http://x/metrics HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+    ("absolute-form, https, upper case", b"GET HTTPS://X:9100/metrics HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+    ("absolute-form, IPv6 literal", b"GET http://[::1]:9100/metrics?a=b HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+    ("absolute-form, empty path is /", b"GET http://127.0.0.1:9100 HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+    ("absolute-form, unknown path", b"GET http://x/nope HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+    ("absolute-form, HTTP/1.0 without Host", b"GET http://x/metrics HTTP/1.0\r\n\r\n", 200),
+    ("absolute-form, HTTP/1.1 without Host", b"GET http://x/metrics HTTP/1.1\r\n\r\n", 400),
+    ("absolute-form, another scheme", b"GET ftp://x/metrics HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("absolute-form, no authority", b"GET http:///metrics HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("absolute-form, user information", b"GET http://u:p@x/metrics HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("absolute-form, port not a number", b"GET http://x:9a/metrics HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("absolute-form, open IPv6 literal", b"GET http://[::1/metrics HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("absolute-form, fragment", b"GET http://x/metrics#f HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("authority-form on GET", b"GET x:9100 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("relative target", b"GET metrics HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("asterisk-form on GET", b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("asterisk-form on OPTIONS", b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+    ("authority-form on CONNECT", b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n", 405),
 ]
 
 
@@ -211,7 +232,7 @@ FRAMING: list[tuple[str, bytes, int]] = [
 def test_framing(server: ServerThread, name: str, request_bytes: bytes, status: int) -> None:
     out, closed = exchange(server.port, request_bytes)
     assert statuses(out) == [status], out[:300]
-    if status >= 400:
+    if status in (400, 414, 431, 505):  # refused as a request (404 and 405 are answers to a valid one)
         assert closed, "a refused request must end the connection"
         assert b"Connection: close" in out
     assert b"Traceback" not in out
@@ -280,3 +301,31 @@ def test_metrics_path_is_configurable() -> None:
     moved = routes.serve("/exporter/metrics", {})
     assert moved.status == 200 and moved.body == b"up 1\n"
     assert routes.serve("/metrics", {}).status == 404
+
+
+def test_absolute_form_is_served_as_its_path(server: ServerThread) -> None:
+    """The same bytes as origin-form, not a 404 (the issue-19 suspicion): RFC 9112 §3.2.2."""
+    origin, _ = exchange(server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    absolute, _ = exchange(
+        server.port, b"GET http://localhost:9100/metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert statuses(absolute) == [200]
+    assert absolute.partition(b"\r\n\r\n")[2] == origin.partition(b"\r\n\r\n")[2]
+
+
+_PATH_CHARS = st.sampled_from(sorted(set(range(0x21, 0x7F)) - {ord("#")}))
+_HOST_CHARS = st.sampled_from(sorted(b"abcdefghijklmnopqrstuvwxyz0123456789-._~"))
+
+
+@given(
+    path=st.lists(_PATH_CHARS, max_size=40).map(lambda cs: b"/" + bytes(cs)),
+    host=st.lists(_HOST_CHARS, min_size=1, max_size=20).map(bytes),
+    port=st.one_of(st.just(b""), st.integers(0, 65535).map(lambda p: b":%d" % p)),
+    scheme=st.sampled_from([b"http", b"https", b"HTTP", b"Https"]),
+)
+def test_absolute_form_means_its_origin_form(path: bytes, host: bytes, port: bytes, scheme: bytes) -> None:
+    """Any origin-form target, put into absolute-form with any host and port, parses to that origin-form."""
+    origin = parse_head(b"GET " + path + b" HTTP/1.1\r\nHost: x")
+    absolute = parse_head(b"GET " + scheme + b"://" + host + port + path + b" HTTP/1.1\r\nHost: x")
+    assert isinstance(origin, Request) and isinstance(absolute, Request)
+    assert absolute.target == origin.target == path.decode()

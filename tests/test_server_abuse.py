@@ -280,7 +280,7 @@ ABSURD: list[tuple[str, bytes, set[int]]] = [
     ("CONNECT", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n", {405}),
     ("HTTP/1.0 without headers", b"GET /healthz HTTP/1.0\r\n\r\n", {200}),
     ("HTTP/1.1 without Host", b"GET /healthz HTTP/1.1\r\n\r\n", {400}),
-    ("absolute URI", b"GET http://evil/metrics HTTP/1.1\r\n" + H + b"\r\n", {404}),
+    ("absolute URI", b"GET http://evil/metrics HTTP/1.1\r\n" + H + b"\r\n", {200}),  # RFC 9112 §3.2.2
     ("query of 10 KB", b"GET /metrics?" + b"q=" * 5_000 + b" HTTP/1.1\r\n" + H + b"\r\n", {200}),
     (
         "Accept of 10 KB",

@@ -7,6 +7,7 @@ A connection without a client certificate must get a response exactly when it me
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import ssl
@@ -14,12 +15,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 import yaml
 from cryptography import x509
 
 from exporter.webconfig import WebSecurity
-from tests.test_http_framing import ServerThread
+from tests.harness import wait_until
+from tests.test_http_framing import ServerThread, exchange, statuses
 from tests.test_webconfig import Pki
 
 VERSIONS = {"TLS 1.2": ssl.TLSVersion.TLSv1_2, "TLS 1.3": ssl.TLSVersion.TLSv1_3}
@@ -86,10 +89,10 @@ def test_first_connection_after_a_change_to_require_client_certs_is_refused(
     tmp_path: Path, version: str
 ) -> None:
     setup = Setup(tmp_path)
-    web = WebSecurity(setup.path, check_interval=0.0)  # every handshake looks for a changed file
+    web = WebSecurity(setup.path)  # the default: every handshake looks for a changed file, as Go re-reads it
     with ServerThread(tls=web.ssl_context) as srv:
         assert attempt(srv.port, setup.pki.ca_file, VERSIONS[version]) == (setup.serial_a, 200)
-        setup.use("b")
+        setup.use("b")  # no wait: the very next connection
         # The very first handshake after the change notices it, and must get all of B: no certificate, no entry.
         serial, status = attempt(srv.port, setup.pki.ca_file, VERSIONS[version])
         assert status is None
@@ -142,3 +145,38 @@ def test_reload_race_never_mixes_two_configs(tmp_path: Path, version: str) -> No
 def _both_seen(outcomes: list[tuple[int | None, Any]], setup: Setup) -> bool:
     statuses = {status for _, status in outcomes}
     return 200 in statuses and None in statuses
+
+
+def test_a_changed_file_applies_to_the_very_next_request(tmp_path: Path) -> None:
+    """Plain HTTP too: Go re-reads the file for every request, so a changed user list applies to the next one, not
+    up to a second later (issue 19: it took ~1.75 s). The file is changed both ways an operator does: replaced
+    (a new inode) and rewritten in place."""
+    path = tmp_path / "web.yml"
+
+    def users(password: str) -> bytes:
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()
+        return yaml.safe_dump({"basic_auth_users": {"prometheus": hashed}}).encode()
+
+    def status(port: int, password: str) -> int:
+        token = base64.b64encode(f"prometheus:{password}".encode())
+        head = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Basic " + token
+        data, _ = exchange(port, head + b"\r\n\r\n")
+        return statuses(data)[0]
+
+    path.write_bytes(users("one"))
+    web = WebSecurity(path)
+    with ServerThread(guard=web) as srv:
+        assert status(srv.port, "one") == 200
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(users("two"))
+        os.replace(tmp, path)
+        assert (status(srv.port, "two"), status(srv.port, "one")) == (200, 401)
+        # In place: same inode, same size. Once the file system's clock has ticked past the last change, as any
+        # edit by a person or a config tool is.
+        probe = tmp_path / "probe"
+        wait_until(
+            lambda: probe.write_bytes(b"") == 0 and probe.stat().st_mtime_ns != path.stat().st_mtime_ns
+        )
+        path.write_bytes(users("three"))
+        assert (status(srv.port, "three"), status(srv.port, "two")) == (200, 401)
+    assert web.reloads == 2

@@ -264,6 +264,26 @@ def test_full_toolkit_example_parses(tmp_path: Path, pki: Pki) -> None:
         ),
         ({"tls_server_config": {"cipher_suites": ["TLS_RSA_WITH_RC4_128_SHA"]}}, "unknown cipher"),
         ({"tls_server_config": {"curve_preferences": ["CurveP257"]}}, "unknown curve: 'CurveP257'"),
+        # Documented deviations from exporter-toolkit (docs/security.md): refused, never served weaker.
+        (
+            {"tls_server_config": {"client_auth_type": "RequireAnyClientCert"}},
+            "tls_server_config.client_auth_type: RequireAnyClientCert is not supported",
+        ),
+        (
+            {"tls_server_config": {"client_auth_type": "RequestClientCert"}},
+            "tls_server_config.client_auth_type: RequestClientCert is not supported",
+        ),
+        (
+            {"tls_server_config": {"client_auth_type": "RequireClientCert"}},
+            "tls_server_config.client_auth_type: RequireClientCert is not supported",
+        ),
+        pytest.param(
+            {"tls_server_config": {"curve_preferences": ["CurveP256", "CurveP384"]}},
+            "tls_server_config.curve_preferences: lists 2 curves",
+            marks=pytest.mark.skipif(
+                hasattr(ssl.SSLContext, "set_groups"), reason="Python >= 3.14 applies a list of curves"
+            ),
+        ),
         ({"rate_limit": {"interval": "soon"}}, "rate_limit.interval: must be a duration"),
         ({"rate_limit": {"interval": "1s", "burst": -1}}, "rate_limit.burst: must be a whole number"),
         ([1, 2], "must be a mapping"),
