@@ -132,7 +132,7 @@ def test_more_idle_connections_than_the_limit(tmp_path: Path, sim: Simulator) ->
     fresh scraper, the state writes and the gateway pool all still get descriptors."""
     with exporter_process(tmp_path, sim) as (port, state, log):
         wait_until(state.exists, timeout=15)
-        budget = next(line for line in _log_lines(log) if line.get("event") == "file_descriptors")
+        budget = next(line for line in _log_lines(log) if line.get("msg") == "file_descriptors")
         assert budget["nofile_limit"] == NOFILE
         assert budget["max_connections"] == NOFILE - (FD_RESERVE_BASE + FD_RESERVE_PER_PROVIDER)
         lines_before = len(log.read_text().splitlines())
@@ -164,7 +164,7 @@ def test_descriptors_taken_by_something_else(tmp_path: Path, sim: Simulator) -> 
         idle = _idle_connections(port, 2 * NOFILE)
         try:
             wait_until(
-                lambda: any(line.get("event") == "accept_out_of_descriptors" for line in _log_lines(log)),
+                lambda: any(line.get("msg") == "accept_out_of_descriptors" for line in _log_lines(log)),
                 timeout=15,
             )
             # Recovered: a fresh scraper is served (its connection makes an idle one go) ...
@@ -178,7 +178,7 @@ def test_descriptors_taken_by_something_else(tmp_path: Path, sim: Simulator) -> 
             for sock in idle:
                 sock.close()
         lines = _log_lines(log)
-        episodes = [line for line in lines if line.get("event") == "accept_out_of_descriptors"]
+        episodes = [line for line in lines if line.get("msg") == "accept_out_of_descriptors"]
         assert 1 <= len(episodes) <= 3, episodes
         lowered = int(str(episodes[0]["max_connections"]))
         assert lowered < NOFILE - (FD_RESERVE_BASE + FD_RESERVE_PER_PROVIDER)
