@@ -70,6 +70,9 @@ _DETAIL_LIMIT: Final = 290
 # Error `type`s that the gateway itself answers with (its auth, governance and rate-limit layers), never a provider.
 _GATEWAY_ERROR_TYPES: Final = frozenset(
     {
+        # The newest governance's identity and ownership refusals (plugins/governance; docs/providers.md S22).
+        "access_not_found",
+        "access_blocked",
         "provider_blocked",
         "model_blocked",
         "budget_exceeded",
@@ -161,6 +164,7 @@ class _Tally:
     requests: int = 0
     retries: int = 0
     cursor: str | None = None  # the `after` of the request under way
+    vk: str | None = None  # the virtual key this call's requests carry (None: the default headers')
 
 
 def _parse_retry_after(value: str | None, now: float) -> float | None:
@@ -192,8 +196,10 @@ def build_headers(settings: Settings) -> dict[str, str]:
     headers["User-Agent"] = f"bifrost-batch-exporter/{__version__}"
     headers["Accept"] = "application/json"
     headers["x-bf-send-back-raw-response"] = "false"
-    if settings.virtual_key is not None:
-        headers["x-bf-vk"] = settings.virtual_key.get_secret_value()
+    keys = settings.virtual_keys()
+    if keys:
+        # The first key by default; a call made for another key of the view carries that one instead.
+        headers["x-bf-vk"] = keys[0][1].get_secret_value()
     token = settings.basic_auth_token()
     if token is not None:
         headers["Authorization"] = "Basic " + token
@@ -295,6 +301,8 @@ class BifrostClient:
         self._rng = rng
         self._transport = transport
         self._headers = build_headers(settings)
+        # The view: every virtual key the gateway's lists are read with, by name (a file name, never the key).
+        self._keys = {name: key.get_secret_value() for name, key in settings.virtual_keys()}
         verify = _verify(settings)
         # One TLS context (and one read of the CA bundle) shared by every provider's pool.
         self._tls: ssl.SSLContext | bool = (
@@ -351,8 +359,21 @@ class BifrostClient:
         self._scrub = Redactor([*self._settings.secret_values(), *settings.secret_values()]).scrub
         self._settings = settings
         self._headers = build_headers(settings)
+        self._keys = {name: key.get_secret_value() for name, key in settings.virtual_keys()}
         for http in self._pools.values():
             http.headers = self._headers
+
+    def key_names(self) -> tuple[str, ...]:
+        """The names of the virtual keys of the view, in order (empty: requests carry no key)."""
+        return tuple(self._keys)
+
+    def _key_value(self, key: str | None) -> str | None:
+        if key is None:
+            return None
+        value = self._keys.get(key)
+        if value is None:
+            raise RequestFailedError("auth", f"virtual key {key!r} is no longer configured")
+        return value
 
     async def aclose(self) -> None:
         pools, self._pools = list(self._pools.values()), {}
@@ -369,6 +390,7 @@ class BifrostClient:
         after: str | None = None,
         max_pages: int | None = None,
         budget_truncates: bool = True,
+        key: str | None = None,
     ) -> ListResult:
         """`provider`'s batches, deduplicated by id, following Bifrost's cursor rules to the end or a stop.
 
@@ -380,11 +402,13 @@ class BifrostClient:
         result = ListResult()
         tally = _Tally()
         try:
+            tally.vk = self._key_value(key)
             await self._list(provider, on_page, after, max_pages, budget_truncates, result, tally)
         except UnsupportedProviderError:
             result.unsupported = True
         except RequestFailedError as exc:
-            result.failure = Failure(exc.reason, self._scrub(exc.detail), exc.status, tally.retries + 1)
+            detail = exc.detail if key is None else f"virtual key {key!r}: {exc.detail}"
+            result.failure = Failure(exc.reason, self._scrub(detail), exc.status, tally.retries + 1)
             result.cursor_refused = tally.cursor is not None and (
                 exc.reason == "client_error" or (exc.reason == "server_error" and exc.gateway_body)
             )
@@ -496,7 +520,7 @@ class BifrostClient:
 
     # ---- retrieve -----------------------------------------------------------------------------------------------
 
-    async def retrieve(self, provider: str, batch_id: str) -> RetrieveResult:
+    async def retrieve(self, provider: str, batch_id: str, *, key: str | None = None) -> RetrieveResult:
         """One batch by id (`GET /v1/batches/{id}?provider=P`), with the list's retries, caps and reasons.
 
         The id is sent as one percent-encoded path segment, in the spelling `retrieve_ids` picks for the provider.
@@ -506,6 +530,7 @@ class BifrostClient:
         result = RetrieveResult()
         tally = _Tally()
         try:
+            tally.vk = self._key_value(key)
             batch = await self._retrieve_any(provider, retrieve_ids(provider, batch_id), tally)
         except UnsupportedProviderError:
             result.failure = Failure(
@@ -578,7 +603,7 @@ class BifrostClient:
         while True:
             try:
                 tally.requests += 1
-                return await self._request(provider, path, params, parse)
+                return await self._request(provider, path, params, parse, tally.vk)
             except RequestFailedError as exc:
                 if exc.reason not in _RETRYABLE or attempt >= self._settings.max_retries:
                     raise
@@ -609,15 +634,23 @@ class BifrostClient:
             await self._sleep(slot - now)
 
     async def _request(
-        self, provider: str, path: str, params: dict[str, str], parse: Callable[[bytes], T]
+        self,
+        provider: str,
+        path: str,
+        params: dict[str, str],
+        parse: Callable[[bytes], T],
+        vk: str | None = None,
     ) -> T:
         settings = self._settings
         cap = settings.max_response_bytes
         await self._pace(provider)
+        headers = {"Accept-Encoding": "gzip, deflate"}
+        if vk is not None:
+            headers["x-bf-vk"] = vk
         try:
             async with asyncio.timeout(settings.request_timeout_seconds):
                 async with self._http_for(provider).stream(
-                    "GET", path, params=params, headers={"Accept-Encoding": "gzip, deflate"}
+                    "GET", path, params=params, headers=headers
                 ) as response:
                     declared = response.headers.get("content-length", "")
                     if declared.isdigit() and int(declared) > cap:

@@ -20,7 +20,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -66,6 +66,20 @@ _CAP_WARNINGS = (
 )
 
 
+SUMMARY_EVERY_SECONDS = 60.0
+
+
+@dataclass(slots=True)
+class _Summary:
+    """What the polls since the last summary line did."""
+
+    logged_at: float | None = None
+    polls: int = 0
+    failed: int = 0
+    list_requests: int = 0
+    retrieve_requests: int = 0
+
+
 @dataclass(slots=True)
 class _Run:
     """What one provider's poll loop carries from poll to poll besides the ledger."""
@@ -82,6 +96,9 @@ class _Run:
     clamped: int = 0  # batches with clamped numbers in the last snapshot (logged when it changes)
     overflowed: int = 0
     cursor_refusals: int = 0  # refused cursors since the last complete full list (logged on the first)
+    keys: tuple[str | None, ...] = ()  # the view's keys the last poll listed with (() before the first poll)
+    polls: int = 0  # polls started: "listed by this poll or the last one" without reading any clock
+    summary: _Summary = field(default_factory=_Summary)
 
 
 @dataclass(slots=True)
@@ -103,6 +120,7 @@ class _PollOutcome:
     skipped_items: int = 0
     first_skip_error: str | None = None
     resync_done: bool = False
+    retrieves_deferred: int = 0  # known active batches left for the next poll by the budget
 
 
 class Poller:
@@ -318,6 +336,7 @@ class Poller:
         ledger = self._ledgers[provider]
         run = self._runs[provider]
         ledger.poll_started()
+        run.polls += 1
         t0 = self._monotonic()
         started = self._clock()
         if self._settings.poll_mode == "full":
@@ -332,7 +351,35 @@ class Poller:
         state = self._fold(provider, ledger, run, store, outcome, now, duration, started)
         await self._save(provider, ledger, run, now)
         self._publish(provider, state)
+        self._summarize(provider, run, state, outcome)
         return state
+
+    def _summarize(self, provider: str, run: _Run, state: ProviderState, outcome: _PollOutcome) -> None:
+        """One info line per provider at most once a minute (the first poll's at once): every poll's own line
+        is at debug, since 23 providers polled every 30 s would otherwise write 46 lines a minute."""
+        summary = run.summary
+        summary.polls += 1
+        summary.failed += outcome.failure is not None
+        summary.list_requests += outcome.list_requests
+        summary.retrieve_requests += outcome.retrieve_requests
+        now = self._monotonic()
+        if summary.logged_at is not None and now - summary.logged_at < SUMMARY_EVERY_SECONDS:
+            return
+        snapshot = state.snapshot
+        self._log.info(
+            "polls_summary",
+            provider=provider,
+            polls=summary.polls,
+            failed=summary.failed,
+            up=state.health.up,
+            batches=snapshot.batches if snapshot is not None else None,
+            list_requests=summary.list_requests,
+            retrieve_requests=summary.retrieve_requests,
+            full_list="complete"
+            if run.synced and run.resync_truncated is None
+            else (run.resync_truncated or "first one running"),
+        )
+        run.summary = _Summary(logged_at=now)
 
     def _observe(self, ledger: Ledger, started: float) -> Callable[[list[Batch]], int]:
         def observe(batches: list[Batch]) -> int:
@@ -340,109 +387,225 @@ class Poller:
 
         return observe
 
+    def _view(self, provider: str, run: _Run) -> tuple[str | None, ...]:
+        """The keys this poll lists with, in order: the configured virtual keys by name, or (None,) for none.
+
+        When the view changes (keys added or removed on SIGHUP) it is logged, and a full list under way starts
+        again: its pages so far were read with another set of keys.
+        """
+        names = self._client.key_names()
+        keys: tuple[str | None, ...] = names if names else (None,)
+        if keys != run.keys:
+            if run.keys:
+                run.store.abandon_resync()
+                run.store.forget_places()
+                run.synced = False
+            run.keys = keys
+            self._log_view(provider, names)
+        return keys
+
+    def _log_view(self, provider: str, names: tuple[str, ...]) -> None:
+        if not names:
+            detail = (
+                "no virtual key is sent: the gateway shows the whole account, unless it requires a virtual key "
+                "(then every poll fails with reason auth)"
+            )
+        elif len(names) == 1:
+            detail = (
+                f"one virtual key ({names[0]}): only the batches that key created, and those without an owner, "
+                "are visible; give virtual_key_dir one key per tenant to see the whole account"
+            )
+        else:
+            detail = f"{len(names)} virtual keys: the union of their views, each batch counted once"
+        self._log.info("view", provider=provider, keys=len(names), key_names=list(names), detail=detail)
+
     async def _poll_full(
         self, provider: str, ledger: Ledger, run: _Run, started: float
     ) -> tuple[_PollOutcome, Store]:
         store = self._new_store(ledger)
-        store.start_resync(started)
+        resync = store.start_resync(started)
         observe = self._observe(ledger, started)
-
-        def fold_page(batches: list[Batch]) -> None:
-            # The ledger counts transitions as pages arrive (real even if a later page fails); the store is
-            # discarded if a later page fails, so the last good snapshot stays.
-            observe(batches)
-            store.upsert(batches)
-
-        result = await self._client.list_batches(provider, fold_page)
         outcome = _PollOutcome()
-        self._take_list(outcome, result, ledger)
-        if result.failure is None and not result.unsupported:
-            store.finish_resync()
-            ledger.finish_poll(started, complete=result.truncated is None)
-            if result.truncated is None:
-                ledger.resynced(self._clock())
-            outcome.resync_done = True
-            run.store = store
-            run.synced = True
-            run.resync_truncated = result.truncated
+        truncated: ListResult | None = None
+        for k, key in enumerate(self._view(provider, run)):
+            resync.key, resync.listed = k, 0
+
+            def fold_page(batches: list[Batch], k: int = k) -> None:
+                # The ledger counts transitions as pages arrive (real even if a later page fails); the store is
+                # discarded if a later page fails, so the last good snapshot stays.
+                observe(batches)
+                store.upsert(batches, key=k, poll=run.polls)
+
+            result = await self._client.list_batches(provider, fold_page, key=key)
+            self._take_list(outcome, result, ledger)
+            if result.failure is not None or result.unsupported:
+                return outcome, run.store
+            truncated = truncated or (result if result.truncated is not None else None)
+        store.finish_resync()
+        reason = truncated.truncated if truncated is not None else None
+        ledger.finish_poll(started, complete=reason is None)
+        if reason is None:
+            ledger.resynced(self._clock())
+        outcome.resync_done = True
+        run.store = store
+        run.synced = True
+        run.resync_truncated = reason
         return outcome, run.store
 
-    def _budget(self) -> int:
+    def _budget(self, first_sync: bool) -> int:
+        """Requests one poll may send, lists and retrieves together.
+
+        While the first full list runs nothing else competes for the gateway (no head scan, no retrieves), so it
+        takes the whole rate: a large account is pictured in about pages ÷ rate. Afterwards a poll spends half an
+        interval's worth, the rest being headroom for retries and the gateway's other work.
+        """
         s = self._settings
-        return max(1, math.floor(s.poll_interval_seconds * s.max_requests_per_second * BUDGET_SHARE))
+        share = 1.0 if first_sync else BUDGET_SHARE
+        return max(1, math.floor(s.poll_interval_seconds * s.max_requests_per_second * share))
 
     async def _poll_incremental(
         self, provider: str, ledger: Ledger, run: _Run, started: float
     ) -> _PollOutcome:
         store = run.store
+        keys = self._view(provider, run)
         outcome = _PollOutcome()
-        budget = self._budget()
+        first_sync = not run.synced
+        budget = self._budget(first_sync)
+        poll = run.polls
         observe = self._observe(ledger, started)
         refreshed: set[str] = set()
+
+        def spent() -> int:
+            return outcome.list_requests + outcome.retrieve_requests
+
         # A host clock stepped back would otherwise postpone the next full list by the size of the step, and a
         # batch only a full list can find (a later key) could then age past the ledger's retention unseen.
         stepped_back = started < run.last_start
         run.last_start = started
-        resync_due = store.resync is not None or not run.synced or started >= run.next_resync or stepped_back
-        starting_from_head = resync_due and (store.resync is None or store.resync.cursor is None)
+        resync_due = store.resync is not None or first_sync or started >= run.next_resync or stepped_back
+        starting_from_head = resync_due and (
+            store.resync is None or (store.resync.key == 0 and store.resync.cursor is None)
+        )
 
-        head_cursor: str | None = None
-        head_pages = 0
-        # 1. The newest pages, until one holds nothing new (skipped when this poll's full list starts at the head).
-        if run.synced and not starting_from_head:
-            wanted_more = [True]
+        # 1. Each key's newest pages, until one holds nothing new (skipped while the first full list runs, and
+        #    when this poll's full list starts at the head anyway).
+        heads: dict[int, tuple[str, int]] = {}  # key → (cursor after its head pages, pages read)
+        if not first_sync and not starting_from_head:
+            for k, key in enumerate(keys):
+                wanted_more = [True]
 
-            def head_page(batches: list[Batch]) -> bool:
-                batches = store.defer_sparse(batches)
-                observe(batches)
-                refreshed.update(b.id for b in batches)
-                wanted_more[0] = store.upsert(batches, listing=False) > 0
-                return wanted_more[0]
-
-            result = await self._client.list_batches(
-                provider, head_page, max_pages=min(budget, self._settings.max_pages), budget_truncates=False
-            )
-            refused = self._refused(provider, run, ledger, result, "head")
-            # A cursor defect matters here only while the newest pages were still showing new batches.
-            self._take_list(outcome, result, ledger, head=not wanted_more[0])
-            if outcome.failure is not None or outcome.unsupported:
-                return outcome
-            if not refused:
-                head_cursor, head_pages = result.next_cursor, result.pages
-
-        # 2. Known active batches the list did not show: list on down to them when that costs fewer requests
-        #    than one retrieve each (by their places in the last full list), then retrieve what is left.
-        remaining = [i for i in store.active if i not in refreshed]
-        depth = store.list_depth(remaining) if remaining and head_cursor is not None else None
-        size = page_size_for(provider, self._settings.page_size)
-        if depth is not None and size is not None:  # None: a key is one page, nothing deeper to list
-            more_pages = -(-depth // size) - head_pages
-            if 0 < more_pages < len(remaining):
-                wanted = set(remaining)
-
-                def deeper_page(batches: list[Batch]) -> bool:
+                def head_page(
+                    batches: list[Batch], k: int = k, wanted_more: list[bool] = wanted_more
+                ) -> bool:
                     batches = store.defer_sparse(batches)
                     observe(batches)
                     refreshed.update(b.id for b in batches)
-                    store.upsert(batches, listing=False)
-                    wanted.difference_update(refreshed)
-                    return bool(wanted)
+                    wanted_more[0] = store.upsert(batches, listing=False, key=k, poll=poll) > 0
+                    return wanted_more[0]
 
+                pages = max(1, min(budget - spent(), self._settings.max_pages))
                 result = await self._client.list_batches(
-                    provider, deeper_page, after=head_cursor, max_pages=more_pages + 1, budget_truncates=False
+                    provider, head_page, max_pages=pages, budget_truncates=False, key=key
                 )
-                # A refused cursor here leaves the rest to the retrieves below.
-                self._refused(provider, run, ledger, result, "deeper")
-                self._take_list(outcome, result, ledger, head=True)
+                refused = self._refused(provider, run, ledger, result, "head")
+                # A cursor defect matters here only while the newest pages were still showing new batches.
+                self._take_list(outcome, result, ledger, head=not wanted_more[0])
                 if outcome.failure is not None or outcome.unsupported:
                     return outcome
-        for batch_id in [i for i in store.active if i not in refreshed]:
-            got = await self._client.retrieve(provider, batch_id)
+                if not refused and result.next_cursor is not None:
+                    heads[k] = (result.next_cursor, result.pages)
+
+        # 2. Known active batches no list showed this poll (nor, while a full list runs, the last poll): list on down to them where that costs fewer requests than one retrieve each (by their places
+        #    in the last full list), then retrieve the rest, least recently seen first, within the budget.
+        if not first_sync:
+            await self._refresh_known(
+                provider, ledger, run, keys, heads, refreshed, outcome, budget, resync_due, started
+            )
+            if outcome.failure is not None or outcome.unsupported:
+                return outcome
+
+        # 3. The full list, key after key, continued within what is left of the budget (at least one page).
+        if resync_due:
+            await self._continue_resync(provider, ledger, run, keys, refreshed, outcome, budget, started)
+        ledger.finish_poll(started, complete=False)
+        return outcome
+
+    async def _refresh_known(
+        self,
+        provider: str,
+        ledger: Ledger,
+        run: _Run,
+        keys: tuple[str | None, ...],
+        heads: dict[int, tuple[str, int]],
+        refreshed: set[str],
+        outcome: _PollOutcome,
+        budget: int,
+        resync_due: bool,
+        started: float,
+    ) -> None:
+        store = run.store
+        poll = run.polls
+        observe = self._observe(ledger, started)
+
+        # While a full list is spread over polls, what its previous chunk listed is one poll old at most: not
+        # worth a request each (the list is what a large first picture waits for).
+        walking = store.resync is not None
+
+        def stale() -> list[str]:
+            return [
+                i
+                for i in store.active
+                if i not in refreshed and not (walking and store.listed_poll.get(i, -2) >= poll - 1)
+            ]
+
+        size = page_size_for(provider, self._settings.page_size)
+        depths = store.list_depth(stale()) if size is not None else None
+        for k, depth in sorted((depths or {}).items()):
+            head = heads.get(k)
+            if head is None or size is None:
+                continue
+            cursor, head_pages = head
+            remaining = [i for i in stale() if store.listed_by.get(i) == k]
+            more_pages = -(-depth // size) - head_pages
+            if (
+                not 0 < more_pages < len(remaining)
+                or outcome.list_requests + outcome.retrieve_requests >= budget
+            ):
+                continue
+            wanted = set(remaining)
+
+            def deeper_page(batches: list[Batch], k: int = k, wanted: set[str] = wanted) -> bool:
+                batches = store.defer_sparse(batches)
+                observe(batches)
+                refreshed.update(b.id for b in batches)
+                store.upsert(batches, listing=False, key=k, poll=poll)
+                wanted.difference_update(refreshed)
+                return bool(wanted)
+
+            result = await self._client.list_batches(
+                provider, deeper_page, after=cursor, max_pages=more_pages + 1, budget_truncates=False,
+                key=keys[k],
+            )  # fmt: skip
+            # A refused cursor here leaves the rest to the retrieves below.
+            self._refused(provider, run, ledger, result, "deeper")
+            self._take_list(outcome, result, ledger, head=True)
+            if outcome.failure is not None or outcome.unsupported:
+                return
+        # Within the budget (one request kept for the full list when it is due); the least recently seen first,
+        # so a provider with more active batches than one poll can retrieve cycles through all of them.
+        allowance = budget - (outcome.list_requests + outcome.retrieve_requests) - (1 if resync_due else 0)
+        todo = sorted(stale(), key=lambda i: store.checked_poll.get(i, -1))
+        outcome.retrieves_deferred = max(0, len(todo) - max(0, allowance))
+        for batch_id in todo:
+            if outcome.list_requests + outcome.retrieve_requests >= budget - (1 if resync_due else 0):
+                break
+            key = keys[store.listed_by.get(batch_id, 0) % len(keys)]
+            got = await self._client.retrieve(provider, batch_id, key=key)
             outcome.retrieve_requests += got.requests
             outcome.retries += max(0, got.requests - 1)
             if got.batch is not None:
                 observe([got.batch])
-                store.refresh(got.batch)
+                store.refresh(got.batch, poll=poll)
                 refreshed.add(batch_id)
                 if got.latency_seconds is not None:
                     ledger.pages_fetched(0, [got.latency_seconds], ())
@@ -454,59 +617,80 @@ class Poller:
                 outcome.retrieve_failures += 1
                 outcome.first_retrieve_failure = outcome.first_retrieve_failure or got.failure
 
-        # 3. The full list, continued within what is left of the budget.
-        if resync_due:
-            resync = store.resync or store.start_resync(started)
-            spent = outcome.list_requests + outcome.retrieve_requests
-            pages = max(1, budget - spent)
+    async def _continue_resync(
+        self,
+        provider: str,
+        ledger: Ledger,
+        run: _Run,
+        keys: tuple[str | None, ...],
+        refreshed: set[str],
+        outcome: _PollOutcome,
+        budget: int,
+        started: float,
+    ) -> None:
+        store = run.store
+        poll = run.polls
+        observe = self._observe(ledger, started)
+        resync = store.resync or store.start_resync(started)
 
-            def resync_page(batches: list[Batch]) -> None:
-                batches = store.defer_sparse(batches)
-                observe(batches)
-                store.upsert(batches)
-                refreshed.update(b.id for b in batches)
+        def resync_page(batches: list[Batch]) -> None:
+            batches = store.defer_sparse(batches)
+            observe(batches)
+            store.upsert(batches, key=resync.key, poll=poll)
+            refreshed.update(b.id for b in batches)
 
+        while True:
+            pages = max(1, budget - (outcome.list_requests + outcome.retrieve_requests))
             result = await self._client.list_batches(
-                provider, resync_page, after=resync.cursor, max_pages=pages, budget_truncates=False
-            )
+                provider, resync_page, after=resync.cursor, max_pages=pages, budget_truncates=False,
+                key=keys[resync.key],
+            )  # fmt: skip
             if self._refused(provider, run, ledger, result, "resync"):
-                # Sending that cursor again would fail the same way for ever: the full list starts again from the
-                # head, now, with what is left of the budget (what it had seen is not trusted to be whole).
+                # Sending that cursor again would fail the same way for ever: this key's walk starts again from
+                # its head, now, with what is left of the budget (its places so far are not trusted).
                 self._take_list(outcome, result, ledger)
-                resync = store.start_resync(started)
-                spent = outcome.list_requests + outcome.retrieve_requests
-                result = await self._client.list_batches(
-                    provider, resync_page, max_pages=max(1, budget - spent), budget_truncates=False
-                )
-            self._take_list(outcome, result, ledger)
+                resync.cursor, resync.listed = None, 0
+                continue
+            self._take_list(outcome, result, ledger, head=True)
             resync.pages += result.pages
             if outcome.failure is not None or outcome.unsupported:
-                return outcome  # the full list resumes from its cursor next poll
+                return  # the full list resumes from its cursor next poll
             too_long = resync.pages >= RESYNC_MAX_PAGES_FACTOR * self._settings.max_pages
             if result.stopped == "budget" and not too_long:
                 resync.cursor = result.next_cursor
-            else:
-                if too_long and result.truncated is None:
-                    outcome.truncated = "max_pages"
-                    outcome.truncated_detail = f"a full list passed {resync.pages} pages; stopped as a loop"
-                truncated = outcome.truncated
-                # A list cut short cannot prove a batch gone: keep those a retrieve just confirmed.
-                gone = store.finish_resync(keep=refreshed if truncated else ())
-                # Counted ids stay until their retention ends: a batch back in a later list is not counted again.
-                ledger.forget(i for i in gone if not ledger.is_settled(i))
-                outcome.gone += len(gone)
-                outcome.resync_done = True
-                run.synced = True
-                run.resync_truncated = truncated
-                run.next_resync = started + self._settings.resync_interval_seconds
-                if truncated is None:
-                    ledger.resynced(self._clock())
-                    # The restart watermark: as of the start of this full list every batch has been seen (a
-                    # head-only poll sees only the newest pages, so it never moves the watermark).
-                    ledger.list_completed(resync.started_at)
-                    run.cursor_refusals = 0
-        ledger.finish_poll(started, complete=False)
-        return outcome
+                return
+            if too_long and result.truncated is None:
+                resync.truncated = "max_pages"
+                resync.truncated_detail = f"a full list passed {resync.pages} pages; stopped as a loop"
+            elif result.truncated is not None:
+                resync.truncated = result.truncated
+                resync.truncated_detail = result.truncated_detail
+            if resync.key + 1 < len(keys) and not too_long:
+                # This key is done: the next one's walk starts at its head, in this poll if budget is left.
+                resync.key, resync.cursor, resync.listed = resync.key + 1, None, 0
+                if outcome.list_requests + outcome.retrieve_requests >= budget:
+                    return
+                continue
+            break
+        truncated = resync.truncated
+        if truncated is not None:
+            outcome.truncated = truncated
+            outcome.truncated_detail = resync.truncated_detail
+        # A list cut short cannot prove a batch gone: keep those a retrieve just confirmed.
+        gone = store.finish_resync(keep=refreshed if truncated else ())
+        # Counted ids stay until their retention ends: a batch back in a later list is not counted again.
+        ledger.forget(i for i in gone if not ledger.is_settled(i))
+        outcome.gone += len(gone)
+        outcome.resync_done = True
+        run.synced = True
+        run.resync_truncated = truncated
+        run.next_resync = started + self._settings.resync_interval_seconds
+        if truncated is None:
+            ledger.resynced(self._clock())
+            # The restart watermark: as of the start of this full list every batch has been seen (a head-only
+            # poll sees only the newest pages, so it never moves the watermark).
+            ledger.list_completed(resync.started_at)
+            run.cursor_refusals = 0
 
     def _refused(self, provider: str, run: _Run, ledger: Ledger, result: ListResult, walk: str) -> bool:
         """A cursor we sent was refused: counted, logged on the first refusal since the last complete full list,
@@ -576,9 +760,14 @@ class Poller:
                     f"{UNSUPPORTED_BACKOFF_INTERVALS} intervals",
                 )
             health = Health(
-                attempted=True, up=True, supported=False, last_success=now, poll_duration=duration
+                attempted=True,
+                up=True,
+                supported=False,
+                last_success=now,
+                poll_duration=duration,
+                view_keys=len(self._client.key_names()),
             )
-            self._log.info("poll_finished", outcome="unsupported", batches=0, **fields)
+            self._log.debug("poll_finished", outcome="unsupported", batches=0, **fields)
             return ProviderState(provider, health, None, ledger.view())
         if outcome.failure is not None:
             failure = outcome.failure
@@ -592,7 +781,12 @@ class Poller:
                 **fields,
             )
             health = replace(
-                previous.health, attempted=True, up=False, supported=True, poll_duration=duration
+                previous.health,
+                attempted=True,
+                up=False,
+                supported=True,
+                poll_duration=duration,
+                view_keys=len(self._client.key_names()),
             )
             return ProviderState(provider, health, previous.snapshot, ledger.view())
         if outcome.truncated is not None:
@@ -641,8 +835,9 @@ class Poller:
             truncated=partial,
             last_success=now,
             poll_duration=duration,
+            view_keys=len(self._client.key_names()),
         )
-        self._log.info(
+        self._log.debug(
             "poll_finished",
             outcome="truncated" if outcome.truncated else "ok",
             batches=len(store),

@@ -343,6 +343,12 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
         "1 when the last poll stopped early (cursor loop, max_pages) and saw only part of the list",
         labels=["provider"],
     )
+    view_keys = GaugeMetricFamily(
+        "bifrost_batch_exporter_view_keys",
+        "Virtual keys the provider is listed with: 0 = none sent (the whole account, where the gateway allows "
+        "it), 1 = one tenant's batches and unowned ones, N = the union over N tenants",
+        labels=["provider"],
+    )
     dropped = GaugeMetricFamily(
         "bifrost_batch_exporter_per_batch_dropped",
         "Active batches left out of the per-batch series by per_batch_limit",
@@ -363,6 +369,7 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
             last_resync.add_metric([p], state.ledger.last_resync)
         supported.add_metric([p], 1 if h.supported else 0)
         truncated.add_metric([p], 1 if h.truncated else 0)
+        view_keys.add_metric([p], h.view_keys)
         dropped.add_metric([p], state.snapshot.jobs_dropped if state.snapshot is not None else 0)
     build = GaugeMetricFamily(
         "bifrost_batch_exporter_build_info",
@@ -380,6 +387,7 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
         last_resync,
         supported,
         truncated,
+        view_keys,
         dropped,
         build,
     )

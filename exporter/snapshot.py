@@ -287,6 +287,7 @@ class Health:
     truncated: bool = False
     last_success: float | None = None
     poll_duration: float = 0.0
+    view_keys: int = 0  # virtual keys the provider is listed with (0: none sent)
 
 
 @dataclass(frozen=True, slots=True)

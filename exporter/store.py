@@ -27,7 +27,10 @@ class Resync:
     cursor: str | None = None
     pages: int = 0
     seen: set[str] = field(default_factory=set)
-    listed: int = 0  # items folded so far: the list position of the next one
+    listed: int = 0  # items of the current key's walk folded so far: the list position of the next one
+    key: int = 0  # which key of the view is being walked (the view's keys are walked one after the other)
+    truncated: str | None = None  # why a key's walk stopped early, if one did
+    truncated_detail: str | None = None
 
 
 def is_sparse(batch: Batch) -> bool:
@@ -65,9 +68,15 @@ class Store:
         # Ids first seen after the running resync started: absent from its pages only because they are new.
         self._added_since_resync: set[str] = set()
         self.resync: Resync | None = None
-        # Active id → its position in the last full list: tells whether listing down to the known active batches
-        # costs fewer requests than retrieving them one by one.
-        self.positions: dict[str, int] = {}
+        # Active id → (key, position) in the last full list: tells whether listing down to the known active
+        # batches costs fewer requests than retrieving them one by one.
+        self.positions: dict[str, tuple[int, int]] = {}
+        # Active id → the key of the view that last listed it: a retrieve goes out with a key that can see the
+        # batch (governance answers another tenant's key with 404, which would read as "deleted").
+        self.listed_by: dict[str, int] = {}
+        # Active id → the poll that last saw it in a list walk, and the poll that last saw it at all.
+        self.listed_poll: dict[str, int] = {}
+        self.checked_poll: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.active) + len(self.terminal)
@@ -75,9 +84,12 @@ class Store:
     def __contains__(self, batch_id: object) -> bool:
         return batch_id in self.active or batch_id in self.terminal
 
-    def upsert(self, batches: Iterable[Batch], *, listing: bool = True) -> int:
+    def upsert(
+        self, batches: Iterable[Batch], *, listing: bool = True, key: int | None = None, poll: int = 0
+    ) -> int:
         """Fold batches in; returns how many were not known before. `listing` says the batches are pages of the
-        running full list (which places them); the newest pages seen meanwhile only count as seen."""
+        running full list (which places them); the newest pages seen meanwhile only count as seen. `key` is the
+        view's key whose list showed them (None: a retrieve), `poll` the poll's number."""
         new = 0
         resync = self.resync
         for batch in batches:
@@ -92,11 +104,11 @@ class Store:
                 resync.seen.add(batch_id)
                 if listing:
                     if not is_terminal(status):
-                        self.positions[batch_id] = resync.listed
+                        self.positions[batch_id] = (resync.key, resync.listed)
                     resync.listed += 1
             if is_terminal(status):
                 self.active.pop(batch_id, None)
-                self.positions.pop(batch_id, None)
+                self._forget_active(batch_id)
                 row = terminal_row(status, self._group_for(batch), batch)
                 rows = self._rows
                 if len(rows) < _MAX_SHARED_ROWS:
@@ -105,7 +117,17 @@ class Store:
             else:
                 self.terminal.pop(batch_id, None)
                 self.active[batch_id] = self._slim(batch)
+                self.checked_poll[batch_id] = poll
+                if key is not None:
+                    self.listed_by[batch_id] = key
+                    self.listed_poll[batch_id] = poll
         return new
+
+    def _forget_active(self, batch_id: str) -> None:
+        self.positions.pop(batch_id, None)
+        self.listed_by.pop(batch_id, None)
+        self.listed_poll.pop(batch_id, None)
+        self.checked_poll.pop(batch_id, None)
 
     def _slim(self, batch: Batch) -> Batch:
         """What an active batch is kept as between polls: only what the gauges, the projection and the per-batch
@@ -136,29 +158,35 @@ class Store:
                 kept.append(batch)
         return kept
 
-    def refresh(self, batch: Batch) -> None:
+    def refresh(self, batch: Batch, poll: int = 0) -> None:
         """One batch from a retrieve: fold it without counting it as seen by the running resync's list."""
         resync, self.resync = self.resync, None
         try:
-            self.upsert([batch])
+            self.upsert([batch], poll=poll)
         finally:
             self.resync = resync
 
     def remove(self, batch_id: str) -> None:
         self.active.pop(batch_id, None)
         self.terminal.pop(batch_id, None)
-        self.positions.pop(batch_id, None)
+        self._forget_active(batch_id)
 
-    def list_depth(self, batch_ids: Iterable[str]) -> int | None:
-        """How many items from the top of the list reach all of `batch_ids` (by the last full list), or None
-        when one of them was not placed by it."""
-        deepest = -1
+    def list_depth(self, batch_ids: Iterable[str]) -> dict[int, int] | None:
+        """Per key of the view, how many items from the top of its list reach every one of `batch_ids` it
+        placed (by the last full list), or None when one of them was not placed by it."""
+        deepest: dict[int, int] = {}
         for batch_id in batch_ids:
             position = self.positions.get(batch_id)
             if position is None:
                 return None
-            deepest = max(deepest, position)
-        return deepest + 1
+            key, place = position
+            deepest[key] = max(deepest.get(key, 0), place + 1)
+        return deepest
+
+    def forget_places(self) -> None:
+        """The view's keys changed: positions and listing keys refer to keys that are no more."""
+        self.positions.clear()
+        self.listed_by.clear()
 
     def start_resync(self, now: float) -> Resync:
         self.resync = Resync(started_at=now)

@@ -370,6 +370,14 @@ def test_once_prints_exposition_and_exit_code(sim: Simulator) -> None:
     assert value(s, "bifrost_batch_exporter_up", provider="openai") == 1
     assert value(s, "bifrost_batch_exporter_up", provider="azure") == 1
     logs = [json.loads(line) for line in ok.stderr.splitlines() if line.startswith("{")]
+    # At info, one summary line per provider (at most once a minute); each poll's own line is at debug.
+    assert not [entry for entry in logs if entry["msg"] == "poll_finished"]
+    summaries = [entry for entry in logs if entry["msg"] == "polls_summary"]
+    assert sorted(e["provider"] for e in summaries) == ["azure", "openai"]
+    for entry in summaries:
+        assert {"polls", "failed", "batches", "list_requests", "retrieve_requests", "full_list"} <= set(entry)
+    debug = run("--once", env={**env, "BIFROST_EXPORTER_LOG_LEVEL": "debug"})
+    logs = [json.loads(line) for line in debug.stderr.splitlines() if line.startswith("{")]
     finished = [entry for entry in logs if entry["msg"] == "poll_finished"]
     assert {e["provider"] for e in finished} == {"openai", "azure"}
     for entry in finished:
@@ -479,7 +487,7 @@ def test_log_level_and_format_and_custom_buckets(sim: Simulator) -> None:
     quiet = run(
         "--once", env={**env, "BIFROST_EXPORTER_LOG_LEVEL": "warn", "BIFROST_EXPORTER_LOG_FORMAT": "json"}
     )
-    assert quiet.returncode == 0 and "poll_finished" not in quiet.stderr
+    assert quiet.returncode == 0 and "polls_summary" not in quiet.stderr
     s = parse_samples(quiet.stdout)
     assert value(s, "bifrost_batch_upstream_latency_seconds_bucket", provider="openai", le="1.0") is not None
     assert value(s, "bifrost_batch_upstream_latency_seconds_bucket", provider="openai", le="0.05") is None
@@ -487,7 +495,7 @@ def test_log_level_and_format_and_custom_buckets(sim: Simulator) -> None:
         value(s, "bifrost_batch_duration_seconds_bucket", provider="openai", status="failed", le="600.0") == 0
     )
     logfmt = run("--once", env=env)  # logfmt is the default
-    lines = [line for line in logfmt.stderr.splitlines() if "msg=poll_finished" in line]
+    lines = [line for line in logfmt.stderr.splitlines() if "msg=polls_summary" in line]
     assert lines and lines[0].startswith("ts=") and " level=info caller=" in lines[0]
     assert " provider=openai" in lines[0]
 

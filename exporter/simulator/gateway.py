@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from .accounting import DEFAULT_MODELS, batch_results, results_available, results_body
 from .faults import Fault, early_response, no_batch_keys_response, shape_response
 from .flavors import OPENAI_HELPER, cache_debug_entry, jitter, list_item, retrieve_object
-from .governance import VirtualKey
+from .governance import VirtualKey, presented_key
 from .logsapi import LogsApi
 from .store import Page, ProviderState
 from .wire import (
@@ -78,6 +78,13 @@ class Gateway:
         self._control = control
         self._logs = None if world.ledger is None else LogsApi(world.ledger, self._admin_login)
 
+    def _presented_key_id(self, headers: dict[str, str]) -> str | None:
+        governor = self._world.governor
+        value = presented_key(headers)
+        if governor is None or value is None:
+            return None
+        return next((vk.id for vk in governor.config.keys if vk.value == value), "unknown")
+
     def dispatch(self, method: str, raw_path: str, headers: dict[str, str], body: bytes) -> Response:
         parts = urlsplit(raw_path)
         path = parts.path
@@ -90,6 +97,8 @@ class Gateway:
                         "path": path,
                         "query": query,
                         "auth_headers": [name for name in _AUTH_HEADERS if name in headers],
+                        # Which of the governance's keys the request presented (its id, never its value).
+                        "virtual_key": self._presented_key_id(headers),
                         "raw_response_header": headers.get(_RAW_HEADER),
                     }
                 )

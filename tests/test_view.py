@@ -1,0 +1,207 @@
+"""Who the exporter sees: governance's per-key view, the union over a key directory, and GigaChat polled at all.
+
+Against the simulator with Bifrost's governance on (tests of the simulator itself prove it narrows as the gateway
+does): one key sees its tenant's batches and the unowned ones, and the exporter says so; a key directory sees the
+union, each batch counted once in every gauge and counter, also across a restart; every retrieve goes out with a
+key that can see the batch (another tenant's key gets a 404 that would read as "deleted"); a key that fails is
+named by its file, never by its value; GigaChat, which refuses any `limit`, is polled and up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from exporter.simulator import ProviderSpec, Simulator, demo_governance, write_key_dir
+from exporter.simulator.governance import Governance, VirtualKey
+from tests.harness import ExporterThread, Samples, make_settings, value
+
+P = "openai"
+GOV = demo_governance()  # tenant-a, tenant-b; keys mandatory
+A, B = GOV.keys
+OWNERS: dict[str | None, str] = {A.id: "a", B.id: "b", None: "u"}
+
+
+def _count(samples: Samples, status: str) -> float:
+    return value(samples, "bifrost_batches", provider=P, status=status) or 0.0
+
+
+def _finished(samples: Samples, status: str) -> float:
+    return value(samples, "bifrost_batch_finished_total", provider=P, status=status) or 0.0
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    """12 active batches: 4 per tenant, 4 created outside the gateway (no owner: every key sees them). A key has
+    its batches spread over several pages (3 a page), so retrieves and deeper pages both happen."""
+    with Simulator(
+        providers=[ProviderSpec(P, flavor="openai", max_limit=100)], lifecycle=False, governance=GOV
+    ) as s:
+        now = int(time.time())
+        for owner, tag in OWNERS.items():
+            for i in range(4):
+                s.add_batch(
+                    P, batch_id=f"{tag}{i}", status="in_progress", created_at=now - 1000 + 10 * i, owner=owner
+                )
+        yield s
+
+
+def _keys(tmp_path: Path, *keys: VirtualKey) -> Path:
+    directory = tmp_path / "keys"
+    write_key_dir(keys, directory)
+    return directory
+
+
+def _exporter(sim: Simulator, **kw: Any) -> ExporterThread:
+    values: dict[str, Any] = {"page_size": 3, "stale_after_seconds": 10**6}
+    values.update(kw)
+    return ExporterThread(make_settings(sim.url, [P], **values))
+
+
+@pytest.mark.parametrize("mode", ["incremental", "full"])
+def test_a_key_directory_sees_the_union_each_batch_counted_once_also_across_a_restart(
+    sim: Simulator, tmp_path: Path, mode: str
+) -> None:
+    keys = _keys(tmp_path, A, B)
+    state = tmp_path / "state"
+    with (
+        structlog.testing.capture_logs() as logs,
+        _exporter(sim, virtual_key_dir=keys, state_dir=state, poll_mode=mode) as exp,
+    ):
+        exp.poll()
+        s = exp.samples()
+        assert _count(s, "in_progress") == 12
+        assert value(s, "bifrost_batch_exporter_view_keys", provider=P) == 2
+        assert value(s, "bifrost_batch_exporter_up", provider=P) == 1
+        sim.set_status(P, "a0", "failed")  # tenant a's
+        sim.set_status(P, "u0", "failed")  # unowned: both keys list it
+        exp.poll()
+        exp.poll()
+        s = exp.samples()
+        assert _finished(s, "failed") == 2
+        assert _count(s, "failed") == 2 and _count(s, "in_progress") == 10
+    views = [e for e in logs if e["event"] == "view"]
+    assert [(e["keys"], e["key_names"]) for e in views] == [(2, ["tenant-a", "tenant-b"])]
+    sim.set_status(P, "u1", "expired")  # while down
+    sim.set_status(P, "b1", "completed")
+    with _exporter(sim, virtual_key_dir=keys, state_dir=state, poll_mode=mode) as exp:
+        for _ in range(3):
+            exp.poll()
+        s = exp.samples()
+        assert (_finished(s, "failed"), _finished(s, "expired"), _finished(s, "completed")) == (2, 1, 1)
+        assert _count(s, "in_progress") == 8
+
+
+def test_one_key_sees_one_tenant_and_says_so(sim: Simulator, tmp_path: Path) -> None:
+    key_file = tmp_path / "tenant-a"
+    key_file.write_text(A.value + "\n")
+    with structlog.testing.capture_logs() as logs, _exporter(sim, virtual_key_file=key_file) as exp:
+        exp.poll()
+        s = exp.samples()
+    assert _count(s, "in_progress") == 8  # its own 4 and the 4 unowned
+    assert value(s, "bifrost_batch_exporter_view_keys", provider=P) == 1
+    (view,) = [e for e in logs if e["event"] == "view"]
+    assert view["keys"] == 1 and "only the batches that key created" in view["detail"]
+    assert A.value not in repr(logs)
+
+
+def test_without_a_key_a_mandatory_gateway_is_an_auth_failure(sim: Simulator) -> None:
+    with structlog.testing.capture_logs() as logs, _exporter(sim) as exp:
+        exp.poll()
+        s = exp.samples()
+    assert value(s, "bifrost_batch_exporter_view_keys", provider=P) == 0
+    assert value(s, "bifrost_batch_exporter_up", provider=P) == 0
+    assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="auth") == 1
+    (view,) = [e for e in logs if e["event"] == "view"]
+    assert "requires a virtual key" in view["detail"]
+
+
+def test_every_retrieve_goes_out_with_a_key_that_can_see_the_batch(sim: Simulator, tmp_path: Path) -> None:
+    """Incremental polls after the first full list: the newest page (one batch a page) shows little, so the
+    known active batches are retrieved every poll. Each retrieve carries the key whose list showed the batch: no 404,
+    no batch taken for deleted."""
+    keys = _keys(tmp_path, A, B)
+    with _exporter(sim, virtual_key_dir=keys, page_size=1) as exp:
+        for _ in range(4):
+            exp.poll()
+        s = exp.samples()
+    retrieves = [e for e in sim.request_log() if e["path"].startswith("/v1/batches/")]
+    assert retrieves, "no retrieve happened: this test lost its point"
+    for entry in retrieves:
+        batch_id = entry["path"].rsplit("/", 1)[-1]
+        owner = sim.owner(P, batch_id)
+        assert owner is None or owner == entry["virtual_key"], (batch_id, owner, entry["virtual_key"])
+    assert _count(s, "in_progress") == 12
+    assert value(s, "bifrost_batch_exporter_up", provider=P) == 1
+
+
+def test_a_failing_key_fails_the_poll_named_by_its_file_never_its_value(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    revoked = VirtualKey(id="vk-revoked", value="sk-bf-revoked-0a1b2c3d4e", name="tenant-c")
+    keys = _keys(tmp_path, A, revoked)
+    with structlog.testing.capture_logs() as logs, _exporter(sim, virtual_key_dir=keys) as exp:
+        exp.poll()
+        s = exp.samples()
+    assert value(s, "bifrost_batch_exporter_up", provider=P) == 0
+    assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="auth") == 1
+    failed = [e for e in logs if e["event"] == "poll_failed"]
+    assert failed and "tenant-c" in failed[0]["detail"]
+    assert revoked.value not in repr(logs) and A.value not in repr(logs)
+    assert "bifrost_batches" not in {name for name, _ in s}  # part of the data is not shown as the whole
+
+
+def test_keys_changed_on_reload_change_the_view(sim: Simulator, tmp_path: Path) -> None:
+    keys = _keys(tmp_path, A)
+    with structlog.testing.capture_logs() as logs, _exporter(sim, virtual_key_dir=keys) as exp:
+        exp.poll()
+        assert _count(exp.samples(), "in_progress") == 8
+        write_key_dir([B], keys)
+        exp.exporter.client.update_credentials(exp.settings.reread_secret_files())
+        for _ in range(2):
+            exp.poll()
+        s = exp.samples()
+    assert _count(s, "in_progress") == 12
+    assert value(s, "bifrost_batch_exporter_view_keys", provider=P) == 2
+    assert [e["keys"] for e in logs if e["event"] == "view"] == [1, 2]
+
+
+def test_gigachat_is_polled_and_up() -> None:
+    """GigaChat refuses any `limit` with an HTTP 500: sent none, its one page per key is read."""
+    spec = ProviderSpec("gigachat", flavor="gigachat", keys=2)
+    with Simulator(providers=[spec], lifecycle=False) as sim:
+        now = int(time.time())
+        for i in range(5):
+            sim.add_batch(
+                "gigachat", batch_id=f"g{i}", status="in_progress", created_at=now - 100, api_key=i % 2
+            )
+        sim.add_batch("gigachat", batch_id="g-done", status="completed", created_at=now - 50, api_key=1)
+        for mode in ("incremental", "full"):
+            with ExporterThread(make_settings(sim.url, ["gigachat"], poll_mode=mode)) as exp:
+                exp.poll()
+                exp.poll()
+                s = exp.samples()
+            assert value(s, "bifrost_batch_exporter_up", provider="gigachat") == 1, mode
+            assert value(s, "bifrost_batch_exporter_truncated", provider="gigachat") == 0, mode
+            assert value(s, "bifrost_batches", provider="gigachat", status="in_progress") == 5, mode
+            assert value(s, "bifrost_batches", provider="gigachat", status="completed") == 1, mode
+        lists = [e for e in sim.request_log() if e["path"] == "/v1/batches"]
+        assert lists and all("limit" not in e["query"] for e in lists)
+
+
+def test_governance_without_a_config_store_refuses_keyed_lists(tmp_path: Path) -> None:
+    """A gateway without a config store answers every keyed batch request 403: the poll fails as auth, so a
+    view that cannot be checked is never presented as data."""
+    gov = Governance(keys=(A,), config_store=False)
+    with Simulator(providers=[ProviderSpec(P)], lifecycle=False, governance=gov) as sim:
+        sim.add_batch(P, batch_id="x", status="in_progress", owner=None)
+        with _exporter(sim, virtual_key_dir=_keys(tmp_path, A)) as exp:
+            exp.poll()
+            s = exp.samples()
+    assert value(s, "bifrost_batch_exporter_up", provider=P) == 0
+    assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="auth") == 1
