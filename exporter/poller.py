@@ -145,6 +145,7 @@ class Poller:
         # is read from it, so two exporters can never interleave their writes.
         self._state_lock = self._take_state_dir()
         self.state_file_ops = statefile.REAL_FILE_OPS  # tests swap in failing system calls
+        self._journals: dict[str, statefile.Journal] = {}  # per provider, with state_dir
         self._ledgers = {
             p: Ledger(
                 self.started_at,
@@ -209,16 +210,17 @@ class Poller:
         state_dir = self._settings.state_dir
         if state_dir is None:
             return
-        path = str(statefile.state_path(state_dir, provider))
+        path = str(statefile.base_path(state_dir, provider))
+        journal = self._journals[provider] = statefile.Journal(state_dir, provider)
         try:
-            state = statefile.read(state_dir, provider)
-            if state is None:
+            restored = statefile.read(state_dir, provider)
+            if restored is None:
                 self._log.info(
                     "state_not_found", provider=provider, path=path, detail="starting without history"
                 )
                 self._write_initial(provider, ledger, state_dir)
                 return
-            notes = ledger.load_state(state)
+            notes = ledger.load_state(restored.state, restored.settled)
         except statefile.StateError as exc:
             self._log.warning(
                 "state_unusable",
@@ -238,24 +240,37 @@ class Poller:
                 consequence="counting starts afresh; transitions before this start are not counted",
             )
             return
+        journal.attach(restored)
+        if restored.dropped_bytes:
+            self._log.info(
+                "state_journal_tail_dropped",
+                provider=provider,
+                path=str(statefile.journal_path(state_dir, provider)),
+                bytes=restored.dropped_bytes,
+                detail=f"{restored.damage}: a write cut short by a stop; resumed from the last complete record",
+            )
         self._log.info(
             "state_restored",
             provider=provider,
             path=path,
             watermark=ledger.started_at,
             tracked_ids=ledger.view().tracked_ids,
+            journal_records=restored.records,
+            migrated_from_version_1=restored.migrated or None,
             notes=notes or None,
         )
 
     def _write_initial(self, provider: str, ledger: Ledger, state_dir: Path) -> None:
         """A first start records its start at once: a process killed before its first poll completes must not
         leave the next one to call every transition since then history."""
-        if self._state_lock is None:
+        journal = self._journals.get(provider)
+        if self._state_lock is None or journal is None:
             return
         try:
-            data = statefile.encode(provider, ledger.to_state(), self._clock())
-            statefile.write(state_dir, provider, data, self.state_file_ops)
+            write = journal.prepare(ledger, self._clock())
+            write.run(self.state_file_ops)
         except (OSError, ValueError) as exc:
+            journal.failed()
             self._log.warning(
                 "state_write_failed",
                 provider=provider,
@@ -263,15 +278,20 @@ class Poller:
                 detail=f"{type(exc).__name__}: {exc}"[:300],
                 consequence="serving on; a restart will not resume from this start",
             )
+            return
+        journal.done(write)
 
     async def _save(self, provider: str, ledger: Ledger, run: _Run, now: float) -> None:
-        state_dir = self._settings.state_dir
-        if state_dir is None:
+        """The poll's changes to the ledger, on disk before its values are published (only what changed: a
+        journal record; now and then the whole ledger as a new base)."""
+        journal = self._journals.get(provider)
+        if journal is None:
             return
         try:
-            data = statefile.encode(provider, ledger.to_state(), now)
-            await asyncio.to_thread(statefile.write, state_dir, provider, data, self.state_file_ops)
+            write = journal.prepare(ledger, now)
+            await asyncio.to_thread(write.run, self.state_file_ops)
         except (OSError, ValueError) as exc:
+            journal.failed()
             if not run.state_write_failing:
                 self._log.warning(
                     "state_write_failed",
@@ -282,6 +302,7 @@ class Poller:
                 )
             run.state_write_failing = True
             return
+        journal.done(write)
         if run.state_write_failing:
             self._log.info("state_write_recovered", provider=provider)
         run.state_write_failing = False
@@ -422,24 +443,28 @@ class Poller:
     async def _poll_full(
         self, provider: str, ledger: Ledger, run: _Run, started: float
     ) -> tuple[_PollOutcome, Store]:
-        store = self._new_store(ledger)
+        # One store for the life of the provider, each poll a full list folded into it (what it no longer shows
+        # is dropped at the end): no second copy of a million rows while a poll runs.
+        store = run.store
+        keys = self._view(provider, run)  # before the list starts: a changed view abandons a running one
         resync = store.start_resync(started)
         observe = self._observe(ledger, started)
         outcome = _PollOutcome()
         truncated: ListResult | None = None
-        for k, key in enumerate(self._view(provider, run)):
+        for k, key in enumerate(keys):
             resync.key, resync.listed = k, 0
 
             def fold_page(batches: list[Batch], k: int = k) -> None:
-                # The ledger counts transitions as pages arrive (real even if a later page fails); the store is
-                # discarded if a later page fails, so the last good snapshot stays.
+                # The ledger counts transitions as pages arrive (real even if a later page fails); the snapshot of
+                # a poll whose list fails is not published, so the last good one stays.
                 observe(batches)
                 store.upsert(batches, key=k, poll=run.polls)
 
             result = await self._client.list_batches(provider, fold_page, key=key)
             self._take_list(outcome, result, ledger)
             if result.failure is not None or result.unsupported:
-                return outcome, run.store
+                store.abandon_resync()
+                return outcome, store
             truncated = truncated or (result if result.truncated is not None else None)
         store.finish_resync()
         reason = truncated.truncated if truncated is not None else None
@@ -447,10 +472,9 @@ class Poller:
         if reason is None:
             ledger.resynced(self._clock())
         outcome.resync_done = True
-        run.store = store
         run.synced = True
         run.resync_truncated = reason
-        return outcome, run.store
+        return outcome, store
 
     def _budget(self, first_sync: bool) -> int:
         """Requests one poll may send, lists and retrieves together.
@@ -677,10 +701,10 @@ class Poller:
             outcome.truncated = truncated
             outcome.truncated_detail = resync.truncated_detail
         # A list cut short cannot prove a batch gone: keep those a retrieve just confirmed.
-        gone = store.finish_resync(keep=refreshed if truncated else ())
+        gone, gone_finished = store.finish_resync(keep=refreshed if truncated else ())
         # Counted ids stay until their retention ends: a batch back in a later list is not counted again.
         ledger.forget(i for i in gone if not ledger.is_settled(i))
-        outcome.gone += len(gone)
+        outcome.gone += len(gone) + gone_finished
         outcome.resync_done = True
         run.synced = True
         run.resync_truncated = truncated
