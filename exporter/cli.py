@@ -24,7 +24,7 @@ import structlog
 import yaml
 from pydantic.fields import FieldInfo
 
-from . import __version__
+from . import __version__, allocator
 from .app import Exporter
 from .logs import add_secrets, configure
 from .runtime import RuntimeMetrics
@@ -279,6 +279,7 @@ def _joined(occurrences: Iterable[str]) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    allocator.tune()  # before the polls allocate: see exporter/allocator.py
     parser = _parser()
     args = parser.parse_args(argv)
     flags, deprecated = flag_values(args)

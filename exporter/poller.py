@@ -443,28 +443,24 @@ class Poller:
     async def _poll_full(
         self, provider: str, ledger: Ledger, run: _Run, started: float
     ) -> tuple[_PollOutcome, Store]:
-        # One store for the life of the provider, each poll a full list folded into it (what it no longer shows
-        # is dropped at the end): no second copy of a million rows while a poll runs.
-        store = run.store
-        keys = self._view(provider, run)  # before the list starts: a changed view abandons a running one
+        store = self._new_store(ledger)
         resync = store.start_resync(started)
         observe = self._observe(ledger, started)
         outcome = _PollOutcome()
         truncated: ListResult | None = None
-        for k, key in enumerate(keys):
+        for k, key in enumerate(self._view(provider, run)):
             resync.key, resync.listed = k, 0
 
             def fold_page(batches: list[Batch], k: int = k) -> None:
-                # The ledger counts transitions as pages arrive (real even if a later page fails); the snapshot of
-                # a poll whose list fails is not published, so the last good one stays.
+                # The ledger counts transitions as pages arrive (real even if a later page fails); the store is
+                # discarded if a later page fails, so the last good snapshot stays.
                 observe(batches)
                 store.upsert(batches, key=k, poll=run.polls)
 
             result = await self._client.list_batches(provider, fold_page, key=key)
             self._take_list(outcome, result, ledger)
             if result.failure is not None or result.unsupported:
-                store.abandon_resync()
-                return outcome, store
+                return outcome, run.store
             truncated = truncated or (result if result.truncated is not None else None)
         store.finish_resync()
         reason = truncated.truncated if truncated is not None else None
@@ -472,9 +468,10 @@ class Poller:
         if reason is None:
             ledger.resynced(self._clock())
         outcome.resync_done = True
+        run.store = store
         run.synced = True
         run.resync_truncated = reason
-        return outcome, store
+        return outcome, run.store
 
     def _budget(self, first_sync: bool) -> int:
         """Requests one poll may send, lists and retrieves together.
@@ -661,7 +658,9 @@ class Poller:
             batches = store.defer_sparse(batches)
             observe(batches)
             store.upsert(batches, key=resync.key, poll=poll)
-            refreshed.update(b.id for b in batches)
+            # Only the active ones: a finished batch this list shows is marked seen by it already, and a first
+            # full list's poll would otherwise hold every id it listed (30,000 strings) until it ends.
+            refreshed.update(b.id for b in batches if b.id in store.active)
 
         while True:
             pages = max(1, budget - (outcome.list_requests + outcome.retrieve_requests))
@@ -701,10 +700,10 @@ class Poller:
             outcome.truncated = truncated
             outcome.truncated_detail = resync.truncated_detail
         # A list cut short cannot prove a batch gone: keep those a retrieve just confirmed.
-        gone, gone_finished = store.finish_resync(keep=refreshed if truncated else ())
+        gone = store.finish_resync(keep=refreshed if truncated else ())
         # Counted ids stay until their retention ends: a batch back in a later list is not counted again.
         ledger.forget(i for i in gone if not ledger.is_settled(i))
-        outcome.gone += len(gone) + gone_finished
+        outcome.gone += len(gone)
         outcome.resync_done = True
         run.synced = True
         run.resync_truncated = truncated

@@ -3,7 +3,7 @@
 Incremental polling needs to know what exists without listing it again: active batches are kept whole (they can
 still change, and the at-risk projection and per-batch series read them); a finished batch only as what it adds
 to the gauges, in flat columns: a 64-bit key of its id (exporter/idtable.py), its status and owner group (one code
-for the pair), its five request outcomes and a flag byte, about 40 bytes in all. The gauges' totals of finished
+for the pair), its request outcomes and a flag byte, under 40 bytes in all. The gauges' totals of finished
 batches are kept up to date as rows come and go, so a poll folds the active batches only, never the history.
 
 A full list (resync) is folded in page by page and, when it ends, tells which known batches the gateway no longer
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -51,6 +51,24 @@ class Resync:
     seen_active: set[str] = field(default_factory=set)
 
 
+class Gone:
+    """What a full list found gone: `len()` counts every batch removed; iterating gives the ids of the active ones
+    among them (a finished batch is kept as a key of its id, not the id itself, and the ledger forgets only
+    active ids: a counted one stays until its retention ends)."""
+
+    __slots__ = ("active", "finished")
+
+    def __init__(self, active: list[str], finished: int) -> None:
+        self.active = active
+        self.finished = finished
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.active)
+
+    def __len__(self) -> int:
+        return len(self.active) + self.finished
+
+
 def is_sparse(batch: Batch) -> bool:
     """A list item that says little: Bedrock's and Gemini's lists carry only `created_at` and zero counts, while
     their retrieve object has the counts and times. Such an active batch is worth a retrieve even when listed."""
@@ -79,8 +97,10 @@ class Store:
         self.active: dict[str, Batch] = {}
         # Finished batches: row-indexed columns next to the index of their keys.
         self._index = KeyIndex()
-        self._code = array("I")  # (status, group) code
-        self._requests = tuple(array("I") for _ in range(5))  # OUTCOMES order; each count ≤ 2 × MAX_COUNT
+        self._code = array("H")  # (status, group) code; "I" past 65,536 pairs
+        # Succeeded, failed, expired, canceled (OUTCOMES order): each ≤ 2 × MAX_COUNT; a finished batch has nothing
+        # pending (outcomes() moves it to what the terminal status lost), so that column is not kept.
+        self._requests = tuple(array("I") for _ in range(4))
         self._flags = bytearray()
         # Per code: the pair, and the totals of its finished batches (five outcomes, then the number of batches).
         self._pairs: list[tuple[str, Group]] = []
@@ -131,8 +151,8 @@ class Store:
         active = self.active
         find = self._index.find
         labels = self._labels
-        codes, code_col, flags = self._codes, self._code, self._flags
-        r0, r1, r2, r3, r4 = self._requests
+        codes, flags = self._codes, self._flags
+        r0, r1, r2, r3 = self._requests
         group_for = self._group_for
         for batch in batches:
             batch_id = batch.id
@@ -156,12 +176,11 @@ class Store:
                     # Listed again, as it mostly is: unchanged unless its status, group or counts differ.
                     o = outcomes(batch.request_counts, status)
                     if not (
-                        codes.get((status, group_for(batch))) == code_col[row]
+                        codes.get((status, group_for(batch))) == self._code[row]
                         and r0[row] == o[0]
                         and r1[row] == o[1]
                         and r2[row] == o[2]
                         and r3[row] == o[3]
-                        and r4[row] == o[4]
                     ):
                         self._update(row, status, batch)
                     flags[row] |= marks
@@ -193,31 +212,31 @@ class Store:
             code = self._codes[pair] = len(self._pairs)
             self._pairs.append(pair)
             self._totals.append([0, 0, 0, 0, 0, 0])
+            if code > 0xFFFF and self._code.typecode == "H":
+                self._code = array("I", self._code)
         return code
 
     def _insert(self, key: int, status: str, batch: Batch, marks: int) -> None:
         code = self._code_of(status, batch)
-        succeeded, failed, expired, canceled, pending, _, _ = outcomes(batch.request_counts, status)
+        succeeded, failed, expired, canceled, _, _, _ = outcomes(batch.request_counts, status)
         row, appended = self._index.add(key)
-        r0, r1, r2, r3, r4 = self._requests
+        r0, r1, r2, r3 = self._requests
         if appended:
             self._code.append(code)
             r0.append(succeeded)
             r1.append(failed)
             r2.append(expired)
             r3.append(canceled)
-            r4.append(pending)
             self._flags.append(marks)
         else:
             self._code[row] = code
-            r0[row], r1[row], r2[row], r3[row], r4[row] = succeeded, failed, expired, canceled, pending
+            r0[row], r1[row], r2[row], r3[row] = succeeded, failed, expired, canceled
             self._flags[row] = marks
         acc = self._totals[code]
         acc[0] += succeeded
         acc[1] += failed
         acc[2] += expired
         acc[3] += canceled
-        acc[4] += pending
         acc[5] += 1
 
     def _update(self, row: int, status: str, batch: Batch) -> None:
@@ -227,7 +246,7 @@ class Store:
         o = outcomes(batch.request_counts, status)
         req = self._requests
         before, after = self._totals[self._code[row]], self._totals[code]
-        for i in range(5):
+        for i in range(4):
             before[i] -= req[i][row]
             after[i] += o[i]
             req[i][row] = o[i]
@@ -238,7 +257,7 @@ class Store:
     def _remove_row(self, row: int) -> None:
         acc = self._totals[self._code[row]]
         req = self._requests
-        for i in range(5):
+        for i in range(4):
             acc[i] -= req[i][row]
         acc[5] -= 1
         self._index.remove(row)
@@ -343,12 +362,12 @@ class Store:
         self._flags = bytearray(len(self._flags))
         return self.resync
 
-    def finish_resync(self, keep: Iterable[str] = ()) -> tuple[list[str], int]:
+    def finish_resync(self, keep: Iterable[str] = ()) -> Gone:
         """End the running resync: forget known batches its pages did not show (unless first seen meanwhile, or
-        in `keep`). Returns the active ids removed and how many finished batches were."""
+        in `keep`)."""
         resync = self.resync
         if resync is None:
-            return [], 0
+            return Gone([], 0)
         kept = set(keep)
         for batch_id in kept:
             self._mark_seen(batch_id)
@@ -366,7 +385,7 @@ class Store:
                 self._remove_row(row)
                 removed += 1
             row = flags.find(0, row + 1)
-        return gone, removed
+        return Gone(gone, removed)
 
     def abandon_resync(self) -> None:
         self.resync = None

@@ -13,9 +13,9 @@ microsecond of BLAKE2b) only while any are left, and move to the first tier when
 full list few lookups need it. A restored id never seen again leaves with the retention.
 
 Change tracking serves the state journal (exporter/statefile.py): settled keys added and removed, active ids
-added, dropped and seen, each since the last `take_changes`. It is bounded: past `MAX_TRACKED_CHANGES` it stops
-and `take_changes` answers None, meaning "write everything" (a process without a state directory never takes
-changes, and so tracks at most that many).
+added, dropped and seen, each since the last `take_changes`. It is off until the first `take_changes` (a process
+without a state directory never pays for it) and bounded: past `MAX_TRACKED_CHANGES` it stops and
+`take_changes` answers None, meaning "write everything".
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class TrackedIds:
         self._new: set[str] = set()
         self._seen: set[str] = set()
         self._seen_poll: int | None = None
-        self._overflow = False
+        self._overflow = True  # not tracking: nothing has taken changes yet
 
     def __len__(self) -> int:
         return len(self.active) + len(self._index) + len(self._restored)
@@ -101,6 +101,9 @@ class TrackedIds:
     # --- changes ------------------------------------------------------------------------------------------------
 
     def mark_active(self, batch_id: str, poll: int) -> None:
+        if self._overflow:
+            self.active[batch_id] = poll
+            return
         if batch_id not in self.active:
             if batch_id in self._gone:
                 self._gone.discard(batch_id)  # active at the last take after all
@@ -109,7 +112,8 @@ class TrackedIds:
         self.active[batch_id] = poll
         if self._seen_poll != poll:
             if self._seen:
-                self._overflow = True  # two polls' sightings in one record: write everything
+                self._stop_tracking()  # two polls' sightings in one record: write everything
+                return
             self._seen_poll = poll
         self._note(self._seen, batch_id)
 
@@ -230,7 +234,7 @@ class TrackedIds:
             self.discard_changes()
 
     def discard_changes(self) -> None:
-        """Everything as it is now is being written whole: start tracking from here."""
+        """Everything as it is now is being written whole: track changes from here."""
         self._added = {}
         self._removed = set()
         self._gone = set()
@@ -288,7 +292,7 @@ class TrackedIds:
             self._check_size(self._removed)
 
     def _drop_active(self, batch_id: str) -> None:
-        if self.active.pop(batch_id, None) is None:
+        if self.active.pop(batch_id, None) is None or self._overflow:
             return
         if batch_id in self._new:
             self._new.discard(batch_id)
@@ -302,6 +306,10 @@ class TrackedIds:
             self._check_size(changes)
 
     def _check_size(self, changes: Mapping[int, float] | set[int] | set[str]) -> None:
-        if len(changes) > MAX_TRACKED_CHANGES and not self._overflow:
-            self._overflow = True
-            self._added, self._removed, self._gone, self._new, self._seen = {}, set(), set(), set(), set()
+        if len(changes) > MAX_TRACKED_CHANGES:
+            self._stop_tracking()
+
+    def _stop_tracking(self) -> None:
+        """Too much to track: the next take answers None, and until then nothing is tracked."""
+        self._overflow = True
+        self._added, self._removed, self._gone, self._new, self._seen = {}, set(), set(), set(), set()
