@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.common import child_env
 from exporter import statefile
 from exporter.client import REASONS
 from exporter.ledger import Ledger
@@ -167,3 +170,16 @@ def test_a_poll_writes_a_small_record_and_leaves_the_base_alone(tmp_path: Path) 
     assert statefile.base_path(tmp_path, P).stat().st_mtime_ns == base.st_mtime_ns
     records = list(statefile.iter_records(statefile.journal_path(tmp_path, P)))
     assert len(records) == 21  # its header and one per poll
+
+
+def test_state_writes_benchmark_runs_in_smoke_mode(tmp_path: Path) -> None:
+    """bench/state_writes.py in smoke mode, as tests/test_bench_smoke.py runs the other benchmarks."""
+    out = tmp_path / "state_writes.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.state_writes", "--smoke", "--json", str(out)],
+        cwd=Path(__file__).resolve().parent.parent, env=child_env(), capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["smoke"] is True and report["tables"]
+    assert "format version 1" in report["tables"][0]
