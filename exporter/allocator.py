@@ -34,7 +34,6 @@ def _libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(name)
         libc.mallopt  # noqa: B018 - glibc has it, musl does not
-        libc.malloc_trim  # noqa: B018
     except (OSError, AttributeError, TypeError):
         return None
     return libc
@@ -50,10 +49,3 @@ def tune() -> list[str]:
         if env not in os.environ and libc.mallopt(param, value) == 1:
             applied.append(env.rstrip("_").lower())
     return applied
-
-
-def trim() -> None:
-    """Return the free pages inside the heap too (after a poll that listed a lot), not only its top."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)

@@ -25,9 +25,3 @@ def _tune(env: dict[str, str]) -> list[str]:
 def test_the_settings_apply_and_the_environment_wins() -> None:
     assert _tune({}) == ["malloc_arena_max", "malloc_mmap_threshold", "malloc_trim_threshold"]
     assert _tune({"MALLOC_ARENA_MAX": "4"}) == ["malloc_mmap_threshold", "malloc_trim_threshold"]
-
-
-def test_trim_is_harmless_anywhere() -> None:
-    from exporter import allocator
-
-    allocator.trim()
