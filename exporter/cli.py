@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import difflib
 import signal
 import sys
@@ -26,6 +27,7 @@ from pydantic.fields import FieldInfo
 
 from . import __version__
 from .app import Exporter
+from .demo import demo_gateway
 from .logs import add_secrets, configure
 from .runtime import RuntimeMetrics
 from .settings import (
@@ -41,7 +43,6 @@ from .statefile import StateDirError
 from .webconfig import WebSecurity
 
 PROG = "bifrost-batch-exporter"
-DEMO_POLL_INTERVAL = 5.0
 DEMO_LISTEN_ADDRESS = "127.0.0.1:9877"
 # Settings whose flag the Prometheus ecosystem spells its own way → that spelling.
 ECOSYSTEM_FLAGS = {
@@ -306,30 +307,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("deprecated_setting", detail=line)
     if web is not None:
         web.log_warnings()
-    simulator = None
-    if args.demo:
-        from .simulator import Simulator
-
-        simulator = Simulator().start()
-        update: dict[str, Any] = {"bifrost_url": simulator.url}
-        if "poll_interval_seconds" not in settings.model_fields_set:
-            update["poll_interval_seconds"] = DEMO_POLL_INTERVAL
-        settings = settings.model_copy(update=update)
-        log.info("demo_simulator_started", url=simulator.url)
-    try:
-        if args.once:
-            return asyncio.run(_once(settings))
-        asyncio.run(_serve(settings, web))
-        return 0
-    except StateDirError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        log.error("startup_failed", error=str(exc), listen=settings.listen_address)
-        return 1
-    finally:
-        if simulator is not None:
-            simulator.stop()
+    with contextlib.ExitStack() as stack:
+        if args.demo:
+            settings = stack.enter_context(demo_gateway(settings))
+            add_secrets(settings.secret_values())
+            log.info(
+                "demo_simulator_started",
+                url=settings.bifrost_url,
+                virtual_key_dir=str(settings.virtual_key_dir),
+            )
+        try:
+            if args.once:
+                return asyncio.run(_once(settings))
+            asyncio.run(_serve(settings, web))
+            return 0
+        except StateDirError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            log.error("startup_failed", error=str(exc), listen=settings.listen_address)
+            return 1
 
 
 async def _once(settings: Settings) -> int:

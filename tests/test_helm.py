@@ -448,11 +448,19 @@ def test_package_carries_the_embedded_files(helm: str, tmp_path: Path) -> None:
 def test_credentials_stay_in_secrets(rendered: dict[str, str]) -> None:
     for value_set in VALUE_SETS:
         auth = load_values(value_set).get("auth", {})
-        secrets = [v for k, v in auth.items() if k not in {"existingSecret", "existingSecretKeys"} and v]
+        not_flat = {"existingSecret", "existingSecretKeys", "virtualKeys", "virtualKeysSecret"}
+        secrets = [v for k, v in auth.items() if k not in not_flat and v]
+        tenant_keys = auth.get("virtualKeys") or {}
         docs = docs_of(rendered[value_set])
         not_secret = yaml.safe_dump([d for d in docs if d["kind"] != "Secret"])
-        for secret in secrets:
+        for secret in [*secrets, *tenant_keys.values()]:
             assert secret not in not_secret, f"{value_set}: a credential leaked out of the Secret"
+        if tenant_keys:
+            (keys_secret,) = [
+                d for d in of_kind(docs, "Secret") if d["metadata"]["name"].endswith("-virtual-keys")
+            ]
+            decoded_keys = {k: base64.b64decode(v).decode() for k, v in keys_secret["data"].items()}
+            assert decoded_keys == tenant_keys
         if secrets and not auth.get("existingSecret"):
             auth_secret = one(
                 [d for d in of_kind(docs, "Secret") if d["metadata"]["name"].endswith("-auth")], "Secret"
@@ -736,6 +744,17 @@ def test_rendered_config_passes_check_config(
             config[key] = str(stand_in)
     if "state_dir" in config:
         config["state_dir"] = str(tmp_path / "state")
+    if "virtual_key_dir" in config:
+        # The per-tenant Secret is mounted whole there in the pod: the same entries as stand-in files.
+        assert config["virtual_key_dir"] == "/etc/bifrost-batch-exporter/virtual-keys"
+        (keys_secret,) = [
+            d for d in of_kind(docs, "Secret") if d["metadata"]["name"].endswith("-virtual-keys")
+        ]
+        key_dir = tmp_path / "virtual-keys"
+        key_dir.mkdir()
+        for tenant in keys_secret["data"]:
+            (key_dir / tenant).write_text(f"sk-bf-stand-in-{tenant}\n")
+        config["virtual_key_dir"] = str(key_dir)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     for deployment in of_kind(docs, "Deployment"):
@@ -775,3 +794,30 @@ def test_rendered_web_config_is_accepted_by_the_exporter(rendered: dict[str, str
     parsed = parse_web_config(web, tmp_path / "web-config.yml")
     assert parsed.tls is not None
     assert set(parsed.users) == {"prometheus"}
+
+
+def test_virtual_keys_per_tenant_are_mounted_as_the_key_directory(rendered: dict[str, str]) -> None:
+    docs = docs_of(rendered["virtual-keys-values.yaml"])
+    (secret,) = [d for d in of_kind(docs, "Secret") if d["metadata"]["name"].endswith("-virtual-keys")]
+    assert sorted(secret["data"]) == ["team-ads", "team-search"]
+    (deployment,) = of_kind(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "virtual-keys"]
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"] and "items" not in volume["secret"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "virtual-keys"]
+    assert mount == {
+        "name": "virtual-keys",
+        "mountPath": "/etc/bifrost-batch-exporter/virtual-keys",
+        "readOnly": True,
+    }
+    assert config_of(docs)["virtual_key_dir"] == mount["mountPath"]
+    assert "virtual_key_file" not in config_of(docs)
+
+
+def test_one_key_and_per_tenant_keys_together_are_refused(helm: str) -> None:
+    result = subprocess.run(
+        [helm, "template", "t", str(CHART), "--set", "auth.virtualKey=sk-bf-one",
+         "--set", "auth.virtualKeys.team-a=sk-bf-two"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0 and "cannot be combined with a single virtual key" in result.stderr
