@@ -530,6 +530,7 @@ def test_rotated_secret_file_is_used_after_sighup(tmp_path: Path) -> None:
                 )
             )
             assert _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 1
+            assert _metric(metrics, "bifrost_batch_exporter_view_keys", provider="openai") == 2
         finally:
             proc.terminate()
             _, stderr = proc.communicate(timeout=10)
@@ -562,13 +563,9 @@ def test_virtual_key_dir_is_reread_on_sighup_and_a_bad_key_keeps_the_old_ones(tm
             wait_until(lambda: _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 1)
             (keys / "team-b").write_text(BEARER + "\n")
             proc.send_signal(signal.SIGHUP)
+            # The signal is handled asynchronously: the second key is in use once the view says so.
+            wait_until(lambda: _metric(metrics, "bifrost_batch_exporter_view_keys", provider="openai") == 2)
             (keys / "team-c").write_bytes(b"sk-bf-caf\xc3\xa9-" + GW_PASSWORD.encode())
-            polls = _metric(metrics, "bifrost_batch_exporter_polls_total", provider="openai") or 0
-            wait_until(
-                lambda: (
-                    (_metric(metrics, "bifrost_batch_exporter_polls_total", provider="openai") or 0) > polls
-                )
-            )
             proc.send_signal(signal.SIGHUP)
             polls = _metric(metrics, "bifrost_batch_exporter_polls_total", provider="openai") or 0
             wait_until(
@@ -578,6 +575,7 @@ def test_virtual_key_dir_is_reread_on_sighup_and_a_bad_key_keeps_the_old_ones(tm
                 )
             )
             assert _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 1
+            assert _metric(metrics, "bifrost_batch_exporter_view_keys", provider="openai") == 2
         finally:
             proc.terminate()
             _, stderr = proc.communicate(timeout=10)
