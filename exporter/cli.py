@@ -19,11 +19,11 @@ import structlog
 import yaml
 from pydantic_settings import CliSettingsSource
 
-from . import __version__
 from .app import Exporter
 from .logs import add_secrets, configure
 from .runtime import RuntimeMetrics
 from .settings import CONFIG_ENV, ENV_PREFIX, SECRET_FILES, ConfigError, Settings, load_settings
+from .version import VersionAction
 from .webconfig import WebSecurity
 
 PROG = "bifrost-batch-exporter"
@@ -66,7 +66,7 @@ def _parser() -> tuple[argparse.ArgumentParser, CliSettingsSource[Settings]]:
     program.add_argument(
         "--check-config", action="store_true", help="validate settings, print them with secrets masked, exit"
     )
-    program.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    program.add_argument("--version", action=VersionAction, help="print version and build information, exit")
     toolkit = parser.add_argument_group("exporter-toolkit spellings")
     for flag, setting in TOOLKIT_FLAGS.items():
         toolkit.add_argument(

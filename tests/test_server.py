@@ -13,6 +13,7 @@ import httpx
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
+from exporter import __version__
 from exporter.server import negotiate
 from exporter.simulator import ProviderSpec, Simulator
 from tests.conftest import require_tool
@@ -116,7 +117,7 @@ def test_routes_methods_and_landing(running: tuple[Simulator, ExporterThread]) -
     assert exp.get("/metrics?foo=bar").status_code == 200
     landing = exp.get("/")
     assert landing.headers["content-type"].startswith("text/html")
-    for needle in ("0.1.0", "href='/metrics'", "openai", "azure", "cohere", "not supported"):
+    for needle in (__version__, "href='/metrics'", "openai", "azure", "cohere", "not supported"):
         assert needle in landing.text
 
 
