@@ -1,4 +1,16 @@
-"""Shared test plumbing: free ports and the CI rule that a missing tool fails rather than skips."""
+"""Shared test plumbing: free ports, the CI rule that a missing tool fails rather than skips, and the two test tiers.
+
+Tiers (the one place that decides them; CONTRIBUTING.md explains how to use it):
+
+- fast (`make test`, minutes, run before every commit): every test, unless listed below or marked;
+- e2e (`make test-e2e`, run by CI too): tests marked `e2e`, `image` or `slow`, and the modules and tests in
+  `E2E_TESTS` — real Prometheus/Alertmanager, the container image, soak runs, the web-config matrix, anything that
+  takes many seconds.
+
+`pytest --tier fast|e2e|all` selects; plain `pytest` (no --tier) runs everything, so `pytest tests/test_x.py`
+always runs what it names. Under pytest-xdist, run with `--dist loadgroup` (the Makefile does) so that the modules in
+`SAME_WORKER` stay in one process.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +20,25 @@ import socket
 
 import pytest
 
+TIERS = ("fast", "e2e", "all")
+E2E_MARKERS = ("e2e", "image", "slow")
+
+# Tests in the e2e tier without a marker in their own file: a module path, or a node id prefix, → why it is slow
+# (seconds are of the serial suite on a 2-core machine, see CONTRIBUTING.md).
+E2E_TESTS: dict[str, str] = {
+    "tests/test_property.py": "hypothesis, 1,000 examples per property (530 s)",
+    "tests/test_soak.py": "1,000 poll cycles of a real process (300 s)",
+    "tests/test_rules.py::test_promtool_unit_tests_pass": "promtool runs every rule unit test (60 s)",
+    "tests/test_bench_smoke.py": "runs every benchmark once, wrk included (30 s)",
+    "tests/test_webconfig_conformance.py": "the exporter-toolkit web-config matrix: TLS handshakes per cell",
+    "tests/test_release.py": "builds the wheel and sdist in a fresh build env, installs the wheel, packages the chart",
+}
+
+# Modules whose tests must run in one process, in file order (pytest-xdist `--dist loadgroup`), → why.
+SAME_WORKER: dict[str, str] = {
+    "tests/test_property.py": "test_examples_ran checks the examples the module's other tests ran in this process",
+}
+
 
 def free_port() -> int:
     """A loopback port nobody listens on right now (the OS picks it)."""
@@ -16,12 +47,77 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
 def require_tool(name: str) -> str:
     """Path of an external tool; skip locally when absent, but fail under CI=true so CI cannot go green by skipping."""
     path = shutil.which(name)
     if path is None:
         message = f"required tool {name!r} is not installed"
-        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        if in_ci():
             pytest.fail(message + " (CI=true: missing tools fail the run)")
         pytest.skip(message)
     return path
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--tier",
+        choices=TIERS,
+        default="all",
+        help="run the fast tier (make test), the e2e tier (make test-e2e) or all tests (default)",
+    )
+
+
+def tier_of(item: pytest.Item) -> str:
+    if any(item.get_closest_marker(m) is not None for m in E2E_MARKERS):
+        return "e2e"
+    if any(item.nodeid == key or item.nodeid.startswith(key + "::") for key in E2E_TESTS):
+        return "e2e"
+    return "fast"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        if module in SAME_WORKER:
+            item.add_marker(pytest.mark.xdist_group(module))
+    wanted = config.getoption("--tier")
+    if wanted == "all":
+        return
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        (keep if tier_of(item) == wanted else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+# A fast-tier test slower than this is reported at the end of the run as a candidate for the e2e tier (reported,
+# never failed: durations on a shared machine are not a test result).
+SLOW_FAST_TEST_SECONDS = 20.0
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if config.getoption("--tier") != "fast":
+        return
+    slow = sorted(
+        (
+            (report.duration, report.nodeid)
+            for reports in terminalreporter.stats.values()
+            for report in reports
+            if isinstance(report, pytest.TestReport)
+            and report.when == "call"
+            and report.duration > SLOW_FAST_TEST_SECONDS
+        ),
+        reverse=True,
+    )
+    if slow:
+        terminalreporter.section(f"fast-tier tests slower than {SLOW_FAST_TEST_SECONDS:.0f} s")
+        for duration, nodeid in slow:
+            terminalreporter.line(f"{duration:7.1f}s {nodeid}")
+        terminalreporter.line("move them to the e2e tier (tests/conftest.py E2E_TESTS or @pytest.mark.slow)")
