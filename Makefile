@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 # pytest-xdist workers. The tests mostly wait on sockets and child processes, so more workers than cores pays.
 WORKERS ?= 4
 # The e2e tier starts real Prometheus, Alertmanager, the image (one build at a time per machine) and long-running
-# exporters: fewer workers.
+# exporters: fewer workers, and a hang guard of 15 min per test instead of pyproject's 5 (its exhaustive tests
+# run several minutes each on a loaded 2-core machine).
 E2E_WORKERS ?= 3
 PYTEST_ARGS ?=
 # `make demo LISTEN=127.0.0.1:9878` serves the demo on another address.
@@ -59,7 +60,7 @@ pytest: $(VENV)/.test .tools/bin/helm
 	$(BIN)/pytest --tier fast -n $(WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 pytest-e2e: $(VENV)/.test .tools/bin/helm
-	$(BIN)/pytest --tier e2e -n $(E2E_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/pytest --tier e2e -n $(E2E_WORKERS) --dist loadgroup --timeout 900 $(PYTEST_ARGS)
 
 bench: $(VENV)/.test
 	$(BIN)/python bench/run_all.py

@@ -14,11 +14,17 @@ always runs what it names. Under pytest-xdist, run with `--dist loadgroup` (the 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import socket
+import sys
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import structlog
 
 TIERS = ("fast", "e2e", "all")
 E2E_MARKERS = ("e2e", "image", "slow")
@@ -65,6 +71,47 @@ def require_tool(name: str) -> str:
     return path
 
 
+@contextlib.contextmanager
+def _logging_restored() -> Iterator[None]:
+    """Put back the process-wide logging configuration (structlog's, the stdlib root's and logger levels, the
+    exporter's redactor) as it was: a test that calls exporter.logs.configure (directly, through the CLI, or in a
+    fixture) must not change what a later test in the same worker process captures or prints."""
+    saved = structlog.get_config()
+    saved["processors"] = list(saved["processors"])
+    root = logging.getLogger()
+    root_state = (list(root.handlers), root.level)
+    levels = {
+        name: logger.level
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    logs_module = sys.modules.get("exporter.logs")
+    redactor = getattr(logs_module, "_redactor", None)
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+        root.handlers[:] = root_state[0]
+        root.setLevel(root_state[1])
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        if logs_module is not None and redactor is not None:
+            logs_module._redactor = redactor  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_logging_isolated() -> Iterator[None]:
+    """Module-scoped fixtures may configure logging for their module (test_property silences it); not beyond."""
+    with _logging_restored():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _logging_isolated() -> Iterator[None]:
+    with _logging_restored():
+        yield
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--tier",
@@ -82,12 +129,25 @@ def tier_of(item: pytest.Item) -> str:
     return "fast"
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group markers
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup`, with each SAME_WORKER module as one group.
+
+    Our own scheduler rather than xdist_group markers: pytest-xdist 3.8 groups by a suffix it writes into
+    item._nodeid, which pytest 9.2 no longer reads, so marked tests were silently spread over workers."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling  # type: ignore[import-untyped]  # xdist ships no type information
+
+    class SameWorkerScheduling(LoadGroupScheduling):  # type: ignore[misc]  # untyped base
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in SAME_WORKER else super()._split_scope(nodeid)
+
+    return SameWorkerScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        if module in SAME_WORKER:
-            item.add_marker(pytest.mark.xdist_group(module))
     wanted = config.getoption("--tier")
     if wanted == "all":
         return
