@@ -66,7 +66,11 @@ def _parser() -> tuple[argparse.ArgumentParser, CliSettingsSource[Settings]]:
     program.add_argument(
         "--check-config", action="store_true", help="validate settings, print them with secrets masked, exit"
     )
-    program.add_argument("--version", action=VersionAction, help="print version and build information, exit")
+    program.add_argument(
+        "--version",
+        action=VersionAction,
+        help="Print the version and the build's revision, branch and date, and exit.",
+    )
     toolkit = parser.add_argument_group("exporter-toolkit spellings")
     for flag, setting in TOOLKIT_FLAGS.items():
         toolkit.add_argument(
