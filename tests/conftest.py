@@ -36,6 +36,7 @@ E2E_TESTS: dict[str, str] = {
     "tests/test_soak.py": "1,000 poll cycles of a real process (300 s)",
     "tests/test_rules.py::test_promtool_unit_tests_pass": "promtool runs every rule unit test (60 s)",
     "tests/test_state.py::test_truncated_at_every_byte_is_one_line_and_a_fresh_start": "a restore per byte (120 s)",
+    "tests/test_state.py::test_garbage_state_never_crashes": "hypothesis, an exporter started per example (40 s)",
     "tests/test_untrusted.py::test_any_numbers_render_finite_and_counters_only_grow": "hypothesis, 150 polls (100 s)",
     "tests/test_incremental.py::test_incremental_equals_full_after_every_full_list": "hypothesis, two exporters",
     "tests/test_bench_smoke.py": "runs every benchmark once, wrk included (30 s)",
