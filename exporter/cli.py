@@ -25,7 +25,6 @@ import structlog
 import yaml
 from pydantic.fields import FieldInfo
 
-from . import __version__
 from .app import Exporter
 from .demo import demo_gateway
 from .logs import add_secrets, configure
@@ -40,6 +39,7 @@ from .settings import (
     split_list,
 )
 from .statefile import StateDirError
+from .version import VersionAction
 from .webconfig import WebSecurity
 
 PROG = "bifrost-batch-exporter"
@@ -210,7 +210,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Validate the settings, print them with secrets masked, and exit (0, or 2 when invalid).",
     )
-    program.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    program.add_argument(
+        "--version",
+        action=VersionAction,
+        help="Print the version and the build's revision, branch and date, and exit.",
+    )
     for title, names in GROUPS:
         group = parser.add_argument_group(title)
         for name in names:

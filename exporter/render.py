@@ -9,7 +9,6 @@ in the style of its custom collectors, then encoded by exposition.py; nothing gl
 from __future__ import annotations
 
 import html
-import platform
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from .models import KNOWN_STATUSES, TERMINAL_STATUSES
 from .outcomes import OUTCOMES
 from .runtime import Prerendered
 from .snapshot import ProviderState
+from .version import build_info
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -371,12 +371,14 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
         truncated.add_metric([p], 1 if h.truncated else 0)
         view_keys.add_metric([p], h.view_keys)
         dropped.add_metric([p], state.snapshot.jobs_dropped if state.snapshot is not None else 0)
+    info = build_info().labels()
     build = GaugeMetricFamily(
         "bifrost_batch_exporter_build_info",
-        "Version of the exporter and of the Python running it",
-        labels=["version", "python_version"],
+        "A metric with a constant '1' value labeled by version, revision, branch, build_date and python_version "
+        "from which the exporter was built",
+        labels=list(info),
     )
-    build.add_metric([__version__, platform.python_version()], 1)
+    build.add_metric(list(info.values()), 1)
     yield from (
         up,
         last_success,

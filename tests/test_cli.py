@@ -156,9 +156,10 @@ def test_precedence_and_masked_check_config(tmp_path: Path) -> None:
 def test_version_comes_from_the_package_metadata() -> None:
     result = run("--version")
     assert result.returncode == 0
-    assert (
-        result.stdout.strip()
-        == f"bifrost-batch-exporter {importlib.metadata.version('bifrost-batch-exporter')}"
+    # Laid out like Prometheus' version.Print; the build facts themselves are tested in tests/test_version.py.
+    first = result.stdout.splitlines()[0]
+    assert first.startswith(
+        f"bifrost-batch-exporter, version {importlib.metadata.version('bifrost-batch-exporter')} ("
     )
 
 
