@@ -530,7 +530,7 @@ def test_rotated_secret_file_is_used_after_sighup(tmp_path: Path) -> None:
                 )
             )
             assert _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 1
-            assert _metric(metrics, "bifrost_batch_exporter_view_keys", provider="openai") == 2
+            assert _metric(metrics, "bifrost_batch_exporter_view_keys", provider="openai") == 1
         finally:
             proc.terminate()
             _, stderr = proc.communicate(timeout=10)
