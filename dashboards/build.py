@@ -468,7 +468,7 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
         _timeseries(
             ids,
             "Requests by outcome",
-            "Requests of the listed batches by outcome (succeeded, failed, expired, canceled, pending). The outcomes "
+            "Requests of the listed batches by outcome (succeeded, failed, expired, cancelled, pending). The outcomes "
             "are disjoint: stacked, they add up to the batches' request_counts.total.",
             "short",
             [Target(f"sum by (outcome) ({s.dedup(f'bifrost_batch_requests{{{FM}}}')})", "{{outcome}}")],

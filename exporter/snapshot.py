@@ -215,7 +215,7 @@ class SnapshotBuilder:
                 status=status,
                 endpoint=(batch.endpoint or "")[:128],
                 completion_window=(batch.completion_window or "")[:32],
-                requests=(o.succeeded, o.failed, o.expired, o.canceled, o.pending)
+                requests=(o.succeeded, o.failed, o.expired, o.cancelled, o.pending)
                 if batch.request_counts is not None
                 else (),
                 created=created,

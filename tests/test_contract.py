@@ -134,8 +134,8 @@ def test_first_poll_exposes_exact_aggregates(world: tuple[Simulator, ExporterThr
     assert requests("in_progress", "pending") == 67
     assert sum(requests("in_progress", o) or 0 for o in OUTCOMES) == 110
     assert requests("failed", "failed") == 20
-    # a terminal batch has nothing pending: a cancelled batch's remainder was canceled
-    assert requests("cancelled", "succeeded") == 3 and requests("cancelled", "canceled") == 4
+    # a terminal batch has nothing pending: a cancelled batch's remainder was cancelled
+    assert requests("cancelled", "succeeded") == 3 and requests("cancelled", "cancelled") == 4
     assert requests("cancelled", "pending") == 0
     for status in KNOWN_STATUSES:
         for outcome in OUTCOMES:
@@ -294,7 +294,7 @@ def test_anthropic_and_gemini_shapes(now: int) -> None:
         o: value(s, "bifrost_batch_requests", provider="anthropic", status="ended", outcome=o)
         for o in OUTCOMES
     }
-    assert ended == {"succeeded": 1, "failed": 9, "expired": 0, "canceled": 0, "pending": 0}
+    assert ended == {"succeeded": 1, "failed": 9, "expired": 0, "cancelled": 0, "pending": 0}
     assert value(s, "bifrost_batch_finished_total", provider="gemini", status="deleted") == 1
     assert value(s, "bifrost_batch_duration_seconds_count", provider="gemini", status="deleted") == 0
     assert value(s, "bifrost_batches", provider="gemini", status="deleted") == 2
