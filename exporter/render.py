@@ -25,6 +25,7 @@ from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .exposition import encode
+from .failure_classes import failure_class
 from .ledger import ENDPOINTS, FAILURE_STATUSES, HIT_TYPES, NO_CODE, STAGES, Group, HistogramView
 from .models import KNOWN_STATUSES, TERMINAL_STATUSES
 from .outcomes import OUTCOMES
@@ -136,13 +137,14 @@ def _batch_families(fresh: Sequence[ProviderState], group_labels: Sequence[str])
     )
     failures = CounterMetricFamily(
         "bifrost_batch_failures",
-        "Batches reaching failed or expired, once per distinct error code they carry (code none when none)",
-        labels=["provider", "status", "code", *g],
+        "Batches reaching failed or expired, once per distinct error code they carry (code none when none); class "
+        "says who must act: input, provider, auth or unknown",
+        labels=["provider", "status", "code", "class", *g],
     )
     last_failure = GaugeMetricFamily(
         "bifrost_batch_last_failure_info",
-        "The most recent batch that reached failed or expired, with its first error code",
-        labels=["provider", "status", "batch_id", "code"],
+        "The most recent batch that reached failed or expired, with its first error code and that code's class",
+        labels=["provider", "status", "batch_id", "code", "class"],
     )
     last_finished = GaugeMetricFamily(
         "bifrost_batch_last_finished_timestamp_seconds",
@@ -214,11 +216,13 @@ def _batch_families(fresh: Sequence[ProviderState], group_labels: Sequence[str])
             for status in FAILURE_STATUSES:
                 fail_items.setdefault((status, NO_CODE, group), 0)
         for (status, code, group), n in sorted(fail_items.items()):
-            failures.add_metric([p, status, code, *group], n)
+            failures.add_metric([p, status, code, failure_class(status, code), *group], n)
         for status in FAILURE_STATUSES:
             last = led.last_failure.get(status)
             if last is not None:
-                last_failure.add_metric([p, status, last.batch_id, last.code], 1)
+                last_failure.add_metric(
+                    [p, status, last.batch_id, last.code, failure_class(status, last.code)], 1
+                )
         for status in TERMINAL_STATUSES:
             if status in led.last_finished:
                 last_finished.add_metric([p, status], led.last_finished[status])

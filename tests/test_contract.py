@@ -394,6 +394,7 @@ def test_metadata_labels_route_by_owner(now: int) -> None:
             status="failed",
             code="none",
             metadata_team="search",
+            **{"class": "unknown"},
         )
         is not None
     )
