@@ -547,6 +547,7 @@ class Poller:
             truncated=partial,
             last_success=now,
             poll_duration=duration,
+            coverage=run.resync_truncated or ("complete" if run.synced else "pending"),
         )
         self._log.info(
             "poll_finished",

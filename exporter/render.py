@@ -30,7 +30,7 @@ from .ledger import ENDPOINTS, FAILURE_STATUSES, HIT_TYPES, NO_CODE, STAGES, Gro
 from .models import KNOWN_STATUSES, TERMINAL_STATUSES
 from .outcomes import OUTCOMES
 from .runtime import Prerendered
-from .snapshot import ProviderState
+from .snapshot import COVERAGE_REASONS, ProviderState
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -347,6 +347,13 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
         "1 when the last poll stopped early (cursor loop, max_pages) and saw only part of the list",
         labels=["provider"],
     )
+    coverage = GaugeMetricFamily(
+        "bifrost_batch_exporter_coverage",
+        "1 for how the last full list of the provider ended, 0 for the other reasons: complete, cursor_ignored (the "
+        "gateway does not forward the cursor for this provider, only the first page is listed: a known limitation), "
+        "cursor_loop or max_pages (unexpected early stops), pending (no full list finished yet)",
+        labels=["provider", "reason"],
+    )
     dropped = GaugeMetricFamily(
         "bifrost_batch_exporter_per_batch_dropped",
         "Active batches left out of the per-batch series by per_batch_limit",
@@ -367,6 +374,8 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
             last_resync.add_metric([p], state.ledger.last_resync)
         supported.add_metric([p], 1 if h.supported else 0)
         truncated.add_metric([p], 1 if h.truncated else 0)
+        for reason in COVERAGE_REASONS:
+            coverage.add_metric([p, reason], 1 if h.coverage == reason else 0)
         dropped.add_metric([p], state.snapshot.jobs_dropped if state.snapshot is not None else 0)
     build = GaugeMetricFamily(
         "bifrost_batch_exporter_build_info",
@@ -384,6 +393,7 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
         last_resync,
         supported,
         truncated,
+        coverage,
         dropped,
         build,
     )

@@ -277,6 +277,13 @@ def is_terminal(status: str) -> bool:
     return status in _TERMINAL
 
 
+# How the last full list of a provider ended (bifrost_batch_exporter_coverage{reason}): `complete` reached the end;
+# `cursor_ignored` is the gateway's known limitation for providers whose cursor it does not forward (only the first
+# page can be listed: a state to show, not a fault to page on); `cursor_loop` and `max_pages` are unexpected early
+# stops; `pending` while no full list has finished yet.
+COVERAGE_REASONS = ("complete", "pending", "cursor_ignored", "cursor_loop", "max_pages")
+
+
 @dataclass(frozen=True, slots=True)
 class Health:
     """The exporter's own view of a provider's last poll."""
@@ -287,6 +294,7 @@ class Health:
     truncated: bool = False
     last_success: float | None = None
     poll_duration: float = 0.0
+    coverage: str = "pending"  # one of COVERAGE_REASONS
 
 
 @dataclass(frozen=True, slots=True)
