@@ -30,6 +30,7 @@ from . import statefile
 from .client import REASONS, BifrostClient, Failure, ListResult, page_size_for
 from .ledger import Ledger
 from .models import Batch
+from .risk import ProgressTracker
 from .settings import Settings
 from .snapshot import Health, ProviderState, SnapshotBuilder
 from .store import Store
@@ -131,6 +132,9 @@ class Poller:
         for provider, ledger in self._ledgers.items():
             self._restore(provider, ledger)
         self._runs = {p: _Run(self._new_store(led)) for p, led in self._ledgers.items()}
+        self._trackers = {
+            p: ProgressTracker() for p in settings.providers
+        }  # early warning: rates, calibration
         self._states: Mapping[str, ProviderState] = MappingProxyType(
             {p: ProviderState(p, Health(), None, led.view()) for p, led in self._ledgers.items()}
         )
@@ -535,6 +539,7 @@ class Poller:
             per_batch_limit=self._settings.per_batch_limit,
             now=now,
             no_progress_fraction=self._settings.risk_no_progress_fraction,
+            tracker=self._trackers[provider],
         )
         store.fold_into(builder)
         snapshot = builder.build(now)

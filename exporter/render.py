@@ -115,7 +115,7 @@ def _batch_families(fresh: Sequence[ProviderState], group_labels: Sequence[str])
     )
     at_risk = GaugeMetricFamily(
         "bifrost_batch_at_risk",
-        "Active batches projected to miss their expires_at (linear projection of finished requests)"
+        "Active batches the early warning expects to miss their expires_at (recent rate, gates, calibration)"
         + _CACHED,
         labels=["provider", *g],
     )
@@ -286,13 +286,22 @@ def _job_families(fresh: Sequence[ProviderState]) -> Iterator[Metric]:
     )
     projected = GaugeMetricFamily(
         "bifrost_batch_job_projected_completion_timestamp_seconds",
-        "When one active batch will finish at its rate so far (absent while nothing has finished)" + _CACHED,
+        "When one active batch will finish at its recent rate (absent while nothing is visibly done)"
+        + _CACHED,
         labels=["provider", "batch_id"],
+    )
+    at_risk = GaugeMetricFamily(
+        "bifrost_batch_job_at_risk_info",
+        "One active batch the early warning flags, with why: overdue, not_started, no_progress, slow or stalled"
+        + _CACHED,
+        labels=["provider", "batch_id", "reason"],
     )
     for state in fresh:
         assert state.snapshot is not None
         p = state.provider
         for job in state.snapshot.jobs:
+            if job.risk_reason is not None:
+                at_risk.add_metric([p, job.batch_id, job.risk_reason], 1)
             info.add_metric([p, job.batch_id, job.status, job.endpoint, job.completion_window], 1)
             for outcome, value in zip(OUTCOMES, job.requests, strict=False):
                 requests.add_metric([p, job.batch_id, outcome], value)
@@ -304,7 +313,7 @@ def _job_families(fresh: Sequence[ProviderState]) -> Iterator[Metric]:
                 progress.add_metric([p, job.batch_id], job.progress)
             if job.projected_completion is not None:
                 projected.add_metric([p, job.batch_id], job.projected_completion)
-    yield from (info, requests, created, expires, progress, projected)
+    yield from (info, requests, created, expires, progress, projected, at_risk)
 
 
 def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) -> Iterator[Metric]:

@@ -17,7 +17,7 @@ from typing import NamedTuple
 from .ledger import Group, LedgerView
 from .models import ACTIVE_STATUSES, TERMINAL_STATUSES, Batch, normalize_status
 from .outcomes import Outcomes, outcomes
-from .risk import assess
+from .risk import ProgressTracker, assess
 
 _ACTIVE = frozenset(ACTIVE_STATUSES)
 _TERMINAL = frozenset(TERMINAL_STATUSES)
@@ -46,6 +46,9 @@ class JobRow:
     expires: float | None
     progress: float | None
     projected_completion: float | None
+    risk_reason: str | None = (
+        None  # why the early warning flags it (exporter/risk.py REASONS); None when it does not
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +109,12 @@ class SnapshotBuilder:
         per_batch_limit: int = 500,
         now: float = 0.0,
         no_progress_fraction: float = 0.5,
+        tracker: ProgressTracker | None = None,
     ) -> None:
+        """`tracker` is the provider's ProgressTracker, kept by the poller from poll to poll: the early warning's
+        recent rates and calibration. Without one, each batch is judged by its average rate since it started."""
         self._provider = provider
+        self._tracker = tracker
         self._label_for = label_for
         self._group_for = group_for
         self._per_batch = per_batch
@@ -204,7 +211,7 @@ class SnapshotBuilder:
         expires = batch.expires
         if expires is not None and (self._next_expiry is None or expires < self._next_expiry):
             self._next_expiry = expires
-        risk = assess(batch, status, self._now, self._fraction, o.done)
+        risk = assess(batch, status, self._now, self._fraction, o.done, self._tracker)
         if risk.at_risk:
             self._at_risk[group] = self._at_risk.get(group, 0) + 1
             self._at_risk_requests[group] = self._at_risk_requests.get(group, 0) + risk.pending
@@ -222,6 +229,7 @@ class SnapshotBuilder:
                 expires=expires,
                 progress=_progress(batch, o.done, o.total),
                 projected_completion=risk.projected_completion,
+                risk_reason=risk.reason,
             )
             item = (created or 0.0, self._active, row)
             if len(self._jobs) < self._limit:
@@ -230,6 +238,8 @@ class SnapshotBuilder:
                 heapq.heapreplace(self._jobs, item)
 
     def build(self, now: float) -> BatchSnapshot:
+        if self._tracker is not None:
+            self._tracker.finish_poll(now)  # forget (and learn from) the batches no longer active
         newest_first = sorted(self._jobs, key=lambda item: item[:2], reverse=True)
         return BatchSnapshot(
             provider=self._provider,

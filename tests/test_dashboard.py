@@ -325,13 +325,14 @@ class Scene:
 
 
 def _scene_batches(sim: Simulator, now: int) -> tuple[str, str, str]:
-    """A slow batch (10 % done after 5 h of 24: at risk), one that will complete with every stage, one that will fail."""
+    """A stuck batch (nothing done after 13 h of 24: at risk), one that will complete with every stage, one that
+    will fail."""
     at_risk = sim.add_batch(
         "openai",
         status="in_progress",
-        created_at=now - 5 * HOUR,
-        expires_at=now + 19 * HOUR,
-        request_counts={"total": 10_000, "completed": 1_000, "failed": 0},
+        created_at=now - 13 * HOUR,
+        expires_at=now + 11 * HOUR,
+        request_counts={"total": 10_000, "completed": 0, "failed": 0},
         metadata={"team": "ml"},
     )
     done = sim.add_batch(
@@ -430,7 +431,7 @@ def test_panels_show_the_scene(scene: Scene) -> None:
         return float(result[0]["value"][1]) if result else -1.0
 
     wait_until(lambda: value("Batches at risk now") == 1, timeout=30, what="one batch at risk")
-    assert value("Requests at risk now") == 9_000
+    assert value("Requests at risk now") == 10_000
     (last,) = wait_until(
         lambda: scene.prom.query(_panel_expr("Last failed batch")), timeout=30, what="the last failed batch"
     )
