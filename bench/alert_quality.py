@@ -13,7 +13,7 @@ The rules compared:
   the expiry, or with nothing done after half the window; only batches with a ``total`` > 0;
 - ``at risk`` (:func:`exporter.risk.assess` with a :class:`exporter.risk.ProgressTracker` per provider): gates on
   elapsed window and progress, the recent rate, the spare-time condition and the calibrated no-progress threshold,
-  ``for: 10m`` as the mixin ships it.
+  ``for: 20m`` as the mixin ships it.
 
 The corpus (docs/early-warning.md has the table with sources): trajectory families with a share each, and
 providers that show what they really show through Bifrost: OpenAI and Azure report ``total`` 0 while
@@ -456,14 +456,15 @@ def main() -> int:
     early, late = at_risk(0.25), at_risk(0.75)
     alerts = [
         Alert("ExpiringSoon (retired: last hour, for 5m)", soon, 300.0),
-        Alert("linear (v2, for 10m)", linear_rule, 600.0),
-        Alert("at risk (v3, for 10m, as the mixin ships it)", shipped, 600.0),
+        Alert("linear (v2, for 10m, as v2 shipped it)", linear_rule, 600.0),
+        Alert("at risk (v3, for 20m, as the mixin ships it)", shipped, 1200.0),
         Alert("at risk (v3, every evaluation, no for)", shipped, 0.0),
     ]
     tradeoffs = [
+        Alert("at risk (v3), for 10m", shipped, 600.0),
         Alert("at risk (v3), for 1h", shipped, HOUR),
-        Alert("at risk (v3), risk_no_progress_fraction 0.25 (for 10m)", early, 600.0),
-        Alert("at risk (v3), risk_no_progress_fraction 0.75 (for 10m)", late, 600.0),
+        Alert("at risk (v3), risk_no_progress_fraction 0.25 (for 20m)", early, 1200.0),
+        Alert("at risk (v3), risk_no_progress_fraction 0.75 (for 20m)", late, 1200.0),
     ]
     evaluations = simulate(day1 + day2, alerts + tradeoffs, step)
     expired = sum(1 for lc in day2 if lc.expired)
@@ -499,7 +500,7 @@ def main() -> int:
             ]
         )
     report.table(
-        "Per family (day two): at risk v3 (for 10m) against linear v2 and ExpiringSoon",
+        "Per family (day two): at risk v3 (for 20m) against linear v2 and ExpiringSoon",
         [
             "family",
             "share",
@@ -530,7 +531,7 @@ def main() -> int:
             ]
         )
     report.table(
-        "Per provider (day two): at risk v3 (for 10m); calibrated no-progress threshold at the end of day two",
+        "Per provider (day two): at risk v3 (for 20m); calibrated no-progress threshold at the end of day two",
         [
             "provider",
             "share",
