@@ -224,13 +224,16 @@ local sloAlerts(c) =
   local a = std.mapWithKey(function(_, x) num(x), c.alerts.BifrostBatchErrorBudgetBurn);
   local by = std.join(', ', c.groupLabels + ['provider', 'slo']);
   local scope = std.join('', ['{{ with index $labels "%s" }}, %s {{ . }}{{ end }}' % [l, l] for l in c.groupLabels]);
+  // The recorded series keep the group labels, so the selector applies to them too (it should use only those
+  // labels: docs/mixin.md): two deployments' SLOs never mix.
+  local sel(name) = '{%s, slo="%s"}' % [c.selector, name];
   local ratio(name, window) =
-    local good = lib.sloRecord(c, 'good', window) + '{slo="%s"}' % name;
-    local bad = lib.sloRecord(c, 'bad', window) + '{slo="%s"}' % name;
+    local good = lib.sloRecord(c, 'good', window) + sel(name);
+    local bad = lib.sloRecord(c, 'bad', window) + sel(name);
     'max by (%s) (%s / (%s + %s))' % [by, bad, good, bad];
   local events(name, window) =
-    'max by (%s) (%s{slo="%s"} + %s{slo="%s"})' % [
-      by, lib.sloRecord(c, 'good', window), name, lib.sloRecord(c, 'bad', window), name,
+    'max by (%s) (%s%s + %s%s)' % [
+      by, lib.sloRecord(c, 'good', window), sel(name), lib.sloRecord(c, 'bad', window), sel(name),
     ];
   [
     local objective = a[name + 'Objective'];
