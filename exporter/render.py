@@ -25,6 +25,7 @@ from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .exposition import encode
+from .failure_classes import TABLE as KNOWN_CODES
 from .failure_classes import failure_class
 from .ledger import ENDPOINTS, FAILURE_STATUSES, HIT_TYPES, NO_CODE, STAGES, Group, HistogramView
 from .models import KNOWN_STATUSES, TERMINAL_STATUSES
@@ -215,6 +216,10 @@ def _batch_families(fresh: Sequence[ProviderState], group_labels: Sequence[str])
         for group in listed_groups:
             for status in FAILURE_STATUSES:
                 fail_items.setdefault((status, NO_CODE, group), 0)
+        # The failure table's codes from 0 (the "" group only, so metadata groups do not multiply them): a code's
+        # first failure is an increase the class-routed alerts see, also in an exporter's first minutes.
+        for code in KNOWN_CODES:
+            fail_items.setdefault(("failed", code, empty), 0)
         for (status, code, group), n in sorted(fail_items.items()):
             failures.add_metric([p, status, code, failure_class(status, code), *group], n)
         for status in FAILURE_STATUSES:

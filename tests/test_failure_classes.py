@@ -73,13 +73,19 @@ def test_scrape_labels_each_failure_with_its_class(sim: Simulator) -> None:
             )
         exp.poll()
         after = exp.samples()
-    # before any failure: the zeros carry the class their (status, code) has
+    # before any failure: `none` for both statuses and every code of the table for `failed`, from 0, each with the
+    # class its (status, code) has, so that a code's first failure is an increase an alert sees
     labels = {"provider": "openai", "status": "failed", "code": "none", "class": "unknown"}
     assert value(zeros, "bifrost_batch_failures_total", **labels) == 0
-    assert {lbl["class"] for lbl, _ in series(zeros, "bifrost_batch_failures_total")} == {
-        "unknown",
-        "provider",
+    seeded = {
+        (lbl["status"], lbl["code"]): lbl["class"] for lbl, _ in series(zeros, "bifrost_batch_failures_total")
     }
+    assert seeded == {
+        ("failed", "none"): "unknown",
+        ("expired", "none"): "provider",
+        **{("failed", code): cls for code, cls in TABLE.items()},
+    }
+    assert all(v == 0 for _, v in series(zeros, "bifrost_batch_failures_total"))
     got = {
         (lbl["status"], lbl["code"]): lbl["class"]
         for lbl, v in series(after, "bifrost_batch_failures_total", provider="openai")
