@@ -20,19 +20,23 @@
     ]),
 
   // The SLIs of the two SLOs, as selectors of good and bad events (counters, counted once per batch at its
-  // transition). batches: finished within their window; bad = expiry and failures the platform team acts on (every
-  // class but input: exporter/failure_classes.py); a failure carrying two codes counts twice, as the counter does.
-  // requests: of the batches that ran to their end, succeeded against failed and expired (a failed batch's requests
-  // are its batch's event, so a user's invalid file burns neither SLO); cancelled requests count for neither.
+  // transition; the bad events are the sum of the selectors listed). batches: finished within their window; bad =
+  // expired batches, and failures the platform team acts on (every class but input: exporter/failure_classes.py; a
+  // failure carrying two codes counts twice, as the counter does). requests: of the batches that ran to their end,
+  // succeeded against failed and expired (a failed batch's requests are its batch's event, so a user's invalid file
+  // burns neither SLO); cancelled requests count for neither.
   slis(c):: {
     batches: {
-      good: 'bifrost_batch_finished_total{%s, status=~"completed|ended"}' % c.selector,
-      bad: 'bifrost_batch_failures_total{%s, class!="input"}' % c.selector,
+      good: ['bifrost_batch_finished_total{%s, status=~"completed|ended"}' % c.selector],
+      bad: [
+        'bifrost_batch_finished_total{%s, status="expired"}' % c.selector,
+        'bifrost_batch_failures_total{%s, status="failed", class!="input"}' % c.selector,
+      ],
       what: 'batches',
     },
     requests: {
-      good: 'bifrost_batch_finished_requests_total{%s, status=~"completed|ended|expired", outcome="succeeded"}' % c.selector,
-      bad: 'bifrost_batch_finished_requests_total{%s, status=~"completed|ended|expired", outcome=~"failed|expired"}' % c.selector,
+      good: ['bifrost_batch_finished_requests_total{%s, status=~"completed|ended|expired", outcome="succeeded"}' % c.selector],
+      bad: ['bifrost_batch_finished_requests_total{%s, status=~"completed|ended|expired", outcome=~"failed|expired"}' % c.selector],
       what: 'requests',
     },
   },

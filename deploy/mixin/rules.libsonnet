@@ -114,6 +114,8 @@ local build(c) =
       },
     ],
     // The SLOs' good and bad events per window (lib.slis): what the burn-rate alerts and the error-budget panel read.
+    // Several selectors of one kind are united with `or` (their status labels differ), so one absent does not
+    // empty the sum.
     sloRules: [
       {
         record: lib.sloRecord(c, kind, window),
@@ -123,7 +125,12 @@ local build(c) =
               %(increase)s
             )
           )
-        ||| % (v + { increase: lib.indent(lib.recentIncrease(c, sli[kind], window), 4) }),
+        ||| % (v + {
+          increase: lib.indent(std.join('\nor\n', [
+            '(\n  ' + lib.indent(lib.recentIncrease(c, series, window), 2) + '\n)'
+            for series in sli[kind]
+          ]), 4),
+        }),
         labels: { slo: name },
       }
       for name in ['batches', 'requests']
