@@ -283,7 +283,9 @@ def test_units() -> None:
 
 def test_health_panels_have_thresholds() -> None:
     health = rows(load_dashboard())["Exporter health"]
-    for panel in (p for p in health if p["type"] != "table"):  # a table lists states by label, no value to colour
+    for panel in (
+        p for p in health if p["type"] != "table"
+    ):  # a table lists states by label, no value to colour
         steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
         assert len(steps) >= 2, f"{panel['title']}: no threshold beyond the base colour"
         colors = {s["color"] for s in steps}
@@ -389,7 +391,11 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
             tmp / "prometheus",
             scrape_configs=[{"job_name": "bifrost-batch-exporter", "static_configs": [target]}],
             # the alerts' `for:` shortened to 1s (the only change: tests/test_e2e_alerts.py proves it)
-            rule_files=[alerts_with_short_for(ALERTS_FILE, tmp / "alerts-short-for.yaml"), RULES_FILE, SLOS_FILE],
+            rule_files=[
+                alerts_with_short_for(ALERTS_FILE, tmp / "alerts-short-for.yaml"),
+                RULES_FILE,
+                SLOS_FILE,
+            ],
         ).start()
         cleanup.callback(prom.stop)
         prom.wait_for_targets_up(timeout=30, job="bifrost-batch-exporter")
