@@ -33,6 +33,8 @@ from exporter.risk import (
     Risk,
     assess,
 )
+from exporter.simulator import ProviderSpec, Simulator
+from tests.harness import ExporterThread, make_settings, series
 
 HOUR = 3600.0
 CREATED = 1_750_000_000.0
@@ -563,3 +565,54 @@ def test_the_verdict_is_the_documented_rule(b: Batch, offset: float, fraction: f
     )
     if not boundary:
         assert (r.at_risk, r.reason) == (flagged, reason)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Through the exporter: the poller keeps a tracker per provider and the snapshot feeds it
+
+
+def test_the_exporter_remembers_rates_between_polls_and_says_why_a_batch_is_flagged() -> None:
+    """Simulator and exporter on one injected clock, a poll a minute. A batch validating with a total of 0 past half
+    its window is flagged at once (`not_started`); a batch 10 % done after 13 h, first seen by this exporter, is
+    flagged only once its progress has been watched for the warm-up (a one-off assessment flags it at once)."""
+    now = [CREATED + 13 * HOUR]
+
+    def clock() -> float:
+        return now[0]
+
+    with Simulator(providers=[ProviderSpec("openai")], lifecycle=False, clock=clock) as sim:
+        sim.add_batch(
+            "openai",
+            batch_id="slow",
+            status="in_progress",
+            created_at=int(CREATED),
+            expires_at=int(EXPIRES),
+            in_progress_at=int(CREATED),
+            request_counts={"total": 1000, "completed": 100, "failed": 0},
+        )
+        sim.add_batch(
+            "openai",
+            batch_id="blind",
+            status="validating",
+            created_at=int(CREATED - HOUR),
+            expires_at=int(EXPIRES - HOUR),
+            request_counts={"total": 0, "completed": 0, "failed": 0},
+        )
+        one_off = Batch.model_validate(sim.batch("openai", "slow", view="retrieve"))
+        assert judge(one_off, now[0]).at_risk
+        settings = make_settings(sim.url, ["openai"], per_batch_metrics=True, poll_mode="full")
+        with ExporterThread(settings, clock=clock) as exp:
+            flags: list[dict[str, str]] = []
+            for _ in range(int(WARMUP * TAU / 60) + 2):
+                exp.poll()
+                flags.append(
+                    {
+                        lbl["batch_id"]: lbl["reason"]
+                        for lbl, _ in series(exp.samples(), "bifrost_batch_job_at_risk_info")
+                    }
+                )
+                now[0] += 60.0
+    assert flags[0] == {"blind": "not_started"}
+    warm = int(WARMUP * TAU / 60)
+    assert all("slow" not in f for f in flags[:warm])
+    assert flags[-1]["blind"] == "not_started" and flags[-1]["slow"] in ("slow", "stalled")
