@@ -56,10 +56,16 @@ class Settings:
     refresh: str
     time_from: str
     records: dict[str, str]  # recording-rule names by role
+    slo_records: dict[str, dict[str, str]]  # SLO recording-rule names by kind (good, bad) and window
+    objectives: dict[str, float]  # per SLO (batches, requests)
+    slo_period: str
 
     @classmethod
     def from_mixin(cls, path: Path = MIXIN) -> Settings:
-        snippet = f"local m = import {json.dumps(str(path))}; {{config: m._config, records: m.recordNames}}"
+        snippet = (
+            f"local m = import {json.dumps(str(path))}; "
+            "{config: m._config, records: m.recordNames, slo: m.sloRecordNames}"
+        )
         # A user's mixin file may import this one as jsonnet-bundler vendors it (vendor/ next to the file).
         search = [str(path.parent / "vendor"), str(path.parent)]
         out: dict[str, Any] = json.loads(_jsonnet.evaluate_snippet("dashboard", snippet, jpathdir=search))
@@ -75,6 +81,12 @@ class Settings:
             refresh=config["dashboard"]["refresh"],
             time_from=config["dashboard"]["from"],
             records=dict(out["records"]),
+            slo_records={kind: dict(names) for kind, names in out["slo"].items()},
+            objectives={
+                slo: float(config["alerts"]["BifrostBatchErrorBudgetBurn"][f"{slo}Objective"])
+                for slo in ("batches", "requests")
+            },
+            slo_period=str(config["sloPeriod"]),
         )
 
     def filters(self, *, metadata: bool = False, selector: bool = True) -> str:
@@ -411,13 +423,14 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
                 ids,
                 "Failures by code (per hour)",
                 "Batches that reached failed or expired during the preceding hour, by the error code they carried "
-                "(errors.data[].code; none when they carried none), per provider. BifrostBatchFailed and "
-                "BifrostBatchExpired name these codes.",
+                "(errors.data[].code; none when they carried none) and its class: input (the owner fixes the batch: "
+                "BifrostBatchInputRejected), provider, auth or unknown (the platform acts: BifrostBatchFailed; "
+                "expiries: BifrostBatchExpired). docs/runbook.md, Failure classes.",
                 "short",
                 [
                     Target(
-                        f"sum by (provider, status, code) ({rec['failures']}{{{FR}}})",
-                        "{{provider}} {{status}} {{code}}",
+                        f"sum by (provider, status, code, class) ({rec['failures']}{{{FR}}})",
+                        "{{provider}} {{status}} {{code}} ({{class}})",
                     )
                 ],
                 bars=True,
@@ -431,7 +444,7 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
                 "GET /v1/batches/{batch_id}?provider=<provider>.",
                 [
                     Target(
-                        f"max by (provider, status, batch_id, code) (bifrost_batch_last_failure_info{{{F}}})",
+                        f"max by (provider, status, batch_id, code, class) (bifrost_batch_last_failure_info{{{F}}})",
                         "{{batch_id}}",
                     )
                 ],
@@ -443,7 +456,8 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
                 ids,
                 "Recent request failure ratio",
                 "Failed / all requests of the batches that finished during the preceding hour (each batch counted once "
-                "at its transition, so old batches age out). BifrostBatchHighRequestFailureRatio fires above 10 %.",
+                "at its transition, so old batches age out). The request SLO (SLOs row) judges it against its "
+                "objective.",
                 "percent",
                 [Target(f"100 * {rec['failureRatio']}{{{FR}}}", "{{provider}}")],
                 thresholds=_steps((None, "green"), (5, "orange"), (10, "red")),
@@ -468,12 +482,65 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
         _timeseries(
             ids,
             "Requests by outcome",
-            "Requests of the listed batches by outcome (succeeded, failed, expired, canceled, pending). The outcomes "
+            "Requests of the listed batches by outcome (succeeded, failed, expired, cancelled, pending). The outcomes "
             "are disjoint: stacked, they add up to the batches' request_counts.total.",
             "short",
             [Target(f"sum by (outcome) ({s.dedup(f'bifrost_batch_requests{{{FM}}}')})", "{{outcome}}")],
             width=24,
             stacked=True,
+        )
+    )
+
+    # ------------------------------------------------------------------ SLOs
+    slo = s.slo_records
+    period = s.slo_period
+
+    def events(kind: str, window: str, name: str, over: str | None = None) -> str:
+        series = f'{slo[kind][window]}{{{FR}, slo="{name}"}}'
+        return f"sum by (provider) ({f'sum_over_time({series}[{over}])' if over else series})"
+
+    def burn(name: str) -> str:
+        bad, good = events("bad", "1h", name), events("good", "1h", name)
+        return f"{bad} / ({good} + {bad}) / (1 - {s.objectives[name]:g})"
+
+    def budget_left(name: str) -> str:
+        bad, good = events("bad", "5m", name, period), events("good", "5m", name, period)
+        return f"1 - ({bad} / ({good} + {bad})) / (1 - {s.objectives[name]:g})"
+
+    builder = (
+        builder.with_row(dashboard_builder.Row("SLOs").id(ids()))
+        .with_panel(
+            _timeseries(
+                ids,
+                "Error budget burn rate (1 h)",
+                "The bad share of the batches (expired, or failed for any class but input) and of the requests (failed, "
+                "expired) that finished in the preceding hour, divided by what the objective allows (batches "
+                f"{s.objectives['batches']:g}, requests {s.objectives['requests']:g}): 1 spends the budget of the period "
+                "exactly; BifrostBatchErrorBudgetBurn pages at 14.4 (and 6 over 6 h), tickets at 3 and 1. docs/runbook.md, "
+                "SLOs.",
+                "short",
+                [
+                    Target(burn("batches"), "{{provider}} batches"),
+                    Target(burn("requests"), "{{provider}} requests"),
+                ],
+                thresholds=_steps((None, "green"), (1, "yellow"), (3, "orange"), (14.4, "red")),
+                min_value=0,
+            )
+        )
+        .with_panel(
+            _timeseries(
+                ids,
+                f"Error budget left ({period})",
+                f"Share of the {period} error budget left: 1 - (bad / all events over {period}) / (1 - objective), from "
+                "the 5-minute SLO recordings. Below 0 the objective is missed for the period.",
+                "percentunit",
+                [
+                    Target(budget_left("batches"), "{{provider}} batches"),
+                    Target(budget_left("requests"), "{{provider}} requests"),
+                ],
+                thresholds=_steps((None, "red"), (0, "orange"), (0.25, "green")),
+                max_value=1,
+            )
         )
     )
 
@@ -487,8 +554,9 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
             _stat(
                 ids,
                 "Batches at risk now",
-                "Active batches projected to finish after their expires_at (the exporter's linear projection; "
-                "BifrostBatchAtRisk fires above 0).",
+                "Active batches the early warning expects to finish after their expires_at (recent rate with gates, "
+                "or nothing done past the provider's calibrated point: docs/early-warning.md; BifrostBatchAtRisk fires "
+                "above 0 for 20 minutes).",
                 "short",
                 [Target(f"sum({at_risk})", "at risk")],
                 width=6,
@@ -499,7 +567,7 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
             _stat(
                 ids,
                 "Requests at risk now",
-                "Pending requests of the batches at risk: what is lost if the projections hold.",
+                "Pending requests of the batches at risk: what is lost if they do miss their expiry.",
                 "short",
                 [Target(f"sum({at_risk_requests})", "requests")],
                 width=6,
@@ -510,7 +578,7 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
             _timeseries(
                 ids,
                 f"Batches at risk by {owner}",
-                "Active batches projected to miss their expiry, by provider"
+                "Active batches expected to miss their expiry, by provider"
                 + (f" and {', '.join(s.metadata_labels)}" if s.metadata_labels else "")
                 + ".",
                 "short",
@@ -729,6 +797,23 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
                 width=8,
                 thresholds=_steps((None, "green"), (1, "red")),
                 mappings=_value_map({"0": ("complete", "green"), "1": ("truncated", "red")}),
+            )
+        )
+        .with_panel(
+            _table(
+                ids,
+                "Batch list coverage",
+                "How the last full list of each provider ended: complete; cursor_ignored (the gateway does not forward "
+                "the cursor for this provider, so only its first page is listed: a known limitation, no alert; in "
+                "incremental mode the batches it knows stay current by retrieve); cursor_loop or max_pages (unexpected: "
+                "BifrostBatchProviderTruncated); pending (no full list finished yet).",
+                [
+                    Target(
+                        f"max by (provider, reason) (bifrost_batch_exporter_coverage{{{F}}}) == 1",
+                        "{{provider}} {{reason}}",
+                    )
+                ],
+                width=24,
             )
         )
     )

@@ -32,6 +32,7 @@ from .client import REASONS, BifrostClient, Failure, ListResult
 from .ledger import Ledger
 from .models import Batch
 from .providers import page_size_for
+from .risk import ProgressTracker
 from .settings import Settings
 from .snapshot import Health, ProviderState, SnapshotBuilder
 from .store import Store
@@ -159,6 +160,9 @@ class Poller:
         for provider, ledger in self._ledgers.items():
             self._restore(provider, ledger)
         self._runs = {p: _Run(self._new_store(led)) for p, led in self._ledgers.items()}
+        self._trackers = {
+            p: ProgressTracker() for p in settings.providers
+        }  # early warning: rates, calibration
         self._states: Mapping[str, ProviderState] = MappingProxyType(
             {p: ProviderState(p, Health(), None, led.view()) for p, led in self._ledgers.items()}
         )
@@ -823,6 +827,7 @@ class Poller:
             per_batch_limit=self._settings.per_batch_limit,
             now=now,
             no_progress_fraction=self._settings.risk_no_progress_fraction,
+            tracker=self._trackers[provider],
         )
         store.fold_into(builder)
         snapshot = builder.build(now)
@@ -836,6 +841,7 @@ class Poller:
             last_success=now,
             poll_duration=duration,
             view_keys=len(self._client.key_names()),
+            coverage=run.resync_truncated or ("complete" if run.synced else "pending"),
         )
         self._log.debug(
             "poll_finished",

@@ -24,11 +24,13 @@ from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .exposition import encode
+from .failure_classes import TABLE as KNOWN_CODES
+from .failure_classes import failure_class
 from .ledger import ENDPOINTS, FAILURE_STATUSES, HIT_TYPES, NO_CODE, STAGES, Group, HistogramView
 from .models import KNOWN_STATUSES, TERMINAL_STATUSES
 from .outcomes import OUTCOMES
 from .runtime import Prerendered
-from .snapshot import ProviderState
+from .snapshot import COVERAGE_REASONS, ProviderState
 from .version import build_info
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -114,7 +116,7 @@ def _batch_families(fresh: Sequence[ProviderState], group_labels: Sequence[str])
     )
     at_risk = GaugeMetricFamily(
         "bifrost_batch_at_risk",
-        "Active batches projected to miss their expires_at (linear projection of finished requests)"
+        "Active batches the early warning expects to miss their expires_at (recent rate, gates, calibration)"
         + _CACHED,
         labels=["provider", *g],
     )
@@ -136,13 +138,14 @@ def _batch_families(fresh: Sequence[ProviderState], group_labels: Sequence[str])
     )
     failures = CounterMetricFamily(
         "bifrost_batch_failures",
-        "Batches reaching failed or expired, once per distinct error code they carry (code none when none)",
-        labels=["provider", "status", "code", *g],
+        "Batches reaching failed or expired, once per distinct error code they carry (code none when none); class "
+        "says who must act: input, provider, auth or unknown",
+        labels=["provider", "status", "code", "class", *g],
     )
     last_failure = GaugeMetricFamily(
         "bifrost_batch_last_failure_info",
-        "The most recent batch that reached failed or expired, with its first error code",
-        labels=["provider", "status", "batch_id", "code"],
+        "The most recent batch that reached failed or expired, with its first error code and that code's class",
+        labels=["provider", "status", "batch_id", "code", "class"],
     )
     last_finished = GaugeMetricFamily(
         "bifrost_batch_last_finished_timestamp_seconds",
@@ -213,12 +216,18 @@ def _batch_families(fresh: Sequence[ProviderState], group_labels: Sequence[str])
         for group in listed_groups:
             for status in FAILURE_STATUSES:
                 fail_items.setdefault((status, NO_CODE, group), 0)
+        # The failure table's codes from 0 (the "" group only, so metadata groups do not multiply them): a code's
+        # first failure is an increase the class-routed alerts see, also in an exporter's first minutes.
+        for code in KNOWN_CODES:
+            fail_items.setdefault(("failed", code, empty), 0)
         for (status, code, group), n in sorted(fail_items.items()):
-            failures.add_metric([p, status, code, *group], n)
+            failures.add_metric([p, status, code, failure_class(status, code), *group], n)
         for status in FAILURE_STATUSES:
             last = led.last_failure.get(status)
             if last is not None:
-                last_failure.add_metric([p, status, last.batch_id, last.code], 1)
+                last_failure.add_metric(
+                    [p, status, last.batch_id, last.code, failure_class(status, last.code)], 1
+                )
         for status in TERMINAL_STATUSES:
             if status in led.last_finished:
                 last_finished.add_metric([p, status], led.last_finished[status])
@@ -282,13 +291,22 @@ def _job_families(fresh: Sequence[ProviderState]) -> Iterator[Metric]:
     )
     projected = GaugeMetricFamily(
         "bifrost_batch_job_projected_completion_timestamp_seconds",
-        "When one active batch will finish at its rate so far (absent while nothing has finished)" + _CACHED,
+        "When one active batch will finish at its recent rate (absent while nothing is visibly done)"
+        + _CACHED,
         labels=["provider", "batch_id"],
+    )
+    at_risk = GaugeMetricFamily(
+        "bifrost_batch_job_at_risk_info",
+        "One active batch the early warning flags, with why: overdue, not_started, no_progress, slow or stalled"
+        + _CACHED,
+        labels=["provider", "batch_id", "reason"],
     )
     for state in fresh:
         assert state.snapshot is not None
         p = state.provider
         for job in state.snapshot.jobs:
+            if job.risk_reason is not None:
+                at_risk.add_metric([p, job.batch_id, job.risk_reason], 1)
             info.add_metric([p, job.batch_id, job.status, job.endpoint, job.completion_window], 1)
             for outcome, value in zip(OUTCOMES, job.requests, strict=False):
                 requests.add_metric([p, job.batch_id, outcome], value)
@@ -300,7 +318,7 @@ def _job_families(fresh: Sequence[ProviderState]) -> Iterator[Metric]:
                 progress.add_metric([p, job.batch_id], job.progress)
             if job.projected_completion is not None:
                 projected.add_metric([p, job.batch_id], job.projected_completion)
-    yield from (info, requests, created, expires, progress, projected)
+    yield from (info, requests, created, expires, progress, projected, at_risk)
 
 
 def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) -> Iterator[Metric]:
@@ -349,6 +367,13 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
         "it), 1 = one tenant's batches and unowned ones, N = the union over N tenants",
         labels=["provider"],
     )
+    coverage = GaugeMetricFamily(
+        "bifrost_batch_exporter_coverage",
+        "1 for how the last full list of the provider ended, 0 for the other reasons: complete, cursor_ignored (the "
+        "gateway does not forward the cursor for this provider, only the first page is listed: a known limitation), "
+        "cursor_loop or max_pages (unexpected early stops), pending (no full list finished yet)",
+        labels=["provider", "reason"],
+    )
     dropped = GaugeMetricFamily(
         "bifrost_batch_exporter_per_batch_dropped",
         "Active batches left out of the per-batch series by per_batch_limit",
@@ -370,6 +395,8 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
         supported.add_metric([p], 1 if h.supported else 0)
         truncated.add_metric([p], 1 if h.truncated else 0)
         view_keys.add_metric([p], h.view_keys)
+        for reason in COVERAGE_REASONS:
+            coverage.add_metric([p, reason], 1 if h.coverage == reason else 0)
         dropped.add_metric([p], state.snapshot.jobs_dropped if state.snapshot is not None else 0)
     info = build_info().labels()
     build = GaugeMetricFamily(
@@ -390,6 +417,7 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
         supported,
         truncated,
         view_keys,
+        coverage,
         dropped,
         build,
     )

@@ -417,8 +417,9 @@ class Settings(BaseSettings):
         gt=0,
         le=1,
         allow_inf_nan=False,
-        description="Fraction of its completion window after which an active batch with no finished request "
-        "counts as at risk; 0 < value <= 1.",
+        description="Fraction of its completion window after which an active batch with nothing visibly done "
+        "counts as at risk, until the provider is calibrated from the batches the exporter saw end; "
+        "0 < value <= 1.",
         json_schema_extra=_meta("FRACTION"),
     )
     cost_metrics: bool = Field(

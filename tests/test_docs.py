@@ -60,6 +60,7 @@ def test_every_readme_metric_is_exposed_or_conditional(exposed: set[str]) -> Non
         "bifrost_batch_oldest_created_timestamp_seconds",
         "bifrost_batch_next_expiry_timestamp_seconds",
         "bifrost_batch_job_projected_completion_timestamp_seconds",
+        "bifrost_batch_job_at_risk_info",  # only for a batch the early warning flags
         "bifrost_batch_cache_similarity",
         "process_*",  # the runtime row stands for the collectors' families
     }

@@ -394,6 +394,7 @@ def test_prometheus_rule_equals_the_alerts_and_recording_rules(helm: str, render
     """With the generic files' selector, the chart renders exactly deploy/prometheus/*.yaml (one mixin source)."""
     alerts = yaml.safe_load(ALERTS.read_text())
     recording = yaml.safe_load(RECORDING.read_text())
+    slos = yaml.safe_load((ALERTS.parent / "slos.yaml").read_text())
     generic = docs_of(
         template_text(
             helm,
@@ -403,7 +404,8 @@ def test_prometheus_rule_equals_the_alerts_and_recording_rules(helm: str, render
             'prometheusRule.selector=job=~"bifrost-batch-exporter.*"',
         )
     )
-    assert one(generic, "PrometheusRule")["spec"]["groups"] == alerts["groups"] + recording["groups"]
+    expected = alerts["groups"] + recording["groups"] + slos["groups"]
+    assert one(generic, "PrometheusRule")["spec"]["groups"] == expected
     rule = one(docs_of(rendered["all-optional-on-values.yaml"]), "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]

@@ -376,6 +376,11 @@ def test_a_provider_whose_cursor_the_gateway_ignores_keeps_its_known_batches_by_
         assert value(s, "bifrost_batch_finished_total", provider=P, status="ended") == 1
         assert count(f, "ended") == 0
         assert value(f, "bifrost_batch_exporter_truncated", provider=P) == 1
+        # the gateway's known limitation is shown as the reason the full list ended (a state, no alert); the
+        # incremental exporter's last full list (its first poll, one page) was complete
+        assert value(f, "bifrost_batch_exporter_coverage", provider=P, reason="cursor_ignored") == 1
+        assert value(f, "bifrost_batch_exporter_coverage", provider=P, reason="complete") == 0
+        assert value(s, "bifrost_batch_exporter_coverage", provider=P, reason="complete") == 1
 
 
 # ---- faults, both modes --------------------------------------------------------------------------------------------
