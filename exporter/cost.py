@@ -382,6 +382,16 @@ class CostLedger:
                 return batch_id
         return None
 
+    def next_at(self) -> float | None:
+        """When the next look-up is due (None: nothing awaited)."""
+        while self._due:
+            at, batch_id = self._due[0]
+            entry = self._awaited.get(batch_id)
+            if entry is not None and entry.next_at == at:
+                return at
+            heapq.heappop(self._due)
+        return None
+
     def answered(self, batch_id: str, row: Row | None, now: float) -> None:
         """The gateway answered the look-up: `row`, or None for 404 (not settled)."""
         entry = self._awaited.get(batch_id)
@@ -395,17 +405,17 @@ class CostLedger:
             if entry.maybe:
                 self._drop(batch_id)
             elif final:
-                self._count("missing", entry.group, None)
+                self._count("missing", entry.group, None, now)
                 self._drop(batch_id)
             else:
                 self._schedule(batch_id, entry, now, ABSENT_GAPS)
             return
         entry.maybe = False
         if row.dollars is not None:
-            self._count("priced", entry.group, row)
+            self._count("priced", entry.group, row, now)
             self._drop(batch_id)
         elif final:
-            self._count("unpriced", entry.group, row)
+            self._count("unpriced", entry.group, row, now)
             self._drop(batch_id)
         else:
             entry.row_seen = True
@@ -422,7 +432,7 @@ class CostLedger:
             return
         if now >= entry.finished_at + self.horizon:
             # A row the gateway keeps answering wrongly past the horizon: no cost could be read for it.
-            self._count("unpriced" if entry.row_seen else "missing", entry.group, None)
+            self._count("unpriced" if entry.row_seen else "missing", entry.group, None, now)
             self._drop(batch_id)
             return
         entry.looks += 1
@@ -482,7 +492,7 @@ class CostLedger:
         while len(self._awaited) >= self.max_awaited:
             oldest = min(self._awaited, key=lambda i: self._awaited[i].finished_at)
             entry = self._awaited[oldest]
-            self._count("unpriced" if entry.row_seen else "missing", entry.group, None)
+            self._count("unpriced" if entry.row_seen else "missing", entry.group, None, self._clock())
             self._drop(oldest)
             if not self._evicted_warned:
                 self._evicted_warned = True
@@ -508,7 +518,7 @@ class CostLedger:
             )
         return OTHER_MODEL
 
-    def _count(self, result: Result, group: Group, row: Row | None) -> None:
+    def _count(self, result: Result, group: Group, row: Row | None, now: float) -> None:
         key = (result, group)
         self._settlements[key] = self._settlements.get(key, 0) + 1
         self._groups.add(group)
@@ -523,7 +533,8 @@ class CostLedger:
             self._requests[series] = 0
             for kind in TOKEN_TYPES:
                 self._tokens[(model, kind, group)] = 0
-            self._fresh[series] = self._clock() + self.hold_seconds
+            if self.hold_seconds > 0:
+                self._fresh[series] = now + self.hold_seconds
         credit = _Credit(model, group, dollars, row.prompt, row.completion, row.requests)
         if series in self._fresh:
             self._held.append(credit)
