@@ -58,6 +58,13 @@ CONTRACT_METRICS: frozenset[str] = frozenset(
         "bifrost_batch_exporter_truncated",
         "bifrost_batch_exporter_per_batch_dropped",
         "bifrost_batch_exporter_build_info",
+        # What batches cost (v3, cost_metrics; deploy/mixin/cost.libsonnet)
+        "bifrost_batch_cost_dollars_total",
+        "bifrost_batch_tokens_total",
+        "bifrost_batch_settled_requests_total",
+        "bifrost_batch_settlements_total",
+        "bifrost_batch_exporter_cost_up",
+        "bifrost_batch_exporter_settlements_awaited",
     }
 )
 # v1 names that v2 removed: nothing may read them any more.
@@ -74,6 +81,7 @@ HISTOGRAMS = frozenset(
 )
 CONTRACT_LABELS = frozenset(
     {"provider", "status", "outcome", "reason", "code", "hit_type", "stage", "endpoint", "le", "batch_id"}
+    | {"model", "type", "result", "awaiting"}  # the cost families
 )
 # Labels the rules add from the scrape (the mixin's default group and replica labels); never from the exporter.
 TARGET_LABELS = frozenset({"cluster", "namespace", "job", "instance", "pod"})
@@ -90,6 +98,8 @@ EXPECTED_ALERTS = {
     "BifrostBatchHighRequestFailureRatio",
     "BifrostBatchStuck",
     "BifrostBatchAtRisk",
+    "BifrostBatchSettlementsMissing",  # deploy/mixin/cost.libsonnet
+    "BifrostBatchCostLookupsFailing",
 }
 # Retired in favour of BifrostBatchAtRisk (issue 14): it fired for every batch in its last hour, done or not.
 RETIRED_ALERTS = {"BifrostBatchExpiringSoon"}
