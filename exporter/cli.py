@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import difflib
+import secrets
 import signal
 import sys
 import textwrap
@@ -22,6 +23,7 @@ from typing import Any, NoReturn
 
 import structlog
 import yaml
+from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
 from . import __version__
@@ -308,10 +310,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         web.log_warnings()
     simulator = None
     if args.demo:
-        from .simulator import Simulator
+        from .simulator import Accounting, Simulator
 
-        simulator = Simulator().start()
+        # Batch accounting on, its logs API behind an admin session token only this process knows: the demo's
+        # Cost metrics move as batches finish and settle (unless a gateway login was configured for the demo).
+        token = secrets.token_urlsafe(24)
+        add_secrets([token])
+        simulator = Simulator(accounting=Accounting(), admin_token=token).start()
         update: dict[str, Any] = {"bifrost_url": simulator.url}
+        if settings.basic_auth_username is None and settings.bearer_token is None:
+            update |= {"cost_metrics": True, "bearer_token": SecretStr(token)}
         if "poll_interval_seconds" not in settings.model_fields_set:
             update["poll_interval_seconds"] = DEMO_POLL_INTERVAL
         settings = settings.model_copy(update=update)
