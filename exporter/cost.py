@@ -330,6 +330,7 @@ class CostLedger:
         self.up: bool | None = None
         self._empty: Group = ("",) * len(self.metadata_keys)
         self._awaited: dict[str, _Awaited] = {}
+        self._awaiting_cost = 0  # entries of _awaited with row_seen (kept, not counted per view)
         self._due: list[tuple[float, str]] = []  # (next_at, batch id); stale pairs are skipped
         self._dollars: dict[tuple[str, Group], float] = {}
         self._tokens: dict[tuple[str, str, Group], int] = {}
@@ -418,7 +419,9 @@ class CostLedger:
             self._count("unpriced", entry.group, row, now)
             self._drop(batch_id)
         else:
-            entry.row_seen = True
+            if not entry.row_seen:
+                entry.row_seen = True
+                self._awaiting_cost += 1
             self._schedule(batch_id, entry, now, UNPRICED_GAPS)
 
     def failed(self, batch_id: str, failure: Failure, now: float) -> None:
@@ -484,7 +487,9 @@ class CostLedger:
         heapq.heappush(self._due, (entry.next_at, batch_id))
 
     def _drop(self, batch_id: str) -> None:
-        self._awaited.pop(batch_id, None)
+        entry = self._awaited.pop(batch_id, None)
+        if entry is not None and entry.row_seen:
+            self._awaiting_cost -= 1
         self._dirty.add(batch_id)
 
     def _make_room(self) -> None:
@@ -558,9 +563,7 @@ class CostLedger:
         for group in self._groups:
             for result in RESULTS:
                 settlements.setdefault((result, group), 0)
-        awaited = dict.fromkeys(AWAITING, 0)
-        for entry in self._awaited.values():
-            awaited["cost" if entry.row_seen else "row"] += 1
+        awaited = {"row": len(self._awaited) - self._awaiting_cost, "cost": self._awaiting_cost}
         return CostView(
             up=self.up,
             dollars=MappingProxyType(dict(self._dollars)),
@@ -718,6 +721,7 @@ class CostLedger:
             *(g for _, g in self._settlements),
             *(e.group for e in self._awaited.values()),
         }
+        self._awaiting_cost = sum(1 for e in self._awaited.values() if e.row_seen)
         self._due = [(e.next_at, i) for i, e in self._awaited.items()]
         heapq.heapify(self._due)
         return notes
