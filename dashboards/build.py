@@ -64,7 +64,7 @@ class Settings:
     def from_mixin(cls, path: Path = MIXIN) -> Settings:
         snippet = (
             f"local m = import {json.dumps(str(path))}; "
-            "{config: m._config, records: m.recordNames, slo: m.sloRecordNames}"
+            "{config: m._config, records: m.recordNames + m.costRecordNames, slo: m.sloRecordNames}"
         )
         # A user's mixin file may import this one as jsonnet-bundler vendors it (vendor/ next to the file).
         search = [str(path.parent / "vendor"), str(path.parent)]
@@ -817,7 +817,151 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
             )
         )
     )
+    builder = _cost_row(builder, ids, s)
     return builder.build()
+
+
+def _cost_row(builder: dashboard_builder.Dashboard, ids: Ids, s: Settings) -> dashboard_builder.Dashboard:
+    """What batches cost (the exporter's cost_metrics; deploy/mixin/cost.libsonnet): spend per day by provider, owner
+    and model, cost per thousand requests, tokens, and the settlements themselves. The recorded cost series keep the
+    metadata labels, so the owner variables filter them."""
+    F = s.filters()
+    FR = s.filters(metadata=True, selector=False)
+    rec = s.records
+    daily = f"{rec['costDaily']}{{{FR}}}"
+    owner = "provider and owner" if s.metadata_labels else "provider"
+    return (
+        builder.with_row(dashboard_builder.Row("Cost").id(ids()))
+        .with_panel(
+            _stat(
+                ids,
+                "Spend in the last 24 hours",
+                "US dollars of the batches settled during the preceding 24 hours (Bifrost's own batch accounting, "
+                "each batch counted once when its settlement is read with a cost).",
+                "currencyUSD",
+                [Target(f"sum({daily})", "spend")],
+                width=6,
+                thresholds=NO_THRESHOLDS,
+            )
+        )
+        .with_panel(
+            _timeseries(
+                ids,
+                f"Spend per day by {owner}",
+                "US dollars of the batches settled during the preceding 24 hours, by provider"
+                + (f" and {', '.join(s.metadata_labels)}" if s.metadata_labels else "")
+                + " (the batch's own metadata when it finished).",
+                "currencyUSD",
+                [Target(f"sum by ({s.owner_by()}) ({daily})", s.owner_legend())],
+                width=9,
+            )
+        )
+        .with_panel(
+            _timeseries(
+                ids,
+                "Spend per day by model",
+                "US dollars of the batches settled during the preceding 24 hours, by the model their settlement "
+                "names (mixed: batches spanning several models; other: models beyond the first 20 of a provider).",
+                "currencyUSD",
+                [Target(f"sum by (provider, model) ({daily})", "{{provider}} {{model}}")],
+                width=9,
+            )
+        )
+        .with_panel(
+            _timeseries(
+                ids,
+                "Spend per hour by model",
+                "US dollars of the batches settled during each preceding hour, stacked by model.",
+                "currencyUSD",
+                [
+                    Target(
+                        f"sum by (provider, model) ({rec['costHourly']}{{{FR}}})",
+                        "{{provider}} {{model}}",
+                    )
+                ],
+                stacked=True,
+            )
+        )
+        .with_panel(
+            _timeseries(
+                ids,
+                "Cost per 1,000 requests by model",
+                "US dollars per thousand billed requests of the batches settled during the preceding 24 hours "
+                "(absent without settled requests).",
+                "currencyUSD",
+                [
+                    Target(
+                        f"1000 * sum by (provider, model) ({daily}) "
+                        f"/ (sum by (provider, model) ({rec['requestsDaily']}{{{FR}}}) > 0)",
+                        "{{provider}} {{model}}",
+                    )
+                ],
+            )
+        )
+        .with_panel(
+            _timeseries(
+                ids,
+                "Tokens per hour by model",
+                "Prompt and completion tokens of the batches settled during each preceding hour (unpriced ones "
+                "included: their usage is known, only their price is not).",
+                "short",
+                [
+                    Target(
+                        f"sum by (provider, model, type) ({rec['tokensHourly']}{{{FR}}})",
+                        "{{provider}} {{model}} {{type}}",
+                    )
+                ],
+            )
+        )
+        .with_panel(
+            _timeseries(
+                ids,
+                "Settlements per hour by result",
+                "Finished batches by settlement result during each preceding hour: priced; unpriced (a row but no "
+                "cost by cost_horizon_seconds); missing (no row by then: BifrostBatchSettlementsMissing).",
+                "short",
+                [
+                    Target(
+                        f"sum by (result) ({rec['settlementsHourly']}{{{FR}}})",
+                        "{{result}}",
+                    )
+                ],
+                stacked=True,
+                bars=True,
+            )
+        )
+        .with_panel(
+            _stat(
+                ids,
+                "Settlement look-ups up",
+                "1 when the exporter's last settlement look-ups of the provider succeeded (the gateway's logs API "
+                "with the admin login). BifrostBatchCostLookupsFailing fires after 30 minutes at 0 on every replica.",
+                "short",
+                [Target(f"min by (provider) (bifrost_batch_exporter_cost_up{{{F}}})", "{{provider}}")],
+                width=6,
+                thresholds=_steps((None, "red"), (1, "green")),
+                mappings=_value_map({"0": ("failing", "red"), "1": ("up", "green")}),
+            )
+        )
+        .with_panel(
+            _timeseries(
+                ids,
+                "Settlements awaited",
+                "Finished batches whose settlement is still looked up: awaiting the row (Bifrost's sweeper settles "
+                "within minutes) or a cost for it (a model without a price).",
+                "short",
+                [
+                    Target(
+                        "sum by (provider, awaiting) ("
+                        + s.dedup(f"bifrost_batch_exporter_settlements_awaited{{{F}}}")
+                        + ")",
+                        "{{provider}} {{awaiting}}",
+                    )
+                ],
+                width=18,
+            )
+        )
+    )
 
 
 def render(settings: Settings | None = None) -> str:

@@ -19,7 +19,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final, Literal, TypeVar, get_args
+from typing import Final, Generic, Literal, TypeVar, get_args
 from urllib.parse import quote
 
 import httpx
@@ -157,6 +157,17 @@ class RetrieveResult:
     failure: Failure | None = None
     requests: int = 0
     latency_seconds: float | None = None
+
+
+@dataclass(slots=True)
+class LogResult(Generic[T]):
+    """One row of the gateway's logs API. Exactly one of: `row`, `absent` (a 404 in the gateway's own error shape:
+    no such row, i.e. not settled yet), `failure`."""
+
+    row: T | None = None
+    absent: bool = False
+    failure: Failure | None = None
+    requests: int = 0
 
 
 @dataclass(slots=True)
@@ -565,6 +576,43 @@ class BifrostClient:
             extra = batch.extra_fields
             if extra is not None and extra.latency is not None and extra.latency >= 0:
                 result.latency_seconds = extra.latency / 1000.0
+        result.requests = tally.requests
+        return result
+
+    # ---- a settlement row of the logs API (cost_metrics) ---------------------------------------------------------
+
+    async def settlement(self, provider: str, log_id: str, parse: Callable[[bytes], T]) -> LogResult[T]:
+        """One row of the gateway's logs API (`GET /api/logs/{id}`), with the list's pacing, retries, caps and reasons.
+
+        The logs API sits behind the gateway's admin login, which the default headers carry (`basic_auth_*` or
+        `bearer_token`); a virtual key is not enough. Paced as one of `provider`'s requests, so look-ups share its
+        rate with the lists. A 404 in the gateway's error shape means the row does not exist (yet); a bare 404 (no
+        such route: a gateway without the logs API, or a proxy) is a failure, so settlements never go missing
+        because of a route.
+        """
+        result: LogResult[T] = LogResult()
+        tally = _Tally()
+        try:
+            segment = id_segment(log_id)
+            if segment is None:
+                raise RequestFailedError(
+                    "invalid_response", f"log id {_short(log_id, 80)!r} is not one path segment"
+                )
+            result.row = await self._with_retries(provider, "/api/logs/" + segment, {}, parse, tally)
+        except UnsupportedProviderError:
+            result.failure = Failure(
+                "client_error", "unsupported_operation from the logs API", 400, tally.retries + 1
+            )
+        except RequestFailedError as exc:
+            if exc.status == 404 and exc.gateway_body:
+                result.absent = True
+            else:
+                detail = exc.detail
+                if exc.status == 404:
+                    detail += "; not a gateway error body: does the gateway serve the logs API (/api/logs)?"
+                elif exc.reason == "auth":
+                    detail += "; the logs API needs the gateway's admin login (basic_auth_* or bearer_token)"
+                result.failure = Failure(exc.reason, self._scrub(detail), exc.status, tally.retries + 1)
         result.requests = tally.requests
         return result
 

@@ -3,18 +3,24 @@
 The simulator runs with governance on and two tenants whose keys are mandatory, as multi-tenant gateways are
 usually run, and the exporter is given both keys as a key directory: the start-up `view` line and
 `bifrost_batch_exporter_view_keys` then show the union view (a keyless exporter would be refused, one key would see
-one tenant). The keys are written to a private temporary directory that is removed at exit.
+one tenant). The keys are written to a private temporary directory that is removed at exit. Batch accounting is on,
+its logs API behind an admin session token only this process knows, so the cost metrics move as batches finish and
+settle (unless a gateway login was configured for the demo).
 """
 
 from __future__ import annotations
 
 import contextlib
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
+from .logs import add_secrets
 from .settings import Settings
 
 DEMO_POLL_INTERVAL = 5.0
@@ -23,15 +29,19 @@ DEMO_POLL_INTERVAL = 5.0
 @contextlib.contextmanager
 def demo_gateway(settings: Settings) -> Iterator[Settings]:
     """Start the simulator; yield `settings` pointed at it (and given its tenants' keys); stop it afterwards."""
-    from .simulator import Simulator, demo_governance, write_key_dir
+    from .simulator import Accounting, Simulator, demo_governance, write_key_dir
 
     governance = demo_governance()
     key_dir = Path(tempfile.mkdtemp(prefix="bifrost-demo-keys-"))
-    simulator = Simulator(governance=governance)
+    token = secrets.token_urlsafe(24)
+    add_secrets([token])
+    simulator = Simulator(governance=governance, accounting=Accounting(), admin_token=token)
     try:
         write_key_dir(governance.keys, key_dir)
         simulator.start()
         update: dict[str, Any] = {"bifrost_url": simulator.url}
+        if settings.basic_auth_username is None and settings.bearer_token is None:
+            update |= {"cost_metrics": True, "bearer_token": SecretStr(token)}
         if "poll_interval_seconds" not in settings.model_fields_set:
             update["poll_interval_seconds"] = DEMO_POLL_INTERVAL
         if not settings.virtual_keys():

@@ -29,6 +29,7 @@ import structlog
 
 from . import statefile
 from .client import REASONS, BifrostClient, Failure, ListResult
+from .cost import CostLedger, lookup_allowance, never_settled, settle
 from .ledger import Ledger
 from .models import Batch
 from .providers import page_size_for
@@ -157,6 +158,7 @@ class Poller:
             )
             for p in settings.providers
         }
+        self._costs = self._cost_ledgers()
         for provider, ledger in self._ledgers.items():
             self._restore(provider, ledger)
         self._runs = {p: _Run(self._new_store(led)) for p, led in self._ledgers.items()}
@@ -223,6 +225,7 @@ class Poller:
                 self._write_initial(provider, ledger, state_dir)
                 return
             notes = ledger.load_state(state)
+            notes += self._restore_cost(provider, state)
         except statefile.StateError as exc:
             self._log.warning(
                 "state_unusable",
@@ -257,7 +260,7 @@ class Poller:
         if self._state_lock is None:
             return
         try:
-            data = statefile.encode(provider, ledger.to_state(), self._clock())
+            data = statefile.encode(provider, self._durable(provider, ledger), self._clock())
             statefile.write(state_dir, provider, data, self.state_file_ops)
         except (OSError, ValueError) as exc:
             self._log.warning(
@@ -273,7 +276,7 @@ class Poller:
         if state_dir is None:
             return
         try:
-            data = statefile.encode(provider, ledger.to_state(), now)
+            data = statefile.encode(provider, self._durable(provider, ledger), now)
             await asyncio.to_thread(statefile.write, state_dir, provider, data, self.state_file_ops)
         except (OSError, ValueError) as exc:
             if not run.state_write_failing:
@@ -286,9 +289,63 @@ class Poller:
                 )
             run.state_write_failing = True
             return
+        if provider in self._costs:
+            self._costs[provider].mark_saved()
         if run.state_write_failing:
             self._log.info("state_write_recovered", provider=provider)
         run.state_write_failing = False
+
+    # --- cost_metrics (exporter/cost.py) ------------------------------------------------------------------------
+
+    def _cost_ledgers(self) -> dict[str, CostLedger]:
+        """One cost ledger per provider the gateway settles, told of each finished batch by the batch ledger."""
+        s = self._settings
+        if not s.cost_metrics:
+            return {}
+        never = never_settled(s.providers)
+        if never:
+            self._log.info(
+                "cost_not_settled",
+                providers=never,
+                detail="the gateway's batch accounting never settles these providers' batches (no usage "
+                "extractor): no cost metrics for them",
+            )
+        costs = {}
+        for provider in s.providers:
+            if provider in never:
+                continue
+            costs[provider] = CostLedger(
+                provider,
+                clock=self._clock,
+                horizon_seconds=s.cost_horizon_seconds,
+                metadata_keys=s.metadata_labels,
+                hold_seconds=max(60.0, s.poll_interval_seconds),
+            )
+            self._ledgers[provider].finish_hook = costs[provider].finished
+        return costs
+
+    def _durable(self, provider: str, ledger: Ledger) -> dict[str, Any]:
+        """The provider's state file content: the ledger, and in the same write the cost ledger its finishes fed."""
+        state = ledger.to_state()
+        cost = self._costs.get(provider)
+        if cost is not None:
+            state["cost"] = cost.to_state()
+        return state
+
+    def _restore_cost(self, provider: str, state: Mapping[str, Any]) -> list[str]:
+        cost = self._costs.get(provider)
+        if cost is None:
+            return []
+        try:
+            return cost.load_state(state.get("cost"))
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            self._log.warning(
+                "cost_state_unusable",
+                provider=provider,
+                detail=f"malformed cost ledger ({type(exc).__name__})",
+                consequence="cost counters start from 0; settlements awaited before the restart are not counted",
+            )
+            return []
 
     # --- scheduling ---------------------------------------------------------------------------------------------
 
@@ -350,9 +407,15 @@ class Poller:
             store = run.store
         ledger.requests_sent("list", outcome.list_requests)
         ledger.requests_sent("retrieve", outcome.retrieve_requests)
+        cost = self._costs.get(provider)
+        if cost is not None:
+            spent = outcome.list_requests + outcome.retrieve_requests
+            await settle(cost, self._client, lookup_allowance(self._budget(False), spent))
         duration = self._monotonic() - t0
         now = self._clock()
         state = self._fold(provider, ledger, run, store, outcome, now, duration, started)
+        if cost is not None:
+            state = replace(state, cost=cost.view())
         await self._save(provider, ledger, run, now)
         self._publish(provider, state)
         self._summarize(provider, run, state, outcome)

@@ -390,6 +390,8 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
             errors.add_metric([p, reason], state.ledger.errors.get(reason, 0))
         for endpoint in ENDPOINTS:
             requests.add_metric([p, endpoint], state.ledger.requests.get(endpoint, 0))
+        if state.cost is not None:
+            requests.add_metric([p, "settlement"], state.cost.lookups)
         if state.ledger.last_resync is not None:
             last_resync.add_metric([p], state.ledger.last_resync)
         supported.add_metric([p], 1 if h.supported else 0)
@@ -421,6 +423,62 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
         dropped,
         build,
     )
+
+
+def _cost_families(states: Sequence[ProviderState], group_labels: Sequence[str]) -> Iterator[Metric]:
+    """cost_metrics: what settled batches cost (exporter/cost.py). Counters, shown whatever the batch data's
+    freshness: they move only by settlement look-ups, which do not depend on the list polls."""
+    g = list(group_labels)
+    dollars = CounterMetricFamily(
+        "bifrost_batch_cost_dollars",
+        "US dollars of settled batches, added once per batch id when its settlement row is first read with a cost",
+        labels=["provider", "model", *g],
+    )
+    tokens = CounterMetricFamily(
+        "bifrost_batch_tokens",
+        "Token usage of settled batches (prompt, completion), added with their settlement",
+        labels=["provider", "model", "type", *g],
+    )
+    settled_requests = CounterMetricFamily(
+        "bifrost_batch_settled_requests",
+        "Requests of settled batches that were billed (the settlement's per-model request counts)",
+        labels=["provider", "model", *g],
+    )
+    settlements = CounterMetricFamily(
+        "bifrost_batch_settlements",
+        "Finished batches by settlement result, once per batch id: priced, unpriced (no cost by the horizon), "
+        "missing (no settlement row by the horizon)",
+        labels=["provider", "result", *g],
+    )
+    cost_up = GaugeMetricFamily(
+        "bifrost_batch_exporter_cost_up",
+        "1 when the last settlement look-ups of the provider succeeded (404 for a batch not settled yet "
+        "included), 0 on auth, connection or server errors",
+        labels=["provider"],
+    )
+    awaited = GaugeMetricFamily(
+        "bifrost_batch_exporter_settlements_awaited",
+        "Finished batches whose settlement is still looked up: awaiting its row, or a cost for its row",
+        labels=["provider", "awaiting"],
+    )
+    for state in states:
+        view = state.cost
+        if view is None:
+            continue
+        p = state.provider
+        for (model, group), value in sorted(view.dollars.items()):
+            dollars.add_metric([p, model, *group], value)
+        for (model, kind, group), n in sorted(view.tokens.items()):
+            tokens.add_metric([p, model, kind, *group], n)
+        for (model, group), n in sorted(view.requests.items()):
+            settled_requests.add_metric([p, model, *group], n)
+        for (result, group), n in sorted(view.settlements.items()):
+            settlements.add_metric([p, result, *group], n)
+        if view.up is not None:
+            cost_up.add_metric([p], 1 if view.up else 0)
+        for awaiting, n in view.awaited.items():
+            awaited.add_metric([p, awaiting], n)
+    yield from (dollars, tokens, settled_requests, settlements, cost_up, awaited)
 
 
 def _landing(
@@ -474,6 +532,7 @@ def render(
     if per_batch:
         families.extend(_job_families(fresh))
     families.extend(_health_families(states, reasons))
+    families.extend(_cost_families(states, group_labels))
     families.extend(extra)
     families = [f for f in families if f.samples]
     text, openmetrics = encode(families)

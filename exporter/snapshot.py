@@ -12,12 +12,15 @@ import heapq
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .ledger import Group, LedgerView
 from .models import ACTIVE_STATUSES, TERMINAL_STATUSES, Batch, normalize_status
 from .outcomes import Outcomes, outcomes
 from .risk import ProgressTracker, assess
+
+if TYPE_CHECKING:
+    from .cost import CostView
 
 _ACTIVE = frozenset(ACTIVE_STATUSES)
 _TERMINAL = frozenset(TERMINAL_STATUSES)
@@ -316,3 +319,4 @@ class ProviderState:
     health: Health
     snapshot: BatchSnapshot | None
     ledger: LedgerView
+    cost: CostView | None = None  # with cost_metrics, for providers the gateway settles

@@ -61,6 +61,13 @@ CONTRACT_METRICS: frozenset[str] = frozenset(
         "bifrost_batch_exporter_coverage",
         "bifrost_batch_exporter_per_batch_dropped",
         "bifrost_batch_exporter_build_info",
+        # What batches cost (v3, cost_metrics; deploy/mixin/cost.libsonnet)
+        "bifrost_batch_cost_dollars_total",
+        "bifrost_batch_tokens_total",
+        "bifrost_batch_settled_requests_total",
+        "bifrost_batch_settlements_total",
+        "bifrost_batch_exporter_cost_up",
+        "bifrost_batch_exporter_settlements_awaited",
     }
 )
 # v1 names that v2 removed: nothing may read them any more.
@@ -89,6 +96,7 @@ CONTRACT_LABELS = frozenset(
         "le",
         "batch_id",
     }
+    | {"model", "type", "result", "awaiting"}  # the cost families
 )
 # Labels the SLO recording rules add (which SLO a recorded series belongs to); never from the exporter.
 RULE_LABELS = frozenset({"slo"})
@@ -108,6 +116,8 @@ EXPECTED_ALERTS = {
     "BifrostBatchStuck",
     "BifrostBatchAtRisk",
     "BifrostBatchErrorBudgetBurn",
+    "BifrostBatchSettlementsMissing",  # deploy/mixin/cost.libsonnet
+    "BifrostBatchCostLookupsFailing",
 }
 # Retired: ExpiringSoon in favour of BifrostBatchAtRisk (issue 14: it fired for every batch in its last hour, done or
 # not); HighRequestFailureRatio in favour of the request SLO's burn-rate alert (issue 21).
