@@ -343,6 +343,13 @@ def assess(
         return _new(Risk, (False, pending, None, None))
     assert rate is not None
     remaining = 1.0 - done
+    if now <= (batch.started or created):
+        # Progress reported before the batch says it started (counts and timestamps lag differently): no time has
+        # run to measure a rate over, so no projection yet.
+        return _new(Risk, (False, pending, None, None))
+    if remaining <= 0:
+        # Every request has run (the counts can say so before the status does): nothing is left to lose.
+        return _new(Risk, (False, pending, now, None))
     projected = now + remaining / rate if rate > 0 else math.inf
     shown = projected if math.isfinite(projected) else None
     late = projected > expires

@@ -93,6 +93,10 @@ def restated(b: Batch, now: float, fraction: float) -> tuple[bool, str | None, f
         flagged = now - created >= fraction * window
         return flagged, reason if flagged else None, None
     start = b.started or created
+    if now < expires and now <= start:
+        return False, None, None  # progress before the batch says it started: no time to measure a rate over
+    if now < expires and done >= 1:
+        return False, None, now  # every request has run: nothing left to lose
     rate = done / (now - start) if now > start else 0.0
     projected = now + (1 - done) / rate if rate > 0 else math.inf
     if now >= expires:
@@ -146,10 +150,12 @@ def test_start_is_in_progress_at_when_present() -> None:
 
 
 def test_in_progress_at_in_the_future_counts_as_no_time_elapsed() -> None:
-    """Clock skew between gateway and exporter must not project a batch into the past."""
+    """Clock skew between gateway and exporter must not project a batch into the past, nor flag a batch whose
+    progress is visible: with no time to measure a rate over there is no projection yet (flagging it would make
+    the flag go away once time has run, a verdict that flips for no reason)."""
     now = CREATED + 13 * HOUR
     r = judge(batch(completed=100, started=now + HOUR), now)
-    assert r.projected_completion is None and r.at_risk and r.reason == "slow"  # no rate: nothing will finish
+    assert r.projected_completion is None and not r.at_risk and r.reason is None
 
 
 def test_finalizing_is_never_at_risk() -> None:
