@@ -813,7 +813,19 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
                         "{{provider}} {{reason}}",
                     )
                 ],
-                width=24,
+                width=12,
+            )
+        )
+        .with_panel(
+            _table(
+                ids,
+                "Who the exporter sees",
+                "Virtual keys each provider is listed with (bifrost_batch_exporter_view_keys): 0 = none sent, the "
+                "whole account where the gateway allows keyless requests; 1 = one tenant's batches and the unowned "
+                "ones only (Bifrost's governance narrows every list to the key's own batches); N = the union over N "
+                "tenants' keys (virtual_key_dir), each batch counted once.",
+                [Target(f"max by (provider) (bifrost_batch_exporter_view_keys{{{F}}})", "{{provider}}")],
+                width=12,
             )
         )
     )

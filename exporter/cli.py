@@ -318,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info(
                 "demo_simulator_started",
                 url=settings.bifrost_url,
-                virtual_key_dir=str(settings.virtual_key_dir),
+                virtual_keys=[name for name, _ in settings.virtual_keys()],
             )
         try:
             if args.once:

@@ -582,8 +582,9 @@ class Poller:
                 if not refused and result.next_cursor is not None:
                     heads[k] = (result.next_cursor, result.pages)
 
-        # 2. Known active batches no list showed this poll (nor, while a full list runs, the last poll): list on down to them where that costs fewer requests than one retrieve each (by their places
-        #    in the last full list), then retrieve the rest, least recently seen first, within the budget.
+        # 2. Known active batches no list showed this poll: list on down to them where that costs fewer requests
+        #    than one retrieve each (by their places in the last full list), then retrieve the rest, least recently
+        #    seen first, within the budget.
         if not first_sync:
             await self._refresh_known(
                 provider, ledger, run, keys, heads, refreshed, outcome, budget, resync_due, started
@@ -614,16 +615,12 @@ class Poller:
         poll = run.polls
         observe = self._observe(ledger, started)
 
-        # While a full list is spread over polls, what its previous chunk listed is one poll old at most: not
-        # worth a request each (the list is what a large first picture waits for).
-        walking = store.resync is not None
-
+        # Everything this poll did not see (the first full list, where the list itself is what a large account's
+        # first picture waits for, retrieves nothing: this step is skipped then). Skipping what a later full list's
+        # previous chunk showed would hide a change made since for one more poll, and the store would then not
+        # equal a full list's picture when that list completes.
         def stale() -> list[str]:
-            return [
-                i
-                for i in store.active
-                if i not in refreshed and not (walking and store.listed_poll.get(i, -2) >= poll - 1)
-            ]
+            return [i for i in store.active if i not in refreshed]
 
         size = page_size_for(provider, self._settings.page_size)
         depths = store.list_depth(stale()) if size is not None else None

@@ -436,6 +436,9 @@ class Settings(BaseSettings):
     )
 
     _dir_keys: tuple[tuple[str, SecretStr], ...] = PrivateAttr(default=())
+    _keys_given: bool = PrivateAttr(
+        default=False
+    )  # virtual keys handed over in memory (--demo), not from files
     _deprecated: tuple[str, ...] = PrivateAttr(default=())
 
     @classmethod
@@ -649,12 +652,22 @@ class Settings(BaseSettings):
         `virtual_key_dir`: one per file, by file name. `virtual_key_file`: one, named after the file.
         `virtual_key`: one, named "default". A name is what logs may show; the key never is.
         """
-        if self.virtual_key_dir is not None:
+        if self.virtual_key_dir is not None or self._keys_given:
             return self._dir_keys
         if self.virtual_key is None:
             return ()
         name = self.virtual_key_file.name if self.virtual_key_file is not None else DEFAULT_KEY_NAME
         return ((name, self.virtual_key),)
+
+    def with_virtual_keys(self, keys: tuple[tuple[str, SecretStr], ...]) -> Settings:
+        """These settings listing with `keys` (name, key) as a key directory would give them, without files: the
+        demo's own gateway hands its tenants' keys over in memory (a read-only container has nowhere to write)."""
+        fresh = self.model_copy(
+            update={"virtual_key": None, "virtual_key_file": None, "virtual_key_dir": None}
+        )
+        fresh._dir_keys = tuple(keys)
+        fresh._keys_given = True
+        return fresh
 
     def deprecations(self) -> tuple[str, ...]:
         """Deprecated spellings these settings were given in (one line each), for a warning at start."""

@@ -516,9 +516,9 @@ def test_check_config_names_the_keys_of_a_key_directory_never_their_values(tmp_p
 
 
 def test_demo_shows_the_union_view_of_a_governance_gateway_with_two_tenants() -> None:
-    """--demo runs the simulator with governance (mandatory keys, two tenants) and gives the exporter both keys as
-    a key directory: every provider reports the union view, the keys never reach the log, and the temporary key
-    directory is gone after exit."""
+    """--demo runs the simulator with governance (mandatory keys, two tenants) and gives the exporter both keys (in
+    memory, as a key directory would: nothing is written, so the demo runs on a read-only root filesystem): every
+    provider reports the union view and the keys never reach the log."""
     from exporter.simulator import demo_governance
 
     done = run("--demo", "--once", env={"BIFROST_EXPORTER_LOG_FORMAT": "json"})
@@ -529,7 +529,7 @@ def test_demo_shows_the_union_view_of_a_governance_gateway_with_two_tenants() ->
     assert all(v == 1 for _, v in series(s, "bifrost_batch_exporter_up"))
     logs = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     (started,) = [e for e in logs if e["msg"] == "demo_simulator_started"]
-    assert not Path(started["virtual_key_dir"]).exists()
+    assert started["virtual_keys"] == ["tenant-a", "tenant-b"]
     assert {tuple(e["key_names"]) for e in logs if e["msg"] == "view"} == {("tenant-a", "tenant-b")}
     for key in demo_governance().keys:
         assert key.value not in done.stderr

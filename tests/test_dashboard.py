@@ -74,6 +74,7 @@ ROWS: dict[str, list[str]] = {
         "Poll errors by reason",
         "Truncated polls",
         "Batch list coverage",
+        "Who the exporter sees",
     ],
     # cost_metrics (dashboards/build.py _cost_row): proved against a real Prometheus in tests/test_cost_prometheus.py
     "Cost": [
@@ -115,6 +116,7 @@ UNITS = {
     "Poll errors by reason": "short",
     "Truncated polls": "short",
     "Batch list coverage": "short",
+    "Who the exporter sees": "short",
     "Error budget burn rate (1 h)": "short",
     "Error budget left (30d)": "percentunit",
     "Spend in the last 24 hours": "currencyUSD",

@@ -148,6 +148,8 @@ def test_override_changes_only_for(stack: Stack) -> None:
         "bifrost-batch-exporter.alerts",
         "bifrost-batch-exporter.rules",
         "bifrost-batch-exporter.slos",
+        "bifrost-batch-exporter.cost.alerts",  # deploy/mixin/cost.libsonnet
+        "bifrost-batch-exporter.cost.rules",
     }
 
 

@@ -59,6 +59,7 @@ CONTRACT_METRICS: frozenset[str] = frozenset(
         "bifrost_batch_exporter_provider_supported",
         "bifrost_batch_exporter_truncated",
         "bifrost_batch_exporter_coverage",
+        "bifrost_batch_exporter_view_keys",
         "bifrost_batch_exporter_per_batch_dropped",
         "bifrost_batch_exporter_build_info",
         # What batches cost (v3, cost_metrics; deploy/mixin/cost.libsonnet)
