@@ -339,16 +339,16 @@ class Poller:
         run.polls += 1
         t0 = self._monotonic()
         started = self._clock()
+        builder: SnapshotBuilder | None = None
         if self._settings.poll_mode == "full":
-            outcome, store = await self._poll_full(provider, ledger, run, started)
+            outcome, builder = await self._poll_full(provider, ledger, run, started)
         else:
             outcome = await self._poll_incremental(provider, ledger, run, started)
-            store = run.store
         ledger.requests_sent("list", outcome.list_requests)
         ledger.requests_sent("retrieve", outcome.retrieve_requests)
         duration = self._monotonic() - t0
         now = self._clock()
-        state = self._fold(provider, ledger, run, store, outcome, now, duration, started)
+        state = self._fold(provider, ledger, run, builder, outcome, now, duration, started)
         await self._save(provider, ledger, run, now)
         self._publish(provider, state)
         self._summarize(provider, run, state, outcome)
@@ -419,38 +419,49 @@ class Poller:
             detail = f"{len(names)} virtual keys: the union of their views, each batch counted once"
         self._log.info("view", provider=provider, keys=len(names), key_names=list(names), detail=detail)
 
+    def _builder(self, provider: str, ledger: Ledger, now: float) -> SnapshotBuilder:
+        s = self._settings
+        return SnapshotBuilder(
+            provider,
+            label_for=ledger.admit_status,
+            group_for=ledger.group_of,
+            per_batch=s.per_batch_metrics,
+            per_batch_limit=s.per_batch_limit,
+            now=now,
+            no_progress_fraction=s.risk_no_progress_fraction,
+        )
+
     async def _poll_full(
         self, provider: str, ledger: Ledger, run: _Run, started: float
-    ) -> tuple[_PollOutcome, Store]:
-        store = self._new_store(ledger)
-        resync = store.start_resync(started)
+    ) -> tuple[_PollOutcome, SnapshotBuilder | None]:
+        """Every batch of every key, folded straight into the snapshot as pages arrive: a full list holds all
+        there is, so nothing is kept between polls (no store) and each batch is counted once across keys."""
+        builder = self._builder(provider, ledger, started)
         observe = self._observe(ledger, started)
         outcome = _PollOutcome()
         truncated: ListResult | None = None
-        for k, key in enumerate(self._view(provider, run)):
-            resync.key, resync.listed = k, 0
+        seen: set[int] = set()
 
-            def fold_page(batches: list[Batch], k: int = k) -> None:
-                # The ledger counts transitions as pages arrive (real even if a later page fails); the store is
-                # discarded if a later page fails, so the last good snapshot stays.
-                observe(batches)
-                store.upsert(batches, key=k, poll=run.polls)
+        def fold_page(batches: list[Batch]) -> None:
+            # The ledger counts transitions as pages arrive (real even if a later page fails); the builder is
+            # discarded if a later page fails, so the last good snapshot stays.
+            observe(batches)
+            builder.add(batches)
 
-            result = await self._client.list_batches(provider, fold_page, key=key)
+        for key in self._view(provider, run):
+            result = await self._client.list_batches(provider, fold_page, key=key, seen=seen)
             self._take_list(outcome, result, ledger)
             if result.failure is not None or result.unsupported:
-                return outcome, run.store
+                return outcome, None
             truncated = truncated or (result if result.truncated is not None else None)
-        store.finish_resync()
         reason = truncated.truncated if truncated is not None else None
         ledger.finish_poll(started, complete=reason is None)
         if reason is None:
             ledger.resynced(self._clock())
         outcome.resync_done = True
-        run.store = store
         run.synced = True
         run.resync_truncated = reason
-        return outcome, run.store
+        return outcome, builder
 
     def _budget(self, first_sync: bool) -> int:
         """Requests one poll may send, lists and retrieves together.
@@ -735,12 +746,14 @@ class Poller:
         provider: str,
         ledger: Ledger,
         run: _Run,
-        store: Store,
+        builder: SnapshotBuilder | None,
         outcome: _PollOutcome,
         now: float,
         duration: float,
         started: float,
     ) -> ProviderState:
+        """The poll's new state. `builder`: the snapshot a full-mode poll folded as it listed; incremental mode
+        builds it from the store."""
         previous = self._states[provider]
         fields: dict[str, Any] = {
             "provider": provider,
@@ -815,16 +828,9 @@ class Poller:
                 count=outcome.skipped_items,
                 first_error=outcome.first_skip_error,
             )
-        builder = SnapshotBuilder(
-            provider,
-            label_for=ledger.admit_status,
-            group_for=ledger.group_of,
-            per_batch=self._settings.per_batch_metrics,
-            per_batch_limit=self._settings.per_batch_limit,
-            now=now,
-            no_progress_fraction=self._settings.risk_no_progress_fraction,
-        )
-        store.fold_into(builder)
+        if builder is None:
+            builder = self._builder(provider, ledger, now)
+            run.store.fold_into(builder)
         snapshot = builder.build(now)
         self._warn_once(provider, ledger, run, snapshot.clamped, snapshot.overflowed)
         partial = run.resync_truncated is not None or not run.synced
@@ -840,10 +846,10 @@ class Poller:
         self._log.debug(
             "poll_finished",
             outcome="truncated" if outcome.truncated else "ok",
-            batches=len(store),
+            batches=snapshot.batches,
             seen=outcome.batches,
             gone=outcome.gone,
-            resync="done" if outcome.resync_done else ("running" if store.resync is not None else None),
+            resync="done" if outcome.resync_done else ("running" if run.store.resync is not None else None),
             **fields,
         )
         return ProviderState(provider, health, snapshot, ledger.view())

@@ -280,7 +280,7 @@ class Settings(BaseSettings):
     tls_verify: bool = Field(default=True, description="Verify the gateway's TLS certificate.")
     ca_file: Path | None = Field(
         default=None,
-        description="CA bundle to verify the gateway's certificate with.",
+        description="CA bundle to verify the gateway's certificate with (unset: the system's trust store).",
         json_schema_extra=_meta("FILE"),
     )
     poll_interval_seconds: float = Field(
