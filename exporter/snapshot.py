@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
+from .firstsync import NOT_STARTED, FirstSync
 from .ledger import Group, LedgerView
 from .models import ACTIVE_STATUSES, TERMINAL_STATUSES, Batch, normalize_status
 from .outcomes import Outcomes, outcomes
@@ -288,6 +289,7 @@ class Health:
     last_success: float | None = None
     poll_duration: float = 0.0
     view_keys: int = 0  # virtual keys the provider is listed with (0: none sent)
+    first_sync: FirstSync = NOT_STARTED  # the first full list's progress (poller.py)
 
 
 @dataclass(frozen=True, slots=True)
