@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from exporter.client import BifrostClient
+from exporter.poller import RESYNC_STRETCH, SPARSE_REFRESH_POLLS
 from exporter.simulator import ProviderSpec, Simulator
 from tests.harness import ExporterThread, Samples, make_settings, value
 
@@ -235,6 +236,114 @@ def test_new_batch_on_a_later_key_shows_after_the_next_full_list() -> None:
         poll_until_resynced(exp, clock)
         assert count(exp.samples(), "validating") == 1
         assert clock.now - created <= RESYNC
+
+
+def resync_times(exp: ExporterThread, clock: SimTime, polls: int) -> list[float]:
+    """Poll `polls` times one interval apart; the wall-clock times at which a full list completed."""
+    times = []
+    before = exp.exporter.poller.states[P].ledger.last_resync
+    for _ in range(polls):
+        clock.advance(INTERVAL)
+        exp.poll(P)
+        last = exp.exporter.poller.states[P].ledger.last_resync
+        if last != before:
+            times.append(clock.now)
+            before = last
+    return times
+
+
+def test_full_lists_stretch_while_they_find_nothing_and_come_back_when_they_do() -> None:
+    """The adaptive interval: the floor (resync_interval_seconds) after the first picture, doubled after each full
+    list that found nothing the head scans had missed, at most RESYNC_STRETCH times the floor; back to the floor
+    after one that found a batch on a later key."""
+    clock = SimTime()
+    with gateway(clock) as sim, exporter(sim, clock) as exp:
+        fill(sim, per_key=6, keys=3)
+        poll_until_resynced(exp, clock)
+        start = clock.now
+        # Churn at the head only: new batches on key 0, which the head scan sees every poll.
+        times = []
+        for i in range(16 * RESYNC // INTERVAL):
+            if i % 3 == 0:
+                sim.add_batch(
+                    P, batch_id=f"head{i}", status="validating", created_at=int(clock.now), api_key=0
+                )
+            times.extend(resync_times(exp, clock, 1))
+        gaps = [b - a for a, b in pairwise([start, *times])]
+        assert gaps[:4] == [RESYNC, 2 * RESYNC, 4 * RESYNC, RESYNC_STRETCH * RESYNC]
+        assert all(g == RESYNC_STRETCH * RESYNC for g in gaps[4:])
+        # A batch on a later key: the next full list finds it, and the one after comes at the floor again.
+        sim.add_batch(P, batch_id="late", status="validating", created_at=int(clock.now), api_key=2)
+        after = resync_times(exp, clock, 2 * RESYNC_STRETCH * RESYNC // INTERVAL)
+        assert after[1] - after[0] == RESYNC
+        assert value(exp.samples(), "bifrost_batches", provider=P, status="validating") is not None
+
+
+def test_new_batch_on_a_later_key_shows_within_the_adaptive_bound() -> None:
+    """Once full lists have stretched to the upper bound, a batch only a full list can find (a later key) and a
+    deleted finished batch still show within RESYNC_STRETCH × resync_interval_seconds plus the polls of the list."""
+    clock = SimTime()
+    with gateway(clock) as sim, exporter(sim, clock) as exp:
+        fill(sim, per_key=6, keys=3)
+        poll_until_resynced(exp, clock)
+        resync_times(exp, clock, (1 + 2 + 4 + RESYNC_STRETCH) * RESYNC // INTERVAL)  # stretched to the bound
+        sim.add_batch(P, batch_id="late", status="validating", created_at=int(clock.now), api_key=2)
+        sim.delete(P, "b1-001")  # finished: only a full list can tell
+        changed = clock.now
+        completed = count(exp.samples(), "completed")
+        for _ in range(RESYNC_STRETCH * RESYNC // INTERVAL + 5):
+            clock.advance(INTERVAL)
+            exp.poll(P)
+            s = exp.samples()
+            if count(s, "validating") == 1:
+                break
+        assert count(s, "validating") == 1 and count(s, "completed") == (completed or 0) - 1
+        assert clock.now - changed <= RESYNC_STRETCH * RESYNC + INTERVAL
+
+
+def test_the_head_scan_stops_at_a_page_that_shows_a_known_batch() -> None:
+    """Two new batches and a known one on the first page: the second page is not asked for (lists are newest
+    first, so nothing newer lies beyond a known batch)."""
+    clock = SimTime()
+    with gateway(clock, multi_key(1)) as sim, exporter(sim, clock, page_size=3) as exp:
+        fill(sim, per_key=9, keys=1, active_every=100)  # one active batch, the oldest: one retrieve
+        poll_until_resynced(exp, clock)
+        clock.advance(INTERVAL)
+        for i in range(2):
+            sim.add_batch(P, batch_id=f"new{i}", status="validating", created_at=int(clock.now), api_key=0)
+        lists, _ = requests(sim)
+        exp.poll(P)
+        assert requests(sim)[0] - lists == 1
+        assert count(exp.samples(), "validating") == 2
+
+
+def test_counts_of_summary_list_items_are_refreshed_every_tenth_poll_and_a_status_change_at_once() -> None:
+    """Bedrock lists summaries (status, no counts): a known active batch the newest page shows in its stored
+    status is retrieved for its counts every SPARSE_REFRESH_POLLS polls; a changed status is retrieved at once."""
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="bedrock", after_ignored=False)
+    # No full list in the window (it would refresh them too, once as it starts).
+    quiet = {"page_size": 10, "resync_interval_seconds": 100 * INTERVAL}
+    with gateway(clock, spec) as sim, exporter(sim, clock, **quiet) as exp:
+        for i in range(3):
+            sim.add_batch(P, batch_id=f"job{i}", status="in_progress", created_at=START - 100 + i)
+        poll_until_resynced(exp, clock)
+        retrieves_per_poll = []
+        for _ in range(2 * SPARSE_REFRESH_POLLS):
+            clock.advance(INTERVAL)
+            _, before = requests(sim)
+            exp.poll(P)
+            retrieves_per_poll.append(requests(sim)[1] - before)
+        # Each of the three batches: once right after the first list (counts never seen), then every tenth poll.
+        assert retrieves_per_poll == ([3] + [0] * (SPARSE_REFRESH_POLLS - 1)) * 2
+        clock.advance(INTERVAL)
+        sim.set_status(P, "job1", "completed")
+        _, before = requests(sim)
+        exp.poll(P)
+        assert requests(sim)[1] - before >= 1
+        s = exp.samples()
+        assert count(s, "in_progress") == 2
+        assert value(s, "bifrost_batch_finished_total", provider=P, status="completed") == 1
 
 
 def test_the_cost_is_visible_and_agrees_with_the_gateway() -> None:
