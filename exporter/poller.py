@@ -561,11 +561,13 @@ class Poller:
             )
 
         # 1. Each key's newest pages, until one shows a batch already known (lists are newest first: nothing
-        #    newer lies beyond it) or nothing new (skipped while the first full list runs, and when this poll's
-        #    full list starts at the head anyway).
+        #    newer lies beyond it) or nothing new (skipped while the first full list runs, and for the key whose
+        #    walk this poll's full list starts at the head anyway).
         heads: dict[int, tuple[str, int]] = {}  # key → (cursor after its head pages, pages read)
-        if not first_sync and not starting_from_head:
+        if not first_sync:
             for k, key in enumerate(keys):
+                if starting_from_head and k == 0:
+                    continue  # this poll's full list starts at key 0's head: its pages are the head scan
                 wanted_more = [True]
 
                 def head_page(

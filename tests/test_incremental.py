@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +28,7 @@ from hypothesis import strategies as st
 
 from exporter.client import BifrostClient
 from exporter.poller import RESYNC_STRETCH, SPARSE_REFRESH_POLLS
-from exporter.simulator import ProviderSpec, Simulator
+from exporter.simulator import ProviderSpec, Simulator, demo_governance, write_key_dir
 from tests.harness import ExporterThread, Samples, make_settings, value
 
 P = "openai"
@@ -344,6 +345,32 @@ def test_counts_of_summary_list_items_are_refreshed_every_tenth_poll_and_a_statu
         s = exp.samples()
         assert count(s, "in_progress") == 2
         assert value(s, "bifrost_batch_finished_total", provider=P, status="completed") == 1
+
+
+def test_a_new_batch_of_another_key_shows_after_one_poll_also_when_a_full_list_starts(tmp_path: Path) -> None:
+    """A view of two virtual keys: the poll whose full list starts at the first key's head still scans the second
+    key's head, so a batch another tenant just created is not left for the full list to reach."""
+    gov = demo_governance(mandatory=True)
+    a, b = gov.keys
+    keys = tmp_path / "keys"
+    write_key_dir(gov.keys, keys)
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="openai")
+    with (
+        Simulator(providers=[spec], lifecycle=False, clock=clock.time, governance=gov) as sim,
+        exporter(sim, clock, virtual_key_dir=keys, page_size=2, max_requests_per_second=0.4) as exp,
+    ):
+        clock.sim = sim
+        clock.marks.append((clock.pace, clock.received()))
+        for i in range(6):
+            sim.add_batch(P, batch_id=f"old{i}", status="completed", created_at=START - 1000 + i, owner=a.id)
+        poll_until_resynced(exp, clock)
+        # The next poll starts a full list (at the floor after the first one), at key a's head.
+        clock.advance(RESYNC)
+        sim.add_batch(P, batch_id="new-b", status="validating", created_at=int(clock.now), owner=b.id)
+        exp.poll(P)
+        assert exp.exporter.poller._runs[P].store.resync is not None  # the full list did start this poll
+        assert count(exp.samples(), "validating") == 1
 
 
 def test_the_cost_is_visible_and_agrees_with_the_gateway() -> None:
