@@ -74,7 +74,7 @@ def build_gateway(
     for i, name in enumerate(providers):
         flavor = flavor_of(i)
         words[name] = "ended" if flavor == "anthropic" else "completed"
-        n_active = gc.ACTIVE_TOTAL // len(providers) + (1 if i < gc.ACTIVE_TOTAL % len(providers) else 0)
+        n_active = gc.PRESENT.active // len(providers) + (1 if i < gc.PRESENT.active % len(providers) else 0)
         n_hist = total // len(providers) + (1 if i < total % len(providers) else 0) - n_active
         style = "legacy" if flavor in gc._LEGACY else "cursor"
         pool = generate_batches(name, 2 * n_hist + 10, seed=seed, now=T0 - 3600, flavor=flavor, style=style)  # type: ignore[arg-type]
@@ -102,7 +102,7 @@ async def run(
     client = BifrostClient(settings, sleep=clock.sleep, monotonic=clock.time)
     poller = Poller(settings, client, clock=clock.time, monotonic=clock.time, started_at=T0)
     interval = settings.poll_interval_seconds
-    events = gc.schedule(gw, warmup + cycles, interval, seed)
+    events = gc.schedule(gw, gc.PRESENT.changes, warmup + cycles, interval, seed, T0)
     pending: dict[str, list[gc.Event]] = {p: [] for p in providers}
     for e in events:
         pending[e.provider].append(e)
@@ -161,7 +161,8 @@ def main() -> int:
     drain = 30  # a quarter of an hour, simulated: every settlement due by then is looked up
     off = asyncio.run(run(False, providers, total, warmup, cycles, 0, seed=1))
     on = asyncio.run(run(True, providers, total, warmup, cycles, drain, seed=1))
-    full = asyncio.run(gc.run("full", providers, total, 1, seed=1))
+    workload = gc.Workload("cost", providers, total, gc.PRESENT.active, gc.PRESENT.changes)
+    full = asyncio.run(gc.run(workload, "full", 1, seed=1))
     base = statistics.fmean(a + b for a, b in zip(full.lists, full.retrieves, strict=True))
     per_off = statistics.fmean(off.per_cycle)
     per_on = statistics.fmean(on.per_cycle)
@@ -170,8 +171,8 @@ def main() -> int:
     per_batch = (on.lookups - probes) / on.finished_settling if on.finished_settling else float("nan")
     report.table(
         f"cost_metrics on the gateway: {total:,} batches / {len(providers)} providers "
-        f"({sum(p in SETTLING_PROVIDERS for p in providers)} settled by Bifrost) / {gc.ACTIVE_TOTAL} active, "
-        f"{gc.CHANGES_PER_CYCLE} finishing per cycle; {cycles} cycles measured after {warmup} of warm-up; defaults; "
+        f"({sum(p in SETTLING_PROVIDERS for p in providers)} settled by Bifrost) / {gc.PRESENT.active} active, "
+        f"{gc.PRESENT.changes} finishing per cycle; {cycles} cycles measured after {warmup} of warm-up; defaults; "
         "simulated clock",
         ["run", "requests per cycle", "of which settlement look-ups", "vs one full list"],
         [

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                     check["name"],
                     check["detail"] or check["value"],
                     check["target"],
-                    "met" if check["met"] else "MISSED",
+                    "MET" if check["met"] else "MISSED",
                 ]
             )
     summary = format_table(

@@ -54,6 +54,8 @@ class Rendered:
     # built by hand, which then serves the bytes above as they are.
     text_pre: Prerendered | None = None
     openmetrics_pre: Prerendered | None = None
+    # Providers whose first full list has not completed: /readyz is 200 (serving what it has) and says which.
+    first_sync_running: tuple[str, ...] = ()
 
 
 def is_fresh(state: ProviderState, now: float, stale_after: float) -> bool:
@@ -379,6 +381,28 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
         "Active batches left out of the per-batch series by per_batch_limit",
         labels=["provider"],
     )
+    sync_complete = GaugeMetricFamily(
+        "bifrost_batch_exporter_first_sync_complete",
+        "1 once the provider's first full list has completed (the batch data covers the whole list, unless "
+        "truncated says otherwise); 0 while it runs and the batch data shows only what it has listed so far",
+        labels=["provider"],
+    )
+    sync_batches = GaugeMetricFamily(
+        "bifrost_batch_exporter_first_sync_batches",
+        "Batches the provider's first full list has listed so far (all of them once it is complete)",
+        labels=["provider"],
+    )
+    sync_pages = GaugeMetricFamily(
+        "bifrost_batch_exporter_first_sync_pages",
+        "List pages the provider's first full list has fetched so far (all of them once it is complete)",
+        labels=["provider"],
+    )
+    sync_eta = GaugeMetricFamily(
+        "bifrost_batch_exporter_first_sync_estimated_completion_timestamp_seconds",
+        "When the provider's first full list should complete at its pace so far; absent once complete, and "
+        "while the list's length is unknown (the gateway does not report it)",
+        labels=["provider"],
+    )
     for state in states:
         p = state.provider
         h = state.health
@@ -400,6 +424,12 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
         for reason in COVERAGE_REASONS:
             coverage.add_metric([p, reason], 1 if h.coverage == reason else 0)
         dropped.add_metric([p], state.snapshot.jobs_dropped if state.snapshot is not None else 0)
+        first = h.first_sync
+        sync_complete.add_metric([p], 1 if first.complete else 0)
+        sync_batches.add_metric([p], first.batches)
+        sync_pages.add_metric([p], first.pages)
+        if not first.complete and first.estimated_completion is not None:
+            sync_eta.add_metric([p], first.estimated_completion)
     info = build_info().labels()
     build = GaugeMetricFamily(
         "bifrost_batch_exporter_build_info",
@@ -421,6 +451,10 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
         view_keys,
         coverage,
         dropped,
+        sync_complete,
+        sync_batches,
+        sync_pages,
+        sync_eta,
         build,
     )
 
@@ -549,4 +583,5 @@ def render(
         rendered_at=now,
         text_pre=text_pre,
         openmetrics_pre=openmetrics_pre,
+        first_sync_running=tuple(s.provider for s in states if not s.health.first_sync.complete),
     )

@@ -280,7 +280,7 @@ class Settings(BaseSettings):
     tls_verify: bool = Field(default=True, description="Verify the gateway's TLS certificate.")
     ca_file: Path | None = Field(
         default=None,
-        description="CA bundle to verify the gateway's certificate with.",
+        description="CA bundle to verify the gateway's certificate with (unset: the system's trust store).",
         json_schema_extra=_meta("FILE"),
     )
     poll_interval_seconds: float = Field(
@@ -392,15 +392,16 @@ class Settings(BaseSettings):
     poll_mode: Literal["incremental", "full"] = Field(
         default="incremental",
         description="incremental: known active batches and the newest list pages each poll, a full list every "
-        "resync_interval_seconds; full: the whole list every poll.",
+        "resync_interval_seconds to 6 times it; full: the whole list every poll.",
         json_schema_extra=_meta("MODE"),
     )
     resync_interval_seconds: float = Field(
         default=600.0,
         gt=0,
         allow_inf_nan=False,
-        description="Time between full lists of one provider in incremental mode; at least "
-        "poll_interval_seconds.",
+        description="Shortest time between full lists of one provider in incremental mode: after a full list "
+        "that found nothing the polls in between had missed the next waits twice as long, up to 6 times this; "
+        "after one that did, this again. At least poll_interval_seconds.",
         json_schema_extra=_SECONDS,
     )
     max_requests_per_second: float = Field(

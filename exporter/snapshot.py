@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, NamedTuple
 
+from .firstsync import NOT_STARTED, FirstSync
 from .ledger import Group, LedgerView
 from .models import ACTIVE_STATUSES, TERMINAL_STATUSES, Batch, normalize_status
 from .outcomes import Outcomes, outcomes
@@ -309,6 +310,7 @@ class Health:
     poll_duration: float = 0.0
     view_keys: int = 0  # virtual keys the provider is listed with (0: none sent)
     coverage: str = "pending"  # one of COVERAGE_REASONS
+    first_sync: FirstSync = NOT_STARTED  # the first full list's progress (poller.py)
 
 
 @dataclass(frozen=True, slots=True)
