@@ -1,16 +1,18 @@
 # bifrost-batch-exporter container image.
 #
 #   docker build -t bifrost-batch-exporter:dev \
-#     --build-arg VERSION="$(python3 -c 'import tomllib;print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])')" \
-#     --build-arg REVISION="$(git rev-parse HEAD)" --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" .
+#     --build-arg REVISION="$(git rev-parse HEAD)" --build-arg BRANCH="$(git rev-parse --abbrev-ref HEAD)" \
+#     --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" .
 #   docker run --rm -p 9877:9877 --read-only bifrost-batch-exporter:dev --demo
 #
-# The version is written once, in pyproject.toml; VERSION only labels the image (the program reads its own version
-# from the installed package metadata). REVISION and CREATED are the OCI labels a registry and a scanner show.
+# The version is written once, in exporter/__init__.py. REVISION, BRANCH and CREATED are facts of this build: the
+# build stage bakes them into the package (exporter/_build.py: `--version`, bifrost_batch_exporter_build_info) and
+# the final stage puts them on the OCI labels a registry and a scanner show. The release workflow
+# (.github/workflows/release.yml) passes the same build args.
 #
 # BASE_IMAGE is used for both stages: the venv built in the first stage links to the base's own python, so builder
 # and runtime must share it. Any Debian-like image with python3 (>= 3.11) and the venv module works; deploy/image-test.sh
-# builds this same file on a locally bootstrapped Debian root because no registry is reachable in CI.
+# builds this same file on a locally bootstrapped Debian base because no image registry is reachable in CI.
 ARG BASE_IMAGE=python:3.12.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
@@ -23,10 +25,15 @@ RUN python3 -m venv /opt/build \
     && python3 -m venv --without-pip /opt/venv
 COPY pyproject.toml README.md LICENSE ./
 COPY exporter ./exporter
-RUN /opt/build/bin/pip wheel --no-cache-dir --wheel-dir /wheels . \
+ARG REVISION=unknown
+ARG BRANCH=unknown
+ARG CREATED=unknown
+RUN python3 -m exporter.version --write-build-file \
+        --revision "${REVISION}" --branch "${BRANCH}" --build-date "${CREATED}" \
+    && /opt/build/bin/pip wheel --no-cache-dir --wheel-dir /wheels . \
     && /opt/build/bin/pip --python /opt/venv/bin/python install --no-cache-dir --no-index --find-links /wheels \
         /wheels/bifrost_batch_exporter-*.whl \
-    && /opt/venv/bin/python -c "import exporter; print('exporter', exporter.__version__)"
+    && /opt/venv/bin/bifrost-batch-exporter --version
 
 FROM ${BASE_IMAGE}
 ARG VERSION=unknown

@@ -1,10 +1,22 @@
 """Benchmark: what polling costs the gateway, and how fresh the metrics stay, `incremental` against `full` mode.
 
-A gateway of 100,000 batches over 23 providers, 100 of them active (the newest: a batch lives a day, the history
-months), in steady state: each poll interval some active batches finish and as many new ones start. Every list or
-retrieve request the gateway receives it forwards to the provider's API, on the customer's rate limit, so the
-figure is requests per poll cycle (all 23 providers), counted at the simulator. Baseline in the same run: `full`
-mode polling the same gateway with the same churn.
+Every list or retrieve request the gateway receives it forwards to the provider's API, on the customer's rate limit,
+so the figure is requests per poll interval (all providers), counted at the simulator, against the requests of one
+full list of the same account (what `full` mode sends every interval: the baseline, measured in the same run).
+
+Workloads, each in steady state (each interval some active batches finish and as many new ones start):
+- **present mix**: 100,000 batches over 23 providers (all six batch shapes, so a third list summaries without counts:
+  Bedrock, Gemini), 100 of them active (the newest: a batch lives a day, the history months), 10 finishing and 10
+  starting per interval;
+- **realistic mix** (issue 20): a large account on three providers (OpenAI, Azure, Anthropic shapes), 100 batches
+  running on each, the rest finished history; 2 finishing and 2 starting per interval;
+- **the view's keys** (issue 24): the present mix behind a governance gateway, each batch owned by one of 1, 2 or 5
+  tenants or by none, the exporter reading the union with one virtual key per tenant (`virtual_key_dir`): every key
+  lists each provider itself, and the gateway narrows each page to the key's batches without moving the cursors.
+
+`incremental` is measured over two windows: the first hour after the first picture (full lists every 600, 1,200 and
+2,400 s while they find nothing the polls missed) and then one period at the adaptive interval's upper bound (an
+hour), the steady state the 5 % goal is about.
 
 Time is simulated, and said so in the table: the gateway (the project's simulator, in-process, no lifecycle), the
 poller and the client's pacing all read one injected clock. Each provider polls on its own timeline every
@@ -15,9 +27,7 @@ provider that starts after t (a change during a poll is left to the next one: th
 the end of the first poll that shows it, minus t. After every poll the bench checks that the provider's exposed
 counts equal the gateway's (so "shows it" is verified, not assumed); a poll that does not counts as a miss.
 
-Settings are the defaults (poll 30 s, resync 600 s, 10 requests/s, page_size 100), so a cycle of `full` mode is
-about a thousand list requests, the figure the issue starts from. One resync period (20 cycles) is measured for
-`incremental`, so its cost per cycle includes one full list; three cycles for `full` (every cycle is alike).
+Settings are the defaults (poll 30 s, resync floor 600 s, 10 requests/s, page_size 100).
 """
 
 from __future__ import annotations
@@ -25,23 +35,46 @@ from __future__ import annotations
 import asyncio
 import random
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from bench.common import PROVIDERS_23, Report, flavor_of, parser
 from exporter.client import BifrostClient
+from exporter.firstsync import FirstSync
 from exporter.logs import configure
-from exporter.poller import Poller
+from exporter.poller import RESYNC_STRETCH, Poller
 from exporter.settings import Settings
 from exporter.simulator import ProviderSpec, Simulator, generate_batches
+from exporter.simulator.governance import Governance, VirtualKey, write_key_dir
 
 T0 = 1_750_000_000.0
 TARGET_SHARE = 0.05
-ACTIVE_TOTAL = 100
-CHANGES_PER_CYCLE = 10  # batches finishing per cycle, and as many starting: the active count stays at 100
 _LEGACY = ("openai", "azure", "vertex")
 Mode = Literal["incremental", "full"]
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    name: str
+    providers: tuple[str, ...]
+    total: int
+    active: int
+    changes: int  # batches finishing per interval, and as many starting: the active count stays
+    keys: int = 0  # tenants with a virtual key each, read as one view (0: no governance, no key sent)
+
+    def with_keys(self, keys: int) -> Workload:
+        return Workload(f"{self.name}, {keys} key{'s' if keys > 1 else ''}", *self._rest(), keys=keys)
+
+    def _rest(self) -> tuple[tuple[str, ...], int, int, int]:
+        return self.providers, self.total, self.active, self.changes
+
+
+PRESENT = Workload("present mix", PROVIDERS_23, 100_000, 100, 10)
+REALISTIC = Workload("realistic mix", PROVIDERS_23[:3], 100_000, 300, 2)
+KEYS = (1, 2, 5)
 
 
 class SimClock:
@@ -83,31 +116,53 @@ class Result:
     cycles: int
     lists: list[int] = field(default_factory=list)  # per cycle, all providers
     retrieves: list[int] = field(default_factory=list)
-    resync_cycle_requests: int = 0
     freshness: list[float] = field(default_factory=list)
     misses: int = 0
     polls: int = 0
     longest_poll: float = 0.0  # simulated seconds
+    full_lists: list[int] = field(
+        default_factory=list
+    )  # the cycles in which a provider's full list completed
+
+    def per_cycle(self, first: int, last: int) -> tuple[float, float]:
+        """Mean (list, retrieve) requests per cycle over cycles first..last (1-based, inclusive)."""
+        lists = self.lists[first - 1 : last]
+        retrieves = self.retrieves[first - 1 : last]
+        return statistics.fmean(lists), statistics.fmean(retrieves)
 
 
-def build_gateway(providers: tuple[str, ...], total: int, seed: int, clock: SimClock) -> Gateway:
-    """History (finished batches) plus the newest ACTIVE_TOTAL in progress, spread over the providers; every
-    provider honours the list cursor (one that does not can be listed past page 1 in neither mode)."""
+def tenants(keys: int) -> Governance:
+    return Governance(
+        keys=tuple(
+            VirtualKey(id=f"vk-{i}", value=f"sk-bf-bench-tenant-{i:02d}", name=f"tenant-{i}")
+            for i in range(keys)
+        )
+    )
+
+
+def build_gateway(w: Workload, seed: int, clock: SimClock) -> Gateway:
+    """History (finished batches) plus the newest `active` in progress, spread over the providers; every provider
+    honours the list cursor (one that does not can be listed past page 1 in neither mode). With keys, each batch's
+    owner is drawn: one of the tenants or nobody, in equal shares."""
     specs = []
-    for i, name in enumerate(providers):
+    for i, name in enumerate(w.providers):
         flavor = flavor_of(i)
         style = "legacy" if flavor in _LEGACY else "cursor"
         specs.append(ProviderSpec(name, style=style, flavor=flavor, after_ignored=False))  # type: ignore[arg-type]
-    sim = Simulator(providers=specs, lifecycle=False, clock=clock.time, seed=seed, latency_ms=120)
+    governance = tenants(w.keys) if w.keys else None
+    sim = Simulator(
+        providers=specs, lifecycle=False, clock=clock.time, seed=seed, latency_ms=120, governance=governance
+    )
     active: dict[str, list[str]] = {}
     totals: dict[str, int] = {}
     words: dict[str, str] = {}
     rng = random.Random(seed)
-    for i, name in enumerate(providers):
+    n = len(w.providers)
+    for i, name in enumerate(w.providers):
         flavor = flavor_of(i)
         words[name] = "ended" if flavor == "anthropic" else "completed"
-        n_active = ACTIVE_TOTAL // len(providers) + (1 if i < ACTIVE_TOTAL % len(providers) else 0)
-        n_hist = total // len(providers) + (1 if i < total % len(providers) else 0) - n_active
+        n_active = w.active // n + (1 if i < w.active % n else 0)
+        n_hist = w.total // n + (1 if i < w.total % n else 0) - n_active
         style = "legacy" if flavor in _LEGACY else "cursor"
         pool = generate_batches(name, 2 * n_hist + 10, seed=seed, now=T0 - 3600, flavor=flavor, style=style)  # type: ignore[arg-type]
         history = [b for b in pool if b.get("status") in _TERMINAL][:n_hist]
@@ -135,17 +190,17 @@ def _start(sim: Simulator, provider: str, at: int) -> str:
     return str(batch["id"])
 
 
-def schedule(gw: Gateway, cycles: int, interval: float, seed: int) -> list[Event]:
-    """The churn of every cycle, drawn up front: CHANGES_PER_CYCLE finishes (of batches active when the cycle
+def schedule(gw: Gateway, changes: int, cycles: int, interval: float, seed: int, t0: float) -> list[Event]:
+    """The churn of every cycle from `t0`, drawn up front: `changes` finishes (of batches active when the cycle
     starts) and as many starts, at uniform times within the cycle. Which batch finishes is drawn when it happens."""
     rng = random.Random(seed + 1)
     providers = list(gw.active)
     planned = {p: len(ids) for p, ids in gw.active.items()}
     events: list[Event] = []
     for k in range(1, cycles + 1):
-        lo, hi = T0 + (k - 1) * interval, T0 + k * interval
+        lo, hi = t0 + (k - 1) * interval, t0 + k * interval
         started: list[str] = []
-        for _ in range(CHANGES_PER_CYCLE):
+        for _ in range(changes):
             p = rng.choice([q for q in providers if planned[q]])
             planned[p] -= 1
             events.append(Event(rng.uniform(lo, hi), p, "finish", ""))
@@ -168,64 +223,173 @@ def apply(gw: Gateway, event: Event) -> None:
         gw.totals[p] += 1
 
 
-async def run(mode: Mode, providers: tuple[str, ...], total: int, cycles: int, seed: int) -> Result:
+async def run(w: Workload, mode: Mode, cycles: int, seed: int) -> Result:
     clock = SimClock(T0)
-    gw = build_gateway(providers, total, seed, clock)
+    gw = build_gateway(w, seed, clock)
     gw.sim.start()
-    settings = Settings(bifrost_url=gw.sim.url, providers=providers, poll_mode=mode, log_level="warning")
-    client = BifrostClient(settings, sleep=clock.sleep, monotonic=clock.time)
-    poller = Poller(settings, client, clock=clock.time, monotonic=clock.time, started_at=T0)
-    interval = settings.poll_interval_seconds
-    events = schedule(gw, cycles, interval, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        key_dir: Path | None = None
+        if w.keys:
+            governance = gw.sim.governance
+            assert governance is not None
+            key_dir = Path(tmp) / "keys"
+            write_key_dir(governance.keys, key_dir)
+        settings = Settings(
+            bifrost_url=gw.sim.url,
+            providers=w.providers,
+            poll_mode=mode,
+            log_level="warning",
+            virtual_key_dir=key_dir,
+            # The baseline is one whole full list, however long; incremental mode never truncates a healthy one.
+            max_pages=100_000 if mode == "full" else Settings.model_fields["max_pages"].default,
+        )
+        client = BifrostClient(settings, sleep=clock.sleep, monotonic=clock.time)
+        poller = Poller(settings, client, clock=clock.time, monotonic=clock.time, started_at=T0)
+        try:
+            return await _cycles(w, mode, cycles, seed, gw, clock, poller, settings.poll_interval_seconds)
+        finally:
+            await client.aclose()
+            poller.close()
+            gw.sim.stop()
+
+
+async def _cycles(
+    w: Workload,
+    mode: Mode,
+    cycles: int,
+    seed: int,
+    gw: Gateway,
+    clock: SimClock,
+    poller: Poller,
+    interval: float,
+) -> Result:
+    providers = w.providers
+    ends = dict.fromkeys(providers, T0)
+    resynced: dict[str, float | None] = dict.fromkeys(providers)
+    # The first full list of each provider, back to back as the schedule runs it when a poll overruns; not
+    # counted. The measured intervals start at the next interval boundary after the last of them.
+    for p in providers:
+        while True:
+            clock.now = ends[p]
+            state = await poller.poll(p)
+            ends[p] = max(clock.now, ends[p] + interval)
+            if state.health.first_sync.complete:
+                resynced[p] = state.ledger.last_resync
+                break
+    t0 = T0 + interval * -(-(max(ends.values()) - T0) // interval)
+    events = schedule(gw, w.changes, cycles, interval, seed, t0)
     pending: dict[str, list[Event]] = {p: [] for p in providers}
     for e in events:
         pending[e.provider].append(e)
     result = Result(mode, cycles)
-    ends = dict.fromkeys(providers, T0)
     unseen: dict[str, list[Event]] = {p: [] for p in providers}  # applied, not yet shown by a poll
-    resynced: dict[str, float | None] = dict.fromkeys(providers)
-    try:
-        for k in range(cycles + 1):  # cycle 0 is the first poll (the initial full list): not counted
-            lists = retrieves = 0
-            for p in providers:
-                clock.now = start = max(T0 + k * interval, ends[p])
-                due = [e for e in pending[p] if e.at <= start]
-                pending[p] = pending[p][len(due) :]
-                for e in due:
-                    apply(gw, e)
-                unseen[p].extend(due)
-                before = (gw.sim.requests(p, "list"), gw.sim.requests(p, "retrieve"))
-                state = await poller.poll(p)
-                ends[p] = clock.now
-                dl = gw.sim.requests(p, "list") - before[0]
-                dr = gw.sim.requests(p, "retrieve") - before[1]
-                if k == 0:
-                    resynced[p] = state.ledger.last_resync
-                    continue
-                result.polls += 1
-                result.longest_poll = max(result.longest_poll, ends[p] - start)
-                lists, retrieves = lists + dl, retrieves + dr
-                if mode == "incremental" and state.ledger.last_resync != resynced[p]:
-                    result.resync_cycle_requests += dl + dr
-                resynced[p] = state.ledger.last_resync
-                snap = state.snapshot
-                shown = snap.status_counts() if snap is not None else {}
-                if (
-                    not state.health.up
-                    or shown.get("in_progress", 0) != len(gw.active[p])
-                    or (snap.batches if snap is not None else 0) != gw.totals[p]
-                ):
-                    result.misses += 1  # not shown yet: measured at the poll that shows it
-                    continue
-                result.freshness.extend(ends[p] - e.at for e in unseen[p])
-                unseen[p] = []
-            if k:
-                result.lists.append(lists)
-                result.retrieves.append(retrieves)
-    finally:
-        await client.aclose()
-        gw.sim.stop()
+    for k in range(1, cycles + 1):
+        lists = retrieves = 0
+        for p in providers:
+            clock.now = start = max(t0 + (k - 1) * interval, ends[p])
+            due = [e for e in pending[p] if e.at <= start]
+            pending[p] = pending[p][len(due) :]
+            for e in due:
+                apply(gw, e)
+            unseen[p].extend(due)
+            before = (gw.sim.requests(p, "list"), gw.sim.requests(p, "retrieve"))
+            state = await poller.poll(p)
+            ends[p] = clock.now
+            dl = gw.sim.requests(p, "list") - before[0]
+            dr = gw.sim.requests(p, "retrieve") - before[1]
+            result.polls += 1
+            result.longest_poll = max(result.longest_poll, ends[p] - start)
+            lists, retrieves = lists + dl, retrieves + dr
+            if state.ledger.last_resync != resynced[p]:
+                result.full_lists.append(k)
+            resynced[p] = state.ledger.last_resync
+            snap = state.snapshot
+            shown = snap.status_counts() if snap is not None else {}
+            if (
+                not state.health.up
+                or shown.get("in_progress", 0) != len(gw.active[p])
+                or (snap.batches if snap is not None else 0) != gw.totals[p]
+            ):
+                result.misses += 1  # not shown yet: measured at the poll that shows it
+                continue
+            result.freshness.extend(ends[p] - e.at for e in unseen[p])
+            unseen[p] = []
+        result.lists.append(lists)
+        result.retrieves.append(retrieves)
     return result
+
+
+async def first_picture(w: Workload, rate: float, seed: int) -> tuple[int, float]:
+    """(pages, seconds) of the slowest provider's first full list with the poller's own schedule (`Poller.run`),
+    each provider on its own simulated clock (they list in parallel, each paced on its own)."""
+    slowest = (0, 0.0)
+    for provider in w.providers:
+        first = await _first_list(
+            Workload(w.name, (provider,), w.total // len(w.providers), 1, 0), rate, seed
+        )
+        if first.started_at is None or first.completed_at is None:
+            raise RuntimeError(f"{provider}: no first full list")
+        took = first.completed_at - first.started_at
+        if took >= slowest[1]:
+            slowest = (first.pages, took)
+    return slowest
+
+
+async def _first_list(w: Workload, rate: float, seed: int) -> FirstSync:
+    (provider,) = w.providers
+    clock = SimClock(T0)
+    gw = build_gateway(w, seed, clock)
+    gw.sim.start()
+    settings = Settings(
+        bifrost_url=gw.sim.url, providers=[provider], log_level="warning", max_requests_per_second=rate
+    )
+    client = BifrostClient(settings, sleep=clock.sleep, monotonic=clock.time)
+    done = asyncio.Event()
+    poller: Poller
+
+    def changed() -> None:
+        if poller.states[provider].health.first_sync.complete:
+            done.set()
+
+    poller = Poller(
+        settings, client, clock=clock.time, monotonic=clock.time, sleep=clock.sleep, on_change=changed
+    )
+    task = asyncio.create_task(poller.run())
+    try:
+        await asyncio.wait_for(done.wait(), 600)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.aclose()
+        poller.close()
+        gw.sim.stop()
+    return poller.states[provider].health.first_sync
+
+
+@dataclass(frozen=True, slots=True)
+class Windows:
+    """Cycle windows of an incremental run: the first hour, then one period at the adaptive interval's bound."""
+
+    first_hour: tuple[int, int]
+    steady: tuple[int, int]
+
+    @property
+    def cycles(self) -> int:
+        return self.steady[1]
+
+
+def windows(interval: float, floor: float, smoke: bool) -> Windows:
+    if smoke:
+        return Windows((1, 2), (3, 4))
+    hour = round(3600 / interval)
+    # Full lists at floor × (1, 1+2, 1+2+4, …) until the interval reaches its bound; the steady window is the
+    # period after the last stretch: from one full list at the bound to the next.
+    at, step = floor, floor
+    while step * 2 < floor * RESYNC_STRETCH:
+        step *= 2
+        at += step
+    first = round(at / interval) + 1
+    return Windows((1, hour), (first, first + round(floor * RESYNC_STRETCH / interval) - 1))
 
 
 def main() -> int:
@@ -233,105 +397,127 @@ def main() -> int:
     started = time.perf_counter()
     report = Report("gateway_cost", args.smoke)
     configure("warning", "json", [])
-    providers = PROVIDERS_23[:4] if args.smoke else PROVIDERS_23
-    total = 2_000 if args.smoke else 100_000
     defaults = Settings(providers=["openai"])
-    per_resync = round(defaults.resync_interval_seconds / defaults.poll_interval_seconds)
-    incremental = asyncio.run(run("incremental", providers, total, 3 if args.smoke else per_resync, seed=1))
-    full = asyncio.run(run("full", providers, total, 2 if args.smoke else 3, seed=1))
     interval = defaults.poll_interval_seconds
-    base = statistics.fmean(a + b for a, b in zip(full.lists, full.retrieves, strict=True))
-
-    def row(label: str, r: Result, requests: float, lists: float, retrieves: float) -> list[object]:
-        fresh = sorted(r.freshness)
+    win = windows(interval, defaults.resync_interval_seconds, args.smoke)
+    present, realistic = PRESENT, REALISTIC
+    if args.smoke:
+        present = Workload("present mix", PROVIDERS_23[:4], 2_000, 20, 2)
+        realistic = Workload("realistic mix", PROVIDERS_23[:3], 1_500, 30, 1)
+    keyed = [present.with_keys(k) for k in (KEYS[:1] if args.smoke else KEYS)]
+    rows: list[list[object]] = []
+    checks: list[tuple[Workload, float, float, Result]] = []
+    bases: dict[tuple[tuple[str, ...], int, int, int], float] = {}
+    for w in (present, realistic, *keyed):
+        if w._rest() not in bases:  # the keyed workloads' account is the present mix's: one baseline for all
+            base_run = asyncio.run(run(Workload(w.name, *w._rest()), "full", 1, seed=1))
+            bases[w._rest()] = statistics.fmean(
+                a + b for a, b in zip(base_run.lists, base_run.retrieves, strict=True)
+            )
+        base = bases[w._rest()]
+        inc = asyncio.run(run(w, "incremental", win.cycles, seed=1))
+        first_l, first_r = inc.per_cycle(*win.first_hour)
+        steady_l, steady_r = inc.per_cycle(*win.steady)
+        fresh = sorted(inc.freshness)
         median = statistics.median(fresh) if fresh else float("nan")
         worst = fresh[-1] if fresh else float("nan")
-        return [
-            label,
-            requests,
-            lists,
-            retrieves,
-            f"{requests / base:.1%}",
-            median,
-            worst,
-            f"{median / interval:.2f}× / {worst / interval:.2f}×",
-            r.misses,
-        ]
-
-    inc_per = statistics.fmean(a + b for a, b in zip(incremental.lists, incremental.retrieves, strict=True))
-    per_cycle = list(zip(incremental.lists, incremental.retrieves, strict=True))
-    heaviest = max(a + b for a, b in per_cycle)
-    resynced = incremental.resync_cycle_requests > 0
-    steady = [(a, b) for a, b in per_cycle if a + b < heaviest] if resynced else per_cycle
-    rows = [
-        row(
-            f"full (baseline; {full.cycles} cycles)",
-            full,
-            base,
-            statistics.fmean(full.lists),
-            statistics.fmean(full.retrieves),
-        ),
-        row(
-            f"incremental ({incremental.cycles} cycles"
-            + (", one resync period, its full list included)" if incremental.cycles == per_resync else ")"),
-            incremental,
-            inc_per,
-            statistics.fmean(incremental.lists),
-            statistics.fmean(incremental.retrieves),
-        ),
-    ]
+        label = f"{w.name} ({w.total:,} batches, {len(w.providers)} providers, {w.active} active)"
+        rows.append([label, "full: one full list (baseline)", base, base, 0, "100.0%", "", "", ""])
+        rows.append(
+            ["", "incremental, first hour", first_l + first_r, first_l, first_r, f"{(first_l + first_r) / base:.1%}",
+             median, worst, inc.misses]
+        )  # fmt: skip
+        rows.append(
+            ["", "incremental, steady (one period at the bound)", steady_l + steady_r, steady_l, steady_r,
+             f"{(steady_l + steady_r) / base:.1%}", "", "", ""]
+        )  # fmt: skip
+        checks.append((w, base, steady_l + steady_r, inc))
+    picture_rows: list[list[object]] = []
+    for rate in (defaults.max_requests_per_second, 10 * defaults.max_requests_per_second):
+        pages, took = asyncio.run(first_picture(realistic, rate, seed=1))
+        bound = 1.1 * pages / rate + interval
+        picture_rows.append([f"{rate:g}", pages, took, pages / rate, bound])
+        if not args.smoke:
+            report.check(
+                f"first complete picture, realistic mix, {rate:g} requests/s",
+                took / bound,
+                "≤ 1.1 × pages ÷ rate + one poll interval",
+                took <= bound,
+                f"{took:.1f} s for {pages:,} pages (pages ÷ rate {pages / rate:.1f} s; bound {bound:.1f} s)",
+            )
     report.table(
-        f"Gateway cost, {total:,} batches / {len(providers)} providers / {ACTIVE_TOTAL} active, "
-        f"{CHANGES_PER_CYCLE} finishing and {CHANGES_PER_CYCLE} starting per cycle; defaults (poll "
-        f"{interval:g} s, resync {defaults.resync_interval_seconds:g} s, {defaults.max_requests_per_second:g} "
-        f"requests/s, page_size {defaults.page_size}); simulated clock",
+        f"First complete picture, {realistic.name} ({realistic.total:,} batches, {len(realistic.providers)} "
+        "providers listed in parallel; the slowest provider): Poller.run on a simulated clock",
         [
-            "mode",
-            "requests per cycle",
+            "max_requests_per_second",
+            "pages",
+            "seconds",
+            "pages ÷ rate (s)",
+            "bound: 1.1 × pages ÷ rate + 30 s",
+        ],
+        picture_rows,
+    )
+    report.table(
+        f"Gateway cost per {interval:g} s interval against one full list of the same account; defaults (poll "
+        f"{interval:g} s, resync floor {defaults.resync_interval_seconds:g} s and bound ×{RESYNC_STRETCH}, "
+        f"{defaults.max_requests_per_second:g} requests/s, page_size {defaults.page_size}); simulated clock",
+        [
+            "workload",
+            "what",
+            "requests per interval",
             "list",
             "retrieve",
-            "vs full",
+            "vs one full list",
             "freshness median (s)",
             "freshness worst (s)",
-            "median / worst vs poll interval",
             "polls not showing the gateway",
         ],
         rows,
     )
-    if steady:
-        lists_between = statistics.fmean(a for a, _ in steady)
-        retrieves_between = statistics.fmean(b for _, b in steady)
-        report.note(
-            f"incremental between full lists: {lists_between + retrieves_between:.1f} requests per cycle "
-            f"({(lists_between + retrieves_between) / base:.1%} of full): {lists_between:.1f} list (newest pages) "
-            f"+ {retrieves_between:.1f} retrieve (known active batches the newest pages did not show, or showed "
-            f"only as a summary: Bedrock, Gemini)"
-            + (f"; the cycle that ran the full list: {heaviest} requests" if resynced else "")
-        )
+    report.note(
+        f"windows: first hour = intervals {win.first_hour[0]}-{win.first_hour[1]} after the first picture (full "
+        f"lists while the interval stretches); steady = intervals {win.steady[0]}-{win.steady[1]}, one period of "
+        f"{defaults.resync_interval_seconds * RESYNC_STRETCH:g} s with one full list per provider and key"
+    )
     report.note(
         "freshness is on the simulated clock: poll start to poll end is the time its paced requests take at "
         "max_requests_per_second; HTTP round trips add their real latency on top"
     )
-    share = inc_per / base
+    nokey = next(c for c in checks if c[0].keys == 0)
+    per_provider = {
+        c[0].keys: c[2] / len(c[0].providers) for c in checks if c[0].providers == nokey[0].providers
+    }
+    if len(per_provider) > 1:
+        report.note(
+            "per provider and interval, steady: "
+            + ", ".join(
+                f"{k or 'no'} key{'s' if k != 1 else ''} {v:.2f}" for k, v in sorted(per_provider.items())
+            )
+            + f" requests; one full list of the present mix is {nokey[1] / len(nokey[0].providers):.1f} per provider"
+        )
     if not args.smoke:
-        report.check(
-            "incremental requests per cycle vs full",
-            share,
-            f"≤ {TARGET_SHARE:.0%}",
-            share <= TARGET_SHARE,
-            f"{inc_per:.0f} vs {base:.0f} ({share:.1%}), one resync period",
-        )
-        fresh = sorted(incremental.freshness)
-        worst = fresh[-1] if fresh else float("inf")
-        bound = interval + incremental.longest_poll
-        report.check(
-            "incremental freshness, worst vs poll interval",
-            worst / interval,
-            "≤ 1 interval + the longest poll",
-            incremental.misses == 0 and worst <= bound,
-            f"median {statistics.median(fresh):.1f} s, worst {worst:.1f} s at a {interval:g} s interval "
-            f"(longest poll {incremental.longest_poll:.1f} s); {incremental.misses} polls not showing the gateway",
-        )
+        for w, base, steady, inc in checks:
+            if w.keys:
+                continue
+            share = steady / base
+            report.check(
+                f"incremental requests per interval vs one full list, {w.name}",
+                share,
+                f"≤ {TARGET_SHARE:.0%}",
+                share <= TARGET_SHARE,
+                f"{steady:.1f} vs {base:.0f} ({share:.1%}), steady: one period at the adaptive bound",
+            )
+            fresh = sorted(inc.freshness)
+            worst = fresh[-1] if fresh else float("inf")
+            bound = interval + inc.longest_poll
+            report.check(
+                f"incremental freshness, worst vs poll interval, {w.name}",
+                worst / interval,
+                "≤ 1 interval + the longest poll",
+                inc.misses == 0 and worst <= bound,
+                f"median {statistics.median(fresh):.1f} s, worst {worst:.1f} s at a {interval:g} s interval "
+                f"(longest poll {inc.longest_poll:.1f} s); {inc.misses} polls not showing the gateway",
+            )
     report.finish(args.json, started)
     return 0
 

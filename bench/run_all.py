@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:
 
 from bench.common import child_env, format_table, machine  # noqa: E402
 
-BENCHMARKS = ("parse", "scrape", "memory", "concurrency", "gateway_cost", "alert_quality")
+BENCHMARKS = ("parse", "scrape", "memory", "concurrency", "gateway_cost", "cost", "alert_quality")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                     check["name"],
                     check["detail"] or check["value"],
                     check["target"],
-                    "met" if check["met"] else "MISSED",
+                    "MET" if check["met"] else "MISSED",
                 ]
             )
     summary = format_table(

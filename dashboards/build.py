@@ -56,10 +56,16 @@ class Settings:
     refresh: str
     time_from: str
     records: dict[str, str]  # recording-rule names by role
+    slo_records: dict[str, dict[str, str]]  # SLO recording-rule names by kind (good, bad) and window
+    objectives: dict[str, float]  # per SLO (batches, requests)
+    slo_period: str
 
     @classmethod
     def from_mixin(cls, path: Path = MIXIN) -> Settings:
-        snippet = f"local m = import {json.dumps(str(path))}; {{config: m._config, records: m.recordNames}}"
+        snippet = (
+            f"local m = import {json.dumps(str(path))}; "
+            "{config: m._config, records: m.recordNames + m.costRecordNames, slo: m.sloRecordNames}"
+        )
         # A user's mixin file may import this one as jsonnet-bundler vendors it (vendor/ next to the file).
         search = [str(path.parent / "vendor"), str(path.parent)]
         out: dict[str, Any] = json.loads(_jsonnet.evaluate_snippet("dashboard", snippet, jpathdir=search))
@@ -75,6 +81,12 @@ class Settings:
             refresh=config["dashboard"]["refresh"],
             time_from=config["dashboard"]["from"],
             records=dict(out["records"]),
+            slo_records={kind: dict(names) for kind, names in out["slo"].items()},
+            objectives={
+                slo: float(config["alerts"]["BifrostBatchErrorBudgetBurn"][f"{slo}Objective"])
+                for slo in ("batches", "requests")
+            },
+            slo_period=str(config["sloPeriod"]),
         )
 
     def filters(self, *, metadata: bool = False, selector: bool = True) -> str:
@@ -411,13 +423,14 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
                 ids,
                 "Failures by code (per hour)",
                 "Batches that reached failed or expired during the preceding hour, by the error code they carried "
-                "(errors.data[].code; none when they carried none), per provider. BifrostBatchFailed and "
-                "BifrostBatchExpired name these codes.",
+                "(errors.data[].code; none when they carried none) and its class: input (the owner fixes the batch: "
+                "BifrostBatchInputRejected), provider, auth or unknown (the platform acts: BifrostBatchFailed; "
+                "expiries: BifrostBatchExpired). docs/runbook.md, Failure classes.",
                 "short",
                 [
                     Target(
-                        f"sum by (provider, status, code) ({rec['failures']}{{{FR}}})",
-                        "{{provider}} {{status}} {{code}}",
+                        f"sum by (provider, status, code, class) ({rec['failures']}{{{FR}}})",
+                        "{{provider}} {{status}} {{code}} ({{class}})",
                     )
                 ],
                 bars=True,
@@ -431,7 +444,7 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
                 "GET /v1/batches/{batch_id}?provider=<provider>.",
                 [
                     Target(
-                        f"max by (provider, status, batch_id, code) (bifrost_batch_last_failure_info{{{F}}})",
+                        f"max by (provider, status, batch_id, code, class) (bifrost_batch_last_failure_info{{{F}}})",
                         "{{batch_id}}",
                     )
                 ],
@@ -443,7 +456,8 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
                 ids,
                 "Recent request failure ratio",
                 "Failed / all requests of the batches that finished during the preceding hour (each batch counted once "
-                "at its transition, so old batches age out). BifrostBatchHighRequestFailureRatio fires above 10 %.",
+                "at its transition, so old batches age out). The request SLO (SLOs row) judges it against its "
+                "objective.",
                 "percent",
                 [Target(f"100 * {rec['failureRatio']}{{{FR}}}", "{{provider}}")],
                 thresholds=_steps((None, "green"), (5, "orange"), (10, "red")),
@@ -468,12 +482,65 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
         _timeseries(
             ids,
             "Requests by outcome",
-            "Requests of the listed batches by outcome (succeeded, failed, expired, canceled, pending). The outcomes "
+            "Requests of the listed batches by outcome (succeeded, failed, expired, cancelled, pending). The outcomes "
             "are disjoint: stacked, they add up to the batches' request_counts.total.",
             "short",
             [Target(f"sum by (outcome) ({s.dedup(f'bifrost_batch_requests{{{FM}}}')})", "{{outcome}}")],
             width=24,
             stacked=True,
+        )
+    )
+
+    # ------------------------------------------------------------------ SLOs
+    slo = s.slo_records
+    period = s.slo_period
+
+    def events(kind: str, window: str, name: str, over: str | None = None) -> str:
+        series = f'{slo[kind][window]}{{{FR}, slo="{name}"}}'
+        return f"sum by (provider) ({f'sum_over_time({series}[{over}])' if over else series})"
+
+    def burn(name: str) -> str:
+        bad, good = events("bad", "1h", name), events("good", "1h", name)
+        return f"{bad} / ({good} + {bad}) / (1 - {s.objectives[name]:g})"
+
+    def budget_left(name: str) -> str:
+        bad, good = events("bad", "5m", name, period), events("good", "5m", name, period)
+        return f"1 - ({bad} / ({good} + {bad})) / (1 - {s.objectives[name]:g})"
+
+    builder = (
+        builder.with_row(dashboard_builder.Row("SLOs").id(ids()))
+        .with_panel(
+            _timeseries(
+                ids,
+                "Error budget burn rate (1 h)",
+                "The bad share of the batches (expired, or failed for any class but input) and of the requests (failed, "
+                "expired) that finished in the preceding hour, divided by what the objective allows (batches "
+                f"{s.objectives['batches']:g}, requests {s.objectives['requests']:g}): 1 spends the budget of the period "
+                "exactly; BifrostBatchErrorBudgetBurn pages at 14.4 (and 6 over 6 h), tickets at 3 and 1. docs/runbook.md, "
+                "SLOs.",
+                "short",
+                [
+                    Target(burn("batches"), "{{provider}} batches"),
+                    Target(burn("requests"), "{{provider}} requests"),
+                ],
+                thresholds=_steps((None, "green"), (1, "yellow"), (3, "orange"), (14.4, "red")),
+                min_value=0,
+            )
+        )
+        .with_panel(
+            _timeseries(
+                ids,
+                f"Error budget left ({period})",
+                f"Share of the {period} error budget left: 1 - (bad / all events over {period}) / (1 - objective), from "
+                "the 5-minute SLO recordings. Below 0 the objective is missed for the period.",
+                "percentunit",
+                [
+                    Target(budget_left("batches"), "{{provider}} batches"),
+                    Target(budget_left("requests"), "{{provider}} requests"),
+                ],
+                thresholds=_steps((None, "red"), (0, "orange"), (0.25, "green")),
+                max_value=1,
+            )
         )
     )
 
@@ -487,8 +554,9 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
             _stat(
                 ids,
                 "Batches at risk now",
-                "Active batches projected to finish after their expires_at (the exporter's linear projection; "
-                "BifrostBatchAtRisk fires above 0).",
+                "Active batches the early warning expects to finish after their expires_at (recent rate with gates, "
+                "or nothing done past the provider's calibrated point: docs/early-warning.md; BifrostBatchAtRisk fires "
+                "above 0 for 20 minutes).",
                 "short",
                 [Target(f"sum({at_risk})", "at risk")],
                 width=6,
@@ -499,7 +567,7 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
             _stat(
                 ids,
                 "Requests at risk now",
-                "Pending requests of the batches at risk: what is lost if the projections hold.",
+                "Pending requests of the batches at risk: what is lost if they do miss their expiry.",
                 "short",
                 [Target(f"sum({at_risk_requests})", "requests")],
                 width=6,
@@ -510,7 +578,7 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
             _timeseries(
                 ids,
                 f"Batches at risk by {owner}",
-                "Active batches projected to miss their expiry, by provider"
+                "Active batches expected to miss their expiry, by provider"
                 + (f" and {', '.join(s.metadata_labels)}" if s.metadata_labels else "")
                 + ".",
                 "short",
@@ -731,8 +799,181 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
                 mappings=_value_map({"0": ("complete", "green"), "1": ("truncated", "red")}),
             )
         )
+        .with_panel(
+            _table(
+                ids,
+                "Batch list coverage",
+                "How the last full list of each provider ended: complete; cursor_ignored (the gateway does not forward "
+                "the cursor for this provider, so only its first page is listed: a known limitation, no alert; in "
+                "incremental mode the batches it knows stay current by retrieve); cursor_loop or max_pages (unexpected: "
+                "BifrostBatchProviderTruncated); pending (no full list finished yet).",
+                [
+                    Target(
+                        f"max by (provider, reason) (bifrost_batch_exporter_coverage{{{F}}}) == 1",
+                        "{{provider}} {{reason}}",
+                    )
+                ],
+                width=12,
+            )
+        )
+        .with_panel(
+            _table(
+                ids,
+                "Who the exporter sees",
+                "Virtual keys each provider is listed with (bifrost_batch_exporter_view_keys): 0 = none sent, the "
+                "whole account where the gateway allows keyless requests; 1 = one tenant's batches and the unowned "
+                "ones only (Bifrost's governance narrows every list to the key's own batches); N = the union over N "
+                "tenants' keys (virtual_key_dir), each batch counted once.",
+                [Target(f"max by (provider) (bifrost_batch_exporter_view_keys{{{F}}})", "{{provider}}")],
+                width=12,
+            )
+        )
     )
+    builder = _cost_row(builder, ids, s)
     return builder.build()
+
+
+def _cost_row(builder: dashboard_builder.Dashboard, ids: Ids, s: Settings) -> dashboard_builder.Dashboard:
+    """What batches cost (the exporter's cost_metrics; deploy/mixin/cost.libsonnet): spend per day by provider, owner
+    and model, cost per thousand requests, tokens, and the settlements themselves. The recorded cost series keep the
+    metadata labels, so the owner variables filter them."""
+    F = s.filters()
+    FR = s.filters(metadata=True, selector=False)
+    rec = s.records
+    daily = f"{rec['costDaily']}{{{FR}}}"
+    owner = "provider and owner" if s.metadata_labels else "provider"
+    return (
+        builder.with_row(dashboard_builder.Row("Cost").id(ids()))
+        .with_panel(
+            _stat(
+                ids,
+                "Spend in the last 24 hours",
+                "US dollars of the batches settled during the preceding 24 hours (Bifrost's own batch accounting, "
+                "each batch counted once when its settlement is read with a cost).",
+                "currencyUSD",
+                [Target(f"sum({daily})", "spend")],
+                width=6,
+                thresholds=NO_THRESHOLDS,
+            )
+        )
+        .with_panel(
+            _timeseries(
+                ids,
+                f"Spend per day by {owner}",
+                "US dollars of the batches settled during the preceding 24 hours, by provider"
+                + (f" and {', '.join(s.metadata_labels)}" if s.metadata_labels else "")
+                + " (the batch's own metadata when it finished).",
+                "currencyUSD",
+                [Target(f"sum by ({s.owner_by()}) ({daily})", s.owner_legend())],
+                width=9,
+            )
+        )
+        .with_panel(
+            _timeseries(
+                ids,
+                "Spend per day by model",
+                "US dollars of the batches settled during the preceding 24 hours, by the model their settlement "
+                "names (mixed: batches spanning several models; other: models beyond the first 20 of a provider).",
+                "currencyUSD",
+                [Target(f"sum by (provider, model) ({daily})", "{{provider}} {{model}}")],
+                width=9,
+            )
+        )
+        .with_panel(
+            _timeseries(
+                ids,
+                "Spend per hour by model",
+                "US dollars of the batches settled during each preceding hour, stacked by model.",
+                "currencyUSD",
+                [
+                    Target(
+                        f"sum by (provider, model) ({rec['costHourly']}{{{FR}}})",
+                        "{{provider}} {{model}}",
+                    )
+                ],
+                stacked=True,
+            )
+        )
+        .with_panel(
+            _timeseries(
+                ids,
+                "Cost per 1,000 requests by model",
+                "US dollars per thousand billed requests of the batches settled during the preceding 24 hours "
+                "(absent without settled requests).",
+                "currencyUSD",
+                [
+                    Target(
+                        f"1000 * sum by (provider, model) ({daily}) "
+                        f"/ (sum by (provider, model) ({rec['requestsDaily']}{{{FR}}}) > 0)",
+                        "{{provider}} {{model}}",
+                    )
+                ],
+            )
+        )
+        .with_panel(
+            _timeseries(
+                ids,
+                "Tokens per hour by model",
+                "Prompt and completion tokens of the batches settled during each preceding hour (unpriced ones "
+                "included: their usage is known, only their price is not).",
+                "short",
+                [
+                    Target(
+                        f"sum by (provider, model, type) ({rec['tokensHourly']}{{{FR}}})",
+                        "{{provider}} {{model}} {{type}}",
+                    )
+                ],
+            )
+        )
+        .with_panel(
+            _timeseries(
+                ids,
+                "Settlements per hour by result",
+                "Finished batches by settlement result during each preceding hour: priced; unpriced (a row but no "
+                "cost by cost_horizon_seconds); missing (no row by then: BifrostBatchSettlementsMissing).",
+                "short",
+                [
+                    Target(
+                        f"sum by (result) ({rec['settlementsHourly']}{{{FR}}})",
+                        "{{result}}",
+                    )
+                ],
+                stacked=True,
+                bars=True,
+            )
+        )
+        .with_panel(
+            _stat(
+                ids,
+                "Settlement look-ups up",
+                "1 when the exporter's last settlement look-ups of the provider succeeded (the gateway's logs API "
+                "with the admin login). BifrostBatchCostLookupsFailing fires after 30 minutes at 0 on every replica.",
+                "short",
+                [Target(f"min by (provider) (bifrost_batch_exporter_cost_up{{{F}}})", "{{provider}}")],
+                width=6,
+                thresholds=_steps((None, "red"), (1, "green")),
+                mappings=_value_map({"0": ("failing", "red"), "1": ("up", "green")}),
+            )
+        )
+        .with_panel(
+            _timeseries(
+                ids,
+                "Settlements awaited",
+                "Finished batches whose settlement is still looked up: awaiting the row (Bifrost's sweeper settles "
+                "within minutes) or a cost for it (a model without a price).",
+                "short",
+                [
+                    Target(
+                        "sum by (provider, awaiting) ("
+                        + s.dedup(f"bifrost_batch_exporter_settlements_awaited{{{F}}}")
+                        + ")",
+                        "{{provider}} {{awaiting}}",
+                    )
+                ],
+                width=18,
+            )
+        )
+    )
 
 
 def render(settings: Settings | None = None) -> str:

@@ -97,13 +97,16 @@ fi
 # --- 3. build the real Dockerfile ------------------------------------------------------------------------------------
 log "buildah bud $repo/Dockerfile (BASE_IMAGE=$base_image)"
 # No --layers: a cache of intermediate images would pile up on CI machines; the old test image is replaced.
-version=$("$py" -c 'import sys,tomllib;print(tomllib.load(open(sys.argv[1],"rb"))["project"]["version"])' "$repo/pyproject.toml")
+# The version is written once, in exporter/__init__.py (it imports nothing, so no install is needed to read it).
+version=$(PYTHONPATH=$repo "$py" -c 'import exporter; print(exporter.__version__)')
 revision=$(git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)
+branch=$(git -C "$repo" rev-parse --abbrev-ref HEAD 2>/dev/null || echo unknown)
 created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 buildah rmi -f "$image" >/dev/null 2>&1 || true
 buildah bud --quiet --layers=false --pull=never --network=host \
   --build-arg "BASE_IMAGE=$base_image" \
-  --build-arg "VERSION=$version" --build-arg "REVISION=$revision" --build-arg "CREATED=$created" \
+  --build-arg "VERSION=$version" --build-arg "REVISION=$revision" --build-arg "BRANCH=$branch" \
+  --build-arg "CREATED=$created" \
   -f "$repo/Dockerfile" -t "$image" "$repo" >/dev/null
 # --- 4. image config ---------------------------------------------------------------------------------------------------
 config=$(buildah inspect --type image "$image" | "$py" -c '
@@ -139,8 +142,15 @@ args=(--demo --listen-address "127.0.0.1:$port")
 run_opts=(--runtime runc run --pull=never --read-only --read-only-tmpfs=false --user 65532:65532 --cap-drop=ALL
   --security-opt=no-new-privileges --ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
 mode=
+# The build facts baked into the package (exporter/_build.py) from the build args.
+check_version() {
+  log "--version:"; sed 's/^/    /' "$1" >&2
+  grep -qF "bifrost-batch-exporter, version $version (branch: $branch, revision: $revision)" "$1" \
+    && grep -qE "^  build date: +$created\$" "$1" \
+    || die "--version does not carry the build args (version/branch/revision/created)"
+}
 if [[ $have_podman == 1 ]] && podman "${run_opts[@]}" --rm --network=none "$image" --version >"$logfile" 2>&1; then
-  log "version: $(tr -d '\n' <"$logfile")"
+  check_version "$logfile"
   mode=podman
   podman "${run_opts[@]}" -d --name "$name" --network=host "$image" "${args[@]}" >/dev/null
 else
@@ -148,7 +158,9 @@ else
   log "falling back to buildah run --isolation chroot"
   mode=buildah-chroot
   buildah from --quiet --pull-never --name "$name" "$image" >/dev/null
-  buildah run --isolation chroot --user 65532:65532 "$name" -- /opt/venv/bin/bifrost-batch-exporter --version
+  buildah run --isolation chroot --user 65532:65532 "$name" -- /opt/venv/bin/bifrost-batch-exporter --version \
+    >"$logfile" 2>&1
+  check_version "$logfile"
   buildah run --isolation chroot --user 65532:65532 "$name" -- /opt/venv/bin/bifrost-batch-exporter "${args[@]}" \
     >"$logfile" 2>&1 &
   bg_pid=$!

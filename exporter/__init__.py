@@ -1,9 +1,6 @@
 """Prometheus exporter for the batch jobs behind a Bifrost LLM gateway."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    # The one place the version is written is pyproject.toml; the installed metadata carries it here.
-    __version__ = version("bifrost-batch-exporter")
-except PackageNotFoundError:  # a source tree on sys.path without `pip install`
-    __version__ = "0.0.0+unknown"
+# The one place the version is written: pyproject.toml reads it from here (setuptools' dynamic `attr`, parsed
+# without importing), so a checkout, an editable install, the wheel and the image cannot disagree. Revision,
+# branch and build date are build facts, not source: see exporter/version.py.
+__version__ = "0.2.0"

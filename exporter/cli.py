@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import difflib
 import signal
 import sys
@@ -24,8 +25,9 @@ import structlog
 import yaml
 from pydantic.fields import FieldInfo
 
-from . import __version__, allocator
+from . import allocator
 from .app import Exporter
+from .demo import demo_gateway
 from .logs import add_secrets, configure
 from .runtime import RuntimeMetrics
 from .settings import (
@@ -38,10 +40,10 @@ from .settings import (
     split_list,
 )
 from .statefile import StateDirError
+from .version import VersionAction
 from .webconfig import WebSecurity
 
 PROG = "bifrost-batch-exporter"
-DEMO_POLL_INTERVAL = 5.0
 DEMO_LISTEN_ADDRESS = "127.0.0.1:9877"
 # Settings whose flag the Prometheus ecosystem spells its own way → that spelling.
 ECOSYSTEM_FLAGS = {
@@ -209,7 +211,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Validate the settings, print them with secrets masked, and exit (0, or 2 when invalid).",
     )
-    program.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    program.add_argument(
+        "--version",
+        action=VersionAction,
+        help="Print the version and the build's revision, branch and date, and exit.",
+    )
     for title, names in GROUPS:
         group = parser.add_argument_group(title)
         for name in names:
@@ -307,30 +313,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("deprecated_setting", detail=line)
     if web is not None:
         web.log_warnings()
-    simulator = None
-    if args.demo:
-        from .simulator import Simulator
-
-        simulator = Simulator().start()
-        update: dict[str, Any] = {"bifrost_url": simulator.url}
-        if "poll_interval_seconds" not in settings.model_fields_set:
-            update["poll_interval_seconds"] = DEMO_POLL_INTERVAL
-        settings = settings.model_copy(update=update)
-        log.info("demo_simulator_started", url=simulator.url)
-    try:
-        if args.once:
-            return asyncio.run(_once(settings))
-        asyncio.run(_serve(settings, web))
-        return 0
-    except StateDirError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        log.error("startup_failed", error=str(exc), listen=settings.listen_address)
-        return 1
-    finally:
-        if simulator is not None:
-            simulator.stop()
+    with contextlib.ExitStack() as stack:
+        if args.demo:
+            settings = stack.enter_context(demo_gateway(settings))
+            add_secrets(settings.secret_values())
+            log.info(
+                "demo_simulator_started",
+                url=settings.bifrost_url,
+                virtual_keys=[name for name, _ in settings.virtual_keys()],
+            )
+        try:
+            if args.once:
+                return asyncio.run(_once(settings))
+            asyncio.run(_serve(settings, web))
+            return 0
+        except StateDirError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            log.error("startup_failed", error=str(exc), listen=settings.listen_address)
+            return 1
 
 
 async def _once(settings: Settings) -> int:

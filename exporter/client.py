@@ -19,13 +19,11 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final, Literal, TypeVar, get_args
-from urllib.parse import quote
-
-import httpx
+from typing import Final, Generic, Literal, TypeVar, get_args
+from urllib.parse import quote, urljoin, urlsplit
 
 from . import __version__
-from .aiotransport import AiohttpTransport
+from .http1client import HttpError, Origin, Pool, Resolve, Response, TooLarge, tls_context
 from .logs import REDACTED, Redactor
 from .models import Batch, CacheDebug, InvalidResponseError, Page, parse_batch, parse_page
 from .providers import list_rules, page_size_for
@@ -50,6 +48,11 @@ Truncation = Literal["cursor_loop", "cursor_ignored", "max_pages"]
 Stop = Literal["end", "budget", "caller"]
 _RETRYABLE: Final = frozenset({"timeout", "connection", "rate_limited", "server_error"})
 _MAX_REDIRECTS = 5
+_REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+# What a redirect's path and query may carry as they are; anything else (spaces, controls, non-ASCII) is escaped,
+# so a Location can never end the request line early or add a header.
+_TARGET_SAFE: Final = "/%:@!$&'()*+,;=~"
 # What we repeat from a gateway's answer in a failure detail: identifiers only. A gateway (or a proxy in front of
 # it) may echo the request, credentials included, into error codes or headers.
 _TOKEN_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -160,6 +163,17 @@ class RetrieveResult:
 
 
 @dataclass(slots=True)
+class LogResult(Generic[T]):
+    """One row of the gateway's logs API. Exactly one of: `row`, `absent` (a 404 in the gateway's own error shape:
+    no such row, i.e. not settled yet), `failure`."""
+
+    row: T | None = None
+    absent: bool = False
+    failure: Failure | None = None
+    requests: int = 0
+
+
+@dataclass(slots=True)
 class _Tally:
     requests: int = 0
     retries: int = 0
@@ -208,12 +222,18 @@ def build_headers(settings: Settings) -> dict[str, str]:
     return headers
 
 
-def _verify(settings: Settings) -> ssl.SSLContext | bool:
-    if not settings.tls_verify:
-        return False
-    if settings.ca_file is not None:
-        return ssl.create_default_context(cafile=str(settings.ca_file))
-    return True
+def _header_block(headers: dict[str, str], authority: str) -> tuple[bytes, str | None]:
+    """The request head's fields after the request line, encoded once (one field per name: a later spelling of a
+    name replaces an earlier one, so extra_headers can never double one we send), and the default virtual key,
+    which is sent per request since a call for another key of the view carries that one instead."""
+    fields: dict[str, tuple[str, str]] = {}
+    for name, value in headers.items():
+        fields[name.lower()] = (name, value)
+    vk = fields.pop("x-bf-vk", None)
+    fields.pop("host", None)
+    fields["accept-encoding"] = ("Accept-Encoding", "gzip, deflate")
+    lines = [f"Host: {authority}\r\n", *(f"{name}: {value}\r\n" for name, value in fields.values())]
+    return "".join(lines).encode("latin-1"), None if vk is None else vk[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,18 +295,17 @@ def _upstream_refusal(err: _ErrorBody) -> bool:
 class BifrostClient:
     """Keep-alive HTTP to the gateway for every provider's poller: one small pool per provider.
 
-    A provider's requests go one after the other (or a few at once for retrieves), so its pool stays small. Pools
-    are per provider because httpcore's pool does work proportional to (queued requests × connections) on every
-    request event: with one shared pool and 23 providers polling at once, that bookkeeping cost more CPU than
-    parsing the pages. Request starts are paced per provider (list and retrieve together), because every request
-    the gateway receives it forwards to the provider and spends the customer's rate limit there.
+    A provider's requests go one after the other (or a few at once for retrieves), so its pool stays small, and
+    one provider's slow pages never queue another's requests. Request starts are paced per provider (list and
+    retrieve together), because every request the gateway receives it forwards to the provider and spends the
+    customer's rate limit there.
     """
 
     def __init__(
         self,
         settings: Settings,
         *,
-        transport: httpx.AsyncBaseTransport | None = None,
+        resolve: Resolve | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         backoff_base: float = 0.5,
@@ -299,69 +318,38 @@ class BifrostClient:
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._rng = rng
-        self._transport = transport
-        self._headers = build_headers(settings)
+        self._resolve = resolve
+        gateway = settings.gateway
+        self._origin = Origin(gateway.scheme, gateway.host, gateway.port)
+        self._prefix = gateway.path
+        self._head, self._default_vk = _header_block(build_headers(settings), self._origin.authority)
         # The view: every virtual key the gateway's lists are read with, by name (a file name, never the key).
         self._keys = {name: key.get_secret_value() for name, key in settings.virtual_keys()}
-        verify = _verify(settings)
         # One TLS context (and one read of the CA bundle) shared by every provider's pool.
-        self._tls: ssl.SSLContext | bool = (
-            httpx.create_ssl_context(verify=True, trust_env=False) if verify is True else verify
+        ca_file = str(settings.ca_file) if settings.ca_file is not None else None
+        self._tls: ssl.SSLContext | None = (
+            tls_context(settings.tls_verify, ca_file) if gateway.scheme == "https" else None
         )
-        self._pools: dict[str, httpx.AsyncClient] = {}
+        self._pools: dict[str, Pool] = {}
         self._next_start: dict[str, float] = {}
-        base = httpx.URL(settings.bifrost_url)
-        self._origin = (base.scheme, base.host, base.port)
         # Failure details end up in logs and exceptions: never with one of our credentials in them.
         self._scrub = Redactor(settings.secret_values()).scrub
 
-    def _new_http(self) -> httpx.AsyncClient:
-        settings = self._settings
-        return httpx.AsyncClient(
-            base_url=settings.bifrost_url,
-            headers=self._headers,
-            timeout=httpx.Timeout(settings.request_timeout_seconds),
-            verify=self._tls,
-            follow_redirects=True,
-            max_redirects=_MAX_REDIRECTS,
-            trust_env=False,
-            transport=self._transport if self._transport is not None else self._aiohttp_transport(),
-            event_hooks={"request": [self._same_origin_only]},
-        )
-
-    def _aiohttp_transport(self) -> httpx.AsyncBaseTransport:
-        """aiohttp under httpx's API (see aiotransport): less CPU per request than httpcore; redirects are still
-        httpx's (checked by _same_origin_only) and bodies arrive compressed, for _BoundedDecoder alone to inflate."""
-        return AiohttpTransport(self._tls)
-
-    def _http_for(self, provider: str) -> httpx.AsyncClient:
-        http = self._pools.get(provider)
-        if http is None:
-            http = self._pools[provider] = self._new_http()
-        return http
-
-    async def _same_origin_only(self, request: httpx.Request) -> None:
-        """Refuse a redirect to another origin: httpx strips only Authorization there, not x-bf-vk or extra_headers."""
-        url = request.url
-        if (url.scheme, url.host, url.port) != self._origin:
-            raise RequestFailedError(
-                "invalid_response",
-                f"redirect to another origin ({url.scheme}://{_short(url.host, 80)}) refused; "
-                "credentials are only sent to bifrost_url",
-            )
+    def _pool_for(self, provider: str) -> Pool:
+        pool = self._pools.get(provider)
+        if pool is None:
+            pool = self._pools[provider] = Pool(self._origin, self._tls, resolve=self._resolve)
+        return pool
 
     def update_credentials(self, settings: Settings) -> None:
         """Send these settings' credentials from the next request on (secret files re-read on SIGHUP).
 
-        Every pool's headers are replaced in place (open connections are kept); the old secrets stay redacted,
-        since a gateway may still echo them.
+        Open connections are kept; the old secrets stay redacted, since a gateway may still echo them.
         """
         self._scrub = Redactor([*self._settings.secret_values(), *settings.secret_values()]).scrub
         self._settings = settings
-        self._headers = build_headers(settings)
+        self._head, self._default_vk = _header_block(build_headers(settings), self._origin.authority)
         self._keys = {name: key.get_secret_value() for name, key in settings.virtual_keys()}
-        for http in self._pools.values():
-            http.headers = self._headers
 
     def key_names(self) -> tuple[str, ...]:
         """The names of the virtual keys of the view, in order (empty: requests carry no key)."""
@@ -377,8 +365,8 @@ class BifrostClient:
 
     async def aclose(self) -> None:
         pools, self._pools = list(self._pools.values()), {}
-        for http in pools:
-            await http.aclose()
+        for pool in pools:
+            pool.close()
 
     # ---- listing ------------------------------------------------------------------------------------------------
 
@@ -391,6 +379,7 @@ class BifrostClient:
         max_pages: int | None = None,
         budget_truncates: bool = True,
         key: str | None = None,
+        seen: set[int] | None = None,
     ) -> ListResult:
         """`provider`'s batches, deduplicated by id, following Bifrost's cursor rules to the end or a stop.
 
@@ -398,12 +387,23 @@ class BifrostClient:
         none) and not kept; returning False stops paging cleanly (`stopped="caller"`). `after` continues an earlier
         call from its `next_cursor`. `max_pages` (default settings.max_pages) bounds this call: reaching it marks the
         result truncated, or with `budget_truncates=False` sets `stopped="budget"` and `next_cursor` instead.
+        `seen` (hashes of ids) carries what earlier calls of the same walk handed over (the view's other keys):
+        those batches are not handed over again.
         """
         result = ListResult()
         tally = _Tally()
         try:
             tally.vk = self._key_value(key)
-            await self._list(provider, on_page, after, max_pages, budget_truncates, result, tally)
+            await self._list(
+                provider,
+                on_page,
+                after,
+                max_pages,
+                budget_truncates,
+                result,
+                tally,
+                set() if seen is None else seen,
+            )
         except UnsupportedProviderError:
             result.unsupported = True
         except RequestFailedError as exc:
@@ -425,11 +425,11 @@ class BifrostClient:
         budget_truncates: bool,
         result: ListResult,
         tally: _Tally,
+        seen_ids: set[int],
     ) -> None:
+        # seen_ids holds hashes, not the id strings: it lives for a whole list and a large list has 10^5-10^6 ids;
+        # a 64-bit collision would at worst drop one batch from one poll.
         budget = self._settings.max_pages if max_pages is None else max_pages
-        # Hashes, not the id strings: this set lives for a whole list and a large list has 10^5-10^6 ids; a 64-bit
-        # collision would at worst drop one batch from one poll.
-        seen_ids: set[int] = set()
         used_cursors: set[str] = set()
         first: tuple[str, tuple[str, ...]] | None = None  # (cursor, ids) of this call's first page
         # The page that handed out the cursor we are about to send: if the answer is that page again under the
@@ -447,12 +447,19 @@ class BifrostClient:
             if page.skipped_items:
                 result.skipped_items += page.skipped_items
                 result.first_skip_error = result.first_skip_error or page.first_skip_error
-            fresh: list[Batch] = []
-            for batch in page.batches:
-                key = hash(batch.id)
-                if key not in seen_ids:
-                    seen_ids.add(key)
-                    fresh.append(batch)
+            batches = page.batches
+            page_ids = [b.id for b in batches]
+            hashes = list(map(hash, page_ids))
+            fresh: list[Batch]
+            if seen_ids.isdisjoint(hashes) and len(set(hashes)) == len(hashes):
+                fresh = list(batches)  # the usual page: all new (checked in C, not batch by batch)
+                seen_ids.update(hashes)
+            else:
+                fresh = []
+                for key, batch in zip(hashes, batches, strict=True):
+                    if key not in seen_ids:
+                        seen_ids.add(key)
+                        fresh.append(batch)
             # A page of ids already seen is not a loop: several keys of one account (one OpenAI org) list the
             # same batches under different cursors. Only a repeated cursor is.
             result.batch_count += len(fresh)
@@ -463,8 +470,8 @@ class BifrostClient:
                 wanted_more = on_page(fresh) is not False
             if not page.has_more:
                 return
-            cursor = page.next_cursor or page.last_id or (page.batches[-1].id if page.batches else None)
-            ids = tuple(b.id for b in page.batches)
+            cursor = page.next_cursor or page.last_id or (page_ids[-1] if page_ids else None)
+            ids = tuple(page_ids)
             if cursor is None:
                 result.truncated = "cursor_loop"
                 result.truncated_detail = (
@@ -568,6 +575,43 @@ class BifrostClient:
         result.requests = tally.requests
         return result
 
+    # ---- a settlement row of the logs API (cost_metrics) ---------------------------------------------------------
+
+    async def settlement(self, provider: str, log_id: str, parse: Callable[[bytes], T]) -> LogResult[T]:
+        """One row of the gateway's logs API (`GET /api/logs/{id}`), with the list's pacing, retries, caps and reasons.
+
+        The logs API sits behind the gateway's admin login, which the default headers carry (`basic_auth_*` or
+        `bearer_token`); a virtual key is not enough. Paced as one of `provider`'s requests, so look-ups share its
+        rate with the lists. A 404 in the gateway's error shape means the row does not exist (yet); a bare 404 (no
+        such route: a gateway without the logs API, or a proxy) is a failure, so settlements never go missing
+        because of a route.
+        """
+        result: LogResult[T] = LogResult()
+        tally = _Tally()
+        try:
+            segment = id_segment(log_id)
+            if segment is None:
+                raise RequestFailedError(
+                    "invalid_response", f"log id {_short(log_id, 80)!r} is not one path segment"
+                )
+            result.row = await self._with_retries(provider, "/api/logs/" + segment, {}, parse, tally)
+        except UnsupportedProviderError:
+            result.failure = Failure(
+                "client_error", "unsupported_operation from the logs API", 400, tally.retries + 1
+            )
+        except RequestFailedError as exc:
+            if exc.status == 404 and exc.gateway_body:
+                result.absent = True
+            else:
+                detail = exc.detail
+                if exc.status == 404:
+                    detail += "; not a gateway error body: does the gateway serve the logs API (/api/logs)?"
+                elif exc.reason == "auth":
+                    detail += "; the logs API needs the gateway's admin login (basic_auth_* or bearer_token)"
+                result.failure = Failure(exc.reason, self._scrub(detail), exc.status, tally.retries + 1)
+        result.requests = tally.requests
+        return result
+
     async def _retrieve_any(self, provider: str, ids: tuple[str, ...], tally: _Tally) -> Batch:
         """The first of `ids` the gateway knows; a gateway 404 on one spelling moves on to the next."""
         for candidate in ids[:-1]:
@@ -644,45 +688,67 @@ class BifrostClient:
         settings = self._settings
         cap = settings.max_response_bytes
         await self._pace(provider)
-        headers = {"Accept-Encoding": "gzip, deflate"}
-        if vk is not None:
-            headers["x-bf-vk"] = vk
+        target = f"{self._prefix}{path}?{_query(params)}"
         try:
             async with asyncio.timeout(settings.request_timeout_seconds):
-                async with self._http_for(provider).stream(
-                    "GET", path, params=params, headers=headers
-                ) as response:
-                    declared = response.headers.get("content-length", "")
-                    if declared.isdigit() and int(declared) > cap:
-                        raise RequestFailedError(
-                            "invalid_response",
-                            f"body of {declared} bytes exceeds max_response_bytes={cap}",
-                            response.status_code,
-                        )
-                    # Decoded here, not by httpx, so the cap bounds the inflated size: httpx inflates a whole
-                    # network chunk at once, and 64 KB of gzip can become 64 MB.
-                    decoder = _BoundedDecoder(response.headers.get("content-encoding", ""), cap, response)
-                    async for raw in response.aiter_raw():
-                        decoder.feed(raw)
-                    body = decoder.finish()
+                response = await self._follow(provider, target, vk, cap)
         except TimeoutError:
             raise RequestFailedError(
                 "timeout", f"no complete answer within {settings.request_timeout_seconds:g}s"
             ) from None
-        except httpx.TimeoutException as exc:
+        except TooLarge as exc:
+            size = "body" if exc.declared is None else f"body of {exc.declared} bytes"
             raise RequestFailedError(
-                "timeout", f"{type(exc).__name__} after {settings.request_timeout_seconds:g}s"
+                "invalid_response", f"{size} exceeds max_response_bytes={cap}", exc.status
             ) from None
-        except httpx.TooManyRedirects:
-            raise RequestFailedError("invalid_response", f"more than {_MAX_REDIRECTS} redirects") from None
-        except httpx.TransportError as exc:
-            raise RequestFailedError("connection", f"{type(exc).__name__}: {_short(str(exc))}") from None
-        except httpx.HTTPError as exc:
-            raise RequestFailedError("connection", f"{type(exc).__name__}") from None
-        return self._interpret(response, body, parse)
+        except HttpError as exc:
+            raise RequestFailedError("connection", _short(exc.detail)) from None
+        # Decoded here, bounded: 64 KB of gzip can become 64 MB.
+        decoder = _BoundedDecoder(response.headers.get("content-encoding", ""), cap, response.status)
+        decoder.feed(response.body)
+        return self._interpret(response, decoder.finish(), parse)
 
-    def _interpret(self, response: httpx.Response, body: bytes, parse: Callable[[bytes], T]) -> T:
-        status = response.status_code
+    def request_head(self, target: str, vk: str | None = None) -> bytes:
+        """The head of a GET of `target` exactly as it is sent (the virtual key: `vk`, else the default one)."""
+        key = self._default_vk if vk is None else vk
+        head = b"GET %s HTTP/1.1\r\n%s" % (target.encode("ascii"), self._head)
+        if key is not None:
+            head += b"x-bf-vk: %s\r\n" % key.encode("latin-1")
+        return head + b"\r\n"
+
+    async def _follow(self, provider: str, target: str, vk: str | None, cap: int) -> Response:
+        """The answer to GET `target`, same-origin redirects followed (at most _MAX_REDIRECTS)."""
+        pool = self._pool_for(provider)
+        for _ in range(_MAX_REDIRECTS + 1):
+            response = await pool.get(self.request_head(target, vk), cap)
+            location = response.headers.get("location")
+            if response.status not in _REDIRECTS or location is None:
+                return response
+            target = self._redirect_target(target, location)
+        raise RequestFailedError("invalid_response", f"more than {_MAX_REDIRECTS} redirects")
+
+    def _redirect_target(self, current: str, location: str) -> str:
+        """Where a redirect points, as a request target on our origin; a redirect elsewhere is refused, since
+        every request carries the credentials (Authorization, x-bf-vk, extra_headers)."""
+        origin = self._origin
+        try:
+            url = urlsplit(urljoin(f"{origin.scheme}://{origin.authority}{current}", location.strip()))
+            scheme = url.scheme.lower()
+            there = (scheme, (url.hostname or "").lower(), url.port or _DEFAULT_PORTS.get(scheme))
+        except ValueError:
+            raise RequestFailedError("invalid_response", "redirect to an unreadable Location") from None
+        if there != (origin.scheme, origin.host.lower(), origin.port):
+            raise RequestFailedError(
+                "invalid_response",
+                f"redirect to another origin ({_short(scheme, 10)}://{_short(url.hostname or '', 80)}) refused; "
+                "credentials are only sent to bifrost_url",
+            )
+        path = quote(url.path or "/", safe=_TARGET_SAFE)
+        query = quote(url.query, safe=_TARGET_SAFE + "?")
+        return f"{path}?{query}" if query else path
+
+    def _interpret(self, response: Response, body: bytes, parse: Callable[[bytes], T]) -> T:
+        status = response.status
         if 200 <= status < 300:
             ctype = response.headers.get("content-type", "")
             if ctype and "json" not in ctype.lower():
@@ -733,9 +799,9 @@ def id_segment(batch_id: str) -> str | None:
     """`batch_id` as exactly one path segment of the retrieve route, or None when no URL layer would keep it one.
 
     "/", "?", "#" and "%" are percent-encoded, so an id containing them stays one segment. But "." and ".." are
-    dot-segments, which httpx removes (`/v1/batches/.` is the list route, `/v1/batches/..` is `/v1`), and
-    percent-encoding does not save them: yarl (under aiohttp) decodes `%2E` and removes them before sending. An
-    empty id names the list route too. Such an id is never sent.
+    dot-segments, which URL normalisation removes (RFC 3986 5.2.4: `/v1/batches/.` is the list route,
+    `/v1/batches/..` is `/v1`), and percent-encoding does not save them: servers and proxies that normalise decode
+    `%2E` first. An empty id names the list route too. Such an id is never sent.
     """
     if batch_id in ("", ".", ".."):
         return None
@@ -760,6 +826,12 @@ def retrieve_ids(provider: str, batch_id: str) -> tuple[str, ...]:
     return (short, batch_id) if short else (batch_id,)
 
 
+def _query(params: dict[str, str]) -> str:
+    """The query string: every name and value percent-encoded but for unreserved characters (a cursor is opaque
+    and may hold anything; provider names and limits pass through unchanged)."""
+    return "&".join(f"{name}={quote(value, safe='')}" for name, value in params.items())
+
+
 def _parse_list_body(body: bytes) -> Page:
     return parse_page(body)
 
@@ -781,9 +853,9 @@ def _cursor_ignored_detail(provider: str, kept: int) -> str:
 class _BoundedDecoder:
     """Content-Encoding gzip/deflate/identity, refusing to produce more than `cap` bytes."""
 
-    def __init__(self, encoding: str, cap: int, response: httpx.Response) -> None:
+    def __init__(self, encoding: str, cap: int, status: int) -> None:
         self._cap = cap
-        self._status = response.status_code
+        self._status = status
         self._chunks: list[bytes] = []
         self._size = 0
         coding = encoding.strip().lower()

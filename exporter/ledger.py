@@ -24,7 +24,7 @@ import bisect
 import math
 import re
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
@@ -231,6 +231,8 @@ class Ledger:
         self._status_overflowed = False
         self._code_overflowed = False
         self._group_overflowed = False
+        # Told of every batch counted as finished, once per id, with its group (the cost ledger awaits its settlement).
+        self.finish_hook: Callable[[Batch, str, float | None, Group], None] | None = None
 
     # --- events -------------------------------------------------------------------------------------------------
 
@@ -427,6 +429,8 @@ class Ledger:
         if ts is not None and created is not None and ts >= created:
             self._durations[status].observe(ts - created)
         self._observe_stages(batch, status, ts)
+        if self.finish_hook is not None:
+            self.finish_hook(batch, status, ts, group)
 
     def _observe_stages(self, batch: Batch, status: str, ts: float | None) -> None:
         created, started, finalizing = batch.created, batch.started, batch.finalizing
@@ -628,6 +632,7 @@ class Ledger:
         fresh._errors.update({str(k): _count(v) for k, v in state["errors"].items() if k in self._errors})
         last_resync = state.get("last_resync")
         fresh.last_resync = _finite(last_resync) if last_resync is not None else None
+        fresh.finish_hook = self.finish_hook
         self.__dict__.update(fresh.__dict__)
         return sorted(set(notes))
 

@@ -12,7 +12,8 @@ from typing import Final, NamedTuple
 
 from .models import TERMINAL_STATUSES, RequestCounts
 
-OUTCOMES: Final = ("succeeded", "failed", "expired", "canceled", "pending")
+# `cancelled` as Bifrost spells the batch status (the API's `request_counts.canceled` field keeps its one l).
+OUTCOMES: Final = ("succeeded", "failed", "expired", "cancelled", "pending")
 # No provider runs a billion requests in one batch (OpenAI's cap is 50,000, Anthropic's 100,000): a count beyond
 # this is garbage from the gateway, clamped so that sums stay exact in a float and every exposed value finite.
 MAX_COUNT: Final = 10**9
@@ -22,7 +23,7 @@ class Outcomes(NamedTuple):
     succeeded: int
     failed: int
     expired: int
-    canceled: int
+    cancelled: int
     pending: int
     overflow: bool  # the parts exceeded `total`: counted by the parts (the caller logs it once)
     # a count was negative or beyond MAX_COUNT and was clamped (the caller logs it once)
@@ -30,12 +31,12 @@ class Outcomes(NamedTuple):
 
     @property
     def total(self) -> int:
-        return self.succeeded + self.failed + self.expired + self.canceled + self.pending
+        return self.succeeded + self.failed + self.expired + self.cancelled + self.pending
 
     @property
     def done(self) -> int:
         """Requests that will not run any more: everything but pending."""
-        return self.succeeded + self.failed + self.expired + self.canceled
+        return self.succeeded + self.failed + self.expired + self.cancelled
 
 
 ZERO: Final = Outcomes(0, 0, 0, 0, 0, False)
@@ -51,7 +52,7 @@ def outcomes(counts: RequestCounts | None, status: str) -> Outcomes:
     """Disjoint outcomes of one batch in (normalised) `status`, per the metrics contract's mapping.
 
     A terminal batch has nothing pending: what remains of `total` is what the terminal status lost (expired for
-    `expired`, canceled for `cancelled`, failed for every other terminal status).
+    `expired`, cancelled for `cancelled`, failed for every other terminal status).
 
     Runs for every batch of every poll, so it is written straight through: one range test of all six counts, and
     the clamping only for the batch that needs it.

@@ -6,12 +6,17 @@ scrape never waits for a poll.
 
 Two modes (settings.poll_mode):
 - `full` lists every batch every poll (v1): the gateway's cost grows with history.
-- `incremental` keeps a store of known batches and, each poll, lists the newest pages until a page holds nothing
-  new, refreshes the known active batches the list did not show (by retrieve), and lists in full every
-  `resync_interval_seconds`, spread over polls within a request budget, to find batches on later keys and to drop
-  deleted ones. After each complete full list the store holds exactly what a full list shows, so the gauges equal
-  those of `full` mode; in between, status changes of known batches and new batches on the newest pages are seen
-  within one poll.
+- `incremental` keeps a store of known batches and, each poll, lists the newest pages until a page shows a batch it
+  knew (or nothing new), refreshes the known active batches the list did not show (by retrieve), and lists in full
+  now and then, spread over polls within a request budget, to find batches on later keys and to drop deleted ones.
+  After each complete full list the store holds exactly what a full list shows, so the gauges equal those of `full`
+  mode; in between, status changes of known batches and new batches on the newest pages are seen within one poll.
+
+How often the full list runs adapts to what it finds: `resync_interval_seconds` after the first one, doubled after
+each full list that found nothing the polls in between had missed (no batch beyond the newest page that they had not
+seen, none deleted), up to RESYNC_STRETCH × `resync_interval_seconds`; back to `resync_interval_seconds` after one
+that did. A quiet account (history that only grows at the head) then costs a full list an hour instead of every ten
+minutes at the defaults, and a gateway where batches appear on later keys is listed as often as before.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -29,12 +35,15 @@ import structlog
 
 from . import statefile
 from .client import REASONS, BifrostClient, Failure, ListResult
+from .cost import CostLedger, lookup_allowance, never_settled, settle
+from .firstsync import FirstSync, estimate_completion, expected_pages
 from .ledger import Ledger
-from .models import Batch
+from .models import Batch, normalize_status
 from .providers import page_size_for
+from .risk import ProgressTracker
 from .settings import Settings
 from .snapshot import Health, ProviderState, SnapshotBuilder
-from .store import Store
+from .store import Store, is_sparse
 
 UNSUPPORTED_BACKOFF_INTERVALS = 10
 # Share of a poll interval's request budget (interval × max_requests_per_second) a poll may spend: the rest is
@@ -42,6 +51,12 @@ UNSUPPORTED_BACKOFF_INTERVALS = 10
 BUDGET_SHARE = 0.5
 # A full list longer than this many times max_pages is treated as a loop that spans polls.
 RESYNC_MAX_PAGES_FACTOR = 100
+# The adaptive full-list interval's upper bound, in multiples of resync_interval_seconds (the floor).
+RESYNC_STRETCH = 6
+# A known active batch whose list item carries no counts (Bedrock, Gemini: `store.is_sparse`) and was shown by this
+# poll's newest pages in the status it had: its counts are refreshed by retrieve at most every this many polls
+# (a status change is retrieved at once).
+SPARSE_REFRESH_POLLS = 10
 CRASH_BACKOFF_MAX_SECONDS = 60.0
 UNHEALTHY_AFTER_CRASHES = 3
 
@@ -81,6 +96,19 @@ class _Summary:
 
 
 @dataclass(slots=True)
+class _FirstList:
+    """The first full list's progress (also after a change of the view's keys, which starts it over)."""
+
+    started_at: float | None = None  # wall clock of its first poll
+    pages: int = 0
+    expected_pages: int | None = (
+        None  # from what the store knew when it started (a changed view), if anything
+    )
+    completed_at: float | None = None
+    batches: int = 0  # at completion
+
+
+@dataclass(slots=True)
 class _Run:
     """What one provider's poll loop carries from poll to poll besides the ledger."""
 
@@ -88,6 +116,9 @@ class _Run:
     synced: bool = False  # a full list has completed at least once
     resync_truncated: str | None = None  # reason the last full list stopped early
     next_resync: float = 0.0
+    resync_interval: float = 0.0  # the adaptive interval after the last full list (0: not set yet)
+    resync_found: int = 0  # what the running full list found beyond the newest pages, so far
+    first: _FirstList = field(default_factory=_FirstList)
     last_start: float = (
         0.0  # wall-clock start of the previous poll: a clock that went back makes a resync due
     )
@@ -120,6 +151,7 @@ class _PollOutcome:
     skipped_items: int = 0
     first_skip_error: str | None = None
     resync_done: bool = False
+    resync_found: int = 0  # batches the running full list found that the polls in between had missed
     retrieves_deferred: int = 0  # known active batches left for the next poll by the budget
 
 
@@ -131,6 +163,7 @@ class Poller:
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_change: Callable[[], None] = lambda: None,
         started_at: float | None = None,
     ) -> None:
@@ -138,6 +171,7 @@ class Poller:
         self._client = client
         self._clock = clock
         self._monotonic = monotonic
+        self._sleep = sleep  # the schedule's waits (tests run the loop on an injected clock)
         self._on_change = on_change
         self.started_at = clock() if started_at is None else started_at
         self._log = structlog.get_logger("exporter.poller")
@@ -157,6 +191,9 @@ class Poller:
             )
             for p in settings.providers
         }
+        self._costs = self._cost_ledgers()
+        # The early warning's recent rates and calibration (the calibration is restored with the ledger).
+        self._trackers = {p: ProgressTracker() for p in settings.providers}
         for provider, ledger in self._ledgers.items():
             self._restore(provider, ledger)
         self._runs = {p: _Run(self._new_store(led)) for p, led in self._ledgers.items()}
@@ -220,7 +257,11 @@ class Poller:
                 )
                 self._write_initial(provider, ledger, state_dir)
                 return
-            notes = ledger.load_state(restored.state, restored.settled)
+            state = dict(restored.state)
+            tracker_state = state.pop("tracker", None)
+            notes = ledger.load_state(state, restored.settled)
+            notes += self._restore_cost(provider, restored)
+            notes += self._restore_tracker(provider, tracker_state)
         except statefile.StateError as exc:
             self._log.warning(
                 "state_unusable",
@@ -267,7 +308,7 @@ class Poller:
         if self._state_lock is None or journal is None:
             return
         try:
-            write = journal.prepare(ledger, self._clock())
+            write = journal.prepare(ledger, self._durable_extras(provider), self._costs.get(provider), self._clock())
             write.run(self.state_file_ops)
         except (OSError, ValueError) as exc:
             journal.failed()
@@ -288,7 +329,7 @@ class Poller:
         if journal is None:
             return
         try:
-            write = journal.prepare(ledger, now)
+            write = journal.prepare(ledger, self._durable_extras(provider), self._costs.get(provider), now)
             await asyncio.to_thread(write.run, self.state_file_ops)
         except (OSError, ValueError) as exc:
             journal.failed()
@@ -303,9 +344,82 @@ class Poller:
             run.state_write_failing = True
             return
         journal.done(write)
+        if provider in self._costs:
+            self._costs[provider].mark_saved()
         if run.state_write_failing:
             self._log.info("state_write_recovered", provider=provider)
         run.state_write_failing = False
+
+    # --- cost_metrics (exporter/cost.py) ------------------------------------------------------------------------
+
+    def _cost_ledgers(self) -> dict[str, CostLedger]:
+        """One cost ledger per provider the gateway settles, told of each finished batch by the batch ledger."""
+        s = self._settings
+        if not s.cost_metrics:
+            return {}
+        never = never_settled(s.providers)
+        if never:
+            self._log.info(
+                "cost_not_settled",
+                providers=never,
+                detail="the gateway's batch accounting never settles these providers' batches (no usage "
+                "extractor): no cost metrics for them",
+            )
+        costs = {}
+        for provider in s.providers:
+            if provider in never:
+                continue
+            costs[provider] = CostLedger(
+                provider,
+                clock=self._clock,
+                horizon_seconds=s.cost_horizon_seconds,
+                metadata_keys=s.metadata_labels,
+                hold_seconds=max(60.0, s.poll_interval_seconds),
+            )
+            self._ledgers[provider].finish_hook = costs[provider].finished
+        return costs
+
+    def _durable_extras(self, provider: str) -> dict[str, Any]:
+        """Small state kept beside the ledger's head: the early warning's calibration, learned from every batch
+        seen finish (weeks of evidence a restart must not throw away)."""
+        return {"tracker": self._trackers[provider].to_state()}
+
+    def _restore_tracker(self, provider: str, state: Any) -> list[str]:
+        if state is None:
+            return []
+        try:
+            self._trackers[provider].load_state(state)
+        except (ValueError, TypeError, AttributeError) as exc:
+            self._trackers[provider] = ProgressTracker()
+            self._log.warning(
+                "calibration_state_unusable",
+                provider=provider,
+                detail=str(exc)[:200],
+                consequence="the early warning's calibration is learned afresh",
+            )
+        return []
+
+    def _restore_cost(self, provider: str, restored: statefile.Restored) -> list[str]:
+        """The cost ledger as of the base, then each journal record's changes, as the ledger's own were."""
+        cost = self._costs.get(provider)
+        if cost is None:
+            return []
+        applied = 0
+        try:
+            notes = cost.load_state(restored.cost)
+            for delta in restored.cost_deltas:
+                notes += cost.apply_delta(delta)
+                applied += 1
+            return notes
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            self._log.warning(
+                "cost_state_unusable",
+                provider=provider,
+                detail=f"malformed cost ledger ({type(exc).__name__})",
+                records_applied=applied,
+                consequence="cost counters resume from the last readable record; later settlements may be missed",
+            )
+            return []
 
     # --- scheduling ---------------------------------------------------------------------------------------------
 
@@ -340,7 +454,7 @@ class Poller:
                     retry_in_seconds=round(delay, 1),
                     exc_info=True,
                 )
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 next_start = self._monotonic()
                 continue
             run.crashes = 0
@@ -348,7 +462,7 @@ class Poller:
             now = self._monotonic()
             if next_start < now:
                 next_start = now  # a poll overran its interval: start again at once, never in a burst
-            await asyncio.sleep(next_start - now)
+            await self._sleep(next_start - now)
 
     # --- one poll -----------------------------------------------------------------------------------------------
 
@@ -360,16 +474,24 @@ class Poller:
         run.polls += 1
         t0 = self._monotonic()
         started = self._clock()
+        if not run.synced and run.first.started_at is None:
+            run.first.started_at = started
+        builder: SnapshotBuilder | None = None
         if self._settings.poll_mode == "full":
-            outcome, store = await self._poll_full(provider, ledger, run, started)
+            outcome, builder = await self._poll_full(provider, ledger, run, started)
         else:
             outcome = await self._poll_incremental(provider, ledger, run, started)
-            store = run.store
         ledger.requests_sent("list", outcome.list_requests)
         ledger.requests_sent("retrieve", outcome.retrieve_requests)
+        cost = self._costs.get(provider)
+        if cost is not None:
+            spent = outcome.list_requests + outcome.retrieve_requests
+            await settle(cost, self._client, lookup_allowance(self._budget(False), spent))
         duration = self._monotonic() - t0
         now = self._clock()
-        state = self._fold(provider, ledger, run, store, outcome, now, duration, started)
+        state = self._fold(provider, ledger, run, builder, outcome, now, duration, started)
+        if cost is not None:
+            state = replace(state, cost=cost.view())
         await self._save(provider, ledger, run, now)
         self._publish(provider, state)
         self._summarize(provider, run, state, outcome)
@@ -377,7 +499,8 @@ class Poller:
 
     def _summarize(self, provider: str, run: _Run, state: ProviderState, outcome: _PollOutcome) -> None:
         """One info line per provider at most once a minute (the first poll's at once): every poll's own line
-        is at debug, since 23 providers polled every 30 s would otherwise write 46 lines a minute."""
+        is at debug, since 23 providers polled every 30 s would otherwise write 46 lines a minute. Until the first
+        full list is complete the line says how far it has come (the same figures as the first_sync gauges)."""
         summary = run.summary
         summary.polls += 1
         summary.failed += outcome.failure is not None
@@ -387,6 +510,23 @@ class Poller:
         if summary.logged_at is not None and now - summary.logged_at < SUMMARY_EVERY_SECONDS:
             return
         snapshot = state.snapshot
+        first = state.health.first_sync
+        figures: dict[str, Any] = {}
+        if not first.complete:
+            wall = self._clock()
+            pace = first.pace(wall)
+            eta = first.estimated_completion
+            figures = {
+                "first_sync_batches": first.batches,
+                "first_sync_pages": first.pages,
+                "first_sync_pages_per_second": round(pace, 2) if pace is not None else None,
+                "first_sync_estimated_completion": _iso(eta) if eta is not None else "unknown",
+            }
+        elif self._settings.poll_mode == "incremental" and run.resync_interval:
+            figures = {
+                "full_list_interval_seconds": round(run.resync_interval),
+                "next_full_list": _iso(run.next_resync),
+            }
         self._log.info(
             "polls_summary",
             provider=provider,
@@ -399,6 +539,7 @@ class Poller:
             full_list="complete"
             if run.synced and run.resync_truncated is None
             else (run.resync_truncated or "first one running"),
+            **figures,
         )
         run.summary = _Summary(logged_at=now)
 
@@ -421,6 +562,8 @@ class Poller:
                 run.store.abandon_resync()
                 run.store.forget_places()
                 run.synced = False
+                run.first = _FirstList()
+                run.resync_found = 0
             run.keys = keys
             self._log_view(provider, names)
         return keys
@@ -440,38 +583,53 @@ class Poller:
             detail = f"{len(names)} virtual keys: the union of their views, each batch counted once"
         self._log.info("view", provider=provider, keys=len(names), key_names=list(names), detail=detail)
 
+    def _builder(self, provider: str, ledger: Ledger, now: float) -> SnapshotBuilder:
+        s = self._settings
+        return SnapshotBuilder(
+            provider,
+            label_for=ledger.admit_status,
+            group_for=ledger.group_of,
+            per_batch=s.per_batch_metrics,
+            per_batch_limit=s.per_batch_limit,
+            now=now,
+            no_progress_fraction=s.risk_no_progress_fraction,
+            tracker=self._trackers[provider],
+        )
+
     async def _poll_full(
         self, provider: str, ledger: Ledger, run: _Run, started: float
-    ) -> tuple[_PollOutcome, Store]:
-        store = self._new_store(ledger)
-        resync = store.start_resync(started)
+    ) -> tuple[_PollOutcome, SnapshotBuilder | None]:
+        """Every batch of every key, folded straight into the snapshot as pages arrive: a full list holds all
+        there is, so nothing is kept between polls (no store) and each batch is counted once across keys."""
+        builder = self._builder(provider, ledger, started)
         observe = self._observe(ledger, started)
         outcome = _PollOutcome()
         truncated: ListResult | None = None
-        for k, key in enumerate(self._view(provider, run)):
-            resync.key, resync.listed = k, 0
+        seen: set[int] = set()
 
-            def fold_page(batches: list[Batch], k: int = k) -> None:
-                # The ledger counts transitions as pages arrive (real even if a later page fails); the store is
-                # discarded if a later page fails, so the last good snapshot stays.
-                observe(batches)
-                store.upsert(batches, key=k, poll=run.polls)
+        def fold_page(batches: list[Batch]) -> None:
+            # The ledger counts transitions as pages arrive (real even if a later page fails); the builder is
+            # discarded if a later page fails, so the last good snapshot stays.
+            observe(batches)
+            builder.add(batches)
 
-            result = await self._client.list_batches(provider, fold_page, key=key)
+        for key in self._view(provider, run):
+            result = await self._client.list_batches(provider, fold_page, key=key, seen=seen)
             self._take_list(outcome, result, ledger)
             if result.failure is not None or result.unsupported:
-                return outcome, run.store
+                return outcome, None
             truncated = truncated or (result if result.truncated is not None else None)
-        store.finish_resync()
         reason = truncated.truncated if truncated is not None else None
         ledger.finish_poll(started, complete=reason is None)
         if reason is None:
             ledger.resynced(self._clock())
         outcome.resync_done = True
-        run.store = store
+        if not run.synced:
+            run.first.pages = outcome.pages
+            self._first_list_done(provider, run, outcome.batches)
         run.synced = True
         run.resync_truncated = reason
-        return outcome, run.store
+        return outcome, builder
 
     def _budget(self, first_sync: bool) -> int:
         """Requests one poll may send, lists and retrieves together.
@@ -507,21 +665,31 @@ class Poller:
         starting_from_head = resync_due and (
             store.resync is None or (store.resync.key == 0 and store.resync.cursor is None)
         )
+        if first_sync and run.first.pages == 0:
+            run.first.expected_pages = expected_pages(
+                len(store), page_size_for(provider, self._settings.page_size), len(keys)
+            )
 
-        # 1. Each key's newest pages, until one holds nothing new (skipped while the first full list runs, and
-        #    when this poll's full list starts at the head anyway).
+        # 1. Each key's newest pages, until one shows a batch already known (lists are newest first: nothing
+        #    newer lies beyond it) or nothing new (skipped while the first full list runs, and for the key whose
+        #    walk this poll's full list starts at the head anyway).
         heads: dict[int, tuple[str, int]] = {}  # key → (cursor after its head pages, pages read)
-        if not first_sync and not starting_from_head:
+        if not first_sync:
             for k, key in enumerate(keys):
+                if starting_from_head and k == 0:
+                    continue  # this poll's full list starts at key 0's head: its pages are the head scan
                 wanted_more = [True]
 
                 def head_page(
                     batches: list[Batch], k: int = k, wanted_more: list[bool] = wanted_more
                 ) -> bool:
+                    known = any(b.id in store for b in batches)
+                    self._counts_still_fresh(store, batches, poll, refreshed)
                     batches = store.defer_sparse(batches)
                     observe(batches)
                     refreshed.update(b.id for b in batches)
-                    wanted_more[0] = store.upsert(batches, listing=False, key=k, poll=poll) > 0
+                    new = store.upsert(batches, listing=False, key=k, poll=poll)
+                    wanted_more[0] = new > 0 and not known
                     return wanted_more[0]
 
                 pages = max(1, min(budget - spent(), self._settings.max_pages))
@@ -536,8 +704,9 @@ class Poller:
                 if not refused and result.next_cursor is not None:
                     heads[k] = (result.next_cursor, result.pages)
 
-        # 2. Known active batches no list showed this poll (nor, while a full list runs, the last poll): list on down to them where that costs fewer requests than one retrieve each (by their places
-        #    in the last full list), then retrieve the rest, least recently seen first, within the budget.
+        # 2. Known active batches no list showed this poll: list on down to them where that costs fewer requests
+        #    than one retrieve each (by their places in the last full list), then retrieve the rest, least recently
+        #    seen first, within the budget.
         if not first_sync:
             await self._refresh_known(
                 provider, ledger, run, keys, heads, refreshed, outcome, budget, resync_due, started
@@ -548,8 +717,31 @@ class Poller:
         # 3. The full list, key after key, continued within what is left of the budget (at least one page).
         if resync_due:
             await self._continue_resync(provider, ledger, run, keys, refreshed, outcome, budget, started)
+            if first_sync and outcome.resync_done and outcome.failure is None:
+                # The first full list is complete: what its earlier polls listed may have changed since, and no
+                # retrieve ran while it did. Refreshed now, with what is left of the budget (the rest next poll).
+                await self._refresh_known(
+                    provider, ledger, run, keys, {}, refreshed, outcome, budget, False, started
+                )
         ledger.finish_poll(started, complete=False)
         return outcome
+
+    @staticmethod
+    def _counts_still_fresh(store: Store, batches: list[Batch], poll: int, refreshed: set[str]) -> None:
+        """Known active batches whose list items carry no counts (Bedrock, Gemini) and show the status the store
+        holds, with counts a retrieve brought less than SPARSE_REFRESH_POLLS polls ago: seen, not retrieved again
+        this poll. A changed status, or counts the store never had, is retrieved as before."""
+        for batch in batches:
+            if not is_sparse(batch):
+                continue
+            held = store.active.get(batch.id)
+            if (
+                held is not None
+                and not is_sparse(held)
+                and normalize_status(held.status) == normalize_status(batch.status)
+                and poll - store.checked_poll.get(batch.id, -SPARSE_REFRESH_POLLS) < SPARSE_REFRESH_POLLS
+            ):
+                refreshed.add(batch.id)
 
     async def _refresh_known(
         self,
@@ -568,16 +760,12 @@ class Poller:
         poll = run.polls
         observe = self._observe(ledger, started)
 
-        # While a full list is spread over polls, what its previous chunk listed is one poll old at most: not
-        # worth a request each (the list is what a large first picture waits for).
-        walking = store.resync is not None
-
+        # Everything this poll did not see (the first full list, where the list itself is what a large account's
+        # first picture waits for, retrieves nothing: this step is skipped then). Skipping what a later full list's
+        # previous chunk showed would hide a change made since for one more poll, and the store would then not
+        # equal a full list's picture when that list completes.
         def stale() -> list[str]:
-            return [
-                i
-                for i in store.active
-                if i not in refreshed and not (walking and store.listed_poll.get(i, -2) >= poll - 1)
-            ]
+            return [i for i in store.active if i not in refreshed]
 
         size = page_size_for(provider, self._settings.page_size)
         depths = store.list_depth(stale()) if size is not None else None
@@ -653,21 +841,29 @@ class Poller:
         poll = run.polls
         observe = self._observe(ledger, started)
         resync = store.resync or store.start_resync(started)
+        at_head = [resync.cursor is None]  # the next page is the first of a key's walk (the head scan's page)
 
         def resync_page(batches: list[Batch]) -> None:
+            self._counts_still_fresh(store, batches, poll, refreshed)
             batches = store.defer_sparse(batches)
             observe(batches)
-            store.upsert(batches, key=resync.key, poll=poll)
+            new = store.upsert(batches, key=resync.key, poll=poll)
+            if not at_head[0]:
+                run.resync_found += new  # new beyond the newest page: the head scans could not have seen them
+            at_head[0] = False
             # Only the active ones: a finished batch this list shows is marked seen by it already, and a first
             # full list's poll would otherwise hold every id it listed (30,000 strings) until it ends.
             refreshed.update(b.id for b in batches if b.id in store.active)
 
         while True:
             pages = max(1, budget - (outcome.list_requests + outcome.retrieve_requests))
+            at_head[0] = resync.cursor is None
             result = await self._client.list_batches(
                 provider, resync_page, after=resync.cursor, max_pages=pages, budget_truncates=False,
                 key=keys[resync.key],
             )  # fmt: skip
+            if not run.synced:
+                run.first.pages += result.pages
             if self._refused(provider, run, ledger, result, "resync"):
                 # Sending that cursor again would fail the same way for ever: this key's walk starts again from
                 # its head, now, with what is left of the budget (its places so far are not trusted).
@@ -705,15 +901,57 @@ class Poller:
         ledger.forget(i for i in gone if not ledger.is_settled(i))
         outcome.gone += len(gone)
         outcome.resync_done = True
+        outcome.resync_found = run.resync_found + len(gone)
+        run.resync_found = 0
+        if not run.synced:
+            self._first_list_done(provider, run, len(store))
         run.synced = True
         run.resync_truncated = truncated
-        run.next_resync = started + self._settings.resync_interval_seconds
+        run.resync_interval = self._next_interval(run.resync_interval, outcome.resync_found, truncated)
+        run.next_resync = started + run.resync_interval
         if truncated is None:
             ledger.resynced(self._clock())
             # The restart watermark: as of the start of this full list every batch has been seen (a head-only
             # poll sees only the newest pages, so it never moves the watermark).
             ledger.list_completed(resync.started_at)
             run.cursor_refusals = 0
+
+    def _next_interval(self, interval: float, found: int, truncated: str | None) -> float:
+        """The time to the next full list: the floor after one that found something the polls in between had
+        missed (or stopped early, or was the first), twice the last interval after one that found nothing, at most
+        RESYNC_STRETCH times the floor."""
+        floor = self._settings.resync_interval_seconds
+        if found or truncated is not None or interval <= 0:
+            return floor
+        return min(floor * RESYNC_STRETCH, interval * 2)
+
+    def _first_list_done(self, provider: str, run: _Run, batches: int) -> None:
+        first = run.first
+        first.completed_at = self._clock()
+        first.batches = batches
+        took = first.completed_at - first.started_at if first.started_at is not None else 0.0
+        self._log.info(
+            "first_sync_complete",
+            provider=provider,
+            batches=batches,
+            pages=first.pages,
+            seconds=round(took, 1),
+            pages_per_second=round(first.pages / took, 2) if took > 0 else None,
+        )
+
+    def _first_sync(self, run: _Run, batches: int, now: float) -> FirstSync:
+        first = run.first
+        if run.synced:
+            return FirstSync(True, first.batches, first.pages, first.started_at, first.completed_at)
+        return FirstSync(
+            False,
+            batches,
+            first.pages,
+            first.started_at,
+            estimated_completion=estimate_completion(
+                first.pages, first.expected_pages, first.started_at, now
+            ),
+        )
 
     def _refused(self, provider: str, run: _Run, ledger: Ledger, result: ListResult, walk: str) -> bool:
         """A cursor we sent was refused: counted, logged on the first refusal since the last complete full list,
@@ -758,12 +996,14 @@ class Poller:
         provider: str,
         ledger: Ledger,
         run: _Run,
-        store: Store,
+        builder: SnapshotBuilder | None,
         outcome: _PollOutcome,
         now: float,
         duration: float,
         started: float,
     ) -> ProviderState:
+        """The poll's new state. `builder`: the snapshot a full-mode poll folded as it listed; incremental mode
+        builds it from the store."""
         previous = self._states[provider]
         fields: dict[str, Any] = {
             "provider": provider,
@@ -789,6 +1029,7 @@ class Poller:
                 last_success=now,
                 poll_duration=duration,
                 view_keys=len(self._client.key_names()),
+                first_sync=FirstSync(complete=True),  # nothing to list: nothing to wait for
             )
             self._log.debug("poll_finished", outcome="unsupported", batches=0, **fields)
             return ProviderState(provider, health, None, ledger.view())
@@ -810,6 +1051,7 @@ class Poller:
                 supported=True,
                 poll_duration=duration,
                 view_keys=len(self._client.key_names()),
+                first_sync=self._first_sync(run, len(run.store), now),
             )
             return ProviderState(provider, health, previous.snapshot, ledger.view())
         if outcome.truncated is not None:
@@ -838,16 +1080,9 @@ class Poller:
                 count=outcome.skipped_items,
                 first_error=outcome.first_skip_error,
             )
-        builder = SnapshotBuilder(
-            provider,
-            label_for=ledger.admit_status,
-            group_for=ledger.group_of,
-            per_batch=self._settings.per_batch_metrics,
-            per_batch_limit=self._settings.per_batch_limit,
-            now=now,
-            no_progress_fraction=self._settings.risk_no_progress_fraction,
-        )
-        store.fold_into(builder)
+        if builder is None:
+            builder = self._builder(provider, ledger, now)
+            run.store.fold_into(builder)
         snapshot = builder.build(now)
         self._warn_once(provider, ledger, run, snapshot.clamped, snapshot.overflowed)
         partial = run.resync_truncated is not None or not run.synced
@@ -859,14 +1094,16 @@ class Poller:
             last_success=now,
             poll_duration=duration,
             view_keys=len(self._client.key_names()),
+            coverage=run.resync_truncated or ("complete" if run.synced else "pending"),
+            first_sync=self._first_sync(run, snapshot.batches, now),
         )
         self._log.debug(
             "poll_finished",
             outcome="truncated" if outcome.truncated else "ok",
-            batches=len(store),
+            batches=snapshot.batches,
             seen=outcome.batches,
             gone=outcome.gone,
-            resync="done" if outcome.resync_done else ("running" if store.resync is not None else None),
+            resync="done" if outcome.resync_done else ("running" if run.store.resync is not None else None),
             **fields,
         )
         return ProviderState(provider, health, snapshot, ledger.view())
@@ -906,3 +1143,7 @@ class Poller:
     def _publish(self, provider: str, state: ProviderState) -> None:
         self._states = MappingProxyType({**self._states, provider: state})
         self._on_change()
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -9,7 +9,6 @@ in the style of its custom collectors, then encoded by exposition.py; nothing gl
 from __future__ import annotations
 
 import html
-import platform
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,11 +24,14 @@ from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .exposition import encode
+from .failure_classes import TABLE as KNOWN_CODES
+from .failure_classes import failure_class
 from .ledger import ENDPOINTS, FAILURE_STATUSES, HIT_TYPES, NO_CODE, STAGES, Group, HistogramView
 from .models import KNOWN_STATUSES, TERMINAL_STATUSES
 from .outcomes import OUTCOMES
 from .runtime import Prerendered
-from .snapshot import ProviderState
+from .snapshot import COVERAGE_REASONS, ProviderState
+from .version import build_info
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -52,6 +54,8 @@ class Rendered:
     # built by hand, which then serves the bytes above as they are.
     text_pre: Prerendered | None = None
     openmetrics_pre: Prerendered | None = None
+    # Providers whose first full list has not completed: /readyz is 200 (serving what it has) and says which.
+    first_sync_running: tuple[str, ...] = ()
 
 
 def is_fresh(state: ProviderState, now: float, stale_after: float) -> bool:
@@ -114,7 +118,7 @@ def _batch_families(fresh: Sequence[ProviderState], group_labels: Sequence[str])
     )
     at_risk = GaugeMetricFamily(
         "bifrost_batch_at_risk",
-        "Active batches projected to miss their expires_at (linear projection of finished requests)"
+        "Active batches the early warning expects to miss their expires_at (recent rate, gates, calibration)"
         + _CACHED,
         labels=["provider", *g],
     )
@@ -136,13 +140,14 @@ def _batch_families(fresh: Sequence[ProviderState], group_labels: Sequence[str])
     )
     failures = CounterMetricFamily(
         "bifrost_batch_failures",
-        "Batches reaching failed or expired, once per distinct error code they carry (code none when none)",
-        labels=["provider", "status", "code", *g],
+        "Batches reaching failed or expired, once per distinct error code they carry (code none when none); class "
+        "says who must act: input, provider, auth or unknown",
+        labels=["provider", "status", "code", "class", *g],
     )
     last_failure = GaugeMetricFamily(
         "bifrost_batch_last_failure_info",
-        "The most recent batch that reached failed or expired, with its first error code",
-        labels=["provider", "status", "batch_id", "code"],
+        "The most recent batch that reached failed or expired, with its first error code and that code's class",
+        labels=["provider", "status", "batch_id", "code", "class"],
     )
     last_finished = GaugeMetricFamily(
         "bifrost_batch_last_finished_timestamp_seconds",
@@ -213,12 +218,18 @@ def _batch_families(fresh: Sequence[ProviderState], group_labels: Sequence[str])
         for group in listed_groups:
             for status in FAILURE_STATUSES:
                 fail_items.setdefault((status, NO_CODE, group), 0)
+        # The failure table's codes from 0 (the "" group only, so metadata groups do not multiply them): a code's
+        # first failure is an increase the class-routed alerts see, also in an exporter's first minutes.
+        for code in KNOWN_CODES:
+            fail_items.setdefault(("failed", code, empty), 0)
         for (status, code, group), n in sorted(fail_items.items()):
-            failures.add_metric([p, status, code, *group], n)
+            failures.add_metric([p, status, code, failure_class(status, code), *group], n)
         for status in FAILURE_STATUSES:
             last = led.last_failure.get(status)
             if last is not None:
-                last_failure.add_metric([p, status, last.batch_id, last.code], 1)
+                last_failure.add_metric(
+                    [p, status, last.batch_id, last.code, failure_class(status, last.code)], 1
+                )
         for status in TERMINAL_STATUSES:
             if status in led.last_finished:
                 last_finished.add_metric([p, status], led.last_finished[status])
@@ -282,13 +293,22 @@ def _job_families(fresh: Sequence[ProviderState]) -> Iterator[Metric]:
     )
     projected = GaugeMetricFamily(
         "bifrost_batch_job_projected_completion_timestamp_seconds",
-        "When one active batch will finish at its rate so far (absent while nothing has finished)" + _CACHED,
+        "When one active batch will finish at its recent rate (absent while nothing is visibly done)"
+        + _CACHED,
         labels=["provider", "batch_id"],
+    )
+    at_risk = GaugeMetricFamily(
+        "bifrost_batch_job_at_risk_info",
+        "One active batch the early warning flags, with why: overdue, not_started, no_progress, slow or stalled"
+        + _CACHED,
+        labels=["provider", "batch_id", "reason"],
     )
     for state in fresh:
         assert state.snapshot is not None
         p = state.provider
         for job in state.snapshot.jobs:
+            if job.risk_reason is not None:
+                at_risk.add_metric([p, job.batch_id, job.risk_reason], 1)
             info.add_metric([p, job.batch_id, job.status, job.endpoint, job.completion_window], 1)
             for outcome, value in zip(OUTCOMES, job.requests, strict=False):
                 requests.add_metric([p, job.batch_id, outcome], value)
@@ -300,7 +320,7 @@ def _job_families(fresh: Sequence[ProviderState]) -> Iterator[Metric]:
                 progress.add_metric([p, job.batch_id], job.progress)
             if job.projected_completion is not None:
                 projected.add_metric([p, job.batch_id], job.projected_completion)
-    yield from (info, requests, created, expires, progress, projected)
+    yield from (info, requests, created, expires, progress, projected, at_risk)
 
 
 def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) -> Iterator[Metric]:
@@ -349,9 +369,38 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
         "it), 1 = one tenant's batches and unowned ones, N = the union over N tenants",
         labels=["provider"],
     )
+    coverage = GaugeMetricFamily(
+        "bifrost_batch_exporter_coverage",
+        "1 for how the last full list of the provider ended, 0 for the other reasons: complete, cursor_ignored (the "
+        "gateway does not forward the cursor for this provider, only the first page is listed: a known limitation), "
+        "cursor_loop or max_pages (unexpected early stops), pending (no full list finished yet)",
+        labels=["provider", "reason"],
+    )
     dropped = GaugeMetricFamily(
         "bifrost_batch_exporter_per_batch_dropped",
         "Active batches left out of the per-batch series by per_batch_limit",
+        labels=["provider"],
+    )
+    sync_complete = GaugeMetricFamily(
+        "bifrost_batch_exporter_first_sync_complete",
+        "1 once the provider's first full list has completed (the batch data covers the whole list, unless "
+        "truncated says otherwise); 0 while it runs and the batch data shows only what it has listed so far",
+        labels=["provider"],
+    )
+    sync_batches = GaugeMetricFamily(
+        "bifrost_batch_exporter_first_sync_batches",
+        "Batches the provider's first full list has listed so far (all of them once it is complete)",
+        labels=["provider"],
+    )
+    sync_pages = GaugeMetricFamily(
+        "bifrost_batch_exporter_first_sync_pages",
+        "List pages the provider's first full list has fetched so far (all of them once it is complete)",
+        labels=["provider"],
+    )
+    sync_eta = GaugeMetricFamily(
+        "bifrost_batch_exporter_first_sync_estimated_completion_timestamp_seconds",
+        "When the provider's first full list should complete at its pace so far; absent once complete, and "
+        "while the list's length is unknown (the gateway does not report it)",
         labels=["provider"],
     )
     for state in states:
@@ -365,18 +414,30 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
             errors.add_metric([p, reason], state.ledger.errors.get(reason, 0))
         for endpoint in ENDPOINTS:
             requests.add_metric([p, endpoint], state.ledger.requests.get(endpoint, 0))
+        if state.cost is not None:
+            requests.add_metric([p, "settlement"], state.cost.lookups)
         if state.ledger.last_resync is not None:
             last_resync.add_metric([p], state.ledger.last_resync)
         supported.add_metric([p], 1 if h.supported else 0)
         truncated.add_metric([p], 1 if h.truncated else 0)
         view_keys.add_metric([p], h.view_keys)
+        for reason in COVERAGE_REASONS:
+            coverage.add_metric([p, reason], 1 if h.coverage == reason else 0)
         dropped.add_metric([p], state.snapshot.jobs_dropped if state.snapshot is not None else 0)
+        first = h.first_sync
+        sync_complete.add_metric([p], 1 if first.complete else 0)
+        sync_batches.add_metric([p], first.batches)
+        sync_pages.add_metric([p], first.pages)
+        if not first.complete and first.estimated_completion is not None:
+            sync_eta.add_metric([p], first.estimated_completion)
+    info = build_info().labels()
     build = GaugeMetricFamily(
         "bifrost_batch_exporter_build_info",
-        "Version of the exporter and of the Python running it",
-        labels=["version", "python_version"],
+        "A metric with a constant '1' value labeled by version, revision, branch, build_date and python_version "
+        "from which the exporter was built",
+        labels=list(info),
     )
-    build.add_metric([__version__, platform.python_version()], 1)
+    build.add_metric(list(info.values()), 1)
     yield from (
         up,
         last_success,
@@ -388,9 +449,70 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
         supported,
         truncated,
         view_keys,
+        coverage,
         dropped,
+        sync_complete,
+        sync_batches,
+        sync_pages,
+        sync_eta,
         build,
     )
+
+
+def _cost_families(states: Sequence[ProviderState], group_labels: Sequence[str]) -> Iterator[Metric]:
+    """cost_metrics: what settled batches cost (exporter/cost.py). Counters, shown whatever the batch data's
+    freshness: they move only by settlement look-ups, which do not depend on the list polls."""
+    g = list(group_labels)
+    dollars = CounterMetricFamily(
+        "bifrost_batch_cost_dollars",
+        "US dollars of settled batches, added once per batch id when its settlement row is first read with a cost",
+        labels=["provider", "model", *g],
+    )
+    tokens = CounterMetricFamily(
+        "bifrost_batch_tokens",
+        "Token usage of settled batches (prompt, completion), added with their settlement",
+        labels=["provider", "model", "type", *g],
+    )
+    settled_requests = CounterMetricFamily(
+        "bifrost_batch_settled_requests",
+        "Requests of settled batches that were billed (the settlement's per-model request counts)",
+        labels=["provider", "model", *g],
+    )
+    settlements = CounterMetricFamily(
+        "bifrost_batch_settlements",
+        "Finished batches by settlement result, once per batch id: priced, unpriced (no cost by the horizon), "
+        "missing (no settlement row by the horizon)",
+        labels=["provider", "result", *g],
+    )
+    cost_up = GaugeMetricFamily(
+        "bifrost_batch_exporter_cost_up",
+        "1 when the last settlement look-ups of the provider succeeded (404 for a batch not settled yet "
+        "included), 0 on auth, connection or server errors",
+        labels=["provider"],
+    )
+    awaited = GaugeMetricFamily(
+        "bifrost_batch_exporter_settlements_awaited",
+        "Finished batches whose settlement is still looked up: awaiting its row, or a cost for its row",
+        labels=["provider", "awaiting"],
+    )
+    for state in states:
+        view = state.cost
+        if view is None:
+            continue
+        p = state.provider
+        for (model, group), value in sorted(view.dollars.items()):
+            dollars.add_metric([p, model, *group], value)
+        for (model, kind, group), n in sorted(view.tokens.items()):
+            tokens.add_metric([p, model, kind, *group], n)
+        for (model, group), n in sorted(view.requests.items()):
+            settled_requests.add_metric([p, model, *group], n)
+        for (result, group), n in sorted(view.settlements.items()):
+            settlements.add_metric([p, result, *group], n)
+        if view.up is not None:
+            cost_up.add_metric([p], 1 if view.up else 0)
+        for awaiting, n in view.awaited.items():
+            awaited.add_metric([p, awaiting], n)
+    yield from (dollars, tokens, settled_requests, settlements, cost_up, awaited)
 
 
 def _landing(
@@ -444,6 +566,7 @@ def render(
     if per_batch:
         families.extend(_job_families(fresh))
     families.extend(_health_families(states, reasons))
+    families.extend(_cost_families(states, group_labels))
     families.extend(extra)
     families = [f for f in families if f.samples]
     text, openmetrics = encode(families)
@@ -460,4 +583,5 @@ def render(
         rendered_at=now,
         text_pre=text_pre,
         openmetrics_pre=openmetrics_pre,
+        first_sync_running=tuple(s.provider for s in states if not s.health.first_sync.complete),
     )

@@ -1,18 +1,35 @@
-"""Will an active batch miss its `expires_at`? The metrics contract's one linear projection (Early warning).
+"""Will an active batch miss its `expires_at`? One explainable rule, its per-batch memory, and a learned threshold.
 
-An expired batch loses every request still pending, and the last hour is too late to act. One rule an operator can
-redo by hand from the batch object explains every alert: extrapolate the batch's own rate so far, or, when nothing
-has finished yet, give it a fixed fraction of its window (`risk_no_progress_fraction`) before calling it stuck.
+An expired batch loses every request still pending, and the last hour is too late to act; a warning that is wrong
+half the time is silenced in a week. So a batch is flagged only on evidence (docs/early-warning.md has the rule with
+a worked example and the benchmark it was chosen on):
 
-Every number comes from the gateway and is untrusted: counts may be negative or absurdly large, `progress` may be
-NaN, timestamps may be far in the future. The function never raises and only returns finite numbers or None. It
-runs for every active batch on every poll, so the common "left out" answers are shared constants, not allocations.
+- **progress visible** (at least `MIN_PROGRESS` of its requests done): at risk once `MIN_ELAPSED` of its window has
+  gone by, its *recent* rate (an exponentially weighted rate over the polls, as progress bars compute one) misses the
+  expiry, *and* even at the best rate it has shown it would not finish with `SPARE` of its window to spare. The gates
+  are Hadoop/Spark speculative execution's (enough time and progress before a projection counts); the second
+  condition is node_exporter's `FilesystemSpaceFillingUp` pairing a projection with a hard limit: a batch that stalls
+  for an hour with half its window left is not flagged, one that stalls with too little time left is.
+- **nothing visible** (nothing done yet, or a provider that reports its counts only at the end: Anthropic, Bedrock;
+  or OpenAI's `validating` with a total of 0): at risk once its window has gone by to the provider's *calibrated*
+  fraction: the first point of the window at which at least `CALIBRATION_TARGET` of this provider's batches that
+  still showed nothing there went on to expire, learned from the batches this exporter saw end (`Calibration`,
+  persisted with the state); until it has seen enough, `risk_no_progress_fraction`.
+
+The per-batch memory (`ProgressTracker`) holds the recent rate of each active batch between polls; the snapshot
+builder feeds it and it forgets batches no longer active, learning from each how the provider's blind batches end.
+Without a tracker (a one-off assessment) the recent and best rates are the average rate since the batch started.
+
+Every number comes from the gateway and is untrusted: counts may be negative or absurd, `progress` NaN, timestamps
+far in the future. Nothing here raises on such input, and every number returned is finite or None.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Final, NamedTuple
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, NamedTuple
 
 from .models import Batch
 from .outcomes import outcomes
@@ -22,70 +39,323 @@ from .outcomes import outcomes
 _MAX_COUNT: Final = 2**53
 _PROJECTED_STATUSES: Final = frozenset({"validating", "in_progress"})
 
+# The rule's constants, each chosen on bench/alert_quality.py (docs/early-warning.md shows the trade-offs).
+MIN_ELAPSED: Final = 0.5  # fraction of the window before a projection may flag a batch
+MIN_PROGRESS: Final = 0.01  # fraction of the requests done before a projection counts at all
+SPARE: Final = (
+    0.25  # fraction of the window a batch must still be able to spare, at its best rate, to be left alone
+)
+STALLED: Final = 0.25  # a recent rate below this share of the best rate reads as "stalled"
+RATE_WINDOW: Final = 1 / 24  # the recent rate's time constant, as a fraction of the window (1 h of 24 h)
+# A tracked batch's projection may flag it only after its progress has been watched for this share of RATE_WINDOW
+# (15 min of a 24 h batch): a first rate is one poll's worth, or (a batch first seen with progress, as after an
+# exporter restart) the average since the start, which a batch that queued for hours and now runs fast would fail.
+WARMUP: Final = 0.25
+# Calibration of the "nothing visible" threshold: 20 steps of 5 % of the window; a step counts once at least
+# CALIBRATION_MIN_SAMPLES blind batches passed it, and is the threshold once CALIBRATION_TARGET of them expired.
+CALIBRATION_STEPS: Final = 20
+CALIBRATION_MIN_SAMPLES: Final = 20
+CALIBRATION_TARGET: Final = 0.9
+# Counts are halved when the first step passes this many batches: old behaviour fades, the ratios stay.
+_CALIBRATION_HALVE_AT: Final = 10_000
+# Batches a tracker remembers; beyond it new batches are judged without history (average rate since start).
+MAX_TRACKED: Final = 200_000
+
+Reason = Literal["overdue", "not_started", "no_progress", "slow", "stalled"]
+# Label values of `reason` on bifrost_batch_job_at_risk_info, in the order the docs list them.
+REASONS: Final[tuple[Reason, ...]] = ("overdue", "not_started", "no_progress", "slow", "stalled")
+
 
 class Risk(NamedTuple):
     """The verdict on one batch.
 
     `pending` is what the batch still has to run (summed into `bifrost_batch_at_risk_requests` over the batches at
-    risk); 0 when the rule leaves the batch out. `projected_completion` is the Unix time the batch's rate so far
-    points to, None when there is no projection (nothing done yet, left out, or beyond any representable time).
+    risk); 0 when the rule leaves the batch out. `projected_completion` is the Unix time the batch's recent rate
+    points to, None when there is none (nothing visible, stalled to zero, left out, or beyond any representable
+    time). `reason` says why a batch is at risk (None when it is not).
     """
 
     at_risk: bool
     pending: int
     projected_completion: float | None
+    reason: Reason | None = None
 
 
-NOT_ASSESSED: Final = Risk(False, 0, None)
+NOT_ASSESSED: Final = Risk(False, 0, None, None)
 # tuple.__new__ is what Risk(...) runs, without the generated __new__'s Python frame (this runs per active batch).
 _new: Final = tuple.__new__
 
 
-def assess(
-    batch: Batch, status: str, now: float, no_progress_fraction: float, finished: int | None = None
-) -> Risk:
-    """The contract's projection for `batch` in (normalised) `status` at Unix time `now`.
+class Calibration:
+    """Per provider: of the batches that still showed nothing done at each 5 % step of their window, how many expired.
 
-    - only `validating`/`in_progress`/`finalizing` with `expires_at` and `request_counts.total` > 0 are assessed;
-      `finalizing` is never at risk (every request has run), `cancelling`, terminal and unknown statuses are left out;
-    - done = the v2 outcomes that are not pending (Gemini: total × progress / 100 when `progress` is given);
-    - done > 0: projected completion = now + pending × (now − start) / done, start = `in_progress_at` else
-      `created_at`; at risk when it is later than `expires_at`;
-    - done = 0: no projection; at risk once now − `created_at` ≥ fraction × (`expires_at` − `created_at`).
+    Learned from the batches the exporter saw leave the active statuses (`learn`), so it follows how the provider
+    really behaves: for Anthropic, whose counts move only when a batch ends, "still running at 30 % of the window" may
+    already mean "will expire"; for a provider with long queues, only 90 % may. `to_state`/`load_state` carry it
+    across restarts (the poller stores it with the ledger's state).
+    """
+
+    __slots__ = ("_expired", "_seen")
+
+    def __init__(self) -> None:
+        self._seen = [0] * CALIBRATION_STEPS
+        self._expired = [0] * CALIBRATION_STEPS
+
+    def learn(self, blind_step: int, expired: bool) -> None:
+        """One batch that showed nothing done up to step `blind_step` (−1: it always showed progress) and ended."""
+        if blind_step < 0:
+            return
+        for step in range(min(blind_step, CALIBRATION_STEPS - 1) + 1):
+            self._seen[step] += 1
+            if expired:
+                self._expired[step] += 1
+        if self._seen[0] >= _CALIBRATION_HALVE_AT:
+            self._seen = [n // 2 for n in self._seen]
+            self._expired = [n // 2 for n in self._expired]
+
+    def threshold(self, fallback: float) -> float:
+        """The fraction of the window from which a batch with nothing done is at risk.
+
+        The first step with enough evidence where at least CALIBRATION_TARGET of the blind batches expired; where the
+        evidence runs out before that, no earlier than the first step it does not cover, nor than `fallback` (the
+        configured risk_no_progress_fraction); when no step reaches the target, the last step (a blind batch is
+        still flagged before it expires, with the least lead).
+        """
+        last = (CALIBRATION_STEPS - 1) / CALIBRATION_STEPS
+        for step in range(CALIBRATION_STEPS):
+            seen = self._seen[step]
+            if seen < CALIBRATION_MIN_SAMPLES:
+                return min(last, max(fallback, step / CALIBRATION_STEPS)) if step else fallback
+            if self._expired[step] >= CALIBRATION_TARGET * seen:
+                return step / CALIBRATION_STEPS
+        return last
+
+    def evidence(self, step: int) -> tuple[int, int]:
+        """(blind batches that passed `step`, of which expired): what an operator reads to check a threshold."""
+        return self._seen[step], self._expired[step]
+
+    def to_state(self) -> dict[str, Any]:
+        return {"seen": list(self._seen), "expired": list(self._expired)}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restores `to_state()`'s output; raises ValueError on anything else (the caller logs and starts afresh)."""
+        seen, expired = state.get("seen"), state.get("expired")
+        if not (isinstance(seen, list) and isinstance(expired, list)):
+            raise ValueError("calibration: seen and expired must be lists")
+        if len(seen) != CALIBRATION_STEPS or len(expired) != CALIBRATION_STEPS:
+            raise ValueError(f"calibration: {CALIBRATION_STEPS} steps expected")
+        for s, e in zip(seen, expired, strict=True):
+            if type(s) is not int or type(e) is not int or not 0 <= e <= s:
+                raise ValueError("calibration: counts must be integers with 0 <= expired <= seen")
+        self._seen, self._expired = list(seen), list(expired)
+
+
+@dataclass(slots=True)
+class _Track:
+    """What one active batch's earlier polls left behind."""
+
+    t: float  # when it was last observed
+    done: float  # its done fraction then
+    first: float  # when the tracker first saw it
+    since: float | None  # when its progress first showed (the recent rate's age), None while nothing shows
+    done_since: float  # its done fraction then
+    rate: float | None  # recent rate (done fraction per second), None until progress is visible
+    best: float  # the highest recent rate seen once warmed up (a first estimate can be far off)
+    expires: float
+    tau: float  # the recent rate's time constant: RATE_WINDOW of the batch's window (a 24 h batch: one hour)
+    blind_step: int  # the last calibration step at which it showed nothing done (−1: none)
+    poll: int  # the poll that last observed it
+
+
+@dataclass(slots=True)
+class ProgressTracker:
+    """Per provider, the recent rate of every active batch across polls, and the provider's calibration.
+
+    Owned by the poller (one per provider, kept from poll to poll), fed by the snapshot builder through `assess`, and
+    pruned by `finish_poll`: a batch not observed in the poll just folded has left the active statuses (finished,
+    deleted); whether it did so after its `expires_at` is what the calibration learns from it. Bounded by
+    `max_tracked`. Not thread-safe: one poll of a provider at a time uses it, as the poller guarantees.
+    """
+
+    max_tracked: int = MAX_TRACKED
+    calibration: Calibration = field(default_factory=Calibration)
+    _tracks: dict[str, _Track] = field(default_factory=dict)
+    _poll: int = 0
+
+    def __len__(self) -> int:
+        return len(self._tracks)
+
+    def observe(
+        self,
+        batch_id: str,
+        now: float,
+        done: float,
+        average: float | None,
+        expires: float,
+        window: float,
+        blind_step: int,
+    ) -> _Track | None:
+        """Record one observation and return the batch's updated history (None when the tracker is full).
+
+        `done` is the batch's done fraction (0 while nothing is visible), `average` its rate since it started."""
+        track = self._tracks.get(batch_id)
+        if track is None:
+            if len(self._tracks) >= self.max_tracked:
+                return None
+            rate = average if done > 0 else None
+            tau = max(60.0, RATE_WINDOW * window)
+            track = self._tracks[batch_id] = _Track(
+                now,
+                done,
+                now,
+                now if rate is not None else None,
+                done,
+                rate,
+                rate or 0.0,
+                expires,
+                tau,
+                blind_step,
+                self._poll,
+            )
+            return track
+        track.poll = self._poll
+        track.expires = expires
+        if blind_step > track.blind_step:
+            track.blind_step = blind_step
+        dt = now - track.t
+        if dt <= 0:
+            return track  # the same poll again, or a clock step back: nothing new to learn
+        if track.rate is None:
+            if done > 0:
+                # Progress shows for the first time while the tracker watched: what showed, over the time watched
+                # but at most the rate window (a batch that queued for hours and now runs fast is not judged by its
+                # average; counts a provider refreshes every few minutes are not read as a burst).
+                track.rate = done / min(now - track.first, track.tau)
+                track.since, track.done_since = now, done
+        elif track.since is not None and now - track.since < WARMUP * track.tau:
+            # Warming up: the slope since progress first showed, which a burst or a provider's refresh interval
+            # cannot skew for long; the weighted rate carries on from it.
+            if done > track.done_since:
+                track.rate = (done - track.done_since) / (now - track.since)
+        else:
+            # An exponentially weighted rate with a time constant of RATE_WINDOW of the window: each poll weighs in by
+            # how long it covers, so the estimate does not depend on the poll interval, and counts a provider
+            # updates only every few minutes still average out.
+            step = (done - track.done) / dt if done > track.done else 0.0
+            track.rate += (1.0 - math.exp(-dt / track.tau)) * (step - track.rate)
+        if (
+            track.rate is not None
+            and track.rate > track.best
+            and now - (track.since or now) >= WARMUP * track.tau
+        ):
+            track.best = track.rate
+        track.t, track.done = now, done
+        return track
+
+    def finish_poll(self, now: float) -> int:
+        """Forget the batches the poll just folded did not observe, learning how each ended; returns how many."""
+        gone = [batch_id for batch_id, track in self._tracks.items() if track.poll != self._poll]
+        learn = self.calibration.learn
+        for batch_id in gone:
+            track = self._tracks.pop(batch_id)
+            learn(track.blind_step, track.expires <= now)
+        self._poll += 1
+        return len(gone)
+
+    def threshold(self, fallback: float) -> float:
+        return self.calibration.threshold(fallback)
+
+    def to_state(self) -> dict[str, Any]:
+        """What survives a restart: the calibration (the recent rates are rebuilt within an hour)."""
+        return {"calibration": self.calibration.to_state()}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        calibration = state.get("calibration")
+        if not isinstance(calibration, Mapping):
+            raise ValueError("progress tracker: no calibration in the state")
+        self.calibration.load_state(calibration)
+
+
+def assess(
+    batch: Batch,
+    status: str,
+    now: float,
+    no_progress_fraction: float,
+    finished: int | None = None,
+    tracker: ProgressTracker | None = None,
+) -> Risk:
+    """The early-warning rule for `batch` in (normalised) `status` at Unix time `now` (module docstring).
 
     `finished` is `outcomes(batch.request_counts, status).done` when the caller has already computed it (the
-    snapshot fold does, for every batch), so that it is not computed twice.
+    snapshot fold does, for every batch). `tracker` is the provider's ProgressTracker: given, the batch's recent
+    rate comes from its earlier polls and this observation is recorded; omitted, the average rate since the start
+    stands in for it.
     """
     if status not in _PROJECTED_STATUSES:
-        return NOT_ASSESSED  # finalizing: every request has run; the rest are not ours to judge
+        return (
+            NOT_ASSESSED  # finalizing: every request has run; cancelling and the rest are not ours to judge
+        )
     expires = batch.expires
+    created = batch.created
+    if expires is None or created is None or not math.isfinite(now) or expires <= created:
+        return NOT_ASSESSED
     counts = batch.request_counts
-    if expires is None or counts is None or not math.isfinite(now):
+    total = 0 if counts is None or counts.total is None else counts.total
+    if total < 0 or total > _MAX_COUNT:
         return NOT_ASSESSED
-    total = counts.total
-    if total is None or total <= 0 or total > _MAX_COUNT:
-        return NOT_ASSESSED
-    done: float
+    # The done fraction: Gemini's progress percent when it is given, else the outcomes that are not pending.
+    done: float = 0.0
     progress = batch.progress
-    if progress is not None and 0.0 <= progress <= 100.0:  # False for NaN, so NaN falls back to the counts
-        done = total * progress / 100.0
-        pending = total - int(done)  # a request part-way done is still pending
-    else:
+    if progress is not None and 0.0 <= progress <= 100.0 and total > 0:  # False for NaN: the counts then
+        done = progress / 100.0
+    elif total > 0 and counts is not None:
         if finished is None:
             finished = outcomes(counts, status).done
-        done = 0 if finished <= 0 else min(finished, total)  # negatives and overflowing parts are clamped
-        pending = total - int(done)
-    if done > 0:
-        start = batch.started or batch.created
-        if start is None:
-            return _new(Risk, (False, pending, None))
-        elapsed = now - start if now > start else 0.0
-        projected = now + pending * elapsed / done
-        if not math.isfinite(projected):  # a sliver of progress over a long time: later than any expiry
-            return _new(Risk, (True, pending, None))
-        return _new(Risk, (projected > expires, pending, projected))
-    created = batch.created
-    if created is None:
-        return _new(Risk, (False, pending, None))
-    # NaN or out-of-range fractions make the comparison False (never at risk) rather than raise; Settings refuses them.
-    return _new(Risk, (now - created >= no_progress_fraction * (expires - created), pending, None))
+        done = 0.0 if finished <= 0 else min(finished, total) / total
+    pending = total - int(total * done) if total > 0 else 0  # a request part-way done is still pending
+    window = expires - created
+    elapsed = now - created if now > created else 0.0
+    fraction = elapsed / window
+    left = expires - now
+    visible = done >= MIN_PROGRESS
+    rate: float | None = None
+    best = 0.0
+    warm = True
+    if visible:
+        start = batch.started or created
+        ran = now - start if now > start else 0.0
+        rate = best = done / ran if ran > 0 else 0.0
+    if tracker is not None:
+        blind_step = -1 if visible else min(CALIBRATION_STEPS - 1, int(fraction * CALIBRATION_STEPS))
+        track = tracker.observe(batch.id, now, done if visible else 0.0, rate, expires, window, blind_step)
+        if track is not None and visible and track.rate is not None:
+            rate, best = track.rate, max(track.best, track.rate)
+            warm = track.since is not None and now - track.since >= WARMUP * track.tau
+    if left <= 0:
+        return _new(Risk, (True, pending, None, "overdue"))
+    if not visible:
+        threshold = tracker.threshold(no_progress_fraction) if tracker is not None else no_progress_fraction
+        # NaN or out-of-range fractions make the comparison False (never at risk) rather than raise.
+        if fraction >= threshold:
+            return _new(
+                Risk, (True, pending, None, "not_started" if status == "validating" else "no_progress")
+            )
+        return _new(Risk, (False, pending, None, None))
+    assert rate is not None
+    remaining = 1.0 - done
+    if now <= (batch.started or created):
+        # Progress reported before the batch says it started (counts and timestamps lag differently): no time has
+        # run to measure a rate over, so no projection yet.
+        return _new(Risk, (False, pending, None, None))
+    if remaining <= 0:
+        # Every request has run (the counts can say so before the status does): nothing is left to lose.
+        return _new(Risk, (False, pending, now, None))
+    projected = now + remaining / rate if rate > 0 else math.inf
+    shown = projected if math.isfinite(projected) else None
+    late = projected > expires
+    # At the best rate it has shown, would it finish with SPARE of the window left over? Then it may yet make it.
+    hopeless = best <= 0 or now + remaining / best > expires - SPARE * window
+    if late and hopeless and warm and fraction >= MIN_ELAPSED:
+        reason: Reason = "stalled" if rate < STALLED * best else "slow"
+        return _new(Risk, (True, pending, shown, reason))
+    return _new(Risk, (False, pending, shown, None))

@@ -299,11 +299,14 @@ class Routes:
                 body = rendered.text_gzip if use_gzip else rendered.text
             return Response(200, body, ctype, extra)
         if path == "/readyz":
-            return (
-                Response(200, b"ready\n")
-                if rendered.ready
-                else Response(503, b"not ready: first polls running\n")
-            )
+            # Ready = every provider's first poll has ended: the exporter serves what it has. Whether the first
+            # full lists are complete is bifrost_batch_exporter_first_sync_complete's to say (named here too).
+            if not rendered.ready:
+                return Response(503, b"not ready: first polls running\n")
+            running = rendered.first_sync_running
+            if running:
+                return Response(200, f"ready; first full list still running: {', '.join(running)}\n".encode())
+            return Response(200, b"ready\n")
         if path == "/":
             return Response(200, rendered.landing, "text/html; charset=utf-8")
         return _plain(HTTPStatus.NOT_FOUND)

@@ -280,7 +280,7 @@ class Settings(BaseSettings):
     tls_verify: bool = Field(default=True, description="Verify the gateway's TLS certificate.")
     ca_file: Path | None = Field(
         default=None,
-        description="CA bundle to verify the gateway's certificate with.",
+        description="CA bundle to verify the gateway's certificate with (unset: the system's trust store).",
         json_schema_extra=_meta("FILE"),
     )
     poll_interval_seconds: float = Field(
@@ -392,15 +392,16 @@ class Settings(BaseSettings):
     poll_mode: Literal["incremental", "full"] = Field(
         default="incremental",
         description="incremental: known active batches and the newest list pages each poll, a full list every "
-        "resync_interval_seconds; full: the whole list every poll.",
+        "resync_interval_seconds to 6 times it; full: the whole list every poll.",
         json_schema_extra=_meta("MODE"),
     )
     resync_interval_seconds: float = Field(
         default=600.0,
         gt=0,
         allow_inf_nan=False,
-        description="Time between full lists of one provider in incremental mode; at least "
-        "poll_interval_seconds.",
+        description="Shortest time between full lists of one provider in incremental mode: after a full list "
+        "that found nothing the polls in between had missed the next waits twice as long, up to 6 times this; "
+        "after one that did, this again. At least poll_interval_seconds.",
         json_schema_extra=_SECONDS,
     )
     max_requests_per_second: float = Field(
@@ -417,8 +418,9 @@ class Settings(BaseSettings):
         gt=0,
         le=1,
         allow_inf_nan=False,
-        description="Fraction of its completion window after which an active batch with no finished request "
-        "counts as at risk; 0 < value <= 1.",
+        description="Fraction of its completion window after which an active batch with nothing visibly done "
+        "counts as at risk, until the provider is calibrated from the batches the exporter saw end; "
+        "0 < value <= 1.",
         json_schema_extra=_meta("FRACTION"),
     )
     cost_metrics: bool = Field(
@@ -435,6 +437,9 @@ class Settings(BaseSettings):
     )
 
     _dir_keys: tuple[tuple[str, SecretStr], ...] = PrivateAttr(default=())
+    _keys_given: bool = PrivateAttr(
+        default=False
+    )  # virtual keys handed over in memory (--demo), not from files
     _deprecated: tuple[str, ...] = PrivateAttr(default=())
 
     @classmethod
@@ -648,12 +653,22 @@ class Settings(BaseSettings):
         `virtual_key_dir`: one per file, by file name. `virtual_key_file`: one, named after the file.
         `virtual_key`: one, named "default". A name is what logs may show; the key never is.
         """
-        if self.virtual_key_dir is not None:
+        if self.virtual_key_dir is not None or self._keys_given:
             return self._dir_keys
         if self.virtual_key is None:
             return ()
         name = self.virtual_key_file.name if self.virtual_key_file is not None else DEFAULT_KEY_NAME
         return ((name, self.virtual_key),)
+
+    def with_virtual_keys(self, keys: tuple[tuple[str, SecretStr], ...]) -> Settings:
+        """These settings listing with `keys` (name, key) as a key directory would give them, without files: the
+        demo's own gateway hands its tenants' keys over in memory (a read-only container has nowhere to write)."""
+        fresh = self.model_copy(
+            update={"virtual_key": None, "virtual_key_file": None, "virtual_key_dir": None}
+        )
+        fresh._dir_keys = tuple(keys)
+        fresh._keys_given = True
+        return fresh
 
     def deprecations(self) -> tuple[str, ...]:
         """Deprecated spellings these settings were given in (one line each), for a warning at start."""

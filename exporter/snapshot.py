@@ -12,11 +12,16 @@ import heapq
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
+from .firstsync import NOT_STARTED, FirstSync
 from .ledger import Group, LedgerView
 from .models import ACTIVE_STATUSES, Batch, normalize_status
 from .outcomes import Outcomes, outcomes
-from .risk import assess
+from .risk import ProgressTracker, assess
+
+if TYPE_CHECKING:
+    from .cost import CostView
 
 _ACTIVE = frozenset(ACTIVE_STATUSES)
 
@@ -34,6 +39,9 @@ class JobRow:
     expires: float | None
     progress: float | None
     projected_completion: float | None
+    risk_reason: str | None = (
+        None  # why the early warning flags it (exporter/risk.py REASONS); None when it does not
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +95,12 @@ class SnapshotBuilder:
         per_batch_limit: int = 500,
         now: float = 0.0,
         no_progress_fraction: float = 0.5,
+        tracker: ProgressTracker | None = None,
     ) -> None:
+        """`tracker` is the provider's ProgressTracker, kept by the poller from poll to poll: the early warning's
+        recent rates and calibration. Without one, each batch is judged by its average rate since it started."""
         self._provider = provider
+        self._tracker = tracker
         self._label_for = label_for
         self._group_for = group_for
         self._per_batch = per_batch
@@ -178,7 +190,7 @@ class SnapshotBuilder:
         expires = batch.expires
         if expires is not None and (self._next_expiry is None or expires < self._next_expiry):
             self._next_expiry = expires
-        risk = assess(batch, status, self._now, self._fraction, o.done)
+        risk = assess(batch, status, self._now, self._fraction, o.done, self._tracker)
         if risk.at_risk:
             self._at_risk[group] = self._at_risk.get(group, 0) + 1
             self._at_risk_requests[group] = self._at_risk_requests.get(group, 0) + risk.pending
@@ -189,13 +201,14 @@ class SnapshotBuilder:
                 status=status,
                 endpoint=(batch.endpoint or "")[:128],
                 completion_window=(batch.completion_window or "")[:32],
-                requests=(o.succeeded, o.failed, o.expired, o.canceled, o.pending)
+                requests=(o.succeeded, o.failed, o.expired, o.cancelled, o.pending)
                 if batch.request_counts is not None
                 else (),
                 created=created,
                 expires=expires,
                 progress=_progress(batch, o.done, o.total),
                 projected_completion=risk.projected_completion,
+                risk_reason=risk.reason,
             )
             item = (created or 0.0, self._active, row)
             if len(self._jobs) < self._limit:
@@ -204,6 +217,8 @@ class SnapshotBuilder:
                 heapq.heapreplace(self._jobs, item)
 
     def build(self, now: float) -> BatchSnapshot:
+        if self._tracker is not None:
+            self._tracker.finish_poll(now)  # forget (and learn from) the batches no longer active
         newest_first = sorted(self._jobs, key=lambda item: item[:2], reverse=True)
         return BatchSnapshot(
             provider=self._provider,
@@ -247,6 +262,13 @@ def build_snapshot(
     return builder.build(now)
 
 
+# How the last full list of a provider ended (bifrost_batch_exporter_coverage{reason}): `complete` reached the end;
+# `cursor_ignored` is the gateway's known limitation for providers whose cursor it does not forward (only the first
+# page can be listed: a state to show, not a fault to page on); `cursor_loop` and `max_pages` are unexpected early
+# stops; `pending` while no full list has finished yet.
+COVERAGE_REASONS = ("complete", "pending", "cursor_ignored", "cursor_loop", "max_pages")
+
+
 @dataclass(frozen=True, slots=True)
 class Health:
     """The exporter's own view of a provider's last poll."""
@@ -258,6 +280,8 @@ class Health:
     last_success: float | None = None
     poll_duration: float = 0.0
     view_keys: int = 0  # virtual keys the provider is listed with (0: none sent)
+    coverage: str = "pending"  # one of COVERAGE_REASONS
+    first_sync: FirstSync = NOT_STARTED  # the first full list's progress (poller.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,3 +292,4 @@ class ProviderState:
     health: Health
     snapshot: BatchSnapshot | None
     ledger: LedgerView
+    cost: CostView | None = None  # with cost_metrics, for providers the gateway settles

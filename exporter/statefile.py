@@ -51,7 +51,7 @@ from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Final
+from typing import IO, Any, BinaryIO, Final, Protocol
 
 from .idtable import TimedKeys
 from .ledger import Ledger
@@ -361,6 +361,17 @@ class Restored:
     damage: str | None = None  # why the journal could not be read to its end
     migrated: bool = False  # read from a version-1 file: the next write rewrites it in version 2
     marked: bool = False  # ledger-P.json already marks version 2
+    cost: dict[str, Any] | None = None  # the cost ledger as of the base (cost_metrics), None when none was saved
+    cost_deltas: list[dict[str, Any]] = field(default_factory=list)  # its changes since, one per journal record
+
+
+class CostState(Protocol):
+    """The cost ledger as the journal writes it (exporter/cost.py): whole in a base, as changes in a record. It
+    rides in the ledger's own writes, so a settlement counted and the batch it belongs to land together."""
+
+    def to_state(self) -> dict[str, Any]: ...
+
+    def delta(self) -> dict[str, Any]: ...
 
 
 def _open_regular(path: Path) -> tuple[BinaryIO, int] | None:
@@ -437,7 +448,8 @@ def read(state_dir: Path, provider: str) -> Restored | None:
         ledger = marker.get("ledger")
         if not isinstance(ledger, dict):
             raise StateError(f"{state_path(state_dir, provider)} has no ledger object")
-        return Restored(ledger, None, migrated=True)
+        cost = ledger.pop("cost", None)  # version 1 kept the cost ledger inside the ledger object
+        return Restored(ledger, None, migrated=True, cost=cost if isinstance(cost, dict) else None)
     f, size = opened
     with f:
         restored = _read_base(f, path, state_dir, provider)
@@ -477,6 +489,9 @@ def _read_base(f: BinaryIO, path: Path, state_dir: Path, provider: str) -> Resto
     active = header.get("active")
     if not isinstance(generation, int) or not isinstance(head, dict) or not isinstance(active, dict):
         raise StateError(f"{path} has a malformed header")
+    cost = header.get("cost")
+    if cost is not None and not isinstance(cost, dict):
+        raise StateError(f"{path} has a malformed cost ledger")
     settled = TimedKeys()
     if columns is not None:
         keys, values = columns
@@ -486,7 +501,7 @@ def _read_base(f: BinaryIO, path: Path, state_dir: Path, provider: str) -> Resto
             keys.byteswap()
             values.byteswap()
         settled = TimedKeys.adopt(keys, values)
-    return Restored({**head, "active": active}, settled, generation=generation)
+    return Restored({**head, "active": active}, settled, generation=generation, cost=cost)
 
 
 def _replay_journal(state_dir: Path, provider: str, restored: Restored) -> None:
@@ -537,6 +552,11 @@ def _apply(record: Mapping[str, Any], restored: Restored) -> None:
             settled.discard(int(key))
         for key, at in record.get("settled", ()):
             settled.set(int(key), float(at))
+        cost = record.get("cost")
+        if cost is not None:
+            if not isinstance(cost, dict):
+                raise TypeError("cost")
+            restored.cost_deltas.append(cost)
         for batch_id in record.get("gone", ()):
             active.pop(str(batch_id), None)
         poll = record.get("poll")
@@ -624,23 +644,39 @@ class Journal:
     def compact_next(self) -> None:
         self._compact_next = True
 
-    def prepare(self, ledger: Ledger, now: float) -> _Write:
-        """The next write: a journal record of what changed, or a whole new base."""
+    def prepare(
+        self,
+        ledger: Ledger,
+        extras: Mapping[str, Any],
+        cost: CostState | None,
+        now: float,
+    ) -> _Write:
+        """The next write: a journal record of what changed, or a whole new base. `extras` are small fields kept
+        beside the ledger's head (the early warning's calibration), rewritten when they change; `cost` the cost
+        ledger (cost_metrics), whose changes ride in the same record."""
         journal = journal_path(self.state_dir, self.provider)
-        head = ledger.head_state()
+        head = {**ledger.head_state(), **extras}
         encoded = {
             key: json.dumps(value, separators=(",", ":"), allow_nan=False) for key, value in head.items()
         }
         grown = self._journal_bytes > max(self.compact_min_bytes, self._base_bytes)
         changes = None if self._compact_next or grown else ledger.take_changes()
         if changes is None:
-            return self._compaction(ledger, head, encoded, now)
+            return self._compaction(ledger, head, encoded, cost, now)
         diff = {key: head[key] for key, text in encoded.items() if self._heads.get(key) != text}
-        record = json_record(_record(diff, changes))
+        fields = _record(diff, changes)
+        if cost is not None:
+            fields["cost"] = cost.delta()
+        record = json_record(fields)
         return _Write(journal, [record], expected=self._journal_bytes, heads=encoded, size=len(record))
 
     def _compaction(
-        self, ledger: Ledger, head: dict[str, Any], encoded: dict[str, str], now: float
+        self,
+        ledger: Ledger,
+        head: dict[str, Any],
+        encoded: dict[str, str],
+        cost: CostState | None,
+        now: float,
     ) -> _Write:
         ledger.discard_changes()  # everything is in this base
         generation = self._generation + 1
@@ -656,6 +692,7 @@ class Journal:
                     "byteorder": sys.byteorder,
                     "head": head,
                     "active": ledger.active_ids(),
+                    **({"cost": cost.to_state()} if cost is not None else {}),
                 }
             )
         ]

@@ -114,8 +114,7 @@ class Store:
         # Active id → the key of the view that last listed it: a retrieve goes out with a key that can see the
         # batch (governance answers another tenant's key with 404, which would read as "deleted").
         self.listed_by: dict[str, int] = {}
-        # Active id → the poll that last saw it in a list walk, and the poll that last saw it at all.
-        self.listed_poll: dict[str, int] = {}
+        # Active id → the poll that last saw it (listed or retrieved): the least recently seen are retrieved first.
         self.checked_poll: dict[str, int] = {}
 
     def __len__(self) -> int:
@@ -200,7 +199,6 @@ class Store:
             self.checked_poll[batch_id] = poll
             if key is not None:
                 self.listed_by[batch_id] = key
-                self.listed_poll[batch_id] = poll
         return new
 
     # --- finished rows ------------------------------------------------------------------------------------------
@@ -298,7 +296,6 @@ class Store:
     def _forget_active(self, batch_id: str) -> None:
         self.positions.pop(batch_id, None)
         self.listed_by.pop(batch_id, None)
-        self.listed_poll.pop(batch_id, None)
         self.checked_poll.pop(batch_id, None)
 
     def _slim(self, batch: Batch) -> Batch:

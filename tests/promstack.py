@@ -393,29 +393,42 @@ class Alertmanager(_Server):
 def start_exporter(workdir: Path, settings: Mapping[str, Any], *, root: Path) -> tuple[ManagedProcess, str]:
     """`python -m exporter` with `settings` as its YAML config on a free loopback port, once /readyz answers 200.
 
-    Returns the process (stop it) and its base URL."""
-    port = free_port()
+    Returns the process (stop it) and its base URL. A port taken between choosing and binding (parallel test
+    workers) is retried on a new port, like _Server.start."""
     config = workdir / "exporter.yaml"
     config.write_text(yaml.safe_dump(dict(settings)))
-    argv = [
-        sys.executable,
-        "-m",
-        "exporter",
-        "--config",
-        str(config),
-        "--listen-address",
-        f"127.0.0.1:{port}",
-    ]
-    exporter = ManagedProcess("exporter", argv, workdir / "exporter.log", cwd=root).start()
-    url = f"http://127.0.0.1:{port}"
+    for attempt in range(_PORT_ATTEMPTS):
+        port = free_port()
+        argv = [
+            sys.executable,
+            "-m",
+            "exporter",
+            "--config",
+            str(config),
+            "--listen-address",
+            f"127.0.0.1:{port}",
+        ]
+        exporter = ManagedProcess(
+            "exporter",
+            argv,
+            workdir / ("exporter.log" if attempt == 0 else f"exporter-{attempt}.log"),
+            cwd=root,
+        ).start()
+        url = f"http://127.0.0.1:{port}"
 
-    def ready() -> bool:
-        exporter.ensure_alive()
-        return http_get(f"{url}/readyz", timeout=2)[0] == 200
+        def ready(exporter: ManagedProcess = exporter, url: str = url) -> bool:
+            exporter.ensure_alive()
+            return http_get(f"{url}/readyz", timeout=2)[0] == 200
 
-    try:
-        wait_until(ready, timeout=30, what="exporter /readyz", diagnostics=exporter.log_tail)
-    except BaseException:
-        exporter.stop()
-        raise
-    return exporter, url
+        try:
+            wait_until(ready, timeout=30, what="exporter /readyz", diagnostics=exporter.log_tail)
+            return exporter, url
+        except ProcessDied:
+            log = exporter.log_tail()
+            exporter.stop()
+            if "address already in use" not in log.lower() or attempt == _PORT_ATTEMPTS - 1:
+                raise
+        except BaseException:
+            exporter.stop()
+            raise
+    raise AssertionError("unreachable")

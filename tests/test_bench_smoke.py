@@ -34,7 +34,7 @@ def _smoke(name: str, tmp_path: Path) -> dict[str, object]:
     return report
 
 
-@pytest.mark.parametrize("name", ["parse", "memory", "concurrency", "gateway_cost", "alert_quality"])
+@pytest.mark.parametrize("name", ["parse", "memory", "concurrency", "gateway_cost", "cost", "alert_quality"])
 def test_benchmark_runs_in_smoke_mode(name: str, tmp_path: Path) -> None:
     _smoke(name, tmp_path)
 

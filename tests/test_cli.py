@@ -21,7 +21,7 @@ from exporter.cli import GROUPS, flag_names, help_text
 from exporter.settings import Settings
 from exporter.simulator import ProviderSpec, Simulator
 from tests.conftest import free_port
-from tests.harness import parse_samples, value, wait_until
+from tests.harness import parse_samples, series, value, wait_until
 
 SECRET = "sk-bf-very-secret-key-123"
 
@@ -156,9 +156,10 @@ def test_precedence_and_masked_check_config(tmp_path: Path) -> None:
 def test_version_comes_from_the_package_metadata() -> None:
     result = run("--version")
     assert result.returncode == 0
-    assert (
-        result.stdout.strip()
-        == f"bifrost-batch-exporter {importlib.metadata.version('bifrost-batch-exporter')}"
+    # Laid out like Prometheus' version.Print; the build facts themselves are tested in tests/test_version.py.
+    first = result.stdout.splitlines()[0]
+    assert first.startswith(
+        f"bifrost-batch-exporter, version {importlib.metadata.version('bifrost-batch-exporter')} ("
     )
 
 
@@ -512,3 +513,23 @@ def test_check_config_names_the_keys_of_a_key_directory_never_their_values(tmp_p
     shown = yaml.safe_load(result.stdout)
     assert shown["virtual_key_dir"] == str(keys) and shown["virtual_key"] is None
     assert SECRET not in result.stdout + result.stderr
+
+
+def test_demo_shows_the_union_view_of_a_governance_gateway_with_two_tenants() -> None:
+    """--demo runs the simulator with governance (mandatory keys, two tenants) and gives the exporter both keys (in
+    memory, as a key directory would: nothing is written, so the demo runs on a read-only root filesystem): every
+    provider reports the union view and the keys never reach the log."""
+    from exporter.simulator import demo_governance
+
+    done = run("--demo", "--once", env={"BIFROST_EXPORTER_LOG_FORMAT": "json"})
+    assert done.returncode == 0, done.stderr
+    s = parse_samples(done.stdout)
+    views = {lbl["provider"]: v for lbl, v in series(s, "bifrost_batch_exporter_view_keys")}
+    assert views and set(views.values()) == {2.0}
+    assert all(v == 1 for _, v in series(s, "bifrost_batch_exporter_up"))
+    logs = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    (started,) = [e for e in logs if e["msg"] == "demo_simulator_started"]
+    assert started["virtual_keys"] == ["tenant-a", "tenant-b"]
+    assert {tuple(e["key_names"]) for e in logs if e["msg"] == "view"} == {("tenant-a", "tenant-b")}
+    for key in demo_governance().keys:
+        assert key.value not in done.stderr

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import itertools
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -63,7 +64,7 @@ class Gateway:
     clock: Callable[[], float] = time.monotonic
     seen: list[Seen] = field(default_factory=list)
 
-    def serve(self) -> Iterator[str]:
+    def serve(self, tls: ssl.SSLContext | None = None) -> Iterator[str]:
         gateway = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -90,10 +91,12 @@ class Gateway:
                 return None
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            server.socket = tls.wrap_socket(server.socket, server_side=True)
         thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
         thread.start()
         try:
-            yield f"http://127.0.0.1:{server.server_address[1]}"
+            yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
         finally:
             server.shutdown()
             server.server_close()

@@ -20,10 +20,12 @@ import pytest
 from exporter.simulator import Simulator
 from tests.conftest import require_tool
 from tests.promstack import Prometheus, start_exporter, wait_until
+from tests.test_e2e_alerts import alerts_with_short_for
 from tests.test_rules import (
     ALERTS_FILE,
     CONTRACT_METRICS,
     RULES_FILE,
+    SLOS_FILE,
     family,
     metric_names,
     recording_rule_names,
@@ -47,6 +49,7 @@ ROWS: dict[str, list[str]] = {
         "Requests of finished batches per hour by outcome",
     ],
     "Requests": ["Requests by outcome"],
+    "SLOs": ["Error budget burn rate (1 h)", "Error budget left (30d)"],
     "Early warning": [
         "Batches at risk now",
         "Requests at risk now",
@@ -70,6 +73,20 @@ ROWS: dict[str, list[str]] = {
         "Time since last successful poll",
         "Poll errors by reason",
         "Truncated polls",
+        "Batch list coverage",
+        "Who the exporter sees",
+    ],
+    # cost_metrics (dashboards/build.py _cost_row): proved against a real Prometheus in tests/test_cost_prometheus.py
+    "Cost": [
+        "Spend in the last 24 hours",
+        "Spend per day by provider",
+        "Spend per day by model",
+        "Spend per hour by model",
+        "Cost per 1,000 requests by model",
+        "Tokens per hour by model",
+        "Settlements per hour by result",
+        "Settlement look-ups up",
+        "Settlements awaited",
     ],
 }
 UNITS = {
@@ -98,6 +115,19 @@ UNITS = {
     "Time since last successful poll": "s",
     "Poll errors by reason": "short",
     "Truncated polls": "short",
+    "Batch list coverage": "short",
+    "Who the exporter sees": "short",
+    "Error budget burn rate (1 h)": "short",
+    "Error budget left (30d)": "percentunit",
+    "Spend in the last 24 hours": "currencyUSD",
+    "Spend per day by provider": "currencyUSD",
+    "Spend per day by model": "currencyUSD",
+    "Spend per hour by model": "currencyUSD",
+    "Cost per 1,000 requests by model": "currencyUSD",
+    "Tokens per hour by model": "short",
+    "Settlements per hour by result": "short",
+    "Settlement look-ups up": "short",
+    "Settlements awaited": "short",
 }
 GROUP_VARIABLES = ["cluster", "namespace", "job"]
 SELECTOR = 'job=~"bifrost-batch-exporter.*"'
@@ -276,7 +306,9 @@ def test_units() -> None:
 
 def test_health_panels_have_thresholds() -> None:
     health = rows(load_dashboard())["Exporter health"]
-    for panel in health:
+    for panel in (
+        p for p in health if p["type"] != "table"
+    ):  # a table lists states by label, no value to colour
         steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
         assert len(steps) >= 2, f"{panel['title']}: no threshold beyond the base colour"
         colors = {s["color"] for s in steps}
@@ -325,13 +357,14 @@ class Scene:
 
 
 def _scene_batches(sim: Simulator, now: int) -> tuple[str, str, str]:
-    """A slow batch (10 % done after 5 h of 24: at risk), one that will complete with every stage, one that will fail."""
+    """A stuck batch (nothing done after 13 h of 24: at risk), one that will complete with every stage, one that
+    will fail."""
     at_risk = sim.add_batch(
         "openai",
         status="in_progress",
-        created_at=now - 5 * HOUR,
-        expires_at=now + 19 * HOUR,
-        request_counts={"total": 10_000, "completed": 1_000, "failed": 0},
+        created_at=now - 13 * HOUR,
+        expires_at=now + 11 * HOUR,
+        request_counts={"total": 10_000, "completed": 0, "failed": 0},
         metadata={"team": "ml"},
     )
     done = sim.add_batch(
@@ -380,7 +413,12 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
             prom_bin,
             tmp / "prometheus",
             scrape_configs=[{"job_name": "bifrost-batch-exporter", "static_configs": [target]}],
-            rule_files=[ALERTS_FILE, RULES_FILE],
+            # the alerts' `for:` shortened to 1s (the only change: tests/test_e2e_alerts.py proves it)
+            rule_files=[
+                alerts_with_short_for(ALERTS_FILE, tmp / "alerts-short-for.yaml"),
+                RULES_FILE,
+                SLOS_FILE,
+            ],
         ).start()
         cleanup.callback(prom.stop)
         prom.wait_for_targets_up(timeout=30, job="bifrost-batch-exporter")
@@ -395,7 +433,8 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
 
 @pytest.mark.e2e
 def test_every_panel_returns_data_from_a_real_prometheus(scene: Scene) -> None:
-    queries = panel_queries(load_dashboard())
+    cost = {p["title"] for p in rows(load_dashboard())["Cost"]}  # this scene has no cost_metrics
+    queries = [(title, expr) for title, expr in panel_queries(load_dashboard()) if title not in cost]
     pending = {substitute(expr): title for title, expr in queries}
 
     def all_return_series() -> bool:
@@ -430,7 +469,7 @@ def test_panels_show_the_scene(scene: Scene) -> None:
         return float(result[0]["value"][1]) if result else -1.0
 
     wait_until(lambda: value("Batches at risk now") == 1, timeout=30, what="one batch at risk")
-    assert value("Requests at risk now") == 9_000
+    assert value("Requests at risk now") == 10_000
     (last,) = wait_until(
         lambda: scene.prom.query(_panel_expr("Last failed batch")), timeout=30, what="the last failed batch"
     )
@@ -470,6 +509,11 @@ def test_failed_alert_names_the_code_and_batch_in_a_real_prometheus(scene: Scene
     description = alert["annotations"]["description"]
     # The count is the alert's value, increase() over the window: Prometheus extrapolates it at the window's end,
     # so one failure shortly after the counter's first samples can read as up to 2. The batch and code are exact.
-    count = re.match(r"(\d+) batch\(es\) of provider openai, cluster eu1, namespace batch", description)
+    assert alert["labels"]["class"] == "provider"
+    count = re.match(
+        r"(\d+) failure\(s\) of class provider \(capacity, quota or a fault of the provider\) among the batches of "
+        r"provider openai, cluster eu1, namespace batch",
+        description,
+    )
     assert count is not None and int(count[1]) in (1, 2), description
-    assert f"Last failed batch: {scene.failed_id} (code token_limit_exceeded)" in description
+    assert f"Last failed batch of this class: {scene.failed_id} (code token_limit_exceeded)" in description

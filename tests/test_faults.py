@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from exporter.simulator import ProviderSpec, Simulator
+from exporter.snapshot import COVERAGE_REASONS
 from tests.conftest import free_port
-from tests.harness import ExporterThread, make_settings, series, value, wait_until
+from tests.harness import ExporterThread, Samples, make_settings, series, value, wait_until
 
 P = "openai"
 
@@ -88,6 +89,17 @@ def test_failure_keeps_last_good_data_and_recovers(
     assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason=reason) == 1
 
 
+def coverage(samples: Samples, provider: str) -> str:
+    """The one reason bifrost_batch_exporter_coverage sets to 1 (every reason is present, the others 0)."""
+    values = dict(
+        (lbl["reason"], v) for lbl, v in series(samples, "bifrost_batch_exporter_coverage", provider=provider)
+    )
+    assert set(values) == set(COVERAGE_REASONS), values
+    (reason,) = [r for r, v in values.items() if v == 1]
+    assert sum(values.values()) == 1
+    return reason
+
+
 # In `full` mode every poll lists everything, so a cursor defect truncates the poll it hits; in `incremental` mode
 # only a full list (or newest pages still showing new batches) can hit it: tests/test_incremental.py covers that.
 @pytest.mark.parametrize("world", ["full"], indirect=True)
@@ -107,12 +119,14 @@ def test_cursor_defects_truncate_without_looping(world: tuple[Simulator, Exporte
         lbl["reason"]: v for lbl, v in series(s, "bifrost_batch_exporter_poll_errors_total", provider=P) if v
     }
     assert errors == {TRUNCATIONS[fault]: 1}
+    assert coverage(s, P) == TRUNCATIONS[fault]  # why the list is partial, as one series set to 1
     pages = value(s, "bifrost_batch_exporter_requests_total", provider=P, endpoint="list")
     assert pages is not None and pages - before <= 200  # never beyond max_pages
     sim.set_fault(None)
     exp.poll()
     s = exp.samples()
     assert value(s, "bifrost_batch_exporter_truncated", provider=P) == 0
+    assert coverage(s, P) == "complete"
     assert value(s, "bifrost_batches", provider=P, status="in_progress") == 6
 
 
@@ -125,6 +139,7 @@ def test_max_pages_truncates(world: tuple[Simulator, ExporterThread]) -> None:
     assert value(s, "bifrost_batch_exporter_truncated", provider="azure") == 1
     assert value(s, "bifrost_batch_exporter_up", provider="azure") == 1
     assert value(s, "bifrost_batch_exporter_poll_errors_total", provider="azure", reason="max_pages") == 1
+    assert coverage(s, "azure") == "max_pages"
     assert value(s, "bifrost_batch_exporter_requests_total", provider="azure", endpoint="list") == 2
     assert value(s, "bifrost_batches", provider="azure", status="completed") == 4  # 2 pages of 2 of the 6
 

@@ -129,11 +129,9 @@ def dashboard_files() -> list[Path]:
 
 
 def test_chart_versions_follow_the_package() -> None:
+    """One version: the chart and the exporter it deploys are released together under the package's version."""
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    match = re.search(r'^version\s*=\s*"([^"]+)"', pyproject, re.MULTILINE)
-    assert match is not None
-    assert chart["appVersion"] == match[1] == exporter.__version__
+    assert chart["appVersion"] == chart["version"] == exporter.__version__
     assert chart["apiVersion"] == "v2"
 
 
@@ -147,11 +145,15 @@ def test_value_sets_present() -> None:
     }
 
 
-def test_embedded_dashboards_are_a_symlink_not_a_copy() -> None:
-    # The rules come from files/mixin-rules.yaml, generated from the mixin like deploy/prometheus/*.yaml.
-    dashboards = CHART / "files" / "dashboards"
-    assert dashboards.is_symlink()
-    assert dashboards.resolve() == DASHBOARDS.resolve()
+def test_embedded_dashboards_are_current_copies() -> None:
+    """files/dashboards holds copies (helm warns about a symlink, and a packaged chart must stand alone).
+
+    The rules come from files/mixin-rules.yaml, generated from the mixin like deploy/prometheus/*.yaml."""
+    embedded = CHART / "files" / "dashboards"
+    assert not embedded.is_symlink()
+    copies = {p.name: p.read_bytes() for p in sorted(embedded.iterdir())}
+    sources = {p.name: p.read_bytes() for p in dashboard_files()}
+    assert copies == sources, "the chart's dashboards are stale: run `make dashboards`"
 
 
 def test_every_value_is_documented() -> None:
@@ -398,6 +400,7 @@ def test_prometheus_rule_equals_the_alerts_and_recording_rules(helm: str, render
     """With the generic files' selector, the chart renders exactly deploy/prometheus/*.yaml (one mixin source)."""
     alerts = yaml.safe_load(ALERTS.read_text())
     recording = yaml.safe_load(RECORDING.read_text())
+    slos = yaml.safe_load((ALERTS.parent / "slos.yaml").read_text())
     generic = docs_of(
         template_text(
             helm,
@@ -407,7 +410,8 @@ def test_prometheus_rule_equals_the_alerts_and_recording_rules(helm: str, render
             'prometheusRule.selector=job=~"bifrost-batch-exporter.*"',
         )
     )
-    assert one(generic, "PrometheusRule")["spec"]["groups"] == alerts["groups"] + recording["groups"]
+    expected = alerts["groups"] + recording["groups"] + slos["groups"]
+    assert one(generic, "PrometheusRule")["spec"]["groups"] == expected
     rule = one(docs_of(rendered["all-optional-on-values.yaml"]), "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
@@ -433,8 +437,9 @@ def test_dashboard_configmap_equals_the_dashboards(rendered: dict[str, str]) -> 
 
 def test_package_carries_the_embedded_files(helm: str, tmp_path: Path) -> None:
     files = dashboard_files()
-    run_helm(helm, "package", str(CHART), "--destination", str(tmp_path))
-    (package,) = tmp_path.glob("bifrost-batch-exporter-*.tgz")
+    packaged = run_helm(helm, "package", str(CHART), "--destination", str(tmp_path))
+    assert packaged.stderr == "", f"helm package warned: {packaged.stderr}"
+    (package,) = tmp_path.glob(f"bifrost-batch-exporter-{exporter.__version__}.tgz")
     with tarfile.open(package) as tar:
         names = set(tar.getnames())
 
@@ -454,11 +459,19 @@ def test_package_carries_the_embedded_files(helm: str, tmp_path: Path) -> None:
 def test_credentials_stay_in_secrets(rendered: dict[str, str]) -> None:
     for value_set in VALUE_SETS:
         auth = load_values(value_set).get("auth", {})
-        secrets = [v for k, v in auth.items() if k not in {"existingSecret", "existingSecretKeys"} and v]
+        not_flat = {"existingSecret", "existingSecretKeys", "virtualKeys", "virtualKeysSecret"}
+        secrets = [v for k, v in auth.items() if k not in not_flat and v]
+        tenant_keys = auth.get("virtualKeys") or {}
         docs = docs_of(rendered[value_set])
         not_secret = yaml.safe_dump([d for d in docs if d["kind"] != "Secret"])
-        for secret in secrets:
+        for secret in [*secrets, *tenant_keys.values()]:
             assert secret not in not_secret, f"{value_set}: a credential leaked out of the Secret"
+        if tenant_keys:
+            (keys_secret,) = [
+                d for d in of_kind(docs, "Secret") if d["metadata"]["name"].endswith("-virtual-keys")
+            ]
+            decoded_keys = {k: base64.b64decode(v).decode() for k, v in keys_secret["data"].items()}
+            assert decoded_keys == tenant_keys
         if secrets and not auth.get("existingSecret"):
             auth_secret = one(
                 [d for d in of_kind(docs, "Secret") if d["metadata"]["name"].endswith("-auth")], "Secret"
@@ -742,6 +755,17 @@ def test_rendered_config_passes_check_config(
             config[key] = str(stand_in)
     if "state_dir" in config:
         config["state_dir"] = str(tmp_path / "state")
+    if "virtual_key_dir" in config:
+        # The per-tenant Secret is mounted whole there in the pod: the same entries as stand-in files.
+        assert config["virtual_key_dir"] == "/etc/bifrost-batch-exporter/virtual-keys"
+        (keys_secret,) = [
+            d for d in of_kind(docs, "Secret") if d["metadata"]["name"].endswith("-virtual-keys")
+        ]
+        key_dir = tmp_path / "virtual-keys"
+        key_dir.mkdir()
+        for tenant in keys_secret["data"]:
+            (key_dir / tenant).write_text(f"sk-bf-stand-in-{tenant}\n")
+        config["virtual_key_dir"] = str(key_dir)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     for deployment in of_kind(docs, "Deployment"):
@@ -781,3 +805,30 @@ def test_rendered_web_config_is_accepted_by_the_exporter(rendered: dict[str, str
     parsed = parse_web_config(web, tmp_path / "web-config.yml")
     assert parsed.tls is not None
     assert set(parsed.users) == {"prometheus"}
+
+
+def test_virtual_keys_per_tenant_are_mounted_as_the_key_directory(rendered: dict[str, str]) -> None:
+    docs = docs_of(rendered["virtual-keys-values.yaml"])
+    (secret,) = [d for d in of_kind(docs, "Secret") if d["metadata"]["name"].endswith("-virtual-keys")]
+    assert sorted(secret["data"]) == ["team-ads", "team-search"]
+    (deployment,) = of_kind(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "virtual-keys"]
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"] and "items" not in volume["secret"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "virtual-keys"]
+    assert mount == {
+        "name": "virtual-keys",
+        "mountPath": "/etc/bifrost-batch-exporter/virtual-keys",
+        "readOnly": True,
+    }
+    assert config_of(docs)["virtual_key_dir"] == mount["mountPath"]
+    assert "virtual_key_file" not in config_of(docs)
+
+
+def test_one_key_and_per_tenant_keys_together_are_refused(helm: str) -> None:
+    result = subprocess.run(
+        [helm, "template", "t", str(CHART), "--set", "auth.virtualKey=sk-bf-one",
+         "--set", "auth.virtualKeys.team-a=sk-bf-two"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0 and "cannot be combined with a single virtual key" in result.stderr

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "deploy" / "helm" / "bifrost-batch-exporter"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 RECORDING = ROOT / "deploy" / "prometheus" / "rules.yaml"
+SLOS = ROOT / "deploy" / "prometheus" / "slos.yaml"
 MIXIN_SELECTOR = 'job=~"bifrost-batch-exporter.*"'
 
 
@@ -68,7 +69,7 @@ def values_file(tmp_path: Path, values: dict[str, Any]) -> str:
 def test_chart_renders_exactly_the_generated_rule_files(helm: str) -> None:
     """With the mixin's selector and no overrides, the chart's rules are deploy/prometheus/*.yaml, rule for rule."""
     groups = spec_groups(helm, "--set-string", f"prometheusRule.selector={MIXIN_SELECTOR}")
-    expected = yaml.safe_load(ALERTS.read_text())["groups"] + yaml.safe_load(RECORDING.read_text())["groups"]
+    expected = [g for path in (ALERTS, RECORDING, SLOS) for g in yaml.safe_load(path.read_text())["groups"]]
     assert groups == expected
 
 
@@ -96,13 +97,14 @@ def test_per_alert_parameters_go_through_the_mixin_expression(helm: str, tmp_pat
         {
             "alerts": {
                 "BifrostBatchStuck": {"thresholdSeconds": 180000, "for": "30m"},
-                "BifrostBatchHighRequestFailureRatio": {
-                    "threshold": 0.25,
-                    "window": "3h",
-                    "minRequests": 1000,
-                },
-                "BifrostBatchFailed": {"severity": "critical", "for": "2m"},
+                "BifrostBatchExpired": {"window": "3h", "keepFiringFor": "0m"},
+                "BifrostBatchFailed": {"severity": "critical", "for": "2m", "keepFiringFor": "1h"},
                 "BifrostBatchExporterDown": {"for": "0m"},
+                "BifrostBatchErrorBudgetBurn": {
+                    "batchesObjective": 0.995,
+                    "requestsMinEvents": 5000,
+                    "pageSeverity": "warning",
+                },
             }
         },
     )
@@ -111,14 +113,29 @@ def test_per_alert_parameters_go_through_the_mixin_expression(helm: str, tmp_pat
     assert stuck["expr"].rstrip().endswith("> 180000")
     assert stuck["for"] == "30m"
     assert "180000 s" in stuck["annotations"]["description"]
-    ratio = rules["BifrostBatchHighRequestFailureRatio"]
-    assert "> 0.25" in ratio["expr"]
-    assert ratio["expr"].count("[3h]") == 3
-    assert ">= 1000" in ratio["expr"]
-    assert "last 3h" in ratio["annotations"]["description"]
+    expired = rules["BifrostBatchExpired"]
+    assert expired["expr"].count("[3h]") == 1 and "offset 3h" in expired["expr"]
+    assert "last 3h" in expired["annotations"]["description"]
+    assert "keep_firing_for" not in expired
     failed = rules["BifrostBatchFailed"]
     assert failed["labels"]["severity"] == "critical"
     assert failed["for"] == "2m"
+    assert failed["keep_firing_for"] == "1h"
+    # the SLO alert: every window pair takes the overridden objective, minimum and severity
+    burns = [
+        r
+        for g in spec_groups(helm, "-f", values)
+        for r in g["rules"]
+        if r.get("alert") == "BifrostBatchErrorBudgetBurn"
+    ]
+    assert len(burns) == 8
+    for burn in burns:
+        slo = burn["labels"]["slo"]
+        assert ("(1 - 0.995)" in burn["expr"]) == (slo == "batches")
+        assert (">= 5000" in burn["expr"]) == (slo == "requests")
+        assert (
+            burn["labels"]["severity"] == "warning"
+        )  # the page pairs' overridden severity; tickets' default
     assert "for" not in rules["BifrostBatchExporterDown"]
     # untouched alerts keep the mixin's defaults
     defaults = rules_by_name(yaml.safe_load(ALERTS.read_text())["groups"])
@@ -136,7 +153,8 @@ def test_additional_labels_and_runbook_prefix(helm: str, tmp_path: Path) -> None
     rules = rules_by_name(spec_groups(helm, "-f", values))
     for name, rule in rules.items():
         if "alert" not in rule:
-            assert "labels" not in rule, name
+            # recording rules keep only their own labels (the SLO records their `slo`), never the alerts' extra ones
+            assert set(rule.get("labels", {})) <= {"slo"}, name
             continue
         assert rule["labels"]["team"] == "llm-platform", name
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}, "a rule's own severity wins"

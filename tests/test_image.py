@@ -43,9 +43,14 @@ def test_image_builds_and_serves_metrics() -> None:
         r'^bifrost_batch_exporter_up\{provider="[a-z]+"\} [01]\.0$', proc.stdout, re.MULTILINE
     ), output
     assert "/healthz 200, /readyz 200" in proc.stdout
-    assert f"bifrost-batch-exporter {exporter.__version__}" in output
+    # --version inside the image: the package's version and the build facts baked in from the build args.
+    assert re.search(
+        rf"bifrost-batch-exporter, version {re.escape(exporter.__version__)} "
+        r"\(branch: \S+, revision: ([0-9a-f]{40}|unknown)\)\n +build date: +\S+Z\n",
+        output,
+    ), output
     assert "user=65532:65532" in output
-    # OCI labels from the build args: the version of pyproject.toml and the commit the image was built from.
+    # OCI labels from the build args: the package's version and the commit the image was built from.
     assert re.search(
         rf"image labels: version={re.escape(exporter.__version__)} revision=([0-9a-f]{{40}}|unknown) created=\S+Z ",
         output,

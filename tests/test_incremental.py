@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +27,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from exporter.client import BifrostClient
-from exporter.simulator import ProviderSpec, Simulator
+from exporter.poller import RESYNC_STRETCH, SPARSE_REFRESH_POLLS
+from exporter.simulator import ProviderSpec, Simulator, demo_governance, write_key_dir
 from tests.harness import ExporterThread, Samples, make_settings, value
 
 P = "openai"
@@ -237,6 +239,140 @@ def test_new_batch_on_a_later_key_shows_after_the_next_full_list() -> None:
         assert clock.now - created <= RESYNC
 
 
+def resync_times(exp: ExporterThread, clock: SimTime, polls: int) -> list[float]:
+    """Poll `polls` times one interval apart; the wall-clock times at which a full list completed."""
+    times = []
+    before = exp.exporter.poller.states[P].ledger.last_resync
+    for _ in range(polls):
+        clock.advance(INTERVAL)
+        exp.poll(P)
+        last = exp.exporter.poller.states[P].ledger.last_resync
+        if last != before:
+            times.append(clock.now)
+            before = last
+    return times
+
+
+def test_full_lists_stretch_while_they_find_nothing_and_come_back_when_they_do() -> None:
+    """The adaptive interval: the floor (resync_interval_seconds) after the first picture, doubled after each full
+    list that found nothing the head scans had missed, at most RESYNC_STRETCH times the floor; back to the floor
+    after one that found a batch on a later key."""
+    clock = SimTime()
+    with gateway(clock) as sim, exporter(sim, clock) as exp:
+        fill(sim, per_key=6, keys=3)
+        poll_until_resynced(exp, clock)
+        start = clock.now
+        # Churn at the head only: new batches on key 0, which the head scan sees every poll.
+        times = []
+        for i in range(16 * RESYNC // INTERVAL):
+            if i % 3 == 0:
+                sim.add_batch(
+                    P, batch_id=f"head{i}", status="validating", created_at=int(clock.now), api_key=0
+                )
+            times.extend(resync_times(exp, clock, 1))
+        gaps = [b - a for a, b in pairwise([start, *times])]
+        assert gaps[:4] == [RESYNC, 2 * RESYNC, 4 * RESYNC, RESYNC_STRETCH * RESYNC]
+        assert all(g == RESYNC_STRETCH * RESYNC for g in gaps[4:])
+        # A batch on a later key: the next full list finds it, and the one after comes at the floor again.
+        sim.add_batch(P, batch_id="late", status="validating", created_at=int(clock.now), api_key=2)
+        after = resync_times(exp, clock, 2 * RESYNC_STRETCH * RESYNC // INTERVAL)
+        assert after[1] - after[0] == RESYNC
+        assert value(exp.samples(), "bifrost_batches", provider=P, status="validating") is not None
+
+
+def test_new_batch_on_a_later_key_shows_within_the_adaptive_bound() -> None:
+    """Once full lists have stretched to the upper bound, a batch only a full list can find (a later key) and a
+    deleted finished batch still show within RESYNC_STRETCH × resync_interval_seconds plus the polls of the list."""
+    clock = SimTime()
+    with gateway(clock) as sim, exporter(sim, clock) as exp:
+        fill(sim, per_key=6, keys=3)
+        poll_until_resynced(exp, clock)
+        resync_times(exp, clock, (1 + 2 + 4 + RESYNC_STRETCH) * RESYNC // INTERVAL)  # stretched to the bound
+        sim.add_batch(P, batch_id="late", status="validating", created_at=int(clock.now), api_key=2)
+        sim.delete(P, "b1-001")  # finished: only a full list can tell
+        changed = clock.now
+        completed = count(exp.samples(), "completed")
+        for _ in range(RESYNC_STRETCH * RESYNC // INTERVAL + 5):
+            clock.advance(INTERVAL)
+            exp.poll(P)
+            s = exp.samples()
+            if count(s, "validating") == 1:
+                break
+        assert count(s, "validating") == 1 and count(s, "completed") == (completed or 0) - 1
+        assert clock.now - changed <= RESYNC_STRETCH * RESYNC + INTERVAL
+
+
+def test_the_head_scan_stops_at_a_page_that_shows_a_known_batch() -> None:
+    """Two new batches and a known one on the first page: the second page is not asked for (lists are newest
+    first, so nothing newer lies beyond a known batch)."""
+    clock = SimTime()
+    with gateway(clock, multi_key(1)) as sim, exporter(sim, clock, page_size=3) as exp:
+        fill(sim, per_key=9, keys=1, active_every=100)  # one active batch, the oldest: one retrieve
+        poll_until_resynced(exp, clock)
+        clock.advance(INTERVAL)
+        for i in range(2):
+            sim.add_batch(P, batch_id=f"new{i}", status="validating", created_at=int(clock.now), api_key=0)
+        lists, _ = requests(sim)
+        exp.poll(P)
+        assert requests(sim)[0] - lists == 1
+        assert count(exp.samples(), "validating") == 2
+
+
+def test_counts_of_summary_list_items_are_refreshed_every_tenth_poll_and_a_status_change_at_once() -> None:
+    """Bedrock lists summaries (status, no counts): a known active batch the newest page shows in its stored
+    status is retrieved for its counts every SPARSE_REFRESH_POLLS polls; a changed status is retrieved at once."""
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="bedrock", after_ignored=False)
+    # No full list in the window (it would refresh them too, once as it starts).
+    quiet = {"page_size": 10, "resync_interval_seconds": 100 * INTERVAL}
+    with gateway(clock, spec) as sim, exporter(sim, clock, **quiet) as exp:
+        for i in range(3):
+            sim.add_batch(P, batch_id=f"job{i}", status="in_progress", created_at=START - 100 + i)
+        poll_until_resynced(exp, clock)
+        retrieves_per_poll = []
+        for _ in range(2 * SPARSE_REFRESH_POLLS):
+            clock.advance(INTERVAL)
+            _, before = requests(sim)
+            exp.poll(P)
+            retrieves_per_poll.append(requests(sim)[1] - before)
+        # Each of the three batches: once right after the first list (counts never seen), then every tenth poll.
+        assert retrieves_per_poll == ([3] + [0] * (SPARSE_REFRESH_POLLS - 1)) * 2
+        clock.advance(INTERVAL)
+        sim.set_status(P, "job1", "completed")
+        _, before = requests(sim)
+        exp.poll(P)
+        assert requests(sim)[1] - before >= 1
+        s = exp.samples()
+        assert count(s, "in_progress") == 2
+        assert value(s, "bifrost_batch_finished_total", provider=P, status="completed") == 1
+
+
+def test_a_new_batch_of_another_key_shows_after_one_poll_also_when_a_full_list_starts(tmp_path: Path) -> None:
+    """A view of two virtual keys: the poll whose full list starts at the first key's head still scans the second
+    key's head, so a batch another tenant just created is not left for the full list to reach."""
+    gov = demo_governance(mandatory=True)
+    a, b = gov.keys
+    keys = tmp_path / "keys"
+    write_key_dir(gov.keys, keys)
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="openai")
+    with (
+        Simulator(providers=[spec], lifecycle=False, clock=clock.time, governance=gov) as sim,
+        exporter(sim, clock, virtual_key_dir=keys, page_size=2, max_requests_per_second=0.4) as exp,
+    ):
+        clock.sim = sim
+        clock.marks.append((clock.pace, clock.received()))
+        for i in range(6):
+            sim.add_batch(P, batch_id=f"old{i}", status="completed", created_at=START - 1000 + i, owner=a.id)
+        poll_until_resynced(exp, clock)
+        # The next poll starts a full list (at the floor after the first one), at key a's head.
+        clock.advance(RESYNC)
+        sim.add_batch(P, batch_id="new-b", status="validating", created_at=int(clock.now), owner=b.id)
+        exp.poll(P)
+        assert exp.exporter.poller._runs[P].store.resync is not None  # the full list did start this poll
+        assert count(exp.samples(), "validating") == 1
+
+
 def test_the_cost_is_visible_and_agrees_with_the_gateway() -> None:
     """requests_total{endpoint} is what the gateway received, and last_resync_timestamp_seconds moves with each
     completed full list."""
@@ -376,6 +512,11 @@ def test_a_provider_whose_cursor_the_gateway_ignores_keeps_its_known_batches_by_
         assert value(s, "bifrost_batch_finished_total", provider=P, status="ended") == 1
         assert count(f, "ended") == 0
         assert value(f, "bifrost_batch_exporter_truncated", provider=P) == 1
+        # the gateway's known limitation is shown as the reason the full list ended (a state, no alert); the
+        # incremental exporter's last full list (its first poll, one page) was complete
+        assert value(f, "bifrost_batch_exporter_coverage", provider=P, reason="cursor_ignored") == 1
+        assert value(f, "bifrost_batch_exporter_coverage", provider=P, reason="complete") == 0
+        assert value(s, "bifrost_batch_exporter_coverage", provider=P, reason="complete") == 1
 
 
 # ---- faults, both modes --------------------------------------------------------------------------------------------
@@ -578,8 +719,9 @@ def test_incremental_equals_full_after_every_full_list(
     seed: list[tuple[Any, ...]], rounds: list[tuple[Any, ...]], page_size: int, rate: float
 ) -> None:
     """Random churn (creations on any key, transitions, deletions) through both modes: after every completed full
-    list the incremental exporter's batch gauges equal those of a full-mode exporter polling the same state, and
-    both count each finished id exactly once. A small rate makes full lists span several polls."""
+    list, once the active batches its earlier polls listed have been refreshed, the incremental exporter's batch
+    gauges equal those of a full-mode exporter polling the same state, and both count each finished id exactly
+    once. A small rate makes full lists span several polls."""
     clock = SimTime()
     common = {"page_size": page_size, "metadata_labels": ["team"], "max_requests_per_second": rate}
     with (
@@ -612,6 +754,18 @@ def test_incremental_equals_full_after_every_full_list(
             full.poll(P)
             a, b = inc.samples(), full.samples()
             assert value(a, "bifrost_batch_exporter_truncated", provider=P) == 0
+            # Active batches that earlier polls of a list spread over several had listed are refreshed after it:
+            # the same poll if its budget allows, else the next ones (least recently seen first). Without churn
+            # meanwhile, each poll refreshes at least one, so the gauges agree within that many polls.
+            active = sum(1 for x in sim.batches(P) if x["status"] in ACTIVE)
+            for _ in range(active + 2 * RESYNC // INTERVAL):
+                if batch_gauges(a) == batch_gauges(b):
+                    break
+                event("gauges equal after the refresh that follows the full list")
+                clock.advance(INTERVAL)
+                inc.poll(P)
+                full.poll(P)
+                a, b = inc.samples(), full.samples()
             assert batch_gauges(a) == batch_gauges(b)
             model.unseen_finished.clear()
             want = Counter(model.finished.values())

@@ -79,7 +79,7 @@ def test_config_changes_selector_labels_thresholds_and_disabled_alerts(generate:
     assert stuck["labels"] == {"severity": "critical"}
     assert stuck["annotations"]["runbook_url"] == "https://wiki.example.com/bifrost#bifrostbatchstuck"
     failed = by_name["BifrostBatchFailed"]
-    assert "max by (cluster, provider, metadata_team) (" in failed["expr"]
+    assert "max by (cluster, provider, metadata_team, class) (" in failed["expr"]
     for rule in [*by_name.values(), *_groups(rules).values()]:
         selectors = re.findall(r"\{([^}]*)\}", rule["expr"])
         assert selectors, rule
@@ -98,22 +98,20 @@ tests:
   - name: a failed batch is routed by its owner's metadata label
     interval: 1m
     input_series:
-      - series: 'bifrost_batch_finished_total{job="bifrost-batch-exporter", instance="a", provider="openai", status="failed", metadata_team="ml"}'
+      - series: 'bifrost_batch_failures_total{job="bifrost-batch-exporter", instance="a", provider="openai", status="failed", code="token_limit_exceeded", class="provider", metadata_team="ml"}'
         values: '0 0 1x10'
-      - series: 'bifrost_batch_finished_total{job="bifrost-batch-exporter", instance="a", provider="openai", status="failed", metadata_team="search"}'
+      - series: 'bifrost_batch_failures_total{job="bifrost-batch-exporter", instance="a", provider="openai", status="failed", code="none", class="unknown", metadata_team="search"}'
         values: '0x12'
-      - series: 'bifrost_batch_last_failure_info{job="bifrost-batch-exporter", instance="a", provider="openai", status="failed", batch_id="batch_ml_1", code="invalid_json_line"}'
+      - series: 'bifrost_batch_last_failure_info{job="bifrost-batch-exporter", instance="a", provider="openai", status="failed", batch_id="batch_ml_1", code="token_limit_exceeded", class="provider"}'
         values: '_ _ 1x10'
-      - series: 'bifrost_batch_failures_total{job="bifrost-batch-exporter", instance="a", provider="openai", status="failed", code="invalid_json_line", metadata_team="ml"}'
-        values: '0 0 1x10'
     alert_rule_test:
-      - eval_time: 5m
+      - eval_time: 8m
         alertname: BifrostBatchFailed
         exp_alerts:
-          - exp_labels: {severity: warning, job: bifrost-batch-exporter, provider: openai, metadata_team: ml}
+          - exp_labels: {severity: warning, job: bifrost-batch-exporter, provider: openai, metadata_team: ml, class: provider}
             exp_annotations:
-              summary: "Bifrost batch failed on provider openai (metadata_team ml)"
-              description: '1 batch(es) of provider openai, metadata_team ml, job bifrost-batch-exporter reached status "failed" in the last 15m. Failure codes: invalid_json_line (1). Last failed batch: batch_ml_1 (code invalid_json_line).'
+              summary: "Bifrost batch failed on provider openai (provider) (metadata_team ml)"
+              description: '1 failure(s) of class provider (capacity, quota or a fault of the provider) among the batches of provider openai, metadata_team ml, job bifrost-batch-exporter in the last 15m (one per distinct error code a batch carries). Failure codes: token_limit_exceeded (1). Last failed batch of this class: batch_ml_1 (code token_limit_exceeded).'
               runbook_url: "https://github.com/bifrost-batch-exporter/bifrost-batch-exporter/blob/main/docs/runbook.md#bifrostbatchfailed"
 """
 
@@ -135,12 +133,27 @@ def test_chart_rule_file_has_a_placeholder_for_every_parameter() -> None:
     source = yaml.safe_load(CHART_RULES.read_text())
     alerts = [rule for group in source["groups"] for rule in group["rules"] if "alert" in rule]
     assert alerts
+    tokens: dict[str, set[str]] = {}  # per alert name: the SLO alert is one rule per SLO and window pair
     for rule in alerts:
         text = yaml.safe_dump({k: v for k, v in rule.items() if k != "params"})
-        tokens = set(re.findall(r"__([A-Za-z]+)__", text)) - {"SELECTOR", "RUNBOOK"}
-        assert tokens == set(rule["params"]), rule["alert"]
+        tokens.setdefault(rule["alert"], set()).update(
+            set(re.findall(r"__([A-Za-z]+)__", text)) - {"SELECTOR", "RUNBOOK"}
+        )
         assert "__SELECTOR__" in rule["expr"], rule["alert"]
         assert rule["annotations"]["runbook_url"] == "__RUNBOOK__" + rule["alert"].lower()
+    for rule in alerts:
+        assert tokens[rule["alert"]] == set(rule["params"]), rule["alert"]
     for group in source["groups"]:
         for rule in group["rules"]:
             assert "bifrost-batch-exporter.*" not in yaml.safe_dump(rule), rule
+
+
+def test_slo_alerts_follow_their_recording_rules_in_one_group() -> None:
+    """Prometheus evaluates a group's rules in order and groups concurrently: in one group, recording rules first,
+    every burn-rate alert reads the events recorded in the same evaluation (tests/rules/slo_test.yaml relies on it)."""
+    groups = yaml.safe_load((ROOT / "deploy" / "prometheus" / "slos.yaml").read_text())["groups"]
+    assert [g["name"] for g in groups] == ["bifrost-batch-exporter.slos"]
+    kinds = ["record" if "record" in rule else "alert" for rule in groups[0]["rules"]]
+    assert kinds == sorted(kinds, key=lambda kind: kind == "alert") and kinds.count("alert") == 8
+    chart = yaml.safe_load(CHART_RULES.read_text())["groups"]
+    assert [g["name"] for g in chart][-1] == "bifrost-batch-exporter.slos"

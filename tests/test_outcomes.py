@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -11,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exporter.models import KNOWN_STATUSES, TERMINAL_STATUSES, RequestCounts, normalize_status
-from exporter.outcomes import MAX_COUNT, outcomes
+from exporter.outcomes import MAX_COUNT, OUTCOMES, outcomes
 from exporter.simulator import DEFAULT_PROVIDERS, Simulator
 from tests.harness import ExporterThread, make_settings, series
 
@@ -112,8 +113,10 @@ def test_scrape_sums_to_the_listed_totals(provider: str) -> None:
     specs = [s for s in DEFAULT_PROVIDERS if s.name == provider]
     assert specs, provider
     settings = dict(poll_mode="full", page_size=1000, max_pages=1000)
+    now = time.time()
     with (
-        Simulator(providers=specs, seed=7, initial_batches=60, max_batches=80) as sim,
+        # A stopped clock: the batches must not move between the exporter's poll and the listing compared with it.
+        Simulator(providers=specs, seed=7, initial_batches=60, max_batches=80, clock=lambda: now) as sim,
         ExporterThread(make_settings(sim.url, [provider], **settings)) as exp,
     ):
         exp.poll()
@@ -122,5 +125,21 @@ def test_scrape_sums_to_the_listed_totals(provider: str) -> None:
     got: dict[str, float] = {}
     for labels, v in series(samples, "bifrost_batch_requests", provider=provider):
         got[labels["status"]] = got.get(labels["status"], 0) + v
+        assert labels["outcome"] in OUTCOMES, labels
     for status, total in expected.items():
         assert got.get(status) == total, (status, got, expected)
+
+
+def test_outcome_label_values_spell_cancelled_as_the_status_does() -> None:
+    """One spelling across labels: the outcome of a cancelled batch's lost requests is `cancelled`, as Bifrost's Go
+    code spells the status (`status="cancelled"`), never Azure's documentation spelling `canceled`."""
+    assert OUTCOMES == ("succeeded", "failed", "expired", "cancelled", "pending")
+    assert "cancelled" in KNOWN_STATUSES
+    o = outcomes(RequestCounts(total=10, completed=3, failed=0), "cancelled")
+    assert dict(zip(OUTCOMES, o[:5], strict=True)) == {
+        "succeeded": 3,
+        "failed": 0,
+        "expired": 0,
+        "cancelled": 7,
+        "pending": 0,
+    }

@@ -15,6 +15,7 @@ from tests.conftest import require_tool
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS_FILE = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 RULES_FILE = ROOT / "deploy" / "prometheus" / "rules.yaml"
+SLOS_FILE = ROOT / "deploy" / "prometheus" / "slos.yaml"
 RULE_TESTS_DIR = ROOT / "tests" / "rules"
 RUNBOOK = ROOT / "docs" / "runbook.md"
 RUNBOOK_URL_BASE = (
@@ -44,6 +45,7 @@ CONTRACT_METRICS: frozenset[str] = frozenset(
         "bifrost_batch_job_expires_timestamp_seconds",
         "bifrost_batch_job_progress_ratio",
         "bifrost_batch_job_projected_completion_timestamp_seconds",
+        "bifrost_batch_job_at_risk_info",
         "bifrost_batch_at_risk",
         "bifrost_batch_at_risk_requests",
         "bifrost_batch_stage_duration_seconds",
@@ -56,8 +58,17 @@ CONTRACT_METRICS: frozenset[str] = frozenset(
         "bifrost_batch_exporter_last_resync_timestamp_seconds",
         "bifrost_batch_exporter_provider_supported",
         "bifrost_batch_exporter_truncated",
+        "bifrost_batch_exporter_coverage",
+        "bifrost_batch_exporter_view_keys",
         "bifrost_batch_exporter_per_batch_dropped",
         "bifrost_batch_exporter_build_info",
+        # What batches cost (v3, cost_metrics; deploy/mixin/cost.libsonnet)
+        "bifrost_batch_cost_dollars_total",
+        "bifrost_batch_tokens_total",
+        "bifrost_batch_settled_requests_total",
+        "bifrost_batch_settlements_total",
+        "bifrost_batch_exporter_cost_up",
+        "bifrost_batch_exporter_settlements_awaited",
     }
 )
 # v1 names that v2 removed: nothing may read them any more.
@@ -73,8 +84,23 @@ HISTOGRAMS = frozenset(
     }
 )
 CONTRACT_LABELS = frozenset(
-    {"provider", "status", "outcome", "reason", "code", "hit_type", "stage", "endpoint", "le", "batch_id"}
+    {
+        "provider",
+        "status",
+        "outcome",
+        "reason",
+        "code",
+        "class",
+        "hit_type",
+        "stage",
+        "endpoint",
+        "le",
+        "batch_id",
+    }
+    | {"model", "type", "result", "awaiting"}  # the cost families
 )
+# Labels the SLO recording rules add (which SLO a recorded series belongs to); never from the exporter.
+RULE_LABELS = frozenset({"slo"})
 # Labels the rules add from the scrape (the mixin's default group and replica labels); never from the exporter.
 TARGET_LABELS = frozenset({"cluster", "namespace", "job", "instance", "pod"})
 
@@ -86,13 +112,19 @@ EXPECTED_ALERTS = {
     "BifrostBatchProviderTruncated",
     "BifrostBatchProviderUnsupported",
     "BifrostBatchFailed",
+    "BifrostBatchInputRejected",
     "BifrostBatchExpired",
-    "BifrostBatchHighRequestFailureRatio",
     "BifrostBatchStuck",
     "BifrostBatchAtRisk",
+    "BifrostBatchErrorBudgetBurn",
+    "BifrostBatchSettlementsMissing",  # deploy/mixin/cost.libsonnet
+    "BifrostBatchCostLookupsFailing",
 }
-# Retired in favour of BifrostBatchAtRisk (issue 14): it fired for every batch in its last hour, done or not.
-RETIRED_ALERTS = {"BifrostBatchExpiringSoon"}
+# Retired: ExpiringSoon in favour of BifrostBatchAtRisk (issue 14: it fired for every batch in its last hour, done or
+# not); HighRequestFailureRatio in favour of the request SLO's burn-rate alert (issue 21).
+RETIRED_ALERTS = {"BifrostBatchExpiringSoon", "BifrostBatchHighRequestFailureRatio"}
+# The SLO alerts live in slos.yaml beside the recording rules they read.
+SLO_ALERTS = {"BifrostBatchErrorBudgetBurn"}
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
 _MATCHERS = re.compile(r"\{[^}]*\}")
@@ -120,11 +152,16 @@ def load_rules(path: Path) -> list[dict[str, Any]]:
 
 
 def alert_rules() -> list[dict[str, Any]]:
-    return [r for r in load_rules(ALERTS_FILE) if "alert" in r]
+    """Every alerting rule: alerts.yaml's and slos.yaml's (several rules may share a name: the burn-rate pairs)."""
+    return [r for path in (ALERTS_FILE, SLOS_FILE) for r in load_rules(path) if "alert" in r]
+
+
+def alert_names() -> list[str]:
+    return sorted({r["alert"] for r in alert_rules()})
 
 
 def recording_rule_names() -> set[str]:
-    return {r["record"] for r in load_rules(RULES_FILE)}
+    return {r["record"] for path in (RULES_FILE, SLOS_FILE) for r in load_rules(path) if "record" in r}
 
 
 def runbook_anchors() -> set[str]:
@@ -144,7 +181,7 @@ def rule_test_files() -> list[Path]:
 def test_promtool_check_rules_is_clean() -> None:
     promtool = require_tool("promtool")
     result = subprocess.run(
-        [promtool, "check", "rules", str(ALERTS_FILE), str(RULES_FILE)],
+        [promtool, "check", "rules", str(ALERTS_FILE), str(RULES_FILE), str(SLOS_FILE)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -152,7 +189,7 @@ def test_promtool_check_rules_is_clean() -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "WARNING" not in output.upper(), output
-    assert output.count("SUCCESS") == 2, output
+    assert output.count("SUCCESS") == 3, output
 
 
 def test_promtool_unit_tests_pass() -> None:
@@ -171,7 +208,7 @@ def test_promtool_unit_tests_pass() -> None:
     assert output.count("SUCCESS") == len(files), output
 
 
-def test_the_alerts_are_the_listed_ones_and_expiring_soon_is_retired() -> None:
+def test_the_alerts_are_the_listed_ones_and_the_retired_ones_are_gone() -> None:
     names = {rule["alert"] for rule in alert_rules()}
     assert names == EXPECTED_ALERTS
     assert not names & RETIRED_ALERTS
@@ -182,20 +219,46 @@ def test_rule_files_are_loaded_by_the_unit_tests() -> None:
     for path in rule_test_files():
         for rule_file in yaml.safe_load(path.read_text())["rule_files"]:
             loaded.add((path.parent / rule_file).resolve())
-    assert loaded == {ALERTS_FILE.resolve(), RULES_FILE.resolve()}
+    assert loaded == {ALERTS_FILE.resolve(), RULES_FILE.resolve(), SLOS_FILE.resolve()}
 
 
 def _unit_test_cases() -> list[tuple[str, str, list[Any]]]:
     """(test name, alertname, exp_alerts) for every alert_rule_test of every unit-test file."""
+    return [(name, alertname, exp) for name, alertname, _, exp in _timed_cases()]
+
+
+def _timed_cases() -> list[tuple[str, str, float, list[Any]]]:
+    """(test name, alertname, eval time in seconds, exp_alerts) for every alert_rule_test."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     cases = []
     for path in rule_test_files():
         for test in yaml.safe_load(path.read_text())["tests"]:
             for case in test.get("alert_rule_test", []):
-                cases.append((test["name"], case["alertname"], case.get("exp_alerts") or []))
+                at = sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([smhd])", str(case["eval_time"])))
+                cases.append((test["name"], case["alertname"], float(at), case.get("exp_alerts") or []))
     return cases
 
 
-@pytest.mark.parametrize("alert", sorted(r["alert"] for r in alert_rules()))
+@pytest.mark.parametrize("alert", alert_names())
+def test_every_alert_resolves_when_its_cause_goes_away(alert: str) -> None:
+    """No alert that only a silence can stop: a test named "... resolves ..." shows it firing, then gone later in the
+    same series (the cause went away or was acknowledged by configuration)."""
+    resolving = [
+        (name, at, exp)
+        for name, alertname, at, exp in _timed_cases()
+        if alertname == alert and "resolves" in name
+    ]
+    assert resolving, f"{alert}: no unit test named '... resolves ...'"
+
+    def fires_then_resolves(test: str) -> bool:
+        firing = [at for name, at, exp in resolving if name == test and exp]
+        silent = [at for name, at, exp in resolving if name == test and not exp]
+        return bool(firing and silent and max(silent) > min(firing))
+
+    assert any(fires_then_resolves(test) for test in {name for name, _, _ in resolving}), alert
+
+
+@pytest.mark.parametrize("alert", alert_names())
 def test_every_alert_is_unit_tested_firing_healthy_and_across_restart(alert: str) -> None:
     cases = [(name, exp) for name, alertname, exp in _unit_test_cases() if alertname == alert]
     firing = [exp for _, exp in cases if exp]
@@ -212,7 +275,9 @@ def test_every_alert_is_unit_tested_firing_healthy_and_across_restart(alert: str
     )
 
 
-@pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
+@pytest.mark.parametrize(
+    "rule", alert_rules(), ids=lambda r: r["alert"] + str(r["labels"].get("long_window", ""))
+)
 def test_alert_labels_and_annotations(rule: dict[str, Any]) -> None:
     assert rule["labels"]["severity"] in {"critical", "warning", "info"}
     annotations = rule["annotations"]
@@ -235,7 +300,9 @@ def _outer_by(expr: str) -> list[str]:
     return [label.strip() for label in match.group(1).split(",")]
 
 
-@pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
+@pytest.mark.parametrize(
+    "rule", alert_rules(), ids=lambda r: r["alert"] + str(r["labels"].get("long_window", ""))
+)
 def test_alerts_aggregate_by_the_group_labels_and_provider(rule: dict[str, Any]) -> None:
     """Two clusters or namespaces never collapse into one alert; HA replicas (instance, pod) do."""
     by = _outer_by(rule["expr"])
@@ -245,11 +312,27 @@ def test_alerts_aggregate_by_the_group_labels_and_provider(rule: dict[str, Any])
     assert not {"instance", "pod"} & set(by), by
 
 
-def test_failure_ratio_reads_only_recent_transitions() -> None:
-    (rule,) = [r for r in alert_rules() if r["alert"] == "BifrostBatchHighRequestFailureRatio"]
-    assert "increase(bifrost_batch_finished_requests_total" in rule["expr"]
-    assert 'outcome="failed"' in rule["expr"]
-    assert "bifrost_batch_requests{" not in rule["expr"]  # the gauge of every listed batch: all history
+def test_slos_read_only_recent_transitions_and_page_on_two_windows() -> None:
+    """The SLIs are increases of the transition counters (a bad day last week does not burn today's budget), and
+    every burn-rate rule needs its long and its short window and a minimum of events."""
+    records = [r for r in load_rules(SLOS_FILE) if "record" in r]
+    assert records
+    for rule in records:
+        assert (
+            "increase(bifrost_batch_finished" in rule["expr"]
+            or "increase(bifrost_batch_failures" in rule["expr"]
+        )
+        assert "bifrost_batch_requests{" not in rule["expr"]  # the gauge of every listed batch: all history
+        assert rule["labels"]["slo"] in ("batches", "requests")
+    burns = [r for r in alert_rules() if r["alert"] == "BifrostBatchErrorBudgetBurn"]
+    pairs = {(r["labels"]["slo"], r["labels"]["long_window"], r["labels"]["short_window"]) for r in burns}
+    expected_pairs = {("1h", "5m"), ("6h", "30m"), ("1d", "2h"), ("3d", "6h")}
+    assert pairs == {(slo, long, short) for slo in ("batches", "requests") for long, short in expected_pairs}
+    for rule in burns:
+        long, short = rule["labels"]["long_window"], rule["labels"]["short_window"]
+        assert f"increase{long}" in rule["expr"] and f"increase{short}" in rule["expr"]
+        assert ">=" in rule["expr"]  # the low-volume guard
+        assert rule["labels"]["severity"] == ("critical" if long in ("1h", "6h") else "warning")
 
 
 def test_exporter_down_covers_down_and_absent_targets() -> None:
@@ -258,9 +341,10 @@ def test_exporter_down_covers_down_and_absent_targets() -> None:
     assert "absent(up{" in rule["expr"]
 
 
-@pytest.mark.parametrize("alert", ["BifrostBatchFailed", "BifrostBatchExpired"])
+@pytest.mark.parametrize("alert", ["BifrostBatchFailed", "BifrostBatchInputRejected", "BifrostBatchExpired"])
 def test_failure_descriptions_name_the_code_and_the_last_batch(alert: str) -> None:
-    """The unit tests' expected descriptions carry the batch id and code of the input's last_failure_info."""
+    """The unit tests' expected descriptions carry the batch id and code of the input's last_failure_info (of the
+    alert's failure class, where it has one; else they say that the provider's latest failure is another class's)."""
     (rule,) = [r for r in alert_rules() if r["alert"] == alert]
     assert "bifrost_batch_last_failure_info" in rule["annotations"]["description"]
     assert "bifrost_batch_failures_total" in rule["annotations"]["description"]
@@ -277,9 +361,16 @@ def test_failure_descriptions_name_the_code_and_the_last_batch(alert: str) -> No
                     continue
                 for expected in case.get("exp_alerts") or []:
                     description = expected["exp_annotations"]["description"]
+                    labels = expected["exp_labels"]
                     mine = [
-                        i for i in infos if i.get("cluster", "") == expected["exp_labels"].get("cluster", "")
+                        i
+                        for i in infos
+                        if i.get("cluster", "") == labels.get("cluster", "")
+                        and i.get("class", "") == labels.get("class", i.get("class", ""))
                     ]
+                    if not mine and "class" in labels:
+                        assert "not the latest failure of the provider" in description, description
+                        continue
                     assert mine, f"{test['name']}: no bifrost_batch_last_failure_info input"
                     assert any(i["batch_id"] in description and i["code"] in description for i in mine), (
                         description
@@ -294,7 +385,7 @@ def _read_series(expr: str) -> set[str]:
     return metric_names(expr) | ({"up"} if re.search(r"\bup\{", stripped) else set())
 
 
-@pytest.mark.parametrize("path", [ALERTS_FILE, RULES_FILE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [ALERTS_FILE, RULES_FILE, SLOS_FILE], ids=lambda p: p.name)
 def test_rules_read_only_contract_metrics(path: Path) -> None:
     allowed = CONTRACT_METRICS | recording_rule_names() | {"up"}
     for rule in load_rules(path):
@@ -306,22 +397,27 @@ def test_rules_read_only_contract_metrics(path: Path) -> None:
         )
         for labels in re.findall(r"(?:by|on|without|ignoring)\s*\(([^)]*)\)", rule["expr"]):
             for label in (x.strip() for x in labels.split(",")):
-                assert label in CONTRACT_LABELS | TARGET_LABELS, label
+                assert label in CONTRACT_LABELS | TARGET_LABELS | RULE_LABELS, label
 
 
 def test_no_v1_name_is_left_in_rules_tests_or_runbook() -> None:
-    texts = [ALERTS_FILE, RULES_FILE, RUNBOOK, *rule_test_files()]
+    texts = [ALERTS_FILE, RULES_FILE, SLOS_FILE, RUNBOOK, *rule_test_files()]
     for path in texts:
         text = path.read_text()
         for name in REMOVED_V1_METRICS:
             assert name not in text, f"{path.name} still names {name}"
 
 
-def test_alerts_do_not_depend_on_recording_rules() -> None:
-    """alerts.yaml can be loaded alone, so no alert may read a recorded series."""
+def test_alert_files_do_not_depend_on_each_other() -> None:
+    """alerts.yaml can be loaded alone (no alert reads a recorded series); slos.yaml holds the SLO recording rules
+    its burn-rate alerts read, and reads nothing rules.yaml records."""
     recorded = recording_rule_names()
-    for rule in alert_rules():
+    for rule in load_rules(ALERTS_FILE):
         assert not metric_names(rule["expr"]) & recorded, rule["alert"]
+    own = {r["record"] for r in load_rules(SLOS_FILE) if "record" in r}
+    for rule in load_rules(SLOS_FILE):
+        assert not (metric_names(rule["expr"]) & recorded) - own, rule.get("alert") or rule.get("record")
+    assert {r["alert"] for r in load_rules(SLOS_FILE) if "alert" in r} == SLO_ALERTS
 
 
 def test_recording_rule_names_follow_the_convention() -> None:

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from exporter.webconfig import WebSecurity, load_web_config
 from tests.conftest import free_port
 from tests.harness import ExporterThread, make_settings, parse_samples, value, wait_until
 from tests.test_cli import run as run_exporter
+from tests.test_client import Gateway, gateway
 
 VIRTUAL_KEY = "sk-bf-VKSECRET-4f1e9a7c2b"
 GW_USER = "gwadmin-USERSECRET-81"
@@ -46,6 +47,8 @@ HEADER_SECRET = "org-HDRSECRET-5e9f7a"
 WEB_PASSWORD = "web-WEBSECRET-0c4b1f"
 GW_BASIC = base64.b64encode(f"{GW_USER}:{GW_PASSWORD}".encode()).decode()
 WEB_BASIC = base64.b64encode(f"scraper:{WEB_PASSWORD}".encode()).decode()
+__all__ = ["gateway"]  # the fixture, shared with test_client
+
 SECRETS = (VIRTUAL_KEY, GW_USER, GW_PASSWORD, BEARER, HEADER_SECRET, WEB_PASSWORD, GW_BASIC, WEB_BASIC)
 
 
@@ -307,27 +310,30 @@ def test_credentials_in_the_url_are_refused_or_masked(
     assert GW_PASSWORD not in out + err
 
 
-def test_secrets_are_not_sent_to_another_origin() -> None:
-    """Covered in depth in test_hostile_gateway; here the headers httpx would carry are checked directly."""
+def test_secrets_are_not_sent_to_another_origin(gateway: Callable[..., tuple[Gateway, str]]) -> None:
+    """Covered in depth in test_hostile_gateway; here by name: gateway.test redirects to elsewhere.test (each a
+    loopback server reached under that name), and elsewhere.test never hears from us."""
+    elsewhere, elsewhere_url = gateway(lambda seen: (200, {"object": "list", "data": []}))
+    home, home_url = gateway(lambda seen: (302, b"", {"Location": "http://elsewhere.test/v1/batches"}))
+    ports = {
+        "gateway.test": int(home_url.rsplit(":", 1)[1]),
+        "elsewhere.test": int(elsewhere_url.rsplit(":", 1)[1]),
+    }
     settings = Settings(bifrost_url="http://gateway.test", providers=["openai"], virtual_key=VIRTUAL_KEY)
-    sent: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        sent.append(request)
-        if request.url.host == "gateway.test":
-            return httpx.Response(302, headers={"Location": "http://elsewhere.test/v1/batches"})
-        return httpx.Response(200, json={"object": "list", "data": []})
 
     async def scenario() -> Any:
-        client = BifrostClient(settings, transport=httpx.MockTransport(handler))
+        client = BifrostClient(settings, resolve=lambda host, port: ("127.0.0.1", ports[host]))
         try:
             return await client.list_batches("openai")
         finally:
             await client.aclose()
 
     result = asyncio.run(scenario())
-    assert [r.url.host for r in sent] == ["gateway.test"]
+    assert [s.headers["host"] for s in home.seen] == ["gateway.test"]
+    assert home.seen[0].headers["x-bf-vk"] == VIRTUAL_KEY
+    assert elsewhere.seen == []
     assert result.failure is not None and result.failure.reason == "invalid_response"
+    assert VIRTUAL_KEY not in result.failure.detail
 
 
 # --- no secret in any configuration message (issue 15, reproduction 9 and its class) ---------------------------------
@@ -530,6 +536,7 @@ def test_rotated_secret_file_is_used_after_sighup(tmp_path: Path) -> None:
                 )
             )
             assert _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 1
+            assert _metric(metrics, "bifrost_batch_exporter_view_keys", provider="openai") == 1
         finally:
             proc.terminate()
             _, stderr = proc.communicate(timeout=10)
@@ -562,13 +569,9 @@ def test_virtual_key_dir_is_reread_on_sighup_and_a_bad_key_keeps_the_old_ones(tm
             wait_until(lambda: _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 1)
             (keys / "team-b").write_text(BEARER + "\n")
             proc.send_signal(signal.SIGHUP)
+            # The signal is handled asynchronously: the second key is in use once the view says so.
+            wait_until(lambda: _metric(metrics, "bifrost_batch_exporter_view_keys", provider="openai") == 2)
             (keys / "team-c").write_bytes(b"sk-bf-caf\xc3\xa9-" + GW_PASSWORD.encode())
-            polls = _metric(metrics, "bifrost_batch_exporter_polls_total", provider="openai") or 0
-            wait_until(
-                lambda: (
-                    (_metric(metrics, "bifrost_batch_exporter_polls_total", provider="openai") or 0) > polls
-                )
-            )
             proc.send_signal(signal.SIGHUP)
             polls = _metric(metrics, "bifrost_batch_exporter_polls_total", provider="openai") or 0
             wait_until(
@@ -578,6 +581,7 @@ def test_virtual_key_dir_is_reread_on_sighup_and_a_bad_key_keeps_the_old_ones(tm
                 )
             )
             assert _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 1
+            assert _metric(metrics, "bifrost_batch_exporter_view_keys", provider="openai") == 2
         finally:
             proc.terminate()
             _, stderr = proc.communicate(timeout=10)

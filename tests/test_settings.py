@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import h11
-import httpx
 import pytest
-import yarl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
-from exporter.client import BifrostClient, build_headers
+from exporter.client import BifrostClient
 from exporter.settings import (
     ConfigError,
     Settings,
@@ -25,6 +25,8 @@ from exporter.settings import (
     read_secret_file,
     shown_value,
 )
+from tests.test_client import Gateway
+from tests.test_webconfig import Pki
 
 SECRET = "sk-bf-SETTINGSSECRET-3c9e1a"
 
@@ -156,38 +158,58 @@ def _urls(draw: st.DrawFn) -> str:
     return f"{scheme}://{userinfo}{draw(_HOSTS)}" + ("" if port is None else f":{port}") + draw(_PATHS)
 
 
-def _page(request: httpx.Request) -> httpx.Response:
-    body = b'{"object": "list", "data": [], "has_more": false}'
-    return httpx.Response(200, headers={"content-type": "application/json"}, stream=httpx.ByteStream(body))
+PAGE = {"object": "list", "data": [], "has_more": False}
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(_urls(), st.text(max_size=30)))
-def test_any_url_that_validates_can_be_used_by_the_client(url: str) -> None:
-    """The property of issue 19 item 12: no URL reaches the client that the client cannot use."""
+@pytest.fixture(scope="module")
+def loopback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Gateway, int]]]:
+    """A plain and a TLS gateway on loopback, by scheme: every host name a URL can carry is connected to one of
+    them, so what the client puts on the wire for that URL is recorded by a real server."""
+    pki = Pki(tmp_path_factory.mktemp("pki"), "gateway")
+    cert, key, _ = pki.issue("gateway")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    running = []
+    out: dict[str, tuple[Gateway, int]] = {}
+    for scheme, context in (("http", None), ("https", tls)):
+        gw = Gateway(lambda seen: (200, PAGE))
+        serving = gw.serve(context)
+        running.append(serving)
+        out[scheme] = (gw, int(next(serving).rsplit(":", 1)[1]))
+    yield out
+    for serving in running:
+        for _ in serving:
+            pass
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(url=st.one_of(_urls(), st.text(max_size=30)))
+def test_any_url_that_validates_can_be_used_by_the_client(
+    loopback: dict[str, tuple[Gateway, int]], url: str
+) -> None:
+    """The property of issue 19 item 12: no URL reaches the client that the client cannot use, and the client
+    sends what the URL says (request target under its path, Host as written)."""
     try:
-        config = Settings(bifrost_url=url, providers=["openai"], max_retries=0)
+        config = Settings(bifrost_url=url, providers=["openai"], max_retries=0, tls_verify=False)
     except ValidationError as exc:
         refused = [e["loc"] for e in exc.errors()]
         assert refused == [("bifrost_url",)]
         return
     gateway = config.gateway
-    # httpx (the client's API) and yarl (aiohttp's, the transport's) read the same origin.
-    parsed = httpx.URL(config.bifrost_url)
-    assert (parsed.scheme, parsed.raw_host.decode(), parsed.port or gateway.port) == (
-        gateway.scheme,
-        gateway.host.lower(),
-        gateway.port,
-    )
-    assert yarl.URL(config.bifrost_url).port == gateway.port
-    sent: list[httpx.Request] = []
+    gw, port = loopback[gateway.scheme]
+    gw.seen.clear()
+    connected: list[tuple[str, int]] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        sent.append(request)
-        return _page(request)
+    def resolve(host: str, wanted: int) -> tuple[str, int]:
+        connected.append((host, wanted))
+        return "127.0.0.1", port
 
     async def scenario() -> Any:
-        client = BifrostClient(config, transport=httpx.MockTransport(handler))
+        client = BifrostClient(config, resolve=resolve)
         try:
             return await client.list_batches("openai")
         finally:
@@ -195,11 +217,11 @@ def test_any_url_that_validates_can_be_used_by_the_client(url: str) -> None:
 
     result = asyncio.run(scenario())
     assert result.failure is None, result.failure
-    assert sent and sent[0].url.raw_path.decode().split("?")[0] == gateway.path + "/v1/batches"
-    assert (sent[0].url.raw_host.decode(), sent[0].url.port or gateway.port) == (
-        gateway.host.lower(),
-        gateway.port,
-    )
+    assert connected == [(gateway.host, gateway.port)]
+    assert [s.path for s in gw.seen] == [gateway.path + "/v1/batches"]
+    host = f"[{gateway.host}]" if ":" in gateway.host else gateway.host
+    default = {"http": 80, "https": 443}[gateway.scheme]
+    assert gw.seen[0].headers["host"] == (host if gateway.port == default else f"{host}:{gateway.port}")
 
 
 # --- header values: what validates can be sent (issue 19, item 11) ------------------------------------------------
@@ -303,7 +325,8 @@ def test_extra_headers_in_no_known_form_are_refused(given_as: Any) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=24), st.sampled_from(["virtual_key", "bearer_token", "header", "password"]))
 def test_any_secret_that_validates_can_be_sent_unchanged(value: str, where: str) -> None:
-    """httpx builds the request and h11 (the strictest HTTP/1.1 writer we have) accepts every header as is."""
+    """The client writes every header that validates as is, and h11 (the strictest HTTP/1.1 parser we have) reads
+    back the same values."""
     choices: dict[str, dict[str, Any]] = {
         "virtual_key": {"virtual_key": value},
         "bearer_token": {"bearer_token": value},
@@ -315,12 +338,12 @@ def test_any_secret_that_validates_can_be_sent_unchanged(value: str, where: str)
         config = Settings(bifrost_url="http://gw.test", providers=["openai"], **values)
     except ValidationError:
         return
-    headers = build_headers(config)
-    request = httpx.Request("GET", "http://gw.test/v1/batches", headers=headers)
-    h11.Connection(h11.CLIENT).send(
-        h11.Request(method="GET", target="/v1/batches", headers=list(request.headers.raw))
-    )
-    sent = {k.decode().lower(): v.decode() for k, v in request.headers.raw}
+    # The head exactly as the client writes it, read by h11 (the strictest HTTP/1.1 parser we have).
+    server = h11.Connection(h11.SERVER)
+    server.receive_data(BifrostClient(config).request_head("/v1/batches?provider=openai"))
+    request = server.next_event()
+    assert isinstance(request, h11.Request)
+    sent = {k.decode().lower(): v.decode() for k, v in request.headers}
     if where == "virtual_key":
         assert sent["x-bf-vk"] == value
     elif where == "bearer_token":

@@ -699,7 +699,9 @@ def test_flavors_have_their_fields(clock: FakeClock) -> None:
     )
     failed = [b for b in sim.batches("openai") if b["status"] == "failed"]
     assert failed
-    assert all(b["failed_at"] and b["request_counts"]["failed"] > 0 and b["errors"] for b in failed)
+    assert all(b["failed_at"] and b["errors"] for b in failed)
+    # a batch refused while validating never had a total (OpenAI reports 0); one that ran has failed requests
+    assert all(b["request_counts"]["failed"] > 0 or b["request_counts"]["total"] == 0 for b in failed)
     codes = {e["code"] for b in failed for e in b["errors"]["data"]}
     assert codes <= {"invalid_json_line", "token_limit_exceeded", "model_not_found"}
     expired = [b for b in sim.batches("openai") + sim.batches("azure") if b["status"] == "expired"]

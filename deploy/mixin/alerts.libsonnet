@@ -26,17 +26,20 @@ local build(c) =
     local args = std.join(' ', ['(index $labels "%s")' % l for l in labels]);
     local uses = std.length(std.findSubstr('%(m)s', fmt));  // printf wants the arguments once per use
     'printf `' + (fmt % { m: matchers }) + '` ' + std.join(' ', std.repeat([args], uses)) + ' | query';
-  // "token_limit_exceeded (2), invalid_json_line (1)" or "none recorded".
-  local codes(status, window) =
+  // "token_limit_exceeded (2), invalid_json_line (1)" or "none recorded"; `extra` are labels of the alert that also
+  // narrow the query (the failure class).
+  local codes(status, window, extra=[]) =
     local series = 'bifrost_batch_failures_total{%(m)s, status="' + status + '"}';
     '{{ range $i, $s := ' + query(
       'sort_desc(max by (code) (sum by (code, ' + join(r) + ') (' +
       std.strReplace(lib.recentIncrease(c { selector: esc(c.selector) }, series, window), '\n', ' ') + ')) > 0)',
-      p + m
+      p + m + extra
     ) + ' }}{{ if $i }}, {{ end }}{{ label "code" $s }} ({{ value $s | printf "%.0f" }}){{ else }}none recorded{{ end }}';
-  local lastBatch(status) =
-    '{{ with ' + query('max by (batch_id, code) (bifrost_batch_last_failure_info{%(m)s, status="' + status + '"})', p) +
-    ' }}{{ with first . }}{{ label "batch_id" . }} (code {{ label "code" . }}){{ end }}{{ else }}unknown{{ end }}';
+  local lastBatch(status, extra=[]) =
+    '{{ with ' + query('max by (batch_id, code) (bifrost_batch_last_failure_info{%(m)s, status="' + status + '"})', p + extra) +
+    ' }}{{ with first . }}{{ label "batch_id" . }} (code {{ label "code" . }}){{ end }}{{ else }}' +
+    (if extra == [] then 'unknown' else 'not the latest failure of the provider (see bifrost_batch_last_failure_info)') +
+    '{{ end }}';
   local reasons(re, window) =
     '{{ range $i, $s := ' + query(
       'sort_desc(max by (reason) (increase(bifrost_batch_exporter_poll_errors_total{%(m)s, reason=~"' + re + '"}[' + window + '])) > 0)',
@@ -47,6 +50,8 @@ local build(c) =
     alert: name,
     expr: expr,
     [if a[name]['for'] != '0m' then 'for']: a[name]['for'],
+    [if std.objectHas(a[name], 'keepFiringFor') && a[name].keepFiringFor != '0m' then 'keep_firing_for']:
+      a[name].keepFiringFor,
     labels: { severity: a[name].severity },
     annotations: {
       summary: summary,
@@ -54,6 +59,26 @@ local build(c) =
       runbook_url: c.runbookUrlPattern % std.asciiLower(name),
     },
   };
+
+  // A failed batch's failure codes by class (docs/runbook.md, "Failure classes"): one alert per class, with the
+  // codes and the provider's last failed batch of that class.
+  local failedByClass(name, classes, summary, kind) = rule(
+    name,
+    // Each replica's own increase, then the max across replicas (an HA pair counts a failure once).
+    |||
+      max by (%(byM)s, class) (
+        sum by (%(byMR)s, class) (
+          %(recent)s
+        )
+      ) > 0
+    ||| % (v + a[name] + {
+      recent: lib.indent(lib.recentIncrease(c, 'bifrost_batch_failures_total{%s, status="failed", %s}' % [c.selector, classes], a[name].window), 4),
+    }),
+    summary,
+    '{{ $value | printf "%.0f" }}' + kind + provider + ' in the last ' + a[name].window +
+    ' (one per distinct error code a batch carries). Failure codes: ' + codes('failed', a[name].window, ['class']) +
+    '. Last failed batch of this class: ' + lastBatch('failed', ['class']) + '.',
+  );
 
   [
     rule(
@@ -107,13 +132,16 @@ local build(c) =
     ),
     rule(
       'BifrostBatchProviderTruncated',
+      // Unexpected early stops only: a cursor that repeats, or a list longer than its page budget. A gateway that
+      // ignores the provider's cursor (reason cursor_ignored) is a known limitation shown by the coverage series.
       |||
-        max by (%(by)s) (bifrost_batch_exporter_truncated{%(sel)s}) == 1
+        max by (%(by)s, reason) (bifrost_batch_exporter_coverage{%(sel)s, reason=~"cursor_loop|max_pages"}) == 1
       ||| % v,
-      'Batch list of provider {{ $labels.provider }} is truncated',
-      'The polls of ' + provider + ' stop early and see only part of the batch list (bifrost_batch_exporter_truncated = ' +
-      '{{ $value }}). Early stops in the last ' + a.BifrostBatchProviderTruncated.window + ': ' +
-      reasons('cursor_loop|cursor_ignored|max_pages', a.BifrostBatchProviderTruncated.window) + '.',
+      'Batch list of provider {{ $labels.provider }} stops early ({{ $labels.reason }})',
+      'The last full list of ' + provider + ' stopped early ({{ $labels.reason }}; bifrost_batch_exporter_coverage = ' +
+      '{{ $value }}) and saw only part of the batches, so its counts under-report. Early stops in the last ' +
+      a.BifrostBatchProviderTruncated.window + ': ' +
+      reasons('cursor_loop|max_pages', a.BifrostBatchProviderTruncated.window) + '.',
     ),
     rule(
       'BifrostBatchProviderUnsupported',
@@ -124,22 +152,20 @@ local build(c) =
       'The gateway answered unsupported_operation for ' + provider +
       ' (bifrost_batch_exporter_provider_supported = {{ $value }}); remove it from the exporter\'s providers.',
     ),
-    rule(
+    failedByClass(
       'BifrostBatchFailed',
-      // Each replica's own increase, then the max across replicas (an HA pair counts a failure once).
-      |||
-        max by (%(byM)s) (
-          sum by (%(byMR)s) (
-            %(recent)s
-          )
-        ) > 0
-      ||| % (v + a.BifrostBatchFailed + {
-        recent: lib.indent(lib.recentIncrease(c, 'bifrost_batch_finished_total{%s, status="failed"}' % c.selector, a.BifrostBatchFailed.window), 4),
-      }),
-      'Bifrost batch failed on provider {{ $labels.provider }}' + owner,
-      '{{ $value | printf "%.0f" }} batch(es) of ' + provider + ' reached status "failed" in the last ' +
-      a.BifrostBatchFailed.window + '. Failure codes: ' + codes('failed', a.BifrostBatchFailed.window) +
-      '. Last failed batch: ' + lastBatch('failed') + '.',
+      'class!="input"',
+      'Bifrost batch failed on provider {{ $labels.provider }} ({{ $labels.class }})' + owner,
+      ' failure(s) of class {{ $labels.class }} (' +
+      '{{ if eq $labels.class "auth" }}the provider refused the credentials Bifrost uses{{ else if eq $labels.class "provider" }}' +
+      'capacity, quota or a fault of the provider{{ else }}no code the failure table knows{{ end }}) among the batches of ',
+    ),
+    failedByClass(
+      'BifrostBatchInputRejected',
+      'class="input"',
+      'Bifrost batch input rejected on provider {{ $labels.provider }}' + owner,
+      ' failure(s) of class input (the batch\'s own file or request is wrong: its owner resubmits it fixed) among the ' +
+      'batches of ',
     ),
     rule(
       'BifrostBatchExpired',
@@ -158,37 +184,6 @@ local build(c) =
       'Codes: ' + codes('expired', a.BifrostBatchExpired.window) + '. Last expired batch: ' + lastBatch('expired') + '.',
     ),
     rule(
-      'BifrostBatchHighRequestFailureRatio',
-      // Requests of the batches that finished within the window (counted once, at their transition), so an old
-      // bad day ages out of the ratio; at least minRequests requests so that one small batch does not page.
-      |||
-        max by (%(byM)s) (
-            sum by (%(byMR)s) (
-              %(failed)s
-            )
-          /
-            sum by (%(byMR)s) (
-              %(all)s
-            )
-        ) > %(threshold)s
-        and on (%(byM)s)
-        max by (%(byM)s) (
-          sum by (%(byMR)s) (
-            %(all)s
-          )
-        ) >= %(minRequests)s
-      ||| % (v + a.BifrostBatchHighRequestFailureRatio + {
-        local w = a.BifrostBatchHighRequestFailureRatio.window,
-        failed: lib.indent(lib.recentIncrease(c, 'bifrost_batch_finished_requests_total{%s, outcome="failed"}' % c.selector, w), 6),
-        all: lib.indent(lib.recentIncrease(c, 'bifrost_batch_finished_requests_total{%s}' % c.selector, w), 6),
-      }),
-      'High request failure ratio in batches of provider {{ $labels.provider }}' + owner,
-      '{{ $value | humanizePercentage }} of the requests of the batches of ' + provider + ' that finished in the last ' +
-      a.BifrostBatchHighRequestFailureRatio.window + ' failed (threshold ' +
-      a.BifrostBatchHighRequestFailureRatio.threshold + ', at least ' + a.BifrostBatchHighRequestFailureRatio.minRequests +
-      ' requests).',
-    ),
-    rule(
       'BifrostBatchStuck',
       |||
         time() - min by (%(byM)s, status) (bifrost_batch_oldest_created_timestamp_seconds{%(sel)s}) > %(thresholdSeconds)s
@@ -199,16 +194,20 @@ local build(c) =
     ),
     rule(
       'BifrostBatchAtRisk',
-      // bifrost_batch_at_risk is the exporter's projection (metrics contract, "Early warning"): active batches whose
-      // linear projection ends after their expires_at. It replaces BifrostBatchExpiringSoon (retired).
+      // bifrost_batch_at_risk is the exporter's early warning (docs/early-warning.md): active batches whose recent
+      // rate, past its gates, misses their expires_at, or that show nothing done past their provider's calibrated
+      // point of the window. It replaces BifrostBatchExpiringSoon (retired).
       |||
         max by (%(byM)s) (sum by (%(byMR)s) (bifrost_batch_at_risk{%(sel)s})) > 0
       ||| % v,
       'Bifrost batches of provider {{ $labels.provider }} will miss their expiry' + owner,
-      '{{ $value | printf "%.0f" }} active batch(es) of ' + provider + ' are projected to finish after they expire: ' +
+      '{{ $value | printf "%.0f" }} active batch(es) of ' + provider + ' are expected to finish after they expire: ' +
       '{{ with ' + query('max(sum by (' + join(r) + ') (bifrost_batch_at_risk_requests{%(m)s}))', p + m) +
       ' }}{{ . | first | value | printf "%.0f" }}{{ else }}an unknown number of{{ end }} pending requests are lost ' +
-      'if the projection holds. The provider\'s soonest batch expiry is ' +
+      'if they do. Why: ' +
+      '{{ range $i, $s := ' + query('sort_desc(count by (reason) (max by (reason, batch_id) (bifrost_batch_job_at_risk_info{%(m)s})))', p) +
+      ' }}{{ if $i }}, {{ end }}{{ label "reason" $s }} ({{ value $s | printf "%.0f" }}){{ else }}per-batch series off (per_batch_metrics){{ end }}. ' +
+      'The provider\'s soonest batch expiry is ' +
       '{{ with ' + query('min(bifrost_batch_next_expiry_timestamp_seconds{%(m)s})', p) +
       ' }}{{ . | first | value | humanizeTimestamp }}{{ else }}unknown{{ end }}' +
       '{{ with ' + query('min(bifrost_batch_next_expiry_timestamp_seconds{%(m)s}) - time()', p) +
@@ -216,14 +215,83 @@ local build(c) =
     ),
   ];
 
+// The SLOs' multi-window, multi-burn-rate alerts (the SRE workbook's, as kubernetes-mixin writes them): one rule per
+// SLO and window pair, all named BifrostBatchErrorBudgetBurn, labelled slo, long_window, short_window. They read the
+// SLO recording rules (rules.libsonnet); generate.py puts both in one group of slos.yaml, recording rules first, so
+// an alert reads the events recorded in the same evaluation.
+local sloAlerts(c) =
+  local num(x) = if std.isString(x) then x else if x == std.floor(x) then '%d' % x else '%g' % x;
+  local a = std.mapWithKey(function(_, x) num(x), c.alerts.BifrostBatchErrorBudgetBurn);
+  local by = std.join(', ', c.groupLabels + ['provider', 'slo']);
+  local scope = std.join('', ['{{ with index $labels "%s" }}, %s {{ . }}{{ end }}' % [l, l] for l in c.groupLabels]);
+  // The recorded series keep the group labels, so the selector applies to them too (it should use only those
+  // labels: docs/mixin.md): two deployments' SLOs never mix.
+  local sel(name) = '{%s, slo="%s"}' % [c.selector, name];
+  local ratio(name, window) =
+    local good = lib.sloRecord(c, 'good', window) + sel(name);
+    local bad = lib.sloRecord(c, 'bad', window) + sel(name);
+    'max by (%s) (%s / (%s + %s))' % [by, bad, good, bad];
+  local events(name, window) =
+    'max by (%s) (%s%s + %s%s)' % [
+      by, lib.sloRecord(c, 'good', window), sel(name), lib.sloRecord(c, 'bad', window), sel(name),
+    ];
+  [
+    local objective = a[name + 'Objective'];
+    local threshold = '(%s * (1 - %s))' % [num(pair.factor), objective];
+    {
+      alert: 'BifrostBatchErrorBudgetBurn',
+      expr: |||
+        %(long)s > %(threshold)s
+        and on (%(by)s)
+        %(short)s > %(threshold)s
+        and on (%(by)s)
+        %(events)s >= %(min)s
+      ||| % {
+        long: ratio(name, pair.long),
+        short: ratio(name, pair.short),
+        events: events(name, pair.long),
+        threshold: threshold,
+        by: by,
+        min: a[name + 'MinEvents'],
+      },
+      'for': pair['for'],
+      labels: {
+        severity: if pair.page then a.pageSeverity else a.ticketSeverity,
+        slo: name,
+        long_window: pair.long,
+        short_window: pair.short,
+      },
+      annotations: {
+        summary: 'Provider {{ $labels.provider }} burns the error budget of its ' + name + ' SLO ' + num(pair.factor) +
+                 ' times too fast',
+        description: '{{ $value | humanizePercentage }} of the ' + lib.slis(c)[name].what + ' of provider ' +
+                     '{{ $labels.provider }}' + scope + ' that finished in the last ' + pair.long + ' were bad, and in the last ' +
+                     pair.short + ' too: a burn rate of at least ' + num(pair.factor) + ' (the objective ' + objective +
+                     ' allows 1 - ' + objective + ' bad), over at least ' + a[name + 'MinEvents'] + ' ' +
+                     lib.slis(c)[name].what + '. At this rate the error budget of ' + c.sloPeriod + ' lasts ' + c.sloPeriod +
+                     ' / ' + num(pair.factor) + '.',
+        runbook_url: c.runbookUrlPattern % 'bifrostbatcherrorbudgetburn',
+      },
+    }
+    for name in ['batches', 'requests']
+    for pair in lib.burnRates
+  ];
+
 {
   // The alert rules for a given config (used by the generator with placeholders).
   alertRules(config):: [r for r in build(config) if !std.member(config.disabledAlerts, r.alert)],
+  sloAlertRules(config):: [r for r in sloAlerts(config) if !std.member(config.disabledAlerts, r.alert)],
 
   prometheusAlerts+:: {
-    groups+: [{
-      name: $._config.ruleGroupPrefix + '.alerts',
-      rules: $.alertRules($._config),
-    }],
+    groups+: [
+      {
+        name: $._config.ruleGroupPrefix + '.alerts',
+        rules: $.alertRules($._config),
+      },
+      {
+        name: $._config.ruleGroupPrefix + '.slo-alerts',
+        rules: $.sloAlertRules($._config),
+      },
+    ],
   },
 }

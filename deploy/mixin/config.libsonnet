@@ -30,27 +30,46 @@
     // Alerts left out of the generated rules, by name (e.g. ['BifrostBatchProviderUnsupported']).
     disabledAlerts: [],
 
-    // Per alert: severity, `for` ('0m' = fire at once) and the alert's own parameters. Windows are PromQL durations,
+    // Per alert: severity, `for` ('0m' = fire at once), `keepFiringFor` (how long it stays firing after its condition
+    // clears, so one event is one notification) and the alert's own parameters. Windows are PromQL durations,
     // thresholds plain numbers (seconds, ratios or counts as named).
     alerts: {
       BifrostBatchExporterDown: { severity: 'critical', 'for': '5m' },
       BifrostBatchExporterPollFailing: { severity: 'warning', 'for': '5m', window: '10m' },
       BifrostBatchCredentialsRejected: { severity: 'critical', 'for': '10m', window: '5m' },
       BifrostBatchExporterDataStale: { severity: 'critical', 'for': '5m', thresholdSeconds: 600 },
+      // Only unexpected early stops (cursor_loop, max_pages): a gateway that ignores a provider's cursor is a state
+      // (bifrost_batch_exporter_coverage{reason="cursor_ignored"}, on the dashboard), not a page.
       BifrostBatchProviderTruncated: { severity: 'warning', 'for': '15m', window: '30m' },
       BifrostBatchProviderUnsupported: { severity: 'info', 'for': '15m' },
-      BifrostBatchFailed: { severity: 'warning', 'for': '0m', window: '15m' },
-      BifrostBatchExpired: { severity: 'warning', 'for': '0m', window: '15m' },
-      BifrostBatchHighRequestFailureRatio: {
-        severity: 'warning',
-        'for': '15m',
-        window: '1h',
-        threshold: 0.1,
-        minRequests: 100,
-      },
+      // Failures the platform team acts on (class provider, auth or unknown: docs/runbook.md, "Failure classes").
+      BifrostBatchFailed: { severity: 'warning', 'for': '5m', keepFiringFor: '15m', window: '15m' },
+      // Failures the batch's owner fixes (class input): info, or off with disabledAlerts.
+      BifrostBatchInputRejected: { severity: 'info', 'for': '5m', keepFiringFor: '15m', window: '15m' },
+      BifrostBatchExpired: { severity: 'warning', 'for': '0m', keepFiringFor: '15m', window: '15m' },
       BifrostBatchStuck: { severity: 'warning', 'for': '15m', thresholdSeconds: 90000 },
-      BifrostBatchAtRisk: { severity: 'warning', 'for': '10m' },
+      // `for` as chosen on bench/alert_quality.py (docs/early-warning.md has the trade-off table).
+      BifrostBatchAtRisk: { severity: 'warning', 'for': '20m' },
+      // The two SLOs (docs/runbook.md, "SLOs"): multi-window, multi-burn-rate alerts (the SRE workbook's 14.4x/6x
+      // paging, 3x/1x ticket pairs). An objective is the share of good events; minEvents is the fewest events the
+      // long window must hold before its ratio can alert (one failure of three batches is not a burn rate).
+      BifrostBatchErrorBudgetBurn: {
+        pageSeverity: 'critical',
+        ticketSeverity: 'warning',
+        // batches finished within their window: completed (or Anthropic's ended) are good; expired and failures of
+        // every class but input are bad; cancelled and input failures do not count.
+        batchesObjective: 0.99,
+        batchesMinEvents: 20,
+        // requests of the batches that ran to their end (completed, ended, expired): succeeded are good; failed and
+        // expired are bad; cancelled do not count.
+        requestsObjective: 0.99,
+        requestsMinEvents: 1000,
+      },
     },
+
+    // The period the SLO objectives are stated over: the dashboard's error-budget panel and the burn-rate alerts'
+    // "budget gone in" use it.
+    sloPeriod: '30d',
 
     // The Grafana dashboard (dashboards/build.py reads these).
     dashboard: {

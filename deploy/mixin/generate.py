@@ -5,7 +5,8 @@ Usage:
     python deploy/mixin/generate.py --check    # exits 1 when a committed file differs from what the mixin produces
 
 Outputs, all committed so that users need no jsonnet:
-- deploy/prometheus/alerts.yaml and rules.yaml: the mixin evaluated with its default _config;
+- deploy/prometheus/alerts.yaml, rules.yaml and slos.yaml: the mixin evaluated with its default _config (the SLO
+  recording rules and the burn-rate alerts that read them go together in slos.yaml);
 - the chart's files/mixin-rules.yaml: the same rules evaluated with placeholders (__SELECTOR__, __RUNBOOK__ and each
   alert's __<param>__) plus each alert's default parameters. The chart's templates/prometheusrule.yaml fills them from
   values, so overrides go through the mixin's own expressions and no chart user copies a rule.
@@ -28,12 +29,13 @@ MIXIN_DIR = Path(__file__).resolve().parent
 ROOT = MIXIN_DIR.parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 RULES = ROOT / "deploy" / "prometheus" / "rules.yaml"
+SLOS = ROOT / "deploy" / "prometheus" / "slos.yaml"
 CHART_RULES = ROOT / "deploy" / "helm" / "bifrost-batch-exporter" / "files" / "mixin-rules.yaml"
 
 SELECTOR_PLACEHOLDER = "__SELECTOR__"
 RUNBOOK_PLACEHOLDER = "__RUNBOOK__"
 # Key order of a rule as Prometheus' own docs write it (jsonnet sorts keys alphabetically).
-RULE_KEYS = ("alert", "record", "expr", "for", "labels", "annotations")
+RULE_KEYS = ("alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations")
 ANNOTATION_KEYS = ("summary", "description", "runbook_url")
 
 HEADER = """\
@@ -51,6 +53,14 @@ RULES_HEADER = (
     HEADER
     + """\
 # Recording rules, read by the Grafana dashboard (dashboards/bifrost-batches.json): load them with alerts.yaml.
+"""
+)
+SLOS_HEADER = (
+    HEADER
+    + """\
+# The SLOs: recording rules of good and bad events per window, and the multi-window, multi-burn-rate alerts
+# (BifrostBatchErrorBudgetBurn) that read them; the dashboard's SLO row reads them too. Self-contained: load it with
+# or without the other two files. Objectives: _config.alerts.BifrostBatchErrorBudgetBurn (docs/mixin.md).
 """
 )
 CHART_HEADER = (
@@ -141,16 +151,36 @@ def render() -> dict[Path, str]:
     for group in tokenised_alerts:
         for rule in group["rules"]:
             rule["params"] = config["alerts"][rule["alert"]]
+    groups = [g for g in tokenised_alerts if not is_slo(g)] + [g for g in tokenised_rules if not is_slo(g)]
     chart = {
         "selector": config["selector"],
         "runbookUrlPrefix": str(config["runbookUrlPattern"]).removesuffix("%s"),
-        "groups": tokenised_alerts + tokenised_rules,
+        "groups": groups + slo_groups(tokenised_rules, tokenised_alerts),
     }
     return {
-        ALERTS: dump(ALERTS_HEADER, {"groups": alerts}),
-        RULES: dump(RULES_HEADER, {"groups": rules}),
+        ALERTS: dump(ALERTS_HEADER, {"groups": [g for g in alerts if not is_slo(g)]}),
+        RULES: dump(RULES_HEADER, {"groups": [g for g in rules if not is_slo(g)]}),
+        SLOS: dump(SLOS_HEADER, {"groups": slo_groups(rules, alerts)}),
         CHART_RULES: dump(CHART_HEADER, chart),
     }
+
+
+def slo_groups(rules: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The SLO recording rules and their burn-rate alerts as one group ('<prefix>.slos'): Prometheus evaluates a
+    group's rules in order, so every alert reads the events recorded in the same evaluation (two groups run
+    concurrently, and an alert would read the previous evaluation's values)."""
+    records = [g for g in rules if is_slo(g)]
+    burns = [g for g in alerts if is_slo(g)]
+    if not records:
+        return burns
+    merged = dict(records[0])
+    merged["rules"] = [r for g in records for r in g["rules"]] + [r for g in burns for r in g["rules"]]
+    return [merged]
+
+
+def is_slo(group: Mapping[str, Any]) -> bool:
+    """The SLO groups (recording rules '<prefix>.slos', alerts '<prefix>.slo-alerts') go to slos.yaml."""
+    return str(group["name"]).rsplit(".", 1)[-1] in ("slos", "slo-alerts")
 
 
 def main(argv: list[str] | None = None) -> int:

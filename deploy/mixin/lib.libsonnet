@@ -19,6 +19,41 @@
       'increase(%s[%s])' % [series, window],
     ]),
 
+  // The SLIs of the two SLOs, as selectors of good and bad events (counters, counted once per batch at its
+  // transition; the bad events are the sum of the selectors listed). batches: finished within their window; bad =
+  // expired batches, and failures the platform team acts on (every class but input: exporter/failure_classes.py; a
+  // failure carrying two codes counts twice, as the counter does). requests: of the batches that ran to their end,
+  // succeeded against failed and expired (a failed batch's requests are its batch's event, so a user's invalid file
+  // burns neither SLO); cancelled requests count for neither.
+  slis(c):: {
+    batches: {
+      good: ['bifrost_batch_finished_total{%s, status=~"completed|ended"}' % c.selector],
+      bad: [
+        'bifrost_batch_finished_total{%s, status="expired"}' % c.selector,
+        'bifrost_batch_failures_total{%s, status="failed", class!="input"}' % c.selector,
+      ],
+      what: 'batches',
+    },
+    requests: {
+      good: ['bifrost_batch_finished_requests_total{%s, status=~"completed|ended|expired", outcome="succeeded"}' % c.selector],
+      bad: ['bifrost_batch_finished_requests_total{%s, status=~"completed|ended|expired", outcome=~"failed|expired"}' % c.selector],
+      what: 'requests',
+    },
+  },
+
+  // The windows the SLO recording rules keep, and the SRE workbook's multi-window, multi-burn-rate pairs.
+  sloWindows:: ['5m', '30m', '1h', '2h', '6h', '1d', '3d'],
+  burnRates:: [
+    { long: '1h', short: '5m', factor: 14.4, 'for': '2m', page: true },
+    { long: '6h', short: '30m', factor: 6, 'for': '15m', page: true },
+    { long: '1d', short: '2h', factor: 3, 'for': '1h', page: false },
+    { long: '3d', short: '6h', factor: 1, 'for': '3h', page: false },
+  ],
+
+  // Names of the SLO recording rules: good and bad events per group, provider and SLO (label `slo`) over `window`.
+  sloRecord(c, kind, window)::
+    std.join('_', c.groupLabels + ['provider']) + ':bifrost_batch_slo_' + kind + ':increase' + window,
+
   // `text` indented by `n` spaces on every line but the first (to nest a multi-line expression).
   indent(text, n)::
     std.join('\n' + std.repeat(' ', n), std.split(text, '\n')),

@@ -4,4 +4,5 @@
 (import 'config.libsonnet') +
 (import 'alerts.libsonnet') +
 (import 'rules.libsonnet') +
+(import 'cost.libsonnet') +
 (import 'dashboards.libsonnet')

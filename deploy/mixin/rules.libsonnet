@@ -17,7 +17,7 @@ local build(c) =
       oldestAge: level + ':bifrost_batch_oldest_active_age_seconds:max',
       timeToExpiry: level + ':bifrost_batch_time_to_expiry_seconds:min',
       finished: level + '_status:bifrost_batch_finished:increase1h',
-      failures: level + '_status_code:bifrost_batch_failures:increase1h',
+      failures: level + '_status_code_class:bifrost_batch_failures:increase1h',
       finishedRequests: level + '_outcome:bifrost_batch_finished_requests:increase1h',
       failureRatio: level + ':bifrost_batch_finished_requests_failed:ratio_increase1h',
       atRisk: level + ':bifrost_batch_at_risk:sum',
@@ -57,11 +57,11 @@ local build(c) =
         ||| % (v + { increase: hour('bifrost_batch_finished_total{%(sel)s}') }),
       },
       {
-        // Batches that reached failed or expired during the last hour, by failure code.
+        // Batches that reached failed or expired during the last hour, by failure code and its class.
         record: $.names.failures,
         expr: |||
-          max by (%(by)s, status, code) (
-            sum by (%(byR)s, status, code) (
+          max by (%(by)s, status, code, class) (
+            sum by (%(byR)s, status, code, class) (
               %(increase)s
             )
           )
@@ -113,18 +113,52 @@ local build(c) =
         ||| % v,
       },
     ],
+    // The SLOs' good and bad events per window (lib.slis): what the burn-rate alerts and the error-budget panel read.
+    // Several selectors of one kind are united with `or` (their status labels differ), so one absent does not
+    // empty the sum.
+    sloRules: [
+      {
+        record: lib.sloRecord(c, kind, window),
+        expr: |||
+          max by (%(by)s) (
+            sum by (%(byR)s) (
+              %(increase)s
+            )
+          )
+        ||| % (v + {
+          increase: lib.indent(std.join('\nor\n', [
+            '(\n  ' + lib.indent(lib.recentIncrease(c, series, window), 2) + '\n)'
+            for series in sli[kind]
+          ]), 4),
+        }),
+        labels: { slo: name },
+      }
+      for name in ['batches', 'requests']
+      for window in lib.sloWindows
+      for kind in ['good', 'bad']
+      for sli in [lib.slis(c)[name]]
+    ],
   };
 
 {
   // The recording rules for a given config (used by the generator with placeholders).
   recordingRules(config):: build(config).rules,
-  // Names of the recorded series for the current config (dashboards/build.py reads them).
+  sloRecordingRules(config):: build(config).sloRules,
+  // Names of the recorded series for the current config (dashboards/build.py reads them), the SLO ones by
+  // kind and window (sloRecordNames.good['1h']).
   recordNames:: build($._config).names,
+  sloRecordNames:: { [kind]: { [w]: lib.sloRecord($._config, kind, w) for w in lib.sloWindows } for kind in ['good', 'bad'] },
 
   prometheusRules+:: {
-    groups+: [{
-      name: $._config.ruleGroupPrefix + '.rules',
-      rules: $.recordingRules($._config),
-    }],
+    groups+: [
+      {
+        name: $._config.ruleGroupPrefix + '.rules',
+        rules: $.recordingRules($._config),
+      },
+      {
+        name: $._config.ruleGroupPrefix + '.slos',
+        rules: $.sloRecordingRules($._config),
+      },
+    ],
   },
 }

@@ -414,6 +414,7 @@ class Step(NamedTuple):
     canceled: int = 0
     expired: int = 0
     code: str | None = None  # errors.data[].code of a failed/expired batch (OpenAI-shaped flavours)
+    total: int | None = None  # request_counts.total from this step on (None: unchanged)
 
 
 def apply_step(batch: dict[str, Any], flavor: str, step: Step, offset: float = 0.0) -> None:
@@ -428,7 +429,7 @@ def apply_step(batch: dict[str, Any], flavor: str, step: Step, offset: float = 0
             batch[ts_field] = int(step.t + offset)
         apply_flavor_state(batch, flavor, step.status, step.code)
     counts = batch.get("request_counts") or {}
-    total = int(counts.get("total", 0))
+    total = int(counts.get("total", 0)) if step.total is None else step.total
     done = step.status in CANONICAL_TERMINAL or batch.get("status") in TERMINAL_STATUSES
     batch["request_counts"] = make_counts(
         flavor, total, step.completed, step.failed, step.canceled, step.expired, done=done

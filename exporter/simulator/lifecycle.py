@@ -17,7 +17,7 @@ from .flavors import (
     DAY,
     EXPIRED_CODE,
     NO_FINALIZING,
-    SPARSE_FLAVORS,
+    OPENAI_SHAPED,
     TERMINAL_STATUSES,
     Step,
     Style,
@@ -28,7 +28,15 @@ from .flavors import (
 from .store import ProviderState
 from .wire import error_body
 
-__all__ = ["TOTALS", "Clock", "Lifecycle", "generate_batches", "initial_timing", "plan_life"]
+__all__ = [
+    "TOTALS",
+    "Clock",
+    "Lifecycle",
+    "generate_batches",
+    "initial_timing",
+    "plan_life",
+    "reported_total",
+]
 
 Clock = Callable[[], float]
 
@@ -37,9 +45,12 @@ def plan_life(rng: random.Random, flavor: str, total: int, scale: float) -> tupl
     """A whole life drawn up front (offsets from creation), so state depends only on the clock, not on how
     often anyone looks. Step times are tens of seconds at scale 1 so a demo shows movement within a minute.
 
-    Stages follow the provider: Anthropic and Gemini start in progress (Gemini's PENDING is in_progress through
-    Bifrost), only OpenAI-shaped and Vertex batches pass through `finalizing`, and Vertex's JOB_STATE_QUEUED
-    arrives as `validating`. Failed and expired batches carry an OpenAI error code where the flavour has errors."""
+    Stages and counts follow what each provider shows through Bifrost: Anthropic and Gemini start in progress
+    (Gemini's PENDING is in_progress through Bifrost, with nothing done for a while); only OpenAI-shaped and Vertex
+    batches pass through `finalizing`, and Vertex's JOB_STATE_QUEUED arrives as `validating`; a batch refused while
+    validating never had a total (OpenAI reports 0); Anthropic's counts move only when the whole batch ends (its
+    requests are `processing` until then); the others' counts move in steps some seconds apart (providers refresh
+    them every few minutes). Failed and expired batches carry an OpenAI error code where the flavour has errors."""
     outcome = rng.choices(_OUTCOMES, _WEIGHTS)[0]
     steps: list[Step] = []
     t = 0.0
@@ -47,27 +58,30 @@ def plan_life(rng: random.Random, flavor: str, total: int, scale: float) -> tupl
     initial = "in_progress" if starts_running else "validating"
     if not starts_running:
         if outcome == "failed" and rng.random() < 0.3:
-            # Refused while validating the input file: nothing ran.
+            # Refused while validating the input file: nothing ran, and no total was ever read.
             t += rng.uniform(5, 20) * scale
-            steps.append(Step(t, "failed", 0, total, code="invalid_json_line"))
+            steps.append(Step(t, "failed", 0, 0, code="invalid_json_line", total=0))
             return initial, steps
         t += rng.uniform(5, 20) * scale
         steps.append(Step(t, "in_progress", 0, 0))
+    elif flavor == "gemini":
+        t += rng.uniform(5, 20) * scale  # PENDING: in_progress through Bifrost, nothing done yet
     run = rng.uniform(30, 120) * scale
     end_fraction = 1.0 if outcome == "completed" else rng.uniform(0.1, 0.9)
     fail_rate = rng.uniform(0.3, 0.9) if outcome == "failed" else rng.uniform(0.0, 0.03)
     n = max(1, int(run * end_fraction / (10 * scale)))
     start = t
     completed = failed = 0
+    anthropic = flavor == "anthropic"
     for i in range(1, n + 1):
         frac = end_fraction * i / n
         processed = int(total * frac)
         failed = int(processed * fail_rate)
         completed = processed - failed
-        steps.append(Step(start + run * frac, None, completed, failed))
+        if not anthropic:  # Anthropic's counts stay `processing` until the batch ends
+            steps.append(Step(start + run * frac, None, completed, failed))
     t = start + run * end_fraction
     rest = total - completed - failed
-    anthropic = flavor == "anthropic"
     if outcome == "completed":
         if flavor not in NO_FINALIZING:
             t += rng.uniform(1, 3) * scale
@@ -87,6 +101,21 @@ def plan_life(rng: random.Random, flavor: str, total: int, scale: float) -> tupl
         t += rng.uniform(5, 20) * scale
         steps.append(Step(t, "cancelled", completed, failed, rest if anthropic else 0, 0))
     return initial, steps
+
+
+def _demo(flavor: str, scenario: str) -> dict[str, str] | None:
+    """The demo batches say which scenario they play where the provider carries metadata (OpenAI, Azure): shown as a
+    label with `metadata_labels: [scenario]`."""
+    return {"team": "demo", "scenario": scenario} if flavor in OPENAI_SHAPED else None
+
+
+def reported_total(initial: str, total: int, steps: list[Step]) -> tuple[int, list[Step]]:
+    """A batch that starts in `validating` reports a total of 0 until its input file has been read (OpenAI, Azure,
+    Bedrock): the skeleton gets 0 and the steps carry the total from the first one on (unless one says otherwise,
+    as a batch refused while validating does)."""
+    if initial != "validating":
+        return total, steps
+    return 0, [step if step.total is not None else step._replace(total=total) for step in steps]
 
 
 _OUTCOMES = ("completed", "failed", "expired", "cancelled")
@@ -128,6 +157,7 @@ def generate_batches(
         scale = 1.0 if rng.random() < 0.4 else rng.uniform(5, 300)
         initial, steps = plan_life(rng, flavor, total, scale)
         created = initial_timing(rng, at, steps)
+        total, steps = reported_total(initial, total, steps)
         bid = new_id(rng, flavor)
         while bid in seen:
             bid = new_id(rng, flavor)
@@ -195,29 +225,60 @@ class Lifecycle:
             self.create(state, created, total, initial, steps)
 
     def seed_troubled(self, state: ProviderState, now: float, no_progress_fraction: float = 0.5) -> None:
-        """Two batches an operator should hear about early: one that runs but too slowly to finish inside its
-        24 h window (a linear projection of its done requests lands past `expires_at` from the start), and one
-        that never starts and crosses `no_progress_fraction` of its window two minutes from now. Both expire
-        at the end of their window. Only for flavours whose lists carry request counts."""
-        if state.spec.flavor in SPARSE_FLAVORS or not state.spec.supported:
+        """The demo's early-warning scenario, as each provider shows it (docs/early-warning.md, "In the demo"):
+
+        - *late*: in its last hour with half its work left (counts creeping on where the provider reports them,
+          nothing visible where it reports only at the end): flagged by the early warning, and it expires;
+        - *burst* (providers with counts): queued 14 h inside `in_progress`, now running fast: the v2 linear rule
+          (rate since the start) flagged it; the recent rate does not, and it completes within half an hour;
+        - *never starts*: nothing done, crossing `no_progress_fraction` of its window two minutes from now (the
+          threshold until the exporter has calibrated it), expiring at the end of its window.
+
+        Left out where Bifrost shows no `expires_at` (Gemini) or the provider is unsupported."""
+        flavor = state.spec.flavor
+        if flavor == "gemini" or not state.spec.supported:
             return
-        initial = "in_progress" if state.spec.flavor == "anthropic" else "validating"
-        # Falling behind: 20 h into its window with 15 % done, creeping on by ~0.05 % a minute.
-        total, age = 20_000, 20 * 3600.0
-        created = now - age
-        steps = [Step(600.0, "in_progress", 0, 0)]
-        done_then = 3000
-        for minute in range(0, 4 * 60 + 1, 1):
-            t = age + 60.0 * minute
-            done = done_then + 10 * minute
-            steps.append(Step(t, None, done - done // 50, done // 50))
-        steps.insert(1, Step(age - 1.0, None, done_then - done_then // 50, done_then // 50))
-        last = steps[-1]
-        steps.append(Step(DAY + 1.0, "expired", last.completed, last.failed, code=EXPIRED_CODE))
-        self.create(state, created, total, initial, steps)
-        # Never starts: still validating, at risk once 50 % of its window has passed (two minutes from now).
+        blind = flavor in ("anthropic", "bedrock")  # counts only at the end of the batch
+        initial = "in_progress" if flavor == "anthropic" else "validating"
+        started = [] if initial == "in_progress" else [Step(600.0, "in_progress", 0, 0)]
+        # Late: 23 h into its window, 55 % done at 10 requests a minute (0.05 %): 15 h of work left, 1 h of window.
+        total, age = 20_000, DAY - 3600.0
+        steps = list(started)
+        done_then = 11_000
+        if not blind:
+            steps.append(Step(age - 1.0, None, done_then - done_then // 50, done_then // 50))
+            for minute in range(1, 61):
+                done = done_then + 10 * minute
+                steps.append(Step(age + 60.0 * minute, None, done - done // 50, done // 50))
+        last_done = done_then + 600 if not blind else 11_600
+        steps.append(
+            Step(DAY + 1.0, "expired", last_done - last_done // 50, last_done // 50, code=EXPIRED_CODE)
+        )
+        self.create(state, now - age, total, initial, steps, metadata=_demo(flavor, "late"))
+        if not blind:
+            # Burst: queued 14 h (in_progress, nothing done), running since 3 minutes ago at 2 % every 30 s.
+            total, age = 5_000, 14 * 3600.0
+            steps = list(started)
+            burst = age - 180.0
+            for step in range(1, 51):
+                done = total * step // 50
+                steps.append(Step(burst + 30.0 * step, None, done - done // 100, done // 100))
+            end = burst + 30.0 * 50
+            done = total
+            if flavor not in NO_FINALIZING:
+                steps.append(Step(end + 60.0, "finalizing", done - done // 100, done // 100))
+            steps.append(Step(end + 180.0, "completed", done - done // 100, done // 100))
+            self.create(state, now - age, total, initial, steps, metadata=_demo(flavor, "burst"))
+        # Never starts: at risk once no_progress_fraction of its window has passed (two minutes from now).
         created = now - (no_progress_fraction * DAY - 120.0)
-        self.create(state, created, 500, initial, [Step(DAY + 1.0, "expired", 0, 0, code=EXPIRED_CODE)])
+        self.create(
+            state,
+            created,
+            500,
+            initial,
+            [Step(DAY + 1.0, "expired", 0, 0, code=EXPIRED_CODE)],
+            metadata=_demo(flavor, "never-starts"),
+        )
 
     def create(
         self,
@@ -233,6 +294,7 @@ class Lifecycle:
     ) -> str:
         """A new batch with a planned life (offsets from `created`); returns its id."""
         spec = state.spec
+        total, steps = reported_total(initial, total, steps)
         bid = batch_id or new_id(state.rng, spec.flavor)
         while batch_id is None and bid in state.batches:
             bid = new_id(state.rng, spec.flavor)

@@ -135,6 +135,18 @@ credentials whose key is not empty there.
 {{- toYaml (dict "items" $items) }}
 {{- end }}
 
+{{/* Name of the Secret with one virtual key per tenant (mounted as virtual_key_dir), or "" when there is none. */}}
+{{- define "bbe.virtualKeysSecretName" -}}
+{{- if .Values.auth.virtualKeysSecret }}
+{{- .Values.auth.virtualKeysSecret }}
+{{- else if .Values.auth.virtualKeys }}
+{{- printf "%s-virtual-keys" (include "bbe.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* Where the per-tenant virtual keys are mounted (the exporter's virtual_key_dir). */}}
+{{- define "bbe.virtualKeysDir" -}}/etc/bifrost-batch-exporter/virtual-keys{{- end }}
+
 {{/* Where the auth Secret's files are mounted. */}}
 {{- define "bbe.authDir" -}}/etc/bifrost-batch-exporter/auth{{- end }}
 
@@ -156,6 +168,12 @@ credentials whose key is not empty there.
 {{- end }}
 {{- if include "bbe.stateVolume" . }}
 {{- $_ := set $config "state_dir" .Values.persistence.mountPath }}
+{{- end }}
+{{- if include "bbe.virtualKeysSecretName" . }}
+{{- if hasKey $config "virtual_key_file" }}
+{{- fail "auth.virtualKeys / auth.virtualKeysSecret (one key per tenant) cannot be combined with a single virtual key (auth.virtualKey or auth.existingSecretKeys.virtualKey)" }}
+{{- end }}
+{{- $_ := set $config "virtual_key_dir" (include "bbe.virtualKeysDir" .) }}
 {{- end }}
 {{- toYaml $config }}
 {{- end }}

@@ -1,0 +1,814 @@
+"""What finished batches cost, from the gateway's own batch accounting: one settlement row per batch, read by id.
+
+Batch objects carry no usage. Bifrost settles each finished batch it can account for into one log row whose id
+anyone can compute (UUIDv5 of "<provider>:<batch_id>", `framework/jobaccounting`), so for every batch the batch
+ledger counts as finished this module awaits that row (`GET /api/logs/{id}`, behind the gateway's admin login):
+
+- the first look-up is timed to Bifrost's sweeper, whose check interval grows with a job's age (1 min, 2 from the
+  5th check, 5 from the 10th, 15 from the 30th, plus jitter; it gives up after 120): a batch that ran ten minutes
+  is settled within about two minutes of its end, one that ran a day within about seventeen. One look-up per batch
+  is the usual cost; a row not there yet is looked for again at widening gaps;
+- a row with a cost counts once — dollars, tokens, settled requests and `priced` — under the model the row names
+  and the batch's metadata group captured when it finished. The id is then done: a later re-pricing of the row is
+  never read, so never counted twice;
+- a row without a cost (a model the gateway could not price; `incomplete`) is looked at again until
+  `cost_horizon_seconds` after the batch finished; a cost that appears meanwhile counts then, as `priced`. Past the
+  horizon it counts `unpriced`, with its tokens and requests and no dollars (a partial sum would read as the whole
+  cost); no row at all by then counts `missing`. Every batch id gets exactly one result;
+- batches Bifrost never settles are not awaited, so they cannot show as missing: providers without a usage
+  extractor, Azure's `canceled` (not a terminal status to Bifrost), finished batches with no succeeded request.
+  Those it settles only sometimes (a failed batch outside Bedrock, counts not measured, a batch older than the
+  sweeper's patience) get one look-up and count only when a row is there.
+
+A new (model, group) series is exposed at 0 for `hold_seconds` before its first amount is added, so that
+Prometheus' increase() sees the first settlement of a new model or team as an increase, not as the series' start.
+
+The awaited ids, the counters and the held amounts are durable (`to_state`/`load_state`, plain versioned JSON,
+saved in the same atomic write as the batch ledger whose finish created them, so a crash can neither lose an
+awaited id nor count one twice); `delta`/`apply_delta` give the same content as changes since the last save.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Final, Literal, Protocol
+
+import structlog
+
+from .client import Failure, LogResult
+from .ledger import Group
+from .models import Batch, InvalidResponseError
+from .outcomes import outcomes
+
+# AccountingLogID (framework/jobaccounting/engine.go): its comment says the namespace and name format never change.
+ACCOUNTING_NAMESPACE: Final = uuid.UUID("90a2f576-5276-481f-a753-2c78ccf97607")
+# jobaccounting/batch.go usageExtractors, keyed by provider identifier: any other name (gigachat, openrouter, a
+# custom provider) is never settled.
+SETTLING_PROVIDERS: Final = frozenset({"openai", "azure", "bedrock", "gemini", "vertex", "anthropic"})
+RESULTS: Final = ("priced", "unpriced", "missing")
+TOKEN_TYPES: Final = ("prompt", "completion")
+AWAITING: Final = ("row", "cost")
+MIXED: Final = "mixed"
+OTHER_MODEL: Final = "other"
+UNKNOWN_MODEL: Final = "unknown"
+MAX_MODELS: Final = 20
+MAX_AWAITED: Final = 100_000
+STATE_VERSION: Final = 1
+
+# The sweeper (sweeper.go, batch.go): a minute's grid, first check a minute after the batch was created.
+SWEEP_INTERVAL: Final = 60.0
+SWEEP_MAX_ATTEMPTS: Final = 120
+LOOKUP_SLACK: Final = 15.0
+# After a look-up found no row (the sweeper is behind: at most 50 jobs a sweep), and after one found a row without
+# a cost (a price must reach the catalog and a backfill run): the gaps widen, the last one repeats.
+ABSENT_GAPS: Final = (120.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)
+UNPRICED_GAPS: Final = (900.0, 1800.0, 3600.0, 7200.0, 14400.0)
+# A reason that says the gateway (or the way to it) is failing, not this one row: the round stops and the look-up
+# is repeated next poll.
+STOPPING_REASONS: Final = frozenset(
+    {"auth", "upstream_auth", "timeout", "connection", "rate_limited", "server_error"}
+)
+# A lying gateway's numbers must not poison a counter for ever: no batch costs a billion dollars or uses 10^15
+# tokens.
+MAX_DOLLARS: Final = 1e9
+MAX_TOKENS: Final = 10**15
+_MAX_LABEL_VALUE: Final = 128
+_PROBE_BATCH_ID: Final = "bifrost-batch-exporter-login-check"
+
+Result = Literal["priced", "unpriced", "missing"]
+
+
+def settlement_id(provider: str, batch_id: str) -> str:
+    """The settlement row's id, as the gateway computes it."""
+    return str(uuid.uuid5(ACCOUNTING_NAMESPACE, f"{provider}:{batch_id}"))
+
+
+def lookup_allowance(budget: int, spent: int) -> int:
+    """Look-ups one poll may send: what the poll's request budget has left, and never less than a tenth of it, so
+    that a full-mode poll (whose list alone can exceed the budget) still settles costs."""
+    return max(budget - spent, budget // 10, 1)
+
+
+# ---- the settlement row ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """What a settlement row says, reduced to what is counted. `dollars` None: not (fully) priced yet."""
+
+    dollars: float | None
+    model: str
+    prompt: int
+    completion: int
+    requests: int
+
+
+def _number(value: Any, limit: float, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidResponseError(f"settlement row: {what} is not a number")
+    number = float(value)
+    if not (0.0 <= number <= limit):
+        raise InvalidResponseError(f"settlement row: {what} out of range")
+    return number
+
+
+def _count(value: Any, what: str) -> int:
+    number = _number(value, MAX_TOKENS, what)
+    return 0 if number is None else int(number)
+
+
+def parse_row(log_id: str) -> Callable[[bytes], Row]:
+    """The parser of one `GET /api/logs/{id}` answer (`framework/logstore` tables.go's JSON tags), for `log_id`.
+
+    Priced means a cost is there and nothing says part of it is missing: `cost` is `omitempty` (or null), and some
+    versions write the known part and set `batch_debug.accounting.incomplete` instead. A later re-pricing fills the
+    cost and the per-model breakdowns but never clears `incomplete`, so a flagged row counts as priced once every
+    model breakdown carries a cost.
+    """
+
+    def parse(body: bytes) -> Row:
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            raise InvalidResponseError("settlement row is not JSON") from None
+        if not isinstance(doc, dict):
+            raise InvalidResponseError("settlement row is not an object")
+        if doc.get("id") != log_id:
+            # A cache or proxy answering with another row: counting it under this batch would count it twice.
+            raise InvalidResponseError("the gateway answered with another log row")
+        debug = doc.get("batch_debug")
+        debug = debug if isinstance(debug, dict) else {}
+        accounting = debug.get("accounting")
+        accounting = accounting if isinstance(accounting, dict) else {}
+        if accounting.get("echo") is True:
+            raise InvalidResponseError("the row is a results echo, not a settlement")
+        dollars = _number(doc.get("cost"), MAX_DOLLARS, "cost")
+        raw = accounting.get("model_breakdowns")
+        parts = list(raw.values()) if isinstance(raw, dict) else raw if isinstance(raw, list) else []
+        parts = [p for p in parts if isinstance(p, dict)]
+        flagged = accounting.get("incomplete") is True
+        if flagged and (
+            not parts or any(_number(p.get("cost"), MAX_DOLLARS, "breakdown cost") is None for p in parts)
+        ):
+            dollars = None
+        usage = doc.get("token_usage")
+        usage = usage if isinstance(usage, dict) else {}
+        prompt = _count(usage.get("prompt_tokens"), "prompt_tokens")
+        completion = _count(usage.get("completion_tokens"), "completion_tokens")
+        requests = sum(_count(p.get("request_count"), "request_count") for p in parts)
+        if not parts:
+            counts = debug.get("request_counts")
+            requests = _count(counts.get("completed"), "completed") if isinstance(counts, dict) else 0
+        model = doc.get("model")
+        name = model[:_MAX_LABEL_VALUE] if isinstance(model, str) and model else UNKNOWN_MODEL
+        return Row(dollars, name, prompt, completion, min(requests, MAX_TOKENS))
+
+    return parse
+
+
+# ---- when Bifrost settles a batch ----------------------------------------------------------------------------------
+
+
+def _sweeper_delay(attempts: int) -> float:
+    """BatchSettler.Backoff with the sweeper's one-minute interval."""
+    if attempts >= 30:
+        return 900.0
+    if attempts >= 10:
+        return 300.0
+    if attempts >= 5:
+        return 120.0
+    return SWEEP_INTERVAL
+
+
+def settled_by(created: float | None, finished: float) -> float | None:
+    """The latest time Bifrost's sweeper settles a batch created at `created` that finished at `finished`; None when
+    the sweeper may have given up on it by then.
+
+    Its checks run `created` + 1 min, then at the backoff of the attempts so far plus a jitter of at most a fifth of
+    the delay (at most a minute), on a one-minute sweep grid. Without the jitter the checks come earlier, so the
+    attempts counted here are at least the real ones and the delay after the last check before `finished` at least
+    the real one: the check that settles comes at most that delay, its jitter and one sweep tick after `finished`.
+    """
+    if created is None or created > finished:
+        delay = _sweeper_delay(SWEEP_MAX_ATTEMPTS - 1)
+        return finished + delay + min(60.0, delay / 5) + SWEEP_INTERVAL
+    check = created + SWEEP_INTERVAL
+    attempts = 0
+    while check < finished:
+        attempts += 1
+        if attempts >= SWEEP_MAX_ATTEMPTS:
+            return None
+        check += _sweeper_delay(attempts)
+    if attempts == 0:
+        return check + SWEEP_INTERVAL
+    delay = _sweeper_delay(attempts)
+    return finished + delay + min(60.0, delay / 5) + SWEEP_INTERVAL
+
+
+Expectation = Literal["settles", "maybe"]
+
+
+def expectation(provider: str, batch: Batch, status: str) -> Expectation | None:
+    """Whether Bifrost writes a settlement row for this finished batch (`jobaccounting/batch.go`): always for a
+    completed or ended batch with a succeeded request; for an expired or cancelled one when some requests succeeded;
+    for a failed one only when the provider kept an output file (Bedrock does, the others do not; the batch object
+    does not say). Counts of 0 everywhere are "not measured" (Bedrock and Gemini list items): maybe."""
+    if provider not in SETTLING_PROVIDERS or (batch.status or "").strip().lower() == "canceled":
+        return None
+    result = outcomes(batch.request_counts, status)
+    measured = result.total > 0
+    if measured and result.succeeded == 0:
+        return None
+    if status in ("completed", "ended"):
+        return "settles"
+    if status in ("expired", "cancelled"):
+        return "settles" if measured else "maybe"
+    if status == "failed" and provider == "bedrock":
+        return "settles" if measured else "maybe"
+    return "maybe"
+
+
+# ---- the ledger ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Awaited:
+    finished_at: float
+    next_at: float
+    group: Group
+    looks: int = 0
+    maybe: bool = False  # one look-up; counted only when a row is there
+    row_seen: bool = False  # a row without a cost was read: awaiting its cost, not the row
+
+    def to_state(self) -> list[Any]:
+        flags = (1 if self.maybe else 0) | (2 if self.row_seen else 0)
+        return [self.finished_at, self.next_at, self.looks, list(self.group), flags]
+
+    @classmethod
+    def from_state(cls, raw: Any) -> _Awaited:
+        finished_at, next_at, looks, group, flags = raw
+        return cls(
+            _finite(finished_at),
+            _finite(next_at),
+            tuple(str(g) for g in group),
+            _natural(looks),
+            bool(_natural(flags) & 1),
+            bool(_natural(flags) & 2),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Credit:
+    """Amounts of settlements on a (model, group) series that has not been exposed at 0 long enough yet."""
+
+    model: str
+    group: Group
+    dollars: float
+    prompt: int
+    completion: int
+    requests: int
+
+
+@dataclass(frozen=True, slots=True)
+class CostView:
+    """An immutable copy of a provider's cost figures, taken after a poll."""
+
+    up: bool | None  # None until the first look-up (or login check) answered
+    dollars: Mapping[tuple[str, Group], float]  # (model, group)
+    tokens: Mapping[tuple[str, str, Group], int]  # (model, type, group)
+    requests: Mapping[tuple[str, Group], int]  # (model, group): requests of the settled batches
+    settlements: Mapping[tuple[str, Group], int]  # (result, group), every result of every group
+    awaited: Mapping[str, int]  # awaiting ∈ AWAITING
+    lookups: int  # requests sent to the logs API, retries included
+
+    def settlements_total(self, result: str) -> int:
+        return sum(n for (r, _), n in self.settlements.items() if r == result)
+
+    def dollars_total(self, model: str | None = None) -> float:
+        return sum(v for (m, _), v in self.dollars.items() if model in (None, m))
+
+
+class _Log(Protocol):
+    def debug(self, event: str, **kw: Any) -> Any: ...
+    def info(self, event: str, **kw: Any) -> Any: ...
+    def warning(self, event: str, **kw: Any) -> Any: ...
+
+
+class CostLedger:
+    """One provider's settlements: the finished batches awaited and what the counted ones cost.
+
+    Only the provider's poller task touches it (the batch ledger's finish hook, then `settle` in the same poll).
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        *,
+        clock: Callable[[], float],
+        horizon_seconds: float = 86400.0,
+        metadata_keys: Sequence[str] = (),
+        hold_seconds: float = 60.0,
+        max_awaited: int = MAX_AWAITED,
+        log: _Log | None = None,
+    ) -> None:
+        self.provider = provider
+        self.settles = provider in SETTLING_PROVIDERS
+        self.horizon = horizon_seconds
+        self.metadata_keys = tuple(metadata_keys)
+        self.hold_seconds = hold_seconds
+        self.max_awaited = max_awaited
+        self._clock = clock
+        self.log: _Log = log if log is not None else structlog.get_logger("exporter.cost")
+        self.up: bool | None = None
+        self._empty: Group = ("",) * len(self.metadata_keys)
+        self._awaited: dict[str, _Awaited] = {}
+        self._awaiting_cost = 0  # entries of _awaited with row_seen (kept, not counted per view)
+        self._due: list[tuple[float, str]] = []  # (next_at, batch id); stale pairs are skipped
+        self._dollars: dict[tuple[str, Group], float] = {}
+        self._tokens: dict[tuple[str, str, Group], int] = {}
+        self._requests: dict[tuple[str, Group], int] = {}
+        self._settlements: dict[tuple[str, Group], int] = {}
+        self._groups: set[Group] = {self._empty}
+        self._models: set[str] = set()
+        self._held: list[_Credit] = []
+        self._fresh: dict[tuple[str, Group], float] = {}  # series at 0 until then
+        self._lookups = 0
+        self._model_overflowed = False
+        self._evicted_warned = False
+        self._probe_due = True
+        # What changed since the last save (delta): awaited ids added, changed or removed.
+        self._dirty: set[str] = set()
+
+    # --- events ---------------------------------------------------------------------------------------------------
+
+    def finished(self, batch: Batch, status: str, ts: float | None, group: Group) -> None:
+        """The batch ledger counted `batch` as finished (once per id): await its settlement when it will have one."""
+        if not self.settles or batch.id in self._awaited:
+            return
+        kind = expectation(self.provider, batch, status)
+        if kind is None:
+            return
+        now = self._clock()
+        finished_at = ts if ts is not None and ts <= now else now
+        settled = settled_by(batch.created, finished_at)
+        if settled is None:
+            kind = "maybe"  # past the sweeper's 120 checks: only a /results call settles it
+            settled = finished_at + 2 * SWEEP_INTERVAL
+        entry = _Awaited(
+            finished_at=finished_at,
+            next_at=min(settled + LOOKUP_SLACK, finished_at + self.horizon),
+            group=group,
+            maybe=kind == "maybe",
+        )
+        self._make_room()
+        self._awaited[batch.id] = entry
+        self._groups.add(group)
+        self._dirty.add(batch.id)
+        heapq.heappush(self._due, (entry.next_at, batch.id))
+
+    def next_due(self, now: float) -> str | None:
+        """The batch id whose look-up is due first (taken off the schedule: answer it with `answered`/`failed`)."""
+        while self._due and self._due[0][0] <= now:
+            at, batch_id = heapq.heappop(self._due)
+            entry = self._awaited.get(batch_id)
+            if entry is not None and entry.next_at == at:
+                return batch_id
+        return None
+
+    def next_at(self) -> float | None:
+        """When the next look-up is due (None: nothing awaited)."""
+        while self._due:
+            at, batch_id = self._due[0]
+            entry = self._awaited.get(batch_id)
+            if entry is not None and entry.next_at == at:
+                return at
+            heapq.heappop(self._due)
+        return None
+
+    def answered(self, batch_id: str, row: Row | None, now: float) -> None:
+        """The gateway answered the look-up: `row`, or None for 404 (not settled)."""
+        entry = self._awaited.get(batch_id)
+        if entry is None:
+            if row is not None:
+                self.log.debug("settlement_already_counted", provider=self.provider, batch_id=batch_id[:256])
+            return
+        entry.looks += 1
+        final = now >= entry.finished_at + self.horizon
+        if row is None:
+            if entry.maybe:
+                self._drop(batch_id)
+            elif final:
+                self._count("missing", entry.group, None, now)
+                self._drop(batch_id)
+            else:
+                self._schedule(batch_id, entry, now, ABSENT_GAPS)
+            return
+        entry.maybe = False
+        if row.dollars is not None:
+            self._count("priced", entry.group, row, now)
+            self._drop(batch_id)
+        elif final:
+            self._count("unpriced", entry.group, row, now)
+            self._drop(batch_id)
+        else:
+            if not entry.row_seen:
+                entry.row_seen = True
+                self._awaiting_cost += 1
+            self._schedule(batch_id, entry, now, UNPRICED_GAPS)
+
+    def failed(self, batch_id: str, failure: Failure, now: float) -> None:
+        """The look-up failed: due again next poll when the gateway is failing, else after a gap (a row the
+        gateway answers wrongly must not hold up the others)."""
+        entry = self._awaited.get(batch_id)
+        if entry is None:
+            return
+        if failure.reason in STOPPING_REASONS:
+            heapq.heappush(self._due, (entry.next_at, batch_id))
+            return
+        if now >= entry.finished_at + self.horizon:
+            # A row the gateway keeps answering wrongly past the horizon: no cost could be read for it.
+            self._count("unpriced" if entry.row_seen else "missing", entry.group, None, now)
+            self._drop(batch_id)
+            return
+        entry.looks += 1
+        entry.next_at = now + ABSENT_GAPS[min(entry.looks, len(ABSENT_GAPS)) - 1]
+        self._dirty.add(batch_id)
+        heapq.heappush(self._due, (entry.next_at, batch_id))
+
+    def round_done(self, requests: int, ok: bool | None) -> None:
+        """A round of look-ups sent `requests` requests; `ok` None when none answered either way."""
+        self._lookups += requests
+        if ok is not None:
+            self.up = ok
+            self._probe_due = not ok
+
+    def probe_wanted(self) -> bool:
+        """Check the login with a look-up of an id that never exists: at start (a wrong login shows at once, not
+        when the first batch finishes) and while look-ups fail with nothing due to retry."""
+        return self.settles and self._probe_due
+
+    @staticmethod
+    def probe_id() -> str:
+        return _PROBE_BATCH_ID
+
+    def now(self) -> float:
+        return self._clock()
+
+    def release(self, now: float) -> None:
+        """Add held amounts whose series has now been exposed at 0 long enough."""
+        if not self._held:
+            return
+        keep = []
+        for credit in self._held:
+            key = (credit.model, credit.group)
+            if self._fresh.get(key, 0.0) > now:
+                keep.append(credit)
+                continue
+            self._fresh.pop(key, None)
+            self._add(
+                credit.model, credit.group, credit.dollars, credit.prompt, credit.completion, credit.requests
+            )
+        self._held = keep
+
+    # --- internals --------------------------------------------------------------------------------------------------
+
+    def _schedule(self, batch_id: str, entry: _Awaited, now: float, gaps: Sequence[float]) -> None:
+        gap = gaps[min(entry.looks, len(gaps)) - 1]
+        entry.next_at = max(now, min(now + gap, entry.finished_at + self.horizon))
+        self._dirty.add(batch_id)
+        heapq.heappush(self._due, (entry.next_at, batch_id))
+
+    def _drop(self, batch_id: str) -> None:
+        entry = self._awaited.pop(batch_id, None)
+        if entry is not None and entry.row_seen:
+            self._awaiting_cost -= 1
+        self._dirty.add(batch_id)
+
+    def _make_room(self) -> None:
+        """Past `max_awaited`, the batch that finished first is given up on as missing (an honest gap, logged)."""
+        while len(self._awaited) >= self.max_awaited:
+            oldest = min(self._awaited, key=lambda i: self._awaited[i].finished_at)
+            entry = self._awaited[oldest]
+            self._count("unpriced" if entry.row_seen else "missing", entry.group, None, self._clock())
+            self._drop(oldest)
+            if not self._evicted_warned:
+                self._evicted_warned = True
+                self.log.warning(
+                    "settlements_given_up",
+                    provider=self.provider,
+                    detail=f"more than {self.max_awaited} settlements awaited; the oldest are counted as missing "
+                    "(or unpriced) before their horizon",
+                )
+
+    def _admit_model(self, model: str) -> str:
+        if model == MIXED or model in self._models:
+            return model
+        if len(self._models) < MAX_MODELS:
+            self._models.add(model)
+            return model
+        if not self._model_overflowed:
+            self._model_overflowed = True
+            self.log.warning(
+                "models_capped",
+                provider=self.provider,
+                detail=f'more than {MAX_MODELS} models in settlements; further ones are reported as model="other"',
+            )
+        return OTHER_MODEL
+
+    def _count(self, result: Result, group: Group, row: Row | None, now: float) -> None:
+        key = (result, group)
+        self._settlements[key] = self._settlements.get(key, 0) + 1
+        self._groups.add(group)
+        if row is None:
+            return
+        model = self._admit_model(row.model)
+        dollars = row.dollars if result == "priced" and row.dollars is not None else 0.0
+        series = (model, group)
+        if series not in self._dollars:
+            # First sight of this series: exposed at 0 now, its amounts once a scrape can have seen the 0.
+            self._dollars[series] = 0.0
+            self._requests[series] = 0
+            for kind in TOKEN_TYPES:
+                self._tokens[(model, kind, group)] = 0
+            if self.hold_seconds > 0:
+                self._fresh[series] = now + self.hold_seconds
+        credit = _Credit(model, group, dollars, row.prompt, row.completion, row.requests)
+        if series in self._fresh:
+            self._held.append(credit)
+        else:
+            self._add(model, group, dollars, row.prompt, row.completion, row.requests)
+
+    def _add(
+        self, model: str, group: Group, dollars: float, prompt: int, completion: int, requests: int
+    ) -> None:
+        series = (model, group)
+        self._dollars[series] = self._dollars.get(series, 0.0) + dollars
+        self._requests[series] = self._requests.get(series, 0) + requests
+        for kind, n in (("prompt", prompt), ("completion", completion)):
+            key = (model, kind, group)
+            self._tokens[key] = self._tokens.get(key, 0) + n
+
+    # --- views ------------------------------------------------------------------------------------------------------
+
+    def view(self) -> CostView:
+        settlements = dict(self._settlements)
+        for group in self._groups:
+            for result in RESULTS:
+                settlements.setdefault((result, group), 0)
+        awaited = {"row": len(self._awaited) - self._awaiting_cost, "cost": self._awaiting_cost}
+        return CostView(
+            up=self.up,
+            dollars=MappingProxyType(dict(self._dollars)),
+            tokens=MappingProxyType(dict(self._tokens)),
+            requests=MappingProxyType(dict(self._requests)),
+            settlements=MappingProxyType(settlements),
+            awaited=MappingProxyType(awaited),
+            lookups=self._lookups,
+        )
+
+    def awaiting(self) -> list[str]:
+        """The batch ids still awaited (tests, diagnostics)."""
+        return sorted(self._awaited)
+
+    # --- durable state ----------------------------------------------------------------------------------------------
+
+    def _counters(self) -> dict[str, Any]:
+        return {
+            "metadata_keys": list(self.metadata_keys),
+            "lookups": self._lookups,
+            "models": sorted(self._models),
+            "dollars": [[m, list(g), v] for (m, g), v in self._dollars.items()],
+            "tokens": [[m, k, list(g), n] for (m, k, g), n in self._tokens.items()],
+            "requests": [[m, list(g), n] for (m, g), n in self._requests.items()],
+            "settlements": [[r, list(g), n] for (r, g), n in self._settlements.items()],
+            "held": [
+                [
+                    self._fresh.get((c.model, c.group), 0.0),
+                    c.model,
+                    list(c.group),
+                    c.dollars,
+                    c.prompt,
+                    c.completion,
+                    c.requests,
+                ]
+                for c in self._held
+            ],
+        }
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything a restarted process needs to resume: plain JSON types, bounded by the caps above."""
+        return {
+            "version": STATE_VERSION,
+            **self._counters(),
+            "awaited": {i: e.to_state() for i, e in self._awaited.items()},
+        }
+
+    def delta(self) -> dict[str, Any]:
+        """What changed since the last `mark_saved`: the counters whole (a few hundred numbers at most), the
+        awaited ids added or changed, and those removed. `apply_delta` on the state saved before gives `to_state`."""
+        changed = {i: self._awaited[i].to_state() for i in self._dirty if i in self._awaited}
+        return {
+            "version": STATE_VERSION,
+            "delta": True,
+            **self._counters(),
+            "awaited": changed,
+            "removed": sorted(i for i in self._dirty if i not in self._awaited),
+        }
+
+    def mark_saved(self) -> None:
+        self._dirty.clear()
+
+    def load_state(self, state: Mapping[str, Any] | None) -> list[str]:
+        """Resume from `to_state` output (None: nothing saved). Raises (KeyError, TypeError, ValueError) on a
+        malformed state, leaving this ledger untouched; returns notes on parts deliberately not restored."""
+        if state is None:
+            return []
+        fresh = self._blank()
+        notes = fresh._apply(state, full=True)
+        self._take(fresh)
+        return notes
+
+    def apply_delta(self, delta: Mapping[str, Any]) -> list[str]:
+        """Replay one `delta` on top of what was loaded (the same checks as `load_state`)."""
+        fresh = self._blank()
+        fresh._awaited = dict(self._awaited)
+        notes = fresh._apply(delta, full=False)
+        self._take(fresh)
+        return notes
+
+    def _blank(self) -> CostLedger:
+        return CostLedger(
+            self.provider,
+            clock=self._clock,
+            horizon_seconds=self.horizon,
+            metadata_keys=self.metadata_keys,
+            hold_seconds=self.hold_seconds,
+            max_awaited=self.max_awaited,
+            log=self.log,
+        )
+
+    def _take(self, other: CostLedger) -> None:
+        up, probe = self.up, self._probe_due
+        self.__dict__.update(other.__dict__)
+        self.up, self._probe_due = up, probe
+
+    def _apply(self, state: Mapping[str, Any], *, full: bool) -> list[str]:
+        version = state["version"]
+        if version != STATE_VERSION:
+            raise ValueError(f"cost state version {version!r}")
+        notes: list[str] = []
+        width = len(self.metadata_keys)
+        same_keys = list(state["metadata_keys"]) == list(self.metadata_keys)
+        if not same_keys:
+            notes.append("metadata_labels changed: cost counters start again from 0")
+
+        def group_of(raw: Any) -> Group:
+            group = tuple(str(v) for v in raw)
+            if len(group) != width:
+                raise ValueError("a group of the wrong width")
+            return group
+
+        self._lookups = _natural(state["lookups"])
+        models = {str(m) for m in state["models"]}
+        if len(models) > MAX_MODELS:
+            raise ValueError("more models than the cap admits")
+        self._models = models
+        if same_keys:
+            for m, g, v in state["dollars"]:
+                self._dollars[(str(m), group_of(g))] = _finite_nonnegative(v)
+            for m, k, g, n in state["tokens"]:
+                if k not in TOKEN_TYPES:
+                    raise ValueError("unknown token type")
+                self._tokens[(str(m), str(k), group_of(g))] = _natural(n)
+            for m, g, n in state["requests"]:
+                self._requests[(str(m), group_of(g))] = _natural(n)
+            for r, g, n in state["settlements"]:
+                if r not in RESULTS:
+                    raise ValueError("unknown settlement result")
+                self._settlements[(str(r), group_of(g))] = _natural(n)
+            for release_at, m, g, dollars, prompt, completion, requests in state["held"]:
+                credit = _Credit(
+                    str(m), group_of(g), _finite_nonnegative(dollars), _natural(prompt),
+                    _natural(completion), _natural(requests),
+                )  # fmt: skip
+                self._held.append(credit)
+                self._fresh[(credit.model, credit.group)] = _finite(release_at)
+        awaited = state["awaited"]
+        if not isinstance(awaited, dict):
+            raise TypeError("awaited is not a mapping")
+        for batch_id, raw in awaited.items():
+            entry = _Awaited.from_state(raw)
+            if not same_keys:
+                entry.group = self._empty
+            elif len(entry.group) != width:
+                raise ValueError("a group of the wrong width")
+            self._awaited[str(batch_id)] = entry
+        if not full:
+            for batch_id in state["removed"]:
+                self._awaited.pop(str(batch_id), None)
+        if len(self._awaited) > self.max_awaited:
+            raise ValueError("more awaited settlements than the cap admits")
+        self._groups = {
+            self._empty,
+            *(g for _, g in self._settlements),
+            *(e.group for e in self._awaited.values()),
+        }
+        self._awaiting_cost = sum(1 for e in self._awaited.values() if e.row_seen)
+        self._due = [(e.next_at, i) for i, e in self._awaited.items()]
+        heapq.heapify(self._due)
+        return notes
+
+
+def _finite(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("not a finite number")
+    return number
+
+
+def _finite_nonnegative(value: Any) -> float:
+    number = _finite(value)
+    if number < 0:
+        raise ValueError("a negative amount")
+    return number
+
+
+def _natural(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("not a counter value")
+    return value
+
+
+# ---- one round of look-ups -----------------------------------------------------------------------------------------
+
+
+class _Lookup(Protocol):
+    async def settlement(
+        self, provider: str, log_id: str, parse: Callable[[bytes], Row]
+    ) -> LogResult[Row]: ...
+
+
+async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
+    """The look-ups due now, at most `allowance` requests (the client paces them with the provider's lists); the
+    first failure of the gateway itself ends the round. Returns the requests sent."""
+    if not costs.settles:
+        return 0
+    now = costs.now()
+    costs.release(now)
+    sent = 0
+    ok: bool | None = None
+    first_failure: Failure | None = None
+    provider = costs.provider
+    while sent < allowance:
+        batch_id = costs.next_due(now)
+        probe = False
+        if batch_id is None:
+            if ok is not None or not costs.probe_wanted():
+                break
+            batch_id, probe = costs.probe_id(), True
+        log_id = settlement_id(provider, batch_id)
+        got = await client.settlement(provider, log_id, parse_row(log_id))
+        sent += got.requests
+        now = costs.now()
+        if got.failure is not None:
+            first_failure = first_failure or got.failure
+            ok = False
+            if not probe:
+                costs.failed(batch_id, got.failure, now)
+            if got.failure.reason in STOPPING_REASONS or probe:
+                break
+            continue
+        ok = True if ok is None else ok
+        if not probe:
+            costs.answered(batch_id, got.row, now)
+    was = costs.up
+    costs.round_done(sent, ok)
+    costs.release(now)
+    if ok is False and was is not False and first_failure is not None:
+        costs.log.warning(
+            "settlement_lookup_failed",
+            provider=provider,
+            reason=first_failure.reason,
+            http_status=first_failure.status,
+            detail=first_failure.detail,
+            consequence="bifrost_batch_exporter_cost_up is 0; settlements are looked up again next poll "
+            "(batch metrics are not affected)",
+        )
+    elif ok is True and was is False:
+        costs.log.info("settlement_lookup_recovered", provider=provider)
+    return sent
+
+
+def never_settled(providers: Iterable[str]) -> list[str]:
+    """The configured providers whose batches Bifrost never settles (logged once at start)."""
+    return [p for p in providers if p not in SETTLING_PROVIDERS]

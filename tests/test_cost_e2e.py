@@ -1,0 +1,299 @@
+"""What batches cost, end to end: the simulator settles batches as Bifrost's accounting does, the exporter reads the
+settlements over real HTTP and its /metrics must add up to the simulator's ground truth exactly (tokens to the unit,
+dollars to the last few ulps of a float sum) — through a refused login, two restarts (one with a batch finishing
+while the exporter is down), a cost filled in hours after the batch settled, a re-pricing after counting, echo rows of
+/results calls, a batch the gateway never settles, and one whose cost never comes."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import pytest
+
+from exporter.cost import settlement_id
+from exporter.simulator import Accounting, ProviderSpec, Simulator
+from tests.harness import ExporterThread, Samples, make_settings, series, value
+
+T0 = 1_700_000_000.0
+TOKEN = "session-admin-token"
+MINI = "gpt-4o-mini-2024-07-18"
+FOUR_O = "gpt-4o-2024-08-06"
+LATE_PRICE_AT = 2 * 3600.0
+REPRICE_AT = 3 * 3600.0
+HORIZON = 4 * 3600.0
+TOKEN_KINDS: tuple[Literal["prompt", "completion"], ...] = ("prompt", "completion")
+PROVIDERS = [
+    ProviderSpec("openai", flavor="openai", max_limit=100),
+    ProviderSpec("anthropic", flavor="anthropic", max_limit=1000),
+    ProviderSpec("gigachat", flavor="gigachat"),
+]
+
+
+class Clock:
+    """The one clock of the gateway and the exporter (its poller and cost ledger): hours pass in seconds."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def sim(clock: Clock) -> Iterator[Simulator]:
+    accounting = Accounting(
+        late_prices={"model-x": (LATE_PRICE_AT, (1e-6, 4e-6))},
+        reprices=((REPRICE_AT, FOUR_O, (2.5e-6, 10e-6)),),
+    )
+    # The logs API's login is an admin session token (Bearer); the batch routes are open (no basic auth).
+    with Simulator(
+        providers=PROVIDERS, lifecycle=False, clock=clock, accounting=accounting, admin_token=TOKEN
+    ) as s:
+        yield s
+
+
+def exporter(sim: Simulator, clock: Clock, state_dir: Path, token: str = TOKEN) -> ExporterThread:
+    settings = make_settings(
+        sim.url,
+        [p.name for p in PROVIDERS],
+        cost_metrics=True,
+        bearer_token=token,
+        cost_horizon_seconds=HORIZON,
+        metadata_labels=["team"],
+        state_dir=state_dir,
+    )
+    return ExporterThread(settings, clock=clock)
+
+
+Event = tuple[float, str, str, str]  # (seconds after T0, provider, batch id, status)
+
+
+def run_until(
+    sim: Simulator,
+    exp: ExporterThread | None,
+    clock: Clock,
+    until: float,
+    events: list[Event],
+    step: float = 60.0,
+) -> None:
+    """Gateway time moves on in steps (batches finishing when their time comes), the exporter polling after each
+    step, or not while it is down."""
+    while clock.now < until:
+        clock.now = min(until, clock.now + step)
+        while events and T0 + events[0][0] <= clock.now:
+            at, provider, bid, status = events.pop(0)
+            sim.set_status(provider, bid, status, at=int(T0 + at))
+        sim.tick()
+        if exp is not None:
+            exp.poll()
+
+
+def add(sim: Simulator, provider: str, bid: str, team: str, **kw: Any) -> None:
+    kw.setdefault("request_counts", {"total": 40, "completed": 37, "failed": 3})
+    sim.add_batch(
+        provider, batch_id=bid, status="in_progress", created_at=int(T0), metadata={"team": team}, **kw
+    )
+
+
+def look_ups(sim: Simulator) -> Counter[str]:
+    """Requests the gateway's logs API received, by row id."""
+    return Counter(
+        e["path"].removeprefix("/api/logs/") for e in sim.request_log() if e["path"].startswith("/api/logs/")
+    )
+
+
+def costs_by(samples: Samples, label: str, **match: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for labels, v in series(samples, "bifrost_batch_cost_dollars_total", **match):
+        out[labels[label]] = out.get(labels[label], 0.0) + v
+    return out
+
+
+def settlement_results(samples: Samples, provider: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for labels, v in series(samples, "bifrost_batch_settlements_total", provider=provider):
+        out[labels["result"]] = out.get(labels["result"], 0.0) + v
+    return out
+
+
+def requests_of(sim: Simulator, provider: str, batch_ids: list[str]) -> int:
+    total = 0
+    for bid in batch_ids:
+        row = sim.log_row(settlement_id(provider, bid))
+        assert row is not None
+        total += sum(
+            b["request_count"] for b in row["batch_debug"]["accounting"]["model_breakdowns"].values()
+        )
+    return total
+
+
+def test_costs_add_up_to_the_gateways_settlements_exactly(
+    sim: Simulator, clock: Clock, tmp_path: Path
+) -> None:
+    teams = {
+        "o1": "search",
+        "o2": "ads",
+        "o3": "search",
+        "o4": "ads",
+        "o5": "search",
+        "o7": "ads",
+        "o8": "search",
+    }
+    add(sim, "openai", "o1", "search", models=(MINI,))
+    add(sim, "openai", "o2", "ads", models=(MINI, FOUR_O))  # mixed; FOUR_O re-priced after it was counted
+    add(sim, "openai", "o3", "search", models=("model-x",))  # no price until LATE_PRICE_AT
+    add(sim, "openai", "o4", "ads", models=("model-y",))  # never priced: unpriced at the horizon
+    add(sim, "openai", "o5", "search", models=(MINI,))  # expires with requests done: settled
+    add(
+        sim, "openai", "o6", "ads", request_counts={"total": 10, "completed": 0, "failed": 0}
+    )  # cancelled empty
+    add(sim, "openai", "o7", "ads", models=(MINI,), external=True)  # no job row: never settled -> missing
+    add(sim, "openai", "o8", "search", models=(FOUR_O,))  # finishes while the login is refused
+    add(sim, "anthropic", "a1", "ads")  # settled inline by a /results call, which also leaves echo rows
+    add(sim, "anthropic", "a2", "search")  # finishes while the exporter is down
+    add(sim, "gigachat", "g1", "ads")  # the gateway never settles gigachat
+    teams.update(a1="ads", a2="search")
+    events: list[Event] = sorted(
+        [
+            (100, "openai", "o8", "completed"),
+            (300, "openai", "o1", "completed"),
+            (400, "openai", "o7", "completed"),
+            (600, "openai", "o3", "completed"),
+            (700, "anthropic", "a1", "ended"),
+            (900, "openai", "o2", "completed"),
+            (1200, "openai", "o4", "completed"),
+            (1300, "gigachat", "g1", "completed"),
+            (1500, "openai", "o5", "expired"),
+            (1500, "openai", "o6", "cancelled"),
+            (4200, "anthropic", "a2", "ended"),
+        ]
+    )
+
+    # 1. A refused login: the batch metrics work, cost_up is 0, nothing is counted.
+    with exporter(sim, clock, tmp_path, token="wrong") as exp:
+        exp.poll()
+        run_until(sim, exp, clock, T0 + 360, events)
+        refused = exp.samples()
+    assert value(refused, "bifrost_batch_exporter_cost_up", provider="openai") == 0
+    assert value(refused, "bifrost_batch_exporter_up", provider="openai") == 1
+    assert (
+        value(
+            refused,
+            "bifrost_batch_finished_total",
+            provider="openai",
+            status="completed",
+            metadata_team="search",
+        )
+        == 2  # o8 and o1
+    )
+    assert sum(settlement_results(refused, "openai").values()) == 0
+    assert (
+        value(refused, "bifrost_batch_exporter_settlements_awaited", provider="openai", awaiting="row") == 2
+    )
+    refused_lookups = value(
+        refused, "bifrost_batch_exporter_requests_total", provider="openai", endpoint="settlement"
+    )
+    assert refused_lookups is not None and refused_lookups >= 2
+    assert (
+        value(refused, "bifrost_batch_exporter_cost_up", provider="gigachat") is None
+    )  # never settled: no series
+
+    # 2. The right login, after a restart: what was awaited is looked up. /results calls meanwhile leave echo rows.
+    with exporter(sim, clock, tmp_path) as exp:
+        run_until(sim, exp, clock, T0 + 800, events)
+        for _ in range(2):
+            assert (
+                httpx.get(f"{sim.url}/v1/batches/a1/results", params={"provider": "anthropic"}).status_code
+                == 200
+            )
+        run_until(sim, exp, clock, T0 + 3600, events)
+        mid = exp.samples()
+    assert value(mid, "bifrost_batch_exporter_cost_up", provider="openai") == 1
+    assert len(sim.accounting_truth().echo_ids) == 2
+
+    # 3. Down for half an hour (a2 finishes meanwhile), then up until every horizon has passed.
+    run_until(sim, None, clock, T0 + 5400, events)
+    with exporter(sim, clock, tmp_path) as exp:
+        run_until(sim, exp, clock, T0 + REPRICE_AT - 60, events)
+        before_reprice = sim.accounting_truth()
+        run_until(sim, exp, clock, T0 + 4200 + HORIZON + 600, events)
+        final = exp.samples()
+    truth = sim.accounting_truth()
+
+    # Dollars: as each row read when it was counted (the re-pricing of the mixed row came after).
+    assert truth.cost("openai", "mixed") > before_reprice.cost("openai", "mixed")
+    for provider in ("openai", "anthropic"):
+        got = costs_by(final, "model", provider=provider)
+        expected = {
+            s.model: before_reprice.cost(provider, s.model)
+            for s in truth.settlements
+            if s.provider == provider
+        }
+        assert got == pytest.approx(expected, rel=1e-12, abs=0), provider
+    assert (
+        costs_by(final, "model", provider="openai")["model-x"] > 0
+    )  # filled in two hours late, counted then
+    assert costs_by(final, "model", provider="openai")["model-y"] == 0  # never priced: no dollars, no guess
+    # Tokens and billed requests: exact, unpriced rows included (the usage is known, only the price is not).
+    for s in truth.settlements:
+        for kind in TOKEN_KINDS:
+            exposed = sum(
+                v
+                for _, v in series(
+                    final, "bifrost_batch_tokens_total", provider=s.provider, model=s.model, type=kind
+                )
+            )
+            assert exposed == truth.tokens(s.provider, s.model, kind), (s.provider, s.model, kind)
+    settled_openai = [s.batch_id for s in truth.settlements if s.provider == "openai"]
+    exposed_requests = sum(
+        v for _, v in series(final, "bifrost_batch_settled_requests_total", provider="openai")
+    )
+    assert exposed_requests == requests_of(sim, "openai", settled_openai)
+    # Spend by team: the batch's own metadata, captured when it finished.
+    by_team = costs_by(final, "metadata_team", provider="openai")
+    for team in ("search", "ads"):
+        expected_team = sum(
+            s.cost or 0.0
+            for s in before_reprice.settlements
+            if s.provider == "openai" and teams[s.batch_id] == team
+        )
+        assert by_team.get(team, 0.0) == pytest.approx(expected_team, rel=1e-12, abs=0), team
+    # One result per batch id: priced o1 o2 o3 o5 o8, unpriced o4, missing o7; o6 (nothing ran) and gigachat never.
+    assert settlement_results(final, "openai") == {"priced": 5, "unpriced": 1, "missing": 1}
+    assert settlement_results(final, "anthropic") == {"priced": 2, "unpriced": 0, "missing": 0}
+    assert (
+        value(
+            final, "bifrost_batch_settlements_total", provider="openai", result="missing", metadata_team="ads"
+        )
+        == 1
+    )
+    assert value(final, "bifrost_batch_exporter_settlements_awaited", provider="openai", awaiting="row") == 0
+    assert value(final, "bifrost_batch_exporter_settlements_awaited", provider="openai", awaiting="cost") == 0
+    assert not any(
+        n.startswith("bifrost_batch_cost") for n, labels in final if ("provider", "gigachat") in labels
+    )
+    # What it cost the gateway: one look-up for a batch the sweeper had settled when it was first looked for.
+    counts = look_ups(sim)
+    for provider, bid in (
+        ("openai", "o1"),
+        ("openai", "o2"),
+        ("openai", "o5"),
+        ("anthropic", "a1"),
+        ("anthropic", "a2"),
+    ):
+        assert counts[settlement_id(provider, bid)] == 1, bid
+    assert counts[settlement_id("openai", "o6")] == 0 and counts[settlement_id("gigachat", "g1")] == 0
+    assert 1 < counts[settlement_id("openai", "o7")] <= 14  # widening gaps up to the horizon
+    exposed_lookups = sum(
+        v for _, v in series(final, "bifrost_batch_exporter_requests_total", endpoint="settlement")
+    )
+    assert exposed_lookups == sum(counts.values())  # every request counted, across both restarts
