@@ -308,7 +308,9 @@ class Poller:
         if self._state_lock is None or journal is None:
             return
         try:
-            write = journal.prepare(ledger, self._durable_extras(provider), self._costs.get(provider), self._clock())
+            write = journal.prepare(
+                ledger, self._clock(), extras=self._durable_extras(provider), cost=self._costs.get(provider)
+            )
             write.run(self.state_file_ops)
         except (OSError, ValueError) as exc:
             journal.failed()
@@ -329,7 +331,9 @@ class Poller:
         if journal is None:
             return
         try:
-            write = journal.prepare(ledger, self._durable_extras(provider), self._costs.get(provider), now)
+            write = journal.prepare(
+                ledger, now, extras=self._durable_extras(provider), cost=self._costs.get(provider)
+            )
             await asyncio.to_thread(write.run, self.state_file_ops)
         except (OSError, ValueError) as exc:
             journal.failed()

@@ -361,8 +361,12 @@ class Restored:
     damage: str | None = None  # why the journal could not be read to its end
     migrated: bool = False  # read from a version-1 file: the next write rewrites it in version 2
     marked: bool = False  # ledger-P.json already marks version 2
-    cost: dict[str, Any] | None = None  # the cost ledger as of the base (cost_metrics), None when none was saved
-    cost_deltas: list[dict[str, Any]] = field(default_factory=list)  # its changes since, one per journal record
+    cost: dict[str, Any] | None = (
+        None  # the cost ledger as of the base (cost_metrics), None when none was saved
+    )
+    cost_deltas: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # its changes since, one per journal record
 
 
 class CostState(Protocol):
@@ -647,15 +651,16 @@ class Journal:
     def prepare(
         self,
         ledger: Ledger,
-        extras: Mapping[str, Any],
-        cost: CostState | None,
         now: float,
+        *,
+        extras: Mapping[str, Any] | None = None,
+        cost: CostState | None = None,
     ) -> _Write:
         """The next write: a journal record of what changed, or a whole new base. `extras` are small fields kept
         beside the ledger's head (the early warning's calibration), rewritten when they change; `cost` the cost
         ledger (cost_metrics), whose changes ride in the same record."""
         journal = journal_path(self.state_dir, self.provider)
-        head = {**ledger.head_state(), **extras}
+        head = {**ledger.head_state(), **(extras or {})}
         encoded = {
             key: json.dumps(value, separators=(",", ":"), allow_nan=False) for key, value in head.items()
         }
