@@ -207,10 +207,20 @@ def _mapping(value: Any, where: str, problems: _Problems) -> dict[str, Any]:
     return {str(k): v for k, v in value.items()}
 
 
+# The shape of every web-config key (exporter-toolkit's are snake_case words). A key of any other shape is not shown:
+# a YAML mistake next to an inline `key: |` block turns a line of the private key into a "key".
+_KEY_SHAPE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+
+
 def _unknown(values: Mapping[str, Any], allowed: frozenset[str], prefix: str, problems: _Problems) -> None:
     for key in values:
         if key not in allowed:
-            problems.error("", f"unknown key {prefix + key[:80]!r}")
+            if _KEY_SHAPE.fullmatch(key):
+                problems.error("", f"unknown key {prefix + key!r}")
+            else:
+                problems.error(
+                    "", f"an unknown key under {prefix or 'the top level'!r} (not shown: not a key's shape)"
+                )
 
 
 def _string(value: Any, where: str, problems: _Problems) -> str | None:

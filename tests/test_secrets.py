@@ -697,6 +697,23 @@ def test_a_broken_web_config_never_prints_a_hash_or_key(data: st.DataObject) -> 
             _assert_no_secret_piece("the web-config error", str(exc), (hashed[7:], INLINE_KEY))
 
 
+def test_a_private_key_line_read_as_a_key_is_not_shown(tmp_path: Path) -> None:
+    """Hypothesis' find: an inline `key: |` block whose indentation breaks turns the key's line into a mapping key,
+    which the unknown-key error used to quote."""
+    text = (
+        _web_config_text("$2b$04$" + "x" * 53)
+        .replace("  key: |\n", "")
+        .replace(f"    {INLINE_KEY}\n", f"  -----BEGIN PRIVATE KEY----- {INLINE_KEY}: x\n")
+    )
+    path = tmp_path / "web.yml"
+    path.write_text(text)
+    (tmp_path / "cert.pem").write_text("not used: the file only has to exist")
+    with pytest.raises(ConfigError) as caught:
+        load_web_config(path)
+    assert "not shown" in str(caught.value)
+    _assert_no_secret_piece("the web-config error", str(caught.value), (INLINE_KEY,))
+
+
 def test_a_web_config_reload_with_a_syntax_error_logs_where_not_what(
     tmp_path: Path, logs: io.StringIO
 ) -> None:
