@@ -216,6 +216,8 @@ def _stat(
     width: int,
     thresholds: dashboard_builder.ThresholdsConfig,
     mappings: list[dashboard.ValueMapping] | None = None,
+    height: int = 8,
+    no_value: str | None = None,
 ) -> stat.Panel:
     panel = (
         stat.Panel()
@@ -224,7 +226,7 @@ def _stat(
         .description(description)
         .datasource(DATASOURCE)
         .unit(unit)
-        .height(8)
+        .height(height)
         .span(width)
         .targets(_targets(targets, instant=True))
         .thresholds(thresholds)
@@ -234,6 +236,8 @@ def _stat(
     )
     if mappings:
         panel = panel.mappings(mappings)
+    if no_value is not None:
+        panel = panel.no_value(no_value)
     return panel
 
 
@@ -364,9 +368,9 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
         )
 
     # ------------------------------------------------------------------ Overview
+    builder = _first_list(builder.with_row(dashboard_builder.Row("Overview").id(ids())), ids, s)
     builder = (
-        builder.with_row(dashboard_builder.Row("Overview").id(ids()))
-        .with_panel(
+        builder.with_panel(
             _timeseries(
                 ids,
                 "Batches by status",
@@ -831,6 +835,82 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
     )
     builder = _cost_row(builder, ids, s)
     return builder.build()
+
+
+def _first_list(builder: dashboard_builder.Dashboard, ids: Ids, s: Settings) -> dashboard_builder.Dashboard:
+    """The first full list of each provider (after a start, or a SIGHUP that changed the virtual keys): until it
+    completes, every batch panel below shows only the part of the account listed so far, and the alerts on those
+    gauges wait. First on the dashboard, since it qualifies everything under it. Replicas of an HA pair list on
+    their own: the panels show the one furthest behind."""
+    F = s.filters()
+    return (
+        builder.with_panel(
+            _stat(
+                ids,
+                "First full list",
+                "Whether each provider's first full list has completed on every replica "
+                "(bifrost_batch_exporter_first_sync_complete). While it runs, the batch panels show only the part "
+                "of the account listed so far, and BifrostBatchStuck and BifrostBatchAtRisk wait for it "
+                "(docs/runbook.md, The first full list). It runs after a start and after a SIGHUP that changed "
+                "the virtual keys, and takes about pages / max_requests_per_second.",
+                "short",
+                [
+                    Target(
+                        f"min by (provider) (bifrost_batch_exporter_first_sync_complete{{{F}}})",
+                        "{{provider}}",
+                    )
+                ],
+                width=8,
+                height=5,
+                thresholds=_steps((None, "orange"), (1, "green")),
+                mappings=_value_map({"0": ("running", "orange"), "1": ("complete", "green")}),
+            )
+        )
+        .with_panel(
+            _stat(
+                ids,
+                "Listed by the first full list",
+                "Batches and list pages the first full list has fetched so far (all of them once it is complete), "
+                "on the replica furthest behind. Their pace is the guide to the end where no estimate is shown.",
+                "short",
+                [
+                    Target(
+                        f"min by (provider) (bifrost_batch_exporter_first_sync_batches{{{F}}})",
+                        "{{provider}} batches",
+                    ),
+                    Target(
+                        f"min by (provider) (bifrost_batch_exporter_first_sync_pages{{{F}}})",
+                        "{{provider}} pages",
+                    ),
+                ],
+                width=8,
+                height=5,
+                thresholds=_steps((None, "blue")),
+            )
+        )
+        .with_panel(
+            _stat(
+                ids,
+                "First full list ends",
+                "When the running first full list should complete at its pace so far, on the replica that ends "
+                "last (bifrost_batch_exporter_first_sync_estimated_completion_timestamp_seconds). Shown only while "
+                "a list runs whose length the exporter can tell: after a change of keys (it knew the account's "
+                "size); Bifrost does not report the length, so a first start has no estimate.",
+                "dateTimeFromNow",
+                [
+                    Target(
+                        "1000 * max by (provider) "
+                        f"(bifrost_batch_exporter_first_sync_estimated_completion_timestamp_seconds{{{F}}})",
+                        "{{provider}}",
+                    )
+                ],
+                width=8,
+                height=5,
+                thresholds=_steps((None, "blue")),
+                no_value="no estimate (complete, or length unknown)",
+            )
+        )
+    )
 
 
 def _cost_row(builder: dashboard_builder.Dashboard, ids: Ids, s: Settings) -> dashboard_builder.Dashboard:

@@ -566,7 +566,8 @@ class Poller:
                 run.store.abandon_resync()
                 run.store.forget_places()
                 run.synced = False
-                run.first = _FirstList()
+                # The new view's first list starts with this poll (its start time: the pace and the estimate).
+                run.first = _FirstList(started_at=self._clock())
                 run.resync_found = 0
             run.keys = keys
             self._log_view(provider, names)

@@ -134,7 +134,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def tier_of(item: pytest.Item) -> str:
     if any(item.get_closest_marker(m) is not None for m in E2E_MARKERS):
         return "e2e"
-    if any(item.nodeid == key or item.nodeid.startswith(key + "::") for key in E2E_TESTS):
+    # A module, a test in it, or a parametrized case of a test (`test_x[a-b]`) named by its test.
+    if any(item.nodeid == key or item.nodeid.startswith((key + "::", key + "[")) for key in E2E_TESTS):
         return "e2e"
     return "fast"
 

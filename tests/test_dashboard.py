@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from exporter.simulator import Simulator
+from exporter.simulator import ProviderSpec, Simulator
 from tests.conftest import require_tool
 from tests.promstack import Prometheus, start_exporter, wait_until
 from tests.test_e2e_alerts import alerts_with_short_for
@@ -37,6 +39,9 @@ DASHBOARD = ROOT / "dashboards" / "bifrost-batches.json"
 
 ROWS: dict[str, list[str]] = {
     "Overview": [
+        "First full list",
+        "Listed by the first full list",
+        "First full list ends",
         "Batches by status",
         "Active batches now",
         "Failed / expired in the last hour",
@@ -90,6 +95,9 @@ ROWS: dict[str, list[str]] = {
     ],
 }
 UNITS = {
+    "First full list": "short",
+    "Listed by the first full list": "short",
+    "First full list ends": "dateTimeFromNow",  # a timestamp in ms, shown as "in 3 minutes" (not an age)
     "Batches by status": "short",
     "Active batches now": "short",
     "Failed / expired in the last hour": "short",
@@ -431,10 +439,21 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
         yield Scene(prom, at_risk_id, failed_id)
 
 
+# Panels with no series in this scene, and the test that proves them against a real Prometheus instead.
+ELSEWHERE = {
+    # absent once the first full list is complete (this scene's is, at once): test_first_list_panels_while_it_runs
+    "First full list ends",
+}
+
+
 @pytest.mark.e2e
 def test_every_panel_returns_data_from_a_real_prometheus(scene: Scene) -> None:
     cost = {p["title"] for p in rows(load_dashboard())["Cost"]}  # this scene has no cost_metrics
-    queries = [(title, expr) for title, expr in panel_queries(load_dashboard()) if title not in cost]
+    queries = [
+        (title, expr)
+        for title, expr in panel_queries(load_dashboard())
+        if title not in cost and title not in ELSEWHERE
+    ]
     pending = {substitute(expr): title for title, expr in queries}
 
     def all_return_series() -> bool:
@@ -470,6 +489,11 @@ def test_panels_show_the_scene(scene: Scene) -> None:
 
     wait_until(lambda: value("Batches at risk now") == 1, timeout=30, what="one batch at risk")
     assert value("Requests at risk now") == 10_000
+    first = {
+        r["metric"]["provider"]: float(r["value"][1])
+        for r in scene.prom.query(_panel_expr("First full list"))
+    }
+    assert first == {"openai": 1.0, "anthropic": 1.0}  # complete: nothing waits
     (last,) = wait_until(
         lambda: scene.prom.query(_panel_expr("Last failed batch")), timeout=30, what="the last failed batch"
     )
@@ -517,3 +541,94 @@ def test_failed_alert_names_the_code_and_batch_in_a_real_prometheus(scene: Scene
     )
     assert count is not None and int(count[1]) in (1, 2), description
     assert f"Last failed batch of this class: {scene.failed_id} (code token_limit_exceeded)" in description
+
+
+# --- the first full list's panels while one runs -------------------------------------------------------------------
+
+
+@dataclass
+class FirstListScene:
+    prom: Prometheus
+    changed_at: float  # when the virtual keys changed (SIGHUP): the first full list started again
+
+
+@pytest.fixture(scope="module")
+def first_list(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirstListScene]:
+    """An exporter whose first full list runs long enough to be watched, with an estimated end: a SIGHUP that adds
+    a virtual key starts it again over an account whose size the exporter knows (60 batches), which has grown to 460
+    meanwhile. Two keys × 46 pages at 2 requests a second: about 46 s of listing."""
+    prom_bin = require_tool("prometheus")
+    tmp = tmp_path_factory.mktemp("first-list")
+    keys = tmp / "keys"
+    keys.mkdir()
+    (keys / "team-a").write_text("sk-bf-team-a\n")
+    with contextlib.ExitStack() as cleanup:
+        sim = Simulator(providers=[ProviderSpec("openai", style="cursor", flavor="openai")], lifecycle=False)
+        sim.start()
+        cleanup.callback(sim.stop)
+        for _ in range(60):
+            sim.add_batch("openai", status="completed")
+        settings = {
+            "bifrost_url": sim.url,
+            "providers": ["openai"],
+            "virtual_key_dir": str(keys),
+            "page_size": 10,
+            "poll_interval_seconds": 1,
+            "max_requests_per_second": 2,
+            "max_retries": 0,
+            "log_level": "warning",
+        }
+        exporter, exporter_url = start_exporter(tmp, settings, root=ROOT)
+        cleanup.callback(exporter.stop)
+        port = int(exporter_url.rsplit(":", 1)[1])
+        target = {"targets": [f"127.0.0.1:{port}"], "labels": {"cluster": "eu1", "namespace": "batch"}}
+        prom = Prometheus(
+            prom_bin,
+            tmp / "prometheus",
+            scrape_configs=[{"job_name": "bifrost-batch-exporter", "static_configs": [target]}],
+        ).start()
+        cleanup.callback(prom.stop)
+        prom.wait_for_targets_up(timeout=30, job="bifrost-batch-exporter")
+        prom.wait_for_series('bifrost_batch_exporter_first_sync_complete{provider="openai"} == 1')
+        for _ in range(400):
+            sim.add_batch("openai", status="completed")
+        (keys / "team-b").write_text("sk-bf-team-b\n")
+        changed_at = time.time()
+        os.kill(exporter.pid, signal.SIGHUP)
+        yield FirstListScene(prom, changed_at)
+
+
+@pytest.mark.e2e
+def test_first_list_panels_while_it_runs(first_list: FirstListScene) -> None:
+    """The three panels' queries against a real Prometheus, scraping an exporter whose first full list runs: not
+    complete, batches and pages listed so far, and an end that is a moment in time (ms since the epoch, shown as
+    "in …"), not an age."""
+    prom = first_list.prom
+
+    def by_legend(title: str) -> dict[str, float]:
+        (panel,) = [p for p in panels(load_dashboard()) if p["title"] == title]
+        values = {}
+        for target in panel["targets"]:
+            for sample in prom.query(substitute(target["expr"])):
+                legend = target["legendFormat"].replace("{{provider}}", sample["metric"]["provider"])
+                values[legend] = float(sample["value"][1])
+        return values
+
+    def running() -> dict[str, float] | None:
+        ends = by_legend("First full list ends")
+        return ends if by_legend("First full list") == {"openai": 0.0} and ends else None
+
+    ends = wait_until(running, timeout=60, what="the first full list running again, with an estimated end")
+    assert set(ends) == {"openai"}
+    now = time.time()
+    assert first_list.changed_at <= ends["openai"] / 1000 <= now + 3600, (first_list.changed_at, ends, now)
+
+    def pages_listed() -> dict[str, float] | None:
+        values = by_legend("Listed by the first full list")
+        return values if values.get("openai pages", 0) > 0 else None
+
+    listed = wait_until(pages_listed, timeout=30, what="pages listed")
+    assert set(listed) == {"openai batches", "openai pages"}
+    assert listed["openai batches"] > 0, listed
+    assert listed["openai pages"] < 2 * 46, listed  # not all of them yet
+    assert by_legend("First full list") == {"openai": 0.0}  # still running when those were read

@@ -80,6 +80,12 @@ def test_config_changes_selector_labels_thresholds_and_disabled_alerts(generate:
     assert stuck["annotations"]["runbook_url"] == "https://wiki.example.com/bifrost#bifrostbatchstuck"
     failed = by_name["BifrostBatchFailed"]
     assert "max by (cluster, provider, metadata_team, class) (" in failed["expr"]
+    # the first full list is joined on the configured group labels, provider and replica labels
+    for waiting in ("BifrostBatchStuck", "BifrostBatchAtRisk"):
+        assert (
+            "unless on (cluster, provider, instance, pod)\n"
+            'bifrost_batch_exporter_first_sync_complete{namespace="llm"} == 0'
+        ) in re.sub(r"\n\s+", "\n", by_name[waiting]["expr"]), by_name[waiting]["expr"]
     for rule in [*by_name.values(), *_groups(rules).values()]:
         selectors = re.findall(r"\{([^}]*)\}", rule["expr"])
         assert selectors, rule
@@ -122,6 +128,53 @@ def test_metadata_labels_route_a_failed_batch_to_its_owner(generate: ModuleType,
     alerts, _ = generate.rule_groups({"metadataLabels": ["team"]})
     (tmp_path / "alerts.yaml").write_text(yaml.safe_dump({"groups": alerts}, sort_keys=False))
     (tmp_path / "test.yaml").write_text(METADATA_TEST)
+    result = subprocess.run(
+        [promtool, "test", "rules", "test.yaml"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+WAITING_TEST = """
+rule_files: [alerts.yaml]
+evaluation_interval: 1m
+tests:
+  - name: a team's batch at risk waits for the first full list of the replica that shows it
+    interval: 1m
+    input_series:
+      - series: 'bifrost_batch_at_risk{cluster="eu1", pod="bbe-0", provider="openai", metadata_team="ml"}'
+        values: '1x60'
+      - series: 'bifrost_batch_at_risk_requests{cluster="eu1", pod="bbe-0", provider="openai", metadata_team="ml"}'
+        values: '50x60'
+      - series: 'bifrost_batch_exporter_first_sync_complete{cluster="eu1", pod="bbe-0", provider="openai"}'
+        values: '0x20 1x40'
+    alert_rule_test:
+      - eval_time: 35m
+        alertname: BifrostBatchAtRisk
+        exp_alerts: []
+      - eval_time: 45m
+        alertname: BifrostBatchAtRisk
+        exp_alerts:
+          - exp_labels: {severity: warning, cluster: eu1, provider: openai, metadata_team: ml}
+            exp_annotations:
+              summary: "Bifrost batches of provider openai will miss their expiry (metadata_team ml)"
+              description: "1 active batch(es) of provider openai, metadata_team ml, cluster eu1 are expected to finish after they expire: 50 pending requests are lost if they do. Why: per-batch series off (per_batch_metrics). The provider's soonest batch expiry is unknown. The alert waits for the first full list: a replica whose first full list of the provider is still running (bifrost_batch_exporter_first_sync_complete 0) shows only part of the account and is left out until the list completes."
+              runbook_url: "https://github.com/bifrost-batch-exporter/bifrost-batch-exporter/blob/main/docs/runbook.md#bifrostbatchatrisk"
+"""
+
+
+def test_first_full_list_is_joined_on_the_configured_labels(generate: ModuleType, tmp_path: Path) -> None:
+    """With other group, replica and metadata labels and selector, promtool proves the wait still holds (the join
+    ignores the metadata labels the first-list series does not carry) and ends with the first full list."""
+    promtool = require_tool("promtool")
+    config = {
+        "metadataLabels": ["team"],
+        "groupLabels": ["cluster"],
+        "replicaLabels": ["pod"],
+        "selector": 'cluster!=""',
+    }
+    alerts, _ = generate.rule_groups(config)
+    (tmp_path / "alerts.yaml").write_text(yaml.safe_dump({"groups": alerts}, sort_keys=False))
+    (tmp_path / "test.yaml").write_text(WAITING_TEST)
     result = subprocess.run(
         [promtool, "test", "rules", "test.yaml"], capture_output=True, text=True, timeout=60, cwd=tmp_path
     )

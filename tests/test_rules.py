@@ -62,6 +62,11 @@ CONTRACT_METRICS: frozenset[str] = frozenset(
         "bifrost_batch_exporter_view_keys",
         "bifrost_batch_exporter_per_batch_dropped",
         "bifrost_batch_exporter_build_info",
+        # The first full list (v3, README "Polling"): what the batch-data alerts wait for, and the dashboard shows
+        "bifrost_batch_exporter_first_sync_complete",
+        "bifrost_batch_exporter_first_sync_batches",
+        "bifrost_batch_exporter_first_sync_pages",
+        "bifrost_batch_exporter_first_sync_estimated_completion_timestamp_seconds",
         # What batches cost (v3, cost_metrics; deploy/mixin/cost.libsonnet)
         "bifrost_batch_cost_dollars_total",
         "bifrost_batch_tokens_total",
@@ -125,6 +130,31 @@ EXPECTED_ALERTS = {
 RETIRED_ALERTS = {"BifrostBatchExpiringSoon", "BifrostBatchHighRequestFailureRatio"}
 # The SLO alerts live in slos.yaml beside the recording rules they read.
 SLO_ALERTS = {"BifrostBatchErrorBudgetBurn"}
+# Gauges of the batches a poll shows: while a provider's first full list runs they cover only the part listed so
+# far, not refreshed until the list ends (README "Polling"). An alert reading one waits for the first full list.
+ACCOUNT_GAUGES = frozenset(
+    {
+        "bifrost_batches",
+        "bifrost_batch_requests",
+        "bifrost_batch_oldest_created_timestamp_seconds",
+        "bifrost_batch_next_expiry_timestamp_seconds",
+        "bifrost_batch_at_risk",
+        "bifrost_batch_at_risk_requests",
+        "bifrost_batch_job_info",
+        "bifrost_batch_job_requests",
+        "bifrost_batch_job_created_timestamp_seconds",
+        "bifrost_batch_job_expires_timestamp_seconds",
+        "bifrost_batch_job_progress_ratio",
+        "bifrost_batch_job_projected_completion_timestamp_seconds",
+        "bifrost_batch_job_at_risk_info",
+    }
+)
+# The alerts that read them today (a new one joins this list deliberately, with its promtool tests).
+WAITING_ALERTS = {"BifrostBatchStuck", "BifrostBatchAtRisk"}
+_FIRST_SYNC_GATE = re.compile(
+    r"unless on \(cluster, namespace, job, provider, instance, pod\)\s+"
+    r"bifrost_batch_exporter_first_sync_complete\{[^}]*\} == 0"
+)
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
 _MATCHERS = re.compile(r"\{[^}]*\}")
@@ -333,6 +363,53 @@ def test_slos_read_only_recent_transitions_and_page_on_two_windows() -> None:
         assert f"increase{long}" in rule["expr"] and f"increase{short}" in rule["expr"]
         assert ">=" in rule["expr"]  # the low-volume guard
         assert rule["labels"]["severity"] == ("critical" if long in ("1h", "6h") else "warning")
+
+
+def _gauge_reads(expr: str) -> list[str]:
+    """Each account gauge selector an expression reads, with what follows it up to the next selector."""
+    return [
+        m.group(0)
+        for m in re.finditer(
+            r"\b([a-z_:]+)\{[^}]*\}(?:\s+unless on \([^)]*\)\s+[a-z_]+\{[^}]*\} == 0)?", expr
+        )
+        if m.group(1) in ACCOUNT_GAUGES
+    ]
+
+
+@pytest.mark.parametrize(
+    "rule", alert_rules(), ids=lambda r: r["alert"] + str(r["labels"].get("long_window", ""))
+)
+def test_alerts_on_account_gauges_wait_for_the_first_full_list(rule: dict[str, Any]) -> None:
+    """Every read of an account gauge, in the expression and in the description's queries, leaves out each replica
+    whose first full list of the provider is still running (per replica: an HA pair's complete replica still
+    alerts); the description says so. Counter alerts read transitions, which a partial list does not invent."""
+    description = rule["annotations"]["description"]
+    reads = _gauge_reads(rule["expr"]) + [
+        r for query in re.findall(r"`([^`]*)`", description) for r in _gauge_reads(query)
+    ]
+    if rule["alert"] not in WAITING_ALERTS:
+        assert not reads, f"{rule['alert']} reads {reads}: add it to WAITING_ALERTS, gated"
+        assert "first_sync" not in rule["expr"], rule["alert"]
+        return
+    assert reads, rule["alert"]
+    for read in reads:
+        assert _FIRST_SYNC_GATE.search(read), (
+            f"{rule['alert']}: {read!r} does not wait for the first full list"
+        )
+    assert "waits for the first full list" in description
+    assert "bifrost_batch_exporter_first_sync_complete" in description
+
+
+@pytest.mark.parametrize("alert", sorted(WAITING_ALERTS))
+def test_waiting_alerts_are_unit_tested_silent_while_the_first_list_runs_then_firing(alert: str) -> None:
+    """A promtool case in which the alert's condition holds while first_sync_complete is 0 (no alert), then fires
+    once it is 1."""
+    cases = [(name, at, exp) for name, alertname, at, exp in _timed_cases() if alertname == alert]
+    waiting = {name for name, _, _ in cases if "waits for the first full list" in name}
+    assert waiting, f"{alert}: no unit test named '... waits for the first full list ...'"
+    for test in waiting:
+        timeline = sorted((at, bool(exp)) for name, at, exp in cases if name == test)
+        assert timeline[0] == (timeline[0][0], False) and timeline[-1][1], (test, timeline)
 
 
 def test_exporter_down_covers_down_and_absent_targets() -> None:

@@ -205,3 +205,25 @@ def test_governance_without_a_config_store_refuses_keyed_lists(tmp_path: Path) -
             s = exp.samples()
     assert value(s, "bifrost_batch_exporter_up", provider=P) == 0
     assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="auth") == 1
+
+
+def test_a_changed_view_first_list_is_timed_from_its_first_poll(sim: Simulator, tmp_path: Path) -> None:
+    """Keys changed on reload start the first full list over: its start is the poll that begins it (not the one
+    after), so the estimate is there from that poll on, and the pace is measured over the whole list."""
+    keys = _keys(tmp_path, A)
+    settings = make_settings(
+        sim.url, [P], virtual_key_dir=keys, page_size=3, max_requests_per_second=1, poll_interval_seconds=2,
+        stale_after_seconds=10**6,
+    )  # fmt: skip
+    with ExporterThread(settings) as exp:
+        for _ in range(3):  # key A: 3 pages, a budget of 2 requests a poll
+            exp.poll()
+        assert value(exp.samples(), "bifrost_batch_exporter_first_sync_complete", provider=P) == 1
+        write_key_dir([A, B], keys)
+        exp.exporter.client.update_credentials(exp.settings.reread_secret_files())
+        before = time.time()
+        exp.poll()
+        first = exp.exporter.poller.states[P].health.first_sync
+        s = exp.samples()
+    assert not first.complete and first.started_at is not None and first.started_at >= before
+    assert value(s, "bifrost_batch_exporter_first_sync_estimated_completion_timestamp_seconds", provider=P)

@@ -20,12 +20,26 @@ local build(c) =
   local owner = std.join('', ['{{ with index $labels "%s" }} (%s {{ . }}){{ end }}' % [l, l] for l in m]);
   // A PromQL query, run from the annotation, restricted to the series of the alert's own group; `fmt` writes the
   // matchers as %(m)s. The result is piped into `body` (a template that ranges over it).
+  // `fmt` may also write %(s)s, the selector alone (no printf argument).
   local esc(s) = std.strReplace(s, '%', '%%');
   local query(fmt, labels) =
     local matchers = join([esc(c.selector)] + ['%s=%%q' % l for l in labels]);
     local args = std.join(' ', ['(index $labels "%s")' % l for l in labels]);
     local uses = std.length(std.findSubstr('%(m)s', fmt));  // printf wants the arguments once per use
-    'printf `' + (fmt % { m: matchers }) + '` ' + std.join(' ', std.repeat([args], uses)) + ' | query';
+    'printf `' + (fmt % { m: matchers, s: esc(c.selector) }) + '` ' + std.join(' ', std.repeat([args], uses)) + ' | query';
+  // The series `series` of the replicas whose first full list of the provider is complete. A replica still in
+  // its first full list (after a start, or after a SIGHUP that changed its virtual keys) shows only the part of
+  // the account it has listed so far, and does not refresh those batches until the list ends (no retrieve runs
+  // meanwhile; after a change of keys it also still shows what the old keys listed): gauges of the whole account
+  // read from it can show a batch as active, old or slow that is not. Each replica is judged on its own, so an HA
+  // pair whose other replica is complete still alerts. An exporter without the series (before v3) is never left out.
+  // `sep` joins the three parts (a new line in a rule's expression, a space in an annotation's query).
+  local listed(series, sel=c.selector, sep='\n') =
+    std.join(sep, [series, 'unless on (%s)' % join(p + r), 'bifrost_batch_exporter_first_sync_complete{%s} == 0' % sel]);
+  local inQuery(series) = listed(series, '%(s)s', ' ');
+  local waits = ' The alert waits for the first full list: a replica whose first full list of the provider is still ' +
+                'running (bifrost_batch_exporter_first_sync_complete 0) shows only part of the account and is left ' +
+                'out until the list completes.';
   // "token_limit_exceeded (2), invalid_json_line (1)" or "none recorded"; `extra` are labels of the alert that also
   // narrow the query (the failure class).
   local codes(status, window, extra=[]) =
@@ -61,7 +75,10 @@ local build(c) =
   };
 
   // A failed batch's failure codes by class (docs/runbook.md, "Failure classes"): one alert per class, with the
-  // codes and the provider's last failed batch of that class.
+  // codes and the provider's last failed batch of that class. Counters of transitions need not wait for the first
+  // full list: a partial list makes no transition up (the ledger counts a batch once, only when it ends after the
+  // exporter's start or, with state_dir, after the previous process' watermark), it can only count one later, when
+  // the list reaches the batch; an alert then is for a batch that really failed.
   local failedByClass(name, classes, summary, kind) = rule(
     name,
     // Each replica's own increase, then the max across replicas (an HA pair counts a failure once).
@@ -120,7 +137,8 @@ local build(c) =
     ),
     rule(
       'BifrostBatchExporterDataStale',
-      // `> 0` ignores the value an exporter shows before its first complete poll (a restart must not page).
+      // `> 0` ignores the value an exporter shows before its first complete poll (a restart must not page). Every
+      // successful poll of a first full list that spans several polls sets the timestamp: no wait needed.
       |||
         time() - max by (%(by)s) (bifrost_batch_exporter_last_success_timestamp_seconds{%(sel)s} > 0) > %(thresholdSeconds)s
         unless on (%(by)s)
@@ -134,6 +152,7 @@ local build(c) =
       'BifrostBatchProviderTruncated',
       // Unexpected early stops only: a cursor that repeats, or a list longer than its page budget. A gateway that
       // ignores the provider's cursor (reason cursor_ignored) is a known limitation shown by the coverage series.
+      // The coverage is that of the last full list that ended (pending while the first one runs): no wait needed.
       |||
         max by (%(by)s, reason) (bifrost_batch_exporter_coverage{%(sel)s, reason=~"cursor_loop|max_pages"}) == 1
       ||| % v,
@@ -169,6 +188,7 @@ local build(c) =
     ),
     rule(
       'BifrostBatchExpired',
+      // A counter of transitions: no wait for the first full list, as for failedByClass.
       |||
         max by (%(byM)s) (
           sum by (%(byMR)s) (
@@ -185,40 +205,52 @@ local build(c) =
     ),
     rule(
       'BifrostBatchStuck',
+      // A gauge of the whole account: waits for the first full list (listed()).
       |||
-        time() - min by (%(byM)s, status) (bifrost_batch_oldest_created_timestamp_seconds{%(sel)s}) > %(thresholdSeconds)s
-      ||| % (v + a.BifrostBatchStuck),
+        time() - min by (%(byM)s, status) (
+          %(oldest)s
+        ) > %(thresholdSeconds)s
+      ||| % (v + a.BifrostBatchStuck + {
+        oldest: lib.indent(listed('bifrost_batch_oldest_created_timestamp_seconds{%s}' % c.selector), 2),
+      }),
       'Bifrost batch stuck in {{ $labels.status }} on provider {{ $labels.provider }}' + owner,
       'The oldest batch of ' + provider + ' in status {{ $labels.status }} was created {{ $value | humanizeDuration }} ' +
-      'ago (threshold ' + a.BifrostBatchStuck.thresholdSeconds + ' s).',
+      'ago (threshold ' + a.BifrostBatchStuck.thresholdSeconds + ' s).' + waits,
     ),
     rule(
       'BifrostBatchAtRisk',
       // bifrost_batch_at_risk is the exporter's early warning (docs/early-warning.md): active batches whose recent
       // rate, past its gates, misses their expires_at, or that show nothing done past their provider's calibrated
-      // point of the window. It replaces BifrostBatchExpiringSoon (retired).
+      // point of the window. It replaces BifrostBatchExpiringSoon (retired). A gauge of the whole account, and a
+      // rate that no retrieve refreshes while the first full list runs: waits for it (listed()), in the figures of
+      // the description too.
       |||
-        max by (%(byM)s) (sum by (%(byMR)s) (bifrost_batch_at_risk{%(sel)s})) > 0
-      ||| % v,
+        max by (%(byM)s) (
+          sum by (%(byMR)s) (
+            %(atRisk)s
+          )
+        ) > 0
+      ||| % (v + { atRisk: lib.indent(listed('bifrost_batch_at_risk{%s}' % c.selector), 4) }),
       'Bifrost batches of provider {{ $labels.provider }} will miss their expiry' + owner,
       '{{ $value | printf "%.0f" }} active batch(es) of ' + provider + ' are expected to finish after they expire: ' +
-      '{{ with ' + query('max(sum by (' + join(r) + ') (bifrost_batch_at_risk_requests{%(m)s}))', p + m) +
+      '{{ with ' + query('max(sum by (' + join(r) + ') (' + inQuery('bifrost_batch_at_risk_requests{%(m)s}') + '))', p + m) +
       ' }}{{ . | first | value | printf "%.0f" }}{{ else }}an unknown number of{{ end }} pending requests are lost ' +
       'if they do. Why: ' +
-      '{{ range $i, $s := ' + query('sort_desc(count by (reason) (max by (reason, batch_id) (bifrost_batch_job_at_risk_info{%(m)s})))', p) +
+      '{{ range $i, $s := ' + query('sort_desc(count by (reason) (max by (reason, batch_id) (' + inQuery('bifrost_batch_job_at_risk_info{%(m)s}') + ')))', p) +
       ' }}{{ if $i }}, {{ end }}{{ label "reason" $s }} ({{ value $s | printf "%.0f" }}){{ else }}per-batch series off (per_batch_metrics){{ end }}. ' +
       'The provider\'s soonest batch expiry is ' +
-      '{{ with ' + query('min(bifrost_batch_next_expiry_timestamp_seconds{%(m)s})', p) +
+      '{{ with ' + query('min(' + inQuery('bifrost_batch_next_expiry_timestamp_seconds{%(m)s}') + ')', p) +
       ' }}{{ . | first | value | humanizeTimestamp }}{{ else }}unknown{{ end }}' +
-      '{{ with ' + query('min(bifrost_batch_next_expiry_timestamp_seconds{%(m)s}) - time()', p) +
-      ' }} (in {{ . | first | value | humanizeDuration }}){{ end }}.',
+      '{{ with ' + query('min(' + inQuery('bifrost_batch_next_expiry_timestamp_seconds{%(m)s}') + ') - time()', p) +
+      ' }} (in {{ . | first | value | humanizeDuration }}){{ end }}.' + waits,
     ),
   ];
 
 // The SLOs' multi-window, multi-burn-rate alerts (the SRE workbook's, as kubernetes-mixin writes them): one rule per
 // SLO and window pair, all named BifrostBatchErrorBudgetBurn, labelled slo, long_window, short_window. They read the
 // SLO recording rules (rules.libsonnet); generate.py puts both in one group of slos.yaml, recording rules first, so
-// an alert reads the events recorded in the same evaluation.
+// an alert reads the events recorded in the same evaluation. Their events are counted transitions, good and bad
+// alike, so they need not wait for the first full list (see failedByClass): it can delay events, not invent them.
 local sloAlerts(c) =
   local num(x) = if std.isString(x) then x else if x == std.floor(x) then '%d' % x else '%g' % x;
   local a = std.mapWithKey(function(_, x) num(x), c.alerts.BifrostBatchErrorBudgetBurn);

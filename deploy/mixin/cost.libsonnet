@@ -79,6 +79,8 @@ local build(c) =
         expr: increase('bifrost_batch_settlements_total{%(sel)s}', ['result'], '1h'),
       },
     ],
+    // Neither alert waits for the first full list: settlements are looked up for the batches counted as finished
+    // (transitions, which a partial list does not invent), and the look-ups' health is the exporter's own.
     alerts: [
       rule(
         'BifrostBatchSettlementsMissing',
