@@ -362,6 +362,9 @@ def _parse_tls(raw: Any, base: Path, problems: _Problems) -> TlsConfig | None:
     )
 
 
+_USER_SHAPE = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
+
+
 def _parse_users(raw: Any, problems: _Problems) -> dict[str, bytes]:
     users: dict[str, bytes] = {}
     if raw is None:
@@ -369,12 +372,17 @@ def _parse_users(raw: Any, problems: _Problems) -> dict[str, bytes]:
     if not isinstance(raw, dict):
         problems.error("basic_auth_users", "must be a mapping of user name to bcrypt hash")
         return users
-    for name, hashed in raw.items():
+    for number, (name, hashed) in enumerate(raw.items(), 1):
+        # A user name is shown only when it looks like one: a YAML slip (`? other: '$2b$…'`, a lost indentation)
+        # can make a hash or a key's line the "name".
+        shown = (
+            str(name) if _USER_SHAPE.fullmatch(str(name)) else f"#{number} (not shown: not a plain user name)"
+        )
         if isinstance(name, bool) or not isinstance(name, str | int):
-            problems.error("basic_auth_users", f"user name {str(name)[:40]!r} must be a string")
+            problems.error("basic_auth_users", f"user name {shown} must be a string")
             continue
         user = str(name)
-        where = f"basic_auth_users.{user[:60]}"
+        where = f"basic_auth_users.{shown}"
         if not user or ":" in user:
             problems.error(where, "a user name must be non-empty and contain no ':'")
             continue

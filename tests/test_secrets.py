@@ -779,3 +779,14 @@ def test_an_extra_header_that_cannot_be_sent_stops_the_start() -> None:
         "bifrost-batch-exporter: invalid setting extra_headers (from the command line): value of header "
         "'X-Org-Token' has a non-ASCII character at position 21, which an HTTP header cannot carry\n"
     )
+
+
+def test_a_hash_read_as_a_user_name_is_not_shown(tmp_path: Path) -> None:
+    """Hypothesis' second find: `? other:' '$2b$…'` makes the user name hold the hash, which the name check quoted."""
+    hashed = "$2b$04$" + "Zl1cW9yQ3xV7bN2mK5pR8uT4eH6jA0sD3fG9hJ2kL5zX8cV1bN4m"
+    path = tmp_path / "web.yml"
+    path.write_text(f"basic_auth_users:\n  ? other:' '{hashed}'\n")
+    with pytest.raises(ConfigError) as caught:
+        load_web_config(path)
+    assert "#1 (not shown: not a plain user name)" in str(caught.value)
+    _assert_no_secret_piece("the web-config error", str(caught.value), (hashed[7:],))
