@@ -21,7 +21,16 @@ if str(ROOT) not in sys.path:
 
 from bench.common import child_env, format_table, machine  # noqa: E402
 
-BENCHMARKS = ("parse", "scrape", "memory", "concurrency", "gateway_cost", "cost", "alert_quality")
+BENCHMARKS = (
+    "parse",
+    "scrape",
+    "memory",
+    "state_writes",
+    "concurrency",
+    "gateway_cost",
+    "cost",
+    "alert_quality",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

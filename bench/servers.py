@@ -1,5 +1,7 @@
 """The servers the benchmarks start as child processes (``python -m bench.servers <kind> ...``).
 
+- ``account``: the realistic large account of ``bench/account.py`` (weeks of finished batches behind a few active
+  ones, on a clock that may run faster than the wall; list by cursor, retrieve by id).
 - ``feeder``: a gateway for big stores. Each provider's list is built from one page of realistic batches made by the
   simulator's generator; page k is that page with every id suffixed by k, so a million unique batches cost neither
   a million dicts nor a million json.dumps calls in the feeder (the exporter sees ordinary, realistic pages).
@@ -136,6 +138,60 @@ def feeder(providers: Sequence[str], per_provider: int, seed: int) -> None:
     now = time.time()
     server = _FeederServer(("127.0.0.1", 0), _FeederHandler)
     server.providers = {name: _Provider(name, i, per_provider, seed, now) for i, name in enumerate(providers)}
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    print(f"READY {server.server_address[1]}", flush=True)
+    _wait_for_term()
+    server.shutdown()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# account: the realistic large account of bench/account.py (list by `after` cursor, retrieve by id)
+
+
+class _AccountServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+    accounts: Mapping[str, Any]
+
+
+class _AccountHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        server = cast(_AccountServer, self.server)
+        url = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        account = server.accounts.get(query.get("provider", ""))
+        body: bytes | None = None
+        if account is not None and url.path == "/v1/batches":
+            limit = query.get("limit", "")
+            body = account.page(query.get("after"), int(limit) if limit.isdigit() and int(limit) > 0 else 100)
+        elif account is not None and url.path.startswith("/v1/batches/"):
+            body = account.retrieve(url.path.rsplit("/", 1)[-1])
+        if body is None:
+            body = b'{"is_bifrost_error":false,"error":{"message":"not found"}}'
+            self.send_response(404)
+        else:
+            self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def account(providers: Sequence[str], per_provider: int, active: int, speed: float, seed: int) -> None:
+    from bench.account import Account
+    from bench.common import flavor_of
+
+    server = _AccountServer(("127.0.0.1", 0), _AccountHandler)
+    server.accounts = {
+        name: Account(name, flavor_of(i), per_provider, active=active, speed=speed, seed=seed)
+        for i, name in enumerate(providers)
+    }
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     print(f"READY {server.server_address[1]}", flush=True)
     _wait_for_term()
@@ -338,6 +394,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     f.add_argument("--providers", required=True)
     f.add_argument("--per-provider", type=int, required=True)
     f.add_argument("--seed", type=int, default=0)
+    a = sub.add_parser("account")
+    a.add_argument("--providers", required=True)
+    a.add_argument("--per-provider", type=int, required=True)
+    a.add_argument("--active", type=int, default=100, help="batches running at any moment, per provider")
+    a.add_argument("--speed", type=float, default=1.0, help="account seconds per wall second")
+    a.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("static")
     s.add_argument("--file", type=Path, required=True)
     s.add_argument("--gzip", action="store_true", help="the file is gzip-encoded: say so in Content-Encoding")
@@ -363,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     elif args.kind == "feeder":
         feeder(args.providers.split(","), args.per_provider, args.seed)
+    elif args.kind == "account":
+        account(args.providers.split(","), args.per_provider, args.active, args.speed, args.seed)
     elif args.kind == "static":
         asyncio.run(_static(args.file.read_bytes(), args.gzip, args.write_timeout))
     elif args.kind == "aiohttp":

@@ -25,6 +25,7 @@ import structlog
 import yaml
 from pydantic.fields import FieldInfo
 
+from . import allocator
 from .app import Exporter
 from .demo import demo_gateway
 from .logs import add_secrets, configure
@@ -284,6 +285,7 @@ def _joined(occurrences: Iterable[str]) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    allocator.tune()  # before the polls allocate: see exporter/allocator.py
     parser = _parser()
     args = parser.parse_args(argv)
     flags, deprecated = flag_values(args)

@@ -5,15 +5,17 @@ and count each terminal transition once. The memory is bounded: an id is forgott
 older than the retention (48 h), an active id not seen for `ACTIVE_FORGET_POLLS` polls is forgotten, and past
 `MAX_TRACKED_IDS` the oldest ids go first. A batch whose terminal timestamp is older than the retention, than our
 start (or, restored from a state file, than the watermark of the process before), or than the newest settled id
-we had to forget, is never counted — so neither a restart nor forgetting can count a batch twice.
+we had to forget, is never counted — so neither a restart nor forgetting can count a batch twice. The ids
+themselves are kept compact (exporter/tracked.py): a settled id is a 64-bit key and a time, not a string.
 
 Nothing here trusts the host's wall clock to move forward: retention is measured against the gateway's own
 timestamps (the newest one seen, which never goes back), and "seen by this poll" is a poll sequence number. A host
 clock stepped two days ahead and back again would otherwise forget every counted id and then count them again.
 
-The ledger is the only per-provider state that must survive a restart; `to_state`/`load_state` give the state
-file (exporter/statefile.py) a plain, versioned JSON shape of it, every label-value bound included (a bound that
-restarts from zero admits new values on every rolling deploy).
+The ledger is the only per-provider state that must survive a restart. `head_state` is its small part (every
+counter, histogram and label-value bound: a bound that restarts from zero admits new values on every rolling
+deploy), `active_ids`/`settled_columns` its ids, `take_changes` what changed in them since the last write;
+exporter/statefile.py writes them and `load_state` takes them back.
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ from __future__ import annotations
 import bisect
 import math
 import re
+from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
+from .idtable import TimedKeys, stable_key
 from .models import KNOWN_STATUSES, TERMINAL_STATUSES, Batch, CacheDebug
 from .outcomes import OUTCOMES, outcomes
+from .tracked import IdChanges, TrackedIds
 
 RETENTION_SECONDS: Final = 48 * 3600.0
 MAX_UNKNOWN_STATUSES: Final = 20
@@ -184,11 +189,9 @@ class Ledger:
         self.metadata_keys = tuple(metadata_keys)
         self.max_tracked_ids = max_tracked_ids
         self.poll_interval = poll_interval
-        # id → one float: -(n + 1) when last seen active by poll number n; +t once settled (terminal), t being its
-        # terminal timestamp (or the gateway time when we saw it), after which it is forgotten once the gateway's
-        # clock passes t + retention. One float per id rather than a tuple keeps a 100k-batch gateway's ledger near
-        # 150 bytes per batch.
-        self._ids: dict[str, float] = {}
+        # Active ids by the poll that last saw them; settled ids (terminal) by their terminal timestamp (or the
+        # gateway time when we saw them), forgotten once the gateway's clock passes it + retention.
+        self._ids = TrackedIds(retention_seconds)
         # Settled ids forgotten (by retention or the cap): nothing at or before this is counted again.
         self._floor = 0.0
         # The gateway's clock as its timestamps show it: the newest created/terminal timestamp seen (never more
@@ -196,7 +199,7 @@ class Ledger:
         self.gateway_now = 0.0
         # Polls finished so far: "seen by poll n" marks active ids without reading any clock.
         self._seq = 0
-        self._cache_counted: set[str] = set()
+        self._cache_counted: set[str] = set()  # active ids whose item cache debug was counted
         self._finished: dict[tuple[str, Group], int] = {}
         self._finished_requests: dict[tuple[str, Group], list[int]] = {}
         self._failures: dict[tuple[str, str, Group], int] = {}
@@ -301,51 +304,55 @@ class Ledger:
         active ids this poll saw.
         """
         ids = self._ids
+        active = ids.active
         batches = list(batches)
         self._advance_gateway_clock(batches, now)
         horizon = self.horizon()
-        marker = self._seen_marker()
+        poll = self._seq
         newly_finished = 0
         for batch in batches:
             status = batch.normalized_status
-            entry = ids.get(batch.id)
+            batch_id = batch.id
             if status not in TERMINAL_STATUSES:
-                if entry is None or entry < 0:
-                    # A settled id stays settled: a batch that flips terminal → active → terminal counts once.
-                    ids[batch.id] = marker
-                self._count_item_cache(batch)
+                # A settled id stays settled: a batch that flips terminal → active → terminal counts once.
+                if batch_id in active or ids.settled_at(batch_id) is None:
+                    ids.mark_active(batch_id, poll)
+                    self._count_item_cache(batch)
                 continue
             ts = batch.terminal_timestamp(status)
             if ts is not None and ts > self._last_finished.get(status, 0.0):
                 self._last_finished[status] = ts
-            if entry is not None and entry > 0:
-                continue  # already settled
+            seen_active = batch_id in active
+            if not seen_active:
+                if ts is not None and ts <= horizon:
+                    continue  # older than we remember (or than an id we had to forget): never counted or stored
+                if ids.settled_at(batch_id) is not None:
+                    continue  # already settled
             if ts is None:
                 # No timestamp (Gemini, Bedrock's list items): a transition we watched happen is an event, and so is
                 # one of a batch created after our watermark (it cannot have finished before it).
                 created = batch.created
-                if entry is not None or (created is not None and created >= self.started_at):
+                if seen_active or (created is not None and created >= self.started_at):
                     self._finish(status, None, batch)
                     newly_finished += 1
                     self._count_item_cache(batch)
                 # Retained from the gateway time we saw it (our own clock could be anywhere).
-                ids[batch.id] = max(self.gateway_now, horizon + 1.0, 1.0)
+                self._settle(batch_id, max(self.gateway_now, horizon + 1.0, 1.0))
                 continue
-            if ts <= horizon and entry is None:
-                continue  # older than we remember (or than an id we had to forget): never counted, never stored
-            if ts >= self.started_at or entry is not None:
+            if ts >= self.started_at or seen_active:
                 self._finish(status, ts, batch)
                 newly_finished += 1
                 self._count_item_cache(batch)
-            ids[batch.id] = ts
+            self._settle(batch_id, ts)
         return newly_finished
+
+    def _settle(self, batch_id: str, at: float) -> None:
+        self._ids.settle(batch_id, at)
+        self._cache_counted.discard(batch_id)
 
     def horizon(self) -> float:
         """Terminal timestamps at or before this are never counted (nor remembered) on first sight."""
         return max(self.gateway_now - self.retention, self._floor)
-
-    def _seen_marker(self) -> float:
-        return -float(self._seq + 1)
 
     def _advance_gateway_clock(self, batches: Sequence[Batch], wall_now: float) -> None:
         newest = self.gateway_now
@@ -365,20 +372,15 @@ class Ledger:
         of any outcome (a provider whose polls always stop early would otherwise grow the ledger for ever).
         Settled ids go once the gateway's clock is past their retention; the newest of them raises the floor.
         """
-        horizon = max(self.gateway_now - self.retention, self._floor)
-        seen_marker = self._seen_marker()
-        stale_active = -float(self._seq + 1 - ACTIVE_FORGET_POLLS)
-        expired = 0.0
-        stale = []
-        for batch_id, value in self._ids.items():
-            if 0 < value < horizon:
-                stale.append(batch_id)
-                expired = max(expired, value)
-            elif value < 0 and value != seen_marker and (complete or value > stale_active):
-                stale.append(batch_id)
-        self._floor = max(self._floor, expired)
-        self.forget(stale)
-        self._enforce_cap()
+        ids = self._ids
+        self._floor = max(self._floor, ids.expire(self.horizon()))
+        ids.forget_stale_active(self._seq, complete, ACTIVE_FORGET_POLLS)
+        excess, newest = ids.enforce_cap(self.max_tracked_ids)
+        if excess:
+            self._floor = max(self._floor, newest)
+            self.forgotten_pending += excess
+        if self._cache_counted:
+            self._cache_counted.intersection_update(ids.active)
         self._seq += 1
         if complete:
             self.list_completed(now)
@@ -395,27 +397,13 @@ class Ledger:
     def forget(self, batch_ids: Iterable[str]) -> None:
         """Drop ids the caller knows are gone (404, absent from a full list) or stale."""
         for batch_id in batch_ids:
-            self._ids.pop(batch_id, None)
+            self._ids.forget(batch_id)
             self._cache_counted.discard(batch_id)
 
     def is_settled(self, batch_id: str) -> bool:
-        entry = self._ids.get(batch_id)
-        return entry is not None and entry > 0
+        return batch_id not in self._ids.active and self._ids.settled_at(batch_id) is not None
 
     # --- internals ----------------------------------------------------------------------------------------------
-
-    def _enforce_cap(self) -> None:
-        excess = len(self._ids) - self.max_tracked_ids
-        if excess <= 0:
-            return
-        # Settled ids first, oldest terminal time first (they raise the floor, so they are never recounted), then
-        # the active ids seen longest ago.
-        oldest = sorted(self._ids.items(), key=lambda kv: (0, kv[1]) if kv[1] > 0 else (1, -kv[1]))[:excess]
-        for _, value in oldest:
-            if value > 0:
-                self._floor = max(self._floor, value)
-        self.forget(batch_id for batch_id, _ in oldest)
-        self.forgotten_pending += excess
 
     def _finish(self, status: str, ts: float | None, batch: Batch) -> None:
         group = self.group_of(batch)
@@ -509,8 +497,8 @@ class Ledger:
 
     # --- durable state ------------------------------------------------------------------------------------------
 
-    def to_state(self) -> dict[str, Any]:
-        """Everything a restarted process needs to resume: plain JSON types only."""
+    def head_state(self) -> dict[str, Any]:
+        """Everything a restarted process needs to resume but the ids: plain JSON types, a few kilobytes."""
         return {
             "watermark": self.last_complete_poll
             if self.last_complete_poll is not None
@@ -520,7 +508,6 @@ class Ledger:
             "gateway_now": self.gateway_now,
             "seq": self._seq,
             "floor": self._floor,
-            "ids": self._ids,
             "metadata_keys": list(self.metadata_keys),
             "group_values": [sorted(values) for values in self._group_values],
             "unknown_statuses": sorted(self._unknown_statuses),
@@ -542,9 +529,36 @@ class Ledger:
             "last_resync": self.last_resync,
         }
 
-    def load_state(self, state: Mapping[str, Any]) -> list[str]:
-        """Resume from `to_state` output; raises (KeyError, TypeError, ValueError) on a malformed state, leaving
-        this ledger untouched, and returns notes on parts deliberately not restored (changed buckets or keys)."""
+    def active_ids(self) -> dict[str, int]:
+        """Active ids by the poll number that last saw them (a copy)."""
+        return dict(self._ids.active)
+
+    def settled_columns(self) -> tuple[tuple[array[int], array[float]], ...]:
+        """Stable keys and terminal times of the settled ids, as the columns they live in (see TrackedIds)."""
+        return self._ids.settled_columns()
+
+    def take_changes(self) -> IdChanges | None:
+        """The ids' changes since the last call (None: too many were tracked, write everything)."""
+        return self._ids.take_changes()
+
+    def discard_changes(self) -> None:
+        """The caller is writing every id as it is now."""
+        self._ids.discard_changes()
+
+    def to_state(self) -> dict[str, Any]:
+        """The whole state in plain JSON types (ids included, settled ones as [stable key, time] pairs): for tests
+        and tools; the state directory writes the ids as binary columns and journal records instead."""
+        return {
+            **self.head_state(),
+            "active": self.active_ids(),
+            "settled": [[key, at] for key, at in self._ids.settled_items()],
+        }
+
+    def load_state(self, state: Mapping[str, Any], settled: TimedKeys | None = None) -> list[str]:
+        """Resume from `head_state` fields plus the ids: `active` and `settled` (pairs, or the table read from a
+        state file), or the single `ids` mapping of format version 1. Raises (KeyError, TypeError, ValueError) on
+        a malformed state, leaving this ledger untouched, and returns notes on parts deliberately not restored
+        (changed buckets or keys)."""
         notes: list[str] = []
         fresh = Ledger(
             self.started_at,
@@ -563,17 +577,8 @@ class Ledger:
         fresh.restored_watermark = watermark
         fresh._floor = _finite(state["floor"])
         fresh._seq = _count(state.get("seq", 0))
-        ids = state["ids"]
-        if not isinstance(ids, dict):
-            raise TypeError("ids is not a mapping")
-        restored_marker = fresh._seen_marker()
-        fresh._ids = {}
-        for key, raw in ids.items():
-            entry = _finite(raw)
-            if entry == 0:
-                raise ValueError("an id entry of 0")
-            # Files of earlier releases marked active ids with -time: they become "seen by the last poll".
-            fresh._ids[str(key)] = restored_marker if entry < -1e7 else entry
+        active, table = _restored_ids(state, settled, fresh._seq)
+        fresh._ids.restore(active, table)
         same_keys = list(state["metadata_keys"]) == list(self.metadata_keys)
         if not same_keys:
             notes.append("metadata_labels changed: per-owner counters start again from 0")
@@ -643,3 +648,52 @@ def _count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError("not a counter value")
     return value
+
+
+def _restored_ids(
+    state: Mapping[str, Any], settled: TimedKeys | None, seq: int
+) -> tuple[dict[str, int], TimedKeys]:
+    """The active and settled ids of a state: version 2's `active` and `settled` (or the table read alongside),
+    or version 1's single `ids` mapping (id → -(poll + 1) when active, its time when settled)."""
+    active: dict[str, int] = {}
+    if "ids" in state:
+        ids = state["ids"]
+        if not isinstance(ids, dict):
+            raise TypeError("ids is not a mapping")
+        table = TimedKeys()
+        for key, raw in ids.items():
+            entry = _finite(raw)
+            if entry == 0:
+                raise ValueError("an id entry of 0")
+            if entry > 0:
+                table.set(stable_key(str(key)), entry)
+            else:
+                # Files of earlier releases marked active ids with -time: they become "seen by the last poll".
+                active[str(key)] = seq if entry < -1e7 else max(0, int(-entry) - 1)
+        return active, table
+    raw_active = state["active"]
+    if not isinstance(raw_active, dict):
+        raise TypeError("active is not a mapping")
+    for key, poll in raw_active.items():
+        active[str(key)] = _count(poll)
+    if settled is None:
+        settled = TimedKeys()
+        for key, at in state["settled"]:
+            settled.set(_key(key), _settled_time(at))
+    else:
+        for _, at in settled.items():
+            _settled_time(at)
+    return active, settled
+
+
+def _key(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**64:
+        raise ValueError("not a 64-bit key")
+    return value
+
+
+def _settled_time(value: Any) -> float:
+    at = _finite(value)
+    if at <= 0:
+        raise ValueError("a settled id without a time")
+    return at

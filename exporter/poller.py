@@ -179,6 +179,7 @@ class Poller:
         # is read from it, so two exporters can never interleave their writes.
         self._state_lock = self._take_state_dir()
         self.state_file_ops = statefile.REAL_FILE_OPS  # tests swap in failing system calls
+        self._journals: dict[str, statefile.Journal] = {}  # per provider, with state_dir
         self._ledgers = {
             p: Ledger(
                 self.started_at,
@@ -191,12 +192,11 @@ class Poller:
             for p in settings.providers
         }
         self._costs = self._cost_ledgers()
+        # The early warning's recent rates and calibration (the calibration is restored with the ledger).
+        self._trackers = {p: ProgressTracker() for p in settings.providers}
         for provider, ledger in self._ledgers.items():
             self._restore(provider, ledger)
         self._runs = {p: _Run(self._new_store(led)) for p, led in self._ledgers.items()}
-        self._trackers = {
-            p: ProgressTracker() for p in settings.providers
-        }  # early warning: rates, calibration
         self._states: Mapping[str, ProviderState] = MappingProxyType(
             {p: ProviderState(p, Health(), None, led.view()) for p, led in self._ledgers.items()}
         )
@@ -247,17 +247,21 @@ class Poller:
         state_dir = self._settings.state_dir
         if state_dir is None:
             return
-        path = str(statefile.state_path(state_dir, provider))
+        path = str(statefile.base_path(state_dir, provider))
+        journal = self._journals[provider] = statefile.Journal(state_dir, provider)
         try:
-            state = statefile.read(state_dir, provider)
-            if state is None:
+            restored = statefile.read(state_dir, provider)
+            if restored is None:
                 self._log.info(
                     "state_not_found", provider=provider, path=path, detail="starting without history"
                 )
                 self._write_initial(provider, ledger, state_dir)
                 return
-            notes = ledger.load_state(state)
-            notes += self._restore_cost(provider, state)
+            state = dict(restored.state)
+            tracker_state = state.pop("tracker", None)
+            notes = ledger.load_state(state, restored.settled)
+            notes += self._restore_cost(provider, restored)
+            notes += self._restore_tracker(provider, tracker_state)
         except statefile.StateError as exc:
             self._log.warning(
                 "state_unusable",
@@ -277,24 +281,39 @@ class Poller:
                 consequence="counting starts afresh; transitions before this start are not counted",
             )
             return
+        journal.attach(restored)
+        if restored.dropped_bytes:
+            self._log.info(
+                "state_journal_tail_dropped",
+                provider=provider,
+                path=str(statefile.journal_path(state_dir, provider)),
+                bytes=restored.dropped_bytes,
+                detail=f"{restored.damage}: a write cut short by a stop; resumed from the last complete record",
+            )
         self._log.info(
             "state_restored",
             provider=provider,
             path=path,
             watermark=ledger.started_at,
             tracked_ids=ledger.view().tracked_ids,
+            journal_records=restored.records,
+            migrated_from_version_1=restored.migrated or None,
             notes=notes or None,
         )
 
     def _write_initial(self, provider: str, ledger: Ledger, state_dir: Path) -> None:
         """A first start records its start at once: a process killed before its first poll completes must not
         leave the next one to call every transition since then history."""
-        if self._state_lock is None:
+        journal = self._journals.get(provider)
+        if self._state_lock is None or journal is None:
             return
         try:
-            data = statefile.encode(provider, self._durable(provider, ledger), self._clock())
-            statefile.write(state_dir, provider, data, self.state_file_ops)
+            write = journal.prepare(
+                ledger, self._clock(), extras=self._durable_extras(provider), cost=self._costs.get(provider)
+            )
+            write.run(self.state_file_ops)
         except (OSError, ValueError) as exc:
+            journal.failed()
             self._log.warning(
                 "state_write_failed",
                 provider=provider,
@@ -302,15 +321,22 @@ class Poller:
                 detail=f"{type(exc).__name__}: {exc}"[:300],
                 consequence="serving on; a restart will not resume from this start",
             )
+            return
+        journal.done(write)
 
     async def _save(self, provider: str, ledger: Ledger, run: _Run, now: float) -> None:
-        state_dir = self._settings.state_dir
-        if state_dir is None:
+        """The poll's changes to the ledger, on disk before its values are published (only what changed: a
+        journal record; now and then the whole ledger as a new base)."""
+        journal = self._journals.get(provider)
+        if journal is None:
             return
         try:
-            data = statefile.encode(provider, self._durable(provider, ledger), now)
-            await asyncio.to_thread(statefile.write, state_dir, provider, data, self.state_file_ops)
+            write = journal.prepare(
+                ledger, now, extras=self._durable_extras(provider), cost=self._costs.get(provider)
+            )
+            await asyncio.to_thread(write.run, self.state_file_ops)
         except (OSError, ValueError) as exc:
+            journal.failed()
             if not run.state_write_failing:
                 self._log.warning(
                     "state_write_failed",
@@ -321,6 +347,7 @@ class Poller:
                 )
             run.state_write_failing = True
             return
+        journal.done(write)
         if provider in self._costs:
             self._costs[provider].mark_saved()
         if run.state_write_failing:
@@ -356,26 +383,45 @@ class Poller:
             self._ledgers[provider].finish_hook = costs[provider].finished
         return costs
 
-    def _durable(self, provider: str, ledger: Ledger) -> dict[str, Any]:
-        """The provider's state file content: the ledger, and in the same write the cost ledger its finishes fed."""
-        state = ledger.to_state()
-        cost = self._costs.get(provider)
-        if cost is not None:
-            state["cost"] = cost.to_state()
-        return state
+    def _durable_extras(self, provider: str) -> dict[str, Any]:
+        """Small state kept beside the ledger's head: the early warning's calibration, learned from every batch
+        seen finish (weeks of evidence a restart must not throw away)."""
+        return {"tracker": self._trackers[provider].to_state()}
 
-    def _restore_cost(self, provider: str, state: Mapping[str, Any]) -> list[str]:
+    def _restore_tracker(self, provider: str, state: Any) -> list[str]:
+        if state is None:
+            return []
+        try:
+            self._trackers[provider].load_state(state)
+        except (ValueError, TypeError, AttributeError) as exc:
+            self._trackers[provider] = ProgressTracker()
+            self._log.warning(
+                "calibration_state_unusable",
+                provider=provider,
+                detail=str(exc)[:200],
+                consequence="the early warning's calibration is learned afresh",
+            )
+        return []
+
+    def _restore_cost(self, provider: str, restored: statefile.Restored) -> list[str]:
+        """The cost ledger as of the base, then each journal record's changes, as the ledger's own were."""
         cost = self._costs.get(provider)
         if cost is None:
             return []
+        applied = 0
         try:
-            return cost.load_state(state.get("cost"))
+            notes = cost.load_state(restored.cost)
+            for delta in restored.cost_deltas:
+                notes += cost.apply_delta(delta)
+                applied += 1
+            return notes
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             self._log.warning(
                 "cost_state_unusable",
                 provider=provider,
                 detail=f"malformed cost ledger ({type(exc).__name__})",
-                consequence="cost counters start from 0; settlements awaited before the restart are not counted",
+                records_applied=applied,
+                consequence="cost counters resume from the last readable record; later settlements may be missed",
             )
             return []
 
@@ -810,7 +856,9 @@ class Poller:
             if not at_head[0]:
                 run.resync_found += new  # new beyond the newest page: the head scans could not have seen them
             at_head[0] = False
-            refreshed.update(b.id for b in batches)
+            # Only the active ones: a finished batch this list shows is marked seen by it already, and a first
+            # full list's poll would otherwise hold every id it listed (30,000 strings) until it ends.
+            refreshed.update(b.id for b in batches if b.id in store.active)
 
         while True:
             pages = max(1, budget - (outcome.list_requests + outcome.retrieve_requests))

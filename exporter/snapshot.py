@@ -2,21 +2,21 @@
 
 Aggregating here, once per poll, is what keeps a scrape cheap: a hundred thousand batches become a few hundred
 numbers, and the renderer never touches a batch object. The builder takes whole batches (active ones, and every
-batch of a full list) and the store's compact rows of terminal batches alike, through one fold, so a provider
+batch of a full list) and the store's running totals of its finished batches into the same sums, so a provider
 polled incrementally aggregates exactly as one listed in full.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from .firstsync import NOT_STARTED, FirstSync
 from .ledger import Group, LedgerView
-from .models import ACTIVE_STATUSES, TERMINAL_STATUSES, Batch, normalize_status
+from .models import ACTIVE_STATUSES, Batch, normalize_status
 from .outcomes import Outcomes, outcomes
 from .risk import ProgressTracker, assess
 
@@ -24,17 +24,6 @@ if TYPE_CHECKING:
     from .cost import CostView
 
 _ACTIVE = frozenset(ACTIVE_STATUSES)
-_TERMINAL = frozenset(TERMINAL_STATUSES)
-_new = tuple.__new__
-
-
-class TerminalRow(NamedTuple):
-    """What a finished batch contributes to the gauges; all a store keeps of it (a batch never leaves a terminal
-    status, so nothing else of it can change what we expose)."""
-
-    status: str
-    group: Group
-    requests: tuple[int, int, int, int, int]  # OUTCOMES order
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,13 +75,6 @@ def _progress(batch: Batch, done: int, total: int) -> float | None:
     if total <= 0:
         return None
     return min(1.0, done / total)
-
-
-def terminal_row(status: str, group: Group, batch: Batch) -> TerminalRow:
-    succeeded, failed, expired, canceled, pending, _, _ = outcomes(batch.request_counts, status)
-    # tuple.__new__ is what TerminalRow(...) runs, without its generated __new__'s Python frame (a full list
-    # makes one row per finished batch).
-    return _new(TerminalRow, (status, group, (succeeded, failed, expired, canceled, pending)))
 
 
 class SnapshotBuilder:
@@ -184,26 +166,19 @@ class SnapshotBuilder:
                 self._fold_active(batch, status, group, o)
         self._total += added
 
-    def add_rows(self, rows: Iterable[TerminalRow]) -> None:
-        fold = self._fold
-        for status, group, requests in rows:
-            fold(status, group, requests)
-
-    def _fold(self, status: str, group: Group, requests: tuple[int, ...]) -> None:
-        """Count one batch and add its requests (the five outcomes in OUTCOMES order)."""
-        self._total += 1
-        key = (status, group)
-        acc = self._acc.get(key)
-        if acc is None:
-            self._acc[key] = [requests[0], requests[1], requests[2], requests[3], requests[4], 1]
-            self._groups.add(group)
-        else:
-            acc[0] += requests[0]
-            acc[1] += requests[1]
-            acc[2] += requests[2]
-            acc[3] += requests[3]
-            acc[4] += requests[4]
-            acc[5] += 1
+    def add_totals(self, totals: Mapping[tuple[str, Group], Sequence[int]]) -> None:
+        """Batches already summed per (status, group): the five outcomes' requests, then how many batches (the
+        store keeps its finished batches summed like this, so a poll does not fold its history again)."""
+        accs = self._acc
+        for key, values in totals.items():
+            acc = accs.get(key)
+            if acc is None:
+                accs[key] = list(values[:6])
+                self._groups.add(key[1])
+            else:
+                for i in range(6):
+                    acc[i] += values[i]
+            self._total += values[5]
 
     def _fold_active(self, batch: Batch, status: str, group: Group, o: Outcomes) -> None:
         created = batch.created
@@ -285,10 +260,6 @@ def build_snapshot(
     )
     builder.add(batches)
     return builder.build(now)
-
-
-def is_terminal(status: str) -> bool:
-    return status in _TERMINAL
 
 
 # How the last full list of a provider ended (bifrost_batch_exporter_coverage{reason}): `complete` reached the end;

@@ -1,21 +1,38 @@
-"""The durable ledger: one JSON file per provider in `state_dir`, written atomically, read once at start.
+"""The durable ledger in `state_dir`: per provider a base written whole now and then, and a journal of what each poll
+changed, appended after every poll. What a poll writes grows with what changed, not with history.
 
-Why a file per provider: providers poll independently, so each poll rewrites only its own (bounded) ledger, and a
-damaged file costs one provider's history, not all of them. Why atomic (a fresh temporary file, fsync, rename,
-fsync of the directory): a kill -9 mid-write must leave the previous complete state, never half of a new one.
-The poller writes before it publishes a poll's values, so a restarted process never exposes a counter lower than
-one already scraped.
+Files of provider P (docs/state.md):
+- `ledger-P.base`: the whole ledger as of one moment, generation g: a JSON header (counters, histograms, bounds,
+  watermark, active ids), then the settled ids as binary columns of 64-bit keys and times, then an end record;
+- `ledger-P.journal`: a header naming generation g, then one record per poll since: the header fields that changed,
+  the settled keys added and removed, the active ids' changes;
+- `ledger-P.json`: format version 1's whole-JSON state file, which an upgrade reads once (and migrates), then a
+  short marker of format version 2 in its place, so that a rollback to a version-1 exporter refuses the directory
+  (it reads the marker as a newer version) instead of starting from zero.
 
-What the directory itself must survive, each an operator's bad day (docs/state.md):
-- a second exporter on the same directory (two replicas on one volume, a rollout overlap) would overwrite the
-  first one's counters with its own: `lock` takes an exclusive `flock` for the life of the process and a second
-  process refuses to start, naming the directory;
+Every record is framed as `length (4 bytes, little-endian) | CRC-32 of the payload (4 bytes) | payload`; a payload
+is `J` + a JSON object, or `K` + n 64-bit keys then n 64-bit floats (native byte order, named in the header).
+
+Crash safety, at any byte:
+- the journal is only ever appended to: a kill -9 mid-append leaves a last record cut short (or its CRC wrong),
+  and the reader stops at the last complete record, i.e. at the end of the last poll whose values were published
+  (a poll's values reach /metrics only after its record is on disk). A failed append is cut off again
+  (ftruncate); if even that fails, the next write is a compaction, never an append after a torn record;
+- a base, the journal's first record and the version marker are written atomically: a fresh temporary file (O_EXCL
+  under a random name: a planted symlink is never followed), fsync, rename over the old one, fsync of the
+  directory. A compaction writes the base of generation g + 1 first, then a new journal naming g + 1: a journal
+  naming another generation than the base is stale and ignored, so a crash between the two loses nothing.
+- a base that cannot be read (truncated, bit rot) is one `state_unusable` line and a fresh start, as any damaged
+  state file always was.
+
+What the directory itself must survive, each an operator's bad day:
+- a second exporter on the same directory would overwrite the first one's counters with its own: `lock` takes an
+  exclusive `flock` for the life of the process and a second process refuses to start, naming the directory;
 - a rollback to an older exporter must not destroy what a newer one wrote: a file of a newer format version is
   refused at start (`NewerStateError`), never overwritten;
-- a planted symlink at a temporary name must not be followed: temporaries are created with `O_CREAT | O_EXCL`
-  under a random name (`tempfile.mkstemp`), which refuses any existing path, symlink included;
 - a failing write (ENOSPC, EACCES, EMFILE) must not leave its temporary behind to fill the volume: it is removed
-  on every error path, and leftovers of a killed process are removed at start.
+  on every error path, and leftovers of a killed process are removed at start. Every system call goes through
+  `FileOps`, so tests fail each one in turn.
 """
 
 from __future__ import annotations
@@ -27,15 +44,30 @@ import json
 import os
 import socket
 import stat
+import sys
 import tempfile
+import zlib
+from array import array
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, BinaryIO, Final, Protocol
+
+from .idtable import TimedKeys
+from .ledger import Ledger
+from .tracked import IdChanges
 
 FORMAT: Final = "bifrost-batch-exporter-ledger"
-VERSION: Final = 1
+VERSION: Final = 2
 MAX_STATE_BYTES: Final = 256 * 1024 * 1024
 LOCK_NAME: Final = ".lock"
 _TMP_SUFFIX: Final = ".tmp"
+_FRAME: Final = 8
+_JSON: Final = b"J"
+_KEYS: Final = b"K"
+# A journal is folded into a new base once it is larger than the base and than this: a write costs at most about
+# twice what changed, and a restart replays at most that much.
+COMPACT_MIN_BYTES: Final = 4 * 1024 * 1024
 
 
 class StateError(Exception):
@@ -52,12 +84,24 @@ class NewerStateError(StateDirError):
 
 
 def state_path(state_dir: Path, provider: str) -> Path:
+    """Format version 1's state file, version 2's marker."""
     # Provider ids are validated to [A-Za-z0-9_.-] (settings), and never start with a dot: a safe file name.
     return state_dir / f"ledger-{provider}.json"
 
 
+def base_path(state_dir: Path, provider: str) -> Path:
+    return state_dir / f"ledger-{provider}.base"
+
+
+def journal_path(state_dir: Path, provider: str) -> Path:
+    return state_dir / f"ledger-{provider}.journal"
+
+
 def _tmp_prefix(final: Path) -> str:
     return f".{final.name}."
+
+
+# --- the directory ---------------------------------------------------------------------------------------------
 
 
 class StateLock:
@@ -117,7 +161,7 @@ def _printable(text: str) -> str:
 
 
 def remove_temporaries(state_dir: Path) -> int:
-    """Remove temporaries a killed process left behind (ours only: `.ledger-*.json.*.tmp`); returns how many.
+    """Remove temporaries a killed process left behind (ours only: `.ledger-*.tmp`); returns how many.
 
     Only called with the lock held, so no other exporter is writing one at the moment.
     """
@@ -138,15 +182,7 @@ def remove_temporaries(state_dir: Path) -> int:
     return removed
 
 
-def encode(provider: str, ledger_state: dict[str, Any], written_at: float) -> bytes:
-    doc = {
-        "format": FORMAT,
-        "version": VERSION,
-        "provider": provider,
-        "written_at": written_at,
-        "ledger": ledger_state,
-    }
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
+# --- system calls ----------------------------------------------------------------------------------------------
 
 
 class FileOps:
@@ -161,8 +197,18 @@ class FileOps:
         # never opened.
         return tempfile.mkstemp(prefix=prefix, suffix=_TMP_SUFFIX, dir=directory)
 
+    def open_append(self, path: Path) -> int:
+        # O_NOFOLLOW: a journal replaced by a symlink is not followed (ELOOP), and the next write replaces it.
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+    def size(self, fd: int) -> int:
+        return os.fstat(fd).st_size
+
     def write(self, fd: int, data: memoryview) -> int:
         return os.write(fd, data)
+
+    def truncate(self, fd: int, length: int) -> None:
+        os.ftruncate(fd, length)
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
@@ -183,22 +229,27 @@ class FileOps:
 REAL_FILE_OPS: Final = FileOps()
 
 
-def write(state_dir: Path, provider: str, data: bytes, ops: FileOps = REAL_FILE_OPS) -> None:
-    """Replace the provider's state file atomically; raises OSError for the caller to log.
+def _write_all(fd: int, chunks: Sequence[bytes], ops: FileOps) -> None:
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            written = ops.write(fd, view)
+            view = view[written:]
 
-    Whatever step fails, the temporary is gone afterwards and the previous state file is untouched (or, when only
-    the directory's fsync failed, the new one is complete in its place).
+
+def write_atomic(final: Path, chunks: Sequence[bytes], ops: FileOps = REAL_FILE_OPS) -> None:
+    """Replace `final` with `chunks` atomically; raises OSError for the caller to log.
+
+    Whatever step fails, the temporary is gone afterwards and `final` is untouched (or, when only the directory's
+    fsync failed, the new file is complete in its place).
     """
-    ops.makedirs(state_dir)
-    final = state_path(state_dir, provider)
-    fd, tmp_name = ops.mkstemp(state_dir, _tmp_prefix(final))
+    directory = final.parent
+    ops.makedirs(directory)
+    fd, tmp_name = ops.mkstemp(directory, _tmp_prefix(final))
     tmp = Path(tmp_name)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                written = ops.write(fd, view)
-                view = view[written:]
+            _write_all(fd, chunks, ops)
             ops.fsync(fd)
         finally:
             ops.close(fd)
@@ -207,47 +258,520 @@ def write(state_dir: Path, provider: str, data: bytes, ops: FileOps = REAL_FILE_
         with contextlib.suppress(OSError):  # the write's own error is the one to report
             ops.unlink(tmp)
         raise
-    dir_fd = ops.open_dir(state_dir)
+    dir_fd = ops.open_dir(directory)
     try:
         ops.fsync(dir_fd)
     finally:
         ops.close(dir_fd)
 
 
-def read(state_dir: Path, provider: str) -> dict[str, Any] | None:
-    """The ledger state saved for `provider`; None when there is none; StateError when it cannot be used;
-    NewerStateError when a newer exporter wrote it (the caller must not overwrite it)."""
-    path = state_path(state_dir, provider)
+def write(state_dir: Path, provider: str, data: bytes, ops: FileOps = REAL_FILE_OPS) -> None:
+    """Replace the provider's `ledger-P.json` atomically (the version marker; tests plant old and damaged files)."""
+    write_atomic(state_path(state_dir, provider), [data], ops)
+
+
+# --- records ---------------------------------------------------------------------------------------------------
+
+
+def _frame(payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "little") + zlib.crc32(payload).to_bytes(4, "little") + payload
+
+
+def json_record(doc: Mapping[str, Any]) -> bytes:
+    return _frame(_JSON + json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8"))
+
+
+def keys_record(tables: Sequence[tuple[array[int], array[float]]]) -> list[bytes]:
+    """One `K` record of the tables' key columns, then their value columns, as chunks (not joined into one more
+    copy). A free row (key 0) is written as it is and skipped by the reader."""
+    chunks = [keys.tobytes() for keys, _ in tables] + [values.tobytes() for _, values in tables]
+    crc = zlib.crc32(_KEYS)
+    for chunk in chunks:
+        crc = zlib.crc32(chunk, crc)
+    length = 1 + sum(len(chunk) for chunk in chunks)
+    return [length.to_bytes(4, "little") + crc.to_bytes(4, "little") + _KEYS, *chunks]
+
+
+class _Damaged(Exception):
+    """A record that is cut short or fails its CRC: the end of what can be read."""
+
+
+def _read_record(
+    f: BinaryIO, limit: int
+) -> tuple[bytes, int] | tuple[tuple[array[int], array[float]], int] | None:
+    """The next record of `f` as (JSON payload bytes or key and value columns, bytes consumed); None at a clean
+    end."""
+    frame = f.read(_FRAME)
+    if not frame:
+        return None
+    if len(frame) < _FRAME:
+        raise _Damaged("a record cut short")
+    length = int.from_bytes(frame[:4], "little")
+    crc = int.from_bytes(frame[4:], "little")
+    if not 1 <= length <= limit:
+        raise _Damaged("a record of impossible length")
+    kind = f.read(1)
+    if kind == _KEYS:
+        n, odd = divmod(length - 1, 16)
+        if odd:
+            raise _Damaged("a key record of odd length")
+        keys, values = array("Q"), array("d")
+        try:
+            keys.fromfile(f, n)
+            values.fromfile(f, n)
+        except EOFError:
+            raise _Damaged("a record cut short") from None
+        if zlib.crc32(values, zlib.crc32(keys, zlib.crc32(_KEYS))) != crc:
+            raise _Damaged("a record whose checksum does not match")
+        if keys.itemsize != 8 or values.itemsize != 8:  # pragma: no cover - every platform we build for
+            raise _Damaged("64-bit columns are not 8 bytes here")
+        return (keys, values), _FRAME + length
+    body = f.read(length - 1)
+    if len(body) < length - 1 or len(kind) < 1:
+        raise _Damaged("a record cut short")
+    if kind != _JSON or zlib.crc32(body, zlib.crc32(kind)) != crc:
+        raise _Damaged("a record whose checksum does not match")
+    return body, _FRAME + length
+
+
+def _json(body: bytes, what: str) -> dict[str, Any]:
     try:
-        info = path.lstat()
-        if stat.S_ISLNK(info.st_mode):
-            raise StateError(f"{path} is a symbolic link; a state file must be a regular file")
-        size = info.st_size
-        if size > MAX_STATE_BYTES:
-            raise StateError(f"{path} is {size} bytes, more than the {MAX_STATE_BYTES} a state file may be")
-        raw = path.read_bytes()
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        raise StateError(f"{what} holds a record that is not JSON") from None
+    if not isinstance(doc, dict):
+        raise StateError(f"{what} holds a record that is not an object")
+    return doc
+
+
+# --- reading ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Restored:
+    """A provider's state as read at start, and where its files stand for the next write."""
+
+    state: dict[str, Any]  # the ledger's head fields and ids (`active`, or version 1's `ids`)
+    settled: TimedKeys | None  # version 2's settled ids
+    generation: int = 0
+    journal_end: int = 0  # bytes of the journal up to its last complete record
+    base_bytes: int = 0
+    records: int = 0  # journal records replayed
+    dropped_bytes: int = 0  # an incomplete last record (a write cut short by a crash), not replayed
+    damage: str | None = None  # why the journal could not be read to its end
+    migrated: bool = False  # read from a version-1 file: the next write rewrites it in version 2
+    marked: bool = False  # ledger-P.json already marks version 2
+    cost: dict[str, Any] | None = (
+        None  # the cost ledger as of the base (cost_metrics), None when none was saved
+    )
+    cost_deltas: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # its changes since, one per journal record
+
+
+class CostState(Protocol):
+    """The cost ledger as the journal writes it (exporter/cost.py): whole in a base, as changes in a record. It
+    rides in the ledger's own writes, so a settlement counted and the batch it belongs to land together."""
+
+    def to_state(self) -> dict[str, Any]: ...
+
+    def delta(self) -> dict[str, Any]: ...
+
+
+def _open_regular(path: Path) -> tuple[BinaryIO, int] | None:
+    """`path` opened for reading (never through a symlink) with its size; None when it does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StateError(f"{path} is a symbolic link; a state file must be a regular file") from None
         raise StateError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise StateError(f"{path} is not valid JSON (truncated or corrupt)") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+    f = os.fdopen(fd, "rb")
+    size = os.fstat(fd).st_size
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        raise StateError(f"{path} is not a regular file")
+    if size > MAX_STATE_BYTES:
+        f.close()
+        raise StateError(f"{path} is {size} bytes, more than the {MAX_STATE_BYTES} a state file may be")
+    return f, size
+
+
+def _check_header(doc: Mapping[str, Any], path: Path, state_dir: Path, provider: str) -> None:
+    if doc.get("format") != FORMAT:
         raise StateError(f"{path} is not a {FORMAT} file")
     version = doc.get("version")
     if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
         raise NewerStateError(
             f"state_dir {state_dir}: {path.name} was written by a newer exporter (format version {version}; "
-            f"this one reads {VERSION}); refusing to start rather than overwrite it — run the newer version, "
-            "or move the file away to start this provider's counters afresh"
+            f"this one reads up to {VERSION}); refusing to start rather than overwrite it — run the newer "
+            "version, or move the provider's ledger-* files away to start its counters afresh"
         )
-    if version != VERSION:
-        raise StateError(f"{path} has format version {str(version)[:20]!r}; this exporter reads {VERSION}")
     if doc.get("provider") != provider:
         raise StateError(f"{path} belongs to another provider")
-    ledger = doc.get("ledger")
-    if not isinstance(ledger, dict):
-        raise StateError(f"{path} has no ledger object")
-    return ledger
+
+
+def _read_marker(state_dir: Path, provider: str) -> dict[str, Any] | None:
+    path = state_path(state_dir, provider)
+    opened = _open_regular(path)
+    if opened is None:
+        return None
+    f, _ = opened
+    with f:
+        raw = f.read()
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise StateError(f"{path} is not valid JSON (truncated or corrupt)") from None
+    if not isinstance(doc, dict):
+        raise StateError(f"{path} is not a {FORMAT} file")
+    _check_header(doc, path, state_dir, provider)
+    version = doc.get("version")
+    if version not in (1, VERSION) or isinstance(version, bool):
+        raise StateError(
+            f"{path} has format version {str(version)[:20]!r}; this exporter reads 1 and {VERSION}"
+        )
+    return doc
+
+
+def read(state_dir: Path, provider: str) -> Restored | None:
+    """The provider's saved state; None when there is none; StateError when it cannot be used; NewerStateError
+    when a newer exporter wrote it (the caller must not overwrite it)."""
+    marker = _read_marker(state_dir, provider)
+    path = base_path(state_dir, provider)
+    opened = _open_regular(path)
+    if opened is None:
+        if marker is None:
+            if _open_regular(journal_path(state_dir, provider)) is not None:
+                raise StateError(f"{journal_path(state_dir, provider)} has no base to apply it to")
+            return None
+        if marker["version"] == VERSION:
+            raise StateError(f"{path} is missing (ledger-{provider}.json says the state is there)")
+        ledger = marker.get("ledger")
+        if not isinstance(ledger, dict):
+            raise StateError(f"{state_path(state_dir, provider)} has no ledger object")
+        cost = ledger.pop("cost", None)  # version 1 kept the cost ledger inside the ledger object
+        return Restored(ledger, None, migrated=True, cost=cost if isinstance(cost, dict) else None)
+    f, size = opened
+    with f:
+        restored = _read_base(f, path, state_dir, provider)
+    restored.base_bytes = size
+    restored.marked = marker is not None and marker["version"] == VERSION
+    _replay_journal(state_dir, provider, restored)
+    return restored
+
+
+def _read_base(f: BinaryIO, path: Path, state_dir: Path, provider: str) -> Restored:
+    try:
+        first = _read_record(f, MAX_STATE_BYTES)
+        if first is None or not isinstance(first[0], bytes):
+            raise StateError(f"{path} does not start with its header")
+        header = _json(first[0], str(path))
+        _check_header(header, path, state_dir, provider)
+        if header.get("version") != VERSION:
+            raise StateError(f"{path} has format version {str(header.get('version'))[:20]!r}")
+        columns: tuple[array[int], array[float]] | None = None
+        while True:
+            record = _read_record(f, MAX_STATE_BYTES)
+            if record is None:
+                raise StateError(f"{path} is truncated (no end record)")
+            if not isinstance(record[0], bytes):
+                if columns is not None:
+                    raise StateError(f"{path} has two key records")
+                columns = record[0]
+                continue
+            end = _json(record[0], str(path))
+            if end.get("end") is not True or end.get("keys") != (len(columns[0]) if columns else 0):
+                raise StateError(f"{path} has an inconsistent end record")
+            break
+    except _Damaged as exc:
+        raise StateError(f"{path} is damaged ({exc})") from None
+    generation = header.get("generation")
+    head = header.get("head")
+    active = header.get("active")
+    if not isinstance(generation, int) or not isinstance(head, dict) or not isinstance(active, dict):
+        raise StateError(f"{path} has a malformed header")
+    cost = header.get("cost")
+    if cost is not None and not isinstance(cost, dict):
+        raise StateError(f"{path} has a malformed cost ledger")
+    settled = TimedKeys()
+    if columns is not None:
+        keys, values = columns
+        if (
+            header.get("byteorder") != sys.byteorder
+        ):  # pragma: no cover - a directory moved to another machine
+            keys.byteswap()
+            values.byteswap()
+        settled = TimedKeys.adopt(keys, values)
+    return Restored({**head, "active": active}, settled, generation=generation, cost=cost)
+
+
+def _replay_journal(state_dir: Path, provider: str, restored: Restored) -> None:
+    path = journal_path(state_dir, provider)
+    opened = _open_regular(path)
+    if opened is None:
+        return
+    f, size = opened
+    offset = 0
+    with f:
+        try:
+            first = _read_record(f, MAX_STATE_BYTES)
+            if first is None or not isinstance(first[0], bytes):
+                raise _Damaged("no header")
+            header = _json(first[0], str(path))
+            _check_header(header, path, state_dir, provider)
+            if header.get("generation") != restored.generation:
+                return  # a journal of another base: a compaction was cut short, its base holds all of it
+            offset = first[1]
+            while True:
+                record = _read_record(f, MAX_STATE_BYTES)
+                if record is None:
+                    break
+                if not isinstance(record[0], bytes):
+                    raise _Damaged("a key record in a journal")
+                _apply(_json(record[0], str(path)), restored)
+                offset += record[1]
+                restored.records += 1
+        except _Damaged as exc:
+            restored.dropped_bytes = size - offset
+            if offset == 0:
+                return  # not even its header was written: nothing to replay
+            restored.damage = str(exc)
+    restored.journal_end = offset
+
+
+def _apply(record: Mapping[str, Any], restored: Restored) -> None:
+    """One poll's changes, as `Journal.prepare` wrote them."""
+    try:
+        head = record.get("head", {})
+        state = restored.state
+        active = state["active"]
+        settled = restored.settled
+        if settled is None or not isinstance(head, dict) or "active" in head:
+            raise TypeError("head")
+        state.update(head)
+        for key in record.get("unsettled", ()):
+            settled.discard(int(key))
+        for key, at in record.get("settled", ()):
+            settled.set(int(key), float(at))
+        cost = record.get("cost")
+        if cost is not None:
+            if not isinstance(cost, dict):
+                raise TypeError("cost")
+            restored.cost_deltas.append(cost)
+        for batch_id in record.get("gone", ()):
+            active.pop(str(batch_id), None)
+        poll = record.get("poll")
+        if "seen" in record:
+            for batch_id in record["seen"]:
+                active[str(batch_id)] = poll
+        elif "unseen" in record:
+            for batch_id in record.get("new", ()):
+                active[str(batch_id)] = poll
+            unseen = {str(i) for i in record["unseen"]}
+            for batch_id in active:
+                if batch_id not in unseen:
+                    active[batch_id] = poll
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
+        raise StateError("a journal record is malformed") from None
+
+
+# --- writing ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Write:
+    """One save, prepared on the event loop (it reads the ledger) and run in a worker thread (it only writes)."""
+
+    journal: Path
+    append: list[bytes] = field(default_factory=list)  # one journal record
+    expected: int = 0  # the journal's length before the append
+    files: list[tuple[Path, list[bytes]]] = field(default_factory=list)  # atomic rewrites, in order
+    heads: dict[str, str] = field(default_factory=dict)  # the head fields' encodings once written
+    compaction: bool = False
+    size: int = 0  # bytes written
+    base_size: int = 0
+
+    def run(self, ops: FileOps) -> None:
+        if self.compaction:
+            for path, chunks in self.files:
+                write_atomic(path, chunks, ops)
+            return
+        fd = ops.open_append(self.journal)
+        try:
+            if ops.size(fd) != self.expected:
+                raise OSError(errno.ESTALE, "the journal is not as this process left it")
+            try:
+                _write_all(fd, self.append, ops)
+                ops.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):  # the write's own error is the one to report
+                    ops.truncate(fd, self.expected)
+                raise
+        finally:
+            ops.close(fd)
+
+
+class Journal:
+    """Writes one provider's ledger: a journal record per save, a compaction when the journal has grown past its
+    base (or after anything went wrong). Lives on the poller's event loop; `_Write.run` goes to a thread."""
+
+    def __init__(self, state_dir: Path, provider: str) -> None:
+        self.state_dir = state_dir
+        self.provider = provider
+        self.compact_min_bytes = COMPACT_MIN_BYTES
+        self._generation = 0
+        self._journal_bytes = 0
+        self._base_bytes = 0
+        self._compact_next = True
+        self._marked = False
+        self._heads: dict[str, str] = {}
+
+    def attach(self, restored: Restored) -> None:
+        """Continue the files `restored` was read from: append to its journal when it ends cleanly."""
+        self._generation = restored.generation
+        self._journal_bytes = restored.journal_end
+        self._base_bytes = restored.base_bytes
+        self._marked = restored.marked
+        # A journal that does not end cleanly is never appended to; a directory still holding format 1's file
+        # gets its marker written (a rollback then refuses it rather than resuming from older counts).
+        self._compact_next = (
+            restored.migrated
+            or restored.dropped_bytes > 0
+            or restored.journal_end == 0
+            or not restored.marked
+        )
+        self._heads = {}
+
+    def compact_next(self) -> None:
+        self._compact_next = True
+
+    def prepare(
+        self,
+        ledger: Ledger,
+        now: float,
+        *,
+        extras: Mapping[str, Any] | None = None,
+        cost: CostState | None = None,
+    ) -> _Write:
+        """The next write: a journal record of what changed, or a whole new base. `extras` are small fields kept
+        beside the ledger's head (the early warning's calibration), rewritten when they change; `cost` the cost
+        ledger (cost_metrics), whose changes ride in the same record."""
+        journal = journal_path(self.state_dir, self.provider)
+        head = {**ledger.head_state(), **(extras or {})}
+        encoded = {
+            key: json.dumps(value, separators=(",", ":"), allow_nan=False) for key, value in head.items()
+        }
+        grown = self._journal_bytes > max(self.compact_min_bytes, self._base_bytes)
+        changes = None if self._compact_next or grown else ledger.take_changes()
+        if changes is None:
+            return self._compaction(ledger, head, encoded, cost, now)
+        diff = {key: head[key] for key, text in encoded.items() if self._heads.get(key) != text}
+        fields = _record(diff, changes)
+        if cost is not None:
+            fields["cost"] = cost.delta()
+        record = json_record(fields)
+        return _Write(journal, [record], expected=self._journal_bytes, heads=encoded, size=len(record))
+
+    def _compaction(
+        self,
+        ledger: Ledger,
+        head: dict[str, Any],
+        encoded: dict[str, str],
+        cost: CostState | None,
+        now: float,
+    ) -> _Write:
+        ledger.discard_changes()  # everything is in this base
+        generation = self._generation + 1
+        common = {"format": FORMAT, "version": VERSION, "provider": self.provider}
+        tables = ledger.settled_columns()
+        keys = sum(len(k) for k, _ in tables)
+        base = [
+            json_record(
+                {
+                    **common,
+                    "written_at": now,
+                    "generation": generation,
+                    "byteorder": sys.byteorder,
+                    "head": head,
+                    "active": ledger.active_ids(),
+                    **({"cost": cost.to_state()} if cost is not None else {}),
+                }
+            )
+        ]
+        if keys:
+            base += keys_record(tables)
+        base.append(json_record({"end": True, "keys": keys}))
+        journal = journal_path(self.state_dir, self.provider)
+        header = json_record({**common, "generation": generation})
+        files = [(base_path(self.state_dir, self.provider), base), (journal, [header])]
+        if not self._marked:
+            marker = {
+                **common,
+                "note": f"format {VERSION}: the state is in ledger-{self.provider}.base and .journal",
+            }
+            files.append((state_path(self.state_dir, self.provider), [json.dumps(marker).encode()]))
+        size = sum(len(chunk) for _, chunks in files for chunk in chunks)
+        base_size = sum(len(chunk) for chunk in base)
+        return _Write(
+            journal, expected=len(header), files=files, heads=encoded, compaction=True, size=size,
+            base_size=base_size,
+        )  # fmt: skip
+
+    def done(self, write: _Write) -> None:
+        """`write` is on disk."""
+        self._heads = write.heads
+        if write.compaction:
+            self._generation += 1
+            self._base_bytes = write.base_size
+            self._journal_bytes = write.expected
+            self._compact_next = False
+            self._marked = True
+        else:
+            self._journal_bytes += write.size
+
+    def failed(self) -> None:
+        """`write` failed: what it carried is only in memory now, so the next write is a whole base."""
+        self._compact_next = True
+
+
+def _record(head: Mapping[str, Any], changes: IdChanges) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    if head:
+        record["head"] = head
+    if changes.unsettled:
+        record["unsettled"] = list(changes.unsettled)
+    if changes.settled:
+        record["settled"] = [[key, at] for key, at in changes.settled.items()]
+    if changes.gone:
+        record["gone"] = list(changes.gone)
+    if changes.seen is not None:
+        if changes.seen:
+            record["poll"] = changes.poll
+            record["seen"] = list(changes.seen)
+    else:
+        record["poll"] = changes.poll
+        record["unseen"] = list(changes.unseen)
+        if changes.new:
+            record["new"] = list(changes.new)
+    return record
+
+
+def iter_records(path: Path) -> Iterator[dict[str, Any] | int]:
+    """The records of a state file as JSON objects (a key record as its number of keys): for tests and tools."""
+    opened = _open_regular(path)
+    if opened is None:
+        return
+    f, _ = opened
+    with f:
+        while True:
+            try:
+                record = _read_record(f, MAX_STATE_BYTES)
+            except _Damaged:
+                return
+            if record is None:
+                return
+            body = record[0]
+            yield _json(body, str(path)) if isinstance(body, bytes) else len(body[0])

@@ -1,22 +1,39 @@
 """The batches a provider is known to have (kube-state-metrics' store), kept compact between polls.
 
 Incremental polling needs to know what exists without listing it again: active batches are kept whole (they can
-still change, and the at-risk projection and per-batch series read them), finished ones only as the row they add
-to the gauges (a terminal batch never changes again). A full list (resync) is folded in page by page and, when it
-ends, tells which known batches the gateway no longer has.
+still change, and the at-risk projection and per-batch series read them); a finished batch only as what it adds
+to the gauges, in flat columns: a 64-bit key of its id (exporter/idtable.py), its status and owner group (one code
+for the pair), its request outcomes and a flag byte, under 40 bytes in all. The gauges' totals of finished
+batches are kept up to date as rows come and go, so a poll folds the active batches only, never the history.
+
+A full list (resync) is folded in page by page and, when it ends, tells which known batches the gateway no longer
+has: every row carries a "seen by the running resync" flag (and one for "first known after it started"), so
+telling what is gone needs no set of a million ids.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 import msgspec
 
+from .idtable import M64 as _M64
+from .idtable import KeyIndex, id_key
 from .ledger import Group
-from .models import Batch, normalize_status
-from .snapshot import SnapshotBuilder, TerminalRow, is_terminal, terminal_row
+from .models import TERMINAL_STATUSES, Batch, normalize_status
+from .outcomes import outcomes
+from .snapshot import SnapshotBuilder
+
+_TERMINAL: Final = frozenset(TERMINAL_STATUSES)
+_SEEN: Final = 1  # listed (or confirmed) by the running resync
+_ADDED: Final = (
+    2  # first known after the running resync started: absent from its pages only because it is new
+)
+_INTERN_MAX: Final = 128
 
 
 @dataclass(slots=True)
@@ -26,11 +43,30 @@ class Resync:
     started_at: float
     cursor: str | None = None
     pages: int = 0
-    seen: set[str] = field(default_factory=set)
     listed: int = 0  # items of the current key's walk folded so far: the list position of the next one
     key: int = 0  # which key of the view is being walked (the view's keys are walked one after the other)
     truncated: str | None = None  # why a key's walk stopped early, if one did
     truncated_detail: str | None = None
+    # Active batches seen by this resync (finished ones carry a flag in their row instead).
+    seen_active: set[str] = field(default_factory=set)
+
+
+class Gone:
+    """What a full list found gone: `len()` counts every batch removed; iterating gives the ids of the active ones
+    among them (a finished batch is kept as a key of its id, not the id itself, and the ledger forgets only
+    active ids: a counted one stays until its retention ends)."""
+
+    __slots__ = ("active", "finished")
+
+    def __init__(self, active: list[str], finished: int) -> None:
+        self.active = active
+        self.finished = finished
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.active)
+
+    def __len__(self) -> int:
+        return len(self.active) + self.finished
 
 
 def is_sparse(batch: Batch) -> bool:
@@ -40,11 +76,8 @@ def is_sparse(batch: Batch) -> bool:
     return batch.expires_at is None and (counts is None or not counts.total)
 
 
-_MAX_SHARED_ROWS = 65_536
-
-
 def _intern(value: str | None) -> str | None:
-    return sys.intern(value) if value is not None and len(value) <= 128 else value
+    return sys.intern(value) if value is not None and len(value) <= _INTERN_MAX else value
 
 
 class Store:
@@ -60,14 +93,21 @@ class Store:
         self._label_for = label_for
         self._group_for = group_for
         self._keep_metadata = keep_metadata
-        # Finished batches of one status, owner and outcomes share one row object: a long history is mostly rows
-        # alike, and a row per batch was most of the store's memory (bounded, so odd counts cannot grow it).
-        self._rows: dict[TerminalRow, TerminalRow] = {}
+        self._labels: dict[str | None, str] = {}  # raw status → label (label_for once per distinct status)
         self.active: dict[str, Batch] = {}
-        self.terminal: dict[str, TerminalRow] = {}
-        # Ids first seen after the running resync started: absent from its pages only because they are new.
-        self._added_since_resync: set[str] = set()
+        # Finished batches: row-indexed columns next to the index of their keys.
+        self._index = KeyIndex()
+        self._code = array("H")  # (status, group) code; "I" past 65,536 pairs
+        # Succeeded, failed, expired, canceled (OUTCOMES order): each ≤ 2 × MAX_COUNT; a finished batch has nothing
+        # pending (outcomes() moves it to what the terminal status lost), so that column is not kept.
+        self._requests = tuple(array("I") for _ in range(4))
+        self._flags = bytearray()
+        # Per code: the pair, and the totals of its finished batches (five outcomes, then the number of batches).
+        self._pairs: list[tuple[str, Group]] = []
+        self._codes: dict[tuple[str, Group], int] = {}
+        self._totals: list[list[int]] = []
         self.resync: Resync | None = None
+        self._added_active: set[str] = set()  # active ids first known after the running resync started
         # Active id → (key, position) in the last full list: tells whether listing down to the known active
         # batches costs fewer requests than retrieving them one by one.
         self.positions: dict[str, tuple[int, int]] = {}
@@ -78,10 +118,16 @@ class Store:
         self.checked_poll: dict[str, int] = {}
 
     def __len__(self) -> int:
-        return len(self.active) + len(self.terminal)
+        return len(self.active) + len(self._index)
 
     def __contains__(self, batch_id: object) -> bool:
-        return batch_id in self.active or batch_id in self.terminal
+        if not isinstance(batch_id, str):
+            return False
+        return batch_id in self.active or self._index.find(id_key(batch_id)) >= 0
+
+    @property
+    def finished(self) -> int:
+        return len(self._index)
 
     def upsert(
         self, batches: Iterable[Batch], *, listing: bool = True, key: int | None = None, poll: int = 0
@@ -89,37 +135,163 @@ class Store:
         """Fold batches in; returns how many were not known before. `listing` says the batches are pages of the
         running full list (which places them); the newest pages seen meanwhile only count as seen. `key` is the
         view's key whose list showed them (None: a retrieve), `poll` the poll's number."""
+        return self._fold(batches, seen=True, listing=listing, key=key, poll=poll)
+
+    def refresh(self, batch: Batch, poll: int = 0) -> None:
+        """One batch from a retrieve: fold it without counting it as seen by the running resync's list."""
+        self._fold((batch,), seen=False, listing=False, key=None, poll=poll)
+
+    def _fold(
+        self, batches: Iterable[Batch], *, seen: bool, listing: bool, key: int | None, poll: int
+    ) -> int:
         new = 0
         resync = self.resync
+        walking = resync is not None and seen
+        active = self.active
+        find = self._index.find
+        labels = self._labels
+        codes, flags = self._codes, self._flags
+        r0, r1, r2, r3 = self._requests
+        group_for = self._group_for
         for batch in batches:
             batch_id = batch.id
-            known = batch_id in self.active or batch_id in self.terminal
+            status = labels.get(batch.status)
+            if status is None:
+                status = labels[batch.status] = self._label_for(normalize_status(batch.status))
+            was_active = batch_id in active
+            key_ = (hash(batch_id) & _M64) or 1  # id_key, inline: this loop runs for every batch listed
+            row = -1 if was_active else find(key_)
+            known = was_active or row >= 0
             if not known:
                 new += 1
-                if resync is not None:
-                    self._added_since_resync.add(batch_id)
-            status = self._label_for(normalize_status(batch.status))
-            if resync is not None:
-                resync.seen.add(batch_id)
-                if listing:
-                    if not is_terminal(status):
-                        self.positions[batch_id] = (resync.key, resync.listed)
-                    resync.listed += 1
-            if is_terminal(status):
-                self.active.pop(batch_id, None)
-                self._forget_active(batch_id)
-                row = terminal_row(status, self._group_for(batch), batch)
-                rows = self._rows
-                if len(rows) < _MAX_SHARED_ROWS:
-                    row = rows.setdefault(row, row)
-                self.terminal[batch_id] = row
-            else:
-                self.terminal.pop(batch_id, None)
-                self.active[batch_id] = self._slim(batch)
-                self.checked_poll[batch_id] = poll
-                if key is not None:
-                    self.listed_by[batch_id] = key
+            if walking and listing:
+                assert resync is not None
+                if status not in _TERMINAL:
+                    self.positions[batch_id] = (resync.key, resync.listed)
+                resync.listed += 1
+            marks = (_SEEN if walking else 0) | (_ADDED if walking and not known else 0)
+            if status in _TERMINAL:
+                if row >= 0:
+                    # Listed again, as it mostly is: unchanged unless its status, group or counts differ.
+                    o = outcomes(batch.request_counts, status)
+                    if not (
+                        codes.get((status, group_for(batch))) == self._code[row]
+                        and r0[row] == o[0]
+                        and r1[row] == o[1]
+                        and r2[row] == o[2]
+                        and r3[row] == o[3]
+                    ):
+                        self._update(row, status, batch)
+                    flags[row] |= marks
+                    continue
+                if was_active:
+                    del active[batch_id]
+                    self._forget_active(batch_id)
+                    marks |= self._take_active_marks(batch_id)
+                self._insert(key_, status, batch, marks)
+                continue
+            if row >= 0:  # a finished batch active again (a gateway that flip-flops)
+                marks |= self._flags[row]
+                self._remove_row(row)
+            if marks:
+                self._give_active_marks(batch_id, marks)
+            active[batch_id] = self._slim(batch)
+            self.checked_poll[batch_id] = poll
+            if key is not None:
+                self.listed_by[batch_id] = key
         return new
+
+    # --- finished rows ------------------------------------------------------------------------------------------
+
+    def _code_of(self, status: str, batch: Batch) -> int:
+        pair = (status, self._group_for(batch))
+        code = self._codes.get(pair)
+        if code is None:
+            code = self._codes[pair] = len(self._pairs)
+            self._pairs.append(pair)
+            self._totals.append([0, 0, 0, 0, 0, 0])
+            if code > 0xFFFF and self._code.typecode == "H":
+                self._code = array("I", self._code)
+        return code
+
+    def _insert(self, key: int, status: str, batch: Batch, marks: int) -> None:
+        code = self._code_of(status, batch)
+        succeeded, failed, expired, canceled, _, _, _ = outcomes(batch.request_counts, status)
+        row, appended = self._index.add(key)
+        r0, r1, r2, r3 = self._requests
+        if appended:
+            self._code.append(code)
+            r0.append(succeeded)
+            r1.append(failed)
+            r2.append(expired)
+            r3.append(canceled)
+            self._flags.append(marks)
+        else:
+            self._code[row] = code
+            r0[row], r1[row], r2[row], r3[row] = succeeded, failed, expired, canceled
+            self._flags[row] = marks
+        acc = self._totals[code]
+        acc[0] += succeeded
+        acc[1] += failed
+        acc[2] += expired
+        acc[3] += canceled
+        acc[5] += 1
+
+    def _update(self, row: int, status: str, batch: Batch) -> None:
+        """A finished batch listed again with another status, group or counts: its row follows what the gateway
+        says now (a finished batch rarely changes, but full mode would show the change, so the store does too)."""
+        code = self._code_of(status, batch)
+        o = outcomes(batch.request_counts, status)
+        req = self._requests
+        before, after = self._totals[self._code[row]], self._totals[code]
+        for i in range(4):
+            before[i] -= req[i][row]
+            after[i] += o[i]
+            req[i][row] = o[i]
+        before[5] -= 1
+        after[5] += 1
+        self._code[row] = code
+
+    def _remove_row(self, row: int) -> None:
+        acc = self._totals[self._code[row]]
+        req = self._requests
+        for i in range(4):
+            acc[i] -= req[i][row]
+        acc[5] -= 1
+        self._index.remove(row)
+        self._flags[row] = 0
+
+    # --- resync marks of active batches -------------------------------------------------------------------------
+
+    def _take_active_marks(self, batch_id: str) -> int:
+        marks = 0
+        if self.resync is not None and batch_id in self.resync.seen_active:
+            self.resync.seen_active.discard(batch_id)
+            marks |= _SEEN
+        if batch_id in self._added_active:
+            self._added_active.discard(batch_id)
+            marks |= _ADDED
+        return marks
+
+    def _give_active_marks(self, batch_id: str, marks: int) -> None:
+        if self.resync is None:
+            return
+        if marks & _SEEN:
+            self.resync.seen_active.add(batch_id)
+        if marks & _ADDED:
+            self._added_active.add(batch_id)
+
+    def _mark_seen(self, batch_id: str) -> None:
+        if self.resync is None:
+            return
+        if batch_id in self.active:
+            self.resync.seen_active.add(batch_id)
+            return
+        row = self._index.find(id_key(batch_id))
+        if row >= 0:
+            self._flags[row] |= _SEEN
+
+    # --- active batches -----------------------------------------------------------------------------------------
 
     def _forget_active(self, batch_id: str) -> None:
         self.positions.pop(batch_id, None)
@@ -148,25 +320,19 @@ class Store:
             return batches
         kept = []
         for batch in batches:
-            if is_sparse(batch) and (batch.id in self.active or batch.id in self.terminal):
-                if self.resync is not None:
-                    self.resync.seen.add(batch.id)
+            if is_sparse(batch) and batch.id in self:
+                self._mark_seen(batch.id)
             else:
                 kept.append(batch)
         return kept
 
-    def refresh(self, batch: Batch, poll: int = 0) -> None:
-        """One batch from a retrieve: fold it without counting it as seen by the running resync's list."""
-        resync, self.resync = self.resync, None
-        try:
-            self.upsert([batch], poll=poll)
-        finally:
-            self.resync = resync
-
     def remove(self, batch_id: str) -> None:
-        self.active.pop(batch_id, None)
-        self.terminal.pop(batch_id, None)
-        self._forget_active(batch_id)
+        if self.active.pop(batch_id, None) is not None:
+            self._forget_active(batch_id)
+            return
+        row = self._index.find(id_key(batch_id))
+        if row >= 0:
+            self._remove_row(row)
 
     def list_depth(self, batch_ids: Iterable[str]) -> dict[int, int] | None:
         """Per key of the view, how many items from the top of its list reach every one of `batch_ids` it
@@ -185,29 +351,49 @@ class Store:
         self.positions.clear()
         self.listed_by.clear()
 
+    # --- full lists ---------------------------------------------------------------------------------------------
+
     def start_resync(self, now: float) -> Resync:
         self.resync = Resync(started_at=now)
-        self._added_since_resync = set()
+        self._added_active = set()
+        self._flags = bytearray(len(self._flags))
         return self.resync
 
-    def finish_resync(self, keep: Iterable[str] = ()) -> list[str]:
+    def finish_resync(self, keep: Iterable[str] = ()) -> Gone:
         """End the running resync: forget known batches its pages did not show (unless first seen meanwhile, or
-        in `keep`); returns the ids removed."""
+        in `keep`)."""
         resync = self.resync
-        self.resync = None
         if resync is None:
-            return []
-        survivors = resync.seen | self._added_since_resync | set(keep)
-        self._added_since_resync = set()
-        gone = [i for i in (*self.active, *self.terminal) if i not in survivors]
+            return Gone([], 0)
+        kept = set(keep)
+        for batch_id in kept:
+            self._mark_seen(batch_id)
+        self.resync = None
+        survivors = resync.seen_active | self._added_active | kept
+        self._added_active = set()
+        gone = [i for i in self.active if i not in survivors]
         for batch_id in gone:
             self.remove(batch_id)
-        return gone
+        removed = 0
+        flags, keys = self._flags, self._index.keys
+        row = flags.find(0)
+        while row >= 0:
+            if keys[row]:
+                self._remove_row(row)
+                removed += 1
+            row = flags.find(0, row + 1)
+        return Gone(gone, removed)
 
     def abandon_resync(self) -> None:
         self.resync = None
-        self._added_since_resync = set()
+        self._added_active = set()
+
+    # --- the gauges ---------------------------------------------------------------------------------------------
+
+    def finished_totals(self) -> Mapping[tuple[str, Group], tuple[int, ...]]:
+        """Per (status, group) of finished batches: the five outcomes' requests, then the number of batches."""
+        return {self._pairs[code]: tuple(acc) for code, acc in enumerate(self._totals) if acc[5] > 0}
 
     def fold_into(self, builder: SnapshotBuilder) -> None:
         builder.add(self.active.values())
-        builder.add_rows(self.terminal.values())
+        builder.add_totals(self.finished_totals())

@@ -3,11 +3,11 @@
 The simulator plays a scripted scenario whose terminal transitions are known in advance (a ground truth by
 provider, status and failure code). Two exporters run as real processes (`python -m exporter`) against it, one
 with a state directory and one without, both scraped by one Prometheus. Both are SIGKILLed at least ten times
-during the scenario and restarted; some kills of the stateful one are aimed at its state writes (the moment a temp
-file appears, i.e. mid-write, or right after a poll replaced the file). At the end Prometheus' own answer
-`sum by (provider, status) (increase(bifrost_batch_finished_total[…]))` must equal the ground truth for the
-stateful exporter, and so must the failures by code; the stateless one must show the loss, which the test also
-proves was caused: at least one transition fell while it was down.
+during the scenario and restarted; some kills of the stateful one are aimed at its state writes (the moment a
+poll's journal record lands or a compaction's temp file appears, i.e. mid-write, or right after). At the end
+Prometheus' own answer `sum by (provider, status) (increase(bifrost_batch_finished_total[…]))` must equal the
+ground truth for the stateful exporter, and so must the failures by code; the stateless one must show the loss,
+which the test also proves was caused: at least one transition fell while it was down.
 """
 
 from __future__ import annotations
@@ -135,25 +135,35 @@ def _temp_files(state_dir: Path) -> set[str]:
         return set()
 
 
-def _mtimes(state_dir: Path) -> dict[str, int]:
+def _files(state_dir: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of the state files: a journal that grew is a poll's record landing, a base replaced is a
+    compaction."""
     try:
-        return {e.name: e.stat().st_mtime_ns for e in os.scandir(state_dir) if e.name.endswith(".json")}
+        return {
+            e.name: (e.stat().st_size, e.stat().st_mtime_ns)
+            for e in os.scandir(state_dir)
+            if e.name.endswith((".journal", ".base", ".json"))
+        }
     except FileNotFoundError:
         return {}
 
 
 def aimed_kill(exporter: ExporterProcess, how: str, deadline: float) -> tuple[float, bool]:
-    """Kill when the state directory shows a write in flight ("mid_write": a temp file exists) or just finished
-    ("after_write": a state file was replaced), or at `deadline` if neither is seen. Returns (moment, hit)."""
+    """Kill while the state directory shows a write in flight ("mid_write": a temp file exists, or a journal has
+    just grown: its fsync may not have returned yet) or just after one ("after_write": a moment after a journal
+    grew or a file was replaced), or at `deadline` if neither is seen. Returns (moment, hit)."""
     assert exporter.state_dir is not None
-    before = _mtimes(exporter.state_dir)
+    before = _files(exporter.state_dir)
     stale = _temp_files(
         exporter.state_dir
     )  # temp files a previous kill left behind are not a write in flight
     while time.time() < deadline:
-        if how == "mid_write" and _temp_files(exporter.state_dir) - stale:
+        if how == "mid_write" and (
+            _temp_files(exporter.state_dir) - stale or _files(exporter.state_dir) != before
+        ):
             return exporter.kill(), True
-        if how == "after_write" and _mtimes(exporter.state_dir) != before:
+        if how == "after_write" and _files(exporter.state_dir) != before:
+            time.sleep(0.002)
             return exporter.kill(), True
         time.sleep(0.0002)
     return exporter.kill(), False

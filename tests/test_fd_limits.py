@@ -23,6 +23,7 @@ import httpx
 import pytest
 import structlog.testing
 
+from exporter import statefile
 from exporter.server import FD_RESERVE_BASE, FD_RESERVE_PER_PROVIDER, MAX_CONNECTIONS, fd_budget, fd_reserve
 from exporter.simulator import ProviderSpec, Simulator
 from tests.conftest import free_port
@@ -72,7 +73,7 @@ def exporter_process(
         os.close(fd)
     try:
         wait_until(lambda: _status(port, b"/readyz") == 200, timeout=30)
-        yield port, state_dir / "ledger-openai.json", log
+        yield port, state_dir / "ledger-openai.journal", log
     finally:
         proc.terminate()
         try:
@@ -110,11 +111,17 @@ def _log_lines(log: Path) -> list[dict[str, object]]:
     return lines
 
 
-def _state_advances(state: Path) -> None:
-    """The state file is rewritten (new content, new mtime) by a poll that runs after now."""
-    before = (state.stat().st_mtime_ns, state.read_bytes())
-    wait_until(lambda: (state.stat().st_mtime_ns, state.read_bytes()) != before, timeout=15)
-    assert json.loads(state.read_bytes())  # whole, valid JSON
+def _state_advances(journal: Path) -> None:
+    """The state journal grows by a complete record (or a compaction rewrites it): a poll after now saved its
+    changes, so the descriptors it needs were there."""
+
+    def records() -> int:
+        return (
+            sum(1 for r in statefile.iter_records(journal) if isinstance(r, dict)) if journal.exists() else 0
+        )
+
+    before = (journal.stat().st_mtime_ns if journal.exists() else 0, records())
+    wait_until(lambda: (journal.stat().st_mtime_ns, records()) != before, timeout=15)
 
 
 def _scrape(port: int) -> httpx.Response:

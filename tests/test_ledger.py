@@ -195,3 +195,17 @@ def test_metadata_groups_are_bounded_per_key() -> None:
     groups = {g for (_, g) in led.view().finished}
     assert ("other",) in groups and ("",) in groups and len(groups) == 52
     assert led.group_overflow_pending
+
+
+def test_a_finished_batch_whose_time_moves_is_not_counted_again_even_after_a_restart() -> None:
+    """A gateway that reports a later terminal timestamp for a batch already counted (a provider correcting it, a
+    status written twice): still one transition, in this process and in one restored from its state."""
+    led = ledger()
+    led.observe([b("m", "in_progress", created_at=T0)], T0 + 1, complete=True)
+    assert led.observe([b("m", "failed", created_at=T0, failed_at=T0 + 5)], T0 + 10, complete=True) == 1
+    later = b("m", "failed", created_at=T0, failed_at=T0 + 5000)
+    assert led.observe([later], T0 + 5001, complete=True) == 0
+    restarted = ledger(T0 + 6000)
+    restarted.load_state(led.to_state())
+    assert restarted.observe([b("m", "failed", created_at=T0, failed_at=T0 + 9000)], T0 + 9001, True) == 0
+    assert restarted.view().finished_total("failed") == 1

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,61 @@ from tests.harness import ExporterThread, make_settings, series, value
 
 P = "openai"
 T0 = 1_800_000_000.0
-# Every system call of one state write, in order (statefile.FileOps).
-STEPS = ("makedirs", "mkstemp", "write", "fsync", "close", "replace", "open_dir", "fsync#2", "close#2")
 ERRNOS = (errno.ENOSPC, errno.EACCES, errno.EMFILE)
+V1_FILE = Path(__file__).parent / "data" / "ledger-openai-v1.json"
+STATE_FILES = [f"ledger-{P}.base", f"ledger-{P}.journal", f"ledger-{P}.json"]
+
+
+class RecordingOps(statefile.FileOps):
+    """Real system calls, each named in `calls` as it happens ("write#2": the second write)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self._seen: dict[str, int] = {}
+
+    def _step(self, name: str) -> None:
+        n = self._seen[name] = self._seen.get(name, 0) + 1
+        self.calls.append(name if n == 1 else f"{name}#{n}")
+
+    def makedirs(self, path: Path) -> None:
+        self._step("makedirs")
+        super().makedirs(path)
+
+    def mkstemp(self, directory: Path, prefix: str) -> tuple[int, str]:
+        self._step("mkstemp")
+        return super().mkstemp(directory, prefix)
+
+    def open_append(self, path: Path) -> int:
+        self._step("open_append")
+        return super().open_append(path)
+
+    def size(self, fd: int) -> int:
+        self._step("size")
+        return super().size(fd)
+
+    def write(self, fd: int, data: memoryview) -> int:
+        self._step("write")
+        return super().write(fd, data)
+
+    def truncate(self, fd: int, length: int) -> None:
+        self._step("truncate")
+        super().truncate(fd, length)
+
+    def fsync(self, fd: int) -> None:
+        self._step("fsync")
+        super().fsync(fd)
+
+    def close(self, fd: int) -> None:
+        self._step("close")
+        super().close(fd)
+
+    def replace(self, src: Path, dst: Path) -> None:
+        self._step("replace")
+        super().replace(src, dst)
+
+    def open_dir(self, path: Path) -> int:
+        self._step("open_dir")
+        return super().open_dir(path)
 
 
 class FailingOps(statefile.FileOps):
@@ -57,11 +110,23 @@ class FailingOps(statefile.FileOps):
         self._maybe_fail("mkstemp")
         return super().mkstemp(directory, prefix)
 
+    def open_append(self, path: Path) -> int:
+        self._maybe_fail("open_append")
+        return super().open_append(path)
+
+    def size(self, fd: int) -> int:
+        self._maybe_fail("size")
+        return super().size(fd)
+
     def write(self, fd: int, data: memoryview) -> int:
-        if self.name == "write":
+        if self.name == "write" and self.calls.get("write", 0) + 1 == self.nth:
             super().write(fd, data[: len(data) // 2])
         self._maybe_fail("write")
         return super().write(fd, data)
+
+    def truncate(self, fd: int, length: int) -> None:
+        self._maybe_fail("truncate")
+        super().truncate(fd, length)
 
     def fsync(self, fd: int) -> None:
         self._maybe_fail("fsync")
@@ -98,53 +163,126 @@ def _finished(exp: ExporterThread) -> float | None:
     return value(exp.samples(), "bifrost_batch_finished_total", provider=P, status="failed")
 
 
-@pytest.mark.parametrize("err", ERRNOS, ids=[errno.errorcode[e] for e in ERRNOS])
-@pytest.mark.parametrize("step", STEPS)
-def test_a_write_failing_at_any_step_leaves_no_stray_file_and_the_last_good_state(
-    sim: Simulator, tmp_path: Path, step: str, err: int
-) -> None:
-    import time
+def _on_disk(state_dir: Path) -> str | None:
+    """The ledger state a restart would resume from, in one comparable form (None: nothing on disk)."""
+    restored = statefile.read(state_dir, P)
+    if restored is None:
+        return None
+    led = Ledger(T0, DEFAULT_DURATION_BUCKETS, DEFAULT_LATENCY_BUCKETS, REASONS)
+    led.load_state(restored.state, restored.settled)
+    return _canonical(led.to_state())
 
-    now = int(time.time())
-    sim.add_batch(P, batch_id="a", status="in_progress", created_at=now - 100)
-    with _exporter(sim, tmp_path) as exp:
-        exp.poll()
-        good = (tmp_path / f"ledger-{P}.json").read_bytes()
-        sim.set_status(P, "a", "failed")
+
+def _canonical(state: dict[str, Any]) -> str:
+    return json.dumps({**state, "settled": sorted(state["settled"])}, sort_keys=True)
+
+
+def _in_memory(exp: ExporterThread) -> str:
+    return _canonical(exp.exporter.poller._ledgers[P].to_state())
+
+
+# The kinds of write a state directory sees: the first one at start (a compaction writing the version marker),
+# a poll's journal record, a compaction (the journal grew past its base), and the first write after reading a
+# version-1 file (a compaction replacing that file with the marker).
+KINDS = ("first", "append", "compaction", "migration")
+
+
+class _Run:
+    """One exporter through one failing write of `kind`, from a fresh directory."""
+
+    def __init__(self, sim: Simulator, state_dir: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sim, self.state_dir, self.kind, self.monkeypatch = sim, state_dir, kind, monkeypatch
+        self.batch = f"a-{state_dir.name}"
+        sim.add_batch(P, batch_id=self.batch, status="in_progress", created_at=int(time.time()) - 100)
+        if kind == "migration":
+            statefile.write(state_dir, P, V1_FILE.read_bytes())
+
+    def failing_write(self, ops: statefile.FileOps) -> tuple[ExporterThread, str | None, list[Any]]:
+        """Start, get to the write of `kind` and run it with `ops`: (the exporter, the state on disk before that
+        write, what the write logged)."""
+        with self.monkeypatch.context() as patch, structlog.testing.capture_logs() as logs:
+            if self.kind == "first":
+                patch.setattr(statefile, "REAL_FILE_OPS", ops)
+            exp = _exporter(self.sim, self.state_dir).__enter__()
         poller = exp.exporter.poller
-        poller.state_file_ops = FailingOps(step, err)
-        with structlog.testing.capture_logs() as logs:
-            exp.poll()
-            # Served throughout, with the poll's values: a failing disk does not stop the exporter.
-            assert exp.get("/metrics").status_code == 200
-            assert value(exp.samples(), "bifrost_batch_exporter_up", provider=P) == 1
-            assert _finished(exp) == 1
-        assert [e["event"] for e in logs if e["event"].startswith("state_write")] == ["state_write_failed"]
-        assert _files(tmp_path) == [".lock", f"ledger-{P}.json"]
-        on_disk = statefile.read(tmp_path, P)
-        assert on_disk is not None
-        if step in ("open_dir", "fsync#2", "close#2"):
-            assert on_disk["finished"], "the rename happened: the new state is complete in its place"
-        else:
-            assert (tmp_path / f"ledger-{P}.json").read_bytes() == good
         poller.state_file_ops = statefile.REAL_FILE_OPS
+        if self.kind == "first":
+            return exp, None, logs
+        if self.kind != "migration":
+            exp.poll()
+        before = _on_disk(self.state_dir)
+        self.sim.set_status(P, self.batch, "failed")
+        if self.kind == "compaction":
+            poller._journals[P].compact_next()
+        poller.state_file_ops = ops
         with structlog.testing.capture_logs() as logs:
             exp.poll()
-        assert [e["event"] for e in logs if e["event"].startswith("state_write")] == ["state_write_recovered"]
-    # A restart resumes from what is on disk: the failure is counted once, never twice and never lost.
-    with _exporter(sim, tmp_path) as exp:
-        exp.poll()
-        assert _finished(exp) == 1
+        poller.state_file_ops = statefile.REAL_FILE_OPS
+        return exp, before, logs
+
+
+def _steps(sim: Simulator, state_dir: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every system call of one successful write of `kind`, in order."""
+    recorder = RecordingOps()
+    exp, _, _ = _Run(sim, state_dir, kind, monkeypatch).failing_write(recorder)
+    exp.__exit__(None, None, None)
+    assert recorder.calls, kind
+    return recorder.calls
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("err", ERRNOS, ids=[errno.errorcode[e] for e in ERRNOS])
+def test_a_write_failing_at_any_step_leaves_no_stray_file_and_the_last_good_state(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, err: int
+) -> None:
+    """Each system call of each kind of write fails in turn (ENOSPC, EACCES, EMFILE): the exporter serves the
+    poll's values throughout and logs it once, no temporary is left behind, what is on disk is the last good state
+    or the new one whole (never a mix), the next write recovers, and a restart counts the transition once."""
+    steps = _steps(sim, tmp_path / "record", kind, monkeypatch)
+    for n, step in enumerate(steps):
+        state_dir = tmp_path / f"step{n}"
+        state_dir.mkdir()
+        run = _Run(sim, state_dir, kind, monkeypatch)
+        exp, before, logs = run.failing_write(FailingOps(step, err))
+        try:
+            assert [e["event"] for e in logs if e["event"].startswith("state_write")] == [
+                "state_write_failed"
+            ], step
+            assert exp.get("/metrics").status_code == 200
+            if kind != "first":  # (before its first poll, an exporter serves up 0)
+                assert value(exp.samples(), "bifrost_batch_exporter_up", provider=P) == 1
+            assert set(_files(state_dir)) <= {".lock", *STATE_FILES}, (step, _files(state_dir))
+            on_disk = _on_disk(state_dir)
+            assert on_disk in (before, _in_memory(exp)), step
+            if kind == "first":
+                exp.poll()
+                run.sim.set_status(P, run.batch, "failed")
+            with structlog.testing.capture_logs() as logs:
+                exp.poll()
+            if kind != "first":
+                assert [e["event"] for e in logs if e["event"].startswith("state_write")] == [
+                    "state_write_recovered"
+                ], step
+            assert _files(state_dir) == sorted([".lock", *STATE_FILES]), step
+            assert _on_disk(state_dir) == _in_memory(exp), step
+            finished = _finished(exp)
+        finally:
+            exp.__exit__(None, None, None)
+        # A restart resumes from what is on disk: the failure is counted once, never twice and never lost.
+        with _exporter(sim, state_dir) as again:
+            again.poll()
+            assert _finished(again) == finished, step
 
 
 def test_temporaries_left_by_a_killed_writer_are_removed_at_start(sim: Simulator, tmp_path: Path) -> None:
-    stray = tmp_path / f".ledger-{P}.json.k3j2x9.tmp"
-    stray.write_bytes(b'{"half": ')
+    strays = [tmp_path / f".ledger-{P}.{kind}.k3j2x9.tmp" for kind in ("json", "base", "journal")]
+    for stray in strays:
+        stray.write_bytes(b'{"half": ')
     unrelated = tmp_path / "notes.txt"
     unrelated.write_text("keep me")
     with _exporter(sim, tmp_path) as exp:
         exp.poll()
-    assert not stray.exists() and unrelated.read_text() == "keep me"
+    assert not any(stray.exists() for stray in strays) and unrelated.read_text() == "keep me"
 
 
 def test_a_planted_symlink_is_never_followed(sim: Simulator, tmp_path: Path) -> None:
@@ -154,28 +292,39 @@ def test_a_planted_symlink_is_never_followed(sim: Simulator, tmp_path: Path) -> 
     state_dir.mkdir()
     victim = tmp_path / "victim"
     victim.write_text("precious")
-    (state_dir / f".ledger-{P}.json.1.tmp").symlink_to(victim)
-    (state_dir / f".ledger-{P}.json.abc.tmp").symlink_to(victim)
+    for name in ("json.1", "json.abc", "base.1", "journal.xyz"):
+        (state_dir / f".ledger-{P}.{name}.tmp").symlink_to(victim)
     with _exporter(sim, state_dir) as exp:
         for _ in range(3):
             exp.poll()
+        exp.exporter.poller._journals[P].compact_next()  # a compaction too
+        exp.poll()
     assert victim.read_text() == "precious"
-    assert _files(state_dir) == [".lock", f"ledger-{P}.json"]
-    assert not (state_dir / f"ledger-{P}.json").is_symlink()
+    assert _files(state_dir) == sorted([".lock", *STATE_FILES])
+    assert not any((state_dir / name).is_symlink() for name in STATE_FILES)
 
 
+@pytest.mark.parametrize("name", STATE_FILES)
 def test_a_state_file_that_is_a_symlink_is_not_read_and_its_target_not_written(
-    sim: Simulator, tmp_path: Path
+    sim: Simulator, tmp_path: Path, name: str
 ) -> None:
+    """Any of the three files replaced by a symlink: it is not read (one state_unusable line), its target is not
+    written (writes replace the link itself, appends refuse to follow it), and the state is whole again after."""
     state_dir = tmp_path / "state"
-    state_dir.mkdir()
-    victim = tmp_path / "victim.json"
-    victim.write_text("{}")
-    (state_dir / f"ledger-{P}.json").symlink_to(victim)
+    with _exporter(sim, state_dir) as exp:
+        exp.poll()
+    victim = tmp_path / "victim"
+    victim.write_bytes((state_dir / name).read_bytes())
+    (state_dir / name).unlink()
+    (state_dir / name).symlink_to(victim)
+    before = victim.read_bytes()
     with structlog.testing.capture_logs() as logs, _exporter(sim, state_dir) as exp:
         exp.poll()
+        exp.poll()
     assert [e["event"] for e in logs if e.get("log_level") == "warning"] == ["state_unusable"]
-    assert victim.read_text() == "{}"
+    assert victim.read_bytes() == before
+    assert not any((state_dir / n).is_symlink() for n in STATE_FILES)
+    assert statefile.read(state_dir, P) is not None
 
 
 def test_a_lock_file_that_is_a_symlink_is_refused(sim: Simulator, tmp_path: Path) -> None:
@@ -198,29 +347,60 @@ def _once(url: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def _contents(state_dir: Path) -> dict[str, bytes]:
+    return {name: (state_dir / name).read_bytes() for name in STATE_FILES if (state_dir / name).exists()}
+
+
 def test_a_second_exporter_on_the_same_state_dir_refuses_to_start(sim: Simulator, tmp_path: Path) -> None:
     with _exporter(sim, tmp_path) as exp:
         exp.poll()
-        before = (tmp_path / f"ledger-{P}.json").read_bytes()
+        before = _contents(tmp_path)
         second = _once(sim.url, tmp_path)
         assert second.returncode == 2, second.stderr
         assert str(tmp_path) in second.stderr and "in use by another exporter" in second.stderr
         assert f"pid {os.getpid()}" in second.stderr
-        assert (tmp_path / f"ledger-{P}.json").read_bytes() == before
+        assert _contents(tmp_path) == before
     # Released with the first one (and by the kernel if it had been killed): the next one starts.
     third = _once(sim.url, tmp_path)
     assert third.returncode == 0, third.stderr
 
 
-def test_a_state_file_of_a_newer_version_is_refused_not_overwritten(sim: Simulator, tmp_path: Path) -> None:
-    path = tmp_path / f"ledger-{P}.json"
-    newer = {"format": statefile.FORMAT, "version": statefile.VERSION + 1, "provider": P, "ledger": {"x": 1}}
-    path.write_text(json.dumps(newer))
+def _newer(header: dict[str, Any]) -> dict[str, Any]:
+    return {**header, "version": statefile.VERSION + 1}
+
+
+def _reframe_first(path: Path, mutate: Any) -> None:
+    raw = path.read_bytes()
+    first = 8 + int.from_bytes(raw[:4], "little")
+    path.write_bytes(statefile.json_record(mutate(json.loads(raw[9:first]))) + raw[first:])
+
+
+@pytest.mark.parametrize("where", ["marker", "base", "journal"])
+def test_a_state_file_of_a_newer_version_is_refused_not_overwritten(
+    sim: Simulator, tmp_path: Path, where: str
+) -> None:
+    """A rollback: whichever file a newer exporter wrote in a newer format, this one exits 2 naming the directory
+    and leaves every file as it was. (The version-2 marker is also what makes a version-1 exporter refuse.)"""
+    if where == "marker":
+        path = tmp_path / f"ledger-{P}.json"
+        newer = {
+            "format": statefile.FORMAT,
+            "version": statefile.VERSION + 1,
+            "provider": P,
+            "ledger": {"x": 1},
+        }
+        path.write_text(json.dumps(newer))
+    else:
+        with _exporter(sim, tmp_path) as exp:
+            exp.poll()
+            exp.poll()
+        _reframe_first(tmp_path / f"ledger-{P}.{where}", _newer)
+    before = _contents(tmp_path)
     done = _once(sim.url, tmp_path)
     assert done.returncode == 2
     assert str(tmp_path) in done.stderr and "newer exporter" in done.stderr
     assert "Traceback" not in done.stderr
-    assert json.loads(path.read_text()) == newer
+    assert _contents(tmp_path) == before
 
 
 def _b(batch_id: str, team: str, status: str = "in_progress") -> Batch:
@@ -262,8 +442,6 @@ def test_every_bound_survives_a_restart() -> None:
 
 def test_metadata_label_values_stay_bounded_across_restarts(sim: Simulator, tmp_path: Path) -> None:
     """End to end: three deploys, each seeing 40 new team values; /metrics never shows more than the cap."""
-    import time
-
     now = int(time.time())
     for deploy in range(3):
         for i in range(40):

@@ -1,0 +1,185 @@
+"""The state journal against the ledger it writes: after any sequence of polls (batches starting, finishing, seen
+or not, ids forgotten by retention, the cap and full lists), writes (journal records, compactions, failed writes)
+and restarts, what is read back is exactly the ledger as it was at its last successful write."""
+
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench.common import child_env
+from exporter import statefile
+from exporter.client import REASONS
+from exporter.ledger import Ledger
+from exporter.models import Batch
+from exporter.settings import DEFAULT_DURATION_BUCKETS, DEFAULT_LATENCY_BUCKETS
+from exporter.tracked import MAX_TRACKED_CHANGES
+
+P = "openai"
+T0 = 1_800_000_000.0
+STATUSES = ("validating", "in_progress", "completed", "failed", "expired", "cancelled")
+
+
+def _ledger(started: float = T0) -> Ledger:
+    return Ledger(
+        started, DEFAULT_DURATION_BUCKETS, DEFAULT_LATENCY_BUCKETS, REASONS, 3600.0, max_tracked_ids=40
+    )
+
+
+def _batch(n: int, status: str, created: float, at: float) -> Batch:
+    return Batch.model_validate({"id": f"b{n}", "status": status, "created_at": created, f"{status}_at": at})
+
+
+def _canonical(led: Ledger) -> str:
+    state = led.to_state()
+    return json.dumps({**state, "settled": sorted(state["settled"])}, sort_keys=True)
+
+
+def _read(state_dir: Path) -> tuple[Ledger, statefile.Restored]:
+    restored = statefile.read(state_dir, P)
+    assert restored is not None
+    led = _ledger(T0 + 10**6)
+    led.load_state(restored.state, restored.settled)
+    return led, restored
+
+
+class FailOnce(statefile.FileOps):
+    def write(self, fd: int, data: memoryview) -> int:
+        super().write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "no space left on device")
+
+
+# One poll: batches (id number, status, timestamp offset) seen; whether the list was complete.
+_poll = st.tuples(
+    st.lists(st.tuples(st.integers(0, 60), st.sampled_from(STATUSES), st.integers(-5000, 5000)), max_size=12),
+    st.booleans(),
+)
+_step = st.one_of(
+    st.tuples(st.just("poll"), _poll),
+    st.tuples(st.just("hours"), st.integers(1, 3)),
+    st.tuples(st.just("compact"), st.none()),
+    st.tuples(st.just("fail"), st.none()),
+    st.tuples(st.just("restart"), st.none()),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(_step, max_size=30))
+def test_what_is_read_back_is_the_ledger_at_its_last_write(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, Any]]
+) -> None:
+    state_dir = tmp_path_factory.mktemp("state")
+    led = _ledger()
+    journal = statefile.Journal(state_dir, P)
+    journal.compact_min_bytes = 2048  # compactions happen within a few dozen polls
+    now = T0
+    seq = 0
+    written = None
+
+    def save(ops: statefile.FileOps = statefile.REAL_FILE_OPS) -> None:
+        nonlocal written
+        write = journal.prepare(led, now)
+        try:
+            write.run(ops)
+        except OSError:
+            journal.failed()
+            return
+        journal.done(write)
+        written = _canonical(led)
+
+    save()
+    for kind, arg in steps:
+        if kind == "poll":
+            batches, complete = arg
+            now += 30
+            seq += 1
+            led.poll_started()
+            led.observe(
+                [_batch(n, status, now - 6000, now + offset) for n, status, offset in batches],
+                now,
+                complete,
+            )
+            save()
+        elif kind == "hours":
+            now += arg * 3600  # past the 1-hour retention: settled ids expire in the next poll
+        elif kind == "compact":
+            journal.compact_next()
+            save()
+        elif kind == "fail":
+            led.poll_started()
+            save(FailOnce())
+        else:
+            led, restored = _read(state_dir)
+            journal = statefile.Journal(state_dir, P)
+            journal.compact_min_bytes = 2048
+            journal.attach(restored)
+        back, _ = _read(state_dir)
+        assert _canonical(back) == written
+
+
+def test_a_poll_that_changes_more_than_can_be_tracked_writes_everything(tmp_path: Path) -> None:
+    """Past MAX_TRACKED_CHANGES in one poll, the write is a whole new base, and reads back the same."""
+    led = Ledger(T0, DEFAULT_DURATION_BUCKETS, DEFAULT_LATENCY_BUCKETS, REASONS)
+    journal = statefile.Journal(tmp_path, P)
+    assert journal.prepare(led, T0).compaction  # the first write of a directory
+    led.observe([Batch(id="a", status="in_progress")], T0, True)
+    write = journal.prepare(led, T0)
+    write.run(statefile.REAL_FILE_OPS)
+    journal.done(write)
+    many = [
+        Batch(id=f"x{i}", status="completed", completed_at=T0 + 1) for i in range(MAX_TRACKED_CHANGES + 1)
+    ]
+    led.observe(many, T0 + 2, True)
+    write = journal.prepare(led, T0 + 3)
+    assert write.compaction
+    write.run(statefile.REAL_FILE_OPS)
+    journal.done(write)
+    back = _ledger()
+    restored = statefile.read(tmp_path, P)
+    assert restored is not None
+    back.load_state(restored.state, restored.settled)
+    assert back.view().tracked_ids == led.view().tracked_ids == MAX_TRACKED_CHANGES + 1
+
+
+def test_a_poll_writes_a_small_record_and_leaves_the_base_alone(tmp_path: Path) -> None:
+    """The point of the journal: a poll that changes little writes little, whatever the ledger holds."""
+    led = Ledger(T0, DEFAULT_DURATION_BUCKETS, DEFAULT_LATENCY_BUCKETS, REASONS)
+    led.observe(
+        [Batch(id=f"old{i}", status="completed", completed_at=T0 + 1) for i in range(20_000)], T0 + 2, True
+    )
+    journal = statefile.Journal(tmp_path, P)
+    write = journal.prepare(led, T0 + 3)
+    write.run(statefile.REAL_FILE_OPS)
+    journal.done(write)
+    base = statefile.base_path(tmp_path, P).stat()
+    for n in range(20):
+        led.poll_started()
+        led.observe([Batch(id=f"new{n}", status="completed", completed_at=T0 + 10 + n)], T0 + 10 + n, False)
+        write = journal.prepare(led, T0 + 10 + n)
+        write.run(statefile.REAL_FILE_OPS)
+        journal.done(write)
+        assert not write.compaction and write.size < 1024, write.size
+    assert statefile.base_path(tmp_path, P).stat().st_mtime_ns == base.st_mtime_ns
+    records = list(statefile.iter_records(statefile.journal_path(tmp_path, P)))
+    assert len(records) == 21  # its header and one per poll
+
+
+def test_state_writes_benchmark_runs_in_smoke_mode(tmp_path: Path) -> None:
+    """bench/state_writes.py in smoke mode, as tests/test_bench_smoke.py runs the other benchmarks."""
+    out = tmp_path / "state_writes.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.state_writes", "--smoke", "--json", str(out)],
+        cwd=Path(__file__).resolve().parent.parent, env=child_env(), capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["smoke"] is True and report["tables"]
+    assert "format version 1" in report["tables"][0]
