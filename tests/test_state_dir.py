@@ -454,3 +454,21 @@ def test_metadata_label_values_stay_bounded_across_restarts(sim: Simulator, tmp_
             teams = {lbl["metadata_team"] for lbl, _ in series(exp.samples(), "bifrost_batches", provider=P)}
     assert len(teams - {"", "other"}) == MAX_GROUP_VALUES
     assert "other" in teams
+
+
+def test_the_early_warnings_calibration_survives_a_restart(sim: Simulator, tmp_path: Path) -> None:
+    """What the calibration learned from finished batches (exporter/risk.py) rides in the state: in a journal
+    record, then through a compaction."""
+    learned = {"seen": [30] * 20, "expired": [3] * 10 + [27] * 10}
+    with _exporter(sim, tmp_path) as exp:
+        exp.poll()
+        exp.exporter.poller._trackers[P].calibration.load_state(learned)
+        exp.poll()  # a journal record carries it
+    with _exporter(sim, tmp_path) as exp:
+        assert exp.exporter.poller._trackers[P].calibration.to_state() == learned
+        exp.exporter.poller._journals[P].compact_next()
+        exp.poll()  # now in a base
+    with _exporter(sim, tmp_path) as exp:
+        assert exp.exporter.poller._trackers[P].calibration.to_state() == learned
+    state = json.loads(json.dumps(statefile.read(tmp_path, P).state))  # type: ignore[union-attr]
+    assert state["tracker"]["calibration"] == learned
