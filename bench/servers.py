@@ -98,30 +98,17 @@ class _Provider:
         return body.replace(PAGE_MARK, b"%06d" % index).replace(NEXT_MARK, b"%06d" % (index + 1))
 
 
-class _FeederServer(ThreadingHTTPServer):
+class _GatewayServer(ThreadingHTTPServer):
+    """A stdlib HTTP server standing in for the gateway: threads per connection, quiet, keep-alive."""
+
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 256
-    providers: Mapping[str, _Provider]
 
 
-class _FeederHandler(BaseHTTPRequestHandler):
+class _JsonHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        server = cast(_FeederServer, self.server)
-        url = urlsplit(self.path)
-        query = {k: v[0] for k, v in parse_qs(url.query).items()}
-        provider = server.providers.get(query.get("provider", ""))
-        if url.path != "/v1/batches" or provider is None:
-            self._send(404, b'{"is_bifrost_error":false,"error":{"message":"not found"}}')
-            return
-        after = query.get("after", "")
-        index = int(after[1:]) if after.startswith("c") and after[1:].isdigit() else 0
-        limit = query.get("limit", "")
-        self._send(
-            200, provider.page(index, int(limit) if limit.isdigit() and int(limit) > 0 else TEMPLATE_SIZE)
-        )
+    NOT_FOUND = b'{"is_bifrost_error":false,"error":{"message":"not found"}}'
 
     def _send(self, status: int, body: bytes) -> None:
         self.send_response(status)
@@ -132,6 +119,27 @@ class _FeederHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+class _FeederServer(_GatewayServer):
+    providers: Mapping[str, _Provider]
+
+
+class _FeederHandler(_JsonHandler):
+    def do_GET(self) -> None:
+        server = cast(_FeederServer, self.server)
+        url = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        provider = server.providers.get(query.get("provider", ""))
+        if url.path != "/v1/batches" or provider is None:
+            self._send(404, self.NOT_FOUND)
+            return
+        after = query.get("after", "")
+        index = int(after[1:]) if after.startswith("c") and after[1:].isdigit() else 0
+        limit = query.get("limit", "")
+        self._send(
+            200, provider.page(index, int(limit) if limit.isdigit() and int(limit) > 0 else TEMPLATE_SIZE)
+        )
 
 
 def feeder(providers: Sequence[str], per_provider: int, seed: int) -> None:
@@ -148,16 +156,11 @@ def feeder(providers: Sequence[str], per_provider: int, seed: int) -> None:
 # account: the realistic large account of bench/account.py (list by `after` cursor, retrieve by id)
 
 
-class _AccountServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 256
+class _AccountServer(_GatewayServer):
     accounts: Mapping[str, Any]
 
 
-class _AccountHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
+class _AccountHandler(_JsonHandler):
     def do_GET(self) -> None:
         server = cast(_AccountServer, self.server)
         url = urlsplit(self.path)
@@ -170,17 +173,9 @@ class _AccountHandler(BaseHTTPRequestHandler):
         elif account is not None and url.path.startswith("/v1/batches/"):
             body = account.retrieve(url.path.rsplit("/", 1)[-1])
         if body is None:
-            body = b'{"is_bifrost_error":false,"error":{"message":"not found"}}'
-            self.send_response(404)
+            self._send(404, self.NOT_FOUND)
         else:
-            self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+            self._send(200, body)
 
 
 def account(providers: Sequence[str], per_provider: int, active: int, speed: float, seed: int) -> None:
