@@ -35,22 +35,10 @@ from exporter.cost import (
 )
 from exporter.models import Batch, InvalidResponseError, parse_page
 from exporter.settings import Settings
-from exporter.simulator import Accounting, ProviderSpec, Simulator
+from exporter.simulator import Accounting, Simulator
 from tests.harness import make_settings
 from tests.test_client import FakeClock, Gateway, Reply, Route
-
-T0 = 1_700_000_000.0
-LOGIN = ("admin", "pw")
-MINI = "gpt-4o-mini-2024-07-18"
-PROVIDERS = [
-    ProviderSpec("openai", flavor="openai", max_limit=100),
-    ProviderSpec("azure", style="legacy", flavor="azure", max_limit=100),
-    ProviderSpec("anthropic", flavor="anthropic", max_limit=1000),
-    ProviderSpec("bedrock", flavor="bedrock", max_limit=1000),
-    ProviderSpec("gemini", flavor="gemini", max_limit=1000),
-    ProviderSpec("gigachat", flavor="gigachat"),
-    ProviderSpec("openrouter", flavor="openrouter"),
-]
+from tests.test_simulator_accounting import LOGIN, MINI, PROVIDERS, T0
 
 
 class Clock:

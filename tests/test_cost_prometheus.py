@@ -24,7 +24,7 @@ import yaml
 from exporter.simulator import Accounting, ProviderSpec, Simulator
 from tests.conftest import require_tool
 from tests.promstack import Prometheus, start_exporter, wait_until
-from tests.test_dashboard import load_build_module, panels, rows, substitute
+from tests.test_dashboard import load_build_module, panels, rows, substitute, wait_for_every_query
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGIN = ("admin", "pw")
@@ -208,19 +208,7 @@ def test_every_cost_panel_returns_data(scene: Scene) -> None:
     assert "Spend per day by provider and owner" in titles
     assert {p["title"] for p in panels(scene.dashboard)} >= set(titles)
     pending = {substitute(t["expr"]): p["title"] for p in cost_panels for t in p["targets"]}
-
-    def all_return_series() -> bool:
-        for expr in sorted(pending):
-            if scene.prom.query(expr):
-                del pending[expr]
-        return not pending
-
-    wait_until(
-        all_return_series,
-        timeout=150,
-        what="every Cost panel returning a series",
-        diagnostics=lambda: "empty: " + "; ".join(f"[{t}] {e}" for e, t in sorted(pending.items())),
-    )
+    wait_for_every_query(scene.prom, pending, timeout=150)
     results = {
         r["metric"]["result"]: float(r["value"][1])
         for r in scene.prom.query(

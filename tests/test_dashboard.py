@@ -21,7 +21,7 @@ import pytest
 
 from exporter.simulator import ProviderSpec, Simulator
 from tests.conftest import require_tool
-from tests.promstack import Prometheus, start_exporter, wait_until
+from tests.promstack import ManagedProcess, Prometheus, start_exporter, wait_until
 from tests.test_e2e_alerts import alerts_with_short_for
 from tests.test_rules import (
     ALERTS_FILE,
@@ -394,6 +394,43 @@ def _scene_batches(sim: Simulator, now: int) -> tuple[str, str, str]:
     return str(at_risk["id"]), str(done["id"]), str(failing["id"])
 
 
+def scraped_exporter(
+    cleanup: contextlib.ExitStack, prom_bin: str, tmp: Path, settings: dict[str, Any], **prometheus: Any
+) -> tuple[ManagedProcess, Prometheus]:
+    """The exporter as a process and a real Prometheus scraping it with cluster labels, both stopped by `cleanup`;
+    returns once the target is up."""
+    exporter, exporter_url = start_exporter(tmp, settings, root=ROOT)
+    cleanup.callback(exporter.stop)
+    port = int(exporter_url.rsplit(":", 1)[1])
+    target = {"targets": [f"127.0.0.1:{port}"], "labels": {"cluster": "eu1", "namespace": "batch"}}
+    prom = Prometheus(
+        prom_bin,
+        tmp / "prometheus",
+        scrape_configs=[{"job_name": "bifrost-batch-exporter", "static_configs": [target]}],
+        **prometheus,
+    ).start()
+    cleanup.callback(prom.stop)
+    prom.wait_for_targets_up(timeout=30, job="bifrost-batch-exporter")
+    return exporter, prom
+
+
+def wait_for_every_query(prom: Prometheus, pending: dict[str, str], *, timeout: float) -> None:
+    """Until each query (→ its panel's title) has returned a series once; names the empty ones on timeout."""
+
+    def all_return_series() -> bool:
+        for expr in sorted(pending):
+            if prom.query(expr):
+                del pending[expr]
+        return not pending
+
+    wait_until(
+        all_return_series,
+        timeout=timeout,
+        what="every panel query returning a series",
+        diagnostics=lambda: "empty: " + "; ".join(f"[{t}] {e}" for e, t in sorted(pending.items())),
+    )
+
+
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
     """Simulator -> exporter (subprocess) -> Prometheus with the generated rules, scraped with cluster labels; then
@@ -413,23 +450,11 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
             "max_retries": 0,
             "log_level": "warning",
         }
-        exporter, exporter_url = start_exporter(tmp, settings, root=ROOT)
-        cleanup.callback(exporter.stop)
-        port = int(exporter_url.rsplit(":", 1)[1])
-        target = {"targets": [f"127.0.0.1:{port}"], "labels": {"cluster": "eu1", "namespace": "batch"}}
-        prom = Prometheus(
-            prom_bin,
-            tmp / "prometheus",
-            scrape_configs=[{"job_name": "bifrost-batch-exporter", "static_configs": [target]}],
+        _, prom = scraped_exporter(
+            cleanup, prom_bin, tmp, settings,
             # the alerts' `for:` shortened to 1s (the only change: tests/test_e2e_alerts.py proves it)
-            rule_files=[
-                alerts_with_short_for(ALERTS_FILE, tmp / "alerts-short-for.yaml"),
-                RULES_FILE,
-                SLOS_FILE,
-            ],
-        ).start()
-        cleanup.callback(prom.stop)
-        prom.wait_for_targets_up(timeout=30, job="bifrost-batch-exporter")
+            rule_files=[alerts_with_short_for(ALERTS_FILE, tmp / "alerts-short-for.yaml"), RULES_FILE, SLOS_FILE],
+        )  # fmt: skip
         prom.wait_for_series('sum(bifrost_batches{provider="openai", status="in_progress"}) == 3')
 
         later = int(time.time())
@@ -454,20 +479,7 @@ def test_every_panel_returns_data_from_a_real_prometheus(scene: Scene) -> None:
         for title, expr in panel_queries(load_dashboard())
         if title not in cost and title not in ELSEWHERE
     ]
-    pending = {substitute(expr): title for title, expr in queries}
-
-    def all_return_series() -> bool:
-        for expr in sorted(pending):
-            if scene.prom.query(expr):
-                del pending[expr]
-        return not pending
-
-    wait_until(
-        all_return_series,
-        timeout=60,
-        what="every dashboard query returning a series",
-        diagnostics=lambda: "empty: " + "; ".join(f"[{t}] {e}" for e, t in sorted(pending.items())),
-    )
+    wait_for_every_query(scene.prom, {substitute(expr): title for title, expr in queries}, timeout=60)
     # Grafana's multi-value expansion is valid PromQL too.
     for _, expr in queries:
         scene.prom.query(substitute(expr, "(openai|anthropic)"))
@@ -578,17 +590,7 @@ def first_list(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirstListSc
             "max_retries": 0,
             "log_level": "warning",
         }
-        exporter, exporter_url = start_exporter(tmp, settings, root=ROOT)
-        cleanup.callback(exporter.stop)
-        port = int(exporter_url.rsplit(":", 1)[1])
-        target = {"targets": [f"127.0.0.1:{port}"], "labels": {"cluster": "eu1", "namespace": "batch"}}
-        prom = Prometheus(
-            prom_bin,
-            tmp / "prometheus",
-            scrape_configs=[{"job_name": "bifrost-batch-exporter", "static_configs": [target]}],
-        ).start()
-        cleanup.callback(prom.stop)
-        prom.wait_for_targets_up(timeout=30, job="bifrost-batch-exporter")
+        exporter, prom = scraped_exporter(cleanup, prom_bin, tmp, settings)
         prom.wait_for_series('bifrost_batch_exporter_first_sync_complete{provider="openai"} == 1')
         for _ in range(400):
             sim.add_batch("openai", status="completed")
