@@ -23,8 +23,15 @@ import yaml
 
 from exporter.simulator import Accounting, ProviderSpec, Simulator
 from tests.conftest import require_tool
-from tests.promstack import Prometheus, start_exporter, wait_until
-from tests.test_dashboard import load_build_module, panels, rows, substitute, wait_for_every_query
+from tests.promstack import Prometheus, wait_until
+from tests.test_dashboard import (
+    load_build_module,
+    panels,
+    rows,
+    scraped_exporter,
+    substitute,
+    wait_for_every_query,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGIN = ("admin", "pw")
@@ -116,18 +123,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
             # 20 s after it finished, and is final (the ledger's timing is tested in tests/test_cost.py).
             "cost_horizon_seconds": 20,
         }
-        exporter, exporter_url = start_exporter(tmp, settings, root=ROOT)
-        cleanup.callback(exporter.stop)
-        port = int(exporter_url.rsplit(":", 1)[1])
-        target = {"targets": [f"127.0.0.1:{port}"], "labels": {"cluster": "eu1", "namespace": "batch"}}
-        prom = Prometheus(
-            prom_bin,
-            tmp / "prometheus",
-            scrape_configs=[{"job_name": "bifrost-batch-exporter", "static_configs": [target]}],
-            rule_files=_generate_rules(tmp),
-        ).start()
-        cleanup.callback(prom.stop)
-        prom.wait_for_targets_up(timeout=30, job="bifrost-batch-exporter")
+        _, prom = scraped_exporter(cleanup, prom_bin, tmp, settings, rule_files=_generate_rules(tmp))
         prom.wait_for_series('sum(bifrost_batches{provider="openai", status="in_progress"}) == 5')
         # They finish now (seen active first, so each counts once); their owners fetch the results, which settles
         # them at once (Bifrost's inline settlement, with an echo row each), all but x1.
