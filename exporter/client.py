@@ -23,7 +23,7 @@ from typing import Final, Generic, Literal, TypeVar, get_args
 from urllib.parse import quote, urljoin, urlsplit
 
 from . import __version__
-from .http1client import HttpError, Origin, Pool, Resolve, Response, TooLarge, tls_context
+from .http1client import HttpError, Pool, Resolve, Response, TooLarge, tls_context
 from .logs import REDACTED, Redactor
 from .models import Batch, CacheDebug, InvalidResponseError, Page, parse_batch, parse_page
 from .providers import list_rules, page_size_for
@@ -320,7 +320,7 @@ class BifrostClient:
         self._rng = rng
         self._resolve = resolve
         gateway = settings.gateway
-        self._origin = Origin(gateway.scheme, gateway.host, gateway.port)
+        self._origin = gateway.origin
         self._prefix = gateway.path
         self._head, self._default_vk = _header_block(build_headers(settings), self._origin.authority)
         # The view: every virtual key the gateway's lists are read with, by name (a file name, never the key).

@@ -11,6 +11,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from .http1client import Origin
+
 # RFC 3986 pchar (unreserved, sub-delims, ':' and '@') and '/', or a %XX escape.
 _PATH_RE = re.compile(r"^(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*$")
 _URL_RE = re.compile(
@@ -37,11 +39,12 @@ class GatewayUrl:
     path: str
 
     @property
+    def origin(self) -> Origin:
+        return Origin(self.scheme, self.host, self.port)
+
+    @property
     def text(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        default = {"http": 80, "https": 443}[self.scheme]
-        port = "" if self.port == default else f":{self.port}"
-        return f"{self.scheme}://{host}{port}{self.path}"
+        return f"{self.scheme}://{self.origin.authority}{self.path}"
 
 
 def parse_gateway_url(value: str) -> GatewayUrl:
