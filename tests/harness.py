@@ -14,6 +14,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.app import Exporter
 from exporter.settings import Settings
 
+# The batch gauges a full list determines (the contract's "batch data" section, not the cumulative counters).
+BATCH_GAUGES = frozenset(
+    {
+        "bifrost_batches",
+        "bifrost_batch_requests",
+        "bifrost_batch_oldest_created_timestamp_seconds",
+        "bifrost_batch_next_expiry_timestamp_seconds",
+        "bifrost_batch_at_risk",
+        "bifrost_batch_at_risk_requests",
+    }
+)
+
 T = TypeVar("T")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -29,23 +29,12 @@ from hypothesis import strategies as st
 from exporter.client import BifrostClient
 from exporter.poller import RESYNC_STRETCH, SPARSE_REFRESH_POLLS
 from exporter.simulator import ProviderSpec, Simulator, demo_governance, write_key_dir
-from tests.harness import ExporterThread, Samples, make_settings, value
+from tests.harness import BATCH_GAUGES, ExporterThread, Samples, make_settings, value
 
 P = "openai"
 START = 1_800_000_000
 INTERVAL = 10
 RESYNC = 60
-# The batch gauges a full list determines (the contract's "batch data" section, not the cumulative counters).
-BATCH_GAUGES = frozenset(
-    {
-        "bifrost_batches",
-        "bifrost_batch_requests",
-        "bifrost_batch_oldest_created_timestamp_seconds",
-        "bifrost_batch_next_expiry_timestamp_seconds",
-        "bifrost_batch_at_risk",
-        "bifrost_batch_at_risk_requests",
-    }
-)
 
 
 class SimTime:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import require_tool
+from tests.harness import BATCH_GAUGES
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS_FILE = ROOT / "deploy" / "prometheus" / "alerts.yaml"
@@ -132,14 +133,8 @@ RETIRED_ALERTS = {"BifrostBatchExpiringSoon", "BifrostBatchHighRequestFailureRat
 SLO_ALERTS = {"BifrostBatchErrorBudgetBurn"}
 # Gauges of the batches a poll shows: while a provider's first full list runs they cover only the part listed so
 # far, not refreshed until the list ends (README "Polling"). An alert reading one waits for the first full list.
-ACCOUNT_GAUGES = frozenset(
+ACCOUNT_GAUGES = BATCH_GAUGES | frozenset(
     {
-        "bifrost_batches",
-        "bifrost_batch_requests",
-        "bifrost_batch_oldest_created_timestamp_seconds",
-        "bifrost_batch_next_expiry_timestamp_seconds",
-        "bifrost_batch_at_risk",
-        "bifrost_batch_at_risk_requests",
         "bifrost_batch_job_info",
         "bifrost_batch_job_requests",
         "bifrost_batch_job_created_timestamp_seconds",
