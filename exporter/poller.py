@@ -261,7 +261,7 @@ class Poller:
             tracker_state = state.pop("tracker", None)
             notes = ledger.load_state(state, restored.settled)
             notes += self._restore_cost(provider, restored)
-            notes += self._restore_tracker(provider, tracker_state)
+            self._restore_tracker(provider, tracker_state)
         except statefile.StateError as exc:
             self._log.warning(
                 "state_unusable",
@@ -388,9 +388,9 @@ class Poller:
         seen finish (weeks of evidence a restart must not throw away)."""
         return {"tracker": self._trackers[provider].to_state()}
 
-    def _restore_tracker(self, provider: str, state: Any) -> list[str]:
+    def _restore_tracker(self, provider: str, state: Any) -> None:
         if state is None:
-            return []
+            return
         try:
             self._trackers[provider].load_state(state)
         except (ValueError, TypeError, AttributeError) as exc:
@@ -401,7 +401,6 @@ class Poller:
                 detail=str(exc)[:200],
                 consequence="the early warning's calibration is learned afresh",
             )
-        return []
 
     def _restore_cost(self, provider: str, restored: statefile.Restored) -> list[str]:
         """The cost ledger as of the base, then each journal record's changes, as the ledger's own were."""
