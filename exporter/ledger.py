@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from .idtable import TimedKeys, stable_key
-from .models import KNOWN_STATUSES, TERMINAL_STATUSES, Batch, CacheDebug
+from .models import KNOWN_STATUSES, MAX_TIMESTAMP, TERMINAL_STATUSES, Batch, CacheDebug, normalize_status
 from .outcomes import OUTCOMES, outcomes
 from .tracked import IdChanges, TrackedIds
 
@@ -43,6 +43,9 @@ ACTIVE_FORGET_POLLS: Final = 20
 # How far ahead of the host's clock a gateway timestamp may move the retention clock: a lying gateway (a year-3000
 # `completed_at`) must not make the ledger forget every id at once.
 MAX_FUTURE_SECONDS: Final = 86_400.0
+_TERMINAL: Final = frozenset(TERMINAL_STATUSES)
+# In place of a terminal time: the batch is not finished (terminal times are positive or None).
+_NOT_FINISHED: Final = -1.0
 OVERFLOW_STATUS: Final = "other"
 OVERFLOW_CODE: Final = "other"
 INVALID_CODE: Final = "invalid"
@@ -302,26 +305,27 @@ class Ledger:
 
         `now` is the poll's start time, the same for every page of a poll: finish_poll uses it to tell which
         active ids this poll saw.
+
+        Every batch of every full list passes here, so each batch's status and terminal time are read once (the
+        first pass, which also moves the gateway's clock before the horizon is taken) and handed to the second.
         """
         ids = self._ids
         active = ids.active
-        batches = list(batches)
-        self._advance_gateway_clock(batches, now)
+        seen = self._read(batches, now)
         horizon = self.horizon()
         poll = self._seq
+        last_finished = self._last_finished
         newly_finished = 0
-        for batch in batches:
-            status = batch.normalized_status
+        for batch, status, ts in seen:
             batch_id = batch.id
-            if status not in TERMINAL_STATUSES:
+            if ts == _NOT_FINISHED:
                 # A settled id stays settled: a batch that flips terminal → active → terminal counts once.
                 if batch_id in active or ids.settled_at(batch_id) is None:
                     ids.mark_active(batch_id, poll)
                     self._count_item_cache(batch)
                 continue
-            ts = batch.terminal_timestamp(status)
-            if ts is not None and ts > self._last_finished.get(status, 0.0):
-                self._last_finished[status] = ts
+            if ts is not None and ts > last_finished.get(status, 0.0):
+                last_finished[status] = ts
             seen_active = batch_id in active
             if not seen_active:
                 if ts is not None and ts <= horizon:
@@ -346,6 +350,27 @@ class Ledger:
             self._settle(batch_id, ts)
         return newly_finished
 
+    def _read(self, batches: Iterable[Batch], wall_now: float) -> list[tuple[Batch, str, float | None]]:
+        """Each batch with its status and terminal time (_NOT_FINISHED for a batch still running), and the gateway's
+        clock moved to the newest time the page shows (creation or end), bounded by ours plus MAX_FUTURE_SECONDS."""
+        newest = self.gateway_now
+        read: list[tuple[Batch, str, float | None]] = []
+        append = read.append
+        for batch in batches:
+            status = normalize_status(batch.status)
+            created = batch.created_at
+            if created is not None and newest < created <= MAX_TIMESTAMP:
+                newest = created
+            if status in _TERMINAL:
+                ts = batch.terminal_timestamp(status)
+                if ts is not None and ts > newest:
+                    newest = ts
+                append((batch, status, ts))
+            else:
+                append((batch, status, _NOT_FINISHED))
+        self.gateway_now = max(self.gateway_now, min(newest, wall_now + MAX_FUTURE_SECONDS))
+        return read
+
     def _settle(self, batch_id: str, at: float) -> None:
         self._ids.settle(batch_id, at)
         self._cache_counted.discard(batch_id)
@@ -353,17 +378,6 @@ class Ledger:
     def horizon(self) -> float:
         """Terminal timestamps at or before this are never counted (nor remembered) on first sight."""
         return max(self.gateway_now - self.retention, self._floor)
-
-    def _advance_gateway_clock(self, batches: Sequence[Batch], wall_now: float) -> None:
-        newest = self.gateway_now
-        for batch in batches:
-            created = batch.created
-            if created is not None and created > newest:
-                newest = created
-            ts = batch.terminal_timestamp(batch.normalized_status)
-            if ts is not None and ts > newest:
-                newest = ts
-        self.gateway_now = max(self.gateway_now, min(newest, wall_now + MAX_FUTURE_SECONDS))
 
     def finish_poll(self, now: float, complete: bool) -> None:
         """Forget what may be forgotten, then remember `now` as the last complete poll when it was one.

@@ -203,23 +203,29 @@ class Batch(msgspec.Struct, frozen=True, gc=False):
         if ts is None and status in ("failed", "expired", "cancelled"):
             # Bedrock reports every end time as completed_at (its EndTime), whatever the outcome.
             ts = self.completed_at
-        return valid_timestamp(ts)
+        return ts if ts is not None and 0 < ts <= MAX_TIMESTAMP else None
 
+    # The four readers below run for every batch of every poll (the ledger, the fold, the early warning), so
+    # valid_timestamp's test is written out in each.
     @property
     def created(self) -> float | None:
-        return valid_timestamp(self.created_at)
+        ts = self.created_at
+        return ts if ts is not None and 0 < ts <= MAX_TIMESTAMP else None
 
     @property
     def expires(self) -> float | None:
-        return valid_timestamp(self.expires_at)
+        ts = self.expires_at
+        return ts if ts is not None and 0 < ts <= MAX_TIMESTAMP else None
 
     @property
     def started(self) -> float | None:
-        return valid_timestamp(self.in_progress_at)
+        ts = self.in_progress_at
+        return ts if ts is not None and 0 < ts <= MAX_TIMESTAMP else None
 
     @property
     def finalizing(self) -> float | None:
-        return valid_timestamp(self.finalizing_at)
+        ts = self.finalizing_at
+        return ts if ts is not None and 0 < ts <= MAX_TIMESTAMP else None
 
 
 class _WirePage(msgspec.Struct, frozen=True, gc=False):

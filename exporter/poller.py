@@ -592,7 +592,7 @@ class Poller:
         return SnapshotBuilder(
             provider,
             label_for=ledger.admit_status,
-            group_for=ledger.group_of,
+            group_for=ledger.group_of if ledger.metadata_keys else None,
             per_batch=s.per_batch_metrics,
             per_batch_limit=s.per_batch_limit,
             now=now,

@@ -90,7 +90,7 @@ class SnapshotBuilder:
         provider: str,
         *,
         label_for: Callable[[str], str],
-        group_for: Callable[[Batch], Group] = lambda _: (),
+        group_for: Callable[[Batch], Group] | None = None,
         per_batch: bool = False,
         per_batch_limit: int = 500,
         now: float = 0.0,
@@ -98,7 +98,8 @@ class SnapshotBuilder:
         tracker: ProgressTracker | None = None,
     ) -> None:
         """`tracker` is the provider's ProgressTracker, kept by the poller from poll to poll: the early warning's
-        recent rates and calibration. Without one, each batch is judged by its average rate since it started."""
+        recent rates and calibration. Without one, each batch is judged by its average rate since it started.
+        Without `group_for` every batch is in the group () (no metadata labels), and no call per batch asks."""
         self._provider = provider
         self._tracker = tracker
         self._label_for = label_for
@@ -138,11 +139,13 @@ class SnapshotBuilder:
         group_for = self._group_for
         accs = self._acc
         added = 0
+        group: Group = ()
         for batch in batches:
             status = labels.get(batch.status)
             if status is None:
                 status = self.label(batch)
-            group = group_for(batch)
+            if group_for is not None:
+                group = group_for(batch)
             o = outcomes(batch.request_counts, status)
             succeeded, failed, expired, canceled, pending, overflow, clamped = o
             if clamped:
@@ -243,7 +246,7 @@ def build_snapshot(
     *,
     now: float,
     label_for: Callable[[str], str],
-    group_for: Callable[[Batch], Group] = lambda _: (),
+    group_for: Callable[[Batch], Group] | None = None,
     per_batch: bool = False,
     per_batch_limit: int = 500,
     no_progress_fraction: float = 0.5,
