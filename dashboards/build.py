@@ -852,7 +852,8 @@ def _first_list(builder: dashboard_builder.Dashboard, ids: Ids, s: Settings) -> 
                 "(bifrost_batch_exporter_first_sync_complete). While it runs, the batch panels show only the part "
                 "of the account listed so far, and BifrostBatchStuck and BifrostBatchAtRisk wait for it "
                 "(docs/runbook.md, The first full list). It runs after a start and after a SIGHUP that changed "
-                "the virtual keys, and takes about pages / max_requests_per_second.",
+                "the virtual keys, and takes about pages / max_requests_per_second; BifrostBatchFirstSyncSlow "
+                "fires when no replica has completed it in 2 hours.",
                 "short",
                 [
                     Target(

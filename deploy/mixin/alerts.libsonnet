@@ -149,6 +149,26 @@ local build(c) =
       '(threshold ' + a.BifrostBatchExporterDataStale.thresholdSeconds + ' s); its batch metrics are no longer current.',
     ),
     rule(
+      'BifrostBatchFirstSyncSlow',
+      // Every replica still in its first full list of the provider (each replica's own list gates its own Stuck and
+      // AtRisk; while one replica is complete, those alerts still see the account through it). A list whose polls fail
+      // also alerts here once `for` has run (PollFailing says why); a replica that restarts lists again from the start
+      // and keeps the series at 0, so a list that never completes within a process' life is seen too.
+      |||
+        max by (%(by)s) (bifrost_batch_exporter_first_sync_complete{%(sel)s}) == 0
+      ||| % v,
+      'First full list of provider {{ $labels.provider }} still running',
+      'The first full list of ' + provider + ' has not completed for ' + a.BifrostBatchFirstSyncSlow['for'] +
+      ' on any replica (bifrost_batch_exporter_first_sync_complete = {{ $value }}): it has listed ' +
+      '{{ with ' + query('max(bifrost_batch_exporter_first_sync_batches{%(m)s})', p) +
+      ' }}{{ . | first | value | printf "%.0f" }}{{ else }}an unknown number of{{ end }} batches in ' +
+      '{{ with ' + query('max(bifrost_batch_exporter_first_sync_pages{%(m)s})', p) +
+      ' }}{{ . | first | value | printf "%.0f" }}{{ else }}an unknown number of{{ end }} pages so far; estimated end ' +
+      '{{ with ' + query('min(bifrost_batch_exporter_first_sync_estimated_completion_timestamp_seconds{%(m)s})', p) +
+      ' }}{{ . | first | value | humanizeTimestamp }}{{ else }}unknown (the gateway does not say how long the list is){{ end }}. ' +
+      'BifrostBatchStuck and BifrostBatchAtRisk wait for this list and are blind for the provider until it completes.',
+    ),
+    rule(
       'BifrostBatchProviderTruncated',
       // Unexpected early stops only: a cursor that repeats, or a list longer than its page budget. A gateway that
       // ignores the provider's cursor (reason cursor_ignored) is a known limitation shown by the coverage series.

@@ -42,6 +42,9 @@
       // (bifrost_batch_exporter_coverage{reason="cursor_ignored"}, on the dashboard), not a page.
       BifrostBatchProviderTruncated: { severity: 'warning', 'for': '15m', window: '30m' },
       BifrostBatchProviderUnsupported: { severity: 'info', 'for': '15m' },
+      // A first full list still running after `for`: Stuck and AtRisk wait for it, so they are blind for the provider on
+      // that replica meanwhile. 2h at the default 10 requests/s and page_size 100 is 72,000 pages (7.2M batches per key).
+      BifrostBatchFirstSyncSlow: { severity: 'warning', 'for': '2h' },
       // Failures the platform team acts on (class provider, auth or unknown: docs/runbook.md, "Failure classes").
       BifrostBatchFailed: { severity: 'warning', 'for': '5m', keepFiringFor: '15m', window: '15m' },
       // Failures the batch's owner fixes (class input): info, or off with disabledAlerts.
