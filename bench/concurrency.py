@@ -32,6 +32,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from bench.common import PROVIDERS_23, Child, Report, children, parser, python_module
+from exporter import allocator
 from exporter.client import BifrostClient, build_headers
 from exporter.logs import configure
 from exporter.models import parse_page
@@ -143,6 +144,7 @@ async def measure(
         max_requests_per_second=rate,
     )
     configure("warning", "json", [])
+    allocator.tune()  # the daemon's malloc settings (exporter/cli.py): they change the CPU of every page
     client = BifrostClient(settings)
     poller = Poller(settings, client)
     try:

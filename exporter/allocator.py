@@ -4,8 +4,11 @@ A poll allocates and frees a lot (every list page parsed into objects, folded, d
 freed memory for reuse: one heap per thread that ever allocated (the state writes run in worker threads), a
 top-of-heap slack of 128 KiB kept on every free, and a threshold for mmap'd blocks that rises to the largest block
 ever freed, so later large blocks come from the heap and fragment it. Measured on the realistic 100,000-batch
-account (bench/memory.py), these settings take 5 MiB off an RSS of 70 MiB, peak included; they cost nothing
-measurable in CPU (a heap lock no thread contends, and mmap for blocks over 64 KiB, which are few).
+account (bench/memory.py), these settings take 5 MiB off an RSS of 70 MiB, peak included.
+
+The thresholds are 512 KiB, not lower: every list page passes through blocks above 64 KiB (asyncio reads up to
+256 KiB at a time; a page of 100 batches is ~75 KB), and at a 64 KiB threshold each of them was an mmap, its page
+faults and a munmap: 8 % more CPU per poll cycle (bench.concurrency runs with these settings, as the daemon does).
 
 The MALLOC_ARENA_MAX_, MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ environment variables still win: a
 setting named there is left alone. Not glibc (musl, macOS): nothing to do.
@@ -24,8 +27,8 @@ _M_MMAP_THRESHOLD: Final = -3
 _M_ARENA_MAX: Final = -8
 _SETTINGS: Final = (
     (_M_ARENA_MAX, "MALLOC_ARENA_MAX", 1),
-    (_M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", 64 * 1024),
-    (_M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", 64 * 1024),
+    (_M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", 512 * 1024),
+    (_M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", 512 * 1024),
 )
 
 
