@@ -44,8 +44,6 @@ ACTIVE_FORGET_POLLS: Final = 20
 # `completed_at`) must not make the ledger forget every id at once.
 MAX_FUTURE_SECONDS: Final = 86_400.0
 _TERMINAL: Final = frozenset(TERMINAL_STATUSES)
-# In place of a terminal time: the batch is not finished (terminal times are positive or None).
-_NOT_FINISHED: Final = -1.0
 OVERFLOW_STATUS: Final = "other"
 OVERFLOW_CODE: Final = "other"
 INVALID_CODE: Final = "invalid"
@@ -318,7 +316,7 @@ class Ledger:
         newly_finished = 0
         for batch, status, ts in seen:
             batch_id = batch.id
-            if ts == _NOT_FINISHED:
+            if status not in _TERMINAL:
                 # A settled id stays settled: a batch that flips terminal → active → terminal counts once.
                 if batch_id in active or ids.settled_at(batch_id) is None:
                     ids.mark_active(batch_id, poll)
@@ -351,23 +349,21 @@ class Ledger:
         return newly_finished
 
     def _read(self, batches: Iterable[Batch], wall_now: float) -> list[tuple[Batch, str, float | None]]:
-        """Each batch with its status and terminal time (_NOT_FINISHED for a batch still running), and the gateway's
-        clock moved to the newest time the page shows (creation or end), bounded by ours plus MAX_FUTURE_SECONDS."""
+        """Each batch with its status and terminal time (None for a batch still running), and the gateway's clock
+        moved to the newest time the page shows (creation or end), bounded by ours plus MAX_FUTURE_SECONDS."""
         newest = self.gateway_now
         read: list[tuple[Batch, str, float | None]] = []
         append = read.append
         for batch in batches:
             status = normalize_status(batch.status)
+            # Batch.created written out (every batch of every list; newest is never negative, so 0 < created holds)
             created = batch.created_at
             if created is not None and newest < created <= MAX_TIMESTAMP:
                 newest = created
-            if status in _TERMINAL:
-                ts = batch.terminal_timestamp(status)
-                if ts is not None and ts > newest:
-                    newest = ts
-                append((batch, status, ts))
-            else:
-                append((batch, status, _NOT_FINISHED))
+            ts = batch.terminal_timestamp(status) if status in _TERMINAL else None
+            if ts is not None and ts > newest:
+                newest = ts
+            append((batch, status, ts))
         self.gateway_now = max(self.gateway_now, min(newest, wall_now + MAX_FUTURE_SECONDS))
         return read
 
