@@ -359,6 +359,7 @@ class _Connection(asyncio.Protocol):
         "_tls",
         "_transport",
         "_write_timer",
+        "admitted",
     )
 
     def __init__(self, server: HttpServer) -> None:
@@ -379,6 +380,7 @@ class _Connection(asyncio.Protocol):
         self._sniffed = False
         self._processing = False
         self._forbidden = False  # TLS 1.3 peer refused after the handshake: every request gets 403
+        self.admitted = False  # in server.connections (no longer counted among the connections being set up)
 
     # --- asyncio callbacks ---------------------------------------------------------------------------------------
 
@@ -387,6 +389,10 @@ class _Connection(asyncio.Protocol):
         self._transport = transport
         server = self._server
         server.connections[self] = None  # admitted by the accept loop, which keeps the count under the cap
+        # From here it counts as a connection, not as one being set up: counted twice until _connect returned,
+        # a burst of connections looked like more than there were and evicted an idle one below the cap.
+        server._admitting -= 1
+        self.admitted = True
         # High water 0: any byte the socket did not take pauses us, and we resume when the buffer is empty, so the
         # transport never holds more than one chunk of ours.
         transport.set_write_buffer_limits(high=0)
@@ -834,12 +840,15 @@ class HttpServer:
         task.add_done_callback(self._setups.discard)
 
     async def _connect(self, conn: socket.socket) -> None:
+        protocol = _Connection(self)
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(lambda: _Connection(self), conn)
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, conn)
         except OSError:
             conn.close()  # reset before its transport was made: nothing to serve
         finally:
-            self._admitting -= 1
+            # Never made (reset, failed handshake, cancelled): no longer being set up either.
+            if not protocol.admitted:
+                self._admitting -= 1
 
     def _evict(self, count: int) -> bool:
         """Close up to `count` idle connections, least recently active first; True if that many were closed."""
