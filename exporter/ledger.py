@@ -30,7 +30,15 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from .idtable import TimedKeys, stable_key
-from .models import KNOWN_STATUSES, MAX_TIMESTAMP, TERMINAL_STATUSES, Batch, CacheDebug, normalize_status
+from .models import (
+    KNOWN_STATUSES,
+    MAX_TIMESTAMP,
+    TERMINAL_SET,
+    TERMINAL_STATUSES,
+    Batch,
+    CacheDebug,
+    normalize_status,
+)
 from .outcomes import OUTCOMES, outcomes
 from .tracked import IdChanges, TrackedIds
 
@@ -43,7 +51,6 @@ ACTIVE_FORGET_POLLS: Final = 20
 # How far ahead of the host's clock a gateway timestamp may move the retention clock: a lying gateway (a year-3000
 # `completed_at`) must not make the ledger forget every id at once.
 MAX_FUTURE_SECONDS: Final = 86_400.0
-_TERMINAL: Final = frozenset(TERMINAL_STATUSES)
 OVERFLOW_STATUS: Final = "other"
 OVERFLOW_CODE: Final = "other"
 INVALID_CODE: Final = "invalid"
@@ -316,7 +323,7 @@ class Ledger:
         newly_finished = 0
         for batch, status, ts in seen:
             batch_id = batch.id
-            if status not in _TERMINAL:
+            if status not in TERMINAL_SET:
                 # A settled id stays settled: a batch that flips terminal → active → terminal counts once.
                 if batch_id in active or ids.settled_at(batch_id) is None:
                     ids.mark_active(batch_id, poll)
@@ -360,7 +367,7 @@ class Ledger:
             created = batch.created_at
             if created is not None and newest < created <= MAX_TIMESTAMP:
                 newest = created
-            ts = batch.terminal_timestamp(status) if status in _TERMINAL else None
+            ts = batch.terminal_timestamp(status) if status in TERMINAL_SET else None
             if ts is not None and ts > newest:
                 newest = ts
             append((batch, status, ts))

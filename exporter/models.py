@@ -26,6 +26,9 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 ACTIVE_STATUSES: tuple[str, ...] = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL_STATUSES: tuple[str, ...] = ("completed", "failed", "expired", "cancelled", "ended", "deleted")
 KNOWN_STATUSES: tuple[str, ...] = ACTIVE_STATUSES + TERMINAL_STATUSES
+# The same statuses for the membership tests of the per-batch loops; the tuples keep the order the exposition uses.
+ACTIVE_SET: frozenset[str] = frozenset(ACTIVE_STATUSES)
+TERMINAL_SET: frozenset[str] = frozenset(TERMINAL_STATUSES)
 REQUEST_COUNT_KINDS: tuple[str, ...] = (
     "total",
     "completed",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Final, NamedTuple
 
-from .models import TERMINAL_STATUSES, RequestCounts
+from .models import TERMINAL_SET, RequestCounts
 
 # `cancelled` as Bifrost spells the batch status (the API's `request_counts.canceled` field keeps its one l).
 OUTCOMES: Final = ("succeeded", "failed", "expired", "cancelled", "pending")
@@ -40,7 +40,6 @@ class Outcomes(NamedTuple):
 
 
 ZERO: Final = Outcomes(0, 0, 0, 0, 0, False)
-_TERMINAL: Final = frozenset(TERMINAL_STATUSES)
 _new: Final = tuple.__new__
 
 
@@ -102,7 +101,7 @@ def outcomes(counts: RequestCounts | None, status: str) -> Outcomes:
         overflow = pending < 0
         if overflow:
             pending = 0
-    if pending and status in _TERMINAL:
+    if pending and status in TERMINAL_SET:
         # What remains of a finished batch is what its terminal status lost; an explicit `pending` on a finished
         # batch too (Anthropic reports what it never processed as expired or canceled, but be safe): nothing is
         # pending once a batch is terminal.

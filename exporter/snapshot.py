@@ -16,14 +16,12 @@ from typing import TYPE_CHECKING
 
 from .firstsync import NOT_STARTED, FirstSync
 from .ledger import Group, LedgerView
-from .models import ACTIVE_STATUSES, Batch, normalize_status
+from .models import ACTIVE_SET, Batch, normalize_status
 from .outcomes import Outcomes, outcomes
 from .risk import ProgressTracker, assess
 
 if TYPE_CHECKING:
     from .cost import CostView
-
-_ACTIVE = frozenset(ACTIVE_STATUSES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +163,7 @@ class SnapshotBuilder:
                 acc[3] += canceled
                 acc[4] += pending
                 acc[5] += 1
-            if status in _ACTIVE:
+            if status in ACTIVE_SET:
                 self._fold_active(batch, status, group, o)
         self._total += added
 

@@ -24,11 +24,10 @@ import msgspec
 from .idtable import M64 as _M64
 from .idtable import KeyIndex, id_key
 from .ledger import Group
-from .models import TERMINAL_STATUSES, Batch, normalize_status
+from .models import TERMINAL_SET, Batch, normalize_status
 from .outcomes import outcomes
 from .snapshot import SnapshotBuilder
 
-_TERMINAL: Final = frozenset(TERMINAL_STATUSES)
 _SEEN: Final = 1  # listed (or confirmed) by the running resync
 _ADDED: Final = (
     2  # first known after the running resync started: absent from its pages only because it is new
@@ -166,11 +165,11 @@ class Store:
                 new += 1
             if walking and listing:
                 assert resync is not None
-                if status not in _TERMINAL:
+                if status not in TERMINAL_SET:
                     self.positions[batch_id] = (resync.key, resync.listed)
                 resync.listed += 1
             marks = (_SEEN if walking else 0) | (_ADDED if walking and not known else 0)
-            if status in _TERMINAL:
+            if status in TERMINAL_SET:
                 if row >= 0:
                     # Listed again, as it mostly is: unchanged unless its status, group or counts differ.
                     o = outcomes(batch.request_counts, status)
