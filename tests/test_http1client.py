@@ -92,6 +92,27 @@ def test_interim_answers_are_skipped() -> None:
     assert result.failure is None and len(result.batches) == 1
 
 
+@pytest.mark.parametrize("cut", [1, 2, 3, 4, 5, 40])
+def test_a_head_that_arrives_in_pieces_is_gathered(cut: int) -> None:
+    """Each head cut `cut` bytes before its end (inside the blank line that ends it, or before it), the pieces
+    arriving apart: the interim answer is still skipped and the page read whole."""
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+    final = ok(PAGE, f"Content-Length: {len(PAGE)}")
+    response = interim + final
+    final_end = response.index(b"\r\n\r\n", len(interim)) + 4
+    cuts = [len(interim) - min(cut, len(interim) - 1), final_end - cut]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        for start, end in zip([0, *cuts], [*cuts, len(response)], strict=True):
+            writer.write(response[start:end])
+            await writer.drain()
+            await asyncio.sleep(0.02)
+
+    result, _ = run_list(handler)
+    assert result.failure is None and [b.id for b in result.batches] == ["b1"]
+
+
 def test_a_kept_alive_connection_is_used_again() -> None:
     def page(n: int, more: bool) -> bytes:
         body = json.dumps(
@@ -168,6 +189,25 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_without_a_retry()
 def test_ambiguous_framing_is_a_connection_failure(fields: tuple[str, ...]) -> None:
     result, _ = run_list(answering(ok(PAGE, *fields)), max_retries=0)
     assert result.failure is not None and result.failure.reason == "connection", result.failure
+
+
+@pytest.mark.parametrize("piece", [None, 8192])
+def test_a_head_over_64_kib_is_refused(piece: int | None) -> None:
+    """A response head larger than the bound fails the request, whether it arrives at once or in pieces (which are
+    gathered only up to the bound)."""
+    response = ok(PAGE, "X-Big: " + "a" * (64 * 1024), f"Content-Length: {len(PAGE)}")
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        step = piece or len(response)
+        for start in range(0, len(response), step):
+            writer.write(response[start : start + step])
+            await writer.drain()
+            await asyncio.sleep(0.005 if piece else 0)
+
+    result, _ = run_list(handler, max_retries=0)
+    assert result.failure is not None and result.failure.reason == "connection", result.failure
+    assert "larger than 64 KiB" in result.failure.detail
 
 
 def test_malformed_chunk_is_a_connection_failure() -> None:
