@@ -144,12 +144,11 @@ class _Connection(asyncio.Protocol):
         elif state == _HEAD:
             self._answered = True
             buffer = self._buffer
-            if buffer:  # the head came in pieces: gather them until it is whole
+            # The head came in pieces: gather them until it is whole, or until _read_head refuses its size.
+            if buffer:
                 searched = len(buffer) - 3
                 buffer += data
-                if buffer.find(b"\r\n\r\n", max(0, searched)) < 0:
-                    if len(buffer) > MAX_HEAD_BYTES:
-                        self._fail(HttpError("protocol", "response head larger than 64 KiB"))
+                if len(buffer) <= MAX_HEAD_BYTES and buffer.find(b"\r\n\r\n", max(0, searched)) < 0:
                     return
                 data = bytes(buffer)
                 buffer.clear()
