@@ -155,10 +155,11 @@ class Exporter:
             self._render_failures = 0
             self._publish(seen_changes, rendered)
             timeout = self._next_stale_deadline()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the wait's result when a cancellation
+            # meets a change in the same step, so a stop as a poll ended was swallowed and the loop waited on.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._dirty.wait(), None if timeout is None else max(0.05, timeout + 0.01)
-                )
+                async with asyncio.timeout(None if timeout is None else max(0.05, timeout + 0.01)):
+                    await self._dirty.wait()
             if self._dirty.is_set():
                 await asyncio.sleep(RENDER_DEBOUNCE_SECONDS)
 

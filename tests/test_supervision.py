@@ -105,3 +105,20 @@ def test_truncated_describes_the_data_served_after_a_failed_poll(sim: Simulator)
     assert value(s, "bifrost_batch_exporter_up", provider=P) == 0
     assert value(s, "bifrost_batch_exporter_truncated", provider=P) == 1
     assert value(s, "bifrost_batches", provider=P, status="in_progress") == 1
+
+
+def test_a_stop_that_meets_a_state_change_still_stops(sim: Simulator) -> None:
+    """A poll's completion wakes the render loop in the same step as a stop cancels it (a SIGTERM as a poll ends):
+    the loop must end, not swallow the cancellation and wait for the next change for ever. Python 3.11's
+    asyncio.wait_for returned the finished wait's result instead of raising, and the stop hung."""
+    with ExporterThread(make_settings(sim.url, [P])) as exp:
+        # A poll, and the render loop's own render of it (the harness's poll() would render itself): once that is
+        # served, the loop waits for the next change or the data's staleness deadline (nothing awaits in between).
+        exp.call(exp.exporter.poller.poll(P))
+        wait_until(lambda: value(exp.samples(), "bifrost_batches", provider=P, status="in_progress") == 1)
+
+        async def change_then_stop() -> None:
+            exp.exporter._changed()  # what the poller calls when a poll ends
+            await exp.exporter.stop()
+
+        exp.call(change_then_stop(), timeout=10)
