@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import difflib
+import re
 import signal
 import sys
 import textwrap
@@ -115,7 +116,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         hint = _flag_hint(self, message)
-        self.exit(2, f"{self.prog}: {message}{hint} (see --help)\n")
+        self.exit(2, f"{self.prog}: {_values_hidden(message)}{hint} (see --help)\n")
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -238,6 +239,21 @@ def _add_setting(group: argparse._ArgumentGroup, name: str, field: FieldInfo) ->
             group.add_argument(
                 deprecated, dest=f"deprecated:{name}", default=argparse.SUPPRESS, help=argparse.SUPPRESS
             )
+
+
+def _values_hidden(message: str) -> str:
+    """argparse's message without the values it quotes back: a misspelt `--basic-auth-pasword=hunter2` or
+    `--virtual-kye sk-bf-...` would otherwise print the secret it carries. Flags stay, so the hint still helps."""
+    if message.startswith("unrecognized arguments:"):
+        words = message.removeprefix("unrecognized arguments:").split()
+        shown = [
+            (w.split("=", 1)[0] + ("=<value>" if "=" in w else "")) if w.startswith("--") else "<value>"
+            for w in words
+        ]
+        return "unrecognized arguments: " + " ".join(shown)
+    return re.sub(
+        r"ignored explicit argument .*", "ignored explicit argument (its value is not shown)", message
+    )
 
 
 def _flag_hint(parser: argparse.ArgumentParser, message: str) -> str:

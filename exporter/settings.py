@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -99,7 +100,8 @@ _SERVICE_LINK_RE = re.compile(
 )
 # An unknown YAML key is repeated in the error only when it is shaped like a setting name (or close to one).
 _SETTING_LIKE_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
-_HEADER_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HEADER_CHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]"  # RFC 9110 token characters: all a field name may hold
+_HEADER_RE = re.compile(rf"^{_HEADER_CHARS}+$")
 
 _yaml_values: ContextVar[Mapping[str, Any]] = ContextVar("_yaml_values", default=MappingProxyType({}))
 # Deprecated spellings met while validating (load_settings collects them; Settings() alone ignores them).
@@ -295,7 +297,7 @@ class Settings(BaseSettings):
         gt=0,
         le=600,
         allow_inf_nan=False,
-        description="Timeout of each request to the gateway, whole body included.",
+        description="Timeout of each request to the gateway, whole body included; at most 600.",
         json_schema_extra=_SECONDS,
     )
     page_size: int = Field(
@@ -309,7 +311,7 @@ class Settings(BaseSettings):
         default=200,
         ge=1,
         le=100_000,
-        description="Pages per provider per poll before the poll stops as truncated.",
+        description="Pages per provider per poll before the poll stops as truncated; 1 to 100000.",
         json_schema_extra=_meta("N"),
     )
     max_retries: int = Field(
@@ -317,14 +319,15 @@ class Settings(BaseSettings):
         ge=0,
         le=20,
         description="Retries of one request on timeout, connection error, 429 or 5xx, with exponential backoff "
-        "and jitter, honouring Retry-After.",
+        "and jitter, honouring Retry-After; at most 20.",
         json_schema_extra=_meta("N"),
     )
     stale_after_seconds: float | None = Field(
         default=None,
         gt=0,
         allow_inf_nan=False,
-        description="Drop a provider's batch series after this long without a complete poll.",
+        description="Drop a provider's batch series after this long without a complete poll; at least "
+        "poll_interval_seconds.",
         json_schema_extra=_SECONDS,
     )
     per_batch_metrics: bool = Field(
@@ -334,7 +337,7 @@ class Settings(BaseSettings):
         default=500,
         ge=1,
         le=10_000,
-        description="Most per-batch series per provider.",
+        description="Most per-batch series per provider; 1 to 10000.",
         json_schema_extra=_meta("N"),
     )
     duration_buckets: Annotated[tuple[float, ...], NoDecode] = Field(
@@ -376,7 +379,7 @@ class Settings(BaseSettings):
     max_response_bytes: int = Field(
         default=32 * 1024 * 1024,
         ge=1024,
-        description="Largest list-page body accepted; a bigger one fails the poll as invalid_response.",
+        description="Largest list-page body accepted, at least 1024; a bigger one fails the poll as invalid_response.",
         json_schema_extra=_meta("BYTES"),
     )
     metadata_labels: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -410,7 +413,7 @@ class Settings(BaseSettings):
         le=10_000,
         allow_inf_nan=False,
         description="Requests per second to the gateway per provider, list and retrieve together; a full list "
-        "is paced to stay under it.",
+        "is paced to stay under it. At most 10000.",
         json_schema_extra=_meta("RATE"),
     )
     risk_no_progress_fraction: float = Field(
@@ -520,6 +523,15 @@ class Settings(BaseSettings):
             raise ValueError("two keys map to the same label name after sanitising")
         return value
 
+    @field_validator("state_dir", "virtual_key_dir", mode="before")
+    @classmethod
+    def _directory_named(cls, value: Any) -> Any:
+        # Path("") is ".": an empty value (an env var set to nothing, a chart value left "") would otherwise put the
+        # ledger in, or send every file of, whatever directory the process happens to start in.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty: name a directory, or leave the setting unset")
+        return value
+
     @field_validator("state_dir")
     @classmethod
     def _state_dir(cls, value: Path | None) -> Path | None:
@@ -545,7 +557,7 @@ class Settings(BaseSettings):
         seen: set[str] = set()
         for name, header_value in value.items():
             if not _HEADER_RE.match(name):
-                raise ValueError(f"{quoted(name, 70)} is not a valid header name")
+                raise ValueError(f"{header_name_shown(name)} is not a valid header name (write NAME=VALUE)")
             if name.lower() in CLIENT_MANAGED_HEADERS:
                 raise ValueError(f"header {name!r} is written by the HTTP client itself and cannot be set")
             if name.lower() in seen:
@@ -610,14 +622,26 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _combinations(self) -> Settings:
-        if (self.basic_auth_username is None) != (self.basic_auth_password is None):
-            raise ValueError("basic_auth_username and basic_auth_password must be set together")
+        # Each check names one setting first ("name: problem"), so the error says where that value came from.
+        if self.basic_auth_username is not None and self.basic_auth_password is None:
+            raise ValueError(
+                "basic_auth_username: needs basic_auth_password (or basic_auth_password_file) as well"
+            )
+        if self.basic_auth_password is not None and self.basic_auth_username is None:
+            raise ValueError("basic_auth_password: needs basic_auth_username as well")
         if self.bearer_token is not None and self.basic_auth_username is not None:
-            raise ValueError("bearer_token and basic_auth_username/basic_auth_password both set: choose one")
-        if self.resync_interval_seconds < self.poll_interval_seconds:
-            raise ValueError("resync_interval_seconds must be >= poll_interval_seconds")
+            raise ValueError(
+                "bearer_token: basic_auth_username/basic_auth_password are set too; choose one login"
+            )
+        if self.poll_mode == "incremental" and self.resync_interval_seconds < self.poll_interval_seconds:
+            raise ValueError(
+                f"resync_interval_seconds: must be >= poll_interval_seconds ({self.poll_interval_seconds:g}) "
+                "in incremental mode"
+            )
         if self.stale_after_seconds is not None and self.stale_after_seconds < self.poll_interval_seconds:
-            raise ValueError("stale_after_seconds must be >= poll_interval_seconds")
+            raise ValueError(
+                f"stale_after_seconds: must be >= poll_interval_seconds ({self.poll_interval_seconds:g})"
+            )
         if self.cost_metrics and self.basic_auth_username is None and self.bearer_token is None:
             raise ValueError(
                 "cost_metrics: needs the gateway's admin login (basic_auth_username with basic_auth_password, "
@@ -764,9 +788,22 @@ def parse_header_items(value: Any) -> Any:
             pairs = [(name.strip(), header_value)]
         for name, header_value in pairs:
             if any(str(name).lower() == str(k).lower() for k in merged):
-                raise ValueError(f"header {quoted(str(name), 70)} is given twice (header names ignore case)")
+                raise ValueError(
+                    f"header {header_name_shown(str(name))} is given twice (header names ignore case)"
+                )
             merged[name] = header_value
     return merged
+
+
+def header_name_shown(name: str) -> str:
+    """A refused header name for an error message: only up to its first character that no name may hold.
+
+    What follows such a character is most likely a value (`Authorization: Basic …=` read as NAME=VALUE splits at
+    the base64 padding, leaving the credentials in the "name"), and values are never shown.
+    """
+    match = re.match(rf"{_HEADER_CHARS}*", name)
+    shown = match.group(0) if match else ""
+    return quoted(shown[:70]) + ("..." if len(shown) < len(name) else "")
 
 
 def metadata_label_name(key: str) -> str:
@@ -783,8 +820,31 @@ def parse_listen_address(value: str) -> tuple[str, int]:
     port = int(match.group("port"))
     if port > 65535:
         raise ValueError("port must be 0-65535")
-    host = match.group("v6") or match.group("host") or "0.0.0.0"
-    return host, port
+    v6, name = match.group("v6"), match.group("host")
+    if v6 is not None:
+        try:
+            ipaddress.IPv6Address(v6)
+        except ValueError:
+            raise ValueError(f"{v6!r} is not an IPv6 address") from None
+        return v6, port
+    if name and not _listen_host_ok(name):
+        raise ValueError(f"{quoted(name, 70)} is neither an IPv4 address nor a host name")
+    return name or "0.0.0.0", port
+
+
+def _listen_host_ok(host: str) -> bool:
+    """An IPv4 address, or a DNS name (RFC 1123 labels): caught here, a typo fails at start with the setting's
+    name instead of as a resolver error once the server binds."""
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return False
+        return True
+    labels = host.removesuffix(".").split(".")
+    return len(host) <= 253 and all(
+        re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", label) for label in labels
+    )
 
 
 def read_yaml_document(path: Path, setting: str) -> Any:

@@ -234,11 +234,27 @@ def test_an_unknown_flag_gets_a_suggestion() -> None:
     result = run("--check-config", "--web.listen-adress", "127.0.0.1:1")
     assert result.returncode == 2
     assert result.stderr == (
-        "bifrost-batch-exporter: unrecognized arguments: --web.listen-adress 127.0.0.1:1 "
+        "bifrost-batch-exporter: unrecognized arguments: --web.listen-adress <value> "
         "(did you mean --web.listen-address?) (see --help)\n"
     )
     abbreviated = run("--check-config", "--poll-interval", "5")  # no prefix matching: a typo stays a typo
     assert abbreviated.returncode == 2 and "did you mean --poll-interval-seconds?" in abbreviated.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [
+        (["--basic-auth-pasword=hunter2-secret"], "unrecognized arguments: --basic-auth-pasword=<value> "),
+        (["--virtual-kye", "sk-bf-hunter2-secret"], "unrecognized arguments: --virtual-kye <value> "),
+        (["--tls-verify=hunter2-secret"], "ignored explicit argument (its value is not shown)"),
+    ],
+)
+def test_a_misspelt_flag_never_echoes_its_value(args: list[str], shown: str) -> None:
+    """argparse quotes unknown arguments back; a misspelt secret flag would print the secret it carries."""
+    result = run("--check-config", *args)
+    assert result.returncode == 2
+    assert shown in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
 
 
 def test_demo_listens_on_loopback_unless_told_otherwise() -> None:

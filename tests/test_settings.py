@@ -670,3 +670,98 @@ def test_telemetry_path_must_be_a_free_path() -> None:
     for bad in ("metrics", "/healthz", "/", "/m?x=1", "/a b"):
         with pytest.raises(ValueError, match="telemetry_path"):
             Settings(telemetry_path=bad)
+
+
+# --- found in a review of the configuration surface ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["state_dir", "virtual_key_dir"])
+def test_an_empty_directory_setting_is_refused_not_read_as_the_working_directory(
+    name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Path("") is "."; an env var set to nothing would put the ledger in, or send every file of, the cwd."""
+    (tmp_path / "notes.txt").write_text("not a key\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(f"BIFROST_EXPORTER_{name.upper()}", "")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value) == (
+        f"invalid setting {name}='' (from environment BIFROST_EXPORTER_{name.upper()}): "
+        "is empty: name a directory, or leave the setting unset"
+    )
+    assert not (tmp_path / ".lock").exists()
+
+
+@pytest.mark.parametrize(
+    "item",
+    ["X-Api-Key: SEKRITc2VjcmV0==", "Authorization: Basic SEKRIThunter2dXNlcjpwYXNz=", "X Org=SEKRITvalue"],
+)
+def test_a_header_written_as_name_colon_value_never_shows_the_value(item: str) -> None:
+    """`Name: value=` splits at its last-but-one '=' as NAME=VALUE: the refused "name" holds the credentials."""
+    with pytest.raises(ConfigError, match="invalid setting extra_headers") as info:
+        load_settings({"extra_headers": [item]})
+    assert "SEKRIT" not in str(info.value)
+    assert "is not a valid header name (write NAME=VALUE)" in str(info.value)
+    assert repr(item.split(":")[0].split(" ")[0]) in str(
+        info.value
+    )  # what it does show: the name's good part
+
+
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("gar bage!!:9877", "'gar bage!!' is neither an IPv4 address nor a host name"),
+        ("1.2.3.4.5:9877", "'1.2.3.4.5' is neither an IPv4 address nor a host name"),
+        ("300.1.1.1:9877", "'300.1.1.1' is neither an IPv4 address nor a host name"),
+        ("-host:9877", "'-host' is neither an IPv4 address nor a host name"),
+        ("[:::::]:9877", "':::::' is not an IPv6 address"),
+    ],
+)
+def test_a_listen_host_that_cannot_be_bound_is_refused_at_start(address: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"listen_address": address})
+    assert str(info.value) == (
+        f"invalid setting listen_address={address!r} (from the command line): {problem}"
+    )
+
+
+@pytest.mark.parametrize(
+    "address", [":9877", "0.0.0.0:9877", "127.0.0.1:1", "localhost:9877", "exporter.ns.svc.:9877", "[::]:0",
+                "[::ffff:10.0.0.1]:9877", "my-host-1:9877"],
+)  # fmt: skip
+def test_listen_addresses_that_bind_are_taken(address: str) -> None:
+    assert load_settings({"listen_address": address}).listen_address == address
+
+
+def test_checks_of_two_settings_name_one_setting_and_its_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BIFROST_EXPORTER_POLL_INTERVAL_SECONDS", "900")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value) == (
+        "invalid setting resync_interval_seconds (default): must be >= poll_interval_seconds (900) "
+        "in incremental mode"
+    )
+    # resync_interval_seconds is not used in full mode: its default does not stand in the way of a long interval
+    assert load_settings({"poll_mode": "full"}).poll_interval_seconds == 900
+    with pytest.raises(ConfigError) as info:
+        load_settings({"poll_mode": "full", "stale_after_seconds": 60})
+    assert str(info.value) == (
+        "invalid setting stale_after_seconds (from the command line): must be >= poll_interval_seconds (900)"
+    )
+    monkeypatch.delenv("BIFROST_EXPORTER_POLL_INTERVAL_SECONDS")
+    with pytest.raises(ConfigError) as info:
+        load_settings({"basic_auth_username": "ops"})
+    assert str(info.value) == (
+        "invalid setting basic_auth_username (from the command line): needs basic_auth_password "
+        "(or basic_auth_password_file) as well"
+    )
+    with pytest.raises(ConfigError, match=r"^invalid setting basic_auth_password \(from the command line\)"):
+        load_settings({"basic_auth_password": "pw-value"})
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            {"bearer_token": "tok-value", "basic_auth_username": "ops", "basic_auth_password": "pw"}
+        )
+    assert str(info.value) == (
+        "invalid setting bearer_token (from the command line): basic_auth_username/basic_auth_password are set "
+        "too; choose one login"
+    )
