@@ -92,7 +92,16 @@ def _with_zeros(
     return sorted(merged.items(), key=_group_sort)
 
 
-def _batch_families(fresh: Sequence[ProviderState], group_labels: Sequence[str]) -> Iterator[Metric]:
+def _batch_families(
+    fresh: Sequence[ProviderState], counted: Sequence[ProviderState], group_labels: Sequence[str]
+) -> Iterator[Metric]:
+    """The list's picture (gauges) for `fresh` providers; the ledger's events (counters, histograms, the last
+    failure and finish) for every provider in `counted`, stale ones included.
+
+    A counter that vanishes with stale data and comes back with its lifetime total reads, to any rule that counts a
+    series born since its window ("X unless X offset w"), as that many new events: every failure ever counted would
+    page again after a gateway outage. What a stale provider's counters say is still true; only the gauges are not.
+    """
     g = list(group_labels)
     empty: Group = ("",) * len(g)
     batches = GaugeMetricFamily(
@@ -190,10 +199,7 @@ def _batch_families(fresh: Sequence[ProviderState], group_labels: Sequence[str])
         p = state.provider
         snap = state.snapshot
         assert snap is not None
-        led = state.ledger
-        # Gauges get zeros for the "" group only (contract); counters for every group listed now, so that a team's
-        # first failure is an increase from 0 that increase() can see, not a series born at 1.
-        listed_groups = sorted({empty, *(g for _, g in snap.counts)})
+        # Gauges get zeros for the "" group only (contract).
         for (status, group), n in _with_zeros(snap.counts, KNOWN_STATUSES, (empty,), 0):
             batches.add_metric([p, status, *group], n)
         for (status, group), values in _with_zeros(snap.requests, KNOWN_STATUSES, (empty,), zero_outcomes):
@@ -207,6 +213,14 @@ def _batch_families(fresh: Sequence[ProviderState], group_labels: Sequence[str])
         for group in risk_groups:
             at_risk.add_metric([p, *group], snap.at_risk.get(group, 0))
             at_risk_requests.add_metric([p, *group], snap.at_risk_requests.get(group, 0))
+    for state in counted:
+        p = state.provider
+        snap = state.snapshot
+        assert snap is not None
+        led = state.ledger
+        # Counters for every group listed by the last successful poll, so that a team's first failure is an increase
+        # from 0 that increase() can see, not a series born at 1.
+        listed_groups = sorted({empty, *(g for _, g in snap.counts)})
         for (status, group), n in _with_zeros(led.finished, TERMINAL_STATUSES, listed_groups, 0):
             finished.add_metric([p, status, *group], n)
         for (status, group), values in _with_zeros(
@@ -562,7 +576,8 @@ def render(
 ) -> Rendered:
     """Every encoding of the exposition plus the landing page, from one consistent set of states."""
     fresh = [s for s in states if is_fresh(s, now, stale_after)]
-    families: list[Metric] = list(_batch_families(fresh, group_labels))
+    counted = [s for s in states if s.snapshot is not None and s.health.last_success is not None]
+    families: list[Metric] = list(_batch_families(fresh, counted, group_labels))
     if per_batch:
         families.extend(_job_families(fresh))
     families.extend(_health_families(states, reasons))

@@ -326,8 +326,8 @@ class Settings(BaseSettings):
         default=None,
         gt=0,
         allow_inf_nan=False,
-        description="Drop a provider's batch series after this long without a complete poll; at least "
-        "poll_interval_seconds.",
+        description="Drop a provider's batch gauges after this long without a complete poll (its counters "
+        "stay); at least poll_interval_seconds.",
         json_schema_extra=_SECONDS,
     )
     per_batch_metrics: bool = Field(

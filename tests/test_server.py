@@ -160,7 +160,9 @@ def test_concurrent_scrapes_while_polling(running: tuple[Simulator, ExporterThre
     assert errors == []
 
 
-def test_staleness_drops_batch_series_but_keeps_health() -> None:
+def test_staleness_drops_the_lists_gauges_but_keeps_counters_and_health() -> None:
+    """A stale provider's counters stay as they were: vanishing and coming back with their lifetime totals, they
+    would read as that many new events to the alert rules' new-series branch (every failure paged again)."""
     clock = [time.time()]
     with Simulator(providers=[ProviderSpec("openai")], lifecycle=False) as sim:
         sim.add_batch("openai", batch_id="a", status="in_progress")
@@ -177,7 +179,23 @@ def test_staleness_drops_batch_series_but_keeps_health() -> None:
             exp.poll()
             s = exp.samples()
             assert value(s, "bifrost_batches", provider="openai", status="in_progress") is None
-            assert value(s, "bifrost_batch_finished_total", provider="openai", status="failed") is None
+            assert value(s, "bifrost_batch_next_expiry_timestamp_seconds", provider="openai") is None
+            assert value(s, "bifrost_batch_at_risk", provider="openai") is None
+            assert value(s, "bifrost_batch_finished_total", provider="openai", status="failed") == 0
+            assert (
+                value(
+                    s,
+                    "bifrost_batch_failures_total",
+                    provider="openai",
+                    status="failed",
+                    code="none",
+                    **{"class": "unknown"},
+                )
+                == 0
+            )
+            assert (
+                value(s, "bifrost_batch_duration_seconds_count", provider="openai", status="completed") == 0
+            )
             assert value(s, "bifrost_batch_exporter_up", provider="openai") == 0
             assert value(s, "bifrost_batch_exporter_polls_total", provider="openai") == 3
             sim.set_fault(None)
