@@ -231,6 +231,9 @@ class Ledger:
         # The watermark read from a state file, kept as it was (started_at may be lower, see load_state).
         self.restored_watermark: float | None = None
         self.last_resync: float | None = None
+        # When the last successful poll ended, kept across restarts: an outage that outlives a restart is still
+        # as old as it is (BifrostBatchExporterDataStale must not resolve because the pod was restarted).
+        self.last_success: float | None = None
         # One-shot warnings the poller logs (and clears) after the poll that raised them.
         self.status_overflow_pending = False
         self.code_overflow_pending = False
@@ -255,6 +258,9 @@ class Ledger:
 
     def resynced(self, at: float) -> None:
         self.last_resync = at
+
+    def poll_succeeded(self, at: float) -> None:
+        self.last_success = at
 
     def pages_fetched(
         self, pages: int, latencies: Iterable[float], cache_debugs: Iterable[CacheDebug]
@@ -544,6 +550,7 @@ class Ledger:
             "requests": self._requests,
             "errors": self._errors,
             "last_resync": self.last_resync,
+            "last_success": self.last_success,
         }
 
     def active_ids(self) -> dict[str, int]:
@@ -649,6 +656,8 @@ class Ledger:
         fresh._errors.update({str(k): _count(v) for k, v in state["errors"].items() if k in self._errors})
         last_resync = state.get("last_resync")
         fresh.last_resync = _finite(last_resync) if last_resync is not None else None
+        last_success = state.get("last_success")
+        fresh.last_success = _finite(last_success) if last_success is not None else None
         fresh.finish_hook = self.finish_hook
         self.__dict__.update(fresh.__dict__)
         return sorted(set(notes))

@@ -198,7 +198,10 @@ class Poller:
             self._restore(provider, ledger)
         self._runs = {p: _Run(self._new_store(led)) for p, led in self._ledgers.items()}
         self._states: Mapping[str, ProviderState] = MappingProxyType(
-            {p: ProviderState(p, Health(), None, led.view()) for p, led in self._ledgers.items()}
+            {
+                p: ProviderState(p, Health(last_success=led.last_success), None, led.view())
+                for p, led in self._ledgers.items()
+            }
         )
 
     @staticmethod
@@ -1026,6 +1029,7 @@ class Poller:
                     detail="gateway answered unsupported_operation; polling again every "
                     f"{UNSUPPORTED_BACKOFF_INTERVALS} intervals",
                 )
+            ledger.poll_succeeded(now)
             health = Health(
                 attempted=True,
                 up=True,
@@ -1090,6 +1094,7 @@ class Poller:
         snapshot = builder.build(now)
         self._warn_once(provider, ledger, run, snapshot.clamped, snapshot.overflowed)
         partial = run.resync_truncated is not None or not run.synced
+        ledger.poll_succeeded(now)
         health = Health(
             attempted=True,
             up=True,

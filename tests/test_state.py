@@ -159,6 +159,42 @@ def _load(state_dir: Path) -> tuple[Ledger, statefile.Restored]:
     return led, restored
 
 
+def test_an_outage_that_outlives_a_restart_keeps_its_age(sim: Simulator, tmp_path: Path) -> None:
+    """last_success_timestamp_seconds is the last successful poll of any process of this state_dir: a pod
+    restarted mid-outage must not reset it to 0, which BifrostBatchExporterDataStale reads as "no data yet"
+    (the critical alert resolved on every restart)."""
+    sim.add_batch(P, batch_id="a", status="in_progress", created_at=int(time.time()) - 100)
+    clock = [time.time()]
+    cfg = make_settings(sim.url, [P], state_dir=tmp_path)
+    with ExporterThread(cfg, clock=lambda: clock[0]) as exp:
+        exp.poll()
+        succeeded = value(exp.samples(), "bifrost_batch_exporter_last_success_timestamp_seconds", provider=P)
+    assert succeeded == clock[0]
+    sim.set_fault("server_error")
+    clock[0] += 900
+    with ExporterThread(cfg, clock=lambda: clock[0]) as exp:
+        before_any_poll = exp.samples()
+        exp.poll()
+        after_a_failed_poll = exp.samples()
+    for samples in (before_any_poll, after_a_failed_poll):
+        assert (
+            value(samples, "bifrost_batch_exporter_last_success_timestamp_seconds", provider=P) == succeeded
+        )
+        assert (
+            value(samples, "bifrost_batches", provider=P, status="in_progress") is None
+        )  # no data, only its age
+    assert value(after_a_failed_poll, "bifrost_batch_exporter_up", provider=P) == 0
+    sim.set_fault(None)
+    with ExporterThread(cfg, clock=lambda: clock[0] + 30) as exp:
+        exp.poll()
+        assert value(exp.samples(), "bifrost_batch_exporter_last_success_timestamp_seconds", provider=P) == (
+            clock[0] + 30
+        )
+    # Without a state_dir there is nothing to carry: 0 until this process's first success (as before).
+    with ExporterThread(make_settings(sim.url, [P])) as exp:
+        assert value(exp.samples(), "bifrost_batch_exporter_last_success_timestamp_seconds", provider=P) == 0
+
+
 def test_round_trip_restores_every_figure(tmp_path: Path) -> None:
     history = _history(tmp_path)
     led, restored = _load(tmp_path)
