@@ -100,14 +100,21 @@ local build(c) =
   [
     rule(
       'BifrostBatchExporterDown',
+      // Three cases, told apart by the value: 0 every target down, 2 a job scraped within vanishedWindow that has no
+      // target now (one shard of several gone: absent() sees the others), 1 no target at all and none within
+      // vanishedWindow (absent; before that, the vanished jobs are reported with their labels instead).
       |||
         max by (%(g)s) (up{%(sel)s}) == 0
         or
-        absent(up{%(sel)s})
-      ||| % v,
+        (max by (%(g)s) (max_over_time(up{%(sel)s}[%(vanishedWindow)s])) * 0 + 2 unless max by (%(g)s) (up{%(sel)s}))
+        or
+        (absent(up{%(sel)s}) unless on () count(max_over_time(up{%(sel)s}[%(vanishedWindow)s])))
+      ||| % (v + a.BifrostBatchExporterDown),
       'bifrost-batch-exporter is not scraped or down',
       'No target selected by `' + c.selector + '`' + scope(g) +
-      ' is up: {{ if eq $value 1.0 }}Prometheus scrapes none (absent){{ else }}every one is down{{ end }}. ' +
+      ' is up: {{ if eq $value 1.0 }}Prometheus scrapes none (absent){{ else if eq $value 2.0 }}its targets ' +
+      'vanished (scraped within the last ' + a.BifrostBatchExporterDown.vanishedWindow + ', none now: pods ' +
+      'Pending, scaled to 0, or the service discovery lost them){{ else }}every one is down{{ end }}. ' +
       'No batch alert can fire while the exporter is not scraped.',
     ),
     rule(

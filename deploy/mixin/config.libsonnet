@@ -34,7 +34,9 @@
     // clears, so one event is one notification) and the alert's own parameters. Windows are PromQL durations,
     // thresholds plain numbers (seconds, ratios or counts as named).
     alerts: {
-      BifrostBatchExporterDown: { severity: 'critical', 'for': '5m' },
+      // vanishedWindow: how long a job whose targets all vanished (a shard scaled to 0, pods Pending: no target, so
+      // no up series) is still reported; absent() cannot see one job of several go.
+      BifrostBatchExporterDown: { severity: 'critical', 'for': '5m', vanishedWindow: '1h' },
       BifrostBatchExporterPollFailing: { severity: 'warning', 'for': '5m', window: '10m' },
       BifrostBatchCredentialsRejected: { severity: 'critical', 'for': '10m', window: '5m' },
       BifrostBatchExporterDataStale: { severity: 'critical', 'for': '5m', thresholdSeconds: 600 },
