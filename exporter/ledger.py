@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
+from .failure_classes import TABLE as KNOWN_CODES
 from .idtable import TimedKeys, stable_key
 from .models import (
     KNOWN_STATUSES,
@@ -472,7 +473,9 @@ class Ledger:
             self._stages["finalizing"].observe(ts - finalizing)
 
     def _admit_code(self, code: str) -> str:
-        if code in self._codes or code in (INVALID_CODE, NO_CODE):
+        # The failure table's codes are a fixed set, exposed from 0 and routed by class: past the cap they must
+        # keep their own series (an input failure counted as `other`, class unknown, would page the platform team).
+        if code in self._codes or code in (INVALID_CODE, NO_CODE) or code in KNOWN_CODES:
             return code
         if len(self._codes) < MAX_CODES:
             self._codes.add(code)

@@ -160,6 +160,28 @@ def test_failure_codes_are_bounded_and_last_failure_named() -> None:
     assert v.last_failure["expired"].batch_id == "odd"
 
 
+def test_the_failure_tables_codes_keep_their_series_past_the_cap() -> None:
+    """Past 20 distinct codes a new code is `other` (class unknown); a code of the failure table must not be, or an
+    input failure would page the platform team as BifrostBatchFailed instead of BifrostBatchInputRejected."""
+    led = ledger()
+
+    def failed(batch_id: str, code: str, at: float) -> Batch:
+        return Batch.model_validate(
+            {"id": batch_id, "status": "failed", "failed_at": at, "errors": {"data": [{"code": code}]}}
+        )
+
+    led.observe([failed(f"x{i}", f"code_{i}", T0 + i) for i in range(25)], T0 + 100, complete=True)
+    led.observe(
+        [failed("bad-input", "invalid_json_line", T0 + 200), failed("new", "code_99", T0 + 201)],
+        T0 + 300,
+        complete=True,
+    )
+    v = led.view()
+    assert v.failures[("failed", "invalid_json_line", ())] == 1
+    assert v.failures[("failed", "other", ())] == 5 + 1  # code_20..code_24, then code_99
+    assert len({c for (_, c, _) in v.failures} - {"other", "invalid_json_line"}) == 20
+
+
 def test_stage_durations_observed_once_when_timestamps_are_in_order() -> None:
     led = ledger()
     done = Batch.model_validate(
