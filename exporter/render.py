@@ -364,7 +364,8 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
     )
     last_resync = GaugeMetricFamily(
         "bifrost_batch_exporter_last_resync_timestamp_seconds",
-        "When the last complete full list of the provider finished",
+        "When the last complete full list of the provider finished; 0 before the first (or when the gateway "
+        "has no batch list for it)",
         labels=["provider"],
     )
     supported = GaugeMetricFamily(
@@ -374,7 +375,8 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
     )
     truncated = GaugeMetricFamily(
         "bifrost_batch_exporter_truncated",
-        "1 when the last poll stopped early (cursor loop, max_pages) and saw only part of the list",
+        "1 when the batch data covers only part of the list: the last full list stopped early (cursor loop, "
+        "ignored cursor, max_pages) or the first full list is still running",
         labels=["provider"],
     )
     view_keys = GaugeMetricFamily(
@@ -387,7 +389,8 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
         "bifrost_batch_exporter_coverage",
         "1 for how the last full list of the provider ended, 0 for the other reasons: complete, cursor_ignored (the "
         "gateway does not forward the cursor for this provider, only the first page is listed: a known limitation), "
-        "cursor_loop or max_pages (unexpected early stops), pending (no full list finished yet)",
+        "cursor_loop or max_pages (unexpected early stops), pending (no full list finished yet; for good when the "
+        "gateway has no batch list for the provider)",
         labels=["provider", "reason"],
     )
     dropped = GaugeMetricFamily(
@@ -430,8 +433,7 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
             requests.add_metric([p, endpoint], state.ledger.requests.get(endpoint, 0))
         if state.cost is not None:
             requests.add_metric([p, "settlement"], state.cost.lookups)
-        if state.ledger.last_resync is not None:
-            last_resync.add_metric([p], state.ledger.last_resync)
+        last_resync.add_metric([p], state.ledger.last_resync or 0.0)
         supported.add_metric([p], 1 if h.supported else 0)
         truncated.add_metric([p], 1 if h.truncated else 0)
         view_keys.add_metric([p], h.view_keys)
