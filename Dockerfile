@@ -3,7 +3,9 @@
 #   docker build -t bifrost-batch-exporter:dev \
 #     --build-arg REVISION="$(git rev-parse HEAD)" --build-arg BRANCH="$(git rev-parse --abbrev-ref HEAD)" \
 #     --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" .
-#   docker run --rm -p 9877:9877 --read-only bifrost-batch-exporter:dev --demo
+#   docker run --rm -p 9877:9877 --read-only bifrost-batch-exporter:dev --demo --web.listen-address=0.0.0.0:9877
+#
+# (--demo listens on 127.0.0.1 unless told otherwise: inside a container, the published port would not reach it.)
 #
 # The version is written once, in exporter/__init__.py. REVISION, BRANCH and CREATED are facts of this build: the
 # build stage bakes them into the package (exporter/_build.py: `--version`, bifrost_batch_exporter_build_info) and
@@ -50,7 +52,10 @@ LABEL org.opencontainers.image.title="bifrost-batch-exporter" \
       org.opencontainers.image.documentation="${DOCUMENTATION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/venv /opt/venv
-# Nothing is written at run time: no bytecode caches, logs go to stdout, so a read-only root filesystem works.
+# The state_dir the README mounts a volume on, owned by the runtime user: a new named volume takes the image
+# directory's owner, so the exporter can write its ledger there without a chown (a root-owned one it could not).
+RUN mkdir -p /var/lib/bifrost-batch-exporter && chown 65532:65532 /var/lib/bifrost-batch-exporter
+# Nothing else is written at run time: no bytecode caches, logs go to stderr, so a read-only root filesystem works.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1

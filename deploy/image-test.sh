@@ -124,6 +124,14 @@ log "image labels: version=$l_version revision=$l_revision created=$l_created so
 [[ $user == 65532:65532 ]] || die "image user is '$user', want 65532:65532"
 [[ $entrypoint == '["/opt/venv/bin/bifrost-batch-exporter"]' ]] || die "unexpected entrypoint $entrypoint"
 [[ $ports == *'"9877/tcp"'* ]] || die "port 9877 not exposed: $ports"
+# The state directory the README mounts a named volume on: owned by the runtime user (a new volume takes its owner).
+probe=bifrost-image-probe-$$
+buildah from --quiet --pull-never --name "$probe" "$image" >/dev/null
+state_owner=$(buildah run --isolation chroot "$probe" -- /opt/venv/bin/python -c \
+  'import os; s = os.stat("/var/lib/bifrost-batch-exporter"); print(f"{s.st_uid}:{s.st_gid}")' 2>&1) || true
+buildah rm "$probe" >/dev/null 2>&1 || true
+log "state directory /var/lib/bifrost-batch-exporter owned by $state_owner"
+[[ $state_owner == 65532:65532 ]] || die "/var/lib/bifrost-batch-exporter is owned by '$state_owner', want 65532:65532"
 
 # --- 5. run with --demo and scrape ---------------------------------------------------------------------------------
 port=$("$py" -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')

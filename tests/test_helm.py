@@ -725,6 +725,18 @@ CHART_OWNED = {
 SECRETS = {"virtual_key", "basic_auth_username", "basic_auth_password", "bearer_token"}
 
 
+def test_schema_takes_the_provider_ids_the_exporter_takes() -> None:
+    """A custom provider's id may hold upper case and dots: the chart must not refuse what the exporter accepts."""
+    from exporter.settings import _PROVIDER_RE
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    patterns = {
+        schema["properties"]["config"]["properties"]["providers"]["items"]["pattern"],
+        schema["properties"]["shards"]["items"]["properties"]["providers"]["items"]["pattern"],
+    }
+    assert patterns == {_PROVIDER_RE.pattern}
+
+
 def test_schema_knows_every_exporter_setting() -> None:
     """config.* in values.schema.json = the exporter's settings minus secrets (env from a Secret) and chart-owned ones."""
     from exporter.settings import Settings
