@@ -160,6 +160,16 @@ check_version() {
 if [[ $have_podman == 1 ]] && podman "${run_opts[@]}" --rm --network=none "$image" --version >"$logfile" 2>&1; then
   check_version "$logfile"
   mode=podman
+  # The README's Docker example: a named volume on the image's state directory, written by the runtime user.
+  volume=bifrost-image-test-state-$$
+  podman volume rm -f "$volume" >/dev/null 2>&1 || true
+  podman "${run_opts[@]}" --rm --network=none -v "$volume:/var/lib/bifrost-batch-exporter" "$image" \
+    --demo --once --state-dir /var/lib/bifrost-batch-exporter >"$logfile" 2>&1 \
+    || { cat "$logfile" >&2; podman volume rm -f "$volume" >/dev/null 2>&1; die "--once with a state volume failed"; }
+  ledgers=$(find "$(podman volume inspect --format '{{.Mountpoint}}' "$volume")" -name 'ledger-*.base' | wc -l)
+  podman volume rm -f "$volume" >/dev/null 2>&1 || true
+  log "a named volume on the state directory: $ledgers ledger bases written by uid 65532"
+  [[ $ledgers -ge 1 ]] || die "no ledger written to the state volume"
   podman "${run_opts[@]}" -d --name "$name" --network=host "$image" "${args[@]}" >/dev/null
 else
   [[ $have_podman == 1 ]] && { log "podman cannot run containers here:"; cat "$logfile" >&2; }
