@@ -345,10 +345,12 @@ class Ledger:
                 if ids.settled_at(batch_id) is not None:
                     continue  # already settled
             if ts is None:
-                # No timestamp (Gemini, Bedrock's list items): a transition we watched happen is an event, and so is
-                # one of a batch created after our watermark (it cannot have finished before it).
+                # No timestamp (Gemini, Bedrock's list items, `deleted`): a transition we watched happen is an event,
+                # and so is one of a batch created after our watermark (it cannot have finished before it) — unless
+                # it was created at or before the horizon: it may be one we counted and have since forgotten (settled
+                # ids are kept 48 h of gateway time), and created_at is all that bounds when it ended.
                 created = batch.created
-                if seen_active or (created is not None and created >= self.started_at):
+                if seen_active or (created is not None and created >= self.started_at and created > horizon):
                     self._finish(status, None, batch)
                     newly_finished += 1
                     self._count_item_cache(batch)
