@@ -248,7 +248,9 @@ class Poller:
 
     def _restore(self, provider: str, ledger: Ledger) -> None:
         state_dir = self._settings.state_dir
-        if state_dir is None:
+        if state_dir is None or self._state_lock is None:
+            # Without the lock (it could not be taken: a read-only or lock-less mount) the directory is not ours:
+            # another exporter may be writing it, so it is neither read nor written ("without durable state").
             return
         path = str(statefile.base_path(state_dir, provider))
         journal = self._journals[provider] = statefile.Journal(state_dir, provider)

@@ -9,6 +9,7 @@ keeps survives a restart.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import subprocess
@@ -472,3 +473,31 @@ def test_the_early_warnings_calibration_survives_a_restart(sim: Simulator, tmp_p
         assert exp.exporter.poller._trackers[P].calibration.to_state() == learned
     state = json.loads(json.dumps(statefile.read(tmp_path, P).state))  # type: ignore[union-attr]
     assert state["tracker"]["calibration"] == learned
+
+
+def test_a_lock_that_cannot_be_taken_leaves_the_directory_alone(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """flock failing for another reason than a holder (ENOLCK: NFS without locks) is "serving on without durable
+    state": the directory is then neither read nor written, so a second exporter there cannot write over the first
+    one's ledger (before, both restored and appended to the same journal)."""
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    now = int(time.time())
+    sim.add_batch(P, batch_id="a", status="in_progress", created_at=now - 100)
+    with _exporter(sim, tmp_path) as first:  # a working lock: the state is written
+        first.poll()
+    written = {name: (tmp_path / name).read_bytes() for name in _files(tmp_path)}
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    sim.set_status(P, "a", "failed")
+    with structlog.testing.capture_logs() as logs, _exporter(sim, tmp_path) as second:
+        second.poll()
+        assert _finished(second) == 0  # nothing restored: "a" was never seen active by this ledger
+    unusable = [e for e in logs if e["event"] == "state_dir_unusable"]
+    assert unusable and unusable[0]["consequence"] == "serving on without durable state"
+    assert not any(e["event"] in ("state_restored", "state_not_found") for e in logs)
+    assert {name: (tmp_path / name).read_bytes() for name in _files(tmp_path) if name != ".lock"} == {
+        name: data for name, data in written.items() if name != ".lock"
+    }
