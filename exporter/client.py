@@ -700,6 +700,10 @@ class BifrostClient:
                 "timeout", f"no complete answer within {settings.request_timeout_seconds:g}s"
             ) from None
         except TooLarge as exc:
+            if not 200 <= exc.status < 300:
+                # An error page too big to keep (a proxy's HTML): its status says what happened, and decides the
+                # reason and whether to retry, as it would for a short one.
+                return self._interpret(Response(exc.status, {}, b""), b"", parse)
             size = "body" if exc.declared is None else f"body of {exc.declared} bytes"
             raise RequestFailedError(
                 "invalid_response", f"{size} exceeds max_response_bytes={cap}", exc.status
@@ -708,8 +712,14 @@ class BifrostClient:
             raise RequestFailedError("connection", _short(exc.detail)) from None
         # Decoded here, bounded: 64 KB of gzip can become 64 MB.
         decoder = _BoundedDecoder(response.headers.get("content-encoding", ""), cap, response.status)
-        decoder.feed(response.body)
-        return self._interpret(response, decoder.finish(), parse)
+        try:
+            decoder.feed(response.body)
+            body = decoder.finish()
+        except RequestFailedError:
+            if 200 <= response.status < 300:
+                raise
+            body = b""  # an error body that does not decode (labelled gzip, and is not): classified by its status
+        return self._interpret(response, body, parse)
 
     def request_head(self, target: str, vk: str | None = None) -> bytes:
         """The head of a GET of `target` exactly as it is sent (the virtual key: `vk`, else the default one)."""

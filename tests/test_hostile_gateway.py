@@ -429,6 +429,46 @@ def test_unknown_content_encoding(status: int, log_lines: Any) -> None:
     assert errors["invalid_response" if status == 200 else "server_error"] == 1
 
 
+@pytest.mark.parametrize(
+    ("status", "reason", "attempts"),
+    [(503, "server_error", 2), (429, "rate_limited", 2), (401, "auth", 1), (200, "invalid_response", 1)],
+)
+@pytest.mark.parametrize("body", ["not_gzip", "too_big"])
+def test_an_error_body_that_cannot_be_read_is_classified_by_its_status(
+    status: int, reason: str, attempts: int, body: str, log_lines: Any
+) -> None:
+    """A proxy's error page labelled gzip that is not, or bigger than max_response_bytes: the status still says
+    what happened (its reason, and whether to retry). Only a 2xx whose body cannot be read is invalid_response."""
+    asked = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal asked
+        while True:
+            try:
+                await read_head(reader)
+            except asyncio.IncompleteReadError:
+                return  # the client closed the connection
+            asked += 1
+            if body == "not_gzip":
+                data = b"<html>Service Unavailable</html>"
+                fields = ["Content-Type: text/html", "Content-Encoding: gzip"]
+            else:
+                data = b"x" * 5000
+                fields = ["Content-Type: text/html"]
+            writer.write(head(f"{status} X", *fields, f"Content-Length: {len(data)}") + data)
+            await writer.drain()
+
+    async def scenario() -> Any:
+        async with raw_server(handler) as url:
+            state, _, _ = await poll_once(url, max_retries=1, max_response_bytes=2048)
+            return state
+
+    state = asyncio.run(scenario())
+    assert state.health.up is False
+    assert {k: v for k, v in state.ledger.errors.items() if v} == {reason: 1}
+    assert asked == attempts
+
+
 # --- retrieve meets the same gateways ------------------------------------------------------------------------------
 
 RETRIEVE_CASES = [
