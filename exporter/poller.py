@@ -146,6 +146,7 @@ class _PollOutcome:
     retries: int = 0
     batches: int = 0
     retrieve_failures: int = 0
+    retrieves_answered: int = 0  # retrieves that returned the batch, or said it is gone
     first_retrieve_failure: Failure | None = None
     gone: int = 0
     skipped_items: int = 0
@@ -821,6 +822,8 @@ class Poller:
             got = await self._client.retrieve(provider, batch_id, key=key)
             outcome.retrieve_requests += got.requests
             outcome.retries += max(0, got.requests - 1)
+            if got.batch is not None or got.gone:
+                outcome.retrieves_answered += 1
             if got.batch is not None:
                 observe([got.batch])
                 store.refresh(got.batch, poll=poll)
@@ -1073,15 +1076,25 @@ class Poller:
                 or "stopped paging early; metrics cover only the batches seen",
                 **fields,
             )
+        # Retrieves that all failed (a 429 on every one, a retrieve route a proxy does not pass, an auth refusal) fail
+        # the poll: up 0 and the reason counted, though what the list showed is published. One batch whose retrieve
+        # keeps failing among others that answer (a provider's fault with that batch) is logged, not a failed poll:
+        # it would hold up at 0, and PollFailing firing, for as long as that batch exists.
+        retrieves_failed = outcome.retrieve_failures > 0 and outcome.retrieves_answered == 0
         if outcome.retrieve_failures:
             first = outcome.first_retrieve_failure
+            if retrieves_failed and first is not None:
+                ledger.error(first.reason)
             self._log.warning(
                 "retrieve_failed",
                 provider=provider,
                 count=outcome.retrieve_failures,
+                answered=outcome.retrieves_answered,
                 reason=first.reason if first else None,
                 detail=first.detail if first else None,
-                consequence="those batches keep their last known state until the next poll",
+                http_status=first.status if first else None,
+                consequence="those batches keep their last known state until the next poll"
+                + ("; no retrieve answered: the poll counts as failed" if retrieves_failed else ""),
             )
         if outcome.skipped_items:
             self._log.warning(
@@ -1099,7 +1112,7 @@ class Poller:
         ledger.poll_succeeded(now)
         health = Health(
             attempted=True,
-            up=True,
+            up=not retrieves_failed,
             supported=True,
             truncated=partial,
             last_success=now,

@@ -439,8 +439,15 @@ def test_a_gateway_answering_retrieves_with_another_batch_folds_nothing() -> Non
                 for _ in range(3):
                     exp.poll(P)
             s = exp.samples()
+            gw.answers["a"] = {**_batch("a", "in_progress"), "failed_at": None}  # the gateway mended
+            exp.poll(P)
+            mended = exp.samples()
+        assert value(mended, "bifrost_batch_exporter_up", provider=P) == 1
         assert value(s, "bifrost_batch_finished_total", provider=P, status="failed") == 0
         assert value(s, "bifrost_batches", provider=P, status="failed") == 0
         assert value(s, "bifrost_batches", provider=P, status="in_progress") == 2  # a (last state) and x-new
         failures = [e for e in logs if e["event"] == "retrieve_failed"]
         assert failures and failures[0]["reason"] == "invalid_response"
+        # A request of the poll failed: up is 0 and the reason counted (the list's picture is still published).
+        assert value(s, "bifrost_batch_exporter_up", provider=P) == 0
+        assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="invalid_response") == 3

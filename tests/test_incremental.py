@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -430,6 +431,35 @@ def test_one_failing_retrieve_does_not_fail_or_stall_the_provider() -> None:
         clock.advance(INTERVAL)
         exp.poll(P)
         assert count(exp.samples(), "finalizing") == 1
+
+
+def test_retrieves_that_all_fail_fail_the_poll_and_the_list_is_still_published() -> None:
+    """Every retrieve refused (a 429 on each, a route a proxy does not pass): up 0 and the reason counted, so
+    PollFailing says so; what the list showed is still published, and up returns with the first answer."""
+    clock = SimTime()
+    with gateway(clock) as sim, exporter(sim, clock) as exp:
+        fill(sim, per_key=6, keys=3)
+        poll_until_resynced(exp, clock)
+        errors_before = value(
+            exp.samples(), "bifrost_batch_exporter_poll_errors_total", provider=P, reason="server_error"
+        )
+        sim.set_fault("server_error", provider=P, endpoint="retrieve")
+        clock.advance(INTERVAL)
+        with structlog.testing.capture_logs() as logs:
+            exp.poll(P)
+        s = exp.samples()
+        assert value(s, "bifrost_batch_exporter_up", provider=P) == 0
+        assert (
+            value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="server_error")
+            == (errors_before or 0) + 1
+        )
+        assert count(s, "in_progress") == 6  # the last picture, still served
+        said = [e for e in logs if e["event"] == "retrieve_failed"]
+        assert len(said) == 1 and said[0]["answered"] == 0 and "counts as failed" in said[0]["consequence"]
+        sim.set_fault(None)
+        clock.advance(INTERVAL)
+        exp.poll(P)
+        assert value(exp.samples(), "bifrost_batch_exporter_up", provider=P) == 1
 
 
 # ---- paced resync --------------------------------------------------------------------------------------------------
