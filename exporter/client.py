@@ -448,6 +448,16 @@ class BifrostClient:
                 result.skipped_items += page.skipped_items
                 result.first_skip_error = result.first_skip_error or page.first_skip_error
             batches = page.batches
+            if page.skipped_items and not batches and not result.batch_count:
+                # Nothing of this walk could be read (a gateway whose items changed shape: timestamps as strings,
+                # ids as numbers): that is a failed request, which keeps the last picture, not an empty account,
+                # and not a full list that saw every batch gone. Single bad items among readable ones are skipped.
+                raise RequestFailedError(
+                    "invalid_response",
+                    f"no batch of the page could be read ({page.skipped_items} items; first: "
+                    f"{_short(page.first_skip_error or 'unknown', 160)})",
+                    200,
+                )
             page_ids = [b.id for b in batches]
             hashes = list(map(hash, page_ids))
             fresh: list[Batch]

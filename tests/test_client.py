@@ -850,3 +850,39 @@ def test_requests_of_one_provider_are_paced(gateway: Callable[..., tuple[Gateway
     assert anthropic == [marks["before_other"]]
     # six concurrent retrieves queue behind each other instead of bursting: six slots of 1/4 s
     assert marks["after_burst"] - marks["before_burst"] == pytest.approx(6 * 0.25)
+
+
+def _item(batch_id: str, created: Any) -> dict[str, Any]:
+    return {"id": batch_id, "object": "batch", "status": "in_progress", "created_at": created}
+
+
+def test_a_walk_of_which_nothing_can_be_read_fails_and_single_bad_items_are_skipped(
+    gateway: Callable[..., tuple[Gateway, str]],
+) -> None:
+    """Items that changed shape (created_at as a date string): when no item of the walk can be read, the list fails
+    as invalid_response (the poll keeps its last picture) instead of reporting an empty account, or a full list
+    that saw every batch gone; a bad item among readable ones is skipped, as before."""
+    pages: dict[str, list[dict[str, Any]]] = {}
+
+    def route(seen: Seen) -> Reply:
+        data = pages[seen.query.get("after", "")]
+        more = seen.query.get("after", "") == "" and "p2" in pages
+        body: dict[str, Any] = {"object": "list", "data": data, "has_more": more}
+        if more:
+            body["next_cursor"] = "p2"
+        return 200, body
+
+    _, url = gateway(route)
+    settings = settings_for(url)
+    pages[""] = [_item("a", "2026-12-06T10:00:00Z"), _item("b", "2026-12-06T10:01:00Z")]
+    result = list_once(settings)
+    assert result.failure is not None and result.failure.reason == "invalid_response"
+    assert "no batch of the page could be read (2 items; first: " in result.failure.detail
+    assert "created_at" in result.failure.detail
+    pages[""] = [_item("a", 1_800_000_000), _item("b", "2026-12-06T10:01:00Z")]
+    result = list_once(settings)
+    assert result.failure is None and ids(result) == ["a"] and result.skipped_items == 1
+    # A later page of nothing readable after readable ones: skipped (the walk could read something).
+    pages["p2"] = [_item("c", "garbage")]
+    result = list_once(settings)
+    assert result.failure is None and ids(result) == ["a"] and result.skipped_items == 2
