@@ -450,4 +450,6 @@ def test_a_gateway_answering_retrieves_with_another_batch_folds_nothing() -> Non
         assert failures and failures[0]["reason"] == "invalid_response"
         # A request of the poll failed: up is 0 and the reason counted (the list's picture is still published).
         assert value(s, "bifrost_batch_exporter_up", provider=P) == 0
-        assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="invalid_response") == 3
+        assert (
+            value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="invalid_response") == 3
+        )
