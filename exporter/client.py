@@ -47,6 +47,8 @@ REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
 Truncation = Literal["cursor_loop", "cursor_ignored", "max_pages"]
 Stop = Literal["end", "budget", "caller"]
 _RETRYABLE: Final = frozenset({"timeout", "connection", "rate_limited", "server_error"})
+# The longest Retry-After kept to across polls: beyond it (a misconfigured proxy's year) the provider is asked again.
+MAX_RETRY_AFTER_SECONDS: Final = 3600.0
 _MAX_REDIRECTS = 5
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
@@ -332,6 +334,9 @@ class BifrostClient:
         )
         self._pools: dict[str, Pool] = {}
         self._next_start: dict[str, float] = {}
+        # (provider, virtual key, API) → monotonic time before which the gateway asked not to be asked again: a
+        # Retry-After longer than one poll's retries is kept to, not met with a request every poll interval.
+        self._not_before: dict[tuple[str, str | None, str], float] = {}
         # Failure details end up in logs and exceptions: never with one of our credentials in them.
         self._scrub = Redactor(settings.secret_values()).scrub
 
@@ -657,22 +662,40 @@ class BifrostClient:
         tally: _Tally,
     ) -> T:
         attempt = 0
+        hold = (provider, tally.vk, path.split("/", 2)[1])  # the batch API and the logs API are held apart
+        until = self._not_before.get(hold)
+        if until is not None:
+            left = until - self._monotonic()
+            if left > 0:
+                raise RequestFailedError(
+                    "rate_limited",
+                    f"not asked: the gateway's Retry-After has {left:.0f}s to run (until then every poll of this "
+                    "provider fails without a request)",
+                    429,
+                )
+            del self._not_before[hold]
         while True:
             try:
                 tally.requests += 1
                 return await self._request(provider, path, params, parse, tally.vk)
             except RequestFailedError as exc:
-                if exc.reason not in _RETRYABLE or attempt >= self._settings.max_retries:
+                if exc.reason not in _RETRYABLE:
+                    raise
+                if exc.retry_after is not None and exc.retry_after > self._backoff_max:
+                    # Beyond what one poll's retries wait: kept to across polls (bounded: a year-long Retry-After
+                    # must not silence a provider for good).
+                    wait = min(exc.retry_after, MAX_RETRY_AFTER_SECONDS)
+                    self._not_before[hold] = self._monotonic() + wait
+                    raise RequestFailedError(
+                        exc.reason,
+                        f"{exc.detail}; Retry-After {exc.retry_after:.0f}s: not asked again for {wait:.0f}s",
+                        exc.status,
+                    ) from None
+                if attempt >= self._settings.max_retries:
                     raise
                 delay = min(self._backoff_max, self._backoff_base * (2**attempt))
                 delay = delay / 2 + self._rng() * delay / 2
                 if exc.retry_after is not None:
-                    if exc.retry_after > self._backoff_max:
-                        raise RequestFailedError(
-                            exc.reason,
-                            f"{exc.detail}; Retry-After {exc.retry_after:.0f}s is beyond the retry budget",
-                            exc.status,
-                        ) from None
                     delay = max(delay, exc.retry_after)
                 attempt += 1
                 tally.retries += 1

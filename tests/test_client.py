@@ -310,6 +310,47 @@ def test_retry_after_beyond_budget_fails_fast() -> None:
         assert result.requests == 1
 
 
+@pytest.mark.parametrize(("retry_after", "held"), [(600, 600), (10**9, 3600)])
+def test_a_long_retry_after_is_kept_to_across_polls(retry_after: int, held: int) -> None:
+    """A 429 asking for 10 minutes: the next polls fail as rate_limited without a request until then (a poll every
+    30 s would otherwise spend the customer's limit asking again); capped at an hour; other providers are not held."""
+    with Simulator(providers=[ProviderSpec("openai"), ProviderSpec("azure")], lifecycle=False) as sim:
+        sim.add_batch("openai", batch_id="b1", status="in_progress")
+        sim.set_fault("rate_limit", provider="openai", retry_after=retry_after)
+        clock = FakeClock()
+
+        async def polls() -> list[ListResult]:
+            client = BifrostClient(
+                settings_for(sim.url, ["openai", "azure"], max_retries=3),
+                sleep=clock.sleep,
+                monotonic=clock.monotonic,
+            )
+            results = []
+            try:
+                results.append(await client.list_batches("openai"))
+                sim.set_fault(None)
+                clock.now += held - 1
+                results.append(await client.list_batches("openai"))  # still held: not asked
+                results.append(await client.list_batches("azure"))  # another provider: asked
+                clock.now += 2
+                results.append(await client.list_batches("openai"))  # the wait is over
+                return results
+            finally:
+                await client.aclose()
+
+        first, held_back, other, after = asyncio.run(polls())
+        assert first.failure is not None and first.failure.reason == "rate_limited" and first.requests == 1
+        assert f"not asked again for {held}s" in first.failure.detail
+        assert held_back.failure is not None and held_back.failure.reason == "rate_limited"
+        assert (
+            held_back.requests == 0
+            and "not asked: the gateway's Retry-After has 1s to run" in held_back.failure.detail
+        )
+        assert other.failure is None
+        assert after.failure is None and ids(after) == ["b1"]
+        assert sim.list_requests("openai") == 2 and clock.sleeps == []
+
+
 def test_backoff_grows_with_jitter_and_stops_at_max_retries() -> None:
     with Simulator(providers=[ProviderSpec("openai")], lifecycle=False) as sim:
         sim.set_fault("server_error")
