@@ -957,6 +957,11 @@ class _BoundedDecoder:
                 raise RequestFailedError(
                     "invalid_response", f"body does not decode: {exc}", self._status
                 ) from None
+            if not self._zlib.eof:
+                # Cut before its end (a gzip trailer missing): what arrived may parse, but it is not what was sent.
+                raise RequestFailedError(
+                    "invalid_response", "body does not decode: the compressed stream ends early", self._status
+                )
         return b"".join(self._chunks)
 
 

@@ -429,6 +429,27 @@ def test_unknown_content_encoding(status: int, log_lines: Any) -> None:
     assert errors["invalid_response" if status == 200 else "server_error"] == 1
 
 
+@pytest.mark.parametrize("cut", [8, 4, 1])
+def test_a_compressed_page_cut_before_its_end_is_refused(cut: int, log_lines: Any) -> None:
+    """A gzip page without the last bytes of its trailer (CRC, length): the JSON inside may be whole, but the page
+    is not what the gateway sent (a proxy or a gateway cut it): invalid_response, not a silent success."""
+    page = gzip.compress(VALID_PAGE)[:-cut]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        fields = ["Content-Type: application/json", "Content-Encoding: gzip", f"Content-Length: {len(page)}"]
+        writer.write(head("200 OK", *fields) + page)
+        await writer.drain()
+
+    async def scenario() -> Any:
+        async with raw_server(handler) as url:
+            state, _, _ = await poll_once(url, max_retries=0)
+            return state
+
+    state = asyncio.run(scenario())
+    assert state.health.up is False and state.ledger.errors["invalid_response"] == 1
+
+
 @pytest.mark.parametrize(
     ("status", "reason", "attempts"),
     [(503, "server_error", 2), (429, "rate_limited", 2), (401, "auth", 1), (200, "invalid_response", 1)],
