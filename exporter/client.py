@@ -336,7 +336,8 @@ class BifrostClient:
         self._next_start: dict[str, float] = {}
         # (provider, virtual key, API) → monotonic time before which the gateway asked not to be asked again: a
         # Retry-After longer than one poll's retries is kept to, not met with a request every poll interval.
-        self._not_before: dict[tuple[str, str | None, str], float] = {}
+        # With it, the reason and status of the answer that asked (a 503 in maintenance stays server_error).
+        self._not_before: dict[tuple[str, str | None, str], tuple[float, Reason, int | None]] = {}
         # Failure details end up in logs and exceptions: never with one of our credentials in them.
         self._scrub = Redactor(settings.secret_values()).scrub
 
@@ -663,15 +664,16 @@ class BifrostClient:
     ) -> T:
         attempt = 0
         hold = (provider, tally.vk, path.split("/", 2)[1])  # the batch API and the logs API are held apart
-        until = self._not_before.get(hold)
-        if until is not None:
+        held = self._not_before.get(hold)
+        if held is not None:
+            until, reason, status = held
             left = until - self._monotonic()
             if left > 0:
                 raise RequestFailedError(
-                    "rate_limited",
+                    reason,
                     f"not asked: the gateway's Retry-After has {left:.0f}s to run (until then every poll of this "
                     "provider fails without a request)",
-                    429,
+                    status,
                 )
             del self._not_before[hold]
         while True:
@@ -685,7 +687,7 @@ class BifrostClient:
                     # Beyond what one poll's retries wait: kept to across polls (bounded: a year-long Retry-After
                     # must not silence a provider for good).
                     wait = min(exc.retry_after, MAX_RETRY_AFTER_SECONDS)
-                    self._not_before[hold] = self._monotonic() + wait
+                    self._not_before[hold] = (self._monotonic() + wait, exc.reason, exc.status)
                     raise RequestFailedError(
                         exc.reason,
                         f"{exc.detail}; Retry-After {exc.retry_after:.0f}s: not asked again for {wait:.0f}s",

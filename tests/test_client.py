@@ -310,13 +310,22 @@ def test_retry_after_beyond_budget_fails_fast() -> None:
         assert result.requests == 1
 
 
-@pytest.mark.parametrize(("retry_after", "held"), [(600, 600), (10**9, 3600)])
-def test_a_long_retry_after_is_kept_to_across_polls(retry_after: int, held: int) -> None:
+@pytest.mark.parametrize(
+    ("fault", "reason", "retry_after", "held"),
+    [
+        ("rate_limit", "rate_limited", 600, 600),
+        ("rate_limit", "rate_limited", 10**9, 3600),
+        ("server_error", "server_error", 900, 900),
+    ],
+)
+def test_a_long_retry_after_is_kept_to_across_polls(
+    fault: str, reason: str, retry_after: int, held: int
+) -> None:
     """A 429 asking for 10 minutes: the next polls fail as rate_limited without a request until then (a poll every
     30 s would otherwise spend the customer's limit asking again); capped at an hour; other providers are not held."""
     with Simulator(providers=[ProviderSpec("openai"), ProviderSpec("azure")], lifecycle=False) as sim:
         sim.add_batch("openai", batch_id="b1", status="in_progress")
-        sim.set_fault("rate_limit", provider="openai", retry_after=retry_after)
+        sim.set_fault(fault, provider="openai", retry_after=retry_after)
         clock = FakeClock()
 
         async def polls() -> list[ListResult]:
@@ -339,9 +348,9 @@ def test_a_long_retry_after_is_kept_to_across_polls(retry_after: int, held: int)
                 await client.aclose()
 
         first, held_back, other, after = asyncio.run(polls())
-        assert first.failure is not None and first.failure.reason == "rate_limited" and first.requests == 1
+        assert first.failure is not None and first.failure.reason == reason and first.requests == 1
         assert f"not asked again for {held}s" in first.failure.detail
-        assert held_back.failure is not None and held_back.failure.reason == "rate_limited"
+        assert held_back.failure is not None and held_back.failure.reason == reason
         assert (
             held_back.requests == 0
             and "not asked: the gateway's Retry-After has 1s to run" in held_back.failure.detail

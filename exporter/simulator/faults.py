@@ -116,8 +116,12 @@ def early_response(fault: Fault, provider: str, *, legacy: bool, request_type: s
     name = fault.name
     upstream = {"provider": provider, "request_type": request_type}
     if name == "server_error":
+        # A provider's or a proxy's 5xx may say when to come back (maintenance); only when the test asks.
+        wait = fault.params.get("retry_after")
         return json_response(
-            500, error_body(500, "internal server error", err_type="server_error", is_bifrost_error=True)
+            500,
+            error_body(500, "internal server error", err_type="server_error", is_bifrost_error=True),
+            {"Retry-After": str(wait)} if wait is not None else None,
         )
     if name == "bad_gateway":
         return 502, BAD_GATEWAY_HTML, HTML, {}
