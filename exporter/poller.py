@@ -27,7 +27,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -261,7 +260,7 @@ class Poller:
                 self._log.info(
                     "state_not_found", provider=provider, path=path, detail="starting without history"
                 )
-                self._write_initial(provider, ledger, state_dir)
+                self._write_initial(provider, ledger, journal)
                 return
             state = dict(restored.state)
             tracker_state = state.pop("tracker", None)
@@ -307,12 +306,9 @@ class Poller:
             notes=notes or None,
         )
 
-    def _write_initial(self, provider: str, ledger: Ledger, state_dir: Path) -> None:
+    def _write_initial(self, provider: str, ledger: Ledger, journal: statefile.Journal) -> None:
         """A first start records its start at once: a process killed before its first poll completes must not
         leave the next one to call every transition since then history."""
-        journal = self._journals.get(provider)
-        if self._state_lock is None or journal is None:
-            return
         try:
             write = journal.prepare(
                 ledger, self._clock(), extras=self._durable_extras(provider), cost=self._costs.get(provider)
