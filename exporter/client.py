@@ -100,6 +100,7 @@ class RequestFailedError(Exception):
         retry_after: float | None = None,
         *,
         gateway_body: bool = False,
+        refusal: str | None = None,
     ):
         super().__init__(f"{reason}: {detail}")
         self.reason: Reason = reason
@@ -108,6 +109,9 @@ class RequestFailedError(Exception):
         self.retry_after = retry_after
         # The answer was a Bifrost-shaped error body, not a proxy's page or a router's bare "Not Found".
         self.gateway_body = gateway_body
+        # The gateway's own error type or code when it is one of governance's refusals (provider_blocked,
+        # budget_exceeded, …): a decision about the key, never about the cursor the request carried.
+        self.refusal = refusal
 
 
 class UnsupportedProviderError(Exception):
@@ -151,6 +155,9 @@ class ListResult:
     # error shape: Bifrost answers an invalid cursor with 500): the walk must restart from the head, since sending
     # the same cursor again would fail the same way for ever.
     cursor_refused: bool = False
+    # The failure is governance saying this call's virtual key is not allowed on the provider (403
+    # provider_blocked): that key has no view of the provider, which the poller may take as an empty one.
+    key_not_allowed: bool = False
 
 
 @dataclass(slots=True)
@@ -415,9 +422,12 @@ class BifrostClient:
         except RequestFailedError as exc:
             detail = exc.detail if key is None else f"virtual key {key!r}: {exc.detail}"
             result.failure = Failure(exc.reason, self._scrub(detail), exc.status, tally.retries + 1)
-            result.cursor_refused = tally.cursor is not None and (
-                exc.reason == "client_error" or (exc.reason == "server_error" and exc.gateway_body)
+            result.cursor_refused = (
+                tally.cursor is not None
+                and exc.refusal is None
+                and (exc.reason == "client_error" or (exc.reason == "server_error" and exc.gateway_body))
             )
+            result.key_not_allowed = key is not None and exc.refusal == "provider_blocked"
         result.requests = tally.requests
         result.retries = tally.retries
         return result
@@ -813,6 +823,7 @@ class BifrostClient:
         hint = f" ({err.code or err.etype})" if (err.code or err.etype) else ""
         message = self._clean_message(err.message)
         said = f"HTTP {status}{hint}" + (f": {message}" if message else "")
+        refusal = next((t for t in (err.etype, err.code) if _is_gateway_type(t)), None)
         if status in (401, 403):
             if _upstream_refusal(err):
                 raise RequestFailedError(
@@ -823,14 +834,14 @@ class BifrostClient:
                     ),
                     status,
                 )
-            raise RequestFailedError("auth", said, status)
+            raise RequestFailedError("auth", said, status, refusal=refusal)
         if status == 429:
             retry_after = _parse_retry_after(response.headers.get("retry-after"), time.time())
-            raise RequestFailedError("rate_limited", said, status, retry_after)
+            raise RequestFailedError("rate_limited", said, status, retry_after, refusal=refusal)
         if status >= 500:
             retry_after = _parse_retry_after(response.headers.get("retry-after"), time.time())
             raise RequestFailedError("server_error", said, status, retry_after, gateway_body=err.shaped)
-        raise RequestFailedError("client_error", said, status, gateway_body=err.shaped)
+        raise RequestFailedError("client_error", said, status, gateway_body=err.shaped, refusal=refusal)
 
     def _clean_message(self, message: str | None) -> str | None:
         """The gateway's error message made safe for a log line: secrets redacted (ours and key-shaped ones)

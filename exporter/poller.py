@@ -127,6 +127,9 @@ class _Run:
     overflowed: int = 0
     cursor_refusals: int = 0  # refused cursors since the last complete full list (logged on the first)
     keys: tuple[str | None, ...] = ()  # the view's keys the last poll listed with (() before the first poll)
+    # Keys the gateway does not allow on this provider (403 provider_blocked) as their last list found: left out of
+    # head scans and retrieves, asked again by every full list.
+    not_allowed: set[str] = field(default_factory=set)
     polls: int = 0  # polls started: "listed by this poll or the last one" without reading any clock
     summary: _Summary = field(default_factory=_Summary)
 
@@ -571,8 +574,49 @@ class Poller:
                 run.first = _FirstList(started_at=self._clock())
                 run.resync_found = 0
             run.keys = keys
+            run.not_allowed.intersection_update(names)
             self._log_view(provider, names)
         return keys
+
+    def _not_allowed(self, provider: str, run: _Run, key: str | None, result: ListResult) -> bool:
+        """Whether `key`'s list was refused because governance does not allow that key on this provider; then the
+        refusal is taken out of the result's failure unless no key of the view is allowed (nothing is visible).
+
+        Scoping each tenant's key to the providers it uses is ordinary governance, and the gateway refuses such a
+        key every request on the others (lists included): that key's view of the provider is empty, not a failed
+        poll, and the other keys' union is the whole view. Logged when it starts and when it ends.
+        """
+        if key is None:
+            return False
+        if not result.key_not_allowed:
+            if key in run.not_allowed and result.failure is None:
+                run.not_allowed.discard(key)
+                self._log.info(
+                    "view_key_allowed",
+                    provider=provider,
+                    key_name=key,
+                    detail="the gateway allows this virtual key on the provider again: its batches are listed",
+                )
+            return False
+        if key not in run.not_allowed:
+            run.not_allowed.add(key)
+            self._log.warning(
+                "view_key_not_allowed",
+                provider=provider,
+                key_name=key,
+                detail=result.failure.detail if result.failure is not None else None,
+                consequence="the gateway does not allow this virtual key on the provider: its batches there, if "
+                "any, are not visible; the other keys' view is listed, and every full list asks this key again",
+            )
+        if all(k in run.not_allowed for k in run.keys):
+            return False  # no key may list the provider: a failed poll (reason auth), as with one refused key
+        result.failure = None
+        return True
+
+    def _view_keys(self, run: _Run) -> int:
+        """The keys the provider is listed with: the configured ones less those the gateway does not allow."""
+        names = self._client.key_names()
+        return len(names) - len(run.not_allowed.intersection(names))
 
     def _log_view(self, provider: str, names: tuple[str, ...]) -> None:
         if not names:
@@ -621,6 +665,7 @@ class Poller:
 
         for key in self._view(provider, run):
             result = await self._client.list_batches(provider, fold_page, key=key, seen=seen)
+            self._not_allowed(provider, run, key, result)
             self._take_list(outcome, result, ledger)
             if result.failure is not None or result.unsupported:
                 return outcome, None
@@ -684,6 +729,8 @@ class Poller:
             for k, key in enumerate(keys):
                 if starting_from_head and k == 0:
                     continue  # this poll's full list starts at key 0's head: its pages are the head scan
+                if key in run.not_allowed:
+                    continue  # asked again by the full list
                 wanted_more = [True]
 
                 def head_page(
@@ -703,11 +750,12 @@ class Poller:
                     provider, head_page, max_pages=pages, budget_truncates=False, key=key
                 )
                 refused = self._refused(provider, run, ledger, result, "head")
+                blocked = self._not_allowed(provider, run, key, result)
                 # A cursor defect matters here only while the newest pages were still showing new batches.
                 self._take_list(outcome, result, ledger, head=not wanted_more[0])
                 if outcome.failure is not None or outcome.unsupported:
                     return outcome
-                if not refused and result.next_cursor is not None:
+                if not refused and not blocked and result.next_cursor is not None:
                     heads[k] = (result.next_cursor, result.pages)
 
         # 2. Known active batches no list showed this poll: list on down to them where that costs fewer requests
@@ -803,19 +851,28 @@ class Poller:
             )  # fmt: skip
             # A refused cursor here leaves the rest to the retrieves below.
             self._refused(provider, run, ledger, result, "deeper")
+            self._not_allowed(provider, run, keys[k], result)
             self._take_list(outcome, result, ledger, head=True)
             if outcome.failure is not None or outcome.unsupported:
                 return
         # Within the budget (one request kept for the full list when it is due); the least recently seen first,
         # so a provider with more active batches than one poll can retrieve cycles through all of them.
         allowance = budget - (outcome.list_requests + outcome.retrieve_requests) - (1 if resync_due else 0)
-        todo = sorted(stale(), key=lambda i: store.checked_poll.get(i, -1))
+
+        def key_of(batch_id: str) -> str | None:
+            return keys[store.listed_by.get(batch_id, 0) % len(keys)]
+
+        # A batch listed by a key the gateway no longer allows on the provider waits for the full list, which
+        # shows whether another key sees it.
+        todo = sorted(
+            (i for i in stale() if key_of(i) not in run.not_allowed),
+            key=lambda i: store.checked_poll.get(i, -1),
+        )
         outcome.retrieves_deferred = max(0, len(todo) - max(0, allowance))
         for batch_id in todo:
             if outcome.list_requests + outcome.retrieve_requests >= budget - (1 if resync_due else 0):
                 break
-            key = keys[store.listed_by.get(batch_id, 0) % len(keys)]
-            got = await self._client.retrieve(provider, batch_id, key=key)
+            got = await self._client.retrieve(provider, batch_id, key=key_of(batch_id))
             outcome.retrieve_requests += got.requests
             outcome.retries += max(0, got.requests - 1)
             if got.batch is not None or got.gone:
@@ -878,6 +935,7 @@ class Poller:
                 self._take_list(outcome, result, ledger)
                 resync.cursor, resync.listed = None, 0
                 continue
+            self._not_allowed(provider, run, keys[resync.key], result)  # then this key's walk is done
             self._take_list(outcome, result, ledger, head=True)
             resync.pages += result.pages
             if outcome.failure is not None or outcome.unsupported:
@@ -1037,7 +1095,7 @@ class Poller:
                 supported=False,
                 last_success=now,
                 poll_duration=duration,
-                view_keys=len(self._client.key_names()),
+                view_keys=self._view_keys(run),
                 first_sync=FirstSync(complete=True),  # nothing to list: nothing to wait for
             )
             self._log.debug("poll_finished", outcome="unsupported", batches=0, **fields)
@@ -1059,7 +1117,7 @@ class Poller:
                 up=False,
                 supported=True,
                 poll_duration=duration,
-                view_keys=len(self._client.key_names()),
+                view_keys=self._view_keys(run),
                 first_sync=self._first_sync(run, len(run.store), now),
             )
             return ProviderState(provider, health, previous.snapshot, ledger.view())
@@ -1113,7 +1171,7 @@ class Poller:
             truncated=partial,
             last_success=now,
             poll_duration=duration,
-            view_keys=len(self._client.key_names()),
+            view_keys=self._view_keys(run),
             coverage=run.resync_truncated or ("complete" if run.synced else "pending"),
             first_sync=self._first_sync(run, snapshot.batches, now),
         )

@@ -9,6 +9,8 @@ named by its file, never by its value; GigaChat, which refuses any `limit`, is p
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 import structlog
 
+from exporter.client import BifrostClient, ListResult
 from exporter.simulator import ProviderSpec, Simulator, demo_governance, write_key_dir
 from exporter.simulator.governance import Governance, VirtualKey
 from tests.harness import ExporterThread, Samples, make_settings, value
@@ -227,3 +230,112 @@ def test_a_changed_view_first_list_is_timed_from_its_first_poll(sim: Simulator, 
         s = exp.samples()
     assert not first.complete and first.started_at is not None and first.started_at >= before
     assert value(s, "bifrost_batch_exporter_first_sync_estimated_completion_timestamp_seconds", provider=P)
+
+
+# --- keys the gateway scopes to other providers (403 provider_blocked) ----------------------------------------------
+# Bifrost's resolver refuses a key every request on a provider its provider configs do not name, lists included
+# (resolver.go isProviderAllowed): scoping each tenant's key to the providers it uses is ordinary governance, so a
+# key directory meets it on every provider some tenant does not use.
+
+B_ELSEWHERE = dataclasses.replace(B, providers=frozenset({"azure"}))  # tenant-b may not use openai
+
+
+def _asked_with(sim: Simulator, key: VirtualKey) -> int:
+    return sum(1 for entry in sim.request_log() if entry["virtual_key"] == key.id)
+
+
+def test_a_key_not_allowed_on_the_provider_is_an_empty_view_not_a_failed_poll(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Full mode: the other key's view (its batches and the unowned ones) is listed and up; the refused key is
+    logged once by name, left out of view_keys, and listed again once the gateway allows it."""
+    sim.set_virtual_key(B_ELSEWHERE)
+    keys = _keys(tmp_path, A, B)
+    with (
+        structlog.testing.capture_logs() as logs,
+        _exporter(sim, virtual_key_dir=keys, poll_mode="full") as exp,
+    ):
+        for _ in range(2):
+            exp.poll()
+        s = exp.samples()
+        assert value(s, "bifrost_batch_exporter_up", provider=P) == 1
+        assert _count(s, "in_progress") == 8  # tenant-a's 4 and the 4 unowned
+        assert value(s, "bifrost_batch_exporter_view_keys", provider=P) == 1
+        assert (value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="auth") or 0) == 0
+        sim.set_virtual_key(B)
+        exp.poll()
+        s = exp.samples()
+    assert _count(s, "in_progress") == 12
+    assert value(s, "bifrost_batch_exporter_view_keys", provider=P) == 2
+    refused = [e for e in logs if e["event"] == "view_key_not_allowed"]
+    assert len(refused) == 1 and refused[0]["key_name"] == "tenant-b" and refused[0]["provider"] == P
+    assert [e["key_name"] for e in logs if e["event"] == "view_key_allowed"] == ["tenant-b"]
+    assert not [e for e in logs if e["event"] == "poll_failed"]
+    assert A.value not in repr(logs) and B.value not in repr(logs)
+
+
+def test_incremental_polls_ask_a_refused_key_again_only_with_the_full_list(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Head scans and retrieves leave the refused key out (no request a poll); the next full list asks it again
+    and, allowed by then, lists its batches."""
+    sim.set_virtual_key(B_ELSEWHERE)
+    now = [time.time()]
+    keys = _keys(tmp_path, A, B)
+    settings = make_settings(
+        sim.url, [P], virtual_key_dir=keys, page_size=3, stale_after_seconds=10**6, poll_mode="incremental"
+    )
+    with ExporterThread(settings, clock=lambda: now[0]) as exp:
+        exp.poll()  # the first full list: tenant-b asked once, refused
+        assert _asked_with(sim, B) == 1
+        for _ in range(2):
+            now[0] += settings.poll_interval_seconds
+            exp.poll()
+            s = exp.samples()
+            assert value(s, "bifrost_batch_exporter_up", provider=P) == 1
+            assert _count(s, "in_progress") == 8
+        assert _asked_with(sim, B) == 1
+        sim.set_virtual_key(B)
+        now[0] += settings.poll_interval_seconds
+        exp.poll()
+        assert _asked_with(sim, B) == 1 and _count(exp.samples(), "in_progress") == 8  # until the full list
+        now[0] += 10 * settings.resync_interval_seconds
+        for _ in range(3):
+            exp.poll()
+            now[0] += settings.poll_interval_seconds
+        s = exp.samples()
+    assert _count(s, "in_progress") == 12
+    assert value(s, "bifrost_batch_exporter_view_keys", provider=P) == 2
+    assert (value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="auth") or 0) == 0
+
+
+@pytest.mark.parametrize("mode", ["incremental", "full"])
+def test_no_key_allowed_on_the_provider_fails_the_poll(sim: Simulator, tmp_path: Path, mode: str) -> None:
+    sim.set_virtual_key(B_ELSEWHERE)
+    sim.set_virtual_key(dataclasses.replace(A, providers=frozenset({"azure"})))
+    keys = _keys(tmp_path, A, B)
+    with _exporter(sim, virtual_key_dir=keys, poll_mode=mode) as exp:
+        exp.poll()
+        s = exp.samples()
+    assert value(s, "bifrost_batch_exporter_up", provider=P) == 0
+    assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="auth") == 1
+    assert "bifrost_batches" not in {name for name, _ in s}
+
+
+def test_a_spent_budget_on_a_cursor_page_is_not_a_refused_cursor(sim: Simulator, tmp_path: Path) -> None:
+    """402 budget_exceeded is governance's decision about the key: restarting the walk from the head cannot help,
+    and counting it as cursor_refused would send the on-call engineer after the gateway's cursors."""
+    sim.set_virtual_key(dataclasses.replace(A, over_budget=True))
+    settings = make_settings(sim.url, [P], virtual_key_dir=_keys(tmp_path, A), page_size=3)
+
+    async def walk() -> ListResult:
+        client = BifrostClient(settings)
+        try:
+            return await client.list_batches(P, lambda batches: None, after="a1", key="tenant-a")
+        finally:
+            await client.aclose()
+
+    result = asyncio.run(walk())
+    assert result.failure is not None and result.failure.reason == "client_error"
+    assert result.failure.status == 402 and "budget_exceeded" in result.failure.detail
+    assert not result.cursor_refused and not result.key_not_allowed

@@ -7,6 +7,7 @@ benchmarks and `--demo` hold on to.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import ssl
 import time
 from collections.abc import Iterable, Sequence
@@ -178,6 +179,19 @@ class Simulator:
         """Key name (or id) → value, for clients and key directories; empty without governance."""
         gov = self._world.settings.governance
         return {} if gov is None else {vk.name or vk.id: vk.value for vk in gov.keys}
+
+    def set_virtual_key(self, key: VirtualKey) -> None:
+        """Change one virtual key's configuration (the key with the same id) as the gateway's admin would while it
+        runs: its provider scope, its budget, whether it is active. Its value and id stay what clients hold."""
+        with self._world.lock:
+            governor = self._world.governor
+            if governor is None:
+                raise ValueError("the simulator runs without governance")
+            old = governor.config.key(key.id)
+            if old.value != key.value:
+                raise ValueError(f"virtual key {key.id!r}: its value is what clients hold; keep it")
+            keys = tuple(key if k.id == key.id else k for k in governor.config.keys)
+            governor.config = dataclasses.replace(governor.config, keys=keys)
 
     # ---- store API --------------------
 

@@ -9,6 +9,9 @@ batch delete, the list refusal without a config store, and fails a list whose ow
 - no key while `is_vk_mandatory` is on: 401 `virtual_key_required`;
 - a key the gateway does not know: 401 `access_not_found` (older gateways: `virtual_key_not_found`);
 - an inactive key: 403 `access_blocked`;
+- a key whose provider configs do not name the request's provider (resolver.go `isProviderAllowed`; lists are not
+  exempt): 403 `provider_blocked`, "Provider 'X' is not allowed for this virtual key";
+- a key whose budget is spent (resolver.go, `checkBudgetHierarchy`): 402 `budget_exceeded`;
 - without a config store, every batch request (a list included): 403 `access_blocked`;
 - a retrieve, cancel, results or delete of a batch whose job row names another key: 404 `access_blocked`,
   "batch 'X' not found", before the provider is asked;
@@ -64,6 +67,12 @@ class VirtualKey:
     team_id: str | None = None
     customer_id: str | None = None
     active: bool = True
+    # The providers its provider configs name (None: not scoped, every provider). Scoping a tenant's key to the
+    # providers it uses is ordinary governance; the gateway then refuses that key everything on the others.
+    providers: frozenset[str] | None = None
+    # Its budget spent: the resolver's budget check (step 5, every request type but MCP tools and list-models)
+    # answers 402 budget_exceeded until the budget resets.
+    over_budget: bool = False
 
     def __post_init__(self) -> None:
         if not self.value.lower().startswith(VIRTUAL_KEY_PREFIX):
@@ -164,6 +173,12 @@ class Governor:
         """enforceProviderJobOwnership: a list (batch_id None) or a request addressing one batch."""
         if vk is None:
             return None
+        if vk.providers is not None and state is not None and state.spec.name not in vk.providers:
+            return _refusal(
+                403, "provider_blocked", f"Provider '{state.spec.name}' is not allowed for this virtual key"
+            )
+        if vk.over_budget:
+            return _refusal(402, "budget_exceeded", "Budget exceeded: virtual key budget exceeded")
         if not self.config.config_store:
             return _refusal(403, "access_blocked", _NO_CONFIG_STORE)
         if batch_id is None or state is None:
