@@ -430,9 +430,36 @@ def test_dashboard_configmap_equals_the_dashboards(rendered: dict[str, str]) -> 
     )
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert cm["metadata"]["annotations"] == {"grafana_folder": "Bifrost"}
-    assert cm["data"] == {f.name: f.read_text() for f in files}
+    # The dashboards as written, with the mixin's default job matcher replaced by this release's (the rules' one).
+    default, release = 'job=~\\"bifrost-batch-exporter.*\\"', 'job=~\\"rel-bifrost-batch-exporter.*\\"'
+    assert cm["data"] == {f.name: f.read_text().replace(default, release) for f in files}
     for body in cm["data"].values():
         json.loads(body)
+
+
+def test_the_shipped_dashboards_select_the_targets_the_rules_select(helm: str) -> None:
+    """The Prometheus Operator names a release's targets' job after its Service (`<release>-bifrost-batch-exporter`),
+    which the mixin's default matcher (`job=~"bifrost-batch-exporter.*"`, anchored) does not select: every panel
+    reading the exporter's own series was empty for a release named anything else."""
+    for args, matcher in (
+        ((), 'job=~"prod-bifrost-batch-exporter.*"'),
+        (("--set", 'prometheusRule.selector=job="batches"'), 'job="batches"'),
+    ):
+        text = run_helm(
+            helm, "template", "prod", str(CHART), "--set", "grafanaDashboard.enabled=true",
+            "--set", "prometheusRule.enabled=true", *args,
+        ).stdout  # fmt: skip
+        docs = docs_of(text)
+        rule_exprs = [r["expr"] for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+        assert any(matcher in e for e in rule_exprs)
+        cm = next(d for d in of_kind(docs, "ConfigMap") if "grafana_dashboard" in d["metadata"]["labels"])
+        for body in cm["data"].values():
+            dashboard = json.loads(body)
+            exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+            exprs += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+            own = [e for e in exprs if "bifrost_batch_exporter_" in e and ":" not in e.split("{")[0]]
+            assert own and all(matcher in e for e in own), [e for e in own if matcher not in e][:2]
+            assert not [e for e in exprs if 'job=~"bifrost-batch-exporter.*"' in e]
 
 
 def test_package_carries_the_embedded_files(helm: str, tmp_path: Path) -> None:
@@ -649,8 +676,22 @@ def test_network_policy_and_pdb(rendered: dict[str, str]) -> None:
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert policy["spec"]["ingress"][0]["ports"] == [{"port": "http-metrics", "protocol": "TCP"}]
     pdb = one(docs, "PodDisruptionBudget")
-    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["minAvailable"] == 1  # with 2 replicas
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_a_pdb_never_forbids_every_eviction(helm: str) -> None:
+    """minAvailable at or above a Deployment's replicas allows no eviction at all: a node drain hangs (the chart's
+    PVC mode runs one replica, and the default used to be minAvailable 1)."""
+    pdb = one(
+        docs_of(template_text(helm, "--set", "podDisruptionBudget.enabled=true")), "PodDisruptionBudget"
+    )
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": pdb["spec"]["selector"]}
+    refused = run_helm(
+        helm, "template", "rel", str(CHART), "--set", "podDisruptionBudget.enabled=true",
+        "--set", "podDisruptionBudget.maxUnavailable=", "--set", "podDisruptionBudget.minAvailable=1", check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "forbids every eviction" in refused.stderr
 
 
 def test_config_changes_roll_the_pods(helm: str) -> None:

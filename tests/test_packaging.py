@@ -268,3 +268,22 @@ def test_the_readmes_helm_install_renders() -> None:
     assert proc.returncode == 0, proc.stderr
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(proc.stdout) if d)
     assert "Deployment" in kinds
+
+
+def test_every_demo_command_a_user_copies_publishes_a_reachable_port() -> None:
+    """`--demo` listens on 127.0.0.1 unless told otherwise, so in a container a published port reaches nothing:
+    every `docker run … --demo` line we hand out (README, the release notes the release workflow writes) must listen
+    on all interfaces."""
+    sources = {
+        "README.md": (ROOT / "README.md").read_text(),
+        "release.yml": (ROOT / ".github" / "workflows" / "release.yml").read_text(),
+        "Dockerfile": (ROOT / "Dockerfile").read_text(),
+    }
+    checked = 0
+    for name, text in sources.items():
+        joined = text.replace("\\\n", " ")
+        for line in joined.splitlines():
+            if "docker run" in line and "--demo" in line:
+                checked += 1
+                assert "--web.listen-address=0.0.0.0:" in line, f"{name}: {line.strip()}"
+    assert checked >= 3

@@ -223,3 +223,10 @@ credentials whose key is not empty there.
 {{- $env = concat $env $root.Values.extraEnv }}
 {{- if $env }}{{ toYaml $env }}{{ end }}
 {{- end }}
+
+{{- /* The PromQL matcher that selects this release's targets: prometheusRule.selector, else the job label the
+Prometheus Operator gives the targets of this release's ServiceMonitors (the Service name, fullname or
+fullname-shard). The rules and the shipped dashboards both use it, so they select the same series. */}}
+{{- define "bbe.targetSelector" -}}
+{{- .Values.prometheusRule.selector | default (printf "job=~%q" (printf "%s.*" (include "bbe.fullname" .))) }}
+{{- end }}
