@@ -101,6 +101,7 @@ class RequestFailedError(Exception):
         *,
         gateway_body: bool = False,
         refusal: str | None = None,
+        body_refused: bool = False,
     ):
         super().__init__(f"{reason}: {detail}")
         self.reason: Reason = reason
@@ -112,6 +113,9 @@ class RequestFailedError(Exception):
         # The gateway's own error type or code when it is one of governance's refusals (provider_blocked,
         # budget_exceeded, …): a decision about the key, never about the cursor the request carried.
         self.refusal = refusal
+        # A JSON answer of the right type that the parser refused: a fault of what was asked for (one row, one
+        # batch), not of the route or the gateway.
+        self.body_refused = body_refused
 
 
 class UnsupportedProviderError(Exception):
@@ -180,6 +184,10 @@ class LogResult(Generic[T]):
     absent: bool = False
     failure: Failure | None = None
     requests: int = 0
+    # The failure is this row's (the gateway answered it, but not as a row we can read): the route and the
+    # gateway work, so other rows are looked up, and this one again after a gap. Any other failure (a bare 404
+    # of a route that is not there, a login page, a 5xx) says nothing about the row.
+    row_fault: bool = False
 
 
 @dataclass(slots=True)
@@ -621,7 +629,9 @@ class BifrostClient:
             segment = id_segment(log_id)
             if segment is None:
                 raise RequestFailedError(
-                    "invalid_response", f"log id {_short(log_id, 80)!r} is not one path segment"
+                    "invalid_response",
+                    f"log id {_short(log_id, 80)!r} is not one path segment",
+                    body_refused=True,
                 )
             result.row = await self._with_retries(provider, "/api/logs/" + segment, {}, parse, tally)
         except UnsupportedProviderError:
@@ -638,6 +648,7 @@ class BifrostClient:
                 elif exc.reason == "auth":
                     detail += "; the logs API needs the gateway's admin login (basic_auth_* or bearer_token)"
                 result.failure = Failure(exc.reason, self._scrub(detail), exc.status, tally.retries + 1)
+                result.row_fault = exc.body_refused
         result.requests = tally.requests
         return result
 
@@ -816,7 +827,7 @@ class BifrostClient:
             try:
                 return parse(body)
             except InvalidResponseError as exc:
-                raise RequestFailedError("invalid_response", str(exc), status) from None
+                raise RequestFailedError("invalid_response", str(exc), status, body_refused=True) from None
         err = _read_error_body(body)
         if status == 400 and err.code == "unsupported_operation":
             raise UnsupportedProviderError()

@@ -71,9 +71,6 @@ ABSENT_GAPS: Final = (120.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)
 UNPRICED_GAPS: Final = (900.0, 1800.0, 3600.0, 7200.0, 14400.0)
 # A reason that says the gateway (or the way to it) is failing, not this one row: the round stops and the look-up
 # is repeated next poll.
-STOPPING_REASONS: Final = frozenset(
-    {"auth", "upstream_auth", "timeout", "connection", "rate_limited", "server_error"}
-)
 # A lying gateway's numbers must not poison a counter for ever: no batch costs a billion dollars or uses 10^15
 # tokens.
 MAX_DOLLARS: Final = 1e9
@@ -114,6 +111,8 @@ def _number(value: Any, limit: float, what: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidResponseError(f"settlement row: {what} is not a number")
+    if isinstance(value, int) and not 0 <= value <= limit:
+        raise InvalidResponseError(f"settlement row: {what} out of range")  # float() of a huge int overflows
     number = float(value)
     if not (0.0 <= number <= limit):
         raise InvalidResponseError(f"settlement row: {what} out of range")
@@ -123,6 +122,17 @@ def _number(value: Any, limit: float, what: str) -> float | None:
 def _count(value: Any, what: str) -> int:
     number = _number(value, MAX_TOKENS, what)
     return 0 if number is None else int(number)
+
+
+def label_text(text: str) -> str:
+    """`text` as a label value can carry it. JSON lets a lone surrogate through (`"\\ud800"`), which no UTF-8
+    encoder takes: one such model name failed every render of /metrics, and came back with the state after a
+    restart. Such characters become "?"."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def parse_row(log_id: str) -> Callable[[bytes], Row]:
@@ -168,7 +178,7 @@ def parse_row(log_id: str) -> Callable[[bytes], Row]:
             counts = debug.get("request_counts")
             requests = _count(counts.get("completed"), "completed") if isinstance(counts, dict) else 0
         model = doc.get("model")
-        name = model[:_MAX_LABEL_VALUE] if isinstance(model, str) and model else UNKNOWN_MODEL
+        name = label_text(model[:_MAX_LABEL_VALUE]) if isinstance(model, str) and model else UNKNOWN_MODEL
         return Row(dollars, name, prompt, completion, min(requests, MAX_TOKENS))
 
     return parse
@@ -424,24 +434,26 @@ class CostLedger:
                 self._awaiting_cost += 1
             self._schedule(batch_id, entry, now, UNPRICED_GAPS)
 
-    def failed(self, batch_id: str, failure: Failure, now: float) -> None:
-        """The look-up failed: due again next poll when the gateway is failing, else after a gap (a row the
-        gateway answers wrongly must not hold up the others)."""
+    def failed(self, batch_id: str, failure: Failure, now: float, *, row_fault: bool) -> None:
+        """The look-up failed. A fault of this row (answered, but unreadable): looked up again after a gap, so it
+        does not hold up the others, and given up on at the horizon. Any other failure says nothing about the row
+        (the gateway, its route or its login is failing): due again next poll, never counted while it lasts."""
         entry = self._awaited.get(batch_id)
         if entry is None:
             return
-        if failure.reason in STOPPING_REASONS:
+        if not row_fault:
             heapq.heappush(self._due, (entry.next_at, batch_id))
             return
+        if failure.status is not None and not entry.row_seen:
+            entry.row_seen = True  # the gateway answered with something for this id: a row, awaiting a cost
+            self._awaiting_cost += 1
         if now >= entry.finished_at + self.horizon:
             # A row the gateway keeps answering wrongly past the horizon: no cost could be read for it.
             self._count("unpriced" if entry.row_seen else "missing", entry.group, None, now)
             self._drop(batch_id)
             return
         entry.looks += 1
-        entry.next_at = now + ABSENT_GAPS[min(entry.looks, len(ABSENT_GAPS)) - 1]
-        self._dirty.add(batch_id)
-        heapq.heappush(self._due, (entry.next_at, batch_id))
+        self._schedule(batch_id, entry, now, ABSENT_GAPS)
 
     def round_done(self, requests: int, ok: bool | None) -> None:
         """A round of look-ups sent `requests` requests; `ok` None when none answered either way."""
@@ -677,26 +689,26 @@ class CostLedger:
             return group
 
         self._lookups = _natural(state["lookups"])
-        models = {str(m) for m in state["models"]}
+        models = {label_text(str(m)) for m in state["models"]}
         if len(models) > MAX_MODELS:
             raise ValueError("more models than the cap admits")
         self._models = models
         if same_keys:
             for m, g, v in state["dollars"]:
-                self._dollars[(str(m), group_of(g))] = _finite_nonnegative(v)
+                self._dollars[(label_text(str(m)), group_of(g))] = _finite_nonnegative(v)
             for m, k, g, n in state["tokens"]:
                 if k not in TOKEN_TYPES:
                     raise ValueError("unknown token type")
-                self._tokens[(str(m), str(k), group_of(g))] = _natural(n)
+                self._tokens[(label_text(str(m)), str(k), group_of(g))] = _natural(n)
             for m, g, n in state["requests"]:
-                self._requests[(str(m), group_of(g))] = _natural(n)
+                self._requests[(label_text(str(m)), group_of(g))] = _natural(n)
             for r, g, n in state["settlements"]:
                 if r not in RESULTS:
                     raise ValueError("unknown settlement result")
                 self._settlements[(str(r), group_of(g))] = _natural(n)
             for release_at, m, g, dollars, prompt, completion, requests in state["held"]:
                 credit = _Credit(
-                    str(m), group_of(g), _finite_nonnegative(dollars), _natural(prompt),
+                    label_text(str(m)), group_of(g), _finite_nonnegative(dollars), _natural(prompt),
                     _natural(completion), _natural(requests),
                 )  # fmt: skip
                 self._held.append(credit)
@@ -780,14 +792,25 @@ async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
         got = await client.settlement(provider, log_id, parse_row(log_id))
         sent += got.requests
         now = costs.now()
+        if got.failure is not None and got.row_fault and not probe:
+            # The gateway answered; the row is unreadable: the look-ups work (cost_up stays), this row waits.
+            ok = True if ok is None else ok
+            costs.failed(batch_id, got.failure, now, row_fault=True)
+            costs.log.warning(
+                "settlement_row_unreadable",
+                provider=provider,
+                batch_id=batch_id[:256],
+                detail=got.failure.detail,
+                consequence="looked up again after a gap; counted unpriced (or missing) if still unreadable at "
+                "cost_horizon_seconds",
+            )
+            continue
         if got.failure is not None:
             first_failure = first_failure or got.failure
             ok = False
             if not probe:
-                costs.failed(batch_id, got.failure, now)
-            if got.failure.reason in STOPPING_REASONS or probe:
-                break
-            continue
+                costs.failed(batch_id, got.failure, now, row_fault=False)
+            break
         ok = True if ok is None else ok
         if not probe:
             costs.answered(batch_id, got.row, now)

@@ -77,7 +77,7 @@ class Gateway:
                 gateway.seen.append(seen)
                 reply = gateway.route(seen)
                 status, body = reply[0], reply[1]
-                headers = reply[2] if len(reply) == 3 else {}
+                headers = dict(reply[2]) if len(reply) == 3 else {}  # a copy: a reply may be sent again
                 data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", headers.pop("Content-Type", "application/json"))

@@ -405,10 +405,10 @@ def test_a_gateway_failure_keeps_the_look_up_due_and_a_bad_row_backs_off(clock: 
     costs.finished(batch("b"), "completed", T0, ())
     now = T0 + 600
     a, b = sorted(drain(costs, now))
-    costs.failed(a, Failure("auth", "HTTP 401", 401, 1), now)
-    costs.failed(b, Failure("invalid_response", "garbage", 200, 1), now)
+    costs.failed(a, Failure("auth", "HTTP 401", 401, 1), now, row_fault=False)
+    costs.failed(b, Failure("invalid_response", "garbage", 200, 1), now, row_fault=True)
     assert drain(costs, now) == ["a"]  # due again at once (the next poll)
-    costs.failed("a", Failure("connection", "refused", None, 1), now)
+    costs.failed("a", Failure("connection", "refused", None, 1), now, row_fault=False)
     assert drain(costs, now + ABSENT_GAPS[0] - 1) == ["a"]
     assert drain(costs, now + ABSENT_GAPS[0]) == ["b"]
 
