@@ -216,7 +216,7 @@ def _many() -> list[dict[str, Any]]:
 def test_limit_is_used_only_when_a_positive_int_and_capped(
     clock: FakeClock, raw: str | None, expected: int
 ) -> None:
-    spec = ProviderSpec("p", style="legacy", default_limit=4)
+    spec = ProviderSpec("p", style="legacy", default_limit=4, max_limit=0)  # the kind cap at 1000
     with (
         Simulator(providers=[spec], lifecycle=False, clock=clock) as sim,
         http(sim.url) as c,
@@ -878,3 +878,14 @@ def test_cli_serves_health_until_terminated() -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize(("flavor", "maximum"), [("openai", 100), ("azure", 100), ("anthropic", 1000)])
+def test_a_provider_refuses_a_limit_above_its_own_maximum_by_default(flavor: str, maximum: int) -> None:
+    """Realistic is the default: OpenAI and Azure answer 400 above 100, Anthropic above 1000 (the gateway passes
+    `limit` on), so an exporter whose clamp regressed fails in every suite, not only in those that opt in."""
+    with Simulator(providers=[ProviderSpec("p", flavor=flavor)], lifecycle=False) as sim, http(sim.url) as c:
+        ok = c.get("/v1/batches", params={"provider": "p", "limit": str(maximum)}, headers=NO_RAW)
+        refused = c.get("/v1/batches", params={"provider": "p", "limit": str(maximum + 1)}, headers=NO_RAW)
+    assert ok.status_code == 200
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "integer_above_max_value"

@@ -78,6 +78,15 @@ CANONICAL_TERMINAL = frozenset({"completed", "failed", "expired", "cancelled", "
 AFTER_IGNORED_FLAVORS = frozenset({"anthropic", "gemini", "bedrock"})
 # Flavours whose list items are summaries: the retrieve object is richer.
 SPARSE_FLAVORS = frozenset({"bedrock", "gemini"})
+# The upstreams' own page-size maxima (OpenAI and Azure: 100; Anthropic, Bedrock, Gemini: 1000): the gateway passes
+# `limit` on unchanged and keeps the provider's 400 for a larger one.
+FLAVOR_MAX_LIMIT: dict[str, int] = {
+    "openai": 100,
+    "azure": 100,
+    "anthropic": 1000,
+    "bedrock": 1000,
+    "gemini": 1000,
+}
 # Flavours with OpenAI's object: metadata, errors, input/output files.
 OPENAI_SHAPED = frozenset({"openai", "azure"})
 # Flavours with no finalizing stage of their own.
@@ -140,7 +149,7 @@ class ProviderSpec:
     # None: the flavour decides (Anthropic, Gemini, Bedrock ignore `after`). False: the kind gateway of old tests.
     after_ignored: bool | None = None
     # The upstream's own page-size maximum: a larger `limit` is refused as the provider refuses it (HTTP 400).
-    # None: silently capped at 1000, as the kind simulator always did.
+    # None: the flavour decides (FLAVOR_MAX_LIMIT). 0: silently capped at 1000, the kind gateway of old tests.
     max_limit: int | None = None
     # None: the flavour decides (Bedrock and Gemini list summaries). False: full list items, for old tests.
     sparse_items: bool | None = None
@@ -152,6 +161,13 @@ class ProviderSpec:
         if self.after_ignored is not None:
             return self.after_ignored
         return self.flavor in AFTER_IGNORED_FLAVORS
+
+    @property
+    def limit_maximum(self) -> int | None:
+        """The `limit` above which the provider answers 400 (None: no such check, the simulator caps at 1000)."""
+        if self.max_limit is not None:
+            return self.max_limit or None
+        return FLAVOR_MAX_LIMIT.get(self.flavor)
 
     @property
     def sparse(self) -> bool:

@@ -269,7 +269,7 @@ class Gateway:
     def _check_limit(self, state: ProviderState, raw: str | None) -> Response | None:
         """A `limit` above the upstream's own maximum is passed on unchanged and refused by the provider
         (OpenAI: 100, Anthropic and Bedrock: 1000); the gateway keeps the provider's 400."""
-        maximum = state.spec.max_limit
+        maximum = state.spec.limit_maximum
         if maximum is None or raw is None:
             return None
         try:
