@@ -29,6 +29,7 @@ from exporter.simulator import (
     generate_batches,
     list_page_bytes,
 )
+from exporter.simulator.flavors import Flavor
 from tests.conftest import free_port
 
 T0 = 1_700_000_000.0
@@ -881,7 +882,7 @@ def test_cli_serves_health_until_terminated() -> None:
 
 
 @pytest.mark.parametrize(("flavor", "maximum"), [("openai", 100), ("azure", 100), ("anthropic", 1000)])
-def test_a_provider_refuses_a_limit_above_its_own_maximum_by_default(flavor: str, maximum: int) -> None:
+def test_a_provider_refuses_a_limit_above_its_own_maximum_by_default(flavor: Flavor, maximum: int) -> None:
     """Realistic is the default: OpenAI and Azure answer 400 above 100, Anthropic above 1000 (the gateway passes
     `limit` on), so an exporter whose clamp regressed fails in every suite, not only in those that opt in."""
     with Simulator(providers=[ProviderSpec("p", flavor=flavor)], lifecycle=False) as sim, http(sim.url) as c:
