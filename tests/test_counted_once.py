@@ -304,6 +304,15 @@ def test_clock_steps_never_count_a_batch_twice_or_drop_one(plan: list[tuple[Any,
         )  # fmt: skip
         client = BifrostClient(cfg, sleep=clock.sleep, monotonic=clock.monotonic)
         with ExporterThread(cfg, clock=clock.host, client=client) as exp:
+
+            def poll() -> None:
+                exp.poll(P)
+                clock.advance(INTERVAL)
+                counted = finished_counts(exp.samples())
+                assert all(counted[s] <= n for s, n in truth.counts().items()), (counted, truth.counts())
+                assert sum(counted.values()) <= len(truth.finished)
+
+            unpolled = 0.0  # gateway hours since the last poll
             for op in plan:
                 if op[0] == "step":
                     clock.step = op[1] * 86_400.0
@@ -312,13 +321,17 @@ def test_clock_steps_never_count_a_batch_twice_or_drop_one(plan: list[tuple[Any,
                 elif op[0] == "move":
                     truth.move(op[1], op[2])
                 elif op[0] == "hours":
+                    # A batch first seen more than the ledger's retention (48 h) after it ended is history by the
+                    # contract, not a transition: the truth counts every batch, so the exporter polls at least
+                    # once a day of gateway time (a pod down longer than the retention is docs/state.md's case).
+                    if unpolled + op[1] > 24:
+                        poll()
+                        unpolled = 0.0
+                    unpolled += op[1]
                     clock.advance(op[1] * 3600.0)
                 else:
-                    exp.poll(P)
-                    clock.advance(INTERVAL)
-                    counted = finished_counts(exp.samples())
-                    assert all(counted[s] <= n for s, n in truth.counts().items()), (counted, truth.counts())
-                    assert sum(counted.values()) <= len(truth.finished)
+                    poll()
+                    unpolled = 0.0
             clock.step = 0.0
             clock.advance(RESYNC)
             poll_until_resynced(exp, clock, limit=100)
