@@ -6,9 +6,10 @@ scrape never waits for a poll.
 
 Two modes (settings.poll_mode):
 - `full` lists every batch every poll (v1): the gateway's cost grows with history.
-- `incremental` keeps a store of known batches and, each poll, lists the newest pages until a page shows a batch it
-  knew (or nothing new), refreshes the known active batches the list did not show (by retrieve), and lists in full
-  now and then, spread over polls within a request budget, to find batches on later keys and to drop deleted ones.
+- `incremental` keeps a store of known batches and, each poll, within one request budget for lists and retrieves:
+  lists the newest pages until a page shows a batch it knew (or nothing new); continues the full list when one is
+  due (spread over polls, to find batches on later keys and to drop deleted ones) with a share of the budget; and
+  refreshes the known active batches no list showed (listing down to them where cheaper, else by retrieve).
   After each complete full list the store holds exactly what a full list shows, so the gauges equal those of `full`
   mode; in between, status changes of known batches and new batches on the newest pages are seen within one poll.
 
@@ -724,7 +725,7 @@ class Poller:
         # 1. Each key's newest pages, until one shows a batch already known (lists are newest first: nothing
         #    newer lies beyond it) or nothing new (skipped while the first full list runs, and for the key whose
         #    walk this poll's full list starts at the head anyway).
-        heads: dict[int, tuple[str, int]] = {}  # key → (cursor after its head pages, pages read)
+        heads: dict[int, tuple[str, int, int]] = {}  # key → (cursor after its head pages, pages, items read)
         if not first_sync:
             for k, key in enumerate(keys):
                 if starting_from_head and k == 0:
@@ -732,16 +733,24 @@ class Poller:
                 if key in run.not_allowed:
                     continue  # asked again by the full list
                 wanted_more = [True]
+                walked = [
+                    0
+                ]  # items handed over so far: a running batch's place from the top of this key's list
 
                 def head_page(
-                    batches: list[Batch], k: int = k, wanted_more: list[bool] = wanted_more
+                    batches: list[Batch],
+                    k: int = k,
+                    wanted_more: list[bool] = wanted_more,
+                    walked: list[int] = walked,
                 ) -> bool:
                     known = any(b.id in store for b in batches)
                     self._counts_still_fresh(store, batches, poll, refreshed)
+                    listed = batches
                     batches = store.defer_sparse(batches)
                     observe(batches)
                     refreshed.update(b.id for b in batches)
                     new = store.upsert(batches, listing=False, key=k, poll=poll)
+                    walked[0] = store.place(listed, k, walked[0])
                     wanted_more[0] = new > 0 and not known
                     return wanted_more[0]
 
@@ -756,27 +765,30 @@ class Poller:
                 if outcome.failure is not None or outcome.unsupported:
                     return outcome
                 if not refused and not blocked and result.next_cursor is not None:
-                    heads[k] = (result.next_cursor, result.pages)
+                    heads[k] = (result.next_cursor, result.pages, walked[0])
 
-        # 2. Known active batches no list showed this poll: list on down to them where that costs fewer requests
-        #    than one retrieve each (by their places in the last full list), then retrieve the rest, least recently
-        #    seen first, within the budget.
-        if not first_sync:
-            await self._refresh_known(
-                provider, ledger, run, keys, heads, refreshed, outcome, budget, resync_due, started
+        # 2. The full list, key after key, continued: the whole budget while the first one runs (nothing else
+        #    competes); afterwards half of what is left while known active batches still wait for this poll's
+        #    refresh, so neither starves the other (a due list crawling at one page a poll left batches on later
+        #    keys uncounted for hours). It runs before the refresh, so what its pages show is not retrieved again.
+        if resync_due:
+            left = budget - spent()
+            waiting = not first_sync and any(i not in refreshed for i in store.active)
+            share = max(1, left // 2) if waiting else max(1, left)
+            await self._continue_resync(
+                provider, ledger, run, keys, refreshed, outcome, spent() + share, started
             )
             if outcome.failure is not None or outcome.unsupported:
                 return outcome
 
-        # 3. The full list, key after key, continued within what is left of the budget (at least one page).
-        if resync_due:
-            await self._continue_resync(provider, ledger, run, keys, refreshed, outcome, budget, started)
-            if first_sync and outcome.resync_done and outcome.failure is None:
-                # The first full list is complete: what its earlier polls listed may have changed since, and no
-                # retrieve ran while it did. Refreshed now, with what is left of the budget (the rest next poll).
-                await self._refresh_known(
-                    provider, ledger, run, keys, {}, refreshed, outcome, budget, False, started
-                )
+        # 3. Known active batches no list showed this poll: list on down to them where that costs fewer requests
+        #    than one retrieve each (by their places in the lists), then retrieve the rest, least recently seen
+        #    first, within the budget. After a first full list completes, what it listed this poll or the last is
+        #    not retrieved again (no retrieve ran while it did; older pages may have changed since).
+        if not first_sync or outcome.resync_done:
+            await self._refresh_known(
+                provider, ledger, run, keys, heads, refreshed, outcome, budget, started, recent_ok=first_sync
+            )
         ledger.finish_poll(started, complete=False)
         return outcome
 
@@ -803,45 +815,56 @@ class Poller:
         ledger: Ledger,
         run: _Run,
         keys: tuple[str | None, ...],
-        heads: dict[int, tuple[str, int]],
+        heads: dict[int, tuple[str, int, int]],
         refreshed: set[str],
         outcome: _PollOutcome,
         budget: int,
-        resync_due: bool,
         started: float,
+        *,
+        recent_ok: bool = False,
     ) -> None:
         store = run.store
         poll = run.polls
         observe = self._observe(ledger, started)
 
-        # Everything this poll did not see (the first full list, where the list itself is what a large account's
-        # first picture waits for, retrieves nothing: this step is skipped then). Skipping what a later full list's
-        # previous chunk showed would hide a change made since for one more poll, and the store would then not
-        # equal a full list's picture when that list completes.
+        def spent() -> int:
+            return outcome.list_requests + outcome.retrieve_requests
+
+        # Everything this poll did not see (`recent_ok`: nor the poll before). Skipping what a later full list's
+        # previous chunk showed would otherwise hide a change made since for one more poll, and the store would
+        # then not equal a full list's picture when that list completes.
         def stale() -> list[str]:
+            if recent_ok:
+                return [
+                    i for i in store.active if i not in refreshed and store.checked_poll.get(i, -1) < poll - 1
+                ]
             return [i for i in store.active if i not in refreshed]
 
         size = page_size_for(provider, self._settings.page_size)
-        depths = store.list_depth(stale()) if size is not None else None
-        for k, depth in sorted((depths or {}).items()):
+        depths = store.list_depth(stale()) if size is not None else {}
+        for k, depth in sorted(depths.items()):
             head = heads.get(k)
             if head is None or size is None:
                 continue
-            cursor, head_pages = head
+            cursor, head_pages, head_items = head
             remaining = [i for i in stale() if store.listed_by.get(i) == k]
             more_pages = -(-depth // size) - head_pages
-            if (
-                not 0 < more_pages < len(remaining)
-                or outcome.list_requests + outcome.retrieve_requests >= budget
-            ):
+            # Only where the walk fits what is left of the budget: lists and retrieves share it.
+            if not 0 < more_pages < len(remaining) or more_pages + 1 > budget - spent():
                 continue
             wanted = set(remaining)
+            walked = [head_items]
 
-            def deeper_page(batches: list[Batch], k: int = k, wanted: set[str] = wanted) -> bool:
+            def deeper_page(
+                batches: list[Batch], k: int = k, wanted: set[str] = wanted, walked: list[int] = walked
+            ) -> bool:
+                listed = batches
                 batches = store.defer_sparse(batches)
                 observe(batches)
                 refreshed.update(b.id for b in batches)
-                store.upsert(batches, listing=False, key=k, poll=poll)
+                # New below the head pages: what the head scans missed, as a full list's find (the interval).
+                run.resync_found += store.upsert(batches, listing=False, key=k, poll=poll)
+                walked[0] = store.place(listed, k, walked[0])
                 wanted.difference_update(refreshed)
                 return bool(wanted)
 
@@ -855,22 +878,20 @@ class Poller:
             self._take_list(outcome, result, ledger, head=True)
             if outcome.failure is not None or outcome.unsupported:
                 return
-        # Within the budget (one request kept for the full list when it is due); the least recently seen first,
-        # so a provider with more active batches than one poll can retrieve cycles through all of them.
-        allowance = budget - (outcome.list_requests + outcome.retrieve_requests) - (1 if resync_due else 0)
+        # Within the budget; the least recently seen first, so a provider with more active batches than one poll can
+        # retrieve cycles through all of them.
+        allowed = [key for key in keys if key not in run.not_allowed] or list(keys)
 
         def key_of(batch_id: str) -> str | None:
-            return keys[store.listed_by.get(batch_id, 0) % len(keys)]
+            # A key that listed the batch; if the gateway no longer allows that key on the provider, another key
+            # of the view (whose 404 then says the batch is not in the view any more).
+            key = keys[store.listed_by.get(batch_id, 0) % len(keys)]
+            return key if key not in run.not_allowed else allowed[0]
 
-        # A batch listed by a key the gateway no longer allows on the provider waits for the full list, which
-        # shows whether another key sees it.
-        todo = sorted(
-            (i for i in stale() if key_of(i) not in run.not_allowed),
-            key=lambda i: store.checked_poll.get(i, -1),
-        )
-        outcome.retrieves_deferred = max(0, len(todo) - max(0, allowance))
+        todo = sorted(stale(), key=lambda i: store.checked_poll.get(i, -1))
+        outcome.retrieves_deferred = max(0, len(todo) - max(0, budget - spent()))
         for batch_id in todo:
-            if outcome.list_requests + outcome.retrieve_requests >= budget - (1 if resync_due else 0):
+            if spent() >= budget:
                 break
             got = await self._client.retrieve(provider, batch_id, key=key_of(batch_id))
             outcome.retrieve_requests += got.requests
@@ -961,8 +982,11 @@ class Poller:
         if truncated is not None:
             outcome.truncated = truncated
             outcome.truncated_detail = resync.truncated_detail
-        # A list cut short cannot prove a batch gone: keep those a retrieve just confirmed.
-        gone = store.finish_resync(keep=refreshed if truncated else ())
+        # A list cannot prove a running batch gone (one that ends early still says it is complete): those a
+        # retrieve or a list answered this poll or the last are kept, and the refresh that follows retrieves them
+        # (a 404 there is gone). Only one unseen for longer goes with the list.
+        recent = (i for i in store.active if store.checked_poll.get(i, -1) >= poll - 1)
+        gone = store.finish_resync(keep=refreshed.union(recent))
         # Counted ids stay until their retention ends: a batch back in a later list is not counted again.
         ledger.forget(i for i in gone if not ledger.is_settled(i))
         outcome.gone += len(gone)

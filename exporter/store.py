@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -333,17 +333,26 @@ class Store:
         if row >= 0:
             self._remove_row(row)
 
-    def list_depth(self, batch_ids: Iterable[str]) -> dict[int, int] | None:
-        """Per key of the view, how many items from the top of its list reach every one of `batch_ids` it
-        placed (by the last full list), or None when one of them was not placed by it."""
+    def list_depth(self, batch_ids: Iterable[str]) -> dict[int, int]:
+        """Per key of the view, how many items from the top of its list reach every one of `batch_ids` that a
+        list placed. One no list placed is left to a retrieve: it must not turn every other one into a retrieve."""
         deepest: dict[int, int] = {}
         for batch_id in batch_ids:
             position = self.positions.get(batch_id)
             if position is None:
-                return None
+                continue
             key, place = position
             deepest[key] = max(deepest.get(key, 0), place + 1)
         return deepest
+
+    def place(self, batches: Sequence[Batch], key: int, offset: int) -> int:
+        """The running ones of `batches`, items `offset`… from the top of `key`'s list as a head scan or a walk down
+        to known batches read it: their places now (fresher than the last full list's). Returns the next offset."""
+        active, positions = self.active, self.positions
+        for i, batch in enumerate(batches):
+            if batch.id in active:
+                positions[batch.id] = (key, offset + i)
+        return offset + len(batches)
 
     def forget_places(self) -> None:
         """The view's keys changed: positions and listing keys refer to keys that are no more."""

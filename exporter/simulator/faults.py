@@ -37,6 +37,7 @@ FAULTS = frozenset(
         "cursor_refused",
         "repeat_page",
         "no_cursor",
+        "ends_early",
         "auth",
         "forbidden",
         "unsupported",

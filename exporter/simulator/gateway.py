@@ -333,6 +333,12 @@ class Gateway:
         if name == "cursor_loop":
             listing.has_more = True
             listing.next_cursor = after or listing.next_cursor or encode_cursor(0, page.last_id)
+        if name == "ends_early":
+            # A gateway that ends its lists after the first page and says they are complete (has_more false): a
+            # continuation gets an empty, final page. Nothing in the answer tells it from a list that really ended.
+            listing.has_more, listing.next_cursor = False, None
+            if after is not None:
+                listing.data = []
         return listing
 
     def _legacy_page(

@@ -1,0 +1,176 @@
+"""The request budget in every phase of incremental polling, and what a short list may not take away.
+
+Against the simulator on injected time (tests/test_incremental.py's harness). A poll's lists and retrieves share one
+budget (poll_interval_seconds × max_requests_per_second × its share); running batches are refreshed by listing
+down to them where that is cheaper than a retrieve each, also when some arrived after the last full list; a due
+full list progresses at a steady share of each poll, not one page; the poll that completes a first full list does
+not retrieve what that list showed this poll or the last; and a full list that ends early (has_more false) never
+takes a running batch away that a retrieve still shows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from exporter.simulator import ProviderSpec, Simulator
+from tests.test_incremental import (
+    INTERVAL,
+    RESYNC,
+    START,
+    SimTime,
+    exporter,
+    finished_counts,
+    gateway,
+    poll_until_resynced,
+)
+
+P = "openai"
+
+
+def _account(sim: Simulator, finished: int, active: int) -> None:
+    """Finished history, then `active` running batches as the newest (the realistic mix's shape)."""
+    for i in range(finished):
+        c = START - 50_000 + i
+        sim.add_batch(P, batch_id=f"f{i:04d}", status="completed", created_at=c, completed_at=c + 60)
+    for i in range(active):
+        sim.add_batch(P, batch_id=f"a{i:04d}", status="in_progress", created_at=START - 1_000 + i)
+
+
+def _requests(sim: Simulator) -> int:
+    return sim.requests(P, "list") + sim.requests(P, "retrieve")
+
+
+def test_a_batch_no_full_list_placed_does_not_turn_every_refresh_into_a_retrieve() -> None:
+    """30 running batches on pages 1-3 are refreshed by listing down to them. Batches that arrive after the last
+    full list used to leave every running batch to a retrieve once one of them slipped off the head page (more than
+    a whole list each poll: 33 % of a full list per interval on a realistic account, 49 % with three keys)."""
+    clock = SimTime()
+    with gateway(clock, ProviderSpec(P, style="cursor")) as sim:
+        _account(sim, finished=50, active=30)  # 80 batches: 8 pages of 10
+        with exporter(sim, clock, page_size=10, resync_interval_seconds=3600) as exp:
+            poll_until_resynced(exp, clock)
+            clock.advance(INTERVAL)
+            exp.poll(P)
+            before = _requests(sim)
+            clock.advance(INTERVAL)
+            exp.poll(P)
+            steady = _requests(sim) - before
+            for i in range(12):  # new batches at the head: a page and two more
+                sim.add_batch(
+                    P, batch_id=f"n{i:03d}", status="in_progress", created_at=int(clock.now) - 5 + i
+                )
+            clock.advance(INTERVAL)
+            exp.poll(P)  # the head scan reads them (2 pages)
+            clock.advance(INTERVAL)
+            before = _requests(sim)
+            exp.poll(P)  # nothing new: two of the new ones are now off the head page
+            after_arrivals = _requests(sim) - before
+    assert steady <= 4, steady  # the head page and the two below it
+    assert after_arrivals <= 5, after_arrivals  # the head page and four below it (42 running on pages 1-5)
+
+
+def test_listing_down_to_the_running_batches_keeps_to_the_polls_budget() -> None:
+    """Budget: 10 s × 1 request/s × 0.5 = 5 requests a poll. 40 running batches spread over 8 pages: listing down
+    to them would take 8 requests; the poll sends no more than its budget (the rest waits for the next poll)."""
+    clock = SimTime()
+    with gateway(clock, ProviderSpec(P, style="cursor")) as sim:
+        for i in range(80):
+            c = START - 50_000 + i
+            if i % 2:
+                sim.add_batch(P, batch_id=f"a{i:04d}", status="in_progress", created_at=c)
+            else:
+                sim.add_batch(P, batch_id=f"f{i:04d}", status="completed", created_at=c, completed_at=c + 60)
+        with exporter(
+            sim, clock, page_size=10, max_requests_per_second=1, resync_interval_seconds=3600
+        ) as exp:
+            poll_until_resynced(exp, clock)
+            spent = []
+            for _ in range(3):
+                clock.advance(INTERVAL)
+                before = _requests(sim)
+                exp.poll(P)
+                spent.append(_requests(sim) - before)
+    budget = int(INTERVAL * 1 * 0.5)
+    assert max(spent) <= budget, f"steady polls sent {spent} requests; the budget is {budget}"
+
+
+def test_a_due_full_list_progresses_at_a_share_of_every_poll() -> None:
+    """Two serial keys; 8 running batches at the top of key 1, behind key 0's 10 pages: retrieving them is cheaper
+    than listing down, and the budget is 5 (10 s × 1/s × 0.5). A due full list used to get what the retrieves left
+    (one page a poll: 11 polls for 11 pages, 220 polls for a realistic three-key account at the defaults)."""
+    clock = SimTime()
+    with gateway(clock, ProviderSpec(P, style="cursor", keys=2)) as sim:
+        for i in range(100):
+            c = START - 50_000 + i
+            sim.add_batch(
+                P, batch_id=f"f{i:04d}", status="completed", created_at=c, completed_at=c + 60, api_key=0
+            )
+        for i in range(8):
+            sim.add_batch(
+                P, batch_id=f"a{i:04d}", status="in_progress", created_at=START - 1_000 + i, api_key=1
+            )
+        with exporter(sim, clock, page_size=10, max_requests_per_second=1, resync_interval_seconds=60) as exp:
+            poll_until_resynced(exp, clock)
+            clock.advance(60)  # the next full list is due
+            polls = poll_until_resynced(exp, clock)
+    pages = 11  # 100 / 10 on key 0, 8 on key 1
+    assert polls <= -(-pages // 2), f"a due full list of {pages} pages took {polls} polls at a budget of 5"
+
+
+def test_the_poll_that_ends_a_first_list_does_not_retrieve_what_it_listed_last_poll() -> None:
+    """A first full list over two polls (budget 10 while it runs: the whole rate). The 30 running batches are on
+    its first pages, listed by poll 1; poll 2 lists the last page and retrieves none of them (issue 20, item 1)."""
+    clock = SimTime()
+    with gateway(clock, ProviderSpec(P, style="cursor")) as sim:
+        _account(sim, finished=75, active=30)  # 105 batches: 11 pages of 10, the running ones on pages 1-3
+        with exporter(sim, clock, page_size=10, max_requests_per_second=1) as exp:
+            exp.poll(P)
+            assert sim.requests(P, "list") == 10
+            assert not exp.exporter.poller.states[P].health.first_sync.complete
+            clock.advance(INTERVAL)
+            exp.poll(P)
+            assert exp.exporter.poller.states[P].health.first_sync.complete
+            assert sim.requests(P, "retrieve") == 0
+            snapshot = exp.exporter.poller.states[P].snapshot
+            assert snapshot is not None and snapshot.batches == 105
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_list_that_ends_early_never_takes_a_running_batch_away(tmp_path: Path, restart: bool) -> None:
+    """The gateway ends its lists after the first page for a while, saying they are complete. A running batch deep
+    in the list, which retrieves still return, stays (an active batch goes on a 404, README "Polling"); it fails
+    while the lists hide it, and that failure is counted once, also across a restart with a state_dir (it used to
+    be dropped, its id forgotten, and the restart watermark moved past its end: never counted)."""
+    clock = SimTime()
+    with gateway(clock, ProviderSpec(P, style="cursor")) as sim:
+        sim.add_batch(P, batch_id="x-long", status="in_progress", created_at=START - 60_000)
+        for i in range(50):
+            c = START - 50_000 + i
+            sim.add_batch(P, batch_id=f"f{i:04d}", status="completed", created_at=c, completed_at=c + 60)
+        with exporter(sim, clock, page_size=10, state_dir=tmp_path) as exp:
+            poll_until_resynced(exp, clock)
+            snapshot = exp.exporter.poller.states[P].snapshot
+            assert snapshot is not None and snapshot.batches == 51
+            sim.set_fault("ends_early", provider=P)
+            clock.advance(RESYNC)
+            poll_until_resynced(exp, clock)
+            assert "x-long" in exp.exporter.poller._runs[P].store.active
+            clock.advance(INTERVAL)
+            sim.set_status(P, "x-long", "failed", int(clock.now))
+            clock.advance(RESYNC)
+            sim.add_batch(P, batch_id="new-1", status="in_progress", created_at=int(clock.now))
+            poll_until_resynced(exp, clock)
+            if not restart:
+                sim.set_fault(None)
+                clock.advance(RESYNC)
+                poll_until_resynced(exp, clock)
+                counts = finished_counts(exp.samples())
+        if restart:
+            clock.advance(INTERVAL)
+            sim.set_fault(None)
+            with exporter(sim, clock, page_size=10, state_dir=tmp_path) as exp:
+                poll_until_resynced(exp, clock)
+                counts = finished_counts(exp.samples())
+    assert counts == {"failed": 1}, counts
