@@ -368,6 +368,10 @@ class Ledger:
         """Each batch with its status and terminal time (None for a batch still running), and the gateway's clock
         moved to the newest time the page shows (creation or end), bounded by ours plus MAX_FUTURE_SECONDS."""
         newest = self.gateway_now
+        # An end time further ahead than any clock could be (a gateway's clock days ahead, or a unit mix-up) is no
+        # time at all: trusted, it would count history as new transitions. Such a batch is taken as one without an
+        # end time (counted when watched, or when created after the watermark).
+        believable = max(wall_now, newest) + MAX_FUTURE_SECONDS
         read: list[tuple[Batch, str, float | None]] = []
         append = read.append
         for batch in batches:
@@ -377,8 +381,11 @@ class Ledger:
             if created is not None and newest < created <= MAX_TIMESTAMP:
                 newest = created
             ts = batch.terminal_timestamp(status) if status in TERMINAL_SET else None
-            if ts is not None and ts > newest:
-                newest = ts
+            if ts is not None:
+                if ts > believable:
+                    ts = None
+                elif ts > newest:
+                    newest = ts
             append((batch, status, ts))
         self.gateway_now = max(self.gateway_now, min(newest, wall_now + MAX_FUTURE_SECONDS))
         return read

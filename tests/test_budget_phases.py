@@ -11,6 +11,7 @@ takes a running batch away that a retrieve still shows.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -174,3 +175,25 @@ def test_a_list_that_ends_early_never_takes_a_running_batch_away(tmp_path: Path,
                 poll_until_resynced(exp, clock)
                 counts = finished_counts(exp.samples())
     assert counts == {"failed": 1}, counts
+
+
+def test_end_times_days_ahead_of_every_clock_are_not_history_counted_as_new() -> None:
+    """A gateway whose end times run 30 days ahead (a bad clock, a unit mix-up): trusted, every finished batch of
+    the history counted as a new transition at the first start (failure alerts for old failures). Such an end time
+    is taken as none: the history is not counted, a batch watched while running still is."""
+    clock = SimTime()
+    ahead = 30 * 86_400
+    with gateway(clock, ProviderSpec(P, style="cursor")) as sim:
+        for i in range(20):
+            c = START - 50_000 + i
+            status = "failed" if i % 2 else "completed"
+            end: dict[str, Any] = {f"{status}_at": c + 60 + ahead}
+            sim.add_batch(P, batch_id=f"h{i:03d}", status=status, created_at=c, **end)
+        sim.add_batch(P, batch_id="watched", status="in_progress", created_at=START - 100)
+        with exporter(sim, clock, page_size=10) as exp:
+            poll_until_resynced(exp, clock)
+            assert finished_counts(exp.samples()) == {}
+            clock.advance(INTERVAL)
+            sim.set_status(P, "watched", "failed", int(clock.now) + ahead)
+            exp.poll(P)
+            assert finished_counts(exp.samples()) == {"failed": 1}
