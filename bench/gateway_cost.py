@@ -10,6 +10,8 @@ Workloads, each in steady state (each interval some active batches finish and as
   starting per interval;
 - **realistic mix** (issue 20): a large account on three providers (OpenAI, Azure, Anthropic shapes), 100 batches
   running on each, the rest finished history; 2 finishing and 2 starting per interval;
+- **running beyond the head page**: 30,000 batches in one provider (OpenAI's shape), 300 of them running, so they
+  fill the three newest pages; 2 finishing and 2 starting per interval;
 - **the view's keys** (issue 24): the present mix behind a governance gateway, each batch owned by one of 1, 2 or 5
   tenants or by none, the exporter reading the union with one virtual key per tenant (`virtual_key_dir`): every key
   lists each provider itself, and the gateway narrows each page to the key's batches without moving the cursors.
@@ -74,6 +76,10 @@ class Workload:
 
 PRESENT = Workload("present mix", PROVIDERS_23, 100_000, 100, 10)
 REALISTIC = Workload("realistic mix", PROVIDERS_23[:3], 100_000, 300, 2)
+# Running batches on more than the head page (300 in one provider: three pages), the shape the realistic mix never
+# reaches: their refresh lists down to them or retrieves each, and batches that arrive between full lists have no
+# place from one (an audit found every refresh turned into retrieves there: 33 % of a full list per interval).
+DEEP = Workload("running beyond the head page", PROVIDERS_23[:1], 30_000, 300, 2)
 KEYS = (1, 2, 5)
 
 
@@ -400,15 +406,16 @@ def main() -> int:
     defaults = Settings(providers=["openai"])
     interval = defaults.poll_interval_seconds
     win = windows(interval, defaults.resync_interval_seconds, args.smoke)
-    present, realistic = PRESENT, REALISTIC
+    present, realistic, deep = PRESENT, REALISTIC, DEEP
     if args.smoke:
         present = Workload("present mix", PROVIDERS_23[:4], 2_000, 20, 2)
         realistic = Workload("realistic mix", PROVIDERS_23[:3], 1_500, 30, 1)
+        deep = Workload("running beyond the head page", PROVIDERS_23[:1], 2_000, 250, 1)
     keyed = [present.with_keys(k) for k in (KEYS[:1] if args.smoke else KEYS)]
     rows: list[list[object]] = []
     checks: list[tuple[Workload, float, float, Result]] = []
     bases: dict[tuple[tuple[str, ...], int, int, int], float] = {}
-    for w in (present, realistic, *keyed):
+    for w in (present, realistic, deep, *keyed):
         if w._rest() not in bases:  # the keyed workloads' account is the present mix's: one baseline for all
             base_run = asyncio.run(run(Workload(w.name, *w._rest()), "full", 1, seed=1))
             bases[w._rest()] = statistics.fmean(
