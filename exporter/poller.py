@@ -733,9 +733,8 @@ class Poller:
                 if key in run.not_allowed:
                     continue  # asked again by the full list
                 wanted_more = [True]
-                walked = [
-                    0
-                ]  # items handed over so far: a running batch's place from the top of this key's list
+                # Items handed over so far: the place of a running batch from the top of this key's list.
+                walked = [0]
 
                 def head_page(
                     batches: list[Batch],
@@ -745,12 +744,7 @@ class Poller:
                 ) -> bool:
                     known = any(b.id in store for b in batches)
                     self._counts_still_fresh(store, batches, poll, refreshed)
-                    listed = batches
-                    batches = store.defer_sparse(batches)
-                    observe(batches)
-                    refreshed.update(b.id for b in batches)
-                    new = store.upsert(batches, listing=False, key=k, poll=poll)
-                    walked[0] = store.place(listed, k, walked[0])
+                    new = self._take_page(store, batches, k, walked, observe, refreshed, poll)
                     wanted_more[0] = new > 0 and not known
                     return wanted_more[0]
 
@@ -791,6 +785,27 @@ class Poller:
             )
         ledger.finish_poll(started, complete=False)
         return outcome
+
+    @staticmethod
+    def _take_page(
+        store: Store,
+        batches: list[Batch],
+        k: int,
+        walked: list[int],
+        observe: Callable[[list[Batch]], int],
+        refreshed: set[str],
+        poll: int,
+    ) -> int:
+        """A page of `k`'s list that a head scan or a walk down to known batches read, outside the full list:
+        folded and seen this poll, and its running batches placed (`walked`: items of the walk before it). Returns
+        how many batches were new."""
+        listed = batches
+        batches = store.defer_sparse(batches)
+        observe(batches)
+        refreshed.update(b.id for b in batches)
+        new = store.upsert(batches, listing=False, key=k, poll=poll)
+        walked[0] = store.place(listed, k, walked[0])
+        return new
 
     @staticmethod
     def _counts_still_fresh(store: Store, batches: list[Batch], poll: int, refreshed: set[str]) -> None:
@@ -858,13 +873,8 @@ class Poller:
             def deeper_page(
                 batches: list[Batch], k: int = k, wanted: set[str] = wanted, walked: list[int] = walked
             ) -> bool:
-                listed = batches
-                batches = store.defer_sparse(batches)
-                observe(batches)
-                refreshed.update(b.id for b in batches)
                 # New below the head pages: what the head scans missed, as a full list's find (the interval).
-                run.resync_found += store.upsert(batches, listing=False, key=k, poll=poll)
-                walked[0] = store.place(listed, k, walked[0])
+                run.resync_found += self._take_page(store, batches, k, walked, observe, refreshed, poll)
                 wanted.difference_update(refreshed)
                 return bool(wanted)
 
