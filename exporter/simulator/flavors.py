@@ -200,8 +200,8 @@ DEFAULT_PROVIDERS: tuple[ProviderSpec, ...] = (
 # The providers the newest source adds or changes (bifrost-batch-api.md, "Newest source"): GigaChat lists one page per
 # key and refuses every paging parameter, OpenRouter lists through the OpenAI-compatible helper (its own page-size
 # maximum is not documented, so it is not enforced), Volcengine still answers unsupported_operation. Kept out of
-# DEFAULT_PROVIDERS until the exporter stops sending `limit` to gigachat: the demo and the existing suites would
-# otherwise fail every gigachat poll.
+# DEFAULT_PROVIDERS, the set of the gateways most deployments run (the demo's and the suites'); the simulator's
+# --newest-providers adds them (the exporter sends no `limit` to gigachat: exporter/providers.py).
 NEWEST_EXTRA_PROVIDERS: tuple[ProviderSpec, ...] = (
     ProviderSpec("gigachat", style="cursor", flavor="gigachat", keys=2),
     ProviderSpec("openrouter", style="cursor", flavor="openrouter"),
