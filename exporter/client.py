@@ -342,6 +342,9 @@ class BifrostClient:
         self._head, self._default_vk = _header_block(build_headers(settings), self._origin.authority)
         # The view: every virtual key the gateway's lists are read with, by name (a file name, never the key).
         self._keys = {name: key.get_secret_value() for name, key in settings.virtual_keys()}
+        # Bumped whenever a key is added, removed or given another value: the view (which batches each key sees)
+        # changed, even where the names did not (a tenant's file rotated to another key).
+        self._view_version = 0
         # One TLS context (and one read of the CA bundle) shared by every provider's pool.
         ca_file = str(settings.ca_file) if settings.ca_file is not None else None
         self._tls: ssl.SSLContext | None = (
@@ -370,11 +373,18 @@ class BifrostClient:
         self._scrub = Redactor([*self._settings.secret_values(), *settings.secret_values()]).scrub
         self._settings = settings
         self._head, self._default_vk = _header_block(build_headers(settings), self._origin.authority)
-        self._keys = {name: key.get_secret_value() for name, key in settings.virtual_keys()}
+        keys = {name: key.get_secret_value() for name, key in settings.virtual_keys()}
+        if keys != self._keys:
+            self._view_version += 1
+        self._keys = keys
 
     def key_names(self) -> tuple[str, ...]:
         """The names of the virtual keys of the view, in order (empty: requests carry no key)."""
         return tuple(self._keys)
+
+    def view_version(self) -> int:
+        """Changes whenever the view's keys do (names or values), never saying how."""
+        return self._view_version
 
     def _key_value(self, key: str | None) -> str | None:
         if key is None:

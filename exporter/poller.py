@@ -131,6 +131,7 @@ class _Run:
     # Keys the gateway does not allow on this provider (403 provider_blocked) as their last list found: left out of
     # head scans and retrieves, asked again by every full list.
     not_allowed: set[str] = field(default_factory=set)
+    view_version: int = -1  # the client's view_version() the keys above were read at
     polls: int = 0  # polls started: "listed by this poll or the last one" without reading any clock
     summary: _Summary = field(default_factory=_Summary)
 
@@ -561,12 +562,15 @@ class Poller:
     def _view(self, provider: str, run: _Run) -> tuple[str | None, ...]:
         """The keys this poll lists with, in order: the configured virtual keys by name, or (None,) for none.
 
-        When the view changes (keys added or removed on SIGHUP) it is logged, and a full list under way starts
-        again: its pages so far were read with another set of keys.
+        When the view changes (keys added, removed or given another value on SIGHUP) it is logged, and a full list
+        under way starts again: its pages so far were read with another set of keys. A tenant's file that now holds
+        another key is another view too, though its name stayed: the old key's batches go with the new first list,
+        not one by one as retrieves with the new key answer 404.
         """
         names = self._client.key_names()
+        version = self._client.view_version()
         keys: tuple[str | None, ...] = names if names else (None,)
-        if keys != run.keys:
+        if keys != run.keys or version != run.view_version:
             if run.keys:
                 run.store.abandon_resync()
                 run.store.forget_places()
@@ -574,7 +578,7 @@ class Poller:
                 # The new view's first list starts with this poll (its start time: the pace and the estimate).
                 run.first = _FirstList(started_at=self._clock())
                 run.resync_found = 0
-            run.keys = keys
+            run.keys, run.view_version = keys, version
             run.not_allowed.intersection_update(names)
             self._log_view(provider, names)
         return keys

@@ -339,3 +339,33 @@ def test_a_spent_budget_on_a_cursor_page_is_not_a_refused_cursor(sim: Simulator,
     assert result.failure is not None and result.failure.reason == "client_error"
     assert result.failure.status == 402 and "budget_exceeded" in result.failure.detail
     assert not result.cursor_refused and not result.key_not_allowed
+
+
+def test_a_key_file_rotated_to_another_key_is_a_new_view(tmp_path: Path) -> None:
+    """A tenant's file that now holds another tenant's key keeps its name: the view changed all the same (other
+    batches are visible). It is logged as a view and the full list starts again, so the old key's batches go with
+    that list and the new key's come with it, instead of the old ones going one by one on 404s."""
+    c = VirtualKey(id="vk-tenant-c", value="sk-bf-demo-tenant-c-51aa09e2", name="tenant-c")
+    gov = Governance(keys=(A, B, c), mandatory=True)
+    with Simulator(
+        providers=[ProviderSpec(P, flavor="openai", max_limit=100)], lifecycle=False, governance=gov
+    ) as sim:
+        now = int(time.time())
+        for owner, tag in ((A.id, "a"), (B.id, "b"), (c.id, "c"), (None, "u")):
+            for i in range(3):
+                sim.add_batch(
+                    P, batch_id=f"{tag}{i}", status="in_progress", created_at=now - 500 + i, owner=owner
+                )
+        keys = _keys(tmp_path, A, B)
+        with structlog.testing.capture_logs() as logs, _exporter(sim, virtual_key_dir=keys) as exp:
+            exp.poll()
+            assert _count(exp.samples(), "in_progress") == 9  # a, b and the unowned
+            (keys / "tenant-b").write_text(c.value)  # the file keeps its name, now holds tenant-c's key
+            exp.exporter.client.update_credentials(exp.settings.reread_secret_files())
+            for _ in range(3):
+                exp.poll()
+            s = exp.samples()
+    assert _count(s, "in_progress") == 9  # a, c and the unowned
+    assert [e["keys"] for e in logs if e["event"] == "view"] == [2, 2]
+    assert value(s, "bifrost_batch_exporter_first_sync_complete", provider=P) == 1
+    assert c.value not in repr(logs) and B.value not in repr(logs)
