@@ -682,6 +682,9 @@ class CostLedger:
         if not same_keys:
             notes.append("metadata_labels changed: cost counters start again from 0")
 
+        def model_of(raw: Any) -> str:
+            return label_text(str(raw))
+
         def group_of(raw: Any) -> Group:
             group = tuple(str(v) for v in raw)
             if len(group) != width:
@@ -689,26 +692,30 @@ class CostLedger:
             return group
 
         self._lookups = _natural(state["lookups"])
-        models = {label_text(str(m)) for m in state["models"]}
+        models = {model_of(m) for m in state["models"]}
         if len(models) > MAX_MODELS:
             raise ValueError("more models than the cap admits")
         self._models = models
         if same_keys:
+            # Summed, not set: two names a state written before label_text cleaned them may now be one.
             for m, g, v in state["dollars"]:
-                self._dollars[(label_text(str(m)), group_of(g))] = _finite_nonnegative(v)
+                key = (model_of(m), group_of(g))
+                self._dollars[key] = self._dollars.get(key, 0.0) + _finite_nonnegative(v)
             for m, k, g, n in state["tokens"]:
                 if k not in TOKEN_TYPES:
                     raise ValueError("unknown token type")
-                self._tokens[(label_text(str(m)), str(k), group_of(g))] = _natural(n)
+                tkey = (model_of(m), str(k), group_of(g))
+                self._tokens[tkey] = self._tokens.get(tkey, 0) + _natural(n)
             for m, g, n in state["requests"]:
-                self._requests[(label_text(str(m)), group_of(g))] = _natural(n)
+                key = (model_of(m), group_of(g))
+                self._requests[key] = self._requests.get(key, 0) + _natural(n)
             for r, g, n in state["settlements"]:
                 if r not in RESULTS:
                     raise ValueError("unknown settlement result")
                 self._settlements[(str(r), group_of(g))] = _natural(n)
             for release_at, m, g, dollars, prompt, completion, requests in state["held"]:
                 credit = _Credit(
-                    label_text(str(m)), group_of(g), _finite_nonnegative(dollars), _natural(prompt),
+                    model_of(m), group_of(g), _finite_nonnegative(dollars), _natural(prompt),
                     _natural(completion), _natural(requests),
                 )  # fmt: skip
                 self._held.append(credit)

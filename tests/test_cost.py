@@ -493,6 +493,23 @@ def _busy(clock: Clock, **kw: Any) -> CostLedger:
     return costs
 
 
+def test_a_state_with_model_names_no_encoder_takes_is_cleaned_and_summed(clock: Clock) -> None:
+    """A state written before model names were cleaned may hold lone surrogates, which fail every render of
+    /metrics: restored, they become "?", and two that are now one name are summed (a counter never steps back)."""
+    costs = ledger(clock)
+    for name, model in (("a", "gpt-\ud800"), ("b", "gpt-\ud801")):
+        costs.finished(batch(name), "completed", T0, ())
+        costs.answered(name, row(1.25, model=model), T0 + 600)
+    state = costs.to_state()
+    again = ledger(clock)
+    again.load_state(state)
+    view = again.view()
+    assert view.dollars == {("gpt-?", ()): 2.5}
+    assert sum(view.requests.values()) == sum(costs.view().requests.values())
+    for (model, *_), _n in view.tokens.items():
+        model.encode("utf-8")
+
+
 def test_state_round_trips_through_json(clock: Clock) -> None:
     costs = _busy(clock)
     state = json.loads(json.dumps(costs.to_state(), allow_nan=False))
