@@ -52,6 +52,8 @@ ACTIVE_FORGET_POLLS: Final = 20
 # How far ahead of the host's clock a gateway timestamp may move the retention clock: a lying gateway (a year-3000
 # `completed_at`) must not make the ledger forget every id at once.
 MAX_FUTURE_SECONDS: Final = 86_400.0
+# An end time this far beyond both our clock and the newest time the gateway showed is not believed (_read).
+BELIEVABLE_AHEAD_SECONDS: Final = 2 * 86_400.0
 OVERFLOW_STATUS: Final = "other"
 OVERFLOW_CODE: Final = "other"
 INVALID_CODE: Final = "invalid"
@@ -368,10 +370,6 @@ class Ledger:
         """Each batch with its status and terminal time (None for a batch still running), and the gateway's clock
         moved to the newest time the page shows (creation or end), bounded by ours plus MAX_FUTURE_SECONDS."""
         newest = self.gateway_now
-        # An end time further ahead than any clock could be (a gateway's clock days ahead, or a unit mix-up) is no
-        # time at all: trusted, it would count history as new transitions. Such a batch is taken as one without an
-        # end time (counted when watched, or when created after the watermark).
-        believable = max(wall_now, newest) + MAX_FUTURE_SECONDS
         read: list[tuple[Batch, str, float | None]] = []
         append = read.append
         for batch in batches:
@@ -382,7 +380,12 @@ class Ledger:
                 newest = created
             ts = batch.terminal_timestamp(status) if status in TERMINAL_SET else None
             if ts is not None:
-                if ts > believable:
+                # An end time days ahead of our clock and of every time the gateway showed (its creation times
+                # included: a batch ends within a day or so of its creation) is no time at all (a gateway's clock
+                # days ahead for end times, a unit mix-up): trusted, it would count history as new transitions.
+                # Taken as no end time (counted when watched, or when created after the watermark). Our clock alone
+                # is no bound: it may be days behind.
+                if ts > max(wall_now, newest) + BELIEVABLE_AHEAD_SECONDS:
                     ts = None
                 elif ts > newest:
                     newest = ts
