@@ -37,16 +37,16 @@ ROOT = Path(__file__).resolve().parent.parent
 # first_id/last_id, Anthropic whose `ended` is its only terminal status (and whose list never pages: the script
 # keeps it to one page).
 PROVIDERS = (
-    ProviderSpec("openai", flavor="openai", keys=3, empty_keys=(0,), shared_account=True, max_limit=100),
-    ProviderSpec("azure", style="legacy", flavor="azure", max_limit=100),
-    ProviderSpec("anthropic", flavor="anthropic", max_limit=1000),
+    ProviderSpec("openai", flavor="openai", keys=3, empty_keys=(0,), shared_account=True),
+    ProviderSpec("azure", style="legacy", flavor="azure"),
+    ProviderSpec("anthropic", flavor="anthropic"),
 )
 # Incremental polling over deep lists: a provider with three keys of its own (a batch on key 2 is listed only
 # after every page of keys 0 and 1) and a legacy one, three batches a page, so a full list spans several polls
 # of the request budget and transitions fall on deep pages and later keys, also while the exporter is down.
 DEEP_PROVIDERS = (
-    ProviderSpec("openai", flavor="openai", keys=3, max_limit=100),
-    ProviderSpec("azure", style="legacy", flavor="azure", max_limit=100),
+    ProviderSpec("openai", flavor="openai", keys=3),
+    ProviderSpec("azure", style="legacy", flavor="azure"),
 )
 SCENARIOS = {
     "wide": (PROVIDERS, {}),

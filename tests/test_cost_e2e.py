@@ -27,8 +27,8 @@ REPRICE_AT = 3 * 3600.0
 HORIZON = 4 * 3600.0
 TOKEN_KINDS: tuple[Literal["prompt", "completion"], ...] = ("prompt", "completion")
 PROVIDERS = [
-    ProviderSpec("openai", flavor="openai", max_limit=100),
-    ProviderSpec("anthropic", flavor="anthropic", max_limit=1000),
+    ProviderSpec("openai", flavor="openai"),
+    ProviderSpec("anthropic", flavor="anthropic"),
     ProviderSpec("gigachat", flavor="gigachat"),
 ]
 

@@ -79,7 +79,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
     tmp = tmp_path_factory.mktemp("cost")
     with contextlib.ExitStack() as cleanup:
         sim = Simulator(
-            providers=[ProviderSpec("openai", flavor="openai", max_limit=100)],
+            providers=[ProviderSpec("openai", flavor="openai")],
             lifecycle=False,
             accounting=Accounting(),
             basic_auth=LOGIN,

@@ -31,11 +31,11 @@ LOGIN = ("admin", "pw")
 MINI = "gpt-4o-mini-2024-07-18"
 FOUR_O = "gpt-4o-2024-08-06"
 PROVIDERS = [
-    ProviderSpec("openai", flavor="openai", max_limit=100),
-    ProviderSpec("azure", style="legacy", flavor="azure", max_limit=100),
-    ProviderSpec("anthropic", flavor="anthropic", max_limit=1000),
-    ProviderSpec("bedrock", flavor="bedrock", max_limit=1000),
-    ProviderSpec("gemini", flavor="gemini", max_limit=1000),
+    ProviderSpec("openai", flavor="openai"),
+    ProviderSpec("azure", style="legacy", flavor="azure"),
+    ProviderSpec("anthropic", flavor="anthropic"),
+    ProviderSpec("bedrock", flavor="bedrock"),
+    ProviderSpec("gemini", flavor="gemini"),
     ProviderSpec("gigachat", flavor="gigachat"),
     ProviderSpec("openrouter", flavor="openrouter"),
 ]

@@ -115,7 +115,7 @@ def test_limit_above_the_providers_maximum_is_the_providers_400(sim: Simulator, 
     assert body["is_bifrost_error"] is False
     assert body["error"]["code"] == "integer_above_max_value"
     assert body["extra_fields"]["provider"] == "openai"
-    maxima = {s.name: s.max_limit for s in DEFAULT_PROVIDERS if s.supported}
+    maxima = {s.name: s.limit_maximum for s in DEFAULT_PROVIDERS if s.supported}
     assert maxima == {
         "openai": 100,
         "azure": 100,

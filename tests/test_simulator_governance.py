@@ -26,7 +26,7 @@ T0 = 1_700_000_000.0
 NO_RAW = {"x-bf-send-back-raw-response": "false"}
 A = VirtualKey(id="vk-a", value="sk-bf-tenant-a", name="tenant-a", team_id="team-a")
 B = VirtualKey(id="vk-b", value="sk-bf-tenant-b", name="tenant-b", team_id="team-b")
-OPENAI = ProviderSpec("openai", flavor="openai", max_limit=100)
+OPENAI = ProviderSpec("openai", flavor="openai")
 
 
 class FakeClock:

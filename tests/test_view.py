@@ -42,9 +42,7 @@ def _finished(samples: Samples, status: str) -> float:
 def sim() -> Iterator[Simulator]:
     """12 active batches: 4 per tenant, 4 created outside the gateway (no owner: every key sees them). A key has
     its batches spread over several pages (3 a page), so retrieves and deeper pages both happen."""
-    with Simulator(
-        providers=[ProviderSpec(P, flavor="openai", max_limit=100)], lifecycle=False, governance=GOV
-    ) as s:
+    with Simulator(providers=[ProviderSpec(P, flavor="openai")], lifecycle=False, governance=GOV) as s:
         now = int(time.time())
         for owner, tag in OWNERS.items():
             for i in range(4):
@@ -347,9 +345,7 @@ def test_a_key_file_rotated_to_another_key_is_a_new_view(tmp_path: Path) -> None
     that list and the new key's come with it, instead of the old ones going one by one on 404s."""
     c = VirtualKey(id="vk-tenant-c", value="sk-bf-demo-tenant-c-51aa09e2", name="tenant-c")
     gov = Governance(keys=(A, B, c), mandatory=True)
-    with Simulator(
-        providers=[ProviderSpec(P, flavor="openai", max_limit=100)], lifecycle=False, governance=gov
-    ) as sim:
+    with Simulator(providers=[ProviderSpec(P, flavor="openai")], lifecycle=False, governance=gov) as sim:
         now = int(time.time())
         for owner, tag in ((A.id, "a"), (B.id, "b"), (c.id, "c"), (None, "u")):
             for i in range(3):

@@ -185,13 +185,11 @@ class ProviderSpec:
 
 DEFAULT_PROVIDERS: tuple[ProviderSpec, ...] = (
     # Three OpenAI keys: key 0 of a fresh project (empty), keys 1 and 2 of one org (the same batches twice).
-    ProviderSpec(
-        "openai", style="cursor", flavor="openai", keys=3, empty_keys=(0,), shared_account=True, max_limit=100
-    ),
-    ProviderSpec("anthropic", style="cursor", flavor="anthropic", max_limit=1000),
-    ProviderSpec("azure", style="legacy", flavor="azure", max_limit=100),
-    ProviderSpec("bedrock", style="cursor", flavor="bedrock", max_limit=1000),
-    ProviderSpec("gemini", style="cursor", flavor="gemini", max_limit=1000),
+    ProviderSpec("openai", style="cursor", flavor="openai", keys=3, empty_keys=(0,), shared_account=True),
+    ProviderSpec("anthropic", style="cursor", flavor="anthropic"),
+    ProviderSpec("azure", style="legacy", flavor="azure"),
+    ProviderSpec("bedrock", style="cursor", flavor="bedrock"),
+    ProviderSpec("gemini", style="cursor", flavor="gemini"),
     ProviderSpec("vertex", style="legacy", flavor="vertex"),
     ProviderSpec("cohere", supported=False),
     ProviderSpec("mistral", supported=False),
