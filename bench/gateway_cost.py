@@ -12,6 +12,9 @@ Workloads, each in steady state (each interval some active batches finish and as
   running on each, the rest finished history; 2 finishing and 2 starting per interval;
 - **running beyond the head page**: 30,000 batches in one provider (OpenAI's shape), 300 of them running, so they
   fill the three newest pages; 2 finishing and 2 starting per interval;
+- **running on later Bifrost keys**: the same 30,000 batches and 300 running, spread over three provider keys of
+  one provider (Bifrost lists a provider's keys one after the other: two thirds of the running batches lie behind
+  the earlier keys' whole history);
 - **the view's keys** (issue 24): the present mix behind a governance gateway, each batch owned by one of 1, 2 or 5
   tenants or by none, the exporter reading the union with one virtual key per tenant (`virtual_key_dir`): every key
   lists each provider itself, and the gateway narrows each page to the key's batches without moving the cursors.
@@ -66,12 +69,17 @@ class Workload:
     active: int
     changes: int  # batches finishing per interval, and as many starting: the active count stays
     keys: int = 0  # tenants with a virtual key each, read as one view (0: no governance, no key sent)
+    provider_keys: int = 1  # the provider's own API keys at the gateway, listed one after the other
 
     def with_keys(self, keys: int) -> Workload:
         return Workload(f"{self.name}, {keys} key{'s' if keys > 1 else ''}", *self._rest(), keys=keys)
 
     def _rest(self) -> tuple[tuple[str, ...], int, int, int]:
         return self.providers, self.total, self.active, self.changes
+
+    def account(self) -> tuple[tuple[str, ...], int, int, int, int]:
+        """What the gateway holds, whoever reads it: workloads that differ only in the view share a baseline."""
+        return (*self._rest(), self.provider_keys)
 
 
 PRESENT = Workload("present mix", PROVIDERS_23, 100_000, 100, 10)
@@ -80,6 +88,9 @@ REALISTIC = Workload("realistic mix", PROVIDERS_23[:3], 100_000, 300, 2)
 # reaches: their refresh lists down to them or retrieves each, and batches that arrive between full lists have no
 # place from one (an audit found every refresh turned into retrieves there: 33 % of a full list per interval).
 DEEP = Workload("running beyond the head page", PROVIDERS_23[:1], 30_000, 300, 2)
+# The same account on three provider keys: listing down to the running batches of keys 1 and 2 walks key 0's whole
+# history, so they are refreshed by reading their pages again by cursor (a retrieve each cost ~50 % of a full list).
+LATER_KEYS = Workload("running on later Bifrost keys", PROVIDERS_23[:1], 30_000, 300, 2, provider_keys=3)
 KEYS = (1, 2, 5)
 
 
@@ -153,8 +164,11 @@ def build_gateway(w: Workload, seed: int, clock: SimClock) -> Gateway:
     specs = []
     for i, name in enumerate(w.providers):
         flavor = flavor_of(i)
-        style = "legacy" if flavor in _LEGACY else "cursor"
-        specs.append(ProviderSpec(name, style=style, flavor=flavor, after_ignored=False))  # type: ignore[arg-type]
+        # Several provider keys are paged by newer gateways only (the serial cursor).
+        style = "legacy" if flavor in _LEGACY and w.provider_keys == 1 else "cursor"
+        specs.append(
+            ProviderSpec(name, style=style, flavor=flavor, after_ignored=False, keys=w.provider_keys)  # type: ignore[arg-type]
+        )
     governance = tenants(w.keys) if w.keys else None
     sim = Simulator(
         providers=specs, lifecycle=False, clock=clock.time, seed=seed, latency_ms=120, governance=governance
@@ -169,7 +183,8 @@ def build_gateway(w: Workload, seed: int, clock: SimClock) -> Gateway:
         words[name] = "ended" if flavor == "anthropic" else "completed"
         n_active = w.active // n + (1 if i < w.active % n else 0)
         n_hist = w.total // n + (1 if i < w.total % n else 0) - n_active
-        style = "legacy" if flavor in _LEGACY else "cursor"
+        # Several provider keys are paged by newer gateways only (the serial cursor).
+        style = "legacy" if flavor in _LEGACY and w.provider_keys == 1 else "cursor"
         pool = generate_batches(name, 2 * n_hist + 10, seed=seed, now=T0 - 3600, flavor=flavor, style=style)  # type: ignore[arg-type]
         history = [b for b in pool if b.get("status") in _TERMINAL][:n_hist]
         if len(history) < n_hist:
@@ -406,29 +421,34 @@ def main() -> int:
     defaults = Settings(providers=["openai"])
     interval = defaults.poll_interval_seconds
     win = windows(interval, defaults.resync_interval_seconds, args.smoke)
-    present, realistic, deep = PRESENT, REALISTIC, DEEP
+    present, realistic, deep, later = PRESENT, REALISTIC, DEEP, LATER_KEYS
     if args.smoke:
         present = Workload("present mix", PROVIDERS_23[:4], 2_000, 20, 2)
         realistic = Workload("realistic mix", PROVIDERS_23[:3], 1_500, 30, 1)
         deep = Workload("running beyond the head page", PROVIDERS_23[:1], 2_000, 250, 1)
+        later = Workload("running on later Bifrost keys", PROVIDERS_23[:1], 2_000, 250, 1, provider_keys=3)
     keyed = [present.with_keys(k) for k in (KEYS[:1] if args.smoke else KEYS)]
     rows: list[list[object]] = []
     checks: list[tuple[Workload, float, float, Result]] = []
-    bases: dict[tuple[tuple[str, ...], int, int, int], float] = {}
-    for w in (present, realistic, deep, *keyed):
-        if w._rest() not in bases:  # the keyed workloads' account is the present mix's: one baseline for all
-            base_run = asyncio.run(run(Workload(w.name, *w._rest()), "full", 1, seed=1))
-            bases[w._rest()] = statistics.fmean(
+    bases: dict[tuple[tuple[str, ...], int, int, int, int], float] = {}
+    for w in (present, realistic, deep, later, *keyed):
+        if (
+            w.account() not in bases
+        ):  # the keyed workloads' account is the present mix's: one baseline for all
+            unkeyed = Workload(w.name, *w._rest(), provider_keys=w.provider_keys)
+            base_run = asyncio.run(run(unkeyed, "full", 1, seed=1))
+            bases[w.account()] = statistics.fmean(
                 a + b for a, b in zip(base_run.lists, base_run.retrieves, strict=True)
             )
-        base = bases[w._rest()]
+        base = bases[w.account()]
         inc = asyncio.run(run(w, "incremental", win.cycles, seed=1))
         first_l, first_r = inc.per_cycle(*win.first_hour)
         steady_l, steady_r = inc.per_cycle(*win.steady)
         fresh = sorted(inc.freshness)
         median = statistics.median(fresh) if fresh else float("nan")
         worst = fresh[-1] if fresh else float("nan")
-        label = f"{w.name} ({w.total:,} batches, {len(w.providers)} providers, {w.active} active)"
+        keys = f", {w.provider_keys} provider keys" if w.provider_keys > 1 else ""
+        label = f"{w.name} ({w.total:,} batches, {len(w.providers)} providers{keys}, {w.active} active)"
         rows.append([label, "full: one full list (baseline)", base, base, 0, "100.0%", "", "", ""])
         rows.append(
             ["", "incremental, first hour", first_l + first_r, first_l, first_r, f"{(first_l + first_r) / base:.1%}",

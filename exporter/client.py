@@ -165,6 +165,15 @@ class ListResult:
 
 
 @dataclass(slots=True)
+class PagePlace:
+    """Where the page being handed to `on_page` was read: the cursor it was fetched with (None: a walk's first
+    page). Bifrost's cursors carry their place (the provider key and the provider's own cursor), so a page that
+    holds running batches can be read again by it later: one request for the page instead of one per batch."""
+
+    after: str | None = None
+
+
+@dataclass(slots=True)
 class RetrieveResult:
     """One batch fetched by id. Exactly one of: `batch`, `gone` (the gateway answered 404), `failure`."""
 
@@ -411,6 +420,7 @@ class BifrostClient:
         budget_truncates: bool = True,
         key: str | None = None,
         seen: set[int] | None = None,
+        place: PagePlace | None = None,
     ) -> ListResult:
         """`provider`'s batches, deduplicated by id, following Bifrost's cursor rules to the end or a stop.
 
@@ -419,7 +429,8 @@ class BifrostClient:
         call from its `next_cursor`. `max_pages` (default settings.max_pages) bounds this call: reaching it marks the
         result truncated, or with `budget_truncates=False` sets `stopped="budget"` and `next_cursor` instead.
         `seen` (hashes of ids) carries what earlier calls of the same walk handed over (the view's other keys):
-        those batches are not handed over again.
+        those batches are not handed over again. `place`, when given, holds the cursor of each page while it is
+        handed over.
         """
         result = ListResult()
         tally = _Tally()
@@ -434,6 +445,7 @@ class BifrostClient:
                 result,
                 tally,
                 set() if seen is None else seen,
+                place,
             )
         except UnsupportedProviderError:
             result.unsupported = True
@@ -460,6 +472,7 @@ class BifrostClient:
         result: ListResult,
         tally: _Tally,
         seen_ids: set[int],
+        place: PagePlace | None,
     ) -> None:
         # seen_ids holds hashes, not the id strings: it lives for a whole list and a large list has 10^5-10^6 ids;
         # a 64-bit collision would at worst drop one batch from one poll.
@@ -511,6 +524,8 @@ class BifrostClient:
             if on_page is None:
                 result.batches.extend(fresh)
             else:
+                if place is not None:
+                    place.after = after
                 wanted_more = on_page(fresh) is not False
             if not page.has_more:
                 return

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -34,7 +34,7 @@ from typing import Any
 import structlog
 
 from . import statefile
-from .client import REASONS, BifrostClient, Failure, ListResult
+from .client import REASONS, BifrostClient, Failure, ListResult, PagePlace
 from .cost import CostLedger, lookup_allowance, never_settled, settle
 from .firstsync import FirstSync, estimate_completion, expected_pages
 from .ledger import Ledger
@@ -57,6 +57,9 @@ RESYNC_STRETCH = 6
 # poll's newest pages in the status it had: its counts are refreshed by retrieve at most every this many polls
 # (a status change is retrieved at once).
 SPARSE_REFRESH_POLLS = 10
+# A page read again by its saved cursor is followed by at most this many more pages, for the batches that arrivals
+# pushed down (a key's first page moves; its later pages, anchored at an id, do not): beyond, they are retrieved.
+MAX_PAGE_DEPTH = 2
 CRASH_BACKOFF_MAX_SECONDS = 60.0
 UNHEALTHY_AFTER_CRASHES = 3
 
@@ -739,22 +742,24 @@ class Poller:
                 wanted_more = [True]
                 # Items handed over so far: the place of a running batch from the top of this key's list.
                 walked = [0]
+                head_place = PagePlace()
 
                 def head_page(
                     batches: list[Batch],
                     k: int = k,
                     wanted_more: list[bool] = wanted_more,
                     walked: list[int] = walked,
+                    place: PagePlace = head_place,
                 ) -> bool:
                     known = any(b.id in store for b in batches)
                     self._counts_still_fresh(store, batches, poll, refreshed)
-                    new = self._take_page(store, batches, k, walked, observe, refreshed, poll)
+                    new = self._take_page(store, batches, k, place.after, walked, observe, refreshed, poll)
                     wanted_more[0] = new > 0 and not known
                     return wanted_more[0]
 
                 pages = max(1, min(budget - spent(), self._settings.max_pages))
                 result = await self._client.list_batches(
-                    provider, head_page, max_pages=pages, budget_truncates=False, key=key
+                    provider, head_page, max_pages=pages, budget_truncates=False, key=key, place=head_place
                 )
                 refused = self._refused(provider, run, ledger, result, "head")
                 blocked = self._not_allowed(provider, run, key, result)
@@ -779,9 +784,10 @@ class Poller:
             if outcome.failure is not None or outcome.unsupported:
                 return outcome
 
-        # 3. Known active batches no list showed this poll: list on down to them where that costs fewer requests
-        #    than one retrieve each (by their places in the lists), then retrieve the rest, least recently seen
-        #    first, within the budget. After a first full list completes, what it listed this poll or the last is
+        # 3. Known active batches no list showed this poll: read again the pages that hold two or more of them (by
+        #    the cursors they were listed with), list on down to the rest where that costs fewer requests than one
+        #    retrieve each (by their places in the lists), then retrieve what is left, least recently seen first,
+        #    within the budget. After a first full list completes, what it listed this poll or the last is
         #    not retrieved again (no retrieve ran while it did; older pages may have changed since).
         if not first_sync or outcome.resync_done:
             await self._refresh_known(
@@ -795,20 +801,24 @@ class Poller:
         store: Store,
         batches: list[Batch],
         k: int,
-        walked: list[int],
+        after: str | None,
+        walked: list[int] | None,
         observe: Callable[[list[Batch]], int],
         refreshed: set[str],
         poll: int,
+        depth: int = 0,
     ) -> int:
-        """A page of `k`'s list that a head scan or a walk down to known batches read, outside the full list:
-        folded and seen this poll, and its running batches placed (`walked`: items of the walk before it). Returns
-        how many batches were new."""
+        """A page of `k`'s list (`depth` pages after the one cursor `after` reads) that a head scan, a walk down to
+        known batches or a page read again read, outside the full list: folded and seen this poll, and its running
+        batches placed (`walked`: items of the walk before it; None: a page read by its cursor alone, whose place
+        from the top is not known). Returns how many batches were new."""
         listed = batches
         batches = store.defer_sparse(batches)
         observe(batches)
         refreshed.update(b.id for b in batches)
-        new = store.upsert(batches, listing=False, key=k, poll=poll)
-        walked[0] = store.place(listed, k, walked[0])
+        new = store.upsert(batches, listing=False, key=k, poll=poll, after=after, depth=depth)
+        if walked is not None:
+            walked[0] = store.place(listed, k, walked[0])
         return new
 
     @staticmethod
@@ -860,31 +870,47 @@ class Poller:
             return [i for i in store.active if i not in refreshed]
 
         size = page_size_for(provider, self._settings.page_size)
-        depths = store.list_depth(stale()) if size is not None else {}
-        for k, depth in sorted(depths.items()):
-            head = heads.get(k)
-            if head is None or size is None:
-                continue
-            cursor, head_pages, head_items = head
+        for k, (cursor, head_pages, head_items) in sorted(heads.items()):
+            if size is None:
+                break
             remaining = [i for i in stale() if store.listed_by.get(i) == k]
-            more_pages = -(-depth // size) - head_pages
-            # Only where the walk fits what is left of the budget: lists and retrieves share it.
-            if not 0 < more_pages < len(remaining) or more_pages + 1 > budget - spent():
+            groups = self._pages_again(run, keys, remaining).values()
+            grouped = {i for _, ids in groups for i in ids}
+            singles = [i for i in remaining if i not in grouped]
+            # Down to all of them where that costs fewer requests than reading their saved pages again and
+            # retrieving the rest; otherwise down to those without a saved page, where that costs fewer than a
+            # retrieve each (a provider's later Bifrost keys lie behind the earlier keys' whole history, so the
+            # deepest decides). Either only where the walk fits what is left of the budget: lists and retrieves
+            # share it.
+            more_pages = self._pages_down(store, k, remaining, size, head_pages, head_items)
+            if not 0 < more_pages < sum(n for n, _ in groups) + len(singles):
+                remaining = singles
+                more_pages = self._pages_down(store, k, remaining, size, head_pages, head_items)
+                if not 0 < more_pages < len(remaining):
+                    continue
+            if more_pages + 1 > budget - spent():
                 continue
             wanted = set(remaining)
             walked = [head_items]
+            deeper_place = PagePlace()
 
             def deeper_page(
-                batches: list[Batch], k: int = k, wanted: set[str] = wanted, walked: list[int] = walked
+                batches: list[Batch],
+                k: int = k,
+                wanted: set[str] = wanted,
+                walked: list[int] = walked,
+                place: PagePlace = deeper_place,
             ) -> bool:
                 # New below the head pages: what the head scans missed, as a full list's find (the interval).
-                run.resync_found += self._take_page(store, batches, k, walked, observe, refreshed, poll)
+                run.resync_found += self._take_page(
+                    store, batches, k, place.after, walked, observe, refreshed, poll
+                )
                 wanted.difference_update(refreshed)
                 return bool(wanted)
 
             result = await self._client.list_batches(
                 provider, deeper_page, after=cursor, max_pages=more_pages + 1, budget_truncates=False,
-                key=keys[k],
+                key=keys[k], place=deeper_place,
             )  # fmt: skip
             # A refused cursor here leaves the rest to the retrieves below.
             self._refused(provider, run, ledger, result, "deeper")
@@ -892,6 +918,9 @@ class Poller:
             self._take_list(outcome, result, ledger, head=True)
             if outcome.failure is not None or outcome.unsupported:
                 return
+        await self._reread_pages(provider, ledger, run, keys, refreshed, outcome, budget, started, stale())
+        if outcome.failure is not None or outcome.unsupported:
+            return
         # Within the budget; the least recently seen first, so a provider with more active batches than one poll can
         # retrieve cycles through all of them.
         allowed = [key for key in keys if key not in run.not_allowed] or list(keys)
@@ -926,6 +955,97 @@ class Poller:
                 outcome.retrieve_failures += 1
                 outcome.first_retrieve_failure = outcome.first_retrieve_failure or got.failure
 
+    @staticmethod
+    def _pages_down(
+        store: Store, k: int, batch_ids: list[str], size: int, head_pages: int, head_items: int
+    ) -> int:
+        """Pages to list below `k`'s head pages to reach every one of `batch_ids` a list placed (0: none placed).
+        One placed within the head pages this poll read, which did not show it, was pushed below them by batches
+        that arrived since: its place is at least one further down."""
+        depth = store.list_depth(batch_ids).get(k)
+        if depth is None:
+            return 0
+        return -(-max(depth, head_items + 1) // size) - head_pages
+
+    @staticmethod
+    def _pages_again(
+        run: _Run, keys: tuple[str | None, ...], batch_ids: Iterable[str]
+    ) -> dict[tuple[int, str], tuple[int, list[str]]]:
+        """The saved pages (key, cursor) worth reading again for `batch_ids`, each with how many pages from it hold
+        them and those it holds: where that is fewer requests than a retrieve each."""
+        pages: dict[tuple[int, str], tuple[int, list[str]]] = {}
+        for batch_id in batch_ids:
+            page = run.store.page_of.get(batch_id)
+            if page is None or page[0] >= len(keys) or keys[page[0]] in run.not_allowed:
+                continue
+            k, cursor, depth = page
+            deepest, ids = pages.get((k, cursor), (0, []))
+            ids.append(batch_id)
+            pages[(k, cursor)] = (max(deepest, depth + 1), ids)
+        return {page: (n, ids) for page, (n, ids) in pages.items() if n < len(ids)}
+
+    async def _reread_pages(
+        self,
+        provider: str,
+        ledger: Ledger,
+        run: _Run,
+        keys: tuple[str | None, ...],
+        refreshed: set[str],
+        outcome: _PollOutcome,
+        budget: int,
+        started: float,
+        stale: list[str],
+    ) -> None:
+        """Pages that hold two or more of the running batches still to refresh, read again by the cursor they were
+        listed with: one request each instead of a retrieve per batch, the fullest pages first, within the budget.
+
+        A walk down from the top cannot reach them cheaply when they sit on a provider's later Bifrost keys (the
+        gateway walks a provider's keys one after the other, so the earlier keys' whole history lies above them).
+        A key's first page moves as batches arrive on it, pushing its oldest items onto the next page: when a page
+        read again misses some of its batches, the next page is read too (once), and what it shows is placed there.
+        A batch neither shows, or whose cursor the gateway refuses, loses its saved page and is retrieved (this
+        poll if the budget allows); the next full list places it again. Batches new on such a page were found by
+        this poll, not missed by it: they do not shorten the full lists' interval (a full list's own finds do).
+        """
+        store = run.store
+        poll = run.polls
+        observe = self._observe(ledger, started)
+        pages = self._pages_again(run, keys, stale)
+        for (k, cursor), (deepest, ids) in sorted(pages.items(), key=lambda item: -len(item[1][1])):
+            left = budget - (outcome.list_requests + outcome.retrieve_requests)
+            wanted = {i for i in ids if i not in refreshed}  # an earlier page may have shown them
+            if left <= 0 or len(wanted) < 2:
+                continue
+            shown: set[str] = set()
+            depth = [0]
+
+            def read_again(
+                batches: list[Batch],
+                k: int = k,
+                cursor: str = cursor,
+                shown: set[str] = shown,
+                wanted: set[str] = wanted,
+                depth: list[int] = depth,
+            ) -> bool:
+                shown.update(b.id for b in batches)
+                self._counts_still_fresh(store, batches, poll, refreshed)
+                self._take_page(store, batches, k, cursor, None, observe, refreshed, poll, depth[0])
+                depth[0] += 1
+                return not wanted <= shown and depth[0] <= MAX_PAGE_DEPTH
+
+            result = await self._client.list_batches(
+                provider, read_again, after=cursor, max_pages=min(deepest + 1, MAX_PAGE_DEPTH + 1, left),
+                budget_truncates=False, key=keys[k],
+            )  # fmt: skip
+            self._refused(provider, run, ledger, result, "page_again")
+            self._not_allowed(provider, run, keys[k], result)
+            self._take_list(outcome, result, ledger, head=True)
+            if outcome.failure is not None or outcome.unsupported:
+                return
+            for batch_id in wanted - shown:
+                if store.page_of.get(batch_id, (0, "", 0))[:2] == (k, cursor):
+                    del store.page_of[batch_id]
+
     async def _continue_resync(
         self,
         provider: str,
@@ -942,13 +1062,17 @@ class Poller:
         observe = self._observe(ledger, started)
         resync = store.resync or store.start_resync(started)
         at_head = [resync.cursor is None]  # the next page is the first of a key's walk (the head scan's page)
+        place = PagePlace()
+        # Pages this poll reads again after the list (those of the running batches it does not show): what is new
+        # on them the poll finds anyway, so the list finding it first is no sign that polls miss batches.
+        watched = set(self._pages_again(run, keys, store.active))
 
         def resync_page(batches: list[Batch]) -> None:
             self._counts_still_fresh(store, batches, poll, refreshed)
             batches = store.defer_sparse(batches)
             observe(batches)
-            new = store.upsert(batches, key=resync.key, poll=poll)
-            if not at_head[0]:
+            new = store.upsert(batches, key=resync.key, poll=poll, after=place.after)
+            if not at_head[0] and (resync.key, place.after) not in watched:
                 run.resync_found += new  # new beyond the newest page: the head scans could not have seen them
             at_head[0] = False
             # Only the active ones: a finished batch this list shows is marked seen by it already, and a first
@@ -960,7 +1084,7 @@ class Poller:
             at_head[0] = resync.cursor is None
             result = await self._client.list_batches(
                 provider, resync_page, after=resync.cursor, max_pages=pages, budget_truncates=False,
-                key=keys[resync.key],
+                key=keys[resync.key], place=place,
             )  # fmt: skip
             if not run.synced:
                 run.first.pages += result.pages
@@ -1072,8 +1196,12 @@ class Poller:
                 walk=walk,
                 http_status=failure.status,
                 detail=failure.detail,
-                consequence="the walk restarts from the newest page; further refusals are counted in "
-                'bifrost_batch_exporter_poll_errors_total{reason="cursor_refused"}',
+                consequence=(
+                    "the full list restarts from the newest page"
+                    if walk == "resync"
+                    else "this poll goes on without that page: its running batches are retrieved"
+                )
+                + '; further refusals are counted in bifrost_batch_exporter_poll_errors_total{reason="cursor_refused"}',
             )
         return True
 

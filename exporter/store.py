@@ -115,6 +115,12 @@ class Store:
         self.listed_by: dict[str, int] = {}
         # Active id → the poll that last saw it (listed or retrieved): the least recently seen are retrieved first.
         self.checked_poll: dict[str, int] = {}
+        # Active id → (key, cursor, depth): the page beyond a walk's first that last listed it, `depth` pages after
+        # the one that cursor reads (a key's first page moves as batches arrive, pushing its oldest onto the next).
+        # Read again by that cursor, the pages refresh every running batch on them with one request each: what a
+        # walk down from the top cannot reach cheaply (a provider's later Bifrost keys, behind the earlier keys'
+        # whole history) needs it.
+        self.page_of: dict[str, tuple[int, str, int]] = {}
 
     def __len__(self) -> int:
         return len(self.active) + len(self._index)
@@ -129,19 +135,36 @@ class Store:
         return len(self._index)
 
     def upsert(
-        self, batches: Iterable[Batch], *, listing: bool = True, key: int | None = None, poll: int = 0
+        self,
+        batches: Iterable[Batch],
+        *,
+        listing: bool = True,
+        key: int | None = None,
+        poll: int = 0,
+        after: str | None = None,
+        depth: int = 0,
     ) -> int:
         """Fold batches in; returns how many were not known before. `listing` says the batches are pages of the
         running full list (which places them); the newest pages seen meanwhile only count as seen. `key` is the
-        view's key whose list showed them (None: a retrieve), `poll` the poll's number."""
-        return self._fold(batches, seen=True, listing=listing, key=key, poll=poll)
+        view's key whose list showed them (None: a retrieve), `poll` the poll's number, `after` the cursor their
+        page was read with, or `depth` pages before it (None: the first page of `key`'s walk, which every poll's
+        head scan reads anyway)."""
+        return self._fold(batches, seen=True, listing=listing, key=key, poll=poll, after=after, depth=depth)
 
     def refresh(self, batch: Batch, poll: int = 0) -> None:
         """One batch from a retrieve: fold it without counting it as seen by the running resync's list."""
-        self._fold((batch,), seen=False, listing=False, key=None, poll=poll)
+        self._fold((batch,), seen=False, listing=False, key=None, poll=poll, after=None, depth=0)
 
     def _fold(
-        self, batches: Iterable[Batch], *, seen: bool, listing: bool, key: int | None, poll: int
+        self,
+        batches: Iterable[Batch],
+        *,
+        seen: bool,
+        listing: bool,
+        key: int | None,
+        poll: int,
+        after: str | None,
+        depth: int,
     ) -> int:
         new = 0
         resync = self.resync
@@ -198,6 +221,10 @@ class Store:
             self.checked_poll[batch_id] = poll
             if key is not None:
                 self.listed_by[batch_id] = key
+                if after is None:
+                    self.page_of.pop(batch_id, None)
+                else:
+                    self.page_of[batch_id] = (key, after, depth)
         return new
 
     # --- finished rows ------------------------------------------------------------------------------------------
@@ -293,6 +320,7 @@ class Store:
     # --- active batches -----------------------------------------------------------------------------------------
 
     def _forget_active(self, batch_id: str) -> None:
+        self.page_of.pop(batch_id, None)
         self.positions.pop(batch_id, None)
         self.listed_by.pop(batch_id, None)
         self.checked_poll.pop(batch_id, None)
@@ -358,6 +386,7 @@ class Store:
         """The view's keys changed: positions and listing keys refer to keys that are no more."""
         self.positions.clear()
         self.listed_by.clear()
+        self.page_of.clear()
 
     # --- full lists ---------------------------------------------------------------------------------------------
 

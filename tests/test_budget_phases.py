@@ -16,11 +16,13 @@ from typing import Any
 import pytest
 
 from exporter.simulator import ProviderSpec, Simulator
+from tests.harness import value
 from tests.test_incremental import (
     INTERVAL,
     RESYNC,
     START,
     SimTime,
+    count,
     exporter,
     finished_counts,
     gateway,
@@ -70,6 +72,87 @@ def test_a_batch_no_full_list_placed_does_not_turn_every_refresh_into_a_retrieve
             after_arrivals = _requests(sim) - before
     assert steady <= 4, steady  # the head page and the two below it
     assert after_arrivals <= 5, after_arrivals  # the head page and four below it (42 running on pages 1-5)
+
+
+def _later_keys_account(sim: Simulator) -> None:
+    """Three Bifrost keys listed one after the other: 100 finished batches on key 0 (10 pages of 10), then 10
+    running batches above 15 finished ones on key 1, and 10 running ones on key 2."""
+    for i in range(100):
+        c = START - 50_000 + i
+        sim.add_batch(
+            P, batch_id=f"f{i:04d}", status="completed", created_at=c, completed_at=c + 60, api_key=0
+        )
+    for i in range(15):
+        c = START - 40_000 + i
+        sim.add_batch(
+            P, batch_id=f"g{i:04d}", status="completed", created_at=c, completed_at=c + 60, api_key=1
+        )
+    for key in (1, 2):
+        for i in range(10):
+            c = START - 1_000 + i
+            sim.add_batch(P, batch_id=f"k{key}-{i:02d}", status="in_progress", created_at=c, api_key=key)
+
+
+def test_running_batches_on_a_providers_later_keys_are_refreshed_by_reading_their_pages_again() -> None:
+    """Listing down to running batches on later Bifrost keys walks the earlier keys' whole history first (14 pages
+    here), and a retrieve each costs 20 requests a poll: ~50 % of a full list per interval on a realistic account.
+    The pages that hold them, read again by the cursors they were listed with, cost one request each: the head page
+    and two pages a poll. A status change on such a page shows after one poll."""
+    clock = SimTime()
+    with gateway(clock, ProviderSpec(P, style="cursor", keys=3)) as sim:
+        _later_keys_account(sim)
+        with exporter(
+            sim, clock, page_size=10, max_requests_per_second=10, resync_interval_seconds=3600
+        ) as exp:
+            poll_until_resynced(exp, clock)
+            spent = []
+            for _ in range(3):
+                clock.advance(INTERVAL)
+                before = _requests(sim)
+                exp.poll(P)
+                spent.append(_requests(sim) - before)
+            sim.set_status(P, "k2-03", "completed")
+            sim.set_status(P, "k1-07", "failed")
+            clock.advance(INTERVAL)
+            before = _requests(sim)
+            exp.poll(P)
+            changed = _requests(sim) - before
+            s = exp.samples()
+    assert max(spent) <= 3, f"steady polls sent {spent} requests (the head page and two pages again is 3)"
+    assert changed <= 3, changed
+    assert count(s, "in_progress") == 18
+    assert value(s, "bifrost_batch_finished_total", provider=P, status="completed") == 1
+    assert value(s, "bifrost_batch_finished_total", provider=P, status="failed") == 1
+
+
+def test_a_page_read_again_that_lost_a_batch_or_whose_cursor_is_refused_falls_back_to_retrieves() -> None:
+    """A running batch its saved page no longer shows (deleted at the gateway) is retrieved in the same poll (404:
+    gone); a saved cursor the gateway refuses is counted, and the batches of its page are retrieved instead."""
+    clock = SimTime()
+    with gateway(clock, ProviderSpec(P, style="cursor", keys=3)) as sim:
+        _later_keys_account(sim)
+        with exporter(
+            sim, clock, page_size=10, max_requests_per_second=10, resync_interval_seconds=3600
+        ) as exp:
+            poll_until_resynced(exp, clock)
+            sim.delete(P, "k2-05")
+            clock.advance(INTERVAL)
+            exp.poll(P)
+            after_delete = count(exp.samples(), "in_progress")
+            sim.set_fault("cursor_refused", provider=P, times=1)
+            sim.set_status(P, "k1-02", "completed")
+            sim.set_status(P, "k2-02", "completed")
+            clock.advance(INTERVAL)
+            before = sim.requests(P, "retrieve")
+            exp.poll(P)
+            retrieved = sim.requests(P, "retrieve") - before
+            s = exp.samples()
+    assert after_delete == 19
+    assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="cursor_refused") == 1
+    assert value(s, "bifrost_batch_exporter_up", provider=P) == 1
+    assert 0 < retrieved <= 10, retrieved  # one page's running batches, not both pages'
+    assert count(s, "in_progress") == 17
+    assert value(s, "bifrost_batch_finished_total", provider=P, status="completed") == 2
 
 
 def test_listing_down_to_the_running_batches_keeps_to_the_polls_budget() -> None:
