@@ -873,7 +873,7 @@ class Poller:
         for k, (cursor, head_pages, head_items) in sorted(heads.items()):
             if size is None:
                 break
-            remaining = [i for i in stale() if store.listed_by.get(i) == k]
+            remaining = [i for i in stale() if store.listed_by(i) == k]
             groups = self._pages_again(run, keys, remaining).values()
             grouped = {i for _, ids in groups for i in ids}
             singles = [i for i in remaining if i not in grouped]
@@ -928,7 +928,7 @@ class Poller:
         def key_of(batch_id: str) -> str | None:
             # A key that listed the batch; if the gateway no longer allows that key on the provider, another key
             # of the view (whose 404 then says the batch is not in the view any more).
-            key = keys[store.listed_by.get(batch_id, 0) % len(keys)]
+            key = keys[(store.listed_by(batch_id) or 0) % len(keys)]
             return key if key not in run.not_allowed else allowed[0]
 
         todo = sorted(stale(), key=lambda i: store.checked_poll.get(i, -1))
@@ -975,10 +975,12 @@ class Poller:
         them and those it holds: where that is fewer requests than a retrieve each."""
         pages: dict[tuple[int, str], tuple[int, list[str]]] = {}
         for batch_id in batch_ids:
-            page = run.store.page_of.get(batch_id)
-            if page is None or page[0] >= len(keys) or keys[page[0]] in run.not_allowed:
+            page = run.store.listed_on.get(batch_id)
+            if page is None:
                 continue
             k, cursor, depth = page
+            if cursor is None or k >= len(keys) or keys[k] in run.not_allowed:
+                continue
             deepest, ids = pages.get((k, cursor), (0, []))
             ids.append(batch_id)
             pages[(k, cursor)] = (max(deepest, depth + 1), ids)
@@ -1043,8 +1045,8 @@ class Poller:
             if outcome.failure is not None or outcome.unsupported:
                 return
             for batch_id in wanted - shown:
-                if store.page_of.get(batch_id, (0, "", 0))[:2] == (k, cursor):
-                    del store.page_of[batch_id]
+                if store.listed_on.get(batch_id, (0, None, 0))[:2] == (k, cursor):
+                    store.lose_page(batch_id)
 
     async def _continue_resync(
         self,

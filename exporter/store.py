@@ -50,6 +50,10 @@ class Resync:
     seen_active: set[str] = field(default_factory=set)
 
 
+# The page of the view's key that listed a running batch: (key, cursor it was read with, pages after that one).
+ListedOn = tuple[int, str | None, int]
+
+
 class Gone:
     """What a full list found gone: `len()` counts every batch removed; iterating gives the ids of the active ones
     among them (a finished batch is kept as a key of its id, not the id itself, and the ledger forgets only
@@ -110,17 +114,16 @@ class Store:
         # Active id → (key, position) in the last full list: tells whether listing down to the known active
         # batches costs fewer requests than retrieving them one by one.
         self.positions: dict[str, tuple[int, int]] = {}
-        # Active id → the key of the view that last listed it: a retrieve goes out with a key that can see the
-        # batch (governance answers another tenant's key with 404, which would read as "deleted").
-        self.listed_by: dict[str, int] = {}
+        # Active id → the page that last listed it: (the view's key, the cursor it was read with, depth). The key
+        # is the one a retrieve goes out with, since it can see the batch (governance answers another tenant's key
+        # with 404, which would read as "deleted"). The cursor (None for a walk's first page, which every head scan
+        # reads) and `depth`, pages after the one that cursor reads (a key's first page moves as batches arrive,
+        # pushing its oldest onto the next), let the page be read again: one request refreshes every running batch
+        # on it, where a walk down from the top cannot reach them cheaply (a provider's later Bifrost keys lie
+        # behind the earlier keys' whole history). One tuple per page, shared by its batches.
+        self.listed_on: dict[str, ListedOn] = {}
         # Active id → the poll that last saw it (listed or retrieved): the least recently seen are retrieved first.
         self.checked_poll: dict[str, int] = {}
-        # Active id → (key, cursor, depth): the page beyond a walk's first that last listed it, `depth` pages after
-        # the one that cursor reads (a key's first page moves as batches arrive, pushing its oldest onto the next).
-        # Read again by that cursor, the pages refresh every running batch on them with one request each: what a
-        # walk down from the top cannot reach cheaply (a provider's later Bifrost keys, behind the earlier keys'
-        # whole history) needs it.
-        self.page_of: dict[str, tuple[int, str, int]] = {}
 
     def __len__(self) -> int:
         return len(self.active) + len(self._index)
@@ -167,6 +170,7 @@ class Store:
         depth: int,
     ) -> int:
         new = 0
+        page: ListedOn | None = None if key is None else (key, after, depth if after is not None else 0)
         resync = self.resync
         walking = resync is not None and seen
         active = self.active
@@ -219,12 +223,8 @@ class Store:
                 self._give_active_marks(batch_id, marks)
             active[batch_id] = self._slim(batch)
             self.checked_poll[batch_id] = poll
-            if key is not None:
-                self.listed_by[batch_id] = key
-                if after is None:
-                    self.page_of.pop(batch_id, None)
-                else:
-                    self.page_of[batch_id] = (key, after, depth)
+            if page is not None:
+                self.listed_on[batch_id] = page
         return new
 
     # --- finished rows ------------------------------------------------------------------------------------------
@@ -320,9 +320,8 @@ class Store:
     # --- active batches -----------------------------------------------------------------------------------------
 
     def _forget_active(self, batch_id: str) -> None:
-        self.page_of.pop(batch_id, None)
         self.positions.pop(batch_id, None)
-        self.listed_by.pop(batch_id, None)
+        self.listed_on.pop(batch_id, None)
         self.checked_poll.pop(batch_id, None)
 
     def _slim(self, batch: Batch) -> Batch:
@@ -382,11 +381,21 @@ class Store:
                 positions[batch.id] = (key, offset + i)
         return offset + len(batches)
 
+    def listed_by(self, batch_id: str) -> int | None:
+        """The view's key whose list last showed the batch (None: only retrieves have)."""
+        page = self.listed_on.get(batch_id)
+        return None if page is None else page[0]
+
+    def lose_page(self, batch_id: str) -> None:
+        """Its saved page no longer shows the batch: retrieved until a list shows it again (its key is kept)."""
+        page = self.listed_on.get(batch_id)
+        if page is not None and page[1] is not None:
+            self.listed_on[batch_id] = (page[0], None, 0)
+
     def forget_places(self) -> None:
         """The view's keys changed: positions and listing keys refer to keys that are no more."""
         self.positions.clear()
-        self.listed_by.clear()
-        self.page_of.clear()
+        self.listed_on.clear()
 
     # --- full lists ---------------------------------------------------------------------------------------------
 
