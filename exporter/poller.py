@@ -1004,7 +1004,8 @@ class Poller:
         A walk down from the top cannot reach them cheaply when they sit on a provider's later Bifrost keys (the
         gateway walks a provider's keys one after the other, so the earlier keys' whole history lies above them).
         A key's first page moves as batches arrive on it, pushing its oldest items onto the next page: when a page
-        read again misses some of its batches, the next page is read too (once), and what it shows is placed there.
+        read again misses some of its batches, the pages after it are read too (at most MAX_PAGE_DEPTH), and what
+        they show is placed there.
         A batch neither shows, or whose cursor the gateway refuses, loses its saved page and is retrieved (this
         poll if the budget allows); the next full list places it again. Batches new on such a page were found by
         this poll, not missed by it: they do not shorten the full lists' interval (a full list's own finds do).

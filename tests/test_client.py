@@ -28,6 +28,7 @@ from exporter.client import (
     REASONS,
     BifrostClient,
     ListResult,
+    PagePlace,
     RetrieveResult,
     _parse_retry_after,
     build_headers,
@@ -549,6 +550,26 @@ def test_caller_stops_paging_cleanly(gateway: Callable[..., tuple[Gateway, str]]
     assert len(gw.seen) == 2 and result.next_cursor is not None
     rest = list_once(settings_for(url, page_size=3), after=result.next_cursor)
     assert ids(rest) == everything[6:]
+
+
+def test_each_page_is_handed_over_with_the_cursor_it_was_read_with(
+    gateway: Callable[..., tuple[Gateway, str]],
+) -> None:
+    """What the poller saves to read a page of running batches again: the cursor sent for it (None for the first),
+    which, sent again, brings the same page back, also across the gateway's keys."""
+    everything = [f"b{i}" for i in range(9)]
+    _, url = gateway(serial_keys([everything[:5], everything[5:]]))
+    settings = settings_for(url, page_size=2)
+    place = PagePlace()
+    pages: list[tuple[str | None, list[str]]] = []
+    list_once(
+        settings, on_page=lambda batches: pages.append((place.after, [b.id for b in batches])), place=place
+    )
+    assert [ids for _, ids in pages] == [["b0", "b1"], ["b2", "b3"], ["b4"], ["b5", "b6"], ["b7", "b8"]]
+    assert pages[0][0] is None and all(after is not None for after, _ in pages[1:])
+    for after, page_ids in pages[1:]:
+        again = list_once(settings, after=after, max_pages=1, budget_truncates=False)
+        assert ids(again) == page_ids
 
 
 def test_on_page_sees_every_page_even_when_it_holds_only_known_ids(
