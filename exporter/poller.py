@@ -161,6 +161,10 @@ class _PollOutcome:
     resync_done: bool = False
     resync_found: int = 0  # batches the running full list found that the polls in between had missed
     retrieves_deferred: int = 0  # known active batches left for the next poll by the budget
+    # Every id a list showed this poll, folded or not: a known running batch whose list item carries no counts
+    # (Bedrock, Gemini) is shown without being refreshed, and listing down to it or reading its page again would
+    # only show it so again (a retrieve brings its counts).
+    shown: set[str] = field(default_factory=set)
 
 
 class Poller:
@@ -753,7 +757,9 @@ class Poller:
                 ) -> bool:
                     known = any(b.id in store for b in batches)
                     self._counts_still_fresh(store, batches, poll, refreshed)
-                    new = self._take_page(store, batches, k, place.after, walked, observe, refreshed, poll)
+                    new = self._take_page(
+                        store, batches, k, place.after, walked, observe, refreshed, outcome.shown, poll
+                    )
                     wanted_more[0] = new > 0 and not known
                     return wanted_more[0]
 
@@ -805,6 +811,7 @@ class Poller:
         walked: list[int] | None,
         observe: Callable[[list[Batch]], int],
         refreshed: set[str],
+        shown: set[str],
         poll: int,
         depth: int = 0,
     ) -> int:
@@ -813,6 +820,7 @@ class Poller:
         batches placed (`walked`: items of the walk before it; None: a page read by its cursor alone, whose place
         from the top is not known). Returns how many batches were new."""
         listed = batches
+        shown.update(b.id for b in listed)
         batches = store.defer_sparse(batches)
         observe(batches)
         refreshed.update(b.id for b in batches)
@@ -869,11 +877,15 @@ class Poller:
                 ]
             return [i for i in store.active if i not in refreshed]
 
+        def unshown() -> list[str]:
+            # Those no list showed: the ones a list showed and did not refresh are left to a retrieve.
+            return [i for i in stale() if i not in outcome.shown]
+
         size = page_size_for(provider, self._settings.page_size)
         for k, (cursor, head_pages, head_items) in sorted(heads.items()):
             if size is None:
                 break
-            remaining = [i for i in stale() if store.listed_by(i) == k]
+            remaining = [i for i in unshown() if store.listed_by(i) == k]
             groups = self._pages_again(run, keys, remaining).values()
             grouped = {i for _, ids in groups for i in ids}
             singles = [i for i in remaining if i not in grouped]
@@ -903,7 +915,7 @@ class Poller:
             ) -> bool:
                 # New below the head pages: what the head scans missed, as a full list's find (the interval).
                 run.resync_found += self._take_page(
-                    store, batches, k, place.after, walked, observe, refreshed, poll
+                    store, batches, k, place.after, walked, observe, refreshed, outcome.shown, poll
                 )
                 wanted.difference_update(refreshed)
                 return bool(wanted)
@@ -918,7 +930,7 @@ class Poller:
             self._take_list(outcome, result, ledger, head=True)
             if outcome.failure is not None or outcome.unsupported:
                 return
-        await self._reread_pages(provider, ledger, run, keys, refreshed, outcome, budget, started, stale())
+        await self._reread_pages(provider, ledger, run, keys, refreshed, outcome, budget, started, unshown())
         if outcome.failure is not None or outcome.unsupported:
             return
         # Within the budget; the least recently seen first, so a provider with more active batches than one poll can
@@ -1032,7 +1044,9 @@ class Poller:
             ) -> bool:
                 shown.update(b.id for b in batches)
                 self._counts_still_fresh(store, batches, poll, refreshed)
-                self._take_page(store, batches, k, cursor, None, observe, refreshed, poll, depth[0])
+                self._take_page(
+                    store, batches, k, cursor, None, observe, refreshed, outcome.shown, poll, depth[0]
+                )
                 depth[0] += 1
                 return not wanted <= shown and depth[0] <= MAX_PAGE_DEPTH
 
@@ -1071,6 +1085,7 @@ class Poller:
         watched = set(self._pages_again(run, keys, store.active))
 
         def resync_page(batches: list[Batch]) -> None:
+            outcome.shown.update(b.id for b in batches)
             self._counts_still_fresh(store, batches, poll, refreshed)
             batches = store.defer_sparse(batches)
             observe(batches)

@@ -155,6 +155,34 @@ def test_a_page_read_again_that_lost_a_batch_or_whose_cursor_is_refused_falls_ba
     assert value(s, "bifrost_batch_finished_total", provider=P, status="completed") == 2
 
 
+def test_running_batches_a_page_showed_without_counts_are_retrieved_not_listed_down_to() -> None:
+    """Bedrock lists summaries (no counts): its running batches on the newest page, shown there each poll, are
+    retrieved for their counts when due. Listing down below the head page or reading their pages again would only
+    show them so again: each poll lists its head page once (an earlier version of the page reading listed one page
+    more whenever their counts were due)."""
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="bedrock", after_ignored=False)
+    with gateway(clock, spec) as sim:
+        for i in range(30):
+            c = START - 50_000 + i
+            sim.add_batch(P, batch_id=f"f{i:04d}", status="completed", created_at=c, completed_at=c + 60)
+        for i in range(4):
+            sim.add_batch(P, batch_id=f"job{i}", status="in_progress", created_at=START - 100 + i)
+        with exporter(sim, clock, page_size=10, resync_interval_seconds=100 * INTERVAL) as exp:
+            poll_until_resynced(exp, clock)
+            lists, retrieves = [], []
+            for _ in range(12):
+                clock.advance(INTERVAL)
+                before = sim.requests(P, "list"), sim.requests(P, "retrieve")
+                exp.poll(P)
+                lists.append(sim.requests(P, "list") - before[0])
+                retrieves.append(sim.requests(P, "retrieve") - before[1])
+            s = exp.samples()
+    assert lists == [1] * 12, lists
+    assert sum(retrieves) >= 4, retrieves  # each one's counts, when due
+    assert count(s, "in_progress") == 4
+
+
 def test_listing_down_to_the_running_batches_keeps_to_the_polls_budget() -> None:
     """Budget: 10 s × 1 request/s × 0.5 = 5 requests a poll. 40 running batches spread over 8 pages: listing down
     to them would take 8 requests; the poll sends no more than its budget (the rest waits for the next poll)."""
