@@ -136,6 +136,9 @@ class _Run:
     not_allowed: set[str] = field(default_factory=set)
     view_version: int = -1  # the client's view_version() the keys above were read at
     polls: int = 0  # polls started: "listed by this poll or the last one" without reading any clock
+    read_again: set[tuple[int, str]] = field(
+        default_factory=set
+    )  # saved pages (key, cursor) the last poll read
     summary: _Summary = field(default_factory=_Summary)
 
 
@@ -930,11 +933,17 @@ class Poller:
             self._take_list(outcome, result, ledger, head=True)
             if outcome.failure is not None or outcome.unsupported:
                 return
-        await self._reread_pages(provider, ledger, run, keys, refreshed, outcome, budget, started, unshown())
-        if outcome.failure is not None or outcome.unsupported:
-            return
-        # Within the budget; the least recently seen first, so a provider with more active batches than one poll can
-        # retrieve cycles through all of them.
+        # What is left, in one queue, least recently seen first, within the budget, so a provider with more
+        # active batches than one poll can refresh cycles through all of them: the saved pages worth reading again
+        # (ranked by their least recently seen batch; before a retrieve of the same rank, being cheaper) and a
+        # retrieve for each batch on none of them.
+        pages = self._pages_again(run, keys, unshown())
+        grouped = {i for _, ids in pages.values() for i in ids}
+        queue: list[tuple[int, int, str, tuple[int, str] | None]] = [
+            (min(store.checked_poll.get(i, -1) for i in ids), 0, "", page) for page, (_, ids) in pages.items()
+        ]
+        queue += [(store.checked_poll.get(i, -1), 1, i, None) for i in stale() if i not in grouped]
+        queue.sort(key=lambda item: item[:3])
         allowed = [key for key in keys if key not in run.not_allowed] or list(keys)
 
         def key_of(batch_id: str) -> str | None:
@@ -943,11 +952,26 @@ class Poller:
             key = keys[(store.listed_by(batch_id) or 0) % len(keys)]
             return key if key not in run.not_allowed else allowed[0]
 
-        todo = sorted(stale(), key=lambda i: store.checked_poll.get(i, -1))
-        outcome.retrieves_deferred = max(0, len(todo) - max(0, budget - spent()))
-        for batch_id in todo:
+        run.read_again = set()
+        for rank, _, batch_id, page in queue:
             if spent() >= budget:
                 break
+            if page is not None:
+                deepest, ids = pages[page]
+                wanted = {i for i in ids if i not in refreshed}  # a page read before may have shown them
+                if len(wanted) >= 2:
+                    await self._read_again(provider, ledger, run, keys, page, deepest, wanted, refreshed, outcome,
+                                           budget, started)  # fmt: skip
+                    if outcome.failure is not None or outcome.unsupported:
+                        return
+                    # What the page no longer shows (deleted, moved further) is retrieved, this poll if it can.
+                    queue += [(rank, 1, i, None) for i in sorted(wanted) if i not in refreshed]
+                    continue
+                if not wanted:
+                    continue
+                batch_id = wanted.pop()  # alone now: a retrieve costs what its page would
+            if batch_id in refreshed:
+                continue
             got = await self._client.retrieve(provider, batch_id, key=key_of(batch_id))
             outcome.retrieve_requests += got.requests
             outcome.retries += max(0, got.requests - 1)
@@ -966,6 +990,7 @@ class Poller:
             elif got.failure is not None:
                 outcome.retrieve_failures += 1
                 outcome.first_retrieve_failure = outcome.first_retrieve_failure or got.failure
+        outcome.retrieves_deferred = len(stale())
 
     @staticmethod
     def _pages_down(
@@ -998,70 +1023,60 @@ class Poller:
             pages[(k, cursor)] = (max(deepest, depth + 1), ids)
         return {page: (n, ids) for page, (n, ids) in pages.items() if n < len(ids)}
 
-    async def _reread_pages(
+    async def _read_again(
         self,
         provider: str,
         ledger: Ledger,
         run: _Run,
         keys: tuple[str | None, ...],
+        page: tuple[int, str],
+        deepest: int,
+        wanted: set[str],
         refreshed: set[str],
         outcome: _PollOutcome,
         budget: int,
         started: float,
-        stale: list[str],
     ) -> None:
-        """Pages that hold two or more of the running batches still to refresh, read again by the cursor they were
-        listed with: one request each instead of a retrieve per batch, the fullest pages first, within the budget.
+        """A saved page that holds two or more of the running batches still to refresh, read again by the cursor
+        they were listed with: one request instead of a retrieve per batch.
 
         A walk down from the top cannot reach them cheaply when they sit on a provider's later Bifrost keys (the
         gateway walks a provider's keys one after the other, so the earlier keys' whole history lies above them).
-        A key's first page moves as batches arrive on it, pushing its oldest items onto the next page: when a page
-        read again misses some of its batches, the pages after it are read too (at most MAX_PAGE_DEPTH), and what
-        they show is placed there.
-        A batch neither shows, or whose cursor the gateway refuses, loses its saved page and is retrieved (this
-        poll if the budget allows); the next full list places it again. Batches new on such a page were found by
-        this poll, not missed by it: they do not shorten the full lists' interval (a full list's own finds do).
+        A key's first page moves as batches arrive on it, pushing its oldest items onto the next page: when the page
+        misses some of its batches, the pages after it are read too (at most MAX_PAGE_DEPTH), and what they show is
+        placed there. A batch none shows, or whose cursor the gateway refuses, loses its saved page and is
+        retrieved (this poll if the budget allows); the next full list places it again. Batches new on such a page
+        are found by the poll, not missed by it: the next full list finding them first does not shorten its
+        interval (`run.read_again`).
         """
         store = run.store
         poll = run.polls
         observe = self._observe(ledger, started)
-        pages = self._pages_again(run, keys, stale)
-        for (k, cursor), (deepest, ids) in sorted(pages.items(), key=lambda item: -len(item[1][1])):
-            left = budget - (outcome.list_requests + outcome.retrieve_requests)
-            wanted = {i for i in ids if i not in refreshed}  # an earlier page may have shown them
-            if left <= 0 or len(wanted) < 2:
-                continue
-            shown: set[str] = set()
-            depth = [0]
+        k, cursor = page
+        shown: set[str] = set()
+        depth = [0]
 
-            def read_again(
-                batches: list[Batch],
-                k: int = k,
-                cursor: str = cursor,
-                shown: set[str] = shown,
-                wanted: set[str] = wanted,
-                depth: list[int] = depth,
-            ) -> bool:
-                shown.update(b.id for b in batches)
-                self._counts_still_fresh(store, batches, poll, refreshed)
-                self._take_page(
-                    store, batches, k, cursor, None, observe, refreshed, outcome.shown, poll, depth[0]
-                )
-                depth[0] += 1
-                return not wanted <= shown and depth[0] <= MAX_PAGE_DEPTH
+        def read_again(batches: list[Batch]) -> bool:
+            shown.update(b.id for b in batches)
+            self._counts_still_fresh(store, batches, poll, refreshed)
+            self._take_page(
+                store, batches, k, cursor, None, observe, refreshed, outcome.shown, poll, depth[0]
+            )
+            depth[0] += 1
+            return not wanted <= shown and depth[0] <= MAX_PAGE_DEPTH
 
-            result = await self._client.list_batches(
-                provider, read_again, after=cursor, max_pages=min(deepest + 1, MAX_PAGE_DEPTH + 1, left),
-                budget_truncates=False, key=keys[k],
-            )  # fmt: skip
-            self._refused(provider, run, ledger, result, "page_again")
-            self._not_allowed(provider, run, keys[k], result)
-            self._take_list(outcome, result, ledger, head=True)
-            if outcome.failure is not None or outcome.unsupported:
-                return
-            for batch_id in wanted - shown:
-                if store.listed_on.get(batch_id, (0, None, 0))[:2] == (k, cursor):
-                    store.lose_page(batch_id)
+        left = budget - (outcome.list_requests + outcome.retrieve_requests)
+        result = await self._client.list_batches(
+            provider, read_again, after=cursor, max_pages=max(1, min(deepest + 1, MAX_PAGE_DEPTH + 1, left)),
+            budget_truncates=False, key=keys[k],
+        )  # fmt: skip
+        run.read_again.add(page)
+        self._refused(provider, run, ledger, result, "page_again")
+        self._not_allowed(provider, run, keys[k], result)
+        self._take_list(outcome, result, ledger, head=True)
+        for batch_id in wanted - shown:
+            if store.listed_on.get(batch_id, (0, None, 0))[:2] == page:
+                store.lose_page(batch_id)
 
     async def _continue_resync(
         self,
@@ -1080,9 +1095,9 @@ class Poller:
         resync = store.resync or store.start_resync(started)
         at_head = [resync.cursor is None]  # the next page is the first of a key's walk (the head scan's page)
         place = PagePlace()
-        # Pages this poll reads again after the list (those of the running batches it does not show): what is new
-        # on them the poll finds anyway, so the list finding it first is no sign that polls miss batches.
-        watched = set(self._pages_again(run, keys, store.active))
+        # Pages the last poll read again (those of running batches no list showed): what is new on them the polls
+        # find, so the list finding it first is no sign that polls miss batches.
+        watched = run.read_again
 
         def resync_page(batches: list[Batch]) -> None:
             outcome.shown.update(b.id for b in batches)
@@ -1366,6 +1381,9 @@ class Poller:
             seen=outcome.batches,
             gone=outcome.gone,
             resync="done" if outcome.resync_done else ("running" if run.store.resync is not None else None),
+            # Running batches this poll could not refresh (its budget, or failed retrieves): the next polls
+            # take them first. Always above 0 says the budget is short for the running batches.
+            refresh_deferred=outcome.retrieves_deferred,
             **fields,
         )
         return ProviderState(provider, health, snapshot, ledger.view())

@@ -346,7 +346,12 @@ class Store:
             return batches
         kept = []
         for batch in batches:
-            if is_sparse(batch) and batch.id in self:
+            # One held as finished that the list shows active again (a gateway that flip-flops) is folded: only
+            # known active batches are retrieved, so deferring it would keep it finished for good.
+            if is_sparse(batch) and (
+                batch.id in self.active
+                or (batch.id in self and normalize_status(batch.status) in TERMINAL_SET)
+            ):
                 self._mark_seen(batch.id)
             else:
                 kept.append(batch)

@@ -183,6 +183,86 @@ def test_running_batches_a_page_showed_without_counts_are_retrieved_not_listed_d
     assert count(s, "in_progress") == 4
 
 
+def _two_per_page(sim: Simulator, pages: int, running_per_page: int, size: int = 10) -> list[str]:
+    """Page 1 (the newest) all finished; each later page holds `running_per_page` running batches on top."""
+    running = []
+    for j in range(pages * size):  # j = 0: the newest
+        created = START - 1_000 - j
+        page, slot = divmod(j, size)
+        if page >= 1 and slot < running_per_page:
+            running.append(f"a{j:04d}")
+            sim.add_batch(P, batch_id=running[-1], status="in_progress", created_at=created)
+        else:
+            sim.add_batch(
+                P, batch_id=f"f{j:04d}", status="completed", created_at=created, completed_at=created + 60
+            )
+    return running
+
+
+def test_with_a_short_budget_pages_read_again_and_retrieves_take_turns_least_recently_seen_first() -> None:
+    """Budget 5 (10 s × 1/s × 0.5): 20 running batches, two on each of pages 2-11, more than one poll can
+    refresh. Pages read again and retrieves share one queue, least recently seen first, so every batch is refreshed
+    within a few polls. (The first version read the fullest pages first every poll: the same four, and a change on
+    the deepest page waited for the next full list, an hour at the defaults; found by an audit.)"""
+    clock = SimTime()
+    with gateway(clock, ProviderSpec(P, style="cursor")) as sim:
+        running = _two_per_page(sim, pages=11, running_per_page=2)
+        with exporter(
+            sim, clock, page_size=10, max_requests_per_second=1, resync_interval_seconds=3600
+        ) as exp:
+            poll_until_resynced(exp, clock)
+            for _ in range(2):
+                clock.advance(INTERVAL)
+                exp.poll(P)
+            deepest = running[-1]
+            sim.set_status(P, deepest, "completed", int(clock.now))
+            seen_after = None
+            for n in range(1, 16):
+                clock.advance(INTERVAL)
+                exp.poll(P)
+                if value(exp.samples(), "bifrost_batch_finished_total", provider=P, status="completed") == 1:
+                    seen_after = n
+                    break
+    assert seen_after is not None and seen_after <= 6, f"the completion of {deepest} took {seen_after} polls"
+
+
+def test_new_batches_on_a_later_key_show_within_two_full_list_floors_with_a_short_budget() -> None:
+    """Budget 5 (a poll reads its head page and four more). Key 0: ten pages with three running batches each; key 1:
+    two running batches on its first page, and a new one there every interval. The polls read key 1's page when
+    its turn comes (every three polls or so, longer while a full list takes half of each budget), and the full list
+    finds what they have not yet: no new batch waits more than two floors (12 polls). (The first version counted
+    key 1's page as read by the polls because it could have been, never read it, and let the interval stretch to
+    6 × 60 s: new batches there waited up to 45 polls; found by an audit.)"""
+    clock = SimTime()
+    with gateway(clock, ProviderSpec(P, style="cursor", keys=2)) as sim:
+        for j in range(110):
+            created = START - 10_000 - j
+            page, slot = divmod(j, 10)
+            if page >= 1 and slot < 3:
+                sim.add_batch(P, batch_id=f"a{j:04d}", status="in_progress", created_at=created, api_key=0)
+            else:
+                sim.add_batch(
+                    P, batch_id=f"f{j:04d}", status="completed", created_at=created, completed_at=created + 60,
+                    api_key=0,
+                )  # fmt: skip
+        for j in range(10):
+            created = START - 5_000 - j
+            status = "in_progress" if j < 2 else "completed"
+            sim.add_batch(P, batch_id=f"k1-{j:02d}", status=status, created_at=created, api_key=1)
+        with exporter(sim, clock, page_size=10, max_requests_per_second=1, resync_interval_seconds=60) as exp:
+            poll_until_resynced(exp, clock)
+            unseen = []
+            for n in range(120):
+                clock.advance(INTERVAL)
+                sim.add_batch(
+                    P, batch_id=f"new{n:03d}", status="in_progress", created_at=int(clock.now) - 1, api_key=1
+                )
+                exp.poll(P)
+                unseen.append(30 + 2 + n + 1 - (count(exp.samples(), "in_progress") or 0))
+    # One arrives each poll, so n unseen means the oldest of them has waited n polls.
+    assert max(unseen) <= 2 * 60 // INTERVAL, f"new batches waited up to {max(unseen)} polls"
+
+
 def test_listing_down_to_the_running_batches_keeps_to_the_polls_budget() -> None:
     """Budget: 10 s × 1 request/s × 0.5 = 5 requests a poll. 40 running batches spread over 8 pages: listing down
     to them would take 8 requests; the poll sends no more than its budget (the rest waits for the next poll)."""

@@ -337,6 +337,29 @@ def test_counts_of_summary_list_items_are_refreshed_every_tenth_poll_and_a_statu
         assert value(s, "bifrost_batch_finished_total", provider=P, status="completed") == 1
 
 
+def test_a_finished_batch_a_summary_list_shows_running_again_is_shown_running() -> None:
+    """Bedrock lists summaries: a known batch's summary item is left to its retrieve, but only active batches are
+    retrieved, so a finished batch the gateway shows running again (a flip-flop) stayed finished for good, full
+    lists included, where full mode shows it running (found by an audit)."""
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="bedrock", after_ignored=False)
+    with gateway(clock, spec) as sim, exporter(sim, clock, page_size=10) as exp:
+        sim.add_batch(P, batch_id="x1", status="in_progress", created_at=START - 100)
+        exp.poll(P)
+        sim.set_status(P, "x1", "completed", int(clock.now))
+        for _ in range(2):
+            clock.advance(INTERVAL)
+            exp.poll(P)
+        assert count(exp.samples(), "completed") == 1
+        sim.set_status(P, "x1", "in_progress", int(clock.now))
+        for _ in range(2):
+            clock.advance(INTERVAL)
+            exp.poll(P)
+        s = exp.samples()
+    assert count(s, "in_progress") == 1
+    assert count(s, "completed") == 0
+
+
 def test_a_new_batch_of_another_key_shows_after_one_poll_also_when_a_full_list_starts(tmp_path: Path) -> None:
     """A view of two virtual keys: the poll whose full list starts at the first key's head still scans the second
     key's head, so a batch another tenant just created is not left for the full list to reach."""
