@@ -1074,7 +1074,8 @@ class Poller:
         self._refused(provider, run, ledger, result, "page_again")
         self._not_allowed(provider, run, keys[k], result)
         self._take_list(outcome, result, ledger, head=True)
-        for batch_id in wanted - shown:
+        # Not shown, or shown as a summary item that cannot refresh it (Bedrock, Gemini): its page is no way to it.
+        for batch_id in wanted - refreshed:
             if store.listed_on.get(batch_id, (0, None, 0))[:2] == page:
                 store.lose_page(batch_id)
 

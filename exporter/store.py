@@ -224,7 +224,10 @@ class Store:
             active[batch_id] = self._slim(batch)
             self.checked_poll[batch_id] = poll
             if page is not None:
-                self.listed_on[batch_id] = page
+                # A summary item (Bedrock, Gemini lists) cannot refresh its batch (a retrieve brings the counts):
+                # its page is not worth reading again for it.
+                sparse = after is not None and is_sparse(batch)
+                self.listed_on[batch_id] = (page[0], None, 0) if sparse else page
         return new
 
     # --- finished rows ------------------------------------------------------------------------------------------

@@ -263,6 +263,44 @@ def test_new_batches_on_a_later_key_show_within_two_full_list_floors_with_a_shor
     assert max(unseen) <= 2 * 60 // INTERVAL, f"new batches waited up to {max(unseen)} polls"
 
 
+def test_summary_list_items_on_later_keys_are_retrieved_not_read_again() -> None:
+    """Bedrock lists summaries, and its running batches here sit two to a page on key 1 (behind key 0's history);
+    budget 5. A summary item cannot refresh its batch, so its page is no way to it: they are retrieved, in turn, and
+    a batch's completion shows within a few polls. (Reading their pages again took the whole budget every poll and
+    refreshed nothing: the completion waited for the next full list; found by a randomized audit script.)"""
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="bedrock", keys=2, after_ignored=False)
+    with gateway(clock, spec) as sim:
+        for j in range(30):
+            c = START - 50_000 + j
+            sim.add_batch(
+                P, batch_id=f"f{j:04d}", status="completed", created_at=c, completed_at=c + 60, api_key=0
+            )
+        for j in range(40):  # key 1: pages of 10, two running on each
+            c = START - 1_000 - j
+            running = j % 10 < 2
+            sim.add_batch(
+                P, batch_id=f"{'a' if running else 'g'}{j:04d}", status="in_progress" if running else "completed",
+                created_at=c, **({} if running else {"completed_at": c + 60}), api_key=1,
+            )  # fmt: skip
+        with exporter(
+            sim, clock, page_size=10, max_requests_per_second=1, resync_interval_seconds=3600
+        ) as exp:
+            poll_until_resynced(exp, clock)
+            for _ in range(3):
+                clock.advance(INTERVAL)
+                exp.poll(P)
+            sim.set_status(P, "a0031", "completed", int(clock.now))
+            seen_after = None
+            for n in range(1, 16):
+                clock.advance(INTERVAL)
+                exp.poll(P)
+                if value(exp.samples(), "bifrost_batch_finished_total", provider=P, status="completed") == 1:
+                    seen_after = n
+                    break
+    assert seen_after is not None and seen_after <= 3, f"the completion took {seen_after} polls"
+
+
 def test_listing_down_to_the_running_batches_keeps_to_the_polls_budget() -> None:
     """Budget: 10 s × 1 request/s × 0.5 = 5 requests a poll. 40 running batches spread over 8 pages: listing down
     to them would take 8 requests; the poll sends no more than its budget (the rest waits for the next poll)."""
