@@ -278,11 +278,12 @@ def test_summary_list_items_on_later_keys_are_retrieved_not_read_again() -> None
             )
         for j in range(40):  # key 1: pages of 10, two running on each
             c = START - 1_000 - j
-            running = j % 10 < 2
-            sim.add_batch(
-                P, batch_id=f"{'a' if running else 'g'}{j:04d}", status="in_progress" if running else "completed",
-                created_at=c, **({} if running else {"completed_at": c + 60}), api_key=1,
-            )  # fmt: skip
+            if j % 10 < 2:
+                sim.add_batch(P, batch_id=f"a{j:04d}", status="in_progress", created_at=c, api_key=1)
+            else:
+                sim.add_batch(
+                    P, batch_id=f"g{j:04d}", status="completed", created_at=c, completed_at=c + 60, api_key=1
+                )
         with exporter(
             sim, clock, page_size=10, max_requests_per_second=1, resync_interval_seconds=3600
         ) as exp:
