@@ -823,7 +823,8 @@ class Poller:
         batches placed (`walked`: items of the walk before it; None: a page read by its cursor alone, whose place
         from the top is not known). Returns how many batches were new."""
         listed = batches
-        shown.update(b.id for b in listed)
+        # Only known running ones can wait for a refresh (a first full list would otherwise hold every id it lists).
+        shown.update(b.id for b in listed if b.id in store.active)
         batches = store.defer_sparse(batches)
         observe(batches)
         refreshed.update(b.id for b in batches)
@@ -1101,7 +1102,9 @@ class Poller:
         watched = run.read_again
 
         def resync_page(batches: list[Batch]) -> None:
-            outcome.shown.update(b.id for b in batches)
+            # Only the known running ones (those can wait for a refresh): a first full list's poll would otherwise
+            # hold every id it listed until it ends.
+            outcome.shown.update(b.id for b in batches if b.id in store.active)
             self._counts_still_fresh(store, batches, poll, refreshed)
             batches = store.defer_sparse(batches)
             observe(batches)
