@@ -10,13 +10,15 @@ takes a running batch away that a retrieve still shows.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from exporter.simulator import ProviderSpec, Simulator
-from tests.harness import value
+from tests.harness import ExporterThread, value
 from tests.test_incremental import (
     INTERVAL,
     RESYNC,
@@ -93,31 +95,33 @@ def _later_keys_account(sim: Simulator) -> None:
             sim.add_batch(P, batch_id=f"k{key}-{i:02d}", status="in_progress", created_at=c, api_key=key)
 
 
-def test_running_batches_on_a_providers_later_keys_are_refreshed_by_reading_their_pages_again() -> None:
-    """Listing down to running batches on later Bifrost keys walks the earlier keys' whole history first (14 pages
-    here), and a retrieve each costs 20 requests a poll: ~50 % of a full list per interval on a realistic account.
-    The pages that hold them, read again by the cursors they were listed with, cost one request each: the head page
-    and two pages a poll. A status change on such a page shows after one poll."""
-    clock = SimTime()
+@contextmanager
+def _later_keys_exporter(clock: SimTime) -> Iterator[tuple[Simulator, ExporterThread]]:
+    """The later keys' account, listed in full once (budget 50 a poll)."""
     with gateway(clock, ProviderSpec(P, style="cursor", keys=3)) as sim:
         _later_keys_account(sim)
         with exporter(
             sim, clock, page_size=10, max_requests_per_second=10, resync_interval_seconds=3600
         ) as exp:
             poll_until_resynced(exp, clock)
-            spent = []
-            for _ in range(3):
-                clock.advance(INTERVAL)
-                before = _requests(sim)
-                exp.poll(P)
-                spent.append(_requests(sim) - before)
-            sim.set_status(P, "k2-03", "completed")
-            sim.set_status(P, "k1-07", "failed")
-            clock.advance(INTERVAL)
-            before = _requests(sim)
-            exp.poll(P)
-            changed = _requests(sim) - before
-            s = exp.samples()
+            yield sim, exp
+
+
+def test_running_batches_on_a_providers_later_keys_are_refreshed_by_reading_their_pages_again() -> None:
+    """Listing down to running batches on later Bifrost keys walks the earlier keys' whole history first (14 pages
+    here), and a retrieve each costs 20 requests a poll: ~50 % of a full list per interval on a realistic account.
+    The pages that hold them, read again by the cursors they were listed with, cost one request each: the head page
+    and two pages a poll. A status change on such a page shows after one poll."""
+    clock = SimTime()
+    with _later_keys_exporter(clock) as (sim, exp):
+        spent = _requests_per_poll(exp, clock, sim, 3)
+        sim.set_status(P, "k2-03", "completed")
+        sim.set_status(P, "k1-07", "failed")
+        clock.advance(INTERVAL)
+        before = _requests(sim)
+        exp.poll(P)
+        changed = _requests(sim) - before
+        s = exp.samples()
     assert max(spent) <= 3, f"steady polls sent {spent} requests (the head page and two pages again is 3)"
     assert changed <= 3, changed
     assert count(s, "in_progress") == 18
@@ -129,24 +133,19 @@ def test_a_page_read_again_that_lost_a_batch_or_whose_cursor_is_refused_falls_ba
     """A running batch its saved page no longer shows (deleted at the gateway) is retrieved in the same poll (404:
     gone); a saved cursor the gateway refuses is counted, and the batches of its page are retrieved instead."""
     clock = SimTime()
-    with gateway(clock, ProviderSpec(P, style="cursor", keys=3)) as sim:
-        _later_keys_account(sim)
-        with exporter(
-            sim, clock, page_size=10, max_requests_per_second=10, resync_interval_seconds=3600
-        ) as exp:
-            poll_until_resynced(exp, clock)
-            sim.delete(P, "k2-05")
-            clock.advance(INTERVAL)
-            exp.poll(P)
-            after_delete = count(exp.samples(), "in_progress")
-            sim.set_fault("cursor_refused", provider=P, times=1)
-            sim.set_status(P, "k1-02", "completed")
-            sim.set_status(P, "k2-02", "completed")
-            clock.advance(INTERVAL)
-            before = sim.requests(P, "retrieve")
-            exp.poll(P)
-            retrieved = sim.requests(P, "retrieve") - before
-            s = exp.samples()
+    with _later_keys_exporter(clock) as (sim, exp):
+        sim.delete(P, "k2-05")
+        clock.advance(INTERVAL)
+        exp.poll(P)
+        after_delete = count(exp.samples(), "in_progress")
+        sim.set_fault("cursor_refused", provider=P, times=1)
+        sim.set_status(P, "k1-02", "completed")
+        sim.set_status(P, "k2-02", "completed")
+        clock.advance(INTERVAL)
+        before = sim.requests(P, "retrieve")
+        exp.poll(P)
+        retrieved = sim.requests(P, "retrieve") - before
+        s = exp.samples()
     assert after_delete == 19
     assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="cursor_refused") == 1
     assert value(s, "bifrost_batch_exporter_up", provider=P) == 1
@@ -183,6 +182,33 @@ def test_running_batches_a_page_showed_without_counts_are_retrieved_not_listed_d
     assert count(s, "in_progress") == 4
 
 
+def _requests_per_poll(exp: ExporterThread, clock: SimTime, sim: Simulator, polls: int) -> list[int]:
+    """Polls, one interval apart: the lists and retrieves the gateway received in each."""
+    spent = []
+    for _ in range(polls):
+        clock.advance(INTERVAL)
+        before = _requests(sim)
+        exp.poll(P)
+        spent.append(_requests(sim) - before)
+    return spent
+
+
+def _polls_to_count_a_completion(
+    exp: ExporterThread, clock: SimTime, sim: Simulator, batch_id: str, *, settle: int, limit: int = 15
+) -> int | None:
+    """After a first full list and `settle` polls, `batch_id` completes at the gateway: how many polls, one interval
+    apart, until its transition is counted (None: not within `limit`)."""
+    poll_until_resynced(exp, clock)
+    _requests_per_poll(exp, clock, sim, settle)
+    sim.set_status(P, batch_id, "completed", int(clock.now))
+    for n in range(1, limit + 1):
+        clock.advance(INTERVAL)
+        exp.poll(P)
+        if value(exp.samples(), "bifrost_batch_finished_total", provider=P, status="completed") == 1:
+            return n
+    return None
+
+
 def _two_per_page(sim: Simulator, pages: int, running_per_page: int, size: int = 10) -> list[str]:
     """Page 1 (the newest) all finished; each later page holds `running_per_page` running batches on top."""
     running = []
@@ -210,19 +236,8 @@ def test_with_a_short_budget_pages_read_again_and_retrieves_take_turns_least_rec
         with exporter(
             sim, clock, page_size=10, max_requests_per_second=1, resync_interval_seconds=3600
         ) as exp:
-            poll_until_resynced(exp, clock)
-            for _ in range(2):
-                clock.advance(INTERVAL)
-                exp.poll(P)
             deepest = running[-1]
-            sim.set_status(P, deepest, "completed", int(clock.now))
-            seen_after = None
-            for n in range(1, 16):
-                clock.advance(INTERVAL)
-                exp.poll(P)
-                if value(exp.samples(), "bifrost_batch_finished_total", provider=P, status="completed") == 1:
-                    seen_after = n
-                    break
+            seen_after = _polls_to_count_a_completion(exp, clock, sim, deepest, settle=2)
     assert seen_after is not None and seen_after <= 6, f"the completion of {deepest} took {seen_after} polls"
 
 
@@ -287,18 +302,7 @@ def test_summary_list_items_on_later_keys_are_retrieved_not_read_again() -> None
         with exporter(
             sim, clock, page_size=10, max_requests_per_second=1, resync_interval_seconds=3600
         ) as exp:
-            poll_until_resynced(exp, clock)
-            for _ in range(3):
-                clock.advance(INTERVAL)
-                exp.poll(P)
-            sim.set_status(P, "a0031", "completed", int(clock.now))
-            seen_after = None
-            for n in range(1, 16):
-                clock.advance(INTERVAL)
-                exp.poll(P)
-                if value(exp.samples(), "bifrost_batch_finished_total", provider=P, status="completed") == 1:
-                    seen_after = n
-                    break
+            seen_after = _polls_to_count_a_completion(exp, clock, sim, "a0031", settle=3)
     assert seen_after is not None and seen_after <= 3, f"the completion took {seen_after} polls"
 
 
@@ -317,12 +321,7 @@ def test_listing_down_to_the_running_batches_keeps_to_the_polls_budget() -> None
             sim, clock, page_size=10, max_requests_per_second=1, resync_interval_seconds=3600
         ) as exp:
             poll_until_resynced(exp, clock)
-            spent = []
-            for _ in range(3):
-                clock.advance(INTERVAL)
-                before = _requests(sim)
-                exp.poll(P)
-                spent.append(_requests(sim) - before)
+            spent = _requests_per_poll(exp, clock, sim, 3)
     budget = int(INTERVAL * 1 * 0.5)
     assert max(spent) <= budget, f"steady polls sent {spent} requests; the budget is {budget}"
 
