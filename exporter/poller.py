@@ -136,9 +136,8 @@ class _Run:
     not_allowed: set[str] = field(default_factory=set)
     view_version: int = -1  # the client's view_version() the keys above were read at
     polls: int = 0  # polls started: "listed by this poll or the last one" without reading any clock
-    read_again: set[tuple[int, str]] = field(
-        default_factory=set
-    )  # saved pages (key, cursor) the last poll read
+    # Saved pages (key, cursor) the last poll read again: what the next full list finds new there, polls find too.
+    read_again: set[tuple[int, str]] = field(default_factory=set)
     summary: _Summary = field(default_factory=_Summary)
 
 
@@ -163,8 +162,8 @@ class _PollOutcome:
     first_skip_error: str | None = None
     resync_done: bool = False
     resync_found: int = 0  # batches the running full list found that the polls in between had missed
-    retrieves_deferred: int = 0  # known active batches left for the next poll by the budget
-    # Every id a list showed this poll, folded or not: a known running batch whose list item carries no counts
+    refresh_deferred: int = 0  # known running batches this poll did not refresh (budget, failed retrieves)
+    # The known running batches a list showed this poll, folded or not: one whose list item carries no counts
     # (Bedrock, Gemini) is shown without being refreshed, and listing down to it or reading its page again would
     # only show it so again (a retrieve brings its counts).
     shown: set[str] = field(default_factory=set)
@@ -991,7 +990,7 @@ class Poller:
             elif got.failure is not None:
                 outcome.retrieve_failures += 1
                 outcome.first_retrieve_failure = outcome.first_retrieve_failure or got.failure
-        outcome.retrieves_deferred = len(stale())
+        outcome.refresh_deferred = len(stale())
 
     @staticmethod
     def _pages_down(
@@ -1387,7 +1386,7 @@ class Poller:
             resync="done" if outcome.resync_done else ("running" if run.store.resync is not None else None),
             # Running batches this poll could not refresh (its budget, or failed retrieves): the next polls
             # take them first. Always above 0 says the budget is short for the running batches.
-            refresh_deferred=outcome.retrieves_deferred,
+            refresh_deferred=outcome.refresh_deferred,
             **fields,
         )
         return ProviderState(provider, health, snapshot, ledger.view())
