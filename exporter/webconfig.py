@@ -472,6 +472,14 @@ def parse_web_config(doc: Any, path: Path) -> WebConfig:
     return WebConfig(path, tls, MappingProxyType(users), headers, tuple(problems.warnings), rate_limit)
 
 
+def _as_web_config_error(path: Path, exc: Exception) -> WebConfigError:
+    """A failure the loader did not foresee, said without its message: the message of an exception raised while
+    reading a file of credentials may quote one."""
+    if isinstance(exc, WebConfigError):
+        return exc
+    return WebConfigError(f"invalid setting web_config_file ({path}): cannot be used ({type(exc).__name__})")
+
+
 def load_web_config(path: Path) -> WebConfig:
     try:
         doc = read_yaml_document(path, "web_config_file")
@@ -698,9 +706,9 @@ class WebSecurity:
         # and any later change to these files is noticed.
         try:
             config = load_web_config(self.path)
-        except WebConfigError as exc:
+        except Exception as exc:  # any failure keeps the running config (admit() runs per request)
             self._fingerprint = _fingerprint(self.config.files())
-            return self._reload_failed(trigger, exc)
+            return self._reload_failed(trigger, _as_web_config_error(self.path, exc))
         self._fingerprint = _fingerprint(config.files())
         try:
             if (config.tls is not None) != self._tls_on:
@@ -708,8 +716,8 @@ class WebSecurity:
                     f"invalid setting web_config_file ({self.path}): turning TLS on or off needs a restart"
                 )
             ctx = build_ssl_context(config.tls, self.path) if config.tls is not None else None
-        except WebConfigError as exc:
-            return self._reload_failed(trigger, exc)
+        except Exception as exc:  # as above: a handshake must never meet a half-read file
+            return self._reload_failed(trigger, _as_web_config_error(self.path, exc))
         self._context = ctx  # one reference swap: the next handshake gets all of the new section
         if config.users != self.config.users:
             self._auth.close()

@@ -39,7 +39,25 @@ class YamlDocument:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (merge keys `<<` may still be overridden)."""
+    """SafeLoader that refuses a key given twice in one mapping (merge keys `<<` may still be overridden), and
+    remembers which node a constructor failed on: PyYAML's constructors raise bare ValueError/KeyError/TypeError
+    (and AttributeError, …) for values that parse but cannot be built (`2024-02-30`, `0x_`, `!!int sk-…`), with the
+    value in the message
+    and no position, so the position is all we may report."""
+
+    failed_at: yaml.Mark | None = None
+    failed_tag: str | None = None
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except Exception:
+            if self.failed_at is None:  # the innermost node is the first to see the error
+                self.failed_at = node.start_mark
+                self.failed_tag = node.tag
+            raise
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -95,6 +113,10 @@ def read_yaml(path: Path) -> YamlDocument:
         ) from None
     except yaml.YAMLError as exc:  # pragma: no cover - every PyYAML error is one of the above
         raise YamlFileError(f"{path}: not valid YAML ({type(exc).__name__})") from None
+    except Exception as exc:
+        # Not a YAMLError: a constructor refused a value it parsed. Its message quotes the value (a tagged secret
+        # ends up there), so only where it is and what it was to become are said.
+        raise YamlFileError(_unbuildable(path, loader, exc)) from None
     finally:
         loader.dispose()
     positions: dict[str, tuple[int, int]] = {}
@@ -105,6 +127,14 @@ def read_yaml(path: Path) -> YamlDocument:
                     str(key_node.value), (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
                 )
     return YamlDocument(value, MappingProxyType(positions))
+
+
+def _unbuildable(path: Path, loader: _StrictLoader, exc: Exception) -> str:
+    mark, tag = loader.failed_at, loader.failed_tag or ""
+    if mark is None:  # not a constructor's (a document nested too deeply for the composer, say)
+        return f"{path}: cannot be read ({type(exc).__name__})"
+    kind = tag.rsplit(":", 1)[-1] if tag.startswith("tag:yaml.org,2002:") else "its tag"
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: a value that cannot be read as {kind}"
 
 
 def _position(text: str | bytes, offset: int) -> tuple[int, int]:

@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter import cli
+from exporter.basicauth import ALLOWED
 from exporter.client import BifrostClient
 from exporter.logs import configure
 from exporter.settings import ConfigError, Settings, load_settings
@@ -725,6 +726,28 @@ def test_a_web_config_reload_with_a_syntax_error_logs_where_not_what(
     assert line["error"] == (
         f"invalid setting web_config_file: {web.path}:2:13: expected alphabetic or numeric character, but found "
         "'$' (while scanning an alias at 2:12)"
+    )
+    _assert_no_secret_piece("the reload log", logs.getvalue(), (hashed[7:],))
+
+
+def test_a_web_config_edit_yaml_cannot_build_keeps_the_running_config(
+    tmp_path: Path, logs: io.StringIO
+) -> None:
+    """A value YAML parses but cannot build (an impossible date, a tagged hash) used to escape the reload as a bare
+    ValueError/KeyError before the fingerprint moved: every request, /healthz included, re-read the file and
+    answered 500 until the file was mended."""
+    web = web_security(tmp_path)
+    hashed = web.config.users["scraper"].decode()
+    web.path.write_text(f"basic_auth_users:\n  scraper: !!bool {hashed}\n")
+    assert web.reload("file_changed") is False
+    for _ in range(3):  # later requests neither reload again nor fail
+        assert web.admit("/healthz", {}, "127.0.0.1") == ALLOWED
+        assert web.maybe_reload() is False
+    assert web.failed_reloads == 1
+    assert web.config.users["scraper"].decode() == hashed  # the running config is kept
+    (line,) = [json.loads(x) for x in logs.getvalue().splitlines() if "web_config_reload_failed" in x]
+    assert line["error"] == (
+        f"invalid setting web_config_file: {web.path}:2:12: a value that cannot be read as bool"
     )
     _assert_no_secret_piece("the reload log", logs.getvalue(), (hashed[7:],))
 
