@@ -15,6 +15,7 @@ item skipped with the rest kept, and the error text. Both paths return the same 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -434,6 +435,64 @@ def parse_page(body: bytes) -> Page:
     )
 
 
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def _as_go_reads(body: bytes) -> bytes | None:
+    """The body as Bifrost's Go decoders read it, or None when that is the body itself.
+
+    Go's encoding/json (and sonic) replace invalid UTF-8 and lone surrogate escapes (`\\ud800`) with U+FFFD
+    instead of refusing the document, and Bifrost passes provider values (metadata, ids) through, so one such byte
+    in one batch would otherwise fail its whole page, every poll, for as long as the batch is listed. Only bodies
+    the decoders refused come here; the cost of the rewrite is theirs alone.
+    """
+    try:
+        text = body.decode("utf-8")
+        changed = False
+    except UnicodeDecodeError:
+        text = body.decode("utf-8", "replace")
+        changed = True
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    changed = _replace_lone_surrogates(doc) or changed
+    if not changed:
+        return None
+    try:
+        return json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError):
+        return None
+
+
+def _replace_lone_surrogates(doc: Any) -> bool:
+    """Replace, in place, the lone surrogates json.loads leaves in strings (keys included) with U+FFFD, as Go
+    does; True when there was one."""
+    changed = False
+    stack: list[Any] = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            for i, value in enumerate(node):
+                if isinstance(value, str) and _SURROGATE_RE.search(value):
+                    node[i] = _SURROGATE_RE.sub("\ufffd", value)
+                    changed = True
+                elif isinstance(value, dict | list):
+                    stack.append(value)
+        elif isinstance(node, dict):
+            for key in list(node):
+                value = node[key]
+                if isinstance(value, str) and _SURROGATE_RE.search(value):
+                    node[key] = _SURROGATE_RE.sub("\ufffd", value)
+                    changed = True
+                elif isinstance(value, dict | list):
+                    stack.append(value)
+                if _SURROGATE_RE.search(key):
+                    node[_SURROGATE_RE.sub("\ufffd", key)] = node.pop(key)
+                    changed = True
+    return changed
+
+
 def _parse_page_leniently(body: bytes) -> Page:
     """parse_page for a body the strict path refused: coercion, item-by-item validation, the error text."""
     skipped = 0
@@ -445,6 +504,9 @@ def _parse_page_leniently(body: bytes) -> Page:
         try:
             loose = _LooseListPage.model_validate_json(body)
         except ValidationError as envelope_exc:
+            as_go = _as_go_reads(body)
+            if as_go is not None:
+                return _parse_page_leniently(as_go)
             raise InvalidResponseError(f"not a batch list page ({_first_error(envelope_exc)})") from None
         except RecursionError:
             raise InvalidResponseError("not a batch list page (nested too deeply)") from None
@@ -516,6 +578,9 @@ def parse_batch(body: bytes) -> Batch:
             kind_object = _ObjectKind.model_validate_json(body).object
             batch = _batch(_LenientBatch.model_validate_json(body))
         except ValidationError as exc:
+            as_go = _as_go_reads(body)
+            if as_go is not None:
+                return parse_batch(as_go)
             raise InvalidResponseError(f"not a batch object ({_first_error(exc)})") from None
         except (RecursionError, ValueError) as exc:
             raise InvalidResponseError(f"not a batch object ({type(exc).__name__})") from None

@@ -23,6 +23,7 @@ import pytest
 
 from exporter.client import BifrostClient
 from exporter.logs import configure
+from exporter.models import parse_batch, parse_page
 from exporter.poller import Poller
 from exporter.settings import Settings
 
@@ -566,3 +567,45 @@ def test_raw_response_echo_is_asked_off_and_the_cap_still_holds(log_lines: Any) 
     rude = asyncio.run(scenario(False))
     assert rude.health.up is False
     assert rude.ledger.errors["invalid_response"] == 1
+
+
+# Go's decoders (encoding/json, sonic: Bifrost) read invalid UTF-8 and lone surrogate escapes as U+FFFD; a provider's
+# metadata passed through unchanged can carry them. One such batch used to fail its whole page, every poll.
+ODD_TEXT = {"latin1_byte": b"caf\xe9 quota", "lone_surrogate": b"a\\ud800b", "lone_low_surrogate": b"\\udc00"}
+
+
+def _odd_page(odd: bytes) -> bytes:
+    return (
+        b'{"object":"list","has_more":false,"data":['
+        b'{"id":"batch_ok1","status":"completed","created_at":1700000000,'
+        b'"request_counts":{"total":2,"completed":2,"failed":0}},'
+        b'{"id":"batch_odd","status":"in_progress","created_at":1700000001,"metadata":{"team":"'
+        + odd
+        + b'"}},'
+        b'{"id":"batch_ok2","status":"failed","created_at":1700000002}]}'
+    )
+
+
+@pytest.mark.parametrize("name", list(ODD_TEXT))
+def test_text_go_reads_as_replacement_characters_keeps_the_page(name: str, log_lines: Any) -> None:
+    body = _odd_page(ODD_TEXT[name])
+
+    async def odd(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(head("200 OK", "Content-Type: application/json", f"Content-Length: {len(body)}") + body)
+        await writer.drain()
+
+    async def scenario() -> tuple[Any, float, int]:
+        async with raw_server(odd) as url:
+            return await poll_once(url, metadata_labels=["team"])
+
+    state, _, _ = asyncio.run(scenario())
+    assert state.health.up is True
+    assert state.snapshot.status_counts() == {"completed": 1, "in_progress": 1, "failed": 1}
+    assert sum(state.ledger.errors.values()) == 0
+    assert "poll_failed" not in log_lines.text()
+    page = parse_page(body)
+    (team,) = [b.metadata["team"] for b in page.batches if b.metadata]
+    assert "\ufffd" in team and team.encode("utf-8")  # what Go would show: sendable, printable as a label
+    retrieve = body[body.index(b'{"id":"batch_odd"') : body.index(b',{"id":"batch_ok2"')]
+    assert parse_batch(retrieve).metadata == {"team": team}
