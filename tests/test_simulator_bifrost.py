@@ -7,6 +7,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -141,7 +142,9 @@ def test_bedrock_lists_summaries_and_retrieve_is_richer(sim: Simulator, client: 
         "request_counts": {"total": 0, "completed": 0, "failed": 0},
         "created_at": int(T0) - 600,
     }
-    got = client.get(f"/v1/batches/{b['id']}", params={"provider": "bedrock"}, headers=NO_RAW).json()
+    job_id = b["id"].rsplit("/", 1)[1]  # GetModelInvocationJob takes the job id for the ARN (S12)
+    got = client.get(f"/v1/batches/{job_id}", params={"provider": "bedrock"}, headers=NO_RAW).json()
+    assert got["id"] == b["id"]  # answered with the ARN the list gave
     assert got["completed_at"] == int(T0)  # EndTime, although the job failed
     assert "failed_at" not in got
     assert got["expires_at"] == int(T0) - 600 + 86_400
@@ -168,11 +171,30 @@ def test_gemini_lists_summaries_and_retrieve_counts_processed_as_completed(
         "extra_fields",
     }
     assert item["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
-    got = client.get(f"/v1/batches/{b['id']}", params={"provider": "gemini"}).json()
+    short = b["id"].removeprefix("batches/")  # batchRetrieveByKey adds the prefix itself (S10)
+    got = client.get(f"/v1/batches/{short}", params={"provider": "gemini"}).json()
+    assert got["id"] == b["id"]
     assert got["request_counts"] == {"total": 10, "completed": 8, "failed": 2, "succeeded": 6, "pending": 2}
     assert got["done"] is False
     assert got["operation_name"] == b["id"]
     assert "expires_at" not in got and "in_progress_at" not in got
+
+
+@pytest.mark.parametrize("provider", ["bedrock", "gemini"])
+def test_a_full_id_holding_a_slash_cannot_travel_in_one_path_segment(
+    sim: Simulator, client: httpx.Client, provider: str
+) -> None:
+    """Bifrost's retrieve route is one path segment, handed to the provider unescaped (docs/providers.md
+    "Retrieve"): the full id splits the route as is and reaches the provider still escaped as %2F. The simulator
+    used to answer both, so the suite only ever exercised the fallback that fails in production."""
+    b = sim.add_batch(provider, status="in_progress", created_at=int(T0) - 60)
+    full = b["id"]
+    for target in (f"/v1/batches/{full}", f"/v1/batches/{quote(full, safe='')}"):
+        r = client.get(target, params={"provider": provider})
+        assert r.status_code == 404, (target, r.text)
+        assert r.json()["is_bifrost_error"] is False  # the provider's not found, passed on
+    short = full.rsplit("/", 1)[1]
+    assert client.get(f"/v1/batches/{short}", params={"provider": provider}).json()["id"] == full
 
 
 def test_sparse_items_false_keeps_full_list_items_for_old_tests(clock: FakeClock) -> None:

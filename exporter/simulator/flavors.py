@@ -30,6 +30,7 @@ from typing import Any, Literal, NamedTuple
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "BEDROCK_JOB_ARN",
     "DAY",
     "DEFAULT_PROVIDERS",
     "FAILURE_CODES",
@@ -118,7 +119,7 @@ _MODELS: dict[str, tuple[str, str]] = {
     "gigachat": ("GigaChat-2-Max", "GigaChat-2-Max"),
     "openrouter": ("openai/gpt-4o-mini", "openai/gpt-4o-mini"),
 }
-_BEDROCK_ARN = "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/"
+BEDROCK_JOB_ARN = "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/"
 _VERTEX_JOBS = "projects/123456789012/locations/us-central1/batchPredictionJobs/"
 _TEAMS = ("search", "ads", "support", "research")
 _PROJECTS = ("nightly-eval", "backfill", "embeddings", "labeling")
@@ -218,7 +219,7 @@ def new_id(rng: random.Random, flavor: str) -> str:
     if flavor == "gemini":
         return "batches/" + hex_digits(rng, 20)
     if flavor == "bedrock":
-        return _BEDROCK_ARN + hex_digits(rng, 12)
+        return BEDROCK_JOB_ARN + hex_digits(rng, 12)
     if flavor == "azure":
         h = hex_digits(rng, 32)
         return f"batch_{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

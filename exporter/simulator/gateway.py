@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from .accounting import DEFAULT_MODELS, batch_results, results_available, results_body
 from .faults import Fault, early_response, no_batch_keys_response, shape_response
-from .flavors import OPENAI_HELPER, cache_debug_entry, jitter, list_item, retrieve_object
+from .flavors import BEDROCK_JOB_ARN, OPENAI_HELPER, cache_debug_entry, jitter, list_item, retrieve_object
 from .governance import VirtualKey, presented_key
 from .logsapi import LogsApi
 from .store import Page, ProviderState
@@ -433,6 +433,7 @@ class Gateway:
             state = self._world.providers.get(provider)
             if state is not None:
                 state.requests[endpoint] += 1
+                rest = _provider_id(state, rest)
             if self._world.governor is not None:
                 refused = self._world.governor.check_batch_request(vk, state, rest)
                 if refused is not None:
@@ -547,6 +548,24 @@ def _gigachat_refusal(query: dict[str, str], provider: str) -> Response | None:
     if message is None:
         return None
     return json_response(500, operation_error_body(message, provider))
+
+
+def _provider_id(state: ProviderState, batch_id: str) -> str:
+    """The id the provider resolves `batch_id` (the route's one path segment, as Bifrost hands it on) to.
+
+    Gemini's batchRetrieveByKey adds "batches/" to an id without it, and Bedrock's GetModelInvocationJob takes the
+    job id for the ARN (docs/providers.md "Retrieve"); both answer with the full id. Their full ids hold a "/",
+    which one path segment cannot carry: sent as is it splits the route, escaped it reaches the provider still
+    escaped, so neither finds the batch. Vertex's retrieve is unsupported in the Bifrost source read, so its ids
+    are taken as given.
+    """
+    flavor = state.spec.flavor
+    if flavor not in ("gemini", "bedrock"):
+        return batch_id
+    if "/" in batch_id:
+        return batch_id.replace("/", "%2F")  # as it reaches the provider, which knows no such batch
+    full = ("batches/" if flavor == "gemini" else BEDROCK_JOB_ARN) + batch_id
+    return full if full in state.batches else batch_id
 
 
 def _not_found_body(state: ProviderState, batch_id: str, request_type: str) -> bytes:
