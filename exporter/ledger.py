@@ -231,6 +231,9 @@ class Ledger:
         self._group_values: list[set[str]] = [set() for _ in self.metadata_keys]
         self._groups_seen: set[Group] = set()
         self.last_complete_poll: float | None = None
+        # The gateway's newest time when the running full list began (list_began); 0.0 while it had shown none,
+        # taken from the list's first page then.
+        self._list_gateway_at: float | None = None
         # The watermark read from a state file, kept as it was (started_at may be lower, see load_state).
         self.restored_watermark: float | None = None
         self.last_resync: float | None = None
@@ -344,7 +347,14 @@ class Ledger:
             if not seen_active:
                 if ts is not None and ts <= horizon:
                     continue  # older than we remember (or than an id we had to forget): never counted or stored
-                if ids.settled_at(batch_id) is not None:
+                settled_at = ids.settled_at(batch_id)
+                if settled_at is not None:
+                    if ts is not None and ts > settled_at:
+                        # Counted already, now shown with a later end time (a corrected time, or a flip-flop
+                        # that ended again): its id is kept from the later time, or it would be forgotten 48 h
+                        # after the first while the list still shows it above the horizon, and counted again.
+                        ids.forget(batch_id)
+                        self._settle(batch_id, ts)
                     continue  # already settled
             if ts is None:
                 # No timestamp (Gemini, Bedrock's list items, `deleted`): a transition we watched happen is an event,
@@ -391,6 +401,8 @@ class Ledger:
                     newest = ts
             append((batch, status, ts))
         self.gateway_now = max(self.gateway_now, min(newest, wall_now + MAX_FUTURE_SECONDS))
+        if self._list_gateway_at == 0.0:
+            self._list_gateway_at = self.gateway_now
         return read
 
     def _settle(self, batch_id: str, at: float) -> None:
@@ -421,14 +433,23 @@ class Ledger:
         if complete:
             self.list_completed(now)
 
+    def list_began(self) -> None:
+        """A full list begins: what the gateway had shown by now bounds the watermark list_completed sets."""
+        self._list_gateway_at = self.gateway_now
+
     def list_completed(self, started: float) -> None:
         """A list that saw every batch started at `started`: the restart watermark moves there.
 
-        Bounded by the gateway's newest timestamp, so a host clock stepped ahead cannot put the watermark past
-        what the gateway had shown. A watermark lower than the list's real start is still exact: that list saw
-        every batch that finished before it (they are among the ids kept), so only batches never seen can count.
+        Bounded by the gateway's newest timestamp when the list began, so a host clock stepped ahead cannot put
+        the watermark past what the gateway had shown by then. Not its newest at the end: a list spread over polls
+        passes a key, a batch ends there, and a later page moves the gateway's clock past that end; a watermark
+        above it would take the batch, which this list never saw finished, for history after a restart. A
+        watermark lower than the list's real start is still exact: that list saw every batch that finished before
+        it (they are among the ids kept), so only batches never seen can count.
         """
-        self.last_complete_poll = min(started, self.gateway_now) if self.gateway_now > 0 else started
+        at_start, self._list_gateway_at = self._list_gateway_at, None
+        bound = at_start if at_start else self.gateway_now  # no list_began (a test's single observe): as before
+        self.last_complete_poll = min(started, bound) if bound > 0 else started
 
     def forget(self, batch_ids: Iterable[str]) -> None:
         """Drop ids the caller knows are gone (404, absent from a full list) or stale."""
@@ -611,7 +632,10 @@ class Ledger:
         )
         watermark = _finite(state["watermark"])
         fresh.gateway_now = _finite(state.get("gateway_now", 0.0))
-        fresh.started_at = min(self.started_at, watermark)
+        # The saved watermark, unless it is ahead of both this start and the gateway's clock (a watermark taken
+        # from a host clock that was ahead, before the gateway showed any time): a host clock now behind must not
+        # lower it, or the batches that finished between the two clocks (history by the file's own record) count.
+        fresh.started_at = min(watermark, max(self.started_at, fresh.gateway_now))
         fresh.last_complete_poll = None
         fresh.restored_watermark = watermark
         fresh._floor = _finite(state["floor"])

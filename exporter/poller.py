@@ -670,6 +670,7 @@ class Poller:
         outcome = _PollOutcome()
         truncated: ListResult | None = None
         seen: set[int] = set()
+        ledger.list_began()
 
         def fold_page(batches: list[Batch]) -> None:
             # The ledger counts transitions as pages arrive (real even if a later page fails); the builder is
@@ -1093,7 +1094,10 @@ class Poller:
         store = run.store
         poll = run.polls
         observe = self._observe(ledger, started)
-        resync = store.resync or store.start_resync(started)
+        resync = store.resync
+        if resync is None:
+            resync = store.start_resync(started)
+            ledger.list_began()
         at_head = [resync.cursor is None]  # the next page is the first of a key's walk (the head scan's page)
         place = PagePlace()
         # Pages the last poll read again (those of running batches no list showed): what is new on them the polls

@@ -16,6 +16,7 @@ time is injected (tests/test_incremental.py's SimTime), so no test sleeps.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 from collections import Counter
@@ -469,3 +470,109 @@ def test_a_gateway_answering_retrieves_with_another_batch_folds_nothing() -> Non
         assert (
             value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="invalid_response") == 3
         )
+
+
+# --- the host clock behind at a restart, ahead during a full list (found by a randomized audit) ----------------
+
+
+def _history(sim: Simulator) -> None:
+    """Six batches that finished 2 to 7 hours before the exporter's first start: history, never counted."""
+    for i in range(6):
+        end = START - 7200 - 3600 * i
+        sim.add_batch(
+            P, batch_id=f"h{i}", status="failed", created_at=end - 600, failed_at=end, api_key=i % 3
+        )
+
+
+def _exporter(sim: Simulator, clock: SimTime, host: Any, **kw: Any) -> ExporterThread:
+    cfg = make_settings(
+        sim.url, [P], poll_interval_seconds=10, resync_interval_seconds=60, page_size=2,
+        stale_after_seconds=10**9, log_level="error", **kw,
+    )  # fmt: skip
+    client = BifrostClient(cfg, sleep=clock.sleep, monotonic=clock.monotonic)
+    return ExporterThread(cfg, clock=host, client=client)
+
+
+def test_a_restart_on_a_host_whose_clock_is_behind_never_counts_history(tmp_path: Path) -> None:
+    """The first start (host clock right) polls before its first full list is through (history on the later keys
+    unseen) and is stopped (a rollout, a liveness kill). The pod comes back on a node whose clock is a day behind:
+    the restored threshold was min(this start, watermark), so every batch that finished in the day before the
+    watermark, history by the state file's own record, counted as a new failure. The gateway's clock, saved with
+    the state, now keeps the watermark."""
+    clock = SimTime()
+    with Simulator(providers=[multi_key(3)], lifecycle=False, clock=clock.time) as sim:
+        clock.sim = sim
+        _history(sim)
+        kw: dict[str, Any] = {"state_dir": tmp_path, "max_requests_per_second": 0.2}  # 2 requests a poll
+        with _exporter(sim, clock, clock.time, **kw) as exp:
+            exp.poll(P)
+            assert exp.exporter.poller._runs[P].synced is False  # the later keys' history not listed yet
+        clock.advance(60)
+        with _exporter(sim, clock, lambda: clock.now - 86_400.0, state_dir=tmp_path) as exp:
+            for _ in range(10):
+                exp.poll(P)
+                clock.advance(10)
+            assert exp.exporter.poller._runs[P].synced is True
+            assert finished_counts(exp.samples()) == Counter()
+
+
+@pytest.mark.parametrize("ahead_days", [0, 3])
+def test_a_host_clock_ahead_never_moves_the_watermark_past_a_batch_the_full_list_did_not_see(
+    tmp_path: Path, ahead_days: int
+) -> None:
+    """The restart watermark was min(full list's start by the host clock, gateway_now at its end). With the host
+    clock stepped ahead while running (handled, says docs/state.md), a full list spread over polls gets the
+    gateway's newest timestamp at its END as watermark. A batch that fails on a later Bifrost key's head after the
+    list passed that key (only the next full list can see it) has an end time below that watermark: after a
+    restart before the next full list it was taken for history, never counted. Now the gateway's clock when the
+    list began bounds it."""
+    clock = SimTime()
+    step = [0.0]
+    with Simulator(providers=[multi_key(3)], lifecycle=False, clock=clock.time) as sim:
+        clock.sim = sim
+        for key in range(3):
+            for i in range(8):
+                created = START - 50_000 + i
+                sim.add_batch(P, batch_id=f"h{key}-{i}", status="completed", created_at=created,
+                              completed_at=created + 60, api_key=key)  # fmt: skip
+        kw: dict[str, Any] = {"state_dir": tmp_path, "max_requests_per_second": 0.2}  # 2 requests a poll
+        with _exporter(sim, clock, lambda: clock.now + step[0], **kw) as exp:
+            poll_until_resynced(exp, clock)
+            step[0] = ahead_days * 86_400.0  # NTP steps the host three days ahead (0: the control)
+            clock.advance(600)
+            run = exp.exporter.poller._runs[P]
+
+            def bifrost_key() -> int:  # the gateway's key the full list's cursor points into
+                resync = run.store.resync
+                if resync is None or resync.cursor is None:
+                    return -1
+                raw = resync.cursor + "=" * (-len(resync.cursor) % 4)
+                return int(json.loads(base64.urlsafe_b64decode(raw))["i"])
+
+            for _ in range(50):  # until the next full list is walking the last key
+                exp.poll(P)
+                clock.advance(10)
+                if bifrost_key() == 2:
+                    break
+            assert bifrost_key() == 2
+            # Key 1 is behind the full list now: a batch fails there, then one starts on key 0 (a head scan sees
+            # it, moving the gateway's clock past the failure).
+            sim.add_batch(P, batch_id="x", status="failed", created_at=int(clock.now) - 30, api_key=1)
+            clock.advance(5)
+            sim.add_batch(P, batch_id="y", status="in_progress", created_at=int(clock.now), api_key=0)
+            last = exp.exporter.poller.states[P].ledger.last_resync
+            for _ in range(50):
+                exp.poll(P)
+                clock.advance(10)
+                if exp.exporter.poller.states[P].ledger.last_resync != last:
+                    break
+            assert finished_counts(exp.samples()) == Counter(), (
+                "x seen before the restart: the test lost its point"
+            )
+        step[0] = 0.0
+        clock.advance(60)
+        with _exporter(sim, clock, lambda: clock.now + step[0], **kw) as exp:
+            poll_until_resynced(exp, clock)
+            clock.advance(600)
+            poll_until_resynced(exp, clock)
+            assert finished_counts(exp.samples()) == Counter({"failed": 1})

@@ -231,3 +231,20 @@ def test_a_finished_batch_whose_time_moves_is_not_counted_again_even_after_a_res
     restarted.load_state(led.to_state())
     assert restarted.observe([b("m", "failed", created_at=T0, failed_at=T0 + 9000)], T0 + 9001, True) == 0
     assert restarted.view().finished_total("failed") == 1
+
+
+def test_a_moved_terminal_time_is_not_counted_again_once_the_first_one_ages_out() -> None:
+    """Counted at T0+5; the gateway then shows the batch failed at T0+5000 (the class test_ledger covers for a
+    few seconds). Once the gateway's clock is 48 h past T0+5 the settled id is forgotten, but the batch is still
+    listed, failed at T0+5000, which is newer than the floor: counted a second time."""
+    led = ledger()
+    led.observe([b("m", "in_progress", created_at=T0)], T0 + 1, complete=True)
+    assert led.observe([b("m", "failed", created_at=T0, failed_at=T0 + 5)], T0 + 10, complete=True) == 1
+    moved = b("m", "failed", created_at=T0, failed_at=T0 + 5000)
+    assert led.observe([moved], T0 + 5001, complete=True) == 0
+    # The gateway's clock moves on (another batch created 48 h + 60 s after T0+5), the same list as always.
+    later = T0 + 5 + RETENTION_SECONDS + 60
+    fresh = b("n", "in_progress", created_at=later)
+    led.observe([fresh, moved], later + 1, complete=True)  # forgets m's id (48 h past T0+5)
+    led.observe([fresh, moved], later + 31, complete=True)  # the next poll: the same list
+    assert led.view().finished_total("failed") == 1
