@@ -592,7 +592,7 @@ class BifrostClient:
     async def retrieve(self, provider: str, batch_id: str, *, key: str | None = None) -> RetrieveResult:
         """One batch by id (`GET /v1/batches/{id}?provider=P`), with the list's retries, caps and reasons.
 
-        The id is sent as one percent-encoded path segment, in the spelling `retrieve_ids` picks for the provider.
+        The id is sent as one percent-encoded path segment, in the spelling `retrieve_ids` picks for its id.
         A 404 with a gateway error body means the gateway no longer has the batch (`gone`), not a failure; a bare
         404 (a proxy, or a gateway without the route) is a failure, so batches never vanish because of a route.
         """
@@ -600,7 +600,7 @@ class BifrostClient:
         tally = _Tally()
         try:
             tally.vk = self._key_value(key)
-            batch = await self._retrieve_any(provider, retrieve_ids(provider, batch_id), tally)
+            batch = await self._retrieve_any(provider, retrieve_ids(batch_id), tally)
         except UnsupportedProviderError:
             result.failure = Failure(
                 "client_error", "the gateway does not support batch_retrieve for this provider", 400, 1
@@ -903,20 +903,23 @@ def id_segment(batch_id: str) -> str | None:
     return quote(batch_id, safe=_PATH_SAFE)
 
 
-def retrieve_ids(provider: str, batch_id: str) -> tuple[str, ...]:
+def retrieve_ids(batch_id: str) -> tuple[str, ...]:
     """The spellings of `batch_id` to ask `/v1/batches/{id}` for, best first.
 
     Bifrost routes `/v1/batches/{batch_id}` as one path segment and hands the parameter to the provider without
     unescaping it, so an id containing "/" cannot travel intact. The two providers whose ids contain one accept a
     shorter form that does not: Bedrock's GetModelInvocationJob takes the job id for the ARN, and Gemini's retrieve
     adds the "batches/" prefix itself. Both answer with the full id, so the batch keeps the id the list gave it.
-    The full id is tried second, for gateways (and simulators) that only know it.
+    Chosen by the id's shape, not the provider's name: a custom provider in Bifrost (another name over the Bedrock
+    or Gemini implementation) has the same ids. The full id is tried second, for gateways (and simulators) that
+    only know it; an answer carrying another id is never folded (`retrieve`), so a short form another provider
+    resolved differently is a failed retrieve, never a count.
     """
     short: str | None = None
-    if provider == "bedrock":
-        match = _BEDROCK_JOB_ARN_RE.match(batch_id)
-        short = match.group(1) if match else None
-    elif provider == "gemini" and batch_id.startswith("batches/") and "/" not in batch_id[8:]:
+    match = _BEDROCK_JOB_ARN_RE.match(batch_id)
+    if match:
+        short = match.group(1)
+    elif batch_id.startswith("batches/") and "/" not in batch_id[8:]:
         short = batch_id[8:] or None
     return (short, batch_id) if short else (batch_id,)
 
