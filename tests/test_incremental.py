@@ -561,6 +561,25 @@ def test_a_provider_whose_cursor_the_gateway_ignores_keeps_its_known_batches_by_
         assert value(s, "bifrost_batch_exporter_coverage", provider=P, reason="complete") == 1
 
 
+def test_the_gateway_ignoring_a_cursor_is_said_once_and_counted_every_time() -> None:
+    """A known limitation of the gateway, the same at every full list (every poll in full mode): one warning, then
+    debug lines; the counter (contract: poll_errors_total{reason="cursor_ignored"}) and coverage still show it."""
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="anthropic")
+    with gateway(clock, spec) as sim, exporter(sim, clock, poll_mode="full") as exp:
+        for i in range(3):  # more than a page (page_size 2): the list asks for page 2 and gets page 1 again
+            sim.add_batch(P, batch_id=f"b{i}", status="in_progress", created_at=START + i)
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(3):
+                exp.poll(P)
+                clock.advance(INTERVAL)
+        said = [(e["log_level"], e["reason"]) for e in logs if e["event"] == "poll_truncated"]
+        assert said == [("warning", "cursor_ignored"), ("debug", "cursor_ignored"), ("debug", "cursor_ignored")]
+        s = exp.samples()
+        assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="cursor_ignored") == 3
+        assert value(s, "bifrost_batch_exporter_coverage", provider=P, reason="cursor_ignored") == 1
+
+
 # ---- faults, both modes --------------------------------------------------------------------------------------------
 
 MODES = ["incremental", "full"]
