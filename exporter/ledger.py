@@ -448,7 +448,8 @@ class Ledger:
         it (they are among the ids kept), so only batches never seen can count.
         """
         at_start, self._list_gateway_at = self._list_gateway_at, None
-        bound = at_start if at_start else self.gateway_now  # no list_began (a test's single observe): as before
+        # Without list_began (a list observed in one call, as tests do): the gateway's clock now, as before.
+        bound = at_start if at_start else self.gateway_now
         self.last_complete_poll = min(started, bound) if bound > 0 else started
 
     def forget(self, batch_ids: Iterable[str]) -> None:

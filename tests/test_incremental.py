@@ -574,7 +574,11 @@ def test_the_gateway_ignoring_a_cursor_is_said_once_and_counted_every_time() -> 
                 exp.poll(P)
                 clock.advance(INTERVAL)
         said = [(e["log_level"], e["reason"]) for e in logs if e["event"] == "poll_truncated"]
-        assert said == [("warning", "cursor_ignored"), ("debug", "cursor_ignored"), ("debug", "cursor_ignored")]
+        assert said == [
+            ("warning", "cursor_ignored"),
+            ("debug", "cursor_ignored"),
+            ("debug", "cursor_ignored"),
+        ]
         s = exp.samples()
         assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="cursor_ignored") == 3
         assert value(s, "bifrost_batch_exporter_coverage", provider=P, reason="cursor_ignored") == 1
