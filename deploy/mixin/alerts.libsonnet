@@ -275,17 +275,17 @@ local build(c) =
 
 // The SLOs' multi-window, multi-burn-rate alerts (the SRE workbook's, as kubernetes-mixin writes them): one rule per
 // SLO and window pair, all named BifrostBatchErrorBudgetBurn, labelled slo, long_window, short_window. They read the
-// SLO recording rules (rules.libsonnet); generate.py puts both in one group of slos.yaml, recording rules first, so
-// an alert reads the events recorded in the same evaluation. Their events are counted transitions, good and bad
+// SLO recording rules (rules.libsonnet), which is why both are in one group of prometheusRules ('<prefix>.slos', and
+// slos.yaml), recording rules first: an alert reads the events recorded in the same evaluation. Their events are counted transitions, good and bad
 // alike, so they need not wait for the first full list (see failedByClass): it can delay events, not invent them.
 local sloAlerts(c) =
   local num(x) = if std.isString(x) then x else if x == std.floor(x) then '%d' % x else '%g' % x;
   local a = std.mapWithKey(function(_, x) num(x), c.alerts.BifrostBatchErrorBudgetBurn);
   local by = std.join(', ', c.groupLabels + ['provider', 'slo']);
   local scope = std.join('', ['{{ with index $labels "%s" }}, %s {{ . }}{{ end }}' % [l, l] for l in c.groupLabels]);
-  // The recorded series keep the group labels, so the selector applies to them too (it should use only those
-  // labels: docs/mixin.md): two deployments' SLOs never mix.
-  local sel(name) = '{%s, slo="%s"}' % [c.selector, name];
+  // The recorded series keep only the group labels, `provider` and `slo`, so they are selected by the label the
+  // recording rules add (lib.sloSelectorMatcher), never by the selector itself, which may name any label.
+  local sel(name) = '{%s, slo="%s"}' % [lib.sloSelectorMatcher(c), name];
   local ratio(name, window) =
     local good = lib.sloRecord(c, 'good', window) + sel(name);
     local bad = lib.sloRecord(c, 'bad', window) + sel(name);
@@ -339,6 +339,9 @@ local sloAlerts(c) =
 {
   // The alert rules for a given config (used by the generator with placeholders).
   alertRules(config):: [r for r in build(config) if !std.member(config.disabledAlerts, r.alert)],
+  // The burn-rate alerts are not in prometheusAlerts: they read the SLO recording rules, so rules.libsonnet puts
+  // them in the same group (prometheusRules, '<prefix>.slos'), after the records. prometheusAlerts stays
+  // self-contained, and an alert reads the events recorded in the same evaluation.
   sloAlertRules(config):: [r for r in sloAlerts(config) if !std.member(config.disabledAlerts, r.alert)],
 
   prometheusAlerts+:: {
@@ -346,10 +349,6 @@ local sloAlerts(c) =
       {
         name: $._config.ruleGroupPrefix + '.alerts',
         rules: $.alertRules($._config),
-      },
-      {
-        name: $._config.ruleGroupPrefix + '.slo-alerts',
-        rules: $.sloAlertRules($._config),
       },
     ],
   },
