@@ -279,7 +279,9 @@ tests:
 """
 
 
-def test_slo_alerts_fire_with_a_selector_on_a_label_the_records_do_not_keep(helm: str, tmp_path: Path) -> None:
+def test_slo_alerts_fire_with_a_selector_on_a_label_the_records_do_not_keep(
+    helm: str, tmp_path: Path
+) -> None:
     """prometheusRule.selector on the ServiceMonitor's `service` label (not a group label, so the SLO recording rules
     drop it): promtool proves the burn-rate pages still fire, reading the records by the selector they were made
     from."""

@@ -289,7 +289,11 @@ def test_the_docs_jsonnet_example_pages_on_its_slos(tmp_path: Path) -> None:
     # alerts.yaml stands alone; the burn-rate alerts follow the records they read, in their group of rules.yaml
     alert_groups = yaml.safe_load((tmp_path / "alerts.yaml").read_text())["groups"]
     assert "bifrost_batch_slo_" not in yaml.safe_dump(alert_groups)
-    (slos,) = [g for g in yaml.safe_load((tmp_path / "rules.yaml").read_text())["groups"] if g["name"].endswith(".slos")]
+    (slos,) = [
+        g
+        for g in yaml.safe_load((tmp_path / "rules.yaml").read_text())["groups"]
+        if g["name"].endswith(".slos")
+    ]
     kinds = ["record" if "record" in rule else "alert" for rule in slos["rules"]]
     assert kinds == sorted(kinds, key=lambda kind: kind == "alert") and kinds.count("alert") == 8, kinds
     (tmp_path / "test.yaml").write_text(DOC_EXAMPLE_TEST)
