@@ -153,8 +153,9 @@ def test_additional_labels_and_runbook_prefix(helm: str, tmp_path: Path) -> None
     rules = rules_by_name(spec_groups(helm, "-f", values))
     for name, rule in rules.items():
         if "alert" not in rule:
-            # recording rules keep only their own labels (the SLO records their `slo`), never the alerts' extra ones
-            assert set(rule.get("labels", {})) <= {"slo"}, name
+            # recording rules keep only their own labels (the SLO records their `slo` and the selector they read),
+            # never the alerts' extra ones
+            assert set(rule.get("labels", {})) <= {"slo", "slo_selector"}, name
             continue
         assert rule["labels"]["team"] == "llm-platform", name
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}, "a rule's own severity wins"
@@ -240,3 +241,56 @@ def test_missing_rule_source_fails_loudly(helm: str, tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     assert "files/mixin-rules.yaml" in proc.stderr
+
+
+SERVICE_SELECTOR_TEST = """
+rule_files: [rendered.yaml]
+evaluation_interval: 1m
+tests:
+  - name: the SLO pages fire with a selector on the Service's label, which the recorded series do not keep
+    interval: 1m
+    input_series:
+      # Half of the batches of this release's targets expire for 90 minutes.
+      - series: 'bifrost_batch_finished_total{job="rel-bifrost-batch-exporter", service="rel-bifrost-batch-exporter", namespace="llm", instance="a:9877", pod="p", provider="openai", status="completed"}'
+        values: '0+1x100'
+      - series: 'bifrost_batch_finished_total{job="rel-bifrost-batch-exporter", service="rel-bifrost-batch-exporter", namespace="llm", instance="a:9877", pod="p", provider="openai", status="expired"}'
+        values: '0+1x100'
+      - series: 'process_start_time_seconds{job="rel-bifrost-batch-exporter", service="rel-bifrost-batch-exporter", namespace="llm", instance="a:9877", pod="p"}'
+        values: '1x100'
+    alert_rule_test:
+      - eval_time: 90m
+        alertname: BifrostBatchErrorBudgetBurn
+        exp_alerts:
+          - exp_labels: {severity: critical, namespace: llm, job: rel-bifrost-batch-exporter, provider: openai, slo: batches, long_window: 1h, short_window: 5m}
+            exp_annotations:
+              summary: Provider openai burns the error budget of its batches SLO 14.4 times too fast
+              description: '50% of the batches of provider openai, namespace llm, job rel-bifrost-batch-exporter that finished in the last 1h were bad, and in the last 5m too: a burn rate of at least 14.4 (the objective 0.99 allows 1 - 0.99 bad), over at least 20 batches. At this rate the error budget of 30d lasts 30d / 14.4.'
+              runbook_url: https://github.com/bifrost-batch-exporter/bifrost-batch-exporter/blob/main/docs/runbook.md#bifrostbatcherrorbudgetburn
+          - exp_labels: {severity: critical, namespace: llm, job: rel-bifrost-batch-exporter, provider: openai, slo: batches, long_window: 6h, short_window: 30m}
+            exp_annotations:
+              summary: Provider openai burns the error budget of its batches SLO 6 times too fast
+              description: '50% of the batches of provider openai, namespace llm, job rel-bifrost-batch-exporter that finished in the last 6h were bad, and in the last 30m too: a burn rate of at least 6 (the objective 0.99 allows 1 - 0.99 bad), over at least 20 batches. At this rate the error budget of 30d lasts 30d / 6.'
+              runbook_url: https://github.com/bifrost-batch-exporter/bifrost-batch-exporter/blob/main/docs/runbook.md#bifrostbatcherrorbudgetburn
+          - exp_labels: {severity: warning, namespace: llm, job: rel-bifrost-batch-exporter, provider: openai, slo: batches, long_window: 1d, short_window: 2h}
+            exp_annotations:
+              summary: Provider openai burns the error budget of its batches SLO 3 times too fast
+              description: '50% of the batches of provider openai, namespace llm, job rel-bifrost-batch-exporter that finished in the last 1d were bad, and in the last 2h too: a burn rate of at least 3 (the objective 0.99 allows 1 - 0.99 bad), over at least 20 batches. At this rate the error budget of 30d lasts 30d / 3.'
+              runbook_url: https://github.com/bifrost-batch-exporter/bifrost-batch-exporter/blob/main/docs/runbook.md#bifrostbatcherrorbudgetburn
+"""
+
+
+def test_slo_alerts_fire_with_a_selector_on_a_label_the_records_do_not_keep(
+    helm: str, tmp_path: Path
+) -> None:
+    """prometheusRule.selector on the ServiceMonitor's `service` label (not a group label, so the SLO recording rules
+    drop it): promtool proves the burn-rate pages still fire, reading the records by the selector they were made
+    from."""
+    promtool = require_tool("promtool")
+    values = values_file(tmp_path, {"selector": 'service="rel-bifrost-batch-exporter"'})
+    rules_file = tmp_path / "rendered.yaml"
+    rules_file.write_text(yaml.safe_dump({"groups": spec_groups(helm, "-f", values)}, sort_keys=False))
+    (tmp_path / "test.yaml").write_text(SERVICE_SELECTOR_TEST)
+    result = subprocess.run(
+        [promtool, "test", "rules", "test.yaml"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -89,7 +89,9 @@ def test_config_changes_selector_labels_thresholds_and_disabled_alerts(generate:
     for rule in [*by_name.values(), *_groups(rules).values()]:
         selectors = re.findall(r"\{([^}]*)\}", rule["expr"])
         assert selectors, rule
-        assert all(s.startswith('namespace="llm"') for s in selectors), rule["expr"]
+        # the exporter's series by the selector; the SLO records (which keep no namespace) by the one they were made from
+        scoped = ('namespace="llm"', 'slo_selector=`namespace="llm"`')
+        assert all(s.startswith(scoped) for s in selectors), rule["expr"]
         assert "job=~" not in rule["expr"]
     assert set(_groups(rules)) == {
         name.replace("cluster_namespace_job_provider", "cluster_provider")
@@ -210,3 +212,92 @@ def test_slo_alerts_follow_their_recording_rules_in_one_group() -> None:
     assert kinds == sorted(kinds, key=lambda kind: kind == "alert") and kinds.count("alert") == 8
     chart = yaml.safe_load(CHART_RULES.read_text())["groups"]
     assert [g["name"] for g in chart][-1] == "bifrost-batch-exporter.slos"
+
+
+DOC_EXAMPLE_TEST = """
+rule_files: [alerts.yaml, rules.yaml]
+evaluation_interval: 1m
+tests:
+  - name: the SLO pages fire with the docs' selector, which names a label the recorded series do not keep (job)
+    interval: 1m
+    input_series:
+      # Half of the batches of namespace llm expire for 90 minutes.
+      - series: 'bifrost_batch_finished_total{job="bifrost-batch-exporter", namespace="llm", instance="a:9877", provider="openai", status="completed"}'
+        values: '0+1x100'
+      - series: 'bifrost_batch_finished_total{job="bifrost-batch-exporter", namespace="llm", instance="a:9877", provider="openai", status="expired"}'
+        values: '0+1x100'
+      - series: 'process_start_time_seconds{job="bifrost-batch-exporter", namespace="llm", instance="a:9877"}'
+        values: '1x100'
+      # Another deployment's exporter, outside the selector (namespace staging), burning too: never this mixin's alert.
+      - series: 'bifrost_batch_finished_total{job="bifrost-batch-exporter", namespace="staging", instance="s:9877", provider="openai", status="expired"}'
+        values: '0+5x100'
+      - series: 'process_start_time_seconds{job="bifrost-batch-exporter", namespace="staging", instance="s:9877"}'
+        values: '1x100'
+    promql_expr_test:
+      - expr: cluster_namespace_provider:bifrost_batch_slo_bad:increase1h
+        eval_time: 90m
+        exp_samples:
+          - labels: 'cluster_namespace_provider:bifrost_batch_slo_bad:increase1h{namespace="llm", provider="openai", slo="batches", slo_selector="job=\\"bifrost-batch-exporter\\", namespace=\\"llm\\""}'
+            value: 60
+    alert_rule_test:
+      - eval_time: 90m
+        alertname: BifrostBatchErrorBudgetBurn
+        exp_alerts:
+          - exp_labels: {severity: critical, namespace: llm, provider: openai, slo: batches, long_window: 1h, short_window: 5m}
+            exp_annotations:
+              summary: Provider openai burns the error budget of its batches SLO 14.4 times too fast
+              description: '50% of the batches of provider openai, namespace llm that finished in the last 1h were bad, and in the last 5m too: a burn rate of at least 14.4 (the objective 0.99 allows 1 - 0.99 bad), over at least 20 batches. At this rate the error budget of 30d lasts 30d / 14.4.'
+              runbook_url: https://wiki.example.com/runbooks/bifrost#bifrostbatcherrorbudgetburn
+          - exp_labels: {severity: critical, namespace: llm, provider: openai, slo: batches, long_window: 6h, short_window: 30m}
+            exp_annotations:
+              summary: Provider openai burns the error budget of its batches SLO 6 times too fast
+              description: '50% of the batches of provider openai, namespace llm that finished in the last 6h were bad, and in the last 30m too: a burn rate of at least 6 (the objective 0.99 allows 1 - 0.99 bad), over at least 20 batches. At this rate the error budget of 30d lasts 30d / 6.'
+              runbook_url: https://wiki.example.com/runbooks/bifrost#bifrostbatcherrorbudgetburn
+          - exp_labels: {severity: warning, namespace: llm, provider: openai, slo: batches, long_window: 1d, short_window: 2h}
+            exp_annotations:
+              summary: Provider openai burns the error budget of its batches SLO 3 times too fast
+              description: '50% of the batches of provider openai, namespace llm that finished in the last 1d were bad, and in the last 2h too: a burn rate of at least 3 (the objective 0.99 allows 1 - 0.99 bad), over at least 20 batches. At this rate the error budget of 30d lasts 30d / 3.'
+              runbook_url: https://wiki.example.com/runbooks/bifrost#bifrostbatcherrorbudgetburn
+"""
+
+
+def _doc_jsonnet_example() -> str:
+    """The jsonnet example of docs/mixin.md, verbatim (the first ```jsonnet block)."""
+    text = (ROOT / "docs" / "mixin.md").read_text()
+    match = re.search(r"```jsonnet\n(.*?)```", text, re.DOTALL)
+    assert match, "docs/mixin.md has no jsonnet example"
+    return match.group(1)
+
+
+def test_the_docs_jsonnet_example_pages_on_its_slos(tmp_path: Path) -> None:
+    """docs/mixin.md's own example (a selector naming `job`, groupLabels without it) evaluated as a user would, from a
+    vendored copy, into its alerts.yaml and rules.yaml: promtool proves the SLO pages (and the 1d ticket) fire for the
+    selected namespace,
+    and none for a namespace outside the selector (the recorded series keep no `job` nor any label the selector names
+    outside groupLabels, so the burn-rate alerts must not apply the selector to them)."""
+    import _jsonnet  # type: ignore[import-untyped]  # the jsonnet package ships no type information
+
+    promtool = require_tool("promtool")
+    vendor = tmp_path / "vendor"
+    vendor.mkdir()
+    (vendor / "bifrost-batch-exporter").symlink_to(ROOT, target_is_directory=True)
+    source = tmp_path / "my-bifrost-mixin.jsonnet"
+    source.write_text(_doc_jsonnet_example())
+    out = _jsonnet.evaluate_file(str(source), jpathdir=[str(vendor)])
+    for name, text in yaml.safe_load(out).items():
+        (tmp_path / name).write_text(text)
+    # alerts.yaml stands alone; the burn-rate alerts follow the records they read, in their group of rules.yaml
+    alert_groups = yaml.safe_load((tmp_path / "alerts.yaml").read_text())["groups"]
+    assert "bifrost_batch_slo_" not in yaml.safe_dump(alert_groups)
+    (slos,) = [
+        g
+        for g in yaml.safe_load((tmp_path / "rules.yaml").read_text())["groups"]
+        if g["name"].endswith(".slos")
+    ]
+    kinds = ["record" if "record" in rule else "alert" for rule in slos["rules"]]
+    assert kinds == sorted(kinds, key=lambda kind: kind == "alert") and kinds.count("alert") == 8, kinds
+    (tmp_path / "test.yaml").write_text(DOC_EXAMPLE_TEST)
+    result = subprocess.run(
+        [promtool, "test", "rules", "test.yaml"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

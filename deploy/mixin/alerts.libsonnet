@@ -131,16 +131,25 @@ local build(c) =
     ),
     rule(
       'BifrostBatchCredentialsRejected',
+      // Per replica: polls refused for credentials within `window`, while that replica's last poll failed. Auth
+      // refusals are not retried, so the counter rises once per poll: a window shorter than two poll intervals (the
+      // old 5m with poll_interval_seconds 600) is empty half the time and `for` never completes. Holding the condition
+      // on bifrost_batch_exporter_up (a gauge, steady between polls) lets the window be long without delaying the
+      // resolution: the first successful poll ends it.
       |||
         max by (%(by)s, reason) (
-          increase(bifrost_batch_exporter_poll_errors_total{%(sel)s, reason=~"auth|upstream_auth"}[%(window)s])
-        ) > 0
+          increase(bifrost_batch_exporter_poll_errors_total{%(sel)s, reason=~"auth|upstream_auth"}[%(window)s]) > 0
+          and on (%(byR)s)
+          bifrost_batch_exporter_up{%(sel)s} == 0
+        )
       ||| % (v + a.BifrostBatchCredentialsRejected),
       'Credentials refused while polling provider {{ $labels.provider }} ({{ $labels.reason }})',
       '{{ if eq $labels.reason "auth" }}The gateway refused the exporter\'s credentials (virtual key, basic auth or bearer token)' +
       '{{ else }}The provider refused the key Bifrost uses for it{{ end }}: ' +
-      '{{ $value | printf "%.0f" }} poll error(s) of ' + provider + ' in the last ' +
-      a.BifrostBatchCredentialsRejected.window + ', for ' + a.BifrostBatchCredentialsRejected['for'] + '.',
+      '{{ $value | printf "%.0f" }} poll(s) of ' + provider + ' refused in the last ' +
+      a.BifrostBatchCredentialsRejected.window + ', and the polls still fail (for ' +
+      a.BifrostBatchCredentialsRejected['for'] + '). Errors in the last ' + a.BifrostBatchCredentialsRejected.window +
+      ': ' + reasons('.+', a.BifrostBatchCredentialsRejected.window) + '. It resolves with the first successful poll.',
     ),
     rule(
       'BifrostBatchExporterDataStale',
@@ -157,16 +166,28 @@ local build(c) =
     ),
     rule(
       'BifrostBatchFirstSyncSlow',
-      // Every replica still in its first full list of the provider (each replica's own list gates its own Stuck and
-      // AtRisk; while one replica is complete, those alerts still see the account through it). A list whose polls fail
-      // also alerts here once `for` has run (PollFailing says why); a replica that restarts lists again from the start
-      // and keeps the series at 0, so a list that never completes within a process' life is seen too.
+      // No replica's first full list of the provider complete at any point of `window` (each replica's own list gates
+      // its own Stuck and AtRisk; while one replica is complete, those alerts still see the account through it). A
+      // range, not `for` on the instant value: a replica OOM-killed before its list ends (the usual cause) misses a
+      // scrape at each restart, Prometheus marks its series stale, and an instant expression would restart `for`
+      // every time. The other two parts make sure the window really spans `window` of the exporter's life, so that a
+      // list that started recently (a new provider, a new deployment, the end of a long outage) is not judged on part
+      // of it: the series was seen within 10 minutes of the window's start, and in at least half of its minutes
+      // (subqueries per minute, against vector(1)'s minutes). Gaps under 10 minutes (a restart, CrashLoopBackOff) do
+      // not matter. It fires `window` - 10m + `for` after the start of a list that never completes. A list whose
+      // polls fail also alerts here (PollFailing says why). An unsupported provider reports 1.
       |||
-        max by (%(by)s) (bifrost_batch_exporter_first_sync_complete{%(sel)s}) == 0
-      ||| % v,
+        max by (%(by)s) (max_over_time(bifrost_batch_exporter_first_sync_complete{%(sel)s}[%(window)s])) == 0
+        and on (%(by)s)
+        min_over_time(timestamp(max by (%(by)s) (bifrost_batch_exporter_first_sync_complete{%(sel)s}))[%(window)s:1m])
+          - scalar(min_over_time(timestamp(vector(1))[%(window)s:1m])) < 600
+        and on (%(by)s)
+        count_over_time((max by (%(by)s) (bifrost_batch_exporter_first_sync_complete{%(sel)s}))[%(window)s:1m])
+          > 0.5 * scalar(count_over_time(vector(1)[%(window)s:1m]))
+      ||| % (v + a.BifrostBatchFirstSyncSlow),
       'First full list of provider {{ $labels.provider }} still running',
-      'The first full list of ' + provider + ' has not completed for ' + a.BifrostBatchFirstSyncSlow['for'] +
-      ' on any replica (bifrost_batch_exporter_first_sync_complete = {{ $value }}): it has listed ' +
+      'No first full list of ' + provider + ' has completed on any replica in the last ' + a.BifrostBatchFirstSyncSlow.window +
+      ' (bifrost_batch_exporter_first_sync_complete stayed {{ $value }}, restarts included): it has listed ' +
       '{{ with ' + query('max(bifrost_batch_exporter_first_sync_batches{%(m)s})', p) +
       ' }}{{ . | first | value | printf "%.0f" }}{{ else }}an unknown number of{{ end }} batches in ' +
       '{{ with ' + query('max(bifrost_batch_exporter_first_sync_pages{%(m)s})', p) +
@@ -275,17 +296,17 @@ local build(c) =
 
 // The SLOs' multi-window, multi-burn-rate alerts (the SRE workbook's, as kubernetes-mixin writes them): one rule per
 // SLO and window pair, all named BifrostBatchErrorBudgetBurn, labelled slo, long_window, short_window. They read the
-// SLO recording rules (rules.libsonnet); generate.py puts both in one group of slos.yaml, recording rules first, so
-// an alert reads the events recorded in the same evaluation. Their events are counted transitions, good and bad
+// SLO recording rules (rules.libsonnet), which is why both are in one group of prometheusRules ('<prefix>.slos', and
+// slos.yaml), recording rules first: an alert reads the events recorded in the same evaluation. Their events are counted transitions, good and bad
 // alike, so they need not wait for the first full list (see failedByClass): it can delay events, not invent them.
 local sloAlerts(c) =
   local num(x) = if std.isString(x) then x else if x == std.floor(x) then '%d' % x else '%g' % x;
   local a = std.mapWithKey(function(_, x) num(x), c.alerts.BifrostBatchErrorBudgetBurn);
   local by = std.join(', ', c.groupLabels + ['provider', 'slo']);
   local scope = std.join('', ['{{ with index $labels "%s" }}, %s {{ . }}{{ end }}' % [l, l] for l in c.groupLabels]);
-  // The recorded series keep the group labels, so the selector applies to them too (it should use only those
-  // labels: docs/mixin.md): two deployments' SLOs never mix.
-  local sel(name) = '{%s, slo="%s"}' % [c.selector, name];
+  // The recorded series keep only the group labels, `provider` and `slo`, so they are selected by the label the
+  // recording rules add (lib.sloSelectorMatcher), never by the selector itself, which may name any label.
+  local sel(name) = '{%s, slo="%s"}' % [lib.sloSelectorMatcher(c), name];
   local ratio(name, window) =
     local good = lib.sloRecord(c, 'good', window) + sel(name);
     local bad = lib.sloRecord(c, 'bad', window) + sel(name);
@@ -339,6 +360,9 @@ local sloAlerts(c) =
 {
   // The alert rules for a given config (used by the generator with placeholders).
   alertRules(config):: [r for r in build(config) if !std.member(config.disabledAlerts, r.alert)],
+  // The burn-rate alerts are not in prometheusAlerts: they read the SLO recording rules, so rules.libsonnet puts
+  // them in the same group (prometheusRules, '<prefix>.slos'), after the records. prometheusAlerts stays
+  // self-contained, and an alert reads the events recorded in the same evaluation.
   sloAlertRules(config):: [r for r in sloAlerts(config) if !std.member(config.disabledAlerts, r.alert)],
 
   prometheusAlerts+:: {
@@ -346,10 +370,6 @@ local sloAlerts(c) =
       {
         name: $._config.ruleGroupPrefix + '.alerts',
         rules: $.alertRules($._config),
-      },
-      {
-        name: $._config.ruleGroupPrefix + '.slo-alerts',
-        rules: $.sloAlertRules($._config),
       },
     ],
   },

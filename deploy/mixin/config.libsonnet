@@ -38,15 +38,20 @@
       // no up series) is still reported; absent() cannot see one job of several go.
       BifrostBatchExporterDown: { severity: 'critical', 'for': '5m', vanishedWindow: '1h' },
       BifrostBatchExporterPollFailing: { severity: 'warning', 'for': '5m', window: '10m' },
-      BifrostBatchCredentialsRejected: { severity: 'critical', 'for': '10m', window: '5m' },
+      // window: how far back a refused poll counts while the replica's polls keep failing (bifrost_batch_exporter_up 0;
+      // the first successful poll resolves it). Auth refusals are not retried, so the counter rises once per poll: the
+      // window must be longer than poll_interval_seconds plus a scrape interval, or the alert cannot fire.
+      BifrostBatchCredentialsRejected: { severity: 'critical', 'for': '10m', window: '1h' },
       BifrostBatchExporterDataStale: { severity: 'critical', 'for': '5m', thresholdSeconds: 600 },
       // Only unexpected early stops (cursor_loop, max_pages): a gateway that ignores a provider's cursor is a state
       // (bifrost_batch_exporter_coverage{reason="cursor_ignored"}, on the dashboard), not a page.
       BifrostBatchProviderTruncated: { severity: 'warning', 'for': '15m', window: '30m' },
       BifrostBatchProviderUnsupported: { severity: 'info', 'for': '15m' },
-      // A first full list still running after `for`: Stuck and AtRisk wait for it, so they are blind for the provider on
-      // that replica meanwhile. 2h at the default 10 requests/s and page_size 100 is 72,000 pages (7.2M batches per key).
-      BifrostBatchFirstSyncSlow: { severity: 'warning', 'for': '2h' },
+      // No first full list completed on any replica during `window`, the exporter scraped since its start (gaps under
+      // 10 minutes allowed: a crash loop that restarts the list is seen too). Stuck and AtRisk wait for the list, so
+      // they are blind for the provider meanwhile. 2h at the default 10 requests/s and page_size 100 is 72,000 pages
+      // (7.2M batches per key). It fires `window` - 10m + `for` (2h) after a list starts that never ends.
+      BifrostBatchFirstSyncSlow: { severity: 'warning', 'for': '10m', window: '2h' },
       // Failures the platform team acts on (class provider, auth or unknown: docs/runbook.md, "Failure classes").
       BifrostBatchFailed: { severity: 'warning', 'for': '5m', keepFiringFor: '15m', window: '15m' },
       // Failures the batch's owner fixes (class input): info, or off with disabledAlerts.

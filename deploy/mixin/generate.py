@@ -148,39 +148,28 @@ def render() -> dict[Path, str]:
     config = default_config()
     alerts, rules = rule_groups()
     tokenised_alerts, tokenised_rules = rule_groups(placeholder_config(config))
-    for group in tokenised_alerts:
+    for group in tokenised_alerts + tokenised_rules:
         for rule in group["rules"]:
-            rule["params"] = config["alerts"][rule["alert"]]
-    groups = [g for g in tokenised_alerts if not is_slo(g)] + [g for g in tokenised_rules if not is_slo(g)]
+            if "alert" in rule:
+                rule["params"] = config["alerts"][rule["alert"]]
+    groups = [g for g in tokenised_alerts + tokenised_rules if not is_slo(g)]
     chart = {
         "selector": config["selector"],
         "runbookUrlPrefix": str(config["runbookUrlPattern"]).removesuffix("%s"),
-        "groups": groups + slo_groups(tokenised_rules, tokenised_alerts),
+        "groups": groups + [g for g in tokenised_rules if is_slo(g)],
     }
     return {
-        ALERTS: dump(ALERTS_HEADER, {"groups": [g for g in alerts if not is_slo(g)]}),
+        ALERTS: dump(ALERTS_HEADER, {"groups": alerts}),
         RULES: dump(RULES_HEADER, {"groups": [g for g in rules if not is_slo(g)]}),
-        SLOS: dump(SLOS_HEADER, {"groups": slo_groups(rules, alerts)}),
+        SLOS: dump(SLOS_HEADER, {"groups": [g for g in rules if is_slo(g)]}),
         CHART_RULES: dump(CHART_HEADER, chart),
     }
 
 
-def slo_groups(rules: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The SLO recording rules and their burn-rate alerts as one group ('<prefix>.slos'): Prometheus evaluates a
-    group's rules in order, so every alert reads the events recorded in the same evaluation (two groups run
-    concurrently, and an alert would read the previous evaluation's values)."""
-    records = [g for g in rules if is_slo(g)]
-    burns = [g for g in alerts if is_slo(g)]
-    if not records:
-        return burns
-    merged = dict(records[0])
-    merged["rules"] = [r for g in records for r in g["rules"]] + [r for g in burns for r in g["rules"]]
-    return [merged]
-
-
 def is_slo(group: Mapping[str, Any]) -> bool:
-    """The SLO groups (recording rules '<prefix>.slos', alerts '<prefix>.slo-alerts') go to slos.yaml."""
-    return str(group["name"]).rsplit(".", 1)[-1] in ("slos", "slo-alerts")
+    """The SLO group ('<prefix>.slos': the SLO recording rules, then the burn-rate alerts that read them, in one group
+    so that every alert reads the events recorded in the same evaluation) goes to slos.yaml."""
+    return str(group["name"]).rsplit(".", 1)[-1] == "slos"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,6 +54,17 @@
   sloRecord(c, kind, window)::
     std.join('_', c.groupLabels + ['provider']) + ':bifrost_batch_slo_' + kind + ':increase' + window,
 
+  // The label the SLO recording rules add to every series they record: the selector they read, verbatim. The
+  // recorded series keep only the group labels and `provider` (plus `slo`), so the selector cannot be applied to
+  // them: a matcher on any other label (`service`, `namespace` outside groupLabels, ...) would select nothing, and the
+  // burn-rate alerts would never fire. Matching this label instead selects exactly the series recorded from this
+  // selector, whatever labels it names, and keeps apart the SLOs of two mixins with different selectors loaded into
+  // one Prometheus. Its value is a PromQL raw string (backticks: no escaping of the selector's quotes).
+  sloSelectorLabel:: 'slo_selector',
+  sloSelectorMatcher(c)::
+    assert std.length(std.findSubstr('`', c.selector)) == 0 : 'selector must not contain a backtick (`)';
+    '%s=`%s`' % [self.sloSelectorLabel, c.selector],
+
   // `text` indented by `n` spaces on every line but the first (to nest a multi-line expression).
   indent(text, n)::
     std.join('\n' + std.repeat(' ', n), std.split(text, '\n')),

@@ -131,7 +131,8 @@ local build(c) =
             for series in sli[kind]
           ]), 4),
         }),
-        labels: { slo: name },
+        // lib.sloSelectorLabel: what the burn-rate alerts select these series by.
+        labels: { slo: name, [lib.sloSelectorLabel]: c.selector },
       }
       for name in ['batches', 'requests']
       for window in lib.sloWindows
@@ -156,8 +157,11 @@ local build(c) =
         rules: $.recordingRules($._config),
       },
       {
+        // The burn-rate alerts (alerts.libsonnet) after the records they read: Prometheus evaluates a group's rules
+        // in order and groups concurrently, so in one group every alert reads the events of the same evaluation,
+        // and whoever loads prometheusRules gets the SLO alerts with the records they need.
         name: $._config.ruleGroupPrefix + '.slos',
-        rules: $.sloRecordingRules($._config),
+        rules: $.sloRecordingRules($._config) + $.sloAlertRules($._config),
       },
     ],
   },
