@@ -668,3 +668,45 @@ def test_the_exporter_remembers_rates_between_polls_and_says_why_a_batch_is_flag
     assert all("slow" not in f for f in flags[: warm + confirm])
     assert flags[-1]["blind"] == "not_started" and flags[-1]["slow"] in ("slow", "stalled")
 
+
+def test_per_batch_rows_keep_the_batches_at_risk_past_the_limit() -> None:
+    """Batches at risk are mostly old ones (overdue, or past half their window), which "the newest rows" would drop
+    first. With per_batch_limit 2, one overdue batch and three newer healthy ones: the rows are the overdue batch
+    (with its reason) and the newest healthy one; the two others are counted as dropped."""
+    now = [CREATED + 25 * HOUR]
+
+    def clock() -> float:
+        return now[0]
+
+    with Simulator(providers=[ProviderSpec("openai")], lifecycle=False, clock=clock) as sim:
+        sim.add_batch(
+            "openai",
+            batch_id="old_overdue",
+            status="in_progress",
+            created_at=int(CREATED),
+            expires_at=int(EXPIRES),  # an hour ago: still active past its window
+            in_progress_at=int(CREATED),
+            request_counts={"total": 1000, "completed": 600, "failed": 0},
+        )
+        for i in range(3):
+            sim.add_batch(
+                "openai",
+                batch_id=f"new_{i}",
+                status="in_progress",
+                created_at=int(now[0] - 600 + 60 * i),
+                expires_at=int(now[0] - 600 + 60 * i + WINDOW),
+                in_progress_at=int(now[0] - 600 + 60 * i),
+                request_counts={"total": 100, "completed": 10, "failed": 0},
+            )
+        settings = make_settings(
+            sim.url, ["openai"], per_batch_metrics=True, per_batch_limit=2, poll_mode="full"
+        )
+        with ExporterThread(settings, clock=clock) as exp:
+            exp.poll()
+            s = exp.samples()
+    rows = {lbl["batch_id"] for lbl, _ in series(s, "bifrost_batch_job_info", provider="openai")}
+    assert rows == {"old_overdue", "new_2"}
+    reasons = {lbl["batch_id"]: lbl["reason"] for lbl, _ in series(s, "bifrost_batch_job_at_risk_info")}
+    assert reasons == {"old_overdue": "overdue"}
+    assert [v for _, v in series(s, "bifrost_batch_at_risk", provider="openai")] == [1.0]
+    assert [v for _, v in series(s, "bifrost_batch_exporter_per_batch_dropped", provider="openai")] == [2.0]
