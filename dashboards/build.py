@@ -559,8 +559,8 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
                 ids,
                 "Batches at risk now",
                 "Active batches the early warning expects to finish after their expires_at (recent rate with gates, "
-                "or nothing done past the provider's calibrated point: docs/early-warning.md; BifrostBatchAtRisk fires "
-                "above 0 for 20 minutes).",
+                "or nothing done past the provider's calibrated point, each counted once that has held for 20 minutes: "
+                "docs/early-warning.md; BifrostBatchAtRisk fires above 0 for 5 minutes).",
                 "short",
                 [Target(f"sum({at_risk})", "at risk")],
                 width=6,

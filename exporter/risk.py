@@ -16,9 +16,16 @@ a worked example and the benchmark it was chosen on):
   still showed nothing there went on to expire, learned from the batches this exporter saw end (`Calibration`,
   persisted with the state); until it has seen enough, `risk_no_progress_fraction`.
 
-The per-batch memory (`ProgressTracker`) holds the recent rate of each active batch between polls; the snapshot
-builder feeds it and it forgets batches no longer active, learning from each how the provider's blind batches end.
-Without a tracker (a one-off assessment) the recent and best rates are the average rate since the batch started.
+- **confirmed**: a verdict counts (in `bifrost_batch_at_risk`, and as the per-batch `reason`) only once every poll
+  has found the batch at risk for `CONFIRM` of its window (20 min of 24 h); an overdue batch counts at once, and so
+  does one already at risk the first time the tracker sees it (after a start: no earlier poll said otherwise). The
+  alert's `for:` cannot do this: it is on the provider's sum, which one flagged batch holds above 0 while others
+  come and go (bench/alert_quality.py measures the alert that way).
+
+The per-batch memory (`ProgressTracker`) holds the recent rate of each active batch between polls (and since when
+its verdict has held); the snapshot builder feeds it and it forgets batches no longer active, learning from each how
+the provider's blind batches end. Without a tracker (a one-off assessment) the recent and best rates are the average
+rate since the batch started, and a verdict counts at once.
 
 Every number comes from the gateway and is untrusted: counts may be negative or absurd, `progress` NaN, timestamps
 far in the future. Nothing here raises on such input, and every number returned is finite or None.
@@ -60,6 +67,12 @@ CALIBRATION_TARGET: Final = 0.9
 _CALIBRATION_HALVE_AT: Final = 10_000
 # Batches a tracker remembers; beyond it new batches are judged without history (average rate since start).
 MAX_TRACKED: Final = 200_000
+# A tracked batch is at risk only once every poll has found it so for this share of its window (20 min of 24 h):
+# a projection that holds for one poll and is gone the next (a count refreshed late, a short burst after a pause)
+# is not evidence. Per batch, because the alert's own `for:` is on the provider's sum, which another flagged batch
+# can already hold above 0: there a brief verdict would show in the firing alert at once. A batch at risk when the
+# tracker first sees it counts at once (no history to confirm against; a projection warms up first anyway).
+CONFIRM: Final = 1 / 72
 
 Reason = Literal["overdue", "not_started", "no_progress", "slow", "stalled"]
 # Label values of `reason` on bifrost_batch_job_at_risk_info, in the order the docs list them.
@@ -165,6 +178,9 @@ class _Track:
     tau: float  # the recent rate's time constant: RATE_WINDOW of the batch's window (a 24 h batch: one hour)
     blind_step: int  # the last calibration step at which it showed nothing done (−1: none)
     poll: int  # the poll that last observed it
+    flagged_since: float | None = (
+        None  # since when every poll has found it at risk (None: the last one did not)
+    )
 
 
 @dataclass(slots=True)
@@ -283,13 +299,16 @@ def assess(
     no_progress_fraction: float,
     finished: int | None = None,
     tracker: ProgressTracker | None = None,
+    confirm: float = CONFIRM,
 ) -> Risk:
     """The early-warning rule for `batch` in (normalised) `status` at Unix time `now` (module docstring).
 
     `finished` is `outcomes(batch.request_counts, status).done` when the caller has already computed it (the
     snapshot fold does, for every batch). `tracker` is the provider's ProgressTracker: given, the batch's recent
-    rate comes from its earlier polls and this observation is recorded; omitted, the average rate since the start
-    stands in for it.
+    rate comes from its earlier polls, this observation is recorded, and a verdict counts only once it has held for
+    `confirm` of the window (CONFIRM; at once for an overdue batch, a fact rather than a projection, and for a batch
+    first seen at risk); omitted (or the tracker full), the average rate since the start stands in for the recent
+    rate and a verdict counts at once.
     """
     if status not in _PROJECTED_STATUSES:
         return (
@@ -321,6 +340,7 @@ def assess(
     rate: float | None = None
     best = 0.0
     warm = True
+    track: _Track | None = None
     if visible:
         start = batch.started or created
         ran = now - start if now > start else 0.0
@@ -333,29 +353,42 @@ def assess(
             warm = track.since is not None and now - track.since >= WARMUP * track.tau
     if left <= 0:
         return _new(Risk, (True, pending, None, "overdue"))
+    shown: float | None = None
+    reason: Reason | None = None
     if not visible:
         threshold = tracker.threshold(no_progress_fraction) if tracker is not None else no_progress_fraction
         # NaN or out-of-range fractions make the comparison False (never at risk) rather than raise.
         if fraction >= threshold:
-            return _new(
-                Risk, (True, pending, None, "not_started" if status == "validating" else "no_progress")
-            )
-        return _new(Risk, (False, pending, None, None))
-    assert rate is not None
-    remaining = 1.0 - done
-    if now <= (batch.started or created):
-        # Progress reported before the batch says it started (counts and timestamps lag differently): no time has
-        # run to measure a rate over, so no projection yet.
-        return _new(Risk, (False, pending, None, None))
-    if remaining <= 0:
-        # Every request has run (the counts can say so before the status does): nothing is left to lose.
-        return _new(Risk, (False, pending, now, None))
-    projected = now + remaining / rate if rate > 0 else math.inf
-    shown = projected if math.isfinite(projected) else None
-    late = projected > expires
-    # At the best rate it has shown, would it finish with SPARE of the window left over? Then it may yet make it.
-    hopeless = best <= 0 or now + remaining / best > expires - SPARE * window
-    if late and hopeless and warm and fraction >= MIN_ELAPSED:
-        reason: Reason = "stalled" if rate < STALLED * best else "slow"
-        return _new(Risk, (True, pending, shown, reason))
-    return _new(Risk, (False, pending, shown, None))
+            reason = "not_started" if status == "validating" else "no_progress"
+    else:
+        assert rate is not None
+        remaining = 1.0 - done
+        if now <= (batch.started or created):
+            # Progress reported before the batch says it started (counts and timestamps lag differently): no time
+            # has run to measure a rate over, so no projection yet.
+            pass
+        elif remaining <= 0:
+            # Every request has run (the counts can say so before the status does): nothing is left to lose.
+            shown = now
+        else:
+            projected = now + remaining / rate if rate > 0 else math.inf
+            shown = projected if math.isfinite(projected) else None
+            late = projected > expires
+            # At the best rate it has shown, would it finish with SPARE of the window left over? Then it may yet
+            # make it.
+            hopeless = best <= 0 or now + remaining / best > expires - SPARE * window
+            if late and hopeless and warm and fraction >= MIN_ELAPSED:
+                reason = "stalled" if rate < STALLED * best else "slow"
+    if track is not None:
+        if reason is None:
+            track.flagged_since = None
+        else:
+            if track.flagged_since is None:
+                # Confirmation needs history: a batch at risk the first time this exporter sees it (after a start,
+                # or with --once; a projection is never, it warms up first) has no poll that said otherwise.
+                track.flagged_since = now if now > track.first else -math.inf
+            if now - track.flagged_since < confirm * window:
+                reason = None  # not yet confirmed: shown (its projection) but not counted
+    if reason is None:
+        return _new(Risk, (False, pending, shown, None))
+    return _new(Risk, (True, pending, shown, reason))

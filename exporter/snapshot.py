@@ -79,8 +79,10 @@ class SnapshotBuilder:
     """Folds batches into the aggregate as they arrive, so no poll ever holds its whole list.
 
     Only the aggregates survive: counts and request outcomes per status and group, the oldest/next timestamps, the
-    at-risk projection and, when per-batch series are on, at most `per_batch_limit` rows of the newest active
-    batches (a bounded heap).
+    at-risk projection and, when per-batch series are on, at most `per_batch_limit` rows of active batches (a
+    bounded heap): the batches at risk first, then the newest. At-risk batches are mostly old ones (past half their
+    window, or overdue), exactly the rows "newest first" would drop, and they are the rows the alert's description
+    and the runbook read.
     """
 
     def __init__(
@@ -113,7 +115,8 @@ class SnapshotBuilder:
         self._next_expiry: float | None = None
         self._at_risk: dict[Group, int] = {}
         self._at_risk_requests: dict[Group, int] = {}
-        self._jobs: list[tuple[float, int, JobRow]] = []  # min-heap on created: the oldest kept row on top
+        # Min-heap on (at risk, created, arrival): the row dropped first (not at risk, then the oldest) on top.
+        self._jobs: list[tuple[bool, float, int, JobRow]] = []
         self._active = 0
         self._total = 0
         self._clamped = 0
@@ -211,16 +214,16 @@ class SnapshotBuilder:
                 projected_completion=risk.projected_completion,
                 risk_reason=risk.reason,
             )
-            item = (created or 0.0, self._active, row)
+            item = (risk.at_risk, created or 0.0, self._active, row)
             if len(self._jobs) < self._limit:
                 heapq.heappush(self._jobs, item)
-            elif item[:2] > self._jobs[0][:2]:
+            elif item[:3] > self._jobs[0][:3]:
                 heapq.heapreplace(self._jobs, item)
 
     def build(self, now: float) -> BatchSnapshot:
         if self._tracker is not None:
             self._tracker.finish_poll(now)  # forget (and learn from) the batches no longer active
-        newest_first = sorted(self._jobs, key=lambda item: item[:2], reverse=True)
+        newest_first = sorted(self._jobs, key=lambda item: item[1:3], reverse=True)
         return BatchSnapshot(
             provider=self._provider,
             taken_at=now,
@@ -230,7 +233,7 @@ class SnapshotBuilder:
             next_expiry=self._next_expiry,
             at_risk=MappingProxyType(dict(self._at_risk)),
             at_risk_requests=MappingProxyType(dict(self._at_risk_requests)),
-            jobs=tuple(row for _, _, row in newest_first),
+            jobs=tuple(row for _, _, _, row in newest_first),
             jobs_dropped=max(0, self._active - self._limit) if self._per_batch else 0,
             batches=self._total,
             clamped=self._clamped,

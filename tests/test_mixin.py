@@ -150,10 +150,10 @@ tests:
       - series: 'bifrost_batch_exporter_first_sync_complete{cluster="eu1", pod="bbe-0", provider="openai"}'
         values: '0x20 1x40'
     alert_rule_test:
-      - eval_time: 35m
+      - eval_time: 25m
         alertname: BifrostBatchAtRisk
         exp_alerts: []
-      - eval_time: 45m
+      - eval_time: 30m
         alertname: BifrostBatchAtRisk
         exp_alerts:
           - exp_labels: {severity: warning, cluster: eu1, provider: openai, metadata_team: ml}

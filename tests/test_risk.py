@@ -21,6 +21,7 @@ from exporter.risk import (
     CALIBRATION_MIN_SAMPLES,
     CALIBRATION_STEPS,
     CALIBRATION_TARGET,
+    CONFIRM,
     MIN_ELAPSED,
     MIN_PROGRESS,
     NOT_ASSESSED,
@@ -42,6 +43,7 @@ WINDOW = 24 * HOUR
 EXPIRES = CREATED + WINDOW
 FRACTION = 0.5
 TAU = RATE_WINDOW * WINDOW
+CONFIRMED = CONFIRM * WINDOW  # how long a tracked verdict holds before it counts (20 min)
 
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "1000"))
 PROFILE = settings(
@@ -304,7 +306,8 @@ def test_the_recent_rate_does_not_depend_on_the_poll_interval() -> None:
 def test_a_stall_with_time_to_spare_is_not_flagged_until_the_spare_time_is_gone() -> None:
     """12.5 % an hour from the start (an 8 h batch), stalled at 50 % after 4 h. At its best rate the other half
     takes 4 h: from 14 h on (24 − SPARE × 24 − 4) it could no longer finish with SPARE to spare. Until then it may
-    yet resume and make it, so it is not flagged, even though its recent rate is nothing."""
+    yet resume and make it, so it is not flagged, even though its recent rate is nothing; it counts once that
+    verdict has held for CONFIRM of the window."""
     tracker = ProgressTracker()
     flagged: list[tuple[float, str | None]] = []
     for minute in range(0, 17 * 60):
@@ -314,7 +317,7 @@ def test_a_stall_with_time_to_spare_is_not_flagged_until_the_spare_time_is_gone(
         if r.at_risk:
             flagged.append(((t - CREATED) / HOUR, r.reason))
     spare_gone = 24 - SPARE * 24 - 4
-    assert flagged[0][0] == pytest.approx(spare_gone, abs=2 / 60)
+    assert flagged[0][0] == pytest.approx(spare_gone + CONFIRMED / HOUR, abs=2 / 60)
     assert {reason for _, reason in flagged} == {"stalled"}
 
 
@@ -337,15 +340,55 @@ def test_a_batch_that_queued_then_runs_fast_is_judged_by_its_recent_rate() -> No
 
 def test_a_batch_first_seen_with_progress_is_not_flagged_before_the_warmup() -> None:
     """After an exporter restart a batch's only rate is its average since the start: no verdict until its progress
-    has been watched for WARMUP of the rate window."""
+    has been watched for WARMUP of the rate window, and it counts once that verdict has held for CONFIRM."""
     tracker = ProgressTracker()
     first = CREATED + 19 * HOUR
     warmup = WARMUP * TAU
     t = first
-    while t < first + warmup:
+    while t < first + warmup + CONFIRMED:
         assert not poll(tracker, at(100), t).at_risk
         t += 60.0
-    assert poll(tracker, at(100), first + warmup).at_risk
+    assert poll(tracker, at(100), first + warmup + CONFIRMED).at_risk
+
+
+def test_a_verdict_counts_only_once_it_has_held_for_the_confirmation_time() -> None:
+    """A batch with nothing done, polled every minute from 11 h 50 m, crosses the no-progress threshold (half the
+    window) at 12 h: not at risk until the verdict has held for CONFIRM of the window; one poll without the verdict
+    (here the threshold moved past it) starts the confirmation again."""
+    tracker = ProgressTracker()
+    blind = batch("validating", total=0)
+    t = CREATED + 11 * HOUR + 50 * 60
+    start = CREATED + 12 * HOUR  # from here the verdict holds with risk_no_progress_fraction 0.5
+    while t < start + CONFIRMED:
+        assert poll(tracker, blind, t) == Risk(False, 0, None, None)
+        t += 60.0
+    assert poll(tracker, blind, t) == Risk(True, 0, None, "not_started")
+    t += 60.0
+    assert not poll(tracker, blind, t, fraction=0.9).at_risk  # one poll without the verdict
+    t += 60.0
+    again = t
+    while t < again + CONFIRMED:
+        assert not poll(tracker, blind, t).at_risk
+        t += 60.0
+    assert poll(tracker, blind, t).at_risk
+
+
+def test_an_overdue_a_first_seen_and_an_untracked_batch_count_at_once() -> None:
+    """Past its expires_at a still active batch will not make it: a fact, not a projection, so no confirmation. A
+    batch at risk the first time the tracker sees it (after an exporter start) has no earlier poll to confirm
+    against. A batch the full tracker cannot remember is judged without history, the one-off way: at once."""
+    tracker = ProgressTracker()
+    t = CREATED + 11 * HOUR
+    assert not poll(tracker, batch("in_progress", total=1000, id="old"), t).at_risk
+    assert poll(tracker, at(100, id="late"), EXPIRES + 60).reason == "overdue"
+    first_seen = poll(tracker, batch("validating", total=0, id="blind"), CREATED + 13 * HOUR)
+    assert first_seen.reason == "not_started"
+    full = ProgressTracker(max_tracked=1)
+    assess(at(10, id="other"), "in_progress", CREATED + HOUR, FRACTION, tracker=full)
+    untracked = assess(
+        batch("validating", total=0, id="new"), "validating", CREATED + 13 * HOUR, FRACTION, tracker=full
+    )
+    assert untracked.reason == "not_started"
 
 
 def test_finish_poll_forgets_batches_no_longer_active_and_is_bounded() -> None:
@@ -579,8 +622,9 @@ def test_the_verdict_is_the_documented_rule(b: Batch, offset: float, fraction: f
 
 def test_the_exporter_remembers_rates_between_polls_and_says_why_a_batch_is_flagged() -> None:
     """Simulator and exporter on one injected clock, a poll a minute. A batch validating with a total of 0 past half
-    its window is flagged at once (`not_started`); a batch 10 % done after 13 h, first seen by this exporter, is
-    flagged only once its progress has been watched for the warm-up (a one-off assessment flags it at once)."""
+    its window is flagged at once (`not_started`: at risk when first seen, nothing to confirm against); a batch 10 %
+    done after 13 h, first seen by this exporter, is flagged only once its progress has been watched for the warm-up
+    and its verdict has then held for CONFIRM (a one-off assessment flags it at once)."""
     now = [CREATED + 13 * HOUR]
 
     def clock() -> float:
@@ -609,7 +653,7 @@ def test_the_exporter_remembers_rates_between_polls_and_says_why_a_batch_is_flag
         settings = make_settings(sim.url, ["openai"], per_batch_metrics=True, poll_mode="full")
         with ExporterThread(settings, clock=clock) as exp:
             flags: list[dict[str, str]] = []
-            for _ in range(int(WARMUP * TAU / 60) + 2):
+            for _ in range(int((WARMUP * TAU + CONFIRMED) / 60) + 2):
                 exp.poll()
                 flags.append(
                     {
@@ -618,7 +662,51 @@ def test_the_exporter_remembers_rates_between_polls_and_says_why_a_batch_is_flag
                     }
                 )
                 now[0] += 60.0
+    confirm = int(CONFIRMED / 60)
     assert flags[0] == {"blind": "not_started"}
     warm = int(WARMUP * TAU / 60)
-    assert all("slow" not in f for f in flags[:warm])
+    assert all("slow" not in f for f in flags[: warm + confirm])
     assert flags[-1]["blind"] == "not_started" and flags[-1]["slow"] in ("slow", "stalled")
+
+
+def test_per_batch_rows_keep_the_batches_at_risk_past_the_limit() -> None:
+    """Batches at risk are mostly old ones (overdue, or past half their window), which "the newest rows" would drop
+    first. With per_batch_limit 2, one overdue batch and three newer healthy ones: the rows are the overdue batch
+    (with its reason) and the newest healthy one; the two others are counted as dropped."""
+    now = [CREATED + 25 * HOUR]
+
+    def clock() -> float:
+        return now[0]
+
+    with Simulator(providers=[ProviderSpec("openai")], lifecycle=False, clock=clock) as sim:
+        sim.add_batch(
+            "openai",
+            batch_id="old_overdue",
+            status="in_progress",
+            created_at=int(CREATED),
+            expires_at=int(EXPIRES),  # an hour ago: still active past its window
+            in_progress_at=int(CREATED),
+            request_counts={"total": 1000, "completed": 600, "failed": 0},
+        )
+        for i in range(3):
+            sim.add_batch(
+                "openai",
+                batch_id=f"new_{i}",
+                status="in_progress",
+                created_at=int(now[0] - 600 + 60 * i),
+                expires_at=int(now[0] - 600 + 60 * i + WINDOW),
+                in_progress_at=int(now[0] - 600 + 60 * i),
+                request_counts={"total": 100, "completed": 10, "failed": 0},
+            )
+        settings = make_settings(
+            sim.url, ["openai"], per_batch_metrics=True, per_batch_limit=2, poll_mode="full"
+        )
+        with ExporterThread(settings, clock=clock) as exp:
+            exp.poll()
+            s = exp.samples()
+    rows = {lbl["batch_id"] for lbl, _ in series(s, "bifrost_batch_job_info", provider="openai")}
+    assert rows == {"old_overdue", "new_2"}
+    reasons = {lbl["batch_id"]: lbl["reason"] for lbl, _ in series(s, "bifrost_batch_job_at_risk_info")}
+    assert reasons == {"old_overdue": "overdue"}
+    assert [v for _, v in series(s, "bifrost_batch_at_risk", provider="openai")] == [1.0]
+    assert [v for _, v in series(s, "bifrost_batch_exporter_per_batch_dropped", provider="openai")] == [2.0]

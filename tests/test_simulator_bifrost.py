@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from exporter.models import Batch, normalize_status
-from exporter.risk import ProgressTracker, assess
+from exporter.risk import CONFIRM, ProgressTracker, assess
 from exporter.simulator import (
     DEFAULT_PROVIDERS,
     NEWEST_EXTRA_PROVIDERS,
@@ -378,7 +378,8 @@ def test_the_demo_scenario_puts_the_early_warning_to_work(clock: FakeClock) -> N
     """The demo's default scenario, polled every 30 s for two hours through the gateway's retrieve view and judged by
     the exporter's rule with a tracker per provider: the late batch is flagged within 20 minutes and expires; the
     burst batch, which the v2 linear rule flagged, is never flagged and completes; the never-starting batch is
-    flagged two minutes in (risk_no_progress_fraction 0.5, no calibration yet)."""
+    flagged two minutes in (risk_no_progress_fraction 0.5, no calibration yet). Each counts once its verdict has
+    held for CONFIRM of its 24 h window (20 minutes) on top."""
     s = Simulator(clock=clock, seed=1, initial_batches=0, arrivals=False)
     trackers = {p: ProgressTracker() for p in DEMO_PROVIDERS}
     first_flag: dict[tuple[str, int], float] = {}
@@ -405,10 +406,11 @@ def test_the_demo_scenario_puts_the_early_warning_to_work(clock: FakeClock) -> N
     for provider in DEMO_PROVIDERS:
         blind = provider in ("anthropic", "bedrock")
         late, never = (provider, LATE), (provider, NEVER)
-        assert first_flag[late] <= 20 * 60, provider
+        confirmed = CONFIRM * 24 * 3600
+        assert first_flag[late] <= 20 * 60 + confirmed, provider
         assert reasons[late] == ({"no_progress"} if blind else {"slow"}) | {"overdue"}, provider
         assert final[late] == ("ended" if provider == "anthropic" else "expired"), provider
-        assert 120 <= first_flag[never] <= 150, provider
+        assert 120 + confirmed <= first_flag[never] <= 150 + confirmed, provider
         if blind:
             assert (provider, BURST) not in final
             continue

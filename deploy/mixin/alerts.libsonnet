@@ -269,9 +269,10 @@ local build(c) =
       'BifrostBatchAtRisk',
       // bifrost_batch_at_risk is the exporter's early warning (docs/early-warning.md): active batches whose recent
       // rate, past its gates, misses their expires_at, or that show nothing done past their provider's calibrated
-      // point of the window. It replaces BifrostBatchExpiringSoon (retired). A gauge of the whole account, and a
-      // rate that no retrieve refreshes while the first full list runs: waits for it (listed()), in the figures of
-      // the description too.
+      // point of the window, each counted once its verdict has held 20 minutes (the `for` is on the provider's sum,
+      // which a batch joins at once while the alert fires). It replaces BifrostBatchExpiringSoon (retired). A gauge
+      // of the whole account, and a rate that no retrieve refreshes while the first full list runs: waits for it
+      // (listed()), in the figures of the description too.
       |||
         max by (%(byM)s) (
           sum by (%(byMR)s) (

@@ -58,8 +58,10 @@
       BifrostBatchInputRejected: { severity: 'info', 'for': '5m', keepFiringFor: '15m', window: '15m' },
       BifrostBatchExpired: { severity: 'warning', 'for': '0m', keepFiringFor: '15m', window: '15m' },
       BifrostBatchStuck: { severity: 'warning', 'for': '15m', thresholdSeconds: 90000 },
-      // `for` as chosen on bench/alert_quality.py (docs/early-warning.md has the trade-off table).
-      BifrostBatchAtRisk: { severity: 'warning', 'for': '20m' },
+      // `for` is on the provider's sum, which any flagged batch holds above 0, so it cannot debounce one batch: the
+      // exporter counts a batch only once its verdict has held 20 minutes (exporter/risk.py, CONFIRM), and this
+      // `for` only rides out a single evaluation. Chosen on bench/alert_quality.py (docs/early-warning.md).
+      BifrostBatchAtRisk: { severity: 'warning', 'for': '5m' },
       // The two SLOs (docs/runbook.md, "SLOs"): multi-window, multi-burn-rate alerts (the SRE workbook's 14.4x/6x
       // paging, 3x/1x ticket pairs). An objective is the share of good events; minEvents is the fewest events the
       // long window must hold before its ratio can alert (one failure of three batches is not a burn rate).
