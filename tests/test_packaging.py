@@ -220,7 +220,7 @@ def test_the_mixin_works_as_jsonnet_bundler_vendors_it(tmp_path: Path) -> None:
         local m = (import '{REPO}/deploy/mixin/mixin.libsonnet') + {{ _config+:: {{ dashboard+: {{ uid: 'mine' }} }} }};
         {{
           alerts: [r.alert for g in m.prometheusAlerts.groups for r in g.rules],
-          records: [r.record for g in m.prometheusRules.groups for r in g.rules],
+          records: [r.record for g in m.prometheusRules.groups for r in g.rules if std.objectHas(r, 'record')],
           dashboards: {{ [k]: m.grafanaDashboards[k].uid for k in std.objectFields(m.grafanaDashboards) }},
         }}
     """
