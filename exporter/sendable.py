@@ -77,6 +77,10 @@ def parse_gateway_url(value: str) -> GatewayUrl:
     path = match["path"].rstrip("/")
     if not _PATH_RE.match(path):
         raise ValueError("has a character in its path that must be percent-encoded")
+    # A dot segment is sent as given, and a proxy that normalises paths (RFC 3986 remove_dot_segments) routes the
+    # request somewhere else than the prefix says: name the prefix as it is meant.
+    if any(segment.lower() in (".", "..", "%2e", "%2e%2e", ".%2e", "%2e.") for segment in path.split("/")):
+        raise ValueError("has a '.' or '..' segment in its path; write the path prefix without them")
     return GatewayUrl(scheme, host, port, path)
 
 
