@@ -302,6 +302,14 @@ class Poller:
             )
             return
         journal.attach(restored)
+        if restored.marker_problem is not None:
+            self._log.warning(
+                "state_marker_unusable",
+                provider=provider,
+                setting="state_dir",
+                detail=restored.marker_problem[:300],
+                consequence="the state was read from its base and journal; the marker is written again",
+            )
         if restored.dropped_bytes:
             self._log.info(
                 "state_journal_tail_dropped",

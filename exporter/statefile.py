@@ -361,6 +361,7 @@ class Restored:
     damage: str | None = None  # why the journal could not be read to its end
     migrated: bool = False  # read from a version-1 file: the next write rewrites it in version 2
     marked: bool = False  # ledger-P.json already marks version 2
+    marker_problem: str | None = None  # why ledger-P.json could not be read (the base could, so it was used)
     cost: dict[str, Any] | None = (
         None  # the cost ledger as of the base (cost_metrics), None when none was saved
     )
@@ -439,10 +440,20 @@ def _read_marker(state_dir: Path, provider: str) -> dict[str, Any] | None:
 def read(state_dir: Path, provider: str) -> Restored | None:
     """The provider's saved state; None when there is none; StateError when it cannot be used; NewerStateError
     when a newer exporter wrote it (the caller must not overwrite it)."""
-    marker = _read_marker(state_dir, provider)
     path = base_path(state_dir, provider)
+    marker_problem: str | None = None
+    try:
+        marker = _read_marker(state_dir, provider)
+    except StateError as exc:
+        # The marker carries no data in version 2 (the base has its own header, version and provider): a damaged
+        # one beside a base is rewritten at the next write, not a reason to throw the base and journal away.
+        if not path.exists():
+            raise
+        marker, marker_problem = None, str(exc)
     opened = _open_regular(path)
     if opened is None:
+        if marker_problem is not None:
+            raise StateError(marker_problem)
         if marker is None:
             if _open_regular(journal_path(state_dir, provider)) is not None:
                 raise StateError(f"{journal_path(state_dir, provider)} has no base to apply it to")
@@ -459,6 +470,7 @@ def read(state_dir: Path, provider: str) -> Restored | None:
         restored = _read_base(f, path, state_dir, provider)
     restored.base_bytes = size
     restored.marked = marker is not None and marker["version"] == VERSION
+    restored.marker_problem = marker_problem
     _replay_journal(state_dir, provider, restored)
     return restored
 

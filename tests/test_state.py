@@ -304,6 +304,37 @@ def _start_and_serve(sim: Simulator, state_dir: Path) -> list[MutableMapping[str
     return [e for e in logs if e.get("log_level") in ("warning", "error")]
 
 
+def test_a_damaged_marker_beside_a_readable_base_keeps_the_state(sim: Simulator, tmp_path: Path) -> None:
+    """ledger-P.json carries no data in version 2 (the base has its own header): a marker cut short or overwritten
+    used to throw an intact base and journal away (a fresh start: transitions while down lost). Now one
+    state_marker_unusable warning, the state as saved, and the marker written again by the next write."""
+    source = tmp_path / "source"
+    _history(source)
+    intact, _ = _starts(source)()
+    want = intact.states[P].ledger
+    marker = statefile.state_path(source, P).read_bytes()
+    for cut in (0, 1, len(marker) // 2, len(marker) - 1):
+        state_dir = tmp_path / f"cut{cut}"
+        shutil.copytree(source, state_dir)
+        statefile.state_path(state_dir, P).write_bytes(marker[:cut])
+        poller, logs = _starts(state_dir)()
+        assert [e["event"] for e in logs if e["log_level"] != "info"] == ["state_marker_unusable"], (
+            cut,
+            logs,
+        )
+        got = poller.states[P].ledger
+        assert (got.tracked_ids, got.polls, dict(got.finished)) == (
+            want.tracked_ids,
+            want.polls,
+            dict(want.finished),
+        )
+    assert [e["event"] for e in _start_and_serve(sim, state_dir)] == ["state_marker_unusable"]
+    assert (
+        json.loads(statefile.state_path(state_dir, P).read_bytes())["version"] == statefile.VERSION
+    )  # rewritten
+    assert _start_and_serve(sim, state_dir) == []
+
+
 def test_damaged_state_then_serves_and_is_rewritten(sim: Simulator, tmp_path: Path) -> None:
     _history(tmp_path / "source")
     good = statefile.base_path(tmp_path / "source", P).read_bytes()
