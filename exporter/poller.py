@@ -130,7 +130,7 @@ class _Run:
     clamped: int = 0  # batches with clamped numbers in the last snapshot (logged when it changes)
     overflowed: int = 0
     cursor_refusals: int = 0  # refused cursors since the last complete full list (logged on the first)
-    truncations_said: set[str] = field(default_factory=set)  # truncation reasons logged as a warning already
+    cursor_ignored_said: bool = False  # the gateway ignoring this provider's cursor was logged as a warning
     keys: tuple[str | None, ...] = ()  # the view's keys the last poll listed with (() before the first poll)
     # Keys the gateway does not allow on this provider (403 provider_blocked) as their last list found: left out of
     # head scans and retrieves, asked again by every full list.
@@ -1340,8 +1340,8 @@ class Poller:
             ledger.error(outcome.truncated)
             # The gateway not forwarding a provider's cursor is its known limitation, the same at every full list
             # (every poll in full mode): said once as a warning, then at debug; the counter and coverage show it.
-            known = outcome.truncated == "cursor_ignored" and outcome.truncated in run.truncations_said
-            run.truncations_said.add(outcome.truncated)
+            known = outcome.truncated == "cursor_ignored" and run.cursor_ignored_said
+            run.cursor_ignored_said = run.cursor_ignored_said or outcome.truncated == "cursor_ignored"
             (self._log.debug if known else self._log.warning)(
                 "poll_truncated",
                 reason=outcome.truncated,

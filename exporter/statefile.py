@@ -447,12 +447,10 @@ def read(state_dir: Path, provider: str) -> Restored | None:
     except StateError as exc:
         # The marker carries no data in version 2 (the base has its own header, version and provider): a damaged
         # one beside a base is rewritten at the next write, not a reason to throw the base and journal away.
-        if not path.exists():
-            raise
         marker, marker_problem = None, str(exc)
     opened = _open_regular(path)
     if opened is None:
-        if marker_problem is not None:
+        if marker_problem is not None:  # no base beside it: the marker's problem is the state's
             raise StateError(marker_problem)
         if marker is None:
             if _open_regular(journal_path(state_dir, provider)) is not None:

@@ -42,8 +42,7 @@ class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key given twice in one mapping (merge keys `<<` may still be overridden), and
     remembers which node a constructor failed on: PyYAML's constructors raise bare ValueError/KeyError/TypeError
     (and AttributeError, …) for values that parse but cannot be built (`2024-02-30`, `0x_`, `!!int sk-…`), with the
-    value in the message
-    and no position, so the position is all we may report."""
+    value in the message and no position, so the position is all we may report."""
 
     failed_at: yaml.Mark | None = None
     failed_tag: str | None = None
