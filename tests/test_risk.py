@@ -620,6 +620,19 @@ def test_the_verdict_is_the_documented_rule(b: Batch, offset: float, fraction: f
 # Through the exporter: the poller keeps a tracker per provider and the snapshot feeds it
 
 
+def _running(sim: Simulator, batch_id: str, started: float, total: int, completed: int) -> None:
+    """An OpenAI batch in progress since `started`, with a 24 h window, at the simulator."""
+    sim.add_batch(
+        "openai",
+        batch_id=batch_id,
+        status="in_progress",
+        created_at=int(started),
+        expires_at=int(started + WINDOW),
+        in_progress_at=int(started),
+        request_counts={"total": total, "completed": completed, "failed": 0},
+    )
+
+
 def test_the_exporter_remembers_rates_between_polls_and_says_why_a_batch_is_flagged() -> None:
     """Simulator and exporter on one injected clock, a poll a minute. A batch validating with a total of 0 past half
     its window is flagged at once (`not_started`: at risk when first seen, nothing to confirm against); a batch 10 %
@@ -631,15 +644,7 @@ def test_the_exporter_remembers_rates_between_polls_and_says_why_a_batch_is_flag
         return now[0]
 
     with Simulator(providers=[ProviderSpec("openai")], lifecycle=False, clock=clock) as sim:
-        sim.add_batch(
-            "openai",
-            batch_id="slow",
-            status="in_progress",
-            created_at=int(CREATED),
-            expires_at=int(EXPIRES),
-            in_progress_at=int(CREATED),
-            request_counts={"total": 1000, "completed": 100, "failed": 0},
-        )
+        _running(sim, "slow", CREATED, 1000, 100)
         sim.add_batch(
             "openai",
             batch_id="blind",
@@ -679,25 +684,9 @@ def test_per_batch_rows_keep_the_batches_at_risk_past_the_limit() -> None:
         return now[0]
 
     with Simulator(providers=[ProviderSpec("openai")], lifecycle=False, clock=clock) as sim:
-        sim.add_batch(
-            "openai",
-            batch_id="old_overdue",
-            status="in_progress",
-            created_at=int(CREATED),
-            expires_at=int(EXPIRES),  # an hour ago: still active past its window
-            in_progress_at=int(CREATED),
-            request_counts={"total": 1000, "completed": 600, "failed": 0},
-        )
+        _running(sim, "old_overdue", CREATED, 1000, 600)  # expired an hour ago: still active past its window
         for i in range(3):
-            sim.add_batch(
-                "openai",
-                batch_id=f"new_{i}",
-                status="in_progress",
-                created_at=int(now[0] - 600 + 60 * i),
-                expires_at=int(now[0] - 600 + 60 * i + WINDOW),
-                in_progress_at=int(now[0] - 600 + 60 * i),
-                request_counts={"total": 100, "completed": 10, "failed": 0},
-            )
+            _running(sim, f"new_{i}", now[0] - 600 + 60 * i, 100, 10)
         settings = make_settings(
             sim.url, ["openai"], per_batch_metrics=True, per_batch_limit=2, poll_mode="full"
         )
