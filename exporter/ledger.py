@@ -433,6 +433,16 @@ class Ledger:
         if complete:
             self.list_completed(now)
 
+    def view_changed(self) -> None:
+        """The poll now lists with other keys: batches a new key shows were never ours to watch, so one of them
+        that ended before the old view's last complete list began is history, not a transition (as it would be
+        for a process started now with the new keys). That list saw every batch of the old view ended before it
+        began, so raising the counting floor there loses none of the old view's transitions. Before any complete
+        list the floor stays: the old view's batches that ended since the start may not have been listed yet."""
+        mark = self.last_complete_poll if self.last_complete_poll is not None else self.restored_watermark
+        if mark is not None and mark > self.started_at:
+            self.started_at = mark
+
     def list_began(self) -> None:
         """A full list begins: what the gateway had shown by now bounds the watermark list_completed sets."""
         self._list_gateway_at = self.gateway_now

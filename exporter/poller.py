@@ -590,6 +590,7 @@ class Poller:
         keys: tuple[str | None, ...] = names if names else (None,)
         if keys != run.keys or version != run.view_version:
             if run.keys:
+                self._ledgers[provider].view_changed()
                 run.store.abandon_resync()
                 run.store.forget_places()
                 run.synced = False
@@ -834,7 +835,7 @@ class Poller:
         listed = batches
         # Only known running ones can wait for a refresh (a first full list would otherwise hold every id it lists).
         shown.update(b.id for b in listed if b.id in store.active)
-        batches = store.defer_sparse(batches)
+        batches = store.defer_sparse(batches, k)
         observe(batches)
         refreshed.update(b.id for b in batches)
         new = store.upsert(batches, listing=False, key=k, poll=poll, after=after, depth=depth)
@@ -1118,7 +1119,7 @@ class Poller:
             # hold every id it listed until it ends.
             outcome.shown.update(b.id for b in batches if b.id in store.active)
             self._counts_still_fresh(store, batches, poll, refreshed)
-            batches = store.defer_sparse(batches)
+            batches = store.defer_sparse(batches, resync.key)
             observe(batches)
             new = store.upsert(batches, key=resync.key, poll=poll, after=place.after)
             if not at_head[0] and (resync.key, place.after) not in watched:

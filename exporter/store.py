@@ -340,11 +340,13 @@ class Store:
             extra_fields=None,
         )
 
-    def defer_sparse(self, batches: list[Batch]) -> list[Batch]:
+    def defer_sparse(self, batches: list[Batch], key: int) -> list[Batch]:
         """The list items worth folding now. A sparse item (Bedrock, Gemini lists) of a batch we know is left to
         the retrieve of known active batches, whose object has the counts and times: folding the list item
         would show "no data" as zero requests, and could count a transition with none. It still counts as seen
-        by a running full list, so it is not taken for deleted."""
+        by a running full list, so it is not taken for deleted; and `key`, the view's key whose list showed it, is
+        the one its retrieve goes with when no list has said so since the view changed (any other key of a
+        governance view may be answered 404, and the batch taken for deleted)."""
         if not any(is_sparse(b) for b in batches):
             return batches
         kept = []
@@ -356,6 +358,8 @@ class Store:
                 or (batch.id in self and normalize_status(batch.status) in TERMINAL_SET)
             ):
                 self._mark_seen(batch.id)
+                if batch.id in self.active and batch.id not in self.listed_on:
+                    self.listed_on[batch.id] = (key, None, 0)
             else:
                 kept.append(batch)
         return kept

@@ -365,3 +365,87 @@ def test_a_key_file_rotated_to_another_key_is_a_new_view(tmp_path: Path) -> None
     assert [e["keys"] for e in logs if e["event"] == "view"] == [2, 2]
     assert value(s, "bifrost_batch_exporter_first_sync_complete", provider=P) == 1
     assert c.value not in repr(logs) and B.value not in repr(logs)
+
+
+@pytest.mark.parametrize("mode", ["incremental", "full"])
+def test_a_key_added_on_reload_counts_none_of_its_tenants_history(tmp_path: Path, mode: str) -> None:
+    """The exporter has run for an hour with tenant-a's key; five of tenant-b's batches failed half an hour ago,
+    outside its view. Tenant-b's key is added (SIGHUP): those failures are history, as for an exporter started now
+    with both keys, not a burst that pages (BifrostBatchFailed, the SLO burn)."""
+    c = VirtualKey(id="vk-c", value="sk-bf-view-c-33333333", name="tenant-c")
+    gov = Governance(keys=(A, B, c), mandatory=True)
+    with Simulator(providers=[ProviderSpec(P, flavor="openai")], lifecycle=False, governance=gov) as s:
+        start = time.time()
+        clock = [start - 3600]
+        s.add_batch(P, batch_id="a-run", status="in_progress", created_at=int(start) - 100, owner=A.id)
+        for i in range(5):
+            s.add_batch(
+                P, batch_id=f"b-old-{i}", status="in_progress", created_at=int(start) - 7200, owner=B.id
+            )
+        keys = _keys(tmp_path, A)
+        settings = make_settings(s.url, [P], virtual_key_dir=keys, stale_after_seconds=10**6, poll_mode=mode)
+        with ExporterThread(settings, clock=lambda: clock[0]) as exp:
+            exp.poll()
+            for i in range(5):
+                s.set_status(P, f"b-old-{i}", "failed", at=int(start) - 1800)
+            clock[0] = start
+            exp.poll()
+            assert _finished(exp.samples(), "failed") == 0
+            write_key_dir((A, B), keys)
+            exp.exporter.client.update_credentials(exp.settings.reread_secret_files())
+            exp.poll()
+            exp.poll()
+            assert _count(exp.samples(), "failed") == 5  # in the view now
+            assert _finished(exp.samples(), "failed") == 0
+            # A batch of the new tenant that fails now is a transition, counted once.
+            s.add_batch(P, batch_id="b-new", status="in_progress", created_at=int(start) - 50, owner=B.id)
+            clock[0] += 30
+            exp.poll()
+            s.set_status(P, "b-new", "failed", at=int(start) + 40)
+            clock[0] += 30
+            exp.poll()
+            exp.poll()
+            assert _finished(exp.samples(), "failed") == 1
+
+
+def test_after_a_view_change_a_summary_item_is_retrieved_with_the_key_that_listed_it(tmp_path: Path) -> None:
+    """Bedrock's list items carry no counts, so its running batches are refreshed by retrieves. After a third
+    tenant's key is added, the view's positions are gone; a retrieve must still go with the key that lists the
+    batch: another tenant's key is answered 404, and the batch would be taken for deleted."""
+    provider = "bedrock"
+    c = VirtualKey(id="vk-c", value="sk-bf-view-c-33333333", name="tenant-c")
+    gov = Governance(keys=(A, B, c), mandatory=True)
+    with Simulator(
+        providers=[ProviderSpec(provider, flavor="bedrock")], lifecycle=False, governance=gov
+    ) as s:
+        now = int(time.time())
+        for i in range(4):
+            s.add_batch(
+                provider,
+                status="in_progress",
+                created_at=now - 500 + i,
+                owner=B.id,
+                request_counts={"total": 10, "completed": 2, "failed": 0},
+            )
+        keys = _keys(tmp_path, A, B)
+        clock = [time.time()]
+        settings = make_settings(
+            s.url, [provider], virtual_key_dir=keys, page_size=1000, stale_after_seconds=10**6
+        )
+        with structlog.testing.capture_logs(), ExporterThread(settings, clock=lambda: clock[0]) as exp:
+            for _ in range(3):
+                exp.poll()
+                clock[0] += 30
+            write_key_dir((A, B, c), keys)
+            exp.exporter.client.update_credentials(exp.settings.reread_secret_files())
+            running = []
+            for _ in range(12):  # past the every-10th-poll refresh of summary items
+                exp.poll()
+                clock[0] += 30
+                running.append(
+                    value(exp.samples(), "bifrost_batches", provider=provider, status="in_progress")
+                )
+        retrieves = [e for e in s.request_log() if e["path"].startswith("/v1/batches/")]
+    assert retrieves, "the summary items were never refreshed"
+    assert {e["virtual_key"] for e in retrieves} == {B.id}
+    assert running == [4] * 12
