@@ -18,7 +18,7 @@ from contextvars import ContextVar
 from itertools import pairwise
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     Field,
@@ -161,12 +161,28 @@ def quoted(text: str, limit: int = 200) -> str:
     return repr((mask_url(text) if _may_hold_credentials(text) else text)[:limit])
 
 
+# Every virtual key Bifrost issues starts so (its config loader replaces a key without it), and its governance
+# takes an `x-bf-vk` without it for no key at all: a keyless request, refused where keys are mandatory and not
+# narrowed where they are optional, while the exporter would report the view as one tenant's.
+VIRTUAL_KEY_PREFIX: Final = "sk-bf-"
+
+
+def virtual_key_problem(value: str) -> str | None:
+    """Why `value` cannot be sent as a virtual key, or None; never repeats the value."""
+    problem = header_value_problem(value)
+    if problem is None and not value.startswith(VIRTUAL_KEY_PREFIX):
+        problem = f"is not a Bifrost virtual key (they begin with {VIRTUAL_KEY_PREFIX}; the gateway ignores any other)"
+    return problem
+
+
 def _check_secret(name: str, value: str) -> str | None:
     """Why the secret `name` cannot be sent as `value`, or None; never repeats the value."""
     if not value:
         return "is empty"
     if name in ("basic_auth_username", "basic_auth_password"):
         return basic_auth_problem(value, username=name == "basic_auth_username")
+    if name == "virtual_key":
+        return virtual_key_problem(value)
     return header_value_problem(value)
 
 
@@ -183,7 +199,7 @@ def read_virtual_keys(directory: Path) -> tuple[tuple[str, SecretStr], ...]:
     """The keys of a `virtual_key_dir`, each checked to be sendable as `x-bf-vk`."""
     keys: list[tuple[str, SecretStr]] = []
     for name, value in read_virtual_key_dir(directory):
-        problem = header_value_problem(value)
+        problem = virtual_key_problem(value)
         if problem is not None:
             raise ValueError(f"{quoted(str(directory / name))} {problem}")
         keys.append((name, SecretStr(value)))
