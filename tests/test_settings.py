@@ -459,7 +459,9 @@ def test_virtual_key_dir_reads_one_key_per_file_by_name(tmp_path: Path) -> None:
 
 def test_a_virtual_key_without_bifrosts_prefix_is_refused_naming_the_setting(tmp_path: Path) -> None:
     """Bifrost takes an x-bf-vk without sk-bf- for no key: the exporter would list keyless and call it a tenant."""
-    with pytest.raises(ConfigError, match=r"invalid setting virtual_key.*: is not a Bifrost virtual key") as info:
+    with pytest.raises(
+        ConfigError, match=r"invalid setting virtual_key.*: is not a Bifrost virtual key"
+    ) as info:
         load_settings({"virtual_key": "tenant-a-secret-key"})
     assert not leaked("tenant-a-secret-key", str(info.value))
     path = tmp_path / "vk"
@@ -489,7 +491,10 @@ def test_virtual_keys_of_the_single_key_settings(tmp_path: Path) -> None:
         ({"a": b"\xff" + SECRET.encode()}, "'{dir}/a' is not UTF-8 text"),
         ({"a": SECRET.encode(), "b": SECRET.encode() + b"\n"}, "'{dir}/b' holds the same key as 'a'"),
         ({"a b": SECRET.encode()}, "a key's name"),
-        ({"a": b"sk-bf-aaaa", "b": b"tenant-b-key"}, "'{dir}/b' is not a Bifrost virtual key (they begin with sk-bf-"),
+        (
+            {"a": b"sk-bf-aaaa", "b": b"tenant-b-key"},
+            "'{dir}/b' is not a Bifrost virtual key (they begin with sk-bf-",
+        ),
     ],
 )
 def test_virtual_key_dir_refusals_name_the_file_never_the_key(
