@@ -609,7 +609,7 @@ class BifrostClient:
             if exc.status == 404 and exc.gateway_body:
                 result.gone = True
             else:
-                detail = exc.detail
+                detail = exc.detail if key is None else f"virtual key {key!r}: {exc.detail}"
                 if exc.status == 404:
                     detail += (
                         "; not a gateway error body: is the retrieve route missing (old gateway or proxy)?"

@@ -449,3 +449,21 @@ def test_after_a_view_change_a_summary_item_is_retrieved_with_the_key_that_liste
     assert retrieves, "the summary items were never refreshed"
     assert {e["virtual_key"] for e in retrieves} == {B.id}
     assert running == [4] * 12
+
+
+def test_a_failed_retrieve_names_the_key_by_its_file(sim: Simulator, tmp_path: Path) -> None:
+    """A retrieve refused for its key says which tenant's key, as a failed list does (never the value)."""
+    sim.set_virtual_key(dataclasses.replace(A, over_budget=True))
+    settings = make_settings(sim.url, [P], virtual_key_dir=_keys(tmp_path, A), page_size=3)
+
+    async def retrieve() -> Any:
+        client = BifrostClient(settings)
+        try:
+            return await client.retrieve(P, "a1", key="tenant-a")
+        finally:
+            await client.aclose()
+
+    result = asyncio.run(retrieve())
+    assert result.failure is not None and result.failure.status == 402
+    assert result.failure.detail.startswith("virtual key 'tenant-a': ")
+    assert A.value not in result.failure.detail
