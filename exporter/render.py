@@ -216,11 +216,12 @@ def _batch_families(
     for state in counted:
         p = state.provider
         snap = state.snapshot
-        assert snap is not None
         led = state.ledger
-        # Counters for every group listed by the last successful poll, so that a team's first failure is an increase
-        # from 0 that increase() can see, not a series born at 1.
-        listed_groups = sorted({empty, *(g for _, g in snap.counts)})
+        # Counters for every group listed by the last successful poll (before this process's first one, those its
+        # restored ledger knows), so that a team's first failure is an increase from 0 that increase() can see, not
+        # a series born at 1.
+        shown = (g for _, g in snap.counts) if snap is not None else led.groups_seen
+        listed_groups = sorted({empty, *shown})
         for (status, group), n in _with_zeros(led.finished, TERMINAL_STATUSES, listed_groups, 0):
             finished.add_metric([p, status, *group], n)
         for (status, group), values in _with_zeros(
@@ -578,7 +579,10 @@ def render(
 ) -> Rendered:
     """Every encoding of the exposition plus the landing page, from one consistent set of states."""
     fresh = [s for s in states if is_fresh(s, now, stale_after)]
-    counted = [s for s in states if s.snapshot is not None and s.health.last_success is not None]
+    # Counters from a restored state too (a poll succeeded before the restart, none yet since): held back until the
+    # gateway answers again, they would come back with their lifetime totals as new series, and every failure ever
+    # counted would page as one of the last 15 minutes.
+    counted = [s for s in states if s.health.last_success is not None]
     families: list[Metric] = list(_batch_families(fresh, counted, group_labels))
     if per_batch:
         families.extend(_job_families(fresh))

@@ -503,3 +503,32 @@ def test_a_lock_that_cannot_be_taken_leaves_the_directory_alone(
     assert {name: (tmp_path / name).read_bytes() for name in _files(tmp_path) if name != ".lock"} == {
         name: data for name, data in written.items() if name != ".lock"
     }
+
+
+def test_restored_counters_are_served_while_the_gateway_is_down_after_a_restart(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """A restart during a gateway outage (a rollout, an OOM kill): the restored counters are served from the first
+    scrape, not held back until the gateway answers. Held back, they came back with their lifetime totals as new
+    series, and BifrostBatchFailed (`X unless X offset 15m`) paged every failure ever counted."""
+    now = int(time.time())
+    sim.add_batch(P, batch_id="b1", status="in_progress", created_at=now - 600, expires_at=now + 86400)
+    settings = make_settings(sim.url, [P], state_dir=tmp_path)
+    with ExporterThread(settings) as exp:
+        exp.poll()
+        sim.set_status(P, "b1", "failed", now + 1, error_code="server_error")
+        exp.poll()
+        before = exp.samples()
+    assert value(before, "bifrost_batch_finished_total", provider=P, status="failed") == 1
+    failures = {labels: v for (name, labels), v in before.items() if name == "bifrost_batch_failures_total"}
+    sim.set_fault("server_error")
+    with ExporterThread(settings) as exp:
+        first = exp.samples()  # before any poll of this process
+        exp.poll()
+        during = exp.samples()
+    for samples in (first, during):
+        assert value(samples, "bifrost_batch_finished_total", provider=P, status="failed") == 1
+        shown = {labels: v for (name, labels), v in samples.items() if name == "bifrost_batch_failures_total"}
+        assert shown == failures
+        assert value(samples, "bifrost_batches", provider=P, status="failed") is None  # no list: no gauges
+    assert value(during, "bifrost_batch_exporter_up", provider=P) == 0
