@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import difflib
+import functools
 import ipaddress
 import json
 import os
 import re
+import typing
 from collections.abc import Collection, Mapping
 from contextvars import ContextVar
 from itertools import pairwise
@@ -204,6 +206,17 @@ def read_virtual_keys(directory: Path) -> tuple[tuple[str, SecretStr], ...]:
             raise ValueError(f"{quoted(str(directory / name))} {problem}")
         keys.append((name, SecretStr(value)))
     return tuple(keys)
+
+
+@functools.cache
+def _number_fields(model: type[BaseSettings]) -> frozenset[str]:
+    """The settings whose type is a number (or a number or None)."""
+    numbers: set[str] = set()
+    for name, field in model.model_fields.items():
+        kinds = typing.get_args(field.annotation) or (field.annotation,)
+        if any(kind in (int, float) for kind in kinds) and bool not in kinds:
+            numbers.add(name)
+    return frozenset(numbers)
 
 
 def _note_deprecated(text: str) -> None:
@@ -609,6 +622,18 @@ class Settings(BaseSettings):
     def _readable(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
             raise ValueError(f"file {quoted(str(value))} does not exist or is not a file")
+        return value
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """A number setting given a boolean is refused: YAML reads `yes`, `on` and `true` as booleans, and lax
+        validation would take them for 1 (`page_size: yes` is a list walk of a hundred times the requests), while
+        the same word from a flag or the environment is refused."""
+        if isinstance(value, bool) and info.field_name in _number_fields(cls):
+            raise ValueError(
+                f"must be a number, not the boolean {str(value).lower()} (YAML reads yes/no/on/off so)"
+            )
         return value
 
     @model_validator(mode="before")

@@ -794,3 +794,25 @@ def test_checks_of_two_settings_name_one_setting_and_its_source(monkeypatch: pyt
         "invalid setting bearer_token (from the command line): basic_auth_username/basic_auth_password are set "
         "too; choose one login"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "setting"),
+    [
+        ("page_size: yes\n", "page_size"),
+        ("poll_interval_seconds: true\n", "poll_interval_seconds"),
+        ("per_batch_limit: on\n", "per_batch_limit"),
+        ("max_retries: no\n", "max_retries"),
+        ("stale_after_seconds: off\n", "stale_after_seconds"),
+    ],
+)
+def test_a_yaml_boolean_is_not_read_as_a_number(tmp_path: Path, text: str, setting: str) -> None:
+    """YAML reads yes/on/true as booleans; taken for 1 (`page_size: yes`: a hundred times the list requests) the
+    file would say what a flag or the environment is refused for."""
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, config)
+    message = str(info.value)
+    assert message.startswith(f"invalid setting {setting}=") and f"(from config file {config}:1:1)" in message
+    assert "must be a number, not the boolean" in message
