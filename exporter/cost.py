@@ -15,10 +15,17 @@ ledger counts as finished this module awaits that row (`GET /api/logs/{id}`, beh
   `cost_horizon_seconds` after the batch finished; a cost that appears meanwhile counts then, as `priced`. Past the
   horizon it counts `unpriced`, with its tokens and requests and no dollars (a partial sum would read as the whole
   cost); no row at all by then counts `missing`. Every batch id gets exactly one result;
+- a batch that ran past the sweeper's patience (120 checks, about a day) is settled only by a
+  `/v1/batches/{id}/results` call, usually the user's pipeline fetching its results some time after the end: it
+  is awaited like the others, so a row written then counts, and no row by the horizon is `missing` (a real gap,
+  which that call closes);
 - batches Bifrost never settles are not awaited, so they cannot show as missing: providers without a usage
   extractor, Azure's `canceled` (not a terminal status to Bifrost), finished batches with no succeeded request.
-  Those it settles only sometimes (a failed batch outside Bedrock, counts not measured, a batch older than the
-  sweeper's patience) get one look-up and count only when a row is there.
+  Those it settles only sometimes (a failed batch outside Bedrock, counts not measured) are looked up on the same
+  schedule and count when a row appears; no row by the horizon gives them no result (counting them missing would
+  page for batches that never get a row);
+- a batch whose row never comes costs at most 13 look-ups in the day after its end (gaps of 2, 5, 15, 30 minutes,
+  then 1, 2 and 4 hours) and 6 a day beyond that, up to `cost_horizon_seconds`.
 
 A new (model, group) series is exposed at 0 for `hold_seconds` before its first amount is added, so that
 Prometheus' increase() sees the first settlement of a new model or team as an increase, not as the series' start.
@@ -255,7 +262,7 @@ class _Awaited:
     next_at: float
     group: Group
     looks: int = 0
-    maybe: bool = False  # one look-up; counted only when a row is there
+    maybe: bool = False  # a kind Bifrost settles only sometimes: no row by the horizon is no result
     row_seen: bool = False  # a row without a cost was read: awaiting its cost, not the row
 
     def to_state(self) -> list[Any]:
@@ -370,7 +377,10 @@ class CostLedger:
         finished_at = ts if ts is not None and ts <= now else now
         settled = settled_by(batch.created, finished_at)
         if settled is None:
-            kind = "maybe"  # past the sweeper's 120 checks: only a /results call settles it
+            # Past the sweeper's 120 checks: only a /results call settles it, usually the user's pipeline fetching
+            # the results some time after the end. Awaited as any other (a settling kind with no row by the horizon
+            # is `missing`: a gap the operator closes with that call); the first look comes when the sweeper's
+            # last check could still have settled it (its jitter makes its patience longer than settled_by's).
             settled = finished_at + 2 * SWEEP_INTERVAL
         entry = _Awaited(
             finished_at=finished_at,
@@ -413,11 +423,10 @@ class CostLedger:
         entry.looks += 1
         final = now >= entry.finished_at + self.horizon
         if row is None:
-            if entry.maybe:
-                self._drop(batch_id)
-            elif final:
-                self._count("missing", entry.group, None, now)
-                self._drop(batch_id)
+            if final:
+                if not entry.maybe:
+                    self._count("missing", entry.group, None, now)
+                self._drop(batch_id)  # a kind Bifrost settles only sometimes: no row, no result
             else:
                 self._schedule(batch_id, entry, now, ABSENT_GAPS)
             return
@@ -449,8 +458,7 @@ class CostLedger:
             self._awaiting_cost += 1
         if now >= entry.finished_at + self.horizon:
             # A row the gateway keeps answering wrongly past the horizon: no cost could be read for it.
-            self._count("unpriced" if entry.row_seen else "missing", entry.group, None, now)
-            self._drop(batch_id)
+            self._give_up(batch_id, entry, now)
             return
         entry.looks += 1
         self._schedule(batch_id, entry, now, ABSENT_GAPS)
@@ -498,6 +506,15 @@ class CostLedger:
         self._dirty.add(batch_id)
         heapq.heappush(self._due, (entry.next_at, batch_id))
 
+    def _give_up(self, batch_id: str, entry: _Awaited, now: float) -> None:
+        """No cost could be read by the horizon: `unpriced` when a row was seen, else `missing`, except for a
+        kind Bifrost settles only sometimes, which gets no result (counting it missing would page falsely)."""
+        if entry.row_seen:
+            self._count("unpriced", entry.group, None, now)
+        elif not entry.maybe:
+            self._count("missing", entry.group, None, now)
+        self._drop(batch_id)
+
     def _drop(self, batch_id: str) -> None:
         entry = self._awaited.pop(batch_id, None)
         if entry is not None and entry.row_seen:
@@ -508,9 +525,7 @@ class CostLedger:
         """Past `max_awaited`, the batch that finished first is given up on as missing (an honest gap, logged)."""
         while len(self._awaited) >= self.max_awaited:
             oldest = min(self._awaited, key=lambda i: self._awaited[i].finished_at)
-            entry = self._awaited[oldest]
-            self._count("unpriced" if entry.row_seen else "missing", entry.group, None, self._clock())
-            self._drop(oldest)
+            self._give_up(oldest, self._awaited[oldest], self._clock())
             if not self._evicted_warned:
                 self._evicted_warned = True
                 self.log.warning(
