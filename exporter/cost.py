@@ -444,20 +444,24 @@ class CostLedger:
             self._schedule(batch_id, entry, now, UNPRICED_GAPS)
 
     def failed(self, batch_id: str, failure: Failure, now: float, *, row_fault: bool) -> None:
-        """The look-up failed. A fault of this row (answered, but unreadable): looked up again after a gap, so it
-        does not hold up the others, and given up on at the horizon. Any other failure says nothing about the row
-        (the gateway, its route or its login is failing): due again next poll, never counted while it lasts."""
+        """The look-up failed. A fault of this row (the gateway answered with a body that cannot be read, or failed
+        on this id while it answered others): looked up again after a gap, so it does not hold up the others, and
+        given up on at the horizon. Any other failure may be the gateway's (it, its route or its login failing): due
+        again next poll, behind the ids due now, so that one row the gateway fails on never comes first in every
+        round; never counted while it lasts."""
         entry = self._awaited.get(batch_id)
         if entry is None:
             return
         if not row_fault:
+            entry.next_at = now  # the ids due before it come first
+            self._dirty.add(batch_id)
             heapq.heappush(self._due, (entry.next_at, batch_id))
             return
-        if failure.status is not None and not entry.row_seen:
+        if failure.status is not None and 200 <= failure.status < 300 and not entry.row_seen:
             entry.row_seen = True  # the gateway answered with something for this id: a row, awaiting a cost
             self._awaiting_cost += 1
         if now >= entry.finished_at + self.horizon:
-            # A row the gateway keeps answering wrongly past the horizon: no cost could be read for it.
+            # A row the gateway keeps failing on, or answering wrongly, past the horizon: no cost could be read.
             self._give_up(batch_id, entry, now)
             return
         entry.looks += 1
@@ -793,8 +797,16 @@ class _Lookup(Protocol):
 
 
 async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
-    """The look-ups due now, at most `allowance` requests (the client paces them with the provider's lists); the
-    first failure of the gateway itself ends the round. Returns the requests sent."""
+    """The look-ups due now, at most `allowance` requests (the client paces them with the provider's lists).
+    Returns the requests sent.
+
+    A failed look-up (not an unreadable body: an error status, a timeout, a refused connection) is judged by the
+    next one. The first look-up of a round failing while other ids are due ends the round, as the gateway's failure
+    (cost_up 0; a down logs API gets one look-up a poll), and that id goes behind the others, so the next round
+    starts with another. Otherwise one more look-up follows: the next due id, or the login check's id (which never
+    exists: a 404 when the logs API works). If it answers, the failure was the row's own (its store read failing, a
+    proxy rule for that path): that id waits a gap and the round goes on. If it fails too, the gateway is failing.
+    """
     if not costs.settles:
         return 0
     now = costs.now()
@@ -802,21 +814,51 @@ async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
     sent = 0
     ok: bool | None = None
     first_failure: Failure | None = None
+    suspect: tuple[str, Failure] | None = None  # a failed look-up the next one judges
     provider = costs.provider
     while sent < allowance:
         batch_id = costs.next_due(now)
         probe = False
         if batch_id is None:
-            if ok is not None or not costs.probe_wanted():
+            if suspect is None and (ok is not None or not costs.probe_wanted()):
                 break
             batch_id, probe = costs.probe_id(), True
         log_id = settlement_id(provider, batch_id)
         got = await client.settlement(provider, log_id, parse_row(log_id))
         sent += got.requests
         now = costs.now()
-        if got.failure is not None and got.row_fault and not probe:
+        if got.failure is not None and (probe or not got.row_fault):
+            others_due = (at := costs.next_at()) is not None and at <= now
+            if suspect is None and not probe and (ok is not None or not others_due):
+                suspect = (batch_id, got.failure)
+                continue
+            # Two failures in a row, the login check failing, or the first look-up failing with others waiting.
+            first_failure = first_failure or (suspect[1] if suspect is not None else got.failure)
+            ok = False
+            if suspect is not None:
+                costs.failed(suspect[0], suspect[1], now, row_fault=False)
+                suspect = None
+            if not probe:
+                costs.failed(batch_id, got.failure, now, row_fault=False)
+            break
+        # The gateway answered.
+        ok = True if ok is None else ok
+        if suspect is not None:
+            failing_id, failure = suspect
+            suspect = None
+            costs.failed(failing_id, failure, now, row_fault=True)
+            costs.log.warning(
+                "settlement_row_failing",
+                provider=provider,
+                batch_id=failing_id[:256],
+                reason=failure.reason,
+                http_status=failure.status,
+                detail=failure.detail,
+                consequence="the gateway answers other look-ups: this row is looked up again after a gap; counted "
+                "missing if still failing at cost_horizon_seconds",
+            )
+        if got.failure is not None:
             # The gateway answered; the row is unreadable: the look-ups work (cost_up stays), this row waits.
-            ok = True if ok is None else ok
             costs.failed(batch_id, got.failure, now, row_fault=True)
             costs.log.warning(
                 "settlement_row_unreadable",
@@ -826,16 +868,10 @@ async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
                 consequence="looked up again after a gap; counted unpriced (or missing) if still unreadable at "
                 "cost_horizon_seconds",
             )
-            continue
-        if got.failure is not None:
-            first_failure = first_failure or got.failure
-            ok = False
-            if not probe:
-                costs.failed(batch_id, got.failure, now, row_fault=False)
-            break
-        ok = True if ok is None else ok
-        if not probe:
+        elif not probe:
             costs.answered(batch_id, got.row, now)
+    if suspect is not None:  # the allowance ran out before the next look-up could judge it
+        costs.failed(suspect[0], suspect[1], now, row_fault=False)
     was = costs.up
     costs.round_done(sent, ok)
     costs.release(now)
