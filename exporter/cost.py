@@ -13,8 +13,10 @@ ledger counts as finished this module awaits that row (`GET /api/logs/{id}`, beh
   never read, so never counted twice;
 - a row without a cost (a model the gateway could not price; `incomplete`) is looked at again until
   `cost_horizon_seconds` after the batch finished; a cost that appears meanwhile counts then, as `priced`. Past the
-  horizon it counts `unpriced`, with its tokens and requests and no dollars (a partial sum would read as the whole
-  cost); no row at all by then counts `missing`. Every batch id gets exactly one result;
+  horizon it counts `unpriced`, with its tokens but no dollars (a partial sum would read as the whole cost) and so
+  no settled requests (they are the divisor of a cost per request: without their dollars they would lower it, to $0
+  for a model the catalog never priced); no row at all by then counts `missing`. Every batch id gets exactly one
+  result;
 - a batch that ran past the sweeper's patience (120 checks, about a day) is settled only by a
   `/v1/batches/{id}/results` call, usually the user's pipeline fetching its results some time after the end: it
   is awaited like the others, so a row written then counts, and no row by the horizon is `missing` (a real gap,
@@ -301,7 +303,7 @@ class CostView:
     up: bool | None  # None until the first look-up (or login check) answered
     dollars: Mapping[tuple[str, Group], float]  # (model, group)
     tokens: Mapping[tuple[str, str, Group], int]  # (model, type, group)
-    requests: Mapping[tuple[str, Group], int]  # (model, group): requests of the settled batches
+    requests: Mapping[tuple[str, Group], int]  # (model, group): requests of the priced settlements
     settlements: Mapping[tuple[str, Group], int]  # (result, group), every result of every group
     awaited: Mapping[str, int]  # awaiting ∈ AWAITING
     lookups: int  # requests sent to the logs API, retries included
@@ -571,11 +573,13 @@ class CostLedger:
                 self._tokens[(model, kind, group)] = 0
             if self.hold_seconds > 0:
                 self._fresh[series] = now + self.hold_seconds
-        credit = _Credit(model, group, dollars, row.prompt, row.completion, row.requests)
+        # Requests only with their dollars: they are the divisor of a cost per request.
+        requests = row.requests if result == "priced" else 0
+        credit = _Credit(model, group, dollars, row.prompt, row.completion, requests)
         if series in self._fresh:
             self._held.append(credit)
         else:
-            self._add(model, group, dollars, row.prompt, row.completion, row.requests)
+            self._add(model, group, dollars, row.prompt, row.completion, requests)
 
     def _add(
         self, model: str, group: Group, dollars: float, prompt: int, completion: int, requests: int

@@ -387,6 +387,23 @@ def test_no_cost_by_the_horizon_counts_unpriced_with_tokens_and_no_dollars(clock
     assert view.tokens[(MINI, "prompt", ())] == 100
 
 
+def test_requests_count_with_their_dollars_so_a_cost_per_request_is_the_priced_ones(clock: Clock) -> None:
+    """settled_requests_total is the divisor of a cost per request (README, dashboard): an `unpriced` settlement
+    adds its tokens but no dollars, so its requests are not added either — else a model's unit price reads low, and
+    $0 for a model the catalog never priced."""
+    costs = ledger(clock, horizon_seconds=3600.0)
+    for bid in ("priced", "unpriced", "never_priced"):
+        costs.finished(batch(bid), "completed", T0, ())
+    costs.answered("priced", Row(1.0, MINI, 1000, 100, 100), T0 + 600)
+    costs.answered("unpriced", Row(None, MINI, 1000, 100, 100), T0 + 3601)
+    costs.answered("never_priced", Row(None, "model-x", 500, 50, 40), T0 + 3601)
+    view = costs.view()
+    assert (view.settlements_total("priced"), view.settlements_total("unpriced")) == (1, 2)
+    assert 1000 * view.dollars[(MINI, ())] / view.requests[(MINI, ())] == 10.0
+    assert view.requests[("model-x", ())] == 0 and view.dollars[("model-x", ())] == 0.0
+    assert view.tokens[(MINI, "prompt", ())] == 2000 and view.tokens[("model-x", "prompt", ())] == 500
+
+
 def _until_the_horizon(costs: CostLedger, rows: dict[str, tuple[float, Row]]) -> dict[str, int]:
     """Every look-up of `costs` answered, up to the last one: `rows[id]` is (written at, row), else a 404.
     Returns the look-ups per batch id."""
