@@ -34,7 +34,9 @@ Prometheus' increase() sees the first settlement of a new model or team as an in
 
 The awaited ids, the counters and the held amounts are durable (`to_state`/`load_state`, plain versioned JSON,
 saved in the same atomic write as the batch ledger whose finish created them, so a crash can neither lose an
-awaited id nor count one twice); `delta`/`apply_delta` give the same content as changes since the last save.
+awaited id nor count one twice); `delta`/`apply_delta` give the same content as changes since the last save: the
+counters that changed (with metadata groups there are thousands), so a poll that counted nothing writes a few
+hundred bytes.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ UNKNOWN_MODEL: Final = "unknown"
 MAX_MODELS: Final = 20
 MAX_AWAITED: Final = 100_000
 STATE_VERSION: Final = 1
+# A journal record's changes: version 1 carried the counters whole, version 2 only those changed since the last save.
+DELTA_VERSION: Final = 2
 
 # The sweeper (sweeper.go, batch.go): a minute's grid, first check a minute after the batch was created.
 SWEEP_INTERVAL: Final = 60.0
@@ -363,8 +367,14 @@ class CostLedger:
         self._model_overflowed = False
         self._evicted_warned = False
         self._probe_due = True
-        # What changed since the last save (delta): awaited ids added, changed or removed.
+        # What changed since the last save (delta): awaited ids added, changed or removed; the (model, group) series
+        # whose dollars, requests or tokens changed; the settlement counters changed; the held amounts, the models.
         self._dirty: set[str] = set()
+        # (Dicts as ordered sets: a replay adds new series in the order they came, so it rebuilds the same state.)
+        self._changed_series: dict[tuple[str, Group], None] = {}
+        self._changed_settlements: dict[tuple[str, Group], None] = {}
+        self._held_changed = False
+        self._models_changed = False
 
     # --- events ---------------------------------------------------------------------------------------------------
 
@@ -502,6 +512,8 @@ class CostLedger:
             self._add(
                 credit.model, credit.group, credit.dollars, credit.prompt, credit.completion, credit.requests
             )
+        if len(keep) != len(self._held):
+            self._held_changed = True
         self._held = keep
 
     # --- internals --------------------------------------------------------------------------------------------------
@@ -546,6 +558,7 @@ class CostLedger:
             return model
         if len(self._models) < MAX_MODELS:
             self._models.add(model)
+            self._models_changed = True
             return model
         if not self._model_overflowed:
             self._model_overflowed = True
@@ -559,6 +572,7 @@ class CostLedger:
     def _count(self, result: Result, group: Group, row: Row | None, now: float) -> None:
         key = (result, group)
         self._settlements[key] = self._settlements.get(key, 0) + 1
+        self._changed_settlements[key] = None
         self._groups.add(group)
         if row is None:
             return
@@ -571,6 +585,7 @@ class CostLedger:
             self._requests[series] = 0
             for kind in TOKEN_TYPES:
                 self._tokens[(model, kind, group)] = 0
+            self._changed_series[series] = None
             if self.hold_seconds > 0:
                 self._fresh[series] = now + self.hold_seconds
         # Requests only with their dollars: they are the divisor of a cost per request.
@@ -578,6 +593,7 @@ class CostLedger:
         credit = _Credit(model, group, dollars, row.prompt, row.completion, requests)
         if series in self._fresh:
             self._held.append(credit)
+            self._held_changed = True
         else:
             self._add(model, group, dollars, row.prompt, row.completion, requests)
 
@@ -585,6 +601,7 @@ class CostLedger:
         self, model: str, group: Group, dollars: float, prompt: int, completion: int, requests: int
     ) -> None:
         series = (model, group)
+        self._changed_series[series] = None
         self._dollars[series] = self._dollars.get(series, 0.0) + dollars
         self._requests[series] = self._requests.get(series, 0) + requests
         for kind, n in (("prompt", prompt), ("completion", completion)):
@@ -615,8 +632,24 @@ class CostLedger:
 
     # --- durable state ----------------------------------------------------------------------------------------------
 
-    def _counters(self) -> dict[str, Any]:
+    def _held_state(self) -> list[list[Any]]:
+        return [
+            [
+                self._fresh.get((c.model, c.group), 0.0),
+                c.model,
+                list(c.group),
+                c.dollars,
+                c.prompt,
+                c.completion,
+                c.requests,
+            ]
+            for c in self._held
+        ]
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything a restarted process needs to resume: plain JSON types, bounded by the caps above."""
         return {
+            "version": STATE_VERSION,
             "metadata_keys": list(self.metadata_keys),
             "lookups": self._lookups,
             "models": sorted(self._models),
@@ -624,42 +657,47 @@ class CostLedger:
             "tokens": [[m, k, list(g), n] for (m, k, g), n in self._tokens.items()],
             "requests": [[m, list(g), n] for (m, g), n in self._requests.items()],
             "settlements": [[r, list(g), n] for (r, g), n in self._settlements.items()],
-            "held": [
-                [
-                    self._fresh.get((c.model, c.group), 0.0),
-                    c.model,
-                    list(c.group),
-                    c.dollars,
-                    c.prompt,
-                    c.completion,
-                    c.requests,
-                ]
-                for c in self._held
-            ],
-        }
-
-    def to_state(self) -> dict[str, Any]:
-        """Everything a restarted process needs to resume: plain JSON types, bounded by the caps above."""
-        return {
-            "version": STATE_VERSION,
-            **self._counters(),
+            "held": self._held_state(),
             "awaited": {i: e.to_state() for i, e in self._awaited.items()},
         }
 
     def delta(self) -> dict[str, Any]:
-        """What changed since the last `mark_saved`: the counters whole (a few hundred numbers at most), the
-        awaited ids added or changed, and those removed. `apply_delta` on the state saved before gives `to_state`."""
-        changed = {i: self._awaited[i].to_state() for i in self._dirty if i in self._awaited}
-        return {
-            "version": STATE_VERSION,
+        """What changed since the last `mark_saved`: the counters that changed (their new values, not increments,
+        so a record written twice reads the same), the models and held amounts when they changed, the awaited ids
+        added or changed, and those removed. `apply_delta` on the state saved before gives `to_state`.
+
+        A poll that counted nothing writes a few hundred bytes whatever the number of (model, group) series: with
+        metadata groups the counters run to thousands of numbers, and writing them whole made every journal record
+        tens to hundreds of kilobytes."""
+        series = list(self._changed_series)
+        out: dict[str, Any] = {
+            "version": DELTA_VERSION,
             "delta": True,
-            **self._counters(),
-            "awaited": changed,
+            "metadata_keys": list(self.metadata_keys),
+            "lookups": self._lookups,
+            "dollars": [[m, list(g), self._dollars[(m, g)]] for m, g in series],
+            "tokens": [
+                [m, k, list(g), self._tokens[(m, k, g)]]
+                for m, g in series
+                for k in TOKEN_TYPES
+                if (m, k, g) in self._tokens
+            ],
+            "requests": [[m, list(g), self._requests[(m, g)]] for m, g in series],
+            "settlements": [[r, list(g), self._settlements[(r, g)]] for r, g in self._changed_settlements],
+            "awaited": {i: self._awaited[i].to_state() for i in self._dirty if i in self._awaited},
             "removed": sorted(i for i in self._dirty if i not in self._awaited),
         }
+        if self._models_changed:
+            out["models"] = sorted(self._models)
+        if self._held_changed:
+            out["held"] = self._held_state()
+        return out
 
     def mark_saved(self) -> None:
         self._dirty.clear()
+        self._changed_series.clear()
+        self._changed_settlements.clear()
+        self._held_changed = self._models_changed = False
 
     def load_state(self, state: Mapping[str, Any] | None) -> list[str]:
         """Resume from `to_state` output (None: nothing saved). Raises (KeyError, TypeError, ValueError) on a
@@ -672,10 +710,22 @@ class CostLedger:
         return notes
 
     def apply_delta(self, delta: Mapping[str, Any]) -> list[str]:
-        """Replay one `delta` on top of what was loaded (the same checks as `load_state`)."""
+        """Replay one `delta` on top of what was loaded (the same checks as `load_state`). A delta of version 1
+        (an earlier release's journal) carries the counters whole; one of version 2 only those that changed."""
         fresh = self._blank()
         fresh._awaited = dict(self._awaited)
-        notes = fresh._apply(delta, full=False)
+        if delta.get("version") == DELTA_VERSION:
+            fresh._lookups = self._lookups
+            fresh._models = set(self._models)
+            fresh._dollars = dict(self._dollars)
+            fresh._tokens = dict(self._tokens)
+            fresh._requests = dict(self._requests)
+            fresh._settlements = dict(self._settlements)
+            fresh._held = list(self._held)
+            fresh._fresh = dict(self._fresh)
+            notes = fresh._apply(delta, full=False, changes=True)
+        else:
+            notes = fresh._apply(delta, full=False)
         self._take(fresh)
         return notes
 
@@ -695,9 +745,11 @@ class CostLedger:
         self.__dict__.update(other.__dict__)
         self.up, self._probe_due = up, probe
 
-    def _apply(self, state: Mapping[str, Any], *, full: bool) -> list[str]:
+    def _apply(self, state: Mapping[str, Any], *, full: bool, changes: bool = False) -> list[str]:
+        """`state` onto this ledger: a whole state or a version-1 delta onto empty counters (`changes` False), or a
+        version-2 delta's changed counters onto those already loaded (`changes` True)."""
         version = state["version"]
-        if version != STATE_VERSION:
+        if version != (DELTA_VERSION if changes else STATE_VERSION):
             raise ValueError(f"cost state version {version!r}")
         notes: list[str] = []
         width = len(self.metadata_keys)
@@ -715,27 +767,32 @@ class CostLedger:
             return group
 
         self._lookups = _natural(state["lookups"])
-        models = {model_of(m) for m in state["models"]}
-        if len(models) > MAX_MODELS:
-            raise ValueError("more models than the cap admits")
-        self._models = models
+        if not changes or "models" in state:
+            models = {model_of(m) for m in state["models"]}
+            if len(models) > MAX_MODELS:
+                raise ValueError("more models than the cap admits")
+            self._models = models
+        # A whole state's values are summed onto empty counters (two names a state written before label_text
+        # cleaned them may now be one); a version-2 delta's are the counters' new values, written from clean names.
+        base = 0 if changes else 1
         if same_keys:
-            # Summed, not set: two names a state written before label_text cleaned them may now be one.
             for m, g, v in state["dollars"]:
                 key = (model_of(m), group_of(g))
-                self._dollars[key] = self._dollars.get(key, 0.0) + _finite_nonnegative(v)
+                self._dollars[key] = self._dollars.get(key, 0.0) * base + _finite_nonnegative(v)
             for m, k, g, n in state["tokens"]:
                 if k not in TOKEN_TYPES:
                     raise ValueError("unknown token type")
                 tkey = (model_of(m), str(k), group_of(g))
-                self._tokens[tkey] = self._tokens.get(tkey, 0) + _natural(n)
+                self._tokens[tkey] = self._tokens.get(tkey, 0) * base + _natural(n)
             for m, g, n in state["requests"]:
                 key = (model_of(m), group_of(g))
-                self._requests[key] = self._requests.get(key, 0) + _natural(n)
+                self._requests[key] = self._requests.get(key, 0) * base + _natural(n)
             for r, g, n in state["settlements"]:
                 if r not in RESULTS:
                     raise ValueError("unknown settlement result")
                 self._settlements[(str(r), group_of(g))] = _natural(n)
+        if same_keys and (not changes or "held" in state):
+            self._held, self._fresh = [], {}
             for release_at, m, g, dollars, prompt, completion, requests in state["held"]:
                 credit = _Credit(
                     model_of(m), group_of(g), _finite_nonnegative(dollars), _natural(prompt),

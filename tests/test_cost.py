@@ -682,6 +682,33 @@ def test_a_delta_on_the_last_saved_state_gives_the_whole_state(clock: Clock) -> 
     assert replay.to_state() == costs.to_state()
 
 
+def test_a_record_of_the_previous_release_with_the_counters_whole_still_replays(clock: Clock) -> None:
+    """Journal records written before records held only the changed counters carry them whole (delta version 1):
+    an upgraded exporter replays them as they were meant. A version-2 record with a bad value is refused whole."""
+    costs = _busy(clock)
+    saved = json.loads(json.dumps(costs.to_state()))
+    costs.mark_saved()
+    now = T0 + 3000 + 3600
+    for bid in drain(costs, now):
+        costs.answered(bid, row(3.0), now)
+    whole = {
+        **costs.to_state(),
+        "delta": True,
+        "awaited": {},
+        "removed": sorted(set(saved["awaited"]) - set(costs.awaiting())),
+    }
+    replay = CostLedger("openai", clock=clock, metadata_keys=("team",), hold_seconds=60.0, log=Lines())
+    replay.load_state(saved)
+    replay.apply_delta(json.loads(json.dumps(whole)))
+    assert replay.to_state() == costs.to_state()
+    bad = json.loads(json.dumps(costs.delta()))
+    bad["dollars"][0][2] = -1.0
+    before = replay.to_state()
+    with pytest.raises(ValueError):
+        replay.apply_delta(bad)
+    assert replay.to_state() == before
+
+
 @pytest.mark.parametrize(
     "damage",
     [
