@@ -540,7 +540,8 @@ class CostLedger:
         self._dirty.add(batch_id)
 
     def _make_room(self) -> None:
-        """Past `max_awaited`, the batch that finished first is given up on as missing (an honest gap, logged)."""
+        """Past `max_awaited`, the batch that finished first is given up on as at its horizon (`missing`, or
+        `unpriced` with a row seen; no result for a kind settled only sometimes): an honest gap, logged."""
         while len(self._awaited) >= self.max_awaited:
             oldest = min(self._awaited, key=lambda i: self._awaited[i].finished_at)
             self._give_up(oldest, self._awaited[oldest], self._clock())
@@ -774,19 +775,19 @@ class CostLedger:
             self._models = models
         # A whole state's values are summed onto empty counters (two names a state written before label_text
         # cleaned them may now be one); a version-2 delta's are the counters' new values, written from clean names.
-        base = 0 if changes else 1
+        summed = not changes
         if same_keys:
             for m, g, v in state["dollars"]:
                 key = (model_of(m), group_of(g))
-                self._dollars[key] = self._dollars.get(key, 0.0) * base + _finite_nonnegative(v)
+                self._dollars[key] = (self._dollars.get(key, 0.0) if summed else 0.0) + _finite_nonnegative(v)
             for m, k, g, n in state["tokens"]:
                 if k not in TOKEN_TYPES:
                     raise ValueError("unknown token type")
                 tkey = (model_of(m), str(k), group_of(g))
-                self._tokens[tkey] = self._tokens.get(tkey, 0) * base + _natural(n)
+                self._tokens[tkey] = (self._tokens.get(tkey, 0) if summed else 0) + _natural(n)
             for m, g, n in state["requests"]:
                 key = (model_of(m), group_of(g))
-                self._requests[key] = self._requests.get(key, 0) * base + _natural(n)
+                self._requests[key] = (self._requests.get(key, 0) if summed else 0) + _natural(n)
             for r, g, n in state["settlements"]:
                 if r not in RESULTS:
                     raise ValueError("unknown settlement result")
