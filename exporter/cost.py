@@ -13,19 +13,30 @@ ledger counts as finished this module awaits that row (`GET /api/logs/{id}`, beh
   never read, so never counted twice;
 - a row without a cost (a model the gateway could not price; `incomplete`) is looked at again until
   `cost_horizon_seconds` after the batch finished; a cost that appears meanwhile counts then, as `priced`. Past the
-  horizon it counts `unpriced`, with its tokens and requests and no dollars (a partial sum would read as the whole
-  cost); no row at all by then counts `missing`. Every batch id gets exactly one result;
+  horizon it counts `unpriced`, with its tokens but no dollars (a partial sum would read as the whole cost) and so
+  no settled requests (they are the divisor of a cost per request: without their dollars they would lower it, to $0
+  for a model the catalog never priced); no row at all by then counts `missing`. Every batch id gets exactly one
+  result;
+- a batch that ran past the sweeper's patience (120 checks, about a day) is settled only by a
+  `/v1/batches/{id}/results` call, usually the user's pipeline fetching its results some time after the end: it
+  is awaited like the others, so a row written then counts, and no row by the horizon is `missing` (a real gap,
+  which that call closes);
 - batches Bifrost never settles are not awaited, so they cannot show as missing: providers without a usage
   extractor, Azure's `canceled` (not a terminal status to Bifrost), finished batches with no succeeded request.
-  Those it settles only sometimes (a failed batch outside Bedrock, counts not measured, a batch older than the
-  sweeper's patience) get one look-up and count only when a row is there.
+  Those it settles only sometimes (a failed batch outside Bedrock, counts not measured) are looked up on the same
+  schedule and count when a row appears; no row by the horizon gives them no result (counting them missing would
+  page for batches that never get a row);
+- a batch whose row never comes costs at most 13 look-ups in the day after its end (gaps of 2, 5, 15, 30 minutes,
+  then 1, 2 and 4 hours) and 6 a day beyond that, up to `cost_horizon_seconds`.
 
 A new (model, group) series is exposed at 0 for `hold_seconds` before its first amount is added, so that
 Prometheus' increase() sees the first settlement of a new model or team as an increase, not as the series' start.
 
 The awaited ids, the counters and the held amounts are durable (`to_state`/`load_state`, plain versioned JSON,
 saved in the same atomic write as the batch ledger whose finish created them, so a crash can neither lose an
-awaited id nor count one twice); `delta`/`apply_delta` give the same content as changes since the last save.
+awaited id nor count one twice); `delta`/`apply_delta` give the same content as changes since the last save: the
+counters that changed (with metadata groups there are thousands), so a poll that counted nothing writes a few
+hundred bytes.
 """
 
 from __future__ import annotations
@@ -60,6 +71,8 @@ UNKNOWN_MODEL: Final = "unknown"
 MAX_MODELS: Final = 20
 MAX_AWAITED: Final = 100_000
 STATE_VERSION: Final = 1
+# A journal record's changes: version 1 carried the counters whole, version 2 only those changed since the last save.
+DELTA_VERSION: Final = 2
 
 # The sweeper (sweeper.go, batch.go): a minute's grid, first check a minute after the batch was created.
 SWEEP_INTERVAL: Final = 60.0
@@ -255,7 +268,7 @@ class _Awaited:
     next_at: float
     group: Group
     looks: int = 0
-    maybe: bool = False  # one look-up; counted only when a row is there
+    maybe: bool = False  # a kind Bifrost settles only sometimes: no row by the horizon is no result
     row_seen: bool = False  # a row without a cost was read: awaiting its cost, not the row
 
     def to_state(self) -> list[Any]:
@@ -294,7 +307,7 @@ class CostView:
     up: bool | None  # None until the first look-up (or login check) answered
     dollars: Mapping[tuple[str, Group], float]  # (model, group)
     tokens: Mapping[tuple[str, str, Group], int]  # (model, type, group)
-    requests: Mapping[tuple[str, Group], int]  # (model, group): requests of the settled batches
+    requests: Mapping[tuple[str, Group], int]  # (model, group): requests of the priced settlements
     settlements: Mapping[tuple[str, Group], int]  # (result, group), every result of every group
     awaited: Mapping[str, int]  # awaiting ∈ AWAITING
     lookups: int  # requests sent to the logs API, retries included
@@ -354,8 +367,14 @@ class CostLedger:
         self._model_overflowed = False
         self._evicted_warned = False
         self._probe_due = True
-        # What changed since the last save (delta): awaited ids added, changed or removed.
+        # What changed since the last save (delta): awaited ids added, changed or removed; the (model, group) series
+        # whose dollars, requests or tokens changed; the settlement counters changed; the held amounts, the models.
         self._dirty: set[str] = set()
+        # (Dicts as ordered sets: a replay adds new series in the order they came, so it rebuilds the same state.)
+        self._changed_series: dict[tuple[str, Group], None] = {}
+        self._changed_settlements: dict[tuple[str, Group], None] = {}
+        self._held_changed = False
+        self._models_changed = False
 
     # --- events ---------------------------------------------------------------------------------------------------
 
@@ -370,7 +389,10 @@ class CostLedger:
         finished_at = ts if ts is not None and ts <= now else now
         settled = settled_by(batch.created, finished_at)
         if settled is None:
-            kind = "maybe"  # past the sweeper's 120 checks: only a /results call settles it
+            # Past the sweeper's 120 checks: only a /results call settles it, usually the user's pipeline fetching
+            # the results some time after the end. Awaited as any other (a settling kind with no row by the horizon
+            # is `missing`: a gap the operator closes with that call); the first look comes when the sweeper's
+            # last check could still have settled it (its jitter makes its patience longer than settled_by's).
             settled = finished_at + 2 * SWEEP_INTERVAL
         entry = _Awaited(
             finished_at=finished_at,
@@ -413,11 +435,10 @@ class CostLedger:
         entry.looks += 1
         final = now >= entry.finished_at + self.horizon
         if row is None:
-            if entry.maybe:
-                self._drop(batch_id)
-            elif final:
-                self._count("missing", entry.group, None, now)
-                self._drop(batch_id)
+            if final:
+                if not entry.maybe:
+                    self._count("missing", entry.group, None, now)
+                self._drop(batch_id)  # a kind Bifrost settles only sometimes: no row, no result
             else:
                 self._schedule(batch_id, entry, now, ABSENT_GAPS)
             return
@@ -435,22 +456,25 @@ class CostLedger:
             self._schedule(batch_id, entry, now, UNPRICED_GAPS)
 
     def failed(self, batch_id: str, failure: Failure, now: float, *, row_fault: bool) -> None:
-        """The look-up failed. A fault of this row (answered, but unreadable): looked up again after a gap, so it
-        does not hold up the others, and given up on at the horizon. Any other failure says nothing about the row
-        (the gateway, its route or its login is failing): due again next poll, never counted while it lasts."""
+        """The look-up failed. A fault of this row (the gateway answered with a body that cannot be read, or failed
+        on this id while it answered others): looked up again after a gap, so it does not hold up the others, and
+        given up on at the horizon. Any other failure may be the gateway's (it, its route or its login failing): due
+        again next poll, behind the ids due now, so that one row the gateway fails on never comes first in every
+        round; never counted while it lasts."""
         entry = self._awaited.get(batch_id)
         if entry is None:
             return
         if not row_fault:
+            entry.next_at = now  # the ids due before it come first
+            self._dirty.add(batch_id)
             heapq.heappush(self._due, (entry.next_at, batch_id))
             return
-        if failure.status is not None and not entry.row_seen:
+        if failure.status is not None and 200 <= failure.status < 300 and not entry.row_seen:
             entry.row_seen = True  # the gateway answered with something for this id: a row, awaiting a cost
             self._awaiting_cost += 1
         if now >= entry.finished_at + self.horizon:
-            # A row the gateway keeps answering wrongly past the horizon: no cost could be read for it.
-            self._count("unpriced" if entry.row_seen else "missing", entry.group, None, now)
-            self._drop(batch_id)
+            # A row the gateway keeps failing on, or answering wrongly, past the horizon: no cost could be read.
+            self._give_up(batch_id, entry, now)
             return
         entry.looks += 1
         self._schedule(batch_id, entry, now, ABSENT_GAPS)
@@ -488,6 +512,8 @@ class CostLedger:
             self._add(
                 credit.model, credit.group, credit.dollars, credit.prompt, credit.completion, credit.requests
             )
+        if len(keep) != len(self._held):
+            self._held_changed = True
         self._held = keep
 
     # --- internals --------------------------------------------------------------------------------------------------
@@ -498,6 +524,15 @@ class CostLedger:
         self._dirty.add(batch_id)
         heapq.heappush(self._due, (entry.next_at, batch_id))
 
+    def _give_up(self, batch_id: str, entry: _Awaited, now: float) -> None:
+        """No cost could be read by the horizon: `unpriced` when a row was seen, else `missing`, except for a
+        kind Bifrost settles only sometimes, which gets no result (counting it missing would page falsely)."""
+        if entry.row_seen:
+            self._count("unpriced", entry.group, None, now)
+        elif not entry.maybe:
+            self._count("missing", entry.group, None, now)
+        self._drop(batch_id)
+
     def _drop(self, batch_id: str) -> None:
         entry = self._awaited.pop(batch_id, None)
         if entry is not None and entry.row_seen:
@@ -505,12 +540,11 @@ class CostLedger:
         self._dirty.add(batch_id)
 
     def _make_room(self) -> None:
-        """Past `max_awaited`, the batch that finished first is given up on as missing (an honest gap, logged)."""
+        """Past `max_awaited`, the batch that finished first is given up on as at its horizon (`missing`, or
+        `unpriced` with a row seen; no result for a kind settled only sometimes): an honest gap, logged."""
         while len(self._awaited) >= self.max_awaited:
             oldest = min(self._awaited, key=lambda i: self._awaited[i].finished_at)
-            entry = self._awaited[oldest]
-            self._count("unpriced" if entry.row_seen else "missing", entry.group, None, self._clock())
-            self._drop(oldest)
+            self._give_up(oldest, self._awaited[oldest], self._clock())
             if not self._evicted_warned:
                 self._evicted_warned = True
                 self.log.warning(
@@ -525,6 +559,7 @@ class CostLedger:
             return model
         if len(self._models) < MAX_MODELS:
             self._models.add(model)
+            self._models_changed = True
             return model
         if not self._model_overflowed:
             self._model_overflowed = True
@@ -538,6 +573,7 @@ class CostLedger:
     def _count(self, result: Result, group: Group, row: Row | None, now: float) -> None:
         key = (result, group)
         self._settlements[key] = self._settlements.get(key, 0) + 1
+        self._changed_settlements[key] = None
         self._groups.add(group)
         if row is None:
             return
@@ -550,18 +586,23 @@ class CostLedger:
             self._requests[series] = 0
             for kind in TOKEN_TYPES:
                 self._tokens[(model, kind, group)] = 0
+            self._changed_series[series] = None
             if self.hold_seconds > 0:
                 self._fresh[series] = now + self.hold_seconds
-        credit = _Credit(model, group, dollars, row.prompt, row.completion, row.requests)
+        # Requests only with their dollars: they are the divisor of a cost per request.
+        requests = row.requests if result == "priced" else 0
+        credit = _Credit(model, group, dollars, row.prompt, row.completion, requests)
         if series in self._fresh:
             self._held.append(credit)
+            self._held_changed = True
         else:
-            self._add(model, group, dollars, row.prompt, row.completion, row.requests)
+            self._add(model, group, dollars, row.prompt, row.completion, requests)
 
     def _add(
         self, model: str, group: Group, dollars: float, prompt: int, completion: int, requests: int
     ) -> None:
         series = (model, group)
+        self._changed_series[series] = None
         self._dollars[series] = self._dollars.get(series, 0.0) + dollars
         self._requests[series] = self._requests.get(series, 0) + requests
         for kind, n in (("prompt", prompt), ("completion", completion)):
@@ -592,8 +633,24 @@ class CostLedger:
 
     # --- durable state ----------------------------------------------------------------------------------------------
 
-    def _counters(self) -> dict[str, Any]:
+    def _held_state(self) -> list[list[Any]]:
+        return [
+            [
+                self._fresh.get((c.model, c.group), 0.0),
+                c.model,
+                list(c.group),
+                c.dollars,
+                c.prompt,
+                c.completion,
+                c.requests,
+            ]
+            for c in self._held
+        ]
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything a restarted process needs to resume: plain JSON types, bounded by the caps above."""
         return {
+            "version": STATE_VERSION,
             "metadata_keys": list(self.metadata_keys),
             "lookups": self._lookups,
             "models": sorted(self._models),
@@ -601,42 +658,47 @@ class CostLedger:
             "tokens": [[m, k, list(g), n] for (m, k, g), n in self._tokens.items()],
             "requests": [[m, list(g), n] for (m, g), n in self._requests.items()],
             "settlements": [[r, list(g), n] for (r, g), n in self._settlements.items()],
-            "held": [
-                [
-                    self._fresh.get((c.model, c.group), 0.0),
-                    c.model,
-                    list(c.group),
-                    c.dollars,
-                    c.prompt,
-                    c.completion,
-                    c.requests,
-                ]
-                for c in self._held
-            ],
-        }
-
-    def to_state(self) -> dict[str, Any]:
-        """Everything a restarted process needs to resume: plain JSON types, bounded by the caps above."""
-        return {
-            "version": STATE_VERSION,
-            **self._counters(),
+            "held": self._held_state(),
             "awaited": {i: e.to_state() for i, e in self._awaited.items()},
         }
 
     def delta(self) -> dict[str, Any]:
-        """What changed since the last `mark_saved`: the counters whole (a few hundred numbers at most), the
-        awaited ids added or changed, and those removed. `apply_delta` on the state saved before gives `to_state`."""
-        changed = {i: self._awaited[i].to_state() for i in self._dirty if i in self._awaited}
-        return {
-            "version": STATE_VERSION,
+        """What changed since the last `mark_saved`: the counters that changed (their new values, not increments,
+        so a record written twice reads the same), the models and held amounts when they changed, the awaited ids
+        added or changed, and those removed. `apply_delta` on the state saved before gives `to_state`.
+
+        A poll that counted nothing writes a few hundred bytes whatever the number of (model, group) series: with
+        metadata groups the counters run to thousands of numbers, and writing them whole made every journal record
+        tens to hundreds of kilobytes."""
+        series = list(self._changed_series)
+        out: dict[str, Any] = {
+            "version": DELTA_VERSION,
             "delta": True,
-            **self._counters(),
-            "awaited": changed,
+            "metadata_keys": list(self.metadata_keys),
+            "lookups": self._lookups,
+            "dollars": [[m, list(g), self._dollars[(m, g)]] for m, g in series],
+            "tokens": [
+                [m, k, list(g), self._tokens[(m, k, g)]]
+                for m, g in series
+                for k in TOKEN_TYPES
+                if (m, k, g) in self._tokens
+            ],
+            "requests": [[m, list(g), self._requests[(m, g)]] for m, g in series],
+            "settlements": [[r, list(g), self._settlements[(r, g)]] for r, g in self._changed_settlements],
+            "awaited": {i: self._awaited[i].to_state() for i in self._dirty if i in self._awaited},
             "removed": sorted(i for i in self._dirty if i not in self._awaited),
         }
+        if self._models_changed:
+            out["models"] = sorted(self._models)
+        if self._held_changed:
+            out["held"] = self._held_state()
+        return out
 
     def mark_saved(self) -> None:
         self._dirty.clear()
+        self._changed_series.clear()
+        self._changed_settlements.clear()
+        self._held_changed = self._models_changed = False
 
     def load_state(self, state: Mapping[str, Any] | None) -> list[str]:
         """Resume from `to_state` output (None: nothing saved). Raises (KeyError, TypeError, ValueError) on a
@@ -649,10 +711,22 @@ class CostLedger:
         return notes
 
     def apply_delta(self, delta: Mapping[str, Any]) -> list[str]:
-        """Replay one `delta` on top of what was loaded (the same checks as `load_state`)."""
+        """Replay one `delta` on top of what was loaded (the same checks as `load_state`). A delta of version 1
+        (an earlier release's journal) carries the counters whole; one of version 2 only those that changed."""
         fresh = self._blank()
         fresh._awaited = dict(self._awaited)
-        notes = fresh._apply(delta, full=False)
+        if delta.get("version") == DELTA_VERSION:
+            fresh._lookups = self._lookups
+            fresh._models = set(self._models)
+            fresh._dollars = dict(self._dollars)
+            fresh._tokens = dict(self._tokens)
+            fresh._requests = dict(self._requests)
+            fresh._settlements = dict(self._settlements)
+            fresh._held = list(self._held)
+            fresh._fresh = dict(self._fresh)
+            notes = fresh._apply(delta, full=False, changes=True)
+        else:
+            notes = fresh._apply(delta, full=False)
         self._take(fresh)
         return notes
 
@@ -672,9 +746,11 @@ class CostLedger:
         self.__dict__.update(other.__dict__)
         self.up, self._probe_due = up, probe
 
-    def _apply(self, state: Mapping[str, Any], *, full: bool) -> list[str]:
+    def _apply(self, state: Mapping[str, Any], *, full: bool, changes: bool = False) -> list[str]:
+        """`state` onto this ledger: a whole state or a version-1 delta onto empty counters (`changes` False), or a
+        version-2 delta's changed counters onto those already loaded (`changes` True)."""
         version = state["version"]
-        if version != STATE_VERSION:
+        if version != (DELTA_VERSION if changes else STATE_VERSION):
             raise ValueError(f"cost state version {version!r}")
         notes: list[str] = []
         width = len(self.metadata_keys)
@@ -692,27 +768,32 @@ class CostLedger:
             return group
 
         self._lookups = _natural(state["lookups"])
-        models = {model_of(m) for m in state["models"]}
-        if len(models) > MAX_MODELS:
-            raise ValueError("more models than the cap admits")
-        self._models = models
+        if not changes or "models" in state:
+            models = {model_of(m) for m in state["models"]}
+            if len(models) > MAX_MODELS:
+                raise ValueError("more models than the cap admits")
+            self._models = models
+        # A whole state's values are summed onto empty counters (two names a state written before label_text
+        # cleaned them may now be one); a version-2 delta's are the counters' new values, written from clean names.
+        summed = not changes
         if same_keys:
-            # Summed, not set: two names a state written before label_text cleaned them may now be one.
             for m, g, v in state["dollars"]:
                 key = (model_of(m), group_of(g))
-                self._dollars[key] = self._dollars.get(key, 0.0) + _finite_nonnegative(v)
+                self._dollars[key] = (self._dollars.get(key, 0.0) if summed else 0.0) + _finite_nonnegative(v)
             for m, k, g, n in state["tokens"]:
                 if k not in TOKEN_TYPES:
                     raise ValueError("unknown token type")
                 tkey = (model_of(m), str(k), group_of(g))
-                self._tokens[tkey] = self._tokens.get(tkey, 0) + _natural(n)
+                self._tokens[tkey] = (self._tokens.get(tkey, 0) if summed else 0) + _natural(n)
             for m, g, n in state["requests"]:
                 key = (model_of(m), group_of(g))
-                self._requests[key] = self._requests.get(key, 0) + _natural(n)
+                self._requests[key] = (self._requests.get(key, 0) if summed else 0) + _natural(n)
             for r, g, n in state["settlements"]:
                 if r not in RESULTS:
                     raise ValueError("unknown settlement result")
                 self._settlements[(str(r), group_of(g))] = _natural(n)
+        if same_keys and (not changes or "held" in state):
+            self._held, self._fresh = [], {}
             for release_at, m, g, dollars, prompt, completion, requests in state["held"]:
                 credit = _Credit(
                     model_of(m), group_of(g), _finite_nonnegative(dollars), _natural(prompt),
@@ -778,8 +859,16 @@ class _Lookup(Protocol):
 
 
 async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
-    """The look-ups due now, at most `allowance` requests (the client paces them with the provider's lists); the
-    first failure of the gateway itself ends the round. Returns the requests sent."""
+    """The look-ups due now, at most `allowance` requests (the client paces them with the provider's lists).
+    Returns the requests sent.
+
+    A failed look-up (not an unreadable body: an error status, a timeout, a refused connection) is judged by the
+    next one. The first look-up of a round failing while other ids are due ends the round, as the gateway's failure
+    (cost_up 0; a down logs API gets one look-up a poll), and that id goes behind the others, so the next round
+    starts with another. Otherwise one more look-up follows: the next due id, or the login check's id (which never
+    exists: a 404 when the logs API works). If it answers, the failure was the row's own (its store read failing, a
+    proxy rule for that path): that id waits a gap and the round goes on. If it fails too, the gateway is failing.
+    """
     if not costs.settles:
         return 0
     now = costs.now()
@@ -787,21 +876,51 @@ async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
     sent = 0
     ok: bool | None = None
     first_failure: Failure | None = None
+    suspect: tuple[str, Failure] | None = None  # a failed look-up the next one judges
     provider = costs.provider
     while sent < allowance:
         batch_id = costs.next_due(now)
         probe = False
         if batch_id is None:
-            if ok is not None or not costs.probe_wanted():
+            if suspect is None and (ok is not None or not costs.probe_wanted()):
                 break
             batch_id, probe = costs.probe_id(), True
         log_id = settlement_id(provider, batch_id)
         got = await client.settlement(provider, log_id, parse_row(log_id))
         sent += got.requests
         now = costs.now()
-        if got.failure is not None and got.row_fault and not probe:
+        if got.failure is not None and (probe or not got.row_fault):
+            others_due = (at := costs.next_at()) is not None and at <= now
+            if suspect is None and not probe and (ok is not None or not others_due):
+                suspect = (batch_id, got.failure)
+                continue
+            # Two failures in a row, the login check failing, or the first look-up failing with others waiting.
+            first_failure = first_failure or (suspect[1] if suspect is not None else got.failure)
+            ok = False
+            if suspect is not None:
+                costs.failed(suspect[0], suspect[1], now, row_fault=False)
+                suspect = None
+            if not probe:
+                costs.failed(batch_id, got.failure, now, row_fault=False)
+            break
+        # The gateway answered.
+        ok = True if ok is None else ok
+        if suspect is not None:
+            failing_id, failure = suspect
+            suspect = None
+            costs.failed(failing_id, failure, now, row_fault=True)
+            costs.log.warning(
+                "settlement_row_failing",
+                provider=provider,
+                batch_id=failing_id[:256],
+                reason=failure.reason,
+                http_status=failure.status,
+                detail=failure.detail,
+                consequence="the gateway answers other look-ups: this row is looked up again after a gap; counted "
+                "missing if still failing at cost_horizon_seconds",
+            )
+        if got.failure is not None:
             # The gateway answered; the row is unreadable: the look-ups work (cost_up stays), this row waits.
-            ok = True if ok is None else ok
             costs.failed(batch_id, got.failure, now, row_fault=True)
             costs.log.warning(
                 "settlement_row_unreadable",
@@ -811,16 +930,10 @@ async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
                 consequence="looked up again after a gap; counted unpriced (or missing) if still unreadable at "
                 "cost_horizon_seconds",
             )
-            continue
-        if got.failure is not None:
-            first_failure = first_failure or got.failure
-            ok = False
-            if not probe:
-                costs.failed(batch_id, got.failure, now, row_fault=False)
-            break
-        ok = True if ok is None else ok
-        if not probe:
+        elif not probe:
             costs.answered(batch_id, got.row, now)
+    if suspect is not None:  # the allowance ran out before the next look-up could judge it
+        costs.failed(suspect[0], suspect[1], now, row_fault=False)
     was = costs.up
     costs.round_done(sent, ok)
     costs.release(now)

@@ -492,7 +492,7 @@ def _cost_families(states: Sequence[ProviderState], group_labels: Sequence[str])
     )
     settled_requests = CounterMetricFamily(
         "bifrost_batch_settled_requests",
-        "Requests of settled batches that were billed (the settlement's per-model request counts)",
+        "Requests of priced settled batches, added with their dollars (the settlement's per-model request counts)",
         labels=["provider", "model", *g],
     )
     settlements = CounterMetricFamily(

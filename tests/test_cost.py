@@ -36,7 +36,7 @@ from exporter.cost import (
 from exporter.models import Batch, InvalidResponseError, parse_page
 from exporter.settings import Settings
 from exporter.simulator import Accounting, Simulator
-from tests.harness import make_settings
+from tests.harness import ExporterThread, make_settings, series, value
 from tests.test_client import FakeClock, Gateway, Reply, Route
 from tests.test_simulator_accounting import LOGIN, MINI, PROVIDERS, T0
 
@@ -387,16 +387,156 @@ def test_no_cost_by_the_horizon_counts_unpriced_with_tokens_and_no_dollars(clock
     assert view.tokens[(MINI, "prompt", ())] == 100
 
 
-def test_a_maybe_batch_gets_one_look_and_counts_only_with_a_row(clock: Clock) -> None:
-    costs = ledger(clock)
-    costs.finished(batch("f1", status="failed", total=10, completed=2, failed=8), "failed", T0, ())
-    costs.finished(batch("f2", status="failed", total=10, completed=2, failed=8), "failed", T0, ())
-    first, second = sorted(drain(costs, T0 + 3600))
-    costs.answered(first, None, T0 + 3600)
-    costs.answered(second, row(1.0), T0 + 3600)
+def test_requests_count_with_their_dollars_so_a_cost_per_request_is_the_priced_ones(clock: Clock) -> None:
+    """settled_requests_total is the divisor of a cost per request (README, dashboard): an `unpriced` settlement
+    adds its tokens but no dollars, so its requests are not added either — else a model's unit price reads low, and
+    $0 for a model the catalog never priced."""
+    costs = ledger(clock, horizon_seconds=3600.0)
+    for bid in ("priced", "unpriced", "never_priced"):
+        costs.finished(batch(bid), "completed", T0, ())
+    costs.answered("priced", Row(1.0, MINI, 1000, 100, 100), T0 + 600)
+    costs.answered("unpriced", Row(None, MINI, 1000, 100, 100), T0 + 3601)
+    costs.answered("never_priced", Row(None, "model-x", 500, 50, 40), T0 + 3601)
+    view = costs.view()
+    assert (view.settlements_total("priced"), view.settlements_total("unpriced")) == (1, 2)
+    assert 1000 * view.dollars[(MINI, ())] / view.requests[(MINI, ())] == 10.0
+    assert view.requests[("model-x", ())] == 0 and view.dollars[("model-x", ())] == 0.0
+    assert view.tokens[(MINI, "prompt", ())] == 2000 and view.tokens[("model-x", "prompt", ())] == 500
+
+
+def _until_the_horizon(costs: CostLedger, rows: dict[str, tuple[float, Row]]) -> dict[str, int]:
+    """Every look-up of `costs` answered, up to the last one: `rows[id]` is (written at, row), else a 404.
+    Returns the look-ups per batch id."""
+    looks: dict[str, int] = {}
+    while (at := costs.next_at()) is not None:
+        for bid in drain(costs, at):
+            looks[bid] = looks.get(bid, 0) + 1
+            written = rows.get(bid)
+            costs.answered(bid, written[1] if written is not None and written[0] <= at else None, at)
+    return looks
+
+
+def test_a_kind_settled_only_sometimes_counts_when_its_row_comes_and_gets_no_result_without_one(
+    clock: Clock,
+) -> None:
+    """A failed batch outside Bedrock is settled when its output was kept, or by a /results call hours later: it is
+    looked for up to the horizon, as any other. No row by then is no result (not `missing`: most never get one)."""
+    costs = ledger(clock, horizon_seconds=86400.0)
+    for bid in ("fetched", "never"):
+        costs.finished(batch(bid, status="failed", total=10, completed=2, failed=8), "failed", T0, ())
+    looks = _until_the_horizon(costs, {"fetched": (T0 + 5 * 3600, row(1.0))})
     view = costs.view()
     assert costs.awaiting() == []
-    assert view.settlements_total("missing") == 0 and view.settlements_total("priced") == 1
+    assert (view.settlements_total("priced"), view.settlements_total("missing")) == (1, 0)
+    assert view.settlements_total("unpriced") == 0 and view.dollars_total() == 1.0
+    assert looks["never"] <= 13  # the bound the module docstring and the README state
+
+
+def test_past_the_sweepers_patience_a_row_written_later_counts_and_none_by_the_horizon_is_missing(
+    clock: Clock,
+) -> None:
+    """After 120 checks (about a day) the sweeper gives up; only a /results call settles the batch, often long
+    after its end. The row it writes counts; a batch nobody fetches is an honest `missing` at the horizon."""
+    costs = ledger(clock, horizon_seconds=86400.0)
+    end = clock.now = T0 + 30 * 3600
+    assert settled_by(T0, end) is None
+    for bid in ("fetched", "never"):
+        costs.finished(batch(bid, total=10, completed=10), "completed", end, ())
+    looks = _until_the_horizon(costs, {"fetched": (end + 3 * 3600, row(12.5))})
+    view = costs.view()
+    assert (view.settlements_total("priced"), view.settlements_total("missing")) == (1, 1)
+    assert view.dollars_total() == 12.5
+    assert looks["never"] <= 13
+
+
+def test_past_the_sweepers_patience_and_settled_only_sometimes_stay_apart_across_a_restart(
+    clock: Clock,
+) -> None:
+    """The state says which awaited batch is `missing` without a row and which gets no result."""
+    costs = ledger(clock, horizon_seconds=86400.0)
+    end = clock.now = T0 + 30 * 3600
+    costs.finished(batch("long", total=10, completed=10), "completed", end, ())
+    costs.finished(batch("failed", status="failed", total=10, completed=2, failed=8), "failed", end, ())
+    again = ledger(clock, horizon_seconds=86400.0)
+    again.load_state(json.loads(json.dumps(costs.to_state())))
+    _until_the_horizon(again, {})
+    view = again.view()
+    assert view.settlements_total("missing") == 1 and again.awaiting() == []
+    assert view.settlements_total("priced") == view.settlements_total("unpriced") == 0
+
+
+def test_a_state_of_the_previous_release_reads_its_maybe_batches_as_settled_only_sometimes(
+    clock: Clock,
+) -> None:
+    """That release saved every batch it gave one look-up as flags 1 (it could not tell a batch past the sweeper's
+    patience from a kind settled only sometimes): such a batch is now looked for up to the horizon and, without a
+    row, gets no result, as it would have then."""
+    state = {
+        "version": 1, "metadata_keys": [], "lookups": 3, "models": [], "dollars": [], "tokens": [],
+        "requests": [], "settlements": [], "held": [],
+        "awaited": {"old_maybe": [T0, T0 + 135, 0, [], 1], "old_late": [T0, T0 + 135, 0, [], 1]},
+    }  # fmt: skip
+    costs = ledger(clock, horizon_seconds=86400.0)
+    assert costs.load_state(state) == []
+    looks = _until_the_horizon(costs, {"old_late": (T0 + 7200, row(2.0))})
+    view = costs.view()
+    assert looks["old_late"] > 1 and view.dollars_total() == 2.0
+    assert (view.settlements_total("priced"), view.settlements_total("missing")) == (1, 0)
+
+
+def test_rows_written_by_a_later_results_call_are_read_over_http(sim: Simulator, clock: Clock) -> None:
+    """The real exporter against the simulator's sweeper (it gives up after 120 checks, about a day) and its /results
+    route (it settles inline, as AccountBatchResults does). Past the sweeper's patience only a user's /results call,
+    an hour after the end, writes a row: an OpenAI batch so fetched counts with the gateway's cost, one nobody
+    fetches is `missing`. Gemini's expired batches (its list items carry no counts: settled only sometimes) count
+    when fetched and get no result otherwise."""
+    end = T0 + 30 * 3600
+    horizon = 4 * 3600
+    batches = {
+        ("openai", "long"): "completed",
+        ("openai", "long_unfetched"): "completed",
+        ("gemini", "expired"): "expired",
+        ("gemini", "expired_unfetched"): "expired",
+    }
+    for (provider, bid), _ in batches.items():
+        counts = {"total": 10, "completed": 10 if provider == "openai" else 6, "failed": 0}
+        sim.add_batch(provider, batch_id=bid, status="in_progress", created_at=int(T0), request_counts=counts)
+    settings = make_settings(
+        sim.url, ["openai", "gemini"], cost_metrics=True, basic_auth_username=LOGIN[0],
+        basic_auth_password=LOGIN[1], cost_horizon_seconds=horizon, poll_mode="full",
+    )  # fmt: skip
+    clock.now = end - 120
+    with ExporterThread(settings, clock=clock) as exp:
+        exp.poll()
+        for (provider, bid), status in batches.items():
+            sim.set_status(provider, bid, status, at=int(end))
+        while clock.now < end + horizon + 600:
+            clock.now += 120
+            sim.tick()
+            if end + 3600 <= clock.now < end + 3600 + 120:
+                for provider, bid in (("openai", "long"), ("gemini", "expired")):
+                    r = httpx.get(
+                        f"{sim.url}/v1/batches/{bid}/results", params={"provider": provider}, auth=LOGIN
+                    )
+                    assert r.status_code == 200
+            exp.poll()
+        samples = exp.samples()
+    truth = sim.accounting_truth()
+    # The sweeper wrote none of them: the results calls did.
+    settled = {key for key in batches if truth.settlement(*key) is not None}
+    assert settled == {("openai", "long"), ("gemini", "expired")}
+    for provider, missing in (("openai", 1), ("gemini", 0)):
+        dollars = [v for _, v in series(samples, "bifrost_batch_cost_dollars_total", provider=provider)]
+        assert truth.cost(provider) > 0
+        assert math.isclose(sum(dollars), truth.cost(provider), rel_tol=1e-12)
+        results = {
+            r["result"]: v for r, v in series(samples, "bifrost_batch_settlements_total", provider=provider)
+        }
+        assert results == {"priced": 1, "unpriced": 0, "missing": missing}
+        awaited = value(
+            samples, "bifrost_batch_exporter_settlements_awaited", provider=provider, awaiting="row"
+        )
+        assert awaited == 0
 
 
 def test_a_gateway_failure_keeps_the_look_up_due_and_a_bad_row_backs_off(clock: Clock) -> None:
@@ -531,7 +671,7 @@ def test_a_delta_on_the_last_saved_state_gives_the_whole_state(clock: Clock) -> 
     now = T0 + 3000 + 3600
     assert sorted(drain(costs, now)) == ["late", "maybe", "unpriced"]
     costs.answered("late", row(3.0), now)
-    costs.answered("maybe", None, now)
+    costs.answered("maybe", row(0.5), now)
     costs.answered("unpriced", row(None, model="model-x"), now)
     costs.finished(batch("new"), "completed", T0 + 7000, ("",))
     delta = json.loads(json.dumps(costs.delta()))
@@ -540,6 +680,33 @@ def test_a_delta_on_the_last_saved_state_gives_the_whole_state(clock: Clock) -> 
     replay.load_state(saved)
     replay.apply_delta(delta)
     assert replay.to_state() == costs.to_state()
+
+
+def test_a_record_of_the_previous_release_with_the_counters_whole_still_replays(clock: Clock) -> None:
+    """Journal records written before records held only the changed counters carry them whole (delta version 1):
+    an upgraded exporter replays them as they were meant. A version-2 record with a bad value is refused whole."""
+    costs = _busy(clock)
+    saved = json.loads(json.dumps(costs.to_state()))
+    costs.mark_saved()
+    now = T0 + 3000 + 3600
+    for bid in drain(costs, now):
+        costs.answered(bid, row(3.0), now)
+    whole = {
+        **costs.to_state(),
+        "delta": True,
+        "awaited": {},
+        "removed": sorted(set(saved["awaited"]) - set(costs.awaiting())),
+    }
+    replay = CostLedger("openai", clock=clock, metadata_keys=("team",), hold_seconds=60.0, log=Lines())
+    replay.load_state(saved)
+    replay.apply_delta(json.loads(json.dumps(whole)))
+    assert replay.to_state() == costs.to_state()
+    bad = json.loads(json.dumps(costs.delta()))
+    bad["dollars"][0][2] = -1.0
+    before = replay.to_state()
+    with pytest.raises(ValueError):
+        replay.apply_delta(bad)
+    assert replay.to_state() == before
 
 
 @pytest.mark.parametrize(

@@ -4,11 +4,13 @@ One batch finishes; its settlement row is whatever the test says, or the logs ro
 hold: a row no UTF-8 encoder takes (a lone surrogate in the model) or a number no float holds never breaks a poll
 or a scrape; a route that is missing (a bare 404, a proxy's login page) is a failing look-up, never a settlement
 counted `missing`; one unreadable row is that row's fault, not a failing logs API (`cost_up` stays 1), and is counted
-`unpriced` (a row, no cost read) at the horizon.
+`unpriced` (a row, no cost read) at the horizon. With several batches: one row the gateway fails on (5xx, timeout)
+while it answers the others holds up none of them; a logs API failing for every row gets one look-up a poll.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 
 from exporter.cost import settlement_id
-from tests.harness import ExporterThread, make_settings
+from tests.harness import ExporterThread, make_settings, value
 from tests.test_client import Gateway, Seen
 
 T0 = 1_700_000_000.0
@@ -63,12 +65,61 @@ class Scene:
         return (200, {"object": "list", "data": [item], "has_more": False})
 
 
+class Several:
+    """OpenAI batches `ids` that all finish at T0+600. `replies[id]` answers the look-ups of that id's row (its
+    own id stands for LOGID in a bytes body), a gateway 404 where none is set; `down` answers every look-up."""
+
+    def __init__(self, clock: Clock, ids: list[str]) -> None:
+        self.clock = clock
+        self.ids = ids
+        self.by_log = {settlement_id("openai", bid): bid for bid in ids}
+        self.replies: dict[str, Any] = {}
+        self.down: Any = None
+        self.looked: list[str] = []  # batch ids in look-up order ("" for any other row: the login check)
+
+    def route(self, seen: Seen) -> Any:
+        if seen.path.startswith("/api/logs/"):
+            log_id = seen.path.removeprefix("/api/logs/")
+            bid = self.by_log.get(log_id, "")
+            self.looked.append(bid)
+            if self.down is not None:
+                return self.down
+            reply = self.replies.get(bid)
+            if reply is None:
+                return (
+                    404,
+                    {"is_bifrost_error": False, "status_code": 404, "error": {"message": "not found"}},
+                )
+            if callable(reply):
+                return reply()
+            status, body = reply
+            return (status, body.replace(b"LOGID", log_id.encode()) if isinstance(body, bytes) else body)
+        done = self.clock.now >= T0 + 600
+        data = []
+        for bid in self.ids:
+            item: dict[str, Any] = {
+                "id": bid,
+                "object": "batch",
+                "status": "completed" if done else "in_progress",
+                "created_at": int(T0),
+                "request_counts": {"total": 10, "completed": 10 if done else 0, "failed": 0},
+            }
+            if done:
+                item["completed_at"] = int(T0 + 600)
+            data.append(item)
+        return (200, {"object": "list", "data": data, "has_more": False})
+
+
+def priced(dollars: float) -> tuple[int, bytes]:
+    return (200, b'{"id": "LOGID", "cost": %r, "model": "gpt-4o-mini"}' % dollars)
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
 
 
-def exporter(scene: Scene, **kw: Any) -> Iterator[ExporterThread]:
+def exporter(scene: Scene | Several, **kw: Any) -> Iterator[ExporterThread]:
     serving = Gateway(scene.route).serve()
     url = next(serving)
     settings = make_settings(
@@ -81,7 +132,7 @@ def exporter(scene: Scene, **kw: Any) -> Iterator[ExporterThread]:
         pass
 
 
-def until(scene: Scene, exp: ExporterThread, end: float) -> list[float]:
+def until(scene: Scene | Several, exp: ExporterThread, end: float) -> list[float]:
     """Polls a minute apart up to `end`; cost_up after each."""
     ups = []
     while scene.clock.now < end:
@@ -162,3 +213,66 @@ def test_one_unreadable_row_is_not_a_failing_logs_api(clock: Clock) -> None:
         ups = until(scene, exp, T0 + 600 + HORIZON + 3600)
         assert set(ups) == {1.0}
         assert settlements(exp) == {"priced": 0, "unpriced": 1, "missing": 0}
+
+
+def _slow() -> Any:
+    time.sleep(1.0)  # past request_timeout_seconds: the look-up times out
+    return priced(9.0)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        (
+            500,
+            {"is_bifrost_error": True, "status_code": 500, "error": {"message": "failed to get log: read"}},
+        ),
+        (502, b"<html>502 Bad Gateway</html>", {"Content-Type": "text/html"}),
+        _slow,
+    ],
+    ids=["store-error", "proxy-502", "timeout"],
+)
+def test_one_row_the_gateway_fails_on_does_not_hold_up_the_others(clock: Clock, bad: Any) -> None:
+    """The gateway fails on one row only (its store cannot read it: Bifrost's getLogByID answers 500 for any error
+    but not-found; a proxy rule for that path; one slow row) and answers the others. That row came first in every
+    round, and a round stopped at its first failure: the provider's other settlements were never looked up again.
+    Now the look-up after a failure judges it: the others are counted, cost_up stays 1 (the logs API works), and
+    the failing row, looked up at widening gaps, is `missing` at the horizon."""
+    scene = Several(clock, ["batch_bad", "batch_ok1", "batch_ok2"])
+    scene.replies = {"batch_bad": bad, "batch_ok1": priced(1.0), "batch_ok2": priced(2.0)}
+    for exp in exporter(scene, max_retries=0, request_timeout_seconds=0.3):
+        exp.poll()
+        ups = until(scene, exp, T0 + 600 + HORIZON + 3600)
+        dollars = sum(
+            v for (name, _), v in exp.samples().items() if name == "bifrost_batch_cost_dollars_total"
+        )
+        assert dollars == 3.0, scene.looked
+        assert settlements(exp) == {"priced": 2, "unpriced": 0, "missing": 1}
+        assert ups.count(0.0) <= 1 and ups[-1] == 1.0  # at most the first round blames the gateway
+        assert scene.looked.count("batch_bad") <= 12  # the widening gaps, not once a poll
+
+
+def test_a_logs_api_down_for_every_row_gets_one_look_up_a_poll_and_each_due_id_in_turn(clock: Clock) -> None:
+    """A logs API that fails for every row is the gateway's failure: each round stops at its first look-up (one a
+    poll), cost_up 0, nothing counted `missing` however long it lasts. The id that failed goes behind the others,
+    so the rounds take the due ids in turn (a row that alone fails cannot come first in every round); when the API
+    is back, every settlement counts."""
+    scene = Several(clock, ["b1", "b2", "b3"])
+    scene.replies = {bid: priced(1.0) for bid in scene.ids}
+    scene.down = (500, {"is_bifrost_error": True, "status_code": 500, "error": {"message": "db down"}})
+    for exp in exporter(scene, max_retries=0):
+        exp.poll()
+        until(scene, exp, T0 + 900)  # every settlement due
+        scene.looked.clear()
+        polls = 0
+        while clock.now < T0 + 600 + 2 * HORIZON:
+            clock.now += 60
+            exp.poll()
+            polls += 1
+        assert len(scene.looked) == polls  # one look-up a poll while down
+        assert set(scene.looked[:3]) == {"b1", "b2", "b3"}
+        assert value(exp.samples(), "bifrost_batch_exporter_cost_up", provider="openai") == 0.0
+        assert settlements(exp) == {"priced": 0, "unpriced": 0, "missing": 0}
+        scene.down = None
+        until(scene, exp, clock.now + 120)
+        assert settlements(exp) == {"priced": 3, "unpriced": 0, "missing": 0}

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from bench.common import child_env
 from exporter import statefile
-from exporter.client import REASONS
+from exporter.client import REASONS, Failure
+from exporter.cost import CostLedger, Row
 from exporter.ledger import Ledger
 from exporter.models import Batch
 from exporter.settings import DEFAULT_DURATION_BUCKETS, DEFAULT_LATENCY_BUCKETS
@@ -170,6 +171,157 @@ def test_a_poll_writes_a_small_record_and_leaves_the_base_alone(tmp_path: Path) 
     assert statefile.base_path(tmp_path, P).stat().st_mtime_ns == base.st_mtime_ns
     records = list(statefile.iter_records(statefile.journal_path(tmp_path, P)))
     assert len(records) == 21  # its header and one per poll
+
+
+# ---- the cost ledger (cost_metrics), whose changes ride in the same records -----------------------------------------
+
+MODELS = ("gpt-4o-mini", "gpt-4o", "model-x")
+
+
+def _costs(clock: list[float]) -> CostLedger:
+    return CostLedger(
+        P, clock=lambda: clock[0], horizon_seconds=3600.0, metadata_keys=("team",), hold_seconds=60.0
+    )
+
+
+def _cost_read(state_dir: Path, clock: list[float]) -> tuple[CostLedger, statefile.Restored]:
+    restored = statefile.read(state_dir, P)
+    assert restored is not None
+    costs = _costs(clock)
+    costs.load_state(restored.cost)
+    for delta in restored.cost_deltas:
+        costs.apply_delta(delta)
+    return costs, restored
+
+
+def _cost_canonical(costs: CostLedger) -> str:
+    return json.dumps(costs.to_state(), sort_keys=True)
+
+
+# One step: batches finishing (id number, team), or a round answering each due id with a row kind, or nothing.
+_answer = st.sampled_from(("priced", "unpriced", "absent", "unreadable"))
+_cost_step = st.one_of(
+    st.tuples(st.just("finish"), st.lists(st.tuples(st.integers(0, 200), st.integers(0, 4)), max_size=6)),
+    st.tuples(st.just("settle"), st.lists(st.tuples(_answer, st.integers(0, 2)), max_size=8)),
+    st.tuples(st.just("idle"), st.integers(30, 3000)),
+    st.tuples(st.just("compact"), st.none()),
+    st.tuples(st.just("fail"), st.none()),
+    st.tuples(st.just("restart"), st.none()),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(_cost_step, max_size=30))
+def test_the_cost_ledger_read_back_is_the_one_of_the_last_write(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, Any]]
+) -> None:
+    """Settlements counted, held for a new series and released, awaited ids added, rescheduled and dropped, through
+    journal records, compactions, failed writes and restarts: what is read back is exactly the cost ledger at its
+    last successful write. A record holds only the counters that changed: one after a step that counted nothing
+    holds none."""
+    state_dir = tmp_path_factory.mktemp("state")
+    clock = [T0]
+    led = _ledger()
+    costs = _costs(clock)
+    journal = statefile.Journal(state_dir, P)
+    journal.compact_min_bytes = 4096
+    written = ""
+
+    def save(ops: statefile.FileOps = statefile.REAL_FILE_OPS) -> bool:
+        nonlocal written
+        led.poll_started()
+        write = journal.prepare(led, clock[0], cost=costs)
+        try:
+            write.run(ops)
+        except OSError:
+            journal.failed()
+            return False
+        journal.done(write)
+        costs.mark_saved()
+        written = _cost_canonical(costs)
+        return not write.compaction
+
+    save()
+    for kind, arg in steps:
+        counted = True
+        if kind == "finish":
+            for n, team in arg:
+                batch = Batch.model_validate(
+                    {"id": f"c{n}", "status": "completed", "created_at": clock[0] - 600}
+                )
+                costs.finished(batch, "completed", clock[0], (f"team-{team}",))
+        elif kind == "settle":
+            clock[0] += 600
+            costs.release(clock[0])
+            answers = iter(arg)
+            while (bid := costs.next_due(clock[0])) is not None:
+                answer, model = next(answers, ("absent", 0))
+                if answer == "unreadable":
+                    costs.failed(
+                        bid, Failure("invalid_response", "garbage", 200, 1), clock[0], row_fault=True
+                    )
+                    continue
+                row = Row(1.25 if answer == "priced" else None, MODELS[model], 100, 10, 3)
+                costs.answered(bid, None if answer == "absent" else row, clock[0])
+            costs.round_done(len(arg), True)
+        elif kind == "idle":
+            clock[0] += arg
+            counted = False
+        if kind == "compact":
+            journal.compact_next()
+            save()
+        elif kind == "fail":
+            save(FailOnce())
+        elif kind == "restart":
+            costs, restored = _cost_read(state_dir, clock)
+            led, _ = _read(state_dir)
+            journal = statefile.Journal(state_dir, P)
+            journal.compact_min_bytes = 4096
+            journal.attach(restored)
+        elif save() and not counted:
+            _, restored = _cost_read(state_dir, clock)
+            record = restored.cost_deltas[-1]
+            assert record["dollars"] == record["tokens"] == record["requests"] == record["settlements"] == []
+        back, _ = _cost_read(state_dir, clock)
+        assert _cost_canonical(back) == written
+
+
+def test_a_poll_that_counted_no_settlement_writes_no_cost_counters(tmp_path: Path) -> None:
+    """With metadata groups the cost counters run to thousands of numbers (models x teams x 4): a record carrying
+    them whole made every poll write 32-158 KB. A poll that counted nothing writes a few hundred bytes, and one
+    that counted a settlement adds only that series."""
+    clock = [T0]
+    led = _ledger()
+    costs = _costs(clock)
+    for m in range(10):
+        for t in range(20):
+            bid = f"b{m}_{t}"
+            costs.finished(
+                Batch.model_validate({"id": bid, "status": "completed"}), "completed", T0, (f"t{t}",)
+            )
+            costs.answered(bid, Row(0.5, f"model-{m}", 1000, 100, 10), T0 + 600)
+    clock[0] = T0 + 3600
+    costs.release(clock[0])
+    journal = statefile.Journal(tmp_path, P)
+    sizes = []
+    for n in range(4):
+        if n == 3:
+            costs.finished(
+                Batch.model_validate({"id": "new", "status": "completed"}), "completed", T0, ("t0",)
+            )
+            costs.answered("new", Row(0.5, "model-0", 1000, 100, 10), clock[0])
+        led.poll_started()
+        write = journal.prepare(led, clock[0], cost=costs)
+        write.run(statefile.REAL_FILE_OPS)
+        journal.done(write)
+        costs.mark_saved()
+        sizes.append(write.size)
+        clock[0] += 30
+    assert sizes[0] > 10_000  # the first write is a base: the whole ledger
+    assert sizes[1] < 1024 and sizes[2] < 1024, sizes
+    assert sizes[3] < 2048, sizes
+    back, _ = _cost_read(tmp_path, clock)
+    assert back.to_state() == costs.to_state()
 
 
 def test_state_writes_benchmark_runs_in_smoke_mode(tmp_path: Path) -> None:
