@@ -339,6 +339,8 @@ def test_pods_are_locked_down(rendered: dict[str, str], value_set: str) -> None:
     for deployment in of_kind(docs_of(rendered[value_set]), "Deployment"):
         pod = deployment["spec"]["template"]["spec"]
         assert pod["automountServiceAccountToken"] is False
+        # No <SERVICE>_* variables: a Service named bifrost-exporter… would put BIFROST_EXPORTER_* names there.
+        assert pod["enableServiceLinks"] is False
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] == 65532
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -885,3 +887,59 @@ def test_one_key_and_per_tenant_keys_together_are_refused(helm: str) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode != 0 and "cannot be combined with a single virtual key" in result.stderr
+
+
+def kubelet_service_links(services: list[Doc]) -> dict[str, str]:
+    """The variables the kubelet puts into every container of the namespace for these Services when a pod leaves
+    enableServiceLinks on (kubelet pkg/kubelet/envvars: FromServices, makeLinkVariables); every other Service an
+    IPv6 cluster IP, which the kubelet writes in brackets in the URLs."""
+    env: dict[str, str] = {}
+    for i, service in enumerate(services):
+        name = service["metadata"]["name"].upper().replace("-", "_")
+        ip = f"10.96.0.{10 + i}" if i % 2 == 0 else f"fd00:10:96::{10 + i}"
+        host = ip if ":" not in ip else f"[{ip}]"
+        ports = service["spec"]["ports"]
+        env[f"{name}_SERVICE_HOST"] = ip
+        env[f"{name}_SERVICE_PORT"] = str(ports[0]["port"])
+        for port in ports:
+            if port.get("name"):
+                env[f"{name}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}"] = str(port["port"])
+        for j, port in enumerate(ports):
+            proto = port.get("protocol", "TCP")
+            url = f"{proto.lower()}://{host}:{port['port']}"
+            if j == 0:
+                env[f"{name}_PORT"] = url
+            prefix = f"{name}_PORT_{port['port']}_{proto}"
+            env |= {prefix: url, f"{prefix}_PROTO": proto.lower(), f"{prefix}_PORT": str(port["port"])}
+            env[f"{prefix}_ADDR"] = ip
+    return env
+
+
+@pytest.mark.parametrize(
+    ("release", "args"),
+    [
+        ("bifrost-exporter", []),
+        ("bifrost-exporter-prod", []),
+        ("x", ["--set", "fullnameOverride=bifrost-exporter", "--set", "shards[0].name=openai",
+               "--set", "shards[0].providers={openai}"]),
+    ],
+)  # fmt: skip
+def test_the_service_links_of_a_bifrost_exporter_service_are_not_settings(
+    helm: str, release: str, args: list[str], tmp_path: Path
+) -> None:
+    """A release (or neighbour) whose Service is named bifrost-exporter… makes the kubelet inject
+    BIFROST_EXPORTER_…_SERVICE_HOST, _PORT… into pods that keep service links on (the chart's own turn them off:
+    test_pods_are_locked_down): a pod outside the chart, or a Docker link, must still start with them."""
+    docs = docs_of(run_helm(helm, "template", release, str(CHART), *args).stdout)
+    links = kubelet_service_links(of_kind(docs, "Service"))
+    assert any(name.startswith("BIFROST_EXPORTER_") and name.endswith("_SERVICE_HOST") for name in links)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config_of(docs)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BIFROST_EXPORTER_")} | links
+    for deployment in of_kind(docs, "Deployment"):
+        env |= {name: e["value"] for name, e in env_of(deployment).items() if "value" in e}
+    proc = subprocess.run(
+        [sys.executable, "-m", "exporter", "--check-config", "--config", str(path)],
+        capture_output=True, text=True, env=env, timeout=60, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr

@@ -18,6 +18,7 @@ from pydantic import SecretStr, ValidationError
 
 from exporter.client import BifrostClient
 from exporter.settings import (
+    DEFAULT_PROVIDERS,
     ConfigError,
     Settings,
     load_settings,
@@ -629,6 +630,52 @@ def test_service_link_variables_of_a_neighbour_are_not_settings(monkeypatch: pyt
     assert load_settings().listen_address == "0.0.0.0:9877"
     monkeypatch.setenv("BIFROST_EXPORTER_PORTS", "1")
     with pytest.raises(ConfigError, match="unknown environment variable BIFROST_EXPORTER_PORTS"):
+        load_settings()
+
+
+def test_service_link_variables_of_any_bifrost_exporter_service_are_not_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Release `bifrost-exporter` names its Service bifrost-exporter-bifrost-batch-exporter; a shard's Service
+    bifrost-exporter-openai has a named port and (dual-stack) an IPv6 cluster IP, in brackets in the URLs."""
+    for name, value in {
+        "BIFROST_EXPORTER_BIFROST_BATCH_EXPORTER_SERVICE_HOST": "10.96.0.10",
+        "BIFROST_EXPORTER_BIFROST_BATCH_EXPORTER_SERVICE_PORT": "9877",
+        "BIFROST_EXPORTER_BIFROST_BATCH_EXPORTER_SERVICE_PORT_HTTP_METRICS": "9877",
+        "BIFROST_EXPORTER_BIFROST_BATCH_EXPORTER_PORT": "tcp://10.96.0.10:9877",
+        "BIFROST_EXPORTER_BIFROST_BATCH_EXPORTER_PORT_9877_TCP": "tcp://10.96.0.10:9877",
+        "BIFROST_EXPORTER_BIFROST_BATCH_EXPORTER_PORT_9877_TCP_PROTO": "tcp",
+        "BIFROST_EXPORTER_BIFROST_BATCH_EXPORTER_PORT_9877_TCP_PORT": "9877",
+        "BIFROST_EXPORTER_BIFROST_BATCH_EXPORTER_PORT_9877_TCP_ADDR": "10.96.0.10",
+        "BIFROST_EXPORTER_OPENAI_SERVICE_HOST": "fd00:10:96::11",
+        "BIFROST_EXPORTER_OPENAI_SERVICE_PORT": "9877",
+        "BIFROST_EXPORTER_OPENAI_SERVICE_PORT_HTTP_METRICS": "9877",
+        "BIFROST_EXPORTER_OPENAI_PORT": "tcp://[fd00:10:96::11]:9877",
+        "BIFROST_EXPORTER_OPENAI_PORT_9877_TCP": "tcp://[fd00:10:96::11]:9877",
+        "BIFROST_EXPORTER_OPENAI_PORT_9877_TCP_PROTO": "tcp",
+        "BIFROST_EXPORTER_OPENAI_PORT_9877_TCP_PORT": "9877",
+        "BIFROST_EXPORTER_OPENAI_PORT_9877_TCP_ADDR": "fd00:10:96::11",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().providers == DEFAULT_PROVIDERS
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BIFROST_EXPORTER_POLL_INTERVAL", "5"),
+        ("BIFROST_EXPORTER_LISTEN_PORT", "9877"),  # a link's shape, but no Service beside it
+        ("BIFROST_EXPORTER_WEB_SERVICE_HOST", "10.0.0.1"),
+        ("BIFROST_EXPORTER_LISTEN_PORT", "0.0.0.0:9877"),  # not PROTO://IP:PORT
+        ("BIFROST_EXPORTER_OPENAI_PORT_9877_TCP_HOST", "10.0.0.1"),  # no such link suffix
+    ],
+)
+def test_a_setting_shaped_like_a_service_link_is_still_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv("BIFROST_EXPORTER_OPENAI_PORT", "tcp://10.0.0.7:9877")  # a real link beside it
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"unknown environment variable {name}( |$)"):
         load_settings()
 
 
