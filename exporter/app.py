@@ -174,7 +174,7 @@ class Exporter:
             task.add_done_callback(self._task_done)
         self._log.info(
             "exporter_started",
-            listen=f"{self.server.host}:{self.server.port}",
+            listen=self.server.addresses,
             bifrost_url=self.settings.bifrost_url,
             providers=list(self.settings.providers),
             poll_interval_seconds=self.settings.poll_interval_seconds,

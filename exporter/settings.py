@@ -373,7 +373,8 @@ class Settings(BaseSettings):
     )
     listen_address: str = Field(
         default="0.0.0.0:9877",
-        description="Address to serve the metrics, /healthz, /readyz and / on; IPv6 as [ADDR]:PORT.",
+        description="Address to serve the metrics, /healthz, /readyz and / on; IPv6 as [ADDR]:PORT; an empty "
+        "host (:PORT) is every address of both families.",
         json_schema_extra=_meta("HOST:PORT"),
     )
     web_config_file: Path | None = Field(
@@ -835,6 +836,8 @@ def metadata_label_name(key: str) -> str:
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
+    """(host, port); the host is "" for `:PORT`, which the server binds on every address of both families (as the
+    exporter-toolkit's `:9100` does), while `0.0.0.0:PORT` stays IPv4 only."""
     match = re.match(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$", value)
     if not match:
         raise ValueError("must be HOST:PORT (IPv6 as [ADDR]:PORT)")
@@ -850,7 +853,7 @@ def parse_listen_address(value: str) -> tuple[str, int]:
         return v6, port
     if name and not _listen_host_ok(name):
         raise ValueError(f"{quoted(name, 70)} is neither an IPv4 address nor a host name")
-    return name or "0.0.0.0", port
+    return name, port
 
 
 def _listen_host_ok(host: str) -> bool:

@@ -329,7 +329,7 @@ def test_default_render(rendered: dict[str, str]) -> None:
     assert c["resources"]["limits"]
     assert "env" not in c  # all providers from the ConfigMap, no credentials
     config = yaml.safe_load(one(docs, "ConfigMap")["data"]["config.yaml"])
-    assert config["listen_address"] == "0.0.0.0:9877"
+    assert config["listen_address"] == ":9877"  # IPv4 and IPv6: the pod's IP may be either
     assert config["providers"] == ["openai", "anthropic", "azure", "bedrock", "gemini", "vertex"]
     assert "web_config_file" not in config
 
@@ -709,6 +709,30 @@ def test_config_changes_roll_the_pods(helm: str) -> None:
     assert changed_secret["checksum/secret"] != base["checksum/secret"]
 
 
+@pytest.mark.parametrize(
+    ("args", "listen"),
+    [
+        ([], ":9877"),
+        (["--set", "containerPort=9100"], ":9100"),
+        (["--set", "config.listen_address=0.0.0.0:9877"], "0.0.0.0:9877"),  # IPv4 only, by choice
+        (["--set-string", "config.listen_address=[::]:9100", "--set", "containerPort=9100"], "[::]:9100"),
+    ],
+)
+def test_the_listen_address_serves_both_families_on_the_container_port(
+    helm: str, args: list[str], listen: str
+) -> None:
+    """`:PORT` answers on the pod's IPv4 and IPv6 address (tests/test_server.py shows it on loopback)."""
+    docs = docs_of(template_text(helm, *args))
+    assert config_of(docs)["listen_address"] == listen
+    assert container(one(docs, "Deployment"))["ports"][0]["containerPort"] == int(listen.rsplit(":", 1)[1])
+
+
+def test_a_listen_address_off_the_container_port_is_refused(helm: str) -> None:
+    proc = run_helm(helm, "template", "rel", str(CHART), "--set", "config.listen_address=:9100", check=False)
+    assert proc.returncode != 0
+    assert 'config.listen_address ":9100" must end in :9877, the containerPort' in proc.stderr, proc.stderr
+
+
 # --- the schema rejects wrong values --------------------------------------------------------------------------------
 
 BAD_VALUES: list[tuple[str, Doc, str]] = [
@@ -722,6 +746,7 @@ BAD_VALUES: list[tuple[str, Doc, str]] = [
     ("unknown-key", {"replicas": 2}, "replicas"),
     ("bad-log-level", {"config": {"log_level": "verbose"}}, "log_level"),
     ("port-out-of-range", {"containerPort": 70000}, "containerPort"),
+    ("listen-address-without-port", {"config": {"listen_address": "0.0.0.0"}}, "listen_address"),
 ]
 
 
@@ -757,7 +782,6 @@ def test_missing_rules_file_fails_loudly(helm: str, scratch_chart: Path) -> None
 # --- the chart's config against the exporter itself ---------------------------------------------------------------
 
 CHART_OWNED = {
-    "listen_address",
     "web_config_file",
     "state_dir",
     "virtual_key_file",
@@ -840,7 +864,7 @@ def test_rendered_config_passes_check_config(
         effective = yaml.safe_load(proc.stdout)
         if "BIFROST_EXPORTER_PROVIDERS" in plain_env:
             assert effective["providers"] == plain_env["BIFROST_EXPORTER_PROVIDERS"].split(",")
-        assert effective["listen_address"] == "0.0.0.0:9877"
+        assert effective["listen_address"] == ":9877"
 
 
 def test_rendered_web_config_is_accepted_by_the_exporter(rendered: dict[str, str], tmp_path: Path) -> None:

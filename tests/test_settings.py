@@ -809,6 +809,15 @@ def test_listen_addresses_that_bind_are_taken(address: str) -> None:
     assert load_settings({"listen_address": address}).listen_address == address
 
 
+@pytest.mark.parametrize(
+    ("address", "listen"),
+    [(":9877", ("", 9877)), ("0.0.0.0:9877", ("0.0.0.0", 9877)), ("[::]:9877", ("::", 9877))],
+)
+def test_an_empty_listen_host_stays_empty_for_the_server(address: str, listen: tuple[str, int]) -> None:
+    """The server binds every address of both families for "", IPv4 only for 0.0.0.0 (tests/test_server.py)."""
+    assert load_settings({"listen_address": address}).listen == listen
+
+
 def test_checks_of_two_settings_name_one_setting_and_its_source(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BIFROST_EXPORTER_POLL_INTERVAL_SECONDS", "900")
     with pytest.raises(ConfigError) as info:

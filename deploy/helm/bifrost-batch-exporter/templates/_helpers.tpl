@@ -158,7 +158,16 @@ credentials whose key is not empty there.
 {{/* The exporter's config.yaml. No secrets: those are files from the auth Secret, named here by *_file settings. */}}
 {{- define "bbe.configYaml" -}}
 {{- $config := deepCopy .Values.config }}
-{{- $_ := set $config "listen_address" (printf "0.0.0.0:%d" (int .Values.containerPort)) }}
+{{- /* `:PORT` is every address of both families: the kubelet probes and Prometheus scrapes status.podIP, which is
+     IPv6 on an IPv6 or IPv6-primary cluster. A config.listen_address of its own must keep containerPort. */}}
+{{- $port := printf ":%d" (int .Values.containerPort) }}
+{{- if hasKey $config "listen_address" }}
+{{- if not (hasSuffix $port (toString $config.listen_address)) }}
+{{- fail (printf "config.listen_address %q must end in %s, the containerPort that the probes, the Service and the NetworkPolicy use (or leave it out: %s listens on IPv4 and IPv6)" (toString $config.listen_address) $port $port) }}
+{{- end }}
+{{- else }}
+{{- $_ := set $config "listen_address" $port }}
+{{- end }}
 {{- if include "bbe.webConfigEnabled" . }}
 {{- $_ := set $config "web_config_file" "/etc/bifrost-batch-exporter/web/web-config.yml" }}
 {{- end }}
