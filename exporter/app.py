@@ -69,6 +69,11 @@ class Exporter:
     def rendered(self) -> Rendered:
         return self._rendered
 
+    def update_credentials(self, settings: Settings) -> None:
+        """Secret files read again (SIGHUP, or a rotated Secret): the client sends them from the next request on."""
+        self.client.update_credentials(settings)
+        self.settings = settings
+
     @property
     def port(self) -> int:
         return self.server.port

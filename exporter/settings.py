@@ -85,7 +85,7 @@ SECRET_FILES = {
     "basic_auth_password": "basic_auth_password_file",
     "bearer_token": "bearer_token_file",
 }
-# Every setting that names something SIGHUP reads again.
+# Every setting that names something SIGHUP (or a change on disk) makes the exporter read again.
 RELOADABLE_SECRET_SETTINGS = (*SECRET_FILES.values(), "virtual_key_dir")
 MASK = "**********"
 DEFAULT_KEY_NAME = "default"
@@ -260,13 +260,13 @@ class Settings(BaseSettings):
     )
     virtual_key_file: Path | None = Field(
         default=None,
-        description="File holding the virtual key; re-read on SIGHUP.",
+        description="File holding the virtual key; re-read on SIGHUP and when it changes.",
         json_schema_extra=_meta("FILE"),
     )
     virtual_key_dir: Path | None = Field(
         default=None,
         description="Directory holding one virtual key per file, named after the file; every provider is "
-        "listed once per key. Re-read on SIGHUP.",
+        "listed once per key. Re-read on SIGHUP and when it changes.",
         json_schema_extra=_meta("DIR"),
     )
     basic_auth_username: SecretStr | None = Field(
@@ -281,7 +281,7 @@ class Settings(BaseSettings):
     )
     basic_auth_password_file: Path | None = Field(
         default=None,
-        description="File holding basic_auth_password; re-read on SIGHUP.",
+        description="File holding basic_auth_password; re-read on SIGHUP and when it changes.",
         json_schema_extra=_meta("FILE"),
     )
     bearer_token: SecretStr | None = Field(
@@ -291,7 +291,7 @@ class Settings(BaseSettings):
     )
     bearer_token_file: Path | None = Field(
         default=None,
-        description="File holding bearer_token; re-read on SIGHUP.",
+        description="File holding bearer_token; re-read on SIGHUP and when it changes.",
         json_schema_extra=_meta("FILE"),
     )
     extra_headers: Annotated[dict[str, str], NoDecode] = Field(

@@ -112,7 +112,7 @@ provider in at most one shard.
 {{/*
 The gateway credentials the pods get from the auth Secret, as {"items": [{cred, key, file, setting}]}: `key` in the
 Secret, mounted as `file` under /etc/bifrost-batch-exporter/auth and named by the exporter's `setting` (a *_file
-setting, re-read on SIGHUP). The user name is not a *_file setting; it travels as an env var (bbe.env).
+setting, re-read when it changes). The user name is not a *_file setting; it travels as an env var (bbe.env).
 A chart-rendered Secret uses fixed key names; an existingSecret uses auth.existingSecretKeys, and only the
 credentials whose key is not empty there.
 */}}
