@@ -488,12 +488,19 @@ def test_package_carries_the_embedded_files(helm: str, tmp_path: Path) -> None:
 def test_credentials_stay_in_secrets(rendered: dict[str, str]) -> None:
     for value_set in VALUE_SETS:
         auth = load_values(value_set).get("auth", {})
-        not_flat = {"existingSecret", "existingSecretKeys", "virtualKeys", "virtualKeysSecret"}
+        not_flat = {
+            "existingSecret",
+            "existingSecretKeys",
+            "virtualKeys",
+            "virtualKeysSecret",
+            "extraHeaders",
+        }
         secrets = [v for k, v in auth.items() if k not in not_flat and v]
         tenant_keys = auth.get("virtualKeys") or {}
+        headers = auth.get("extraHeaders") or {}
         docs = docs_of(rendered[value_set])
         not_secret = yaml.safe_dump([d for d in docs if d["kind"] != "Secret"])
-        for secret in [*secrets, *tenant_keys.values()]:
+        for secret in [*secrets, *tenant_keys.values(), *headers.values()]:
             assert secret not in not_secret, f"{value_set}: a credential leaked out of the Secret"
         if tenant_keys:
             (keys_secret,) = [
@@ -505,8 +512,10 @@ def test_credentials_stay_in_secrets(rendered: dict[str, str]) -> None:
             auth_secret = one(
                 [d for d in of_kind(docs, "Secret") if d["metadata"]["name"].endswith("-auth")], "Secret"
             )
-            decoded = {base64.b64decode(v).decode() for v in auth_secret["data"].values()}
-            assert decoded == set(secrets)
+            decoded = {k: base64.b64decode(v).decode() for k, v in auth_secret["data"].items()}
+            if headers:
+                assert json.loads(decoded.pop("extra-headers")) == headers
+            assert set(decoded.values()) == set(secrets)
 
 
 AUTH_DIR = "/etc/bifrost-batch-exporter/auth"
@@ -583,6 +592,38 @@ def test_existing_secret(rendered: dict[str, str]) -> None:
     assert "bearer_token_file" not in config
     ref = env_of(deployment)["BIFROST_EXPORTER_BASIC_AUTH_USERNAME"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "bifrost-gateway-credentials", "key": "username"}
+
+
+@pytest.mark.parametrize(
+    ("args", "ref"),
+    [
+        (["--set-string", "auth.extraHeaders.X-Api-Key=sk-proxy-123456"],
+         {"name": "rel-bifrost-batch-exporter-auth", "key": "extra-headers"}),
+        (["--set", "auth.existingSecret=gw", "--set", "auth.existingSecretKeys.virtualKey=vk",
+          "--set", "auth.existingSecretKeys.extraHeaders=headers"],
+         {"name": "gw", "key": "headers"}),
+    ],
+)  # fmt: skip
+def test_extra_headers_travel_in_the_secret(helm: str, args: list[str], ref: Doc, tmp_path: Path) -> None:
+    """The exporter treats every header value as a secret (a proxy's API key): a ConfigMap is readable with
+    `get configmaps` alone, so the headers go into the Secret and reach the pod as BIFROST_EXPORTER_EXTRA_HEADERS."""
+    docs = docs_of(template_text(helm, *args))
+    assert "sk-proxy-123456" not in yaml.safe_dump([d for d in docs if d["kind"] != "Secret"])
+    assert "extra_headers" not in config_of(docs)
+    env = env_of(one(docs, "Deployment"))["BIFROST_EXPORTER_EXTRA_HEADERS"]
+    assert env == {"name": "BIFROST_EXPORTER_EXTRA_HEADERS", "valueFrom": {"secretKeyRef": ref}}
+    secrets = [d for d in of_kind(docs, "Secret") if d["metadata"]["name"] == ref["name"]]
+    if secrets:  # rendered by the chart: the JSON object the exporter reads from that variable
+        value = base64.b64decode(one(secrets, "Secret")["data"][ref["key"]]).decode()
+        assert json.loads(value) == {"X-Api-Key": "sk-proxy-123456"}
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("BIFROST_EXPORTER_")}
+        proc = subprocess.run(
+            [sys.executable, "-m", "exporter", "--check-config"],
+            capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+            env=environ | {"BIFROST_EXPORTER_EXTRA_HEADERS": value},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert yaml.safe_load(proc.stdout)["extra_headers"] == {"X-Api-Key": "**********"}
 
 
 # --- persistence: the ledger in state_dir ---------------------------------------------------------------------------
@@ -743,6 +784,7 @@ BAD_VALUES: list[tuple[str, Doc, str]] = [
     ("shard-providers-string", {"shards": [{"name": "a", "providers": "openai"}]}, "providers"),
     ("shard-without-name", {"shards": [{"providers": ["openai"]}]}, "name"),
     ("secret-in-configmap", {"config": {"virtual_key": "sk-oops"}}, "virtual_key"),
+    ("headers-in-configmap", {"config": {"extra_headers": {"X-Api-Key": "sk-proxy-1"}}}, "extra_headers"),
     ("unknown-key", {"replicas": 2}, "replicas"),
     ("bad-log-level", {"config": {"log_level": "verbose"}}, "log_level"),
     ("port-out-of-range", {"containerPort": 70000}, "containerPort"),
@@ -789,7 +831,8 @@ CHART_OWNED = {
     "basic_auth_password_file",
     "bearer_token_file",
 }
-SECRETS = {"virtual_key", "basic_auth_username", "basic_auth_password", "bearer_token"}
+# The exporter treats extra_headers values as secrets too: auth.extraHeaders puts them into the Secret.
+SECRETS = {"virtual_key", "basic_auth_username", "basic_auth_password", "bearer_token", "extra_headers"}
 
 
 def test_schema_takes_the_provider_ids_the_exporter_takes() -> None:
@@ -847,8 +890,18 @@ def test_rendered_config_passes_check_config(
         config["virtual_key_dir"] = str(key_dir)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
+    rendered_secrets = {
+        d["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in d.get("data", {}).items()}
+        for d in of_kind(docs, "Secret")
+    }
     for deployment in of_kind(docs, "Deployment"):
-        from_secrets = {name: "stand-in-user" for name, e in env_of(deployment).items() if "valueFrom" in e}
+        # From a Secret the chart renders: its value; from an existingSecret: a stand-in of the right shape.
+        from_secrets = {}
+        for name, e in env_of(deployment).items():
+            if "valueFrom" in e:
+                ref = e["valueFrom"]["secretKeyRef"]
+                stand_in = '{"X-Stand-In": "v"}' if name.endswith("_EXTRA_HEADERS") else "stand-in-user"
+                from_secrets[name] = rendered_secrets.get(ref["name"], {}).get(ref["key"], stand_in)
         plain_env = {name: e["value"] for name, e in env_of(deployment).items() if "value" in e}
         env = {k: v for k, v in os.environ.items() if not k.startswith("BIFROST_EXPORTER_")} | plain_env
         env |= from_secrets

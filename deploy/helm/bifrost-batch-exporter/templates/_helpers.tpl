@@ -104,7 +104,7 @@ provider in at most one shard.
 {{- define "bbe.authSecretName" -}}
 {{- if .Values.auth.existingSecret }}
 {{- .Values.auth.existingSecret }}
-{{- else if or .Values.auth.virtualKey .Values.auth.basicAuthUsername .Values.auth.basicAuthPassword .Values.auth.bearerToken }}
+{{- else if or .Values.auth.virtualKey .Values.auth.basicAuthUsername .Values.auth.basicAuthPassword .Values.auth.bearerToken .Values.auth.extraHeaders }}
 {{- printf "%s-auth" (include "bbe.fullname" .) }}
 {{- end }}
 {{- end }}
@@ -211,7 +211,7 @@ credentials whose key is not empty there.
 {{- toYaml $probe }}
 {{- end }}
 
-{{/* Environment of the exporter container: the shard's providers, the gateway user name, extraEnv. */}}
+{{/* Environment of the exporter container: the shard's providers, the gateway user name, extra headers, extraEnv. */}}
 {{- define "bbe.env" -}}
 {{- $root := .root }}
 {{- $auth := $root.Values.auth }}
@@ -228,6 +228,18 @@ credentials whose key is not empty there.
 {{- if $userKey }}
 {{- $ref := dict "name" (include "bbe.authSecretName" $root) "key" $userKey }}
 {{- $env = append $env (dict "name" "BIFROST_EXPORTER_BASIC_AUTH_USERNAME" "valueFrom" (dict "secretKeyRef" $ref)) }}
+{{- end }}
+{{- /* extra_headers (the exporter treats every value as a secret) come from the Secret too, as the JSON object the
+     exporter reads from BIFROST_EXPORTER_EXTRA_HEADERS: there is no *_file setting for them. */}}
+{{- $headersKey := "" }}
+{{- if $auth.existingSecret }}
+{{- $headersKey = $auth.existingSecretKeys.extraHeaders }}
+{{- else if $auth.extraHeaders }}
+{{- $headersKey = "extra-headers" }}
+{{- end }}
+{{- if $headersKey }}
+{{- $ref := dict "name" (include "bbe.authSecretName" $root) "key" $headersKey }}
+{{- $env = append $env (dict "name" "BIFROST_EXPORTER_EXTRA_HEADERS" "valueFrom" (dict "secretKeyRef" $ref)) }}
 {{- end }}
 {{- $env = concat $env $root.Values.extraEnv }}
 {{- if $env }}{{ toYaml $env }}{{ end }}
