@@ -784,7 +784,6 @@ BAD_VALUES: list[tuple[str, Doc, str]] = [
     ("shard-providers-string", {"shards": [{"name": "a", "providers": "openai"}]}, "providers"),
     ("shard-without-name", {"shards": [{"providers": ["openai"]}]}, "name"),
     ("secret-in-configmap", {"config": {"virtual_key": "sk-oops"}}, "virtual_key"),
-    ("headers-in-configmap", {"config": {"extra_headers": {"X-Api-Key": "sk-proxy-1"}}}, "extra_headers"),
     ("unknown-key", {"replicas": 2}, "replicas"),
     ("bad-log-level", {"config": {"log_level": "verbose"}}, "log_level"),
     ("port-out-of-range", {"containerPort": 70000}, "containerPort"),
@@ -853,7 +852,23 @@ def test_schema_knows_every_exporter_setting() -> None:
 
     schema = json.loads((CHART / "values.schema.json").read_text())
     allowed = set(schema["properties"]["config"]["properties"])
-    assert allowed == set(Settings.model_fields) - SECRETS - CHART_OWNED
+    # extra_headers is known so that the chart can refuse it with a message that says where headers go
+    assert allowed == set(Settings.model_fields) - SECRETS - CHART_OWNED | {"extra_headers"}
+
+
+def test_extra_headers_under_config_are_refused_naming_where_they_go(helm: str) -> None:
+    proc = run_helm(
+        helm,
+        "template",
+        "rel",
+        str(CHART),
+        "--set-string",
+        "config.extra_headers.X-Api-Key=sk-proxy-1",
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "config.extra_headers would be written into a ConfigMap" in proc.stderr
+    assert "auth.extraHeaders" in proc.stderr and "sk-proxy-1" not in proc.stderr
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)

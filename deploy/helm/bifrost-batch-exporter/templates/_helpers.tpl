@@ -158,6 +158,10 @@ credentials whose key is not empty there.
 {{/* The exporter's config.yaml. No secrets: those are files from the auth Secret, named here by *_file settings. */}}
 {{- define "bbe.configYaml" -}}
 {{- $config := deepCopy .Values.config }}
+{{- if $config.extra_headers }}
+{{- fail "config.extra_headers would be written into a ConfigMap (readable with `get configmaps`), but the exporter treats header values as secrets: set them in auth.extraHeaders (rendered into the Secret) or name an existing Secret's entry in auth.existingSecretKeys.extraHeaders" }}
+{{- end }}
+{{- $_ := unset $config "extra_headers" }}
 {{- /* `:PORT` is every address of both families: the kubelet probes and Prometheus scrapes status.podIP, which is
      IPv6 on an IPv6 or IPv6-primary cluster. A config.listen_address of its own must keep containerPort. */}}
 {{- $port := printf ":%d" (int .Values.containerPort) }}
