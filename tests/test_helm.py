@@ -594,6 +594,18 @@ def test_existing_secret(rendered: dict[str, str]) -> None:
     assert ref == {"name": "bifrost-gateway-credentials", "key": "username"}
 
 
+def test_an_existing_secret_without_any_key_named_is_refused(helm: str) -> None:
+    """0.1.0's existingSecretKeys had defaults; values written for it would now mount nothing, and the exporter
+    would poll without a credential (auth failures, or a keyless view of the whole account)."""
+    proc = run_helm(helm, "template", "rel", str(CHART), "--set", "auth.existingSecret=gw-creds", check=False)
+    assert proc.returncode != 0
+    assert (
+        'auth.existingSecret "gw-creds" is set, but auth.existingSecretKeys names none of its keys'
+        in proc.stderr
+    ), proc.stderr
+    assert "auth.existingSecretKeys.virtualKey" in proc.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "ref"),
     [

@@ -118,6 +118,9 @@ credentials whose key is not empty there.
 */}}
 {{- define "bbe.authFiles" -}}
 {{- $auth := .Values.auth }}
+{{- if and $auth.existingSecret (not (or $auth.existingSecretKeys.virtualKey $auth.existingSecretKeys.basicAuthUsername $auth.existingSecretKeys.basicAuthPassword $auth.existingSecretKeys.bearerToken $auth.existingSecretKeys.extraHeaders)) }}
+{{- fail (printf "auth.existingSecret %q is set, but auth.existingSecretKeys names none of its keys, so no credential would reach the exporter: set auth.existingSecretKeys.virtualKey (or basicAuthUsername and basicAuthPassword, or bearerToken; extraHeaders) to the key names in that Secret, or leave auth.existingSecret empty" $auth.existingSecret) }}
+{{- end }}
 {{- $items := list }}
 {{- range $cred := list "virtualKey" "basicAuthPassword" "bearerToken" }}
 {{- $file := get (dict "virtualKey" "virtual-key" "basicAuthPassword" "basic-auth-password" "bearerToken" "bearer-token") $cred }}
