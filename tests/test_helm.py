@@ -858,6 +858,31 @@ def test_schema_takes_the_provider_ids_the_exporter_takes() -> None:
     assert patterns == {_PROVIDER_RE.pattern}
 
 
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("log_level", "INFO"), ("log_level", " Warn "), ("log_level", "WARNING"), ("log_level", "verbose"),
+     ("log_format", "JSON"), ("log_format", "Console"), ("log_format", "xml"),
+     ("poll_mode", "FULL"), ("poll_mode", "Incremental"), ("poll_mode", " full"), ("poll_mode", "fast"),
+     ("bifrost_url", "HTTP://bifrost:8080"), ("bifrost_url", "Https://bifrost"), ("bifrost_url", "ftp://bifrost")],
+)  # fmt: skip
+def test_schema_takes_the_spellings_the_exporter_takes(
+    helm: str, tmp_path: Path, setting: str, value: str
+) -> None:
+    """The exporter reads these in any case (log names also with spaces around): the chart must neither refuse
+    what it accepts nor render what it refuses."""
+    from exporter.settings import ConfigError, load_settings
+
+    try:
+        load_settings({setting: value})
+        exporter_takes = True
+    except ConfigError:
+        exporter_takes = False
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"config": {setting: value}}))
+    proc = run_helm(helm, "template", "rel", str(CHART), "-f", str(values), check=False)
+    assert (proc.returncode == 0) == exporter_takes, proc.stderr
+
+
 def test_schema_knows_every_exporter_setting() -> None:
     """config.* in values.schema.json = the exporter's settings minus secrets (env from a Secret) and chart-owned ones."""
     from exporter.settings import Settings
