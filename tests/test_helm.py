@@ -948,12 +948,12 @@ def test_rendered_config_passes_check_config(
     }
     for deployment in of_kind(docs, "Deployment"):
         # From a Secret the chart renders: its value; from an existingSecret: a stand-in of the right shape.
-        from_secrets = {}
+        from_secrets: dict[str, str] = {}
         for name, e in env_of(deployment).items():
             if "valueFrom" in e:
                 ref = e["valueFrom"]["secretKeyRef"]
-                stand_in = '{"X-Stand-In": "v"}' if name.endswith("_EXTRA_HEADERS") else "stand-in-user"
-                from_secrets[name] = rendered_secrets.get(ref["name"], {}).get(ref["key"], stand_in)
+                fallback = '{"X-Stand-In": "v"}' if name.endswith("_EXTRA_HEADERS") else "stand-in-user"
+                from_secrets[name] = rendered_secrets.get(ref["name"], {}).get(ref["key"], fallback)
         plain_env = {name: e["value"] for name, e in env_of(deployment).items() if "value" in e}
         env = {k: v for k, v in os.environ.items() if not k.startswith("BIFROST_EXPORTER_")} | plain_env
         env |= from_secrets
