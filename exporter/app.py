@@ -69,6 +69,11 @@ class Exporter:
     def rendered(self) -> Rendered:
         return self._rendered
 
+    def update_credentials(self, settings: Settings) -> None:
+        """Secret files read again (SIGHUP, or a rotated Secret): the client sends them from the next request on."""
+        self.client.update_credentials(settings)
+        self.settings = settings
+
     @property
     def port(self) -> int:
         return self.server.port
@@ -174,7 +179,7 @@ class Exporter:
             task.add_done_callback(self._task_done)
         self._log.info(
             "exporter_started",
-            listen=f"{self.server.host}:{self.server.port}",
+            listen=self.server.addresses,
             bifrost_url=self.settings.bifrost_url,
             providers=list(self.settings.providers),
             poll_interval_seconds=self.settings.poll_interval_seconds,

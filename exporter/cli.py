@@ -31,10 +31,10 @@ from .app import Exporter
 from .demo import demo_gateway
 from .logs import add_secrets, configure
 from .runtime import RuntimeMetrics
+from .secretreload import SecretReloader
 from .settings import (
     CONFIG_ENV,
     ENV_PREFIX,
-    RELOADABLE_SECRET_SETTINGS,
     ConfigError,
     Settings,
     load_settings,
@@ -371,37 +371,30 @@ async def _serve(settings: Settings, web: WebSecurity | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     exporter = Exporter(settings, guard=web, ssl_context=web.ssl_context if web is not None else None)
-    loop.add_signal_handler(signal.SIGHUP, _on_sighup, web, exporter)
-    watcher = asyncio.create_task(web.watch(), name="web-config") if web is not None else None
+    secrets = SecretReloader(exporter)
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup, web, secrets)
+    watchers = []
+    if web is not None:
+        watchers.append(asyncio.create_task(web.watch(), name="web-config"))
+    if secrets.watched:
+        watchers.append(asyncio.create_task(secrets.watch(), name="secret-files"))
     try:
         await exporter.serve_until(stop)
     finally:
-        if watcher is not None:
+        for watcher in watchers:
             watcher.cancel()
 
 
-def _on_sighup(web: WebSecurity | None, exporter: Exporter) -> None:
+def _on_sighup(web: WebSecurity | None, secrets: SecretReloader) -> None:
     """SIGHUP re-reads the web config, the *_file secrets and virtual_key_dir; every other setting needs a restart.
 
-    Rotated secrets are handed to the client, which sends them from the next request on; a secret that cannot be
-    used (unreadable, or not sendable as a header) keeps every credential in use and logs one line naming the
-    setting and the file, never the value.
+    Both are also watched and re-read when they change; SIGHUP reads them now, changed or not.
     """
-    log = structlog.get_logger("exporter")
     if web is not None:
         web.reload("sighup")
-    settings = exporter.settings
-    files = [name for name in RELOADABLE_SECRET_SETTINGS if getattr(settings, name) is not None]
-    if not files:
-        if web is None:
-            log.info("sighup_ignored", detail="no web_config_file or secret file to reload")
-        return
-    try:
-        fresh = settings.reread_secret_files()
-    except ConfigError as exc:
-        log.error("secret_files_reload_failed", error=str(exc), kept="previous")
-        return
-    add_secrets(fresh.secret_values())
-    exporter.client.update_credentials(fresh)
-    exporter.settings = fresh
-    log.info("secret_files_reloaded", settings=files, virtual_keys=len(fresh.virtual_keys()))
+    if secrets.watched:
+        secrets.reload("sighup")
+    elif web is None:
+        structlog.get_logger("exporter").info(
+            "sighup_ignored", detail="no web_config_file or secret file to reload"
+        )

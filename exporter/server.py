@@ -77,6 +77,8 @@ EMFILE_RELEASE = 32
 # Connections accepted per wake-up of the listening socket before other work gets a turn.
 ACCEPT_BATCH = 64
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# What socket() or bind() on `::` says where the kernel or the network namespace has no IPv6.
+_NO_IPV6 = frozenset({errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT, errno.EADDRNOTAVAIL})
 # Bytes handed to the transport at a time; a client that stops reading holds at most this much of our memory.
 WRITE_CHUNK = 128 * 1024
 # The cap on bytes waiting in all connections' send buffers together (above it, writers wait their turn).
@@ -927,6 +929,15 @@ class HttpServer:
         self.port = int(self._sockets[0].getsockname()[1])
         self._resume_accepting()
 
+    @property
+    def addresses(self) -> list[str]:
+        """What is listened on, HOST:PORT each ([ADDR]:PORT for IPv6): `:9877` is two of them, or one without IPv6."""
+        shown = []
+        for sock in self._sockets:
+            host, port = sock.getsockname()[:2]
+            shown.append(f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}")
+        return shown
+
     async def close(self) -> None:
         if not self._sockets:
             return
@@ -947,12 +958,15 @@ class HttpServer:
 async def _listen(host: str, port: int, *, backlog: int) -> list[socket.socket]:
     """Listening sockets for `host` (every address it resolves to; all interfaces when empty), all on one port.
 
-    As asyncio's create_server, except that with port 0 every address gets the same port.
+    As asyncio's create_server, except that with port 0 every address gets the same port. An empty host binds
+    0.0.0.0 and :: side by side, so the IPv6 socket takes IPv6 only, and a kernel without IPv6 leaves just the
+    IPv4 one (as Go's listeners do); a host of one family (`[::]`) gets the socket the OS gives it.
     """
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(
         host or None, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
+    both_families = {info[0] for info in infos} >= {socket.AF_INET, socket.AF_INET6}
     sockets: list[socket.socket] = []
     seen: set[tuple[int, str]] = set()
     try:
@@ -960,16 +974,24 @@ async def _listen(host: str, port: int, *, backlog: int) -> list[socket.socket]:
             if (family, str(address[0])) in seen:
                 continue
             seen.add((family, str(address[0])))
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError as err:
+                if not host and family == socket.AF_INET6 and err.errno in _NO_IPV6:
+                    continue  # IPv6 off in this kernel or namespace: IPv4 alone
+                raise
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
+            if family == socket.AF_INET6 and both_families:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if sockets[0] is not sock:
                 address = (address[0], sockets[0].getsockname()[1], *address[2:])
             try:
                 sock.bind(address)
             except OSError as err:
+                if not host and family == socket.AF_INET6 and err.errno in _NO_IPV6:
+                    sockets.pop().close()  # `::` not available (IPv6 disabled on every interface)
+                    continue
                 raise OSError(
                     err.errno,
                     f"error while attempting to bind on address {address!r}: {os.strerror(err.errno or 0)}",

@@ -87,7 +87,7 @@ SECRET_FILES = {
     "basic_auth_password": "basic_auth_password_file",
     "bearer_token": "bearer_token_file",
 }
-# Every setting that names something SIGHUP reads again.
+# Every setting that names something SIGHUP (or a change on disk) makes the exporter read again.
 RELOADABLE_SECRET_SETTINGS = (*SECRET_FILES.values(), "virtual_key_dir")
 MASK = "**********"
 DEFAULT_KEY_NAME = "default"
@@ -95,11 +95,16 @@ DEFAULT_KEY_NAME = "default"
 _PROVIDER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _LABEL_CHAR_RE = re.compile(r"[^a-zA-Z0-9_]")
 MAX_METADATA_LABELS = 3
-# What Kubernetes (service links, on by default) and Docker links inject for a Service or container named
-# `bifrost-exporter`: not ours, and refusing them would stop the exporter for the name of a neighbour.
-_SERVICE_LINK_RE = re.compile(
-    r"^BIFROST_EXPORTER_(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?|PORT(?:_\d+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)?)$"
+# What the kubelet (service links, on unless the pod spec says enableServiceLinks: false) and Docker links inject
+# for every Service / linked container, the name upper-cased with `-` as `_` (kubelet pkg/kubelet/envvars):
+# SVC_SERVICE_HOST, SVC_SERVICE_PORT[_PORTNAME], SVC_PORT and SVC_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]. Any
+# Service named bifrost-exporter… (a release's own Service included) puts such names under our prefix: not ours,
+# and refusing them would stop the exporter for the name of a neighbour.
+_SERVICE_LINK_SUFFIX_RE = re.compile(
+    r"_(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?|PORT(?:_\d{1,5}_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)?)"
 )
+# SVC_PORT's value, always set by both (the first port): PROTO://CLUSTER_IP:PORT, an IPv6 address in brackets.
+_SERVICE_LINK_URL_RE = re.compile(r"(?:tcp|udp|sctp)://(?:[0-9.]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}")
 # An unknown YAML key is repeated in the error only when it is shaped like a setting name (or close to one).
 _SETTING_LIKE_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _HEADER_CHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]"  # RFC 9110 token characters: all a field name may hold
@@ -268,13 +273,13 @@ class Settings(BaseSettings):
     )
     virtual_key_file: Path | None = Field(
         default=None,
-        description="File holding the virtual key; re-read on SIGHUP.",
+        description="File holding the virtual key; re-read on SIGHUP and when it changes.",
         json_schema_extra=_meta("FILE"),
     )
     virtual_key_dir: Path | None = Field(
         default=None,
         description="Directory holding one virtual key per file, named after the file; every provider is "
-        "listed once per key. Re-read on SIGHUP.",
+        "listed once per key. Re-read on SIGHUP and when it changes.",
         json_schema_extra=_meta("DIR"),
     )
     basic_auth_username: SecretStr | None = Field(
@@ -289,7 +294,7 @@ class Settings(BaseSettings):
     )
     basic_auth_password_file: Path | None = Field(
         default=None,
-        description="File holding basic_auth_password; re-read on SIGHUP.",
+        description="File holding basic_auth_password; re-read on SIGHUP and when it changes.",
         json_schema_extra=_meta("FILE"),
     )
     bearer_token: SecretStr | None = Field(
@@ -299,7 +304,7 @@ class Settings(BaseSettings):
     )
     bearer_token_file: Path | None = Field(
         default=None,
-        description="File holding bearer_token; re-read on SIGHUP.",
+        description="File holding bearer_token; re-read on SIGHUP and when it changes.",
         json_schema_extra=_meta("FILE"),
     )
     extra_headers: Annotated[dict[str, str], NoDecode] = Field(
@@ -381,7 +386,8 @@ class Settings(BaseSettings):
     )
     listen_address: str = Field(
         default="0.0.0.0:9877",
-        description="Address to serve the metrics, /healthz, /readyz and / on; IPv6 as [ADDR]:PORT.",
+        description="Address to serve the metrics, /healthz, /readyz and / on; IPv6 as [ADDR]:PORT; an empty "
+        "host (:PORT) is every address of both families.",
         json_schema_extra=_meta("HOST:PORT"),
     )
     web_config_file: Path | None = Field(
@@ -855,6 +861,8 @@ def metadata_label_name(key: str) -> str:
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
+    """(host, port); the host is "" for `:PORT`, which the server binds on every address of both families (as the
+    exporter-toolkit's `:9100` does), while `0.0.0.0:PORT` stays IPv4 only."""
     match = re.match(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$", value)
     if not match:
         raise ValueError("must be HOST:PORT (IPv6 as [ADDR]:PORT)")
@@ -870,7 +878,7 @@ def parse_listen_address(value: str) -> tuple[str, int]:
         return v6, port
     if name and not _listen_host_ok(name):
         raise ValueError(f"{quoted(name, 70)} is neither an IPv4 address nor a host name")
-    return name or "0.0.0.0", port
+    return name, port
 
 
 def _listen_host_ok(host: str) -> bool:
@@ -911,18 +919,37 @@ def _suggest(word: str, choices: Collection[str]) -> str | None:
     return close[0] if close else None
 
 
+def _service_links(environ: Mapping[str, str]) -> set[str]:
+    """The BIFROST_EXPORTER_* names that are service links. A name counts only in the shape the kubelet gives it and
+    only beside its Service's SVC_PORT holding PROTO://IP:PORT (the kubelet and Docker always set that one), so a
+    misspelt setting that merely ends in _PORT or _SERVICE_HOST is still refused."""
+    names = {key.upper(): value for key, value in environ.items() if key.upper().startswith(ENV_PREFIX)}
+    services = [
+        name.removesuffix("_PORT")
+        for name, value in names.items()
+        if name.endswith("_PORT") and _SERVICE_LINK_URL_RE.fullmatch(value.strip())
+    ]
+    return {
+        name
+        for name in names
+        for service in services
+        if name.startswith(service) and _SERVICE_LINK_SUFFIX_RE.fullmatch(name[len(service) :])
+    }
+
+
 def _unknown_env(environ: Mapping[str, str]) -> list[str]:
     """Each BIFROST_EXPORTER_* variable that is no setting: a typo there would otherwise be ignored in silence.
 
-    Except the service-link variables Kubernetes and Docker define for a neighbour named `bifrost-exporter`.
+    Except the service-link variables Kubernetes and Docker define for a Service named `bifrost-exporter…`.
     """
     problems = []
+    links = _service_links(environ)
     for key in sorted(environ):
         upper = key.upper()
         if not upper.startswith(ENV_PREFIX) or upper == CONFIG_ENV:
             continue
         name = upper.removeprefix(ENV_PREFIX).lower()
-        if name in Settings.model_fields or _SERVICE_LINK_RE.match(upper):
+        if name in Settings.model_fields or upper in links:
             continue
         hint = _suggest(name, Settings.model_fields)
         problems.append(

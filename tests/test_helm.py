@@ -329,7 +329,7 @@ def test_default_render(rendered: dict[str, str]) -> None:
     assert c["resources"]["limits"]
     assert "env" not in c  # all providers from the ConfigMap, no credentials
     config = yaml.safe_load(one(docs, "ConfigMap")["data"]["config.yaml"])
-    assert config["listen_address"] == "0.0.0.0:9877"
+    assert config["listen_address"] == ":9877"  # IPv4 and IPv6: the pod's IP may be either
     assert config["providers"] == ["openai", "anthropic", "azure", "bedrock", "gemini", "vertex"]
     assert "web_config_file" not in config
 
@@ -339,6 +339,8 @@ def test_pods_are_locked_down(rendered: dict[str, str], value_set: str) -> None:
     for deployment in of_kind(docs_of(rendered[value_set]), "Deployment"):
         pod = deployment["spec"]["template"]["spec"]
         assert pod["automountServiceAccountToken"] is False
+        # No <SERVICE>_* variables: a Service named bifrost-exporter… would put BIFROST_EXPORTER_* names there.
+        assert pod["enableServiceLinks"] is False
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] == 65532
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -486,12 +488,19 @@ def test_package_carries_the_embedded_files(helm: str, tmp_path: Path) -> None:
 def test_credentials_stay_in_secrets(rendered: dict[str, str]) -> None:
     for value_set in VALUE_SETS:
         auth = load_values(value_set).get("auth", {})
-        not_flat = {"existingSecret", "existingSecretKeys", "virtualKeys", "virtualKeysSecret"}
+        not_flat = {
+            "existingSecret",
+            "existingSecretKeys",
+            "virtualKeys",
+            "virtualKeysSecret",
+            "extraHeaders",
+        }
         secrets = [v for k, v in auth.items() if k not in not_flat and v]
         tenant_keys = auth.get("virtualKeys") or {}
+        headers = auth.get("extraHeaders") or {}
         docs = docs_of(rendered[value_set])
         not_secret = yaml.safe_dump([d for d in docs if d["kind"] != "Secret"])
-        for secret in [*secrets, *tenant_keys.values()]:
+        for secret in [*secrets, *tenant_keys.values(), *headers.values()]:
             assert secret not in not_secret, f"{value_set}: a credential leaked out of the Secret"
         if tenant_keys:
             (keys_secret,) = [
@@ -503,8 +512,10 @@ def test_credentials_stay_in_secrets(rendered: dict[str, str]) -> None:
             auth_secret = one(
                 [d for d in of_kind(docs, "Secret") if d["metadata"]["name"].endswith("-auth")], "Secret"
             )
-            decoded = {base64.b64decode(v).decode() for v in auth_secret["data"].values()}
-            assert decoded == set(secrets)
+            decoded = {k: base64.b64decode(v).decode() for k, v in auth_secret["data"].items()}
+            if headers:
+                assert json.loads(decoded.pop("extra-headers")) == headers
+            assert set(decoded.values()) == set(secrets)
 
 
 AUTH_DIR = "/etc/bifrost-batch-exporter/auth"
@@ -581,6 +592,50 @@ def test_existing_secret(rendered: dict[str, str]) -> None:
     assert "bearer_token_file" not in config
     ref = env_of(deployment)["BIFROST_EXPORTER_BASIC_AUTH_USERNAME"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "bifrost-gateway-credentials", "key": "username"}
+
+
+def test_an_existing_secret_without_any_key_named_is_refused(helm: str) -> None:
+    """0.1.0's existingSecretKeys had defaults; values written for it would now mount nothing, and the exporter
+    would poll without a credential (auth failures, or a keyless view of the whole account)."""
+    proc = run_helm(helm, "template", "rel", str(CHART), "--set", "auth.existingSecret=gw-creds", check=False)
+    assert proc.returncode != 0
+    assert (
+        'auth.existingSecret "gw-creds" is set, but auth.existingSecretKeys names none of its keys'
+        in proc.stderr
+    ), proc.stderr
+    assert "auth.existingSecretKeys.virtualKey" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "ref"),
+    [
+        (["--set-string", "auth.extraHeaders.X-Api-Key=sk-proxy-123456"],
+         {"name": "rel-bifrost-batch-exporter-auth", "key": "extra-headers"}),
+        (["--set", "auth.existingSecret=gw", "--set", "auth.existingSecretKeys.virtualKey=vk",
+          "--set", "auth.existingSecretKeys.extraHeaders=headers"],
+         {"name": "gw", "key": "headers"}),
+    ],
+)  # fmt: skip
+def test_extra_headers_travel_in_the_secret(helm: str, args: list[str], ref: Doc, tmp_path: Path) -> None:
+    """The exporter treats every header value as a secret (a proxy's API key): a ConfigMap is readable with
+    `get configmaps` alone, so the headers go into the Secret and reach the pod as BIFROST_EXPORTER_EXTRA_HEADERS."""
+    docs = docs_of(template_text(helm, *args))
+    assert "sk-proxy-123456" not in yaml.safe_dump([d for d in docs if d["kind"] != "Secret"])
+    assert "extra_headers" not in config_of(docs)
+    env = env_of(one(docs, "Deployment"))["BIFROST_EXPORTER_EXTRA_HEADERS"]
+    assert env == {"name": "BIFROST_EXPORTER_EXTRA_HEADERS", "valueFrom": {"secretKeyRef": ref}}
+    secrets = [d for d in of_kind(docs, "Secret") if d["metadata"]["name"] == ref["name"]]
+    if secrets:  # rendered by the chart: the JSON object the exporter reads from that variable
+        value = base64.b64decode(one(secrets, "Secret")["data"][ref["key"]]).decode()
+        assert json.loads(value) == {"X-Api-Key": "sk-proxy-123456"}
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("BIFROST_EXPORTER_")}
+        proc = subprocess.run(
+            [sys.executable, "-m", "exporter", "--check-config"],
+            capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+            env=environ | {"BIFROST_EXPORTER_EXTRA_HEADERS": value},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert yaml.safe_load(proc.stdout)["extra_headers"] == {"X-Api-Key": "**********"}
 
 
 # --- persistence: the ledger in state_dir ---------------------------------------------------------------------------
@@ -707,6 +762,30 @@ def test_config_changes_roll_the_pods(helm: str) -> None:
     assert changed_secret["checksum/secret"] != base["checksum/secret"]
 
 
+@pytest.mark.parametrize(
+    ("args", "listen"),
+    [
+        ([], ":9877"),
+        (["--set", "containerPort=9100"], ":9100"),
+        (["--set", "config.listen_address=0.0.0.0:9877"], "0.0.0.0:9877"),  # IPv4 only, by choice
+        (["--set-string", "config.listen_address=[::]:9100", "--set", "containerPort=9100"], "[::]:9100"),
+    ],
+)
+def test_the_listen_address_serves_both_families_on_the_container_port(
+    helm: str, args: list[str], listen: str
+) -> None:
+    """`:PORT` answers on the pod's IPv4 and IPv6 address (tests/test_server.py shows it on loopback)."""
+    docs = docs_of(template_text(helm, *args))
+    assert config_of(docs)["listen_address"] == listen
+    assert container(one(docs, "Deployment"))["ports"][0]["containerPort"] == int(listen.rsplit(":", 1)[1])
+
+
+def test_a_listen_address_off_the_container_port_is_refused(helm: str) -> None:
+    proc = run_helm(helm, "template", "rel", str(CHART), "--set", "config.listen_address=:9100", check=False)
+    assert proc.returncode != 0
+    assert 'config.listen_address ":9100" must end in :9877, the containerPort' in proc.stderr, proc.stderr
+
+
 # --- the schema rejects wrong values --------------------------------------------------------------------------------
 
 BAD_VALUES: list[tuple[str, Doc, str]] = [
@@ -720,6 +799,7 @@ BAD_VALUES: list[tuple[str, Doc, str]] = [
     ("unknown-key", {"replicas": 2}, "replicas"),
     ("bad-log-level", {"config": {"log_level": "verbose"}}, "log_level"),
     ("port-out-of-range", {"containerPort": 70000}, "containerPort"),
+    ("listen-address-without-port", {"config": {"listen_address": "0.0.0.0"}}, "listen_address"),
 ]
 
 
@@ -755,7 +835,6 @@ def test_missing_rules_file_fails_loudly(helm: str, scratch_chart: Path) -> None
 # --- the chart's config against the exporter itself ---------------------------------------------------------------
 
 CHART_OWNED = {
-    "listen_address",
     "web_config_file",
     "state_dir",
     "virtual_key_file",
@@ -763,7 +842,8 @@ CHART_OWNED = {
     "basic_auth_password_file",
     "bearer_token_file",
 }
-SECRETS = {"virtual_key", "basic_auth_username", "basic_auth_password", "bearer_token"}
+# The exporter treats extra_headers values as secrets too: auth.extraHeaders puts them into the Secret.
+SECRETS = {"virtual_key", "basic_auth_username", "basic_auth_password", "bearer_token", "extra_headers"}
 
 
 def test_schema_takes_the_provider_ids_the_exporter_takes() -> None:
@@ -778,13 +858,54 @@ def test_schema_takes_the_provider_ids_the_exporter_takes() -> None:
     assert patterns == {_PROVIDER_RE.pattern}
 
 
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("log_level", "INFO"), ("log_level", " Warn "), ("log_level", "WARNING"), ("log_level", "verbose"),
+     ("log_format", "JSON"), ("log_format", "Console"), ("log_format", "xml"),
+     ("poll_mode", "FULL"), ("poll_mode", "Incremental"), ("poll_mode", " full"), ("poll_mode", "fast"),
+     ("bifrost_url", "HTTP://bifrost:8080"), ("bifrost_url", "Https://bifrost"), ("bifrost_url", "ftp://bifrost")],
+)  # fmt: skip
+def test_schema_takes_the_spellings_the_exporter_takes(
+    helm: str, tmp_path: Path, setting: str, value: str
+) -> None:
+    """The exporter reads these in any case (log names also with spaces around): the chart must neither refuse
+    what it accepts nor render what it refuses."""
+    from exporter.settings import ConfigError, load_settings
+
+    try:
+        load_settings({setting: value})
+        exporter_takes = True
+    except ConfigError:
+        exporter_takes = False
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"config": {setting: value}}))
+    proc = run_helm(helm, "template", "rel", str(CHART), "-f", str(values), check=False)
+    assert (proc.returncode == 0) == exporter_takes, proc.stderr
+
+
 def test_schema_knows_every_exporter_setting() -> None:
     """config.* in values.schema.json = the exporter's settings minus secrets (env from a Secret) and chart-owned ones."""
     from exporter.settings import Settings
 
     schema = json.loads((CHART / "values.schema.json").read_text())
     allowed = set(schema["properties"]["config"]["properties"])
-    assert allowed == set(Settings.model_fields) - SECRETS - CHART_OWNED
+    # extra_headers is known so that the chart can refuse it with a message that says where headers go
+    assert allowed == set(Settings.model_fields) - SECRETS - CHART_OWNED | {"extra_headers"}
+
+
+def test_extra_headers_under_config_are_refused_naming_where_they_go(helm: str) -> None:
+    proc = run_helm(
+        helm,
+        "template",
+        "rel",
+        str(CHART),
+        "--set-string",
+        "config.extra_headers.X-Api-Key=sk-proxy-1",
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "config.extra_headers would be written into a ConfigMap" in proc.stderr
+    assert "auth.extraHeaders" in proc.stderr and "sk-proxy-1" not in proc.stderr
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
@@ -821,8 +942,18 @@ def test_rendered_config_passes_check_config(
         config["virtual_key_dir"] = str(key_dir)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
+    rendered_secrets = {
+        d["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in d.get("data", {}).items()}
+        for d in of_kind(docs, "Secret")
+    }
     for deployment in of_kind(docs, "Deployment"):
-        from_secrets = {name: "stand-in-user" for name, e in env_of(deployment).items() if "valueFrom" in e}
+        # From a Secret the chart renders: its value; from an existingSecret: a stand-in of the right shape.
+        from_secrets: dict[str, str] = {}
+        for name, e in env_of(deployment).items():
+            if "valueFrom" in e:
+                ref = e["valueFrom"]["secretKeyRef"]
+                fallback = '{"X-Stand-In": "v"}' if name.endswith("_EXTRA_HEADERS") else "stand-in-user"
+                from_secrets[name] = rendered_secrets.get(ref["name"], {}).get(ref["key"], fallback)
         plain_env = {name: e["value"] for name, e in env_of(deployment).items() if "value" in e}
         env = {k: v for k, v in os.environ.items() if not k.startswith("BIFROST_EXPORTER_")} | plain_env
         env |= from_secrets
@@ -838,7 +969,7 @@ def test_rendered_config_passes_check_config(
         effective = yaml.safe_load(proc.stdout)
         if "BIFROST_EXPORTER_PROVIDERS" in plain_env:
             assert effective["providers"] == plain_env["BIFROST_EXPORTER_PROVIDERS"].split(",")
-        assert effective["listen_address"] == "0.0.0.0:9877"
+        assert effective["listen_address"] == ":9877"
 
 
 def test_rendered_web_config_is_accepted_by_the_exporter(rendered: dict[str, str], tmp_path: Path) -> None:
@@ -885,3 +1016,59 @@ def test_one_key_and_per_tenant_keys_together_are_refused(helm: str) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode != 0 and "cannot be combined with a single virtual key" in result.stderr
+
+
+def kubelet_service_links(services: list[Doc]) -> dict[str, str]:
+    """The variables the kubelet puts into every container of the namespace for these Services when a pod leaves
+    enableServiceLinks on (kubelet pkg/kubelet/envvars: FromServices, makeLinkVariables); every other Service an
+    IPv6 cluster IP, which the kubelet writes in brackets in the URLs."""
+    env: dict[str, str] = {}
+    for i, service in enumerate(services):
+        name = service["metadata"]["name"].upper().replace("-", "_")
+        ip = f"10.96.0.{10 + i}" if i % 2 == 0 else f"fd00:10:96::{10 + i}"
+        host = ip if ":" not in ip else f"[{ip}]"
+        ports = service["spec"]["ports"]
+        env[f"{name}_SERVICE_HOST"] = ip
+        env[f"{name}_SERVICE_PORT"] = str(ports[0]["port"])
+        for port in ports:
+            if port.get("name"):
+                env[f"{name}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}"] = str(port["port"])
+        for j, port in enumerate(ports):
+            proto = port.get("protocol", "TCP")
+            url = f"{proto.lower()}://{host}:{port['port']}"
+            if j == 0:
+                env[f"{name}_PORT"] = url
+            prefix = f"{name}_PORT_{port['port']}_{proto}"
+            env |= {prefix: url, f"{prefix}_PROTO": proto.lower(), f"{prefix}_PORT": str(port["port"])}
+            env[f"{prefix}_ADDR"] = ip
+    return env
+
+
+@pytest.mark.parametrize(
+    ("release", "args"),
+    [
+        ("bifrost-exporter", []),
+        ("bifrost-exporter-prod", []),
+        ("x", ["--set", "fullnameOverride=bifrost-exporter", "--set", "shards[0].name=openai",
+               "--set", "shards[0].providers={openai}"]),
+    ],
+)  # fmt: skip
+def test_the_service_links_of_a_bifrost_exporter_service_are_not_settings(
+    helm: str, release: str, args: list[str], tmp_path: Path
+) -> None:
+    """A release (or neighbour) whose Service is named bifrost-exporter… makes the kubelet inject
+    BIFROST_EXPORTER_…_SERVICE_HOST, _PORT… into pods that keep service links on (the chart's own turn them off:
+    test_pods_are_locked_down): a pod outside the chart, or a Docker link, must still start with them."""
+    docs = docs_of(run_helm(helm, "template", release, str(CHART), *args).stdout)
+    links = kubelet_service_links(of_kind(docs, "Service"))
+    assert any(name.startswith("BIFROST_EXPORTER_") and name.endswith("_SERVICE_HOST") for name in links)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config_of(docs)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BIFROST_EXPORTER_")} | links
+    for deployment in of_kind(docs, "Deployment"):
+        env |= {name: e["value"] for name, e in env_of(deployment).items() if "value" in e}
+    proc = subprocess.run(
+        [sys.executable, "-m", "exporter", "--check-config", "--config", str(path)],
+        capture_output=True, text=True, env=env, timeout=60, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr

@@ -493,11 +493,34 @@ def _metric(url: str, name: str, **labels: str) -> float | None:
     return value(parse_samples(response.text), name, **labels)
 
 
-def test_rotated_secret_file_is_used_after_sighup(tmp_path: Path) -> None:
-    """The gateway only knows the new key: polls fail with `auth` until SIGHUP makes the exporter re-read it."""
+def _put(path: Path, data: bytes) -> None:
+    """A file written whole, as a secret manager does (a dot name is no key, then renamed into place)."""
+    scratch = path.with_name(f".{path.name}.tmp")
+    scratch.write_bytes(data)
+    os.replace(scratch, path)
+
+
+def _kubelet_update(secret: Path, version: str, files: dict[str, bytes]) -> None:
+    """What the kubelet does to a mounted Secret: a new timestamped directory, then `..data` swapped in one rename
+    (the top-level entries are links through `..data`, so every file changes at once)."""
+    (secret / version).mkdir()
+    for name, data in files.items():
+        (secret / version / name).write_bytes(data)
+        if not (secret / name).is_symlink():
+            (secret / name).symlink_to(f"..data/{name}")
+    (secret / "..data_tmp").symlink_to(version)
+    os.replace(secret / "..data_tmp", secret / "..data")
+
+
+def test_a_rotated_kubernetes_secret_is_used_without_a_signal(tmp_path: Path) -> None:
+    """The gateway only knows the new key. Nothing in a pod sends SIGHUP: the kubelet's update of the mounted Secret
+    is noticed (a stat per second) and the new key sent from the next request on; a bad new file keeps the working
+    key and is reported once, naming the setting and the file; SIGHUP still reads the files at once."""
     old_key, new_key = "sk-bf-OLDKEY-1f2e3d4c", "sk-bf-NEWKEY-9a8b7c6d"
-    key_file = tmp_path / "virtual-key"
-    key_file.write_text(old_key + "\n")
+    secret = tmp_path / "auth"
+    secret.mkdir()
+    _kubelet_update(secret, "..2026_01", {"virtual-key": old_key.encode() + b"\n"})
+    key_file = secret / "virtual-key"
     port = free_port()
     metrics = f"http://127.0.0.1:{port}/metrics"
     with Simulator(providers=[ProviderSpec("openai")], virtual_key=new_key, latency_ms=1) as sim:
@@ -510,49 +533,56 @@ def test_rotated_secret_file_is_used_after_sighup(tmp_path: Path) -> None:
         )  # fmt: skip
         try:
 
-            def auth_errors() -> float:
-                found = _metric(
-                    metrics, "bifrost_batch_exporter_poll_errors_total", provider="openai", reason="auth"
-                )
-                return -1 if found is None else found
+            def polls() -> float:
+                return _metric(metrics, "bifrost_batch_exporter_polls_total", provider="openai") or 0
 
-            wait_until(lambda: auth_errors() >= 1)
-            assert _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 0
-            key_file.write_text(new_key + "\n")
-            # The file alone changes nothing: the next poll still sends the old key.
-            rotated_at = auth_errors()
-            wait_until(lambda: auth_errors() > rotated_at)
-            assert _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 0
-            proc.send_signal(signal.SIGHUP)
-            wait_until(lambda: _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 1)
-            # A key that cannot be sent (saved again by an editor that adds a byte-order mark) on the next SIGHUP
-            # keeps the working key and says which setting and file failed, never the value.
-            key_file.write_bytes(b"\xef\xbb\xbf" + new_key.encode() + b"\n")
-            proc.send_signal(signal.SIGHUP)
-            polls = _metric(metrics, "bifrost_batch_exporter_polls_total", provider="openai") or 0
             wait_until(
                 lambda: (
-                    (_metric(metrics, "bifrost_batch_exporter_polls_total", provider="openai") or 0)
-                    > polls + 1
+                    (
+                        _metric(
+                            metrics,
+                            "bifrost_batch_exporter_poll_errors_total",
+                            provider="openai",
+                            reason="auth",
+                        )
+                        or 0
+                    )
+                    >= 1
                 )
             )
+            assert _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 0
+            _kubelet_update(secret, "..2026_02", {"virtual-key": new_key.encode() + b"\n"})
+            wait_until(lambda: _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 1)
+            # The next version is saved by an editor that adds a byte-order mark: it cannot be sent. The working key
+            # stays in use, through polls and the watcher's later looks, and one line says which file failed.
+            _kubelet_update(secret, "..2026_03", {"virtual-key": b"\xef\xbb\xbf" + new_key.encode() + b"\n"})
+            seen = polls()
+            wait_until(lambda: polls() > seen + 2)
             assert _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 1
             assert _metric(metrics, "bifrost_batch_exporter_view_keys", provider="openai") == 1
+            proc.send_signal(signal.SIGHUP)  # read now, changed or not: the same file fails again
+            seen = polls()
+            wait_until(lambda: polls() > seen + 1)
+            assert _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 1
         finally:
             proc.terminate()
             _, stderr = proc.communicate(timeout=10)
     events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
-    assert [e["settings"] for e in events if e["msg"] == "secret_files_reloaded"] == [["virtual_key_file"]]
-    (failed,) = [e for e in events if e["msg"] == "secret_files_reload_failed"]
-    assert (
-        failed["error"]
-        == f"invalid setting virtual_key_file: '{key_file}' starts with a byte-order mark (U+FEFF); save the file without it"
-    )
-    assert failed["level"] == "error" and failed["kept"] == "previous"
+    reloaded = [e for e in events if e["msg"] == "secret_files_reloaded"]
+    assert [(e["trigger"], e["settings"]) for e in reloaded] == [("file_changed", ["virtual_key_file"])]
+    failed = [e for e in events if e["msg"] == "secret_files_reload_failed"]
+    assert [e["trigger"] for e in failed] == ["file_changed", "sighup"]
+    for event in failed:
+        assert event["error"] == (
+            f"invalid setting virtual_key_file: '{key_file}' starts with a byte-order mark (U+FEFF); "
+            "save the file without it"
+        )
+        assert event["level"] == "error" and event["kept"] == "previous"
     assert old_key not in stderr and new_key not in stderr
 
 
-def test_virtual_key_dir_is_reread_on_sighup_and_a_bad_key_keeps_the_old_ones(tmp_path: Path) -> None:
+def test_virtual_key_dir_is_reread_when_it_changes_and_a_bad_key_keeps_the_old_ones(tmp_path: Path) -> None:
+    """A key added to the directory is used without a signal; a bad one keeps the keys in use (one line)."""
     keys = tmp_path / "keys"
     keys.mkdir()
     (keys / "team-a").write_text(VIRTUAL_KEY + "\n")
@@ -568,17 +598,15 @@ def test_virtual_key_dir_is_reread_on_sighup_and_a_bad_key_keeps_the_old_ones(tm
         )  # fmt: skip
         try:
             wait_until(lambda: _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 1)
-            (keys / "team-b").write_text(BEARER + "\n")
-            proc.send_signal(signal.SIGHUP)
-            # The signal is handled asynchronously: the second key is in use once the view says so.
+            _put(keys / "team-b", BEARER.encode() + b"\n")
+            # Seen by the watcher: the second key is in use once the view says so.
             wait_until(lambda: _metric(metrics, "bifrost_batch_exporter_view_keys", provider="openai") == 2)
-            (keys / "team-c").write_bytes(b"sk-bf-caf\xc3\xa9-" + GW_PASSWORD.encode())
-            proc.send_signal(signal.SIGHUP)
+            _put(keys / "team-c", b"sk-bf-caf\xc3\xa9-" + GW_PASSWORD.encode())
             polls = _metric(metrics, "bifrost_batch_exporter_polls_total", provider="openai") or 0
             wait_until(
                 lambda: (
                     (_metric(metrics, "bifrost_batch_exporter_polls_total", provider="openai") or 0)
-                    > polls + 1
+                    > polls + 2
                 )
             )
             assert _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 1

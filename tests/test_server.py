@@ -19,6 +19,8 @@ from exporter.simulator import ProviderSpec, Simulator
 from tests.conftest import require_tool
 from tests.harness import ExporterThread, make_settings, parse_samples, value, wait_until
 
+NOWHERE = "http://127.0.0.1:9"  # a gateway never polled: these tests drive no polls
+
 OM_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
@@ -222,3 +224,52 @@ def test_staleness_applies_without_a_poll_finishing() -> None:
                 timeout=10,
             )
             sim.set_fault(None)
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def _os_dual_stack() -> bool:
+    """What a socket bound to `::` does here without being told: take IPv4 too (Linux's default) or not."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+        return sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url + "/healthz", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("address", "families"),
+    [
+        (":0", {"IPv4", "IPv6"}),  # as the exporter-toolkit's :9100: every address of both families
+        ("0.0.0.0:0", {"IPv4"}),
+        ("[::]:0", None),  # the OS's choice (IPV6_V6ONLY untouched)
+    ],
+)
+def test_an_empty_listen_host_serves_ipv4_and_ipv6(address: str, families: set[str] | None) -> None:
+    """An IPv6 (or IPv6-primary) cluster probes and scrapes the pod's IPv6 address; `:PORT` must answer there and
+    on IPv4 (what the chart renders), while 0.0.0.0 keeps meaning IPv4 only."""
+    if not _ipv6_loopback():
+        pytest.skip("no IPv6 loopback on this machine")
+    if families is None:
+        families = {"IPv4", "IPv6"} if _os_dual_stack() else {"IPv6"}
+    with ExporterThread(make_settings(NOWHERE, ["openai"], listen_address=address)) as exp:
+        port = exp.exporter.port
+        answered = {
+            family
+            for family, url in (("IPv4", f"http://127.0.0.1:{port}"), ("IPv6", f"http://[::1]:{port}"))
+            if _answers(url)
+        }
+        assert answered == families, exp.exporter.server.addresses
+        if address.startswith(":"):
+            assert sorted(exp.exporter.server.addresses) == sorted([f"0.0.0.0:{port}", f"[::]:{port}"])

@@ -18,6 +18,7 @@ from pydantic import SecretStr, ValidationError
 
 from exporter.client import BifrostClient
 from exporter.settings import (
+    DEFAULT_PROVIDERS,
     ConfigError,
     Settings,
     load_settings,
@@ -632,6 +633,52 @@ def test_service_link_variables_of_a_neighbour_are_not_settings(monkeypatch: pyt
         load_settings()
 
 
+def test_service_link_variables_of_any_bifrost_exporter_service_are_not_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Release `bifrost-exporter` names its Service bifrost-exporter-bifrost-batch-exporter; a shard's Service
+    bifrost-exporter-openai has a named port and (dual-stack) an IPv6 cluster IP, in brackets in the URLs."""
+    for name, value in {
+        "BIFROST_EXPORTER_BIFROST_BATCH_EXPORTER_SERVICE_HOST": "10.96.0.10",
+        "BIFROST_EXPORTER_BIFROST_BATCH_EXPORTER_SERVICE_PORT": "9877",
+        "BIFROST_EXPORTER_BIFROST_BATCH_EXPORTER_SERVICE_PORT_HTTP_METRICS": "9877",
+        "BIFROST_EXPORTER_BIFROST_BATCH_EXPORTER_PORT": "tcp://10.96.0.10:9877",
+        "BIFROST_EXPORTER_BIFROST_BATCH_EXPORTER_PORT_9877_TCP": "tcp://10.96.0.10:9877",
+        "BIFROST_EXPORTER_BIFROST_BATCH_EXPORTER_PORT_9877_TCP_PROTO": "tcp",
+        "BIFROST_EXPORTER_BIFROST_BATCH_EXPORTER_PORT_9877_TCP_PORT": "9877",
+        "BIFROST_EXPORTER_BIFROST_BATCH_EXPORTER_PORT_9877_TCP_ADDR": "10.96.0.10",
+        "BIFROST_EXPORTER_OPENAI_SERVICE_HOST": "fd00:10:96::11",
+        "BIFROST_EXPORTER_OPENAI_SERVICE_PORT": "9877",
+        "BIFROST_EXPORTER_OPENAI_SERVICE_PORT_HTTP_METRICS": "9877",
+        "BIFROST_EXPORTER_OPENAI_PORT": "tcp://[fd00:10:96::11]:9877",
+        "BIFROST_EXPORTER_OPENAI_PORT_9877_TCP": "tcp://[fd00:10:96::11]:9877",
+        "BIFROST_EXPORTER_OPENAI_PORT_9877_TCP_PROTO": "tcp",
+        "BIFROST_EXPORTER_OPENAI_PORT_9877_TCP_PORT": "9877",
+        "BIFROST_EXPORTER_OPENAI_PORT_9877_TCP_ADDR": "fd00:10:96::11",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().providers == DEFAULT_PROVIDERS
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BIFROST_EXPORTER_POLL_INTERVAL", "5"),
+        ("BIFROST_EXPORTER_LISTEN_PORT", "9877"),  # a link's shape, but no Service beside it
+        ("BIFROST_EXPORTER_WEB_SERVICE_HOST", "10.0.0.1"),
+        ("BIFROST_EXPORTER_LISTEN_PORT", "0.0.0.0:9877"),  # not PROTO://IP:PORT
+        ("BIFROST_EXPORTER_OPENAI_PORT_9877_TCP_HOST", "10.0.0.1"),  # no such link suffix
+    ],
+)
+def test_a_setting_shaped_like_a_service_link_is_still_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv("BIFROST_EXPORTER_OPENAI_PORT", "tcp://10.0.0.7:9877")  # a real link beside it
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"unknown environment variable {name}( |$)"):
+        load_settings()
+
+
 def test_unknown_yaml_keys_are_refused_with_position_and_suggestion(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(f"providers: [openai]\npoll-interval-seconds: 5\npage_sise: 10\n{SECRET}: x\n")
@@ -760,6 +807,15 @@ def test_a_listen_host_that_cannot_be_bound_is_refused_at_start(address: str, pr
 )  # fmt: skip
 def test_listen_addresses_that_bind_are_taken(address: str) -> None:
     assert load_settings({"listen_address": address}).listen_address == address
+
+
+@pytest.mark.parametrize(
+    ("address", "listen"),
+    [(":9877", ("", 9877)), ("0.0.0.0:9877", ("0.0.0.0", 9877)), ("[::]:9877", ("::", 9877))],
+)
+def test_an_empty_listen_host_stays_empty_for_the_server(address: str, listen: tuple[str, int]) -> None:
+    """The server binds every address of both families for "", IPv4 only for 0.0.0.0 (tests/test_server.py)."""
+    assert load_settings({"listen_address": address}).listen == listen
 
 
 def test_checks_of_two_settings_name_one_setting_and_its_source(monkeypatch: pytest.MonkeyPatch) -> None:

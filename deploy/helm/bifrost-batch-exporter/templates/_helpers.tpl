@@ -104,7 +104,7 @@ provider in at most one shard.
 {{- define "bbe.authSecretName" -}}
 {{- if .Values.auth.existingSecret }}
 {{- .Values.auth.existingSecret }}
-{{- else if or .Values.auth.virtualKey .Values.auth.basicAuthUsername .Values.auth.basicAuthPassword .Values.auth.bearerToken }}
+{{- else if or .Values.auth.virtualKey .Values.auth.basicAuthUsername .Values.auth.basicAuthPassword .Values.auth.bearerToken .Values.auth.extraHeaders }}
 {{- printf "%s-auth" (include "bbe.fullname" .) }}
 {{- end }}
 {{- end }}
@@ -112,12 +112,15 @@ provider in at most one shard.
 {{/*
 The gateway credentials the pods get from the auth Secret, as {"items": [{cred, key, file, setting}]}: `key` in the
 Secret, mounted as `file` under /etc/bifrost-batch-exporter/auth and named by the exporter's `setting` (a *_file
-setting, re-read on SIGHUP). The user name is not a *_file setting; it travels as an env var (bbe.env).
+setting, re-read when it changes). The user name is not a *_file setting; it travels as an env var (bbe.env).
 A chart-rendered Secret uses fixed key names; an existingSecret uses auth.existingSecretKeys, and only the
 credentials whose key is not empty there.
 */}}
 {{- define "bbe.authFiles" -}}
 {{- $auth := .Values.auth }}
+{{- if and $auth.existingSecret (not (or $auth.existingSecretKeys.virtualKey $auth.existingSecretKeys.basicAuthUsername $auth.existingSecretKeys.basicAuthPassword $auth.existingSecretKeys.bearerToken $auth.existingSecretKeys.extraHeaders)) }}
+{{- fail (printf "auth.existingSecret %q is set, but auth.existingSecretKeys names none of its keys, so no credential would reach the exporter: set auth.existingSecretKeys.virtualKey (or basicAuthUsername and basicAuthPassword, or bearerToken; extraHeaders) to the key names in that Secret, or leave auth.existingSecret empty" $auth.existingSecret) }}
+{{- end }}
 {{- $items := list }}
 {{- range $cred := list "virtualKey" "basicAuthPassword" "bearerToken" }}
 {{- $file := get (dict "virtualKey" "virtual-key" "basicAuthPassword" "basic-auth-password" "bearerToken" "bearer-token") $cred }}
@@ -158,7 +161,20 @@ credentials whose key is not empty there.
 {{/* The exporter's config.yaml. No secrets: those are files from the auth Secret, named here by *_file settings. */}}
 {{- define "bbe.configYaml" -}}
 {{- $config := deepCopy .Values.config }}
-{{- $_ := set $config "listen_address" (printf "0.0.0.0:%d" (int .Values.containerPort)) }}
+{{- if $config.extra_headers }}
+{{- fail "config.extra_headers would be written into a ConfigMap (readable with `get configmaps`), but the exporter treats header values as secrets: set them in auth.extraHeaders (rendered into the Secret) or name an existing Secret's entry in auth.existingSecretKeys.extraHeaders" }}
+{{- end }}
+{{- $_ := unset $config "extra_headers" }}
+{{- /* `:PORT` is every address of both families: the kubelet probes and Prometheus scrapes status.podIP, which is
+     IPv6 on an IPv6 or IPv6-primary cluster. A config.listen_address of its own must keep containerPort. */}}
+{{- $port := printf ":%d" (int .Values.containerPort) }}
+{{- if hasKey $config "listen_address" }}
+{{- if not (hasSuffix $port (toString $config.listen_address)) }}
+{{- fail (printf "config.listen_address %q must end in %s, the containerPort that the probes, the Service and the NetworkPolicy use (or leave it out: %s listens on IPv4 and IPv6)" (toString $config.listen_address) $port $port) }}
+{{- end }}
+{{- else }}
+{{- $_ := set $config "listen_address" $port }}
+{{- end }}
 {{- if include "bbe.webConfigEnabled" . }}
 {{- $_ := set $config "web_config_file" "/etc/bifrost-batch-exporter/web/web-config.yml" }}
 {{- end }}
@@ -202,7 +218,7 @@ credentials whose key is not empty there.
 {{- toYaml $probe }}
 {{- end }}
 
-{{/* Environment of the exporter container: the shard's providers, the gateway user name, extraEnv. */}}
+{{/* Environment of the exporter container: the shard's providers, the gateway user name, extra headers, extraEnv. */}}
 {{- define "bbe.env" -}}
 {{- $root := .root }}
 {{- $auth := $root.Values.auth }}
@@ -219,6 +235,18 @@ credentials whose key is not empty there.
 {{- if $userKey }}
 {{- $ref := dict "name" (include "bbe.authSecretName" $root) "key" $userKey }}
 {{- $env = append $env (dict "name" "BIFROST_EXPORTER_BASIC_AUTH_USERNAME" "valueFrom" (dict "secretKeyRef" $ref)) }}
+{{- end }}
+{{- /* extra_headers (the exporter treats every value as a secret) come from the Secret too, as the JSON object the
+     exporter reads from BIFROST_EXPORTER_EXTRA_HEADERS: there is no *_file setting for them. */}}
+{{- $headersKey := "" }}
+{{- if $auth.existingSecret }}
+{{- $headersKey = $auth.existingSecretKeys.extraHeaders }}
+{{- else if $auth.extraHeaders }}
+{{- $headersKey = "extra-headers" }}
+{{- end }}
+{{- if $headersKey }}
+{{- $ref := dict "name" (include "bbe.authSecretName" $root) "key" $headersKey }}
+{{- $env = append $env (dict "name" "BIFROST_EXPORTER_EXTRA_HEADERS" "valueFrom" (dict "secretKeyRef" $ref)) }}
 {{- end }}
 {{- $env = concat $env $root.Values.extraEnv }}
 {{- if $env }}{{ toYaml $env }}{{ end }}
