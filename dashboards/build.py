@@ -773,7 +773,7 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
                 "Poll errors by reason",
                 "Failed requests (after retries) and early stops, per reason (auth: the gateway refused the exporter; "
                 "upstream_auth: the provider refused Bifrost's key; cursor_ignored, cursor_loop, max_pages: early "
-                "stops).",
+                "stops; cursor_refused: a cursor sent was refused and the walk restarted).",
                 "short",
                 [
                     Target(
@@ -794,8 +794,8 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
             _stat(
                 ids,
                 "Truncated polls",
-                "1 when the last poll stopped early (cursor loop, ignored cursor, max_pages) and saw only part of "
-                "the list.",
+                "1 when the last poll stopped early (cursor loop, ignored cursor, max_pages; a full list whose "
+                "cursors the gateway keeps refusing) and saw only part of the list.",
                 "short",
                 [Target(f"max by (provider) (bifrost_batch_exporter_truncated{{{F}}})", "{{provider}}")],
                 width=8,
@@ -809,8 +809,9 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
                 "Batch list coverage",
                 "How the last full list of each provider ended: complete; cursor_ignored (the gateway does not forward "
                 "the cursor for this provider, so only its first page is listed: a known limitation, no alert; in "
-                "incremental mode the batches it knows stay current by retrieve); cursor_loop or max_pages (unexpected: "
-                "BifrostBatchProviderTruncated); pending (no full list finished yet).",
+                "incremental mode the batches it knows stay current by retrieve); cursor_loop, cursor_refused (its "
+                "cursors refused 3 times in a row) or max_pages (unexpected: BifrostBatchProviderTruncated); pending "
+                "(no full list finished yet).",
                 [
                     Target(
                         f"max by (provider, reason) (bifrost_batch_exporter_coverage{{{F}}}) == 1",

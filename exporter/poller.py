@@ -53,6 +53,10 @@ BUDGET_SHARE = 0.5
 RESYNC_MAX_PAGES_FACTOR = 100
 # The adaptive full-list interval's upper bound, in multiples of resync_interval_seconds (the floor).
 RESYNC_STRETCH = 6
+# A full list whose continuation cursor was refused this many times in a row (each time restarted from the head)
+# is reported as stopped early (coverage reason `cursor_refused`): a proxy that mangles every cursor would
+# otherwise leave the last complete list ever older while every health gauge said "complete".
+RESYNC_REFUSALS_REPORTED = 3
 # A known active batch whose list item carries no counts (Bedrock, Gemini: `store.is_sparse`) and was shown by this
 # poll's newest pages in the status it had: its counts are refreshed by retrieve at most every this many polls
 # (a status change is retrieved at once).
@@ -130,6 +134,7 @@ class _Run:
     clamped: int = 0  # batches with clamped numbers in the last snapshot (logged when it changes)
     overflowed: int = 0
     cursor_refusals: int = 0  # refused cursors since the last complete full list (logged on the first)
+    resync_refusals: int = 0  # of those, the full list's own (each restarted it from the head)
     cursor_ignored_said: bool = False  # the gateway ignoring this provider's cursor was logged as a warning
     keys: tuple[str | None, ...] = ()  # the view's keys the last poll listed with (() before the first poll)
     # Keys the gateway does not allow on this provider (403 provider_blocked) as their last list found: left out of
@@ -1143,6 +1148,9 @@ class Poller:
                 # its head, now, with what is left of the budget (its places so far are not trusted).
                 self._take_list(outcome, result, ledger)
                 resync.cursor, resync.listed = None, 0
+                run.resync_refusals += 1
+                if run.resync_refusals >= RESYNC_REFUSALS_REPORTED:
+                    run.resync_truncated = "cursor_refused"
                 continue
             self._not_allowed(provider, run, keys[resync.key], result)  # then this key's walk is done
             self._take_list(outcome, result, ledger, head=True)
@@ -1192,7 +1200,7 @@ class Poller:
             # The restart watermark: as of the start of this full list every batch has been seen (a head-only
             # poll sees only the newest pages, so it never moves the watermark).
             ledger.list_completed(resync.started_at)
-            run.cursor_refusals = 0
+            run.cursor_refusals = run.resync_refusals = 0
 
     def _next_interval(self, interval: float, found: int, truncated: str | None) -> float:
         """The time to the next full list: the floor after one that found something the polls in between had

@@ -270,7 +270,7 @@ def build_snapshot(
 # `cursor_ignored` is the gateway's known limitation for providers whose cursor it does not forward (only the first
 # page can be listed: a state to show, not a fault to page on); `cursor_loop` and `max_pages` are unexpected early
 # stops; `pending` while no full list has finished yet.
-COVERAGE_REASONS = ("complete", "pending", "cursor_ignored", "cursor_loop", "max_pages")
+COVERAGE_REASONS = ("complete", "pending", "cursor_ignored", "cursor_loop", "cursor_refused", "max_pages")
 
 
 @dataclass(frozen=True, slots=True)

@@ -263,6 +263,38 @@ def test_a_refused_cursor_every_poll_never_stops_the_provider() -> None:
         assert len([e for e in logs if e["event"] == "cursor_refused"]) == 1
 
 
+def test_a_full_list_whose_cursors_are_always_refused_says_it_stopped_early() -> None:
+    """A proxy that mangles every continuation cursor: each full list restarts from the head and never ends. The
+    newest pages keep the data current (`up` 1), but once the list's cursor is refused three times in a row the
+    coverage says `cursor_refused` and `truncated` 1 (BifrostBatchProviderTruncated), instead of "complete" for a
+    list that completed for the last time long ago; the next list that ends says complete again."""
+    clock = SimTime()
+    with gateway(clock, multi_key(KEYS)) as sim:
+        fill_history(sim, per_key=10)
+        with exporter(sim, clock, page_size=2, max_requests_per_second=0.4) as exp:
+            poll_until_resynced(exp, clock)
+            clock.advance(RESYNC)
+            sim.set_fault("cursor_refused", provider=P)  # every cursor, for good
+            covered = []
+            for _ in range(8):
+                exp.poll(P)
+                s = exp.samples()
+                assert value(s, "bifrost_batch_exporter_up", provider=P) == 1
+                covered.append(
+                    value(s, "bifrost_batch_exporter_coverage", provider=P, reason="cursor_refused")
+                )
+                clock.advance(INTERVAL)
+            assert covered[0] == 0 and covered[-1] == 1
+            assert value(s, "bifrost_batch_exporter_truncated", provider=P) == 1
+            assert value(s, "bifrost_batch_exporter_coverage", provider=P, reason="complete") == 0
+            sim.set_fault(None)
+            poll_until_resynced(exp, clock, limit=60)
+            s = exp.samples()
+        assert value(s, "bifrost_batch_exporter_truncated", provider=P) == 0
+        assert value(s, "bifrost_batch_exporter_coverage", provider=P, reason="complete") == 1
+        assert value(s, "bifrost_batch_exporter_coverage", provider=P, reason="cursor_refused") == 0
+
+
 # ---- clock steps -----------------------------------------------------------------------------------------------
 
 

@@ -198,17 +198,18 @@ local build(c) =
     ),
     rule(
       'BifrostBatchProviderTruncated',
-      // Unexpected early stops only: a cursor that repeats, or a list longer than its page budget. A gateway that
-      // ignores the provider's cursor (reason cursor_ignored) is a known limitation shown by the coverage series.
+      // Unexpected early stops only: a cursor that repeats, a full list whose continuation cursors the gateway keeps
+      // refusing (a proxy that mangles them), or a list longer than its page budget. A gateway that ignores the
+      // provider's cursor (reason cursor_ignored) is a known limitation shown by the coverage series.
       // The coverage is that of the last full list that ended (pending while the first one runs): no wait needed.
       |||
-        max by (%(by)s, reason) (bifrost_batch_exporter_coverage{%(sel)s, reason=~"cursor_loop|max_pages"}) == 1
+        max by (%(by)s, reason) (bifrost_batch_exporter_coverage{%(sel)s, reason=~"cursor_loop|cursor_refused|max_pages"}) == 1
       ||| % v,
       'Batch list of provider {{ $labels.provider }} stops early ({{ $labels.reason }})',
       'The last full list of ' + provider + ' stopped early ({{ $labels.reason }}; bifrost_batch_exporter_coverage = ' +
       '{{ $value }}) and saw only part of the batches, so its counts under-report. Early stops in the last ' +
       a.BifrostBatchProviderTruncated.window + ': ' +
-      reasons('cursor_loop|max_pages', a.BifrostBatchProviderTruncated.window) + '.',
+      reasons('cursor_loop|cursor_refused|max_pages', a.BifrostBatchProviderTruncated.window) + '.',
     ),
     rule(
       'BifrostBatchProviderUnsupported',
