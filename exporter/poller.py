@@ -1455,4 +1455,9 @@ class Poller:
 
 
 def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """A log line's time; one beyond what a date can hold (a poll interval of 10^12 s is a valid setting) is given
+    as its number: a summary line that raised would fail every poll."""
+    try:
+        return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return f"{timestamp:.0f}"

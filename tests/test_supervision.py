@@ -122,3 +122,19 @@ def test_a_stop_that_meets_a_state_change_still_stops(sim: Simulator) -> None:
             await exp.exporter.stop()
 
         exp.call(change_then_stop(), timeout=10)
+
+
+def test_intervals_beyond_what_a_date_holds_do_not_fail_the_poll(sim: Simulator) -> None:
+    """Intervals are unbounded settings; 10^12 s puts the next full list past year 9999. The poll's summary line
+    gives that time as a number instead of raising (which failed every poll and turned /healthz 503)."""
+    settings = make_settings(
+        sim.url, [P], poll_interval_seconds=1e12, resync_interval_seconds=1e12, stale_after_seconds=1e12
+    )
+    with structlog.testing.capture_logs() as logs, ExporterThread(settings) as exp:
+        for _ in range(3):
+            exp.poll()
+        assert exp.get("/healthz").status_code == 200
+        assert value(exp.samples(), "bifrost_batch_exporter_up", provider=P) == 1
+    assert not [e for e in logs if e["event"] == "poll_task_failed"]
+    summaries = [e for e in logs if e["event"] == "polls_summary"]
+    assert summaries and summaries[0]["next_full_list"].isdigit()
