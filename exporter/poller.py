@@ -219,7 +219,14 @@ class Poller:
         self._runs = {p: _Run(self._new_store(led)) for p, led in self._ledgers.items()}
         self._states: Mapping[str, ProviderState] = MappingProxyType(
             {
-                p: ProviderState(p, Health(last_success=led.last_success), None, led.view())
+                p: ProviderState(
+                    p,
+                    Health(last_success=led.last_success),
+                    None,
+                    led.view(),
+                    # From the first scrape, so that the first look-ups are an increase from 0.
+                    self._costs[p].view() if p in self._costs else None,
+                )
                 for p, led in self._ledgers.items()
             }
         )

@@ -868,3 +868,16 @@ def test_a_failing_gateway_ends_the_round_and_shows_cost_up_0(
     assert sorted(drain(costs, clock.now)) == ["a", "b"]  # both still due
     (line,) = log.named("settlement_lookup_failed")
     assert line["reason"] == "server_error" and line["http_status"] == 500
+
+
+def test_the_cost_series_are_served_from_the_first_scrape(sim: Simulator, clock: Clock) -> None:
+    """Before the first poll: the settlement look-ups (`requests_total{endpoint="settlement"}`) and the awaited
+    gauges at 0, so that the first look-ups are an increase from 0 rather than a series born at its value."""
+    settings = make_settings(
+        sim.url, ["openai"], cost_metrics=True, basic_auth_username=LOGIN[0], basic_auth_password=LOGIN[1]
+    )
+    with ExporterThread(settings, clock=clock) as exp:
+        first = exp.samples()
+    requests = "bifrost_batch_exporter_requests_total"
+    assert value(first, requests, provider="openai", endpoint="settlement") == 0
+    assert value(first, "bifrost_batch_exporter_settlements_awaited", provider="openai", awaiting="row") == 0
