@@ -1072,3 +1072,29 @@ def test_the_service_links_of_a_bifrost_exporter_service_are_not_settings(
         capture_output=True, text=True, env=env, timeout=60, cwd=ROOT, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+
+
+CROSS_FIELD = [
+    ("stale-below-poll", {"stale_after_seconds": 10}, "config.stale_after_seconds (10) must be >="),
+    ("resync-below-poll", {"poll_interval_seconds": 120, "resync_interval_seconds": 100}, "resync_interval"),
+    ("reserved-path", {"telemetry_path": "/healthz"}, 'config.telemetry_path "/healthz" is served'),
+]
+
+
+@pytest.mark.parametrize(("config", "says"), [pytest.param(c, s, id=i) for i, c, s in CROSS_FIELD])
+def test_settings_the_exporter_refuses_together_fail_the_render(
+    helm: str, tmp_path: Path, config: Doc, says: str
+) -> None:
+    """Values that pass the schema one by one but that the exporter refuses together (it would exit 2 at every
+    start: CrashLoopBackOff) fail `helm install` with the exporter's own reason."""
+    from exporter.settings import ConfigError, load_settings
+
+    with pytest.raises(ConfigError):
+        load_settings(config)
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"config": config}))
+    proc = run_helm(helm, "template", "rel", str(CHART), "-f", str(values), check=False)
+    assert proc.returncode != 0 and says in proc.stderr, proc.stderr
+    fine = tmp_path / "fine.yaml"
+    fine.write_text(yaml.safe_dump({"config": {"poll_mode": "full", "resync_interval_seconds": 10}}))
+    run_helm(helm, "template", "rel", str(CHART), "-f", str(fine))

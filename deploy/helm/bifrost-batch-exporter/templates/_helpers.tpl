@@ -165,6 +165,19 @@ credentials whose key is not empty there.
 {{- fail "config.extra_headers would be written into a ConfigMap (readable with `get configmaps`), but the exporter treats header values as secrets: set them in auth.extraHeaders (rendered into the Secret) or name an existing Secret's entry in auth.existingSecretKeys.extraHeaders" }}
 {{- end }}
 {{- $_ := unset $config "extra_headers" }}
+{{- /* The exporter's own checks across settings, here too: at `helm install`, not as a pod in CrashLoopBackOff. */}}
+{{- $poll := float64 (default 30 $config.poll_interval_seconds) }}
+{{- if and (hasKey $config "stale_after_seconds") (not (kindIs "invalid" $config.stale_after_seconds)) }}
+{{- if lt (float64 $config.stale_after_seconds) $poll }}
+{{- fail (printf "config.stale_after_seconds (%v) must be >= config.poll_interval_seconds (%v)" $config.stale_after_seconds $poll) }}
+{{- end }}
+{{- end }}
+{{- if and (ne (lower (toString (default "incremental" $config.poll_mode))) "full") (lt (float64 (default 600 $config.resync_interval_seconds)) $poll) }}
+{{- fail (printf "config.resync_interval_seconds (%v) must be >= config.poll_interval_seconds (%v) in incremental poll_mode" (default 600 $config.resync_interval_seconds) $poll) }}
+{{- end }}
+{{- if has (toString (default "/metrics" $config.telemetry_path)) (list "/" "/healthz" "/readyz") }}
+{{- fail (printf "config.telemetry_path %q is served by the exporter already; choose another path" $config.telemetry_path) }}
+{{- end }}
 {{- /* `:PORT` is every address of both families: the kubelet probes and Prometheus scrapes status.podIP, which is
      IPv6 on an IPv6 or IPv6-primary cluster. A config.listen_address of its own must keep containerPort. */}}
 {{- $port := printf ":%d" (int .Values.containerPort) }}
