@@ -939,6 +939,9 @@ class Poller:
                 walked: list[int] = walked,
                 place: PagePlace = deeper_place,
             ) -> bool:
+                # Summary items (Bedrock, Gemini) refreshed by a retrieve lately need no other one, as on the head
+                # pages: else every running batch below them is retrieved every poll, up to the whole budget.
+                self._counts_still_fresh(store, batches, poll, refreshed)
                 # New below the head pages: what the head scans missed, as a full list's find (the interval).
                 run.resync_found += self._take_page(
                     store, batches, k, place.after, walked, observe, refreshed, outcome.shown, poll
@@ -1170,13 +1173,14 @@ class Poller:
                 return
             if too_long and result.truncated is None:
                 resync.truncated = "max_pages"
-                resync.truncated_detail = f"a full list passed {resync.pages} pages; stopped as a loop"
+                resync.truncated_detail = f"a full list's walk passed {resync.pages} pages; stopped as a loop"
             elif result.truncated is not None:
                 resync.truncated = result.truncated
                 resync.truncated_detail = result.truncated_detail
             if resync.key + 1 < len(keys) and not too_long:
-                # This key is done: the next one's walk starts at its head, in this poll if budget is left.
-                resync.key, resync.cursor, resync.listed = resync.key + 1, None, 0
+                # This key is done: the next one's walk starts at its head, in this poll if budget is left. The
+                # loop guard is per walk: each tenant key of a governance view walks every page of the account.
+                resync.key, resync.cursor, resync.listed, resync.pages = resync.key + 1, None, 0, 0
                 if outcome.list_requests + outcome.retrieve_requests >= budget:
                     return
                 continue

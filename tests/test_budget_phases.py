@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from exporter.simulator import ProviderSpec, Simulator
+from exporter.simulator import ProviderSpec, Simulator, demo_governance, write_key_dir
 from tests.harness import ExporterThread, value
 from tests.test_incremental import (
     INTERVAL,
@@ -180,6 +180,31 @@ def test_running_batches_a_page_showed_without_counts_are_retrieved_not_listed_d
     assert lists == [1] * 12, lists
     assert sum(retrieves) >= 4, retrieves  # each one's counts, when due
     assert count(s, "in_progress") == 4
+
+
+def test_running_summary_items_below_the_head_page_are_retrieved_when_due_not_every_poll() -> None:
+    """Three pages of Bedrock's running batches (summaries, no counts): the walk down to them shows them each poll,
+    and a batch whose counts a retrieve brought less than 10 polls ago is not retrieved again (as on the head
+    page). Else every one of them was retrieved every poll, up to the whole budget (50 % of a full list per
+    interval at the defaults with 300 running)."""
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="bedrock", after_ignored=False)
+    with gateway(clock, spec) as sim:
+        for i in range(30):
+            c = START - 50_000 + i
+            sim.add_batch(P, batch_id=f"f{i:04d}", status="completed", created_at=c, completed_at=c + 60)
+        for i in range(30):
+            sim.add_batch(P, batch_id=f"job{i:02d}", status="in_progress", created_at=START - 100 + i)
+        with exporter(sim, clock, page_size=10, resync_interval_seconds=100 * INTERVAL) as exp:
+            poll_until_resynced(exp, clock)
+            before = sim.requests(P, "retrieve")
+            _requests_per_poll(exp, clock, sim, 12)
+            retrieves = sim.requests(P, "retrieve") - before
+            s = exp.samples()
+    assert count(s, "in_progress") == 30
+    assert 30 <= retrieves <= 2 * 30 * 12 / 10, (
+        retrieves
+    )  # each one's counts when due, about once in 10 polls
 
 
 def _requests_per_poll(exp: ExporterThread, clock: SimTime, sim: Simulator, polls: int) -> list[int]:
@@ -426,3 +451,38 @@ def test_end_times_days_ahead_of_every_clock_are_not_history_counted_as_new() ->
             sim.set_status(P, "watched", "failed", int(clock.now) + ahead)
             exp.poll(P)
             assert finished_counts(exp.samples()) == {"failed": 1}
+
+
+def test_the_full_list_loop_guard_counts_each_keys_walk_not_their_sum(tmp_path: Path) -> None:
+    """The guard against a cursor loop spanning polls (100 × max_pages pages) applies to one walk. Each tenant key
+    of a governance view walks every page of the account (60 here, under the guard's 100): summed over the keys,
+    every full list stopped as max_pages and the second tenant's history was never listed."""
+    gov = demo_governance(mandatory=True)
+    a, b = gov.keys
+    keys = tmp_path / "keys"
+    write_key_dir([a, b], keys)
+    clock = SimTime()
+    with Simulator(
+        providers=[ProviderSpec(P, style="cursor", flavor="openai")],
+        lifecycle=False,
+        clock=clock.time,
+        governance=gov,
+    ) as sim:
+        clock.sim = sim
+        clock.marks.append((clock.pace, clock.received()))
+        for i in range(120):
+            c = START - 50_000 + i
+            owner = (a.id, b.id)[i % 2]
+            sim.add_batch(
+                P, batch_id=f"x{i:03d}", status="completed", created_at=c, completed_at=c + 60, owner=owner
+            )
+        settings: dict[str, Any] = {"virtual_key_dir": keys, "page_size": 2, "max_pages": 1}
+        with exporter(
+            sim, clock, max_requests_per_second=10, resync_interval_seconds=10**5, **settings
+        ) as exp:
+            for _ in range(3):
+                exp.poll(P)
+                clock.advance(INTERVAL)
+            s = exp.samples()
+            coverage = exp.exporter.poller.states[P].health.coverage
+    assert (coverage, count(s, "completed")) == ("complete", 120)
