@@ -33,6 +33,9 @@ _ADDED: Final = (
     2  # first known after the running resync started: absent from its pages only because it is new
 )
 _INTERN_MAX: Final = 128
+# Distinct raw status spellings whose label is remembered (a handful in practice; a hostile gateway could send a
+# new one per batch: each is then looked up as the first time, never kept).
+_MAX_REMEMBERED_STATUSES: Final = 1024
 
 
 @dataclass(slots=True)
@@ -183,7 +186,9 @@ class Store:
             batch_id = batch.id
             status = labels.get(batch.status)
             if status is None:
-                status = labels[batch.status] = self._label_for(normalize_status(batch.status))
+                status = self._label_for(normalize_status(batch.status))
+                if len(labels) < _MAX_REMEMBERED_STATUSES:  # the gateway's strings: never without bound
+                    labels[batch.status] = status
             was_active = batch_id in active
             key_ = (hash(batch_id) & _M64) or 1  # id_key, inline: this loop runs for every batch listed
             row = -1 if was_active else find(key_)

@@ -120,3 +120,14 @@ def test_a_finished_row_costs_a_few_dozen_bytes() -> None:
     columns = [store._index.keys, store._index._slots, store._code, *store._requests, store._flags]
     size = sum(len(c) * (c.itemsize if hasattr(c, "itemsize") else 1) for c in columns)
     assert store.finished == 50_000 and size / 50_000 < 45
+
+
+def test_the_labels_remembered_for_the_gateways_status_spellings_are_bounded() -> None:
+    """A gateway that sends a new status string with every batch: the labels stay capped (20 unknown, then other)
+    and so does what the store remembers of the spellings."""
+    ledger = _ledger()
+    store = Store(ledger.admit_status, ledger.group_of)
+    for n in range(5_000):
+        store.upsert([Batch.model_validate({"id": f"b{n}", "status": f"odd-{n}", "created_at": NOW})])
+    assert len(store._labels) <= 1024
+    assert len(store.active) == 5_000
