@@ -40,10 +40,12 @@ NOT_STARTED: Final = FirstSync()
 
 
 def expected_pages(known_batches: int, page_size: int | None, keys: int) -> int | None:
-    """How many pages a full list of `known_batches` takes over `keys` keys, or None when it cannot be told."""
+    """How many pages a full list of `known_batches` takes over the view's `keys` keys, or None when it cannot be
+    told. Each key walks every page: governance narrows a page to the key's batches after the gateway cut it, and
+    leaves the cursors alone (README, "Sizing")."""
     if known_batches <= 0 or not page_size:
         return None
-    return math.ceil(known_batches / page_size) + max(0, keys - 1)
+    return math.ceil(known_batches / page_size) * max(1, keys)
 
 
 def estimate_completion(

@@ -169,7 +169,8 @@ def test_an_unsupported_provider_has_nothing_to_wait_for() -> None:
 def test_the_estimate_needs_a_length_and_a_pace() -> None:
     assert expected_pages(0, 100, 1) is None  # nothing known before: the length cannot be told
     assert expected_pages(250, None, 1) is None  # a provider whose page size the gateway decides
-    assert expected_pages(250, 100, 2) == 4  # three pages of the batches, one more per further key
+    assert expected_pages(250, 100, 1) == 3
+    assert expected_pages(250, 100, 2) == 6  # each key of a governance view walks every page of the account
     assert estimate_completion(10, None, T0, T0 + 10) is None
     assert estimate_completion(0, 40, T0, T0 + 10) is None
     # 10 pages in 10 s, 30 to go: 30 s from now.
