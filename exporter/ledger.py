@@ -438,8 +438,10 @@ class Ledger:
         that ended before the old view's last complete list began is history, not a transition (as it would be
         for a process started now with the new keys). That list saw every batch of the old view ended before it
         began, so raising the counting floor there loses none of the old view's transitions. Before any complete
-        list the floor stays: the old view's batches that ended since the start may not have been listed yet."""
-        mark = self.last_complete_poll if self.last_complete_poll is not None else self.restored_watermark
+        list the floor stays: the old view's batches that ended since the start may not have been listed yet; so it
+        does after a restart before this process's first complete list (the restored watermark may be one a host
+        clock ahead wrote, which the restore deliberately did not take as the floor)."""
+        mark = self.last_complete_poll
         if mark is not None and mark > self.started_at:
             self.started_at = mark
 

@@ -390,8 +390,8 @@ def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) ->
         "bifrost_batch_exporter_coverage",
         "1 for how the last full list of the provider ended, 0 for the other reasons: complete, cursor_ignored (the "
         "gateway does not forward the cursor for this provider, only the first page is listed: a known limitation), "
-        "cursor_loop or max_pages (unexpected early stops), pending (no full list finished yet; for good when the "
-        "gateway has no batch list for the provider)",
+        "cursor_loop, cursor_refused or max_pages (unexpected early stops), pending (no full list finished yet; for "
+        "good when the gateway has no batch list for the provider)",
         labels=["provider", "reason"],
     )
     dropped = GaugeMetricFamily(

@@ -636,9 +636,11 @@ class Settings(BaseSettings):
         """A number setting given a boolean is refused: YAML reads `yes`, `on` and `true` as booleans, and lax
         validation would take them for 1 (`page_size: yes` is a list walk of a hundred times the requests), while
         the same word from a flag or the environment is refused."""
-        if isinstance(value, bool) and info.field_name in _number_fields(cls):
+        items = value if isinstance(value, list | tuple) else (value,)
+        flag = next((item for item in items if isinstance(item, bool)), None)
+        if flag is not None and info.field_name in _number_fields(cls):
             raise ValueError(
-                f"must be a number, not the boolean {str(value).lower()} (YAML reads yes/no/on/off so)"
+                f"must be a number, not the boolean {str(flag).lower()} (YAML reads yes/no/on/off so)"
             )
         return value
 

@@ -248,3 +248,25 @@ def test_a_moved_terminal_time_is_not_counted_again_once_the_first_one_ages_out(
     led.observe([fresh, moved], later + 1, complete=True)  # forgets m's id (48 h past T0+5)
     led.observe([fresh, moved], later + 31, complete=True)  # the next poll: the same list
     assert led.view().finished_total("failed") == 1
+
+
+def test_a_view_change_before_the_first_complete_list_keeps_the_restored_floor() -> None:
+    """The previous process ran with its host clock an hour ahead: its watermark is its own (ahead) start, which
+    the restore does not take as the counting floor. A view change before this process's first complete list (a
+    key file rotated) must not raise the floor to that watermark, or a short batch ending before it is lost."""
+    ahead = ledger(T0 + 3600)
+    ahead.observe([], T0 + 3600, complete=True)
+    state = ahead.to_state()
+    assert state["watermark"] == T0 + 3600
+
+    def restarted(view_change: bool) -> float:
+        led = ledger(T0)
+        led.load_state(state)
+        assert led.started_at == T0
+        if view_change:
+            led.view_changed()
+        led.observe([b("x", "failed", created_at=T0 + 10, failed_at=T0 + 60)], T0 + 90, complete=False)
+        return led.view().finished_total("failed")
+
+    assert restarted(view_change=False) == 1
+    assert restarted(view_change=True) == 1

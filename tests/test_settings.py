@@ -860,6 +860,7 @@ def test_checks_of_two_settings_name_one_setting_and_its_source(monkeypatch: pyt
         ("per_batch_limit: on\n", "per_batch_limit"),
         ("max_retries: no\n", "max_retries"),
         ("stale_after_seconds: off\n", "stale_after_seconds"),
+        ("duration_buckets: [yes, 60]\n", "duration_buckets"),
     ],
 )
 def test_a_yaml_boolean_is_not_read_as_a_number(tmp_path: Path, text: str, setting: str) -> None:

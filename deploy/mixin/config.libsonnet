@@ -43,7 +43,7 @@
       // window must be longer than poll_interval_seconds plus a scrape interval, or the alert cannot fire.
       BifrostBatchCredentialsRejected: { severity: 'critical', 'for': '10m', window: '1h' },
       BifrostBatchExporterDataStale: { severity: 'critical', 'for': '5m', thresholdSeconds: 600 },
-      // Only unexpected early stops (cursor_loop, max_pages): a gateway that ignores a provider's cursor is a state
+      // Only unexpected early stops (cursor_loop, cursor_refused, max_pages): a gateway that ignores a provider's cursor is a state
       // (bifrost_batch_exporter_coverage{reason="cursor_ignored"}, on the dashboard), not a page.
       BifrostBatchProviderTruncated: { severity: 'warning', 'for': '15m', window: '30m' },
       BifrostBatchProviderUnsupported: { severity: 'info', 'for': '15m' },
