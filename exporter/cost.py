@@ -868,6 +868,9 @@ async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
     starts with another. Otherwise one more look-up follows: the next due id, or the login check's id (which never
     exists: a 404 when the logs API works). If it answers, the failure was the row's own (its store read failing, a
     proxy rule for that path): that id waits a gap and the round goes on. If it fails too, the gateway is failing.
+    That judging look-up is sent even when the failed one used the last of the allowance (one look-up beyond it):
+    without it, a lone awaited id failing with the gateway down was looked up alone every round, and cost_up never
+    went to 0.
     """
     if not costs.settles:
         return 0
@@ -878,7 +881,7 @@ async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
     first_failure: Failure | None = None
     suspect: tuple[str, Failure] | None = None  # a failed look-up the next one judges
     provider = costs.provider
-    while sent < allowance:
+    while sent < allowance or suspect is not None:
         batch_id = costs.next_due(now)
         probe = False
         if batch_id is None:
@@ -932,8 +935,6 @@ async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
             )
         elif not probe:
             costs.answered(batch_id, got.row, now)
-    if suspect is not None:  # the allowance ran out before the next look-up could judge it
-        costs.failed(suspect[0], suspect[1], now, row_fault=False)
     was = costs.up
     costs.round_done(sent, ok)
     costs.release(now)

@@ -292,7 +292,8 @@ class Poller:
             state = dict(restored.state)
             tracker_state = state.pop("tracker", None)
             notes = ledger.load_state(state, restored.settled)
-            notes += self._restore_cost(provider, restored)
+            cost_notes = self._restore_cost(provider, restored)
+            notes += cost_notes or []
             self._restore_tracker(provider, tracker_state)
         except statefile.StateError as exc:
             self._log.warning(
@@ -314,6 +315,11 @@ class Poller:
             )
             return
         journal.attach(restored)
+        if cost_notes is None:
+            # The next write is a base holding the cost ledger as recovered: appended after the unreadable record,
+            # every later restart would stop at it again and lose the costs counted since (the batch ledger's part
+            # of those records replays, so their batches are never awaited again).
+            journal.compact_next()
         if restored.marker_problem is not None:
             self._log.warning(
                 "state_marker_unusable",
@@ -439,8 +445,9 @@ class Poller:
                 consequence="the early warning's calibration is learned afresh",
             )
 
-    def _restore_cost(self, provider: str, restored: statefile.Restored) -> list[str]:
-        """The cost ledger as of the base, then each journal record's changes, as the ledger's own were."""
+    def _restore_cost(self, provider: str, restored: statefile.Restored) -> list[str] | None:
+        """The cost ledger as of the base, then each journal record's changes, as the ledger's own were; None when
+        a part could not be read (the ledger then stands as of the last part that could)."""
         cost = self._costs.get(provider)
         if cost is None:
             return []
@@ -457,9 +464,10 @@ class Poller:
                 provider=provider,
                 detail=f"malformed cost ledger ({type(exc).__name__})",
                 records_applied=applied,
-                consequence="cost counters resume from the last readable record; later settlements may be missed",
+                consequence="cost counters resume from the last readable record; later settlements may be missed; "
+                "the state is written whole at the next save",
             )
-            return []
+            return None
 
     # --- scheduling ---------------------------------------------------------------------------------------------
 

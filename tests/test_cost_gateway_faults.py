@@ -10,6 +10,7 @@ while it answers the others holds up none of them; a logs API failing for every 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from exporter import statefile
 from exporter.cost import settlement_id
 from tests.harness import ExporterThread, make_settings, value
 from tests.test_client import Gateway, Seen
@@ -276,3 +278,59 @@ def test_a_logs_api_down_for_every_row_gets_one_look_up_a_poll_and_each_due_id_i
         scene.down = None
         until(scene, exp, clock.now + 120)
         assert settlements(exp) == {"priced": 3, "unpriced": 0, "missing": 0}
+
+
+def test_a_logs_api_down_with_one_awaited_batch_and_a_small_allowance_is_cost_up_0() -> None:
+    """One batch awaited and a look-up allowance of one request (1 s × 1.5 requests/s × 0.5): its failing look-up
+    used the whole allowance, so the next one that tells a row's fault from the gateway's was never sent, and
+    cost_up stayed 1 for the whole outage (BifrostBatchCostLookupsFailing silent). The judging look-up goes out."""
+    clock = Clock()
+    down = (500, {"is_bifrost_error": True, "status_code": 500, "error": {"message": "db down"}})
+    scene = Scene(clock, b'{"id": "LOGID", "cost": 0.25, "model": "gpt-4o-mini"}')
+    for exp in exporter(scene, poll_interval_seconds=1, max_requests_per_second=1.5):
+        exp.poll()
+        until(scene, exp, T0 + 300)
+        scene.logs = down
+        ups = until(scene, exp, T0 + 1500)
+        assert scene.looked >= 3
+        assert settlements(exp) == {"priced": 0, "unpriced": 0, "missing": 0}
+        assert ups[-1] == 0.0, ups
+
+
+def _unreadable_last_cost_record(journal: Path) -> None:
+    """The journal's last record with a cost part gets one this release cannot read (a newer version), framed
+    validly: what a rollback or a damaged record leaves."""
+    data = journal.read_bytes()
+    frames, offset = [], 0
+    while offset < len(data):
+        n = int.from_bytes(data[offset : offset + 4], "little")
+        frames.append(data[offset + 8 : offset + 8 + n])
+        offset += 8 + n
+    for i in range(len(frames) - 1, 0, -1):
+        doc = json.loads(frames[i][1:])
+        if "cost" in doc:
+            doc["cost"]["version"] = 99
+            out = [statefile._frame(f) for f in frames]
+            out[i] = statefile.json_record(doc)
+            journal.write_bytes(b"".join(out))
+            return
+    raise AssertionError("no record with a cost part")
+
+
+def test_settlements_counted_after_an_unreadable_cost_record_survive_the_next_restart(tmp_path: Path) -> None:
+    """After `cost_state_unusable` the state is written whole at the next save: appended after the unreadable
+    record, each later restart stopped at it again and lost the settlements counted since, for good (their
+    batches' finish replays from the batch ledger's part, so they are never awaited again)."""
+    clock = Clock()
+    scene = Scene(clock, b'{"id": "LOGID", "cost": 0.25, "model": "gpt-4o-mini"}')
+    for exp in exporter(scene, state_dir=tmp_path):
+        exp.poll()
+        until(scene, exp, T0 + 300)
+    _unreadable_last_cost_record(statefile.journal_path(tmp_path, "openai"))
+    for exp in exporter(scene, state_dir=tmp_path):
+        exp.poll()
+        until(scene, exp, T0 + 1800)
+        assert settlements(exp) == {"priced": 1, "unpriced": 0, "missing": 0}
+    for exp in exporter(scene, state_dir=tmp_path):
+        exp.poll()
+        assert settlements(exp) == {"priced": 1, "unpriced": 0, "missing": 0}
