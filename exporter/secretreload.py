@@ -59,6 +59,12 @@ def fingerprint(settings: Settings) -> Fingerprint:
     return tuple(out)
 
 
+def _credentials(settings: Settings) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """What a reload may change: the keys by name, and every secret value."""
+    keys = tuple((name, key.get_secret_value()) for name, key in settings.virtual_keys())
+    return keys, tuple(sorted(settings.secret_values()))
+
+
 class SecretReloader:
     """Reads the secret files again (SIGHUP, or a change seen by `watch`) and hands the new credentials over.
 
@@ -70,7 +76,9 @@ class SecretReloader:
     def __init__(self, holder: CredentialHolder) -> None:
         self._holder = holder
         self._log = structlog.get_logger("exporter")
-        self._fingerprint = fingerprint(holder.settings)
+        # No fingerprint yet: the first look reads the files once. They were read at start before this existed
+        # (settings, then the state restore), and a Secret rotated in between would otherwise pass for known.
+        self._fingerprint: Fingerprint | None = None
         self.reloads = 0
         self.failed_reloads = 0
 
@@ -90,6 +98,8 @@ class SecretReloader:
             self.failed_reloads += 1
             self._log.error("secret_files_reload_failed", trigger=trigger, error=str(exc), kept="previous")
             return False
+        if trigger == "file_changed" and _credentials(fresh) == _credentials(settings):
+            return False  # touched, not changed (or the first look after the start): nothing to say
         add_secrets(fresh.secret_values())
         self._holder.update_credentials(fresh)
         self.reloads += 1

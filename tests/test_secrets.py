@@ -24,6 +24,7 @@ from typing import Any
 import bcrypt
 import httpx
 import pytest
+import structlog
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -841,3 +842,46 @@ def test_a_hash_read_as_a_user_name_is_not_shown(tmp_path: Path) -> None:
         load_web_config(path)
     assert "#1 (not shown: not a plain user name)" in str(caught.value)
     _assert_no_secret_piece("the web-config error", str(caught.value), (hashed[7:],))
+
+
+def test_a_secret_rotated_while_the_exporter_starts_is_picked_up(tmp_path: Path) -> None:
+    """The files are read at start (settings, then the state restore) before the watcher exists: a kubelet `..data`
+    swap in between is read at the watcher's first look, not taken as the state it already knows. A first look
+    that finds the files as read changes and logs nothing."""
+    from exporter.secretreload import SecretReloader
+
+    def data(name: str, key: str) -> None:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "virtual-key").write_text(key + "\n")
+
+    data("..2026_a", "sk-bf-old-key-1111")
+    os.symlink("..2026_a", tmp_path / "..data")
+    os.symlink("..data/virtual-key", tmp_path / "virtual-key")
+    loaded = load_settings(
+        {
+            "bifrost_url": "http://127.0.0.1:1",
+            "providers": ["openai"],
+            "virtual_key_file": str(tmp_path / "virtual-key"),
+        }
+    )
+
+    class Holder:
+        def __init__(self, current: Settings) -> None:
+            self.settings = current
+
+        def update_credentials(self, fresh: Settings) -> None:
+            self.settings = fresh
+
+    quiet = Holder(loaded)
+    with structlog.testing.capture_logs() as logs:
+        assert SecretReloader(quiet).maybe_reload() is False
+    assert logs == []
+    data("..2026_b", "sk-bf-new-key-2222")
+    os.symlink("..2026_b", tmp_path / "..data_tmp")
+    os.rename(tmp_path / "..data_tmp", tmp_path / "..data")
+    holder = Holder(loaded)
+    reloader = SecretReloader(holder)
+    assert reloader.maybe_reload() is True
+    assert holder.settings.virtual_key is not None
+    assert holder.settings.virtual_key.get_secret_value() == "sk-bf-new-key-2222"
+    assert reloader.maybe_reload() is False
