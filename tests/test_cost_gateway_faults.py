@@ -281,17 +281,18 @@ def test_a_logs_api_down_for_every_row_gets_one_look_up_a_poll_and_each_due_id_i
 
 
 def test_a_logs_api_down_with_one_awaited_batch_and_a_small_allowance_is_cost_up_0() -> None:
-    """One batch awaited and a look-up allowance of one request (1 s × 1.5 requests/s × 0.5): its failing look-up
+    """One batch awaited and a look-up allowance of one request: its failing look-up
     used the whole allowance, so the next one that tells a row's fault from the gateway's was never sent, and
     cost_up stayed 1 for the whole outage (BifrostBatchCostLookupsFailing silent). The judging look-up goes out."""
     clock = Clock()
     down = (500, {"is_bifrost_error": True, "status_code": 500, "error": {"message": "db down"}})
     scene = Scene(clock, b'{"id": "LOGID", "cost": 0.25, "model": "gpt-4o-mini"}')
-    for exp in exporter(scene, poll_interval_seconds=1, max_requests_per_second=1.5):
+    # 1 s × 3.9 requests/s × 0.5: a budget of one request, which the list takes; look-ups get their floor of one.
+    for exp in exporter(scene, poll_interval_seconds=1, max_requests_per_second=3.9, max_retries=0):
         exp.poll()
         until(scene, exp, T0 + 300)
         scene.logs = down
-        ups = until(scene, exp, T0 + 1500)
+        ups = until(scene, exp, T0 + 1200)
         assert scene.looked >= 3
         assert settlements(exp) == {"priced": 0, "unpriced": 0, "missing": 0}
         assert ups[-1] == 0.0, ups
