@@ -17,7 +17,7 @@ from typing import Final, Protocol
 import structlog
 
 from .logs import add_secrets
-from .settings import RELOADABLE_SECRET_SETTINGS, ConfigError, Settings
+from .settings import RELOADABLE_SECRET_SETTINGS, SECRET_FIELDS, ConfigError, Settings
 
 # How often the watcher looks: the kubelet itself takes up to a minute to update a Secret's files.
 WATCH_SECONDS: Final = 1.0
@@ -59,10 +59,15 @@ def fingerprint(settings: Settings) -> Fingerprint:
     return tuple(out)
 
 
-def _credentials(settings: Settings) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
-    """What a reload may change: the keys by name, and every secret value."""
+def _credentials(settings: Settings) -> tuple[tuple[tuple[str, str], ...], tuple[str | None, ...]]:
+    """What a reload may change: the keys by name, and each secret setting's value (whole: the log redactor's
+    list leaves out values too short to redact, and a short token rotated would pass for unchanged)."""
     keys = tuple((name, key.get_secret_value()) for name, key in settings.virtual_keys())
-    return keys, tuple(sorted(settings.secret_values()))
+    values = tuple(
+        None if (secret := getattr(settings, name)) is None else secret.get_secret_value()
+        for name in SECRET_FIELDS
+    )
+    return keys, values
 
 
 class SecretReloader:

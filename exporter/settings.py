@@ -213,6 +213,16 @@ def read_virtual_keys(directory: Path) -> tuple[tuple[str, SecretStr], ...]:
     return tuple(keys)
 
 
+def _refuse_booleans(value: Any) -> None:
+    """A boolean where a number (or a list of numbers) is wanted: lax validation would take it for 1."""
+    items = value if isinstance(value, list | tuple) else (value,)
+    flag = next((item for item in items if isinstance(item, bool)), None)
+    if flag is not None:
+        raise ValueError(
+            f"must be a number, not the boolean {str(flag).lower()} (YAML reads yes/no/on/off so)"
+        )
+
+
 @functools.cache
 def _number_fields(model: type[BaseSettings]) -> frozenset[str]:
     """The settings whose type is a number (or a number or None)."""
@@ -501,8 +511,11 @@ class Settings(BaseSettings):
 
     @field_validator("providers", "duration_buckets", "latency_buckets", "metadata_labels", mode="before")
     @classmethod
-    def _lists(cls, value: Any) -> Any:
-        return split_list(value)
+    def _lists(cls, value: Any, info: ValidationInfo) -> Any:
+        items = split_list(value)
+        if info.field_name in _number_fields(cls):
+            _refuse_booleans(items)  # an environment's or a flag's JSON list: `[true, 5]`
+        return items
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -636,12 +649,8 @@ class Settings(BaseSettings):
         """A number setting given a boolean is refused: YAML reads `yes`, `on` and `true` as booleans, and lax
         validation would take them for 1 (`page_size: yes` is a list walk of a hundred times the requests), while
         the same word from a flag or the environment is refused."""
-        items = value if isinstance(value, list | tuple) else (value,)
-        flag = next((item for item in items if isinstance(item, bool)), None)
-        if flag is not None and info.field_name in _number_fields(cls):
-            raise ValueError(
-                f"must be a number, not the boolean {str(flag).lower()} (YAML reads yes/no/on/off so)"
-            )
+        if info.field_name in _number_fields(cls):
+            _refuse_booleans(value)
         return value
 
     @model_validator(mode="before")

@@ -885,3 +885,32 @@ def test_a_secret_rotated_while_the_exporter_starts_is_picked_up(tmp_path: Path)
     assert holder.settings.virtual_key is not None
     assert holder.settings.virtual_key.get_secret_value() == "sk-bf-new-key-2222"
     assert reloader.maybe_reload() is False
+
+
+def test_a_short_bearer_token_rotated_on_disk_is_picked_up(tmp_path: Path) -> None:
+    """The watcher compares each secret whole: a token too short for the log redactor's list (under 4
+    characters) rotated from `abc` to `xyz` is a change too."""
+    from exporter.secretreload import SecretReloader
+
+    token = tmp_path / "token"
+    token.write_text("abc\n")
+    loaded = load_settings(
+        {"bifrost_url": "http://127.0.0.1:1", "providers": ["openai"], "bearer_token_file": str(token)}
+    )
+
+    class Holder:
+        def __init__(self, current: Settings) -> None:
+            self.settings = current
+
+        def update_credentials(self, fresh: Settings) -> None:
+            self.settings = fresh
+
+    holder = Holder(loaded)
+    reloader = SecretReloader(holder)
+    assert reloader.maybe_reload() is False  # the first look: as read at start
+    token.write_text("xyz\n")
+    os.utime(token, ns=(1, 10**18))  # a new mtime, whatever the file system's granularity
+    assert reloader.maybe_reload() is True
+    assert (
+        holder.settings.bearer_token is not None and holder.settings.bearer_token.get_secret_value() == "xyz"
+    )

@@ -873,3 +873,11 @@ def test_a_yaml_boolean_is_not_read_as_a_number(tmp_path: Path, text: str, setti
     message = str(info.value)
     assert message.startswith(f"invalid setting {setting}=") and f"(from config file {config}:1:1)" in message
     assert "must be a number, not the boolean" in message
+
+
+def test_a_boolean_in_a_bucket_list_from_the_environment_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BIFROST_EXPORTER_LATENCY_BUCKETS", "[true, 5]")
+    with pytest.raises(
+        ConfigError, match=r"invalid setting latency_buckets.*must be a number, not the boolean true"
+    ):
+        load_settings({})
