@@ -135,6 +135,7 @@ class _Run:
     overflowed: int = 0
     cursor_refusals: int = 0  # refused cursors since the last complete full list (logged on the first)
     resync_refusals: int = 0  # of those, the full list's own (each restarted it from the head)
+    walk_pages: int = 0  # pages of the longest key's walk in the last complete full list (0: none yet)
     cursor_ignored_said: bool = False  # the gateway ignoring this provider's cursor was logged as a warning
     keys: tuple[str | None, ...] = ()  # the view's keys the last poll listed with (() before the first poll)
     # Keys the gateway does not allow on this provider (403 provider_blocked) as their last list found: left out of
@@ -762,8 +763,12 @@ class Poller:
             store.resync is None or (store.resync.key == 0 and store.resync.cursor is None)
         )
         if first_sync and run.first.pages == 0:
-            run.first.expected_pages = expected_pages(
-                len(store), page_size_for(provider, self._settings.page_size), len(keys)
+            # A changed view's first list: each key walks every page of the account, which the last complete full
+            # list measured (the store only knows the old view's batches: fewer pages than each walk has).
+            run.first.expected_pages = (
+                run.walk_pages * len(keys)
+                if run.walk_pages
+                else expected_pages(len(store), page_size_for(provider, self._settings.page_size), len(keys))
             )
 
         # 1. Each key's newest pages, until one shows a batch already known (lists are newest first: nothing
@@ -1188,6 +1193,7 @@ class Poller:
             if resync.key + 1 < len(keys) and not too_long:
                 # This key is done: the next one's walk starts at its head, in this poll if budget is left. The
                 # loop guard is per walk: each tenant key of a governance view walks every page of the account.
+                resync.longest = max(resync.longest, resync.pages)
                 resync.key, resync.cursor, resync.listed, resync.pages = resync.key + 1, None, 0, 0
                 if outcome.list_requests + outcome.retrieve_requests >= budget:
                     return
@@ -1215,6 +1221,7 @@ class Poller:
         run.resync_interval = self._next_interval(run.resync_interval, outcome.resync_found, truncated)
         run.next_resync = started + run.resync_interval
         if truncated is None:
+            run.walk_pages = max(resync.longest, resync.pages)
             ledger.resynced(self._clock())
             # The restart watermark: as of the start of this full list every batch has been seen (a head-only
             # poll sees only the newest pages, so it never moves the watermark).

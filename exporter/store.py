@@ -45,6 +45,7 @@ class Resync:
     started_at: float
     cursor: str | None = None
     pages: int = 0  # pages of the current key's walk (the loop guard's count)
+    longest: int = 0  # pages of the longest key's walk finished so far
     listed: int = 0  # items of the current key's walk folded so far: the list position of the next one
     key: int = 0  # which key of the view is being walked (the view's keys are walked one after the other)
     truncated: str | None = None  # why a key's walk stopped early, if one did

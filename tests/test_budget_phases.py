@@ -486,3 +486,43 @@ def test_the_full_list_loop_guard_counts_each_keys_walk_not_their_sum(tmp_path: 
             s = exp.samples()
             coverage = exp.exporter.poller.states[P].health.coverage
     assert (coverage, count(s, "completed")) == ("complete", 120)
+
+
+def test_a_changed_views_first_list_is_estimated_from_the_last_walks_length(tmp_path: Path) -> None:
+    """After a reload from one tenant key to two, each key walks every page of the account (30 pages here), which
+    the store's batches (one tenant's third) would put at 10: the estimate comes from the last complete full list's
+    walk, times the keys, and is never early by more than a poll or two."""
+    gov = demo_governance(mandatory=True)
+    a, b = gov.keys
+    keys = tmp_path / "keys"
+    write_key_dir([a], keys)
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="openai")
+    with Simulator(providers=[spec], lifecycle=False, clock=clock.time, governance=gov) as sim:
+        clock.sim = sim
+        clock.marks.append((clock.pace, clock.received()))
+        for i in range(60):
+            c = START - 50_000 + i
+            owner = (a.id, b.id, None)[i % 3]
+            sim.add_batch(
+                P, batch_id=f"x{i:03d}", status="completed", created_at=c, completed_at=c + 60, owner=owner
+            )
+        settings: dict[str, Any] = {"virtual_key_dir": keys, "page_size": 2}
+        with exporter(
+            sim, clock, max_requests_per_second=1, resync_interval_seconds=10**5, **settings
+        ) as exp:
+            poll_until_resynced(exp, clock)
+            write_key_dir([a, b], keys)
+            exp.exporter.client.update_credentials(exp.settings.reread_secret_files())
+            estimates = []
+            for _ in range(20):
+                clock.advance(INTERVAL)
+                exp.poll(P)
+                first = exp.exporter.poller.states[P].health.first_sync
+                if first.complete:
+                    break
+                if first.estimated_completion is not None:
+                    estimates.append(first.estimated_completion)
+            done_at = clock.now
+    assert estimates
+    assert max(done_at - e for e in estimates) <= 2 * INTERVAL, [done_at - e for e in estimates]
