@@ -154,19 +154,27 @@ def test_a_page_read_again_that_lost_a_batch_or_whose_cursor_is_refused_falls_ba
     assert value(s, "bifrost_batch_finished_total", provider=P, status="completed") == 2
 
 
+# Bedrock's list items are summaries (no counts); every page past the first is read by its cursor.
+BEDROCK = ProviderSpec(P, style="cursor", flavor="bedrock", after_ignored=False)
+
+
+def _summaries(sim: Simulator, running: int) -> None:
+    """30 finished batches of history, then `running` running ones as the newest."""
+    for i in range(30):
+        c = START - 50_000 + i
+        sim.add_batch(P, batch_id=f"f{i:04d}", status="completed", created_at=c, completed_at=c + 60)
+    for i in range(running):
+        sim.add_batch(P, batch_id=f"job{i:02d}", status="in_progress", created_at=START - 100 + i)
+
+
 def test_running_batches_a_page_showed_without_counts_are_retrieved_not_listed_down_to() -> None:
     """Bedrock lists summaries (no counts): its running batches on the newest page, shown there each poll, are
     retrieved for their counts when due. Listing down below the head page or reading their pages again would only
     show them so again: each poll lists its head page once (an earlier version of the page reading listed one page
     more whenever their counts were due)."""
     clock = SimTime()
-    spec = ProviderSpec(P, style="cursor", flavor="bedrock", after_ignored=False)
-    with gateway(clock, spec) as sim:
-        for i in range(30):
-            c = START - 50_000 + i
-            sim.add_batch(P, batch_id=f"f{i:04d}", status="completed", created_at=c, completed_at=c + 60)
-        for i in range(4):
-            sim.add_batch(P, batch_id=f"job{i}", status="in_progress", created_at=START - 100 + i)
+    with gateway(clock, BEDROCK) as sim:
+        _summaries(sim, running=4)
         with exporter(sim, clock, page_size=10, resync_interval_seconds=100 * INTERVAL) as exp:
             poll_until_resynced(exp, clock)
             lists, retrieves = [], []
@@ -188,13 +196,8 @@ def test_running_summary_items_below_the_head_page_are_retrieved_when_due_not_ev
     page). Else every one of them was retrieved every poll, up to the whole budget (50 % of a full list per
     interval at the defaults with 300 running)."""
     clock = SimTime()
-    spec = ProviderSpec(P, style="cursor", flavor="bedrock", after_ignored=False)
-    with gateway(clock, spec) as sim:
-        for i in range(30):
-            c = START - 50_000 + i
-            sim.add_batch(P, batch_id=f"f{i:04d}", status="completed", created_at=c, completed_at=c + 60)
-        for i in range(30):
-            sim.add_batch(P, batch_id=f"job{i:02d}", status="in_progress", created_at=START - 100 + i)
+    with gateway(clock, BEDROCK) as sim:
+        _summaries(sim, running=30)
         with exporter(sim, clock, page_size=10, resync_interval_seconds=100 * INTERVAL) as exp:
             poll_until_resynced(exp, clock)
             before = sim.requests(P, "retrieve")

@@ -54,17 +54,22 @@ class Scene:
             if seen.path.endswith(settlement_id("openai", BID)):
                 return (200, self.row.replace(b"LOGID", settlement_id("openai", BID).encode()))
             return (404, {"is_bifrost_error": False, "status_code": 404, "error": {"message": "not found"}})
-        done = self.clock.now >= T0 + 600
-        item: dict[str, Any] = {
-            "id": BID,
-            "object": "batch",
-            "status": "completed" if done else "in_progress",
-            "created_at": int(T0),
-            "request_counts": {"total": 10, "completed": 10 if done else 0, "failed": 0},
-        }
-        if done:
-            item["completed_at"] = int(T0 + 600)
-        return (200, {"object": "list", "data": [item], "has_more": False})
+        return (200, {"object": "list", "data": [_item(BID, self.clock.now)], "has_more": False})
+
+
+def _item(batch_id: str, now: float) -> dict[str, Any]:
+    """An OpenAI batch created at T0 that completes at T0+600, as the list shows it at `now`."""
+    done = now >= T0 + 600
+    item: dict[str, Any] = {
+        "id": batch_id,
+        "object": "batch",
+        "status": "completed" if done else "in_progress",
+        "created_at": int(T0),
+        "request_counts": {"total": 10, "completed": 10 if done else 0, "failed": 0},
+    }
+    if done:
+        item["completed_at"] = int(T0 + 600)
+    return item
 
 
 class Several:
@@ -96,19 +101,7 @@ class Several:
                 return reply()
             status, body = reply
             return (status, body.replace(b"LOGID", log_id.encode()) if isinstance(body, bytes) else body)
-        done = self.clock.now >= T0 + 600
-        data = []
-        for bid in self.ids:
-            item: dict[str, Any] = {
-                "id": bid,
-                "object": "batch",
-                "status": "completed" if done else "in_progress",
-                "created_at": int(T0),
-                "request_counts": {"total": 10, "completed": 10 if done else 0, "failed": 0},
-            }
-            if done:
-                item["completed_at"] = int(T0 + 600)
-            data.append(item)
+        data = [_item(bid, self.clock.now) for bid in self.ids]
         return (200, {"object": "list", "data": data, "has_more": False})
 
 

@@ -206,27 +206,34 @@ def test_any_interleaving_of_polls_restarts_and_transitions_counts_each_batch_on
 # ---- a refused cursor restarts its walk ------------------------------------------------------------------------
 
 
+@contextmanager
+def _a_full_list_due() -> Iterator[tuple[Simulator, ExporterThread, SimTime]]:
+    """Three Bifrost keys of history (15 pages of 2), the first full list done, the next one due; two requests a
+    poll, so a full list spans several polls and keeps a cursor between them."""
+    clock = SimTime()
+    with gateway(clock, multi_key(KEYS)) as sim:
+        fill_history(sim, per_key=10)
+        with exporter(sim, clock, page_size=2, max_requests_per_second=0.4) as exp:
+            poll_until_resynced(exp, clock)
+            clock.advance(RESYNC)
+            yield sim, exp, clock
+
+
 def test_a_refused_continuation_cursor_restarts_the_full_list_from_the_head() -> None:
     """A full list spread over polls keeps its cursor between them; the gateway then refuses that cursor (400
     "invalid 'after'": the upstream no longer knows it). The walk starts again from the head in the
     same poll: `up` stays 1, the provider's series stay, the refusal is counted and logged once, and the full
     list completes."""
-    clock = SimTime()
-    with gateway(clock, multi_key(KEYS)) as sim:
-        fill_history(sim, per_key=10)
-        # Two requests a poll: a full list of 15 pages takes several polls.
-        with exporter(sim, clock, page_size=2, max_requests_per_second=0.4) as exp:
-            poll_until_resynced(exp, clock)
-            clock.advance(RESYNC)
-            with structlog.testing.capture_logs() as logs:
-                exp.poll(P)  # the full list starts and stops at its budget, keeping a cursor
-                resync = exp.exporter.poller._runs[P].store.resync
-                assert resync is not None and resync.cursor is not None, "the full list did not span polls"
-                sim.set_fault("cursor_refused", provider=P, times=1)
-                clock.advance(INTERVAL)
-                refused_before = sim.requests(P, "list")
-                polls = poll_until_resynced(exp, clock, limit=60)
-            s = exp.samples()
+    with _a_full_list_due() as (sim, exp, clock):
+        with structlog.testing.capture_logs() as logs:
+            exp.poll(P)  # the full list starts and stops at its budget, keeping a cursor
+            resync = exp.exporter.poller._runs[P].store.resync
+            assert resync is not None and resync.cursor is not None, "the full list did not span polls"
+            sim.set_fault("cursor_refused", provider=P, times=1)
+            clock.advance(INTERVAL)
+            refused_before = sim.requests(P, "list")
+            polls = poll_until_resynced(exp, clock, limit=60)
+        s = exp.samples()
         assert sim.requests(P, "list") > refused_before
         assert value(s, "bifrost_batch_exporter_up", provider=P) == 1
         assert value(s, "bifrost_batch_exporter_truncated", provider=P) == 0
@@ -242,23 +249,18 @@ def test_a_refused_continuation_cursor_restarts_the_full_list_from_the_head() ->
 def test_a_refused_cursor_every_poll_never_stops_the_provider() -> None:
     """However often the gateway refuses continuation cursors, every poll still ends with data (`up` 1), and
     each refusal is counted; the log says it once."""
-    clock = SimTime()
-    with gateway(clock, multi_key(KEYS)) as sim:
-        fill_history(sim, per_key=10)
-        with exporter(sim, clock, page_size=2, max_requests_per_second=0.4) as exp:
-            poll_until_resynced(exp, clock)
-            clock.advance(RESYNC)
-            with structlog.testing.capture_logs() as logs:
-                for _ in range(6):
-                    exp.poll(P)
-                    resync = exp.exporter.poller._runs[P].store.resync
-                    if resync is not None and resync.cursor is not None:
-                        sim.set_fault("cursor_refused", provider=P, times=1)
-                    clock.advance(INTERVAL)
-                    assert value(exp.samples(), "bifrost_batch_exporter_up", provider=P) == 1
-            refusals = value(
-                exp.samples(), "bifrost_batch_exporter_poll_errors_total", provider=P, reason="cursor_refused"
-            )
+    with _a_full_list_due() as (sim, exp, clock):
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(6):
+                exp.poll(P)
+                resync = exp.exporter.poller._runs[P].store.resync
+                if resync is not None and resync.cursor is not None:
+                    sim.set_fault("cursor_refused", provider=P, times=1)
+                clock.advance(INTERVAL)
+                assert value(exp.samples(), "bifrost_batch_exporter_up", provider=P) == 1
+        refusals = value(
+            exp.samples(), "bifrost_batch_exporter_poll_errors_total", provider=P, reason="cursor_refused"
+        )
         assert refusals is not None and refusals >= 2
         assert len([e for e in logs if e["event"] == "cursor_refused"]) == 1
 
@@ -268,31 +270,24 @@ def test_a_full_list_whose_cursors_are_always_refused_says_it_stopped_early() ->
     newest pages keep the data current (`up` 1), but once the list's cursor is refused three times in a row the
     coverage says `cursor_refused` and `truncated` 1 (BifrostBatchProviderTruncated), instead of "complete" for a
     list that completed for the last time long ago; the next list that ends says complete again."""
-    clock = SimTime()
-    with gateway(clock, multi_key(KEYS)) as sim:
-        fill_history(sim, per_key=10)
-        with exporter(sim, clock, page_size=2, max_requests_per_second=0.4) as exp:
-            poll_until_resynced(exp, clock)
-            clock.advance(RESYNC)
-            sim.set_fault("cursor_refused", provider=P)  # every cursor, for good
-            covered = []
-            for _ in range(8):
-                exp.poll(P)
-                s = exp.samples()
-                assert value(s, "bifrost_batch_exporter_up", provider=P) == 1
-                covered.append(
-                    value(s, "bifrost_batch_exporter_coverage", provider=P, reason="cursor_refused")
-                )
-                clock.advance(INTERVAL)
-            assert covered[0] == 0 and covered[-1] == 1
-            assert value(s, "bifrost_batch_exporter_truncated", provider=P) == 1
-            assert value(s, "bifrost_batch_exporter_coverage", provider=P, reason="complete") == 0
-            sim.set_fault(None)
-            poll_until_resynced(exp, clock, limit=60)
+    with _a_full_list_due() as (sim, exp, clock):
+        sim.set_fault("cursor_refused", provider=P)  # every cursor, for good
+        covered = []
+        for _ in range(8):
+            exp.poll(P)
             s = exp.samples()
-        assert value(s, "bifrost_batch_exporter_truncated", provider=P) == 0
-        assert value(s, "bifrost_batch_exporter_coverage", provider=P, reason="complete") == 1
-        assert value(s, "bifrost_batch_exporter_coverage", provider=P, reason="cursor_refused") == 0
+            assert value(s, "bifrost_batch_exporter_up", provider=P) == 1
+            covered.append(value(s, "bifrost_batch_exporter_coverage", provider=P, reason="cursor_refused"))
+            clock.advance(INTERVAL)
+        assert covered[0] == 0 and covered[-1] == 1
+        assert value(s, "bifrost_batch_exporter_truncated", provider=P) == 1
+        assert value(s, "bifrost_batch_exporter_coverage", provider=P, reason="complete") == 0
+        sim.set_fault(None)
+        poll_until_resynced(exp, clock, limit=60)
+        s = exp.samples()
+    assert value(s, "bifrost_batch_exporter_truncated", provider=P) == 0
+    assert value(s, "bifrost_batch_exporter_coverage", provider=P, reason="complete") == 1
+    assert value(s, "bifrost_batch_exporter_coverage", provider=P, reason="cursor_refused") == 0
 
 
 # ---- clock steps -----------------------------------------------------------------------------------------------

@@ -865,21 +865,14 @@ def test_a_secret_rotated_while_the_exporter_starts_is_picked_up(tmp_path: Path)
         }
     )
 
-    class Holder:
-        def __init__(self, current: Settings) -> None:
-            self.settings = current
-
-        def update_credentials(self, fresh: Settings) -> None:
-            self.settings = fresh
-
-    quiet = Holder(loaded)
+    quiet = _Holder(loaded)
     with structlog.testing.capture_logs() as logs:
         assert SecretReloader(quiet).maybe_reload() is False
     assert logs == []
     data("..2026_b", "sk-bf-new-key-2222")
     os.symlink("..2026_b", tmp_path / "..data_tmp")
     os.rename(tmp_path / "..data_tmp", tmp_path / "..data")
-    holder = Holder(loaded)
+    holder = _Holder(loaded)
     reloader = SecretReloader(holder)
     assert reloader.maybe_reload() is True
     assert holder.settings.virtual_key is not None
@@ -898,14 +891,7 @@ def test_a_short_bearer_token_rotated_on_disk_is_picked_up(tmp_path: Path) -> No
         {"bifrost_url": "http://127.0.0.1:1", "providers": ["openai"], "bearer_token_file": str(token)}
     )
 
-    class Holder:
-        def __init__(self, current: Settings) -> None:
-            self.settings = current
-
-        def update_credentials(self, fresh: Settings) -> None:
-            self.settings = fresh
-
-    holder = Holder(loaded)
+    holder = _Holder(loaded)
     reloader = SecretReloader(holder)
     assert reloader.maybe_reload() is False  # the first look: as read at start
     token.write_text("xyz\n")
@@ -914,3 +900,13 @@ def test_a_short_bearer_token_rotated_on_disk_is_picked_up(tmp_path: Path) -> No
     assert (
         holder.settings.bearer_token is not None and holder.settings.bearer_token.get_secret_value() == "xyz"
     )
+
+
+class _Holder:
+    """The part of the Exporter a secret reload updates: the settings in use."""
+
+    def __init__(self, current: Settings) -> None:
+        self.settings = current
+
+    def update_credentials(self, fresh: Settings) -> None:
+        self.settings = fresh
