@@ -77,6 +77,13 @@ def template_text(helm: str, *args: str) -> str:
     return run_helm(helm, "template", "rel", str(CHART), "--namespace", "monitoring", *args).stdout
 
 
+def refused_text(helm: str, *args: str, chart: Path = CHART) -> str:
+    """`helm template` of `chart` with `args`, which must fail: its stderr (the chart's `fail` or schema message)."""
+    proc = run_helm(helm, "template", "rel", str(chart), *args, check=False)
+    assert proc.returncode != 0, proc.stderr
+    return proc.stderr
+
+
 def docs_of(text: str) -> list[Doc]:
     return [d for d in yaml.safe_load_all(text) if d]
 
@@ -385,17 +392,12 @@ def test_sharded_render(rendered: dict[str, str]) -> None:
 
 
 def test_a_provider_in_two_shards_is_refused(helm: str) -> None:
-    proc = run_helm(
+    stderr = refused_text(
         helm,
-        "template",
-        "rel",
-        str(CHART),
         "--set",
         "shards[0].name=a,shards[0].providers={openai},shards[1].name=b,shards[1].providers={openai}",
-        check=False,
     )
-    assert proc.returncode != 0
-    assert 'provider "openai" is in shard "a" and in shard "b"' in proc.stderr
+    assert 'provider "openai" is in shard "a" and in shard "b"' in stderr
 
 
 def test_prometheus_rule_equals_the_alerts_and_recording_rules(helm: str, rendered: dict[str, str]) -> None:
@@ -597,13 +599,11 @@ def test_existing_secret(rendered: dict[str, str]) -> None:
 def test_an_existing_secret_without_any_key_named_is_refused(helm: str) -> None:
     """0.1.0's existingSecretKeys had defaults; values written for it would now mount nothing, and the exporter
     would poll without a credential (auth failures, or a keyless view of the whole account)."""
-    proc = run_helm(helm, "template", "rel", str(CHART), "--set", "auth.existingSecret=gw-creds", check=False)
-    assert proc.returncode != 0
+    stderr = refused_text(helm, "--set", "auth.existingSecret=gw-creds")
     assert (
-        'auth.existingSecret "gw-creds" is set, but auth.existingSecretKeys names none of its keys'
-        in proc.stderr
-    ), proc.stderr
-    assert "auth.existingSecretKeys.virtualKey" in proc.stderr
+        'auth.existingSecret "gw-creds" is set, but auth.existingSecretKeys names none of its keys' in stderr
+    ), stderr
+    assert "auth.existingSecretKeys.virtualKey" in stderr
 
 
 @pytest.mark.parametrize(
@@ -689,9 +689,7 @@ def test_persistence_empty_dir_allows_an_ha_pair(rendered: dict[str, str]) -> No
     ],
 )  # fmt: skip
 def test_persistence_refuses_two_writers_on_one_volume(helm: str, args: list[str], message: str) -> None:
-    proc = run_helm(helm, "template", "rel", str(CHART), *args, check=False)
-    assert proc.returncode != 0
-    assert message in proc.stderr
+    assert message in refused_text(helm, *args)
 
 
 def test_existing_claim_is_used_as_is(helm: str) -> None:
@@ -742,11 +740,11 @@ def test_a_pdb_never_forbids_every_eviction(helm: str) -> None:
         docs_of(template_text(helm, "--set", "podDisruptionBudget.enabled=true")), "PodDisruptionBudget"
     )
     assert pdb["spec"] == {"maxUnavailable": 1, "selector": pdb["spec"]["selector"]}
-    refused = run_helm(
-        helm, "template", "rel", str(CHART), "--set", "podDisruptionBudget.enabled=true",
-        "--set", "podDisruptionBudget.maxUnavailable=", "--set", "podDisruptionBudget.minAvailable=1", check=False,
+    refused = refused_text(
+        helm, "--set", "podDisruptionBudget.enabled=true",
+        "--set", "podDisruptionBudget.maxUnavailable=", "--set", "podDisruptionBudget.minAvailable=1",
     )  # fmt: skip
-    assert refused.returncode != 0 and "forbids every eviction" in refused.stderr
+    assert "forbids every eviction" in refused
 
 
 def test_config_changes_roll_the_pods(helm: str) -> None:
@@ -781,9 +779,8 @@ def test_the_listen_address_serves_both_families_on_the_container_port(
 
 
 def test_a_listen_address_off_the_container_port_is_refused(helm: str) -> None:
-    proc = run_helm(helm, "template", "rel", str(CHART), "--set", "config.listen_address=:9100", check=False)
-    assert proc.returncode != 0
-    assert 'config.listen_address ":9100" must end in :9877, the containerPort' in proc.stderr, proc.stderr
+    stderr = refused_text(helm, "--set", "config.listen_address=:9100")
+    assert 'config.listen_address ":9100" must end in :9877, the containerPort' in stderr, stderr
 
 
 # --- the schema rejects wrong values --------------------------------------------------------------------------------
@@ -825,11 +822,9 @@ def scratch_chart(tmp_path: Path) -> Path:
 
 def test_missing_rules_file_fails_loudly(helm: str, scratch_chart: Path) -> None:
     (scratch_chart / "files" / "mixin-rules.yaml").unlink()
-    proc = run_helm(
-        helm, "template", "rel", str(scratch_chart), "--set", "prometheusRule.enabled=true", check=False
+    assert "files/mixin-rules.yaml" in refused_text(
+        helm, "--set", "prometheusRule.enabled=true", chart=scratch_chart
     )
-    assert proc.returncode != 0
-    assert "files/mixin-rules.yaml" in proc.stderr
 
 
 # --- the chart's config against the exporter itself ---------------------------------------------------------------
@@ -894,18 +889,9 @@ def test_schema_knows_every_exporter_setting() -> None:
 
 
 def test_extra_headers_under_config_are_refused_naming_where_they_go(helm: str) -> None:
-    proc = run_helm(
-        helm,
-        "template",
-        "rel",
-        str(CHART),
-        "--set-string",
-        "config.extra_headers.X-Api-Key=sk-proxy-1",
-        check=False,
-    )
-    assert proc.returncode != 0
-    assert "config.extra_headers would be written into a ConfigMap" in proc.stderr
-    assert "auth.extraHeaders" in proc.stderr and "sk-proxy-1" not in proc.stderr
+    stderr = refused_text(helm, "--set-string", "config.extra_headers.X-Api-Key=sk-proxy-1")
+    assert "config.extra_headers would be written into a ConfigMap" in stderr
+    assert "auth.extraHeaders" in stderr and "sk-proxy-1" not in stderr
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
@@ -1093,8 +1079,8 @@ def test_settings_the_exporter_refuses_together_fail_the_render(
         load_settings(config)
     values = tmp_path / "values.yaml"
     values.write_text(yaml.safe_dump({"config": config}))
-    proc = run_helm(helm, "template", "rel", str(CHART), "-f", str(values), check=False)
-    assert proc.returncode != 0 and says in proc.stderr, proc.stderr
+    stderr = refused_text(helm, "-f", str(values))
+    assert says in stderr, stderr
     fine = tmp_path / "fine.yaml"
     fine.write_text(yaml.safe_dump({"config": {"poll_mode": "full", "resync_interval_seconds": 10}}))
     run_helm(helm, "template", "rel", str(CHART), "-f", str(fine))
