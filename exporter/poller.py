@@ -747,7 +747,6 @@ class Poller:
         outcome = _PollOutcome()
         first_sync = not run.synced
         budget = self._budget(first_sync)
-        poll = run.polls
         observe = self._observe(ledger, started)
         refreshed: set[str] = set()
 
@@ -771,48 +770,16 @@ class Poller:
                 else expected_pages(len(store), page_size_for(provider, self._settings.page_size), len(keys))
             )
 
-        # 1. Each key's newest pages, until one shows a batch already known (lists are newest first: nothing
-        #    newer lies beyond it) or nothing new (skipped while the first full list runs, and for the key whose
-        #    walk this poll's full list starts at the head anyway).
+        # 1. Each key's newest pages, until one shows a batch known before this poll (lists are newest first:
+        #    nothing newer lies beyond it) or nothing at all (skipped while the first full list runs, and for the
+        #    key whose walk this poll's full list starts at the head anyway). A batch another key's scan found
+        #    first this poll (unowned: every key sees it) is no such proof.
         heads: dict[int, tuple[str, int, int]] = {}  # key → (cursor after its head pages, pages, items read)
         if not first_sync:
-            for k, key in enumerate(keys):
-                if starting_from_head and k == 0:
-                    continue  # this poll's full list starts at key 0's head: its pages are the head scan
-                if key in run.not_allowed:
-                    continue  # asked again by the full list
-                wanted_more = [True]
-                # Items handed over so far: the place of a running batch from the top of this key's list.
-                walked = [0]
-                head_place = PagePlace()
-
-                def head_page(
-                    batches: list[Batch],
-                    k: int = k,
-                    wanted_more: list[bool] = wanted_more,
-                    walked: list[int] = walked,
-                    place: PagePlace = head_place,
-                ) -> bool:
-                    known = any(b.id in store for b in batches)
-                    self._counts_still_fresh(store, batches, poll, refreshed)
-                    new = self._take_page(
-                        store, batches, k, place.after, walked, observe, refreshed, outcome.shown, poll
-                    )
-                    wanted_more[0] = new > 0 and not known
-                    return wanted_more[0]
-
-                pages = max(1, min(budget - spent(), self._settings.max_pages))
-                result = await self._client.list_batches(
-                    provider, head_page, max_pages=pages, budget_truncates=False, key=key, place=head_place
-                )
-                refused = self._refused(provider, run, ledger, result, "head")
-                blocked = self._not_allowed(provider, run, key, result)
-                # A cursor defect matters here only while the newest pages were still showing new batches.
-                self._take_list(outcome, result, ledger, head=not wanted_more[0])
-                if outcome.failure is not None or outcome.unsupported:
-                    return outcome
-                if not refused and not blocked and result.next_cursor is not None:
-                    heads[k] = (result.next_cursor, result.pages, walked[0])
+            scans = _HeadScans(self, provider, ledger, run, keys, outcome, refreshed, budget, observe)
+            if not await scans.run(skip_first=starting_from_head):
+                return outcome
+            heads = scans.heads
 
         # 2. The full list, key after key, continued: the whole budget while the first one runs (nothing else
         #    competes); afterwards half of what is left while known active batches still wait for this poll's
@@ -1478,6 +1445,131 @@ class Poller:
     def _publish(self, provider: str, state: ProviderState) -> None:
         self._states = MappingProxyType({**self._states, provider: state})
         self._on_change()
+
+
+class _HeadScans:
+    """One incremental poll's head scans: each key's newest pages, until a page shows a batch known before this poll
+    (lists are newest first: nothing newer lies beyond it) or nothing at all.
+
+    Governance narrows a keyed list's pages after they were cut (bifrost-batch-api.md, "Who sees which batches"), so
+    a page can be empty for one key while it holds another tenant's burst, and an unowned batch that one key's scan
+    found first this poll proves nothing to the next key. A key whose scan stopped that way may have new batches
+    further down. Everything created since the last poll, any tenant's, is newer than every batch known before it,
+    so once any key's scan reaches one of those `d` pages down, the others need read no deeper than `d` (the keys
+    share the provider's pages). Such a second pass runs only when this poll found something new: a tenant with
+    nothing recent does not walk its history every poll. Bursts of tenants outside the view leave no trace to go by.
+    """
+
+    def __init__(
+        self,
+        poller: Poller,
+        provider: str,
+        ledger: Ledger,
+        run: _Run,
+        keys: tuple[str | None, ...],
+        outcome: _PollOutcome,
+        refreshed: set[str],
+        budget: int,
+        observe: Callable[[list[Batch]], int],
+    ) -> None:
+        self._poller, self._provider, self._ledger, self._run = poller, provider, ledger, run
+        self._keys, self._outcome, self._refreshed, self._budget, self._observe = (
+            keys, outcome, refreshed, budget, observe,
+        )  # fmt: skip
+        self.heads: dict[
+            int, tuple[str, int, int]
+        ] = {}  # key → (cursor after its head pages, pages, items read)
+        self._reached: dict[int, int] = {}  # key → pages its scans read from the top
+        self._settled: dict[int, int] = {}  # key → the page (from the top) showing it a batch known before
+        self._unsettled: set[int] = set()  # scans stopped above any such page, with a cursor to go on from
+        self._first_seen: set[str] = set()  # first known this poll
+        self._found_new = False
+
+    def _left(self) -> int:
+        outcome = self._outcome
+        return min(
+            self._budget - outcome.list_requests - outcome.retrieve_requests, self._poller._settings.max_pages
+        )
+
+    async def run(self, *, skip_first: bool) -> bool:
+        """False when the poll must end (its outcome failed). `skip_first`: this poll's full list starts at the
+        first key's head, so its pages are that key's head scan."""
+        for k, key in enumerate(self._keys):
+            if (skip_first and k == 0) or key in self._run.not_allowed:
+                continue  # a refused key is asked again by the full list
+            if not await self._scan(k, None, max(1, self._left()), second=False):
+                return False
+        if not self._found_new:
+            return True
+        # No key reached a batch it knew: go on a page at a time, key by key, until one does, at most twice as
+        # deep as the first pass went (a view of tenants with no history at all must not walk the account).
+        limit = 2 * max(self._reached.values(), default=0)
+        while not self._settled and self._unsettled:
+            ks = [k for k in sorted(self._unsettled) if self._reached[k] < limit]
+            if not ks or self._left() <= 0:
+                break
+            for k in ks:
+                if not await self._scan(k, self.heads[k][0], 1, second=True):
+                    return False
+                if self._settled:
+                    break
+        deepest = max(self._settled.values(), default=0)
+        for k in sorted(self._unsettled):
+            cursor, depth, _ = self.heads[k]
+            pages = min(deepest - depth, self._left())
+            if pages > 0 and not await self._scan(k, cursor, pages, second=True):
+                return False
+        return True
+
+    async def _scan(self, k: int, after: str | None, pages: int, *, second: bool) -> bool:
+        """Key `k`'s list from `after` (None: its top) for up to `pages` pages; the first pass also stops at a
+        page that shows nothing."""
+        poller, run, store, outcome = self._poller, self._run, self._run.store, self._outcome
+        wanted_more = [True]
+        settled = [False]
+        walked = [self.heads[k][2] if after is not None else 0]  # items before: a running batch's place
+        place = PagePlace()
+
+        def head_page(batches: list[Batch]) -> bool:
+            unknown = {b.id for b in batches if b.id not in store}
+            settled[0] = any(b.id not in unknown and b.id not in self._first_seen for b in batches)
+            poller._counts_still_fresh(store, batches, run.polls, self._refreshed)
+            poller._take_page(
+                store,
+                batches,
+                k,
+                place.after,
+                walked,
+                self._observe,
+                self._refreshed,
+                outcome.shown,
+                run.polls,
+            )
+            self._first_seen.update(unknown)
+            self._found_new = self._found_new or bool(unknown)
+            wanted_more[0] = not settled[0] and (second or bool(batches))
+            return wanted_more[0]
+
+        result = await poller._client.list_batches(
+            self._provider, head_page, after=after, max_pages=pages, budget_truncates=False, key=self._keys[k],
+            place=place,
+        )  # fmt: skip
+        refused = poller._refused(self._provider, run, self._ledger, result, "head")
+        blocked = poller._not_allowed(self._provider, run, self._keys[k], result)
+        # A cursor defect matters here only while the newest pages were still showing new batches.
+        poller._take_list(outcome, result, self._ledger, head=not wanted_more[0])
+        if outcome.failure is not None or outcome.unsupported:
+            return False
+        self._reached[k] = self._reached.get(k, 0) + result.pages
+        if settled[0]:
+            self._settled[k] = self._reached[k]
+        self.heads.pop(k, None)
+        self._unsettled.discard(k)
+        if not refused and not blocked and result.next_cursor is not None:
+            self.heads[k] = (result.next_cursor, self._reached[k], walked[0])
+            if not settled[0]:
+                self._unsettled.add(k)
+        return True
 
 
 def _iso(timestamp: float) -> str:

@@ -386,6 +386,93 @@ def test_a_new_batch_of_another_key_shows_after_one_poll_also_when_a_full_list_s
         assert count(exp.samples(), "validating") == 1
 
 
+@pytest.mark.parametrize("loud", [0, 1])
+def test_a_tenants_new_batch_below_another_tenants_burst_shows_after_one_poll(
+    tmp_path: Path, loud: int
+) -> None:
+    """Governance narrows a keyed list's pages after they were cut, so a burst of one tenant's batches makes the
+    newest pages empty for the other tenant's key, and an unowned batch that one key's scan found first looks known
+    to the next. The quiet key's head scan then stops above its own new batch; a second pass reads it down as deep
+    as the loud key's scan had to go to reach what it knew (the keys share the provider's pages), so the batch shows
+    after one poll, not after the next full list. `loud`: which key (the first or the second scanned) bursts."""
+    gov = demo_governance(mandatory=True)
+    keys = tmp_path / "keys"
+    write_key_dir(gov.keys, keys)
+    noisy, quiet = gov.keys[loud], gov.keys[1 - loud]
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="openai")
+    with (
+        Simulator(providers=[spec], lifecycle=False, clock=clock.time, governance=gov) as sim,
+        exporter(sim, clock, virtual_key_dir=keys, page_size=2) as exp,
+    ):
+        clock.sim = sim
+        clock.marks.append((clock.pace, clock.received()))
+        for i in range(3):
+            for j, key in enumerate(gov.keys):
+                created = START - 1000 + 2 * i + j
+                sim.add_batch(P, batch_id=f"old{j}-{i}", status="completed", created_at=created, owner=key.id)
+        poll_until_resynced(exp, clock)
+        clock.advance(INTERVAL)
+        now = int(clock.now)
+        sim.add_batch(P, batch_id="quiet-new", status="failed", created_at=now - 20, owner=quiet.id)
+        for i in range(5):  # newest first: unowned, then the burst over two and a half pages
+            sim.add_batch(
+                P, batch_id=f"burst{i}", status="completed", created_at=now - 10 + i, owner=noisy.id
+            )
+        sim.add_batch(P, batch_id="unowned", status="expired", created_at=now - 1, owner=None)
+        lists = sim.requests(P, "list")
+        exp.poll(P)
+        assert exp.exporter.poller._runs[P].store.resync is None  # no full list ran: the head scans found it
+        s = exp.samples()
+        assert (count(s, "failed"), count(s, "completed"), count(s, "expired")) == (1, 6 + 5, 1)
+        # Each key down to the page that shows a batch it knew, no deeper: the quiet key's fourth; the loud key's
+        # fourth too when it goes second, its fifth when it goes first (its scan stopped at the fourth, which
+        # governance narrowed to nothing, and went on a page when no key had yet reached what it knew).
+        assert sim.requests(P, "list") - lists == (9, 8)[loud]
+        # Without a burst (and no running batch to refresh), a poll reads each key's newest page once, as before.
+        clock.advance(INTERVAL)
+        lists = sim.requests(P, "list")
+        exp.poll(P)
+        assert sim.requests(P, "list") - lists == 2
+
+
+def test_a_quiet_tenant_below_another_tenants_history_costs_one_page_a_poll(tmp_path: Path) -> None:
+    """The second pass is bounded by what the other keys' scans found: a tenant whose batches all lie below pages of
+    another tenant's (its newest page narrowed to nothing every poll) is not walked down to them, also while the
+    other tenant creates batches, as long as those fit its newest page."""
+    gov = demo_governance(mandatory=True)
+    keys = tmp_path / "keys"
+    write_key_dir(gov.keys, keys)
+    busy, quiet = gov.keys
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="openai")
+    with (
+        Simulator(providers=[spec], lifecycle=False, clock=clock.time, governance=gov) as sim,
+        exporter(sim, clock, virtual_key_dir=keys, page_size=2) as exp,
+    ):
+        clock.sim = sim
+        clock.marks.append((clock.pace, clock.received()))
+        for i in range(2):
+            sim.add_batch(
+                P, batch_id=f"quiet{i}", status="completed", created_at=START - 2000 + i, owner=quiet.id
+            )
+        for i in range(8):
+            sim.add_batch(
+                P, batch_id=f"busy{i}", status="completed", created_at=START - 1000 + i, owner=busy.id
+            )
+        poll_until_resynced(exp, clock)
+        for n in range(3):
+            clock.advance(INTERVAL)
+            if n:
+                sim.add_batch(
+                    P, batch_id=f"new{n}", status="completed", created_at=int(clock.now), owner=busy.id
+                )
+            lists = sim.requests(P, "list")
+            exp.poll(P)
+            assert sim.requests(P, "list") - lists == 2, n
+        assert count(exp.samples(), "completed") == 2 + 8 + 2
+
+
 def test_the_cost_is_visible_and_agrees_with_the_gateway() -> None:
     """requests_total{endpoint} is what the gateway received, and last_resync_timestamp_seconds moves with each
     completed full list."""
