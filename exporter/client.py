@@ -102,6 +102,7 @@ class RequestFailedError(Exception):
         gateway_body: bool = False,
         refusal: str | None = None,
         body_refused: bool = False,
+        cursor_error: bool = False,
     ):
         super().__init__(f"{reason}: {detail}")
         self.reason: Reason = reason
@@ -116,6 +117,9 @@ class RequestFailedError(Exception):
         # A JSON answer of the right type that the parser refused: a fault of what was asked for (one row, one
         # batch), not of the route or the gateway.
         self.body_refused = body_refused
+        # A 5xx that is the gateway's own verdict on the cursor (Bifrost answers a cursor it cannot decode with its
+        # operation error "invalid pagination cursor", a 500 without a status), not an upstream's outage.
+        self.cursor_error = cursor_error
 
 
 class UnsupportedProviderError(Exception):
@@ -155,9 +159,9 @@ class ListResult:
     requests: int = 0
     stopped: Stop = "end"
     next_cursor: str | None = None
-    # The request that failed carried a cursor, and the gateway refused it (a 4xx, or a 5xx in the gateway's own
-    # error shape: Bifrost answers an invalid cursor with 500): the walk must restart from the head, since sending
-    # the same cursor again would fail the same way for ever.
+    # The request that failed carried a cursor, and the gateway refused it (a 4xx, or Bifrost's own 500 "invalid
+    # pagination cursor"; any other 5xx is an outage, whatever its shape): the walk must restart from the head,
+    # since sending the same cursor again would fail the same way for ever.
     cursor_refused: bool = False
     # The failure is governance saying this call's virtual key is not allowed on the provider (403
     # provider_blocked): that key has no view of the provider, which the poller may take as an empty one.
@@ -455,7 +459,7 @@ class BifrostClient:
             result.cursor_refused = (
                 tally.cursor is not None
                 and exc.refusal is None
-                and (exc.reason == "client_error" or (exc.reason == "server_error" and exc.gateway_body))
+                and (exc.reason == "client_error" or (exc.reason == "server_error" and exc.cursor_error))
             )
             result.key_not_allowed = key is not None and exc.refusal == "provider_blocked"
         result.requests = tally.requests
@@ -876,7 +880,12 @@ class BifrostClient:
             raise RequestFailedError("rate_limited", said, status, retry_after, refusal=refusal)
         if status >= 500:
             retry_after = _parse_retry_after(response.headers.get("retry-after"), time.time())
-            raise RequestFailedError("server_error", said, status, retry_after, gateway_body=err.shaped)
+            cursor_error = (
+                status == 500 and err.is_bifrost_error is True and "cursor" in (err.message or "").lower()
+            )
+            raise RequestFailedError(
+                "server_error", said, status, retry_after, gateway_body=err.shaped, cursor_error=cursor_error
+            )
         raise RequestFailedError("client_error", said, status, gateway_body=err.shaped, refusal=refusal)
 
     def _clean_message(self, message: str | None) -> str | None:

@@ -219,17 +219,18 @@ def _a_full_list_due() -> Iterator[tuple[Simulator, ExporterThread, SimTime]]:
             yield sim, exp, clock
 
 
-def test_a_refused_continuation_cursor_restarts_the_full_list_from_the_head() -> None:
+@pytest.mark.parametrize("undecodable", [False, True])
+def test_a_refused_continuation_cursor_restarts_the_full_list_from_the_head(undecodable: bool) -> None:
     """A full list spread over polls keeps its cursor between them; the gateway then refuses that cursor (400
-    "invalid 'after'": the upstream no longer knows it). The walk starts again from the head in the
-    same poll: `up` stays 1, the provider's series stay, the refusal is counted and logged once, and the full
-    list completes."""
+    "invalid 'after'": the upstream no longer knows it; or, `undecodable`, Bifrost's own 500 "invalid pagination
+    cursor"). The walk starts again from the head in the same poll: `up` stays 1, the provider's series stay, the
+    refusal is counted and logged once, and the full list completes."""
     with _a_full_list_due() as (sim, exp, clock):
         with structlog.testing.capture_logs() as logs:
             exp.poll(P)  # the full list starts and stops at its budget, keeping a cursor
             resync = exp.exporter.poller._runs[P].store.resync
             assert resync is not None and resync.cursor is not None, "the full list did not span polls"
-            sim.set_fault("cursor_refused", provider=P, times=1)
+            sim.set_fault("cursor_refused", provider=P, times=1, undecodable=undecodable)
             clock.advance(INTERVAL)
             refused_before = sim.requests(P, "list")
             polls = poll_until_resynced(exp, clock, limit=60)
@@ -244,6 +245,38 @@ def test_a_refused_continuation_cursor_restarts_the_full_list_from_the_head() ->
         assert [e["event"] for e in logs if e["event"] == "cursor_refused"] == ["cursor_refused"]
         assert not [e for e in logs if e["event"] == "poll_failed"]
         assert polls < 60
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_an_outage_on_a_continuation_page_fails_the_poll_and_is_no_refused_cursor(status: int) -> None:
+    """The gateway failing on a page after the first, every retry: a provider's 503 as Bifrost passes it on, Bifrost's
+    own 504 (upstream timeout) and 502 (upstream unreachable), an internal 500. Every 5xx Bifrost sends is in its
+    error shape, but only its "invalid pagination cursor" says the cursor was bad: this is a failed poll (`up` 0,
+    `server_error`), never `cursor_refused` (which would restart the list from the head, poll after poll, and send
+    the on-call engineer after cursors). The list keeps its cursor and completes once the gateway recovers."""
+    with _a_full_list_due() as (sim, exp, clock):
+        exp.poll(P)
+        resync = exp.exporter.poller._runs[P].store.resync
+        assert resync is not None and resync.cursor is not None, "the full list did not span polls"
+        cursor = resync.cursor
+        sim.set_fault("server_error", provider=P, cursor_only=True, status=status)
+        clock.advance(INTERVAL)
+        exp.poll(P)
+        s = exp.samples()
+        assert value(s, "bifrost_batch_exporter_up", provider=P) == 0
+        assert (
+            value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="server_error") or 0
+        ) >= 1
+        assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="cursor_refused") == 0
+        resync = exp.exporter.poller._runs[P].store.resync
+        assert resync is not None and resync.cursor == cursor  # kept, to go on from once the gateway answers
+        sim.set_fault(None)
+        clock.advance(INTERVAL)
+        poll_until_resynced(exp, clock, limit=60)
+        s = exp.samples()
+    assert value(s, "bifrost_batch_exporter_up", provider=P) == 1
+    assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="cursor_refused") == 0
+    assert value(s, "bifrost_batches", provider=P, status="completed") == KEYS * 10
 
 
 def test_a_refused_cursor_every_poll_never_stops_the_provider() -> None:

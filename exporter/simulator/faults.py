@@ -2,7 +2,8 @@
 
 Faults are armed per provider (or for all) and consumed per request, so a test can say "the next two pages fail"
 and watch the exporter recover. A fault applies to list requests unless armed with `endpoint="retrieve"` (or
-"any"), and with `batch_id=` to the retrieve of that one batch only.
+"any"), with `batch_id=` to the retrieve of that one batch only, and with `cursor_only=True` to list requests that
+carry a cursor only (a continuation page).
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class FaultBook:
         target = found.params.get("batch_id")
         if target is not None and target != batch_id:
             return None
-        if found.name == "cursor_refused" and cursor is None:
+        if (found.name == "cursor_refused" or found.params.get("cursor_only")) and cursor is None:
             return None
         if found.remaining is not None:
             found.remaining -= 1
@@ -118,12 +119,25 @@ def early_response(fault: Fault, provider: str, *, legacy: bool, request_type: s
     upstream = {"provider": provider, "request_type": request_type}
     if name == "server_error":
         # A provider's or a proxy's 5xx may say when to come back (maintenance); only when the test asks.
+        # `status` other than 500: the upstream's own 5xx as Bifrost passes it on (the provider's status, not a
+        # Bifrost error, the provider named: HandleProviderAPIError), or its timeout (504 request_timed_out) and
+        # unreachable upstream (502 provider_connection_failed), Bifrost errors with a status.
         wait = fault.params.get("retry_after")
-        return json_response(
-            500,
-            error_body(500, "internal server error", err_type="server_error", is_bifrost_error=True),
-            {"Retry-After": str(wait)} if wait is not None else None,
-        )
+        status = int(fault.params.get("status", 500))
+        if status == 500:
+            body = error_body(500, "internal server error", err_type="server_error", is_bifrost_error=True)
+        elif status == 504:
+            body = error_body(504, "request timed out", err_type="request_timed_out", is_bifrost_error=True)
+        elif status == 502:
+            body = error_body(
+                502,
+                "dial tcp: connection refused",
+                err_type="provider_connection_failed",
+                is_bifrost_error=True,
+            )
+        else:
+            body = error_body(status, "service unavailable", err_type="server_error", extra_fields=upstream)
+        return json_response(status, body, {"Retry-After": str(wait)} if wait is not None else None)
     if name == "bad_gateway":
         return 502, BAD_GATEWAY_HTML, HTML, {}
     if name == "rate_limit":

@@ -216,7 +216,10 @@ class Gateway:
         if fault is not None and fault.name == "list_unavailable":
             return self._list_unavailable(state)
         if fault is not None and fault.name == "cursor_refused":
-            # A cursor the upstream no longer knows (its batch purged, the key rotated): OpenAI's 400.
+            # A cursor the upstream no longer knows (its batch purged, the key rotated): OpenAI's 400; with
+            # `undecodable=True`, one Bifrost itself cannot decode (a proxy mangled it): its 500 operation error.
+            if fault.params.get("undecodable"):
+                return json_response(500, invalid_cursor_body(spec.name))
             return self._unknown_after(state, query.get("after", ""))
         if not spec.batch_keys:
             return no_batch_keys_response(legacy=spec.style == "legacy")
