@@ -145,6 +145,10 @@ class _Run:
     polls: int = 0  # polls started: "listed by this poll or the last one" without reading any clock
     # Saved pages (key, cursor) the last poll read again: what the next full list finds new there, polls find too.
     read_again: set[tuple[int, str]] = field(default_factory=set)
+    # Running batch → the poll whose retrieve was answered 404 first. Bifrost's retrieve asks the provider's keys in
+    # turn and answers with the last one's error, so a 429 or 5xx of the key that owns the batch can reach us as
+    # another key's 404: one 404 is not proof of a deletion, a second one in a later poll is.
+    missing: dict[str, int] = field(default_factory=dict)
     summary: _Summary = field(default_factory=_Summary)
 
 
@@ -989,14 +993,20 @@ class Poller:
                 refreshed.add(batch_id)
                 if got.latency_seconds is not None:
                     ledger.pages_fetched(0, [got.latency_seconds], ())
-            elif got.gone:
+            elif got.gone and run.missing.setdefault(batch_id, poll) < poll:
+                del run.missing[batch_id]
                 store.remove(batch_id)
-                ledger.forget([batch_id])
+                # A counted id stays until its retention ends (a flip-flopped batch answered 404 must not count
+                # again when it shows once more).
+                if not ledger.is_settled(batch_id):
+                    ledger.forget([batch_id])
                 outcome.gone += 1
             elif got.failure is not None:
                 outcome.retrieve_failures += 1
                 outcome.first_retrieve_failure = outcome.first_retrieve_failure or got.failure
         outcome.refresh_deferred = len(stale())
+        # A 404 followed by an answer (a list or a retrieve showed it) starts over; one no longer known is done.
+        run.missing = {i: p for i, p in run.missing.items() if i in store.active and i not in refreshed}
 
     @staticmethod
     def _pages_down(
@@ -1172,9 +1182,14 @@ class Poller:
             outcome.truncated_detail = resync.truncated_detail
         # A list cannot prove a running batch gone (one that ends early still says it is complete): those a
         # retrieve or a list answered this poll or the last are kept, and the refresh that follows retrieves them
-        # (a 404 there is gone). Only one unseen for longer goes with the list.
-        recent = (i for i in store.active if store.checked_poll.get(i, -1) >= poll - 1)
-        gone = store.finish_resync(keep=refreshed.union(recent))
+        # (a 404 there is gone). Only one unseen for longer goes with a complete list; a list known to have
+        # stopped early (a cursor the gateway ignores, a loop) takes none away: its unseen running batches are
+        # still retrieved, least recently seen first, until a 404 says they are gone.
+        if truncated is not None:
+            keep: Iterable[str] = list(store.active)
+        else:
+            keep = refreshed.union(i for i in store.active if store.checked_poll.get(i, -1) >= poll - 1)
+        gone = store.finish_resync(keep=keep)
         # Counted ids stay until their retention ends: a batch back in a later list is not counted again.
         ledger.forget(i for i in gone if not ledger.is_settled(i))
         outcome.gone += len(gone)

@@ -130,8 +130,9 @@ def test_running_batches_on_a_providers_later_keys_are_refreshed_by_reading_thei
 
 
 def test_a_page_read_again_that_lost_a_batch_or_whose_cursor_is_refused_falls_back_to_retrieves() -> None:
-    """A running batch its saved page no longer shows (deleted at the gateway) is retrieved in the same poll (404:
-    gone); a saved cursor the gateway refuses is counted, and the batches of its page are retrieved instead."""
+    """A running batch its saved page no longer shows (deleted at the gateway) is retrieved in the same poll (a
+    404: gone once the next poll's retrieve says so again); a saved cursor the gateway refuses is counted, and the
+    batches of its page are retrieved instead."""
     clock = SimTime()
     with _later_keys_exporter(clock) as (sim, exp):
         sim.delete(P, "k2-05")
@@ -146,10 +147,10 @@ def test_a_page_read_again_that_lost_a_batch_or_whose_cursor_is_refused_falls_ba
         exp.poll(P)
         retrieved = sim.requests(P, "retrieve") - before
         s = exp.samples()
-    assert after_delete == 19
+    assert after_delete == 20  # one 404 may be another provider key's (Bifrost answers with the last key's error)
     assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="cursor_refused") == 1
     assert value(s, "bifrost_batch_exporter_up", provider=P) == 1
-    assert 0 < retrieved <= 10, retrieved  # one page's running batches, not both pages'
+    assert 0 < retrieved <= 11, retrieved  # one page's running batches, not both pages', and the deleted one's
     assert count(s, "in_progress") == 17
     assert value(s, "bifrost_batch_finished_total", provider=P, status="completed") == 2
 

@@ -46,6 +46,7 @@ FAULTS = frozenset(
         "upstream_forbidden",
         "no_batch_keys",
         "list_unavailable",
+        "not_found",
     }
 )
 _ENDPOINTS = ("list", "retrieve", "any")

@@ -447,6 +447,10 @@ class Gateway:
         if fault is not None:
             if fault.name == "slow":
                 time.sleep(float(fault.params.get("delay", 5)))
+            elif fault.name == "not_found" and state is not None:
+                # Bifrost's retrieve asks the provider's keys in turn and answers with the last key's error: the
+                # owning key rate-limited, another key's 404 is what the client gets, for a batch that exists.
+                return json_response(404, _not_found_body(state, rest, request_type))
             else:
                 legacy = state is not None and state.spec.style == "legacy"
                 early = early_response(fault, provider, legacy=legacy, request_type=request_type)

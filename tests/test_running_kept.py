@@ -1,0 +1,149 @@
+"""A running batch leaves the picture only when the gateway says it is gone, and then its id is not counted twice.
+
+Against the simulator on the injected clock of tests/test_incremental.py. A full list that stops early (a cursor the
+gateway ignores) cannot take a running batch away: the ones it did not reach are retrieved until a 404 says they are
+gone. One 404 is not enough: Bifrost's retrieve asks the provider's keys in turn and answers with the last key's
+error, so the owning key's 429 reaches us as another key's 404; the second 404, a poll later, is. And a counted batch
+that a 404 removed (after a flip-flop) is not counted again when it shows once more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from exporter.client import BifrostClient
+from exporter.simulator import ProviderSpec, Simulator
+from tests.harness import ExporterThread, make_settings, value
+from tests.test_incremental import INTERVAL, RESYNC, START, SimTime
+
+
+@contextmanager
+def _gateway(clock: SimTime, spec: ProviderSpec) -> Iterator[Simulator]:
+    with Simulator(providers=[spec], lifecycle=False, clock=clock.time) as sim:
+        clock.sim = sim
+        clock.marks.append((clock.pace, clock.received()))
+        yield sim
+
+
+@contextmanager
+def _exporter(sim: Simulator, clock: SimTime, provider: str, **overrides: Any) -> Iterator[ExporterThread]:
+    values: dict[str, Any] = {
+        "poll_interval_seconds": INTERVAL,
+        "resync_interval_seconds": RESYNC,
+        "stale_after_seconds": 10_000,
+    }
+    values.update(overrides)
+    config = make_settings(sim.url, [provider], **values)
+    client = BifrostClient(config, sleep=clock.sleep, monotonic=clock.monotonic)
+    with ExporterThread(config, clock=clock.time, client=client) as exp:
+        yield exp
+
+
+def _polls(exp: ExporterThread, clock: SimTime, provider: str, n: int) -> None:
+    for _ in range(n):
+        exp.poll(provider)
+        clock.advance(INTERVAL)
+
+
+def test_a_list_that_stops_early_does_not_take_a_running_batch_away() -> None:
+    """Gemini through /v1/batches: the gateway ignores `after`, so every full list is the first page
+    (`cursor_ignored`). Four running batches lie beyond it and the budget retrieves about one a poll. They stay in
+    the gauges while they run, and each one's finish is counted."""
+    p = "gemini"
+    clock = SimTime()
+    with _gateway(clock, ProviderSpec(p, style="cursor", flavor="gemini")) as sim:
+        running = [f"batches/run-{i}" for i in range(4)]
+        for i, bid in enumerate(running):
+            counts = {"total": 10, "completed": 1, "failed": 0}
+            sim.add_batch(
+                p, batch_id=bid, status="in_progress", created_at=START - 5000 + i, request_counts=counts
+            )
+        with _exporter(sim, clock, p, page_size=4, max_requests_per_second=0.4) as exp:
+            _polls(exp, clock, p, 3)
+            assert value(exp.samples(), "bifrost_batches", provider=p, status="in_progress") == 4
+            for i in range(4):  # four newer finished batches push the running ones off the only page listed
+                created = int(clock.now) - 50 + i
+                sim.add_batch(
+                    p,
+                    batch_id=f"batches/new-{i}",
+                    status="completed",
+                    created_at=created,
+                    completed_at=created + 5,
+                )
+            _polls(exp, clock, p, 30)  # 300 s: several full lists, each stopped after its first page
+            s = exp.samples()
+            assert value(s, "bifrost_batch_exporter_coverage", provider=p, reason="cursor_ignored") == 1
+            assert value(s, "bifrost_batches", provider=p, status="in_progress") == 4
+            before = value(s, "bifrost_batch_finished_total", provider=p, status="completed") or 0
+            for bid in running:
+                sim.set_status(p, bid, "completed")
+            _polls(exp, clock, p, 30)
+            s = exp.samples()
+            assert (
+                value(s, "bifrost_batch_finished_total", provider=p, status="completed") or 0
+            ) - before == 4
+            assert value(s, "bifrost_batches", provider=p, status="in_progress") == 0
+
+
+def test_one_404_does_not_lose_a_running_batch_two_in_a_row_do() -> None:
+    """Anthropic: its list cannot page, so a running batch off the first page is known by retrieves alone. One
+    retrieve answered 404 (the owning key rate-limited, another key's 404 passed on) keeps it; when it ends, its
+    finish is counted. A batch really deleted is answered 404 twice, a poll apart, and leaves."""
+    p = "anthropic"
+    clock = SimTime()
+    with _gateway(clock, ProviderSpec(p, style="cursor", flavor="anthropic")) as sim:
+        for bid, created in (("old", START - 5000), ("doomed", START - 4999)):
+            sim.add_batch(p, batch_id=bid, status="in_progress", created_at=created)
+        with _exporter(sim, clock, p, page_size=2) as exp:
+            _polls(exp, clock, p, 2)
+            for i in range(2):  # the two newer ones fill the only page listed
+                sim.add_batch(p, batch_id=f"new{i}", status="in_progress", created_at=int(clock.now) - 5 + i)
+            _polls(exp, clock, p, 2)
+            assert value(exp.samples(), "bifrost_batches", provider=p, status="in_progress") == 4
+            sim.set_fault("not_found", provider=p, endpoint="retrieve", batch_id="old", times=1)
+            sim.delete(p, "doomed")
+            exp.poll(p)  # one 404 each: both kept
+            assert value(exp.samples(), "bifrost_batches", provider=p, status="in_progress") == 4
+            clock.advance(INTERVAL)
+            exp.poll(p)  # the second 404: doomed is gone; old answers again
+            assert value(exp.samples(), "bifrost_batches", provider=p, status="in_progress") == 3
+            clock.advance(INTERVAL)
+            sim.set_status(p, "old", "ended")
+            _polls(exp, clock, p, 3)
+            s = exp.samples()
+            assert value(s, "bifrost_batch_finished_total", provider=p, status="ended") == 1
+
+
+def test_a_counted_batch_that_flipped_back_and_was_answered_404_is_not_counted_again() -> None:
+    """x completes (counted), the gateway shows it running again (a flip-flop), its retrieves are answered 404 and
+    it leaves, then it shows completed again as before: still counted once."""
+    p = "openai"
+    clock = SimTime()
+    with _gateway(clock, ProviderSpec(p, style="cursor", flavor="openai")) as sim:
+        sim.add_batch(p, batch_id="x", status="in_progress", created_at=START - 1000)
+        with _exporter(sim, clock, p, page_size=2, resync_interval_seconds=86_400) as exp:
+            store = exp.exporter.poller._runs[p].store
+            _polls(exp, clock, p, 3)
+            sim.set_status(p, "x", "completed")
+            done_at = sim.batch(p, "x")["completed_at"]
+            _polls(exp, clock, p, 1)
+            assert value(exp.samples(), "bifrost_batch_finished_total", provider=p, status="completed") == 1
+            sim.set_status(p, "x", "in_progress")  # the flip, shown on the newest page
+            _polls(exp, clock, p, 1)
+            assert "x" in store.active
+            # Two newer batches hold the newest page from now on: x is refreshed by retrieve.
+            sim.add_batch(p, batch_id="n1", status="in_progress", created_at=int(clock.now) - 5)
+            sim.add_batch(p, batch_id="n2", status="in_progress", created_at=int(clock.now) - 4)
+            _polls(exp, clock, p, 1)
+            stored = sim.batch(p, "x")
+            sim.delete(p, "x")
+            _polls(exp, clock, p, 2)  # two 404s a poll apart: gone
+            assert "x" not in store
+            stored.update(status="completed", completed_at=done_at)
+            sim.load_batches(p, [stored])  # and there again, finished as before
+            clock.now -= 15  # a small step back of the host clock makes a full list due at once
+            _polls(exp, clock, p, 3)
+            assert "x" in store
+            assert value(exp.samples(), "bifrost_batch_finished_total", provider=p, status="completed") == 1
