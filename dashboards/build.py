@@ -292,8 +292,13 @@ def _table(ids: Ids, title: str, description: str, targets: list[Target], *, wid
     )
 
 
-def _variable(name: str, label: str, description: str, query: str) -> dashboard_builder.QueryVariable:
-    return (
+def _variable(
+    name: str, label: str, description: str, query: str, *, match_all: bool = True
+) -> dashboard_builder.QueryVariable:
+    """`match_all`: "All" is `.*` (a label some targets lack still matches); otherwise it is the values found, which
+    scopes panels on recorded series (those carry no selector) as the raw panels' selector does: `job`, so another
+    exporter in the same Prometheus is not summed into this one's recorded panels."""
+    variable = (
         dashboard_builder.QueryVariable(name)
         .label(label)
         .description(description)
@@ -303,9 +308,9 @@ def _variable(name: str, label: str, description: str, query: str) -> dashboard_
         .sort(dashboard.VariableSort.ALPHABETICAL_ASC)
         .multi(True)
         .include_all(True)
-        .all_value(".*")
         .current(dashboard.VariableOption(selected=True, text=["All"], value=["$__all"]))
     )
+    return variable.all_value(".*") if match_all else variable
 
 
 def build(settings: Settings | None = None) -> dashboard.Dashboard:
@@ -354,6 +359,7 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
                 if label == "provider"
                 else f"The {label} label of the exporter's targets (empty matches all)",
                 f"label_values(bifrost_batch_exporter_up{{{matchers}}}, {label})",
+                match_all=label != "job",
             )
         )
         chosen.append(label)

@@ -172,9 +172,10 @@ local build(c) =
       // scrape at each restart, Prometheus marks its series stale, and an instant expression would restart `for`
       // every time. The other two parts make sure the window really spans `window` of the exporter's life, so that a
       // list that started recently (a new provider, a new deployment, the end of a long outage) is not judged on part
-      // of it: the series was seen within 10 minutes of the window's start, and in at least half of its minutes
-      // (subqueries per minute, against vector(1)'s minutes). Gaps under 10 minutes (a restart, CrashLoopBackOff) do
-      // not matter. It fires `window` - 10m + `for` after the start of a list that never completes. A list whose
+      // of it: the series was seen within 10 minutes of the window's start, and within the 10 minutes before every
+      // minute of it since (subqueries per minute, against vector(1)'s minutes). Gaps under 10 minutes (a restart,
+      // CrashLoopBackOff, whose back-off tops out at 5 minutes while a run is killed within minutes) do not matter;
+      // a replica scraped for less than half of each restart cycle is still seen. It fires `window` - 10m + `for` after the start of a list that never completes. A list whose
       // polls fail also alerts here (PollFailing says why). An unsupported provider reports 1.
       |||
         max by (%(by)s) (max_over_time(bifrost_batch_exporter_first_sync_complete{%(sel)s}[%(window)s])) == 0
@@ -182,8 +183,8 @@ local build(c) =
         min_over_time(timestamp(max by (%(by)s) (bifrost_batch_exporter_first_sync_complete{%(sel)s}))[%(window)s:1m])
           - scalar(min_over_time(timestamp(vector(1))[%(window)s:1m])) < 600
         and on (%(by)s)
-        count_over_time((max by (%(by)s) (bifrost_batch_exporter_first_sync_complete{%(sel)s}))[%(window)s:1m])
-          > 0.5 * scalar(count_over_time(vector(1)[%(window)s:1m]))
+        count_over_time((max by (%(by)s) (max_over_time(bifrost_batch_exporter_first_sync_complete{%(sel)s}[10m])))[%(window)s:1m])
+          >= scalar(count_over_time(vector(1)[%(window)s:1m])) - 10
       ||| % (v + a.BifrostBatchFirstSyncSlow),
       'First full list of provider {{ $labels.provider }} still running',
       'No first full list of ' + provider + ' has completed on any replica in the last ' + a.BifrostBatchFirstSyncSlow.window +
