@@ -602,6 +602,10 @@ class Ledger:
             "last_success": self.last_success,
         }
 
+    def holds_active(self, batch_id: str) -> bool:
+        """The id is one this ledger saw running and has not seen end (restored across a restart too)."""
+        return batch_id in self._ids.active
+
     def active_ids(self) -> dict[str, int]:
         """Active ids by the poll number that last saw them (a copy)."""
         return dict(self._ids.active)

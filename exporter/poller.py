@@ -823,6 +823,7 @@ class Poller:
         shown: set[str],
         poll: int,
         depth: int = 0,
+        held: Callable[[str], bool] | None = None,
     ) -> int:
         """A page of `k`'s list (`depth` pages after the one cursor `after` reads) that a head scan, a walk down to
         known batches or a page read again read, outside the full list: folded and seen this poll, and its running
@@ -831,7 +832,7 @@ class Poller:
         listed = batches
         # Only known running ones can wait for a refresh (a first full list would otherwise hold every id it lists).
         shown.update(b.id for b in listed if b.id in store.active)
-        batches = store.defer_sparse(batches, k)
+        batches = store.defer_sparse(batches, k, held)
         observe(batches)
         refreshed.update(b.id for b in batches)
         new = store.upsert(batches, listing=False, key=k, poll=poll, after=after, depth=depth)
@@ -928,8 +929,9 @@ class Poller:
                 self._counts_still_fresh(store, batches, poll, refreshed)
                 # New below the head pages: what the head scans missed, as a full list's find (the interval).
                 run.resync_found += self._take_page(
-                    store, batches, k, place.after, walked, observe, refreshed, outcome.shown, poll
-                )
+                    store, batches, k, place.after, walked, observe, refreshed, outcome.shown, poll,
+                    held=ledger.holds_active,
+                )  # fmt: skip
                 wanted.difference_update(refreshed)
                 return bool(wanted)
 
@@ -1076,8 +1078,9 @@ class Poller:
             shown.update(b.id for b in batches)
             self._counts_still_fresh(store, batches, poll, refreshed)
             self._take_page(
-                store, batches, k, cursor, None, observe, refreshed, outcome.shown, poll, depth[0]
-            )
+                store, batches, k, cursor, None, observe, refreshed, outcome.shown, poll, depth[0],
+                held=ledger.holds_active,
+            )  # fmt: skip
             depth[0] += 1
             return not wanted <= shown and depth[0] <= MAX_PAGE_DEPTH
 
@@ -1124,7 +1127,7 @@ class Poller:
             # hold every id it listed until it ends.
             outcome.shown.update(b.id for b in batches if b.id in store.active)
             self._counts_still_fresh(store, batches, poll, refreshed)
-            batches = store.defer_sparse(batches, resync.key)
+            batches = store.defer_sparse(batches, resync.key, ledger.holds_active)
             observe(batches)
             new = store.upsert(batches, key=resync.key, poll=poll, after=place.after)
             if not at_head[0] and (resync.key, place.after) not in watched:
@@ -1559,6 +1562,7 @@ class _HeadScans:
                 self._refreshed,
                 outcome.shown,
                 run.polls,
+                held=self._ledger.holds_active,
             )
             self._first_seen.update(unknown)
             self._found_new = self._found_new or bool(unknown)

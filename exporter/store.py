@@ -346,23 +346,31 @@ class Store:
             extra_fields=None,
         )
 
-    def defer_sparse(self, batches: list[Batch], key: int) -> list[Batch]:
+    def defer_sparse(
+        self, batches: list[Batch], key: int, held: Callable[[str], bool] | None = None
+    ) -> list[Batch]:
         """The list items worth folding now. A sparse item (Bedrock, Gemini lists) of a batch we know is left to
         the retrieve of known active batches, whose object has the counts and times: folding the list item
         would show "no data" as zero requests, and could count a transition with none. It still counts as seen
         by a running full list, so it is not taken for deleted; and `key`, the view's key whose list showed it, is
         the one its retrieve goes with when no list has said so since the view changed (any other key of a
-        governance view may be answered 404, and the batch taken for deleted)."""
+        governance view may be answered 404, and the batch taken for deleted).
+
+        `held` says the ledger still holds an id as running: after a restart the store starts empty, so a finished
+        summary item of a batch that ran before the stop would otherwise be counted with the summary's zero
+        requests. Such an item is kept as a known batch (as the list shows it) until its retrieve brings the
+        counts and the transition is counted from them."""
         if not any(is_sparse(b) for b in batches):
             return batches
         kept = []
         for batch in batches:
+            finished = normalize_status(batch.status) in TERMINAL_SET
+            restored = finished and held is not None and batch.id not in self and held(batch.id)
+            if restored and is_sparse(batch):
+                self.active[batch.id] = self._slim(batch)
             # One held as finished that the list shows active again (a gateway that flip-flops) is folded: only
             # known active batches are retrieved, so deferring it would keep it finished for good.
-            if is_sparse(batch) and (
-                batch.id in self.active
-                or (batch.id in self and normalize_status(batch.status) in TERMINAL_SET)
-            ):
+            if is_sparse(batch) and (batch.id in self.active or (finished and batch.id in self)):
                 self._mark_seen(batch.id)
                 if batch.id in self.active and batch.id not in self.listed_on:
                     self.listed_on[batch.id] = (key, None, 0)
