@@ -147,10 +147,14 @@ def test_a_page_read_again_that_lost_a_batch_or_whose_cursor_is_refused_falls_ba
         exp.poll(P)
         retrieved = sim.requests(P, "retrieve") - before
         s = exp.samples()
-    assert after_delete == 20  # one 404 may be another provider key's (Bifrost answers with the last key's error)
+    assert (
+        after_delete == 20
+    )  # one 404 may be another provider key's (Bifrost answers with the last key's error)
     assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="cursor_refused") == 1
     assert value(s, "bifrost_batch_exporter_up", provider=P) == 1
-    assert 0 < retrieved <= 11, retrieved  # one page's running batches, not both pages', and the deleted one's
+    assert 0 < retrieved <= 11, (
+        retrieved
+    )  # one page's running batches, not both pages', and the deleted one's
     assert count(s, "in_progress") == 17
     assert value(s, "bifrost_batch_finished_total", provider=P, status="completed") == 2
 
