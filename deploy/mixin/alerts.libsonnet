@@ -135,14 +135,24 @@ local build(c) =
       // refusals are not retried, so the counter rises once per poll: a window shorter than two poll intervals (the
       // old 5m with poll_interval_seconds 600) is empty half the time and `for` never completes. Holding the condition
       // on bifrost_batch_exporter_up (a gauge, steady between polls) lets the window be long without delaying the
-      // resolution: the first successful poll ends it.
+      // resolution: the first successful poll ends it. The last part leaves out a replica whose polls failed for
+      // another reason (the gateway unreachable, timing out) after its last refusal: a refusal fixed within the
+      // window, then an outage, is not a page to rotate keys (PollFailing says what it is).
       |||
         max by (%(by)s, reason) (
           increase(bifrost_batch_exporter_poll_errors_total{%(sel)s, reason=~"auth|upstream_auth"}[%(window)s]) > 0
           and on (%(byR)s)
           bifrost_batch_exporter_up{%(sel)s} == 0
+          unless on (%(byR)s)
+          (
+              max by (%(byR)s) (max_over_time(timestamp(changes(bifrost_batch_exporter_poll_errors_total{%(sel)s, reason=~"%(otherFailures)s"}[2m]) > 0)[%(window)s:1m]))
+            > on (%(byR)s)
+              max by (%(byR)s) (max_over_time(timestamp(changes(bifrost_batch_exporter_poll_errors_total{%(sel)s, reason=~"auth|upstream_auth"}[2m]) > 0)[%(window)s:1m]))
+          )
         )
-      ||| % (v + a.BifrostBatchCredentialsRejected),
+      ||| % (v + a.BifrostBatchCredentialsRejected + {
+        otherFailures: 'timeout|connection|rate_limited|server_error|client_error|invalid_response',
+      }),
       'Credentials refused while polling provider {{ $labels.provider }} ({{ $labels.reason }})',
       '{{ if eq $labels.reason "auth" }}The gateway refused the exporter\'s credentials (virtual key, basic auth or bearer token)' +
       '{{ else }}The provider refused the key Bifrost uses for it{{ end }}: ' +
