@@ -727,7 +727,8 @@ def _finite(value: Any) -> float:
 
 
 def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    # Above 2**63 a hand edit or a writer bug, not a count: it would not even render as a float.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 63:
         raise ValueError("not a counter value")
     return value
 

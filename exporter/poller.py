@@ -267,6 +267,14 @@ class Poller:
                 consequence="serving on without durable state",
             )
             return None
+        if taken.read_only:
+            self._log.warning(
+                "state_dir_read_only",
+                setting="state_dir",
+                path=str(state_dir),
+                consequence="its state is restored; every write fails (state_write_failed) until it is writable",
+            )
+            return taken
         removed = statefile.remove_temporaries(state_dir)
         if removed:
             self._log.info("state_temporaries_removed", path=str(state_dir), count=removed)
@@ -309,7 +317,7 @@ class Poller:
                 consequence="counting starts afresh; transitions before this start are not counted",
             )
             return
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
             self._log.warning(
                 "state_unusable",
                 provider=provider,
@@ -441,7 +449,7 @@ class Poller:
             return
         try:
             self._trackers[provider].load_state(state)
-        except (ValueError, TypeError, AttributeError) as exc:
+        except (ValueError, TypeError, AttributeError, OverflowError) as exc:
             self._trackers[provider] = ProgressTracker()
             self._log.warning(
                 "calibration_state_unusable",
@@ -463,7 +471,7 @@ class Poller:
                 notes += cost.apply_delta(delta)
                 applied += 1
             return notes
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
             self._log.warning(
                 "cost_state_unusable",
                 provider=provider,

@@ -111,14 +111,23 @@ class StateLock:
     exporter never leaves a stale lock behind, and it works on the network filesystems Kubernetes volumes use.
     """
 
-    def __init__(self, state_dir: Path, handle: IO[str]) -> None:
+    def __init__(
+        self, state_dir: Path, handle: IO[str] | None, *, fd: int | None = None, read_only: bool = False
+    ) -> None:
         self.state_dir = state_dir
         self._handle: IO[str] | None = handle
+        self._fd = fd  # a bare descriptor (of a read-only directory) instead of the lock file's handle
+        # The directory could be locked but not written (a volume remounted read-only, a lock file another user
+        # owns): what it holds is still restored, and every write fails and says so (state_write_failed).
+        self.read_only = read_only
 
     def release(self) -> None:
         handle, self._handle = self._handle, None
         if handle is not None:
             handle.close()  # closing the descriptor drops the flock
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
     def __del__(self) -> None:
         self.release()
@@ -136,7 +145,11 @@ def lock(state_dir: Path) -> StateLock:
             raise StateDirError(
                 f"state_dir {state_dir}: {LOCK_NAME} is a symbolic link; refusing to follow it"
             ) from None
-        raise
+        if exc.errno not in (errno.EROFS, errno.EACCES) or not state_dir.is_dir():
+            raise
+        # Readable but not writable: flock works on a read-only descriptor (of the directory itself when there is
+        # no lock file, which then nobody can have written either), so the state can still be read safely.
+        return _lock_read_only(state_dir, _read_only_descriptor(state_dir))
     handle = os.fdopen(fd, "r+", encoding="utf-8")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -154,6 +167,27 @@ def lock(state_dir: Path) -> StateLock:
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
     handle.flush()
     return StateLock(state_dir, handle)
+
+
+def _lock_read_only(state_dir: Path, fd: int) -> StateLock:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            raise StateDirError(
+                f"state_dir {state_dir} is in use by another exporter; two exporters on one state directory "
+                "would overwrite each other's counters: give each its own directory"
+            ) from None
+        raise
+    return StateLock(state_dir, None, fd=fd, read_only=True)
+
+
+def _read_only_descriptor(state_dir: Path) -> int:
+    try:
+        return os.open(state_dir / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
 def _printable(text: str) -> str:

@@ -532,3 +532,26 @@ def test_restored_counters_are_served_while_the_gateway_is_down_after_a_restart(
         assert shown == failures
         assert value(samples, "bifrost_batches", provider=P, status="failed") is None  # no list: no gauges
     assert value(during, "bifrost_batch_exporter_up", provider=P) == 0
+
+
+def test_a_number_too_large_for_a_float_in_the_state_is_unusable_state_not_a_crash(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """A hand edit or a writer's bug: an integer beyond any float (10**400) where the head keeps a time. Taken as an
+    unusable state (one warning, a fresh start), never a traceback and a crash loop."""
+    with ExporterThread(make_settings(sim.url, [P], state_dir=tmp_path)) as exp:
+        exp.poll()
+    path = statefile.base_path(tmp_path, P)
+    raw = path.read_bytes()
+    first = 8 + int.from_bytes(raw[:4], "little")
+    doc = json.loads(raw[9:first])
+    doc["head"]["gateway_now"] = 10**400
+    path.write_bytes(statefile.json_record(doc) + raw[first:])
+    done = subprocess.run(
+        [sys.executable, "-m", "exporter", "--once", "--bifrost-url", sim.url, "--providers", P,
+         "--state-dir", str(tmp_path), "--max-retries", "0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "state_unusable" in done.stderr + done.stdout
+    assert done.returncode == 0
