@@ -341,13 +341,24 @@ class Poller:
                 detail=restored.marker_problem[:300],
                 consequence="the state was read from its base and journal; the marker is written again",
             )
-        if restored.dropped_bytes:
+        if restored.dropped_bytes and restored.torn:
             self._log.info(
                 "state_journal_tail_dropped",
                 provider=provider,
                 path=str(statefile.journal_path(state_dir, provider)),
                 bytes=restored.dropped_bytes,
                 detail=f"{restored.damage}: a write cut short by a stop; resumed from the last complete record",
+            )
+        elif restored.dropped_bytes:
+            self._log.warning(
+                "state_journal_damaged",
+                provider=provider,
+                path=str(statefile.journal_path(state_dir, provider)),
+                bytes=restored.dropped_bytes,
+                records_restored=restored.records,
+                detail=f"{restored.damage}, with more written after it: not a write cut short by a stop",
+                consequence="the polls saved after it are lost: batches they counted that ended after the "
+                "restored watermark are counted again",
             )
         self._log.info(
             "state_restored",

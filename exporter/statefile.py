@@ -393,6 +393,7 @@ class Restored:
     records: int = 0  # journal records replayed
     dropped_bytes: int = 0  # an incomplete last record (a write cut short by a crash), not replayed
     damage: str | None = None  # why the journal could not be read to its end
+    torn: bool = False  # that was the last record, cut short by a stop; otherwise the journal is damaged
     migrated: bool = False  # read from a version-1 file: the next write rewrites it in version 2
     marked: bool = False  # ledger-P.json already marks version 2
     marker_problem: str | None = None  # why ledger-P.json could not be read (the base could, so it was used)
@@ -580,10 +581,23 @@ def _replay_journal(state_dir: Path, provider: str, restored: Restored) -> None:
                 restored.records += 1
         except _Damaged as exc:
             restored.dropped_bytes = size - offset
+            # A stop (a crash, kill -9, a full disk) can only cut the last record short; a record that fails with
+            # more written after it, or a header (written whole, by rename), is damage to what was saved.
+            restored.torn = offset > 0 and (f.tell() >= size or _only_zeros(f, offset))
             if offset == 0:
-                return  # not even its header was written: nothing to replay
+                restored.damage = f"its header: {exc}"
+                return
             restored.damage = str(exc)
     restored.journal_end = offset
+
+
+def _only_zeros(f: BinaryIO, offset: int) -> bool:
+    """Everything from `offset` on is zero bytes (blocks a crash allocated but never wrote)."""
+    f.seek(offset)
+    while chunk := f.read(1 << 16):
+        if chunk.count(0) != len(chunk):
+            return False
+    return True
 
 
 def _apply(record: Mapping[str, Any], restored: Restored) -> None:

@@ -555,3 +555,46 @@ def test_a_number_too_large_for_a_float_in_the_state_is_unusable_state_not_a_cra
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "state_unusable" in done.stderr + done.stdout
     assert done.returncode == 0
+
+
+def _record_offsets(raw: bytes) -> list[int]:
+    out, at = [], 0
+    while at + 8 <= len(raw):
+        out.append(at)
+        at += 8 + int.from_bytes(raw[at : at + 4], "little")
+    return out
+
+
+@pytest.mark.parametrize("damage", ["header", "first-poll-record", "torn-tail", "zeroed-tail"])
+def test_a_journal_damaged_before_its_end_is_a_warning_a_torn_tail_is_not(
+    sim: Simulator, tmp_path: Path, damage: str
+) -> None:
+    """A stop can only cut the journal's last record short (or leave allocated blocks unwritten): that is an info
+    line. A bit flipped in its header (written whole, by rename) or in a record with more after it is damage to
+    what was saved, and the polls after it are lost: a warning that says so, never "a write cut short by a stop"."""
+    now = int(time.time())
+    for i in range(4):
+        sim.add_batch(P, batch_id=f"b{i}", status="in_progress", created_at=now - 100, expires_at=now + 86400)
+    with _exporter(sim, tmp_path) as exp:
+        exp.poll()
+        for i in range(4):
+            sim.set_status(P, f"b{i}", "failed", now + i, error_code="server_error")
+            exp.poll()
+    journal = statefile.journal_path(tmp_path, P)
+    raw = bytearray(journal.read_bytes())
+    offsets = _record_offsets(bytes(raw))
+    assert len(offsets) >= 6, offsets  # the header and a record per poll
+    if damage in ("header", "first-poll-record"):
+        raw[offsets[0 if damage == "header" else 1] + 12] ^= 0x01
+    elif damage == "torn-tail":
+        del raw[len(raw) - 3 :]
+    else:
+        raw[offsets[-1] + 8 :] = bytes(len(raw) - offsets[-1] - 8)
+    journal.write_bytes(bytes(raw))
+    with structlog.testing.capture_logs() as logs, _exporter(sim, tmp_path) as exp:
+        exp.poll()
+    levels = {e["event"]: e["log_level"] for e in logs if e["event"].startswith("state_journal")}
+    if damage.endswith("tail"):
+        assert levels == {"state_journal_tail_dropped": "info"}
+    else:
+        assert levels == {"state_journal_damaged": "warning"}
