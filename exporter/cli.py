@@ -205,7 +205,8 @@ def _parser() -> argparse.ArgumentParser:
     program.add_argument(
         "--once",
         action="store_true",
-        help="Poll every provider once, print the metrics, exit 0 if every poll succeeded, else 1.",
+        help="Poll every provider until its first full list is complete, print the metrics, exit 0 if every poll "
+        "succeeded and every list completed, else 1.",
     )
     program.add_argument(
         "--check-config",
@@ -352,9 +353,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _once(settings: Settings) -> int:
+    """Polls until every provider's first full list is complete (one poll's request budget may not hold it), or a
+    poll fails or makes no progress: a partial list is never printed as the whole with exit 0."""
     exporter = Exporter(settings)
     try:
         states = await exporter.poller.poll_all_once()
+        while not all(s.health.first_sync.complete or not s.health.supported for s in states.values()):
+            if not all(s.health.up for s in states.values()):
+                break
+            pages = sum(s.health.first_sync.pages for s in states.values())
+            states = await exporter.poller.poll_all_once()
+            if sum(s.health.first_sync.pages for s in states.values()) <= pages:
+                break
         rendered = exporter.refresh()
     finally:
         await exporter.client.aclose()
@@ -362,7 +372,8 @@ async def _once(settings: Settings) -> int:
     # The same exposition a scrape gets: the batch series, then the process's own.
     sys.stdout.buffer.write(rendered.text + RuntimeMetrics().text())
     sys.stdout.flush()
-    return 0 if all(s.health.up for s in states.values()) else 1
+    complete = all(s.health.first_sync.complete or not s.health.supported for s in states.values())
+    return 0 if complete and all(s.health.up for s in states.values()) else 1
 
 
 async def _serve(settings: Settings, web: WebSecurity | None = None) -> None:

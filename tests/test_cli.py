@@ -409,6 +409,27 @@ def test_once_prints_exposition_and_exit_code(sim: Simulator) -> None:
     )
 
 
+def test_once_lists_an_account_larger_than_one_polls_budget_whole() -> None:
+    """One poll may send poll_interval_seconds x max_requests_per_second requests: 10 pages here, of 15. `--once`
+    polls on until the first full list is complete, so what it prints is the whole account, never a partial list
+    with exit 0."""
+    with Simulator(providers=[ProviderSpec("openai")], lifecycle=False) as gateway:
+        for i in range(150):
+            gateway.add_batch(
+                "openai", batch_id=f"b{i:03d}", status="completed", created_at=1_700_000_000 + i
+            )
+        done = run(
+            "--once", "--page-size", "10", "--poll-interval-seconds", "1",
+            env={"BIFROST_EXPORTER_BIFROST_URL": gateway.url, "BIFROST_EXPORTER_PROVIDERS": "openai"},
+        )  # fmt: skip
+        lists = gateway.requests("openai", "list")
+    assert done.returncode == 0, done.stderr[-2000:]
+    s = parse_samples(done.stdout)
+    assert value(s, "bifrost_batches", provider="openai", status="completed") == 150
+    assert value(s, "bifrost_batch_exporter_first_sync_complete", provider="openai") == 1
+    assert lists >= 15
+
+
 def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BIFROST_EXPORTER_")}
     full_env.update(env)
