@@ -94,6 +94,10 @@ DEFAULT_KEY_NAME = "default"
 
 _PROVIDER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _LABEL_CHAR_RE = re.compile(r"[^a-zA-Z0-9_]")
+# Where a camelCase key gets an underscore: before an upper-case letter that follows a lower-case one or a digit
+# (teamName → team_Name), and before the last of a run of capitals that a lower-case letter follows (HTTPCode →
+# HTTP_Code).
+_CAMEL_HUMP_RE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 MAX_METADATA_LABELS = 3
 # What the kubelet (service links, on unless the pod spec says enableServiceLinks: false) and Docker links inject
 # for every Service / linked container, the name upper-cased with `-` as `_` (kubelet pkg/kubelet/envvars):
@@ -429,7 +433,8 @@ class Settings(BaseSettings):
     )
     metadata_labels: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
-        description="Batch metadata keys to add as metadata_<key> labels, comma-separated; at most 3.",
+        description="Batch metadata keys to add as metadata_<key> labels (the key in snake_case: teamName becomes "
+        "metadata_team_name), comma-separated; at most 3.",
         json_schema_extra=_meta("KEY,..."),
     )
     state_dir: Path | None = Field(
@@ -865,10 +870,13 @@ def header_name_shown(name: str) -> str:
 
 
 def metadata_label_name(key: str) -> str:
-    """The label a metadata key becomes: `metadata_` + the key with every character outside [a-zA-Z0-9_] as `_`."""
+    """The label a metadata key becomes: `metadata_` + the key in snake_case (camelCase split at its humps, every
+    character outside [a-zA-Z0-9_] as `_`, lower case): Prometheus' naming convention, which `promtool check
+    metrics` enforces for label names (`teamName` → `metadata_team_name`)."""
     if not key:
         raise ValueError("metadata keys must not be empty")
-    return "metadata_" + _LABEL_CHAR_RE.sub("_", key)
+    snake = _CAMEL_HUMP_RE.sub("_", key)
+    return "metadata_" + _LABEL_CHAR_RE.sub("_", snake).lower()
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:

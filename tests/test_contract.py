@@ -342,6 +342,27 @@ def test_active_statuses_absent_timestamps_when_no_active_batches(now: int) -> N
     assert value(s, "bifrost_batches", provider="openai", status="completed") == 1
 
 
+def test_a_camel_case_metadata_key_becomes_a_snake_case_label(now: int) -> None:
+    """`metadata_labels: [teamName]` (JSON metadata is often camelCase): the label is `metadata_team_name`, which
+    `promtool check metrics` accepts (it refuses camelCase label names), with the key's values."""
+    with Simulator(providers=[ProviderSpec("openai", keys=1)], lifecycle=False) as sim:
+        sim.add_batch(
+            "openai", batch_id="t0", status="in_progress", created_at=now - 600, metadata={"teamName": "ml"}
+        )
+        settings = make_settings(sim.url, ["openai"], metadata_labels=["teamName"])
+        with ExporterThread(settings) as exp:
+            exp.poll()
+            samples = exp.samples()
+            lint = subprocess.run(
+                [require_tool("promtool"), "check", "metrics"], input=exp.get().content, capture_output=True
+            )
+    assert lint.returncode == 0 and lint.stdout + lint.stderr == b"", lint.stdout + lint.stderr
+    assert (
+        value(samples, "bifrost_batches", provider="openai", status="in_progress", metadata_team_name="ml")
+        == 1
+    )
+
+
 def test_metadata_labels_route_by_owner(now: int) -> None:
     """`metadata_labels: [team]`: the owner's label on the batch-data series; zeros for known statuses in the ""
     group only; counters present from 0 for every team listed, so a team's first failure is an increase."""
