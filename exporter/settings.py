@@ -576,6 +576,18 @@ class Settings(BaseSettings):
             raise ValueError("two keys map to the same label name after sanitising")
         return value
 
+    @field_validator(
+        "virtual_key_file", "virtual_key_dir", "basic_auth_password_file", "bearer_token_file", "ca_file",
+        "web_config_file", "state_dir", mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # No file name holds one (only a YAML string can): the OS refuses the path at first use, which would be a
+        # traceback at start instead of this setting named.
+        if isinstance(value, str | Path) and "\x00" in str(value):
+            raise ValueError("contains a NUL byte, which no path can")
+        return value
+
     @field_validator("state_dir", "virtual_key_dir", mode="before")
     @classmethod
     def _directory_named(cls, value: Any) -> Any:

@@ -881,3 +881,20 @@ def test_a_boolean_in_a_bucket_list_from_the_environment_is_refused(monkeypatch:
         ConfigError, match=r"invalid setting latency_buckets.*must be a number, not the boolean true"
     ):
         load_settings({})
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["state_dir", "virtual_key_dir", "virtual_key_file", "basic_auth_password_file", "bearer_token_file",
+     "ca_file", "web_config_file"],
+)  # fmt: skip
+def test_a_path_with_a_nul_byte_is_refused_naming_the_setting(tmp_path: Path, setting: str) -> None:
+    """Only a YAML string can carry one; accepted, the OS refused it at first use: a traceback at start."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f'{setting}: "{tmp_path}/a\\0b"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, config)
+    message = str(info.value)
+    # A secret file's setting is named without its value (read before validation, as every secret file is).
+    assert message.startswith(f"invalid setting {setting}")
+    assert "contains a NUL byte" in message or "embedded null byte" in message
