@@ -8,6 +8,7 @@ polled incrementally aggregates exactly as one listed in full.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,19 @@ class BatchSnapshot:
         for (status, _), n in self.counts.items():
             out[status] = out.get(status, 0) + n
         return out
+
+
+MAX_ID_LABEL = 256
+
+
+def id_label(batch_id: str) -> str:
+    """The batch_id label: the id itself up to 256 characters; a longer one cut, with a hash of the whole id at the
+    end, so two ids that share their first 256 characters stay two series (Prometheus would keep one of two
+    identical ones)."""
+    if len(batch_id) <= MAX_ID_LABEL:
+        return batch_id
+    digest = hashlib.blake2b(batch_id.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    return f"{batch_id[: MAX_ID_LABEL - len(digest) - 1]}~{digest}"
 
 
 def _progress(batch: Batch, done: int, total: int) -> float | None:
@@ -201,7 +215,7 @@ class SnapshotBuilder:
         if self._per_batch:
             self._active += 1
             row = JobRow(
-                batch_id=batch.id[:256],
+                batch_id=id_label(batch.id),
                 status=status,
                 endpoint=(batch.endpoint or "")[:128],
                 completion_window=(batch.completion_window or "")[:32],

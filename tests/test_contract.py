@@ -342,6 +342,26 @@ def test_active_statuses_absent_timestamps_when_no_active_batches(now: int) -> N
     assert value(s, "bifrost_batches", provider="openai", status="completed") == 1
 
 
+def test_two_long_ids_sharing_their_first_256_characters_are_two_per_batch_series(now: int) -> None:
+    """A batch_id label is at most 256 characters; ids longer than that which share that much stay two series (a
+    hash of the whole id ends the label), never two identical series of which Prometheus keeps one."""
+    prefix = "batch_" + "x" * 294
+    with Simulator(providers=[ProviderSpec("openai", keys=1)], lifecycle=False) as sim:
+        for tail in ("a", "b"):
+            sim.add_batch("openai", batch_id=prefix + tail, status="in_progress", created_at=now - 600)
+        settings = make_settings(sim.url, ["openai"], per_batch_metrics=True)
+        with ExporterThread(settings) as exp:
+            exp.poll()
+            samples = exp.samples()
+            lint = subprocess.run(
+                [require_tool("promtool"), "check", "metrics"], input=exp.get().content, capture_output=True
+            )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    ids = [labels["batch_id"] for labels, _ in series(samples, "bifrost_batch_job_info", provider="openai")]
+    assert len(ids) == 2 and len(set(ids)) == 2
+    assert all(len(i) == 256 and i.startswith(prefix[:200]) for i in ids)
+
+
 def test_a_camel_case_metadata_key_becomes_a_snake_case_label(now: int) -> None:
     """`metadata_labels: [teamName]` (JSON metadata is often camelCase): the label is `metadata_team_name`, which
     `promtool check metrics` accepts (it refuses camelCase label names), with the key's values."""
