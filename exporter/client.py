@@ -60,9 +60,11 @@ _TARGET_SAFE: Final = "/%:@!$&'()*+,;=~"
 _TOKEN_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _MEDIA_TYPE_RE: Final = re.compile(r"^[A-Za-z0-9_.+-]{1,40}/[A-Za-z0-9_.+-]{1,80}$")
 # Credentials that are not ours but may still be echoed in an upstream message (a provider quoting the key it was
-# given, a proxy quoting a header): OpenAI/Anthropic-style keys, bearer tokens, AWS access key ids.
+# given, a proxy quoting a header): OpenAI/Anthropic/Bifrost-style keys, bearer tokens, AWS access key ids, Google
+# API keys, 32-hex keys (Azure's; a request id of that shape is redacted too, harmlessly).
 _FOREIGN_SECRET_RE: Final = re.compile(
-    r"(sk-[A-Za-z0-9_*-]{6,}|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{6,}|AKIA[0-9A-Z]{16})"
+    r"(sk-[A-Za-z0-9_*-]{6,}|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{6,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35}"
+    r"|(?<![0-9A-Fa-f])[0-9A-Fa-f]{32}(?![0-9A-Fa-f]))"
 )
 # Characters a path segment may carry unescaped (RFC 3986 pchar): ":" stays readable in ARNs; "/", "?", "#", "%"
 # and everything else are percent-encoded, so an id is always exactly one segment.

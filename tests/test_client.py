@@ -716,14 +716,15 @@ def test_gateway_message_is_sanitised_bounded_and_redacted(
 ) -> None:
     message = (
         f"bad key {KEY}\n\x1b[31mred\x00 and upstream sk-proj-ABCDEF1234567890 Bearer eyJhbGciOi.J9 "
-        + "x" * 400
+        "AIzaSyA1234567890abcdefghijklmnopqrstuv 0123456789abcdef0123456789ABCDEF " + "x" * 400
     )
     _, url = gateway(lambda seen: (500, {"is_bifrost_error": True, "error": {"message": message}}))
     failure = list_once(settings_for(url, virtual_key=KEY)).failure
     assert failure is not None and failure.reason == "server_error"
     detail = failure.detail
     assert KEY not in detail and "sk-proj-ABCDEF" not in detail and "eyJhbGciOi" not in detail
-    assert detail.count("[REDACTED]") == 3
+    assert "AIzaSy" not in detail and "0123456789abcdef" not in detail  # Google's and Azure's key shapes
+    assert detail.count("[REDACTED]") == 5
     assert detail.isprintable() and "\n" not in detail
     assert len(detail) <= len("HTTP 500: ") + 160
 
