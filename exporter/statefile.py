@@ -157,10 +157,7 @@ def lock(state_dir: Path) -> StateLock:
         holder = handle.read(200).strip() or "unknown"
         handle.close()
         if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
-            raise StateDirError(
-                f"state_dir {state_dir} is in use by another exporter ({_printable(holder)}); two exporters "
-                "on one state directory would overwrite each other's counters: give each its own directory"
-            ) from None
+            raise _in_use(state_dir, _printable(holder)) from None
         raise
     handle.seek(0)
     handle.truncate()
@@ -175,12 +172,16 @@ def _lock_read_only(state_dir: Path, fd: int) -> StateLock:
     except OSError as exc:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
-            raise StateDirError(
-                f"state_dir {state_dir} is in use by another exporter; two exporters on one state directory "
-                "would overwrite each other's counters: give each its own directory"
-            ) from None
+            raise _in_use(state_dir, "unknown") from None
         raise
     return StateLock(state_dir, None, fd=fd, read_only=True)
+
+
+def _in_use(state_dir: Path, holder: str) -> StateDirError:
+    return StateDirError(
+        f"state_dir {state_dir} is in use by another exporter ({holder}); two exporters on one state directory "
+        "would overwrite each other's counters: give each its own directory"
+    )
 
 
 def _read_only_descriptor(state_dir: Path) -> int:

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from exporter.client import BifrostClient
 from exporter.poller import RESYNC_STRETCH, SPARSE_REFRESH_POLLS
 from exporter.simulator import ProviderSpec, Simulator, demo_governance, write_key_dir
+from exporter.simulator.governance import Governance
 from tests.harness import BATCH_GAUGES, ExporterThread, Samples, make_settings, value
 
 P = "openai"
@@ -99,6 +100,8 @@ def max_in_window(times: list[float], window: float) -> int:
 
 @contextmanager
 def exporter(sim: Simulator, clock: SimTime, **overrides: Any) -> Iterator[ExporterThread]:
+    """`provider` among the overrides: the one provider polled (default P)."""
+    provider = str(overrides.pop("provider", P))
     values: dict[str, Any] = {
         "poll_interval_seconds": INTERVAL,
         "resync_interval_seconds": RESYNC,
@@ -106,7 +109,7 @@ def exporter(sim: Simulator, clock: SimTime, **overrides: Any) -> Iterator[Expor
         "stale_after_seconds": 10_000,
     }
     values.update(overrides)
-    config = make_settings(sim.url, [P], **values)
+    config = make_settings(sim.url, [provider], **values)
     client = BifrostClient(config, sleep=clock.sleep, monotonic=clock.monotonic)
     with ExporterThread(config, clock=clock.time, client=client) as exp:
         yield exp
@@ -360,21 +363,30 @@ def test_a_finished_batch_a_summary_list_shows_running_again_is_shown_running() 
     assert count(s, "completed") == 0
 
 
-def test_a_new_batch_of_another_key_shows_after_one_poll_also_when_a_full_list_starts(tmp_path: Path) -> None:
-    """A view of two virtual keys: the poll whose full list starts at the first key's head still scans the second
-    key's head, so a batch another tenant just created is not left for the full list to reach."""
+@contextmanager
+def two_tenants(
+    tmp_path: Path, **overrides: Any
+) -> Iterator[tuple[Governance, Simulator, ExporterThread, SimTime]]:
+    """Bifrost's governance with two tenants' keys, both in the exporter's view (a key directory), two a page."""
     gov = demo_governance(mandatory=True)
-    a, b = gov.keys
     keys = tmp_path / "keys"
     write_key_dir(gov.keys, keys)
     clock = SimTime()
     spec = ProviderSpec(P, style="cursor", flavor="openai")
     with (
         Simulator(providers=[spec], lifecycle=False, clock=clock.time, governance=gov) as sim,
-        exporter(sim, clock, virtual_key_dir=keys, page_size=2, max_requests_per_second=0.4) as exp,
+        exporter(sim, clock, virtual_key_dir=keys, page_size=2, **overrides) as exp,
     ):
         clock.sim = sim
         clock.marks.append((clock.pace, clock.received()))
+        yield gov, sim, exp, clock
+
+
+def test_a_new_batch_of_another_key_shows_after_one_poll_also_when_a_full_list_starts(tmp_path: Path) -> None:
+    """A view of two virtual keys: the poll whose full list starts at the first key's head still scans the second
+    key's head, so a batch another tenant just created is not left for the full list to reach."""
+    with two_tenants(tmp_path, max_requests_per_second=0.4) as (gov, sim, exp, clock):
+        a, b = gov.keys
         for i in range(6):
             sim.add_batch(P, batch_id=f"old{i}", status="completed", created_at=START - 1000 + i, owner=a.id)
         poll_until_resynced(exp, clock)
@@ -395,18 +407,8 @@ def test_a_tenants_new_batch_below_another_tenants_burst_shows_after_one_poll(
     to the next. The quiet key's head scan then stops above its own new batch; a second pass reads it down as deep
     as the loud key's scan had to go to reach what it knew (the keys share the provider's pages), so the batch shows
     after one poll, not after the next full list. `loud`: which key (the first or the second scanned) bursts."""
-    gov = demo_governance(mandatory=True)
-    keys = tmp_path / "keys"
-    write_key_dir(gov.keys, keys)
-    noisy, quiet = gov.keys[loud], gov.keys[1 - loud]
-    clock = SimTime()
-    spec = ProviderSpec(P, style="cursor", flavor="openai")
-    with (
-        Simulator(providers=[spec], lifecycle=False, clock=clock.time, governance=gov) as sim,
-        exporter(sim, clock, virtual_key_dir=keys, page_size=2) as exp,
-    ):
-        clock.sim = sim
-        clock.marks.append((clock.pace, clock.received()))
+    with two_tenants(tmp_path) as (gov, sim, exp, clock):
+        noisy, quiet = gov.keys[loud], gov.keys[1 - loud]
         for i in range(3):
             for j, key in enumerate(gov.keys):
                 created = START - 1000 + 2 * i + j
@@ -440,18 +442,8 @@ def test_a_quiet_tenant_below_another_tenants_history_costs_one_page_a_poll(tmp_
     """The second pass is bounded by what the other keys' scans found: a tenant whose batches all lie below pages of
     another tenant's (its newest page narrowed to nothing every poll) is not walked down to them, also while the
     other tenant creates batches, as long as those fit its newest page."""
-    gov = demo_governance(mandatory=True)
-    keys = tmp_path / "keys"
-    write_key_dir(gov.keys, keys)
-    busy, quiet = gov.keys
-    clock = SimTime()
-    spec = ProviderSpec(P, style="cursor", flavor="openai")
-    with (
-        Simulator(providers=[spec], lifecycle=False, clock=clock.time, governance=gov) as sim,
-        exporter(sim, clock, virtual_key_dir=keys, page_size=2) as exp,
-    ):
-        clock.sim = sim
-        clock.marks.append((clock.pace, clock.received()))
+    with two_tenants(tmp_path) as (gov, sim, exp, clock):
+        busy, quiet = gov.keys
         for i in range(2):
             sim.add_batch(
                 P, batch_id=f"quiet{i}", status="completed", created_at=START - 2000 + i, owner=quiet.id

@@ -9,39 +9,13 @@ that a 404 removed (after a flip-flop) is not counted again when it shows once m
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from exporter.client import BifrostClient
-from exporter.simulator import ProviderSpec, Simulator
-from tests.harness import ExporterThread, make_settings, series, value
-from tests.test_incremental import INTERVAL, RESYNC, START, SimTime
-
-
-@contextmanager
-def _gateway(clock: SimTime, spec: ProviderSpec) -> Iterator[Simulator]:
-    with Simulator(providers=[spec], lifecycle=False, clock=clock.time) as sim:
-        clock.sim = sim
-        clock.marks.append((clock.pace, clock.received()))
-        yield sim
-
-
-@contextmanager
-def _exporter(sim: Simulator, clock: SimTime, provider: str, **overrides: Any) -> Iterator[ExporterThread]:
-    values: dict[str, Any] = {
-        "poll_interval_seconds": INTERVAL,
-        "resync_interval_seconds": RESYNC,
-        "stale_after_seconds": 10_000,
-    }
-    values.update(overrides)
-    config = make_settings(sim.url, [provider], **values)
-    client = BifrostClient(config, sleep=clock.sleep, monotonic=clock.monotonic)
-    with ExporterThread(config, clock=clock.time, client=client) as exp:
-        yield exp
+from exporter.simulator import ProviderSpec
+from tests.harness import ExporterThread, series, value
+from tests.test_incremental import INTERVAL, START, SimTime, exporter, gateway
 
 
 def _polls(exp: ExporterThread, clock: SimTime, provider: str, n: int) -> None:
@@ -56,14 +30,14 @@ def test_a_list_that_stops_early_does_not_take_a_running_batch_away() -> None:
     the gauges while they run, and each one's finish is counted."""
     p = "gemini"
     clock = SimTime()
-    with _gateway(clock, ProviderSpec(p, style="cursor", flavor="gemini")) as sim:
+    with gateway(clock, ProviderSpec(p, style="cursor", flavor="gemini")) as sim:
         running = [f"batches/run-{i}" for i in range(4)]
         for i, bid in enumerate(running):
             counts = {"total": 10, "completed": 1, "failed": 0}
             sim.add_batch(
                 p, batch_id=bid, status="in_progress", created_at=START - 5000 + i, request_counts=counts
             )
-        with _exporter(sim, clock, p, page_size=4, max_requests_per_second=0.4) as exp:
+        with exporter(sim, clock, provider=p, page_size=4, max_requests_per_second=0.4) as exp:
             _polls(exp, clock, p, 3)
             assert value(exp.samples(), "bifrost_batches", provider=p, status="in_progress") == 4
             for i in range(4):  # four newer finished batches push the running ones off the only page listed
@@ -96,10 +70,10 @@ def test_one_404_does_not_lose_a_running_batch_two_in_a_row_do() -> None:
     finish is counted. A batch really deleted is answered 404 twice, a poll apart, and leaves."""
     p = "anthropic"
     clock = SimTime()
-    with _gateway(clock, ProviderSpec(p, style="cursor", flavor="anthropic")) as sim:
+    with gateway(clock, ProviderSpec(p, style="cursor", flavor="anthropic")) as sim:
         for bid, created in (("old", START - 5000), ("doomed", START - 4999)):
             sim.add_batch(p, batch_id=bid, status="in_progress", created_at=created)
-        with _exporter(sim, clock, p, page_size=2) as exp:
+        with exporter(sim, clock, provider=p, page_size=2) as exp:
             _polls(exp, clock, p, 2)
             for i in range(2):  # the two newer ones fill the only page listed
                 sim.add_batch(p, batch_id=f"new{i}", status="in_progress", created_at=int(clock.now) - 5 + i)
@@ -124,9 +98,9 @@ def test_a_counted_batch_that_flipped_back_and_was_answered_404_is_not_counted_a
     it leaves, then it shows completed again as before: still counted once."""
     p = "openai"
     clock = SimTime()
-    with _gateway(clock, ProviderSpec(p, style="cursor", flavor="openai")) as sim:
+    with gateway(clock, ProviderSpec(p, style="cursor", flavor="openai")) as sim:
         sim.add_batch(p, batch_id="x", status="in_progress", created_at=START - 1000)
-        with _exporter(sim, clock, p, page_size=2, resync_interval_seconds=86_400) as exp:
+        with exporter(sim, clock, provider=p, page_size=2, resync_interval_seconds=86_400) as exp:
             store = exp.exporter.poller._runs[p].store
             _polls(exp, clock, p, 3)
             sim.set_status(p, "x", "completed")
@@ -157,12 +131,12 @@ def _gemini_finish(tmp_path: Path, restart: bool) -> tuple[float | None, float]:
     requests counted with it."""
     p = "gemini"
     clock = SimTime()
-    with _gateway(clock, ProviderSpec(p, style="cursor", flavor="gemini")) as sim:
+    with gateway(clock, ProviderSpec(p, style="cursor", flavor="gemini")) as sim:
         counts = {"total": 10, "completed": 7, "failed": 3}
         sim.add_batch(
             p, batch_id="job-1", status="in_progress", created_at=START - 600, request_counts=counts
         )
-        with _exporter(sim, clock, p, state_dir=tmp_path) as exp:
+        with exporter(sim, clock, provider=p, state_dir=tmp_path) as exp:
             _polls(exp, clock, p, 4)
             if not restart:
                 sim.set_status(p, "job-1", "completed")
@@ -171,7 +145,7 @@ def _gemini_finish(tmp_path: Path, restart: bool) -> tuple[float | None, float]:
         if restart:
             sim.set_status(p, "job-1", "completed")  # while the exporter is down (a rolling deploy)
             clock.advance(INTERVAL)
-            with _exporter(sim, clock, p, state_dir=tmp_path) as exp:
+            with exporter(sim, clock, provider=p, state_dir=tmp_path) as exp:
                 _polls(exp, clock, p, 4)
                 s = exp.samples()
     requests = sum(v for _, v in series(s, "bifrost_batch_finished_requests_total", provider=p))
