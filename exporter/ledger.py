@@ -152,6 +152,9 @@ class LedgerView:
     tracked_ids: int
     last_resync: float | None = None
     groups_seen: tuple[Group, ...] = field(default=())
+    # finished/failures keys shown at 0 for now: series a render could not foresee, held so that their first count
+    # is an increase a scrape can see (exporter/presence.py; set by the poller when it publishes).
+    held: frozenset[tuple[Any, ...]] = field(default=frozenset())
 
     def finished_total(self, status: str) -> int:
         """All groups of one status together (what v1 exposed, and what most tests want)."""

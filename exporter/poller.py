@@ -33,7 +33,7 @@ from typing import Any
 
 import structlog
 
-from . import statefile
+from . import presence, statefile
 from .client import REASONS, BifrostClient, Failure, ListResult, PagePlace
 from .cost import CostLedger, lookup_allowance, never_settled, settle
 from .firstsync import FirstSync, estimate_completion, expected_pages
@@ -149,6 +149,8 @@ class _Run:
     # turn and answers with the last one's error, so a 429 or 5xx of the key that owns the batch can reach us as
     # another key's 404: one 404 is not proof of a deletion, a second one in a later poll is.
     missing: dict[str, int] = field(default_factory=dict)
+    # Counter keys held at 0 until then (exporter/presence.py): series the last render could not foresee.
+    held: dict[tuple[Any, ...], float] = field(default_factory=dict)
     summary: _Summary = field(default_factory=_Summary)
 
 
@@ -1480,8 +1482,26 @@ class Poller:
         run.clamped, run.overflowed = clamped, overflowed
 
     def _publish(self, provider: str, state: ProviderState) -> None:
+        state = self._hold_new_counters(provider, state)
         self._states = MappingProxyType({**self._states, provider: state})
         self._on_change()
+
+    def _hold_new_counters(self, provider: str, state: ProviderState) -> ProviderState:
+        """Counter series the last render did not show are shown at 0 for a while (one poll interval, at least a
+        minute: a scrape sees the 0), their counts after that: a first count is then an increase, also in an
+        exporter's first minutes, when the mixin's alerts cannot tell a series born above 0 from a restart."""
+        run = self._runs.get(provider)
+        if run is None:
+            return state
+        now = self._clock()
+        hold = max(60.0, self._settings.poll_interval_seconds)
+        empty = ("",) * len(self._settings.metadata_labels)
+        for key in presence.newly_held(self._states.get(provider), state.ledger, empty):
+            run.held.setdefault(key, now + hold)
+        run.held = {key: until for key, until in run.held.items() if until > now}
+        if not run.held and not state.ledger.held:
+            return state
+        return replace(state, ledger=replace(state.ledger, held=frozenset(run.held)))
 
 
 class _HeadScans:

@@ -22,7 +22,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from . import __version__
+from . import __version__, presence
 from .exposition import encode
 from .failure_classes import TABLE as KNOWN_CODES
 from .failure_classes import failure_class
@@ -219,15 +219,16 @@ def _batch_families(
         led = state.ledger
         # Counters for every group listed by the last successful poll (before this process's first one, those its
         # restored ledger knows), so that a team's first failure is an increase from 0 that increase() can see, not
-        # a series born at 1.
-        shown = (g for _, g in snap.counts) if snap is not None else led.groups_seen
-        listed_groups = sorted({empty, *shown})
+        # a series born at 1; one no render could foresee is held at 0 a while (exporter/presence.py).
+        listed_groups = presence.listed_groups(state, empty)
+        held = led.held
         for (status, group), n in _with_zeros(led.finished, TERMINAL_STATUSES, listed_groups, 0):
-            finished.add_metric([p, status, *group], n)
+            finished.add_metric([p, status, *group], 0 if (status, group) in held else n)
         for (status, group), values in _with_zeros(
             led.finished_requests, TERMINAL_STATUSES, listed_groups, zero_outcomes
         ):
-            for outcome, value in zip(OUTCOMES, values, strict=True):
+            shown_values = zero_outcomes if (status, group) in held else values
+            for outcome, value in zip(OUTCOMES, shown_values, strict=True):
                 finished_requests.add_metric([p, status, outcome, *group], value)
         fail_items = dict(led.failures)
         for group in listed_groups:
@@ -238,7 +239,8 @@ def _batch_families(
         for code in KNOWN_CODES:
             fail_items.setdefault(("failed", code, empty), 0)
         for (status, code, group), n in sorted(fail_items.items()):
-            failures.add_metric([p, status, code, failure_class(status, code), *group], n)
+            shown_n = 0 if (status, code, group) in held else n
+            failures.add_metric([p, status, code, failure_class(status, code), *group], shown_n)
         for status in FAILURE_STATUSES:
             last = led.last_failure.get(status)
             if last is not None:

@@ -103,8 +103,11 @@ def test_scrape_labels_each_failure_with_its_class(sim: Simulator) -> None:
     assert got == {
         ("failed", "invalid_json_line"): "input",
         ("failed", "token_limit_exceeded"): "provider",
-        ("expired", "batch_expired"): "provider",
     }
+    # A series no render foresaw (expired's codes are not seeded) is shown at 0 first, its count after a hold
+    # (exporter/presence.py; tests/test_held_counters.py): a first count that increase() can see.
+    held = {"provider": "openai", "status": "expired", "code": "batch_expired", "class": "provider"}
+    assert value(after, "bifrost_batch_failures_total", **held) == 0
     (last_expired,) = [
         lbl
         for lbl, _ in series(after, "bifrost_batch_last_failure_info", provider="openai", status="expired")

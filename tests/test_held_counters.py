@@ -1,0 +1,48 @@
+"""A counter series no render could foresee is shown at 0 first, its count after a hold (exporter/presence.py).
+
+increase() cannot see a series' first sample as an increase, and in an exporter's first minutes the mixin cannot
+tell a series born above 0 from a restart: a team's first failure (its group never listed running), or a code no
+table seeds, would never page. The renderer shows every series it can foresee from 0; one it could not is held at
+0 for max(60 s, one poll interval), then counts. Against the simulator on the injected clock of
+tests/test_incremental.py.
+"""
+
+from __future__ import annotations
+
+from exporter.simulator import ProviderSpec
+from tests.harness import value
+from tests.test_incremental import INTERVAL, P, SimTime, exporter, gateway
+
+
+def test_a_teams_first_failure_shows_at_0_first_then_counts() -> None:
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="openai")
+    with gateway(clock, spec) as sim, exporter(sim, clock, metadata_labels=["team"], page_size=10) as exp:
+        sim.add_batch(P, batch_id="ml-run", status="in_progress", created_at=int(clock.now) - 100,
+                      metadata={"team": "ml"})  # fmt: skip
+        exp.poll(P)
+        clock.advance(INTERVAL)
+        # ml was listed running: its series are shown from 0 already, so its failure counts at once. ads was never
+        # listed: its batch is first seen failed.
+        sim.set_status(P, "ml-run", "failed", int(clock.now) - 5, error_code="server_error")
+        sim.add_batch(P, batch_id="ads-run", status="failed", created_at=int(clock.now) - 5,
+                      failed_at=int(clock.now) - 2, error_code="server_error", metadata={"team": "ads"})  # fmt: skip
+        exp.poll(P)
+        first = exp.samples()
+        for _ in range(6):  # 60 s: the hold (max(60 s, the 10 s interval))
+            clock.advance(INTERVAL)
+            exp.poll(P)
+        later = exp.samples()
+
+    def failed(samples: dict, team: str) -> float | None:  # type: ignore[type-arg]
+        return value(samples, "bifrost_batch_finished_total", provider=P, status="failed", metadata_team=team)
+
+    def code(samples: dict, team: str) -> float | None:  # type: ignore[type-arg]
+        labels = {"provider": P, "status": "failed", "code": "server_error", "class": "provider"}
+        return value(samples, "bifrost_batch_failures_total", **labels, metadata_team=team)
+
+    assert (failed(first, "ml"), failed(first, "ads")) == (1, 0)
+    # ml's code series was not seeded (the table seeds the "" group only): held too, as ads' are.
+    assert (code(first, "ml"), code(first, "ads")) == (0, 0)
+    assert (failed(later, "ml"), failed(later, "ads")) == (1, 1)
+    assert (code(later, "ml"), code(later, "ads")) == (1, 1)
