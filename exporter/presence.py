@@ -40,9 +40,7 @@ def foreseen(state: ProviderState, empty: Group) -> set[CounterKey]:
     return keys
 
 
-def newly_held(
-    previous: ProviderState | None, ledger: LedgerView, empty: Group
-) -> Iterable[CounterKey]:
+def newly_held(previous: ProviderState | None, ledger: LedgerView, empty: Group) -> Iterable[CounterKey]:
     """Keys counted in `ledger` that the render of `previous` did not show: series that would be born above 0."""
     if previous is None:
         return ()
