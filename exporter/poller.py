@@ -240,7 +240,12 @@ class Poller:
 
     @staticmethod
     def _new_store(ledger: Ledger) -> Store:
-        return Store(ledger.admit_status, ledger.group_of, keep_metadata=bool(ledger.metadata_keys))
+        return Store(
+            ledger.admit_status,
+            ledger.group_of,
+            keep_metadata=bool(ledger.metadata_keys),
+            held=ledger.holds_active,
+        )
 
     @property
     def states(self) -> Mapping[str, ProviderState]:
@@ -844,7 +849,6 @@ class Poller:
         shown: set[str],
         poll: int,
         depth: int = 0,
-        held: Callable[[str], bool] | None = None,
     ) -> int:
         """A page of `k`'s list (`depth` pages after the one cursor `after` reads) that a head scan, a walk down to
         known batches or a page read again read, outside the full list: folded and seen this poll, and its running
@@ -853,7 +857,7 @@ class Poller:
         listed = batches
         # Only known running ones can wait for a refresh (a first full list would otherwise hold every id it lists).
         shown.update(b.id for b in listed if b.id in store.active)
-        batches = store.defer_sparse(batches, k, held)
+        batches = store.defer_sparse(batches, k)
         observe(batches)
         refreshed.update(b.id for b in batches)
         new = store.upsert(batches, listing=False, key=k, poll=poll, after=after, depth=depth)
@@ -950,9 +954,8 @@ class Poller:
                 self._counts_still_fresh(store, batches, poll, refreshed)
                 # New below the head pages: what the head scans missed, as a full list's find (the interval).
                 run.resync_found += self._take_page(
-                    store, batches, k, place.after, walked, observe, refreshed, outcome.shown, poll,
-                    held=ledger.holds_active,
-                )  # fmt: skip
+                    store, batches, k, place.after, walked, observe, refreshed, outcome.shown, poll
+                )
                 wanted.difference_update(refreshed)
                 return bool(wanted)
 
@@ -1099,9 +1102,8 @@ class Poller:
             shown.update(b.id for b in batches)
             self._counts_still_fresh(store, batches, poll, refreshed)
             self._take_page(
-                store, batches, k, cursor, None, observe, refreshed, outcome.shown, poll, depth[0],
-                held=ledger.holds_active,
-            )  # fmt: skip
+                store, batches, k, cursor, None, observe, refreshed, outcome.shown, poll, depth[0]
+            )
             depth[0] += 1
             return not wanted <= shown and depth[0] <= MAX_PAGE_DEPTH
 
@@ -1148,7 +1150,7 @@ class Poller:
             # hold every id it listed until it ends.
             outcome.shown.update(b.id for b in batches if b.id in store.active)
             self._counts_still_fresh(store, batches, poll, refreshed)
-            batches = store.defer_sparse(batches, resync.key, ledger.holds_active)
+            batches = store.defer_sparse(batches, resync.key)
             observe(batches)
             new = store.upsert(batches, key=resync.key, poll=poll, after=place.after)
             if not at_head[0] and (resync.key, place.after) not in watched:
@@ -1533,9 +1535,8 @@ class _HeadScans:
         self._keys, self._outcome, self._refreshed, self._budget, self._observe = (
             keys, outcome, refreshed, budget, observe,
         )  # fmt: skip
-        self.heads: dict[
-            int, tuple[str, int, int]
-        ] = {}  # key → (cursor after its head pages, pages, items read)
+        # key → (cursor after its head pages, pages, items read)
+        self.heads: dict[int, tuple[str, int, int]] = {}
         self._reached: dict[int, int] = {}  # key → pages its scans read from the top
         self._settled: dict[int, int] = {}  # key → the page (from the top) showing it a batch known before
         self._unsettled: set[int] = set()  # scans stopped above any such page, with a cursor to go on from
@@ -1601,7 +1602,6 @@ class _HeadScans:
                 self._refreshed,
                 outcome.shown,
                 run.polls,
-                held=self._ledger.holds_active,
             )
             self._first_seen.update(unknown)
             self._found_new = self._found_new or bool(unknown)

@@ -96,8 +96,11 @@ class Store:
         group_for: Callable[[Batch], Group],
         *,
         keep_metadata: bool = False,
+        held: Callable[[str], bool] | None = None,
     ) -> None:
+        """`held` says the ledger still holds an id as running (see defer_sparse)."""
         self._label_for = label_for
+        self._held = held
         self._group_for = group_for
         self._keep_metadata = keep_metadata
         self._labels: dict[str | None, str] = {}  # raw status → label (label_for once per distinct status)
@@ -346,9 +349,7 @@ class Store:
             extra_fields=None,
         )
 
-    def defer_sparse(
-        self, batches: list[Batch], key: int, held: Callable[[str], bool] | None = None
-    ) -> list[Batch]:
+    def defer_sparse(self, batches: list[Batch], key: int) -> list[Batch]:
         """The list items worth folding now. A sparse item (Bedrock, Gemini lists) of a batch we know is left to
         the retrieve of known active batches, whose object has the counts and times: folding the list item
         would show "no data" as zero requests, and could count a transition with none. It still counts as seen
@@ -356,21 +357,23 @@ class Store:
         the one its retrieve goes with when no list has said so since the view changed (any other key of a
         governance view may be answered 404, and the batch taken for deleted).
 
-        `held` says the ledger still holds an id as running: after a restart the store starts empty, so a finished
-        summary item of a batch that ran before the stop would otherwise be counted with the summary's zero
-        requests. Such an item is kept as a known batch (as the list shows it) until its retrieve brings the
-        counts and the transition is counted from them."""
+        A finished item of an id the ledger still holds as running (`held`) is one too: after a restart the store
+        starts empty, and the item would otherwise be counted with the summary's zero requests. It is kept as a
+        known batch (as the list shows it) until its retrieve brings the counts the transition is counted with."""
         if not any(is_sparse(b) for b in batches):
             return batches
         kept = []
+        held = self._held
         for batch in batches:
+            if not is_sparse(batch):
+                kept.append(batch)
+                continue
             finished = normalize_status(batch.status) in TERMINAL_SET
-            restored = finished and held is not None and batch.id not in self and held(batch.id)
-            if restored and is_sparse(batch):
+            if finished and held is not None and batch.id not in self and held(batch.id):
                 self.active[batch.id] = self._slim(batch)
             # One held as finished that the list shows active again (a gateway that flip-flops) is folded: only
             # known active batches are retrieved, so deferring it would keep it finished for good.
-            if is_sparse(batch) and (batch.id in self.active or (finished and batch.id in self)):
+            if batch.id in self.active or (finished and batch.id in self):
                 self._mark_seen(batch.id)
                 if batch.id in self.active and batch.id not in self.listed_on:
                     self.listed_on[batch.id] = (key, None, 0)
