@@ -18,7 +18,7 @@ import re
 import signal
 import sys
 import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -40,6 +40,7 @@ from .settings import (
     load_settings,
     split_list,
 )
+from .snapshot import ProviderState
 from .statefile import StateDirError
 from .version import VersionAction
 from .webconfig import WebSecurity
@@ -356,9 +357,13 @@ async def _once(settings: Settings) -> int:
     """Polls until every provider's first full list is complete (one poll's request budget may not hold it), or a
     poll fails or makes no progress: a partial list is never printed as the whole with exit 0."""
     exporter = Exporter(settings)
+
+    def listed(states: Mapping[str, ProviderState]) -> bool:
+        return all(s.health.first_sync.complete or not s.health.supported for s in states.values())
+
     try:
         states = await exporter.poller.poll_all_once()
-        while not all(s.health.first_sync.complete or not s.health.supported for s in states.values()):
+        while not listed(states):
             if not all(s.health.up for s in states.values()):
                 break
             pages = sum(s.health.first_sync.pages for s in states.values())
@@ -372,8 +377,7 @@ async def _once(settings: Settings) -> int:
     # The same exposition a scrape gets: the batch series, then the process's own.
     sys.stdout.buffer.write(rendered.text + RuntimeMetrics().text())
     sys.stdout.flush()
-    complete = all(s.health.first_sync.complete or not s.health.supported for s in states.values())
-    return 0 if complete and all(s.health.up for s in states.values()) else 1
+    return 0 if listed(states) and all(s.health.up for s in states.values()) else 1
 
 
 async def _serve(settings: Settings, web: WebSecurity | None = None) -> None:

@@ -10,7 +10,7 @@ counters are (exporter/cost.py): its counts show from the next render after the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from .failure_classes import TABLE as KNOWN_CODES
 from .ledger import FAILURE_STATUSES, NO_CODE, Group, LedgerView
@@ -29,14 +29,23 @@ def listed_groups(state: ProviderState, empty: Group) -> list[Group]:
     return sorted({empty, *shown})
 
 
+def seeded_failures(groups: Iterable[Group], empty: Group) -> Iterator[tuple[str, str, Group]]:
+    """The failures_total keys shown from 0: `none` for each failure status of each listed group, and the failure
+    table's codes in the "" group only (so metadata groups do not multiply them)."""
+    for group in groups:
+        for status in FAILURE_STATUSES:
+            yield (status, NO_CODE, group)
+    for code in KNOWN_CODES:
+        yield ("failed", code, empty)
+
+
 def foreseen(state: ProviderState, empty: Group) -> set[CounterKey]:
     """Every counter key a render of `state` shows, at 0 or counted."""
     led = state.ledger
     groups = listed_groups(state, empty)
     keys: set[CounterKey] = {*led.finished, *led.failures}
     keys.update((s, g) for s in TERMINAL_STATUSES for g in groups)
-    keys.update((s, NO_CODE, g) for s in FAILURE_STATUSES for g in groups)
-    keys.update(("failed", c, empty) for c in KNOWN_CODES)
+    keys.update(seeded_failures(groups, empty))
     return keys
 
 

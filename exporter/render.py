@@ -24,9 +24,8 @@ from prometheus_client.utils import floatToGoString
 
 from . import __version__, presence
 from .exposition import encode
-from .failure_classes import TABLE as KNOWN_CODES
 from .failure_classes import failure_class
-from .ledger import ENDPOINTS, FAILURE_STATUSES, HIT_TYPES, NO_CODE, STAGES, Group, HistogramView
+from .ledger import ENDPOINTS, FAILURE_STATUSES, HIT_TYPES, STAGES, Group, HistogramView
 from .models import KNOWN_STATUSES, TERMINAL_STATUSES
 from .outcomes import OUTCOMES
 from .runtime import Prerendered
@@ -231,13 +230,10 @@ def _batch_families(
             for outcome, value in zip(OUTCOMES, shown_values, strict=True):
                 finished_requests.add_metric([p, status, outcome, *group], value)
         fail_items = dict(led.failures)
-        for group in listed_groups:
-            for status in FAILURE_STATUSES:
-                fail_items.setdefault((status, NO_CODE, group), 0)
-        # The failure table's codes from 0 (the "" group only, so metadata groups do not multiply them): a code's
-        # first failure is an increase the class-routed alerts see, also in an exporter's first minutes.
-        for code in KNOWN_CODES:
-            fail_items.setdefault(("failed", code, empty), 0)
+        # `none` per group and the failure table's codes from 0: a code's first failure is an increase the
+        # class-routed alerts see, also in an exporter's first minutes.
+        for key in presence.seeded_failures(listed_groups, empty):
+            fail_items.setdefault(key, 0)
         for (status, code, group), n in sorted(fail_items.items()):
             shown_n = 0 if (status, code, group) in held else n
             failures.add_metric([p, status, code, failure_class(status, code), *group], shown_n)
