@@ -885,9 +885,7 @@ class BifrostClient:
             cursor_error = (
                 status == 500 and err.is_bifrost_error is True and "cursor" in (err.message or "").lower()
             )
-            raise RequestFailedError(
-                "server_error", said, status, retry_after, gateway_body=err.shaped, cursor_error=cursor_error
-            )
+            raise RequestFailedError("server_error", said, status, retry_after, cursor_error=cursor_error)
         raise RequestFailedError("client_error", said, status, gateway_body=err.shaped, refusal=refusal)
 
     def _clean_message(self, message: str | None) -> str | None:
