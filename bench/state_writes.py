@@ -11,7 +11,9 @@ Workloads:
 - the realistic 1M-batch account (bench/account.py): three providers, each ledger holding the ids finished in
   the last 48 hours (2/21 of a 3-week history: 31,746 per provider) and 100 running; 10 transitions per poll in
   all, spread over the providers, so a poll interval writes three records;
-- the worst case: one provider whose ledger is at its 1,000,000-id cap.
+- the worst case: one provider whose ledger is at its 1,000,000-id cap;
+- owner groups: the realistic account's first provider with `metadata_labels` of two keys and 1,000 groups (team
+  × project), every group with finished batches of three statuses (per-group counter tables of 3,000 rows each).
 
 Baseline: format version 1 (the whole ledger as one JSON object, ids as strings, written to a temporary file,
 fsynced and renamed over the old one), for the same ledger, a few polls (it is slow at a million ids).
@@ -42,12 +44,45 @@ TARGET_MS = 5.0
 TARGET_KIB = 64.0
 
 
-def _running(batch_id: str, created: float) -> Batch:
-    return Batch(id=batch_id, status="in_progress", created_at=created, expires_at=created + 86_400)
+GROUPS = 1_000
+KEYS = ("team", "project")
+_ENDS = ("completed", "failed", "expired")
 
 
-def _finished(batch_id: str, created: float, at: float) -> Batch:
-    return Batch(id=batch_id, status="completed", created_at=created, completed_at=at)
+def _metadata(serial: int, groups: int) -> dict[str, str] | None:
+    if not groups:
+        return None
+    group = serial % groups
+    return {"team": f"team-{group % 50}", "project": f"project-{group // 50}"}
+
+
+def _running(batch_id: str, created: float, groups: int = 0, serial: int = 0) -> Batch:
+    return Batch(
+        id=batch_id,
+        status="in_progress",
+        created_at=created,
+        expires_at=created + 86_400,
+        metadata=_metadata(serial, groups),
+    )
+
+
+def _finished(batch_id: str, created: float, at: float, groups: int = 0, serial: int = 0) -> Batch:
+    status = _ENDS[(serial // max(1, groups)) % 3] if groups else "completed"
+    if status == "completed":
+        return Batch(
+            id=batch_id,
+            status=status,
+            created_at=created,
+            completed_at=at,
+            metadata=_metadata(serial, groups),
+        )
+    if status == "failed":
+        return Batch(
+            id=batch_id, status=status, created_at=created, failed_at=at, metadata=_metadata(serial, groups)
+        )
+    return Batch(
+        id=batch_id, status=status, created_at=created, expired_at=at, metadata=_metadata(serial, groups)
+    )
 
 
 @dataclass
@@ -59,19 +94,22 @@ class Provider:
     journal: statefile.Journal
     running: list[str] = field(default_factory=list)
     serial: int = 0
+    groups: int = 0  # owner groups (metadata_labels); 0: none
 
     def fill(self, settled: int, running: int) -> None:
         """The ledger as a large account leaves it: `settled` ids finished within the retention, `running`
         active ones."""
         page: list[Batch] = []
         for i in range(settled):
-            page.append(_finished(f"{self.name}-old-{i:09d}", NOW - 3600, NOW - 3000 + i * 1e-3))
+            page.append(
+                _finished(f"{self.name}-old-{i:09d}", NOW - 3600, NOW - 3000 + i * 1e-3, self.groups, i)
+            )
             if len(page) == 10_000:
                 self.ledger.observe_page(page, NOW)
                 page = []
         self.ledger.observe_page(page, NOW)
         self.running = [self._new() for _ in range(running)]
-        self.ledger.observe_page([_running(i, NOW) for i in self.running], NOW)
+        self.ledger.observe_page([_running(i, NOW, self.groups, n) for n, i in enumerate(self.running)], NOW)
         self.ledger.finish_poll(NOW, complete=True)
 
     def _new(self) -> str:
@@ -83,7 +121,9 @@ class Provider:
         at = NOW + n * INTERVAL
         done, self.running = self.running[:transitions], self.running[transitions:]
         self.running += [self._new() for _ in range(transitions)]
-        batches = [_finished(i, at - 600, at - 1) for i in done] + [_running(i, at - 5) for i in self.running]
+        batches = [
+            _finished(i, at - 600, at - 1, self.groups, self.serial * 7 + k) for k, i in enumerate(done)
+        ] + [_running(i, at - 5, self.groups, k) for k, i in enumerate(self.running)]
         self.ledger.poll_started()
         self.ledger.requests_sent("list", 2)
         self.ledger.pages_fetched(2, [0.12, 0.2], ())
@@ -99,8 +139,14 @@ class Provider:
         return time.perf_counter() - t0, write.size, write.compaction
 
 
-def _ledger() -> Ledger:
-    return Ledger(NOW - 86_400, DEFAULT_DURATION_BUCKETS, DEFAULT_LATENCY_BUCKETS, REASONS)
+def _ledger(groups: int = 0) -> Ledger:
+    return Ledger(
+        NOW - 86_400,
+        DEFAULT_DURATION_BUCKETS,
+        DEFAULT_LATENCY_BUCKETS,
+        REASONS,
+        metadata_keys=KEYS if groups else (),
+    )
 
 
 @dataclass
@@ -112,8 +158,10 @@ class Figures:
     compaction_bytes: int = 0
 
 
-def run(directory: Path, names: list[str], settled: int, running: int, polls: int) -> Figures:
-    providers = [Provider(n, _ledger(), statefile.Journal(directory, n)) for n in names]
+def run(
+    directory: Path, names: list[str], settled: int, running: int, polls: int, groups: int = 0
+) -> Figures:
+    providers = [Provider(n, _ledger(groups), statefile.Journal(directory, n), groups=groups) for n in names]
     for p in providers:
         p.fill(settled, running)
         p.write(NOW)  # the first write is the base
@@ -202,6 +250,7 @@ def main() -> int:
         base = Path(tmp)
         realistic = run(base / "realistic", names3, realistic_settled, RUNNING, polls)
         worst = run(base / "worst", ["openai"], worst_settled, 3 * RUNNING, polls)
+        grouped = run(base / "groups", ["openai"], realistic_settled, RUNNING, polls, GROUPS // scale)
         v1_polls = 3 if args.smoke else 5
         v1_realistic = version_1(base / "v1r", names3, realistic_settled, RUNNING, v1_polls)
         v1_worst = version_1(base / "v1w", ["openai"], worst_settled, 3 * RUNNING, v1_polls)
@@ -210,6 +259,11 @@ def main() -> int:
         _row("  format version 1 (baseline)", v1_realistic, 3 * (realistic_settled + RUNNING)),
         _row("1M ids in one ledger (the cap)", worst, worst_settled + 3 * RUNNING),
         _row("  format version 1 (baseline)", v1_worst, worst_settled + 3 * RUNNING),
+        _row(
+            f"{GROUPS // scale:,} owner groups (metadata_labels), 1 provider",
+            grouped,
+            realistic_settled + RUNNING,
+        ),
     ]
     header = ["workload", "ids held", "KiB mean", "KiB median", "KiB max", "ms median", "ms p99", "ms mean"]
     report.table(
@@ -227,24 +281,29 @@ def main() -> int:
         for name, figures, v1 in (
             ("realistic 1M account", realistic, v1_realistic),
             ("1M ids", worst, v1_worst),
+            (f"{GROUPS:,} owner groups", grouped, None),
         ):
             kib = statistics.mean(figures.sizes) / KIB
             ms = _p99(figures.seconds) * 1e3
-            ratio = statistics.mean(v1.sizes) / statistics.mean(figures.sizes)
+            versus = (
+                f" ({statistics.mean(v1.sizes) / statistics.mean(figures.sizes):,.0f}× less than version 1)"
+                if v1 is not None
+                else f" (median {statistics.median(figures.sizes) / KIB:.1f} KiB)"
+            )
             report.check(
                 f"state bytes per poll, {name} (mean, compactions included)",
                 kib,
                 f"≤ {TARGET_KIB:.0f} KiB",
                 kib <= TARGET_KIB,
-                f"{kib:.1f} KiB ({ratio:,.0f}× less than version 1)",
+                f"{kib:.1f} KiB{versus}",
             )
             report.check(
                 f"state write time per poll, {name} (p99)",
                 ms,
                 f"≤ {TARGET_MS:.0f} ms",
                 ms <= TARGET_MS,
-                f"{ms:.2f} ms p99, {statistics.median(figures.seconds) * 1e3:.2f} ms median "
-                f"(version 1: {statistics.median(v1.seconds) * 1e3:,.0f} ms)",
+                f"{ms:.2f} ms p99, {statistics.median(figures.seconds) * 1e3:.2f} ms median"
+                + (f" (version 1: {statistics.median(v1.seconds) * 1e3:,.0f} ms)" if v1 is not None else ""),
             )
     report.finish(args.json, started)
     return 0

@@ -572,9 +572,10 @@ class Ledger:
 
     # --- durable state ------------------------------------------------------------------------------------------
 
-    def head_state(self) -> dict[str, Any]:
-        """Everything a restarted process needs to resume but the ids: plain JSON types, a few kilobytes."""
-        return {
+    def head_state(self, *, tables: bool = True) -> dict[str, Any]:
+        """Everything a restarted process needs to resume but the ids: plain JSON types, a few kilobytes (the
+        counter tables aside: without `tables`, the state journal takes them as `count_tables`)."""
+        head = {
             "watermark": self.last_complete_poll
             if self.last_complete_poll is not None
             else self.restored_watermark
@@ -586,9 +587,6 @@ class Ledger:
             "metadata_keys": list(self.metadata_keys),
             "group_values": [sorted(values) for values in self._group_values],
             "unknown_statuses": sorted(self._unknown_statuses),
-            "finished": [[s, list(g), n] for (s, g), n in self._finished.items()],
-            "finished_requests": [[s, list(g), v] for (s, g), v in self._finished_requests.items()],
-            "failures": [[s, c, list(g), n] for (s, c, g), n in self._failures.items()],
             "codes": sorted(self._codes),
             "last_failure": {s: [f.batch_id, f.code, f.at] for s, f in self._last_failure.items()},
             "last_finished": self._last_finished,
@@ -603,6 +601,21 @@ class Ledger:
             "errors": self._errors,
             "last_resync": self.last_resync,
             "last_success": self.last_success,
+        }
+        if tables:
+            head["finished"] = [[s, list(g), n] for (s, g), n in self._finished.items()]
+            head["finished_requests"] = [[s, list(g), v] for (s, g), v in self._finished_requests.items()]
+            head["failures"] = [[s, c, list(g), n] for (s, c, g), n in self._failures.items()]
+        return head
+
+    def count_tables(self) -> dict[str, dict[tuple[Any, ...], Any]]:
+        """The per-status-and-group counter tables of `head_state` as copies keyed by row (`head_state` writes each
+        row as its key's parts, then its value): the state journal writes the rows that changed, not the tables,
+        which `metadata_labels` can grow to thousands of rows."""
+        return {
+            "finished": dict(self._finished),
+            "finished_requests": {k: tuple(v) for k, v in self._finished_requests.items()},
+            "failures": dict(self._failures),
         }
 
     def holds_active(self, batch_id: str) -> bool:

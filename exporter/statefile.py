@@ -5,7 +5,8 @@ Files of provider P (docs/state.md):
 - `ledger-P.base`: the whole ledger as of one moment, generation g: a JSON header (counters, histograms, bounds,
   watermark, active ids), then the settled ids as binary columns of 64-bit keys and times, then an end record;
 - `ledger-P.journal`: a header naming generation g, then one record per poll since: the header fields that changed,
-  the settled keys added and removed, the active ids' changes;
+  the settled keys added and removed, the active ids' changes; in a journal of version 3, the rows of the counter
+  tables (by status and owner group) that changed instead of the tables;
 - `ledger-P.json`: format version 1's whole-JSON state file, which an upgrade reads once (and migrates), then a
   short marker of format version 2 in its place, so that a rollback to a version-1 exporter refuses the directory
   (it reads the marker as a newer version) instead of starting from zero.
@@ -58,7 +59,17 @@ from .ledger import Ledger
 from .tracked import IdChanges
 
 FORMAT: Final = "bifrost-batch-exporter-ledger"
-VERSION: Final = 2
+# The newest format this exporter reads. The base and the marker are version 2; a journal is version 2, or version 3
+# when its records may carry counter rows (below): only a ledger whose counter tables are wide writes it, so that a
+# rollback to a release reading version 2 refuses only the directories it would misread.
+VERSION: Final = 3
+LAYOUT_VERSION: Final = 2
+ROWS_VERSION: Final = 3
+# The per-status-and-group counter tables of the ledger's head, and the number of rows from which a journal record
+# carries the rows that changed instead of every table that changed (one owner group each per status with
+# `metadata_labels`: a thousand groups were ~92 KiB a poll for one batch counted).
+COUNT_TABLES: Final = ("finished", "finished_requests", "failures")
+ROWS_MIN: Final = 64
 MAX_STATE_BYTES: Final = 256 * 1024 * 1024
 LOCK_NAME: Final = ".lock"
 _TMP_SUFFIX: Final = ".tmp"
@@ -397,6 +408,12 @@ class Restored:
     torn: bool = False  # that was the last record, cut short by a stop; otherwise the journal is damaged
     migrated: bool = False  # read from a version-1 file: the next write rewrites it in version 2
     marked: bool = False  # ledger-P.json already marks version 2
+    journal_version: int = (
+        LAYOUT_VERSION  # of the journal replayed: 3 when its records may carry counter rows
+    )
+    # The counter tables the journal's row records changed, by row key, while it is replayed (`state` holds them
+    # as lists again once it is read).
+    tables: dict[str, dict[tuple[Any, ...], list[Any]]] = field(default_factory=dict)
     marker_problem: str | None = None  # why ledger-P.json could not be read (the base could, so it was used)
     cost: dict[str, Any] | None = (
         None  # the cost ledger as of the base (cost_metrics), None when none was saved
@@ -466,9 +483,9 @@ def _read_marker(state_dir: Path, provider: str) -> dict[str, Any] | None:
         raise StateError(f"{path} is not a {FORMAT} file")
     _check_header(doc, path, state_dir, provider)
     version = doc.get("version")
-    if version not in (1, VERSION) or isinstance(version, bool):
+    if version not in (1, LAYOUT_VERSION) or isinstance(version, bool):
         raise StateError(
-            f"{path} has format version {str(version)[:20]!r}; this exporter reads 1 and {VERSION}"
+            f"{path} has format version {str(version)[:20]!r}; this exporter reads 1 and {LAYOUT_VERSION}"
         )
     return doc
 
@@ -492,7 +509,7 @@ def read(state_dir: Path, provider: str) -> Restored | None:
             if _open_regular(journal_path(state_dir, provider)) is not None:
                 raise StateError(f"{journal_path(state_dir, provider)} has no base to apply it to")
             return None
-        if marker["version"] == VERSION:
+        if marker["version"] == LAYOUT_VERSION:
             raise StateError(f"{path} is missing (ledger-{provider}.json says the state is there)")
         ledger = marker.get("ledger")
         if not isinstance(ledger, dict):
@@ -503,9 +520,12 @@ def read(state_dir: Path, provider: str) -> Restored | None:
     with f:
         restored = _read_base(f, path, state_dir, provider)
     restored.base_bytes = size
-    restored.marked = marker is not None and marker["version"] == VERSION
+    restored.marked = marker is not None and marker["version"] == LAYOUT_VERSION
     restored.marker_problem = marker_problem
     _replay_journal(state_dir, provider, restored)
+    for name, rows in restored.tables.items():
+        restored.state[name] = list(rows.values())
+    restored.tables = {}
     return restored
 
 
@@ -516,7 +536,7 @@ def _read_base(f: BinaryIO, path: Path, state_dir: Path, provider: str) -> Resto
             raise StateError(f"{path} does not start with its header")
         header = _json(first[0], str(path))
         _check_header(header, path, state_dir, provider)
-        if header.get("version") != VERSION:
+        if header.get("version") != LAYOUT_VERSION:
             raise StateError(f"{path} has format version {str(header.get('version'))[:20]!r}")
         columns: tuple[array[int], array[float]] | None = None
         while True:
@@ -570,6 +590,9 @@ def _replay_journal(state_dir: Path, provider: str, restored: Restored) -> None:
             _check_header(header, path, state_dir, provider)
             if header.get("generation") != restored.generation:
                 return  # a journal of another base: a compaction was cut short, its base holds all of it
+            restored.journal_version = (
+                ROWS_VERSION if header.get("version") == ROWS_VERSION else LAYOUT_VERSION
+            )
             offset = first[1]
             while True:
                 record = _read_record(f, MAX_STATE_BYTES)
@@ -610,7 +633,16 @@ def _apply(record: Mapping[str, Any], restored: Restored) -> None:
         settled = restored.settled
         if settled is None or not isinstance(head, dict) or "active" in head:
             raise TypeError("head")
+        rows = _rows(record.get("rows"), restored.journal_version)
         state.update(head)
+        for name in COUNT_TABLES:
+            if name in head:  # written whole: it replaces the table, rows included
+                restored.tables.pop(name, None)
+        for name, key, row in rows:
+            table = restored.tables.get(name)
+            if table is None:
+                table = restored.tables[name] = {_row_key(r): r for r in state[name]}
+            table[key] = row
         for key in record.get("unsettled", ()):
             settled.discard(int(key))
         for key, at in record.get("settled", ()):
@@ -637,6 +669,35 @@ def _apply(record: Mapping[str, Any], restored: Restored) -> None:
         raise StateError("a journal record is malformed") from None
 
 
+def _rows(rows: Any, journal_version: int) -> list[tuple[str, tuple[Any, ...], list[Any]]]:
+    """A record's counter rows, checked before any is applied: only a version-3 journal may carry them."""
+    if rows is None:
+        return []
+    if journal_version < ROWS_VERSION or not isinstance(rows, dict):
+        raise TypeError("rows")
+    out: list[tuple[str, tuple[Any, ...], list[Any]]] = []
+    for name, table in rows.items():
+        if name not in COUNT_TABLES or not isinstance(table, list):
+            raise TypeError("rows")
+        for row in table:
+            if not isinstance(row, list) or len(row) < 2:
+                raise TypeError("rows")
+            out.append((name, _row_key(row), row))
+    return out
+
+
+def _row_key(row: list[Any]) -> tuple[Any, ...]:
+    """A table row's key (every part but the value, the group as a tuple), as the ledger keys its counters."""
+    return tuple(tuple(part) if isinstance(part, list) else part for part in row[:-1])
+
+
+def _row(key: tuple[Any, ...], value: Any) -> list[Any]:
+    """A counter table entry as `Ledger.head_state` writes it: the key's parts, then the value."""
+    parts: list[Any] = [list(part) if isinstance(part, tuple) else part for part in key]
+    parts.append(list(value) if isinstance(value, tuple) else value)
+    return parts
+
+
 # --- writing ---------------------------------------------------------------------------------------------------
 
 
@@ -649,6 +710,10 @@ class _Write:
     expected: int = 0  # the journal's length before the append
     files: list[tuple[Path, list[bytes]]] = field(default_factory=list)  # atomic rewrites, in order
     heads: dict[str, str] = field(default_factory=dict)  # the head fields' encodings once written
+    tables: dict[str, dict[tuple[Any, ...], Any]] = field(
+        default_factory=dict
+    )  # the counter tables once written
+    version: int = LAYOUT_VERSION  # a compaction's new journal
     compaction: bool = False
     size: int = 0  # bytes written
     base_size: int = 0
@@ -687,6 +752,8 @@ class Journal:
         self._compact_next = True
         self._marked = False
         self._heads: dict[str, str] = {}
+        self._version = LAYOUT_VERSION  # the journal's: ROWS_VERSION lets a record carry counter rows
+        self._tables: dict[str, dict[tuple[Any, ...], Any]] | None = None  # as last written; None: unknown
 
     def attach(self, restored: Restored) -> None:
         """Continue the files `restored` was read from: append to its journal when it ends cleanly."""
@@ -703,6 +770,10 @@ class Journal:
             or not restored.marked
         )
         self._heads = {}
+        self._version = restored.journal_version
+        # The restored tables may hold what this ledger did not take (metadata_labels changed): the first record
+        # writes every table whole.
+        self._tables = None
 
     def compact_next(self) -> None:
         self._compact_next = True
@@ -719,34 +790,57 @@ class Journal:
         beside the ledger's head (the early warning's calibration), rewritten when they change; `cost` the cost
         ledger (cost_metrics), whose changes ride in the same record."""
         journal = journal_path(self.state_dir, self.provider)
-        head = {**ledger.head_state(), **(extras or {})}
+        head = {**ledger.head_state(tables=False), **(extras or {})}
+        tables = ledger.count_tables()
         encoded = {
             key: json.dumps(value, separators=(",", ":"), allow_nan=False) for key, value in head.items()
         }
         grown = self._journal_bytes > max(self.compact_min_bytes, self._base_bytes)
-        changes = None if self._compact_next or grown else ledger.take_changes()
+        wide = sum(len(table) for table in tables.values()) >= ROWS_MIN
+        # A journal of version 2 cannot take rows: a ledger whose tables grew wide starts a version-3 journal.
+        narrow_journal = wide and self._version < ROWS_VERSION
+        changes = None if self._compact_next or grown or narrow_journal else ledger.take_changes()
         if changes is None:
-            return self._compaction(ledger, head, encoded, cost, now)
+            version = ROWS_VERSION if wide else LAYOUT_VERSION
+            whole = {
+                name: [_row(key, value) for key, value in table.items()] for name, table in tables.items()
+            }
+            return self._compaction(ledger, {**head, **whole}, encoded, tables, cost, now, version)
         diff = {key: head[key] for key, text in encoded.items() if self._heads.get(key) != text}
+        rows: dict[str, list[list[Any]]] = {}
+        for name, table in tables.items():
+            last = self._tables.get(name) if self._tables is not None else None
+            if last is not None and self._version >= ROWS_VERSION and last.keys() <= table.keys():
+                changed = [_row(key, value) for key, value in table.items() if last.get(key) != value]
+                if changed:
+                    rows[name] = changed
+            elif last != table:  # a row gone (never, as counters go) or a table not known written: whole
+                diff[name] = [_row(key, value) for key, value in table.items()]
         fields = _record(diff, changes)
+        if rows:
+            fields["rows"] = rows
         if cost is not None:
             fields["cost"] = cost.delta()
         record = json_record(fields)
-        return _Write(journal, [record], expected=self._journal_bytes, heads=encoded, size=len(record))
+        return _Write(
+            journal, [record], expected=self._journal_bytes, heads=encoded, tables=tables, size=len(record)
+        )
 
     def _compaction(
         self,
         ledger: Ledger,
         head: dict[str, Any],
         encoded: dict[str, str],
+        tables: dict[str, dict[tuple[Any, ...], Any]],
         cost: CostState | None,
         now: float,
+        version: int,
     ) -> _Write:
         ledger.discard_changes()  # everything is in this base
         generation = self._generation + 1
-        common = {"format": FORMAT, "version": VERSION, "provider": self.provider}
-        tables = ledger.settled_columns()
-        keys = sum(len(k) for k, _ in tables)
+        common = {"format": FORMAT, "version": LAYOUT_VERSION, "provider": self.provider}
+        columns = ledger.settled_columns()
+        keys = sum(len(k) for k, _ in columns)
         base = [
             json_record(
                 {
@@ -761,28 +855,30 @@ class Journal:
             )
         ]
         if keys:
-            base += keys_record(tables)
+            base += keys_record(columns)
         base.append(json_record({"end": True, "keys": keys}))
         journal = journal_path(self.state_dir, self.provider)
-        header = json_record({**common, "generation": generation})
+        header = json_record({**common, "version": version, "generation": generation})
         files = [(base_path(self.state_dir, self.provider), base), (journal, [header])]
         if not self._marked:
             marker = {
                 **common,
-                "note": f"format {VERSION}: the state is in ledger-{self.provider}.base and .journal",
+                "note": f"format {LAYOUT_VERSION}: the state is in ledger-{self.provider}.base and .journal",
             }
             files.append((state_path(self.state_dir, self.provider), [json.dumps(marker).encode()]))
         size = sum(len(chunk) for _, chunks in files for chunk in chunks)
         base_size = sum(len(chunk) for chunk in base)
         return _Write(
-            journal, expected=len(header), files=files, heads=encoded, compaction=True, size=size,
-            base_size=base_size,
+            journal, expected=len(header), files=files, heads=encoded, tables=tables, version=version,
+            compaction=True, size=size, base_size=base_size,
         )  # fmt: skip
 
     def done(self, write: _Write) -> None:
         """`write` is on disk."""
         self._heads = write.heads
+        self._tables = write.tables
         if write.compaction:
+            self._version = write.version
             self._generation += 1
             self._base_bytes = write.base_size
             self._journal_bytes = write.expected

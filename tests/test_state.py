@@ -330,7 +330,7 @@ def test_a_damaged_marker_beside_a_readable_base_keeps_the_state(sim: Simulator,
         )
     assert [e["event"] for e in _start_and_serve(sim, state_dir)] == ["state_marker_unusable"]
     assert (
-        json.loads(statefile.state_path(state_dir, P).read_bytes())["version"] == statefile.VERSION
+        json.loads(statefile.state_path(state_dir, P).read_bytes())["version"] == statefile.LAYOUT_VERSION
     )  # rewritten
     assert _start_and_serve(sim, state_dir) == []
 

@@ -29,14 +29,23 @@ T0 = 1_800_000_000.0
 STATUSES = ("validating", "in_progress", "completed", "failed", "expired", "cancelled")
 
 
-def _ledger(started: float = T0) -> Ledger:
+def _ledger(started: float = T0, keys: tuple[str, ...] = ()) -> Ledger:
     return Ledger(
-        started, DEFAULT_DURATION_BUCKETS, DEFAULT_LATENCY_BUCKETS, REASONS, 3600.0, max_tracked_ids=40
+        started,
+        DEFAULT_DURATION_BUCKETS,
+        DEFAULT_LATENCY_BUCKETS,
+        REASONS,
+        3600.0,
+        max_tracked_ids=40,
+        metadata_keys=keys,
     )
 
 
-def _batch(n: int, status: str, created: float, at: float) -> Batch:
-    return Batch.model_validate({"id": f"b{n}", "status": status, "created_at": created, f"{status}_at": at})
+def _batch(n: int, status: str, created: float, at: float, team: int | None = None) -> Batch:
+    doc: dict[str, Any] = {"id": f"b{n}", "status": status, "created_at": created, f"{status}_at": at}
+    if team is not None:
+        doc["metadata"] = {"team": f"team-{team}", "project": f"p{team % 3}"}
+    return Batch.model_validate(doc)
 
 
 def _canonical(led: Ledger) -> str:
@@ -44,10 +53,10 @@ def _canonical(led: Ledger) -> str:
     return json.dumps({**state, "settled": sorted(state["settled"])}, sort_keys=True)
 
 
-def _read(state_dir: Path) -> tuple[Ledger, statefile.Restored]:
+def _read(state_dir: Path, keys: tuple[str, ...] = ()) -> tuple[Ledger, statefile.Restored]:
     restored = statefile.read(state_dir, P)
     assert restored is not None
-    led = _ledger(T0 + 10**6)
+    led = _ledger(T0 + 10**6, keys)
     led.load_state(restored.state, restored.settled)
     return led, restored
 
@@ -126,6 +135,90 @@ def test_what_is_read_back_is_the_ledger_at_its_last_write(
         assert _canonical(back) == written
 
 
+# With an owner group per batch: the counter tables grow wide (a journal of version 3 then carries their changed
+# rows), and a restart may change the metadata keys (the tables restored are then not the ones the ledger keeps).
+_wide_poll = st.tuples(
+    st.lists(
+        st.tuples(st.integers(0, 200), st.sampled_from(STATUSES), st.integers(-60, 5000), st.integers(0, 40)),
+        max_size=12,
+    ),
+    st.booleans(),
+)
+_wide_step = st.one_of(
+    st.tuples(st.just("poll"), _wide_poll),
+    st.tuples(st.just("compact"), st.none()),
+    st.tuples(st.just("fail"), st.none()),
+    st.tuples(st.just("restart"), st.none()),
+    st.tuples(st.just("rekey"), st.none()),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(_wide_step, max_size=30))
+def test_wide_counter_tables_read_back_as_written(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, steps: list[tuple[str, Any]]
+) -> None:
+    """The per-status-and-group counters as rows: through the switch to a version-3 journal, row records,
+    compactions, failed writes, restarts and a change of metadata keys at a restart, what is read back is exactly
+    the ledger at its last write, and a journal carries rows only when it is of version 3."""
+    monkeypatch.setattr(statefile, "ROWS_MIN", 4)  # wide within a poll or two
+    state_dir = tmp_path_factory.mktemp("state")
+    keys: tuple[str, ...] = ("team",)
+    led = _ledger(keys=keys)
+    journal = statefile.Journal(state_dir, P)
+    journal.compact_min_bytes = (
+        1 << 30
+    )  # compactions only when the steps ask or the journal must change version
+    now = T0
+    written = None
+
+    def save(ops: statefile.FileOps = statefile.REAL_FILE_OPS) -> None:
+        nonlocal written
+        write = journal.prepare(led, now)
+        try:
+            write.run(ops)
+        except OSError:
+            journal.failed()
+            return
+        journal.done(write)
+        written = _canonical(led)
+
+    save()
+    for kind, arg in steps:
+        if kind == "poll":
+            batches, complete = arg
+            now += 30
+            led.poll_started()
+            led.observe(
+                [_batch(n, status, now - 6000, now + off, team) for n, status, off, team in batches],
+                now,
+                complete,
+            )
+            save()
+        elif kind == "compact":
+            journal.compact_next()
+            save()
+        elif kind == "fail":
+            led.poll_started()
+            save(FailOnce())
+        else:
+            if kind == "rekey":
+                keys = ("team", "project") if keys == ("team",) else ("team",)
+            led, restored = _read(state_dir, keys)
+            journal = statefile.Journal(state_dir, P)
+            journal.compact_min_bytes = 1 << 30
+            journal.attach(restored)
+            if kind == "rekey":
+                save()  # the counters of the old keys are gone, on disk too
+        back, _ = _read(state_dir, keys)
+        assert _canonical(back) == written
+        records = list(statefile.iter_records(statefile.journal_path(state_dir, P)))
+        header = records[0]
+        assert isinstance(header, dict)
+        if header["version"] == statefile.LAYOUT_VERSION:
+            assert not any(isinstance(r, dict) and "rows" in r for r in records)
+
+
 def test_a_poll_that_changes_more_than_can_be_tracked_writes_everything(tmp_path: Path) -> None:
     """Past MAX_TRACKED_CHANGES in one poll, the write is a whole new base, and reads back the same."""
     led = Ledger(T0, DEFAULT_DURATION_BUCKETS, DEFAULT_LATENCY_BUCKETS, REASONS)
@@ -171,6 +264,74 @@ def test_a_poll_writes_a_small_record_and_leaves_the_base_alone(tmp_path: Path) 
     assert statefile.base_path(tmp_path, P).stat().st_mtime_ns == base.st_mtime_ns
     records = list(statefile.iter_records(statefile.journal_path(tmp_path, P)))
     assert len(records) == 21  # its header and one per poll
+
+
+def test_with_a_thousand_owner_groups_a_poll_writes_the_rows_it_changed(tmp_path: Path) -> None:
+    """`metadata_labels` grow the per-group counter tables to thousands of rows; a record carrying every table that
+    changed made a poll that counted one batch write ~92 KiB at 1,000 groups. It writes that batch's rows now, in a
+    journal of version 3 (which a release reading version 2 refuses instead of misreading), and reads back the
+    same."""
+    led = _ledger(keys=("team", "project"))
+    statuses = ("completed", "failed", "expired")
+    led.observe(
+        [
+            Batch.model_validate(
+                {"id": f"old{i}", "status": statuses[i % 3], "created_at": T0 - 600, f"{statuses[i % 3]}_at": T0 + 5,
+                 "metadata": {"team": f"t{i % 50}", "project": f"p{i // 50}"}}
+            )
+            for i in range(1000)
+        ],
+        T0 + 10,
+        True,
+    )  # fmt: skip
+    assert len(led.head_state()["finished"]) == 1000
+    journal = statefile.Journal(tmp_path, P)
+    sizes = []
+    for n in range(5):
+        now = T0 + 30 * (n + 1)
+        led.poll_started()
+        led.observe(
+            [Batch.model_validate({"id": f"new{n}", "status": "failed", "created_at": now - 60, "failed_at": now,
+                                   "metadata": {"team": f"t{n}", "project": "p3"}})],
+            now,
+            False,
+        )  # fmt: skip
+        write = journal.prepare(led, now)
+        write.run(statefile.REAL_FILE_OPS)
+        journal.done(write)
+        sizes.append(write.size)
+    assert sizes[0] > 50_000  # the first write is a base: every row
+    assert max(sizes[1:]) < 3 * 1024, sizes
+    header, *records = statefile.iter_records(statefile.journal_path(tmp_path, P))
+    assert isinstance(header, dict) and header["version"] == statefile.ROWS_VERSION
+    assert all(isinstance(r, dict) and {"finished", "failures"} <= set(r["rows"]) for r in records)
+    assert all(isinstance(r, dict) and not set(r["head"]) & set(statefile.COUNT_TABLES) for r in records)
+    back, _ = _read(tmp_path, ("team", "project"))
+    assert _canonical(back) == _canonical(led)
+
+
+def test_a_ledger_without_wide_tables_keeps_a_journal_a_version_2_reader_takes(tmp_path: Path) -> None:
+    """Rows only where they pay: without owner groups the journal stays version 2, so a rollback to a release that
+    reads version 2 resumes from it; a version-2 journal carrying rows is malformed."""
+    led = _ledger()
+    journal = statefile.Journal(tmp_path, P)
+    for n in range(3):
+        now = T0 + 30 * (n + 1)
+        led.poll_started()
+        led.observe([_batch(n, STATUSES[2 + n], now - 60, now)], now, False)
+        write = journal.prepare(led, now)
+        write.run(statefile.REAL_FILE_OPS)
+        journal.done(write)
+    path = statefile.journal_path(tmp_path, P)
+    header, *records = statefile.iter_records(path)
+    assert isinstance(header, dict) and header["version"] == statefile.LAYOUT_VERSION
+    assert records and all(
+        isinstance(r, dict) and "rows" not in r and "finished" in r["head"] for r in records
+    )
+    with path.open("ab") as f:
+        f.write(statefile.json_record({"rows": {"finished": [["completed", [], 99]]}}))
+    with pytest.raises(statefile.StateError, match="malformed"):
+        statefile.read(tmp_path, P)
 
 
 # ---- the cost ledger (cost_metrics), whose changes ride in the same records -----------------------------------------
