@@ -353,6 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
 
 
+_CUT_SHORT = frozenset({"cursor_loop", "cursor_refused", "max_pages"})
+
+
 async def _once(settings: Settings) -> int:
     """Polls until every provider's first full list is complete (one poll's request budget may not hold it), or a
     poll fails or makes no progress: a partial list is never printed as the whole with exit 0."""
@@ -360,6 +363,12 @@ async def _once(settings: Settings) -> int:
 
     def listed(states: Mapping[str, ProviderState]) -> bool:
         return all(s.health.first_sync.complete or not s.health.supported for s in states.values())
+
+    def cut(states: Mapping[str, ProviderState]) -> list[str]:
+        # A full list that ended early for a reason the gateway does not document (max_pages, a cursor loop or
+        # refusal: what BifrostBatchProviderTruncated alerts on) completes the first sync, but only part of the
+        # account was printed. `cursor_ignored` is the gateway's own limit for some providers, and as listed as it gets.
+        return sorted(p for p, s in states.items() if s.health.coverage in _CUT_SHORT)
 
     try:
         states = await exporter.poller.poll_all_once()
@@ -377,6 +386,14 @@ async def _once(settings: Settings) -> int:
     # The same exposition a scrape gets: the batch series, then the process's own.
     sys.stdout.buffer.write(rendered.text + RuntimeMetrics().text())
     sys.stdout.flush()
+    if short := cut(states):
+        structlog.get_logger("exporter").warning(
+            "once_incomplete",
+            providers=short,
+            coverage={p: states[p].health.coverage for p in short},
+            detail="the full list stopped early: the exposition shows part of the batches",
+        )
+        return 1
     return 0 if listed(states) and all(s.health.up for s in states.values()) else 1
 
 

@@ -50,9 +50,13 @@ def foreseen(state: ProviderState, empty: Group) -> set[CounterKey]:
 
 
 def newly_held(previous: ProviderState | None, ledger: LedgerView, empty: Group) -> Iterable[CounterKey]:
-    """Keys counted in `ledger` that the render of `previous` did not show: series that would be born above 0."""
-    if previous is None:
-        return ()
-    before = foreseen(previous, empty)
+    """Keys counted in `ledger` that the render of `previous` did not show: series that would be born above 0.
+
+    A state no poll has succeeded for (nor a restored one) was rendered without any counter series (exporter/render.py
+    shows counters from a provider's first success on), so all that the first successful poll counts is new: a
+    failure while the gateway refused the exporter's first polls would otherwise be born at 1 and never page."""
+    before: set[CounterKey] = set()
+    if previous is not None and previous.health.last_success is not None:
+        before = foreseen(previous, empty)
     counted: list[tuple[CounterKey, int]] = [*ledger.finished.items(), *ledger.failures.items()]
     return [k for k, n in counted if n > 0 and k not in before]

@@ -430,6 +430,38 @@ def test_once_lists_an_account_larger_than_one_polls_budget_whole() -> None:
     assert lists >= 15
 
 
+@pytest.mark.parametrize(
+    ("args", "fault", "reason"),
+    [
+        (("--max-pages", "5", "--poll-mode", "full"), None, "max_pages"),
+        ((), "cursor_loop", "cursor_loop"),
+    ],
+)
+def test_once_exits_1_on_a_list_that_stopped_early(
+    args: tuple[str, ...], fault: str | None, reason: str
+) -> None:
+    """A first full list cut by max_pages or a looping cursor completes the first sync (a later poll would list it
+    again the same way), but what `--once` prints is part of the account: exit 1 and a warning naming the
+    provider, not a third of the batches with exit 0 (audit 7, surface F2)."""
+    with Simulator(providers=[ProviderSpec("openai")], lifecycle=False) as gateway:
+        for i in range(150):
+            gateway.add_batch(
+                "openai", batch_id=f"b{i:03d}", status="completed", created_at=1_700_000_000 + i
+            )
+        gateway.set_fault(fault)
+        done = run(
+            "--once", "--page-size", "10", *args,
+            env={"BIFROST_EXPORTER_BIFROST_URL": gateway.url, "BIFROST_EXPORTER_PROVIDERS": "openai",
+                 "BIFROST_EXPORTER_LOG_FORMAT": "json"},
+        )  # fmt: skip
+    s = parse_samples(done.stdout)
+    assert value(s, "bifrost_batch_exporter_coverage", provider="openai", reason=reason) == 1
+    assert (value(s, "bifrost_batches", provider="openai", status="completed") or 0) < 150
+    assert done.returncode == 1, done.stderr[-2000:]
+    warnings = [json.loads(line) for line in done.stderr.splitlines() if '"once_incomplete"' in line]
+    assert len(warnings) == 1 and warnings[0]["providers"] == ["openai"], done.stderr[-2000:]
+
+
 def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BIFROST_EXPORTER_")}
     full_env.update(env)

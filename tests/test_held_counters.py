@@ -46,3 +46,33 @@ def test_a_teams_first_failure_shows_at_0_first_then_counts() -> None:
     assert (code(first, "ml"), code(first, "ads")) == (0, 0)
     assert (failed(later, "ml"), failed(later, "ads")) == (1, 1)
     assert (code(later, "ml"), code(later, "ads")) == (1, 1)
+
+
+def test_what_the_first_successful_poll_counts_shows_at_0_first() -> None:
+    """No counter series are rendered before a provider's first successful poll: a batch that failed while the
+    gateway refused the exporter's first polls (a rollout beside the gateway, a key fixed later) is counted by the
+    first poll that succeeds, and was born at 1, invisible to increase() (audit 7, surface F1)."""
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="openai")
+    with gateway(clock, spec) as sim, exporter(sim, clock, page_size=10) as exp:
+        sim.set_fault("auth")
+        exp.poll(P)
+        before = exp.samples()
+        clock.advance(INTERVAL)
+        sim.add_batch(P, batch_id="b1", status="failed", created_at=int(clock.now) - 5,
+                      failed_at=int(clock.now) - 2, error_code="server_error")  # fmt: skip
+        sim.set_fault(None)
+        exp.poll(P)
+        first = exp.samples()
+        for _ in range(6):  # the hold: max(60 s, the 10 s interval)
+            clock.advance(INTERVAL)
+            exp.poll(P)
+        later = exp.samples()
+    labels = {"provider": P, "status": "failed", "code": "server_error", "class": "provider"}
+    assert value(before, "bifrost_batch_exporter_up", provider=P) == 0
+    assert value(before, "bifrost_batch_finished_total", provider=P, status="failed") is None
+    assert value(first, "bifrost_batch_exporter_up", provider=P) == 1
+    assert value(first, "bifrost_batch_finished_total", provider=P, status="failed") == 0
+    assert value(first, "bifrost_batch_failures_total", **labels) == 0
+    assert value(later, "bifrost_batch_finished_total", provider=P, status="failed") == 1
+    assert value(later, "bifrost_batch_failures_total", **labels) == 1
