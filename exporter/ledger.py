@@ -38,6 +38,7 @@ from .models import (
     TERMINAL_STATUSES,
     Batch,
     CacheDebug,
+    id_label,
     normalize_status,
 )
 from .outcomes import OUTCOMES, outcomes
@@ -497,7 +498,7 @@ class Ledger:
             at = ts if ts is not None else 0.0
             previous = self._last_failure.get(status)
             if previous is None or at >= previous.at:
-                self._last_failure[status] = LastFailure(batch.id[:256], codes[0], at)
+                self._last_failure[status] = LastFailure(id_label(batch.id), codes[0], at)
         created = batch.created
         if ts is not None and created is not None and ts >= created:
             self._durations[status].observe(ts - created)

@@ -14,6 +14,7 @@ item skipped with the rest kept, and the error text. Both paths return the same 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -48,6 +49,19 @@ _MAX_STATUS_LENGTH = 64
 # Year 5138: a timestamp beyond this is garbage (or milliseconds sent as seconds) and would skew every age and
 # projection computed from it.
 MAX_TIMESTAMP = 1e11
+
+
+MAX_ID_LABEL = 256
+
+
+def id_label(batch_id: str) -> str:
+    """The batch_id label: the id itself up to 256 characters; a longer one cut, with a hash of the whole id at the
+    end, so two ids that share their first 256 characters stay two series (Prometheus would keep one of two
+    identical ones)."""
+    if len(batch_id) <= MAX_ID_LABEL:
+        return batch_id
+    digest = hashlib.blake2b(batch_id.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    return f"{batch_id[: MAX_ID_LABEL - len(digest) - 1]}~{digest}"
 
 
 def valid_timestamp(ts: float | None) -> float | None:

@@ -8,7 +8,6 @@ polled incrementally aggregates exactly as one listed in full.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from .firstsync import NOT_STARTED, FirstSync
 from .ledger import Group, LedgerView
-from .models import ACTIVE_SET, Batch, normalize_status
+from .models import ACTIVE_SET, Batch, id_label, normalize_status
 from .outcomes import Outcomes, outcomes
 from .risk import ProgressTracker, assess
 
@@ -65,19 +64,6 @@ class BatchSnapshot:
         for (status, _), n in self.counts.items():
             out[status] = out.get(status, 0) + n
         return out
-
-
-MAX_ID_LABEL = 256
-
-
-def id_label(batch_id: str) -> str:
-    """The batch_id label: the id itself up to 256 characters; a longer one cut, with a hash of the whole id at the
-    end, so two ids that share their first 256 characters stay two series (Prometheus would keep one of two
-    identical ones)."""
-    if len(batch_id) <= MAX_ID_LABEL:
-        return batch_id
-    digest = hashlib.blake2b(batch_id.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-    return f"{batch_id[: MAX_ID_LABEL - len(digest) - 1]}~{digest}"
 
 
 def _progress(batch: Batch, done: int, total: int) -> float | None:

@@ -356,10 +356,16 @@ def test_two_long_ids_sharing_their_first_256_characters_are_two_per_batch_serie
             lint = subprocess.run(
                 [require_tool("promtool"), "check", "metrics"], input=exp.get().content, capture_output=True
             )
+            # The last failure names the batch as its per-batch series did (one query joins the two).
+            sim.set_status("openai", prefix + "a", "failed", now - 5)
+            exp.poll()
+            after = exp.samples()
     assert lint.returncode == 0, lint.stdout + lint.stderr
     ids = [labels["batch_id"] for labels, _ in series(samples, "bifrost_batch_job_info", provider="openai")]
     assert len(ids) == 2 and len(set(ids)) == 2
     assert all(len(i) == 256 and i.startswith(prefix[:200]) for i in ids)
+    last = list(series(after, "bifrost_batch_last_failure_info", provider="openai", status="failed"))
+    assert len(last) == 1 and last[0][0]["batch_id"] in ids
 
 
 def test_a_camel_case_metadata_key_becomes_a_snake_case_label(now: int) -> None:
