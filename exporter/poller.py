@@ -801,13 +801,15 @@ class Poller:
             )
 
         # 1. Each key's newest pages, until one shows a batch known before this poll (lists are newest first:
-        #    nothing newer lies beyond it) or nothing at all (skipped while the first full list runs, and for the
-        #    key whose walk this poll's full list starts at the head anyway). A batch another key's scan found
+        #    nothing newer lies beyond it) or nothing at all (skipped while the first full list runs, and, with one
+        #    key, when this poll's full list starts at its head anyway). A batch another key's scan found
         #    first this poll (unowned: every key sees it) is no such proof.
         heads: dict[int, tuple[str, int, int]] = {}  # key → (cursor after its head pages, pages, items read)
         if not first_sync:
             scans = _HeadScans(self, provider, ledger, run, keys, outcome, refreshed, budget, observe)
-            if not await scans.run(skip_first=starting_from_head):
+            # With several keys the first one's head is scanned even then: a burst it finds is what sends the
+            # others' scans, stopped at pages governance narrowed to nothing, down to their own new batches.
+            if not await scans.run(skip_first=starting_from_head and len(keys) == 1):
                 return outcome
             heads = scans.heads
 

@@ -438,6 +438,34 @@ def test_a_tenants_new_batch_below_another_tenants_burst_shows_after_one_poll(
         assert sim.requests(P, "list") - lists == 2
 
 
+@pytest.mark.parametrize("loud", [0, 1])
+def test_a_tenants_new_batch_below_a_burst_shows_after_one_poll_also_when_a_full_list_starts(
+    tmp_path: Path, loud: int
+) -> None:
+    """The same burst, met by the poll whose full list starts at the first key's head. That key's head scan used to
+    be skipped (the full list reads its page), so no scan found anything new, the quiet key's scan stopped at its
+    page narrowed to nothing went no further, and the next polls' scans took the burst for known: the quiet
+    tenant's new failure waited until the full list had walked the first key's whole history (audit 7, counts F4).
+    With several keys the first key's head is scanned too (one request more per full list)."""
+    with two_tenants(tmp_path, max_requests_per_second=2) as (gov, sim, exp, clock):
+        noisy, quiet = gov.keys[loud], gov.keys[1 - loud]
+        for i in range(30):
+            for j, key in enumerate(gov.keys):
+                created = START - 1000 + 2 * i + j
+                sim.add_batch(P, batch_id=f"old{j}-{i}", status="completed", created_at=created, owner=key.id)
+        poll_until_resynced(exp, clock, limit=100)
+        clock.advance(RESYNC)
+        now = int(clock.now)
+        sim.add_batch(P, batch_id="quiet-new", status="failed", created_at=now - 20, owner=quiet.id)
+        for i in range(5):
+            sim.add_batch(
+                P, batch_id=f"burst{i}", status="completed", created_at=now - 10 + i, owner=noisy.id
+            )
+        exp.poll(P)
+        assert exp.exporter.poller._runs[P].store.resync is not None  # the full list started this poll
+        assert count(exp.samples(), "failed") == 1
+
+
 def test_a_quiet_tenant_below_another_tenants_history_costs_one_page_a_poll(tmp_path: Path) -> None:
     """The second pass is bounded by what the other keys' scans found: a tenant whose batches all lie below pages of
     another tenant's (its newest page narrowed to nothing every poll) is not walked down to them, also while the
