@@ -52,11 +52,20 @@ def foreseen(state: ProviderState, empty: Group) -> set[CounterKey]:
 def newly_held(previous: ProviderState | None, ledger: LedgerView, empty: Group) -> Iterable[CounterKey]:
     """Keys counted in `ledger` that the render of `previous` did not show: series that would be born above 0.
 
-    A state no poll has succeeded for (nor a restored one) was rendered without any counter series (exporter/render.py
-    shows counters from a provider's first success on), so all that the first successful poll counts is new: a
-    failure while the gateway refused the exporter's first polls would otherwise be born at 1 and never page."""
-    before: set[CounterKey] = set()
-    if previous is not None and previous.health.last_success is not None:
+    A state no poll has succeeded for was rendered without any counter series (exporter/render.py shows counters
+    from a provider's first success on), so a key the first successful poll counted is new: a failure while the
+    gateway refused the exporter's first polls would otherwise be born at 1 and never page. A key its restored
+    ledger had counted already (a state file without a success time, format version 1's) comes with its lifetime
+    total as before: held at 0 first, that total would read as an increase."""
+    if previous is None:
+        return ()
+    if previous.health.last_success is not None:
         before = foreseen(previous, empty)
+    else:
+        restored: list[tuple[CounterKey, int]] = [
+            *previous.ledger.finished.items(),
+            *previous.ledger.failures.items(),
+        ]
+        before = {k for k, n in restored if n > 0}
     counted: list[tuple[CounterKey, int]] = [*ledger.finished.items(), *ledger.failures.items()]
     return [k for k, n in counted if n > 0 and k not in before]
