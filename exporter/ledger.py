@@ -468,6 +468,16 @@ class Ledger:
         bound = at_start if at_start else self.gateway_now
         self.last_complete_poll = min(started, bound) if bound > 0 else started
 
+    def mark_seen(self, batch_ids: Iterable[str]) -> None:
+        """A list showed these ids without handing them to observe_page (a summary item left for the retrieve that
+        brings its counts, store.defer_sparse): one held as running is seen by this poll, so it is not forgotten
+        as stale while its retrieves fail, and its end, when a retrieve shows it, counts as one watched. An id not
+        held is left alone: a sighting that was never folded must not start tracking it."""
+        ids = self._ids
+        for batch_id in batch_ids:
+            if batch_id in ids.active:
+                ids.mark_active(batch_id, self._seq)
+
     def forget(self, batch_ids: Iterable[str]) -> None:
         """Drop ids the caller knows are gone (404, absent from a full list) or stale."""
         for batch_id in batch_ids:

@@ -245,6 +245,7 @@ class Poller:
             ledger.group_of,
             keep_metadata=bool(ledger.metadata_keys),
             held=ledger.holds_active,
+            seen=ledger.mark_seen,
         )
 
     @property

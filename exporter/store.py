@@ -97,10 +97,13 @@ class Store:
         *,
         keep_metadata: bool = False,
         held: Callable[[str], bool] | None = None,
+        seen: Callable[[list[str]], None] | None = None,
     ) -> None:
-        """`held` says the ledger still holds an id as running (see defer_sparse)."""
+        """`held` says the ledger still holds an id as running; `seen` tells it which running ids a list showed
+        as items it does not see (see defer_sparse)."""
         self._label_for = label_for
         self._held = held
+        self._seen = seen
         self._group_for = group_for
         self._keep_metadata = keep_metadata
         self._labels: dict[str | None, str] = {}  # raw status → label (label_for once per distinct status)
@@ -359,10 +362,15 @@ class Store:
 
         A finished item of an id the ledger still holds as running (`held`) is one too: after a restart the store
         starts empty, and the item would otherwise be counted with the summary's zero requests. It is kept as a
-        known batch (as the list shows it) until its retrieve brings the counts the transition is counted with."""
+        known batch (as the list shows it) until its retrieve brings the counts the transition is counted with.
+
+        The ledger is told (`seen`) of the known ones left aside: the list did show them, and a running id the
+        ledger stops hearing of is forgotten after ACTIVE_FORGET_POLLS polls, so that a batch whose retrieves fail
+        that long (or wait that long for the budget) would end uncounted."""
         if not any(is_sparse(b) for b in batches):
             return batches
         kept = []
+        deferred: list[str] = []
         held = self._held
         for batch in batches:
             if not is_sparse(batch):
@@ -375,10 +383,13 @@ class Store:
             # known active batches are retrieved, so deferring it would keep it finished for good.
             if batch.id in self.active or (finished and batch.id in self):
                 self._mark_seen(batch.id)
+                deferred.append(batch.id)
                 if batch.id in self.active and batch.id not in self.listed_on:
                     self.listed_on[batch.id] = (key, None, 0)
             else:
                 kept.append(batch)
+        if deferred and self._seen is not None:
+            self._seen(deferred)
         return kept
 
     def remove(self, batch_id: str) -> None:

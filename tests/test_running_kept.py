@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.ledger import ACTIVE_FORGET_POLLS
 from exporter.simulator import ProviderSpec
 from tests.harness import ExporterThread, series, value
 from tests.test_incremental import INTERVAL, START, SimTime, exporter, gateway
@@ -160,3 +161,28 @@ def test_a_summary_listed_batch_that_finished_across_a_restart_is_counted_with_i
     After a restart the store is empty but the ledger still holds the id as running: its finished summary item is
     kept aside for a retrieve as well, not counted with the summary's zero requests."""
     assert _gemini_finish(tmp_path, restart) == (1, 10)
+
+
+def test_a_summary_listed_batch_whose_retrieves_fail_longer_than_the_ledger_waits_is_still_counted() -> None:
+    """Gemini: a known running batch on the newest page is shown by its summary item, which the poller leaves aside
+    for a retrieve (store.defer_sparse). Its retrieves fail (the provider's 5xx for that job) for longer than the
+    ledger keeps a running id it hears nothing of (ACTIVE_FORGET_POLLS). The list still showed it running every
+    poll, so the ledger keeps it: when it completes, its finish is counted, as the gauges show it."""
+    p = "gemini"
+    clock = SimTime()
+    with gateway(clock, ProviderSpec(p, style="cursor", flavor="gemini")) as sim:
+        counts = {"total": 10, "completed": 4, "failed": 0}
+        sim.add_batch(
+            p, batch_id="batches/g1", status="in_progress", created_at=START - 5000, request_counts=counts
+        )
+        with exporter(sim, clock, provider=p, page_size=4) as exp:
+            _polls(exp, clock, p, 3)
+            sim.set_fault("server_error", provider=p, endpoint="retrieve", batch_id="batches/g1")
+            _polls(exp, clock, p, ACTIVE_FORGET_POLLS + 5)
+            assert value(exp.samples(), "bifrost_batches", provider=p, status="in_progress") == 1
+            sim.set_fault(None, provider=p)
+            sim.set_status(p, "batches/g1", "completed")
+            _polls(exp, clock, p, 3)
+            s = exp.samples()
+            assert value(s, "bifrost_batches", provider=p, status="completed") == 1
+            assert value(s, "bifrost_batch_finished_total", provider=p, status="completed") == 1
