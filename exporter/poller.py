@@ -1227,6 +1227,7 @@ class Poller:
         run.resync_found = 0
         if not run.synced:
             self._first_list_done(provider, run, len(store))
+            self._await_unlisted(provider, ledger, store)
         run.synced = True
         run.resync_truncated = truncated
         run.resync_interval = self._next_interval(run.resync_interval, outcome.resync_found, truncated)
@@ -1238,6 +1239,21 @@ class Poller:
             # poll sees only the newest pages, so it never moves the watermark).
             ledger.list_completed(resync.started_at)
             run.cursor_refusals = run.resync_refusals = 0
+
+    def _await_unlisted(self, provider: str, ledger: Ledger, store: Store) -> None:
+        """After the first full list (of this process, or of a changed view): the running ids the ledger holds
+        (restored from the state directory) that the list did not show are retrieved like the known running
+        batches, least recently seen first. A list that stops early (a provider whose cursor the gateway ignores,
+        `max_pages`) does not reach a running batch known before the restart by retrieves alone: nothing else
+        would ask for it, and its end would go uncounted."""
+        added = store.await_retrieve(ledger.active_ids())
+        if added:
+            self._log.info(
+                "running_batches_awaited",
+                provider=provider,
+                count=added,
+                detail="held as running (restored) and not shown by the first full list: retrieved by id",
+            )
 
     def _next_interval(self, interval: float, found: int, truncated: str | None) -> float:
         """The time to the next full list: the floor after one that found something the polls in between had

@@ -134,6 +134,8 @@ class Store:
         self.listed_on: dict[str, ListedOn] = {}
         # Active id → the poll that last saw it (listed or retrieved): the least recently seen are retrieved first.
         self.checked_poll: dict[str, int] = {}
+        # Active ids held as an id alone (await_retrieve) until a retrieve or a list brings the batch: not shown.
+        self._unfetched: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.active) + len(self._index)
@@ -234,6 +236,8 @@ class Store:
             if marks:
                 self._give_active_marks(batch_id, marks)
             active[batch_id] = self._slim(batch)
+            if self._unfetched:
+                self._unfetched.discard(batch_id)
             self.checked_poll[batch_id] = poll
             if page is not None:
                 # A summary item (Bedrock, Gemini lists) cannot refresh its batch (a retrieve brings the counts):
@@ -335,6 +339,7 @@ class Store:
     # --- active batches -----------------------------------------------------------------------------------------
 
     def _forget_active(self, batch_id: str) -> None:
+        self._unfetched.discard(batch_id)
         self.positions.pop(batch_id, None)
         self.listed_on.pop(batch_id, None)
         self.checked_poll.pop(batch_id, None)
@@ -391,6 +396,28 @@ class Store:
         if deferred and self._seen is not None:
             self._seen(deferred)
         return kept
+
+    def await_retrieve(self, last_seen: Mapping[str, int]) -> int:
+        """Running ids the ledger holds that the store does not (id → the ledger's poll that last saw it), held as
+        known active batches with no listing key, so that the refresh retrieves them, least recently seen first;
+        returns how many. After a restart the store starts empty: a running batch below every page a full list
+        reaches (a provider whose cursor the gateway ignores lists one page per key) was known by retrieves alone,
+        and nothing would ask for it again; the ledger would forget it, and its end would go uncounted. Until a
+        retrieve (or a list) brings the batch it is not shown: its status is not known. Two 404s a poll apart
+        remove it, as any running batch."""
+        if not last_seen:
+            return 0
+        newest = max(last_seen.values())
+        added = 0
+        for batch_id, seen in last_seen.items():
+            if batch_id in self:
+                continue
+            self.active[batch_id] = Batch(id=batch_id)
+            # Below any poll of this process (retrieved first), the least recently seen lowest.
+            self.checked_poll[batch_id] = seen - newest - 1
+            self._unfetched.add(batch_id)
+            added += 1
+        return added
 
     def remove(self, batch_id: str) -> None:
         if self.active.pop(batch_id, None) is not None:
@@ -481,5 +508,9 @@ class Store:
         return {self._pairs[code]: tuple(acc) for code, acc in enumerate(self._totals) if acc[5] > 0}
 
     def fold_into(self, builder: SnapshotBuilder) -> None:
-        builder.add(self.active.values())
+        unfetched = self._unfetched
+        if unfetched:
+            builder.add(b for b in self.active.values() if b.id not in unfetched)
+        else:
+            builder.add(self.active.values())
         builder.add_totals(self.finished_totals())

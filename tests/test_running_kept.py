@@ -186,3 +186,33 @@ def test_a_summary_listed_batch_whose_retrieves_fail_longer_than_the_ledger_wait
             s = exp.samples()
             assert value(s, "bifrost_batches", provider=p, status="completed") == 1
             assert value(s, "bifrost_batch_finished_total", provider=p, status="completed") == 1
+
+
+def test_a_running_batch_known_by_retrieves_alone_is_retrieved_again_after_a_restart(tmp_path: Path) -> None:
+    """Anthropic (cursor ignored: a full list is the first page): two running batches below that page are known by
+    retrieves alone. The exporter restarts with its state directory (a rolling deploy); the store starts empty, the
+    restored ledger holds both as running. One was deleted meanwhile: two 404s a poll apart remove it and the
+    ledger lets it go. The other is retrieved again after the first full list, shown running, and its end counted."""
+    p = "anthropic"
+    clock = SimTime()
+    with gateway(clock, ProviderSpec(p, style="cursor", flavor="anthropic")) as sim:
+        sim.add_batch(p, batch_id="bx", status="in_progress", created_at=START - 5000)
+        sim.add_batch(p, batch_id="doomed", status="in_progress", created_at=START - 4999)
+        settings = {"provider": p, "page_size": 2, "state_dir": tmp_path}
+        with exporter(sim, clock, **settings) as exp:
+            _polls(exp, clock, p, 3)
+            for i in range(2):  # two newer batches fill the only page a list reads
+                sim.add_batch(p, batch_id=f"new{i}", status="in_progress", created_at=int(clock.now) - 5 + i)
+            _polls(exp, clock, p, 3)
+            assert value(exp.samples(), "bifrost_batches", provider=p, status="in_progress") == 4
+        sim.delete(p, "doomed")  # while the exporter is down
+        clock.advance(INTERVAL)
+        with exporter(sim, clock, **settings) as exp:
+            _polls(exp, clock, p, 6)
+            assert value(exp.samples(), "bifrost_batches", provider=p, status="in_progress") == 3
+            assert not exp.exporter.poller._ledgers[p].holds_active("doomed")
+            sim.set_status(p, "bx", "ended")
+            _polls(exp, clock, p, 3)
+            s = exp.samples()
+            assert value(s, "bifrost_batch_finished_total", provider=p, status="ended") == 1
+            assert value(s, "bifrost_batches", provider=p, status="in_progress") == 2
