@@ -188,6 +188,9 @@ class RetrieveResult:
     failure: Failure | None = None
     requests: int = 0
     latency_seconds: float | None = None
+    # With `gone`: governance's refusal type, when the 404 is its own (`access_blocked`: the batch is another
+    # virtual key's, which says nothing of whether it exists).
+    refusal: str | None = None
 
 
 @dataclass(slots=True)
@@ -360,6 +363,9 @@ class BifrostClient:
         # Bumped whenever a key is added, removed or given another value: the view (which batches each key sees)
         # changed, even where the names did not (a tenant's file rotated to another key).
         self._view_version = 0
+        # Per name, bumped when its key leaves the view or is given another value: a name whose generation did
+        # not change across a view change still sees the same batches.
+        self._key_generation: dict[str, int] = {}
         # One TLS context (and one read of the CA bundle) shared by every provider's pool.
         ca_file = str(settings.ca_file) if settings.ca_file is not None else None
         self._tls: ssl.SSLContext | None = (
@@ -391,11 +397,19 @@ class BifrostClient:
         keys = {name: key.get_secret_value() for name, key in settings.virtual_keys()}
         if keys != self._keys:
             self._view_version += 1
+        for name, value in self._keys.items():
+            if keys.get(name) != value:
+                self._key_generation[name] = self._key_generation.get(name, 0) + 1
         self._keys = keys
 
     def key_names(self) -> tuple[str, ...]:
         """The names of the virtual keys of the view, in order (empty: requests carry no key)."""
         return tuple(self._keys)
+
+    def key_generations(self) -> dict[str, int]:
+        """Per name of the view, how often its key changed (left the view, or was given another value) before:
+        the same name at the same generation is the same key, never saying which."""
+        return {name: self._key_generation.get(name, 0) for name in self._keys}
 
     def view_version(self) -> int:
         """Changes whenever the view's keys do (names or values), never saying how."""
@@ -614,6 +628,7 @@ class BifrostClient:
         except RequestFailedError as exc:
             if exc.status == 404 and exc.gateway_body:
                 result.gone = True
+                result.refusal = exc.refusal
             else:
                 detail = exc.detail if key is None else f"virtual key {key!r}: {exc.detail}"
                 if exc.status == 404:

@@ -142,6 +142,7 @@ class _Run:
     # head scans and retrieves, asked again by every full list.
     not_allowed: set[str] = field(default_factory=set)
     view_version: int = -1  # the client's view_version() the keys above were read at
+    key_generations: dict[str, int] = field(default_factory=dict)  # the client's key_generations() then
     polls: int = 0  # polls started: "listed by this poll or the last one" without reading any clock
     # Saved pages (key, cursor) the last poll read again: what the next full list finds new there, polls find too.
     read_again: set[tuple[int, str]] = field(default_factory=set)
@@ -149,6 +150,9 @@ class _Run:
     # turn and answers with the last one's error, so a 429 or 5xx of the key that owns the batch can reach us as
     # another key's 404: one 404 is not proof of a deletion, a second one in a later poll is.
     missing: dict[str, int] = field(default_factory=dict)
+    # Running batch no allowed key's list showed → how many keys of the view, in order, governance answered 404
+    # `access_blocked` (another key's batch) in the current round: the next one is asked (key_of).
+    blocked: dict[str, int] = field(default_factory=dict)
     # Counter keys held at 0 until then (exporter/presence.py): series the last render could not foresee.
     held: dict[tuple[Any, ...], float] = field(default_factory=dict)
     summary: _Summary = field(default_factory=_Summary)
@@ -635,21 +639,26 @@ class Poller:
         When the view changes (keys added, removed or given another value on SIGHUP) it is logged, and a full list
         under way starts again: its pages so far were read with another set of keys. A tenant's file that now holds
         another key is another view too, though its name stayed: the old key's batches go with the new first list,
-        not one by one as retrieves with the new key answer 404.
+        not one by one as retrieves with the new key answer 404. The keys that stay (the same name holding the same
+        key) keep what their lists showed (Store.move_places): a running batch that only retrieves reach (below
+        where a list stops) is still retrieved with the key that can see it, never with a newly first one that
+        governance answers 404.
         """
         names = self._client.key_names()
         version = self._client.view_version()
+        generations = self._client.key_generations()
         keys: tuple[str | None, ...] = names if names else (None,)
         if keys != run.keys or version != run.view_version:
             if run.keys:
                 self._ledgers[provider].view_changed()
                 run.store.abandon_resync()
-                run.store.forget_places()
+                run.store.move_places(_kept_keys(run.keys, run.key_generations, keys, generations))
+                run.blocked.clear()
                 run.synced = False
                 # The new view's first list starts with this poll (its start time: the pace and the estimate).
                 run.first = _FirstList(started_at=self._clock())
                 run.resync_found = 0
-            run.keys, run.view_version = keys, version
+            run.keys, run.view_version, run.key_generations = keys, version, generations
             run.not_allowed.intersection_update(names)
             self._log_view(provider, names)
         return keys
@@ -983,13 +992,16 @@ class Poller:
         ]
         queue += [(store.checked_poll.get(i, -1), 1, i, None) for i in stale() if i not in grouped]
         queue.sort(key=lambda item: item[:3])
-        allowed = [key for key in keys if key not in run.not_allowed] or list(keys)
+        allowed = [k for k, key in enumerate(keys) if key not in run.not_allowed] or list(range(len(keys)))
 
-        def key_of(batch_id: str) -> str | None:
-            # A key that listed the batch; if the gateway no longer allows that key on the provider, another key
-            # of the view (whose 404 then says the batch is not in the view any more).
-            key = keys[(store.listed_by(batch_id) or 0) % len(keys)]
-            return key if key not in run.not_allowed else allowed[0]
+        def key_of(batch_id: str) -> tuple[int, bool]:
+            # A key that can see the batch (True): the one whose list showed it, else whose retrieve answered with
+            # it. Without one the gateway allows, the allowed keys in turn (False), as governance answers each that
+            # the batch is another key's (run.blocked).
+            for k in store.retrieve_keys(batch_id):
+                if k is not None and k < len(keys) and keys[k] not in run.not_allowed:
+                    return k, True
+            return allowed[run.blocked.get(batch_id, 0) % len(allowed)], False
 
         run.read_again = set()
         for rank, _, batch_id, page in queue:
@@ -1011,7 +1023,8 @@ class Poller:
                 batch_id = wanted.pop()  # alone now: a retrieve costs what its page would
             if batch_id in refreshed:
                 continue
-            got = await self._client.retrieve(provider, batch_id, key=key_of(batch_id))
+            k, seeing = key_of(batch_id)
+            got = await self._client.retrieve(provider, batch_id, key=keys[k])
             outcome.retrieve_requests += got.requests
             outcome.retries += max(0, got.requests - 1)
             if got.batch is not None or got.gone:
@@ -1020,8 +1033,13 @@ class Poller:
                 observe([got.batch])
                 store.refresh(got.batch, poll=poll)
                 refreshed.add(batch_id)
+                run.blocked.pop(batch_id, None)
+                if not seeing:
+                    store.answered(batch_id, k)
                 if got.latency_seconds is not None:
                     ledger.pages_fetched(0, [got.latency_seconds], ())
+            elif got.gone and not seeing and _another_keys_batch(run, batch_id, got.refusal, len(allowed)):
+                queue.append((rank, 1, batch_id, None))  # the next key, this poll if the budget allows
             elif got.gone and run.missing.setdefault(batch_id, poll) < poll:
                 del run.missing[batch_id]
                 store.remove(batch_id)
@@ -1036,6 +1054,7 @@ class Poller:
         outcome.refresh_deferred = len(stale())
         # A 404 followed by an answer (a list or a retrieve showed it) starts over; one no longer known is done.
         run.missing = {i: p for i, p in run.missing.items() if i in store.active and i not in refreshed}
+        run.blocked = {i: n for i, n in run.blocked.items() if i in store.active}
 
     @staticmethod
     def _pages_down(
@@ -1647,6 +1666,36 @@ class _HeadScans:
             if not settled[0]:
                 self._unsettled.add(k)
         return True
+
+
+def _kept_keys(
+    old: tuple[str | None, ...],
+    old_generations: Mapping[str, int],
+    new: tuple[str | None, ...],
+    new_generations: Mapping[str, int],
+) -> dict[int, int]:
+    """Across a change of the view: old index → new index of each key in both views that is the same key (its
+    name, not given another value meanwhile). What such a key's list showed, it still shows."""
+    where = {name: k for k, name in enumerate(new) if name is not None}
+    return {
+        k: where[name]
+        for k, name in enumerate(old)
+        if name is not None and name in where and old_generations.get(name) == new_generations.get(name)
+    }
+
+
+def _another_keys_batch(run: _Run, batch_id: str, refusal: str | None, keys: int) -> bool:
+    """A 404 that is governance's `access_blocked`, to a key whose list never showed the batch: the batch is another
+    virtual key's, which says nothing of whether it exists, so the view's next key is asked (True). Only a round in
+    which every key was refused so counts as a 404 (False: the batch is in no key's view any more)."""
+    if refusal != "access_blocked":
+        return False
+    tried = run.blocked.get(batch_id, 0) + 1
+    if tried >= keys:
+        run.blocked.pop(batch_id, None)
+        return False
+    run.blocked[batch_id] = tried
+    return True
 
 
 def _iso(timestamp: float) -> str:

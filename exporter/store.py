@@ -134,6 +134,8 @@ class Store:
         self.listed_on: dict[str, ListedOn] = {}
         # Active id → the poll that last saw it (listed or retrieved): the least recently seen are retrieved first.
         self.checked_poll: dict[str, int] = {}
+        # Active id → the view's key whose retrieve answered with it, for one no allowed key's list showed.
+        self.answered_by: dict[str, int] = {}
         # Active ids held as an id alone (await_retrieve) until a retrieve or a list brings the batch: not shown.
         self._unfetched: set[str] = set()
 
@@ -340,6 +342,7 @@ class Store:
 
     def _forget_active(self, batch_id: str) -> None:
         self._unfetched.discard(batch_id)
+        self.answered_by.pop(batch_id, None)
         self.positions.pop(batch_id, None)
         self.listed_on.pop(batch_id, None)
         self.checked_poll.pop(batch_id, None)
@@ -453,16 +456,37 @@ class Store:
         page = self.listed_on.get(batch_id)
         return None if page is None else page[0]
 
+    def answered(self, batch_id: str, key: int) -> None:
+        """A retrieve with the view's `key` answered with this running batch, which no key the gateway allows had
+        listed: its next retrieves go with that key (governance answers the others 404)."""
+        if batch_id in self.active:
+            self.answered_by[batch_id] = key
+
+    def retrieve_keys(self, batch_id: str) -> tuple[int | None, int | None]:
+        """The view's key whose list last showed the batch, and the one whose retrieve last answered with it when
+        no list had (None: none)."""
+        page = self.listed_on.get(batch_id)
+        return (None if page is None else page[0]), self.answered_by.get(batch_id)
+
     def lose_page(self, batch_id: str) -> None:
         """Its saved page no longer shows the batch: retrieved until a list shows it again (its key is kept)."""
         page = self.listed_on.get(batch_id)
         if page is not None and page[1] is not None:
             self.listed_on[batch_id] = (page[0], None, 0)
 
-    def forget_places(self) -> None:
-        """The view's keys changed: positions and listing keys refer to keys that are no more."""
-        self.positions.clear()
-        self.listed_on.clear()
+    def move_places(self, moved: Mapping[int, int]) -> None:
+        """The view's keys changed: places and listing keys follow each key still in the view to its new index
+        (`moved`: old → new), and those of keys that left are forgotten. A running batch that only retrieves reach
+        (below where a list stops) keeps the key that can see it: under governance any other key is answered 404,
+        which two polls in a row would take for a deletion."""
+        self.positions = {i: (moved[k], at) for i, (k, at) in self.positions.items() if k in moved}
+        self.answered_by = {i: moved[k] for i, k in self.answered_by.items() if k in moved}
+        pages: dict[ListedOn, ListedOn] = {}  # one tuple per page still, shared by its batches
+        listed_on: dict[str, ListedOn] = {}
+        for batch_id, page in self.listed_on.items():
+            if page[0] in moved:
+                listed_on[batch_id] = pages.setdefault(page, (moved[page[0]], page[1], page[2]))
+        self.listed_on = listed_on
 
     # --- full lists ---------------------------------------------------------------------------------------------
 
