@@ -59,10 +59,10 @@ from .ledger import Ledger
 from .tracked import IdChanges
 
 FORMAT: Final = "bifrost-batch-exporter-ledger"
-# The newest format this exporter reads. The base and the marker are version 2; a journal is version 2, or version 3
-# when its records may carry counter rows (below): only a ledger whose counter tables are wide writes it, so that a
-# rollback to a release reading version 2 refuses only the directories it would misread.
-VERSION: Final = 3
+# The newest formats this exporter reads and writes, per kind of file: the base and the marker are version 2; a
+# journal is version 2, or version 3 when its records may carry counter rows (below): only a ledger with owner groups
+# whose counter tables are wide writes it, so that a rollback to a release reading version 2 refuses only the
+# directories it would misread. A file of a newer version than its kind's is refused, never overwritten.
 LAYOUT_VERSION: Final = 2
 ROWS_VERSION: Final = 3
 # The per-status-and-group counter tables of the ledger's head, and the number of rows from which a journal record
@@ -453,14 +453,17 @@ def _open_regular(path: Path) -> tuple[BinaryIO, int] | None:
     return f, size
 
 
-def _check_header(doc: Mapping[str, Any], path: Path, state_dir: Path, provider: str) -> None:
+def _check_header(
+    doc: Mapping[str, Any], path: Path, state_dir: Path, provider: str, newest: int = LAYOUT_VERSION
+) -> None:
+    """`newest`: the newest version of this kind of file this exporter reads (the journal's is not the base's)."""
     if doc.get("format") != FORMAT:
         raise StateError(f"{path} is not a {FORMAT} file")
     version = doc.get("version")
-    if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > newest:
         raise NewerStateError(
             f"state_dir {state_dir}: {path.name} was written by a newer exporter (format version {version}; "
-            f"this one reads up to {VERSION}); refusing to start rather than overwrite it — run the newer "
+            f"this one reads up to {newest}); refusing to start rather than overwrite it — run the newer "
             "version, or move the provider's ledger-* files away to start its counters afresh"
         )
     if doc.get("provider") != provider:
@@ -587,7 +590,7 @@ def _replay_journal(state_dir: Path, provider: str, restored: Restored) -> None:
             if first is None or not isinstance(first[0], bytes):
                 raise _Damaged("no header")
             header = _json(first[0], str(path))
-            _check_header(header, path, state_dir, provider)
+            _check_header(header, path, state_dir, provider, newest=ROWS_VERSION)
             if header.get("generation") != restored.generation:
                 return  # a journal of another base: a compaction was cut short, its base holds all of it
             restored.journal_version = (
@@ -796,10 +799,13 @@ class Journal:
             key: json.dumps(value, separators=(",", ":"), allow_nan=False) for key, value in head.items()
         }
         grown = self._journal_bytes > max(self.compact_min_bytes, self._base_bytes)
-        wide = sum(len(table) for table in tables.values()) >= ROWS_MIN
-        # A journal of version 2 cannot take rows: a ledger whose tables grew wide starts a version-3 journal.
-        narrow_journal = wide and self._version < ROWS_VERSION
-        changes = None if self._compact_next or grown or narrow_journal else ledger.take_changes()
+        # Rows only where owner groups widen the tables (without them, failure codes alone may reach the bound):
+        # a directory without metadata_labels stays readable by a release that reads version 2.
+        wide = bool(ledger.metadata_keys) and sum(len(table) for table in tables.values()) >= ROWS_MIN
+        # A journal of version 2 cannot take rows: a ledger whose tables grew wide starts a version-3 journal, and
+        # one that is narrow again (metadata_labels removed at a restart) goes back to version 2.
+        other_version = (ROWS_VERSION if wide else LAYOUT_VERSION) != self._version
+        changes = None if self._compact_next or grown or other_version else ledger.take_changes()
         if changes is None:
             version = ROWS_VERSION if wide else LAYOUT_VERSION
             whole = {

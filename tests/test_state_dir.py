@@ -369,7 +369,9 @@ def test_a_second_exporter_on_the_same_state_dir_refuses_to_start(sim: Simulator
 
 
 def _newer(header: dict[str, Any]) -> dict[str, Any]:
-    return {**header, "version": statefile.VERSION + 1}
+    """The header one version past the newest of its kind this exporter reads (a base has a head; a journal not)."""
+    newest = statefile.LAYOUT_VERSION if "head" in header else statefile.ROWS_VERSION
+    return {**header, "version": newest + 1}
 
 
 def _reframe_first(path: Path, mutate: Any) -> None:
@@ -383,12 +385,14 @@ def test_a_state_file_of_a_newer_version_is_refused_not_overwritten(
     sim: Simulator, tmp_path: Path, where: str
 ) -> None:
     """A rollback: whichever file a newer exporter wrote in a newer format, this one exits 2 naming the directory
-    and leaves every file as it was. (The version-2 marker is also what makes a version-1 exporter refuse.)"""
+    and leaves every file as it was. (The version-2 marker is also what makes a version-1 exporter refuse.) Newer is
+    per kind of file: a base or marker of version 3 is newer (this exporter writes them as version 2), a journal of
+    version 3 is not (audit 7, state F1: a base of version 3 was dropped and overwritten)."""
     if where == "marker":
         path = tmp_path / f"ledger-{P}.json"
         newer = {
             "format": statefile.FORMAT,
-            "version": statefile.VERSION + 1,
+            "version": statefile.LAYOUT_VERSION + 1,
             "provider": P,
             "ledger": {"x": 1},
         }

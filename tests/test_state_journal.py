@@ -19,6 +19,7 @@ from bench.common import child_env
 from exporter import statefile
 from exporter.client import REASONS, Failure
 from exporter.cost import CostLedger, Row
+from exporter.failure_classes import TABLE as KNOWN_CODES
 from exporter.ledger import Ledger
 from exporter.models import Batch
 from exporter.settings import DEFAULT_DURATION_BUCKETS, DEFAULT_LATENCY_BUCKETS
@@ -332,6 +333,59 @@ def test_a_ledger_without_wide_tables_keeps_a_journal_a_version_2_reader_takes(t
         f.write(statefile.json_record({"rows": {"finished": [["completed", [], 99]]}}))
     with pytest.raises(statefile.StateError, match="malformed"):
         statefile.read(tmp_path, P)
+
+
+def test_a_journal_carries_rows_only_with_owner_groups(tmp_path: Path) -> None:
+    """Version 3 (rows) is for owner groups: failure codes alone can widen the tables past the bound without any
+    (a release reading version 2 would then refuse a directory it reads well), and a ledger whose metadata_labels
+    were removed at a restart goes back to a version-2 journal at its next write, not at a compaction days later
+    (audit 7, state F2)."""
+    led = Ledger(T0, DEFAULT_DURATION_BUCKETS, DEFAULT_LATENCY_BUCKETS, REASONS, 3600.0)
+    statuses = ("failed", "expired")
+    codes = [*KNOWN_CODES, *(f"code_{i}" for i in range(30))]
+    led.observe(
+        [
+            Batch.model_validate(
+                {"id": f"x{i}-{s}", "status": s, "created_at": T0 - 600, f"{s}_at": T0 + 5,
+                 "errors": {"data": [{"code": code}]}}
+            )
+            for i, code in enumerate(codes)
+            for s in statuses
+        ],
+        T0 + 10,
+        True,
+    )  # fmt: skip
+    assert sum(len(t) for t in led.count_tables().values()) >= statefile.ROWS_MIN
+    journal = statefile.Journal(tmp_path, P)
+    for n in range(2):
+        led.poll_started()
+        write = journal.prepare(led, T0 + 30 * (n + 1))
+        write.run(statefile.REAL_FILE_OPS)
+        journal.done(write)
+    header, *_ = statefile.iter_records(statefile.journal_path(tmp_path, P))
+    assert isinstance(header, dict) and header["version"] == statefile.LAYOUT_VERSION
+
+    grouped = tmp_path / "grouped"
+    led = _ledger(keys=("team",))
+    led.observe([_batch(i, "completed", T0 - 600, T0 + 5, team=i) for i in range(40)], T0 + 10, True)
+    journal = statefile.Journal(grouped, P)
+    write = journal.prepare(led, T0 + 30)
+    write.run(statefile.REAL_FILE_OPS)
+    journal.done(write)
+    header, *_ = statefile.iter_records(statefile.journal_path(grouped, P))
+    assert isinstance(header, dict) and header["version"] == statefile.ROWS_VERSION
+    led, restored = _read(grouped, keys=())  # restarted without metadata_labels
+    journal = statefile.Journal(grouped, P)
+    journal.attach(restored)
+    led.poll_started()
+    write = journal.prepare(led, T0 + 60)
+    write.run(statefile.REAL_FILE_OPS)
+    journal.done(write)
+    assert write.compaction
+    header, *_ = statefile.iter_records(statefile.journal_path(grouped, P))
+    assert isinstance(header, dict) and header["version"] == statefile.LAYOUT_VERSION
+    back, _ = _read(grouped)
+    assert _canonical(back) == _canonical(led)
 
 
 # ---- the cost ledger (cost_metrics), whose changes ride in the same records -----------------------------------------
