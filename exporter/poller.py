@@ -846,6 +846,11 @@ class Poller:
             await self._refresh_known(
                 provider, ledger, run, keys, heads, refreshed, outcome, budget, started, recent_ok=first_sync
             )
+        # The ledger forgets a running id no poll showed for ACTIVE_FORGET_POLLS polls. One the store still holds
+        # running (reached by retrieves alone, which fail or wait for the budget) is still watched, and so is, until
+        # this process's first full list is done, one restored from the state directory that the list has not
+        # reached yet: its end must count when it comes, also without an end time (Gemini).
+        ledger.mark_seen(store.active if run.synced else ledger.active_ids())
         ledger.finish_poll(started, complete=False)
         return outcome
 
