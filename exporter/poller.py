@@ -1541,8 +1541,13 @@ class Poller:
         now = self._clock()
         hold = max(60.0, self._settings.poll_interval_seconds)
         empty = ("",) * len(self._settings.metadata_labels)
-        for key in presence.newly_held(self._states.get(provider), state.ledger, empty):
+        previous = self._states.get(provider)
+        for key in presence.newly_held(previous, state.ledger, empty):
             run.held.setdefault(key, now + hold)
+        if previous is None or previous.health.last_success is None:
+            # No counter has been rendered yet (render.py shows them from a first success on): a hold runs from the
+            # first render, or failed polls that outlast it would let their counts be born above 0 after all.
+            run.held = dict.fromkeys(run.held, now + hold)
         run.held = {key: until for key, until in run.held.items() if until > now}
         if not run.held and not state.ledger.held:
             return state

@@ -76,3 +76,40 @@ def test_what_the_first_successful_poll_counts_shows_at_0_first() -> None:
     assert value(first, "bifrost_batch_failures_total", **labels) == 0
     assert value(later, "bifrost_batch_finished_total", provider=P, status="failed") == 1
     assert value(later, "bifrost_batch_failures_total", **labels) == 1
+
+
+def test_what_a_failed_first_poll_counted_shows_at_0_when_a_poll_first_succeeds() -> None:
+    """A first poll counts a failure on its first page and then fails on a continuation page, and the gateway goes
+    on failing those pages for longer than the hold. Nothing is rendered before a first success, so the hold runs
+    from there: the series shows 0 first, its count after (audit 7, diff F1)."""
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="openai")
+    with gateway(clock, spec) as sim, exporter(sim, clock, page_size=2) as exp:
+        for i in range(4):
+            sim.add_batch(P, batch_id=f"old{i}", status="completed", created_at=int(clock.now) - 5000 + i,
+                          completed_at=int(clock.now) - 4000)  # fmt: skip
+        sim.add_batch(P, batch_id="b1", status="failed", created_at=int(clock.now) - 5,
+                      failed_at=int(clock.now) + 1, error_code="server_error")  # fmt: skip
+        clock.advance(2)
+        sim.set_fault("server_error", cursor_only=True)  # the first page answers, the continuation pages fail
+        for _ in range(8):  # 80 s: past the hold of max(60 s, the 10 s interval)
+            exp.poll(P)
+            clock.advance(INTERVAL)
+        still = exp.samples()
+        counted = dict(exp.exporter.poller.states[P].ledger.failures)
+        sim.set_fault(None)
+        exp.poll(P)
+        first = exp.samples()
+        for _ in range(6):
+            clock.advance(INTERVAL)
+            exp.poll(P)
+        later = exp.samples()
+    labels = {"provider": P, "status": "failed", "code": "server_error", "class": "provider"}
+    assert counted.get(("failed", "server_error", ())) == 1  # counted by the failed polls, never rendered
+    assert value(still, "bifrost_batch_exporter_up", provider=P) == 0
+    assert value(still, "bifrost_batch_failures_total", **labels) is None
+    assert value(first, "bifrost_batch_exporter_up", provider=P) == 1
+    assert value(first, "bifrost_batch_failures_total", **labels) == 0
+    assert value(first, "bifrost_batch_finished_total", provider=P, status="failed") == 0
+    assert value(later, "bifrost_batch_failures_total", **labels) == 1
+    assert value(later, "bifrost_batch_finished_total", provider=P, status="failed") == 1
