@@ -82,58 +82,70 @@ _step = st.one_of(
 )
 
 
+class _Saves:
+    """The poller's save of one provider's ledger (a journal write; `failed` on an error), and what a read of the
+    directory must give back after it: the ledger at its last successful write."""
+
+    def __init__(self, state_dir: Path, led: Ledger, compact_min_bytes: int) -> None:
+        self.state_dir = state_dir
+        self.compact_min_bytes = compact_min_bytes
+        self.led = led
+        self.journal = self._journal()
+        self.written: str | None = None
+
+    def _journal(self) -> statefile.Journal:
+        journal = statefile.Journal(self.state_dir, P)
+        journal.compact_min_bytes = self.compact_min_bytes
+        return journal
+
+    def save(self, now: float, ops: statefile.FileOps = statefile.REAL_FILE_OPS) -> None:
+        write = self.journal.prepare(self.led, now)
+        try:
+            write.run(ops)
+        except OSError:
+            self.journal.failed()
+            return
+        self.journal.done(write)
+        self.written = _canonical(self.led)
+
+    def restart(self, keys: tuple[str, ...] = ()) -> None:
+        self.led, restored = _read(self.state_dir, keys)
+        self.journal = self._journal()
+        self.journal.attach(restored)
+
+    def check(self, keys: tuple[str, ...] = ()) -> None:
+        back, _ = _read(self.state_dir, keys)
+        assert _canonical(back) == self.written
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(_step, max_size=30))
 def test_what_is_read_back_is_the_ledger_at_its_last_write(
     tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, Any]]
 ) -> None:
-    state_dir = tmp_path_factory.mktemp("state")
-    led = _ledger()
-    journal = statefile.Journal(state_dir, P)
-    journal.compact_min_bytes = 2048  # compactions happen within a few dozen polls
+    saves = _Saves(tmp_path_factory.mktemp("state"), _ledger(), 2048)  # compactions within a few dozen polls
     now = T0
-    seq = 0
-    written = None
-
-    def save(ops: statefile.FileOps = statefile.REAL_FILE_OPS) -> None:
-        nonlocal written
-        write = journal.prepare(led, now)
-        try:
-            write.run(ops)
-        except OSError:
-            journal.failed()
-            return
-        journal.done(write)
-        written = _canonical(led)
-
-    save()
+    saves.save(now)
     for kind, arg in steps:
         if kind == "poll":
             batches, complete = arg
             now += 30
-            seq += 1
-            led.poll_started()
-            led.observe(
-                [_batch(n, status, now - 6000, now + offset) for n, status, offset in batches],
-                now,
-                complete,
+            saves.led.poll_started()
+            saves.led.observe(
+                [_batch(n, status, now - 6000, now + offset) for n, status, offset in batches], now, complete
             )
-            save()
+            saves.save(now)
         elif kind == "hours":
             now += arg * 3600  # past the 1-hour retention: settled ids expire in the next poll
         elif kind == "compact":
-            journal.compact_next()
-            save()
+            saves.journal.compact_next()
+            saves.save(now)
         elif kind == "fail":
-            led.poll_started()
-            save(FailOnce())
+            saves.led.poll_started()
+            saves.save(now, FailOnce())
         else:
-            led, restored = _read(state_dir)
-            journal = statefile.Journal(state_dir, P)
-            journal.compact_min_bytes = 2048
-            journal.attach(restored)
-        back, _ = _read(state_dir)
-        assert _canonical(back) == written
+            saves.restart()
+        saves.check()
 
 
 # With an owner group per batch: the counter tables grow wide (a journal of version 3 then carries their changed
@@ -163,57 +175,36 @@ def test_wide_counter_tables_read_back_as_written(
     compactions, failed writes, restarts and a change of metadata keys at a restart, what is read back is exactly
     the ledger at its last write, and a journal carries rows only when it is of version 3."""
     monkeypatch.setattr(statefile, "ROWS_MIN", 4)  # wide within a poll or two
-    state_dir = tmp_path_factory.mktemp("state")
     keys: tuple[str, ...] = ("team",)
-    led = _ledger(keys=keys)
-    journal = statefile.Journal(state_dir, P)
-    journal.compact_min_bytes = (
-        1 << 30
-    )  # compactions only when the steps ask or the journal must change version
+    # Compactions only when the steps ask or the journal must change version.
+    saves = _Saves(tmp_path_factory.mktemp("state"), _ledger(keys=keys), 1 << 30)
     now = T0
-    written = None
-
-    def save(ops: statefile.FileOps = statefile.REAL_FILE_OPS) -> None:
-        nonlocal written
-        write = journal.prepare(led, now)
-        try:
-            write.run(ops)
-        except OSError:
-            journal.failed()
-            return
-        journal.done(write)
-        written = _canonical(led)
-
-    save()
+    saves.save(now)
     for kind, arg in steps:
         if kind == "poll":
             batches, complete = arg
             now += 30
-            led.poll_started()
-            led.observe(
+            saves.led.poll_started()
+            saves.led.observe(
                 [_batch(n, status, now - 6000, now + off, team) for n, status, off, team in batches],
                 now,
                 complete,
             )
-            save()
+            saves.save(now)
         elif kind == "compact":
-            journal.compact_next()
-            save()
+            saves.journal.compact_next()
+            saves.save(now)
         elif kind == "fail":
-            led.poll_started()
-            save(FailOnce())
+            saves.led.poll_started()
+            saves.save(now, FailOnce())
         else:
             if kind == "rekey":
                 keys = ("team", "project") if keys == ("team",) else ("team",)
-            led, restored = _read(state_dir, keys)
-            journal = statefile.Journal(state_dir, P)
-            journal.compact_min_bytes = 1 << 30
-            journal.attach(restored)
+            saves.restart(keys)
             if kind == "rekey":
-                save()  # the counters of the old keys are gone, on disk too
-        back, _ = _read(state_dir, keys)
-        assert _canonical(back) == written
-        records = list(statefile.iter_records(statefile.journal_path(state_dir, P)))
+                saves.save(now)  # the counters of the old keys are gone, on disk too
+        saves.check(keys)
+        records = list(statefile.iter_records(statefile.journal_path(saves.state_dir, P)))
         header = records[0]
         assert isinstance(header, dict)
         if header["version"] == statefile.LAYOUT_VERSION:

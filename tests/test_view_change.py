@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from exporter.simulator import ProviderSpec, Simulator, write_key_dir
 from exporter.simulator.governance import Governance, VirtualKey
 from tests.harness import ExporterThread, value
@@ -97,32 +99,28 @@ def _change_view(exp: ExporterThread, keys: Path, *view: VirtualKey) -> None:
     exp.exporter.client.update_credentials(exp.settings.reread_secret_files())
 
 
-def test_a_key_added_to_the_view_keeps_the_running_batch_only_retrieves_reach(tmp_path: Path) -> None:
-    """The view is tenant-b's key; tenant-a's is added ahead of it. b's running batch is still retrieved with b's
-    key (never a's, which governance answers 404), shown while it runs, and its end counted."""
-    with _below_the_page(tmp_path, (B,), {"bx": B}) as (sim, exp, clock, keys):
-        _change_view(exp, keys, A, B)
+@pytest.mark.parametrize(
+    ("before", "after", "owner"),
+    [((B,), (A, B), B), ((A, B, C), (B, C), C)],
+    ids=["a key added ahead", "a key removed before it"],
+)
+def test_a_view_change_keeps_the_running_batch_only_retrieves_reach_with_its_key(
+    tmp_path: Path, before: tuple[VirtualKey, ...], after: tuple[VirtualKey, ...], owner: VirtualKey
+) -> None:
+    """A key is added ahead of the owner's (tenant-a's before tenant-b's), or one before it leaves (tenant-a's
+    from a view of three: tenant-c's moves from third to second). The owner's running batch below the only page a
+    list reads is still retrieved with the owner's key (never another, which governance answers 404), shown while
+    it runs, and its end counted."""
+    batch = "x"
+    with _below_the_page(tmp_path, before, {batch: owner}) as (sim, exp, clock, keys):
+        _change_view(exp, keys, *after)
         since = len(sim.request_log())
         _polls(exp, clock, 6)
         assert _running(exp) == 3
-        sim.set_status(P, "bx", "ended")
+        sim.set_status(P, batch, "ended")
         _polls(exp, clock, 3)
         assert _ended(exp) == 1
-        assert _retrieved_with(sim, "bx", since) == {B.id}
-
-
-def test_a_key_removed_from_the_view_keeps_the_running_batches_of_the_keys_that_stay(tmp_path: Path) -> None:
-    """Tenant-a's key leaves a view of three: tenant-c's key moves from third to second, and its running batch
-    is still retrieved with it, kept while it runs, and its end counted."""
-    with _below_the_page(tmp_path, (A, B, C), {"cx": C}) as (sim, exp, clock, keys):
-        _change_view(exp, keys, B, C)
-        since = len(sim.request_log())
-        _polls(exp, clock, 6)
-        assert _running(exp) == 3
-        sim.set_status(P, "cx", "ended")
-        _polls(exp, clock, 3)
-        assert _ended(exp) == 1
-        assert _retrieved_with(sim, "cx", since) == {C.id}
+        assert _retrieved_with(sim, batch, since) == {owner.id}
 
 
 def test_a_rotated_key_lets_its_old_tenants_batch_go_and_keeps_the_others(tmp_path: Path) -> None:
