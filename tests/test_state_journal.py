@@ -68,6 +68,12 @@ class FailOnce(statefile.FileOps):
         raise OSError(errno.ENOSPC, "no space left on device")
 
 
+# Steps of any sequence: a compaction asked for, a write that fails half-way, a restart reading the directory.
+_WRITES = (
+    st.tuples(st.just("compact"), st.none()),
+    st.tuples(st.just("fail"), st.none()),
+    st.tuples(st.just("restart"), st.none()),
+)
 # One poll: batches (id number, status, timestamp offset) seen; whether the list was complete.
 _poll = st.tuples(
     st.lists(st.tuples(st.integers(0, 60), st.sampled_from(STATUSES), st.integers(-5000, 5000)), max_size=12),
@@ -76,9 +82,7 @@ _poll = st.tuples(
 _step = st.one_of(
     st.tuples(st.just("poll"), _poll),
     st.tuples(st.just("hours"), st.integers(1, 3)),
-    st.tuples(st.just("compact"), st.none()),
-    st.tuples(st.just("fail"), st.none()),
-    st.tuples(st.just("restart"), st.none()),
+    *_WRITES,
 )
 
 
@@ -159,9 +163,7 @@ _wide_poll = st.tuples(
 )
 _wide_step = st.one_of(
     st.tuples(st.just("poll"), _wide_poll),
-    st.tuples(st.just("compact"), st.none()),
-    st.tuples(st.just("fail"), st.none()),
-    st.tuples(st.just("restart"), st.none()),
+    *_WRITES,
     st.tuples(st.just("rekey"), st.none()),
 )
 
@@ -410,9 +412,7 @@ _cost_step = st.one_of(
     st.tuples(st.just("finish"), st.lists(st.tuples(st.integers(0, 200), st.integers(0, 4)), max_size=6)),
     st.tuples(st.just("settle"), st.lists(st.tuples(_answer, st.integers(0, 2)), max_size=8)),
     st.tuples(st.just("idle"), st.integers(30, 3000)),
-    st.tuples(st.just("compact"), st.none()),
-    st.tuples(st.just("fail"), st.none()),
-    st.tuples(st.just("restart"), st.none()),
+    *_WRITES,
 )
 
 
