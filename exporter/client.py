@@ -143,7 +143,8 @@ class ListResult:
     `batches` is filled only when list_batches was called without `on_page`; the poller streams pages instead, so
     a large gateway's list never has to sit in memory whole. `truncated` says the list is known to be partial for
     a reason the operator must see (with `truncated_detail` naming the gateway behaviour and the workaround);
-    `stopped` says why paging ended when it did not fail, and `next_cursor` where a later call can continue.
+    `stopped` says why paging ended when it did not fail, and `next_cursor` where a later call can continue (also
+    after a failure on a page past the first: the failed page).
     """
 
     batches: list[Batch] = field(default_factory=list)
@@ -478,6 +479,10 @@ class BifrostClient:
                 and (exc.reason == "client_error" or (exc.reason == "server_error" and exc.cursor_error))
             )
             result.key_not_allowed = key is not None and exc.refusal == "provider_blocked"
+            if result.pages and not result.cursor_refused:
+                # Where a walk that read pages before the failing one goes on from (a full list spread over polls):
+                # sending its earlier pages again would spend a whole poll's requests twice.
+                result.next_cursor = tally.cursor
         result.requests = tally.requests
         result.retries = tally.retries
         return result

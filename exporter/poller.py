@@ -1209,7 +1209,12 @@ class Poller:
             self._take_list(outcome, result, ledger, head=True)
             resync.pages += result.pages
             if outcome.failure is not None or outcome.unsupported:
-                return  # the full list resumes from its cursor next poll
+                # The full list resumes next poll from the page that failed, not from where this poll began: the
+                # pages read before it are folded already (sending them again spent a poll's requests twice, and
+                # counted its pages twice in the first list's progress).
+                if result.failure is not None and result.next_cursor is not None:
+                    resync.cursor = result.next_cursor
+                return
             too_long = resync.pages >= RESYNC_MAX_PAGES_FACTOR * self._settings.max_pages
             if result.stopped == "budget" and not too_long:
                 resync.cursor = result.next_cursor

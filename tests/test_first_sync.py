@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 
 import pytest
 import structlog
@@ -178,3 +179,56 @@ def test_the_estimate_needs_a_length_and_a_pace() -> None:
     # Past the expected length (the account grew): one more page at the pace.
     assert estimate_completion(50, 40, T0, T0 + 50) == T0 + 51
     assert FirstSync(pages=10, started_at=T0).pace(T0 + 5) == 2.0
+
+
+class _FaultAt(VirtualTime):
+    """The injected clock, arming a simulator fault once the exporter's own waits pass each of `at`."""
+
+    def __init__(self, start: float, at: list[float]) -> None:
+        super().__init__(start)
+        self._at = sorted(at)
+        self.arm: Callable[[], None] = lambda: None
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds)
+        if self._at and self.now >= self._at[0]:
+            self._at.pop(0)
+            self.arm()
+
+
+@pytest.mark.parametrize(
+    ("fault", "outages"),
+    [("5xx", []), ("5xx", [25.0]), ("5xx", [25.0, 55.0]), ("429", [25.0])],
+    ids=["no outage", "one 5xx outage", "two 5xx outages", "a 429 with Retry-After 40"],
+)
+def test_a_page_that_fails_mid_first_list_does_not_throw_away_the_pages_before_it(
+    fault: str, outages: list[float]
+) -> None:
+    """A gateway outage longer than one page's retries (or a 429 whose Retry-After outlasts backoff_max) 25 s into
+    the first full list of 700 pages. The next poll goes on from the page that failed, not from where the failed
+    poll began: the gateway is not sent a poll's pages twice, the first list's progress counts each page once, and
+    the first complete picture stays within 1.1 × pages ÷ rate + one interval (plus the Retry-After) — with the old
+    restart point, two outages missed it (audit 7, scale F1)."""
+    total, rate = 700, 10.0
+    clock = _FaultAt(T0, [T0 + t for t in outages])
+    with Simulator(providers=[ProviderSpec(P, style="cursor")], lifecycle=False, clock=clock.time) as sim:
+        if fault == "5xx":
+            clock.arm = lambda: sim.set_fault("server_error", provider=P, times=4, cursor_only=True)
+        else:
+            clock.arm = lambda: sim.set_fault(
+                "rate_limit", provider=P, times=1, cursor_only=True, retry_after=40
+            )
+        account(sim, total, clock)
+        settings = make_settings(sim.url, [P], page_size=1, max_requests_per_second=rate, max_retries=3)
+        done, _ = asyncio.run(first_sync(settings, clock))
+        lists = sim.requests(P, "list")
+    assert done.completed_at is not None and done.started_at is not None
+    took = done.completed_at - done.started_at
+    bound = 1.1 * total / rate + settings.poll_interval_seconds + (40 if fault == "429" else 0)
+    failed = (4 if fault == "5xx" else 1) * len(outages)
+    # The simulator counts one list request more than the pages for a list without faults (`no outage`).
+    assert lists <= total + 1 + failed, (
+        f"{lists} list requests for {total} pages and {failed} failed attempts"
+    )
+    assert done.pages == total
+    assert took <= bound, f"first complete picture after {took:.1f} s, bound {bound:.1f} s"
