@@ -1252,7 +1252,11 @@ class Poller:
         ledger.forget(i for i in gone if not ledger.is_settled(i))
         outcome.gone += len(gone)
         outcome.resync_done = True
-        outcome.resync_found = run.resync_found + len(gone)
+        # What the polls in between missed: new batches beyond the newest page, running batches gone. Finished
+        # batches that left the list (a provider's retention dropping the oldest as new ones come) are not: they
+        # would hold every full list at the floor, 5 % of a full list per interval for the full lists alone; they
+        # leave the gauges within the stretched interval (README, "Guarantees").
+        outcome.resync_found = run.resync_found + len(gone.active)
         run.resync_found = 0
         if not run.synced:
             self._first_list_done(provider, run, len(store))
