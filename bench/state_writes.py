@@ -156,6 +156,16 @@ class Figures:
     compactions: int = 0
     compaction_seconds: float = 0.0
     compaction_bytes: int = 0
+    # A compaction asked for after the polls, per provider: (bytes, seconds, polls between two of them: a journal is
+    # compacted once larger than its base and than COMPACT_MIN_BYTES). 400 polls of a few KiB reach none.
+    forced: list[tuple[int, float, float]] = field(default_factory=list)
+
+    def amortized(self) -> tuple[float, float]:
+        """(bytes, seconds) per poll interval that compactions add, spread over the polls between them."""
+        return (
+            sum(size / every for size, _, every in self.forced),
+            sum(took / every for _, took, every in self.forced),
+        )
 
 
 def run(
@@ -166,6 +176,7 @@ def run(
         p.fill(settled, running)
         p.write(NOW)  # the first write is the base
     out = Figures()
+    records: dict[str, list[int]] = {p.name: [] for p in providers}
     for n in range(1, polls + 1):
         seconds = 0.0
         size = 0
@@ -180,8 +191,17 @@ def run(
                 out.compactions += 1
                 out.compaction_seconds = max(out.compaction_seconds, took)
                 out.compaction_bytes = max(out.compaction_bytes, written)
+            else:
+                records[p.name].append(written)
         out.seconds.append(seconds)
         out.sizes.append(size)
+    for p in providers:
+        p.journal.compact_next()
+        took, written, _ = p.write(NOW + (polls + 1) * INTERVAL)
+        every = max(statefile.COMPACT_MIN_BYTES, written) / statistics.mean(records[p.name] or [1])
+        out.forced.append((written, took, every))
+        out.compaction_seconds = max(out.compaction_seconds, took)
+        out.compaction_bytes = max(out.compaction_bytes, written)
     return out
 
 
@@ -267,23 +287,27 @@ def main() -> int:
     ]
     header = ["workload", "ids held", "KiB mean", "KiB median", "KiB max", "ms median", "ms p99", "ms mean"]
     report.table(
-        f"State written per poll interval, {TRANSITIONS} transitions per interval ({polls} polls; "
-        f"compactions included; fsync included)",
+        f"State written per poll interval, {TRANSITIONS} transitions per interval ({polls} polls, fsync "
+        "included; a compaction's cost in the notes below)",
         [*header, "ms max", "compactions"],
         rows,
     )
-    report.note(
-        f"largest compaction: realistic {realistic.compaction_bytes / KIB:,.0f} KiB in "
-        f"{realistic.compaction_seconds * 1e3:.1f} ms; at the cap {worst.compaction_bytes / KIB:,.0f} KiB in "
-        f"{worst.compaction_seconds * 1e3:.1f} ms"
-    )
+    for name, figures in (("realistic", realistic), ("at the cap", worst), ("owner groups", grouped)):
+        every = min(e for _, _, e in figures.forced)
+        extra_bytes, extra_seconds = figures.amortized()
+        report.note(
+            f"{name}: a compaction writes {figures.compaction_bytes / KIB:,.0f} KiB in "
+            f"{figures.compaction_seconds * 1e3:.1f} ms (one asked for after the polls: {polls} polls reach none), "
+            f"every {every:,.0f} polls or more: {extra_bytes / KIB:.2f} KiB and {extra_seconds * 1e3:.3f} ms per "
+            "interval spread over them, included in the bytes checks"
+        )
     if not args.smoke:
         for name, figures, v1 in (
             ("realistic 1M account", realistic, v1_realistic),
             ("1M ids", worst, v1_worst),
             (f"{GROUPS:,} owner groups", grouped, None),
         ):
-            kib = statistics.mean(figures.sizes) / KIB
+            kib = (statistics.mean(figures.sizes) + figures.amortized()[0]) / KIB
             ms = _p99(figures.seconds) * 1e3
             versus = (
                 f" ({statistics.mean(v1.sizes) / statistics.mean(figures.sizes):,.0f}× less than version 1)"
@@ -291,7 +315,7 @@ def main() -> int:
                 else f" (median {statistics.median(figures.sizes) / KIB:.1f} KiB)"
             )
             report.check(
-                f"state bytes per poll, {name} (mean, compactions included)",
+                f"state bytes per poll, {name} (mean, compactions spread over the polls between them)",
                 kib,
                 f"≤ {TARGET_KIB:.0f} KiB",
                 kib <= TARGET_KIB,
