@@ -153,9 +153,14 @@ class LedgerView:
     tracked_ids: int
     last_resync: float | None = None
     groups_seen: tuple[Group, ...] = field(default=())
-    # finished/failures keys shown at 0 for now: series a render could not foresee, held so that their first count
-    # is an increase a scrape can see (exporter/presence.py; set by the poller when it publishes).
-    held: frozenset[tuple[Any, ...]] = field(default=frozenset())
+    # finished/failures keys shown at an earlier value for now (set by the poller when it publishes): series a render
+    # could not foresee, at 0 (exporter/presence.py), and after a restart those that rose before this process's
+    # first success, at their restored value, so that the count is an increase a scrape can see; with the
+    # finished_requests values shown meanwhile for held (status, group) keys (zeros when absent).
+    held: Mapping[tuple[Any, ...], int] = field(default_factory=lambda: MappingProxyType({}))
+    held_requests: Mapping[tuple[str, Group], tuple[int, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     def finished_total(self, status: str) -> int:
         """All groups of one status together (what v1 exposed, and what most tests want)."""

@@ -37,7 +37,7 @@ from . import presence, statefile
 from .client import REASONS, BifrostClient, Failure, ListResult, PagePlace
 from .cost import CostLedger, lookup_allowance, never_settled, settle
 from .firstsync import FirstSync, estimate_completion, expected_pages
-from .ledger import Ledger
+from .ledger import Ledger, LedgerView
 from .models import Batch, normalize_status
 from .providers import page_size_for
 from .risk import ProgressTracker
@@ -153,8 +153,13 @@ class _Run:
     # Running batch no allowed key's list showed → how many keys of the view, in order, governance answered 404
     # `access_blocked` (another key's batch) in the current round: the next one is asked (key_of).
     blocked: dict[str, int] = field(default_factory=dict)
-    # Counter keys held at 0 until then (exporter/presence.py): series the last render could not foresee.
+    # Counter keys held until then (exporter/presence.py): series the last render could not foresee, at 0; and
+    # after a restart, those that rose before this process's first success, at their restored value (`shown`).
     held: dict[tuple[Any, ...], float] = field(default_factory=dict)
+    shown: dict[tuple[Any, ...], tuple[int, tuple[int, ...]]] = field(default_factory=dict)
+    # The ledger as restored from the state directory, until this process's first successful poll: what the
+    # exposition showed before it (see _hold_new_counters).
+    restored: LedgerView | None = None
     summary: _Summary = field(default_factory=_Summary)
 
 
@@ -227,7 +232,10 @@ class Poller:
         self._trackers = {p: ProgressTracker() for p in settings.providers}
         for provider, ledger in self._ledgers.items():
             self._restore(provider, ledger)
-        self._runs = {p: _Run(self._new_store(led)) for p, led in self._ledgers.items()}
+        self._runs = {
+            p: _Run(self._new_store(led), restored=led.view() if led.last_success is not None else None)
+            for p, led in self._ledgers.items()
+        }
         self._states: Mapping[str, ProviderState] = MappingProxyType(
             {
                 p: ProviderState(
@@ -1553,14 +1561,40 @@ class Poller:
         previous = self._states.get(provider)
         for key in presence.newly_held(previous, state.ledger, empty):
             run.held.setdefault(key, now + hold)
+        if run.restored is not None:
+            self._hold_restored(run, state.ledger, now + hold)
+            if state.health.up:
+                run.restored = None
         if previous is None or previous.health.last_success is None:
             # No counter has been rendered yet (render.py shows them from a first success on): a hold runs from the
             # first render, or failed polls that outlast it would let their counts be born above 0 after all.
             run.held = dict.fromkeys(run.held, now + hold)
         run.held = {key: until for key, until in run.held.items() if until > now}
+        run.shown = {key: shown for key, shown in run.shown.items() if key in run.held}
         if not run.held and not state.ledger.held:
             return state
-        return replace(state, ledger=replace(state.ledger, held=frozenset(run.held)))
+        zero = (0, ())
+        held = MappingProxyType({key: run.shown.get(key, zero)[0] for key in run.held})
+        held_requests = MappingProxyType({key: v for key, (_, v) in run.shown.items() if len(key) == 2 and v})
+        return replace(state, ledger=replace(state.ledger, held=held, held_requests=held_requests))
+
+    @staticmethod
+    def _hold_restored(run: _Run, ledger: LedgerView, until: float) -> None:
+        """After a restart, a count that rose before this process's first successful poll (the batches that ended
+        while it was down) is shown at its restored value a while first. On a new pod every series is new to
+        Prometheus: one whose first sample already held those batches would hide them from increase(), and from
+        every alert on failures (a restart in the same pod keeps its series and sees the step)."""
+        restored = run.restored
+        assert restored is not None
+        counts: list[tuple[tuple[Any, ...], int, int]] = [
+            (key, n, restored.finished.get(key, 0)) for key, n in ledger.finished.items()
+        ]
+        counts += [(key, n, restored.failures.get(key, 0)) for key, n in ledger.failures.items()]
+        for key, n, before in counts:
+            if n > before and key not in run.held:
+                run.held[key] = until
+                requests = restored.finished_requests.get(key, ()) if len(key) == 2 else ()
+                run.shown[key] = (before, tuple(requests))
 
 
 class _HeadScans:

@@ -222,11 +222,13 @@ def _batch_families(
         listed_groups = presence.listed_groups(state, empty)
         held = led.held
         for (status, group), n in _with_zeros(led.finished, TERMINAL_STATUSES, listed_groups, 0):
-            finished.add_metric([p, status, *group], 0 if (status, group) in held else n)
+            finished.add_metric([p, status, *group], held.get((status, group), n))
         for (status, group), values in _with_zeros(
             led.finished_requests, TERMINAL_STATUSES, listed_groups, zero_outcomes
         ):
-            shown_values = zero_outcomes if (status, group) in held else values
+            shown_values = (
+                led.held_requests.get((status, group), zero_outcomes) if (status, group) in held else values
+            )
             for outcome, value in zip(OUTCOMES, shown_values, strict=True):
                 finished_requests.add_metric([p, status, outcome, *group], value)
         fail_items = dict(led.failures)
@@ -235,7 +237,7 @@ def _batch_families(
         for key in presence.seeded_failures(listed_groups, empty):
             fail_items.setdefault(key, 0)
         for (status, code, group), n in sorted(fail_items.items()):
-            shown_n = 0 if (status, code, group) in held else n
+            shown_n = held.get((status, code, group), n)
             failures.add_metric([p, status, code, failure_class(status, code), *group], shown_n)
         for status in FAILURE_STATUSES:
             last = led.last_failure.get(status)

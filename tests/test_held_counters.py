@@ -9,8 +9,10 @@ tests/test_incremental.py.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from exporter.simulator import ProviderSpec
-from tests.harness import value
+from tests.harness import Samples, value
 from tests.test_incremental import INTERVAL, P, SimTime, exporter, gateway
 
 
@@ -113,3 +115,54 @@ def test_what_a_failed_first_poll_counted_shows_at_0_when_a_poll_first_succeeds(
     assert value(first, "bifrost_batch_finished_total", provider=P, status="failed") == 0
     assert value(later, "bifrost_batch_failures_total", **labels) == 1
     assert value(later, "bifrost_batch_finished_total", provider=P, status="failed") == 1
+
+
+def test_what_ended_while_the_exporter_was_down_shows_as_an_increase_after_a_restart(tmp_path: Path) -> None:
+    """With state_dir, a restart's first poll counts the batches that ended while the exporter was down. On a new
+    pod (the chart's Recreate strategy: every upgrade, eviction or drain) every series is new to Prometheus, so a
+    first sample already holding them hides them from increase() and every failure alert. Each count that rose
+    before this process's first success shows its restored value a while first (0 for a failure code first seen,
+    the old total for a status counted before), then the new one (audit 7, alerts F1)."""
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="openai")
+    labels = {"provider": P, "status": "failed", "code": "server_error", "class": "provider"}
+    with gateway(clock, spec) as sim:
+        sim.add_batch(P, batch_id="run", status="in_progress", created_at=int(clock.now) - 50)
+        sim.add_batch(P, batch_id="run2", status="in_progress", created_at=int(clock.now) - 40,
+                      request_counts={"total": 10, "completed": 2, "failed": 0})  # fmt: skip
+        sim.add_batch(P, batch_id="ok", status="in_progress", created_at=int(clock.now) - 100,
+                      request_counts={"total": 4, "completed": 1, "failed": 0})  # fmt: skip
+        with exporter(sim, clock, page_size=10, state_dir=tmp_path) as exp:
+            exp.poll(P)
+            clock.advance(INTERVAL)
+            sim.set_status(P, "ok", "completed", int(clock.now) - 1)
+            for _ in range(8):
+                clock.advance(INTERVAL)
+                exp.poll(P)
+            before = exp.samples()
+        clock.advance(60)  # down: one batch fails, another completes
+        sim.set_status(P, "run", "failed", int(clock.now) - 5, error_code="server_error")
+        sim.set_status(P, "run2", "completed", int(clock.now) - 4)
+        clock.advance(60)
+        with exporter(sim, clock, page_size=10, state_dir=tmp_path) as exp:
+            exp.poll(P)  # readiness waits for the first poll: a new pod's first scrape comes after it
+            first = exp.samples()
+            for _ in range(7):
+                clock.advance(INTERVAL)
+                exp.poll(P)
+            later = exp.samples()
+
+    def completed_requests(s: Samples) -> float | None:
+        return value(
+            s, "bifrost_batch_finished_requests_total", provider=P, status="completed", outcome="succeeded"
+        )
+
+    assert value(before, "bifrost_batch_failures_total", **labels) == 0
+    assert value(before, "bifrost_batch_finished_total", provider=P, status="completed") == 1
+    assert value(first, "bifrost_batch_failures_total", **labels) == 0
+    assert value(first, "bifrost_batch_finished_total", provider=P, status="failed") == 0
+    assert value(first, "bifrost_batch_finished_total", provider=P, status="completed") == 1
+    assert completed_requests(first) == completed_requests(before)
+    assert value(later, "bifrost_batch_failures_total", **labels) == 1  # counted once
+    assert value(later, "bifrost_batch_finished_total", provider=P, status="completed") == 2
+    assert (completed_requests(later) or 0) > (completed_requests(before) or 0)
