@@ -47,6 +47,12 @@ def _failed(exp: ExporterThread) -> float:
     return value(exp.samples(), "bifrost_batch_finished_total", provider=P, status="failed") or 0.0
 
 
+def _counted(exp: ExporterThread) -> int:
+    """What the ledger counted; after a restart the exposition shows the restored total a minute first
+    (exporter/presence.py)."""
+    return exp.exporter.poller.states[P].ledger.finished_total("failed")
+
+
 def test_a_restart_on_a_read_only_state_volume_restores_and_reports_each_write(volume: Path) -> None:
     now = int(time.time())
     with Simulator(providers=[ProviderSpec(P)], lifecycle=False) as sim:
@@ -67,11 +73,11 @@ def test_a_restart_on_a_read_only_state_volume_restores_and_reports_each_write(v
             for i in (5, 6):
                 sim.set_status(P, f"b{i}", "failed", int(time.time()) + 1, error_code="server_error")
             exp.poll()
-            assert _failed(exp) == 7
+            assert _counted(exp) == 7 and _failed(exp) == 5  # shown from the restored total: an increase
         events = [e["event"] for e in logs]
         assert "state_dir_read_only" in events and "state_restored" in events
         assert "state_write_failed" in events and "state_dir_unusable" not in events
         _remount(volume, "rw")
         with ExporterThread(settings) as exp:  # the lock was a read-only one: the directory is free again
             exp.poll()
-            assert _failed(exp) == 7
+            assert _counted(exp) == 7
