@@ -12,9 +12,10 @@ Nothing here trusts the host's wall clock to move forward: retention is measured
 timestamps (the newest one seen, which never goes back), and "seen by this poll" is a poll sequence number. A host
 clock stepped two days ahead and back again would otherwise forget every counted id and then count them again.
 
-The ledger is the only per-provider state that must survive a restart. `head_state` is its small part (every
-counter, histogram and label-value bound: a bound that restarts from zero admits new values on every rolling
-deploy), `active_ids`/`settled_columns` its ids, `take_changes` what changed in them since the last write;
+The ledger is the only per-provider state that must survive a restart. `head_state` is its small part (the
+counters, histograms and label-value bounds: a bound that restarts from zero admits new values on every rolling
+deploy), `count_tables` its counters by status and owner group (`count_rows` as a state holds them),
+`active_ids`/`settled_columns` its ids, `take_changes` what changed in them since the last write;
 exporter/statefile.py writes them and `load_state` takes them back.
 """
 
@@ -165,6 +166,18 @@ class LedgerView:
     def finished_total(self, status: str) -> int:
         """All groups of one status together (what v1 exposed, and what most tests want)."""
         return sum(n for (s, _), n in self.finished.items() if s == status)
+
+
+def count_rows(table: Mapping[tuple[Any, ...], Any]) -> list[list[Any]]:
+    """A counter table of `Ledger.count_tables` as a state holds it (and `Ledger.load_state` reads it): per entry
+    the key's parts, a group as a list, then the value, a finished_requests entry's as a list."""
+    return [
+        [
+            *(list(part) if isinstance(part, tuple) else part for part in key),
+            list(v) if isinstance(v, tuple) else v,
+        ]
+        for key, v in table.items()
+    ]
 
 
 def failure_codes(batch: Batch) -> list[str]:
@@ -588,10 +601,10 @@ class Ledger:
 
     # --- durable state ------------------------------------------------------------------------------------------
 
-    def head_state(self, *, tables: bool = True) -> dict[str, Any]:
-        """Everything a restarted process needs to resume but the ids: plain JSON types, a few kilobytes (the
-        counter tables aside: without `tables`, the state journal takes them as `count_tables`)."""
-        head = {
+    def head_state(self) -> dict[str, Any]:
+        """Everything a restarted process needs to resume but the ids and the counter tables (`count_tables`):
+        plain JSON types, a few kilobytes."""
+        return {
             "watermark": self.last_complete_poll
             if self.last_complete_poll is not None
             else self.restored_watermark
@@ -618,16 +631,11 @@ class Ledger:
             "last_resync": self.last_resync,
             "last_success": self.last_success,
         }
-        if tables:
-            head["finished"] = [[s, list(g), n] for (s, g), n in self._finished.items()]
-            head["finished_requests"] = [[s, list(g), v] for (s, g), v in self._finished_requests.items()]
-            head["failures"] = [[s, c, list(g), n] for (s, c, g), n in self._failures.items()]
-        return head
 
     def count_tables(self) -> dict[str, dict[tuple[Any, ...], Any]]:
-        """The per-status-and-group counter tables of `head_state` as copies keyed by row (`head_state` writes each
-        row as its key's parts, then its value): the state journal writes the rows that changed, not the tables,
-        which `metadata_labels` can grow to thousands of rows."""
+        """The per-status-and-group counter tables as copies keyed by row (a state writes them as `count_rows`):
+        apart from the head, since the state journal writes the rows that changed, not the tables, which
+        `metadata_labels` can grow to thousands of rows."""
         return {
             "finished": dict(self._finished),
             "finished_requests": {k: tuple(v) for k, v in self._finished_requests.items()},
@@ -659,12 +667,13 @@ class Ledger:
         and tools; the state directory writes the ids as binary columns and journal records instead."""
         return {
             **self.head_state(),
+            **{name: count_rows(table) for name, table in self.count_tables().items()},
             "active": self.active_ids(),
             "settled": [[key, at] for key, at in self._ids.settled_items()],
         }
 
     def load_state(self, state: Mapping[str, Any], settled: TimedKeys | None = None) -> list[str]:
-        """Resume from `head_state` fields plus the ids: `active` and `settled` (pairs, or the table read from a
+        """Resume from `head_state` fields, the `count_rows` of `count_tables` and the ids: `active` and `settled` (pairs, or the table read from a
         state file), or the single `ids` mapping of format version 1. Raises (KeyError, TypeError, ValueError) on
         a malformed state, leaving this ledger untouched, and returns notes on parts deliberately not restored
         (changed buckets or keys)."""

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, Final, Protocol
 
 from .idtable import TimedKeys
-from .ledger import Ledger
+from .ledger import Ledger, count_rows
 from .tracked import IdChanges
 
 FORMAT: Final = "bifrost-batch-exporter-ledger"
@@ -694,13 +694,6 @@ def _row_key(row: list[Any]) -> tuple[Any, ...]:
     return tuple(tuple(part) if isinstance(part, list) else part for part in row[:-1])
 
 
-def _row(key: tuple[Any, ...], value: Any) -> list[Any]:
-    """A counter table entry as `Ledger.head_state` writes it: the key's parts, then the value."""
-    parts: list[Any] = [list(part) if isinstance(part, tuple) else part for part in key]
-    parts.append(list(value) if isinstance(value, tuple) else value)
-    return parts
-
-
 # --- writing ---------------------------------------------------------------------------------------------------
 
 
@@ -793,7 +786,7 @@ class Journal:
         beside the ledger's head (the early warning's calibration), rewritten when they change; `cost` the cost
         ledger (cost_metrics), whose changes ride in the same record."""
         journal = journal_path(self.state_dir, self.provider)
-        head = {**ledger.head_state(tables=False), **(extras or {})}
+        head = {**ledger.head_state(), **(extras or {})}
         tables = ledger.count_tables()
         encoded = {
             key: json.dumps(value, separators=(",", ":"), allow_nan=False) for key, value in head.items()
@@ -804,24 +797,22 @@ class Journal:
         wide = bool(ledger.metadata_keys) and sum(len(table) for table in tables.values()) >= ROWS_MIN
         # A journal of version 2 cannot take rows: a ledger whose tables grew wide starts a version-3 journal, and
         # one that is narrow again (metadata_labels removed at a restart) goes back to version 2.
-        other_version = (ROWS_VERSION if wide else LAYOUT_VERSION) != self._version
+        version = ROWS_VERSION if wide else LAYOUT_VERSION
+        other_version = version != self._version
         changes = None if self._compact_next or grown or other_version else ledger.take_changes()
         if changes is None:
-            version = ROWS_VERSION if wide else LAYOUT_VERSION
-            whole = {
-                name: [_row(key, value) for key, value in table.items()] for name, table in tables.items()
-            }
+            whole = {name: count_rows(table) for name, table in tables.items()}
             return self._compaction(ledger, {**head, **whole}, encoded, tables, cost, now, version)
         diff = {key: head[key] for key, text in encoded.items() if self._heads.get(key) != text}
         rows: dict[str, list[list[Any]]] = {}
         for name, table in tables.items():
             last = self._tables.get(name) if self._tables is not None else None
             if last is not None and self._version >= ROWS_VERSION and last.keys() <= table.keys():
-                changed = [_row(key, value) for key, value in table.items() if last.get(key) != value]
+                changed = count_rows({key: value for key, value in table.items() if last.get(key) != value})
                 if changed:
                     rows[name] = changed
             elif last != table:  # a row gone (never, as counters go) or a table not known written: whole
-                diff[name] = [_row(key, value) for key, value in table.items()]
+                diff[name] = count_rows(table)
         fields = _record(diff, changes)
         if rows:
             fields["rows"] = rows

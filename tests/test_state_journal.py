@@ -278,7 +278,7 @@ def test_with_a_thousand_owner_groups_a_poll_writes_the_rows_it_changed(tmp_path
         T0 + 10,
         True,
     )  # fmt: skip
-    assert len(led.head_state()["finished"]) == 1000
+    assert len(led.to_state()["finished"]) == 1000
     journal = statefile.Journal(tmp_path, P)
     sizes = []
     for n in range(5):
