@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -115,6 +115,15 @@ class _FirstList:
     batches: int = 0  # at completion
 
 
+class _Hold(NamedTuple):
+    """A counter key shown at an earlier value until a moment: the count `shown`, and for a (status, group) key the
+    requests by outcome (empty: zeros)."""
+
+    until: float
+    shown: int = 0
+    requests: tuple[int, ...] = ()
+
+
 @dataclass(slots=True)
 class _Run:
     """What one provider's poll loop carries from poll to poll besides the ledger."""
@@ -153,10 +162,9 @@ class _Run:
     # Running batch no allowed key's list showed → how many keys of the view, in order, governance answered 404
     # `access_blocked` (another key's batch) in the current round: the next one is asked (key_of).
     blocked: dict[str, int] = field(default_factory=dict)
-    # Counter keys held until then (exporter/presence.py): series the last render could not foresee, at 0; and
-    # after a restart, those that rose before this process's first success, at their restored value (`shown`).
-    held: dict[tuple[Any, ...], float] = field(default_factory=dict)
-    shown: dict[tuple[Any, ...], tuple[int, tuple[int, ...]]] = field(default_factory=dict)
+    # Counter keys held a while (exporter/presence.py): series the last render could not foresee, at 0; and after a
+    # restart, those that rose before this process's first success, at their restored value.
+    held: dict[tuple[Any, ...], _Hold] = field(default_factory=dict)
     # The ledger as restored from the state directory, until this process's first successful poll: what the
     # exposition showed before it (see _hold_new_counters).
     restored: LedgerView | None = None
@@ -232,10 +240,6 @@ class Poller:
         self._trackers = {p: ProgressTracker() for p in settings.providers}
         for provider, ledger in self._ledgers.items():
             self._restore(provider, ledger)
-        self._runs = {
-            p: _Run(self._new_store(led), restored=led.view() if led.last_success is not None else None)
-            for p, led in self._ledgers.items()
-        }
         self._states: Mapping[str, ProviderState] = MappingProxyType(
             {
                 p: ProviderState(
@@ -249,6 +253,14 @@ class Poller:
                 for p, led in self._ledgers.items()
             }
         )
+        # A restored ledger's state is what the exposition shows until this process's first successful poll.
+        self._runs = {
+            p: _Run(
+                self._new_store(led),
+                restored=self._states[p].ledger if led.last_success is not None else None,
+            )
+            for p, led in self._ledgers.items()
+        }
 
     @staticmethod
     def _new_store(ledger: Ledger) -> Store:
@@ -1560,7 +1572,7 @@ class Poller:
         empty = ("",) * len(self._settings.metadata_labels)
         previous = self._states.get(provider)
         for key in presence.newly_held(previous, state.ledger, empty):
-            run.held.setdefault(key, now + hold)
+            run.held.setdefault(key, _Hold(now + hold))
         if run.restored is not None:
             self._hold_restored(run, state.ledger, now + hold)
             if state.health.up:
@@ -1568,14 +1580,12 @@ class Poller:
         if previous is None or previous.health.last_success is None:
             # No counter has been rendered yet (render.py shows them from a first success on): a hold runs from the
             # first render, or failed polls that outlast it would let their counts be born above 0 after all.
-            run.held = dict.fromkeys(run.held, now + hold)
-        run.held = {key: until for key, until in run.held.items() if until > now}
-        run.shown = {key: shown for key, shown in run.shown.items() if key in run.held}
+            run.held = {key: h._replace(until=now + hold) for key, h in run.held.items()}
+        run.held = {key: h for key, h in run.held.items() if h.until > now}
         if not run.held and not state.ledger.held:
             return state
-        zero = (0, ())
-        held = MappingProxyType({key: run.shown.get(key, zero)[0] for key in run.held})
-        held_requests = MappingProxyType({key: v for key, (_, v) in run.shown.items() if len(key) == 2 and v})
+        held = MappingProxyType({key: h.shown for key, h in run.held.items()})
+        held_requests = MappingProxyType({key: h.requests for key, h in run.held.items() if h.requests})
         return replace(state, ledger=replace(state.ledger, held=held, held_requests=held_requests))
 
     @staticmethod
@@ -1592,9 +1602,8 @@ class Poller:
         counts += [(key, n, restored.failures.get(key, 0)) for key, n in ledger.failures.items()]
         for key, n, before in counts:
             if n > before and key not in run.held:
-                run.held[key] = until
                 requests = restored.finished_requests.get(key, ()) if len(key) == 2 else ()
-                run.shown[key] = (before, tuple(requests))
+                run.held[key] = _Hold(until, before, tuple(requests))
 
 
 class _HeadScans:

@@ -465,8 +465,7 @@ class Store:
     def retrieve_keys(self, batch_id: str) -> tuple[int | None, int | None]:
         """The view's key whose list last showed the batch, and the one whose retrieve last answered with it when
         no list had (None: none)."""
-        page = self.listed_on.get(batch_id)
-        return (None if page is None else page[0]), self.answered_by.get(batch_id)
+        return self.listed_by(batch_id), self.answered_by.get(batch_id)
 
     def lose_page(self, batch_id: str) -> None:
         """Its saved page no longer shows the batch: retrieved until a list shows it again (its key is kept)."""
