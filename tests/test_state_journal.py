@@ -117,6 +117,22 @@ class _Saves:
         self.journal = self._journal()
         self.journal.attach(restored)
 
+    def poll(self, batches: list[Batch], now: float, complete: bool) -> None:
+        self.led.poll_started()
+        self.led.observe(batches, now, complete)
+        self.save(now)
+
+    def write_step(self, kind: str, now: float, keys: tuple[str, ...] = ()) -> None:
+        """One of _WRITES: a compaction asked for, a write failing half-way, a restart."""
+        if kind == "compact":
+            self.journal.compact_next()
+            self.save(now)
+        elif kind == "fail":
+            self.led.poll_started()
+            self.save(now, FailOnce())
+        else:
+            self.restart(keys)
+
     def check(self, keys: tuple[str, ...] = ()) -> None:
         back, _ = _read(self.state_dir, keys)
         assert _canonical(back) == self.written
@@ -134,21 +150,13 @@ def test_what_is_read_back_is_the_ledger_at_its_last_write(
         if kind == "poll":
             batches, complete = arg
             now += 30
-            saves.led.poll_started()
-            saves.led.observe(
-                [_batch(n, status, now - 6000, now + offset) for n, status, offset in batches], now, complete
+            saves.poll(
+                [_batch(n, status, now - 6000, now + off) for n, status, off in batches], now, complete
             )
-            saves.save(now)
         elif kind == "hours":
             now += arg * 3600  # past the 1-hour retention: settled ids expire in the next poll
-        elif kind == "compact":
-            saves.journal.compact_next()
-            saves.save(now)
-        elif kind == "fail":
-            saves.led.poll_started()
-            saves.save(now, FailOnce())
         else:
-            saves.restart()
+            saves.write_step(kind, now)
         saves.check()
 
 
@@ -186,25 +194,17 @@ def test_wide_counter_tables_read_back_as_written(
         if kind == "poll":
             batches, complete = arg
             now += 30
-            saves.led.poll_started()
-            saves.led.observe(
+            saves.poll(
                 [_batch(n, status, now - 6000, now + off, team) for n, status, off, team in batches],
                 now,
                 complete,
             )
-            saves.save(now)
-        elif kind == "compact":
-            saves.journal.compact_next()
-            saves.save(now)
-        elif kind == "fail":
-            saves.led.poll_started()
-            saves.save(now, FailOnce())
-        else:
-            if kind == "rekey":
-                keys = ("team", "project") if keys == ("team",) else ("team",)
+        elif kind == "rekey":
+            keys = ("team", "project") if keys == ("team",) else ("team",)
             saves.restart(keys)
-            if kind == "rekey":
-                saves.save(now)  # the counters of the old keys are gone, on disk too
+            saves.save(now)  # the counters of the old keys are gone, on disk too
+        else:
+            saves.write_step(kind, now, keys)
         saves.check(keys)
         records = list(statefile.iter_records(statefile.journal_path(saves.state_dir, P)))
         header = records[0]
