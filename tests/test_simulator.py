@@ -9,6 +9,7 @@ import json
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -196,6 +197,24 @@ def test_after_an_id_dropped_meanwhile_still_continues(static: Simulator, client
     static.delete("azure", ids[1])  # lifecycle trimming can do this between pages
     rest = client.get("/v1/batches", params={"provider": "azure", "after": page["last_id"]}).json()
     assert [b["id"] for b in rest["data"]] == ids[2:]
+
+
+def test_changes_made_atomically_reach_a_list_all_at_once(static: Simulator, client: httpx.Client) -> None:
+    """A request that arrives during the block waits for its end and sees the whole burst, never a part."""
+    seen: list[int] = []
+    with static.atomically():
+        static.add_batch("azure", created_at=int(T0))
+        reader = threading.Thread(
+            target=lambda: seen.append(
+                len(client.get("/v1/batches", params={"provider": "azure"}).json()["data"])
+            )
+        )
+        reader.start()
+        reader.join(0.3)  # the list waits on the block (a real request takes milliseconds here)
+        assert reader.is_alive() and not seen
+        static.add_batch("azure", created_at=int(T0))
+    reader.join(10)
+    assert seen == [2]
 
 
 def test_empty_store_answers_an_empty_list_without_has_more(client: httpx.Client) -> None:

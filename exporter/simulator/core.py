@@ -7,10 +7,11 @@ benchmarks and `--demo` hold on to.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import ssl
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
@@ -396,6 +397,13 @@ class Simulator:
         batch.update(copy_json(fields))
         batch["id"] = str(bid)
         return batch
+
+    @contextlib.contextmanager
+    def atomically(self) -> Iterator[None]:
+        """Changes made inside reach the gateway's clients at once: a request sees all of them or none (a real
+        gateway's batches change one by one, so a test that means a burst, not a race with the poll, says so)."""
+        with self._world.lock:
+            yield
 
     def set_status(
         self,
