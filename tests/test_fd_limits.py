@@ -180,7 +180,9 @@ def test_descriptors_taken_by_something_else(tmp_path: Path, sim: Simulator) -> 
             _state_advances(state)
             more = _idle_connections(port, NOFILE)  # a second wave meets the lowered cap, not EMFILE
             idle += more
-            assert _scrape(port).status_code == 200
+            # The kernel completed the wave's connects before the server accepted them all: a scrape racing those
+            # accepts may be the one a late accept makes room with, so the claim is that a scraper is served.
+            wait_until(lambda: _status(port, b"/metrics") == 200, timeout=15)
         finally:
             for sock in idle:
                 sock.close()
