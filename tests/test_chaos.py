@@ -253,6 +253,15 @@ def test_kill_9_loses_nothing_with_state_dir_and_loses_without(stack: Stack) -> 
         else:
             killed_at, hit = aimed_kill(durable, how, time.time() + 3.0)
             hits[how] += hit
+        if n == 0:
+            # The control half's premise, made true rather than hoped for: the stateless exporter has counted a
+            # transition and Prometheus has scraped it before it is first killed (so a reset is there to be seen).
+            wait_until(
+                lambda: prom.query('sum(bifrost_batch_finished_total{job="without_state"}) > 0'),
+                timeout=60,
+                what="the stateless exporter counted a transition and was scraped",
+                diagnostics=volatile.diagnostics,
+            )
         volatile_killed_at = volatile.kill()
         time.sleep(rng.uniform(0.5, 2.0))  # down for a while: transitions keep happening at the gateway
         durable.restart_after(killed_at)
