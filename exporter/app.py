@@ -45,6 +45,7 @@ class Exporter:
         self._changes = 0  # state changes so far; a render is tagged with the count it saw
         self._published_changes = 0
         self._render_failures = 0
+        self._scraped_counting: set[str] = set()
         self._rendered = self._render()
         self._tasks: list[asyncio.Task[None]] = []
         host, port = settings.listen
@@ -55,6 +56,7 @@ class Exporter:
             guard,
             metrics_path=settings.telemetry_path,
             runtime=self.runtime,
+            on_scrape=self._scraped,
         )
         self.server = HttpServer(
             self.routes,
@@ -99,6 +101,18 @@ class Exporter:
         if seen_changes >= self._published_changes:
             self._published_changes = seen_changes
             self._rendered = rendered
+
+    def _scraped(self, rendered: Rendered) -> None:
+        """A scrape was served `rendered`: the providers whose counters it showed have had their start values seen."""
+        for provider in rendered.counting:
+            if provider not in self._scraped_counting:
+                self._scraped_counting.add(provider)
+                self.poller.counters_scraped(provider)
+
+    def render_counted(self) -> Rendered:
+        """What the ledgers counted, without the start-up and new-series holds: for `--once`, read by no
+        Prometheus, whose increase() the holds are for."""
+        return self._render([s.unheld() for s in self.poller.states.values()])
 
     def _changed(self) -> None:
         self._changes += 1

@@ -379,7 +379,7 @@ async def _once(settings: Settings) -> int:
             states = await exporter.poller.poll_all_once()
             if sum(s.health.first_sync.pages for s in states.values()) <= pages:
                 break
-        rendered = exporter.refresh()
+        rendered = exporter.render_counted()
     finally:
         await exporter.client.aclose()
         exporter.poller.close()

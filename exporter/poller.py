@@ -162,12 +162,15 @@ class _Run:
     # Running batch no allowed key's list showed → how many keys of the view, in order, governance answered 404
     # `access_blocked` (another key's batch) in the current round: the next one is asked (key_of).
     blocked: dict[str, int] = field(default_factory=dict)
-    # Counter keys held a while (exporter/presence.py): series the last render could not foresee, at 0; and after a
-    # restart, those that rose before this process's first success, at their restored value.
+    # Counter keys held a while (exporter/presence.py): series the last render could not foresee, at 0; and those
+    # that rose above the baseline in this process's first moments, at their baseline value.
     held: dict[tuple[Any, ...], _Hold] = field(default_factory=dict)
-    # The ledger as restored from the state directory, until this process's first successful poll: what the
-    # exposition showed before it (see _hold_new_counters).
-    restored: LedgerView | None = None
+    # The counts this process started with (restored from the state directory, or none), until a hold's length
+    # after its first successful poll (baseline_until): see _hold_new_counters.
+    baseline: LedgerView | None = None
+    baseline_seen: bool = False  # a scrape has been served this provider's counters (Poller.counters_scraped)
+    # Keys whose hold ended: shown at their count since, so never held at a lower value again.
+    released: set[tuple[Any, ...]] = field(default_factory=set)
     summary: _Summary = field(default_factory=_Summary)
 
 
@@ -253,13 +256,10 @@ class Poller:
                 for p, led in self._ledgers.items()
             }
         )
-        # A restored ledger's state is what the exposition shows until this process's first successful poll.
+        # What the counters start from: a restored ledger's counts (shown until this process's first successful
+        # poll when it has a success time), or none.
         self._runs = {
-            p: _Run(
-                self._new_store(led),
-                restored=self._states[p].ledger if led.last_success is not None else None,
-            )
-            for p, led in self._ledgers.items()
+            p: _Run(self._new_store(led), baseline=self._states[p].ledger) for p, led in self._ledgers.items()
         }
 
     @staticmethod
@@ -1563,7 +1563,14 @@ class Poller:
     def _hold_new_counters(self, provider: str, state: ProviderState) -> ProviderState:
         """Counter series the last render did not show are shown at 0 for a while (one poll interval, at least a
         minute: a scrape sees the 0), their counts after that: a first count is then an increase, also in an
-        exporter's first minutes, when the mixin's alerts cannot tell a series born above 0 from a restart."""
+        exporter's first minutes, when the mixin's alerts cannot tell a series born above 0 from a restart.
+
+        The same goes for counts that rise above what this process started with (restored, or none) before a
+        scrape has been served its counters: on a new pod (the chart's Recreate strategy: every upgrade, eviction
+        or drain) every series is new to Prometheus, whose first scrape comes after readiness, discovery and the
+        scrape offset, often after the second poll. A series whose first sample already held the batches that ended
+        while the exporter was down, or in its first poll intervals, hides them from increase() and every failure
+        alert. A key whose hold ended is never held again: a counter shown lower would read as a reset."""
         run = self._runs.get(provider)
         if run is None:
             return state
@@ -1573,14 +1580,17 @@ class Poller:
         previous = self._states.get(provider)
         for key in presence.newly_held(previous, state.ledger, empty):
             run.held.setdefault(key, _Hold(now + hold))
-        if run.restored is not None:
-            self._hold_restored(run, state.ledger, now + hold)
-            if state.health.up:
-                run.restored = None
+        if run.baseline is not None:
+            if run.baseline_seen:
+                run.baseline, run.released = None, set()
+            else:
+                self._hold_risen(run, run.baseline, state.ledger, now + hold)
         if previous is None or previous.health.last_success is None:
             # No counter has been rendered yet (render.py shows them from a first success on): a hold runs from the
             # first render, or failed polls that outlast it would let their counts be born above 0 after all.
             run.held = {key: h._replace(until=now + hold) for key, h in run.held.items()}
+        if run.baseline is not None:
+            run.released.update(key for key, h in run.held.items() if h.until <= now)
         run.held = {key: h for key, h in run.held.items() if h.until > now}
         if not run.held and not state.ledger.held:
             return state
@@ -1588,21 +1598,24 @@ class Poller:
         held_requests = MappingProxyType({key: h.requests for key, h in run.held.items() if h.requests})
         return replace(state, ledger=replace(state.ledger, held=held, held_requests=held_requests))
 
+    def counters_scraped(self, provider: str) -> None:
+        """A scrape was served this provider's counter series: from now on a count can show the moment it is made,
+        an increase from what that scrape saw."""
+        run = self._runs.get(provider)
+        if run is not None:
+            run.baseline_seen = True
+
     @staticmethod
-    def _hold_restored(run: _Run, ledger: LedgerView, until: float) -> None:
-        """After a restart, a count that rose before this process's first successful poll (the batches that ended
-        while it was down) is shown at its restored value a while first. On a new pod every series is new to
-        Prometheus: one whose first sample already held those batches would hide them from increase(), and from
-        every alert on failures (a restart in the same pod keeps its series and sees the step)."""
-        restored = run.restored
-        assert restored is not None
+    def _hold_risen(run: _Run, baseline: LedgerView, ledger: LedgerView, until: float) -> None:
+        """A count above the baseline is shown at its baseline value until `until` (a restart in the same pod keeps
+        its series and sees the step either way)."""
         counts: list[tuple[tuple[Any, ...], int, int]] = [
-            (key, n, restored.finished.get(key, 0)) for key, n in ledger.finished.items()
+            (key, n, baseline.finished.get(key, 0)) for key, n in ledger.finished.items()
         ]
-        counts += [(key, n, restored.failures.get(key, 0)) for key, n in ledger.failures.items()]
+        counts += [(key, n, baseline.failures.get(key, 0)) for key, n in ledger.failures.items()]
         for key, n, before in counts:
-            if n > before and key not in run.held:
-                requests = restored.finished_requests.get(key, ()) if len(key) == 2 else ()
+            if n > before and key not in run.held and key not in run.released:
+                requests = baseline.finished_requests.get(key, ()) if len(key) == 2 else ()
                 run.held[key] = _Hold(until, before, tuple(requests))
 
 

@@ -52,20 +52,10 @@ def foreseen(state: ProviderState, empty: Group) -> set[CounterKey]:
 def newly_held(previous: ProviderState | None, ledger: LedgerView, empty: Group) -> Iterable[CounterKey]:
     """Keys counted in `ledger` that the render of `previous` did not show: series that would be born above 0.
 
-    A state no poll has succeeded for was rendered without any counter series (exporter/render.py shows counters
-    from a provider's first success on), so a key the first successful poll counted is new: a failure while the
-    gateway refused the exporter's first polls would otherwise be born at 1 and never page. A key its restored
-    ledger had counted already (a state file without a success time, format version 1's) comes with its lifetime
-    total as before: held at 0 first, that total would read as an increase."""
-    if previous is None:
+    Before a provider's first success no counter series is rendered (exporter/render.py); what the polls count
+    until then rises above the counts the process started with, which the poller holds at those (its baseline)."""
+    if previous is None or previous.health.last_success is None:
         return ()
-    if previous.health.last_success is not None:
-        before = foreseen(previous, empty)
-    else:
-        restored: list[tuple[CounterKey, int]] = [
-            *previous.ledger.finished.items(),
-            *previous.ledger.failures.items(),
-        ]
-        before = {k for k, n in restored if n > 0}
+    before = foreseen(previous, empty)
     counted: list[tuple[CounterKey, int]] = [*ledger.finished.items(), *ledger.failures.items()]
     return [k for k, n in counted if n > 0 and k not in before]

@@ -55,6 +55,9 @@ class Rendered:
     openmetrics_pre: Prerendered | None = None
     # Providers whose first full list has not completed: /readyz is 200 (serving what it has) and says which.
     first_sync_running: tuple[str, ...] = ()
+    # Providers whose counter series this render shows (from a first successful poll on, or a restored one): a
+    # scrape of it has seen their values, which ends the poller's start-up hold (Poller.counters_scraped).
+    counting: tuple[str, ...] = ()
 
 
 def is_fresh(state: ProviderState, now: float, stale_after: float) -> bool:
@@ -605,4 +608,5 @@ def render(
         text_pre=text_pre,
         openmetrics_pre=openmetrics_pre,
         first_sync_running=tuple(s.provider for s in states if not s.health.first_sync.complete),
+        counting=tuple(s.provider for s in states if s.health.last_success is not None),
     )

@@ -242,12 +242,14 @@ class Routes:
         *,
         metrics_path: str = "/metrics",
         runtime: RuntimeMetrics | None = None,
+        on_scrape: Callable[[Rendered], None] | None = None,
     ) -> None:
         self._current = current
         self._healthy = healthy
         self.guard = guard
         self.metrics_path = metrics_path  # --web.telemetry-path
         self._runtime = runtime  # process_* and python_* series, appended to every exposition
+        self._on_scrape = on_scrape  # told which render each scrape was served
 
     def handle(
         self, method: str, target: str, headers: Mapping[str, str], peer: str = ""
@@ -286,6 +288,8 @@ class Routes:
             return Response(200, b"ok\n") if self._healthy() else _plain(HTTPStatus.SERVICE_UNAVAILABLE)
         rendered = self._current()
         if path == self.metrics_path:
+            if self._on_scrape is not None:
+                self._on_scrape(rendered)
             openmetrics, use_gzip = negotiate(headers.get("accept"), headers.get("accept-encoding"))
             extra: tuple[tuple[str, str], ...] = (("Vary", "Accept, Accept-Encoding"),)
             if use_gzip:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .firstsync import NOT_STARTED, FirstSync
 from .ledger import Group, LedgerView
@@ -297,3 +297,10 @@ class ProviderState:
     snapshot: BatchSnapshot | None
     ledger: LedgerView
     cost: CostView | None = None  # with cost_metrics, for providers the gateway settles
+
+    def unheld(self) -> ProviderState:
+        """The counts as counted, no key held at an earlier value (exporter/presence.py)."""
+        if not self.ledger.held:
+            return self
+        empty: Mapping[Any, Any] = MappingProxyType({})
+        return replace(self, ledger=replace(self.ledger, held=empty, held_requests=empty))

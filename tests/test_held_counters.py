@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from exporter.simulator import ProviderSpec
-from tests.harness import Samples, value
+from tests.harness import Samples, parse_samples, value
 from tests.test_incremental import INTERVAL, P, SimTime, exporter, gateway
+
+LABELS = {"provider": P, "status": "failed", "code": "server_error", "class": "provider"}
 
 
 def test_a_teams_first_failure_shows_at_0_first_then_counts() -> None:
@@ -23,6 +27,7 @@ def test_a_teams_first_failure_shows_at_0_first_then_counts() -> None:
         sim.add_batch(P, batch_id="ml-run", status="in_progress", created_at=int(clock.now) - 100,
                       metadata={"team": "ml"})  # fmt: skip
         exp.poll(P)
+        exp.samples()  # a scrape has seen the counters from 0 (until one has, every count is held: see below)
         clock.advance(INTERVAL)
         # ml was listed running: its series are shown from 0 already, so its failure counts at once. ads was never
         # listed: its batch is first seen failed.
@@ -166,3 +171,176 @@ def test_what_ended_while_the_exporter_was_down_shows_as_an_increase_after_a_res
     assert value(later, "bifrost_batch_failures_total", **labels) == 1  # counted once
     assert value(later, "bifrost_batch_finished_total", provider=P, status="completed") == 2
     assert (completed_requests(later) or 0) > (completed_requests(before) or 0)
+
+
+@pytest.mark.parametrize(
+    ("restart", "scraped_first"),
+    [(False, False), (True, False), (False, True), (True, True)],
+    ids=["new-pod", "new-pod-with-state", "scraped-first", "scraped-first-with-state"],
+)
+def test_what_the_second_poll_counts_is_held_until_a_scrape_has_seen_the_start(
+    tmp_path: Path, restart: bool, scraped_first: bool
+) -> None:
+    """Prometheus' first scrape of a new pod comes after readiness, discovery and the scrape offset: with the
+    chart's 30 s poll, often after the second poll. A count made then on a series the first render showed (seeded
+    or restored) was shown at once, born above 0 in that first scrape and invisible to every failure alert (audit 8,
+    alerts F1). Until a scrape has been served the provider's counters, every count above what the process started
+    with is held, for a hold from when it rose; once one has, a count shows at once (an increase from what that
+    scrape saw)."""
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="openai")
+    poll = 30
+    settings: dict[str, object] = {
+        "page_size": 10,
+        "poll_interval_seconds": poll,
+        "resync_interval_seconds": 300,
+    }
+    if restart:
+        settings["state_dir"] = tmp_path
+    with gateway(clock, spec) as sim:
+        sim.add_batch(P, batch_id="run", status="in_progress", created_at=int(clock.now) - 50)
+        if restart:  # an earlier process ran and saved its ledger
+            with exporter(sim, clock, **settings) as old:
+                for _ in range(5):
+                    old.poll(P)
+                    clock.advance(poll)
+            clock.advance(120)
+        with exporter(sim, clock, scrape_start=False, **settings) as exp:
+            exp.poll(P)  # the new process' first render
+            shown = [exp.samples()] if scraped_first else []
+            clock.advance(poll)
+            sim.set_status(P, "run", "failed", int(clock.now) - 2, error_code="server_error")
+            for _ in range(4):
+                exp.poll(P)
+                shown.append(exp.samples())
+                clock.advance(poll)
+
+    def failures(s: Samples) -> float | None:
+        return value(s, "bifrost_batch_failures_total", **LABELS)
+
+    def failed(s: Samples) -> float | None:
+        return value(s, "bifrost_batch_finished_total", provider=P, status="failed")
+
+    if scraped_first:
+        assert [failures(s) for s in shown] == [0, 1, 1, 1, 1]
+        assert [failed(s) for s in shown] == [0, 1, 1, 1, 1]
+    else:
+        # the second poll (counted, held: the first scrape), the third (within the hold from the rise), then counted
+        assert [failures(s) for s in shown] == [0, 0, 1, 1]
+        assert [failed(s) for s in shown] == [0, 0, 1, 1]
+
+
+COUNTERS = (
+    "bifrost_batch_finished_total",
+    "bifrost_batch_finished_requests_total",
+    "bifrost_batch_failures_total",
+)
+
+
+class Watch:
+    """Every scrape's counter samples; records each series that is shown lower than before."""
+
+    def __init__(self, status: str = "failed") -> None:
+        self.status = status
+        self.last: dict[tuple[str, frozenset], float] = {}  # type: ignore[type-arg]
+        self.drops: list[str] = []
+        self.trace: list[float | None] = []
+
+    def see(self, step: str, samples: Samples) -> None:
+        for key, v in samples.items():
+            if key[0] not in COUNTERS:
+                continue
+            before = self.last.get(key)
+            if before is not None and v < before:
+                self.drops.append(f"{step}: {key[0]}{dict(key[1])} {before} -> {v}")
+            self.last[key] = v
+        self.trace.append(
+            samples.get(
+                ("bifrost_batch_finished_total", frozenset({"provider": P, "status": self.status}.items()))
+            )
+        )
+
+
+@pytest.mark.parametrize("scraped", [True, False], ids=["scraped", "render-only"])
+def test_a_count_made_by_failing_polls_after_a_restart_is_not_dropped_back_to_its_restored_value(
+    tmp_path: Path, scraped: bool
+) -> None:
+    """Restart; the first poll's first page counts a batch that failed while the exporter was down, its
+    continuation pages fail (5xx) for longer than the hold. The count is held at the restored value for 60 s, then
+    shown; at the next publish _hold_restored holds it again at the restored value: the series goes down, and so
+    on every hold until a poll is up (audit 8, counts F1). `render-only` reads the exposition without a scrape
+    being served, so the start-up hold is not ended by one."""
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="openai")
+    watch = Watch()
+    with gateway(clock, spec) as sim:
+        for i in range(4):
+            sim.add_batch(P, batch_id=f"old{i}", status="completed", created_at=int(clock.now) - 5000 + i,
+                          completed_at=int(clock.now) - 4000)  # fmt: skip
+        sim.add_batch(P, batch_id="run", status="in_progress", created_at=int(clock.now) - 50)
+        with exporter(sim, clock, page_size=2, state_dir=tmp_path) as exp:
+            for _ in range(3):
+                exp.poll(P)
+                watch.see("A", exp.samples())
+                clock.advance(INTERVAL)
+        clock.advance(60)  # down: the running batch fails
+        sim.set_status(P, "run", "failed", int(clock.now) - 5, error_code="server_error")
+        clock.advance(60)
+        sim.set_fault("server_error", cursor_only=True)  # first page answers, continuation pages fail
+        with exporter(sim, clock, page_size=2, state_dir=tmp_path) as exp:
+
+            def look() -> Samples:
+                return exp.samples() if scraped else parse_samples(exp.exporter.rendered.text.decode())
+
+            watch.see("B restored", look())
+            for i in range(20):  # 200 s of failing continuation pages: past the hold
+                exp.poll(P)
+                watch.see(f"B failing poll {i}", look())
+                clock.advance(INTERVAL)
+            sim.set_fault(None)
+            for i in range(8):
+                exp.poll(P)
+                watch.see(f"B ok poll {i}", look())
+                clock.advance(INTERVAL)
+    assert watch.drops == [], "\n".join(watch.drops)
+    assert watch.trace[-1] == 1
+
+
+def test_while_retrieves_fail_after_a_restart_a_count_is_not_dropped_back_to_its_restored_value(
+    tmp_path: Path,
+) -> None:
+    """Bedrock through /v1/batches (the gateway ignores its cursor: a list is its first page; running batches
+    below it are known by retrieves alone). Restart; every retrieve fails (a proxy that does not pass the retrieve
+    route, 429s on retrieves) while every list answers: up 0 with last_success moving. A batch that expired while
+    the exporter was down is counted from the list and held at its restored value for the hold, then shown; a
+    hold later it is shown at the restored value again, and so on: the series goes down, repeatedly (audit 8,
+    counts F1)."""
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="bedrock")
+    watch = Watch("expired")
+    with gateway(clock, spec) as sim:
+        sim.add_batch(P, batch_id="run", status="in_progress", created_at=int(clock.now) - 50)
+        with exporter(sim, clock, page_size=2, state_dir=tmp_path) as exp:
+            exp.poll(P)
+            clock.advance(INTERVAL)
+            for i in range(2):  # two newer running batches push `run` below the only page a list reads
+                sim.add_batch(P, batch_id=f"n{i}", status="in_progress", created_at=int(clock.now) - 5 + i)
+            for _ in range(3):
+                exp.poll(P)
+                watch.see("A", exp.samples())
+                clock.advance(INTERVAL)
+        clock.advance(30)  # down: a new batch runs and expires
+        sim.add_batch(P, batch_id="x", status="in_progress", created_at=int(clock.now) - 20)
+        sim.set_status(P, "x", "expired", int(clock.now) - 1)
+        clock.advance(30)
+        sim.set_fault("server_error", provider=P, endpoint="retrieve")
+        with exporter(sim, clock, page_size=2, state_dir=tmp_path) as exp:
+            ups = []
+            for i in range(20):
+                exp.poll(P)
+                s = exp.samples()
+                ups.append(s.get(("bifrost_batch_exporter_up", frozenset({"provider": P}.items()))))
+                watch.see(f"B poll {i}", s)
+                clock.advance(INTERVAL)
+    assert watch.drops == [], "\n".join(watch.drops)
+    assert set(ups) == {0} and watch.trace[-1] == 1

@@ -102,6 +102,7 @@ def max_in_window(times: list[float], window: float) -> int:
 def exporter(sim: Simulator, clock: SimTime, **overrides: Any) -> Iterator[ExporterThread]:
     """`provider` among the overrides: the one provider polled (default P)."""
     provider = str(overrides.pop("provider", P))
+    scrape_start = bool(overrides.pop("scrape_start", True))
     values: dict[str, Any] = {
         "poll_interval_seconds": INTERVAL,
         "resync_interval_seconds": RESYNC,
@@ -111,7 +112,7 @@ def exporter(sim: Simulator, clock: SimTime, **overrides: Any) -> Iterator[Expor
     values.update(overrides)
     config = make_settings(sim.url, [provider], **values)
     client = BifrostClient(config, sleep=clock.sleep, monotonic=clock.monotonic)
-    with ExporterThread(config, clock=clock.time, client=client) as exp:
+    with ExporterThread(config, clock=clock.time, client=client, scrape_start=scrape_start) as exp:
         yield exp
 
 
