@@ -43,6 +43,7 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import socket
 import stat
 import sys
@@ -170,10 +171,12 @@ def lock(state_dir: Path) -> StateLock:
         if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
             raise _in_use(state_dir, _printable(holder)) from None
         raise
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    handle.flush()
+    # The holder line only informs a second exporter's error message: this process owns the directory once flock
+    # succeeded, so a volume that refuses these bytes (EIO, a quota) must not cost it the state it may read.
+    # Written past the text wrapper's buffer, so nothing failed is left in it to fail again at close.
+    with contextlib.suppress(OSError):
+        os.ftruncate(handle.fileno(), 0)
+        os.pwrite(handle.fileno(), f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
     return StateLock(state_dir, handle)
 
 
@@ -435,7 +438,9 @@ class CostState(Protocol):
 def _open_regular(path: Path) -> tuple[BinaryIO, int] | None:
     """`path` opened for reading (never through a symlink) with its size; None when it does not exist."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO at the name would otherwise block the start until a writer came (a regular file's
+        # reads never block, so it changes nothing for those).
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -470,6 +475,19 @@ def _check_header(
         raise StateError(f"{path} belongs to another provider")
 
 
+def _unreadable(path: Path, exc: OSError) -> StateError:
+    """A read that failed after the open (EIO: a bad sector, a failing network volume): the state is unusable, named
+    by its file, as a damaged one is; never an exception that ends the start."""
+    return StateError(f"cannot read {path}: {exc.strerror or exc}")
+
+
+def _read_all(f: BinaryIO, path: Path) -> bytes:
+    try:
+        return f.read()
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+
+
 def _read_marker(state_dir: Path, provider: str) -> dict[str, Any] | None:
     path = state_path(state_dir, provider)
     opened = _open_regular(path)
@@ -477,7 +495,7 @@ def _read_marker(state_dir: Path, provider: str) -> dict[str, Any] | None:
         return None
     f, _ = opened
     with f:
-        raw = f.read()
+        raw = _read_all(f, path)
     try:
         doc = json.loads(raw)
     except (ValueError, RecursionError):
@@ -521,11 +539,17 @@ def read(state_dir: Path, provider: str) -> Restored | None:
         return Restored(ledger, None, migrated=True, cost=cost if isinstance(cost, dict) else None)
     f, size = opened
     with f:
-        restored = _read_base(f, path, state_dir, provider)
+        try:
+            restored = _read_base(f, path, state_dir, provider)
+        except OSError as exc:
+            raise _unreadable(path, exc) from None
     restored.base_bytes = size
     restored.marked = marker is not None and marker["version"] == LAYOUT_VERSION
     restored.marker_problem = marker_problem
-    _replay_journal(state_dir, provider, restored)
+    try:
+        _replay_journal(state_dir, provider, restored)
+    except OSError as exc:
+        raise _unreadable(journal_path(state_dir, provider), exc) from None
     for name, rows in restored.tables.items():
         restored.state[name] = list(rows.values())
     restored.tables = {}
@@ -742,7 +766,11 @@ class Journal:
         self.state_dir = state_dir
         self.provider = provider
         self.compact_min_bytes = COMPACT_MIN_BYTES
-        self._generation = 0
+        # A fresh state's first base must not share its generation with a journal an earlier state left behind (a
+        # damaged base refused at start, its journal still on disk): a compaction cut short between its base and
+        # its journal would then replay that journal onto the new base, counting its records again. Random, below
+        # 2**52 so it stays exact in any JSON reader; compactions count on from it.
+        self._generation = secrets.randbits(52)
         self._journal_bytes = 0
         self._base_bytes = 0
         self._compact_next = True
