@@ -119,7 +119,7 @@ tests:
           - exp_labels: {severity: warning, job: bifrost-batch-exporter, provider: openai, metadata_team: ml, class: provider}
             exp_annotations:
               summary: "Bifrost batch failed on provider openai (provider) (metadata_team ml)"
-              description: '1 failure(s) of class provider (capacity, quota or a fault of the provider) among the batches of provider openai, metadata_team ml, job bifrost-batch-exporter in the last 15m (one per distinct error code a batch carries). Failure codes: token_limit_exceeded (1). Last failed batch of this class: batch_ml_1 (code token_limit_exceeded).'
+              description: '1 failure(s) of class provider (capacity, quota or a fault of the provider) among the batches of provider openai, metadata_team ml, job bifrost-batch-exporter in the last 15m (one per distinct error code a batch carries). Failure codes: token_limit_exceeded (1). Last failed batch of this class (on the provider, of any owner): batch_ml_1 (code token_limit_exceeded).'
               runbook_url: "https://github.com/bifrost-batch-exporter/bifrost-batch-exporter/blob/main/docs/runbook.md#bifrostbatchfailed"
 """
 

@@ -18,6 +18,9 @@ local build(c) =
   local scope(labels) = std.join('', ['{{ with index $labels "%s" }}, %s {{ . }}{{ end }}' % [l, l] for l in labels]);
   local provider = 'provider {{ $labels.provider }}' + scope(m + g);
   local owner = std.join('', ['{{ with index $labels "%s" }} (%s {{ . }}){{ end }}' % [l, l] for l in m]);
+  // bifrost_batch_last_failure_info carries no metadata labels: with them, the batch named is the provider's, of any
+  // owner, which the description must say (an owner's page must not send its on-call to another team's batch).
+  local anyOwner = if m == [] then '' else ' (on the provider, of any owner)';
   // A PromQL query, run from the annotation, restricted to the series of the alert's own group; `fmt` writes the
   // matchers as %(m)s. The result is piped into `body` (a template that ranges over it).
   // `fmt` may also write %(s)s, the selector alone (no printf argument).
@@ -94,7 +97,7 @@ local build(c) =
     summary,
     '{{ $value | printf "%.0f" }}' + kind + provider + ' in the last ' + a[name].window +
     ' (one per distinct error code a batch carries). Failure codes: ' + codes('failed', a[name].window, ['class']) +
-    '. Last failed batch of this class: ' + lastBatch('failed', ['class']) + '.',
+    '. Last failed batch of this class' + anyOwner + ': ' + lastBatch('failed', ['class']) + '.',
   );
 
   [
@@ -261,7 +264,7 @@ local build(c) =
       'Bifrost batch expired on provider {{ $labels.provider }}' + owner,
       '{{ $value | printf "%.0f" }} batch(es) of ' + provider + ' reached status "expired" (not finished within ' +
       'their completion window) in the last ' + a.BifrostBatchExpired.window + '; their pending requests are lost. ' +
-      'Codes: ' + codes('expired', a.BifrostBatchExpired.window) + '. Last expired batch: ' + lastBatch('expired') + '.',
+      'Codes: ' + codes('expired', a.BifrostBatchExpired.window) + '. Last expired batch' + anyOwner + ': ' + lastBatch('expired') + '.',
     ),
     rule(
       'BifrostBatchStuck',
