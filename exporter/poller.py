@@ -169,8 +169,6 @@ class _Run:
     # after its first successful poll (baseline_until): see _hold_new_counters.
     baseline: LedgerView | None = None
     baseline_seen: bool = False  # a scrape has been served this provider's counters (Poller.counters_scraped)
-    # Keys whose hold ended: shown at their count since, so never held at a lower value again.
-    released: set[tuple[Any, ...]] = field(default_factory=set)
     summary: _Summary = field(default_factory=_Summary)
 
 
@@ -1570,7 +1568,8 @@ class Poller:
         or drain) every series is new to Prometheus, whose first scrape comes after readiness, discovery and the
         scrape offset, often after the second poll. A series whose first sample already held the batches that ended
         while the exporter was down, or in its first poll intervals, hides them from increase() and every failure
-        alert. A key whose hold ended is never held again: a counter shown lower would read as a reset."""
+        alert. Until such a scrape no hold ends (one that ended first would let the series be born with the count
+        after all), and after it none begins at the start's value: a counter is never shown lower than it was."""
         run = self._runs.get(provider)
         if run is None:
             return state
@@ -1582,16 +1581,15 @@ class Poller:
             run.held.setdefault(key, _Hold(now + hold))
         if run.baseline is not None:
             if run.baseline_seen:
-                run.baseline, run.released = None, set()
+                run.baseline = None
             else:
                 self._hold_risen(run, run.baseline, state.ledger, now + hold)
         if previous is None or previous.health.last_success is None:
             # No counter has been rendered yet (render.py shows them from a first success on): a hold runs from the
             # first render, or failed polls that outlast it would let their counts be born above 0 after all.
             run.held = {key: h._replace(until=now + hold) for key, h in run.held.items()}
-        if run.baseline is not None:
-            run.released.update(key for key, h in run.held.items() if h.until <= now)
-        run.held = {key: h for key, h in run.held.items() if h.until > now}
+        if run.baseline is None:
+            run.held = {key: h for key, h in run.held.items() if h.until > now}
         if not run.held and not state.ledger.held:
             return state
         held = MappingProxyType({key: h.shown for key, h in run.held.items()})
@@ -1614,7 +1612,7 @@ class Poller:
         ]
         counts += [(key, n, baseline.failures.get(key, 0)) for key, n in ledger.failures.items()]
         for key, n, before in counts:
-            if n > before and key not in run.held and key not in run.released:
+            if n > before and key not in run.held:
                 requests = baseline.finished_requests.get(key, ()) if len(key) == 2 else ()
                 run.held[key] = _Hold(until, before, tuple(requests))
 

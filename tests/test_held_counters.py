@@ -287,7 +287,7 @@ def test_a_count_made_by_failing_polls_after_a_restart_is_not_dropped_back_to_it
         sim.set_status(P, "run", "failed", int(clock.now) - 5, error_code="server_error")
         clock.advance(60)
         sim.set_fault("server_error", cursor_only=True)  # first page answers, continuation pages fail
-        with exporter(sim, clock, page_size=2, state_dir=tmp_path) as exp:
+        with exporter(sim, clock, page_size=2, state_dir=tmp_path, scrape_start=scraped) as exp:
 
             def look() -> Samples:
                 return exp.samples() if scraped else parse_samples(exp.exporter.rendered.text.decode())
@@ -302,6 +302,12 @@ def test_a_count_made_by_failing_polls_after_a_restart_is_not_dropped_back_to_it
                 exp.poll(P)
                 watch.see(f"B ok poll {i}", look())
                 clock.advance(INTERVAL)
+            if not scraped:
+                # Never scraped: still held at the restored 0 (no hold ends before a scrape saw the start) ...
+                assert watch.trace[-1] == 0
+                exp.samples()  # ... until one has; the poll after it shows the count
+                exp.poll(P)
+                watch.see("B after a scrape", look())
     assert watch.drops == [], "\n".join(watch.drops)
     assert watch.trace[-1] == 1
 
