@@ -46,6 +46,10 @@ from .snapshot import Health, ProviderState, SnapshotBuilder
 from .store import Store, is_sparse
 
 UNSUPPORTED_BACKOFF_INTERVALS = 10
+# Held counter keys a state file may bring back (each a (status[, code], group) key of the counter tables, which the
+# ledger caps far below this): a damaged or hostile field cannot make the start slow.
+MAX_RESTORED_HOLDS = 100_000
+
 # Share of a poll interval's request budget (interval × max_requests_per_second) a poll may spend: the rest is
 # headroom for retries and for the other work of the gateway's keys.
 BUDGET_SHARE = 0.5
@@ -239,6 +243,7 @@ class Poller:
         self._costs = self._cost_ledgers()
         # The early warning's recent rates and calibration (the calibration is restored with the ledger).
         self._trackers = {p: ProgressTracker() for p in settings.providers}
+        self._restored_holds: dict[str, dict[tuple[Any, ...], tuple[int, tuple[int, ...]]]] = {}
         for provider, ledger in self._ledgers.items():
             self._restore(provider, ledger)
         self._states: Mapping[str, ProviderState] = MappingProxyType(
@@ -259,6 +264,15 @@ class Poller:
         self._runs = {
             p: _Run(self._new_store(led), baseline=self._states[p].ledger) for p, led in self._ledgers.items()
         }
+        hold = max(60.0, settings.poll_interval_seconds)
+        for p, entries in self._restored_holds.items():
+            view, run = self._states[p].ledger, self._runs[p]
+            for key, (value, requests) in entries.items():
+                counted = view.finished.get(key, 0) if len(key) == 2 else view.failures.get(key, 0)
+                if value < counted:
+                    run.held[key] = _Hold(self.started_at + hold, value, requests)
+            self._states = MappingProxyType({**self._states, p: _shown(run, self._states[p])})
+        self._restored_holds.clear()
 
     @staticmethod
     def _new_store(ledger: Ledger) -> Store:
@@ -334,10 +348,12 @@ class Poller:
                 return
             state = dict(restored.state)
             tracker_state = state.pop("tracker", None)
+            shown_state = state.pop("shown", None)
             notes = ledger.load_state(state, restored.settled)
             cost_notes = self._restore_cost(provider, restored)
             notes += cost_notes or []
             self._restore_tracker(provider, tracker_state)
+            self._restore_shown(provider, shown_state)
         except statefile.StateError as exc:
             self._log.warning(
                 "state_unusable",
@@ -421,7 +437,7 @@ class Poller:
             return
         journal.done(write)
 
-    async def _save(self, provider: str, ledger: Ledger, run: _Run, now: float) -> None:
+    async def _save(self, provider: str, ledger: Ledger, run: _Run, now: float, shown: LedgerView) -> None:
         """The poll's changes to the ledger, on disk before its values are published (only what changed: a
         journal record; now and then the whole ledger as a new base)."""
         journal = self._journals.get(provider)
@@ -429,7 +445,7 @@ class Poller:
             return
         try:
             write = journal.prepare(
-                ledger, now, extras=self._durable_extras(provider), cost=self._costs.get(provider)
+                ledger, now, extras=self._durable_extras(provider, shown), cost=self._costs.get(provider)
             )
             await asyncio.to_thread(write.run, self.state_file_ops)
         except (OSError, ValueError) as exc:
@@ -480,10 +496,36 @@ class Poller:
             self._ledgers[provider].finish_hook = costs[provider].finished
         return costs
 
-    def _durable_extras(self, provider: str) -> dict[str, Any]:
+    def _durable_extras(self, provider: str, shown: LedgerView | None = None) -> dict[str, Any]:
         """Small state kept beside the ledger's head: the early warning's calibration, learned from every batch
-        seen finish (weeks of evidence a restart must not throw away)."""
-        return {"tracker": self._trackers[provider].to_state()}
+        seen finish (weeks of evidence a restart must not throw away); and the counter keys a render shows below
+        their count (held), at what it shows: a restart within a hold, on a new pod, must not bring the series
+        back born with the count, which increase() and every failure alert would never see. A release that does
+        not know the field ignores it (the ledger reads its own fields by name)."""
+        extras: dict[str, Any] = {"tracker": self._trackers[provider].to_state()}
+        if shown is not None:
+            extras["shown"] = [
+                [list(key[:-1]), list(key[-1]), value, list(shown.held_requests.get(key, ()))]
+                for key, value in sorted(shown.held.items(), key=repr)
+            ]
+        return extras
+
+    def _restore_shown(self, provider: str, entries: Any) -> None:
+        """The held keys a previous process showed below their counts (see _durable_extras), held again at those
+        values from this start; anything malformed is dropped (the counts themselves are restored either way)."""
+        if not isinstance(entries, list):
+            return
+        held: dict[tuple[Any, ...], tuple[int, tuple[int, ...]]] = {}
+        for entry in entries[:MAX_RESTORED_HOLDS]:
+            try:
+                parts, group, value, requests = entry
+                key = (*(str(x) for x in parts), tuple(str(x) for x in group))
+                if len(parts) not in (1, 2) or not isinstance(value, int) or value < 0:
+                    continue
+                held[key] = (value, tuple(int(n) for n in requests) if len(parts) == 1 else ())
+            except (TypeError, ValueError):
+                continue
+        self._restored_holds[provider] = held
 
     def _restore_tracker(self, provider: str, state: Any) -> None:
         if state is None:
@@ -594,7 +636,9 @@ class Poller:
         state = self._fold(provider, ledger, run, builder, outcome, now, duration, started)
         if cost is not None:
             state = replace(state, cost=cost.view())
-        await self._save(provider, ledger, run, now)
+        # Held first: what a render will show is saved with the counts, so a restart within a hold shows it too.
+        state = self._hold_new_counters(provider, state)
+        await self._save(provider, ledger, run, now, state.ledger)
         self._publish(provider, state)
         self._summarize(provider, run, state, outcome)
         return state
@@ -1554,7 +1598,6 @@ class Poller:
         run.clamped, run.overflowed = clamped, overflowed
 
     def _publish(self, provider: str, state: ProviderState) -> None:
-        state = self._hold_new_counters(provider, state)
         self._states = MappingProxyType({**self._states, provider: state})
         self._on_change()
 
@@ -1590,11 +1633,7 @@ class Poller:
             run.held = {key: h._replace(until=now + hold) for key, h in run.held.items()}
         if run.baseline is None:
             run.held = {key: h for key, h in run.held.items() if h.until > now}
-        if not run.held and not state.ledger.held:
-            return state
-        held = MappingProxyType({key: h.shown for key, h in run.held.items()})
-        held_requests = MappingProxyType({key: h.requests for key, h in run.held.items() if h.requests})
-        return replace(state, ledger=replace(state.ledger, held=held, held_requests=held_requests))
+        return _shown(run, state)
 
     def counters_scraped(self, provider: str) -> None:
         """A scrape was served this provider's counter series: from now on a count can show the moment it is made,
@@ -1615,6 +1654,15 @@ class Poller:
             if n > before and key not in run.held:
                 requests = baseline.finished_requests.get(key, ()) if len(key) == 2 else ()
                 run.held[key] = _Hold(until, before, tuple(requests))
+
+
+def _shown(run: _Run, state: ProviderState) -> ProviderState:
+    """`state` with the run's held keys at the values they are shown at."""
+    if not run.held and not state.ledger.held:
+        return state
+    held = MappingProxyType({key: h.shown for key, h in run.held.items()})
+    held_requests = MappingProxyType({key: h.requests for key, h in run.held.items() if h.requests})
+    return replace(state, ledger=replace(state.ledger, held=held, held_requests=held_requests))
 
 
 class _HeadScans:

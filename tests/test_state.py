@@ -487,5 +487,9 @@ def test_a_version_1_file_is_read_migrated_and_counts_stay_once(tmp_path: Path) 
         with ExporterThread(cfg, clock=lambda: T0 + 300) as exp:
             exp.poll()
             again = exp.samples()
+            counted = exp.exporter.poller.states[P].ledger.finished
         for status, n in (("failed", 1), ("completed", 2), ("expired", 1)):
+            assert counted[(status, ())] == n
+        # Restarted within the hold: still shown at what the first process showed (the restored state says so).
+        for status, n in (("failed", 1), ("completed", 1), ("expired", 0)):
             assert value(again, "bifrost_batch_finished_total", provider=P, status=status) == n
