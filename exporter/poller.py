@@ -35,7 +35,7 @@ import structlog
 
 from . import presence, statefile
 from .client import REASONS, BifrostClient, Failure, ListResult, PagePlace
-from .cost import CostLedger, lookup_allowance, never_settled, settle
+from .cost import CostLedger, CostView, lookup_allowance, never_settled, settle
 from .firstsync import FirstSync, estimate_completion, expected_pages
 from .ledger import Ledger, LedgerView
 from .models import Batch, normalize_status
@@ -173,6 +173,9 @@ class _Run:
     # after its first successful poll (baseline_until): see _hold_new_counters.
     baseline: LedgerView | None = None
     baseline_seen: bool = False  # a scrape has been served this provider's counters (Poller.counters_scraped)
+    # The cost counters likewise (cost_metrics): what they started with, and (figure, key) → (until, value shown).
+    cost_baseline: CostView | None = None
+    cost_held: dict[tuple[str, Any], tuple[float, float]] = field(default_factory=dict)
     summary: _Summary = field(default_factory=_Summary)
 
 
@@ -262,7 +265,8 @@ class Poller:
         # What the counters start from: a restored ledger's counts (shown until this process's first successful
         # poll when it has a success time), or none.
         self._runs = {
-            p: _Run(self._new_store(led), baseline=self._states[p].ledger) for p, led in self._ledgers.items()
+            p: _Run(self._new_store(led), baseline=self._states[p].ledger, cost_baseline=self._states[p].cost)
+            for p, led in self._ledgers.items()
         }
         hold = max(60.0, settings.poll_interval_seconds)
         for p, entries in self._restored_holds.items():
@@ -1633,7 +1637,7 @@ class Poller:
             run.held = {key: h._replace(until=now + hold) for key, h in run.held.items()}
         if run.baseline is None:
             run.held = {key: h for key, h in run.held.items() if h.until > now}
-        return _shown(run, state)
+        return _shown(run, _hold_cost(run, state, now, hold))
 
     def counters_scraped(self, provider: str) -> None:
         """A scrape was served this provider's counter series: from now on a count can show the moment it is made,
@@ -1654,6 +1658,37 @@ class Poller:
             if n > before and key not in run.held:
                 requests = baseline.finished_requests.get(key, ()) if len(key) == 2 else ()
                 run.held[key] = _Hold(until, before, tuple(requests))
+
+
+_COST_COUNTERS = ("settlements", "dollars", "requests", "tokens")  # CostView's counter figures
+
+
+def _hold_cost(run: _Run, state: ProviderState, now: float, hold: float) -> ProviderState:
+    """The cost counters' start-up hold, as the batch counters' (Poller._hold_new_counters): a settlement counted
+    `missing` by a restarted process's first poll (its horizon passed while the exporter was down) in the first
+    sample of a new pod's series is no increase to BifrostBatchSettlementsMissing."""
+    cost, base = state.cost, run.cost_baseline
+    if cost is None:
+        return state
+    if base is not None:
+        if run.baseline_seen:
+            run.cost_baseline = None
+        else:
+            for figure in _COST_COUNTERS:
+                before: Mapping[Any, float] = getattr(base, figure)
+                for key, value in getattr(cost, figure).items():
+                    start = before.get(key, 0)
+                    if value > start and (figure, key) not in run.cost_held:
+                        run.cost_held[(figure, key)] = (now + hold, start)
+    if run.cost_baseline is None:
+        run.cost_held = {k: h for k, h in run.cost_held.items() if h[0] > now}
+    if not run.cost_held:
+        return state
+    shown: dict[str, dict[Any, float]] = {}
+    for (figure, key), (_, value) in run.cost_held.items():
+        shown.setdefault(figure, {})[key] = value
+    figures = {f: MappingProxyType({**getattr(cost, f), **values}) for f, values in shown.items()}
+    return replace(state, cost=replace(cost, **figures))  # type: ignore[arg-type]
 
 
 def _shown(run: _Run, state: ProviderState) -> ProviderState:

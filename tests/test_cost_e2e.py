@@ -300,3 +300,26 @@ def test_costs_add_up_to_the_gateways_settlements_exactly(
         v for _, v in series(final, "bifrost_batch_exporter_requests_total", endpoint="settlement")
     )
     assert exposed_lookups == sum(counts.values())  # every request counted, across both restarts
+
+
+def test_missing_counted_by_the_first_poll_after_a_restart_shows_its_restored_value_first(
+    sim: Simulator, clock: Clock, tmp_path: Path
+) -> None:
+    """A batch's settlement horizon passed while the exporter was down: the restarted process's first poll counts it
+    `missing`, in the first sample of a new pod's series, which BifrostBatchSettlementsMissing (increase(), and a
+    "born within the same process" branch) never saw. The cost counters are held at their start until a scrape has
+    seen it, as the batch counters are (audit 8, alerts F2)."""
+    add(sim, "openai", "ext", "ml", external=True)  # created outside the gateway: never settled
+    with exporter(sim, clock, tmp_path) as exp:
+        exp.poll()
+        run_until(sim, exp, clock, T0 + 600, [(120.0, "openai", "ext", "completed")])
+        before = settlement_results(exp.samples(), "openai")
+    run_until(sim, None, clock, T0 + HORIZON + 3600, [])  # down past the batch's horizon
+    with exporter(sim, clock, tmp_path) as exp:
+        exp.poll()  # readiness waits for the first poll: a new pod's first scrape comes after it
+        first = settlement_results(exp.samples(), "openai")
+        run_until(sim, exp, clock, clock.now + 600, [])
+        later = settlement_results(exp.samples(), "openai")
+    assert before.get("missing", 0) == 0
+    assert first.get("missing", 0) == 0
+    assert later.get("missing") == 1
