@@ -345,6 +345,10 @@ class _Damaged(Exception):
     """A record that is cut short or fails its CRC: the end of what can be read."""
 
 
+class _Unappliable(_Damaged):
+    """A journal record read whole, its checksum right, whose content cannot be applied."""
+
+
 def _read_record(
     f: BinaryIO, limit: int
 ) -> tuple[bytes, int] | tuple[tuple[array[int], array[float]], int] | None:
@@ -627,14 +631,23 @@ def _replay_journal(state_dir: Path, provider: str, restored: Restored) -> None:
                     break
                 if not isinstance(record[0], bytes):
                     raise _Damaged("a key record in a journal")
-                _apply(_json(record[0], str(path)), restored)
+                try:
+                    _apply(_json(record[0], str(path)), restored)
+                except StateError as exc:
+                    # Whole and checksummed, yet not a record this exporter wrote (a writer's bug, a hand edit):
+                    # damage at that record, not a reason to throw away the base and every good record before it.
+                    raise _Unappliable(str(exc)) from None
                 offset += record[1]
                 restored.records += 1
         except _Damaged as exc:
             restored.dropped_bytes = size - offset
             # A stop (a crash, kill -9, a full disk) can only cut the last record short; a record that fails with
             # more written after it, or a header (written whole, by rename), is damage to what was saved.
-            restored.torn = offset > 0 and (f.tell() >= size or _only_zeros(f, offset))
+            restored.torn = (
+                offset > 0
+                and not isinstance(exc, _Unappliable)
+                and (f.tell() >= size or _only_zeros(f, offset))
+            )
             if offset == 0:
                 restored.damage = f"its header: {exc}"
                 return
@@ -652,7 +665,9 @@ def _only_zeros(f: BinaryIO, offset: int) -> bool:
 
 
 def _apply(record: Mapping[str, Any], restored: Restored) -> None:
-    """One poll's changes, as `Journal.prepare` wrote them."""
+    """One poll's changes, as `Journal.prepare` wrote them: all of a record or none of it (everything that can
+    fail is checked and converted before `restored` is touched, so a record refused leaves the state of the one
+    before it)."""
     try:
         head = record.get("head", {})
         state = restored.state
@@ -661,34 +676,43 @@ def _apply(record: Mapping[str, Any], restored: Restored) -> None:
         if settled is None or not isinstance(head, dict) or "active" in head:
             raise TypeError("head")
         rows = _rows(record.get("rows"), restored.journal_version)
+        built: dict[str, dict[tuple[Any, ...], Any]] = {}  # the tables rows first land in, made up front
+        for name, _, _ in rows:
+            if name not in built and (name in head or name not in restored.tables):
+                built[name] = {_row_key(r): r for r in (head[name] if name in head else state[name])}
+        unsettled = [int(key) for key in record.get("unsettled", ())]
+        newly_settled = [(int(key), float(at)) for key, at in record.get("settled", ())]
+        cost = record.get("cost")
+        if cost is not None and not isinstance(cost, dict):
+            raise TypeError("cost")
+        gone = [str(batch_id) for batch_id in record.get("gone", ())]
+        poll = record.get("poll")
+        seen = [str(batch_id) for batch_id in record["seen"]] if "seen" in record else None
+        new = [str(batch_id) for batch_id in record.get("new", ())]
+        unseen = {str(i) for i in record["unseen"]} if "unseen" in record else None
         state.update(head)
         for name in COUNT_TABLES:
             if name in head:  # written whole: it replaces the table, rows included
                 restored.tables.pop(name, None)
-        for name, key, row in rows:
+        for name, row_key, row in rows:
             table = restored.tables.get(name)
             if table is None:
-                table = restored.tables[name] = {_row_key(r): r for r in state[name]}
-            table[key] = row
-        for key in record.get("unsettled", ()):
-            settled.discard(int(key))
-        for key, at in record.get("settled", ()):
-            settled.set(int(key), float(at))
-        cost = record.get("cost")
+                table = restored.tables[name] = built[name]
+            table[row_key] = row
+        for key in unsettled:
+            settled.discard(key)
+        for key, at in newly_settled:
+            settled.set(key, at)
         if cost is not None:
-            if not isinstance(cost, dict):
-                raise TypeError("cost")
             restored.cost_deltas.append(cost)
-        for batch_id in record.get("gone", ()):
-            active.pop(str(batch_id), None)
-        poll = record.get("poll")
-        if "seen" in record:
-            for batch_id in record["seen"]:
-                active[str(batch_id)] = poll
-        elif "unseen" in record:
-            for batch_id in record.get("new", ()):
-                active[str(batch_id)] = poll
-            unseen = {str(i) for i in record["unseen"]}
+        for batch_id in gone:
+            active.pop(batch_id, None)
+        if seen is not None:
+            for batch_id in seen:
+                active[batch_id] = poll
+        elif unseen is not None:
+            for batch_id in new:
+                active[batch_id] = poll
             for batch_id in active:
                 if batch_id not in unseen:
                     active[batch_id] = poll

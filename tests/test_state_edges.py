@@ -186,3 +186,26 @@ def test_a_read_error_names_the_file_and_the_exporter_carries_on(tmp_path: Path)
     unusable = [line for line in log.splitlines() if "state_unusable" in line]
     assert unusable and str(statefile.base_path(state_dir, P)) in unusable[0], log[-2000:]
     assert "startup_failed" not in log
+
+
+def test_a_record_that_cannot_be_applied_keeps_the_good_ones_before_it(tmp_path: Path) -> None:
+    """A journal record whole and checksummed whose content this exporter cannot apply (a writer's bug, a hand
+    edit): the whole state was thrown away, the base and every good record with it, with a warning naming no file
+    (audit 8, state F5). It is damage at that record: the state is that of the last good one, named by its file."""
+    state_dir = tmp_path / "state"
+    with Simulator(providers=[ProviderSpec(P)], lifecycle=False) as sim:
+        assert _three_failed(sim, state_dir) == 3
+        good = statefile.read(state_dir, P)
+        assert good is not None
+        with statefile.journal_path(state_dir, P).open("ab") as f:
+            # settled ids first converted, then one that cannot be: nothing of the record may land
+            f.write(
+                statefile.json_record({"head": {"seq": 10**6}, "settled": [[7, 1.0], ["not-a-key", 1.0]]})
+            )
+        restored = statefile.read(state_dir, P)
+        printed, log = _once(sim.url, state_dir)
+    assert restored is not None and restored.damage and restored.dropped_bytes > 0 and not restored.torn
+    assert restored.records == good.records and restored.state.get("seq") == good.state.get("seq")
+    assert printed == 3, log[-2000:]
+    damaged = [line for line in log.splitlines() if "state_journal_damaged" in line]
+    assert damaged and f"ledger-{P}.journal" in damaged[0], log[-2000:]
