@@ -259,36 +259,36 @@ class Routes:
         path = target.split("?", 1)[0]
         guard = self.guard
         if guard is None:
-            return self.serve(path, headers)
+            return self.serve(path, headers, method)
         verdict = guard.admit(path, headers, peer)
         if isinstance(verdict, int):
-            return self._after(verdict, path, headers)
+            return self._after(verdict, path, headers, method)
         answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
 
         def decided(done: asyncio.Future[int]) -> None:
             if answer.cancelled():
                 return
             try:
-                answer.set_result(self._after(done.result(), path, headers))
+                answer.set_result(self._after(done.result(), path, headers, method))
             except Exception as exc:  # handed on to the connection, which answers 500
                 answer.set_exception(exc)
 
         verdict.add_done_callback(decided)
         return answer
 
-    def _after(self, verdict: int, path: str, headers: Mapping[str, str]) -> Response:
+    def _after(self, verdict: int, path: str, headers: Mapping[str, str], method: str = "GET") -> Response:
         if verdict == 0:
-            return self.serve(path, headers)
+            return self.serve(path, headers, method)
         status = HTTPStatus(verdict)
         extra = tuple(self.guard.challenge()) if status == HTTPStatus.UNAUTHORIZED and self.guard else ()
         return _plain(status, extra)
 
-    def serve(self, path: str, headers: Mapping[str, str]) -> Response:
+    def serve(self, path: str, headers: Mapping[str, str], method: str = "GET") -> Response:
         if path == "/healthz":
             return Response(200, b"ok\n") if self._healthy() else _plain(HTTPStatus.SERVICE_UNAVAILABLE)
         rendered = self._current()
         if path == self.metrics_path:
-            if self._on_scrape is not None:
+            if self._on_scrape is not None and method == "GET":  # a HEAD saw no values
                 self._on_scrape(rendered)
             openmetrics, use_gzip = negotiate(headers.get("accept"), headers.get("accept-encoding"))
             extra: tuple[tuple[str, str], ...] = (("Vary", "Accept, Accept-Encoding"),)

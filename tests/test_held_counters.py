@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from exporter.simulator import ProviderSpec
@@ -381,3 +382,18 @@ def test_a_restart_during_a_hold_keeps_the_series_at_what_it_showed(tmp_path: Pa
             counted = exp.exporter.poller.states[P].ledger.failures[("expired", "server_error", ())]
     assert (held, restored, first, later) == (0, 0, 0, 1)
     assert counted == 1
+
+
+def test_a_head_request_is_not_the_scrape_that_ends_the_start_up_hold() -> None:
+    """A HEAD of /metrics (a load balancer's check, a curl -I) is served no values: the start stays held."""
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="openai")
+    with gateway(clock, spec) as sim, exporter(sim, clock, page_size=10, scrape_start=False) as exp:
+        sim.add_batch(P, batch_id="run", status="in_progress", created_at=int(clock.now) - 50)
+        exp.poll(P)
+        assert httpx.head(exp.url + "/metrics", timeout=10).status_code == 200
+        clock.advance(INTERVAL)
+        sim.set_status(P, "run", "failed", int(clock.now) - 2, error_code="server_error")
+        exp.poll(P)
+        shown = value(exp.samples(), "bifrost_batch_failures_total", **LABELS)
+    assert shown == 0
