@@ -45,7 +45,6 @@ class Exporter:
         self._changes = 0  # state changes so far; a render is tagged with the count it saw
         self._published_changes = 0
         self._render_failures = 0
-        self._scraped_counting: set[str] = set()
         self._rendered = self._render()
         self._tasks: list[asyncio.Task[None]] = []
         host, port = settings.listen
@@ -105,9 +104,7 @@ class Exporter:
     def _scraped(self, rendered: Rendered) -> None:
         """A scrape was served `rendered`: the providers whose counters it showed have had their start values seen."""
         for provider in rendered.counting:
-            if provider not in self._scraped_counting:
-                self._scraped_counting.add(provider)
-                self.poller.counters_scraped(provider)
+            self.poller.counters_scraped(provider)
 
     def render_counted(self) -> Rendered:
         """What the ledgers counted, without the start-up and new-series holds: for `--once`, read by no

@@ -155,9 +155,9 @@ class LedgerView:
     last_resync: float | None = None
     groups_seen: tuple[Group, ...] = field(default=())
     # finished/failures keys shown at an earlier value for now (set by the poller when it publishes): series a render
-    # could not foresee, at 0 (exporter/presence.py), and after a restart those that rose before this process's
-    # first success, at their restored value, so that the count is an increase a scrape can see; with the
-    # finished_requests values shown meanwhile for held (status, group) keys (zeros when absent).
+    # could not foresee, at 0 (exporter/presence.py), and those that rose above what the process started with
+    # before a scrape had seen that start, at their start value, so that the count is an increase a scrape can see;
+    # with the finished_requests values shown meanwhile for held (status, group) keys (zeros when absent).
     held: Mapping[tuple[Any, ...], int] = field(default_factory=lambda: MappingProxyType({}))
     held_requests: Mapping[tuple[str, Group], tuple[int, ...]] = field(
         default_factory=lambda: MappingProxyType({})
@@ -178,6 +178,11 @@ def count_rows(table: Mapping[tuple[Any, ...], Any]) -> list[list[Any]]:
         ]
         for key, v in table.items()
     ]
+
+
+def row_key(row: list[Any]) -> tuple[Any, ...]:
+    """A `count_rows` row's key (every part but the value, the group as a tuple), as the ledger keys its counters."""
+    return tuple(tuple(part) if isinstance(part, list) else part for part in row[:-1])
 
 
 def failure_codes(batch: Batch) -> list[str]:

@@ -37,7 +37,7 @@ from . import presence, statefile
 from .client import REASONS, BifrostClient, Failure, ListResult, PagePlace
 from .cost import CostLedger, CostView, lookup_allowance, never_settled, settle
 from .firstsync import FirstSync, estimate_completion, expected_pages
-from .ledger import Ledger, LedgerView
+from .ledger import Ledger, LedgerView, count_rows, row_key
 from .models import Batch, normalize_status
 from .providers import page_size_for
 from .risk import ProgressTracker
@@ -169,8 +169,8 @@ class _Run:
     # Counter keys held a while (exporter/presence.py): series the last render could not foresee, at 0; and those
     # that rose above the baseline in this process's first moments, at their baseline value.
     held: dict[tuple[Any, ...], _Hold] = field(default_factory=dict)
-    # The counts this process started with (restored from the state directory, or none), until a hold's length
-    # after its first successful poll (baseline_until): see _hold_new_counters.
+    # The counts this process started with (restored from the state directory, or none), until a scrape has been
+    # served them: see _hold_new_counters.
     baseline: LedgerView | None = None
     baseline_seen: bool = False  # a scrape has been served this provider's counters (Poller.counters_scraped)
     # The cost counters likewise (cost_metrics): what they started with, and (figure, key) → (until, value shown).
@@ -246,9 +246,9 @@ class Poller:
         self._costs = self._cost_ledgers()
         # The early warning's recent rates and calibration (the calibration is restored with the ledger).
         self._trackers = {p: ProgressTracker() for p in settings.providers}
-        self._restored_holds: dict[str, dict[tuple[Any, ...], tuple[int, tuple[int, ...]]]] = {}
-        for provider, ledger in self._ledgers.items():
-            self._restore(provider, ledger)
+        restored_holds = {
+            provider: self._restore(provider, ledger) for provider, ledger in self._ledgers.items()
+        }
         self._states: Mapping[str, ProviderState] = MappingProxyType(
             {
                 p: ProviderState(
@@ -262,21 +262,21 @@ class Poller:
                 for p, led in self._ledgers.items()
             }
         )
-        # What the counters start from: a restored ledger's counts (shown until this process's first successful
-        # poll when it has a success time), or none.
+        # What the counters start from: a restored ledger's counts, or none.
         self._runs = {
             p: _Run(self._new_store(led), baseline=self._states[p].ledger, cost_baseline=self._states[p].cost)
             for p, led in self._ledgers.items()
         }
         hold = max(60.0, settings.poll_interval_seconds)
-        for p, entries in self._restored_holds.items():
+        for p, entries in restored_holds.items():
+            if not entries:
+                continue
             view, run = self._states[p].ledger, self._runs[p]
             for key, (value, requests) in entries.items():
                 counted = view.finished.get(key, 0) if len(key) == 2 else view.failures.get(key, 0)
                 if value < counted:
                     run.held[key] = _Hold(self.started_at + hold, value, requests)
             self._states = MappingProxyType({**self._states, p: _shown(run, self._states[p])})
-        self._restored_holds.clear()
 
     @staticmethod
     def _new_store(ledger: Ledger) -> Store:
@@ -334,12 +334,14 @@ class Poller:
             self._state_lock.release()
             self._state_lock = None
 
-    def _restore(self, provider: str, ledger: Ledger) -> None:
+    def _restore(self, provider: str, ledger: Ledger) -> _RestoredHolds:
+        """The provider's saved state into `ledger` (and its cost ledger and tracker); the counter keys the saved
+        process showed below their counts (see _durable_extras)."""
         state_dir = self._settings.state_dir
         if state_dir is None or self._state_lock is None:
             # Without the lock (it could not be taken: a read-only or lock-less mount) the directory is not ours:
             # another exporter may be writing it, so it is neither read nor written ("without durable state").
-            return
+            return {}
         path = str(statefile.base_path(state_dir, provider))
         journal = self._journals[provider] = statefile.Journal(state_dir, provider)
         try:
@@ -349,7 +351,7 @@ class Poller:
                     "state_not_found", provider=provider, path=path, detail="starting without history"
                 )
                 self._write_initial(provider, ledger, journal)
-                return
+                return {}
             state = dict(restored.state)
             tracker_state = state.pop("tracker", None)
             shown_state = state.pop("shown", None)
@@ -357,7 +359,7 @@ class Poller:
             cost_notes = self._restore_cost(provider, restored)
             notes += cost_notes or []
             self._restore_tracker(provider, tracker_state)
-            self._restore_shown(provider, shown_state)
+            holds = _restore_shown(shown_state)
         except statefile.StateError as exc:
             self._log.warning(
                 "state_unusable",
@@ -366,7 +368,7 @@ class Poller:
                 detail=str(exc)[:300],
                 consequence="counting starts afresh; transitions before this start are not counted",
             )
-            return
+            return {}
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
             self._log.warning(
                 "state_unusable",
@@ -376,7 +378,7 @@ class Poller:
                 detail=f"malformed ledger ({type(exc).__name__})",
                 consequence="counting starts afresh; transitions before this start are not counted",
             )
-            return
+            return {}
         journal.attach(restored)
         if cost_notes is None:
             # The next write is a base holding the cost ledger as recovered: appended after the unreadable record,
@@ -420,6 +422,7 @@ class Poller:
             migrated_from_version_1=restored.migrated or None,
             notes=notes or None,
         )
+        return holds
 
     def _write_initial(self, provider: str, ledger: Ledger, journal: statefile.Journal) -> None:
         """A first start records its start at once: a process killed before its first poll completes must not
@@ -508,28 +511,11 @@ class Poller:
         not know the field ignores it (the ledger reads its own fields by name)."""
         extras: dict[str, Any] = {"tracker": self._trackers[provider].to_state()}
         if shown is not None:
-            extras["shown"] = [
-                [list(key[:-1]), list(key[-1]), value, list(shown.held_requests.get(key, ()))]
-                for key, value in sorted(shown.held.items(), key=repr)
-            ]
+            # As the counter tables are written (count_rows), each value the shown count then the requests shown.
+            extras["shown"] = count_rows(
+                {key: (value, *shown.held_requests.get(key, ())) for key, value in shown.held.items()}
+            )
         return extras
-
-    def _restore_shown(self, provider: str, entries: Any) -> None:
-        """The held keys a previous process showed below their counts (see _durable_extras), held again at those
-        values from this start; anything malformed is dropped (the counts themselves are restored either way)."""
-        if not isinstance(entries, list):
-            return
-        held: dict[tuple[Any, ...], tuple[int, tuple[int, ...]]] = {}
-        for entry in entries[:MAX_RESTORED_HOLDS]:
-            try:
-                parts, group, value, requests = entry
-                key = (*(str(x) for x in parts), tuple(str(x) for x in group))
-                if len(parts) not in (1, 2) or not isinstance(value, int) or value < 0:
-                    continue
-                held[key] = (value, tuple(int(n) for n in requests) if len(parts) == 1 else ())
-            except (TypeError, ValueError):
-                continue
-        self._restored_holds[provider] = held
 
     def _restore_tracker(self, provider: str, state: Any) -> None:
         if state is None:
@@ -1658,6 +1644,34 @@ class Poller:
             if n > before and key not in run.held:
                 requests = baseline.finished_requests.get(key, ()) if len(key) == 2 else ()
                 run.held[key] = _Hold(until, before, tuple(requests))
+
+
+# Counter key → (the count shown, the requests by outcome shown) of a saved process's held keys.
+_RestoredHolds = dict[tuple[Any, ...], tuple[int, tuple[int, ...]]]
+
+
+def _restore_shown(rows: Any) -> _RestoredHolds:
+    """The held keys a previous process showed below their counts (Poller._durable_extras), to be held again at
+    those values from this start; anything malformed is dropped (the counts themselves are restored either way)."""
+    held: _RestoredHolds = {}
+    if not isinstance(rows, list):
+        return held
+    for row in rows[:MAX_RESTORED_HOLDS]:
+        try:
+            key, (value, *requests) = row_key(row), row[-1]
+            if (
+                len(key) not in (2, 3)
+                or not isinstance(key[-1], tuple)
+                or not isinstance(value, int)
+                or value < 0
+            ):
+                continue
+            if not all(isinstance(part, str) for part in (*key[:-1], *key[-1])):
+                continue
+            held[key] = (value, tuple(int(n) for n in requests) if len(key) == 2 else ())
+        except (TypeError, ValueError, IndexError):
+            continue
+    return held
 
 
 _COST_COUNTERS = ("settlements", "dollars", "requests", "tokens")  # CostView's counter figures

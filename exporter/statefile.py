@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, Final, Protocol
 
 from .idtable import TimedKeys
-from .ledger import Ledger, count_rows
+from .ledger import Ledger, count_rows, row_key
 from .tracked import IdChanges
 
 FORMAT: Final = "bifrost-batch-exporter-ledger"
@@ -679,7 +679,7 @@ def _apply(record: Mapping[str, Any], restored: Restored) -> None:
         built: dict[str, dict[tuple[Any, ...], Any]] = {}  # the tables rows first land in, made up front
         for name, _, _ in rows:
             if name not in built and (name in head or name not in restored.tables):
-                built[name] = {_row_key(r): r for r in (head[name] if name in head else state[name])}
+                built[name] = {row_key(r): r for r in (head[name] if name in head else state[name])}
         unsettled = [int(key) for key in record.get("unsettled", ())]
         newly_settled = [(int(key), float(at)) for key, at in record.get("settled", ())]
         cost = record.get("cost")
@@ -694,11 +694,11 @@ def _apply(record: Mapping[str, Any], restored: Restored) -> None:
         for name in COUNT_TABLES:
             if name in head:  # written whole: it replaces the table, rows included
                 restored.tables.pop(name, None)
-        for name, row_key, row in rows:
+        for name, counter_key, row in rows:
             table = restored.tables.get(name)
             if table is None:
                 table = restored.tables[name] = built[name]
-            table[row_key] = row
+            table[counter_key] = row
         for key in unsettled:
             settled.discard(key)
         for key, at in newly_settled:
@@ -733,13 +733,8 @@ def _rows(rows: Any, journal_version: int) -> list[tuple[str, tuple[Any, ...], l
         for row in table:
             if not isinstance(row, list) or len(row) < 2:
                 raise TypeError("rows")
-            out.append((name, _row_key(row), row))
+            out.append((name, row_key(row), row))
     return out
-
-
-def _row_key(row: list[Any]) -> tuple[Any, ...]:
-    """A table row's key (every part but the value, the group as a tuple), as the ledger keys its counters."""
-    return tuple(tuple(part) if isinstance(part, list) else part for part in row[:-1])
 
 
 # --- writing ---------------------------------------------------------------------------------------------------
