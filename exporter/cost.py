@@ -46,7 +46,7 @@ import json
 import math
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, Literal, Protocol
 
@@ -311,6 +311,12 @@ class CostView:
     settlements: Mapping[tuple[str, Group], int]  # (result, group), every result of every group
     awaited: Mapping[str, int]  # awaiting ∈ AWAITING
     lookups: int  # requests sent to the logs API, retries included
+    # (figure, key) → the value shown for now instead of the count (set by the poller when it publishes: its start-up
+    # hold, exporter/poller.py); a figure is "dollars", "tokens", "requests" or "settlements".
+    held: Mapping[tuple[str, Any], float] = field(default_factory=lambda: MappingProxyType({}))
+
+    def shown(self, figure: str, key: Any, value: float) -> float:
+        return self.held.get((figure, key), value)
 
     def settlements_total(self, result: str) -> int:
         return sum(n for (r, _), n in self.settlements.items() if r == result)

@@ -25,11 +25,11 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import structlog
 
@@ -1612,11 +1612,10 @@ class Poller:
         previous = self._states.get(provider)
         for key in presence.newly_held(previous, state.ledger, empty):
             run.held.setdefault(key, _Hold(now + hold))
+        if run.baseline_seen:
+            run.baseline = run.cost_baseline = None
         if run.baseline is not None:
-            if run.baseline_seen:
-                run.baseline = None
-            else:
-                self._hold_risen(run, run.baseline, state.ledger, now + hold)
+            self._hold_risen(run, run.baseline, state.ledger, now + hold)
         if previous is None or previous.health.last_success is None:
             # No counter has been rendered yet (render.py shows them from a first success on): a hold runs from the
             # first render, or failed polls that outlast it would let their counts be born above 0 after all.
@@ -1636,14 +1635,10 @@ class Poller:
     def _hold_risen(run: _Run, baseline: LedgerView, ledger: LedgerView, until: float) -> None:
         """A count above the baseline is shown at its baseline value until `until` (a restart in the same pod keeps
         its series and sees the step either way)."""
-        counts: list[tuple[tuple[Any, ...], int, int]] = [
-            (key, n, baseline.finished.get(key, 0)) for key, n in ledger.finished.items()
-        ]
-        counts += [(key, n, baseline.failures.get(key, 0)) for key, n in ledger.failures.items()]
-        for key, n, before in counts:
-            if n > before and key not in run.held:
-                requests = baseline.finished_requests.get(key, ()) if len(key) == 2 else ()
-                run.held[key] = _Hold(until, before, tuple(requests))
+        for key, before in _risen(ledger.finished, baseline.finished):
+            run.held.setdefault(key, _Hold(until, before, tuple(baseline.finished_requests.get(key, ()))))
+        for key, before in _risen(ledger.failures, baseline.failures):
+            run.held.setdefault(key, _Hold(until, before))
 
 
 # Counter key → (the count shown, the requests by outcome shown) of a saved process's held keys.
@@ -1677,6 +1672,17 @@ def _restore_shown(rows: Any) -> _RestoredHolds:
 _COST_COUNTERS = ("settlements", "dollars", "requests", "tokens")  # CostView's counter figures
 
 
+_Count = TypeVar("_Count", int, float)
+
+
+def _risen(counts: Mapping[Any, _Count], start: Mapping[Any, _Count]) -> Iterator[tuple[Any, _Count]]:
+    """(key, its start value) of each count above what it started at (a key absent at the start started at 0)."""
+    for key, value in counts.items():
+        before = start.get(key, 0)
+        if value > before:
+            yield key, before
+
+
 def _hold_cost(run: _Run, state: ProviderState, now: float, hold: float) -> ProviderState:
     """The cost counters' start-up hold, as the batch counters' (Poller._hold_new_counters): a settlement counted
     `missing` by a restarted process's first poll (its horizon passed while the exporter was down) in the first
@@ -1685,24 +1691,15 @@ def _hold_cost(run: _Run, state: ProviderState, now: float, hold: float) -> Prov
     if cost is None:
         return state
     if base is not None:
-        if run.baseline_seen:
-            run.cost_baseline = None
-        else:
-            for figure in _COST_COUNTERS:
-                before: Mapping[Any, float] = getattr(base, figure)
-                for key, value in getattr(cost, figure).items():
-                    start = before.get(key, 0)
-                    if value > start and (figure, key) not in run.cost_held:
-                        run.cost_held[(figure, key)] = (now + hold, start)
-    if run.cost_baseline is None:
+        for figure in _COST_COUNTERS:
+            for key, before in _risen(getattr(cost, figure), getattr(base, figure)):
+                run.cost_held.setdefault((figure, key), (now + hold, before))
+    else:
         run.cost_held = {k: h for k, h in run.cost_held.items() if h[0] > now}
-    if not run.cost_held:
+    if not run.cost_held and not cost.held:
         return state
-    shown: dict[str, dict[Any, float]] = {}
-    for (figure, key), (_, value) in run.cost_held.items():
-        shown.setdefault(figure, {})[key] = value
-    figures = {f: MappingProxyType({**getattr(cost, f), **values}) for f, values in shown.items()}
-    return replace(state, cost=replace(cost, **figures))  # type: ignore[arg-type]
+    held = MappingProxyType({k: value for k, (_, value) in run.cost_held.items()})
+    return replace(state, cost=replace(cost, held=held))
 
 
 def _shown(run: _Run, state: ProviderState) -> ProviderState:

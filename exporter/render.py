@@ -521,13 +521,13 @@ def _cost_families(states: Sequence[ProviderState], group_labels: Sequence[str])
             continue
         p = state.provider
         for (model, group), value in sorted(view.dollars.items()):
-            dollars.add_metric([p, model, *group], value)
+            dollars.add_metric([p, model, *group], view.shown("dollars", (model, group), value))
         for (model, kind, group), n in sorted(view.tokens.items()):
-            tokens.add_metric([p, model, kind, *group], n)
+            tokens.add_metric([p, model, kind, *group], view.shown("tokens", (model, kind, group), n))
         for (model, group), n in sorted(view.requests.items()):
-            settled_requests.add_metric([p, model, *group], n)
+            settled_requests.add_metric([p, model, *group], view.shown("requests", (model, group), n))
         for (result, group), n in sorted(view.settlements.items()):
-            settlements.add_metric([p, result, *group], n)
+            settlements.add_metric([p, result, *group], view.shown("settlements", (result, group), n))
         if view.up is not None:
             cost_up.add_metric([p], 1 if view.up else 0)
         for awaiting, n in view.awaited.items():

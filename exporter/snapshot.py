@@ -299,8 +299,11 @@ class ProviderState:
     cost: CostView | None = None  # with cost_metrics, for providers the gateway settles
 
     def unheld(self) -> ProviderState:
-        """The counts as counted, no key held at an earlier value (exporter/presence.py)."""
-        if not self.ledger.held:
-            return self
+        """The counts as counted, no key held at an earlier value (exporter/presence.py, the poller's holds)."""
         empty: Mapping[Any, Any] = MappingProxyType({})
-        return replace(self, ledger=replace(self.ledger, held=empty, held_requests=empty))
+        state = self
+        if self.ledger.held:
+            state = replace(state, ledger=replace(self.ledger, held=empty, held_requests=empty))
+        if self.cost is not None and self.cost.held:
+            state = replace(state, cost=replace(self.cost, held=empty))
+        return state
