@@ -272,10 +272,12 @@ class Poller:
             if not entries:
                 continue
             view, run = self._states[p].ledger, self._runs[p]
-            for key, (value, requests) in entries.items():
+            for key, saved in entries.items():
                 counted = view.finished.get(key, 0) if len(key) == 2 else view.failures.get(key, 0)
-                if value < counted:
-                    run.held[key] = _Hold(self.started_at + hold, value, requests)
+                if saved.shown < counted:
+                    # Until when it was held, not a new hold from this start: restarts in a row must not stretch
+                    # it (and no hold ends before this process has been scraped anyway).
+                    run.held[key] = saved._replace(until=min(saved.until, self.started_at + hold))
             self._states = MappingProxyType({**self._states, p: _shown(run, self._states[p])})
 
     @staticmethod
@@ -444,7 +446,7 @@ class Poller:
             return
         journal.done(write)
 
-    async def _save(self, provider: str, ledger: Ledger, run: _Run, now: float, shown: LedgerView) -> None:
+    async def _save(self, provider: str, ledger: Ledger, run: _Run, now: float) -> None:
         """The poll's changes to the ledger, on disk before its values are published (only what changed: a
         journal record; now and then the whole ledger as a new base)."""
         journal = self._journals.get(provider)
@@ -452,7 +454,7 @@ class Poller:
             return
         try:
             write = journal.prepare(
-                ledger, now, extras=self._durable_extras(provider, shown), cost=self._costs.get(provider)
+                ledger, now, extras=self._durable_extras(provider, run.held), cost=self._costs.get(provider)
             )
             await asyncio.to_thread(write.run, self.state_file_ops)
         except (OSError, ValueError) as exc:
@@ -503,18 +505,19 @@ class Poller:
             self._ledgers[provider].finish_hook = costs[provider].finished
         return costs
 
-    def _durable_extras(self, provider: str, shown: LedgerView | None = None) -> dict[str, Any]:
+    def _durable_extras(
+        self, provider: str, held: Mapping[tuple[Any, ...], _Hold] | None = None
+    ) -> dict[str, Any]:
         """Small state kept beside the ledger's head: the early warning's calibration, learned from every batch
         seen finish (weeks of evidence a restart must not throw away); and the counter keys a render shows below
-        their count (held), at what it shows: a restart within a hold, on a new pod, must not bring the series
+        their count (held), at what it shows and until when: a restart within a hold, on a new pod, must not bring the series
         back born with the count, which increase() and every failure alert would never see. A release that does
         not know the field ignores it (the ledger reads its own fields by name)."""
         extras: dict[str, Any] = {"tracker": self._trackers[provider].to_state()}
-        if shown is not None:
-            # As the counter tables are written (count_rows), each value the shown count then the requests shown.
-            extras["shown"] = count_rows(
-                {key: (value, *shown.held_requests.get(key, ())) for key, value in shown.held.items()}
-            )
+        if held is not None:
+            # As the counter tables are written (count_rows), each value the count shown, until when, then the
+            # requests shown.
+            extras["shown"] = count_rows({key: (h.shown, h.until, *h.requests) for key, h in held.items()})
         return extras
 
     def _restore_tracker(self, provider: str, state: Any) -> None:
@@ -628,7 +631,7 @@ class Poller:
             state = replace(state, cost=cost.view())
         # Held first: what a render will show is saved with the counts, so a restart within a hold shows it too.
         state = self._hold_new_counters(provider, state)
-        await self._save(provider, ledger, run, now, state.ledger)
+        await self._save(provider, ledger, run, now)
         self._publish(provider, state)
         self._summarize(provider, run, state, outcome)
         return state
@@ -1641,8 +1644,8 @@ class Poller:
             run.held.setdefault(key, _Hold(until, before))
 
 
-# Counter key → (the count shown, the requests by outcome shown) of a saved process's held keys.
-_RestoredHolds = dict[tuple[Any, ...], tuple[int, tuple[int, ...]]]
+# Counter key → its hold (until when, the count shown, the requests by outcome shown) in a saved process.
+_RestoredHolds = dict[tuple[Any, ...], "_Hold"]
 
 
 def _restore_shown(rows: Any) -> _RestoredHolds:
@@ -1653,7 +1656,7 @@ def _restore_shown(rows: Any) -> _RestoredHolds:
         return held
     for row in rows[:MAX_RESTORED_HOLDS]:
         try:
-            key, (value, *requests) = row_key(row), row[-1]
+            key, (value, until, *requests) = row_key(row), row[-1]
             if (
                 len(key) not in (2, 3)
                 or not isinstance(key[-1], tuple)
@@ -1663,7 +1666,7 @@ def _restore_shown(rows: Any) -> _RestoredHolds:
                 continue
             if not all(isinstance(part, str) for part in (*key[:-1], *key[-1])):
                 continue
-            held[key] = (value, tuple(int(n) for n in requests) if len(key) == 2 else ())
+            held[key] = _Hold(float(until), value, tuple(int(n) for n in requests) if len(key) == 2 else ())
         except (TypeError, ValueError, IndexError):
             continue
     return held

@@ -274,16 +274,18 @@ def test_kill_9_loses_nothing_with_state_dir_and_loses_without(stack: Stack) -> 
     failures_truth = script.failures()
     keys = ("provider", "status")
     # The stateful exporter catches up (a resync lists every batch); then Prometheus scrapes what it shows. What the
-    # last restart's first polls counted shows after a hold of max(60 s, the interval) at the restored value
+    # last restart's first polls counted (and a code a hold showed at 0 when it was killed) shows after a hold of
+    # max(60 s, the interval) at the restored value
     # (exporter/presence.py: on a new pod the series are new, and the step must be an increase a scrape sees).
+    code_keys = ("provider", "status", "code")
+
+    def shown(name: str, labels: tuple[str, ...]) -> dict[tuple[str, ...], int]:
+        return {k: v for k, v in exporter_counter(durable.port, name, labels).items() if v}
+
     wait_until(
         lambda: (
-            {
-                k: v
-                for k, v in exporter_counter(durable.port, "bifrost_batch_finished_total", keys).items()
-                if v
-            }
-            == dict(truth)
+            shown("bifrost_batch_finished_total", keys) == dict(truth)
+            and shown("bifrost_batch_failures_total", code_keys) == dict(script.failures())
         ),
         timeout=100,
         what="the stateful exporter counted the ground truth",
