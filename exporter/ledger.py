@@ -400,7 +400,11 @@ class Ledger:
                 self._finish(status, ts, batch)
                 newly_finished += 1
                 self._count_item_cache(batch)
-            self._settle(batch_id, ts)
+            # A watched batch is counted whatever its end time says; one at or before the horizon (a zero or
+            # default time a provider conversion left, corrected later) is retained from the gateway time we saw it,
+            # as one without a time is, or the next finish_poll would forget it at once and its corrected time
+            # count it again.
+            self._settle(batch_id, ts if ts > horizon else max(self.gateway_now, horizon + 1.0, 1.0))
         return newly_finished
 
     def _read(self, batches: Iterable[Batch], wall_now: float) -> list[tuple[Batch, str, float | None]]:

@@ -107,6 +107,19 @@ def test_terminal_active_terminal_flip_counts_once() -> None:
     assert led.view().finished_total("failed") == 1
 
 
+def test_a_watched_batch_first_shown_with_a_far_past_end_time_counts_once_when_corrected() -> None:
+    """A zero or default end time (1000) on a batch we watched, corrected polls later: counted at the first sight
+    (it was watched), kept from the gateway time it was seen, so the real time is a correction, not a new end."""
+    led = ledger()
+    led.observe([b("w", "in_progress", created_at=T0)], T0 + 1, complete=True)
+    assert led.observe([b("w", "completed", created_at=T0, completed_at=1000)], T0 + 10, complete=True) == 1
+    for t in range(20, 200, 10):  # polls go on; the gateway clock moves with other batches
+        led.observe([b("w", "completed", created_at=T0, completed_at=1000), b("n", "in_progress", created_at=T0 + t)],
+                    T0 + t, complete=True)  # fmt: skip
+    assert led.observe([b("w", "completed", created_at=T0, completed_at=T0 + 8)], T0 + 300, complete=True) == 0
+    assert led.view().finished_total("completed") == 1
+
+
 def test_truncated_polls_cannot_grow_the_ledger_without_bound() -> None:
     """Reproduction 3: every poll stops early, 10 new active batches each time, 500 polls, the list holds 10."""
     led = Ledger(T0, DEFAULT_DURATION_BUCKETS, DEFAULT_LATENCY_BUCKETS, REASONS, poll_interval=30.0)
