@@ -144,7 +144,7 @@ async def _soak(
         log_level="warning",
         log_format="json",
     )
-    exporter = Exporter(settings, clock=clock)
+    exporter = Exporter(settings, clock=clock, monotonic=clock)
     # The running app re-renders on a dirty flag; here rendering every few cycles keeps the soak affordable while
     # still churning render output (and a /metrics request) through memory.
     exporter.poller._on_change = lambda: None

@@ -32,6 +32,7 @@ class Exporter:
         settings: Settings,
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         guard: Guard | None = None,
         ssl_context: Any = None,
         client: BifrostClient | None = None,
@@ -40,7 +41,7 @@ class Exporter:
         self._clock = clock
         self._log = structlog.get_logger("exporter")
         self.client = client or BifrostClient(settings)
-        self.poller = Poller(settings, self.client, clock=clock, on_change=self._changed)
+        self.poller = Poller(settings, self.client, clock=clock, monotonic=monotonic, on_change=self._changed)
         self._dirty: asyncio.Event | None = None
         self._changes = 0  # state changes so far; a render is tagged with the count it saw
         self._published_changes = 0

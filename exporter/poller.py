@@ -249,6 +249,9 @@ class Poller:
         restored_holds = {
             provider: self._restore(provider, ledger) for provider, ledger in self._ledgers.items()
         }
+        # Holds run on the monotonic clock (a host clock stepped back would hide a count for the size of the step,
+        # one stepped forward would end a hold before a scrape saw it); they are saved and restored as wall times.
+        self._wall_at_start, self._monotonic_at_start = clock(), monotonic()
         self._states: Mapping[str, ProviderState] = MappingProxyType(
             {
                 p: ProviderState(
@@ -268,17 +271,34 @@ class Poller:
             for p, led in self._ledgers.items()
         }
         hold = max(60.0, settings.poll_interval_seconds)
-        for p, entries in restored_holds.items():
+        for p, (entries, cost_entries) in restored_holds.items():
+            run = self._runs[p]
+            cost = self._states[p].cost
+            if cost is not None:
+                for (figure, key), (until, shown) in cost_entries.items():
+                    if shown < getattr(cost, figure).get(key, 0):
+                        run.cost_held[(figure, key)] = (self._held_until(until, hold), shown)
             if not entries:
                 continue
-            view, run = self._states[p].ledger, self._runs[p]
+            view = self._states[p].ledger
             for key, saved in entries.items():
                 counted = view.finished.get(key, 0) if len(key) == 2 else view.failures.get(key, 0)
                 if saved.shown < counted:
                     # Until when it was held, not a new hold from this start: restarts in a row must not stretch
                     # it (and no hold ends before this process has been scraped anyway).
-                    run.held[key] = saved._replace(until=min(saved.until, self.started_at + hold))
+                    run.held[key] = saved._replace(until=self._held_until(saved.until, hold))
             self._states = MappingProxyType({**self._states, p: _shown(run, self._states[p])})
+        self._states = MappingProxyType(
+            {
+                p: _hold_cost(self._runs[p], state, self._monotonic_at_start, hold)
+                for p, state in self._states.items()
+            }
+        )
+
+    def _held_until(self, saved_until: float, hold: float) -> float:
+        """A saved hold's end (wall time) on this process's monotonic clock, never later than a hold begun at this
+        start: a saved end beyond that is a host clock that was ahead when it was written."""
+        return self._monotonic_at_start + min(saved_until - self._wall_at_start, hold)
 
     @staticmethod
     def _new_store(ledger: Ledger) -> Store:
@@ -336,14 +356,14 @@ class Poller:
             self._state_lock.release()
             self._state_lock = None
 
-    def _restore(self, provider: str, ledger: Ledger) -> _RestoredHolds:
+    def _restore(self, provider: str, ledger: Ledger) -> tuple[_RestoredHolds, _RestoredCostHolds]:
         """The provider's saved state into `ledger` (and its cost ledger and tracker); the counter keys the saved
-        process showed below their counts (see _durable_extras)."""
+        process showed below their counts, and the cost counters' likewise (see _durable_extras)."""
         state_dir = self._settings.state_dir
         if state_dir is None or self._state_lock is None:
             # Without the lock (it could not be taken: a read-only or lock-less mount) the directory is not ours:
             # another exporter may be writing it, so it is neither read nor written ("without durable state").
-            return {}
+            return {}, {}
         path = str(statefile.base_path(state_dir, provider))
         journal = self._journals[provider] = statefile.Journal(state_dir, provider)
         try:
@@ -353,15 +373,16 @@ class Poller:
                     "state_not_found", provider=provider, path=path, detail="starting without history"
                 )
                 self._write_initial(provider, ledger, journal)
-                return {}
+                return {}, {}
             state = dict(restored.state)
             tracker_state = state.pop("tracker", None)
             shown_state = state.pop("shown", None)
+            cost_shown_state = state.pop("cost_shown", None)
             notes = ledger.load_state(state, restored.settled)
             cost_notes = self._restore_cost(provider, restored)
             notes += cost_notes or []
             self._restore_tracker(provider, tracker_state)
-            holds = _restore_shown(shown_state)
+            holds = _restore_shown(shown_state), _restore_cost_shown(cost_shown_state)
         except statefile.StateError as exc:
             self._log.warning(
                 "state_unusable",
@@ -370,7 +391,7 @@ class Poller:
                 detail=str(exc)[:300],
                 consequence="counting starts afresh; transitions before this start are not counted",
             )
-            return {}
+            return {}, {}
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
             self._log.warning(
                 "state_unusable",
@@ -380,7 +401,7 @@ class Poller:
                 detail=f"malformed ledger ({type(exc).__name__})",
                 consequence="counting starts afresh; transitions before this start are not counted",
             )
-            return {}
+            return {}, {}
         journal.attach(restored)
         if cost_notes is None:
             # The next write is a base holding the cost ledger as recovered: appended after the unreadable record,
@@ -454,7 +475,7 @@ class Poller:
             return
         try:
             write = journal.prepare(
-                ledger, now, extras=self._durable_extras(provider, run.held), cost=self._costs.get(provider)
+                ledger, now, extras=self._durable_extras(provider, run), cost=self._costs.get(provider)
             )
             await asyncio.to_thread(write.run, self.state_file_ops)
         except (OSError, ValueError) as exc:
@@ -505,19 +526,26 @@ class Poller:
             self._ledgers[provider].finish_hook = costs[provider].finished
         return costs
 
-    def _durable_extras(
-        self, provider: str, held: Mapping[tuple[Any, ...], _Hold] | None = None
-    ) -> dict[str, Any]:
+    def _durable_extras(self, provider: str, run: _Run | None = None) -> dict[str, Any]:
         """Small state kept beside the ledger's head: the early warning's calibration, learned from every batch
         seen finish (weeks of evidence a restart must not throw away); and the counter keys a render shows below
         their count (held), at what it shows and until when: a restart within a hold, on a new pod, must not bring the series
         back born with the count, which increase() and every failure alert would never see. A release that does
-        not know the field ignores it (the ledger reads its own fields by name)."""
+        not know the field ignores it (the ledger reads its own fields by name). The cost counters' holds likewise
+        (`cost_shown`: figure, the key's parts, its group, the value shown, until when)."""
         extras: dict[str, Any] = {"tracker": self._trackers[provider].to_state()}
-        if held is not None:
+        if run is not None:
             # As the counter tables are written (count_rows), each value the count shown, until when, then the
             # requests shown.
-            extras["shown"] = count_rows({key: (h.shown, h.until, *h.requests) for key, h in held.items()})
+            to_wall = self._clock() - self._monotonic()
+            extras["shown"] = count_rows(
+                {key: (h.shown, h.until + to_wall, *h.requests) for key, h in run.held.items()}
+            )
+            if provider in self._costs:
+                extras["cost_shown"] = [
+                    [figure, list(key[:-1]), list(key[-1]), value, until + to_wall]
+                    for (figure, key), (until, value) in run.cost_held.items()
+                ]
         return extras
 
     def _restore_tracker(self, provider: str, state: Any) -> None:
@@ -1609,7 +1637,7 @@ class Poller:
         run = self._runs.get(provider)
         if run is None:
             return state
-        now = self._clock()
+        now = self._monotonic()
         hold = max(60.0, self._settings.poll_interval_seconds)
         empty = ("",) * len(self._settings.metadata_labels)
         previous = self._states.get(provider)
@@ -1646,6 +1674,8 @@ class Poller:
 
 # Counter key → its hold (until when, the count shown, the requests by outcome shown) in a saved process.
 _RestoredHolds = dict[tuple[Any, ...], "_Hold"]
+# (cost figure, its key) → (until when, the value shown) in a saved process.
+_RestoredCostHolds = dict[tuple[str, tuple[Any, ...]], tuple[float, float]]
 
 
 def _restore_shown(rows: Any) -> _RestoredHolds:
@@ -1673,6 +1703,26 @@ def _restore_shown(rows: Any) -> _RestoredHolds:
 
 
 _COST_COUNTERS = ("settlements", "dollars", "requests", "tokens")  # CostView's counter figures
+
+
+def _restore_cost_shown(rows: Any) -> _RestoredCostHolds:
+    """The cost counters' holds a previous process saved (Poller._durable_extras); anything malformed is dropped."""
+    held: _RestoredCostHolds = {}
+    if not isinstance(rows, list):
+        return held
+    for row in rows[:MAX_RESTORED_HOLDS]:
+        try:
+            figure, parts, group, value, until = row
+            if figure not in _COST_COUNTERS or not isinstance(parts, list) or not isinstance(group, list):
+                continue
+            if not all(isinstance(part, str) for part in (*parts, *group)):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+                continue
+            held[(figure, (*parts, tuple(group)))] = (float(until), value)
+        except (TypeError, ValueError):
+            continue
+    return held
 
 
 _Count = TypeVar("_Count", int, float)

@@ -58,12 +58,16 @@ class ExporterThread:
         settings: Settings,
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] | None = None,
         auto_poll: bool = False,
         scrape_start: bool = True,
         **kw: Any,
     ) -> None:
         self.settings = settings
         self._clock = clock
+        # A test's clock drives the poller's elapsed time too (its counter holds) unless a test steps the wall
+        # clock apart from it.
+        self._monotonic = monotonic or (time.monotonic if clock is time.time else clock)
         self._scrape_start = scrape_start
         self._auto_poll = auto_poll
         self._kw = kw
@@ -75,7 +79,7 @@ class ExporterThread:
         self._thread.start()
 
         async def build() -> Exporter:
-            exporter = Exporter(self.settings, clock=self._clock, **self._kw)
+            exporter = Exporter(self.settings, clock=self._clock, monotonic=self._monotonic, **self._kw)
             await exporter.start(poll=self._auto_poll)
             return exporter
 

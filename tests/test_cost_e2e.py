@@ -323,3 +323,57 @@ def test_missing_counted_by_the_first_poll_after_a_restart_shows_its_restored_va
     assert before.get("missing", 0) == 0
     assert first.get("missing", 0) == 0
     assert later.get("missing") == 1
+
+
+def test_a_restart_within_the_cost_hold_keeps_missing_at_what_was_shown(
+    sim: Simulator, clock: Clock, tmp_path: Path
+) -> None:
+    """The hold above, saved with the state (audit 9, cost F2): a process that counts `missing` and stops before its
+    hold has ended (a second rollout within a minute, a crash loop) leaves the next one to show the value the first
+    one showed, not to be born with the count."""
+    add(sim, "openai", "ext", "ml", external=True)  # created outside the gateway: never settled
+    with exporter(sim, clock, tmp_path) as exp:
+        exp.poll()
+        run_until(sim, exp, clock, T0 + 600, [(120.0, "openai", "ext", "completed")])
+        before = settlement_results(exp.samples(), "openai")
+    run_until(sim, None, clock, T0 + HORIZON + 3600, [])  # down past the batch's horizon
+    with exporter(sim, clock, tmp_path) as exp:
+        exp.poll()  # counts `missing`, held at 0; stopped within the hold
+    clock.now += 15
+    with exporter(sim, clock, tmp_path) as exp:
+        exp.poll()
+        first = settlement_results(exp.samples(), "openai")  # the new pod's first scrape
+        run_until(sim, exp, clock, clock.now + 600, [])
+        later = settlement_results(exp.samples(), "openai")
+    assert before.get("missing", 0) == 0
+    assert first.get("missing", 0) == 0
+    assert later.get("missing") == 1
+
+
+def test_a_restart_within_the_cost_hold_keeps_dollars_at_what_was_shown(
+    sim: Simulator, clock: Clock, tmp_path: Path
+) -> None:
+    """The same for spend on a series that existed before (no new-series hold applies): a batch settled while the
+    exporter was down, counted by a process that stopped within its hold, is shown by the next at the value
+    shown before, then added."""
+    for bid in ("a1", "a2", "a3", "a4", "a5", "a6", "b1"):
+        add(sim, "openai", bid, "ml")
+    earlier = [(120.0, "openai", b, "completed") for b in ("a1", "a2", "a3", "a4", "a5", "a6")]
+    with exporter(sim, clock, tmp_path) as exp:
+        exp.poll()
+        run_until(sim, exp, clock, T0 + 1800, earlier)  # a1..a6 settled and counted: their series exist
+        run_until(sim, exp, clock, T0 + 1810, [(1805.0, "openai", "b1", "completed")])
+        models = set(costs_by(exp.samples(), "model", provider="openai"))
+        before = sum(costs_by(exp.samples(), "model", provider="openai").values())
+    run_until(sim, None, clock, T0 + 5400, [])  # down: the gateway settles b1 meanwhile
+    with exporter(sim, clock, tmp_path) as exp:
+        exp.poll()  # counts b1's dollars, held at the restored value; stopped within the hold
+    clock.now += 15
+    with exporter(sim, clock, tmp_path) as exp:
+        exp.poll()
+        first = sum(costs_by(exp.samples(), "model", provider="openai").values())
+        run_until(sim, exp, clock, clock.now + 600, [])
+        later = sum(costs_by(exp.samples(), "model", provider="openai").values())
+    assert sim.log_row(settlement_id("openai", "b1"))["model"] in models
+    assert later > before
+    assert first == before

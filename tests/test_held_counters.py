@@ -397,3 +397,49 @@ def test_a_head_request_is_not_the_scrape_that_ends_the_start_up_hold() -> None:
         exp.poll(P)
         shown = value(exp.samples(), "bifrost_batch_failures_total", **LABELS)
     assert shown == 0
+
+
+def _new_code_shown_while_the_host_clock_steps(step: float) -> list[float | None]:
+    """A code no table seeds (a new series, held at 0 for max(60 s, interval)), counted after a scrape has seen the
+    start; right after the poll that counts it, the host clock is stepped by `step` (NTP), then 12 polls: 2 minutes.
+    The elapsed time the poller is given (SteppedClock.monotonic) runs on with the gateway's."""
+    from exporter.client import BifrostClient
+    from tests.harness import ExporterThread, make_settings, series
+    from tests.test_counted_once import SteppedClock
+
+    clock = SteppedClock()
+    spec = ProviderSpec(P, style="cursor", flavor="openai")
+    labels = {"provider": P, "status": "failed", "code": "weird_new_code"}
+    shown: list[float | None] = []
+
+    def failures(samples: Samples) -> float | None:
+        found = [v for _, v in series(samples, "bifrost_batch_failures_total", **labels)]
+        return found[0] if found else None
+
+    with gateway(clock, spec) as sim:
+        cfg = make_settings(sim.url, [P], poll_interval_seconds=INTERVAL, resync_interval_seconds=60, page_size=10,
+                            stale_after_seconds=10**9)  # fmt: skip
+        client = BifrostClient(cfg, sleep=clock.sleep, monotonic=clock.monotonic)
+        with ExporterThread(cfg, clock=clock.host, monotonic=clock.monotonic, client=client) as exp:
+            exp.poll(P)
+            exp.samples()
+            clock.advance(INTERVAL)
+            sim.add_batch(P, batch_id="b1", status="failed", created_at=int(clock.now) - 50,
+                          failed_at=int(clock.now) - 2, error_code="weird_new_code")  # fmt: skip
+            exp.poll(P)
+            shown.append(failures(exp.samples()))
+            clock.step = step
+            for _ in range(12):
+                clock.advance(INTERVAL)
+                exp.poll(P)
+                shown.append(failures(exp.samples()))
+    return shown
+
+
+@pytest.mark.parametrize("step", [0.0, -3600.0, 3600.0])
+def test_a_hold_lasts_its_time_whichever_way_the_host_clock_steps(step: float) -> None:
+    """Audit 9 (lying F5): holds ended by the wall clock hid a new count for the size of a step back, and a step
+    forward ended one at the next poll (a 30 s scrape could miss the 0, and the series was born at its count)."""
+    shown = _new_code_shown_while_the_host_clock_steps(step)
+    assert shown[:6] == [0, 0, 0, 0, 0, 0], shown  # 60 s of 0: the hold
+    assert shown[-1] == 1, shown
