@@ -116,7 +116,9 @@ def test_a_watched_batch_first_shown_with_a_far_past_end_time_counts_once_when_c
     for t in range(20, 200, 10):  # polls go on; the gateway clock moves with other batches
         led.observe([b("w", "completed", created_at=T0, completed_at=1000), b("n", "in_progress", created_at=T0 + t)],
                     T0 + t, complete=True)  # fmt: skip
-    assert led.observe([b("w", "completed", created_at=T0, completed_at=T0 + 8)], T0 + 300, complete=True) == 0
+    assert (
+        led.observe([b("w", "completed", created_at=T0, completed_at=T0 + 8)], T0 + 300, complete=True) == 0
+    )
     assert led.view().finished_total("completed") == 1
 
 
