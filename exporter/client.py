@@ -261,7 +261,8 @@ def build_headers(settings: Settings) -> dict[str, str]:
 def _header_block(headers: dict[str, str], authority: str) -> tuple[bytes, str | None]:
     """The request head's fields after the request line, encoded once (one field per name: a later spelling of a
     name replaces an earlier one, so extra_headers can never double one we send), and the default virtual key,
-    which is sent per request since a call for another key of the view carries that one instead."""
+    which is sent per request since a call for another key of the view carries that one instead. That key is always
+    the view's first: settings refuse an `x-bf-vk` in extra_headers, which would be a key the view does not count."""
     fields: dict[str, tuple[str, str]] = {}
     for name, value in headers.items():
         fields[name.lower()] = (name, value)

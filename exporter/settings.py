@@ -186,6 +186,41 @@ def virtual_key_problem(value: str) -> str | None:
     return problem
 
 
+# A virtual key that reaches the gateway another way than virtual_key* is still read as the request's key: Bifrost's
+# governance (parseVirtualKeyFromHTTPRequest) takes `x-bf-vk` (older versions whatever it holds), else an `sk-bf-`
+# value from `Authorization: Bearer`, `x-api-key` or `x-goog-api-key` (names and the prefix in any case). Lists then
+# show that key's tenant while the view, which counts only virtual_key*, says the whole account; so such a setting
+# is refused, and the keys of the view have one way in.
+KEY_ELSEWHERE: Final = (
+    f"holds a Bifrost virtual key ({VIRTUAL_KEY_PREFIX}…), which the gateway reads as the key of the exporter's view "
+    "(it would show one tenant, reported as the whole account); set it as virtual_key, virtual_key_file or "
+    "virtual_key_dir instead"
+)
+_KEY_VALUE_HEADERS: Final = frozenset({"x-api-key", "x-goog-api-key"})
+
+
+def _is_virtual_key(value: str) -> bool:
+    return value.strip().lower().startswith(VIRTUAL_KEY_PREFIX)
+
+
+def header_key_problem(name: str, value: str) -> str | None:
+    """Why the extra header `name` would carry a virtual key past the view, or None; never repeats the value."""
+    lowered = name.lower()
+    shown = f"extra_headers[{name!r}]"
+    if lowered == "x-bf-vk":
+        return (
+            f"{shown} is the gateway's virtual key header, read as the key of the exporter's view whatever it holds; "
+            "set the key as virtual_key, virtual_key_file or virtual_key_dir instead"
+        )
+    if lowered == "authorization":
+        scheme, _, token = value.strip().partition(" ")
+        if scheme.lower() == "bearer" and _is_virtual_key(token):
+            return f"{shown} {KEY_ELSEWHERE}"
+    elif lowered in _KEY_VALUE_HEADERS and _is_virtual_key(value):
+        return f"{shown} {KEY_ELSEWHERE}"
+    return None
+
+
 def _check_secret(name: str, value: str) -> str | None:
     """Why the secret `name` cannot be sent as `value`, or None; never repeats the value."""
     if not value:
@@ -194,7 +229,10 @@ def _check_secret(name: str, value: str) -> str | None:
         return basic_auth_problem(value, username=name == "basic_auth_username")
     if name == "virtual_key":
         return virtual_key_problem(value)
-    return header_value_problem(value)
+    problem = header_value_problem(value)
+    if problem is None and name == "bearer_token" and _is_virtual_key(value):
+        problem = KEY_ELSEWHERE  # sent as `Authorization: Bearer`: the OpenAI SDK's way to send a Bifrost key
+    return problem
 
 
 def read_secret_setting(secret: str, path: Path) -> str:
@@ -631,6 +669,9 @@ class Settings(BaseSettings):
             problem = header_value_problem(header_value)
             if problem is not None:
                 raise ValueError(f"value of header {name!r} {problem}")
+            problem = header_key_problem(name, header_value)
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
     @field_validator("duration_buckets", "latency_buckets")

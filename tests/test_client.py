@@ -251,8 +251,8 @@ def test_headers_for_each_auth_mode() -> None:
     assert h["Authorization"] == "Basic " + base64.b64encode(b"admin:pw").decode()
     assert h["X-Team"] == "batch"
     assert h["x-bf-send-back-raw-response"] == "false"  # extra_headers cannot turn the raw echo back on
-    bearer = build_headers(make_settings("http://x", ["openai"], bearer_token=KEY))
-    assert bearer["Authorization"] == f"Bearer {KEY}"
+    bearer = build_headers(make_settings("http://x", ["openai"], bearer_token="admin-session"))
+    assert bearer["Authorization"] == "Bearer admin-session"
     assert "x-bf-vk" not in bearer
 
 

@@ -911,7 +911,8 @@ def test_rendered_config_passes_check_config(
         if key in config:
             assert config[key].startswith(AUTH_DIR + "/")
             stand_in = tmp_path / Path(config[key]).name
-            stand_in.write_text("sk-bf-stand-in-value\n")
+            # A virtual key where one goes: in bearer_token_file it is refused (the gateway would read it as a key).
+            stand_in.write_text(("sk-bf-" if key == "virtual_key_file" else "") + "stand-in-value\n")
             config[key] = str(stand_in)
     if "state_dir" in config:
         config["state_dir"] = str(tmp_path / "state")

@@ -44,7 +44,7 @@ from tests.test_client import Gateway, gateway
 VIRTUAL_KEY = "sk-bf-VKSECRET-4f1e9a7c2b"
 GW_USER = "gwadmin-USERSECRET-81"
 GW_PASSWORD = "gw-PWSECRET-b7d3e0a9"
-BEARER = "sk-bf-BEARERSECRET-6c2d8e"
+BEARER = "admin-BEARERSECRET-6c2d8e"  # an admin session token: an sk-bf- value is a key, refused
 HEADER_SECRET = "org-HDRSECRET-5e9f7a"
 WEB_PASSWORD = "web-WEBSECRET-0c4b1f"
 GW_BASIC = base64.b64encode(f"{GW_USER}:{GW_PASSWORD}".encode()).decode()
@@ -599,7 +599,7 @@ def test_virtual_key_dir_is_reread_when_it_changes_and_a_bad_key_keeps_the_old_o
         )  # fmt: skip
         try:
             wait_until(lambda: _metric(metrics, "bifrost_batch_exporter_up", provider="openai") == 1)
-            _put(keys / "team-b", BEARER.encode() + b"\n")
+            _put(keys / "team-b", b"sk-bf-" + BEARER.encode() + b"\n")
             # Seen by the watcher: the second key is in use once the view says so.
             wait_until(lambda: _metric(metrics, "bifrost_batch_exporter_view_keys", provider="openai") == 2)
             _put(keys / "team-c", b"sk-bf-caf\xc3\xa9-" + GW_PASSWORD.encode())
@@ -900,6 +900,48 @@ def test_a_short_bearer_token_rotated_on_disk_is_picked_up(tmp_path: Path) -> No
     assert (
         holder.settings.bearer_token is not None and holder.settings.bearer_token.get_secret_value() == "xyz"
     )
+
+
+def test_a_bearer_token_file_rotated_to_a_virtual_key_is_refused_and_the_old_token_kept(
+    tmp_path: Path,
+) -> None:
+    """A bearer_token_file rewritten with an sk-bf- value would go out as `Authorization: Bearer sk-bf-…`, which
+    the gateway reads as the view's key (one tenant) while the view says the whole account. Like any reread that
+    cannot be used, it keeps the token in use and logs one line naming the setting and the file, never the key."""
+    from exporter.secretreload import SecretReloader
+    from exporter.simulator import demo_governance
+
+    governance = demo_governance(mandatory=False)  # keys optional: a keyless request sees the whole account
+    tenant_a = governance.keys[0]
+    token = tmp_path / "token"
+    token.write_text(BEARER + "\n")
+    with Simulator(providers=[ProviderSpec("openai")], lifecycle=False, governance=governance) as sim:
+        for i, owner in enumerate((tenant_a.id, governance.keys[1].id, None)):
+            sim.add_batch("openai", batch_id=f"b{i}", status="in_progress", owner=owner)
+        settings = make_settings(sim.url, ["openai"], bearer_token_file=token, stale_after_seconds=10**6)
+        with ExporterThread(settings) as exp:
+            reloader = SecretReloader(exp.exporter)
+
+            async def reload() -> bool:  # on the exporter's loop, as the watcher and SIGHUP run it
+                return reloader.maybe_reload()
+
+            assert exp.call(reload()) is False  # the first look: as read at start
+            token.write_text(tenant_a.value + "\n")
+            os.utime(token, ns=(1, 10**18))  # a new mtime, whatever the file system's granularity
+            with structlog.testing.capture_logs() as logs:
+                assert exp.call(reload()) is False
+            exp.poll()
+            samples = exp.samples()
+    bearer = exp.exporter.settings.bearer_token
+    assert bearer is not None and bearer.get_secret_value() == BEARER
+    (failed,) = [e for e in logs if e["event"] == "secret_files_reload_failed"]
+    assert failed["kept"] == "previous" and failed["error"].startswith(
+        f"invalid setting bearer_token_file: '{token}' holds a Bifrost virtual key"
+    )
+    assert tenant_a.value not in str(logs)
+    # Still keyless, and the whole account as the view says: every tenant's batch and the unowned one.
+    assert value(samples, "bifrost_batch_exporter_view_keys", provider="openai") == 0
+    assert value(samples, "bifrost_batches", provider="openai", status="in_progress") == 3
 
 
 class _Holder:

@@ -30,6 +30,7 @@ from tests.test_client import Gateway
 from tests.test_webconfig import Pki
 
 SECRET = "sk-bf-SETTINGSSECRET-3c9e1a"
+TOKEN = "admin-SETTINGSTOKEN-5b7d20"  # a bearer token (an admin session): an sk-bf- one is a key, refused
 
 
 @pytest.fixture(autouse=True)
@@ -400,28 +401,28 @@ def test_secret_files_fill_the_secrets_and_reread_picks_up_a_rotation(tmp_path: 
 
 def test_a_rotated_secret_that_cannot_be_sent_is_refused_on_reread(tmp_path: Path) -> None:
     token = tmp_path / "token"
-    token.write_text(SECRET + "\n")
+    token.write_text(TOKEN + "\n")
     config = Settings(bearer_token_file=token)
-    token.write_bytes(b"\xef\xbb\xbf" + SECRET.encode() + b"\n")  # saved again by an editor that adds a BOM
+    token.write_bytes(b"\xef\xbb\xbf" + TOKEN.encode() + b"\n")  # saved again by an editor that adds a BOM
     with pytest.raises(ConfigError) as info:
         config.reread_secret_files()
     assert str(info.value).startswith(
         f"invalid setting bearer_token_file: '{token}' starts with a byte-order mark"
     )
-    assert not leaked(SECRET, str(info.value))
+    assert not leaked(TOKEN, str(info.value))
 
 
 def test_file_and_inline_value_are_exclusive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     token = tmp_path / "token"
-    token.write_text("sk-bf-token\n")
+    token.write_text("admin-token\n")
     monkeypatch.setenv("BIFROST_EXPORTER_BEARER_TOKEN_FILE", str(token))
     with pytest.raises(ConfigError) as info:
-        load_settings({"bearer_token": "sk-bf-inline"})
+        load_settings({"bearer_token": "admin-inline"})
     message = str(info.value)
     assert message.startswith(
         "invalid setting bearer_token_file (from environment BIFROST_EXPORTER_BEARER_TOKEN_FILE)"
     )
-    assert "sk-bf-inline" not in message and "sk-bf-token" not in message
+    assert "admin-inline" not in message and "admin-token" not in message
 
 
 # --- virtual_key_dir (configuration contract v3) ----------------------------------------------------------------
@@ -470,6 +471,69 @@ def test_a_virtual_key_without_bifrosts_prefix_is_refused_naming_the_setting(tmp
     with pytest.raises(ConfigError, match=r"virtual_key_file.*is not a Bifrost virtual key") as info:
         load_settings({"virtual_key_file": str(path)})
     assert not leaked("sk-bf-aaaa", str(info.value))
+
+
+# Every way but virtual_key* that Bifrost's governance reads a request's virtual key from (names and the sk-bf-
+# prefix in any case, `Bearer` stripped; `x-bf-vk` whatever it holds), each with the setting the refusal names.
+KEY_SENT_ELSEWHERE = [
+    ({"bearer_token": SECRET}, "bearer_token"),
+    ({"bearer_token": SECRET.upper()}, "bearer_token"),
+    ({"bearer_token_file": "@file"}, "bearer_token_file"),
+    ({"extra_headers": {"X-Api-Key": SECRET}}, "extra_headers['X-Api-Key']"),
+    ({"extra_headers": {"x-goog-api-key": SECRET.upper()}}, "extra_headers['x-goog-api-key']"),
+    ({"extra_headers": {"Authorization": f"Bearer {SECRET}"}}, "extra_headers['Authorization']"),
+    ({"extra_headers": {"AUTHORIZATION": f"bearer  {SECRET}"}}, "extra_headers['AUTHORIZATION']"),
+    ({"extra_headers": {"X-Bf-Vk": SECRET}}, "extra_headers['X-Bf-Vk']"),
+    ({"extra_headers": {"x-bf-vk": "tenant-a-SETTINGSSECRET"}}, "extra_headers['x-bf-vk']"),
+]
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    KEY_SENT_ELSEWHERE,
+    ids=["bearer_token", "bearer_token-upper", "bearer_token_file", "x-api-key", "x-goog-api-key",
+         "authorization-bearer", "authorization-bearer-any-case", "x-bf-vk", "x-bf-vk-without-prefix"],
+)  # fmt: skip
+def test_a_virtual_key_sent_another_way_than_virtual_key_is_refused_naming_the_setting(
+    tmp_path: Path, values: dict[str, Any], named: str
+) -> None:
+    """The gateway narrows every list to such a key's tenant, while the view (virtual_key* only) would say the
+    whole account: refused at start, naming where the key was set and where it belongs, never the key."""
+    if values.get("bearer_token_file") == "@file":
+        token = tmp_path / "token"
+        token.write_text(SECRET + "\n")
+        values = {"bearer_token_file": str(token)}
+        named = f"bearer_token_file (from the command line): '{token}'"
+    with pytest.raises(ConfigError) as info:
+        load_settings(values)
+    message = str(info.value)
+    setting = named.split("[", 1)[0]
+    assert message.startswith(f"invalid setting {setting}")
+    assert named in message
+    assert "virtual_key, virtual_key_file or virtual_key_dir" in message
+    for secret in (SECRET, SECRET.upper(), "tenant-a-SETTINGSSECRET"):
+        assert not leaked(secret, message)
+
+
+def test_a_header_or_token_that_is_not_a_virtual_key_is_kept() -> None:
+    """Only what the gateway reads as a key is refused: a proxy's API key, an admin session token and a login
+    in Authorization still reach the gateway as configured."""
+    config = load_settings(
+        {
+            "virtual_key": SECRET,
+            "bearer_token": TOKEN,
+            "extra_headers": {
+                "X-Api-Key": "proxy-key",
+                "x-goog-api-key": "AIza-project",
+                "X-Team": "sk-bf-like",
+            },
+        }
+    )
+    assert config.bearer_token is not None and config.bearer_token.get_secret_value() == TOKEN
+    assert config.extra_headers["X-Api-Key"] == "proxy-key"
+    assert [name for name, _ in config.virtual_keys()] == ["default"]
+    assert load_settings({"extra_headers": {"Authorization": "Basic c2stYmYtYWFhYQ=="}}).extra_headers
+    assert load_settings({"extra_headers": {"Authorization": f"Token {SECRET}"}}).extra_headers
 
 
 def test_virtual_keys_of_the_single_key_settings(tmp_path: Path) -> None:
