@@ -419,7 +419,8 @@ def test_prometheus_rule_equals_the_alerts_and_recording_rules(helm: str, render
     rule = one(docs_of(rendered["all-optional-on-values.yaml"]), "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
-    assert any('job=~"rel-bifrost-batch-exporter.*"' in e for e in exprs)  # default: this release's targets
+    # default: this release's targets, by the namespace and job the Operator gives them
+    assert any('namespace="monitoring", job=~"rel-bifrost-batch-exporter"' in e for e in exprs)
 
 
 def test_dashboard_configmap_equals_the_dashboards(rendered: dict[str, str]) -> None:
@@ -435,7 +436,8 @@ def test_dashboard_configmap_equals_the_dashboards(rendered: dict[str, str]) -> 
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert cm["metadata"]["annotations"] == {"grafana_folder": "Bifrost"}
     # The dashboards as written, with the mixin's default job matcher replaced by this release's (the rules' one).
-    default, release = 'job=~\\"bifrost-batch-exporter.*\\"', 'job=~\\"rel-bifrost-batch-exporter.*\\"'
+    default = 'job=~\\"bifrost-batch-exporter.*\\"'
+    release = 'namespace=\\"monitoring\\", job=~\\"rel-bifrost-batch-exporter\\"'
     assert cm["data"] == {f.name: f.read_text().replace(default, release) for f in files}
     for body in cm["data"].values():
         json.loads(body)
@@ -446,7 +448,7 @@ def test_the_shipped_dashboards_select_the_targets_the_rules_select(helm: str) -
     which the mixin's default matcher (`job=~"bifrost-batch-exporter.*"`, anchored) does not select: every panel
     reading the exporter's own series was empty for a release named anything else."""
     for args, matcher in (
-        ((), 'job=~"prod-bifrost-batch-exporter.*"'),
+        ((), 'namespace="default", job=~"prod-bifrost-batch-exporter"'),
         (("--set", 'prometheusRule.selector=job="batches"'), 'job="batches"'),
     ):
         text = run_helm(

@@ -74,11 +74,121 @@ def test_chart_renders_exactly_the_generated_rule_files(helm: str) -> None:
 
 
 def test_default_selector_is_this_releases_job(helm: str) -> None:
-    """The Prometheus Operator names a ServiceMonitor target's job after its Service: <fullname>[-<shard>]."""
-    rules = rules_by_name(spec_groups(helm))
-    for name, rule in rules.items():
-        assert 'job=~"rel-bifrost-batch-exporter.*"' in rule["expr"], name
-        assert "__" not in yaml.safe_dump(rule).replace("__name__", ""), f"{name}: a placeholder is left"
+    """The Prometheus Operator names a ServiceMonitor target's job after its Service (<fullname>[-<shard>]) and gives
+    it the Service's namespace: the default selector names exactly those, never a prefix of other releases' names."""
+    shards = "shards[0].name=a,shards[0].providers={openai},shards[1].name=b,shards[1].providers={anthropic}"
+    for args, selector in (
+        ((), 'namespace="default", job=~"rel-bifrost-batch-exporter"'),
+        (
+            ("-n", "llm", "--set", shards),
+            'namespace="llm", job=~"rel-bifrost-batch-exporter-a|rel-bifrost-batch-exporter-b"',
+        ),
+    ):
+        rules = rules_by_name(spec_groups(helm, *args))
+        for name, rule in rules.items():
+            assert selector in rule["expr"], name
+            assert "__" not in yaml.safe_dump(rule).replace("__name__", ""), f"{name}: a placeholder is left"
+
+
+def release_rules(helm: str, tmp_path: Path, release: str, namespace: str, *args: str) -> Path:
+    """The PrometheusRule of `release` in `namespace` (alerts labelled team=<namespace>), as a plain rule file.
+    Annotations are left out: promtool compares them too, and these tests are about which series an alert selects."""
+    proc = subprocess.run(
+        [helm, "template", release, str(CHART), "-n", namespace, "--show-only", "templates/prometheusrule.yaml",
+         "--set", "prometheusRule.enabled=true", "--set", f"prometheusRule.additionalRuleLabels.team={namespace}",
+         *args],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    groups = yaml.safe_load(proc.stdout)["spec"]["groups"]
+    for group in groups:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    path = tmp_path / f"{release}.{namespace}.rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+    return path
+
+
+# Release "bifrost-batch-exporter" (the README's name) in namespace team-a, beside the same release name installed by
+# another team in team-b and a release in team-a whose name starts with this one's, all under one Prometheus.
+NEIGHBOURS_TEST = """
+rule_files: [own.rules.yaml]
+evaluation_interval: 1m
+tests:
+  - name: another release's target is down; this release's alerts stay silent
+    interval: 1m
+    input_series:
+      - series: 'up{job="bifrost-batch-exporter", namespace="team-a", instance="a:9877"}'
+        values: '1x20'
+      - series: 'up{job="bifrost-batch-exporter", namespace="team-b", instance="b:9877"}'
+        values: '0x20'
+      - series: 'up{job="bifrost-batch-exporter-staging", namespace="team-a", instance="s:9877"}'
+        values: '0x20'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: BifrostBatchExporterDown
+        exp_alerts: []
+  - name: this release is never scraped while its neighbours are up; its absent() clause still fires
+    interval: 1m
+    input_series:
+      - series: 'up{job="bifrost-batch-exporter", namespace="team-b", instance="b:9877"}'
+        values: '1x20'
+      - series: 'up{job="bifrost-batch-exporter-staging", namespace="team-a", instance="s:9877"}'
+        values: '1x20'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: BifrostBatchExporterDown
+        exp_alerts:
+          - exp_labels: {severity: critical, team: team-a, namespace: team-a}
+"""
+
+# A sharded release: every shard's Service is a job the default selector names.
+SHARDS_TEST = """
+rule_files: [own.rules.yaml]
+evaluation_interval: 1m
+tests:
+  - name: one shard of two is down
+    interval: 1m
+    input_series:
+      - series: 'up{job="bifrost-batch-exporter-a", namespace="team-a", instance="a:9877"}'
+        values: '1x20'
+      - series: 'up{job="bifrost-batch-exporter-b", namespace="team-a", instance="b:9877"}'
+        values: '0x20'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: BifrostBatchExporterDown
+        exp_alerts:
+          - exp_labels: {severity: critical, team: team-a, namespace: team-a, job: bifrost-batch-exporter-b}
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "test"),
+    [
+        ((), NEIGHBOURS_TEST),
+        (
+            (
+                "--set",
+                "shards[0].name=a,shards[0].providers={openai},shards[1].name=b,shards[1].providers={anthropic}",
+            ),
+            SHARDS_TEST,
+        ),
+    ],
+    ids=["neighbour-releases", "shards"],
+)
+def test_default_selector_alerts_on_this_release_only(
+    helm: str, tmp_path: Path, args: tuple[str, ...], test: str
+) -> None:
+    """The default selector once was job=~"<fullname>.*": the other team's release and the -staging one paged team-a,
+    and their `up` series kept team-a's absent() clause quiet while team-a's release was not scraped at all."""
+    promtool = require_tool("promtool")
+    release_rules(helm, tmp_path, "bifrost-batch-exporter", "team-a", *args).rename(
+        tmp_path / "own.rules.yaml"
+    )
+    (tmp_path / "test.yaml").write_text(test)
+    result = subprocess.run(
+        [promtool, "test", "rules", "test.yaml"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_disabled_alerts_are_left_out(helm: str, tmp_path: Path) -> None:

@@ -265,9 +265,18 @@ credentials whose key is not empty there.
 {{- if $env }}{{ toYaml $env }}{{ end }}
 {{- end }}
 
-{{- /* The PromQL matcher that selects this release's targets: prometheusRule.selector, else the job label the
-Prometheus Operator gives the targets of this release's ServiceMonitors (the Service name, fullname or
-fullname-shard). The rules and the shipped dashboards both use it, so they select the same series. */}}
+{{- /* The PromQL matchers that select this release's targets: prometheusRule.selector, else the labels the
+Prometheus Operator gives the targets of this release's ServiceMonitors: `namespace`, the Service's namespace (the
+release's), and `job`, the Service's name (fullname or fullname-<shard>). Exact names, not a prefix: a release
+"x-staging" beside "x", or the same release name in another namespace under one Prometheus, must not page this
+release's team, nor keep its absent(up{...}) clause quiet when this release is not scraped at all. The rules and the
+shipped dashboards both use it, so they select the same series. */}}
 {{- define "bbe.targetSelector" -}}
-{{- .Values.prometheusRule.selector | default (printf "job=~%q" (printf "%s.*" (include "bbe.fullname" .))) }}
+{{- if .Values.prometheusRule.selector }}
+{{- .Values.prometheusRule.selector }}
+{{- else }}
+{{- $jobs := list }}
+{{- range (include "bbe.instances" . | fromYaml).items }}{{ $jobs = append $jobs (regexQuoteMeta .name) }}{{ end }}
+{{- printf "namespace=%q, job=~%q" .Release.Namespace (join "|" $jobs) }}
+{{- end }}
 {{- end }}
