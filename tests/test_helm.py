@@ -303,8 +303,8 @@ def test_crd_objects_have_the_operator_shape(rendered: dict[str, str], value_set
             assert endpoint["port"] in port_names
             assert endpoint["path"] == "/metrics"
             assert endpoint["scheme"] in {"http", "https"}
-            for key in ("interval", "scrapeTimeout"):
-                assert re.fullmatch(r"([0-9]+(ms|s|m|h))+", endpoint[key])
+            assert re.fullmatch(r"([0-9]+(ms|s|m|h))+", endpoint["interval"])
+            assert re.fullmatch(r"([0-9]+(ms|s|m|h))+", endpoint.get("scrapeTimeout", "0s"))
             assert isinstance(endpoint["honorLabels"], bool)
             for relabeling in endpoint.get("relabelings", []) + endpoint.get("metricRelabelings", []):
                 assert isinstance(relabeling, dict)
@@ -317,6 +317,54 @@ def test_crd_objects_have_the_operator_shape(rendered: dict[str, str], value_set
             for r in group["rules"]:
                 assert ("alert" in r) != ("record" in r)
                 assert isinstance(r["expr"], str)
+
+
+def test_a_scrape_interval_alone_gives_a_scrape_config_prometheus_accepts(helm: str, tmp_path: Path) -> None:
+    """serviceMonitor.interval below 10s once kept a default scrapeTimeout of 10s: Prometheus refuses a timeout above
+    the interval (the Operator drops the ServiceMonitor) and the exporter was never scraped. Without a timeout of its
+    own the chart renders none, and Prometheus takes min(global scrape_timeout, interval)."""
+    promtool = require_tool("promtool")
+    for interval in ("5s", "30s"):
+        text = template_text(
+            helm, "--set", "serviceMonitor.enabled=true", "--set", f"serviceMonitor.interval={interval}"
+        )
+        (endpoint,) = one(docs_of(text), "ServiceMonitor")["spec"]["endpoints"]
+        assert endpoint["interval"] == interval and "scrapeTimeout" not in endpoint
+        # The scrape config the Operator generates from this endpoint, checked by Prometheus' own config loader.
+        job = {"job_name": "rel", "scrape_interval": endpoint["interval"], "metrics_path": endpoint["path"],
+               "static_configs": [{"targets": ["127.0.0.1:9877"]}]}  # fmt: skip
+        config = tmp_path / "prometheus.yml"
+        config.write_text(yaml.safe_dump({"global": {"scrape_timeout": "10s"}, "scrape_configs": [job]}))
+        check = subprocess.run(
+            [promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize(
+    ("interval", "timeout", "refused"),
+    [
+        ("5s", "10s", True),
+        ("1m", "1m0s500ms", True),
+        ("30s", "2m", True),
+        ("1m", "1m", False),
+        ("1m30s", "1m", False),
+    ],
+)
+def test_a_scrape_timeout_above_the_interval_fails_the_render(
+    helm: str, interval: str, timeout: str, refused: bool
+) -> None:
+    args = ["--set", "serviceMonitor.enabled=true", "--set", f"serviceMonitor.interval={interval}",
+            "--set", f"serviceMonitor.scrapeTimeout={timeout}"]  # fmt: skip
+    if refused:
+        message = refused_text(helm, *args)
+        assert (
+            f"serviceMonitor.scrapeTimeout ({timeout}) must not exceed serviceMonitor.interval ({interval})"
+            in message
+        )
+    else:
+        (endpoint,) = one(docs_of(template_text(helm, *args)), "ServiceMonitor")["spec"]["endpoints"]
+        assert (endpoint["interval"], endpoint["scrapeTimeout"]) == (interval, timeout)
 
 
 # --- what the chart renders --------------------------------------------------------------------------------------------

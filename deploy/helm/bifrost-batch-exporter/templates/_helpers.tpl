@@ -265,6 +265,17 @@ credentials whose key is not empty there.
 {{- if $env }}{{ toYaml $env }}{{ end }}
 {{- end }}
 
+{{- /* A Prometheus duration ("1m30s", "500ms"; the schema checks its form) in milliseconds, to compare two. */}}
+{{- define "bbe.durationMs" -}}
+{{- $ms := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 "d" 86400000 "w" 604800000 "y" 31536000000 }}
+{{- $total := 0 }}
+{{- range regexFindAll "[0-9]+(ms|s|m|h|d|w|y)" . -1 }}
+{{- $number := regexFind "^[0-9]+" . }}
+{{- $total = add $total (mul (atoi $number) (get $ms (trimPrefix $number .))) }}
+{{- end }}
+{{- $total }}
+{{- end }}
+
 {{- /* The PromQL matchers that select this release's targets: prometheusRule.selector, else the labels the
 Prometheus Operator gives the targets of this release's ServiceMonitors: `namespace`, the Service's namespace (the
 release's), and `job`, the Service's name (fullname or fullname-<shard>). Exact names, not a prefix: a release
