@@ -1,16 +1,21 @@
 # bifrost-batch-exporter container image.
 #
 #   docker build -t bifrost-batch-exporter:dev \
+#     --build-arg VERSION="$(python3 -c 'import exporter; print(exporter.__version__)')" \
 #     --build-arg REVISION="$(git rev-parse HEAD)" --build-arg BRANCH="$(git rev-parse --abbrev-ref HEAD)" \
 #     --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" .
 #   docker run --rm -p 9877:9877 --read-only bifrost-batch-exporter:dev --demo --web.listen-address=0.0.0.0:9877
 #
 # (--demo listens on 127.0.0.1 unless told otherwise: inside a container, the published port would not reach it.)
 #
-# The version is written once, in exporter/__init__.py. REVISION, BRANCH and CREATED are facts of this build: the
-# build stage bakes them into the package (exporter/_build.py: `--version`, bifrost_batch_exporter_build_info) and
-# the final stage puts them on the OCI labels a registry and a scanner show. The release workflow
-# (.github/workflows/release.yml) passes the same build args.
+# The version is written once, in exporter/__init__.py (it imports nothing: `python3 -c` above reads it from the
+# checkout, no install needed). A LABEL cannot read a file the build wrote, so the OCI version label comes from the
+# VERSION build arg: left out, the label says "unknown" (while `--version` says the package's); given, the build stage
+# checks it against the package and fails on a mismatch, so a label never names another version than the image runs.
+# REVISION, BRANCH and CREATED are facts of this build: the build stage bakes them into the package
+# (exporter/_build.py: `--version`, bifrost_batch_exporter_build_info) and the final stage puts them (and VERSION) on
+# the OCI labels a registry and a scanner show. The release workflow (.github/workflows/release.yml) and
+# deploy/image-test.sh pass the same build args.
 #
 # BASE_IMAGE is used for both stages: the venv built in the first stage links to the base's own python, so builder
 # and runtime must share it. Any Debian-like image with python3 (>= 3.11) and the venv module works; deploy/image-test.sh
@@ -27,10 +32,16 @@ RUN python3 -m venv /opt/build \
     && python3 -m venv --without-pip /opt/venv
 COPY pyproject.toml README.md LICENSE ./
 COPY exporter ./exporter
+ARG VERSION=unknown
 ARG REVISION=unknown
 ARG BRANCH=unknown
 ARG CREATED=unknown
-RUN python3 -m exporter.version --write-build-file \
+RUN package_version="$(python3 -c 'import exporter; print(exporter.__version__)')" \
+    && if [ "${VERSION}" != unknown ] && [ "${VERSION}" != "${package_version}" ]; then \
+        echo "build arg VERSION=${VERSION} is not the package version ${package_version} (exporter/__init__.py)" >&2; \
+        exit 1; \
+    fi \
+    && python3 -m exporter.version --write-build-file \
         --revision "${REVISION}" --branch "${BRANCH}" --build-date "${CREATED}" \
     && /opt/build/bin/pip wheel --no-cache-dir --wheel-dir /wheels . \
     && /opt/build/bin/pip --python /opt/venv/bin/python install --no-cache-dir --no-index --find-links /wheels \
