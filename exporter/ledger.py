@@ -277,6 +277,9 @@ class Ledger:
         self._group_overflowed = False
         # Told of every batch counted as finished, once per id, with its group (the cost ledger awaits its settlement).
         self.finish_hook: Callable[[Batch, str, float | None, Group], None] | None = None
+        # Watched batches (held as running) counted as finished since take_ended, with the status they ended with:
+        # the early warning's calibration learns from how a batch really ended, never from our clock (risk.py).
+        self._ended: dict[str, str] = {}
 
     # --- events -------------------------------------------------------------------------------------------------
 
@@ -511,6 +514,12 @@ class Ledger:
             self._ids.forget(batch_id)
             self._cache_counted.discard(batch_id)
 
+    def take_ended(self) -> dict[str, str]:
+        """The watched batches counted as finished since the last call, with their terminal status; cleared. Kept
+        until taken, so the ends of a poll whose snapshot was discarded (a failed page) still reach the tracker."""
+        ended, self._ended = self._ended, {}
+        return ended
+
     def is_settled(self, batch_id: str) -> bool:
         return batch_id not in self._ids.active and self._ids.settled_at(batch_id) is not None
 
@@ -540,6 +549,9 @@ class Ledger:
         if ts is not None and created is not None and ts >= created:
             self._durations[status].observe(ts - created)
         self._observe_stages(batch, status, ts)
+        ended = self._ended
+        if batch.id in self._ids.active and (len(ended) < self.max_tracked_ids or batch.id in ended):
+            ended[batch.id] = status
         if self.finish_hook is not None:
             self.finish_hook(batch, status, ts, group)
 

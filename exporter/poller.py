@@ -812,6 +812,8 @@ class Poller:
             now=now,
             no_progress_fraction=s.risk_no_progress_fraction,
             tracker=self._trackers[provider],
+            # The calibration is taught only by the ends the ledger saw (risk.py: finish_poll).
+            ended=ledger.take_ended,
         )
 
     async def _poll_full(

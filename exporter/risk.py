@@ -13,7 +13,8 @@ a worked example and the benchmark it was chosen on):
 - **nothing visible** (nothing done yet, or a provider that reports its counts only at the end: Anthropic, Bedrock;
   or OpenAI's `validating` with a total of 0): at risk once its window has gone by to the provider's *calibrated*
   fraction: the first point of the window at which at least `CALIBRATION_TARGET` of this provider's batches that
-  still showed nothing there went on to expire, learned from the batches this exporter saw end (`Calibration`,
+  still showed nothing there went on to expire, learned from the batches this exporter saw end, by the status they
+  ended with (`Calibration`,
   persisted with the state); until it has seen enough, `risk_no_progress_fraction`.
 
 - **confirmed**: a verdict counts (in `bifrost_batch_at_risk`, and as the per-batch `reason`) only once every poll
@@ -189,7 +190,7 @@ class ProgressTracker:
 
     Owned by the poller (one per provider, kept from poll to poll), fed by the snapshot builder through `assess`, and
     pruned by `finish_poll`: a batch not observed in the poll just folded has left the active statuses (finished,
-    deleted); whether it did so after its `expires_at` is what the calibration learns from it. Bounded by
+    deleted); whether it was seen to end `expired` is what the calibration learns from it. Bounded by
     `max_tracked`. Not thread-safe: one poll of a provider at a time uses it, as the poller guarantees.
     """
 
@@ -268,13 +269,21 @@ class ProgressTracker:
         track.t, track.done = now, done
         return track
 
-    def finish_poll(self, now: float) -> int:
-        """Forget the batches the poll just folded did not observe, learning how each ended; returns how many."""
+    def finish_poll(self, now: float, ended: Mapping[str, str] | None = None) -> int:
+        """Forget the batches the poll just folded did not observe, learning how each ended; returns how many.
+
+        `ended` is the terminal status each batch was seen to end with (the ledger's counted transitions since
+        the last poll folded). Only such an end teaches the calibration: a batch that merely left the list (deleted,
+        forgotten, its end not shown) is no evidence, and `expires <= now` on our own clock is none either: a host
+        clock stepped ahead would teach, and persist, that batches which completed had expired. `now` is unused
+        and kept for callers that judge without a ledger."""
         gone = [batch_id for batch_id, track in self._tracks.items() if track.poll != self._poll]
         learn = self.calibration.learn
         for batch_id in gone:
             track = self._tracks.pop(batch_id)
-            learn(track.blind_step, track.expires <= now)
+            status = ended.get(batch_id) if ended else None
+            if status is not None:
+                learn(track.blind_step, status == "expired")
         self._poll += 1
         return len(gone)
 

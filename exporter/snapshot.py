@@ -96,12 +96,14 @@ class SnapshotBuilder:
         now: float = 0.0,
         no_progress_fraction: float = 0.5,
         tracker: ProgressTracker | None = None,
+        ended: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         """`tracker` is the provider's ProgressTracker, kept by the poller from poll to poll: the early warning's
         recent rates and calibration. Without one, each batch is judged by its average rate since it started.
         Without `group_for` every batch is in the group () (no metadata labels), and no call per batch asks."""
         self._provider = provider
         self._tracker = tracker
+        self._ended = ended  # the ledger's take_ended: how the batches the tracker forgets really ended
         self._label_for = label_for
         self._group_for = group_for
         self._per_batch = per_batch
@@ -222,7 +224,8 @@ class SnapshotBuilder:
 
     def build(self, now: float) -> BatchSnapshot:
         if self._tracker is not None:
-            self._tracker.finish_poll(now)  # forget (and learn from) the batches no longer active
+            # Forget the batches no longer active, learning from those seen to end.
+            self._tracker.finish_poll(now, self._ended() if self._ended is not None else None)
         newest_first = sorted(self._jobs, key=lambda item: item[1:3], reverse=True)
         return BatchSnapshot(
             provider=self._provider,

@@ -458,12 +458,30 @@ def test_the_tracker_teaches_the_calibration_how_blind_batches_ended() -> None:
             assess(blind, "validating", t, FRACTION, tracker=tracker)
         if hour <= 7:
             assess(batch("validating", id="quick"), "validating", t, FRACTION, tracker=tracker)
-        tracker.finish_poll(t)
+        tracker.finish_poll(t, {"late": "expired", "quick": "completed"})
     c = tracker.calibration
     assert c.evidence(0) == (2, 1)
     assert c.evidence(5) == (2, 1)  # "quick" was last seen at 7 h = 29 %: step 5
     assert c.evidence(6) == (1, 1)
     assert c.evidence(CALIBRATION_STEPS - 1) == (1, 1)
+
+
+def test_the_calibration_learns_how_a_batch_was_seen_to_end_never_from_our_clock() -> None:
+    """Audit 9 F1: blind batches that completed while the host clock was days ahead (past their expiry on our
+    clock) are learned as made it, not as expired; one that left the list without an end seen teaches nothing."""
+    tracker = ProgressTracker()
+    for i in range(CALIBRATION_MIN_SAMPLES + 5):
+        assess(batch("in_progress", id=f"done{i}"), "in_progress", CREATED + 600, FRACTION, tracker=tracker)
+        assess(batch("in_progress", id=f"gone{i}"), "in_progress", CREATED + 600, FRACTION, tracker=tracker)
+    tracker.finish_poll(CREATED + 600)
+    ahead = CREATED + 2 * WINDOW  # the host clock stepped two days ahead
+    assert (
+        tracker.finish_poll(ahead, {f"done{i}": "completed" for i in range(CALIBRATION_MIN_SAMPLES + 5)})
+        == 50
+    )
+    assert tracker.calibration.evidence(0) == (CALIBRATION_MIN_SAMPLES + 5, 0)
+    assert tracker.calibration.evidence(1) == (0, 0)
+    assert tracker.threshold(FRACTION) == FRACTION  # a young blind batch is not at risk
 
 
 def test_calibration_state_round_trips_and_refuses_garbage() -> None:
@@ -699,3 +717,42 @@ def test_per_batch_rows_keep_the_batches_at_risk_past_the_limit() -> None:
     assert reasons == {"old_overdue": "overdue"}
     assert [v for _, v in series(s, "bifrost_batch_at_risk", provider="openai")] == [1.0]
     assert [v for _, v in series(s, "bifrost_batch_exporter_per_batch_dropped", provider="openai")] == [2.0]
+
+
+def _stepped(url: str, step: list[float], clock: list[float]) -> ExporterThread:
+    """An exporter whose host clock is the gateway's (`clock`) plus `step`: NTP stepping the host, a VM resumed."""
+    return ExporterThread(make_settings(url, ["openai"], poll_mode="full"), clock=lambda: clock[0] + step[0])
+
+
+def _at_risk_total(exp: ExporterThread) -> float:
+    return sum(v for _, v in series(exp.samples(), "bifrost_batch_at_risk", provider="openai"))
+
+
+@pytest.mark.parametrize("step", [0.0, 2 * 86_400.0])
+def test_batches_that_completed_under_a_host_clock_ahead_do_not_teach_that_blind_batches_expire(
+    step: float,
+) -> None:
+    """Audit 9 F1 through the exporter: 25 blind batches complete 10 minutes into their window while the host
+    clock is two days ahead; after NTP corrects it, a blind batch two minutes old is not at risk, and the
+    calibration counts the 25 as made it."""
+    clock, shift = [CREATED + 600], [0.0]
+    with Simulator(providers=[ProviderSpec("openai")], lifecycle=False, clock=lambda: clock[0]) as sim:
+        for i in range(25):
+            _running(sim, f"blind{i}", CREATED, 10, 0)
+        with _stepped(sim.url, shift, clock) as exp:
+            exp.poll()
+            shift[0] = step
+            clock[0] += 10
+            exp.poll()
+            for i in range(25):
+                sim.set_status("openai", f"blind{i}", "completed", int(clock[0]))
+            clock[0] += 10
+            exp.poll()
+            shift[0] = 0.0
+            clock[0] += 10
+            _running(sim, "young", clock[0] - 120, 10, 0)
+            for _ in range(3):
+                clock[0] += 10
+                exp.poll()
+            assert _at_risk_total(exp) == 0
+            assert exp.exporter.poller._trackers["openai"].calibration.evidence(0) == (25, 0)
