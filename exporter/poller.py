@@ -809,7 +809,8 @@ class Poller:
             group_for=ledger.group_of if ledger.metadata_keys else None,
             per_batch=s.per_batch_metrics,
             per_batch_limit=s.per_batch_limit,
-            now=now,
+            # Judged on the host's clock bounded by the gateway's: a step ahead is not time passed (risk.py: clock).
+            now=self._trackers[provider].clock(now, self._monotonic(), ledger.gateway_now),
             no_progress_fraction=s.risk_no_progress_fraction,
             tracker=self._trackers[provider],
             # The calibration is taught only by the ends the ledger saw (risk.py: finish_poll).

@@ -74,6 +74,10 @@ MAX_TRACKED: Final = 200_000
 # can already hold above 0: there a brief verdict would show in the firing alert at once. A batch at risk when the
 # tracker first sees it counts at once (no history to confirm against; a projection warms up first anyway).
 CONFIRM: Final = 1 / 72
+# How far ahead of the gateway's clock (its timestamps, or our own clock at the first poll run on by the monotonic
+# clock) the host's clock is believed when judging (ProgressTracker.clock): a larger step ahead is a host clock
+# that jumped, not time that passed. One hour of a 24 h window shifts a projection by 4 %.
+CLOCK_AHEAD_SECONDS: Final = 3600.0
 
 Reason = Literal["overdue", "not_started", "no_progress", "slow", "stalled"]
 # Label values of `reason` on bifrost_batch_job_at_risk_info, in the order the docs list them.
@@ -198,6 +202,7 @@ class ProgressTracker:
     calibration: Calibration = field(default_factory=Calibration)
     _tracks: dict[str, _Track] = field(default_factory=dict)
     _poll: int = 0
+    _offset: float | None = None  # clock(): the host's clock less the monotonic one at the first poll
 
     def __len__(self) -> int:
         return len(self._tracks)
@@ -286,6 +291,25 @@ class ProgressTracker:
                 learn(track.blind_step, status == "expired")
         self._poll += 1
         return len(gone)
+
+    def clock(self, host: float, monotonic: float, gateway: float) -> float:
+        """The time to judge a poll at: the host's clock, but never more than CLOCK_AHEAD_SECONDS ahead of both the
+        gateway's clock as its timestamps show it (`gateway`, the ledger's gateway_now; 0 before any) and the host's
+        clock as it read at the first poll, run on by the monotonic clock.
+
+        A host clock stepped ahead would otherwise find every active batch past its expiry at once ("overdue",
+        which needs no confirmation) and page on all of them. A step back is believed (it only delays a warning).
+        The monotonic continuation keeps a lone batch on a quiet gateway judged in real time; the gateway's
+        timestamps move it on after a suspend, which stops the monotonic clock while real time runs on."""
+        if not (math.isfinite(host) and math.isfinite(monotonic)):
+            return host
+        if self._offset is None:
+            self._offset = host - monotonic  # the first poll: our clock is all there is to go by
+        if math.isfinite(gateway) and gateway - monotonic > self._offset:
+            self._offset = (
+                gateway - monotonic
+            )  # the gateway shows a later time than we ran on to: time passed
+        return min(host, monotonic + self._offset + CLOCK_AHEAD_SECONDS)
 
     def threshold(self, fallback: float) -> float:
         return self.calibration.threshold(fallback)

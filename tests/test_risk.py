@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from exporter import risk as risk_module
 from exporter.models import TERMINAL_STATUSES, Batch, normalize_status
 from exporter.risk import (
     CALIBRATION_MIN_SAMPLES,
@@ -484,6 +485,22 @@ def test_the_calibration_learns_how_a_batch_was_seen_to_end_never_from_our_clock
     assert tracker.threshold(FRACTION) == FRACTION  # a young blind batch is not at risk
 
 
+def test_the_judging_clock_does_not_run_ahead_of_the_gateway_with_a_host_clock_step() -> None:
+    """Audit 9 F2: the host clock a day ahead of the gateway's timestamps and of its own monotonic run is judged at
+    most CLOCK_AHEAD_SECONDS ahead; a step back is believed; time the gateway shows passing moves it on."""
+    tracker = ProgressTracker()
+    host, mono = CREATED + HOUR, 100.0
+    assert tracker.clock(host, mono, CREATED) == host  # the first poll: our clock
+    assert (
+        tracker.clock(host + 60 + 86_400, mono + 60, CREATED) == host + 60 + risk_module.CLOCK_AHEAD_SECONDS
+    )
+    assert tracker.clock(host + 120 - 3 * HOUR, mono + 120, CREATED) == host + 120 - 3 * HOUR  # step back
+    assert tracker.clock(host + 180, mono + 180, CREATED) == host + 180  # corrected
+    # suspended for 5 h (the monotonic clock stopped): the gateway's timestamps show the time that passed
+    assert tracker.clock(host + 5 * HOUR, mono + 240, host + 5 * HOUR - 60) == host + 5 * HOUR
+    assert tracker.clock(math.nan, mono, CREATED) != tracker.clock(math.nan, mono, CREATED)  # NaN stays NaN
+
+
 def test_calibration_state_round_trips_and_refuses_garbage() -> None:
     tracker = ProgressTracker()
     for _ in range(3):
@@ -726,6 +743,21 @@ def _stepped(url: str, step: list[float], clock: list[float]) -> ExporterThread:
 
 def _at_risk_total(exp: ExporterThread) -> float:
     return sum(v for _, v in series(exp.samples(), "bifrost_batch_at_risk", provider="openai"))
+
+
+@pytest.mark.parametrize("step", [0.0, 86_400.0])
+def test_a_host_clock_stepped_ahead_does_not_flag_healthy_batches(step: float) -> None:
+    """Audit 9 F2 through the exporter: a batch 1 h into its window with half its requests done, the host clock
+    then stepped a day ahead: not at risk (it was "overdue" at once)."""
+    clock, shift = [CREATED + HOUR], [0.0]
+    with Simulator(providers=[ProviderSpec("openai")], lifecycle=False, clock=lambda: clock[0]) as sim:
+        _running(sim, "fine", CREATED, 1000, 500)
+        with _stepped(sim.url, shift, clock) as exp:
+            exp.poll()
+            shift[0] = step
+            clock[0] += 10
+            exp.poll()
+            assert _at_risk_total(exp) == 0
 
 
 @pytest.mark.parametrize("step", [0.0, 2 * 86_400.0])
