@@ -306,9 +306,8 @@ class ProgressTracker:
         if self._offset is None:
             self._offset = host - monotonic  # the first poll: our clock is all there is to go by
         if math.isfinite(gateway) and gateway - monotonic > self._offset:
-            self._offset = (
-                gateway - monotonic
-            )  # the gateway shows a later time than we ran on to: time passed
+            # The gateway shows a later time than we ran on to: time passed (a suspend stopped the monotonic clock).
+            self._offset = gateway - monotonic
         return min(host, monotonic + self._offset + CLOCK_AHEAD_SECONDS)
 
     def threshold(self, fallback: float) -> float:

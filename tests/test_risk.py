@@ -737,8 +737,13 @@ def test_per_batch_rows_keep_the_batches_at_risk_past_the_limit() -> None:
 
 
 def _stepped(url: str, step: list[float], clock: list[float]) -> ExporterThread:
-    """An exporter whose host clock is the gateway's (`clock`) plus `step`: NTP stepping the host, a VM resumed."""
-    return ExporterThread(make_settings(url, ["openai"], poll_mode="full"), clock=lambda: clock[0] + step[0])
+    """An exporter whose host clock is the gateway's (`clock`) plus `step`: NTP stepping the host, a VM resumed. Its
+    monotonic clock runs with the gateway's: a step does not move it."""
+    return ExporterThread(
+        make_settings(url, ["openai"], poll_mode="full"),
+        clock=lambda: clock[0] + step[0],
+        monotonic=lambda: clock[0],
+    )
 
 
 def _at_risk_total(exp: ExporterThread) -> float:
