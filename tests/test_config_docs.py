@@ -22,7 +22,7 @@ DOCS = [ROOT / "README.md", REFERENCE]
 # reference shows being refused.
 OTHER_TOOLS_FLAGS = frozenset(
     {"--require-hashes", "--build-arg", "--read-only", "--cap-drop", "--restart", "--name", "--security-opt", "--rm",
-     "--from-literal", "--install", "--namespace", "--check", "--strict", "--web.listen-adress"}
+     "--from-literal", "--install", "--namespace", "--check", "--strict", "--web.listen-adress", "--abbrev-ref"}
 )  # fmt: skip
 
 
