@@ -9,6 +9,7 @@ ListResult or RetrieveResult and never an exception.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import json
 import math
@@ -207,6 +208,10 @@ class LogResult(Generic[T]):
     # gateway work, so other rows are looked up, and this one again after a gap. Any other failure (a bare 404
     # of a route that is not there, a login page, a 5xx) says nothing about the row.
     row_fault: bool = False
+    # The gateway's clock when it answered (its Date header; Go's net/http always sends one), None without a
+    # readable one: the cost horizon is judged on it as well as on ours, so a host clock stepped ahead cannot end
+    # a settlement's wait early.
+    date: float | None = None
 
 
 @dataclass(slots=True)
@@ -215,6 +220,7 @@ class _Tally:
     retries: int = 0
     cursor: str | None = None  # the `after` of the request under way
     vk: str | None = None  # the virtual key this call's requests carry (None: the default headers')
+    date: str | None = None  # the Date header of the last answer (None: no answer, or none in it)
 
 
 def _parse_retry_after(value: str | None, now: float) -> float | None:
@@ -234,6 +240,25 @@ def _parse_retry_after(value: str | None, now: float) -> float | None:
     if not math.isfinite(seconds):
         return None
     return max(0.0, seconds)
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """An HTTP Date header as a Unix time; None for a missing or unreadable one (junk is never a time)."""
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)  # "-0000": an HTTP date is always GMT
+    try:
+        seconds = when.timestamp()
+    except (OverflowError, ValueError, OSError):
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 def build_headers(settings: Settings) -> dict[str, str]:
@@ -702,6 +727,7 @@ class BifrostClient:
                 result.failure = Failure(exc.reason, self._scrub(detail), exc.status, tally.retries + 1)
                 result.row_fault = exc.body_refused
         result.requests = tally.requests
+        result.date = parse_http_date(tally.date)
         return result
 
     async def _retrieve_any(self, provider: str, ids: tuple[str, ...], tally: _Tally) -> Batch:
@@ -752,7 +778,8 @@ class BifrostClient:
         while True:
             try:
                 tally.requests += 1
-                return await self._request(provider, path, params, parse, tally.vk)
+                tally.date = None
+                return await self._request(provider, path, params, parse, tally)
             except RequestFailedError as exc:
                 if exc.reason not in _RETRYABLE:
                     raise
@@ -794,7 +821,7 @@ class BifrostClient:
         path: str,
         params: dict[str, str],
         parse: Callable[[bytes], T],
-        vk: str | None = None,
+        tally: _Tally,
     ) -> T:
         settings = self._settings
         cap = settings.max_response_bytes
@@ -802,7 +829,7 @@ class BifrostClient:
         target = f"{self._prefix}{path}?{_query(params)}"
         try:
             async with asyncio.timeout(settings.request_timeout_seconds):
-                response = await self._follow(provider, target, vk, cap)
+                response = await self._follow(provider, target, tally.vk, cap)
         except TimeoutError:
             raise RequestFailedError(
                 "timeout", f"no complete answer within {settings.request_timeout_seconds:g}s"
@@ -818,6 +845,7 @@ class BifrostClient:
             ) from None
         except HttpError as exc:
             raise RequestFailedError("connection", _short(exc.detail)) from None
+        tally.date = response.headers.get("date")
         # Decoded here, bounded: 64 KB of gzip can become 64 MB.
         decoder = _BoundedDecoder(response.headers.get("content-encoding", ""), cap, response.status)
         try:

@@ -32,6 +32,7 @@ from exporter.client import (
     RetrieveResult,
     _parse_retry_after,
     build_headers,
+    parse_http_date,
 )
 from exporter.models import Batch
 from exporter.providers import list_rules
@@ -235,6 +236,22 @@ def test_retry_after_forms() -> None:
     assert _parse_retry_after(None, now) is None
     http_date = _parse_retry_after(formatdate(now + 30, usegmt=True), now)
     assert http_date is not None and 28 <= http_date <= 31
+
+
+def test_http_date_forms() -> None:
+    """The gateway's Date (the cost horizon is judged on it too): junk is no time, never an exception."""
+    assert parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT") == 784111777
+    assert parse_http_date(" Sun, 06 Nov 1994 08:49:37 -0000 ") == 784111777  # no zone: GMT
+    assert parse_http_date(formatdate(1_700_000_000, usegmt=True)) == 1_700_000_000
+    for junk in (
+        None,
+        "",
+        "nonsense",
+        "Sun, 99 Nov 1994 08:49:37 GMT",
+        "1700000000",
+        "Sun, 06 Nov 99999 0:0:0",
+    ):
+        assert parse_http_date(junk) is None, junk
 
 
 def test_headers_for_each_auth_mode() -> None:

@@ -141,7 +141,9 @@ class Simulator:
     ) -> Simulator:
         """Serve in a daemon thread; with `ssl_context` the gateway speaks HTTPS."""
         if self._server is None:
-            self._server = HttpServer(self._gateway.dispatch, host, port, ssl_context=ssl_context)
+            self._server = HttpServer(
+                self._gateway.dispatch, host, port, ssl_context=ssl_context, clock=self._clock
+            )
         return self
 
     def stop(self) -> None:

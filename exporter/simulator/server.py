@@ -9,6 +9,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
@@ -24,6 +25,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     dispatch: Dispatch
+    clock: Callable[[], float]
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that vanished mid-request (a killed exporter, a timed-out poll) is routine for a gateway:
@@ -44,6 +46,13 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date header from the simulated gateway's clock, as Bifrost's Go server sends its own: a test that
+        moves the gateway's time moves its Date with it (the exporter judges the cost horizon on it)."""
+        return super().date_time_string(
+            cast(_Server, self.server).clock() if timestamp is None else timestamp
+        )
 
     def _serve(self, method: str) -> None:
         server = cast(_Server, self.server)
@@ -79,10 +88,17 @@ class HttpServer:
     per-connection threads, so one stalled client cannot block accepting others)."""
 
     def __init__(
-        self, dispatch: Dispatch, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None
+        self,
+        dispatch: Dispatch,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         server = _Server((host, port), _Handler)
         server.dispatch = dispatch
+        server.clock = clock
         if ssl_context is not None:
             server.socket = ssl_context.wrap_socket(
                 server.socket, server_side=True, do_handshake_on_connect=False
