@@ -90,6 +90,9 @@ MAX_DOLLARS: Final = 1e9
 MAX_TOKENS: Final = 10**15
 _MAX_LABEL_VALUE: Final = 128
 _PROBE_BATCH_ID: Final = "bifrost-batch-exporter-login-check"
+# How far the gateway's Date may be behind the end time it gave a batch and still be its clock (providers' times
+# and the gateway's differ by seconds; by more, the Date is not the gateway's now).
+GATEWAY_CLOCK_SLACK: Final = 3600.0
 
 Result = Literal["priced", "unpriced", "missing"]
 
@@ -392,6 +395,9 @@ class CostLedger:
         if kind is None:
             return
         now = self._clock()
+        # Without an end time (or with one ahead of ours) the end is our clock's now: with our clock stepped ahead,
+        # a time the gateway reaches only later, so the horizon is measured from a later end and such a batch's
+        # result comes late by the step (never early; `_judged` then falls back to our clock alone).
         finished_at = ts if ts is not None and ts <= now else now
         settled = settled_by(batch.created, finished_at)
         if settled is None:
@@ -431,22 +437,24 @@ class CostLedger:
             heapq.heappop(self._due)
         return None
 
-    def answered(self, batch_id: str, row: Row | None, now: float) -> None:
-        """The gateway answered the look-up: `row`, or None for 404 (not settled)."""
+    def answered(self, batch_id: str, row: Row | None, now: float, gateway_now: float | None = None) -> None:
+        """The gateway answered the look-up: `row`, or None for 404 (not settled); `gateway_now` is its clock when
+        it answered (its Date header), None when unknown."""
         entry = self._awaited.get(batch_id)
         if entry is None:
             if row is not None:
                 self.log.debug("settlement_already_counted", provider=self.provider, batch_id=batch_id[:256])
             return
         entry.looks += 1
-        final = now >= entry.finished_at + self.horizon
+        judged = self._judged(entry, now, gateway_now)
+        final = judged >= entry.finished_at + self.horizon
         if row is None:
             if final:
                 if not entry.maybe:
                     self._count("missing", entry.group, None, now)
                 self._drop(batch_id)  # a kind Bifrost settles only sometimes: no row, no result
             else:
-                self._schedule(batch_id, entry, now, ABSENT_GAPS)
+                self._schedule(batch_id, entry, now, judged, ABSENT_GAPS)
             return
         entry.maybe = False
         if row.dollars is not None:
@@ -459,9 +467,17 @@ class CostLedger:
             if not entry.row_seen:
                 entry.row_seen = True
                 self._awaiting_cost += 1
-            self._schedule(batch_id, entry, now, UNPRICED_GAPS)
+            self._schedule(batch_id, entry, now, judged, UNPRICED_GAPS)
 
-    def failed(self, batch_id: str, failure: Failure, now: float, *, row_fault: bool) -> None:
+    def failed(
+        self,
+        batch_id: str,
+        failure: Failure,
+        now: float,
+        *,
+        row_fault: bool,
+        gateway_now: float | None = None,
+    ) -> None:
         """The look-up failed. A fault of this row (the gateway answered with a body that cannot be read, or failed
         on this id while it answered others): looked up again after a gap, so it does not hold up the others, and
         given up on at the horizon. Any other failure may be the gateway's (it, its route or its login failing): due
@@ -478,12 +494,13 @@ class CostLedger:
         if failure.status is not None and 200 <= failure.status < 300 and not entry.row_seen:
             entry.row_seen = True  # the gateway answered with something for this id: a row, awaiting a cost
             self._awaiting_cost += 1
-        if now >= entry.finished_at + self.horizon:
+        judged = self._judged(entry, now, gateway_now)
+        if judged >= entry.finished_at + self.horizon:
             # A row the gateway keeps failing on, or answering wrongly, past the horizon: no cost could be read.
             self._give_up(batch_id, entry, now)
             return
         entry.looks += 1
-        self._schedule(batch_id, entry, now, ABSENT_GAPS)
+        self._schedule(batch_id, entry, now, judged, ABSENT_GAPS)
 
     def round_done(self, requests: int, ok: bool | None) -> None:
         """A round of look-ups sent `requests` requests; `ok` None when none answered either way."""
@@ -524,9 +541,25 @@ class CostLedger:
 
     # --- internals --------------------------------------------------------------------------------------------------
 
-    def _schedule(self, batch_id: str, entry: _Awaited, now: float, gaps: Sequence[float]) -> None:
+    @staticmethod
+    def _judged(entry: _Awaited, now: float, gateway_now: float | None) -> float:
+        """The time the horizon is judged at: ours, or the gateway's when it is behind. `finished_at` is (mostly)
+        the gateway's time, so a host clock stepped a day ahead would otherwise end the wait of every batch
+        awaited in that poll, and count as `missing` settlements the gateway writes a minute later. A gateway
+        clock behind the batch's own end time contradicts the gateway's data (a clock reset, a cached answer):
+        not believed, or settlements would never be final."""
+        if gateway_now is None or gateway_now < entry.finished_at - GATEWAY_CLOCK_SLACK:
+            return now
+        return min(now, gateway_now)
+
+    def _schedule(
+        self, batch_id: str, entry: _Awaited, now: float, judged: float, gaps: Sequence[float]
+    ) -> None:
+        # The wait runs on our clock (`now`), cut to what is left of the horizon on the clock it is judged on: never
+        # 0 when the look-up was not final, so the id is not due again in the same round. (Our clock stepped back
+        # after a step ahead makes this look-up come late by the step: `next_at` is wall time.)
         gap = gaps[min(entry.looks, len(gaps)) - 1]
-        entry.next_at = max(now, min(now + gap, entry.finished_at + self.horizon))
+        entry.next_at = now + max(0.0, min(gap, entry.finished_at + self.horizon - judged))
         self._dirty.add(batch_id)
         heapq.heappush(self._due, (entry.next_at, batch_id))
 
@@ -869,15 +902,20 @@ async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
     """The look-ups due now, at most `allowance` requests (the client paces them with the provider's lists).
     Returns the requests sent.
 
-    A failed look-up (not an unreadable body: an error status, a timeout, a refused connection) is judged by the
-    next one. The first look-up of a round failing while other ids are due ends the round, as the gateway's failure
-    (cost_up 0; a down logs API gets one look-up a poll), and that id goes behind the others, so the next round
-    starts with another. Otherwise one more look-up follows: the next due id, or the login check's id (which never
-    exists: a 404 when the logs API works). If it answers, the failure was the row's own (its store read failing, a
-    proxy rule for that path): that id waits a gap and the round goes on. If it fails too, the gateway is failing.
-    That judging look-up is sent even when the failed one used the last of the allowance (one look-up beyond it):
-    without it, a lone awaited id failing with the gateway down was looked up alone every round, and cost_up never
-    went to 0.
+    A failed look-up (an error status, a timeout, a refused connection) is judged by the next one. The first
+    look-up of a round failing while other ids are due ends the round, as the gateway's failure (cost_up 0; a down
+    logs API gets one look-up a poll), and that id goes behind the others, so the next round starts with another.
+    Otherwise one more look-up follows: the next due id, or the login check's id (which never exists: a 404 when
+    the logs API works). If it answers, the failure was the row's own (its store read failing, a proxy rule for
+    that path): that id waits a gap and the round goes on. If it fails too, the gateway is failing. That judging
+    look-up is sent even when the failed one used the last of the allowance (one look-up beyond it): without it, a
+    lone awaited id failing with the gateway down was looked up alone every round, and cost_up never went to 0.
+
+    A 2xx body the parser refuses is judged the same way until a proper answer (a row, or the gateway's 404) has
+    shown this round that the logs API works; after one it is that row's fault at once. It does not end the round
+    when others are due (the gateway did answer), but a second one in a row, or the login check refused, is the
+    gateway's failure: an SSO or auth proxy answering 200 with its own JSON, or a row shape this release cannot
+    read, answers every row so, and taken as each row's fault it kept cost_up at 1 while no cost was ever read.
     """
     if not costs.settles:
         return 0
@@ -886,7 +924,7 @@ async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
     sent = 0
     ok: bool | None = None
     first_failure: Failure | None = None
-    suspect: tuple[str, Failure] | None = None  # a failed look-up the next one judges
+    suspect: _Suspect | None = None  # a failed (or refused) look-up the next one judges
     provider = costs.provider
     while sent < allowance or suspect is not None:
         batch_id = costs.next_due(now)
@@ -899,16 +937,17 @@ async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
         got = await client.settlement(provider, log_id, parse_row(log_id))
         sent += got.requests
         now = costs.now()
-        if got.failure is not None and (probe or not got.row_fault):
+        refused = got.failure is not None and got.row_fault
+        if got.failure is not None and (probe or not refused or ok is None):
             others_due = (at := costs.next_at()) is not None and at <= now
-            if suspect is None and not probe and (ok is not None or not others_due):
-                suspect = (batch_id, got.failure)
+            if suspect is None and not probe and (ok is not None or not others_due or refused):
+                suspect = _Suspect(batch_id, got.failure, refused, got.date)
                 continue
             # Two failures in a row, the login check failing, or the first look-up failing with others waiting.
-            first_failure = first_failure or (suspect[1] if suspect is not None else got.failure)
+            first_failure = first_failure or (suspect.failure if suspect is not None else got.failure)
             ok = False
             if suspect is not None:
-                costs.failed(suspect[0], suspect[1], now, row_fault=False)
+                costs.failed(suspect.batch_id, suspect.failure, now, row_fault=False)
                 suspect = None
             if not probe:
                 costs.failed(batch_id, got.failure, now, row_fault=False)
@@ -916,32 +955,13 @@ async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
         # The gateway answered.
         ok = True if ok is None else ok
         if suspect is not None:
-            failing_id, failure = suspect
+            _row_fault(costs, suspect, now)
             suspect = None
-            costs.failed(failing_id, failure, now, row_fault=True)
-            costs.log.warning(
-                "settlement_row_failing",
-                provider=provider,
-                batch_id=failing_id[:256],
-                reason=failure.reason,
-                http_status=failure.status,
-                detail=failure.detail,
-                consequence="the gateway answers other look-ups: this row is looked up again after a gap; counted "
-                "missing if still failing at cost_horizon_seconds",
-            )
         if got.failure is not None:
             # The gateway answered; the row is unreadable: the look-ups work (cost_up stays), this row waits.
-            costs.failed(batch_id, got.failure, now, row_fault=True)
-            costs.log.warning(
-                "settlement_row_unreadable",
-                provider=provider,
-                batch_id=batch_id[:256],
-                detail=got.failure.detail,
-                consequence="looked up again after a gap; counted unpriced (or missing) if still unreadable at "
-                "cost_horizon_seconds",
-            )
+            _row_fault(costs, _Suspect(batch_id, got.failure, True, got.date), now)
         elif not probe:
-            costs.answered(batch_id, got.row, now)
+            costs.answered(batch_id, got.row, now, got.date)
     was = costs.up
     costs.round_done(sent, ok)
     costs.release(now)
@@ -958,6 +978,42 @@ async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
     elif ok is True and was is False:
         costs.log.info("settlement_lookup_recovered", provider=provider)
     return sent
+
+
+@dataclass(frozen=True, slots=True)
+class _Suspect:
+    """A look-up that failed (`refused`: its 2xx body was refused) and the gateway's clock when it was answered."""
+
+    batch_id: str
+    failure: Failure
+    refused: bool
+    date: float | None
+
+
+def _row_fault(costs: CostLedger, suspect: _Suspect, now: float) -> None:
+    """The gateway answers other look-ups: `suspect` failed for its row alone, which waits a gap."""
+    costs.failed(suspect.batch_id, suspect.failure, now, row_fault=True, gateway_now=suspect.date)
+    failure = suspect.failure
+    if suspect.refused:
+        costs.log.warning(
+            "settlement_row_unreadable",
+            provider=costs.provider,
+            batch_id=suspect.batch_id[:256],
+            detail=failure.detail,
+            consequence="looked up again after a gap; counted unpriced (or missing) if still unreadable at "
+            "cost_horizon_seconds",
+        )
+        return
+    costs.log.warning(
+        "settlement_row_failing",
+        provider=costs.provider,
+        batch_id=suspect.batch_id[:256],
+        reason=failure.reason,
+        http_status=failure.status,
+        detail=failure.detail,
+        consequence="the gateway answers other look-ups: this row is looked up again after a gap; counted "
+        "missing if still failing at cost_horizon_seconds",
+    )
 
 
 def never_settled(providers: Iterable[str]) -> list[str]:

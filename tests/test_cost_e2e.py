@@ -378,3 +378,49 @@ def test_a_restart_within_the_cost_hold_keeps_dollars_at_what_was_shown(
     assert row is not None and row["model"] in models  # its series existed: no new-series hold applies
     assert later > before
     assert first == before
+
+
+def test_a_host_clock_stepped_ahead_past_the_horizon_counts_no_settlement_missing(tmp_path: Path) -> None:
+    """Audit 9 (lying) F4: the horizon was judged on the host's clock alone, against an end time the gateway gave:
+    a host clock a horizon ahead for the one poll that saw two batches end counted both `missing` at once (b1
+    settled a minute later, its cost never added). It is judged on the gateway's clock too (its Date, which the
+    simulator sends from its own clock as Bifrost's Go server does): final only when both are past it. b2, never
+    settled, is still `missing` once they are. (The re-look comes late by the step: it is scheduled on the wall
+    clock, which NTP then moves back.)"""
+    horizon, step = 3600.0, 2 * 3600.0
+
+    class Clocks:
+        gateway = T0
+        step = 0.0
+
+    clocks = Clocks()
+    with Simulator(
+        providers=[ProviderSpec("openai", flavor="openai")],
+        lifecycle=False,
+        clock=lambda: clocks.gateway,
+        accounting=Accounting(),
+        admin_token=TOKEN,
+    ) as sim:
+        settings = make_settings(
+            sim.url, ["openai"], cost_metrics=True, bearer_token=TOKEN, cost_horizon_seconds=horizon,
+            state_dir=tmp_path,
+        )  # fmt: skip
+        with ExporterThread(settings, clock=lambda: clocks.gateway + clocks.step) as exp:
+            add(sim, "openai", "b1", "ml")
+            add(sim, "openai", "b2", "ml", external=True)  # created outside the gateway: never settled
+            exp.poll()
+            clocks.gateway += 90  # between two sweeps of Bifrost's one-minute grid: b1 is not settled yet
+            for bid in ("b1", "b2"):
+                sim.set_status("openai", bid, "completed", at=int(clocks.gateway) - 5)
+            clocks.step = step
+            exp.poll()  # sees both end, looks both up: no row yet
+            stepped = settlement_results(exp.samples(), "openai")
+            clocks.step = 0.0  # NTP corrects the host clock
+            end = clocks.gateway + step + 600
+            while clocks.gateway < end:
+                clocks.gateway += 60
+                sim.tick()
+                exp.poll()
+            final = settlement_results(exp.samples(), "openai")
+    assert stepped.get("missing", 0) == 0, stepped
+    assert final == {"priced": 1, "unpriced": 0, "missing": 1}, final

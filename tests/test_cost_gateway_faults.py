@@ -4,8 +4,9 @@ One batch finishes; its settlement row is whatever the test says, or the logs ro
 hold: a row no UTF-8 encoder takes (a lone surrogate in the model) or a number no float holds never breaks a poll
 or a scrape; a route that is missing (a bare 404, a proxy's login page) is a failing look-up, never a settlement
 counted `missing`; one unreadable row is that row's fault, not a failing logs API (`cost_up` stays 1), and is counted
-`unpriced` (a row, no cost read) at the horizon. With several batches: one row the gateway fails on (5xx, timeout)
-while it answers the others holds up none of them; a logs API failing for every row gets one look-up a poll.
+`unpriced` (a row, no cost read) at the horizon, but a logs API whose every answer is unreadable is failing
+(`cost_up` 0). With several batches: one row the gateway fails on (5xx, timeout) while it answers the others holds
+up none of them; a logs API failing for every row gets one look-up a poll.
 """
 
 from __future__ import annotations
@@ -271,6 +272,56 @@ def test_a_logs_api_down_for_every_row_gets_one_look_up_a_poll_and_each_due_id_i
         scene.down = None
         until(scene, exp, clock.now + 120)
         assert settlements(exp) == {"priced": 3, "unpriced": 0, "missing": 0}
+
+
+SIGN_IN = (200, {"error": {"message": "session expired, sign in again"}})
+SHAPE_UNREAD = (200, b'{"id": "LOGID", "cost": "1.5", "model": "gpt-4o-mini"}')  # a cost written as a string
+
+
+@pytest.mark.parametrize("probe_refused", [True, False], ids=["sso-proxy", "row-shape-unread"])
+def test_a_logs_api_whose_every_answer_is_refused_is_cost_up_0(clock: Clock, probe_refused: bool) -> None:
+    """Audit 9 (cost) F1: a 2xx body the parser refuses was taken as "the gateway answered", so with one in every
+    answer (an SSO or auth proxy in front of /api/* answering 200 with its own JSON; a gateway whose rows this
+    release cannot read) cost_up went back to 1 at the first due batch and stayed there while no cost was ever
+    read: no alert. A refused body is judged like a failure: two in a row, or the login check refused too, is the
+    logs API failing (cost_up 0, a few look-ups a poll, nothing counted while it lasts); when it is back, every
+    settlement counts."""
+    scene = Several(clock, ["b1", "b2", "b3"])
+    if probe_refused:
+        scene.down = SIGN_IN  # every /api/logs/* answer, the login check's too
+    else:
+        scene.replies = {bid: SHAPE_UNREAD for bid in scene.ids}  # rows unread; the login check's 404 is fine
+    for exp in exporter(scene, max_retries=0):
+        exp.poll()
+        ups = until(scene, exp, T0 + 900)  # every settlement due
+        scene.looked.clear()
+        polls = 0
+        while clock.now < T0 + 600 + 2 * HORIZON:
+            clock.now += 60
+            exp.poll()
+            polls += 1
+            ups.append(value(exp.samples(), "bifrost_batch_exporter_cost_up", provider="openai"))
+        assert set(ups[-polls:]) == {0.0}, ups
+        assert len(scene.looked) <= 2 * polls  # the round stops at the second refused answer
+        assert settlements(exp) == {"priced": 0, "unpriced": 0, "missing": 0}
+        scene.down = None
+        scene.replies = {bid: priced(1.0) for bid in scene.ids}
+        ups = until(scene, exp, clock.now + 120)
+        assert settlements(exp) == {"priced": 3, "unpriced": 0, "missing": 0}
+        assert ups[-1] == 1.0
+
+
+def test_one_refused_row_among_readable_ones_is_that_rows_fault(clock: Clock) -> None:
+    """The other side of F1: a refused row first in a round is judged by the next look-up, a readable row: that
+    row's own fault (looked up again after a gap, `unpriced` at the horizon), the others count, cost_up stays 1."""
+    scene = Several(clock, ["batch_bad", "batch_ok1", "batch_ok2"])  # batch_bad is looked up first
+    scene.replies = {"batch_bad": SHAPE_UNREAD, "batch_ok1": priced(1.0), "batch_ok2": priced(2.0)}
+    for exp in exporter(scene, max_retries=0):
+        exp.poll()
+        ups = until(scene, exp, T0 + 600 + HORIZON + 3600)
+        assert set(ups) == {1.0}, ups
+        assert settlements(exp) == {"priced": 2, "unpriced": 1, "missing": 0}
+        assert scene.looked.count("batch_bad") <= 12  # the widening gaps, not once a poll
 
 
 def test_a_logs_api_down_with_one_awaited_batch_and_a_small_allowance_is_cost_up_0() -> None:
