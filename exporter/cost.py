@@ -345,6 +345,7 @@ class CostLedger:
         provider: str,
         *,
         clock: Callable[[], float],
+        monotonic: Callable[[], float] | None = None,
         horizon_seconds: float = 86400.0,
         metadata_keys: Sequence[str] = (),
         hold_seconds: float = 60.0,
@@ -358,6 +359,9 @@ class CostLedger:
         self.hold_seconds = hold_seconds
         self.max_awaited = max_awaited
         self._clock = clock
+        # The new-series hold runs on it (a step of the host's clock neither ends nor stretches one); saved as wall
+        # time. Without one (a ledger driven by one test clock) the wall clock stands in.
+        self._monotonic = monotonic or clock
         self.log: _Log = log if log is not None else structlog.get_logger("exporter.cost")
         self.up: bool | None = None
         self._empty: Group = ("",) * len(self.metadata_keys)
@@ -371,7 +375,7 @@ class CostLedger:
         self._groups: set[Group] = {self._empty}
         self._models: set[str] = set()
         self._held: list[_Credit] = []
-        self._fresh: dict[tuple[str, Group], float] = {}  # series at 0 until then
+        self._fresh: dict[tuple[str, Group], float] = {}  # series at 0 until then (monotonic)
         self._lookups = 0
         self._model_overflowed = False
         self._evicted_warned = False
@@ -521,10 +525,11 @@ class CostLedger:
     def now(self) -> float:
         return self._clock()
 
-    def release(self, now: float) -> None:
+    def release(self) -> None:
         """Add held amounts whose series has now been exposed at 0 long enough."""
         if not self._held:
             return
+        now = self._monotonic()
         keep = []
         for credit in self._held:
             key = (credit.model, credit.group)
@@ -627,7 +632,7 @@ class CostLedger:
                 self._tokens[(model, kind, group)] = 0
             self._changed_series[series] = None
             if self.hold_seconds > 0:
-                self._fresh[series] = now + self.hold_seconds
+                self._fresh[series] = self._monotonic() + self.hold_seconds
         # Requests only with their dollars: they are the divisor of a cost per request.
         requests = row.requests if result == "priced" else 0
         credit = _Credit(model, group, dollars, row.prompt, row.completion, requests)
@@ -673,9 +678,10 @@ class CostLedger:
     # --- durable state ----------------------------------------------------------------------------------------------
 
     def _held_state(self) -> list[list[Any]]:
+        to_wall = self._clock() - self._monotonic()
         return [
             [
-                self._fresh.get((c.model, c.group), 0.0),
+                self._fresh.get((c.model, c.group), 0.0) + to_wall,
                 c.model,
                 list(c.group),
                 c.dollars,
@@ -773,6 +779,7 @@ class CostLedger:
         return CostLedger(
             self.provider,
             clock=self._clock,
+            monotonic=self._monotonic,
             horizon_seconds=self.horizon,
             metadata_keys=self.metadata_keys,
             hold_seconds=self.hold_seconds,
@@ -839,7 +846,9 @@ class CostLedger:
                     _natural(completion), _natural(requests),
                 )  # fmt: skip
                 self._held.append(credit)
-                self._fresh[(credit.model, credit.group)] = _finite(release_at)
+                # Saved as wall time; on this process's monotonic clock, never later than a hold begun now.
+                left = min(_finite(release_at) - self._clock(), self.hold_seconds)
+                self._fresh[(credit.model, credit.group)] = self._monotonic() + left
         awaited = state["awaited"]
         if not isinstance(awaited, dict):
             raise TypeError("awaited is not a mapping")
@@ -920,7 +929,7 @@ async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
     if not costs.settles:
         return 0
     now = costs.now()
-    costs.release(now)
+    costs.release()
     sent = 0
     ok: bool | None = None
     first_failure: Failure | None = None
@@ -964,7 +973,7 @@ async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
             costs.answered(batch_id, got.row, now, got.date)
     was = costs.up
     costs.round_done(sent, ok)
-    costs.release(now)
+    costs.release()
     if ok is False and was is not False and first_failure is not None:
         costs.log.warning(
             "settlement_lookup_failed",

@@ -519,6 +519,7 @@ class Poller:
             costs[provider] = CostLedger(
                 provider,
                 clock=self._clock,
+                monotonic=self._monotonic,
                 horizon_seconds=s.cost_horizon_seconds,
                 metadata_keys=s.metadata_labels,
                 hold_seconds=max(60.0, s.poll_interval_seconds),

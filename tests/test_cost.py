@@ -564,9 +564,11 @@ def test_a_new_series_is_shown_at_zero_before_its_first_amount(clock: Clock) -> 
     held = costs.view()
     assert held.dollars == {(MINI, ()): 0.0} and held.tokens[(MINI, "prompt", ())] == 0
     assert held.settlements_total("priced") == 2  # the results count at once: their series existed at 0
-    costs.release(T0 + 659)
+    clock.now = T0 + 659
+    costs.release()
     assert costs.view().dollars_total() == 0.0
-    costs.release(T0 + 660)
+    clock.now = T0 + 660
+    costs.release()
     assert costs.view().dollars_total() == 3.0
     costs.finished(batch("c"), "completed", T0 + 700, ())
     (c,) = drain(costs, T0 + 2000)
@@ -650,6 +652,32 @@ def test_a_state_with_model_names_no_encoder_takes_is_cleaned_and_summed(clock: 
         model.encode("utf-8")
 
 
+@pytest.mark.parametrize("step", [-3600.0, 3600.0])
+def test_a_new_series_hold_lasts_its_time_whichever_way_the_host_clock_steps(
+    clock: Clock, step: float
+) -> None:
+    """The hold runs on the monotonic clock (audit 9, lying F5): a step back of the host's clock kept a new series
+    at 0 for the size of the step, a step forward released it before a scrape could see its 0. Saved as wall time,
+    it is restored with what was left of it."""
+    elapsed = Clock(0.0)
+    costs = ledger(clock, hold_seconds=60.0, monotonic=elapsed)
+    costs.finished(batch("a"), "completed", T0, ())
+    (a,) = drain(costs, T0 + 600)
+    clock.now = T0 + 600
+    costs.answered(a, row(1.0), clock.now)
+    clock.now += step
+    elapsed.now += 59
+    costs.release()
+    assert costs.view().dollars_total() == 0.0
+    again = ledger(clock, hold_seconds=60.0, monotonic=Clock(1000.0))
+    again.load_state(json.loads(json.dumps(costs.to_state())))
+    again.release()
+    assert again.view().dollars_total() == 0.0  # 1 s of its hold left when saved
+    elapsed.now += 1
+    costs.release()
+    assert costs.view().dollars_total() == 1.0
+
+
 def test_state_round_trips_through_json(clock: Clock) -> None:
     costs = _busy(clock)
     state = json.loads(json.dumps(costs.to_state(), allow_nan=False))
@@ -659,7 +687,8 @@ def test_state_round_trips_through_json(clock: Clock) -> None:
     assert replace(again.view(), up=True) == costs.view()  # up is this process's own look-ups: not saved
     for now in (T0 + 700, T0 + 5000, T0 + 90000):
         assert drain(again, now) == drain(costs, now)
-    again.release(T0 + 700)
+    clock.now = T0 + 700
+    again.release()
     assert again.view().dollars_total() == 1.25  # the held amount survived
 
 

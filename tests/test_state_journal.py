@@ -463,7 +463,7 @@ def test_the_cost_ledger_read_back_is_the_one_of_the_last_write(
                 costs.finished(batch, "completed", clock[0], (f"team-{team}",))
         elif kind == "settle":
             clock[0] += 600
-            costs.release(clock[0])
+            costs.release()
             answers = iter(arg)
             while (bid := costs.next_due(clock[0])) is not None:
                 answer, model = next(answers, ("absent", 0))
@@ -512,7 +512,7 @@ def test_a_poll_that_counted_no_settlement_writes_no_cost_counters(tmp_path: Pat
             )
             costs.answered(bid, Row(0.5, f"model-{m}", 1000, 100, 10), T0 + 600)
     clock[0] = T0 + 3600
-    costs.release(clock[0])
+    costs.release()
     journal = statefile.Journal(tmp_path, P)
     sizes = []
     for n in range(4):
