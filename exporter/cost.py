@@ -274,9 +274,10 @@ class _Awaited:
     maybe: bool = False  # a kind Bifrost settles only sometimes: no row by the horizon is no result
     row_seen: bool = False  # a row without a cost was read: awaiting its cost, not the row
 
-    def to_state(self) -> list[Any]:
+    def to_state(self, to_wall: float) -> list[Any]:
+        """`to_wall`: the wall clock less the monotonic one (next_at is kept on the latter, saved as wall time)."""
         flags = (1 if self.maybe else 0) | (2 if self.row_seen else 0)
-        return [self.finished_at, self.next_at, self.looks, list(self.group), flags]
+        return [self.finished_at, self.next_at + to_wall, self.looks, list(self.group), flags]
 
     @classmethod
     def from_state(cls, raw: Any) -> _Awaited:
@@ -359,8 +360,9 @@ class CostLedger:
         self.hold_seconds = hold_seconds
         self.max_awaited = max_awaited
         self._clock = clock
-        # The new-series hold runs on it (a step of the host's clock neither ends nor stretches one); saved as wall
-        # time. Without one (a ledger driven by one test clock) the wall clock stands in.
+        # The look-ups' schedule and the new-series hold run on it (a step of the host's clock neither brings a
+        # look-up early or late nor ends or stretches a hold); both are saved as wall times. Without one (a ledger
+        # driven by one test clock) the wall clock stands in.
         self._monotonic = monotonic or clock
         self.log: _Log = log if log is not None else structlog.get_logger("exporter.cost")
         self.up: bool | None = None
@@ -412,7 +414,7 @@ class CostLedger:
             settled = finished_at + 2 * SWEEP_INTERVAL
         entry = _Awaited(
             finished_at=finished_at,
-            next_at=min(settled + LOOKUP_SLACK, finished_at + self.horizon),
+            next_at=self._scheduled(now, min(settled + LOOKUP_SLACK, finished_at + self.horizon) - now),
             group=group,
             maybe=kind == "maybe",
         )
@@ -491,7 +493,7 @@ class CostLedger:
         if entry is None:
             return
         if not row_fault:
-            entry.next_at = now  # the ids due before it come first
+            entry.next_at = self._scheduled(now, 0.0)  # the ids due before it come first
             self._dirty.add(batch_id)
             heapq.heappush(self._due, (entry.next_at, batch_id))
             return
@@ -524,6 +526,14 @@ class CostLedger:
 
     def now(self) -> float:
         return self._clock()
+
+    def elapsed(self) -> float:
+        """The clock the look-ups are scheduled on (next_due, next_at)."""
+        return self._monotonic()
+
+    def _scheduled(self, now: float, wait: float) -> float:
+        """`wait` seconds after the wall time `now` (read just before), on the schedule's monotonic clock."""
+        return now + (self._monotonic() - self._clock()) + wait
 
     def release(self) -> None:
         """Add held amounts whose series has now been exposed at 0 long enough."""
@@ -560,11 +570,10 @@ class CostLedger:
     def _schedule(
         self, batch_id: str, entry: _Awaited, now: float, judged: float, gaps: Sequence[float]
     ) -> None:
-        # The wait runs on our clock (`now`), cut to what is left of the horizon on the clock it is judged on: never
-        # 0 when the look-up was not final, so the id is not due again in the same round. (Our clock stepped back
-        # after a step ahead makes this look-up come late by the step: `next_at` is wall time.)
+        # The wait, cut to what is left of the horizon on the clock it is judged on: never 0 when the look-up was not
+        # final, so the id is not due again in the same round.
         gap = gaps[min(entry.looks, len(gaps)) - 1]
-        entry.next_at = now + max(0.0, min(gap, entry.finished_at + self.horizon - judged))
+        entry.next_at = self._scheduled(now, max(0.0, min(gap, entry.finished_at + self.horizon - judged)))
         self._dirty.add(batch_id)
         heapq.heappush(self._due, (entry.next_at, batch_id))
 
@@ -694,6 +703,7 @@ class CostLedger:
 
     def to_state(self) -> dict[str, Any]:
         """Everything a restarted process needs to resume: plain JSON types, bounded by the caps above."""
+        to_wall = self._clock() - self._monotonic()
         return {
             "version": STATE_VERSION,
             "metadata_keys": list(self.metadata_keys),
@@ -704,7 +714,7 @@ class CostLedger:
             "requests": [[m, list(g), n] for (m, g), n in self._requests.items()],
             "settlements": [[r, list(g), n] for (r, g), n in self._settlements.items()],
             "held": self._held_state(),
-            "awaited": {i: e.to_state() for i, e in self._awaited.items()},
+            "awaited": {i: e.to_state(to_wall) for i, e in self._awaited.items()},
         }
 
     def delta(self) -> dict[str, Any]:
@@ -715,6 +725,7 @@ class CostLedger:
         A poll that counted nothing writes a few hundred bytes whatever the number of (model, group) series: with
         metadata groups the counters run to thousands of numbers, and writing them whole made every journal record
         tens to hundreds of kilobytes."""
+        to_wall = self._clock() - self._monotonic()
         series = list(self._changed_series)
         out: dict[str, Any] = {
             "version": DELTA_VERSION,
@@ -730,7 +741,7 @@ class CostLedger:
             ],
             "requests": [[m, list(g), self._requests[(m, g)]] for m, g in series],
             "settlements": [[r, list(g), self._settlements[(r, g)]] for r, g in self._changed_settlements],
-            "awaited": {i: self._awaited[i].to_state() for i in self._dirty if i in self._awaited},
+            "awaited": {i: self._awaited[i].to_state(to_wall) for i in self._dirty if i in self._awaited},
             "removed": sorted(i for i in self._dirty if i not in self._awaited),
         }
         if self._models_changed:
@@ -852,8 +863,10 @@ class CostLedger:
         awaited = state["awaited"]
         if not isinstance(awaited, dict):
             raise TypeError("awaited is not a mapping")
+        to_monotonic = self._monotonic() - self._clock()
         for batch_id, raw in awaited.items():
             entry = _Awaited.from_state(raw)
+            entry.next_at += to_monotonic  # saved as wall time
             if not same_keys:
                 entry.group = self._empty
             elif len(entry.group) != width:
@@ -936,7 +949,7 @@ async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
     suspect: _Suspect | None = None  # a failed (or refused) look-up the next one judges
     provider = costs.provider
     while sent < allowance or suspect is not None:
-        batch_id = costs.next_due(now)
+        batch_id = costs.next_due(costs.elapsed())
         probe = False
         if batch_id is None:
             if suspect is None and (ok is not None or not costs.probe_wanted()):
@@ -948,7 +961,7 @@ async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
         now = costs.now()
         refused = got.failure is not None and got.row_fault
         if got.failure is not None and (probe or not refused or ok is None):
-            others_due = (at := costs.next_at()) is not None and at <= now
+            others_due = (at := costs.next_at()) is not None and at <= costs.elapsed()
             if suspect is None and not probe and (ok is not None or not others_due or refused):
                 suspect = _Suspect(batch_id, got.failure, refused, got.date)
                 continue

@@ -385,8 +385,8 @@ def test_a_host_clock_stepped_ahead_past_the_horizon_counts_no_settlement_missin
     a host clock a horizon ahead for the one poll that saw two batches end counted both `missing` at once (b1
     settled a minute later, its cost never added). It is judged on the gateway's clock too (its Date, which the
     simulator sends from its own clock as Bifrost's Go server does): final only when both are past it. b2, never
-    settled, is still `missing` once they are. (The re-look comes late by the step: it is scheduled on the wall
-    clock, which NTP then moves back.)"""
+    settled, is still `missing` once they are. The look-ups are scheduled on the monotonic clock, so the re-look
+    after the step comes when it was due, not late by the step (it was wall time, which NTP then moved back)."""
     horizon, step = 3600.0, 2 * 3600.0
 
     class Clocks:
@@ -405,7 +405,9 @@ def test_a_host_clock_stepped_ahead_past_the_horizon_counts_no_settlement_missin
             sim.url, ["openai"], cost_metrics=True, bearer_token=TOKEN, cost_horizon_seconds=horizon,
             state_dir=tmp_path,
         )  # fmt: skip
-        with ExporterThread(settings, clock=lambda: clocks.gateway + clocks.step) as exp:
+        with ExporterThread(
+            settings, clock=lambda: clocks.gateway + clocks.step, monotonic=lambda: clocks.gateway
+        ) as exp:
             add(sim, "openai", "b1", "ml")
             add(sim, "openai", "b2", "ml", external=True)  # created outside the gateway: never settled
             exp.poll()
@@ -416,11 +418,17 @@ def test_a_host_clock_stepped_ahead_past_the_horizon_counts_no_settlement_missin
             exp.poll()  # sees both end, looks both up: no row yet
             stepped = settlement_results(exp.samples(), "openai")
             clocks.step = 0.0  # NTP corrects the host clock
-            end = clocks.gateway + step + 600
+            for _ in range(10):  # 10 minutes: the sweeper settles b1, the next look-up finds it
+                clocks.gateway += 60
+                sim.tick()
+                exp.poll()
+            soon = settlement_results(exp.samples(), "openai")
+            end = clocks.gateway + horizon
             while clocks.gateway < end:
                 clocks.gateway += 60
                 sim.tick()
                 exp.poll()
             final = settlement_results(exp.samples(), "openai")
     assert stepped.get("missing", 0) == 0, stepped
+    assert soon == {"priced": 1, "unpriced": 0, "missing": 0}, soon
     assert final == {"priced": 1, "unpriced": 0, "missing": 1}, final
