@@ -371,9 +371,15 @@ class Ledger:
                     ids.mark_active(batch_id, poll)
                     self._count_item_cache(batch)
                 continue
+            seen_active = batch_id in active
+            if seen_active and ts is not None and ts <= horizon:
+                # A batch we watched run, shown ended before anything we remember: a zero or default time a provider
+                # conversion left (corrected later, as a rule), not its end. Taken as no end time: counted now (it
+                # was watched), kept from the gateway time it was seen, and no bogus time reaches the duration, the
+                # last-finished gauge or the cost ledger's horizon (which would call its settlement missing at once).
+                ts = None
             if ts is not None and ts > last_finished.get(status, 0.0):
                 last_finished[status] = ts
-            seen_active = batch_id in active
             if not seen_active:
                 if ts is not None and ts <= horizon:
                     continue  # older than we remember (or than an id we had to forget): never counted or stored
@@ -403,11 +409,7 @@ class Ledger:
                 self._finish(status, ts, batch)
                 newly_finished += 1
                 self._count_item_cache(batch)
-            # A watched batch is counted whatever its end time says; one at or before the horizon (a zero or
-            # default time a provider conversion left, corrected later) is retained from the gateway time we saw it,
-            # as one without a time is, or the next finish_poll would forget it at once and its corrected time
-            # count it again.
-            self._settle(batch_id, ts if ts > horizon else max(self.gateway_now, horizon + 1.0, 1.0))
+            self._settle(batch_id, ts)
         return newly_finished
 
     def _read(self, batches: Iterable[Batch], wall_now: float) -> list[tuple[Batch, str, float | None]]:
@@ -515,8 +517,9 @@ class Ledger:
             self._cache_counted.discard(batch_id)
 
     def take_ended(self) -> dict[str, str]:
-        """The watched batches counted as finished since the last call, with their terminal status; cleared. Kept
-        until taken, so the ends of a poll whose snapshot was discarded (a failed page) still reach the tracker."""
+        """The watched batches counted as finished since the last call, with their terminal status (`expired` for
+        one that ran out its window whatever status it ended with); cleared. Kept until taken, so the ends of a poll
+        whose snapshot was discarded (a failed page) still reach the tracker."""
         ended, self._ended = self._ended, {}
         return ended
 
@@ -551,7 +554,11 @@ class Ledger:
         self._observe_stages(batch, status, ts)
         ended = self._ended
         if batch.id in self._ids.active and (len(ended) < self.max_tracked_ids or batch.id in ended):
-            ended[batch.id] = status
+            # Ran out its window: `expired`, or (Anthropic's `ended`, which it shows for every outcome) requests
+            # expired, or an end at or past its expiry (both the gateway's times).
+            expires = batch.expires
+            ran_out = result.expired > 0 or (ts is not None and expires is not None and ts >= expires)
+            ended[batch.id] = "expired" if ran_out else status
         if self.finish_hook is not None:
             self.finish_hook(batch, status, ts, group)
 

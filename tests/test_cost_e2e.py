@@ -432,3 +432,44 @@ def test_a_host_clock_stepped_ahead_past_the_horizon_counts_no_settlement_missin
     assert stepped.get("missing", 0) == 0, stepped
     assert soon == {"priced": 1, "unpriced": 0, "missing": 0}, soon
     assert final == {"priced": 1, "unpriced": 0, "missing": 1}, final
+
+
+def _settlements_after_a_far_past_end_time(bogus: int | None) -> dict[str, float]:
+    """One OpenAI batch watched running, then shown completed with a far-past completed_at (`bogus`: a zero or
+    default time a conversion left; None: the real one), corrected a minute later. It ran 5 h, so Bifrost's sweeper
+    settles it within 15 minutes on its backoff; gateway time runs on 30 minutes."""
+    now = [T0]
+    with Simulator(
+        providers=[ProviderSpec("openai", flavor="openai")],
+        lifecycle=False,
+        clock=lambda: now[0],
+        accounting=Accounting(),
+        admin_token=TOKEN,
+    ) as sim:
+        cfg = make_settings(
+            sim.url, ["openai"], cost_metrics=True, bearer_token=TOKEN, cost_horizon_seconds=86_400
+        )
+        with ExporterThread(cfg, clock=lambda: now[0]) as exp:
+            sim.add_batch("openai", batch_id="b1", status="in_progress", created_at=int(T0) - 5 * 3600,
+                          request_counts={"total": 40, "completed": 37, "failed": 3})  # fmt: skip
+            exp.poll()
+            now[0] += 90
+            real = int(now[0]) - 5
+            sim.set_status("openai", "b1", "completed", at=real if bogus is None else bogus)
+            exp.poll()
+            for i in range(60):
+                now[0] += 30
+                if i == 2:
+                    sim.set_status("openai", "b1", "completed", at=real)  # the gateway's time is corrected
+                sim.tick()
+                exp.poll()
+            return settlement_results(exp.samples(), "openai")
+
+
+@pytest.mark.parametrize("bogus", [None, 1_000])
+def test_a_far_past_end_time_does_not_count_the_settlement_missing(bogus: int | None) -> None:
+    """Audit 9 (diff F3): the cost ledger took the bogus end time, so its first look-up, before the sweeper had
+    written the row, was past the horizon: `missing`, and the cost never added. A watched batch's end time older
+    than anything remembered is taken as no end time."""
+    got = _settlements_after_a_far_past_end_time(bogus)
+    assert got.get("priced") == 1 and not got.get("missing"), got

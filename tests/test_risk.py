@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from exporter import risk as risk_module
+from exporter.client import BifrostClient
 from exporter.models import TERMINAL_STATUSES, Batch, normalize_status
 from exporter.risk import (
     CALIBRATION_MIN_SAMPLES,
@@ -37,6 +38,8 @@ from exporter.risk import (
 )
 from exporter.simulator import ProviderSpec, Simulator
 from tests.harness import ExporterThread, make_settings, series
+from tests.test_counted_once import SteppedClock
+from tests.test_incremental import INTERVAL, gateway
 
 HOUR = 3600.0
 CREATED = 1_750_000_000.0
@@ -793,3 +796,67 @@ def test_batches_that_completed_under_a_host_clock_ahead_do_not_teach_that_blind
                 exp.poll()
             assert _at_risk_total(exp) == 0
             assert exp.exporter.poller._trackers["openai"].calibration.evidence(0) == (25, 0)
+
+
+def _stepped_exporter(sim: Simulator, clock: SteppedClock, provider: str) -> ExporterThread:
+    cfg = make_settings(sim.url, [provider], poll_interval_seconds=INTERVAL, resync_interval_seconds=60,
+                        page_size=100, stale_after_seconds=10**9)  # fmt: skip
+    client = BifrostClient(cfg, sleep=clock.sleep, monotonic=clock.monotonic)
+    return ExporterThread(cfg, clock=clock.host, monotonic=clock.monotonic, client=client)
+
+
+_DAY = 86_400
+
+
+def _calibration_after_expiries(
+    flavor: Literal["openai", "anthropic"],
+) -> tuple[tuple[int, int], float | None]:
+    """25 blind batches (nothing done) are watched to 99 % of their 24 h window, then run out of it (the gateway
+    shows their end: OpenAI `expired`; Anthropic `ended` with every request expired, as Bifrost maps it). Returns
+    the calibration's evidence at the last step (seen, expired) and whether a new blind batch 60 % into its window
+    is then at risk."""
+    clock = SteppedClock()
+    spec = ProviderSpec(flavor, style="cursor", flavor=flavor)
+    with gateway(clock, spec) as sim, _stepped_exporter(sim, clock, flavor) as exp:
+        now = int(clock.now)
+        for i in range(25):
+            sim.add_batch(flavor, batch_id=f"blind{i}", status="in_progress", created_at=now - _DAY + 600,
+                          expires_at=now + 600, in_progress_at=now - _DAY + 700,
+                          request_counts={"total": 10, "completed": 0, "failed": 0})  # fmt: skip
+        exp.poll(flavor)
+        clock.advance(INTERVAL)
+        exp.poll(flavor)
+        clock.advance(700)
+        for i in range(25):
+            if (
+                flavor == "anthropic"
+            ):  # processing_status ended, every request expired (Bifrost: status `ended`)
+                sim.delete(flavor, f"blind{i}")
+                sim.add_batch(flavor, batch_id=f"blind{i}", status="ended", created_at=now - _DAY + 600,
+                              expires_at=now + 600, in_progress_at=now - _DAY + 700,
+                              completed_at=int(clock.now) - 60, processing_status="ended",
+                              request_counts={"total": 10, "completed": 0, "failed": 0, "expired": 10})  # fmt: skip
+            else:
+                sim.set_status(flavor, f"blind{i}", "expired", int(clock.now) - 60)
+        exp.poll(flavor)
+        clock.advance(INTERVAL)
+        now = int(clock.now)
+        sim.add_batch(flavor, batch_id="young", status="in_progress", created_at=now - int(0.6 * _DAY),
+                      expires_at=now + int(0.4 * _DAY), in_progress_at=now - int(0.6 * _DAY) + 100,
+                      request_counts={"total": 10, "completed": 0, "failed": 0})  # fmt: skip
+        exp.poll(flavor)
+        tracker = exp.exporter.poller._trackers[flavor]
+        found = [v for _, v in series(exp.samples(), "bifrost_batch_at_risk", provider=flavor)]
+        return tracker.calibration.evidence(19), sum(found) if found else None
+
+
+@pytest.mark.parametrize("flavor", ["openai", "anthropic"])
+def test_batches_that_ran_out_their_window_teach_the_calibration_whatever_status_they_end_with(
+    flavor: Literal["openai", "anthropic"],
+) -> None:
+    """Audit 9 (diff F1): learning from the status alone, Anthropic's batches (`ended` for every outcome, the lost
+    requests in request_counts.expired) taught that no batch expires; a blind batch 60 % into its window is at risk
+    after 25 that ran out theirs, for either provider."""
+    evidence, at_risk = _calibration_after_expiries(flavor)
+    assert evidence == (25, 25)
+    assert at_risk == 1
