@@ -381,6 +381,9 @@ class BifrostClient:
         self._backoff_max = backoff_max
         self._rng = rng
         self._resolve = resolve
+        # Per provider, the Date header of its last answer and when it came (monotonic): the gateway's own clock,
+        # which the early warning judges by (gateway_time). Parsed only when asked for, once a poll.
+        self._dates: dict[str, tuple[str, float]] = {}
         gateway = settings.gateway
         self._origin = gateway.origin
         self._prefix = gateway.path
@@ -803,6 +806,15 @@ class BifrostClient:
                 tally.retries += 1
                 await self._sleep(delay)
 
+    def gateway_time(self, provider: str) -> float | None:
+        """The gateway's clock now as the Date of its last answer about `provider` showed it, run on by the
+        monotonic clock (to the second); None without a readable one (a proxy that strips it)."""
+        seen = self._dates.get(provider)
+        if seen is None:
+            return None
+        at = parse_http_date(seen[0])
+        return None if at is None else at + (self._monotonic() - seen[1])
+
     async def _pace(self, provider: str) -> None:
         """Wait for this provider's next request slot: starts at least 1/max_requests_per_second apart.
 
@@ -845,7 +857,9 @@ class BifrostClient:
             ) from None
         except HttpError as exc:
             raise RequestFailedError("connection", _short(exc.detail)) from None
-        tally.date = response.headers.get("date")
+        date = tally.date = response.headers.get("date")
+        if date is not None:
+            self._dates[provider] = (date, self._monotonic())
         # Decoded here, bounded: 64 KB of gzip can become 64 MB.
         decoder = _BoundedDecoder(response.headers.get("content-encoding", ""), cap, response.status)
         try:

@@ -811,7 +811,9 @@ class Poller:
             per_batch=s.per_batch_metrics,
             per_batch_limit=s.per_batch_limit,
             # Judged on the host's clock bounded by the gateway's: a step ahead is not time passed (risk.py: clock).
-            now=self._trackers[provider].clock(now, self._monotonic(), ledger.gateway_now),
+            now=self._trackers[provider].clock(
+                now, self._monotonic(), ledger.gateway_now, self._client.gateway_time(provider)
+            ),
             no_progress_fraction=s.risk_no_progress_fraction,
             tracker=self._trackers[provider],
             # The calibration is taught only by the ends the ledger saw (risk.py: finish_poll).

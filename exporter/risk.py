@@ -292,17 +292,24 @@ class ProgressTracker:
         self._poll += 1
         return len(gone)
 
-    def clock(self, host: float, monotonic: float, gateway: float) -> float:
-        """The time to judge a poll at: the host's clock, but never more than CLOCK_AHEAD_SECONDS ahead of both the
-        gateway's clock as its timestamps show it (`gateway`, the ledger's gateway_now; 0 before any) and the host's
-        clock as it read at the first poll, run on by the monotonic clock.
+    def clock(self, host: float, monotonic: float, gateway: float, date: float | None = None) -> float:
+        """The time to judge a poll at: the host's clock, but never more than CLOCK_AHEAD_SECONDS ahead of the
+        gateway's own clock (`date`: the Date of its last answer, run on to now; None without one). Without a Date,
+        never more than that ahead of the later of the gateway's clock as its timestamps show it (`gateway`, the
+        ledger's gateway_now; 0 before any) and the host's clock as it read at the first poll, run on by the
+        monotonic clock.
 
-        A host clock stepped ahead would otherwise find every active batch past its expiry at once ("overdue",
-        which needs no confirmation) and page on all of them. A step back is believed (it only delays a warning).
-        The monotonic continuation keeps a lone batch on a quiet gateway judged in real time; the gateway's
-        timestamps move it on after a suspend, which stops the monotonic clock while real time runs on."""
+        A host clock stepped ahead, or ahead from the start (a pod on a node whose clock is off), would otherwise
+        find every active batch past its expiry at once ("overdue", which needs no confirmation) and page on all of
+        them; `expires_at` is the gateway's time, so its clock is the one to judge by. A step back is believed (it
+        only delays a warning). The monotonic continuation keeps a lone batch on a quiet gateway judged in real
+        time; the gateway's timestamps move it on after a suspend, which stops the monotonic clock while real time
+        runs on."""
         if not (math.isfinite(host) and math.isfinite(monotonic)):
             return host
+        if date is not None and math.isfinite(date):
+            self._offset = date - monotonic
+            return min(host, date + CLOCK_AHEAD_SECONDS)
         if self._offset is None:
             self._offset = host - monotonic  # the first poll: our clock is all there is to go by
         if math.isfinite(gateway) and gateway - monotonic > self._offset:

@@ -860,3 +860,23 @@ def test_batches_that_ran_out_their_window_teach_the_calibration_whatever_status
     evidence, at_risk = _calibration_after_expiries(flavor)
     assert evidence == (25, 25)
     assert at_risk == 1
+
+
+@pytest.mark.parametrize("step", [0.0, 86_400.0])
+def test_a_host_clock_ahead_from_the_start_does_not_flag_healthy_batches(step: float) -> None:
+    """Audit 9 (diff F2): the judging clock was bounded by the host's own clock at the first poll, so a host clock
+    ahead from the start (a pod on a node whose clock is off, a restart while a step lasts) still found a healthy
+    batch overdue. It is bounded by the gateway's Date (the simulator sends its clock's, as Bifrost's Go server
+    sends its own)."""
+    clock = SteppedClock()
+    clock.step = step
+    spec = ProviderSpec("openai", style="cursor", flavor="openai")
+    with gateway(clock, spec) as sim, _stepped_exporter(sim, clock, "openai") as exp:
+        now = int(clock.now)
+        sim.add_batch("openai", batch_id="fine", status="in_progress", created_at=now - 3600,
+                      expires_at=now + 23 * 3600, in_progress_at=now - 3500,
+                      request_counts={"total": 1000, "completed": 500, "failed": 0})  # fmt: skip
+        for _ in range(3):
+            exp.poll("openai")
+            clock.advance(INTERVAL)
+        assert sum(v for _, v in series(exp.samples(), "bifrost_batch_at_risk", provider="openai")) == 0
