@@ -90,6 +90,10 @@ MAX_DOLLARS: Final = 1e9
 MAX_TOKENS: Final = 10**15
 _MAX_LABEL_VALUE: Final = 128
 _PROBE_BATCH_ID: Final = "bifrost-batch-exporter-login-check"
+# Different rows in a row (across rounds) this release cannot read, with none read between, from which the look-ups
+# count as failing (cost_up 0): one or two are faults of their own; more, and no cost is being read at all (a row
+# shape this release does not know). A lone awaited batch cannot tell the two apart: its row stays its own fault.
+UNREADABLE_RUN: Final = 3
 # How far the gateway's Date may be behind the end time it gave a batch and still be its clock (providers' times
 # and the gateway's differ by seconds; by more, the Date is not the gateway's now).
 GATEWAY_CLOCK_SLACK: Final = 3600.0
@@ -382,6 +386,8 @@ class CostLedger:
         self._model_overflowed = False
         self._evicted_warned = False
         self._probe_due = True
+        # The rows that could not be read since the last readable answer (UNREADABLE_RUN). Not saved.
+        self.unreadable_ids: set[str] = set()
         # What changed since the last save (delta): awaited ids added, changed or removed; the (model, group) series
         # whose dollars, requests or tokens changed; the settlement counters changed; the held amounts, the models.
         self._dirty: set[str] = set()
@@ -526,6 +532,18 @@ class CostLedger:
 
     def now(self) -> float:
         return self._clock()
+
+    def unreadable(self, batch_id: str) -> None:
+        """An answer for `batch_id` that is not a row this release can read."""
+        self.unreadable_ids.add(batch_id)
+
+    def readable(self) -> None:
+        """An answer read for one of our batches: a row, or the gateway's 404."""
+        self.unreadable_ids.clear()
+
+    def reads_nothing(self) -> bool:
+        """No cost is being read: UNREADABLE_RUN different rows in a row could not be read."""
+        return len(self.unreadable_ids) >= UNREADABLE_RUN
 
     def elapsed(self) -> float:
         """The clock the look-ups are scheduled on (next_due, next_at)."""
@@ -935,9 +953,13 @@ async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
 
     A 2xx body the parser refuses is judged the same way until a proper answer (a row, or the gateway's 404) has
     shown this round that the logs API works; after one it is that row's fault at once. It does not end the round
-    when others are due (the gateway did answer), but a second one in a row, or the login check refused, is the
-    gateway's failure: an SSO or auth proxy answering 200 with its own JSON, or a row shape this release cannot
-    read, answers every row so, and taken as each row's fault it kept cost_up at 1 while no cost was ever read.
+    when others are due (the gateway did answer); a second one in a row (or one that used the last of the
+    allowance) is judged by the login check's id: refused too, it is the gateway's failure (an SSO or auth proxy
+    answering 200 with its own JSON answers every row so, and taken as each row's fault it kept cost_up at 1 while
+    no cost was ever read); the gateway's 404, the rows are ones this release cannot read (each waits a gap, logged
+    `settlement_row_unreadable`), however many of them are due. UNREADABLE_RUN different such rows in a row, across
+    rounds, with none read between, and no cost is being read at all (a row shape this release does not know):
+    cost_up 0 until a row is read, while each row is still looked up and counted at the horizon.
     """
     if not costs.settles:
         return 0
@@ -946,13 +968,16 @@ async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
     sent = 0
     ok: bool | None = None
     first_failure: Failure | None = None
-    suspect: _Suspect | None = None  # a failed (or refused) look-up the next one judges
+    suspects: list[_Suspect] = []  # failed (or refused) look-ups the next one judges
     provider = costs.provider
-    while sent < allowance or suspect is not None:
-        batch_id = costs.next_due(costs.elapsed())
+    while sent < allowance or suspects:
+        # Refused bodies are judged by the login check's id, which is never a row: refused too, everything is
+        # answered so (a proxy's JSON); the gateway's 404, the rows are ones this release cannot read.
+        probe_next = len(suspects) >= 2 or (sent >= allowance and bool(suspects) and suspects[-1].refused)
+        batch_id = None if probe_next else costs.next_due(costs.elapsed())
         probe = False
         if batch_id is None:
-            if suspect is None and (ok is not None or not costs.probe_wanted()):
+            if not suspects and (ok is not None or not costs.probe_wanted()):
                 break
             batch_id, probe = costs.probe_id(), True
         log_id = settlement_id(provider, batch_id)
@@ -962,28 +987,39 @@ async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
         refused = got.failure is not None and got.row_fault
         if got.failure is not None and (probe or not refused or ok is None):
             others_due = (at := costs.next_at()) is not None and at <= costs.elapsed()
-            if suspect is None and not probe and (ok is not None or not others_due or refused):
-                suspect = _Suspect(batch_id, got.failure, refused, got.date)
+            judged_later = not suspects or (refused and all(s.refused for s in suspects))
+            if judged_later and not probe and (ok is not None or not others_due or refused):
+                suspects.append(_Suspect(batch_id, got.failure, refused, got.date))
                 continue
             # Two failures in a row, the login check failing, or the first look-up failing with others waiting.
-            first_failure = first_failure or (suspect.failure if suspect is not None else got.failure)
+            first_failure = first_failure or (suspects[0].failure if suspects else got.failure)
             ok = False
-            if suspect is not None:
+            for suspect in suspects:
                 costs.failed(suspect.batch_id, suspect.failure, now, row_fault=False)
-                suspect = None
+            suspects = []
             if not probe:
                 costs.failed(batch_id, got.failure, now, row_fault=False)
             break
         # The gateway answered.
         ok = True if ok is None else ok
-        if suspect is not None:
+        for suspect in suspects:
             _row_fault(costs, suspect, now)
-            suspect = None
+        suspects = []
         if got.failure is not None:
             # The gateway answered; the row is unreadable: the look-ups work (cost_up stays), this row waits.
             _row_fault(costs, _Suspect(batch_id, got.failure, True, got.date), now)
         elif not probe:
+            costs.readable()  # a row read, or the gateway's 404 for a batch of ours
             costs.answered(batch_id, got.row, now, got.date)
+    if ok is True and costs.reads_nothing():
+        ok = False  # the gateway answers, but no row it sends can be read: no cost is being read
+        first_failure = Failure(
+            "invalid_response",
+            f"the last {len(costs.unreadable_ids)} settlement rows looked up could not be read (the gateway's "
+            "row shape?)",
+            None,
+            0,
+        )
     was = costs.up
     costs.round_done(sent, ok)
     costs.release()
@@ -1017,6 +1053,7 @@ def _row_fault(costs: CostLedger, suspect: _Suspect, now: float) -> None:
     costs.failed(suspect.batch_id, suspect.failure, now, row_fault=True, gateway_now=suspect.date)
     failure = suspect.failure
     if suspect.refused:
+        costs.unreadable(suspect.batch_id)
         costs.log.warning(
             "settlement_row_unreadable",
             provider=costs.provider,

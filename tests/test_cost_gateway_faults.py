@@ -58,9 +58,9 @@ class Scene:
         return (200, {"object": "list", "data": [_item(BID, self.clock.now)], "has_more": False})
 
 
-def _item(batch_id: str, now: float) -> dict[str, Any]:
-    """An OpenAI batch created at T0 that completes at T0+600, as the list shows it at `now`."""
-    done = now >= T0 + 600
+def _item(batch_id: str, now: float, end: float = T0 + 600) -> dict[str, Any]:
+    """An OpenAI batch created at T0 that completes at `end`, as the list shows it at `now`."""
+    done = now >= end
     item: dict[str, Any] = {
         "id": batch_id,
         "object": "batch",
@@ -69,13 +69,14 @@ def _item(batch_id: str, now: float) -> dict[str, Any]:
         "request_counts": {"total": 10, "completed": 10 if done else 0, "failed": 0},
     }
     if done:
-        item["completed_at"] = int(T0 + 600)
+        item["completed_at"] = int(end)
     return item
 
 
 class Several:
-    """OpenAI batches `ids` that all finish at T0+600. `replies[id]` answers the look-ups of that id's row (its
-    own id stands for LOGID in a bytes body), a gateway 404 where none is set; `down` answers every look-up."""
+    """OpenAI batches `ids` that finish at T0+600 (`spread` seconds apart, in order). `replies[id]` answers the
+    look-ups of that id's row (its own id stands for LOGID in a bytes body), a gateway 404 where none is set; `down`
+    answers every look-up."""
 
     def __init__(self, clock: Clock, ids: list[str]) -> None:
         self.clock = clock
@@ -84,6 +85,7 @@ class Several:
         self.replies: dict[str, Any] = {}
         self.down: Any = None
         self.looked: list[str] = []  # batch ids in look-up order ("" for any other row: the login check)
+        self.spread = 0.0
 
     def route(self, seen: Seen) -> Any:
         if seen.path.startswith("/api/logs/"):
@@ -102,7 +104,7 @@ class Several:
                 return reply()
             status, body = reply
             return (status, body.replace(b"LOGID", log_id.encode()) if isinstance(body, bytes) else body)
-        data = [_item(bid, self.clock.now) for bid in self.ids]
+        data = [_item(bid, self.clock.now, T0 + 600 + i * self.spread) for i, bid in enumerate(self.ids)]
         return (200, {"object": "list", "data": data, "has_more": False})
 
 
@@ -278,19 +280,14 @@ SIGN_IN = (200, {"error": {"message": "session expired, sign in again"}})
 SHAPE_UNREAD = (200, b'{"id": "LOGID", "cost": "1.5", "model": "gpt-4o-mini"}')  # a cost written as a string
 
 
-@pytest.mark.parametrize("probe_refused", [True, False], ids=["sso-proxy", "row-shape-unread"])
-def test_a_logs_api_whose_every_answer_is_refused_is_cost_up_0(clock: Clock, probe_refused: bool) -> None:
+def test_a_logs_api_whose_every_answer_is_refused_is_cost_up_0(clock: Clock) -> None:
     """Audit 9 (cost) F1: a 2xx body the parser refuses was taken as "the gateway answered", so with one in every
-    answer (an SSO or auth proxy in front of /api/* answering 200 with its own JSON; a gateway whose rows this
-    release cannot read) cost_up went back to 1 at the first due batch and stayed there while no cost was ever
-    read: no alert. A refused body is judged like a failure: two in a row, or the login check refused too, is the
-    logs API failing (cost_up 0, a few look-ups a poll, nothing counted while it lasts); when it is back, every
-    settlement counts."""
+    answer (an SSO or auth proxy in front of /api/* answering 200 with its own JSON) cost_up went back to 1 at the
+    first due batch and stayed there while no cost was ever read: no alert. Two refused bodies in a row are judged
+    by the login check's id; refused too, the logs API is failing (cost_up 0, three look-ups a poll, nothing
+    counted while it lasts); when it is back, every settlement counts."""
     scene = Several(clock, ["b1", "b2", "b3"])
-    if probe_refused:
-        scene.down = SIGN_IN  # every /api/logs/* answer, the login check's too
-    else:
-        scene.replies = {bid: SHAPE_UNREAD for bid in scene.ids}  # rows unread; the login check's 404 is fine
+    scene.down = SIGN_IN  # every /api/logs/* answer, the login check's too
     for exp in exporter(scene, max_retries=0):
         exp.poll()
         ups = until(scene, exp, T0 + 900)  # every settlement due
@@ -300,15 +297,38 @@ def test_a_logs_api_whose_every_answer_is_refused_is_cost_up_0(clock: Clock, pro
             clock.now += 60
             exp.poll()
             polls += 1
-            ups.append(value(exp.samples(), "bifrost_batch_exporter_cost_up", provider="openai"))
+            up = value(exp.samples(), "bifrost_batch_exporter_cost_up", provider="openai")
+            assert up is not None
+            ups.append(up)
         assert set(ups[-polls:]) == {0.0}, ups
-        assert len(scene.looked) <= 2 * polls  # the round stops at the second refused answer
+        assert len(scene.looked) <= 3 * polls  # two refused answers, then the login check
         assert settlements(exp) == {"priced": 0, "unpriced": 0, "missing": 0}
         scene.down = None
         scene.replies = {bid: priced(1.0) for bid in scene.ids}
         ups = until(scene, exp, clock.now + 120)
         assert settlements(exp) == {"priced": 3, "unpriced": 0, "missing": 0}
         assert ups[-1] == 1.0
+
+
+@pytest.mark.parametrize("apart", [False, True], ids=["due-together", "due-one-at-a-time"])
+def test_three_rows_this_release_cannot_read_are_cost_up_0(clock: Clock, apart: bool) -> None:
+    """Audit 9 (diff F4): rows the gateway answers that this release cannot read (a row shape it does not know),
+    while the login check gets the gateway's 404: each is that row's fault (looked up after widening gaps, counted
+    `unpriced` at the horizon), but three different ones in a row, none read between, and no cost is being read:
+    cost_up 0, whether they are due in one round or one at a time. It was 0 only when two were due in one round,
+    and then also for two rows of their own. (One lone row stays its own fault: test_one_unreadable_row_...)"""
+    ids = ["b1", "b2", "b3"]
+    scene = Several(clock, ids)
+    if apart:
+        scene.spread = 600.0  # each batch ends 10 minutes after the one before
+    scene.replies = {bid: SHAPE_UNREAD for bid in ids}  # rows unread; the login check's 404 is the gateway's
+    for exp in exporter(scene, max_retries=0):
+        exp.poll()
+        ups = until(scene, exp, T0 + 600 + HORIZON - 600)
+        assert ups[-1] == 0.0, ups
+        assert settlements(exp) == {"priced": 0, "unpriced": 0, "missing": 0}
+        until(scene, exp, T0 + 600 + HORIZON + 1800)
+        assert settlements(exp) == {"priced": 0, "unpriced": 3, "missing": 0}
 
 
 def test_one_refused_row_among_readable_ones_is_that_rows_fault(clock: Clock) -> None:
