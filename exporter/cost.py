@@ -296,6 +296,15 @@ class _Awaited:
         )
 
 
+def _gap_after(entry: _Awaited) -> float:
+    """The longest gap `_schedule` can have put after the entry's last look-up (a row seen may have been
+    scheduled by either table)."""
+    absent = ABSENT_GAPS[min(entry.looks, len(ABSENT_GAPS)) - 1]
+    if not entry.row_seen:
+        return absent
+    return max(absent, UNPRICED_GAPS[min(entry.looks, len(UNPRICED_GAPS)) - 1])
+
+
 @dataclass(frozen=True, slots=True)
 class _Credit:
     """Amounts of settlements on a (model, group) series that has not been exposed at 0 long enough yet."""
@@ -538,7 +547,7 @@ class CostLedger:
         self.unreadable_ids.add(batch_id)
 
     def readable(self) -> None:
-        """An answer read for one of our batches: a row, or the gateway's 404."""
+        """A row read for one of our batches."""
         self.unreadable_ids.clear()
 
     def reads_nothing(self) -> bool:
@@ -881,10 +890,13 @@ class CostLedger:
         awaited = state["awaited"]
         if not isinstance(awaited, dict):
             raise TypeError("awaited is not a mapping")
-        to_monotonic = self._monotonic() - self._clock()
+        wall, monotonic = self._clock(), self._monotonic()
         for batch_id, raw in awaited.items():
             entry = _Awaited.from_state(raw)
-            entry.next_at += to_monotonic  # saved as wall time
+            # Saved as wall time. A look-up after the first was scheduled a gap after a look-up on the host's clock,
+            # which may have been ahead then: never further away than that gap.
+            wait = entry.next_at - wall
+            entry.next_at = monotonic + (min(wait, _gap_after(entry)) if entry.looks else wait)
             if not same_keys:
                 entry.group = self._empty
             elif len(entry.group) != width:
@@ -1009,7 +1021,8 @@ async def settle(costs: CostLedger, client: _Lookup, allowance: int) -> int:
             # The gateway answered; the row is unreadable: the look-ups work (cost_up stays), this row waits.
             _row_fault(costs, _Suspect(batch_id, got.failure, True, got.date), now)
         elif not probe:
-            costs.readable()  # a row read, or the gateway's 404 for a batch of ours
+            if got.row is not None:
+                costs.readable()  # a row read (a 404 says the route works, not that rows can be read)
             costs.answered(batch_id, got.row, now, got.date)
     if ok is True and costs.reads_nothing():
         ok = False  # the gateway answers, but no row it sends can be read: no cost is being read

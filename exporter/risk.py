@@ -203,6 +203,9 @@ class ProgressTracker:
     _tracks: dict[str, _Track] = field(default_factory=dict)
     _poll: int = 0
     _offset: float | None = None  # clock(): the host's clock less the monotonic one at the first poll
+    _evidence: float | None = (
+        None  # clock(): the latest gateway time seen (Date, timestamps) less the monotonic
+    )
 
     def __len__(self) -> int:
         return len(self._tracks)
@@ -294,22 +297,26 @@ class ProgressTracker:
 
     def clock(self, host: float, monotonic: float, gateway: float, date: float | None = None) -> float:
         """The time to judge a poll at: the host's clock, but never more than CLOCK_AHEAD_SECONDS ahead of the
-        gateway's own clock (`date`: the Date of its last answer, run on to now; None without one). Without a Date,
-        never more than that ahead of the later of the gateway's clock as its timestamps show it (`gateway`, the
-        ledger's gateway_now; 0 before any) and the host's clock as it read at the first poll, run on by the
-        monotonic clock.
+        gateway's time. Where its answers carry a `Date` (Bifrost's Go server sends one with every answer), that
+        time is the latest evidence of it, run on by the monotonic clock: the Dates and the newest provider
+        timestamp the lists showed (`gateway`, the ledger's gateway_now; 0 before any). Without a Date, the host's
+        clock as it read at the first poll, run on, raised by those timestamps.
 
         A host clock stepped ahead, or ahead from the start (a pod on a node whose clock is off), would otherwise
         find every active batch past its expiry at once ("overdue", which needs no confirmation) and page on all of
-        them; `expires_at` is the gateway's time, so its clock is the one to judge by. A step back is believed (it
-        only delays a warning). The monotonic continuation keeps a lone batch on a quiet gateway judged in real
-        time; the gateway's timestamps move it on after a suspend, which stops the monotonic clock while real time
-        runs on."""
+        them. A step back is believed (it only delays a warning). The latest evidence wins, so one stale Date (a
+        cached answer) holds nothing back; a gateway whose own clock is more than the bound behind, on an account
+        whose lists show no newer time, delays warnings by the difference (docs/early-warning.md)."""
         if not (math.isfinite(host) and math.isfinite(monotonic)):
             return host
         if date is not None and math.isfinite(date):
-            self._offset = date - monotonic
-            return min(host, date + CLOCK_AHEAD_SECONDS)
+            for seen in (date, gateway):
+                if math.isfinite(seen) and seen > 0:
+                    offset = seen - monotonic
+                    if self._evidence is None or offset > self._evidence:
+                        self._evidence = offset
+        if self._evidence is not None:
+            return min(host, monotonic + self._evidence + CLOCK_AHEAD_SECONDS)
         if self._offset is None:
             self._offset = host - monotonic  # the first poll: our clock is all there is to go by
         if math.isfinite(gateway) and gateway - monotonic > self._offset:

@@ -302,47 +302,31 @@ def test_costs_add_up_to_the_gateways_settlements_exactly(
     assert exposed_lookups == sum(counts.values())  # every request counted, across both restarts
 
 
+@pytest.mark.parametrize(
+    "stops_within_the_hold", [False, True], ids=["one-restart", "a-second-restart-in-the-hold"]
+)
 def test_missing_counted_by_the_first_poll_after_a_restart_shows_its_restored_value_first(
-    sim: Simulator, clock: Clock, tmp_path: Path
+    sim: Simulator, clock: Clock, tmp_path: Path, stops_within_the_hold: bool
 ) -> None:
     """A batch's settlement horizon passed while the exporter was down: the restarted process's first poll counts it
     `missing`, in the first sample of a new pod's series, which BifrostBatchSettlementsMissing (increase(), and a
     "born within the same process" branch) never saw. The cost counters are held at their start until a scrape has
-    seen it, as the batch counters are (audit 8, alerts F2)."""
+    seen it, as the batch counters are (audit 8, alerts F2); and the hold is saved with the state, so a process that
+    stops within it (a second rollout within a minute, a crash loop) leaves the next to show the value shown, not
+    a series born with the count (audit 9, cost F2)."""
     add(sim, "openai", "ext", "ml", external=True)  # created outside the gateway: never settled
     with exporter(sim, clock, tmp_path) as exp:
         exp.poll()
         run_until(sim, exp, clock, T0 + 600, [(120.0, "openai", "ext", "completed")])
         before = settlement_results(exp.samples(), "openai")
     run_until(sim, None, clock, T0 + HORIZON + 3600, [])  # down past the batch's horizon
+    if stops_within_the_hold:
+        with exporter(sim, clock, tmp_path) as exp:
+            exp.poll()  # counts `missing`, held at 0; stopped within the hold
+        clock.now += 15
     with exporter(sim, clock, tmp_path) as exp:
         exp.poll()  # readiness waits for the first poll: a new pod's first scrape comes after it
         first = settlement_results(exp.samples(), "openai")
-        run_until(sim, exp, clock, clock.now + 600, [])
-        later = settlement_results(exp.samples(), "openai")
-    assert before.get("missing", 0) == 0
-    assert first.get("missing", 0) == 0
-    assert later.get("missing") == 1
-
-
-def test_a_restart_within_the_cost_hold_keeps_missing_at_what_was_shown(
-    sim: Simulator, clock: Clock, tmp_path: Path
-) -> None:
-    """The hold above, saved with the state (audit 9, cost F2): a process that counts `missing` and stops before its
-    hold has ended (a second rollout within a minute, a crash loop) leaves the next one to show the value the first
-    one showed, not to be born with the count."""
-    add(sim, "openai", "ext", "ml", external=True)  # created outside the gateway: never settled
-    with exporter(sim, clock, tmp_path) as exp:
-        exp.poll()
-        run_until(sim, exp, clock, T0 + 600, [(120.0, "openai", "ext", "completed")])
-        before = settlement_results(exp.samples(), "openai")
-    run_until(sim, None, clock, T0 + HORIZON + 3600, [])  # down past the batch's horizon
-    with exporter(sim, clock, tmp_path) as exp:
-        exp.poll()  # counts `missing`, held at 0; stopped within the hold
-    clock.now += 15
-    with exporter(sim, clock, tmp_path) as exp:
-        exp.poll()
-        first = settlement_results(exp.samples(), "openai")  # the new pod's first scrape
         run_until(sim, exp, clock, clock.now + 600, [])
         later = settlement_results(exp.samples(), "openai")
     assert before.get("missing", 0) == 0
@@ -473,3 +457,41 @@ def test_a_far_past_end_time_does_not_count_the_settlement_missing(bogus: int | 
     than anything remembered is taken as no end time."""
     got = _settlements_after_a_far_past_end_time(bogus)
     assert got.get("priced") == 1 and not got.get("missing"), got
+
+
+@pytest.mark.parametrize("step", [0.0, 2 * 3600.0], ids=["no-step", "step-2h"])
+def test_a_restart_after_ntp_corrected_a_step_does_not_delay_the_look_up_by_the_step(
+    tmp_path: Path, step: float
+) -> None:
+    """The look-ups are scheduled on the monotonic clock and saved as wall times: one scheduled (a gap after a
+    look-up) while the host's clock was ahead was saved ahead by the step, and after NTP corrected the clock and the
+    exporter restarted (a rollout, an OOM kill) every look-up came late by the step. Restored, a look-up after the
+    first is never further away than the gap it was scheduled with (audit 9, diff2 F-C)."""
+    clocks = {"gateway": T0, "step": 0.0}
+    with Simulator(
+        providers=[ProviderSpec("openai", flavor="openai")],
+        lifecycle=False,
+        clock=lambda: clocks["gateway"],
+        accounting=Accounting(),
+        admin_token=TOKEN,
+    ) as sim:
+        settings = make_settings(sim.url, ["openai"], cost_metrics=True, bearer_token=TOKEN,
+                                 cost_horizon_seconds=6 * 3600, state_dir=tmp_path)  # fmt: skip
+        with ExporterThread(settings, clock=lambda: clocks["gateway"] + clocks["step"],
+                            monotonic=lambda: clocks["gateway"]) as exp:  # fmt: skip
+            add(sim, "openai", "b1", "ml")
+            exp.poll()
+            clocks["gateway"] += 90  # between two sweeps: b1 is not settled yet
+            sim.set_status("openai", "b1", "completed", at=int(clocks["gateway"]) - 5)
+            clocks["step"] = step
+            exp.poll()  # sees b1 end
+            clocks["gateway"] += 60
+            exp.poll()  # looks it up (no row yet): the next look-up a gap later, on a clock ahead by the step
+        clocks["step"] = 0.0  # NTP corrects the host's clock; the exporter restarts
+        with ExporterThread(settings, clock=lambda: clocks["gateway"],
+                            monotonic=lambda: clocks["gateway"] - T0 + 5.0) as exp:  # fmt: skip
+            for _ in range(20):  # 20 minutes: the sweeper settles b1 within a few
+                clocks["gateway"] += 60
+                sim.tick()
+                exp.poll()
+            assert settlement_results(exp.samples(), "openai").get("priced") == 1

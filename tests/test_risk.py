@@ -880,3 +880,27 @@ def test_a_host_clock_ahead_from_the_start_does_not_flag_healthy_batches(step: f
             exp.poll("openai")
             clock.advance(INTERVAL)
         assert sum(v for _, v in series(exp.samples(), "bifrost_batch_at_risk", provider="openai")) == 0
+
+
+@pytest.mark.parametrize("date_lag", [0.0, 3 * 3600.0], ids=["date-right", "date-3h-behind"])
+def test_a_gateway_date_behind_holds_nothing_back_where_the_lists_show_a_later_time(date_lag: float) -> None:
+    """The judging clock follows the latest evidence of the gateway's time: its Dates and the newest provider
+    timestamp its lists show. A Date behind (Bifrost's host clock off, a cached answer) beside a batch created a
+    minute ago leaves a batch 30 min past its expires_at overdue (audit 9, diff2 F-B). Where nothing in the lists is
+    newer than a Date that is behind, the warning waits for it (docs/early-warning.md, "Which clock")."""
+    clock = SteppedClock()
+    spec = ProviderSpec("openai", style="cursor", flavor="openai")
+    with gateway(clock, spec) as sim, _stepped_exporter(sim, clock, "openai") as exp:
+        server = sim._server._server  # type: ignore[union-attr]
+        server.clock = lambda: clock.now - date_lag
+        now = int(clock.now)
+        sim.add_batch("openai", batch_id="stuck", status="in_progress", created_at=now - 86_400 - 1800,
+                      expires_at=now - 1800, in_progress_at=now - 86_000,
+                      request_counts={"total": 1000, "completed": 500, "failed": 0})  # fmt: skip
+        sim.add_batch("openai", batch_id="new", status="validating", created_at=now - 60,
+                      expires_at=now + 86_400 - 60)  # fmt: skip
+        for _ in range(3):
+            exp.poll("openai")
+            clock.advance(INTERVAL)
+        found = [v for labels, v in series(exp.samples(), "bifrost_batch_at_risk", provider="openai")]
+        assert sum(found) == 1
