@@ -697,7 +697,9 @@ def test_a_delta_on_the_last_saved_state_gives_the_whole_state(clock: Clock) -> 
     saved = json.loads(json.dumps(costs.to_state()))
     costs.mark_saved()
     assert costs.delta()["awaited"] == {} and costs.delta()["removed"] == []
-    now = clock.now = T0 + 3000 + 3600  # the look-ups' gaps run from the clock (restored, one is at most its gap)
+    now = clock.now = (
+        T0 + 3000 + 3600
+    )  # the look-ups' gaps run from the clock (restored, one is at most its gap)
     assert sorted(drain(costs, now)) == ["late", "maybe", "unpriced"]
     costs.answered("late", row(3.0), now)
     costs.answered("maybe", row(0.5), now)
