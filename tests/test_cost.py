@@ -697,9 +697,8 @@ def test_a_delta_on_the_last_saved_state_gives_the_whole_state(clock: Clock) -> 
     saved = json.loads(json.dumps(costs.to_state()))
     costs.mark_saved()
     assert costs.delta()["awaited"] == {} and costs.delta()["removed"] == []
-    now = clock.now = (
-        T0 + 3000 + 3600
-    )  # the look-ups' gaps run from the clock (restored, one is at most its gap)
+    # The look-ups' gaps run from the clock (restored, a look-up is at most its gap away from it).
+    now = clock.now = T0 + 3000 + 3600
     assert sorted(drain(costs, now)) == ["late", "maybe", "unpriced"]
     costs.answered("late", row(3.0), now)
     costs.answered("maybe", row(0.5), now)
