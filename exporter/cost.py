@@ -243,6 +243,10 @@ def settled_by(created: float | None, finished: float) -> float | None:
     return finished + delay + min(60.0, delay / 5) + SWEEP_INTERVAL
 
 
+# The latest a first look-up is scheduled after a batch's end (finished): settled_by's longest wait, the sweeper's
+# longest backoff with its jitter and a tick, plus LOOKUP_SLACK.
+_FIRST_LOOK_BOUND: Final = _sweeper_delay(SWEEP_MAX_ATTEMPTS - 1) + 60.0 + SWEEP_INTERVAL + LOOKUP_SLACK
+
 Expectation = Literal["settles", "maybe"]
 
 
@@ -893,10 +897,13 @@ class CostLedger:
         wall, monotonic = self._clock(), self._monotonic()
         for batch_id, raw in awaited.items():
             entry = _Awaited.from_state(raw)
-            # Saved as wall time. A look-up after the first was scheduled a gap after a look-up on the host's clock,
-            # which may have been ahead then: never further away than that gap.
+            # Saved as wall time, from the host's clock, which may have been ahead then (a step NTP has since
+            # undone): no batch ended after now, a look-up after the first is never further away than its gap, and
+            # the first never later than the sweeper's last chance after the end.
+            entry.finished_at = min(entry.finished_at, wall)
             wait = entry.next_at - wall
-            entry.next_at = monotonic + (min(wait, _gap_after(entry)) if entry.looks else wait)
+            bound = _gap_after(entry) if entry.looks else entry.finished_at + _FIRST_LOOK_BOUND - wall
+            entry.next_at = monotonic + min(wait, bound)
             if not same_keys:
                 entry.group = self._empty
             elif len(entry.group) != width:

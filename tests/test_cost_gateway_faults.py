@@ -382,3 +382,75 @@ def test_settlements_counted_after_an_unreadable_cost_record_survive_the_next_re
     for exp in exporter(scene, state_dir=tmp_path):
         exp.poll()
         assert settlements(exp) == {"priced": 1, "unpriced": 0, "missing": 0}
+
+
+class _NoEndTime(Several):
+    """As Several, but the list shows the ended batch without completed_at (a conversion that leaves none)."""
+
+    def route(self, seen: Seen) -> Any:
+        answer = super().route(seen)
+        if not seen.path.startswith("/api/logs/"):
+            for item in answer[1]["data"]:
+                item.pop("completed_at", None)
+        return answer
+
+
+def _looked_up_after_a_corrected_step_and_a_restart(
+    tmp_path: Path, step: float, *, without_end_time: bool
+) -> list[float]:
+    """b1 ends at T0+600 while the host's clock is `step` ahead of the gateway's (its monotonic clock runs with the
+    gateway's). With an end time, its first look-up meets the logs API down (the gateway's failure: due again at
+    once, no look-up counted); without one, its end is taken from our clock. NTP corrects the clock, the logs API
+    is up, the exporter restarts (a rollout). Returns when b1 was looked up after the restart (seconds)."""
+    clock = Clock()
+    host = {"step": 0.0 if not without_end_time else step}
+    scene = (_NoEndTime if without_end_time else Several)(clock, ["b1"])
+    serving = Gateway(scene.route).serve()
+    settings = make_settings(next(serving), ["openai"], cost_metrics=True, bearer_token="admin", poll_mode="full",
+                             cost_horizon_seconds=6 * 3600, state_dir=tmp_path)  # fmt: skip
+    looked_at: list[float] = []
+    try:
+        with ExporterThread(
+            settings, clock=lambda: clock.now + host["step"], monotonic=lambda: clock.now
+        ) as exp:
+            while clock.now < T0 + 660:  # b1 seen ending
+                clock.now += 60
+                exp.poll()
+            if not without_end_time:
+                scene.down = (503, {"error": {"message": "logs store unavailable"}})
+                host["step"] = step
+                while "b1" not in scene.looked and clock.now < T0 + 3600:
+                    clock.now += 60
+                    exp.poll()
+                assert "b1" in scene.looked
+        host["step"] = 0.0
+        scene.down = None
+        scene.replies["b1"] = priced(0.25)
+        scene.looked.clear()
+        restarted = clock.now
+        with ExporterThread(settings, clock=lambda: clock.now, monotonic=lambda: clock.now - T0 + 7.0) as exp:
+            for _ in range(25):
+                clock.now += 60
+                before = scene.looked.count("b1")
+                exp.poll()
+                if scene.looked.count("b1") > before:
+                    looked_at.append(clock.now - restarted)
+    finally:
+        for _ in serving:
+            pass
+    return looked_at
+
+
+@pytest.mark.parametrize("step", [0.0, 2 * 3600.0], ids=["no-step", "step-2h"])
+@pytest.mark.parametrize("without_end_time", [False, True], ids=["first-look-failed", "no-end-time"])
+def test_a_first_look_up_is_not_delayed_by_a_corrected_step_across_a_restart(
+    tmp_path: Path, step: float, without_end_time: bool
+) -> None:
+    """A first look-up scheduled from our clock while it was ahead (one due again at once after the logs API failed,
+    or one of a batch whose end was taken from our clock) came late by the step after NTP corrected the clock and
+    the exporter restarted. Restored, no batch ended after now and a first look-up comes no later than the
+    sweeper's last chance after the end (audit 9, compat F1)."""
+    looked_at = _looked_up_after_a_corrected_step_and_a_restart(
+        tmp_path, step, without_end_time=without_end_time
+    )
+    assert looked_at and looked_at[0] <= 1200, looked_at[:3]
