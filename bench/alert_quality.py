@@ -46,7 +46,7 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -260,9 +260,11 @@ class Rule:
     def __call__(self, lc: Lifecycle, batch: Batch, status: str, now: float) -> bool:
         return self._condition(lc, batch, status, now, self)
 
-    def finish_poll(self, now: float) -> None:
+    def finish_poll(self, ended: Mapping[str, bool]) -> None:
+        """`ended`: the batches that turned terminal since the last poll, and whether each ran out its window (what
+        the ledger hands the exporter's trackers)."""
         for tracker in self.trackers.values():
-            tracker.finish_poll(now)
+            tracker.finish_poll(ended)
 
 
 def expiring_soon() -> Rule:
@@ -326,6 +328,7 @@ def simulate(lifecycles: Sequence[Lifecycle], alerts: Sequence[Alert], step: flo
         while nxt < len(order) and order[nxt].created <= t:
             active.append(order[nxt])
             nxt += 1
+        ended = {lc.id: lc.expired for lc in active if t >= lc.end}
         active = [lc for lc in active if t < lc.end]
         flagged: dict[Rule, dict[str, list[str]]] = {rule: {} for rule in rules}
         for lc in active:
@@ -348,7 +351,7 @@ def simulate(lifecycles: Sequence[Lifecycle], alerts: Sequence[Alert], step: flo
                     alert.first_fired.setdefault(batch_id, t)
                     alert.firing_seconds[batch_id] = alert.firing_seconds.get(batch_id, 0.0) + step
         for rule in rules:
-            rule.finish_poll(t)
+            rule.finish_poll(ended)
         t += step
     return evaluations
 

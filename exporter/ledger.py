@@ -277,9 +277,10 @@ class Ledger:
         self._group_overflowed = False
         # Told of every batch counted as finished, once per id, with its group (the cost ledger awaits its settlement).
         self.finish_hook: Callable[[Batch, str, float | None, Group], None] | None = None
-        # Watched batches (held as running) counted as finished since take_ended, with the status they ended with:
-        # the early warning's calibration learns from how a batch really ended, never from our clock (risk.py).
-        self._ended: dict[str, str] = {}
+        # Watched batches (held as running) counted as finished since take_ended, and whether they ran out their
+        # window: the early warning's calibration learns from how a batch really ended, never from our clock
+        # (risk.py).
+        self._ended: dict[str, bool] = {}
 
     # --- events -------------------------------------------------------------------------------------------------
 
@@ -516,10 +517,10 @@ class Ledger:
             self._ids.forget(batch_id)
             self._cache_counted.discard(batch_id)
 
-    def take_ended(self) -> dict[str, str]:
-        """The watched batches counted as finished since the last call, with their terminal status (`expired` for
-        one that ran out its window whatever status it ended with); cleared. Kept until taken, so the ends of a poll
-        whose snapshot was discarded (a failed page) still reach the tracker."""
+    def take_ended(self) -> dict[str, bool]:
+        """The watched batches counted as finished since the last call, and whether each ran out its window
+        (whatever status it ended with); cleared. Kept until taken, so the ends of a poll whose snapshot was
+        discarded (a failed page) still reach the tracker."""
         ended, self._ended = self._ended, {}
         return ended
 
@@ -557,8 +558,11 @@ class Ledger:
             # Ran out its window: `expired`, or (Anthropic's `ended`, which it shows for every outcome) requests
             # expired, or an end at or past its expiry (both the gateway's times).
             expires = batch.expires
-            ran_out = result.expired > 0 or (ts is not None and expires is not None and ts >= expires)
-            ended[batch.id] = "expired" if ran_out else status
+            ended[batch.id] = (
+                status == "expired"
+                or result.expired > 0
+                or (ts is not None and expires is not None and ts >= expires)
+            )
         if self.finish_hook is not None:
             self.finish_hook(batch, status, ts, group)
 

@@ -13,9 +13,9 @@ a worked example and the benchmark it was chosen on):
 - **nothing visible** (nothing done yet, or a provider that reports its counts only at the end: Anthropic, Bedrock;
   or OpenAI's `validating` with a total of 0): at risk once its window has gone by to the provider's *calibrated*
   fraction: the first point of the window at which at least `CALIBRATION_TARGET` of this provider's batches that
-  still showed nothing there went on to expire, learned from the batches this exporter saw end, by the status they
-  ended with (`Calibration`,
-  persisted with the state); until it has seen enough, `risk_no_progress_fraction`.
+  still showed nothing there went on to expire, learned from the batches this exporter saw end, by whether they
+  ran out their window (`Calibration`, persisted with the state); until it has seen enough,
+  `risk_no_progress_fraction`.
 
 - **confirmed**: a verdict counts (in `bifrost_batch_at_risk`, and as the per-batch `reason`) only once every poll
   has found the batch at risk for `CONFIRM` of its window (20 min of 24 h); an overdue batch counts at once, and so
@@ -74,9 +74,9 @@ MAX_TRACKED: Final = 200_000
 # can already hold above 0: there a brief verdict would show in the firing alert at once. A batch at risk when the
 # tracker first sees it counts at once (no history to confirm against; a projection warms up first anyway).
 CONFIRM: Final = 1 / 72
-# How far ahead of the gateway's clock (its timestamps, or our own clock at the first poll run on by the monotonic
-# clock) the host's clock is believed when judging (ProgressTracker.clock): a larger step ahead is a host clock
-# that jumped, not time that passed. One hour of a 24 h window shifts a projection by 4 %.
+# How far ahead of the gateway's time (its Dates and timestamps, or without a Date our own clock at the first poll,
+# run on by the monotonic clock) the host's clock is believed when judging (ProgressTracker.clock): a larger step
+# ahead is a host clock that jumped, not time that passed. One hour of a 24 h window shifts a projection by 4 %.
 CLOCK_AHEAD_SECONDS: Final = 3600.0
 
 Reason = Literal["overdue", "not_started", "no_progress", "slow", "stalled"]
@@ -194,7 +194,7 @@ class ProgressTracker:
 
     Owned by the poller (one per provider, kept from poll to poll), fed by the snapshot builder through `assess`, and
     pruned by `finish_poll`: a batch not observed in the poll just folded has left the active statuses (finished,
-    deleted); whether it was seen to end `expired` is what the calibration learns from it. Bounded by
+    deleted); whether it was seen to run out its window is what the calibration learns from it. Bounded by
     `max_tracked`. Not thread-safe: one poll of a provider at a time uses it, as the poller guarantees.
     """
 
@@ -203,9 +203,8 @@ class ProgressTracker:
     _tracks: dict[str, _Track] = field(default_factory=dict)
     _poll: int = 0
     _offset: float | None = None  # clock(): the host's clock less the monotonic one at the first poll
-    _evidence: float | None = (
-        None  # clock(): the latest gateway time seen (Date, timestamps) less the monotonic
-    )
+    # clock(): the latest gateway time seen (Date, timestamps) less the monotonic clock then
+    _evidence: float | None = None
 
     def __len__(self) -> int:
         return len(self._tracks)
@@ -277,21 +276,20 @@ class ProgressTracker:
         track.t, track.done = now, done
         return track
 
-    def finish_poll(self, now: float, ended: Mapping[str, str] | None = None) -> int:
+    def finish_poll(self, ended: Mapping[str, bool] | None = None) -> int:
         """Forget the batches the poll just folded did not observe, learning how each ended; returns how many.
 
-        `ended` is the terminal status each batch was seen to end with (the ledger's counted transitions since
-        the last poll folded). Only such an end teaches the calibration: a batch that merely left the list (deleted,
-        forgotten, its end not shown) is no evidence, and `expires <= now` on our own clock is none either: a host
-        clock stepped ahead would teach, and persist, that batches which completed had expired. `now` is unused
-        and kept for callers that judge without a ledger."""
+        `ended` says, of each batch seen to end (the ledger's counted transitions since the last poll folded),
+        whether it ran out its window. Only such an end teaches the calibration: a batch that merely left the list
+        (deleted, forgotten, its end not shown) is no evidence, and `expires <= now` on our own clock is none either:
+        a host clock stepped ahead would teach, and persist, that batches which completed had expired."""
         gone = [batch_id for batch_id, track in self._tracks.items() if track.poll != self._poll]
         learn = self.calibration.learn
         for batch_id in gone:
             track = self._tracks.pop(batch_id)
-            status = ended.get(batch_id) if ended else None
-            if status is not None:
-                learn(track.blind_step, status == "expired")
+            ran_out = ended.get(batch_id) if ended else None
+            if ran_out is not None:
+                learn(track.blind_step, ran_out)
         self._poll += 1
         return len(gone)
 

@@ -96,7 +96,7 @@ class SnapshotBuilder:
         now: float = 0.0,
         no_progress_fraction: float = 0.5,
         tracker: ProgressTracker | None = None,
-        ended: Callable[[], Mapping[str, str]] | None = None,
+        ended: Callable[[], Mapping[str, bool]] | None = None,
     ) -> None:
         """`tracker` is the provider's ProgressTracker, kept by the poller from poll to poll: the early warning's
         recent rates and calibration. Without one, each batch is judged by its average rate since it started.
@@ -225,7 +225,7 @@ class SnapshotBuilder:
     def build(self, now: float) -> BatchSnapshot:
         if self._tracker is not None:
             # Forget the batches no longer active, learning from those seen to end.
-            self._tracker.finish_poll(now, self._ended() if self._ended is not None else None)
+            self._tracker.finish_poll(self._ended() if self._ended is not None else None)
         newest_first = sorted(self._jobs, key=lambda item: item[1:3], reverse=True)
         return BatchSnapshot(
             provider=self._provider,

@@ -280,7 +280,7 @@ def poll(
     tracker: ProgressTracker, b: Batch, now: float, fraction: float = FRACTION
 ) -> Risk:  # one poll of one batch
     risk = assess(b, normalize_status(b.status), now, fraction, tracker=tracker)
-    tracker.finish_poll(now)
+    tracker.finish_poll()
     return risk
 
 
@@ -400,9 +400,9 @@ def test_finish_poll_forgets_batches_no_longer_active_and_is_bounded() -> None:
     for name in ("a", "b", "c"):
         assess(at(10, id=name), "in_progress", CREATED + HOUR, FRACTION, tracker=tracker)
     assert len(tracker) == 2  # "c" judged without history
-    tracker.finish_poll(CREATED + HOUR)
+    tracker.finish_poll()
     assess(at(10, id="a"), "in_progress", CREATED + HOUR + 60, FRACTION, tracker=tracker)
-    assert tracker.finish_poll(CREATED + HOUR + 60) == 1  # "b" left the active statuses
+    assert tracker.finish_poll() == 1  # "b" left the active statuses
     assert len(tracker) == 1
 
 
@@ -462,7 +462,7 @@ def test_the_tracker_teaches_the_calibration_how_blind_batches_ended() -> None:
             assess(blind, "validating", t, FRACTION, tracker=tracker)
         if hour <= 7:
             assess(batch("validating", id="quick"), "validating", t, FRACTION, tracker=tracker)
-        tracker.finish_poll(t, {"late": "expired", "quick": "completed"})
+        tracker.finish_poll({"late": True, "quick": False})
     c = tracker.calibration
     assert c.evidence(0) == (2, 1)
     assert c.evidence(5) == (2, 1)  # "quick" was last seen at 7 h = 29 %: step 5
@@ -477,12 +477,9 @@ def test_the_calibration_learns_how_a_batch_was_seen_to_end_never_from_our_clock
     for i in range(CALIBRATION_MIN_SAMPLES + 5):
         assess(batch("in_progress", id=f"done{i}"), "in_progress", CREATED + 600, FRACTION, tracker=tracker)
         assess(batch("in_progress", id=f"gone{i}"), "in_progress", CREATED + 600, FRACTION, tracker=tracker)
-    tracker.finish_poll(CREATED + 600)
-    ahead = CREATED + 2 * WINDOW  # the host clock stepped two days ahead
-    assert (
-        tracker.finish_poll(ahead, {f"done{i}": "completed" for i in range(CALIBRATION_MIN_SAMPLES + 5)})
-        == 50
-    )
+    tracker.finish_poll()
+    # The host clock stepped two days ahead, past their expiry: the ledger saw them complete in their window.
+    assert tracker.finish_poll({f"done{i}": False for i in range(CALIBRATION_MIN_SAMPLES + 5)}) == 50
     assert tracker.calibration.evidence(0) == (CALIBRATION_MIN_SAMPLES + 5, 0)
     assert tracker.calibration.evidence(1) == (0, 0)
     assert tracker.threshold(FRACTION) == FRACTION  # a young blind batch is not at risk
@@ -617,7 +614,7 @@ def test_results_are_always_finite_and_explained(
             assert (r.reason in REASONS) if r.at_risk else r.reason is None
             if r.at_risk:
                 assert normalize_status(b.status) in ("validating", "in_progress") and b.expires is not None
-        tracker.finish_poll(now if math.isfinite(now) else CREATED)
+        tracker.finish_poll()
 
 
 @PROFILE

@@ -402,7 +402,7 @@ def test_the_demo_scenario_puts_the_early_warning_to_work(clock: FakeClock) -> N
                 if risk.at_risk:
                     first_flag.setdefault(key, poll)
                     reasons.setdefault(key, set()).add(risk.reason)
-            trackers[provider].finish_poll(clock.now)
+            trackers[provider].finish_poll()
     for provider in DEMO_PROVIDERS:
         blind = provider in ("anthropic", "bedrock")
         late, never = (provider, LATE), (provider, NEVER)
