@@ -717,8 +717,11 @@ class CostLedger:
 
     # --- durable state ----------------------------------------------------------------------------------------------
 
-    def _held_state(self) -> list[list[Any]]:
-        to_wall = self._clock() - self._monotonic()
+    def _to_wall(self) -> float:
+        """What turns a time on the monotonic clock (the schedule, the holds) into the wall time it is saved as."""
+        return self._clock() - self._monotonic()
+
+    def _held_state(self, to_wall: float) -> list[list[Any]]:
         return [
             [
                 self._fresh.get((c.model, c.group), 0.0) + to_wall,
@@ -734,7 +737,7 @@ class CostLedger:
 
     def to_state(self) -> dict[str, Any]:
         """Everything a restarted process needs to resume: plain JSON types, bounded by the caps above."""
-        to_wall = self._clock() - self._monotonic()
+        to_wall = self._to_wall()
         return {
             "version": STATE_VERSION,
             "metadata_keys": list(self.metadata_keys),
@@ -744,7 +747,7 @@ class CostLedger:
             "tokens": [[m, k, list(g), n] for (m, k, g), n in self._tokens.items()],
             "requests": [[m, list(g), n] for (m, g), n in self._requests.items()],
             "settlements": [[r, list(g), n] for (r, g), n in self._settlements.items()],
-            "held": self._held_state(),
+            "held": self._held_state(to_wall),
             "awaited": {i: e.to_state(to_wall) for i, e in self._awaited.items()},
         }
 
@@ -756,7 +759,7 @@ class CostLedger:
         A poll that counted nothing writes a few hundred bytes whatever the number of (model, group) series: with
         metadata groups the counters run to thousands of numbers, and writing them whole made every journal record
         tens to hundreds of kilobytes."""
-        to_wall = self._clock() - self._monotonic()
+        to_wall = self._to_wall()
         series = list(self._changed_series)
         out: dict[str, Any] = {
             "version": DELTA_VERSION,
@@ -778,7 +781,7 @@ class CostLedger:
         if self._models_changed:
             out["models"] = sorted(self._models)
         if self._held_changed:
-            out["held"] = self._held_state()
+            out["held"] = self._held_state(to_wall)
         return out
 
     def mark_saved(self) -> None:
@@ -880,6 +883,10 @@ class CostLedger:
                 if r not in RESULTS:
                     raise ValueError("unknown settlement result")
                 self._settlements[(str(r), group_of(g))] = _natural(n)
+        wall, monotonic = (
+            self._clock(),
+            self._monotonic(),
+        )  # saved wall times onto this process's monotonic clock
         if same_keys and (not changes or "held" in state):
             self._held, self._fresh = [], {}
             for release_at, m, g, dollars, prompt, completion, requests in state["held"]:
@@ -888,13 +895,12 @@ class CostLedger:
                     _natural(completion), _natural(requests),
                 )  # fmt: skip
                 self._held.append(credit)
-                # Saved as wall time; on this process's monotonic clock, never later than a hold begun now.
-                left = min(_finite(release_at) - self._clock(), self.hold_seconds)
-                self._fresh[(credit.model, credit.group)] = self._monotonic() + left
+                # Never later than a hold begun now.
+                left = min(_finite(release_at) - wall, self.hold_seconds)
+                self._fresh[(credit.model, credit.group)] = monotonic + left
         awaited = state["awaited"]
         if not isinstance(awaited, dict):
             raise TypeError("awaited is not a mapping")
-        wall, monotonic = self._clock(), self._monotonic()
         for batch_id, raw in awaited.items():
             entry = _Awaited.from_state(raw)
             # Saved as wall time, from the host's clock, which may have been ahead then (a step NTP has since
