@@ -533,7 +533,7 @@ class Poller:
         their count (held), at what it shows and until when: a restart within a hold, on a new pod, must not bring the series
         back born with the count, which increase() and every failure alert would never see. A release that does
         not know the field ignores it (the ledger reads its own fields by name). The cost counters' holds likewise
-        (`cost_shown`: figure, the key's parts, its group, the value shown, until when)."""
+        (`cost_shown`, the same rows with the figure first: the value shown, until when)."""
         extras: dict[str, Any] = {"tracker": self._trackers[provider].to_state()}
         if run is not None:
             # As the counter tables are written (count_rows), each value the count shown, until when, then the
@@ -543,10 +543,12 @@ class Poller:
                 {key: (h.shown, h.until + to_wall, *h.requests) for key, h in run.held.items()}
             )
             if provider in self._costs:
-                extras["cost_shown"] = [
-                    [figure, list(key[:-1]), list(key[-1]), value, until + to_wall]
-                    for (figure, key), (until, value) in run.cost_held.items()
-                ]
+                extras["cost_shown"] = count_rows(
+                    {
+                        (figure, *key): (value, until + to_wall)
+                        for (figure, key), (until, value) in run.cost_held.items()
+                    }
+                )
         return extras
 
     def _restore_tracker(self, provider: str, state: Any) -> None:
@@ -1718,15 +1720,15 @@ def _restore_cost_shown(rows: Any) -> _RestoredCostHolds:
         return held
     for row in rows[:MAX_RESTORED_HOLDS]:
         try:
-            figure, parts, group, value, until = row
-            if figure not in _COST_COUNTERS or not isinstance(parts, list) or not isinstance(group, list):
+            (figure, *parts), (value, until) = row_key(row), row[-1]
+            if figure not in _COST_COUNTERS or len(parts) < 2 or not isinstance(parts[-1], tuple):
                 continue
-            if not all(isinstance(part, str) for part in (*parts, *group)):
+            if not all(isinstance(part, str) for part in (*parts[:-1], *parts[-1])):
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
                 continue
-            held[(figure, (*parts, tuple(group)))] = (float(until), value)
-        except (TypeError, ValueError):
+            held[(figure, tuple(parts))] = (float(until), value)
+        except (TypeError, ValueError, IndexError):
             continue
     return held
 
