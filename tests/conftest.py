@@ -51,6 +51,7 @@ E2E_TESTS: dict[str, str] = {
     "tests/test_state_dir.py::test_a_write_failing_at_any_step_leaves_no_stray_file_and_the_last_good_state": (
         "27 exporters, each restarted (30 s)"
     ),
+    "tests/test_mixin.py::test_the_docs_jsonnet_example_pages_on_its_slos": "promtool runs a day of SLO rules (25 s)",
 }
 
 # Modules whose tests must run in one process, in file order (pytest-xdist `--dist loadgroup`), → why.

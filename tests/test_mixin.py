@@ -131,7 +131,7 @@ def test_metadata_labels_route_a_failed_batch_to_its_owner(generate: ModuleType,
     (tmp_path / "alerts.yaml").write_text(yaml.safe_dump({"groups": alerts}, sort_keys=False))
     (tmp_path / "test.yaml").write_text(METADATA_TEST)
     result = subprocess.run(
-        [promtool, "test", "rules", "test.yaml"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+        [promtool, "test", "rules", "test.yaml"], capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -178,7 +178,7 @@ def test_first_full_list_is_joined_on_the_configured_labels(generate: ModuleType
     (tmp_path / "alerts.yaml").write_text(yaml.safe_dump({"groups": alerts}, sort_keys=False))
     (tmp_path / "test.yaml").write_text(WAITING_TEST)
     result = subprocess.run(
-        [promtool, "test", "rules", "test.yaml"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+        [promtool, "test", "rules", "test.yaml"], capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -298,6 +298,6 @@ def test_the_docs_jsonnet_example_pages_on_its_slos(tmp_path: Path) -> None:
     assert kinds == sorted(kinds, key=lambda kind: kind == "alert") and kinds.count("alert") == 8, kinds
     (tmp_path / "test.yaml").write_text(DOC_EXAMPLE_TEST)
     result = subprocess.run(
-        [promtool, "test", "rules", "test.yaml"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+        [promtool, "test", "rules", "test.yaml"], capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
     assert result.returncode == 0, result.stdout + result.stderr
