@@ -161,7 +161,6 @@ def test_failed_batch_reaches_alertmanager(stack: Stack) -> None:
     # because it was created after the exporter started.
     batch = stack.sim.add_batch(provider, status="in_progress", created_at=now, expires_at=now + 86_000)
     stack.sim.set_status(provider, batch["id"], "failed")
-    started = time.monotonic()
 
     alerts = wait_until(
         lambda: stack.am_alerts("BifrostBatchFailed", provider),
@@ -169,8 +168,6 @@ def test_failed_batch_reaches_alertmanager(stack: Stack) -> None:
         what=f"BifrostBatchFailed for {provider} in Alertmanager",
         diagnostics=lambda: f"prometheus alerts: {stack.prom.alerts()}\n{stack.diagnostics()}",
     )
-    elapsed = time.monotonic() - started
-    assert elapsed < ALERT_DEADLINE
     assert len(alerts) == 1
     alert = alerts[0]
     # the group labels the mixin aggregates by (here only `job`: no cluster or namespace in this scrape), and the

@@ -225,7 +225,7 @@ def test_buffered_bytes_across_connections_are_capped() -> None:
     body = exposition(8 * MIB)
     chunk = 128 * 1024
     cap = chunk
-    write_timeout = 4.0
+    write_timeout = 10.0  # the reader's half (5 s) moves 8 MiB through the cap even on a loaded host
     with ServerThread(body, write_chunk=chunk, max_buffered=cap, write_timeout=write_timeout) as srv:
         peak = waited = 0
 

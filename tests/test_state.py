@@ -5,6 +5,7 @@ complete record or one log line and a v1 start, never a crash. Format version 1'
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterator, MutableMapping
@@ -72,7 +73,8 @@ def test_counters_resume_and_a_transition_while_down_counts_once(sim: Simulator,
     sim.add_batch(P, batch_id="a", status="in_progress", created_at=int(now) - 100)
     with _exporter(sim, tmp_path) as exp:
         exp.poll()
-        _fail(sim, "b", "token_limit_exceeded", now + 1)  # fails while we run
+        # fails while we run: after the start, which a `now` read before it and truncated need not be
+        _fail(sim, "b", "token_limit_exceeded", math.ceil(time.time()) + 1)
         exp.poll()
         before = exp.samples()
     assert value(before, "bifrost_batch_finished_total", provider=P, status="failed") == 1
