@@ -333,7 +333,7 @@ class CostView:
     awaited: Mapping[str, int]  # awaiting ∈ AWAITING
     lookups: int  # requests sent to the logs API, retries included
     # (figure, key) → the value shown for now instead of the count (set by the poller when it publishes: its start-up
-    # hold, exporter/poller.py); a figure is "dollars", "tokens", "requests" or "settlements".
+    # hold, exporter/holds.py); a figure is "dollars", "tokens", "requests" or "settlements".
     held: Mapping[tuple[str, Any], float] = field(default_factory=lambda: MappingProxyType({}))
 
     def shown(self, figure: str, key: Any, value: float) -> float:

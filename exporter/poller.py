@@ -25,20 +25,21 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, NamedTuple, TypeVar
+from typing import Any
 
 import structlog
 
-from . import presence, statefile
-from .client import REASONS, BifrostClient, Failure, ListResult, PagePlace
-from .cost import CostLedger, CostView, lookup_allowance, never_settled, settle
+from . import holds, statefile
+from .client import REASONS, BifrostClient, ListResult, PagePlace
+from .cost import CostLedger, lookup_allowance, never_settled, settle
 from .firstsync import FirstSync, estimate_completion, expected_pages
-from .ledger import Ledger, LedgerView, count_rows, row_key
+from .ledger import Ledger
 from .models import Batch, normalize_status
+from .pollrun import FirstList, PollOutcome, Run, Summary
 from .providers import page_size_for
 from .risk import ProgressTracker
 from .settings import Settings
@@ -46,9 +47,6 @@ from .snapshot import Health, ProviderState, SnapshotBuilder
 from .store import Store, is_sparse
 
 UNSUPPORTED_BACKOFF_INTERVALS = 10
-# Held counter keys a state file may bring back (each a (status[, code], group) key of the counter tables, which the
-# ledger caps far below this): a damaged or hostile field cannot make the start slow.
-MAX_RESTORED_HOLDS = 100_000
 
 # Share of a poll interval's request budget (interval × max_requests_per_second) a poll may spend: the rest is
 # headroom for retries and for the other work of the gateway's keys.
@@ -93,118 +91,6 @@ _CAP_WARNINGS = (
 
 
 SUMMARY_EVERY_SECONDS = 60.0
-
-
-@dataclass(slots=True)
-class _Summary:
-    """What the polls since the last summary line did."""
-
-    logged_at: float | None = None
-    polls: int = 0
-    failed: int = 0
-    list_requests: int = 0
-    retrieve_requests: int = 0
-
-
-@dataclass(slots=True)
-class _FirstList:
-    """The first full list's progress (also after a change of the view's keys, which starts it over)."""
-
-    started_at: float | None = None  # wall clock of its first poll
-    pages: int = 0
-    expected_pages: int | None = (
-        None  # from what the store knew when it started (a changed view), if anything
-    )
-    completed_at: float | None = None
-    batches: int = 0  # at completion
-
-
-class _Hold(NamedTuple):
-    """A counter key shown at an earlier value until a moment: the count `shown`, and for a (status, group) key the
-    requests by outcome (empty: zeros)."""
-
-    until: float
-    shown: int = 0
-    requests: tuple[int, ...] = ()
-
-
-@dataclass(slots=True)
-class _Run:
-    """What one provider's poll loop carries from poll to poll besides the ledger."""
-
-    store: Store
-    synced: bool = False  # a full list has completed at least once
-    resync_truncated: str | None = None  # reason the last full list stopped early
-    next_resync: float = 0.0
-    resync_interval: float = 0.0  # the adaptive interval after the last full list (0: not set yet)
-    resync_found: int = 0  # what the running full list found beyond the newest pages, so far
-    first: _FirstList = field(default_factory=_FirstList)
-    last_start: float = (
-        0.0  # wall-clock start of the previous poll: a clock that went back makes a resync due
-    )
-    crashes: int = 0
-    state_write_failing: bool = False
-    clamped: int = 0  # batches with clamped numbers in the last snapshot (logged when it changes)
-    overflowed: int = 0
-    cursor_refusals: int = 0  # refused cursors since the last complete full list (logged on the first)
-    resync_refusals: int = 0  # of those, the full list's own (each restarted it from the head)
-    walk_pages: int = 0  # pages of the longest key's walk in the last complete full list (0: none yet)
-    cursor_ignored_said: bool = False  # the gateway ignoring this provider's cursor was logged as a warning
-    keys: tuple[str | None, ...] = ()  # the view's keys the last poll listed with (() before the first poll)
-    # Keys the gateway does not allow on this provider (403 provider_blocked) as their last list found: left out of
-    # head scans and retrieves, asked again by every full list.
-    not_allowed: set[str] = field(default_factory=set)
-    view_version: int = -1  # the client's view_version() the keys above were read at
-    key_generations: dict[str, int] = field(default_factory=dict)  # the client's key_generations() then
-    polls: int = 0  # polls started: "listed by this poll or the last one" without reading any clock
-    # Saved pages (key, cursor) the last poll read again: what the next full list finds new there, polls find too.
-    read_again: set[tuple[int, str]] = field(default_factory=set)
-    # Running batch → the poll whose retrieve was answered 404 first. Bifrost's retrieve asks the provider's keys in
-    # turn and answers with the last one's error, so a 429 or 5xx of the key that owns the batch can reach us as
-    # another key's 404: one 404 is not proof of a deletion, a second one in a later poll is.
-    missing: dict[str, int] = field(default_factory=dict)
-    # Running batch no allowed key's list showed → how many keys of the view, in order, governance answered 404
-    # `access_blocked` (another key's batch) in the current round: the next one is asked (key_of).
-    blocked: dict[str, int] = field(default_factory=dict)
-    # Counter keys held a while (exporter/presence.py): series the last render could not foresee, at 0; and those
-    # that rose above the baseline in this process's first moments, at their baseline value.
-    held: dict[tuple[Any, ...], _Hold] = field(default_factory=dict)
-    # The counts this process started with (restored from the state directory, or none), until a scrape has been
-    # served them: see _hold_new_counters.
-    baseline: LedgerView | None = None
-    baseline_seen: bool = False  # a scrape has been served this provider's counters (Poller.counters_scraped)
-    # The cost counters likewise (cost_metrics): what they started with, and (figure, key) → (until, value shown).
-    cost_baseline: CostView | None = None
-    cost_held: dict[tuple[str, Any], tuple[float, float]] = field(default_factory=dict)
-    summary: _Summary = field(default_factory=_Summary)
-
-
-@dataclass(slots=True)
-class _PollOutcome:
-    """One poll's requests, as the fold and the log line see them."""
-
-    failure: Failure | None = None
-    truncated: str | None = None
-    truncated_detail: str | None = None
-    unsupported: bool = False
-    list_requests: int = 0
-    retrieve_requests: int = 0
-    pages: int = 0
-    retries: int = 0
-    batches: int = 0
-    retrieve_failures: int = 0
-    retrieves_answered: int = 0  # retrieves that returned the batch, or said it is gone
-    first_retrieve_failure: Failure | None = None
-    gone: int = 0
-    skipped_items: int = 0
-    first_skip_error: str | None = None
-    resync_done: bool = False
-    resync_found: int = 0  # batches the running full list found that the polls in between had missed
-    refresh_deferred: int = 0  # known running batches this poll did not refresh (budget, failed retrieves)
-    # The known running batches a list showed this poll, folded or not: one whose list item carries no counts
-    # (Bedrock, Gemini) is shown without being refreshed, and listing down to it or reading its page again would
-    # only show it so again (a retrieve brings its counts).
-    shown: set[str] = field(default_factory=set)
 
 
 class Poller:
@@ -267,30 +153,22 @@ class Poller:
         )
         # What the counters start from: a restored ledger's counts, or none.
         self._runs = {
-            p: _Run(self._new_store(led), baseline=self._states[p].ledger, cost_baseline=self._states[p].cost)
+            p: Run(self._new_store(led), baseline=self._states[p].ledger, cost_baseline=self._states[p].cost)
             for p, led in self._ledgers.items()
         }
         hold = max(60.0, settings.poll_interval_seconds)
-        for p, (entries, cost_entries) in restored_holds.items():
-            run = self._runs[p]
-            cost = self._states[p].cost
-            if cost is not None:
-                for (figure, key), (until, shown) in cost_entries.items():
-                    if shown < getattr(cost, figure).get(key, 0):
-                        run.cost_held[(figure, key)] = (self._held_until(until, hold), shown)
-            if not entries:
-                continue
-            view = self._states[p].ledger
-            for key, saved in entries.items():
-                counted = view.finished.get(key, 0) if len(key) == 2 else view.failures.get(key, 0)
-                if saved.shown < counted:
-                    # Until when it was held, not a new hold from this start: restarts in a row must not stretch
-                    # it (and no hold ends before this process has been scraped anyway).
-                    run.held[key] = saved._replace(until=self._held_until(saved.until, hold))
-            self._states = MappingProxyType({**self._states, p: _shown(run, self._states[p])})
+
+        def held_until(saved: float) -> float:
+            return self._held_until(saved, hold)
+
         self._states = MappingProxyType(
             {
-                p: _hold_cost(self._runs[p], state, self._monotonic_at_start, hold)
+                p: holds.hold_cost(
+                    self._runs[p],
+                    holds.held_again(self._runs[p], state, *restored_holds[p], held_until),
+                    self._monotonic_at_start,
+                    hold,
+                )
                 for p, state in self._states.items()
             }
         )
@@ -356,7 +234,7 @@ class Poller:
             self._state_lock.release()
             self._state_lock = None
 
-    def _restore(self, provider: str, ledger: Ledger) -> tuple[_RestoredHolds, _RestoredCostHolds]:
+    def _restore(self, provider: str, ledger: Ledger) -> tuple[holds.RestoredHolds, holds.RestoredCostHolds]:
         """The provider's saved state into `ledger` (and its cost ledger and tracker); the counter keys the saved
         process showed below their counts, and the cost counters' likewise (see _durable_extras)."""
         state_dir = self._settings.state_dir
@@ -382,7 +260,7 @@ class Poller:
             cost_notes = self._restore_cost(provider, restored)
             notes += cost_notes or []
             self._restore_tracker(provider, tracker_state)
-            holds = _restore_shown(shown_state), _restore_cost_shown(cost_shown_state)
+            restored_holds = holds.restore_shown(shown_state), holds.restore_cost_shown(cost_shown_state)
         except statefile.StateError as exc:
             self._log.warning(
                 "state_unusable",
@@ -445,7 +323,7 @@ class Poller:
             migrated_from_version_1=restored.migrated or None,
             notes=notes or None,
         )
-        return holds
+        return restored_holds
 
     def _write_initial(self, provider: str, ledger: Ledger, journal: statefile.Journal) -> None:
         """A first start records its start at once: a process killed before its first poll completes must not
@@ -467,7 +345,7 @@ class Poller:
             return
         journal.done(write)
 
-    async def _save(self, provider: str, ledger: Ledger, run: _Run, now: float) -> None:
+    async def _save(self, provider: str, ledger: Ledger, run: Run, now: float) -> None:
         """The poll's changes to the ledger, on disk before its values are published (only what changed: a
         journal record; now and then the whole ledger as a new base)."""
         journal = self._journals.get(provider)
@@ -527,7 +405,7 @@ class Poller:
             self._ledgers[provider].finish_hook = costs[provider].finished
         return costs
 
-    def _durable_extras(self, provider: str, run: _Run | None = None) -> dict[str, Any]:
+    def _durable_extras(self, provider: str, run: Run | None = None) -> dict[str, Any]:
         """Small state kept beside the ledger's head: the early warning's calibration, learned from every batch
         seen finish (weeks of evidence a restart must not throw away); and the counter keys a render shows below
         their count (held), at what it shows and until when: a restart within a hold, on a new pod, must not bring the series
@@ -536,19 +414,7 @@ class Poller:
         (`cost_shown`, the same rows with the figure first: the value shown, until when)."""
         extras: dict[str, Any] = {"tracker": self._trackers[provider].to_state()}
         if run is not None:
-            # As the counter tables are written (count_rows), each value the count shown, until when, then the
-            # requests shown.
-            to_wall = self._clock() - self._monotonic()
-            extras["shown"] = count_rows(
-                {key: (h.shown, h.until + to_wall, *h.requests) for key, h in run.held.items()}
-            )
-            if provider in self._costs:
-                extras["cost_shown"] = count_rows(
-                    {
-                        (figure, *key): (value, until + to_wall)
-                        for (figure, key), (until, value) in run.cost_held.items()
-                    }
-                )
+            extras |= holds.saved_holds(run, self._clock() - self._monotonic(), cost=provider in self._costs)
         return extras
 
     def _restore_tracker(self, provider: str, state: Any) -> None:
@@ -667,7 +533,7 @@ class Poller:
         self._summarize(provider, run, state, outcome)
         return state
 
-    def _summarize(self, provider: str, run: _Run, state: ProviderState, outcome: _PollOutcome) -> None:
+    def _summarize(self, provider: str, run: Run, state: ProviderState, outcome: PollOutcome) -> None:
         """One info line per provider at most once a minute (the first poll's at once): every poll's own line
         is at debug, since 23 providers polled every 30 s would otherwise write 46 lines a minute. Until the first
         full list is complete the line says how far it has come (the same figures as the first_sync gauges)."""
@@ -711,7 +577,7 @@ class Poller:
             else (run.resync_truncated or "first one running"),
             **figures,
         )
-        run.summary = _Summary(logged_at=now)
+        run.summary = Summary(logged_at=now)
 
     def _observe(self, ledger: Ledger, started: float) -> Callable[[list[Batch]], int]:
         def observe(batches: list[Batch]) -> int:
@@ -719,7 +585,7 @@ class Poller:
 
         return observe
 
-    def _view(self, provider: str, run: _Run) -> tuple[str | None, ...]:
+    def _view(self, provider: str, run: Run) -> tuple[str | None, ...]:
         """The keys this poll lists with, in order: the configured virtual keys by name, or (None,) for none.
 
         When the view changes (keys added, removed or given another value on SIGHUP) it is logged, and a full list
@@ -742,14 +608,14 @@ class Poller:
                 run.blocked.clear()
                 run.synced = False
                 # The new view's first list starts with this poll (its start time: the pace and the estimate).
-                run.first = _FirstList(started_at=self._clock())
+                run.first = FirstList(started_at=self._clock())
                 run.resync_found = 0
             run.keys, run.view_version, run.key_generations = keys, version, generations
             run.not_allowed.intersection_update(names)
             self._log_view(provider, names)
         return keys
 
-    def _not_allowed(self, provider: str, run: _Run, key: str | None, result: ListResult) -> bool:
+    def _not_allowed(self, provider: str, run: Run, key: str | None, result: ListResult) -> bool:
         """Whether `key`'s list was refused because governance does not allow that key on this provider; then the
         refusal is taken out of the result's failure unless no key of the view is allowed (nothing is visible).
 
@@ -784,7 +650,7 @@ class Poller:
         result.failure = None
         return True
 
-    def _view_keys(self, run: _Run) -> int:
+    def _view_keys(self, run: Run) -> int:
         """The keys the provider is listed with: the configured ones less those the gateway does not allow."""
         names = self._client.key_names()
         return len(names) - len(run.not_allowed.intersection(names))
@@ -823,13 +689,13 @@ class Poller:
         )
 
     async def _poll_full(
-        self, provider: str, ledger: Ledger, run: _Run, started: float
-    ) -> tuple[_PollOutcome, SnapshotBuilder | None]:
+        self, provider: str, ledger: Ledger, run: Run, started: float
+    ) -> tuple[PollOutcome, SnapshotBuilder | None]:
         """Every batch of every key, folded straight into the snapshot as pages arrive: a full list holds all
         there is, so nothing is kept between polls (no store) and each batch is counted once across keys."""
         builder = self._builder(provider, ledger, started)
         observe = self._observe(ledger, started)
-        outcome = _PollOutcome()
+        outcome = PollOutcome()
         truncated: ListResult | None = None
         seen: set[int] = set()
         ledger.list_began()
@@ -870,12 +736,10 @@ class Poller:
         share = 1.0 if first_sync else BUDGET_SHARE
         return max(1, math.floor(s.poll_interval_seconds * s.max_requests_per_second * share))
 
-    async def _poll_incremental(
-        self, provider: str, ledger: Ledger, run: _Run, started: float
-    ) -> _PollOutcome:
+    async def _poll_incremental(self, provider: str, ledger: Ledger, run: Run, started: float) -> PollOutcome:
         store = run.store
         keys = self._view(provider, run)
-        outcome = _PollOutcome()
+        outcome = PollOutcome()
         first_sync = not run.synced
         budget = self._budget(first_sync)
         observe = self._observe(ledger, started)
@@ -994,11 +858,11 @@ class Poller:
         self,
         provider: str,
         ledger: Ledger,
-        run: _Run,
+        run: Run,
         keys: tuple[str | None, ...],
         heads: dict[int, tuple[str, int, int]],
         refreshed: set[str],
-        outcome: _PollOutcome,
+        outcome: PollOutcome,
         budget: int,
         started: float,
         *,
@@ -1166,7 +1030,7 @@ class Poller:
 
     @staticmethod
     def _pages_again(
-        run: _Run, keys: tuple[str | None, ...], batch_ids: Iterable[str]
+        run: Run, keys: tuple[str | None, ...], batch_ids: Iterable[str]
     ) -> dict[tuple[int, str], tuple[int, list[str]]]:
         """The saved pages (key, cursor) worth reading again for `batch_ids`, each with how many pages from it hold
         them and those it holds: where that is fewer requests than a retrieve each."""
@@ -1187,13 +1051,13 @@ class Poller:
         self,
         provider: str,
         ledger: Ledger,
-        run: _Run,
+        run: Run,
         keys: tuple[str | None, ...],
         page: tuple[int, str],
         deepest: int,
         wanted: set[str],
         refreshed: set[str],
-        outcome: _PollOutcome,
+        outcome: PollOutcome,
         budget: int,
         started: float,
     ) -> None:
@@ -1243,10 +1107,10 @@ class Poller:
         self,
         provider: str,
         ledger: Ledger,
-        run: _Run,
+        run: Run,
         keys: tuple[str | None, ...],
         refreshed: set[str],
-        outcome: _PollOutcome,
+        outcome: PollOutcome,
         budget: int,
         started: float,
     ) -> None:
@@ -1388,7 +1252,7 @@ class Poller:
             return floor
         return min(floor * RESYNC_STRETCH, interval * 2)
 
-    def _first_list_done(self, provider: str, run: _Run, batches: int) -> None:
+    def _first_list_done(self, provider: str, run: Run, batches: int) -> None:
         first = run.first
         first.completed_at = self._clock()
         first.batches = batches
@@ -1402,7 +1266,7 @@ class Poller:
             pages_per_second=round(first.pages / took, 2) if took > 0 else None,
         )
 
-    def _first_sync(self, run: _Run, batches: int, now: float) -> FirstSync:
+    def _first_sync(self, run: Run, batches: int, now: float) -> FirstSync:
         first = run.first
         if run.synced:
             return FirstSync(True, first.batches, first.pages, first.started_at, first.completed_at)
@@ -1416,7 +1280,7 @@ class Poller:
             ),
         )
 
-    def _refused(self, provider: str, run: _Run, ledger: Ledger, result: ListResult, walk: str) -> bool:
+    def _refused(self, provider: str, run: Run, ledger: Ledger, result: ListResult, walk: str) -> bool:
         """A cursor we sent was refused: counted, logged on the first refusal since the last complete full list,
         and taken out of the result's failure (the caller restarts the walk or falls back to retrieves)."""
         if result.failure is None or not result.cursor_refused:
@@ -1441,7 +1305,7 @@ class Poller:
         return True
 
     @staticmethod
-    def _take_list(outcome: _PollOutcome, result: ListResult, ledger: Ledger, *, head: bool = False) -> None:
+    def _take_list(outcome: PollOutcome, result: ListResult, ledger: Ledger, *, head: bool = False) -> None:
         outcome.list_requests += result.requests
         outcome.pages += result.pages
         outcome.retries += result.retries
@@ -1462,9 +1326,9 @@ class Poller:
         self,
         provider: str,
         ledger: Ledger,
-        run: _Run,
+        run: Run,
         builder: SnapshotBuilder | None,
-        outcome: _PollOutcome,
+        outcome: PollOutcome,
         now: float,
         duration: float,
         started: float,
@@ -1594,7 +1458,7 @@ class Poller:
         )
         return ProviderState(provider, health, snapshot, ledger.view())
 
-    def _warn_once(self, provider: str, ledger: Ledger, run: _Run, clamped: int, overflowed: int) -> None:
+    def _warn_once(self, provider: str, ledger: Ledger, run: Run, clamped: int, overflowed: int) -> None:
         """The one-line warnings of a poll: bounded label values, clamped numbers, forgotten ids. A batch with odd
         numbers stays listed for hours: it is logged when the number of such batches changes, not every poll."""
         for flag, event, detail in _CAP_WARNINGS:
@@ -1631,37 +1495,19 @@ class Poller:
         self._on_change()
 
     def _hold_new_counters(self, provider: str, state: ProviderState) -> ProviderState:
-        """Counter series the last render did not show are shown at 0 for a while (one poll interval, at least a
-        minute: a scrape sees the 0), their counts after that: a first count is then an increase, also in an
-        exporter's first minutes, when the mixin's alerts cannot tell a series born above 0 from a restart.
-
-        The same goes for counts that rise above what this process started with (restored, or none) before a
-        scrape has been served its counters: on a new pod (the chart's Recreate strategy: every upgrade, eviction
-        or drain) every series is new to Prometheus, whose first scrape comes after readiness, discovery and the
-        scrape offset, often after the second poll. A series whose first sample already held the batches that ended
-        while the exporter was down, or in its first poll intervals, hides them from increase() and every failure
-        alert. Until such a scrape no hold ends (one that ended first would let the series be born with the count
-        after all), and after it none begins at the start's value: a counter is never shown lower than it was."""
+        """Counter series no render could foresee, and counts risen above the start before a scrape saw them, are
+        shown held a while (exporter/holds.py)."""
         run = self._runs.get(provider)
         if run is None:
             return state
-        now = self._monotonic()
-        hold = max(60.0, self._settings.poll_interval_seconds)
-        empty = ("",) * len(self._settings.metadata_labels)
-        previous = self._states.get(provider)
-        for key in presence.newly_held(previous, state.ledger, empty):
-            run.held.setdefault(key, _Hold(now + hold))
-        if run.baseline_seen:
-            run.baseline = run.cost_baseline = None
-        if run.baseline is not None:
-            self._hold_risen(run, run.baseline, state.ledger, now + hold)
-        if previous is None or previous.health.last_success is None:
-            # No counter has been rendered yet (render.py shows them from a first success on): a hold runs from the
-            # first render, or failed polls that outlast it would let their counts be born above 0 after all.
-            run.held = {key: h._replace(until=now + hold) for key, h in run.held.items()}
-        if run.baseline is None:
-            run.held = {key: h for key, h in run.held.items() if h.until > now}
-        return _shown(run, _hold_cost(run, state, now, hold))
+        return holds.hold_new_counters(
+            run,
+            self._states.get(provider),
+            state,
+            self._monotonic(),
+            max(60.0, self._settings.poll_interval_seconds),
+            ("",) * len(self._settings.metadata_labels),
+        )
 
     def counters_scraped(self, provider: str) -> None:
         """A scrape was served this provider's counter series: from now on a count can show the moment it is made,
@@ -1669,107 +1515,6 @@ class Poller:
         run = self._runs.get(provider)
         if run is not None:
             run.baseline_seen = True
-
-    @staticmethod
-    def _hold_risen(run: _Run, baseline: LedgerView, ledger: LedgerView, until: float) -> None:
-        """A count above the baseline is shown at its baseline value until `until` (a restart in the same pod keeps
-        its series and sees the step either way)."""
-        for key, before in _risen(ledger.finished, baseline.finished):
-            run.held.setdefault(key, _Hold(until, before, tuple(baseline.finished_requests.get(key, ()))))
-        for key, before in _risen(ledger.failures, baseline.failures):
-            run.held.setdefault(key, _Hold(until, before))
-
-
-# Counter key → its hold (until when, the count shown, the requests by outcome shown) in a saved process.
-_RestoredHolds = dict[tuple[Any, ...], "_Hold"]
-# (cost figure, its key) → (until when, the value shown) in a saved process.
-_RestoredCostHolds = dict[tuple[str, tuple[Any, ...]], tuple[float, float]]
-
-
-def _restore_shown(rows: Any) -> _RestoredHolds:
-    """The held keys a previous process showed below their counts (Poller._durable_extras), to be held again at
-    those values from this start; anything malformed is dropped (the counts themselves are restored either way)."""
-    held: _RestoredHolds = {}
-    if not isinstance(rows, list):
-        return held
-    for row in rows[:MAX_RESTORED_HOLDS]:
-        try:
-            key, (value, until, *requests) = row_key(row), row[-1]
-            if (
-                len(key) not in (2, 3)
-                or not isinstance(key[-1], tuple)
-                or not isinstance(value, int)
-                or value < 0
-            ):
-                continue
-            if not all(isinstance(part, str) for part in (*key[:-1], *key[-1])):
-                continue
-            held[key] = _Hold(float(until), value, tuple(int(n) for n in requests) if len(key) == 2 else ())
-        except (TypeError, ValueError, IndexError):
-            continue
-    return held
-
-
-_COST_COUNTERS = ("settlements", "dollars", "requests", "tokens")  # CostView's counter figures
-
-
-def _restore_cost_shown(rows: Any) -> _RestoredCostHolds:
-    """The cost counters' holds a previous process saved (Poller._durable_extras); anything malformed is dropped."""
-    held: _RestoredCostHolds = {}
-    if not isinstance(rows, list):
-        return held
-    for row in rows[:MAX_RESTORED_HOLDS]:
-        try:
-            (figure, *parts), (value, until) = row_key(row), row[-1]
-            if figure not in _COST_COUNTERS or len(parts) < 2 or not isinstance(parts[-1], tuple):
-                continue
-            if not all(isinstance(part, str) for part in (*parts[:-1], *parts[-1])):
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
-                continue
-            held[(figure, tuple(parts))] = (float(until), value)
-        except (TypeError, ValueError, IndexError):
-            continue
-    return held
-
-
-_Count = TypeVar("_Count", int, float)
-
-
-def _risen(counts: Mapping[Any, _Count], start: Mapping[Any, _Count]) -> Iterator[tuple[Any, _Count]]:
-    """(key, its start value) of each count above what it started at (a key absent at the start started at 0)."""
-    for key, value in counts.items():
-        before = start.get(key, 0)
-        if value > before:
-            yield key, before
-
-
-def _hold_cost(run: _Run, state: ProviderState, now: float, hold: float) -> ProviderState:
-    """The cost counters' start-up hold, as the batch counters' (Poller._hold_new_counters): a settlement counted
-    `missing` by a restarted process's first poll (its horizon passed while the exporter was down) in the first
-    sample of a new pod's series is no increase to BifrostBatchSettlementsMissing."""
-    cost, base = state.cost, run.cost_baseline
-    if cost is None:
-        return state
-    if base is not None:
-        for figure in _COST_COUNTERS:
-            for key, before in _risen(getattr(cost, figure), getattr(base, figure)):
-                run.cost_held.setdefault((figure, key), (now + hold, before))
-    else:
-        run.cost_held = {k: h for k, h in run.cost_held.items() if h[0] > now}
-    if not run.cost_held and not cost.held:
-        return state
-    held = MappingProxyType({k: value for k, (_, value) in run.cost_held.items()})
-    return replace(state, cost=replace(cost, held=held))
-
-
-def _shown(run: _Run, state: ProviderState) -> ProviderState:
-    """`state` with the run's held keys at the values they are shown at."""
-    if not run.held and not state.ledger.held:
-        return state
-    held = MappingProxyType({key: h.shown for key, h in run.held.items()})
-    held_requests = MappingProxyType({key: h.requests for key, h in run.held.items() if h.requests})
-    return replace(state, ledger=replace(state.ledger, held=held, held_requests=held_requests))
 
 
 class _HeadScans:
@@ -1790,9 +1535,9 @@ class _HeadScans:
         poller: Poller,
         provider: str,
         ledger: Ledger,
-        run: _Run,
+        run: Run,
         keys: tuple[str | None, ...],
-        outcome: _PollOutcome,
+        outcome: PollOutcome,
         refreshed: set[str],
         budget: int,
         observe: Callable[[list[Batch]], int],
@@ -1912,7 +1657,7 @@ def _kept_keys(
     }
 
 
-def _another_keys_batch(run: _Run, batch_id: str, refusal: str | None, keys: int) -> bool:
+def _another_keys_batch(run: Run, batch_id: str, refusal: str | None, keys: int) -> bool:
     """A 404 that is governance's `access_blocked`, to a key whose list never showed the batch: the batch is another
     virtual key's, which says nothing of whether it exists, so the view's next key is asked (True). Only a round in
     which every key was refused so counts as a 404 (False: the batch is in no key's view any more)."""

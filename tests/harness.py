@@ -49,8 +49,8 @@ class ExporterThread:
     """An Exporter on a loopback port; polls are driven by the test unless auto_poll is set.
 
     Like a Prometheus scraping a ready exporter, the render after the first poll is scraped once: until a scrape has
-    seen a provider's counters, the poller holds every count made above what it started with (exporter/poller.py,
-    _hold_new_counters), which tests of anything else would otherwise have to wait out. `scrape_start=False` is a
+    seen a provider's counters, the poller holds every count made above what it started with (exporter/holds.py,
+    hold_new_counters), which tests of anything else would otherwise have to wait out. `scrape_start=False` is a
     new pod whose first scrape comes later: the tests of that hold."""
 
     def __init__(
