@@ -33,9 +33,10 @@ from typing import Any
 
 import structlog
 
-from . import holds, statefile
+from . import holds
 from .client import REASONS, BifrostClient, ListResult, PagePlace
 from .cost import CostLedger, lookup_allowance, never_settled, settle
+from .durable import DurableState, Resumed
 from .firstsync import FirstSync, estimate_completion, expected_pages
 from .ledger import Ledger
 from .models import Batch, normalize_status
@@ -113,11 +114,8 @@ class Poller:
         self._on_change = on_change
         self.started_at = clock() if started_at is None else started_at
         self._log = structlog.get_logger("exporter.poller")
-        # The state directory is this process's alone for its whole life (statefile.lock): taken before anything
-        # is read from it, so two exporters can never interleave their writes.
-        self._state_lock = self._take_state_dir()
-        self.state_file_ops = statefile.REAL_FILE_OPS  # tests swap in failing system calls
-        self._journals: dict[str, statefile.Journal] = {}  # per provider, with state_dir
+        # The state directory (its lock taken before anything is read from it) and each provider's saved state.
+        self.durable = DurableState(settings.state_dir, clock)
         self._ledgers = {
             p: Ledger(
                 self.started_at,
@@ -132,9 +130,7 @@ class Poller:
         self._costs = self._cost_ledgers()
         # The early warning's recent rates and calibration (the calibration is restored with the ledger).
         self._trackers = {p: ProgressTracker() for p in settings.providers}
-        restored_holds = {
-            provider: self._restore(provider, ledger) for provider, ledger in self._ledgers.items()
-        }
+        resumed = {provider: self._resume(provider, ledger) for provider, ledger in self._ledgers.items()}
         # Holds run on the monotonic clock (a host clock stepped back would hide a count for the size of the step,
         # one stepped forward would end a hold before a scrape saw it); they are saved and restored as wall times.
         self._wall_at_start, self._monotonic_at_start = clock(), monotonic()
@@ -165,7 +161,9 @@ class Poller:
             {
                 p: holds.hold_cost(
                     self._runs[p],
-                    holds.held_again(self._runs[p], state, *restored_holds[p], held_until),
+                    holds.held_again(
+                        self._runs[p], state, resumed[p].holds, resumed[p].cost_holds, held_until
+                    ),
                     self._monotonic_at_start,
                     hold,
                 )
@@ -199,181 +197,43 @@ class Poller:
 
     # --- durable state ------------------------------------------------------------------------------------------
 
-    def _take_state_dir(self) -> statefile.StateLock | None:
-        state_dir = self._settings.state_dir
-        if state_dir is None:
-            return None
-        try:
-            taken = statefile.lock(state_dir)
-        except OSError as exc:
-            # Not even a lock file could be made: writes will fail the same way and say so per poll.
-            self._log.warning(
-                "state_dir_unusable",
-                setting="state_dir",
-                path=str(state_dir),
-                detail=f"{type(exc).__name__}: {exc.strerror or exc}"[:300],
-                consequence="serving on without durable state",
-            )
-            return None
-        if taken.read_only:
-            self._log.warning(
-                "state_dir_read_only",
-                setting="state_dir",
-                path=str(state_dir),
-                consequence="its state is restored; every write fails (state_write_failed) until it is writable",
-            )
-            return taken
-        removed = statefile.remove_temporaries(state_dir)
-        if removed:
-            self._log.info("state_temporaries_removed", path=str(state_dir), count=removed)
-        return taken
-
     def close(self) -> None:
         """Release the state directory (a restarted exporter in the same process can take it again)."""
-        if self._state_lock is not None:
-            self._state_lock.release()
-            self._state_lock = None
+        self.durable.close()
 
-    def _restore(self, provider: str, ledger: Ledger) -> tuple[holds.RestoredHolds, holds.RestoredCostHolds]:
-        """The provider's saved state into `ledger` (and its cost ledger and tracker); the counter keys the saved
-        process showed below their counts, and the cost counters' likewise (see _durable_extras)."""
-        state_dir = self._settings.state_dir
-        if state_dir is None or self._state_lock is None:
-            # Without the lock (it could not be taken: a read-only or lock-less mount) the directory is not ours:
-            # another exporter may be writing it, so it is neither read nor written ("without durable state").
-            return {}, {}
-        path = str(statefile.base_path(state_dir, provider))
-        journal = self._journals[provider] = statefile.Journal(state_dir, provider)
-        try:
-            restored = statefile.read(state_dir, provider)
-            if restored is None:
-                self._log.info(
-                    "state_not_found", provider=provider, path=path, detail="starting without history"
-                )
-                self._write_initial(provider, ledger, journal)
-                return {}, {}
-            state = dict(restored.state)
-            tracker_state = state.pop("tracker", None)
-            shown_state = state.pop("shown", None)
-            cost_shown_state = state.pop("cost_shown", None)
-            notes = ledger.load_state(state, restored.settled)
-            cost_notes = self._restore_cost(provider, restored)
-            notes += cost_notes or []
-            self._restore_tracker(provider, tracker_state)
-            restored_holds = holds.restore_shown(shown_state), holds.restore_cost_shown(cost_shown_state)
-        except statefile.StateError as exc:
-            self._log.warning(
-                "state_unusable",
-                provider=provider,
-                setting="state_dir",
-                detail=str(exc)[:300],
-                consequence="counting starts afresh; transitions before this start are not counted",
-            )
-            return {}, {}
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
-            self._log.warning(
-                "state_unusable",
-                provider=provider,
-                setting="state_dir",
-                path=path,
-                detail=f"malformed ledger ({type(exc).__name__})",
-                consequence="counting starts afresh; transitions before this start are not counted",
-            )
-            return {}, {}
-        journal.attach(restored)
-        if cost_notes is None:
-            # The next write is a base holding the cost ledger as recovered: appended after the unreadable record,
-            # every later restart would stop at it again and lose the costs counted since (the batch ledger's part
-            # of those records replays, so their batches are never awaited again).
-            journal.compact_next()
-        if restored.marker_problem is not None:
-            self._log.warning(
-                "state_marker_unusable",
-                provider=provider,
-                setting="state_dir",
-                detail=restored.marker_problem[:300],
-                consequence="the state was read from its base and journal; the marker is written again",
-            )
-        if restored.dropped_bytes and restored.torn:
-            self._log.info(
-                "state_journal_tail_dropped",
-                provider=provider,
-                path=str(statefile.journal_path(state_dir, provider)),
-                bytes=restored.dropped_bytes,
-                detail=f"{restored.damage}: a write cut short by a stop; resumed from the last complete record",
-            )
-        elif restored.dropped_bytes:
-            self._log.warning(
-                "state_journal_damaged",
-                provider=provider,
-                path=str(statefile.journal_path(state_dir, provider)),
-                bytes=restored.dropped_bytes,
-                records_restored=restored.records,
-                detail=f"{restored.damage}, with more written after it: not a write cut short by a stop",
-                consequence="the polls saved after it are lost: batches they counted that ended after the "
-                "restored watermark are counted again",
-            )
-        self._log.info(
-            "state_restored",
-            provider=provider,
-            path=path,
-            watermark=ledger.started_at,
-            tracked_ids=ledger.view().tracked_ids,
-            journal_records=restored.records,
-            migrated_from_version_1=restored.migrated or None,
-            notes=notes or None,
+    def _resume(self, provider: str, ledger: Ledger) -> Resumed:
+        """The provider's saved state into its ledgers and early-warning tracker (exporter/durable.py)."""
+        resumed = self.durable.restore(
+            provider, ledger, self._costs.get(provider), lambda: self._durable_extras(provider)
         )
-        return restored_holds
+        self._restore_tracker(provider, resumed.tracker)
+        return resumed
 
-    def _write_initial(self, provider: str, ledger: Ledger, journal: statefile.Journal) -> None:
-        """A first start records its start at once: a process killed before its first poll completes must not
-        leave the next one to call every transition since then history."""
+    def _durable_extras(self, provider: str, run: Run | None = None) -> dict[str, Any]:
+        """Small state kept beside the ledger's head: the early warning's calibration, learned from every batch
+        seen finish (weeks of evidence a restart must not throw away); and the counter keys a render shows below
+        their count (held), at what it shows and until when: a restart within a hold, on a new pod, must not bring the series
+        back born with the count, which increase() and every failure alert would never see. A release that does
+        not know the field ignores it (the ledger reads its own fields by name). The cost counters' holds likewise
+        (`cost_shown`, the same rows with the figure first: the value shown, until when)."""
+        extras: dict[str, Any] = {"tracker": self._trackers[provider].to_state()}
+        if run is not None:
+            extras |= holds.saved_holds(run, self._clock() - self._monotonic(), cost=provider in self._costs)
+        return extras
+
+    def _restore_tracker(self, provider: str, state: Any) -> None:
+        if state is None:
+            return
         try:
-            write = journal.prepare(
-                ledger, self._clock(), extras=self._durable_extras(provider), cost=self._costs.get(provider)
-            )
-            write.run(self.state_file_ops)
-        except (OSError, ValueError) as exc:
-            journal.failed()
+            self._trackers[provider].load_state(state)
+        except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+            self._trackers[provider] = ProgressTracker()
             self._log.warning(
-                "state_write_failed",
+                "calibration_state_unusable",
                 provider=provider,
-                setting="state_dir",
-                detail=f"{type(exc).__name__}: {exc}"[:300],
-                consequence="serving on; a restart will not resume from this start",
+                detail=str(exc)[:200],
+                consequence="the early warning's calibration is learned afresh",
             )
-            return
-        journal.done(write)
-
-    async def _save(self, provider: str, ledger: Ledger, run: Run, now: float) -> None:
-        """The poll's changes to the ledger, on disk before its values are published (only what changed: a
-        journal record; now and then the whole ledger as a new base)."""
-        journal = self._journals.get(provider)
-        if journal is None:
-            return
-        try:
-            write = journal.prepare(
-                ledger, now, extras=self._durable_extras(provider, run), cost=self._costs.get(provider)
-            )
-            await asyncio.to_thread(write.run, self.state_file_ops)
-        except (OSError, ValueError) as exc:
-            journal.failed()
-            if not run.state_write_failing:
-                self._log.warning(
-                    "state_write_failed",
-                    provider=provider,
-                    setting="state_dir",
-                    detail=f"{type(exc).__name__}: {exc}"[:300],
-                    consequence="serving on; a restart will not resume from this poll",
-                )
-            run.state_write_failing = True
-            return
-        journal.done(write)
-        if provider in self._costs:
-            self._costs[provider].mark_saved()
-        if run.state_write_failing:
-            self._log.info("state_write_recovered", provider=provider)
-        run.state_write_failing = False
 
     # --- cost_metrics (exporter/cost.py) ------------------------------------------------------------------------
 
@@ -404,56 +264,6 @@ class Poller:
             )
             self._ledgers[provider].finish_hook = costs[provider].finished
         return costs
-
-    def _durable_extras(self, provider: str, run: Run | None = None) -> dict[str, Any]:
-        """Small state kept beside the ledger's head: the early warning's calibration, learned from every batch
-        seen finish (weeks of evidence a restart must not throw away); and the counter keys a render shows below
-        their count (held), at what it shows and until when: a restart within a hold, on a new pod, must not bring the series
-        back born with the count, which increase() and every failure alert would never see. A release that does
-        not know the field ignores it (the ledger reads its own fields by name). The cost counters' holds likewise
-        (`cost_shown`, the same rows with the figure first: the value shown, until when)."""
-        extras: dict[str, Any] = {"tracker": self._trackers[provider].to_state()}
-        if run is not None:
-            extras |= holds.saved_holds(run, self._clock() - self._monotonic(), cost=provider in self._costs)
-        return extras
-
-    def _restore_tracker(self, provider: str, state: Any) -> None:
-        if state is None:
-            return
-        try:
-            self._trackers[provider].load_state(state)
-        except (ValueError, TypeError, AttributeError, OverflowError) as exc:
-            self._trackers[provider] = ProgressTracker()
-            self._log.warning(
-                "calibration_state_unusable",
-                provider=provider,
-                detail=str(exc)[:200],
-                consequence="the early warning's calibration is learned afresh",
-            )
-
-    def _restore_cost(self, provider: str, restored: statefile.Restored) -> list[str] | None:
-        """The cost ledger as of the base, then each journal record's changes, as the ledger's own were; None when
-        a part could not be read (the ledger then stands as of the last part that could)."""
-        cost = self._costs.get(provider)
-        if cost is None:
-            return []
-        applied = 0
-        try:
-            notes = cost.load_state(restored.cost)
-            for delta in restored.cost_deltas:
-                notes += cost.apply_delta(delta)
-                applied += 1
-            return notes
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
-            self._log.warning(
-                "cost_state_unusable",
-                provider=provider,
-                detail=f"malformed cost ledger ({type(exc).__name__})",
-                records_applied=applied,
-                consequence="cost counters resume from the last readable record; later settlements may be missed; "
-                "the state is written whole at the next save",
-            )
-            return None
 
     # --- scheduling ---------------------------------------------------------------------------------------------
 
@@ -528,7 +338,9 @@ class Poller:
             state = replace(state, cost=cost.view())
         # Held first: what a render will show is saved with the counts, so a restart within a hold shows it too.
         state = self._hold_new_counters(provider, state)
-        await self._save(provider, ledger, run, now)
+        await self.durable.save(
+            provider, ledger, now, self._durable_extras(provider, run), self._costs.get(provider)
+        )
         self._publish(provider, state)
         self._summarize(provider, run, state, outcome)
         return state

@@ -63,7 +63,6 @@ class Run:
         0.0  # wall-clock start of the previous poll: a clock that went back makes a resync due
     )
     crashes: int = 0
-    state_write_failing: bool = False
     clamped: int = 0  # batches with clamped numbers in the last snapshot (logged when it changes)
     overflowed: int = 0
     cursor_refusals: int = 0  # refused cursors since the last complete full list (logged on the first)

@@ -206,7 +206,7 @@ class _Run:
                 patch.setattr(statefile, "REAL_FILE_OPS", ops)
             exp = _exporter(self.sim, self.state_dir).__enter__()
         poller = exp.exporter.poller
-        poller.state_file_ops = statefile.REAL_FILE_OPS
+        poller.durable.file_ops = statefile.REAL_FILE_OPS
         if self.kind == "first":
             return exp, None, logs
         if self.kind != "migration":
@@ -214,11 +214,11 @@ class _Run:
         before = _on_disk(self.state_dir)
         self.sim.set_status(P, self.batch, "failed")
         if self.kind == "compaction":
-            poller._journals[P].compact_next()
-        poller.state_file_ops = ops
+            poller.durable.journals[P].compact_next()
+        poller.durable.file_ops = ops
         with structlog.testing.capture_logs() as logs:
             exp.poll()
-        poller.state_file_ops = statefile.REAL_FILE_OPS
+        poller.durable.file_ops = statefile.REAL_FILE_OPS
         return exp, before, logs
 
 
@@ -298,7 +298,7 @@ def test_a_planted_symlink_is_never_followed(sim: Simulator, tmp_path: Path) -> 
     with _exporter(sim, state_dir) as exp:
         for _ in range(3):
             exp.poll()
-        exp.exporter.poller._journals[P].compact_next()  # a compaction too
+        exp.exporter.poller.durable.journals[P].compact_next()  # a compaction too
         exp.poll()
     assert victim.read_text() == "precious"
     assert _files(state_dir) == sorted([".lock", *STATE_FILES])
@@ -473,7 +473,7 @@ def test_the_early_warnings_calibration_survives_a_restart(sim: Simulator, tmp_p
         exp.poll()  # a journal record carries it
     with _exporter(sim, tmp_path) as exp:
         assert exp.exporter.poller._trackers[P].calibration.to_state() == learned
-        exp.exporter.poller._journals[P].compact_next()
+        exp.exporter.poller.durable.journals[P].compact_next()
         exp.poll()  # now in a base
     with _exporter(sim, tmp_path) as exp:
         assert exp.exporter.poller._trackers[P].calibration.to_state() == learned

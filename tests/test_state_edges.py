@@ -78,9 +78,9 @@ def test_a_fresh_start_does_not_take_the_old_journal_for_its_own(tmp_path: Path)
         with structlog.testing.capture_logs() as logs, ExporterThread(settings) as b:
             assert any(e["event"] == "state_unusable" for e in logs)
             poller = b.exporter.poller
-            poller.state_file_ops = FailingOps("mkstemp#2", errno.ENOSPC)  # the journal's temporary
+            poller.durable.file_ops = FailingOps("mkstemp#2", errno.ENOSPC)  # the journal's temporary
             b.poll()
-            poller.state_file_ops = statefile.REAL_FILE_OPS
+            poller.durable.file_ops = statefile.REAL_FILE_OPS
             fresh = _failed(b)
         with ExporterThread(settings) as c:
             restarted = _failed(c)
