@@ -463,9 +463,12 @@ class Poller:
         return True
 
     def _view_keys(self, run: Run) -> int:
-        """The keys the provider is listed with: the configured ones less those the gateway does not allow."""
+        """The keys the provider is listed with: the configured ones less those the gateway does not allow; all of
+        them when it allows none (they are still sent, and refused: a failed poll, never 0, which reads as the
+        whole account)."""
         names = self._client.key_names()
-        return len(names) - len(run.not_allowed.intersection(names))
+        allowed = len(names) - len(run.not_allowed.intersection(names))
+        return allowed or len(names)
 
     def _log_view(self, provider: str, names: tuple[str, ...]) -> None:
         if not names:

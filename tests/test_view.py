@@ -326,6 +326,8 @@ def test_no_key_allowed_on_the_provider_fails_the_poll(sim: Simulator, tmp_path:
     assert value(s, "bifrost_batch_exporter_up", provider=P) == 0
     assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="auth") == 1
     assert "bifrost_batches" not in {name for name, _ in s}
+    # Both keys are sent and refused: not 0, which says no key is sent (the whole account).
+    assert value(s, "bifrost_batch_exporter_view_keys", provider=P) == 2
 
 
 def test_a_spent_budget_on_a_cursor_page_is_not_a_refused_cursor(sim: Simulator, tmp_path: Path) -> None:
