@@ -692,7 +692,7 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
             _timeseries(
                 ids,
                 "Upstream latency percentiles",
-                "Latency of the provider calls behind the gateway's batch list responses (extra_fields.latency).",
+                "Latency of the provider calls behind the gateway's batch list and retrieve responses (extra_fields.latency).",
                 "s",
                 _quantiles(f"bifrost_batch_upstream_latency_seconds_bucket{{{F}}}", "$__rate_interval"),
                 width=8,
@@ -732,7 +732,8 @@ def build(settings: Settings | None = None) -> dashboard.Dashboard:
             _stat(
                 ids,
                 "Exporter up per provider",
-                "1 when every request of the last poll succeeded. BifrostBatchExporterPollFailing fires after 5 "
+                "1 when the last poll's lists succeeded and, if it retrieved batches, one retrieve answered. "
+                "BifrostBatchExporterPollFailing fires after 5 "
                 "minutes at 0 on every replica.",
                 "short",
                 [Target(f"min by (provider) (bifrost_batch_exporter_up{{{F}}})", "{{provider}}")],

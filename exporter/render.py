@@ -306,7 +306,7 @@ def _job_families(fresh: Sequence[ProviderState]) -> Iterator[Metric]:
     )
     progress = GaugeMetricFamily(
         "bifrost_batch_job_progress_ratio",
-        "Finished requests / total, or Gemini progress/100, of one active batch" + _CACHED,
+        "Requests no longer pending / total, or Gemini progress/100, of one active batch" + _CACHED,
         labels=["provider", "batch_id"],
     )
     projected = GaugeMetricFamily(
@@ -344,12 +344,13 @@ def _job_families(fresh: Sequence[ProviderState]) -> Iterator[Metric]:
 def _health_families(states: Sequence[ProviderState], reasons: Sequence[str]) -> Iterator[Metric]:
     up = GaugeMetricFamily(
         "bifrost_batch_exporter_up",
-        "1 when every request of the last poll of the provider succeeded (after retries), else 0",
+        "1 when the last poll's lists of the provider succeeded (after retries) and, when it retrieved batches, at least "
+        "one retrieve answered; else 0",
         labels=["provider"],
     )
     last_success = GaugeMetricFamily(
         "bifrost_batch_exporter_last_success_timestamp_seconds",
-        "When the last complete poll of the provider finished (0 before the first)",
+        "When the last complete poll of the provider (its lists succeeded) finished (0 before the first)",
         labels=["provider"],
     )
     duration = GaugeMetricFamily(

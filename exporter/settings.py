@@ -397,7 +397,9 @@ class Settings(BaseSettings):
         default=200,
         ge=1,
         le=100_000,
-        description="Pages per provider per poll before the poll stops as truncated; 1 to 100000.",
+        description="Pages one poll lists per provider: in full mode a poll that reaches it stops as truncated; in "
+        "incremental mode it caps a poll's scan of the newest pages, and a full list (spread over polls) is reported "
+        "cut short (coverage max_pages) after 100 times as many pages of one key's walk; 1 to 100000.",
         json_schema_extra=_meta("N"),
     )
     max_retries: int = Field(
