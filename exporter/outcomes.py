@@ -67,10 +67,12 @@ def outcomes(counts: RequestCounts | None, status: str) -> Outcomes:
     succeeded = counts.succeeded
     if succeeded is None:
         # Anthropic and Gemini fill `succeeded` and mean "finished" by `completed`; Go's omitempty drops a zero
-        # `succeeded`. Their shape shows by an explicit `pending`, or by finished parts beyond the total: then
-        # succeeded is what the other parts leave of the total. OpenAI's shape has `completed` = succeeded.
+        # `succeeded`. Their shape shows by an explicit `pending`, or (a finished Gemini batch, nothing pending)
+        # by `completed` = total with finished parts beyond it: then succeeded is what the other parts leave of the
+        # total. OpenAI's shape has `completed` = succeeded; parts of it beyond the total are a gateway's error,
+        # counted by the parts and logged, not reshaped into another provider's meaning.
         succeeded = counts.completed or 0
-        if explicit is not None or succeeded + failed > total:
+        if explicit is not None or (succeeded == total and succeeded + failed > total):
             succeeded = total - (pending + failed + expired + canceled)
             if succeeded < 0:
                 succeeded = 0

@@ -66,9 +66,13 @@ def test_each_provider_shape_maps_to_disjoint_outcomes_summing_to_total(
 def test_parts_beyond_total_count_by_the_parts() -> None:
     o = outcomes(RequestCounts(total=5, succeeded=4, failed=3), "in_progress")
     assert o[:5] == (4, 3, 0, 0, 0) and o.overflow
-    # OpenAI's shape with finished parts beyond the total reads `completed` as "finished" (Gemini's meaning)
-    o = outcomes(RequestCounts(total=5, completed=4, failed=3), "in_progress")
-    assert o[:5] == (2, 3, 0, 0, 0) and not o.overflow
+    # OpenAI's shape with parts beyond the total is the gateway's error: counted by the parts (and logged), not
+    # read in another provider's meaning
+    o = outcomes(RequestCounts(total=10, completed=8, failed=5), "in_progress")
+    assert o[:5] == (8, 5, 0, 0, 0) and o.overflow
+    # Gemini's finished shape (nothing pending, zero `succeeded` omitted): `completed` is the total, all finished
+    o = outcomes(RequestCounts(total=5, completed=5, failed=5), "completed")
+    assert o[:5] == (0, 5, 0, 0, 0) and not o.overflow
 
 
 @given(
