@@ -2,9 +2,11 @@
 writing each poll's changes before its values are published (statefile.py has the format; docs/state.md the
 guarantees).
 
-Apart from the poller so that what a restart resumes from is read and written in one place, with one rule for
-every fault: a state that cannot be used, or a write that fails, is one clear log line and serving goes on (without
-durable state, or from the last write that worked), never a crash.
+Apart from the poller so that the files a restart resumes from are read and written in one place (what rides beside
+the ledger, the holds and the early warning's calibration, the poller puts together and takes back), with one rule
+for every fault once the directory is this process's: a state that cannot be used, or a write that fails, is one
+clear log line and serving goes on (without durable state, or from the last write that worked). Only a directory
+another exporter holds, or files of a newer version, stop the start (statefile.StateDirError), on purpose.
 """
 
 from __future__ import annotations
@@ -198,7 +200,12 @@ class DurableState:
         journal.done(write)
 
     async def save(
-        self, provider: str, ledger: Ledger, now: float, extras: dict[str, Any], cost: CostLedger | None
+        self,
+        provider: str,
+        ledger: Ledger,
+        now: float,
+        extras: Callable[[], dict[str, Any]],
+        cost: CostLedger | None,
     ) -> None:
         """The poll's changes to the ledger, on disk before its values are published (only what changed: a
         journal record; now and then the whole ledger as a new base)."""
@@ -206,7 +213,7 @@ class DurableState:
         if journal is None:
             return
         try:
-            write = journal.prepare(ledger, now, extras=extras, cost=cost)
+            write = journal.prepare(ledger, now, extras=extras(), cost=cost)
             await asyncio.to_thread(write.run, self.file_ops)
         except (OSError, ValueError) as exc:
             journal.failed()

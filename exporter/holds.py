@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from . import presence
 from .ledger import LedgerView, count_rows, row_key
+from .outcomes import OUTCOMES
 from .pollrun import Hold, Run
 from .snapshot import ProviderState
 
@@ -138,10 +139,19 @@ def restore_shown(rows: Any) -> RestoredHolds:
                 continue
             if not all(isinstance(part, str) for part in (*key[:-1], *key[-1])):
                 continue
-            held[key] = Hold(float(until), value, tuple(int(n) for n in requests) if len(key) == 2 else ())
-        except (TypeError, ValueError, IndexError):
+            shown = tuple(requests) if len(key) == 2 else ()
+            # The requests shown are one count per outcome, or none (zeros): the render pairs them with OUTCOMES.
+            if len(shown) not in (0, len(OUTCOMES)) or not all(_count(n) for n in shown):
+                continue
+            held[key] = Hold(float(until), value, shown)
+        except (TypeError, ValueError, IndexError, KeyError, OverflowError):
             continue
     return held
+
+
+def _count(n: Any) -> bool:
+    """A count a render can show exactly (a float holds every integer below 2**53)."""
+    return isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**53
 
 
 COST_COUNTERS = ("settlements", "dollars", "requests", "tokens")  # CostView's counter figures
@@ -162,7 +172,7 @@ def restore_cost_shown(rows: Any) -> RestoredCostHolds:
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
                 continue
             held[(figure, tuple(parts))] = (float(until), value)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, KeyError, OverflowError):
             continue
     return held
 

@@ -128,7 +128,7 @@ class Poller:
             for p in settings.providers
         }
         self._costs = self._cost_ledgers()
-        # The early warning's recent rates and calibration (the calibration is restored with the ledger).
+        # The early warning's recent rates and calibration (the calibration rides in the state: _resume).
         self._trackers = {p: ProgressTracker() for p in settings.providers}
         resumed = {provider: self._resume(provider, ledger) for provider, ledger in self._ledgers.items()}
         # Holds run on the monotonic clock (a host clock stepped back would hide a count for the size of the step,
@@ -339,7 +339,7 @@ class Poller:
         # Held first: what a render will show is saved with the counts, so a restart within a hold shows it too.
         state = self._hold_new_counters(provider, state)
         await self.durable.save(
-            provider, ledger, now, self._durable_extras(provider, run), self._costs.get(provider)
+            provider, ledger, now, lambda: self._durable_extras(provider, run), self._costs.get(provider)
         )
         self._publish(provider, state)
         self._summarize(provider, run, state, outcome)

@@ -481,6 +481,34 @@ def test_the_early_warnings_calibration_survives_a_restart(sim: Simulator, tmp_p
     assert state["tracker"]["calibration"] == learned
 
 
+def test_a_hold_row_no_release_wrote_is_dropped_and_the_rest_of_the_state_kept(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The saved holds (`shown`, `cost_shown`) are small extras: a row this release cannot read (a number no float
+    holds, an object for a row) is dropped, never the state (the counts, the calibration) with it."""
+    from exporter import holds
+
+    learned = {"seen": [30] * 20, "expired": [3] * 10 + [27] * 10}
+    rows = {
+        "shown": [["failed", [], [0, 10**400]], ["failed", [], [0, 1.0, 10**400]], {"a": 1}],
+        "cost_shown": [["dollars", "m", [], [0.5, 10**400]], {"a": 1}],
+    }
+    sim.add_batch(P, batch_id="f1", status="in_progress", created_at=int(time.time()) - 100)
+    with _exporter(sim, tmp_path) as exp:
+        exp.poll()
+        sim.set_status(P, "f1", "failed")
+        exp.exporter.poller._trackers[P].calibration.load_state(learned)
+        monkeypatch.setattr(holds, "saved_holds", lambda run, to_wall, *, cost: rows)
+        exp.poll()
+        counted = exp.exporter.poller._ledgers[P].view().finished_total("failed")
+    monkeypatch.undo()
+    assert counted == 1
+    with structlog.testing.capture_logs() as logs, _exporter(sim, tmp_path) as exp:
+        assert exp.exporter.poller._trackers[P].calibration.to_state() == learned
+        assert exp.exporter.poller._ledgers[P].view().finished_total("failed") == 1
+    assert not [e for e in logs if e["event"] == "state_unusable"], logs
+
+
 def test_a_lock_that_cannot_be_taken_leaves_the_directory_alone(
     sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

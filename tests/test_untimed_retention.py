@@ -44,7 +44,7 @@ def finished(exp: ExporterThread, provider: str, status: str) -> float:
 def finish_one(sim: Simulator, exp: ExporterThread, clock: SimTime, provider: str, final: str) -> None:
     """g1 seen running, then seen finished in `final`: counted once, now."""
     exp.poll(provider)
-    exp.samples()  # a scrape saw the counters start: a count shows at once from here (exporter/poller.py)
+    exp.samples()  # a scrape saw the counters start: a count shows at once from here (exporter/holds.py)
     clock.advance(INTERVAL)
     sim.add_batch(provider, batch_id="g1", status="in_progress", created_at=int(clock.now))
     exp.poll(provider)
