@@ -189,13 +189,7 @@ class DurableState:
             write.run(self.file_ops)
         except (OSError, ValueError) as exc:
             journal.failed()
-            self._log.warning(
-                "state_write_failed",
-                provider=provider,
-                setting="state_dir",
-                detail=f"{type(exc).__name__}: {exc}"[:300],
-                consequence="serving on; a restart will not resume from this start",
-            )
+            self._write_failed(provider, exc, "serving on; a restart will not resume from this start")
             return
         journal.done(write)
 
@@ -218,13 +212,7 @@ class DurableState:
         except (OSError, ValueError) as exc:
             journal.failed()
             if provider not in self._failing:
-                self._log.warning(
-                    "state_write_failed",
-                    provider=provider,
-                    setting="state_dir",
-                    detail=f"{type(exc).__name__}: {exc}"[:300],
-                    consequence="serving on; a restart will not resume from this poll",
-                )
+                self._write_failed(provider, exc, "serving on; a restart will not resume from this poll")
             self._failing.add(provider)
             return
         journal.done(write)
@@ -235,6 +223,15 @@ class DurableState:
         self._failing.discard(provider)
 
     # --- cost_metrics (exporter/cost.py) ------------------------------------------------------------------------
+
+    def _write_failed(self, provider: str, exc: Exception, consequence: str) -> None:
+        self._log.warning(
+            "state_write_failed",
+            provider=provider,
+            setting="state_dir",
+            detail=f"{type(exc).__name__}: {exc}"[:300],
+            consequence=consequence,
+        )
 
     def _restore_cost(
         self, provider: str, restored: statefile.Restored, cost: CostLedger | None
