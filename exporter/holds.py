@@ -28,6 +28,11 @@ from .snapshot import ProviderState
 # ledger caps far below this): a damaged or hostile field cannot make the start slow.
 MAX_RESTORED_HOLDS = 100_000
 
+# Counter key → its hold (until when, the count shown, the requests by outcome shown) in a saved process.
+RestoredHolds = dict[tuple[Any, ...], Hold]
+# (cost figure, its key) → (until when, the value shown) in a saved process.
+RestoredCostHolds = dict[tuple[str, tuple[Any, ...]], tuple[float, float]]
+
 
 def hold_new_counters(
     run: Run,
@@ -113,12 +118,6 @@ def saved_holds(run: Run, to_wall: float, *, cost: bool) -> dict[str, Any]:
             }
         )
     return saved
-
-
-# Counter key → its hold (until when, the count shown, the requests by outcome shown) in a saved process.
-RestoredHolds = dict[tuple[Any, ...], Hold]
-# (cost figure, its key) → (until when, the value shown) in a saved process.
-RestoredCostHolds = dict[tuple[str, tuple[Any, ...]], tuple[float, float]]
 
 
 def restore_shown(rows: Any) -> RestoredHolds:
