@@ -883,10 +883,8 @@ class CostLedger:
                 if r not in RESULTS:
                     raise ValueError("unknown settlement result")
                 self._settlements[(str(r), group_of(g))] = _natural(n)
-        wall, monotonic = (
-            self._clock(),
-            self._monotonic(),
-        )  # saved wall times onto this process's monotonic clock
+        # Saved wall times onto this process's monotonic clock.
+        wall, monotonic = self._clock(), self._monotonic()
         if same_keys and (not changes or "held" in state):
             self._held, self._fresh = [], {}
             for release_at, m, g, dollars, prompt, completion, requests in state["held"]:

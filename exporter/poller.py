@@ -114,6 +114,9 @@ class Poller:
         self._on_change = on_change
         self.started_at = clock() if started_at is None else started_at
         self._log = structlog.get_logger("exporter.poller")
+        # How long a counter is held (exporter/holds.py; the cost counters' too): one poll interval, at least a
+        # minute, so that a scrape sees the held value.
+        self._hold_seconds = max(60.0, settings.poll_interval_seconds)
         # The state directory (its lock taken before anything is read from it) and each provider's saved state.
         self.durable = DurableState(settings.state_dir, clock)
         self._ledgers = {
@@ -152,29 +155,24 @@ class Poller:
             p: Run(self._new_store(led), baseline=self._states[p].ledger, cost_baseline=self._states[p].cost)
             for p, led in self._ledgers.items()
         }
-        hold = max(60.0, settings.poll_interval_seconds)
-
-        def held_until(saved: float) -> float:
-            return self._held_until(saved, hold)
-
         self._states = MappingProxyType(
             {
                 p: holds.hold_cost(
                     self._runs[p],
                     holds.held_again(
-                        self._runs[p], state, resumed[p].holds, resumed[p].cost_holds, held_until
+                        self._runs[p], state, resumed[p].holds, resumed[p].cost_holds, self._held_until
                     ),
                     self._monotonic_at_start,
-                    hold,
+                    self._hold_seconds,
                 )
                 for p, state in self._states.items()
             }
         )
 
-    def _held_until(self, saved_until: float, hold: float) -> float:
+    def _held_until(self, saved_until: float) -> float:
         """A saved hold's end (wall time) on this process's monotonic clock, never later than a hold begun at this
         start: a saved end beyond that is a host clock that was ahead when it was written."""
-        return self._monotonic_at_start + min(saved_until - self._wall_at_start, hold)
+        return self._monotonic_at_start + min(saved_until - self._wall_at_start, self._hold_seconds)
 
     @staticmethod
     def _new_store(ledger: Ledger) -> Store:
@@ -212,10 +210,10 @@ class Poller:
     def _durable_extras(self, provider: str, run: Run | None = None) -> dict[str, Any]:
         """Small state kept beside the ledger's head: the early warning's calibration, learned from every batch
         seen finish (weeks of evidence a restart must not throw away); and the counter keys a render shows below
-        their count (held), at what it shows and until when: a restart within a hold, on a new pod, must not bring the series
-        back born with the count, which increase() and every failure alert would never see. A release that does
-        not know the field ignores it (the ledger reads its own fields by name). The cost counters' holds likewise
-        (`cost_shown`, the same rows with the figure first: the value shown, until when)."""
+        their count (held), at what it shows and until when: a restart within a hold, on a new pod, must not bring
+        the series back born with the count, which increase() and every failure alert would never see. A release
+        that does not know the field ignores it (the ledger reads its own fields by name). The cost counters' holds
+        likewise (`cost_shown`, the same rows with the figure first: the value shown, until when)."""
         extras: dict[str, Any] = {"tracker": self._trackers[provider].to_state()}
         if run is not None:
             extras |= holds.saved_holds(run, self._clock() - self._monotonic(), cost=provider in self._costs)
@@ -260,7 +258,7 @@ class Poller:
                 monotonic=self._monotonic,
                 horizon_seconds=s.cost_horizon_seconds,
                 metadata_keys=s.metadata_labels,
-                hold_seconds=max(60.0, s.poll_interval_seconds),
+                hold_seconds=self._hold_seconds,
             )
             self._ledgers[provider].finish_hook = costs[provider].finished
         return costs
@@ -1320,7 +1318,7 @@ class Poller:
             self._states.get(provider),
             state,
             self._monotonic(),
-            max(60.0, self._settings.poll_interval_seconds),
+            self._hold_seconds,
             ("",) * len(self._settings.metadata_labels),
         )
 
