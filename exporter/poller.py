@@ -688,6 +688,11 @@ class Poller:
         def spent() -> int:
             return outcome.list_requests + outcome.retrieve_requests
 
+        # The refresh gets one request a poll even when the head scans took the whole budget (a budget of one, or a
+        # burst of new batches): else a running batch below the head pages waited for the next full list, an hour
+        # at the defaults, with its end uncounted. One more than the budget, which pacing keeps within the rate.
+        allowance = max(budget, spent() + 1)
+
         # Everything this poll did not see (`recent_ok`: nor the poll before). Skipping what a later full list's
         # previous chunk showed would otherwise hide a change made since for one more poll, and the store would
         # then not equal a full list's picture when that list completes.
@@ -778,14 +783,14 @@ class Poller:
 
         run.read_again = set()
         for rank, _, batch_id, page in queue:
-            if spent() >= budget:
+            if spent() >= allowance:
                 break
             if page is not None:
                 deepest, ids = pages[page]
                 wanted = {i for i in ids if i not in refreshed}  # a page read before may have shown them
                 if len(wanted) >= 2:
                     await self._read_again(provider, ledger, run, keys, page, deepest, wanted, refreshed, outcome,
-                                           budget, started)  # fmt: skip
+                                           allowance, started)  # fmt: skip
                     if outcome.failure is not None or outcome.unsupported:
                         return
                     # What the page no longer shows (deleted, moved further) is retrieved, this poll if it can.

@@ -534,3 +534,20 @@ def test_a_changed_views_first_list_is_estimated_from_the_last_walks_length(tmp_
             done_at = clock.now
     assert estimates
     assert max(done_at - e for e in estimates) <= 2 * INTERVAL, [done_at - e for e in estimates]
+
+
+def test_a_budget_of_one_request_still_refreshes_a_running_batch_each_poll() -> None:
+    """Budget 1 (10 s × 0.2/s × 0.5): the head scan takes it every poll. A running batch below the head page was
+    then never refreshed until the next full list (an hour here, `refresh_deferred` 1 every poll): its completion
+    went uncounted that long. The refresh gets one request a poll while running batches wait, as the cost
+    look-ups do: one more than the budget, which pacing keeps within the rate."""
+    clock = SimTime()
+    with gateway(clock, ProviderSpec(P, style="cursor")) as sim:
+        running = _two_per_page(sim, pages=3, running_per_page=1)  # two, on pages 2 and 3
+        with exporter(
+            sim, clock, page_size=10, max_requests_per_second=0.2, resync_interval_seconds=3600
+        ) as exp:
+            seen_after = _polls_to_count_a_completion(exp, clock, sim, running[0], settle=2)
+            spent = _requests_per_poll(exp, clock, sim, 3)
+    assert seen_after is not None and seen_after <= 2, f"the completion took {seen_after} polls"
+    assert max(spent) <= 2, f"polls sent {spent} requests with a budget of one"
