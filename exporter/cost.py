@@ -617,6 +617,15 @@ class CostLedger:
             self._count("missing", entry.group, None, now)
         self._drop(batch_id)
 
+    def forget_awaited(self) -> int:
+        """Stop awaiting every settlement (a state another gateway wrote: its batches are not in this gateway's
+        logs, and counting them missing at their horizon would page falsely). How many there were."""
+        dropped = list(self._awaited)
+        for batch_id in dropped:
+            self._drop(batch_id)
+        self._due = []
+        return len(dropped)
+
     def _drop(self, batch_id: str) -> None:
         entry = self._awaited.pop(batch_id, None)
         if entry is not None and entry.row_seen:

@@ -36,9 +36,12 @@ class Resumed:
 
 
 class DurableState:
-    def __init__(self, state_dir: Path | None, clock: Callable[[], float]) -> None:
+    def __init__(self, state_dir: Path | None, clock: Callable[[], float], gateway: str = "") -> None:
         self._state_dir = state_dir
         self._clock = clock
+        # The gateway the state is kept for (bifrost_url as validated: no credentials, no query). A state another
+        # gateway's account wrote must not lend its watermark to this one (restore).
+        self._gateway = gateway
         self._log = structlog.get_logger("exporter.poller")  # its lines are the poller's, as they always were
         self._lock = self._take(state_dir)
         self.file_ops = statefile.REAL_FILE_OPS  # tests swap in failing system calls
@@ -75,6 +78,23 @@ class DurableState:
             self._log.info("state_temporaries_removed", path=str(state_dir), count=removed)
         return taken
 
+    def others(self, providers: tuple[str, ...]) -> None:
+        """Say at start which saved providers are not polled. Files left by a provider moved to another shard
+        would come back with it (a values change moving it back): its ledger from before the move would then count
+        again every transition the other shard counted meanwhile, and the dashboards sum the shards."""
+        if self._state_dir is None or self._lock is None:
+            return
+        others = sorted(statefile.providers_saved(self._state_dir) - set(providers))
+        if others:
+            self._log.warning(
+                "state_other_providers",
+                path=str(self._state_dir),
+                providers=others[:50],
+                detail="the state dir holds ledgers of providers this exporter does not poll",
+                consequence="if another exporter polls them now, remove their ledger-<provider>.* files before "
+                "they are polled here again, or their transitions since they left are counted twice",
+            )
+
     def close(self) -> None:
         """Release the state directory (a restarted exporter in the same process can take it again)."""
         if self._lock is not None:
@@ -106,9 +126,14 @@ class DurableState:
             tracker_state = state.pop("tracker", None)
             shown_state = state.pop("shown", None)
             cost_shown_state = state.pop("cost_shown", None)
+            saved_gateway = state.pop("gateway", None)  # absent from the files of earlier releases
+            start = ledger.started_at
             notes = ledger.load_state(state, restored.settled)
             cost_notes = self._restore_cost(provider, restored, cost)
-            notes += cost_notes or []
+            # A note a journal record repeats (each record of a changed metadata_labels says so) is said once.
+            notes = sorted(set(notes) | set(cost_notes or []))
+            if isinstance(saved_gateway, str) and saved_gateway != self._gateway:
+                self._another_gateway(provider, saved_gateway, ledger, cost, start)
             resumed = Resumed(restore_shown(shown_state), restore_cost_shown(cost_shown_state), tracker_state)
         except statefile.StateError as exc:
             self._log.warning(
@@ -174,6 +199,31 @@ class DurableState:
         )
         return resumed
 
+    def _another_gateway(
+        self, provider: str, saved: str, ledger: Ledger, cost: CostLedger | None, start: float
+    ) -> None:
+        """The state was written for another bifrost_url: perhaps another gateway and account (a state dir reused,
+        a values file copied), perhaps the same one renamed. Its watermark says nothing about this gateway's
+        batches: the other account's could be hours old, and every batch here that ended since would count as a
+        transition (a page for another account's past). Counting starts as an exporter started now without state
+        would, the counters continue (a rename keeps increase() right), and the other gateway's awaited settlements
+        are not looked up here (they would be counted missing)."""
+        ledger.rebase(start)
+        dropped = cost.forget_awaited() if cost is not None else 0
+        self._log.warning(
+            "state_gateway_changed",
+            provider=provider,
+            setting="bifrost_url",
+            saved=saved[:300],
+            configured=self._gateway[:300],
+            settlements_dropped=dropped or None,
+            consequence="batches that ended before this start are history (transitions while the exporter was down "
+            "are not counted); the counters continue",
+        )
+
+    def _extras(self, extras: dict[str, Any]) -> dict[str, Any]:
+        return {**extras, "gateway": self._gateway}
+
     def _write_initial(
         self,
         provider: str,
@@ -185,7 +235,7 @@ class DurableState:
         """A first start records its start at once: a process killed before its first poll completes must not
         leave the next one to call every transition since then history."""
         try:
-            write = journal.prepare(ledger, self._clock(), extras=extras, cost=cost)
+            write = journal.prepare(ledger, self._clock(), extras=self._extras(extras), cost=cost)
             write.run(self.file_ops)
         except (OSError, ValueError) as exc:
             journal.failed()
@@ -207,7 +257,7 @@ class DurableState:
         if journal is None:
             return
         try:
-            write = journal.prepare(ledger, now, extras=extras(), cost=cost)
+            write = journal.prepare(ledger, now, extras=self._extras(extras()), cost=cost)
             await asyncio.to_thread(write.run, self.file_ops)
         except (OSError, ValueError) as exc:
             journal.failed()

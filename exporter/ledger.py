@@ -470,6 +470,12 @@ class Ledger:
         if complete:
             self.list_completed(now)
 
+    def rebase(self, start: float) -> None:
+        """The restored state was another gateway's (durable.restore): count from `start`, this process's start, as
+        a ledger without state would; the restored ids stay (an id both accounts show is the same batch)."""
+        self.started_at = max(self.started_at, start)
+        self.restored_watermark = self.started_at
+
     def view_changed(self) -> None:
         """The poll now lists with other keys: batches a new key shows were never ours to watch, so one of them
         that ended before the old view's last complete list began is history, not a transition (as it would be

@@ -209,6 +209,20 @@ def _printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in text)[:120]
 
 
+def providers_saved(state_dir: Path) -> set[str]:
+    """The providers whose ledger files the directory holds (any format version)."""
+    try:
+        names = [entry.name for entry in os.scandir(state_dir)]
+    except OSError:
+        return set()
+    found = set()
+    for name in names:
+        stem, dot, suffix = name.rpartition(".")
+        if dot and suffix in ("base", "journal", "json") and stem.startswith("ledger-") and len(stem) > 7:
+            found.add(stem[7:])
+    return found
+
+
 def remove_temporaries(state_dir: Path) -> int:
     """Remove temporaries a killed process left behind (ours only: `.ledger-*.tmp`); returns how many.
 

@@ -336,6 +336,21 @@ def test_a_settled_batch_is_looked_up_once_and_counted_once(clock: Clock) -> Non
     assert costs.awaiting() == ["b1"]  # the batch ledger counts each id once; a repeat would be awaited anew
 
 
+def test_another_gateways_awaited_settlements_are_dropped_with_no_result(clock: Clock) -> None:
+    """A state restored for another bifrost_url (durable.restore): its batches are not in this gateway's logs, so
+    they are no longer looked up nor counted missing at their horizon (a false BifrostBatchCostSettlementsMissing),
+    and the journal records them removed."""
+    costs = ledger(clock, horizon_seconds=3600.0)
+    costs.finished(batch(bid="b1"), "completed", T0, ())
+    costs.finished(batch(bid="b2"), "completed", T0, ())
+    costs.mark_saved()
+    assert costs.forget_awaited() == 2
+    assert costs.awaiting() == [] and costs.next_at() is None
+    assert costs.delta()["removed"] == ["b1", "b2"]
+    assert drain(costs, T0 + 7200) == []
+    assert all(n == 0 for n in costs.view().settlements.values())
+
+
 def test_not_settled_yet_is_looked_for_at_widening_gaps_then_missing_at_the_horizon(clock: Clock) -> None:
     horizon = 86400.0
     costs = ledger(clock, horizon_seconds=horizon)

@@ -630,3 +630,89 @@ def test_a_journal_damaged_before_its_end_is_a_warning_a_torn_tail_is_not(
         assert levels == {"state_journal_tail_dropped": "info"}
     else:
         assert levels == {"state_journal_damaged": "warning"}
+
+
+def test_a_state_of_another_gateway_lends_it_no_watermark(sim: Simulator, tmp_path: Path) -> None:
+    """bifrost_url changed with the state dir kept (a reused volume, a copied values file). The other account was
+    quiet for 20 h, so its watermark was 20 h old, and every batch of this account that ended since counted as a
+    transition: five failures from 10 h ago paged as new (found by audit 11). Counting starts at this start, as
+    without state, with one warning naming the setting; the counters continue (a renamed URL keeps increase()
+    right)."""
+    now = int(time.time())
+    sim.add_batch(P, batch_id="a1", status="in_progress", created_at=now - 72_000)
+    with _exporter(sim, tmp_path) as exp:
+        exp.poll()
+        sim.set_status(P, "a1", "failed", now - 71_000, error_code="server_error")
+        exp.poll()
+        exp.poll()  # a complete list whose gateway clock is the quiet account's: 20 h old
+        assert value(exp.samples(), "bifrost_batch_finished_total", provider=P, status="failed") == 1
+    with Simulator(providers=[ProviderSpec(P)], lifecycle=False) as other:
+        for i in range(5):
+            other.add_batch(
+                P, batch_id=f"b{i}", status="failed", created_at=now - 40_000, failed_at=now - 36_000,
+                error_code="invalid_request",
+            )  # fmt: skip
+        other.add_batch(P, batch_id="b-run", status="in_progress", created_at=now - 3_600)
+        other_url = other.url
+        with structlog.testing.capture_logs() as logs, _exporter(other, tmp_path) as exp:
+            exp.poll()
+            other.set_status(P, "b-run", "completed", int(time.time()))
+            exp.poll()
+            # The ledger's counts: /metrics holds what a restart's first polls count for a minute.
+            view = exp.exporter.poller._ledgers[P].view()
+            counted = {s: view.finished_total(s) for s in ("failed", "completed")}
+        with structlog.testing.capture_logs() as again, _exporter(other, tmp_path) as exp:
+            exp.poll()
+            restarted = exp.samples()
+    assert counted == {"failed": 1, "completed": 1}, counted
+    changed = [e for e in logs if e["event"] == "state_gateway_changed"]
+    assert len(changed) == 1 and changed[0]["setting"] == "bifrost_url", changed
+    assert changed[0]["saved"] == sim.url and changed[0]["configured"] == other_url
+    # The state now belongs to this gateway: a restart resumes it without a word.
+    assert not [e for e in again if e["event"] == "state_gateway_changed"]
+    assert value(restarted, "bifrost_batch_finished_total", provider=P, status="completed") == 1
+
+
+def test_a_note_every_journal_record_repeats_is_logged_once(tmp_path: Path) -> None:
+    """metadata_labels changed with cost_metrics on: each journal record's cost part says "cost counters start
+    again from 0", and state_restored carried one copy per record (115 after two minutes of polls: a line that
+    grows toward megabytes with the journal; found by audit 11)."""
+    token = "admin-session-token"
+    with Simulator(providers=[ProviderSpec(P)], lifecycle=False, admin_token=token) as s:
+        s.add_batch(P, batch_id="r1", status="in_progress", created_at=int(time.time()) - 60)
+
+        def settings(labels: list[str]) -> Any:
+            return make_settings(
+                s.url, [P], state_dir=tmp_path, cost_metrics=True, bearer_token=token, metadata_labels=labels
+            )
+
+        with ExporterThread(settings(["team"])) as exp:
+            for _ in range(4):
+                exp.poll()
+        assert statefile.read(tmp_path, P).records >= 4  # type: ignore[union-attr]
+        with structlog.testing.capture_logs() as logs, ExporterThread(settings(["team", "env"])):
+            pass
+    (restored,) = [e for e in logs if e["event"] == "state_restored"]
+    assert restored["notes"] == sorted(set(restored["notes"])), restored["notes"]
+    assert "metadata_labels changed: cost counters start again from 0" in restored["notes"]
+
+
+def test_ledgers_of_providers_not_polled_are_named_at_start(tmp_path: Path) -> None:
+    """A provider moved to another shard leaves its ledger here; moved back, that ledger counted again what the
+    other shard had counted meanwhile (7 transitions for 4 across the release; audit 11). The start says so."""
+    with Simulator(providers=[ProviderSpec(P), ProviderSpec("azure")], lifecycle=False) as s:
+        with ExporterThread(make_settings(s.url, [P, "azure"], state_dir=tmp_path)) as exp:
+            exp.poll()
+        with (
+            structlog.testing.capture_logs() as alone,
+            ExporterThread(make_settings(s.url, [P], state_dir=tmp_path)),
+        ):
+            pass
+        with (
+            structlog.testing.capture_logs() as both,
+            ExporterThread(make_settings(s.url, [P, "azure"], state_dir=tmp_path)),
+        ):
+            pass
+    (warned,) = [e for e in alone if e["event"] == "state_other_providers"]
+    assert warned["providers"] == ["azure"] and warned["log_level"] == "warning"
+    assert not [e for e in both if e["event"] == "state_other_providers"]
