@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import email.utils
+import hashlib
 import json
 import math
 import random
@@ -440,6 +441,11 @@ class BifrostClient:
         """Per name of the view, how often its key changed (left the view, or was given another value) before:
         the same name at the same generation is the same key, never saying which."""
         return {name: self._key_generation.get(name, 0) for name in self._keys}
+
+    def key_fingerprints(self) -> dict[str, str]:
+        """Per name of the view, 64 bits of its key's SHA-256: the state file tells a key added while the exporter
+        was down from one it listed with before, and says nothing a key's value could be had from."""
+        return {name: hashlib.sha256(value.encode()).hexdigest()[:16] for name, value in self._keys.items()}
 
     def view_version(self) -> int:
         """Changes whenever the view's keys do (names or values), never saying how."""

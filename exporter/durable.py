@@ -33,6 +33,7 @@ class Resumed:
     holds: RestoredHolds = field(default_factory=dict)
     cost_holds: RestoredCostHolds = field(default_factory=dict)
     tracker: Any = None
+    view: dict[str, Any] | None = None  # the keys the saved process listed with (Run.saved_view)
 
 
 class DurableState:
@@ -127,6 +128,7 @@ class DurableState:
             shown_state = state.pop("shown", None)
             cost_shown_state = state.pop("cost_shown", None)
             saved_gateway = state.pop("gateway", None)  # absent from the files of earlier releases
+            saved_view = state.pop("view", None)
             start = ledger.started_at
             notes = ledger.load_state(state, restored.settled)
             cost_notes = self._restore_cost(provider, restored, cost)
@@ -134,7 +136,12 @@ class DurableState:
             notes = sorted(set(notes) | set(cost_notes or []))
             if isinstance(saved_gateway, str) and saved_gateway != self._gateway:
                 self._another_gateway(provider, saved_gateway, ledger, cost, start)
-            resumed = Resumed(restore_shown(shown_state), restore_cost_shown(cost_shown_state), tracker_state)
+            resumed = Resumed(
+                restore_shown(shown_state),
+                restore_cost_shown(cost_shown_state),
+                tracker_state,
+                saved_view if isinstance(saved_view, dict) else None,
+            )
         except statefile.StateError as exc:
             self._log.warning(
                 "state_unusable",

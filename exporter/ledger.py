@@ -348,8 +348,11 @@ class Ledger:
         self.finish_poll(now, complete)
         return finished
 
-    def observe_page(self, batches: Iterable[Batch], now: float) -> int:
+    def observe_page(self, batches: Iterable[Batch], now: float, floor: float = 0.0) -> int:
         """Count terminal transitions and item cache lookups once per id; returns how many batches finished now.
+
+        `floor`: batches never seen before count only from there (and from the watermark): those a key added to
+        the view lists, whose tenant's past is history.
 
         `now` is the poll's start time, the same for every page of a poll: finish_poll uses it to tell which
         active ids this poll saw.
@@ -361,6 +364,7 @@ class Ledger:
         active = ids.active
         seen = self._read(batches, now)
         horizon = self.horizon()
+        start = max(self.started_at, floor)
         poll = self._seq
         last_finished = self._last_finished
         newly_finished = 0
@@ -399,14 +403,14 @@ class Ledger:
                 # it was created at or before the horizon: it may be one we counted and have since forgotten (settled
                 # ids are kept 48 h of gateway time), and created_at is all that bounds when it ended.
                 created = batch.created
-                if seen_active or (created is not None and created >= self.started_at and created > horizon):
+                if seen_active or (created is not None and created >= start and created > horizon):
                     self._finish(status, None, batch)
                     newly_finished += 1
                     self._count_item_cache(batch)
                 # Retained from the gateway time we saw it (our own clock could be anywhere).
                 self._settle(batch_id, max(self.gateway_now, horizon + 1.0, 1.0))
                 continue
-            if ts >= self.started_at or seen_active:
+            if ts >= start or seen_active:
                 self._finish(status, ts, batch)
                 newly_finished += 1
                 self._count_item_cache(batch)

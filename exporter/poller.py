@@ -40,7 +40,7 @@ from .durable import DurableState, Resumed
 from .firstsync import FirstSync, estimate_completion, expected_pages
 from .ledger import Ledger
 from .models import Batch, normalize_status
-from .pollrun import FirstList, PollOutcome, Run, Summary
+from .pollrun import FirstList, Observe, PollOutcome, Run, Summary
 from .providers import page_size_for
 from .risk import ProgressTracker
 from .settings import Settings
@@ -153,7 +153,12 @@ class Poller:
         )
         # What the counters start from: a restored ledger's counts, or none.
         self._runs = {
-            p: Run(self._new_store(led), baseline=self._states[p].ledger, cost_baseline=self._states[p].cost)
+            p: Run(
+                self._new_store(led),
+                baseline=self._states[p].ledger,
+                cost_baseline=self._states[p].cost,
+                saved_view=resumed[p].view,
+            )
             for p, led in self._ledgers.items()
         }
         self._states = MappingProxyType(
@@ -218,6 +223,8 @@ class Poller:
         extras: dict[str, Any] = {"tracker": self._trackers[provider].to_state()}
         if run is not None:
             extras |= holds.saved_holds(run, self._clock() - self._monotonic(), cost=provider in self._costs)
+            if run.keys:
+                extras["view"] = self._saved_view(run)
         return extras
 
     def _restore_tracker(self, provider: str, state: Any) -> None:
@@ -390,11 +397,49 @@ class Poller:
         )
         run.summary = Summary(logged_at=now)
 
-    def _observe(self, ledger: Ledger, started: float) -> Callable[[list[Batch]], int]:
-        def observe(batches: list[Batch]) -> int:
-            return ledger.observe_page(batches, started)
+    def _observe(self, ledger: Ledger, started: float, run: Run) -> Observe:
+        def observe(batches: list[Batch], k: int | None = None) -> int:
+            floors = run.key_floors
+            floor = floors.get(run.keys[k] or "", 0.0) if k is not None and floors else 0.0
+            return ledger.observe_page(batches, started, floor)
 
         return observe
+
+    def _key_floors(self, run: Run, keys: tuple[str | None, ...], kept: set[str]) -> dict[str, float]:
+        """From when each key's batches count when first seen (Run.key_floors): a key kept from the view before
+        keeps its floor; one the saved view had (the same key: its fingerprint) keeps the saved floor; a key added
+        since counts from now (SIGHUP) or this start (added while the exporter was down), as an exporter started
+        with it would. Without a saved view (a first start, a state of an earlier release) nothing is known new."""
+        prints = self._client.key_fingerprints()
+        now = self._clock()
+        floors: dict[str, float] = {}
+        for key in keys:
+            name = key or ""
+            if name in kept:
+                floors[name] = run.key_floors.get(name, 0.0)
+            elif not run.keys:  # the first poll of this process
+                saved = run.saved_view.get(name) if run.saved_view is not None else None
+                if run.saved_view is None:
+                    floors[name] = 0.0
+                elif (
+                    isinstance(saved, list)
+                    and len(saved) == 2
+                    and saved[0] == prints.get(name, "")
+                    and isinstance(saved[1], int | float)
+                    and math.isfinite(saved[1])
+                ):
+                    floors[name] = min(float(saved[1]), self.started_at)
+                else:
+                    floors[name] = self.started_at
+            else:
+                floors[name] = now
+        return floors
+
+    def _saved_view(self, run: Run) -> dict[str, list[Any]]:
+        prints = self._client.key_fingerprints()
+        return {
+            (key or ""): [prints.get(key or "", ""), run.key_floors.get(key or "", 0.0)] for key in run.keys
+        }
 
     def _view(self, provider: str, run: Run) -> tuple[str | None, ...]:
         """The keys this poll lists with, in order: the configured virtual keys by name, or (None,) for none.
@@ -412,10 +457,13 @@ class Poller:
         generations = self._client.key_generations()
         keys: tuple[str | None, ...] = names if names else (None,)
         if keys != run.keys or version != run.view_version:
+            kept = _kept_keys(run.keys, run.key_generations, keys, generations)
+            run.key_floors = self._key_floors(run, keys, {run.keys[k] or "" for k in kept})
+            run.saved_view = None
             if run.keys:
                 self._ledgers[provider].view_changed()
                 run.store.abandon_resync()
-                run.store.move_places(_kept_keys(run.keys, run.key_generations, keys, generations))
+                run.store.move_places(kept)
                 run.blocked.clear()
                 run.synced = False
                 # The new view's first list starts with this poll (its start time: the pace and the estimate).
@@ -508,19 +556,21 @@ class Poller:
         """Every batch of every key, folded straight into the snapshot as pages arrive: a full list holds all
         there is, so nothing is kept between polls (no store) and each batch is counted once across keys."""
         builder = self._builder(provider, ledger, started)
-        observe = self._observe(ledger, started)
+        observe = self._observe(ledger, started, run)
         outcome = PollOutcome()
         truncated: ListResult | None = None
         seen: set[int] = set()
         ledger.list_began()
 
+        listing = [0]  # the view's key whose list is folding
+
         def fold_page(batches: list[Batch]) -> None:
             # The ledger counts transitions as pages arrive (real even if a later page fails); the builder is
             # discarded if a later page fails, so the last good snapshot stays.
-            observe(batches)
+            observe(batches, listing[0])
             builder.add(batches)
 
-        for key in self._view(provider, run):
+        for listing[0], key in enumerate(self._view(provider, run)):
             result = await self._client.list_batches(provider, fold_page, key=key, seen=seen)
             self._not_allowed(provider, run, key, result)
             self._take_list(outcome, result, ledger)
@@ -556,7 +606,7 @@ class Poller:
         outcome = PollOutcome()
         first_sync = not run.synced
         budget = self._budget(first_sync)
-        observe = self._observe(ledger, started)
+        observe = self._observe(ledger, started, run)
         refreshed: set[str] = set()
 
         def spent() -> int:
@@ -630,7 +680,7 @@ class Poller:
         k: int,
         after: str | None,
         walked: list[int] | None,
-        observe: Callable[[list[Batch]], int],
+        observe: Observe,
         refreshed: set[str],
         shown: set[str],
         poll: int,
@@ -644,7 +694,7 @@ class Poller:
         # Only known running ones can wait for a refresh (a first full list would otherwise hold every id it lists).
         shown.update(b.id for b in listed if b.id in store.active)
         batches = store.defer_sparse(batches, k)
-        observe(batches)
+        observe(batches, k)
         refreshed.update(b.id for b in batches)
         new = store.upsert(batches, listing=False, key=k, poll=poll, after=after, depth=depth)
         if walked is not None:
@@ -684,7 +734,7 @@ class Poller:
     ) -> None:
         store = run.store
         poll = run.polls
-        observe = self._observe(ledger, started)
+        observe = self._observe(ledger, started, run)
 
         def spent() -> int:
             return outcome.list_requests + outcome.retrieve_requests
@@ -894,7 +944,7 @@ class Poller:
         """
         store = run.store
         poll = run.polls
-        observe = self._observe(ledger, started)
+        observe = self._observe(ledger, started, run)
         k, cursor = page
         shown: set[str] = set()
         depth = [0]
@@ -935,7 +985,7 @@ class Poller:
     ) -> None:
         store = run.store
         poll = run.polls
-        observe = self._observe(ledger, started)
+        observe = self._observe(ledger, started, run)
         resync = store.resync
         if resync is None:
             resync = store.start_resync(started)
@@ -952,7 +1002,7 @@ class Poller:
             outcome.shown.update(b.id for b in batches if b.id in store.active)
             self._counts_still_fresh(store, batches, poll, refreshed)
             batches = store.defer_sparse(batches, resync.key)
-            observe(batches)
+            observe(batches, resync.key)
             new = store.upsert(batches, key=resync.key, poll=poll, after=place.after)
             if not at_head[0] and (resync.key, place.after) not in watched:
                 run.resync_found += new  # new beyond the newest page: the head scans could not have seen them
@@ -1359,7 +1409,7 @@ class _HeadScans:
         outcome: PollOutcome,
         refreshed: set[str],
         budget: int,
-        observe: Callable[[list[Batch]], int],
+        observe: Observe,
     ) -> None:
         self._poller, self._provider, self._ledger, self._run = poller, provider, ledger, run
         self._keys, self._outcome, self._refreshed, self._budget, self._observe = (

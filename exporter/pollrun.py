@@ -7,11 +7,12 @@ and write the same record the poller does, without importing the poller.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from .client import Failure
 from .cost import CostView
 from .ledger import LedgerView
+from .models import Batch
 from .store import Store
 
 
@@ -75,6 +76,13 @@ class Run:
     not_allowed: set[str] = field(default_factory=set)
     view_version: int = -1  # the client's view_version() the keys above were read at
     key_generations: dict[str, int] = field(default_factory=dict)  # the client's key_generations() then
+    # Per key of the view ("" for none): the wall time from which a batch first seen through it counts (0: from the
+    # ledger's watermark). A key added later (SIGHUP, or while the exporter was down) brings its tenant's history as
+    # history: the old view's watermark, bounded by the old view's gateway clock, can lie as far back as its tenants'
+    # last activity, and every batch of the new tenant that ended since would page as a transition.
+    key_floors: dict[str, float] = field(default_factory=dict)
+    # The view saved beside the ledger (name → [fingerprint, floor]); None: no state, or one from an earlier release.
+    saved_view: dict[str, Any] | None = None
     polls: int = 0  # polls started: "listed by this poll or the last one" without reading any clock
     # Saved pages (key, cursor) the last poll read again: what the next full list finds new there, polls find too.
     read_again: set[tuple[int, str]] = field(default_factory=set)
@@ -124,3 +132,9 @@ class PollOutcome:
     # (Bedrock, Gemini) is shown without being refreshed, and listing down to it or reading its page again would
     # only show it so again (a retrieve brings its counts).
     shown: set[str] = field(default_factory=set)
+
+
+class Observe(Protocol):
+    """A poll's pages into the ledger; `k`, the view's key that listed them (None: a retrieve of a known batch)."""
+
+    def __call__(self, batches: list[Batch], k: int | None = None) -> int: ...

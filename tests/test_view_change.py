@@ -168,3 +168,72 @@ def test_after_a_restart_a_running_batch_no_list_shows_is_asked_with_each_key_un
             _polls(exp, clock, 3)
             assert _ended(exp) == 1
             assert _retrieved_with(sim, "bx", since) == {B.id}
+
+
+@contextmanager
+def _quiet_view(tmp_path: Path) -> Iterator[tuple[Simulator, SimTime, Path]]:
+    """tenant-a's only batch ended 20 h ago (its view's gateway clock is that old); tenant-b's batches run."""
+    keys = tmp_path / "keys"
+    write_key_dir((A,), keys)
+    clock = SimTime()
+    spec = ProviderSpec(P, style="cursor", flavor="anthropic")
+    with Simulator(providers=[spec], lifecycle=False, clock=clock.time, governance=GOV) as sim:
+        clock.sim = sim
+        clock.marks.append((clock.pace, clock.received()))
+        sim.add_batch(
+            P, batch_id="a-old", status="ended", created_at=START - 72_000, completed_at=START - 71_000,
+            owner=A.id,
+        )  # fmt: skip
+        for i in range(3):
+            sim.add_batch(P, batch_id=f"b{i}", status="in_progress", created_at=START - 3_000 + i, owner=B.id)
+        yield sim, clock, keys
+
+
+def _counted(exp: ExporterThread) -> float:
+    """The ledger's count (/metrics holds a restart's first counts for a minute)."""
+    return exp.exporter.poller._ledgers[P].view().finished_total("ended")
+
+
+@pytest.mark.parametrize("mode", ["incremental", "full"])
+def test_a_key_added_to_a_quiet_view_brings_its_tenants_past_as_history(tmp_path: Path, mode: str) -> None:
+    """The old view's watermark is bounded by its own gateway clock, which a quiet tenant leaves hours behind:
+    tenant-b's batches that ended before its key was added counted as transitions (audit 11). A key added on
+    SIGHUP counts its batches from then, as an exporter started with it would; what ends later counts."""
+    with (
+        _quiet_view(tmp_path) as (sim, clock, keys),
+        exporter(sim, clock, provider=P, virtual_key_dir=keys) as exp,
+    ):
+        _polls(exp, clock, 3)
+        sim.set_status(P, "b0", "ended")
+        sim.set_status(P, "b1", "ended")
+        _polls(exp, clock, 3)
+        _change_view(exp, keys, A, B)
+        _polls(exp, clock, 4)
+        assert _counted(exp) == 0
+        sim.set_status(P, "b2", "ended")
+        _polls(exp, clock, 3)
+        assert _counted(exp) == 1
+
+
+def test_a_key_added_while_the_exporter_was_down_brings_its_tenants_past_as_history(tmp_path: Path) -> None:
+    """The state keeps the view's keys (names and fingerprints, never values): a key added while the exporter was
+    down counts from this start. tenant-b's batches that ended before are history (one counted before);
+    with the view kept across the next restart, what ends while it is down counts once."""
+    state = tmp_path / "state"
+    with _quiet_view(tmp_path) as (sim, clock, keys):
+        with exporter(sim, clock, provider=P, virtual_key_dir=keys, state_dir=state) as exp:
+            _polls(exp, clock, 3)
+            sim.set_status(P, "b0", "ended")
+            sim.set_status(P, "b1", "ended")
+            _polls(exp, clock, 3)
+        write_key_dir((A, B), keys)
+        clock.advance(600)
+        with exporter(sim, clock, provider=P, virtual_key_dir=keys, state_dir=state) as exp:
+            _polls(exp, clock, 4)
+            assert _counted(exp) == 0
+        sim.set_status(P, "b2", "ended")
+        clock.advance(600)
+        with exporter(sim, clock, provider=P, virtual_key_dir=keys, state_dir=state) as exp:
+            _polls(exp, clock, 4)
+            assert _counted(exp) == 1
+    assert "sk-bf" not in "".join(p.read_bytes().decode("latin-1") for p in state.iterdir() if p.is_file())
