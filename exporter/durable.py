@@ -297,6 +297,11 @@ class DurableState:
         a part could not be read (the ledger then stands as of the last part that could)."""
         if cost is None:
             return []
+        if restored.cost is None and not restored.cost_deltas:
+            # Written with cost_metrics off (or by a release without it): nothing to resume, and the batches that
+            # finished meanwhile were never awaited; said, not silent.
+            return ["no cost ledger saved (cost_metrics was off): cost counters start from 0, and batches that "
+                    "finished before this start are not looked up"]  # fmt: skip
         applied = 0
         try:
             notes = cost.load_state(restored.cost)

@@ -716,3 +716,17 @@ def test_ledgers_of_providers_not_polled_are_named_at_start(tmp_path: Path) -> N
     (warned,) = [e for e in alone if e["event"] == "state_other_providers"]
     assert warned["providers"] == ["azure"] and warned["log_level"] == "warning"
     assert not [e for e in both if e["event"] == "state_other_providers"]
+
+
+def test_cost_metrics_turned_on_over_a_state_without_costs_is_said(tmp_path: Path) -> None:
+    """A state written with cost_metrics off holds no cost ledger: the counters start from 0 and the batches that
+    finished meanwhile were never awaited. state_restored says so (it was silent; audit 11)."""
+    token = "admin-session-token"
+    with Simulator(providers=[ProviderSpec(P)], lifecycle=False, admin_token=token) as s:
+        with ExporterThread(make_settings(s.url, [P], state_dir=tmp_path)) as exp:
+            exp.poll()
+        settings = make_settings(s.url, [P], state_dir=tmp_path, cost_metrics=True, bearer_token=token)
+        with structlog.testing.capture_logs() as logs, ExporterThread(settings):
+            pass
+    (restored,) = [e for e in logs if e["event"] == "state_restored"]
+    assert any("cost_metrics was off" in note for note in restored["notes"]), restored
