@@ -360,6 +360,7 @@ class Poller:
         summary.failed += outcome.failure is not None
         summary.list_requests += outcome.list_requests
         summary.retrieve_requests += outcome.retrieve_requests
+        summary.retries += outcome.retries
         now = self._monotonic()
         if summary.logged_at is not None and now - summary.logged_at < SUMMARY_EVERY_SECONDS:
             return
@@ -390,6 +391,7 @@ class Poller:
             batches=snapshot.batches if snapshot is not None else None,
             list_requests=summary.list_requests,
             retrieve_requests=summary.retrieve_requests,
+            retries=summary.retries,
             full_list="complete"
             if run.synced and run.resync_truncated is None
             else (run.resync_truncated or "first one running"),

@@ -25,6 +25,7 @@ class Summary:
     failed: int = 0
     list_requests: int = 0
     retrieve_requests: int = 0
+    retries: int = 0  # requests sent again (5xx, 429, timeouts): a gateway retries absorb is not healthy
 
 
 @dataclass(slots=True)

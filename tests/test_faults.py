@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import structlog
 
 from exporter.simulator import ProviderSpec, Simulator
 from exporter.snapshot import COVERAGE_REASONS
@@ -165,12 +166,16 @@ def test_unsupported_provider_is_not_a_failure(world: tuple[Simulator, ExporterT
 def test_retries_hide_transient_faults(world: tuple[Simulator, ExporterThread]) -> None:
     sim, _ = world
     settings = make_settings(sim.url, [P], page_size=2, max_retries=3)
-    with ExporterThread(settings) as exp:
+    with structlog.testing.capture_logs() as logs, ExporterThread(settings) as exp:
         sim.set_fault("server_error", provider=P, times=2)
         exp.poll()
         s = exp.samples()
         assert value(s, "bifrost_batch_exporter_up", provider=P) == 1
         assert value(s, "bifrost_batch_exporter_poll_errors_total", provider=P, reason="server_error") == 0
+        # Absorbed, but said: the info summary counts the requests sent again (a gateway that needs retries on
+        # every request looked healthy until the last retry failed; audit 11).
+        (summary,) = [e for e in logs if e["event"] == "polls_summary"]
+        assert summary["retries"] == 2
         # Retry-After is honoured: the retry waits at least that long
         sim.set_fault("rate_limit", provider=P, times=1, retry_after=1)
         started = time.monotonic()
