@@ -118,7 +118,7 @@ class Poller:
         # minute, so that a scrape sees the held value.
         self._hold_seconds = max(60.0, settings.poll_interval_seconds)
         # The state directory (its lock taken before anything is read from it) and each provider's saved state.
-        self.durable = DurableState(settings.state_dir, clock, settings.gateway.text)
+        self.durable = DurableState(settings.state_dir, clock, settings.gateway.identity)
         self.durable.others(settings.providers)
         self._ledgers = {
             p: Ledger(

@@ -46,6 +46,13 @@ class GatewayUrl:
     def text(self) -> str:
         return f"{self.scheme}://{self.origin.authority}{self.path}"
 
+    @property
+    def identity(self) -> str:
+        """The gateway this URL names, however it is spelled (a host's case, a trailing dot, the default port
+        written out): what the state directory keeps to tell another gateway's state from its own."""
+        host = self.host.lower().removesuffix(".")
+        return f"{self.scheme}://{f'[{host}]' if ':' in host else host}:{self.port}{self.path}"
+
 
 def parse_gateway_url(value: str) -> GatewayUrl:
     """The gateway's base URL, or ValueError saying which part cannot be used (never repeating the part).

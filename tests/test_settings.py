@@ -962,3 +962,21 @@ def test_a_path_with_a_nul_byte_is_refused_naming_the_setting(tmp_path: Path, se
     # A secret file's setting is named without its value (read before validation, as every secret file is).
     assert message.startswith(f"invalid setting {setting}")
     assert "contains a NUL byte" in message or "embedded null byte" in message
+
+
+def test_one_gateway_spelled_differently_has_one_identity() -> None:
+    """The state directory tells another gateway's state from its own by this (exporter/durable.py): a host's case,
+    a trailing dot, the default port written out or a trailing slash is the same gateway, not a reason to count
+    from this start."""
+    from exporter.sendable import parse_gateway_url
+
+    same = {
+        parse_gateway_url(u).identity
+        for u in ("http://Bifrost.NS.svc", "http://bifrost.ns.svc.:80", "http://bifrost.ns.svc/")
+    }
+    assert same == {"http://bifrost.ns.svc:80"}
+    assert (
+        parse_gateway_url("https://bifrost.ns.svc").identity
+        != parse_gateway_url("http://bifrost.ns.svc").identity
+    )
+    assert parse_gateway_url("http://gw/Bifrost").identity != parse_gateway_url("http://gw/bifrost").identity
