@@ -134,8 +134,9 @@ class DurableState:
             cost_notes = self._restore_cost(provider, restored, cost)
             # A note a journal record repeats (each record of a changed metadata_labels says so) is said once.
             notes = sorted(set(notes) | set(cost_notes or []))
-            if isinstance(saved_gateway, str) and saved_gateway != self._gateway:
-                self._another_gateway(provider, saved_gateway, ledger, cost, start)
+            another = isinstance(saved_gateway, str) and saved_gateway != self._gateway
+            if another:
+                self._another_gateway(provider, str(saved_gateway), ledger, cost, start)
             resumed = Resumed(
                 restore_shown(shown_state),
                 restore_cost_shown(cost_shown_state),
@@ -162,6 +163,11 @@ class DurableState:
             )
             return Resumed()
         journal.attach(restored)
+        if another:
+            # Written at once: a process stopped before its first poll would leave the next one the old URL, and it
+            # would count from its own start, taking what ended in between for history.
+            # (What rides beside the ledger is as restored, and written with the first poll: not rewritten here.)
+            self._write_initial(provider, ledger, journal, {}, cost)
         if cost_notes is None:
             # The next write is a base holding the cost ledger as recovered: appended after the unreadable record,
             # every later restart would stop at it again and lose the costs counted since (the batch ledger's part

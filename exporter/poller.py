@@ -407,40 +407,51 @@ class Poller:
 
         return observe
 
-    def _key_floors(self, run: Run, keys: tuple[str | None, ...], kept: set[str]) -> dict[str, float]:
-        """From when each key's batches count when first seen (Run.key_floors): a key kept from the view before
-        keeps its floor; one the saved view had (the same key: its fingerprint) keeps the saved floor; a key added
-        since counts from now (SIGHUP) or this start (added while the exporter was down), as an exporter started
-        with it would. Without a saved view (a first start, a state of an earlier release) nothing is known new."""
-        prints = self._client.key_fingerprints()
-        now = self._clock()
+    def _key_floors(
+        self, run: Run, keys: tuple[str | None, ...], prints: Mapping[str, str]
+    ) -> dict[str, float]:
+        """From when each key's batches count when first seen (Run.key_floors), as an exporter started with the key
+        would count them, but never later than the view before could: the same key (its name and fingerprint, or
+        its fingerprint under another file name) keeps its floor; after a view of the whole account (no key), every
+        key does (that view saw all they see); a view of the whole account after keys counts as the keys did. Only
+        a key no view before had counts from now (SIGHUP) or this start (added while the exporter was down). Before
+        the first poll the view before is the saved one; without one (a first start, a state of an earlier
+        release) nothing is known new."""
+        if run.keys:
+            before = {
+                (k or ""): (run.key_prints.get(k or "", ""), run.key_floors.get(k or "", 0.0))
+                for k in run.keys
+            }
+            added_at = self._clock()
+        else:
+            saved = _saved_floors(run.saved_view)
+            if saved is None:
+                return {(k or ""): 0.0 for k in keys}
+            before = {name: (fp, min(floor, self.started_at)) for name, (fp, floor) in saved.items()}
+            added_at = self.started_at
+        by_print: dict[str, float] = {}
+        for fp, floor in before.values():
+            if fp:
+                by_print[fp] = min(floor, by_print.get(fp, floor))
         floors: dict[str, float] = {}
         for key in keys:
             name = key or ""
-            if name in kept:
-                floors[name] = run.key_floors.get(name, 0.0)
-            elif not run.keys:  # the first poll of this process
-                saved = run.saved_view.get(name) if run.saved_view is not None else None
-                if run.saved_view is None:
-                    floors[name] = 0.0
-                elif (
-                    isinstance(saved, list)
-                    and len(saved) == 2
-                    and saved[0] == prints.get(name, "")
-                    and isinstance(saved[1], int | float)
-                    and math.isfinite(saved[1])
-                ):
-                    floors[name] = min(float(saved[1]), self.started_at)
-                else:
-                    floors[name] = self.started_at
+            fp = prints.get(name, "")
+            if name in before and before[name][0] == fp:
+                floors[name] = before[name][1]
+            elif fp and fp in by_print:
+                floors[name] = by_print[fp]
+            elif "" in before:
+                floors[name] = before[""][1]
+            elif not name:
+                floors[name] = min((floor for _, floor in before.values()), default=added_at)
             else:
-                floors[name] = now
+                floors[name] = added_at
         return floors
 
     def _saved_view(self, run: Run) -> dict[str, list[Any]]:
-        prints = self._client.key_fingerprints()
         return {
-            (key or ""): [prints.get(key or "", ""), run.key_floors.get(key or "", 0.0)] for key in run.keys
+            (k or ""): [run.key_prints.get(k or "", ""), run.key_floors.get(k or "", 0.0)] for k in run.keys
         }
 
     def _view(self, provider: str, run: Run) -> tuple[str | None, ...]:
@@ -457,11 +468,15 @@ class Poller:
         names = self._client.key_names()
         version = self._client.view_version()
         generations = self._client.key_generations()
-        keys: tuple[str | None, ...] = names if names else (None,)
-        if keys != run.keys or version != run.view_version:
+        configured: tuple[str | None, ...] = names if names else (None,)
+        if set(configured) != set(run.keys) or version != run.view_version:
+            prints = self._client.key_fingerprints()
+            floors = self._key_floors(run, configured, prints)
+            # The keys the view had before list first (a stable sort: otherwise in the configured order), so a batch
+            # every key sees (an unowned one) is first seen through a key that counts it as the view before would.
+            keys = tuple(sorted(configured, key=lambda k: floors[k or ""]))
             kept = _kept_keys(run.keys, run.key_generations, keys, generations)
-            run.key_floors = self._key_floors(run, keys, {run.keys[k] or "" for k in kept})
-            run.saved_view = None
+            run.key_floors, run.key_prints, run.saved_view = floors, prints, None
             if run.keys:
                 self._ledgers[provider].view_changed()
                 run.store.abandon_resync()
@@ -474,7 +489,7 @@ class Poller:
             run.keys, run.view_version, run.key_generations = keys, version, generations
             run.not_allowed.intersection_update(names)
             self._log_view(provider, names)
-        return keys
+        return run.keys
 
     def _not_allowed(self, provider: str, run: Run, key: str | None, result: ListResult) -> bool:
         """Whether `key`'s list was refused because governance does not allow that key on this provider; then the
@@ -741,10 +756,11 @@ class Poller:
         def spent() -> int:
             return outcome.list_requests + outcome.retrieve_requests
 
-        # The refresh gets one request a poll even when the head scans took the whole budget (a budget of one, or a
-        # burst of new batches): else a running batch below the head pages waited for the next full list, an hour
-        # at the defaults, with its end uncounted. One more than the budget, which pacing keeps within the rate.
-        allowance = max(budget, spent() + 1)
+        # The refresh gets one request a poll even when the head scans took exactly the whole budget (a budget of
+        # one, or a burst of new batches): else a running batch below the head pages waited for the next full list,
+        # an hour at the defaults, with its end uncounted. At most one more than the budget (none when the lists
+        # already went beyond it), which pacing keeps within the rate.
+        allowance = budget + 1 if spent() == budget else budget
 
         # Everything this poll did not see (`recent_ok`: nor the poll before). Skipping what a later full list's
         # previous chunk showed would otherwise hide a change made since for one more poll, and the store would
@@ -1549,3 +1565,24 @@ def _iso(timestamp: float) -> str:
         return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     except (OverflowError, OSError, ValueError):
         return f"{timestamp:.0f}"
+
+
+def _saved_floors(saved: Any) -> dict[str, tuple[str, float]] | None:
+    """The saved view's keys (name → fingerprint, floor); None without one. An entry no release wrote (a hand edit, a
+    number no float holds) is left out: its key counts as new, from this start."""
+    if not isinstance(saved, dict):
+        return None
+    floors: dict[str, tuple[str, float]] = {}
+    for name, entry in saved.items():
+        if not (isinstance(name, str) and isinstance(entry, list) and len(entry) == 2):
+            continue
+        fp, floor = entry
+        if not isinstance(fp, str) or isinstance(floor, bool) or not isinstance(floor, int | float):
+            continue
+        try:
+            value = float(floor)
+        except OverflowError:
+            continue
+        if math.isfinite(value):
+            floors[name] = (fp, value)
+    return floors

@@ -82,6 +82,7 @@ class Run:
     # history: the old view's watermark, bounded by the old view's gateway clock, can lie as far back as its tenants'
     # last activity, and every batch of the new tenant that ended since would page as a transition.
     key_floors: dict[str, float] = field(default_factory=dict)
+    key_prints: dict[str, str] = field(default_factory=dict)  # their fingerprints (client.key_fingerprints)
     # The view saved beside the ledger (name → [fingerprint, floor]); None: no state, or one from an earlier release.
     saved_view: dict[str, Any] | None = None
     polls: int = 0  # polls started: "listed by this poll or the last one" without reading any clock

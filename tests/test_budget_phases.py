@@ -551,3 +551,17 @@ def test_a_budget_of_one_request_still_refreshes_a_running_batch_each_poll() -> 
             spent = _requests_per_poll(exp, clock, sim, 3)
     assert seen_after is not None and seen_after <= 2, f"the completion took {seen_after} polls"
     assert max(spent) <= 2, f"polls sent {spent} requests with a budget of one"
+
+
+def test_a_budget_of_one_with_full_lists_due_sends_at_most_one_more() -> None:
+    """Budget 1 with a full list due every other poll: the full list's own request already goes beyond the budget,
+    so the refresh adds none (3 requests such polls sent with the first version of the refresh's extra one)."""
+    clock = SimTime()
+    with gateway(clock, ProviderSpec(P, style="cursor")) as sim:
+        _two_per_page(sim, pages=3, running_per_page=1)
+        with exporter(
+            sim, clock, page_size=10, max_requests_per_second=0.2, resync_interval_seconds=20
+        ) as exp:
+            poll_until_resynced(exp, clock)
+            spent = _requests_per_poll(exp, clock, sim, 8)
+    assert max(spent) <= 2, f"polls sent {spent} requests with a budget of one"
