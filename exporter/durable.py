@@ -166,8 +166,16 @@ class DurableState:
         if another:
             # Written at once: a process stopped before its first poll would leave the next one the old URL, and it
             # would count from its own start, taking what ended in between for history.
-            # (What rides beside the ledger is as restored, and written with the first poll: not rewritten here.)
-            self._write_initial(provider, ledger, journal, {}, cost)
+            # What rides beside the ledger goes as restored (this write may be a whole new base).
+            riding = {
+                "tracker": tracker_state,
+                "shown": shown_state,
+                "cost_shown": cost_shown_state,
+                "view": saved_view,
+            }
+            self._write_initial(
+                provider, ledger, journal, {k: v for k, v in riding.items() if v is not None}, cost
+            )
         if cost_notes is None:
             # The next write is a base holding the cost ledger as recovered: appended after the unreadable record,
             # every later restart would stop at it again and lose the costs counted since (the batch ledger's part

