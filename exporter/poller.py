@@ -437,7 +437,8 @@ class Poller:
         for key in keys:
             name = key or ""
             fp = prints.get(name, "")
-            if name in before:  # the same key, or the tenant's file given a new key (rotated: no past of its own)
+            # The same key, or the tenant's file given a new key (rotated: a new key has no past of its own).
+            if name in before:
                 floors[name] = before[name][1]
             elif fp and fp in by_print:
                 floors[name] = by_print[fp]
