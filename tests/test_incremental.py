@@ -100,9 +100,10 @@ def max_in_window(times: list[float], window: float) -> int:
 
 @contextmanager
 def exporter(sim: Simulator, clock: SimTime, **overrides: Any) -> Iterator[ExporterThread]:
-    """`provider` among the overrides: the one provider polled (default P)."""
+    """`provider` among the overrides: the one provider polled (default P); `url`: the gateway's as written."""
     provider = str(overrides.pop("provider", P))
     scrape_start = bool(overrides.pop("scrape_start", True))
+    url = str(overrides.pop("url", sim.url))  # the same gateway under another spelling
     values: dict[str, Any] = {
         "poll_interval_seconds": INTERVAL,
         "resync_interval_seconds": RESYNC,
@@ -110,7 +111,7 @@ def exporter(sim: Simulator, clock: SimTime, **overrides: Any) -> Iterator[Expor
         "stale_after_seconds": 10_000,
     }
     values.update(overrides)
-    config = make_settings(sim.url, [provider], **values)
+    config = make_settings(url, [provider], **values)
     client = BifrostClient(config, sleep=clock.sleep, monotonic=clock.monotonic)
     with ExporterThread(config, clock=clock.time, client=client, scrape_start=scrape_start) as exp:
         yield exp

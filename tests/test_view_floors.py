@@ -19,12 +19,11 @@ import pytest
 import structlog
 
 from exporter import statefile
-from exporter.client import BifrostClient
 from exporter.poller import Poller
 from exporter.simulator import ProviderSpec, Simulator, write_key_dir
 from exporter.simulator.governance import Governance, VirtualKey
 from tests.harness import ExporterThread, make_settings
-from tests.test_incremental import INTERVAL, RESYNC, START, SimTime, exporter, poll_until_resynced
+from tests.test_incremental import INTERVAL, START, SimTime, exporter, poll_until_resynced
 from tests.test_view_change import A, B, C, P, _change_view, _polls
 
 MANDATORY = Governance(keys=(A, B, C), mandatory=True)
@@ -175,21 +174,6 @@ def test_a_gateway_change_is_written_at_once(tmp_path: Path) -> None:
 # --- review 13: what rides beside the ledger, the refresh with more keys than the budget, rotation, chains ---
 
 
-@contextmanager
-def _exporter_at(sim: Simulator, clock: SimTime, url: str, **overrides: Any) -> Iterator[ExporterThread]:
-    values: dict[str, Any] = {
-        "poll_interval_seconds": INTERVAL,
-        "resync_interval_seconds": RESYNC,
-        "page_size": 2,
-        "stale_after_seconds": 10_000,
-    }
-    values.update(overrides)
-    config = make_settings(url, [P], **values)
-    client = BifrostClient(config, sleep=clock.sleep, monotonic=clock.monotonic)
-    with ExporterThread(config, clock=clock.time, client=client) as exp:
-        yield exp
-
-
 def _cut_short(state: Path) -> None:
     """A write cut short by a stop: blocks a crash allocated but never wrote, after the last whole record (any of
     the causes attach() compacts the next write for would do: a journal past its size, a state of format 1, no
@@ -198,24 +182,37 @@ def _cut_short(state: Path) -> None:
         f.write(b"\0" * 64)
 
 
+def _other_spelling(sim: Simulator) -> str:
+    """The simulator's URL as another host name: another gateway as far as the state can tell."""
+    return f"http://localhost:{sim.url.rsplit(':', 1)[1]}"
+
+
+def _gateway_changed_and_stopped(
+    sim: Simulator, clock: SimTime, keys: Path, state: Path
+) -> statefile.Restored:
+    """tenant-b's view polled at 127.0.0.1, its last write torn by a kill (the next write is then a whole new base);
+    then a process at another bifrost_url stopped before its first poll (a crash loop, a rollout). The state before
+    that process."""
+    write_key_dir((B,), keys)
+    with exporter(sim, clock, provider=P, virtual_key_dir=keys, state_dir=state) as exp:
+        _polls(exp, clock, 4)
+    _cut_short(state)
+    before = statefile.read(state, P)
+    assert before is not None
+    with exporter(sim, clock, provider=P, url=_other_spelling(sim), virtual_key_dir=keys, state_dir=state):
+        pass
+    return before
+
+
 def test_gateway_change_written_at_once_keeps_view_tracker_and_holds(tmp_path: Path) -> None:
     """The first process with another bifrost_url writes at once, and that write may be a whole new base (here
     after a torn tail): what rides beside the ledger (the view, the calibration, the holds) goes in it as restored.
     Written without them (review 13), a process stopped before its first poll left the next one without them."""
     keys, state = tmp_path / "keys", tmp_path / "state"
-    write_key_dir((B,), keys)
     with _gateway() as (sim, clock):
-        port = sim.url.rsplit(":", 1)[1]
-        first, second = f"http://127.0.0.1:{port}", f"http://localhost:{port}"
-        with _exporter_at(sim, clock, first, virtual_key_dir=keys, state_dir=state) as exp:
-            _polls(exp, clock, 3)
-            _polls(exp, clock, 1)
-        _cut_short(state)  # the process was killed in its last write (OOM, kill -9): a torn tail
-        before = statefile.read(state, P)
-        assert before is not None and before.torn and before.dropped_bytes > 0
+        before = _gateway_changed_and_stopped(sim, clock, keys, state)
+        assert before.torn and before.dropped_bytes > 0
         assert {"view", "tracker"} <= set(before.state)
-        with _exporter_at(sim, clock, second, virtual_key_dir=keys, state_dir=state):
-            pass  # stopped before its first poll (a crash loop, a rollout)
         after = statefile.read(state, P)
         assert after is not None
         missing = {"view", "tracker", "shown"} & set(before.state) - set(after.state)
@@ -226,19 +223,12 @@ def test_gateway_change_write_then_key_added_while_down_counts_no_history(tmp_pa
     """What losing the view would cost: a key added while the exporter is down next would be taken as known, and
     its tenant's batch that ended before that start would page as a transition."""
     keys, state = tmp_path / "keys", tmp_path / "state"
-    write_key_dir((B,), keys)
     with _gateway() as (sim, clock):
-        port = sim.url.rsplit(":", 1)[1]
-        first, second = f"http://127.0.0.1:{port}", f"http://localhost:{port}"
-        with _exporter_at(sim, clock, first, virtual_key_dir=keys, state_dir=state) as exp:
-            _polls(exp, clock, 3)
-            _polls(exp, clock, 1)
-        _cut_short(state)
-        with _exporter_at(sim, clock, second, virtual_key_dir=keys, state_dir=state):
-            pass
+        _gateway_changed_and_stopped(sim, clock, keys, state)
+        second = _other_spelling(sim)
         _ends_while_down(sim, clock, "a-old", A.id)  # tenant-a's history: before tenant-a joined the view
         write_key_dir((A, B), keys)
-        with _exporter_at(sim, clock, second, virtual_key_dir=keys, state_dir=state) as exp:
+        with exporter(sim, clock, provider=P, url=second, virtual_key_dir=keys, state_dir=state) as exp:
             _polls(exp, clock, 4)
             assert _counted(exp) == 0
 
