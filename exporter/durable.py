@@ -24,6 +24,9 @@ from .cost import CostLedger
 from .holds import RestoredCostHolds, RestoredHolds, restore_cost_shown, restore_shown
 from .ledger import Ledger
 
+# The fields the poller keeps beside the ledger's head (Poller._durable_extras), which restore hands back.
+RIDING = ("tracker", "shown", "cost_shown", "view")
+
 
 @dataclass(frozen=True, slots=True)
 class Resumed:
@@ -124,11 +127,9 @@ class DurableState:
                 self._write_initial(provider, ledger, journal, extras(), cost)
                 return Resumed()
             state = dict(restored.state)
-            tracker_state = state.pop("tracker", None)
-            shown_state = state.pop("shown", None)
-            cost_shown_state = state.pop("cost_shown", None)
-            saved_gateway = state.pop("gateway", None)  # absent from the files of earlier releases
-            saved_view = state.pop("view", None)
+            # What rides beside the ledger's own fields (the poller's; absent from the files of earlier releases).
+            riding = {name: state.pop(name) for name in RIDING if name in state}
+            saved_gateway = state.pop("gateway", None)
             start = ledger.started_at
             notes = ledger.load_state(state, restored.settled)
             cost_notes = self._restore_cost(provider, restored, cost)
@@ -137,11 +138,12 @@ class DurableState:
             another = isinstance(saved_gateway, str) and saved_gateway != self._gateway
             if another:
                 self._another_gateway(provider, str(saved_gateway), ledger, cost, start)
+            view = riding.get("view")
             resumed = Resumed(
-                restore_shown(shown_state),
-                restore_cost_shown(cost_shown_state),
-                tracker_state,
-                saved_view if isinstance(saved_view, dict) else None,
+                restore_shown(riding.get("shown")),
+                restore_cost_shown(riding.get("cost_shown")),
+                riding.get("tracker"),
+                view if isinstance(view, dict) else None,
             )
         except statefile.StateError as exc:
             self._log.warning(
@@ -165,17 +167,9 @@ class DurableState:
         journal.attach(restored)
         if another:
             # Written at once: a process stopped before its first poll would leave the next one the old URL, and it
-            # would count from its own start, taking what ended in between for history.
-            # What rides beside the ledger goes as restored (this write may be a whole new base).
-            riding = {
-                "tracker": tracker_state,
-                "shown": shown_state,
-                "cost_shown": cost_shown_state,
-                "view": saved_view,
-            }
-            self._write_initial(
-                provider, ledger, journal, {k: v for k, v in riding.items() if v is not None}, cost
-            )
+            # would count from its own start, taking what ended in between for history. What rides beside the
+            # ledger goes as restored (this write may be a whole new base).
+            self._write_initial(provider, ledger, journal, riding, cost)
         if cost_notes is None:
             # The next write is a base holding the cost ledger as recovered: appended after the unreadable record,
             # every later restart would stop at it again and lose the costs counted since (the batch ledger's part

@@ -95,18 +95,27 @@ class NewerStateError(StateDirError):
     """A state file written by a newer exporter: refusing it keeps a rollback from destroying its data."""
 
 
+# A provider's files: ledger-<provider>.<suffix>. Provider ids are validated to [A-Za-z0-9_.-] (settings), and never
+# start with a dot: a safe file name.
+_FILE_PREFIX = "ledger-"
+_FILE_SUFFIXES = ("json", "base", "journal")
+
+
+def _ledger_file(state_dir: Path, provider: str, suffix: str) -> Path:
+    return state_dir / f"{_FILE_PREFIX}{provider}.{suffix}"
+
+
 def state_path(state_dir: Path, provider: str) -> Path:
     """Format version 1's state file, version 2's marker."""
-    # Provider ids are validated to [A-Za-z0-9_.-] (settings), and never start with a dot: a safe file name.
-    return state_dir / f"ledger-{provider}.json"
+    return _ledger_file(state_dir, provider, "json")
 
 
 def base_path(state_dir: Path, provider: str) -> Path:
-    return state_dir / f"ledger-{provider}.base"
+    return _ledger_file(state_dir, provider, "base")
 
 
 def journal_path(state_dir: Path, provider: str) -> Path:
-    return state_dir / f"ledger-{provider}.journal"
+    return _ledger_file(state_dir, provider, "journal")
 
 
 def _tmp_prefix(final: Path) -> str:
@@ -217,9 +226,10 @@ def providers_saved(state_dir: Path) -> set[str]:
         return set()
     found = set()
     for name in names:
-        stem, dot, suffix = name.rpartition(".")
-        if dot and suffix in ("base", "journal", "json") and stem.startswith("ledger-") and len(stem) > 7:
-            found.add(stem[7:])
+        stem, _, suffix = name.rpartition(".")
+        provider = stem.removeprefix(_FILE_PREFIX)
+        if suffix in _FILE_SUFFIXES and provider and provider != stem:
+            found.add(provider)
     return found
 
 

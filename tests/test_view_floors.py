@@ -24,15 +24,10 @@ from exporter.simulator import ProviderSpec, Simulator, write_key_dir
 from exporter.simulator.governance import Governance, VirtualKey
 from tests.harness import ExporterThread, make_settings
 from tests.test_incremental import INTERVAL, START, SimTime, exporter, poll_until_resynced
-from tests.test_view_change import A, B, C, P, _change_view, _polls
+from tests.test_view_change import A, B, C, P, _change_view, _counted, _polls
 
 MANDATORY = Governance(keys=(A, B, C), mandatory=True)
 OPEN = Governance(keys=(A, B, C), mandatory=False)
-
-
-def _counted(exp: ExporterThread) -> float:
-    """The ledger's count (/metrics holds a restart's first counts for a minute)."""
-    return exp.exporter.poller._ledgers[P].view().finished_total("ended")
 
 
 @contextmanager
