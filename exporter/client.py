@@ -12,10 +12,12 @@ import asyncio
 import datetime
 import email.utils
 import hashlib
+import hmac
 import json
 import math
 import random
 import re
+import secrets
 import ssl
 import time
 import zlib
@@ -443,9 +445,20 @@ class BifrostClient:
         return {name: self._key_generation.get(name, 0) for name in self._keys}
 
     def key_fingerprints(self) -> dict[str, str]:
-        """Per name of the view, 64 bits of its key's SHA-256: the state file tells a key added while the exporter
-        was down from one it listed with before, and says nothing a key's value could be had from."""
-        return {name: hashlib.sha256(value.encode()).hexdigest()[:16] for name, value in self._keys.items()}
+        """Per name of the view, a fingerprint of its key: the state file tells a key added while the exporter was
+        down from one it listed with before (`key_matches`), and says nothing a key's value could be had from.
+        Salted afresh each time, so one key's fingerprints cannot be linked across files, providers or
+        deployments, nor looked up in a table of known keys' hashes."""
+        salt = secrets.token_hex(8)
+        return {name: _fingerprint(value, salt) for name, value in self._keys.items()}
+
+    def key_matches(self, name: str, fingerprint: str) -> bool:
+        """Whether the key the view holds under `name` is the one `fingerprint` was taken of (salted or not)."""
+        value = self._keys.get(name)
+        if value is None or not fingerprint:
+            return False
+        salt, salted, _ = fingerprint.rpartition(":")
+        return hmac.compare_digest(_fingerprint(value, salt if salted else None), fingerprint)
 
     def view_version(self) -> int:
         """Changes whenever the view's keys do (names or values), never saying how."""
@@ -1000,6 +1013,19 @@ def retrieve_ids(batch_id: str) -> tuple[str, ...]:
     elif batch_id.startswith("batches/") and "/" not in batch_id[8:]:
         short = batch_id[8:] or None
     return (short, batch_id) if short else (batch_id,)
+
+
+def _fingerprint(value: str, salt: str | None) -> str:
+    """64 bits of HMAC-SHA-256 under `salt`, written `salt:digest`; without a salt, the bare SHA-256 prefix that
+    builds before the salt wrote (still read: their states keep their views' floors). A salt that is not hex (a
+    hand edit) matches nothing."""
+    if salt is None:
+        return hashlib.sha256(value.encode()).hexdigest()[:16]
+    try:
+        key = bytes.fromhex(salt)
+    except ValueError:
+        return ""
+    return f"{salt}:{hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:16]}"
 
 
 def _query(params: dict[str, str]) -> str:

@@ -407,9 +407,7 @@ class Poller:
 
         return observe
 
-    def _key_floors(
-        self, run: Run, keys: tuple[str | None, ...], prints: Mapping[str, str]
-    ) -> dict[str, float]:
+    def _key_floors(self, run: Run, keys: tuple[str | None, ...]) -> dict[str, float]:
         """From when each key's batches count when first seen (Run.key_floors), as an exporter started with the key
         would count them, but never later than the view before could: the same key (its file name, also holding a
         rotated key, or its fingerprint under another file name) keeps its floor; after a view of the whole account (no key), every
@@ -429,19 +427,16 @@ class Poller:
                 return {(k or ""): 0.0 for k in keys}
             before = {name: (fp, min(floor, self.started_at)) for name, (fp, floor) in saved.items()}
             added_at = self.started_at
-        by_print: dict[str, float] = {}
-        for fp, floor in before.values():
-            if fp:
-                by_print[fp] = min(floor, by_print.get(fp, floor))
         floors: dict[str, float] = {}
         for key in keys:
             name = key or ""
-            fp = prints.get(name, "")
             # The same key, or the tenant's file given a new key (rotated: a new key has no past of its own).
             if name in before:
                 floors[name] = before[name][1]
-            elif fp and fp in by_print:
-                floors[name] = by_print[fp]
+            elif key and (
+                moved := [floor for fp, floor in before.values() if self._client.key_matches(key, fp)]
+            ):
+                floors[name] = min(moved)
             elif "" in before:
                 floors[name] = before[""][1]
             elif not name:
@@ -472,7 +467,7 @@ class Poller:
         configured: tuple[str | None, ...] = names if names else (None,)
         if set(configured) != set(run.keys) or version != run.view_version:
             prints = self._client.key_fingerprints()
-            floors = self._key_floors(run, configured, prints)
+            floors = self._key_floors(run, configured)
             # The keys the view had before list first (a stable sort: otherwise in the configured order), so a batch
             # every key sees (an unowned one) is first seen through a key that counts it as the view before would.
             keys = tuple(sorted(configured, key=lambda k: floors[k or ""]))

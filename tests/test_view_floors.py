@@ -9,8 +9,9 @@ renamed. Against the simulator with Bifrost's governance (tests/test_view_change
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 import structlog
 
 from exporter import statefile
+from exporter.client import BifrostClient
 from exporter.poller import Poller
 from exporter.simulator import ProviderSpec, Simulator, write_key_dir
 from exporter.simulator.governance import Governance, VirtualKey
@@ -85,18 +87,61 @@ def test_a_view_of_the_whole_account_moved_to_a_key_loses_nothing_it_saw(tmp_pat
         assert _restart(sim, clock, virtual_key_dir=keys, state_dir=state, poll_mode=mode) == 1
 
 
-def test_a_key_file_renamed_while_down_is_the_same_key(tmp_path: Path) -> None:
+def _unsalted(value: str) -> str:
+    """The fingerprint builds before the salt wrote: the first 64 bits of the key's bare SHA-256."""
+    return hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize(
+    ("saved", "counted"),
+    [(None, 1), (_unsalted, 1), (lambda value: "zz:" + _unsalted(value), 0)],
+    ids=["salted", "unsalted (an earlier build)", "a salt no build wrote"],
+)
+def test_a_key_file_renamed_while_down_is_the_same_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, saved: Callable[[str], str] | None, counted: int
+) -> None:
+    """Known by its fingerprint under the other name, whichever release took it; a fingerprint that matches nothing
+    makes the renamed file a new key, its tenant's past history."""
     renamed = VirtualKey(id=B.id, value=B.value, name="tenant-b-renamed")
     keys, state = tmp_path / "keys", tmp_path / "state"
     write_key_dir((B,), keys)
     with _gateway() as (sim, clock):
-        with exporter(sim, clock, provider=P, virtual_key_dir=keys, state_dir=state) as exp:
-            _polls(exp, clock, 4)
+        with monkeypatch.context() as patch:
+            if saved is not None:
+                fingerprint = saved(B.value)
+                patch.setattr(
+                    Poller,
+                    "_saved_view",
+                    lambda self, run: {"tenant-b": [fingerprint, run.key_floors["tenant-b"]]},
+                )
+            with exporter(sim, clock, provider=P, virtual_key_dir=keys, state_dir=state) as exp:
+                _polls(exp, clock, 4)
         _ends_while_down(sim, clock, "b-new", B.id)
         for path in keys.iterdir():
             path.unlink()
         write_key_dir((renamed,), keys)
-        assert _restart(sim, clock, virtual_key_dir=keys, state_dir=state) == 1
+        assert _restart(sim, clock, virtual_key_dir=keys, state_dir=state) == counted
+
+
+def test_the_state_holds_salted_fingerprints_no_two_alike(tmp_path: Path) -> None:
+    """A bare hash of a key is the same in every deployment and file (they can be linked, and a known key looked up
+    in a table of hashes): each fingerprint is an HMAC under its own random salt, and still recognises its key."""
+    keys, state = tmp_path / "keys", tmp_path / "state"
+    write_key_dir((B,), keys)
+    with _gateway() as (sim, clock):
+        with exporter(sim, clock, provider=P, virtual_key_dir=keys, state_dir=state) as exp:
+            _polls(exp, clock, 2)
+        url = sim.url
+    restored = statefile.read(state, P)
+    assert restored is not None
+    fingerprint = restored.state["view"]["tenant-b"][0]
+    assert fingerprint.count(":") == 1 and _unsalted(B.value) not in fingerprint
+    client = BifrostClient(make_settings(url, [P], virtual_key_dir=keys))
+    first, second = client.key_fingerprints()["tenant-b"], client.key_fingerprints()["tenant-b"]
+    assert len({fingerprint, first, second}) == 3
+    assert all(client.key_matches("tenant-b", fp) for fp in (fingerprint, first, second, _unsalted(B.value)))
+    assert not client.key_matches("tenant-b", _unsalted(A.value))
+    assert not client.key_matches("tenant-a", fingerprint)
 
 
 @pytest.mark.parametrize("mode", ["incremental", "full"])
