@@ -225,6 +225,11 @@ class Poller:
             extras |= holds.saved_holds(run, self._clock() - self._monotonic(), cost=provider in self._costs)
             if run.keys:
                 extras["view"] = self._saved_view(run)
+        elif self._client.key_names():
+            # A first start's record names the view it starts with (each key counting from this start, as the
+            # first poll's _view has it): a process killed before its first poll is saved must not leave the next
+            # one a state without a view, which takes no key for new and counts an added tenant's past.
+            extras["view"] = {name: [fp, 0.0] for name, fp in self._client.key_fingerprints().items()}
         return extras
 
     def _restore_tracker(self, provider: str, state: Any) -> None:

@@ -123,6 +123,22 @@ def test_a_key_file_renamed_while_down_is_the_same_key(
         assert _restart(sim, clock, virtual_key_dir=keys, state_dir=state) == counted
 
 
+def test_a_first_start_stopped_before_its_first_poll_keeps_its_view(tmp_path: Path) -> None:
+    """A fresh state's first record is written at start; without the view in it, a process stopped (or killed)
+    before its first poll was saved left a state that took no key for new: tenant-a's batch that ended while the
+    exporter was down counted when tenant-a's key was added (audit 12)."""
+    keys, state = tmp_path / "keys", tmp_path / "state"
+    write_key_dir((B,), keys)
+    with _gateway() as (sim, clock):
+        with exporter(sim, clock, provider=P, virtual_key_dir=keys, state_dir=state):
+            pass  # started and stopped before a poll
+        restored = statefile.read(state, P)
+        assert restored is not None and list(restored.state["view"]) == ["tenant-b"]
+        _ends_while_down(sim, clock, "a-new", A.id)
+        write_key_dir((A, B), keys)
+        assert _restart(sim, clock, virtual_key_dir=keys, state_dir=state) == 0
+
+
 def test_the_state_holds_salted_fingerprints_no_two_alike(tmp_path: Path) -> None:
     """A bare hash of a key is the same in every deployment and file (they can be linked, and a known key looked up
     in a table of hashes): each fingerprint is an HMAC under its own random salt, and still recognises its key."""
