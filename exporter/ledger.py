@@ -454,12 +454,15 @@ class Ledger:
         """Terminal timestamps at or before this are never counted (nor remembered) on first sight."""
         return max(self.gateway_now - self.retention, self._floor)
 
-    def finish_poll(self, now: float, complete: bool) -> None:
+    def finish_poll(self, now: float, complete: bool, *, whole_view: bool = True) -> None:
         """Forget what may be forgotten, then remember `now` as the last complete poll when it was one.
 
         Vanished active ids go after a poll that saw the whole list, or once unseen for ACTIVE_FORGET_POLLS polls
         of any outcome (a provider whose polls always stop early would otherwise grow the ledger for ever).
         Settled ids go once the gateway's clock is past their retention; the newest of them raises the floor.
+        A list without `whole_view` (a key of the view refused on the provider) moves no watermark: it saw
+        none of that key's batches, and a watermark past their ends would take them for history after a restart
+        or a view change, though they count when the key is allowed again in this process.
         """
         ids = self._ids
         self._floor = max(self._floor, ids.expire(self.horizon()))
@@ -471,7 +474,7 @@ class Ledger:
         if self._cache_counted:
             self._cache_counted.intersection_update(ids.active)
         self._seq += 1
-        if complete:
+        if complete and whole_view:
             self.list_completed(now)
 
     def rebase(self, start: float) -> None:

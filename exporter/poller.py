@@ -596,7 +596,7 @@ class Poller:
                 return outcome, None
             truncated = truncated or (result if result.truncated is not None else None)
         reason = truncated.truncated if truncated is not None else None
-        ledger.finish_poll(started, complete=reason is None)
+        ledger.finish_poll(started, complete=reason is None, whole_view=not run.not_allowed)
         if reason is None:
             ledger.resynced(self._clock())
         outcome.resync_done = True
@@ -1113,8 +1113,10 @@ class Poller:
             run.walk_pages = max(resync.longest, resync.pages)
             ledger.resynced(self._clock())
             # The restart watermark: as of the start of this full list every batch has been seen (a head-only
-            # poll sees only the newest pages, so it never moves the watermark).
-            ledger.list_completed(resync.started_at)
+            # poll sees only the newest pages, so it never moves the watermark); not while a key of the view is
+            # refused on the provider (Ledger.finish_poll).
+            if not run.not_allowed:
+                ledger.list_completed(resync.started_at)
             run.cursor_refusals = run.resync_refusals = 0
 
     def _await_unlisted(self, provider: str, ledger: Ledger, store: Store) -> None:

@@ -138,12 +138,12 @@ def count(samples: Samples, status: str) -> float | None:
     return value(samples, "bifrost_batches", provider=P, status=status)
 
 
-def poll_until_resynced(exp: ExporterThread, clock: SimTime, limit: int = 50) -> int:
+def poll_until_resynced(exp: ExporterThread, clock: SimTime, limit: int = 50, provider: str = P) -> int:
     """Polls (one interval apart) until a full list completes; returns how many it took."""
-    before = exp.exporter.poller.states[P].ledger.last_resync
+    before = exp.exporter.poller.states[provider].ledger.last_resync
     for n in range(1, limit + 1):
-        exp.poll(P)
-        if exp.exporter.poller.states[P].ledger.last_resync != before:
+        exp.poll(provider)
+        if exp.exporter.poller.states[provider].ledger.last_resync != before:
             return n
         clock.advance(INTERVAL)
     raise AssertionError(f"no full list completed within {limit} polls")

@@ -9,6 +9,7 @@ renamed. Against the simulator with Bifrost's governance (tests/test_view_change
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Iterator
@@ -137,6 +138,40 @@ def test_a_first_start_stopped_before_its_first_poll_keeps_its_view(tmp_path: Pa
         _ends_while_down(sim, clock, "a-new", A.id)
         write_key_dir((A, B), keys)
         assert _restart(sim, clock, virtual_key_dir=keys, state_dir=state) == 0
+
+
+@pytest.mark.parametrize("mode", ["incremental", "full"])
+@pytest.mark.parametrize("change", ["restart", "sighup"])
+def test_a_refused_keys_batch_that_ended_meanwhile_counts_after_a_restart_or_view_change(
+    tmp_path: Path, mode: str, change: str
+) -> None:
+    """tenant-b's key refused on the provider (403 provider_blocked) for a while: its running batch ends meanwhile,
+    and tenant-a's activity moves the gateway's clock past that end. The lists over tenant-a's key are complete, but
+    they saw none of tenant-b's batches: they moved the watermark past the end, so after a restart or a view change
+    the end was history once tenant-b was allowed again (audit 12). Within one process it counted."""
+    keys, state = tmp_path / "keys", tmp_path / "state"
+    write_key_dir((A, B), keys)
+    with _gateway() as (sim, clock):
+        with exporter(sim, clock, provider=P, virtual_key_dir=keys, state_dir=state, poll_mode=mode) as exp:
+            _polls(exp, clock, 4)
+            sim.set_virtual_key(dataclasses.replace(B, providers=frozenset({"azure"})))
+            poll_until_resynced(exp, clock, provider=P)
+            sim.set_status(P, "b-run", "ended")
+            clock.advance(INTERVAL)
+            sim.add_batch(P, batch_id="a-run", status="in_progress", created_at=int(clock.now), owner=A.id)
+            for _ in range(2):
+                clock.advance(INTERVAL)
+                poll_until_resynced(exp, clock, provider=P)
+            assert _counted(exp) == 0
+            if change == "sighup":
+                _change_view(exp, keys, A, B, C)
+                sim.set_virtual_key(B)
+                _polls(exp, clock, 2)
+                poll_until_resynced(exp, clock, provider=P)
+                assert _counted(exp) == 1
+        if change == "restart":
+            sim.set_virtual_key(B)
+            assert _restart(sim, clock, virtual_key_dir=keys, state_dir=state, poll_mode=mode) == 1
 
 
 def test_the_state_holds_salted_fingerprints_no_two_alike(tmp_path: Path) -> None:
