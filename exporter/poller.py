@@ -421,10 +421,7 @@ class Poller:
         the first poll the view before is the saved one; without one (a first start, a state of an earlier
         release) nothing is known new."""
         if run.keys:
-            before = {
-                (k or ""): (run.key_prints.get(k or "", ""), run.key_floors.get(k or "", 0.0))
-                for k in run.keys
-            }
+            before = {name: (fp, floor) for name, (fp, floor) in self._saved_view(run).items()}
             added_at = self._clock()
         else:
             saved = _saved_floors(run.saved_view)
